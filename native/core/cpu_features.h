@@ -1,0 +1,24 @@
+// Run-time CPU dispatch: one binary for any x86-64; kernels pick the widest
+// instruction set the machine has (or the level a user forces, for testing).
+#pragma once
+#include <string>
+
+namespace tdq {
+
+enum class CpuLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false,
+       avx512vl = false, avx512vnni = false;
+  CpuLevel best() const;
+};
+
+const CpuFeatures& cpu_features();
+const char* cpu_level_name(CpuLevel l);
+// "scalar" | "avx2" | "avx512"; throws RangeError on an unknown name or a
+// level this machine cannot run.
+CpuLevel cpu_level_from_name(const std::string& name);
+// TDQ_CPU environment variable, else best().
+CpuLevel default_cpu_level();
+
+}  // namespace tdq

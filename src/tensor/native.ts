@@ -1,0 +1,84 @@
+// Loads the native addon (built at install by cmake-js or node-gyp) once per
+// JS environment. The addon keeps per-environment state, so worker_threads
+// each get their own stream and thread pool.
+import path from 'node:path';
+
+export type DType = 'float32' | 'float16' | 'int8' | 'uint8' | 'int32';
+export type Device = 'cpu' | 'cuda';
+export type AttrValue = number | boolean | string | number[];
+export type Attrs = Record<string, AttrValue | undefined>;
+
+export interface NativeTensor {
+  readonly shape: number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  readonly nbytes: number;
+  readonly disposed: boolean;
+  dispose(): void;
+  read(): Promise<TypedArray>;
+  readSync(): TypedArray;
+}
+
+export type TypedArray = Float32Array | Uint16Array | Int8Array | Uint8Array | Int32Array;
+
+export interface OpInfo {
+  name: string;
+  cpu: boolean;
+  cuda: boolean;
+}
+
+export interface EngineInfo {
+  cpuFeatures: Record<string, boolean>;
+  cpuLevel: 'scalar' | 'avx2' | 'avx512';
+  bestCpuLevel: 'scalar' | 'avx2' | 'avx512';
+  threads: number;
+  ops: OpInfo[];
+  cuda: { built: boolean; available: boolean; reason: string };
+}
+
+export interface NativeBinding {
+  fromData(data: TypedArray, shape: readonly number[], dtype: DType, device?: Device): NativeTensor;
+  run(op: string, inputs: (NativeTensor | null)[], attrs?: Attrs): NativeTensor[];
+  view(t: NativeTensor, shape: readonly number[]): NativeTensor;
+  sync(): Promise<void>;
+  syncBlocking(): void;
+  info(): EngineInfo;
+  memory(): { liveBytes: number; peakBytes: number };
+  resetPeakMemory(): void;
+  setThreads(n: number): void;
+  setCpuLevel(level: 'scalar' | 'avx2' | 'avx512'): void;
+  setSynchronous(on: boolean): void;
+}
+
+let binding: NativeBinding | undefined;
+
+/** The package root: this file lives in dist/src/tensor/. */
+export const packageRoot = path.resolve(__dirname, '..', '..', '..');
+
+export function native(): NativeBinding {
+  if (binding) return binding;
+  const override = process.env.TDQ_ADDON_PATH;
+  const tried = override ? override : `${path.join(packageRoot, 'build', 'Release')} (node-gyp-build)`;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    binding = (override ? require(path.resolve(override)) : require('node-gyp-build')(packageRoot)) as NativeBinding;
+  } catch (e) {
+    throw new Error(
+      `tdq-native: could not load the native addon (tried ${tried}): ${(e as Error).message}\n` +
+        `Build it with 'npm run build:native' in ${packageRoot} (needs a C++17 compiler and cmake >= 3.19, ` +
+        `or python3 and make for node-gyp), or point TDQ_ADDON_PATH at a built tdq_native.node.`,
+    );
+  }
+  return binding;
+}
+
+/** Dtypes and the typed arrays that hold them (float16 as raw Uint16 bits). */
+export const TYPED_ARRAYS = {
+  float32: Float32Array,
+  float16: Uint16Array,
+  int8: Int8Array,
+  uint8: Uint8Array,
+  int32: Int32Array,
+} as const;
+
+export const DTYPE_SIZE: Record<DType, number> = { float32: 4, float16: 2, int8: 1, uint8: 1, int32: 4 };

@@ -60,11 +60,14 @@ function checkHost(file: string): void {
   if (os.endianness() !== 'LE') throw new SafetensorsError(file, 'big-endian hosts are not supported');
 }
 
+// Node refuses single reads/writes above 2 GiB; larger tensors go in pieces.
+const IO_CHUNK = 1 << 30;
+
 /** Reads exactly `length` bytes at `position` into dst (the OS may return fewer per call). */
 async function readFully(fh: fsp.FileHandle, dst: Uint8Array, position: number, onShort: (got: number) => Error): Promise<void> {
   let done = 0;
   while (done < dst.length) {
-    const { bytesRead } = await fh.read(dst, done, dst.length - done, position + done);
+    const { bytesRead } = await fh.read(dst, done, Math.min(dst.length - done, IO_CHUNK), position + done);
     if (bytesRead === 0) throw onShort(done);
     done += bytesRead;
   }
@@ -73,7 +76,7 @@ async function readFully(fh: fsp.FileHandle, dst: Uint8Array, position: number, 
 async function writeFully(fh: fsp.FileHandle, src: Uint8Array): Promise<void> {
   let done = 0;
   while (done < src.length) {
-    const { bytesWritten } = await fh.write(src, done, src.length - done);
+    const { bytesWritten } = await fh.write(src, done, Math.min(src.length - done, IO_CHUNK));
     done += bytesWritten;
   }
 }

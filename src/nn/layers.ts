@@ -2,7 +2,7 @@
 // names and default initialisation, so state dicts load by key.
 import { activation, attention, conv, linalg, norm, shape } from './ops';
 import { Module } from './module';
-import { defaultBias, kaimingUniformDefault } from './init';
+import { defaultBias, kaimingUniform } from './init';
 import { dropout } from '../tensor/ops/dropout';
 import { reshape } from '../tensor/ops/elementwise';
 import { zeros, ones } from '../tensor/ops/creation';
@@ -20,8 +20,8 @@ export class Linear extends Module {
   constructor(readonly inFeatures: number, readonly outFeatures: number, opts: InitOptions = {}) {
     super();
     const gen = opts.gen ?? new Generator(0);
-    this.weight = this.registerParameter('weight', kaimingUniformDefault([outFeatures, inFeatures], inFeatures, gen));
-    this.bias = opts.bias === false ? null : this.registerParameter('bias', defaultBias([outFeatures], inFeatures, gen));
+    this.weight = this.registerParameter('weight', kaimingUniform([outFeatures, inFeatures], inFeatures, Math.sqrt(5), gen));
+    this.bias = opts.bias === false ? null : this.registerParameter('bias', defaultBias(outFeatures, inFeatures, gen));
   }
   forward(x: Tensor): Tensor {
     return linalg.linear(x, this.weight, this.bias);
@@ -44,8 +44,8 @@ export class Conv2d extends Module {
     const fanIn = inChannels * kernelSize * kernelSize;
     this.stride = opts.stride ?? 1;
     this.padding = opts.padding ?? 0;
-    this.weight = this.registerParameter('weight', kaimingUniformDefault([outChannels, inChannels, kernelSize, kernelSize], fanIn, gen));
-    this.bias = opts.bias === false ? null : this.registerParameter('bias', defaultBias([outChannels], fanIn, gen));
+    this.weight = this.registerParameter('weight', kaimingUniform([outChannels, inChannels, kernelSize, kernelSize], fanIn, Math.sqrt(5), gen));
+    this.bias = opts.bias === false ? null : this.registerParameter('bias', defaultBias(outChannels, fanIn, gen));
   }
   forward(x: Tensor): Tensor {
     return conv.conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding });
@@ -59,8 +59,8 @@ export class Conv1x1 extends Module {
   constructor(readonly inChannels: number, readonly outChannels: number, opts: InitOptions = {}) {
     super();
     const gen = opts.gen ?? new Generator(0);
-    this.weight = this.registerParameter('weight', kaimingUniformDefault([outChannels, inChannels, 1], inChannels, gen));
-    this.bias = opts.bias === false ? null : this.registerParameter('bias', defaultBias([outChannels], inChannels, gen));
+    this.weight = this.registerParameter('weight', kaimingUniform([outChannels, inChannels, 1], inChannels, Math.sqrt(5), gen));
+    this.bias = opts.bias === false ? null : this.registerParameter('bias', defaultBias(outChannels, inChannels, gen));
   }
   forward(x: Tensor): Tensor {
     const [b, c, l] = x.shape;

@@ -1,0 +1,3 @@
+export * from './module';
+export * from './containers';
+export * as init from './init';

@@ -1,0 +1,3 @@
+export * from './adam';
+export * from './clip';
+export * from './lr_schedule';

@@ -159,7 +159,9 @@ double fq_backward_ref(const float* gy, const float* x, float* dx, int64_t n, fl
 __attribute__((target("avx2,fma"))) double fq_backward_avx2(const float* gy, const float* x, float* dx, int64_t n,
                                                             float s, float qmin, float qmax) {
   const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(qmin), hi = _mm256_set1_ps(qmax);
-  __m256 acc = _mm256_setzero_ps();
+  // Double accumulators: the terms have random signs and the sum is much
+  // smaller than their magnitudes, so float lanes would lose digits.
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 g = _mm256_loadu_ps(gy + i);
@@ -168,12 +170,14 @@ __attribute__((target("avx2,fma"))) double fq_backward_avx2(const float* gy, con
     _mm256_storeu_ps(dx + i, _mm256_and_ps(inside, g));
     const __m256 frac = _mm256_sub_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), v);
     const __m256 edge = _mm256_blendv_ps(hi, lo, _mm256_cmp_ps(v, lo, _CMP_LT_OQ));
-    acc = _mm256_fmadd_ps(g, _mm256_blendv_ps(edge, frac, inside), acc);
+    const __m256 term = _mm256_mul_ps(g, _mm256_blendv_ps(edge, frac, inside));
+    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(term)));
+    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(term, 1)));
   }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, acc);
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(acc0, acc1));
   double sum = 0;
-  for (float l : lanes) sum += l;
+  for (double l : lanes) sum += l;
   return sum + fq_backward_ref(gy + i, x + i, dx + i, n - i, s, qmin, qmax);
 }
 
@@ -183,7 +187,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) double fq_backward_avx5
                                                                                  float* dx, int64_t n, float s,
                                                                                  float qmin, float qmax) {
   const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(qmin), hi = _mm512_set1_ps(qmax);
-  __m512 acc = _mm512_setzero_ps();
+  __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();  // double: see fq_backward_avx2
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 g = _mm512_loadu_ps(gy + i);
@@ -192,12 +196,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) double fq_backward_avx5
     _mm512_storeu_ps(dx + i, _mm512_maskz_mov_ps(inside, g));
     const __m512 frac = _mm512_sub_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), v);
     const __m512 edge = _mm512_mask_mov_ps(hi, _mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), lo);
-    acc = _mm512_fmadd_ps(g, _mm512_mask_mov_ps(edge, inside, frac), acc);
+    const __m512 term = _mm512_mul_ps(g, _mm512_mask_mov_ps(edge, inside, frac));
+    acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(term)));
+    acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(term), 1))));
   }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, acc);
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, _mm512_add_pd(acc0, acc1));
   double sum = 0;
-  for (float l : lanes) sum += l;
+  for (double l : lanes) sum += l;
   return sum + fq_backward_ref(gy + i, x + i, dx + i, n - i, s, qmin, qmax);
 }
 #pragma GCC diagnostic pop

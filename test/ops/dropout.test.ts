@@ -5,7 +5,7 @@ import { backward } from '../../src/tensor/autograd';
 import { native } from '../../src/tensor/native';
 import { dropout } from '../../src/tensor/ops/dropout';
 import { Generator } from '../../src/tensor/random';
-import { fromArray, type Tensor } from '../../src/tensor/tensor';
+import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { randomTensor } from '../helpers/assert';
 
 const f32 = async (t: Tensor) => (await t.data()) as Float32Array;
@@ -98,6 +98,12 @@ describe('dropout', () => {
     assert.throws(() => dropout(x, 0.5, {} as Generator, true), (e: Error) => e instanceof TypeError && /'gen'/.test(e.message));
     assert.throws(() => dropout(fromArray([1, 2], [2], 'int32'), 0.5, g, true), (e: Error) => e instanceof TypeError && /'x' must be float32/.test(e.message));
     assert.equal(g.offset, 0, 'a rejected call draws nothing');
+    // The native ops check their attributes themselves.
+    assert.throws(() => runOp1('dropout', [x], { p: 2, seed: 0 }), (e: Error) => e instanceof RangeError && /'p' must be in \[0, 1\]/.test(e.message));
+    assert.throws(() => runOp1('dropout', [x], { p: 0.5, seed: -1 }), (e: Error) => e instanceof RangeError && /'seed'/.test(e.message));
+    assert.throws(() => runOp1('dropout', [x], { p: 0.5, seed: 1, offset: 0.5 }), (e: Error) => e instanceof RangeError && /'offset'/.test(e.message));
+    assert.throws(() => runOp1('dropout', [x], { p: 0.5 }), (e: Error) => e instanceof TypeError && /'seed'/.test(e.message));
+    assert.throws(() => runOp1('dropout_backward', [fromArray([1], [1], 'int32')], { p: 0.5, seed: 1 }), (e: Error) => e instanceof TypeError && /'gy' must be float32/.test(e.message));
     assert.throws(() => g.nextOffset(-1), RangeError);
   });
 });

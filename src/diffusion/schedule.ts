@@ -204,7 +204,7 @@ export class NoiseSchedule {
     return Number.isInteger(t) ? this.alphasCumprod[t] : Math.exp(2 * this.logAlpha(t));
   }
 
-  /** Half the log-SNR, lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022, Sec. 3.1). */
+  /** Half the log-SNR, lambda_t = log(alpha_t / sigma_t), DPM-Solver's time variable. */
   lambda(t: number): number {
     const la = this.logAlpha(t);
     return la - 0.5 * Math.log(-Math.expm1(2 * la));

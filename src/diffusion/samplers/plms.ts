@@ -19,15 +19,14 @@ export interface PlmsOptions extends SamplerOptions {
 }
 
 /**
- * Adams-Bashforth weights on [eps_t, eps_{t+1}, eps_{t+2}, eps_{t+3}] (newest
- * first) by how many earlier predictions exist: the PNDM linear multistep rule.
+ * Adams-Bashforth weights on [eps_t, eps_{t+1}, eps_{t+2}, eps_{t+3}] (newest first)
+ * given 1, 2 or 3 earlier predictions: the PNDM linear multistep rule of orders 2-4.
  */
-const AB_WEIGHTS: readonly (readonly number[])[] = [
-  [1],
-  [3 / 2, -1 / 2],
-  [23 / 12, -16 / 12, 5 / 12],
-  [55 / 24, -59 / 24, 37 / 24, -9 / 24],
-];
+const AB_WEIGHTS: Record<number, readonly number[]> = {
+  1: [3 / 2, -1 / 2],
+  2: [23 / 12, -16 / 12, 5 / 12],
+  3: [55 / 24, -59 / 24, 37 / 24, -9 / 24],
+};
 
 export async function samplePlms(model: EpsModel, schedule: NoiseSchedule, opts: PlmsOptions): Promise<Tensor> {
   checkSamplerOptions(opts);

@@ -17,10 +17,19 @@ export class Generator {
     this.seed = seed;
   }
 
-  private take(shape: Shape): number {
+  /**
+   * Reserves n Philox counters for a native op that draws its own numbers
+   * (dropout): returns the offset to pass it and advances past them.
+   */
+  nextOffset(n: number): number {
+    if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`Generator.nextOffset: n must be a non-negative integer, got ${n}`);
     const at = this.offset;
-    this.offset += numel(shape);
+    this.offset += n;
     return at;
+  }
+
+  private take(shape: Shape): number {
+    return this.nextOffset(numel(shape));
   }
 
   randn(shape: Shape, device: Device = 'cpu'): Tensor {

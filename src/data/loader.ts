@@ -2,7 +2,7 @@
 // epoch e is a pure function of (seed, e, dataset length), so the loader's
 // whole state is (epoch, position, seed): saved in a checkpoint, it restores
 // the exact batch sequence on --resume.
-import { Generator } from '../tensor/random';
+import { Generator, hash64 } from '../tensor/random';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import type { Dataset } from './dataset';
 
@@ -22,6 +22,8 @@ export interface LoaderOptions {
   seed?: number;
   /** Skip a last batch smaller than batchSize (default true, so batch shapes stay fixed). */
   dropLast?: boolean;
+  /** Mirror each sample left-right with probability 1/2 (decided by seed, epoch and position, so resumable). */
+  hflip?: boolean;
 }
 
 export interface BatchArrays {
@@ -46,6 +48,9 @@ export interface Batch {
   epoch: number;
 }
 
+// Flip decisions use counters far above any permutation counter (epoch * n + i).
+const FLIP_COUNTER_BASE = 2 ** 50;
+
 /** The sample order of an epoch: Fisher-Yates driven by Generator(seed) at offset epoch * n. */
 export function epochPermutation(n: number, seed: number, epoch: number): Int32Array {
   const perm = Int32Array.from({ length: n }, (_, i) => i);
@@ -65,6 +70,7 @@ export class DataLoader {
   readonly batchSize: number;
   readonly shuffle: boolean;
   readonly dropLast: boolean;
+  readonly hflip: boolean;
   private seed: number;
   private epoch = 0;
   private position = 0;
@@ -78,6 +84,7 @@ export class DataLoader {
     this.batchSize = batchSize;
     this.shuffle = opts.shuffle ?? true;
     this.dropLast = opts.dropLast ?? true;
+    this.hflip = opts.hflip ?? false;
     this.seed = opts.seed ?? 0;
     if (!Number.isSafeInteger(this.seed) || this.seed < 0) throw new RangeError(`DataLoader: seed must be a non-negative integer, got ${this.seed}`);
     if (dataset.length < 1) throw new RangeError(`DataLoader: ${dataset.name} is empty`);
@@ -140,6 +147,9 @@ export class DataLoader {
       indices[k] = idx;
       this.dataset.get(idx, data, k * size);
       labels[k] = this.dataset.label(idx);
+      if (this.hflip && hash64(this.seed, FLIP_COUNTER_BASE + this.epoch * n + this.position + k) < 0.5) {
+        for (let r = 0; r < c * h; ++r) data.subarray(k * size + r * w, k * size + (r + 1) * w).reverse();
+      }
     }
     const epoch = this.epoch;
     this.position += b;

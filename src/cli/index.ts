@@ -36,11 +36,6 @@ export function packageVersion(): string {
   }
 }
 
-interface Output {
-  out: (s: string) => void;
-  err: (s: string) => void;
-}
-
 class UsageFailure extends Error {
   constructor(message: string, readonly usage: string) {
     super(message);
@@ -135,25 +130,29 @@ function stripPrefix(message: string): string {
   return message.replace(/^tdq-native: /, '');
 }
 
+export interface MainOptions {
+  /** Where error messages go (default process.stderr). */
+  err?: (s: string) => void;
+  /** The commands offered (default COMMANDS). */
+  commands?: readonly Command[];
+}
+
 /** Runs the CLI; resolves to the exit code. */
-export async function main(argv: readonly string[] = process.argv.slice(2), io?: Partial<Output>): Promise<number> {
-  const out: Output = {
-    out: io?.out ?? ((s) => process.stdout.write(s)),
-    err: io?.err ?? ((s) => process.stderr.write(s)),
-  };
+export async function main(argv: readonly string[] = process.argv.slice(2), opts: MainOptions = {}): Promise<number> {
+  const err = opts.err ?? ((s: string) => void process.stderr.write(s));
   const verbose = argv.includes('--verbose');
   try {
-    await buildParser(argv).parseAsync();
+    await buildParser(argv, opts.commands ?? COMMANDS).parseAsync();
     return 0;
   } catch (e) {
     if (e instanceof UsageFailure) {
-      out.err(`${e.usage}\n\ntdq-native: ${stripPrefix(e.message)}\n`);
+      err(`${e.usage}\n\ntdq-native: ${stripPrefix(e.message)}\n`);
       return 1;
     }
     const cause = e instanceof CommandFailure ? e.inner : e;
-    const err = cause instanceof Error ? cause : new Error(String(cause));
-    out.err(`tdq-native: ${stripPrefix(err.message)}\n`);
-    if (verbose && !(err instanceof CliError) && err.stack) out.err(`${err.stack}\n`);
+    const error = cause instanceof Error ? cause : new Error(String(cause));
+    err(`tdq-native: ${stripPrefix(error.message)}\n`);
+    if (verbose && !(error instanceof CliError) && error.stack) err(`${error.stack}\n`);
     return 1;
   }
 }

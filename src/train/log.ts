@@ -383,17 +383,20 @@ export function niceTicks(lo: number, hi: number, target = 5): number[] {
   return out;
 }
 
-/** Tick values of a log axis: decades, with 2 and 5 when the range is short. */
+/** Tick values of a log axis: decades, with 2x and 5x when fewer than 3 decades fall in range. */
 export function logTicks(lo: number, hi: number): number[] {
   const a = Math.floor(Math.log10(lo)), b = Math.ceil(Math.log10(hi));
-  const mults = b - a <= 2 ? [1, 2, 5] : [1];
   const step = Math.max(1, Math.ceil((b - a) / 8));
-  const out: number[] = [];
-  for (let e = a; e <= b; e += step) for (const m of mults) {
-    const v = Number((m * 10 ** e).toPrecision(12));
-    if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) out.push(v);
-  }
-  return out;
+  const ticks = (mults: number[]) => {
+    const out: number[] = [];
+    for (let e = a; e <= b; e += step) for (const m of mults) {
+      const v = Number((m * 10 ** e).toPrecision(12));
+      if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) out.push(v);
+    }
+    return out;
+  };
+  const decades = ticks([1]);
+  return decades.length >= 3 ? decades : ticks([1, 2, 5]);
 }
 
 function tickLabel(v: number): string {

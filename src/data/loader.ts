@@ -65,6 +65,11 @@ export function epochPermutation(n: number, seed: number, epoch: number): Int32A
   return perm;
 }
 
+/** One sample as a (C, H, W) float32 tensor. */
+export function sampleTensor(ds: Dataset, index: number): Tensor {
+  return fromArray(ds.get(index), [ds.channels, ds.height, ds.width]);
+}
+
 export class DataLoader {
   readonly dataset: Dataset;
   readonly batchSize: number;

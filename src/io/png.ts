@@ -147,9 +147,15 @@ export function readPng(file: string, opts: Omit<DecodeOptions, 'file'> = {}): F
   return decodePng(buf, { ...opts, file });
 }
 
-/** Writes a planar (C, H, W) image atomically. */
-export async function writePng(file: string, data: ArrayLike<number>, shape: readonly number[]): Promise<void> {
-  await writeFileAtomic(file, encodePng(data, shape));
+/** Writes a planar (C, H, W) image atomically: a float32 tensor, or values with their shape. */
+export async function writePng(file: string, image: Tensor | ArrayLike<number>, shape?: readonly number[]): Promise<void> {
+  if ('isTensor' in image) {
+    if (image.dtype !== 'float32') throw new TypeError(`writePng: the image must be float32, got ${image.dtype}`);
+    await writeFileAtomic(file, encodePng(await image.float32(), image.shape));
+    return;
+  }
+  if (!shape) throw new TypeError('writePng: the shape (C, H, W) of the values is required');
+  await writeFileAtomic(file, encodePng(image, shape));
 }
 
 export function writePngSync(file: string, data: ArrayLike<number>, shape: readonly number[]): void {

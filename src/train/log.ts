@@ -40,6 +40,7 @@ export interface LoggerOptions {
   /**
    * Continuing a run from this step: existing records up to it are kept (and
    * plotted), later ones (from after the checkpoint) dropped from the files.
+   * Without it, a run starts its log files afresh.
    */
   resumeStep?: number;
 }
@@ -79,6 +80,34 @@ export function readJsonlLog(file: string): LogRecord[] {
     }
   }
   return out;
+}
+
+/** Reads a CSV log written by TrainLogger (header line, numbers, 'nan'). */
+export function readCsvLog(file: string): LogRecord[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  const [head, ...rows] = text.split('\n');
+  const cols = head.split(',');
+  const out: LogRecord[] = [];
+  for (const row of rows) {
+    const cells = row.split(',');
+    if (cells.length !== cols.length) continue; // empty or torn line
+    const r: Record<string, number> = {};
+    cols.forEach((c, i) => {
+      if (cells[i] !== '') r[c] = cells[i] === 'nan' ? NaN : Number(cells[i]);
+    });
+    out.push(r as LogRecord);
+  }
+  return out;
+}
+
+// JSON has no NaN or Infinity: they are written as null (read back as NaN).
+function jsonLine(r: LogRecord): string {
+  return JSON.stringify(r, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n';
 }
 
 function csvLine(cols: readonly string[], r: Record<string, number>): string {
@@ -127,21 +156,21 @@ export class TrainLogger {
 
   // Keeps the records up to `step` in memory and in the files, rewritten atomically.
   private truncateFiles(step: number): void {
-    const kept = readJsonlLog(this.file('jsonl')).filter((r) => r.step <= step);
+    const fmts = this.formats();
+    const all = fmts.includes('jsonl') ? readJsonlLog(this.file('jsonl')) : readCsvLog(this.file('csv'));
+    const kept = all.filter((r) => r.step <= step);
     this.all.push(...kept);
-    if (this.formats().includes('jsonl')) {
-      writeFileAtomicSync(this.file('jsonl'), kept.map((r) => JSON.stringify(r) + '\n').join(''));
-    }
-    if (this.formats().includes('csv')) {
-      let header: string[] | null = null;
+    if (fmts.includes('jsonl')) writeFileAtomicSync(this.file('jsonl'), kept.map(jsonLine).join(''));
+    if (fmts.includes('csv')) {
+      let header: string[] = [];
       try {
         header = fs.readFileSync(this.file('csv'), 'utf8').split('\n')[0].split(',').filter(Boolean);
       } catch {
-        header = null;
+        /* no CSV yet: its columns come from the next record */
       }
-      if (header && header.length) {
+      if (header.length) {
         this.csvColumns = header;
-        writeFileAtomicSync(this.file('csv'), header.join(',') + '\n' + kept.map((r) => csvLine(header as string[], r)).join(''));
+        writeFileAtomicSync(this.file('csv'), header.join(',') + '\n' + kept.map((r) => csvLine(header, r)).join(''));
       }
     }
   }
@@ -200,7 +229,7 @@ export class TrainLogger {
     if (!this.opts.dir) return;
     const fmts = this.formats();
     if (fmts.includes('jsonl')) {
-      fs.appendFileSync(this.file('jsonl'), JSON.stringify(r, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n');
+      fs.appendFileSync(this.file('jsonl'), jsonLine(r));
     }
     if (fmts.includes('csv')) {
       if (!this.csvColumns) {

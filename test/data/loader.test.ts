@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import type { Dataset } from '../../src/data/dataset';
-import { DataLoader, epochPermutation } from '../../src/data/loader';
+import { DataLoader, epochPermutation, sampleTensor } from '../../src/data/loader';
 import { SyntheticDataset } from '../../src/data/synthetic';
 
 /** Sample i is filled with the value i: batches show which samples they hold. */
@@ -165,6 +165,10 @@ describe('DataLoader', () => {
     assert.deepEqual([...(await b.y.data())], [...ref.labels]);
     b.x.dispose();
     b.y.dispose();
+    const s = sampleTensor(ds, 5);
+    assert.deepEqual([...s.shape], [3, 8, 8]);
+    assert.deepEqual([...(await s.data())], [...ds.get(5)]);
+    s.dispose();
     const unl = new DataLoader(new IndexDataset(4), { batchSize: 2 }).next();
     assert.equal(unl.y, null);
     assert.deepEqual([...unl.labels], [-1, -1]);

@@ -101,5 +101,10 @@ describe('PNG helpers', () => {
     assert.deepEqual(files.map((f) => path.basename(f)), ['s000010.png', 's000011.png', 's000012.png', 's000013.png']);
     assert.deepEqual([...readPng(files[2]).data], [...data.subarray(2 * 108, 3 * 108)]);
     t.dispose();
+    const one = fromArray(data.subarray(0, 108), [3, 6, 6]);
+    await writePng(path.join(tmp, 'tensor.png'), one);
+    assert.deepEqual([...readPng(path.join(tmp, 'tensor.png')).data], [...data.subarray(0, 108)]);
+    one.dispose();
+    await assert.rejects(writePng(path.join(tmp, 'x.png'), [0, 0]), /shape \(C, H, W\) of the values is required/);
   });
 });

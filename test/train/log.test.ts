@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { PNG } from 'pngjs';
 
-import { TrainLogger, logTicks, niceTicks, plotLines, readJsonlLog, smooth } from '../../src/train/log';
+import { TrainLogger, logTicks, niceTicks, plotLines, readCsvLog, readJsonlLog, smooth } from '../../src/train/log';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-log-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -62,6 +62,16 @@ describe('TrainLogger', () => {
     // A torn last line (a killed writer) is skipped when reading.
     fs.appendFileSync(path.join(dir, 'log.jsonl'), '{"step":50,"lo');
     assert.equal(readJsonlLog(path.join(dir, 'log.jsonl')).length, 4);
+  });
+
+  it('resumes a CSV-only log from the CSV', () => {
+    const dir = path.join(tmp, 'resume-csv');
+    const a = new TrainLogger({ batchSize: 1, every: 5, dir, print: null, formats: ['csv'] });
+    for (let s = 1; s <= 20; ++s) a.step(s, { loss: s, lr: 0.5 });
+    assert.equal(fs.existsSync(path.join(dir, 'log.jsonl')), false);
+    const b = new TrainLogger({ batchSize: 1, every: 5, dir, print: null, formats: ['csv'], resumeStep: 10 });
+    assert.deepEqual(b.records().map((r) => [r.step, r.loss, r.lr]), [[5, 3, 0.5], [10, 8, 0.5]]);
+    assert.deepEqual(readCsvLog(path.join(dir, 'log.csv')).map((r) => r.step), [5, 10]);
   });
 
   it('draws the loss curve PNG at close', () => {

@@ -91,6 +91,31 @@ describe('scaledDotProductAttention against PyTorch', { skip: skip ?? false }, (
   });
 });
 
+describe('attention determinism', () => {
+  it('forward and gradients are bitwise the same with 1 and 2 threads', async () => {
+    const prev = native().info().threads;
+    const q = randomTensor([2, 2, 200, 40], 91), k = randomTensor([2, 2, 150, 40], 92), v = randomTensor([2, 2, 150, 24], 93);
+    const gy = randomTensor([2, 2, 200, 24], 94).t;
+    const runs: Float32Array[][] = [];
+    try {
+      for (const threads of [1, 2]) {
+        native().setThreads(threads);
+        for (const t of [q.t, k.t, v.t]) {
+          t.grad?.dispose();
+          t.grad = null;
+          t.requiresGrad = true;
+        }
+        const y = scaledDotProductAttention(q.t, k.t, v.t);
+        backward(y, gy);
+        runs.push([await y.float32(), await q.t.grad!.float32(), await k.t.grad!.float32(), await v.t.grad!.float32()]);
+      }
+    } finally {
+      native().setThreads(prev);
+    }
+    runs[0].forEach((a, i) => assert.deepEqual(a, runs[1][i], ['output', 'grad q', 'grad k', 'grad v'][i]));
+  });
+});
+
 describe('attention memory', () => {
   it('Lq = Lk = 4096, D = 32: forward and backward peak far below one Lq x Lk score matrix', async () => {
     const L = 4096, D = 32;

@@ -21,87 +21,15 @@
 #include <vector>
 
 #include "../core/registry.h"
-
-// The vector helpers pass vectors by value, which would change the ABI between
-// a default-ISA and an AVX build; they are always inlined into one target
-// function, so no such call exists.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "nn_simd.h"
 
 namespace tdq {
 namespace {
 
-#define TDQ_AINLINE inline __attribute__((always_inline))
+using namespace nnsimd;
 
 constexpr int64_t kBQ = 64;  // query rows per block
 constexpr int64_t kBK = 64;  // keys per block (a multiple of every vector width)
-
-// ---- vector helpers ---------------------------------------------------------
-template <int W> struct VecT {
-  typedef float f __attribute__((vector_size(W * sizeof(float))));
-  typedef int32_t i __attribute__((vector_size(W * sizeof(float))));
-};
-template <> struct VecT<1> {
-  typedef float f;
-  typedef int32_t i;
-};
-template <int W> using Vf = typename VecT<W>::f;
-template <int W> using Vi = typename VecT<W>::i;
-
-template <int W> TDQ_AINLINE Vf<W> vload(const float* p) {
-  Vf<W> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <int W> TDQ_AINLINE void vstore(float* p, const Vf<W>& v) { std::memcpy(p, &v, sizeof v); }
-// s - 0 rather than 0 + s: the compiler may fold x - 0 (but not 0 + x, which
-// differs for x = -0) and emits a single broadcast.
-template <int W> TDQ_AINLINE Vf<W> vsplat(float s) { return s - Vf<W>{}; }
-template <int W> TDQ_AINLINE Vf<W> vmax(const Vf<W>& a, const Vf<W>& b) { return a > b ? a : b; }
-template <int W> TDQ_AINLINE float hsum(const Vf<W>& v) {
-  if constexpr (W == 1) {
-    return v;
-  } else {
-    float s = 0;
-    for (int i = 0; i < W; ++i) s += v[i];
-    return s;
-  }
-}
-template <int W> TDQ_AINLINE float hmax(const Vf<W>& v) {
-  if constexpr (W == 1) {
-    return v;
-  } else {
-    float m = v[0];
-    for (int i = 1; i < W; ++i) m = std::max(m, v[i]);
-    return m;
-  }
-}
-
-// exp for the softmax arguments (scores minus their row maximum or their
-// logsumexp, so <= ~0). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and
-// a degree-6 Taylor polynomial for e^r (relative error ~1.2e-7, about one
-// float ulp). x is clamped to [-87.3, 88] so that 2^n stays a normal float:
-// below the clamp the result is < 1.2e-38 instead of 0, which cannot change
-// a softmax whose largest term is about 1.
-template <int W> TDQ_AINLINE Vf<W> vexp(const Vf<W>& x0) {
-  if constexpr (W == 1) {
-    return std::exp(x0);
-  } else {
-    Vf<W> x = vmax<W>(x0, vsplat<W>(-87.3f));
-    x = x < 88.0f ? x : vsplat<W>(88.0f);
-    const Vf<W> t = x * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23: rounds to an integer
-    const Vf<W> n = t - 12582912.0f;
-    Vf<W> r = x - n * 0.693359375f;  // ln2 split so that n * hi is exact
-    r = r - n * -2.12194440e-4f;
-    Vf<W> p = r * (1.0f / 720) + (1.0f / 120);
-    p = p * r + (1.0f / 24);
-    p = p * r + (1.0f / 6);
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const Vi<W> e = (__builtin_convertvector(n, Vi<W>) + 127) << 23;  // 2^n, n in [-126, 127]
-    return p * (Vf<W>)e;
-  }
-}
 
 // ---- C (M x N) = alpha * A (M x K) B (K x N) [+ C], all row-major -------------
 // R rows x NC vectors of C stay in registers while k runs; each loaded row of
@@ -162,20 +90,6 @@ TDQ_AINLINE void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
   }
 }
 
-template <int W> TDQ_AINLINE float row_max(const float* s, int64_t n) {
-  int64_t j = 0;
-  float m = -std::numeric_limits<float>::infinity();
-  if constexpr (W > 1) {
-    if (n >= W) {
-      Vf<W> vm = vload<W>(s);
-      for (j = W; j + W <= n; j += W) vm = vmax<W>(vm, vload<W>(s + j));
-      m = hmax<W>(vm);
-    }
-  }
-  for (; j < n; ++j) m = std::max(m, s[j]);
-  return m;
-}
-
 // s[j] = exp(s[j] - sub) for j < n; returns their sum.
 template <int W> TDQ_AINLINE float exp_row(float* s, int64_t n, float sub) {
   int64_t j = 0;
@@ -195,15 +109,6 @@ template <int W> TDQ_AINLINE float exp_row(float* s, int64_t n, float sub) {
     sum += s[j];
   }
   return sum;
-}
-
-template <int W> TDQ_AINLINE void scale_row(float* x, int64_t n, float a) {
-  int64_t j = 0;
-  if constexpr (W > 1) {
-    const Vf<W> va = vsplat<W>(a);
-    for (; j + W <= n; j += W) vstore<W>(x + j, vload<W>(x + j) * va);
-  }
-  for (; j < n; ++j) x[j] *= a;
 }
 
 // One row of the softmax backward for a tile: p = exp(s - lse), then
@@ -370,9 +275,7 @@ void fwd_ref(const AttnShape& s, const float* q, const float* kt, const float* v
 void bwd_kv_ref(const AttnShape& s, const BwdArgs& a, int64_t bh, int64_t b, float* buf) { bwd_kv_block<1>(s, a, bh, b, buf); }
 void bwd_q_ref(const AttnShape& s, const BwdArgs& a, int64_t bh, int64_t b, float* buf) { bwd_q_block<1>(s, a, bh, b, buf); }
 
-#if defined(__x86_64__) || defined(__i386__)
-#define TDQ_AVX2 __attribute__((target("avx2,fma")))
-#define TDQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#if TDQ_NN_X86
 TDQ_AVX2 void fwd_avx2(const AttnShape& s, const float* q, const float* kt, const float* v, float* o, float* l,
                        int64_t bh, int64_t qb, float* buf) {
   fwd_block<8>(s, q, kt, v, o, l, bh, qb, buf);

@@ -38,3 +38,15 @@ def attention(i, a):
     scale = a.get("scale", q.shape[-1] ** -0.5)
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
     return torch.matmul(torch.softmax(s, dim=-1), v), torch.logsumexp(s, dim=-1)
+
+
+@op("gelu_stable")
+def gelu_stable(i, a):
+    """F.gelu's value through forms that keep relative accuracy for large
+    negative x, where float64 1 + erf(x/sqrt2) and 1 + tanh(u) cancel to a few
+    digits (x = -8) or to zero: 0.5 x erfc(-x/sqrt2) and x sigmoid(2u)."""
+    x = i["x"]
+    if a.get("approximate", "none") == "tanh":
+        u = (2 / torch.pi) ** 0.5 * (x + 0.044715 * x ** 3)
+        return x * torch.sigmoid(2 * u)
+    return 0.5 * x * torch.erfc(-x / 2 ** 0.5)

@@ -34,9 +34,31 @@ export class Ema {
     });
   }
 
-  /** Copies the averaged weights into a model (for sampling or export). */
-  copyTo(model: Module): void {
-    model.loadStateDict(this.shadow, { strict: false });
+  /** Sets the averages from saved tensors (a checkpoint's EMA), copying them. */
+  load(saved: Map<string, Tensor>): void {
+    for (const [name, s] of this.shadow) {
+      const v = saved.get(name);
+      if (!v) throw new Error(`Ema.load: the checkpoint has no EMA value for '${name}'`);
+      if (v.shape.join() !== s.shape.join()) throw new RangeError(`Ema.load: '${name}' has shape [${v.shape}] in the checkpoint, expected [${s.shape}]`);
+      runOp('copy_', [s, v.dtype === s.dtype ? v : runOp1('cast', [v], { dtype: s.dtype })]);
+    }
+  }
+
+  /**
+   * Exchanges the model's weights with the averages, in place: call once to
+   * sample or export with the EMA weights, and again to continue training.
+   */
+  swapInto(model: Module): void {
+    noGrad(() => {
+      for (const [name, p] of model.namedParameters()) {
+        const s = this.shadow.get(name);
+        if (!s) continue;
+        const tmp = runOp1('cast', [p], { dtype: p.dtype });
+        runOp('copy_', [p, s]);
+        runOp('copy_', [s, tmp]);
+        tmp.dispose();
+      }
+    });
   }
 
   dispose(): void {

@@ -40,7 +40,9 @@ export class Ema {
       const v = saved.get(name);
       if (!v) throw new Error(`Ema.load: the checkpoint has no EMA value for '${name}'`);
       if (v.shape.join() !== s.shape.join()) throw new RangeError(`Ema.load: '${name}' has shape [${v.shape}] in the checkpoint, expected [${s.shape}]`);
-      runOp('copy_', [s, v.dtype === s.dtype ? v : runOp1('cast', [v], { dtype: s.dtype })]);
+      const src = v.dtype === s.dtype ? v : runOp1('cast', [v], { dtype: s.dtype });
+      runOp('copy_', [s, src]);
+      if (src !== v) src.dispose();
     }
   }
 

@@ -1,0 +1,306 @@
+// 2-D convolution (dilation 1, groups 1) as im2col + GEMM, with both backward
+// passes:
+//   conv2d_forward(x, weight, bias?)       y  = W · col(x) + b
+//   conv2d_backward_input(gy, weight)      gx = col2im(W^T · gy)
+//   conv2d_backward_weight(gy, x)          gW = sum_n gy_n · col(x_n)^T,  gb = sum gy
+// with x (N, C, H, W), weight (O, C, kH, kW), y (N, O, Ho, Wo).
+//
+// col(x_n) is the (C*kH*kW, Ho*Wo) matrix whose column p holds the input patch
+// under output pixel p. Samples are processed in chunks whose columns sit side
+// by side in one col matrix, (C*kH*kW, nb*Ho*Wo): small feature maps (8x8)
+// then still make GEMMs wide enough to run well, and the buffer stays bounded
+// however large the batch is. A 1x1 convolution with stride 1 and no padding
+// needs no col matrix at all: x_n already is (C, H*W).
+#include <algorithm>
+#include <cstring>
+
+#include "../core/registry.h"
+#include "gemm.h"
+
+namespace tdq {
+namespace {
+
+struct ConvGeom {
+  int64_t N, C, H, W;     // input
+  int64_t O, kh, kw;      // weight (O, C, kh, kw)
+  int64_t stride, pad;
+  int64_t Ho, Wo;         // output
+  int64_t P() const { return Ho * Wo; }
+  int64_t CKK() const { return C * kh * kw; }
+  bool pointwise() const { return kh == 1 && kw == 1 && stride == 1 && pad == 0; }
+};
+
+// Validates stride/padding and the kernel against the (padded) input and
+// fills in the output size. `x` and `w` are the shapes of the input and the
+// weight; `xarg` names the tensor the input shape came from.
+ConvGeom conv_geometry(const Attrs& at, const Shape& x, const Shape& w, const char* xarg) {
+  ConvGeom g{};
+  g.stride = at.get_int("stride", 1);
+  g.pad = at.get_int("padding", 0);
+  TDQ_CHECK_RANGE(g.stride >= 1, at.op, ": attribute 'stride' must be a positive integer, got ", g.stride);
+  TDQ_CHECK_RANGE(g.pad >= 0, at.op, ": attribute 'padding' must be >= 0, got ", g.pad);
+  TDQ_CHECK_RANGE(at.get_int("dilation", 1) == 1, at.op, ": attribute 'dilation' must be 1 (dilated convolution is not supported)");
+  TDQ_CHECK_RANGE(at.get_int("groups", 1) == 1, at.op, ": attribute 'groups' must be 1 (grouped convolution is not supported)");
+  g.N = x[0], g.C = x[1], g.H = x[2], g.W = x[3];
+  g.O = w[0], g.kh = w[2], g.kw = w[3];
+  TDQ_CHECK_RANGE(g.O >= 1 && w[1] >= 1 && g.kh >= 1 && g.kw >= 1, at.op,
+                  ": argument 'weight' must have positive dimensions (O, C, kH, kW), got ", shape_str(w));
+  TDQ_CHECK_RANGE(w[1] == g.C, at.op, ": argument 'weight' ", shape_str(w), " expects ", w[1],
+                  " input channels but argument '", xarg, "' ", shape_str(x), " has ", g.C);
+  TDQ_CHECK_RANGE(g.H + 2 * g.pad >= g.kh && g.W + 2 * g.pad >= g.kw, at.op, ": kernel ", g.kh, "x", g.kw,
+                  " of argument 'weight' is larger than the padded input ", g.H + 2 * g.pad, "x", g.W + 2 * g.pad,
+                  " (argument '", xarg, "' ", shape_str(x), ", padding ", g.pad, ")");
+  g.Ho = (g.H + 2 * g.pad - g.kh) / g.stride + 1;
+  g.Wo = (g.W + 2 * g.pad - g.kw) / g.stride + 1;
+  return g;
+}
+
+// Samples per chunk: enough that the GEMM has ~512 columns, within a bound on
+// the col buffer (16 MiB) so memory does not grow with the batch.
+int64_t chunk_samples(const ConvGeom& g) {
+  const int64_t P = std::max<int64_t>(g.P(), 1);
+  int64_t nb = std::max<int64_t>(1, 512 / P);
+  nb = std::min(nb, std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(g.CKK() * P, 1)));
+  return std::max<int64_t>(1, std::min(nb, g.N));
+}
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// The output columns [lo, hi) whose input column iw = ow*stride - pad + kj lies
+// inside [0, W); the others read padding.
+void valid_columns(const ConvGeom& g, int64_t kj, int64_t& lo, int64_t& hi) {
+  lo = std::clamp<int64_t>(floor_div(g.pad - kj + g.stride - 1, g.stride), 0, g.Wo);
+  hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, g.Wo);
+}
+
+// Writes col(x_s) for samples s in [0, nb) into col (CKK, ldcol), sample s at
+// column offset s*P. Zero where the patch hangs over the padding.
+void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t nb, float* col, int64_t ldcol) {
+  const int64_t CKK = g.CKK(), P = g.P(), HW = g.H * g.W;
+  ctx.parallel_for(nb * CKK, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t idx = b; idx < e; ++idx) {
+      const int64_t s = idx / CKK, r = idx % CKK;
+      const int64_t c = r / (g.kh * g.kw), ki = r / g.kw % g.kh, kj = r % g.kw;
+      const float* xc = x + (s * g.C + c) * HW;
+      float* dst = col + r * ldcol + s * P;
+      int64_t ow_lo, ow_hi;
+      valid_columns(g, kj, ow_lo, ow_hi);
+      for (int64_t oh = 0; oh < g.Ho; ++oh, dst += g.Wo) {
+        const int64_t ih = oh * g.stride - g.pad + ki;
+        if (ih < 0 || ih >= g.H) {
+          std::fill(dst, dst + g.Wo, 0.f);
+          continue;
+        }
+        const int64_t off = ih * g.W - g.pad + kj;  // + ow*stride: the input element under output ow
+        std::fill(dst, dst + ow_lo, 0.f);
+        if (g.stride == 1) std::memcpy(dst + ow_lo, xc + off + ow_lo, sizeof(float) * (ow_hi - ow_lo));
+        else for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] = xc[off + ow * g.stride];
+        std::fill(dst + ow_hi, dst + g.Wo, 0.f);
+      }
+    }
+  });
+}
+
+// The adjoint of im2col: gx_s = sum over patches of dcol, for samples [0, nb)
+// of the chunk. Each (sample, channel) plane is owned by one task, so the
+// overlapping patches of neighbouring outputs add up without races.
+void col2im(const ExecContext& ctx, const ConvGeom& g, const float* dcol, int64_t ldcol, int64_t nb, float* gx) {
+  const int64_t P = g.P(), HW = g.H * g.W, KK = g.kh * g.kw;
+  ctx.parallel_for(nb * g.C, std::max<int64_t>(1, 8192 / std::max<int64_t>(KK * P, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t idx = b; idx < e; ++idx) {
+      const int64_t s = idx / g.C, c = idx % g.C;
+      float* xc = gx + (s * g.C + c) * HW;
+      std::fill(xc, xc + HW, 0.f);
+      for (int64_t ki = 0; ki < g.kh; ++ki) {
+        for (int64_t kj = 0; kj < g.kw; ++kj) {
+          const float* src = dcol + (c * KK + ki * g.kw + kj) * ldcol + s * P;
+          int64_t ow_lo, ow_hi;
+          valid_columns(g, kj, ow_lo, ow_hi);
+          for (int64_t oh = 0; oh < g.Ho; ++oh, src += g.Wo) {
+            const int64_t ih = oh * g.stride - g.pad + ki;
+            if (ih < 0 || ih >= g.H) continue;
+            float* row = xc + ih * g.W;
+            const int64_t off = kj - g.pad;
+            if (g.stride == 1) for (int64_t ow = ow_lo; ow < ow_hi; ++ow) row[ow + off] += src[ow];
+            else for (int64_t ow = ow_lo; ow < ow_hi; ++ow) row[ow * g.stride + off] += src[ow];
+          }
+        }
+      }
+    }
+  });
+}
+
+// (nb, O, P) samples -> (O, nb*P): gy of a chunk laid out as one GEMM operand.
+void gather_chunk(const ExecContext& ctx, const float* src, int64_t nb, int64_t O, int64_t P, float* dst) {
+  ctx.parallel_for(nb * O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t idx = b; idx < e; ++idx) {
+      const int64_t s = idx / O, o = idx % O;
+      std::memcpy(dst + o * nb * P + s * P, src + idx * P, sizeof(float) * P);
+    }
+  });
+}
+
+// ---- forward ---------------------------------------------------------------------
+std::vector<TensorMeta> infer_conv2d_forward(const std::vector<Tensor>& in, const Attrs& at) {
+  check_dtype(at, in[0], "x", DType::f32);
+  check_dtype(at, in[1], "weight", DType::f32);
+  check_rank(at, in[0], "x", 4);
+  check_rank(at, in[1], "weight", 4);
+  ConvGeom g = conv_geometry(at, in[0].shape, in[1].shape, "x");
+  if (in.size() > 2 && in[2].defined()) {
+    check_dtype(at, in[2], "bias", DType::f32);
+    check_shape(at, in[2], "bias", {g.O});
+  }
+  return {{{g.N, g.O, g.Ho, g.Wo}, DType::f32}};
+}
+
+void conv2d_forward(OpCall& c, const ExecContext& ctx) {
+  const Tensor &x = c.inputs[0], &w = c.inputs[1];
+  const float* bias = c.inputs.size() > 2 && c.inputs[2].defined() ? c.inputs[2].f32() : nullptr;
+  const ConvGeom g = conv_geometry(c.attrs, x.shape, w.shape, "x");
+  const int64_t P = g.P(), CKK = g.CKK(), nbmax = chunk_samples(g);
+  float* y = c.outputs[0].f32();
+  const bool direct = g.pointwise() && nbmax == 1;  // x_n is its own col matrix
+  Tensor col = direct ? Tensor{} : ctx.scratch({CKK, nbmax * P});
+  Tensor tmp = nbmax > 1 ? ctx.scratch({g.O, nbmax * P}) : Tensor{};
+
+  for (int64_t n0 = 0; n0 < g.N; n0 += nbmax) {
+    const int64_t nb = std::min(nbmax, g.N - n0), cols = nb * P;
+    const float* xs = x.f32() + n0 * g.C * g.H * g.W;
+    const float* colp = xs;
+    if (!direct) {
+      im2col(ctx, g, xs, nb, col.f32(), cols);
+      colp = col.f32();
+    }
+    if (nbmax == 1) {
+      // One sample: the GEMM writes y_n in place, on top of the bias.
+      float* yn = y + n0 * g.O * P;
+      if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
+      sgemm(ctx, false, false, g.O, P, CKK, 1.f, w.f32(), CKK, colp, cols, bias ? 1.f : 0.f, yn, P);
+    } else {
+      // (O, nb*P) -> (nb, O, P), adding the bias on the way.
+      float* t = tmp.f32();
+      sgemm(ctx, false, false, g.O, cols, CKK, 1.f, w.f32(), CKK, colp, cols, 0.f, t, cols);
+      ctx.parallel_for(nb * g.O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
+        for (int64_t idx = b; idx < e; ++idx) {
+          const int64_t s = idx / g.O, o = idx % g.O;
+          const float* src = t + o * cols + s * P;
+          float* dst = y + (n0 + s) * g.O * P + o * P;
+          const float bo = bias ? bias[o] : 0.f;
+          for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + bo;
+        }
+      });
+    }
+  }
+}
+
+// ---- backward: input ---------------------------------------------------------------
+// conv2d_backward_input(gy, weight; stride, padding, input_shape) -> gx
+std::vector<TensorMeta> infer_conv2d_backward_input(const std::vector<Tensor>& in, const Attrs& at) {
+  check_dtype(at, in[0], "gy", DType::f32);
+  check_dtype(at, in[1], "weight", DType::f32);
+  check_rank(at, in[1], "weight", 4);
+  Shape xs = at.get_ints("input_shape");
+  TDQ_CHECK_RANGE(xs.size() == 4 && std::all_of(xs.begin(), xs.end(), [](int64_t v) { return v >= 0; }), at.op,
+                  ": attribute 'input_shape' must be 4 non-negative sizes (N, C, H, W), got ", shape_str(xs));
+  ConvGeom g = conv_geometry(at, xs, in[1].shape, "input_shape");
+  check_shape(at, in[0], "gy", {g.N, g.O, g.Ho, g.Wo});
+  return {{xs, DType::f32}};
+}
+
+void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
+  const Tensor &gy = c.inputs[0], &w = c.inputs[1];
+  const ConvGeom g = conv_geometry(c.attrs, c.outputs[0].shape, w.shape, "input_shape");
+  const int64_t P = g.P(), CKK = g.CKK(), nbmax = chunk_samples(g), HW = g.H * g.W;
+  float* gx = c.outputs[0].f32();
+  const bool direct = g.pointwise() && nbmax == 1;
+  Tensor dcol = direct ? Tensor{} : ctx.scratch({CKK, nbmax * P});
+  Tensor gyc = nbmax > 1 ? ctx.scratch({g.O, nbmax * P}) : Tensor{};
+
+  for (int64_t n0 = 0; n0 < g.N; n0 += nbmax) {
+    const int64_t nb = std::min(nbmax, g.N - n0), cols = nb * P;
+    const float* gys = gy.f32() + n0 * g.O * P;
+    if (nbmax > 1) {
+      gather_chunk(ctx, gys, nb, g.O, P, gyc.f32());
+      gys = gyc.f32();
+    }
+    if (direct) {
+      // 1x1: gx_n (C, HW) = W^T (C, O) · gy_n (O, HW)
+      sgemm(ctx, true, false, g.C, P, g.O, 1.f, w.f32(), CKK, gys, cols, 0.f, gx + n0 * g.C * HW, HW);
+    } else {
+      sgemm(ctx, true, false, CKK, cols, g.O, 1.f, w.f32(), CKK, gys, cols, 0.f, dcol.f32(), cols);
+      col2im(ctx, g, dcol.f32(), cols, nb, gx + n0 * g.C * HW);
+    }
+  }
+}
+
+// ---- backward: weight (and bias) ---------------------------------------------------
+// conv2d_backward_weight(gy, x; stride, padding, kernel_size [kH, kW], bias) -> gW [, gb]
+std::vector<TensorMeta> infer_conv2d_backward_weight(const std::vector<Tensor>& in, const Attrs& at) {
+  check_dtype(at, in[0], "gy", DType::f32);
+  check_dtype(at, in[1], "x", DType::f32);
+  check_rank(at, in[0], "gy", 4);
+  check_rank(at, in[1], "x", 4);
+  Shape k = at.get_ints("kernel_size");
+  TDQ_CHECK_RANGE(k.size() == 2, at.op, ": attribute 'kernel_size' must be [kH, kW], got ", shape_str(k));
+  const Shape ws{in[0].shape[1], in[1].shape[1], k[0], k[1]};
+  ConvGeom g = conv_geometry(at, in[1].shape, ws, "x");
+  check_shape(at, in[0], "gy", {g.N, g.O, g.Ho, g.Wo});
+  std::vector<TensorMeta> out{{ws, DType::f32}};
+  if (at.get_bool("bias", false)) out.push_back({{g.O}, DType::f32});
+  return out;
+}
+
+void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
+  const Tensor &gy = c.inputs[0], &x = c.inputs[1];
+  const ConvGeom g = conv_geometry(c.attrs, x.shape, c.outputs[0].shape, "x");
+  const int64_t P = g.P(), CKK = g.CKK(), nbmax = chunk_samples(g);
+  float* gw = c.outputs[0].f32();
+  const bool direct = g.pointwise() && nbmax == 1;
+  Tensor col = direct ? Tensor{} : ctx.scratch({CKK, nbmax * P});
+  Tensor gyc = nbmax > 1 ? ctx.scratch({g.O, nbmax * P}) : Tensor{};
+
+  if (g.N == 0) std::fill(gw, gw + g.O * CKK, 0.f);
+  for (int64_t n0 = 0; n0 < g.N; n0 += nbmax) {
+    const int64_t nb = std::min(nbmax, g.N - n0), cols = nb * P;
+    const float* xs = x.f32() + n0 * g.C * g.H * g.W;
+    const float* colp = xs;
+    if (!direct) {
+      im2col(ctx, g, xs, nb, col.f32(), cols);
+      colp = col.f32();
+    }
+    const float* gys = gy.f32() + n0 * g.O * P;
+    if (nbmax > 1) {
+      gather_chunk(ctx, gys, nb, g.O, P, gyc.f32());
+      gys = gyc.f32();
+    }
+    // gW (O, CKK) += gy_chunk (O, cols) · col^T (cols, CKK); the first chunk overwrites.
+    sgemm(ctx, false, true, g.O, CKK, cols, 1.f, gys, cols, colp, cols, n0 == 0 ? 0.f : 1.f, gw, CKK);
+  }
+
+  if (c.outputs.size() > 1) {
+    // gb[o] = sum over samples and pixels of gy, accumulated in double.
+    float* gb = c.outputs[1].f32();
+    const float* pg = gy.f32();
+    ctx.parallel_for(g.O, 1, [&](int64_t b, int64_t e) {
+      for (int64_t o = b; o < e; ++o) {
+        double acc = 0;
+        for (int64_t n = 0; n < g.N; ++n) {
+          const float* src = pg + (n * g.O + o) * P;
+          double part = 0;
+          for (int64_t p = 0; p < P; ++p) part += src[p];
+          acc += part;
+        }
+        gb[o] = static_cast<float>(acc);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+TDQ_REGISTER_OP({"conv2d_forward", 2, 3, infer_conv2d_forward, conv2d_forward, {}});
+TDQ_REGISTER_OP({"conv2d_backward_input", 2, 2, infer_conv2d_backward_input, conv2d_backward_input, {}});
+TDQ_REGISTER_OP({"conv2d_backward_weight", 2, 2, infer_conv2d_backward_weight, conv2d_backward_weight, {}});
+
+}  // namespace tdq

@@ -1,0 +1,267 @@
+// SGEMM: the reference triple loop and the fast blocked/packed driver.
+//
+// The fast path follows the usual structure of high-performance GEMMs (Goto /
+// BLIS): C is computed in blocks so that each level of the loop nest reuses
+// data from one cache level.
+//
+//   for jc in N step NC          B block (KC x NC) packed once, shared by all threads (L3)
+//     for pc in K step KC
+//       pack B[pc:, jc:] into NR-wide column panels
+//       parallel over (ic in M step MC) x (a slice of the NR panels):
+//         pack alpha*A[ic:, pc:] into MR-tall row panels   (per thread, L2)
+//         for each NR panel of the slice                     (the B micro-panel stays in L1)
+//           for each MR panel: micro-kernel, an MR x NR tile of C kept in registers
+//
+// Packing makes the micro-kernel's loads contiguous and aligned whatever the
+// transposes and leading dimensions are, and pads the M/N edges with zeros so
+// the kernel always computes full tiles; partial tiles are computed into a
+// small buffer and only their valid part is written to C. The micro-kernels
+// themselves live in gemm_avx2.cpp / gemm_avx512.cpp, compiled for those
+// instruction sets through target attributes; the portable one is below.
+#include "gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+namespace tdq {
+
+void sgemm_ref(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+               int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float a = transA ? A[k * lda + i] : A[i * lda + k];
+        const float b = transB ? B[j * ldb + k] : B[k * ldb + j];
+        acc += static_cast<double>(a) * b;
+      }
+      float& c = C[i * ldc + j];
+      // beta == 0 must not read C (BLAS semantics: C may be uninitialised).
+      c = static_cast<float>(alpha * acc + (beta == 0.f ? 0.0 : static_cast<double>(beta) * c));
+    }
+  }
+}
+
+namespace gemm_detail {
+
+// The portable kernel (the "scalar" CPU level): plain loops that the compiler
+// vectorises for baseline x86-64 (SSE2); 4 x 8 fills 8 of its 16 registers.
+namespace {
+constexpr int kPortMR = 4, kPortNR = 8;
+void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float beta) {
+  float acc[kPortMR][kPortNR] = {};
+  for (int64_t k = 0; k < kc; ++k, a += kPortMR, b += kPortNR)
+    for (int i = 0; i < kPortMR; ++i)
+      for (int j = 0; j < kPortNR; ++j) acc[i][j] += a[i] * b[j];
+  for (int i = 0; i < kPortMR; ++i)
+    for (int j = 0; j < kPortNR; ++j)
+      c[i * ldc + j] = beta == 0.f ? acc[i][j] : beta * c[i * ldc + j] + acc[i][j];
+}
+}  // namespace
+
+const GemmKernel& kernel_portable() {
+  static const GemmKernel k{kPortMR, kPortNR, 128, 256, 512, ukr_portable};
+  return k;
+}
+
+}  // namespace gemm_detail
+
+namespace {
+using gemm_detail::GemmKernel;
+using gemm_detail::kMaxTile;
+
+const GemmKernel& kernel_for(CpuLevel level) {
+  switch (level) {
+    case CpuLevel::avx512: return gemm_detail::kernel_avx512();
+    case CpuLevel::avx2: return gemm_detail::kernel_avx2();
+    default: return gemm_detail::kernel_portable();
+  }
+}
+
+// Packing buffers, one pair per thread, grown on demand and kept: a GEMM-heavy
+// training step would otherwise allocate them thousands of times.
+struct PackBuffer {
+  float* p = nullptr;
+  size_t cap = 0;
+  ~PackBuffer() { std::free(p); }
+  float* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+      p = static_cast<float*>(std::aligned_alloc(64, bytes));
+      cap = p ? n : 0;
+      TDQ_CHECK(p, "sgemm: out of memory for a ", bytes, "-byte packing buffer");
+    }
+    return p;
+  }
+};
+thread_local PackBuffer t_pack_a, t_pack_b;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Packing. A block of op(A) (rows i, depth k) or of op(B) (depth k, columns
+// j) is copied into panels W wide: panel p holds, for each k, the W values of
+// indices p*W .. p*W+W-1 as consecutive floats, zero past `cnt`. In memory the
+// source is either "k-major" (each k is a row of contiguous indices: A^T, B)
+// or "index-major" (each index is a row over k: A, B^T); both cases walk the
+// source row by row so every cache line read is used whole.
+template <int W>
+void pack_panels_w(const float* src, int64_t ld, bool k_major, int64_t idx0, int64_t cnt,
+                   int64_t k0, int64_t kc, float scale, float* out) {
+  const int64_t full = cnt / W * W;
+  if (k_major) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* row = src + (k0 + k) * ld + idx0;
+      float* d = out + k * W;
+      for (int64_t p = 0; p < full; p += W, d += W * kc)
+        for (int r = 0; r < W; ++r) d[r] = scale * row[p + r];
+      if (full < cnt) {
+        for (int64_t r = 0; r < cnt - full; ++r) d[r] = scale * row[full + r];
+        for (int64_t r = cnt - full; r < W; ++r) d[r] = 0.f;
+      }
+    }
+  } else {
+    for (int64_t i = 0; i < cnt; ++i) {
+      const float* row = src + (idx0 + i) * ld + k0;
+      float* d = out + (i / W) * W * kc + i % W;
+      for (int64_t k = 0; k < kc; ++k) d[k * W] = scale * row[k];
+    }
+    if (full < cnt) {
+      float* d = out + full * kc;
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t r = cnt - full; r < W; ++r) d[k * W + r] = 0.f;
+    }
+  }
+}
+
+void pack_panels(int w, const float* src, int64_t ld, bool k_major, int64_t idx0, int64_t cnt,
+                 int64_t k0, int64_t kc, float scale, float* out) {
+  switch (w) {
+    case 4: return pack_panels_w<4>(src, ld, k_major, idx0, cnt, k0, kc, scale, out);
+    case 6: return pack_panels_w<6>(src, ld, k_major, idx0, cnt, k0, kc, scale, out);
+    case 8: return pack_panels_w<8>(src, ld, k_major, idx0, cnt, k0, kc, scale, out);
+    case 12: return pack_panels_w<12>(src, ld, k_major, idx0, cnt, k0, kc, scale, out);
+    case 16: return pack_panels_w<16>(src, ld, k_major, idx0, cnt, k0, kc, scale, out);
+    case 32: return pack_panels_w<32>(src, ld, k_major, idx0, cnt, k0, kc, scale, out);
+  }
+  TDQ_CHECK(false, "sgemm: no packing routine for panel width ", w);
+}
+
+// One MR x NR tile: straight into C when full, else through a buffer so the
+// kernel never touches memory outside C.
+inline void run_tile(const GemmKernel& ks, int64_t kc, const float* a, const float* b, float* c,
+                     int64_t ldc, float beta, int64_t m, int64_t n) {
+  if (m == ks.mr && n == ks.nr) {
+    ks.ukr(kc, a, b, c, ldc, beta);
+    return;
+  }
+  alignas(64) float tmp[kMaxTile];
+  ks.ukr(kc, a, b, tmp, ks.nr, 0.f);
+  for (int64_t i = 0; i < m; ++i) {
+    float* ci = c + i * ldc;
+    const float* ti = tmp + i * ks.nr;
+    if (beta == 0.f) for (int64_t j = 0; j < n; ++j) ci[j] = ti[j];
+    else for (int64_t j = 0; j < n; ++j) ci[j] = beta * ci[j] + ti[j];
+  }
+}
+
+void scale_c(const ExecContext& ctx, int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  ctx.parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      float* c = C + i * ldc;
+      if (beta == 0.f) std::fill(c, c + N, 0.f);
+      else for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+    }
+  });
+}
+
+void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bool transB,
+                   int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const int64_t MR = ks.mr, NR = ks.nr;
+  // Fewer flops than this are not worth waking the pool for.
+  const bool parallel = ctx.pool && ctx.pool->size() > 1 && M * N * K >= (int64_t{1} << 17);
+  const int64_t threads = parallel ? ctx.pool->size() : 1;
+
+  // C is split into a grid of tasks, each owning rows [i0, i0+mb) x a range of
+  // columns over the whole of K, so one parallel_for covers the GEMM and no
+  // two threads ever write the same element. Each task packs its own A block
+  // and B sub-blocks: for the shapes of a network (M or N often only 64..256)
+  // the repacking is cheap next to the barriers a shared packed B would need
+  // after every K block.
+  const int64_t want = parallel ? 4 * threads : 1;
+  // Split N first (keeping A blocks whole), then M when N is too narrow.
+  const int64_t npanels = ceil_div(N, NR);
+  int64_t mblocks = ceil_div(M, ks.mc);
+  const int64_t nsplit = std::min(npanels, ceil_div(want, mblocks));
+  if (mblocks * nsplit < want) mblocks = std::min(ceil_div(M, MR), ceil_div(want, nsplit));
+  const int64_t mb = ceil_div(ceil_div(M, mblocks), MR) * MR;
+  const int64_t ntasks = ceil_div(M, mb) * nsplit;
+
+  auto tasks = [&](int64_t tb, int64_t te) {
+    float* ap = t_pack_a.get(static_cast<size_t>(mb * ks.kc));
+    float* bp = t_pack_b.get(static_cast<size_t>(ks.kc * ks.nc));
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t i0 = (t / nsplit) * mb, mc = std::min(mb, M - i0);
+      const int64_t js = t % nsplit;
+      const int64_t j_begin = js * npanels / nsplit * NR;
+      const int64_t j_end = std::min(N, (js + 1) * npanels / nsplit * NR);
+      for (int64_t pc = 0; pc < K; pc += ks.kc) {
+        const int64_t kc = std::min(ks.kc, K - pc);
+        const float beta_k = pc == 0 ? beta : 1.f;  // later K blocks add onto the first
+        pack_panels(ks.mr, A, lda, transA, i0, mc, pc, kc, alpha, ap);
+        for (int64_t jc = j_begin; jc < j_end; jc += ks.nc) {
+          const int64_t nc = std::min(ks.nc, j_end - jc);
+          pack_panels(ks.nr, B, ldb, !transB, jc, nc, pc, kc, 1.f, bp);
+          for (int64_t j = 0; j < nc; j += NR)
+            for (int64_t ip = 0; ip < mc; ip += MR)
+              run_tile(ks, kc, ap + ip * kc, bp + j * kc, C + (i0 + ip) * ldc + jc + j, ldc,
+                       beta_k, std::min(MR, mc - ip), std::min(NR, nc - j));
+        }
+      }
+    }
+  };
+  if (parallel) ctx.parallel_for(ntasks, 1, tasks);
+  else tasks(0, ntasks);
+}
+
+}  // namespace
+
+void sgemm(const ExecContext& ctx, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+           float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+           float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.f) {
+    // Nothing to multiply: C = beta*C (BLAS convention: beta == 0 clears).
+    if (beta != 1.f) scale_c(ctx, M, N, beta, C, ldc);
+    return;
+  }
+  sgemm_blocked(kernel_for(ctx.cpu_level), ctx, transA, transB, M, N, K, alpha, A, lda, B, ldb,
+                beta, C, ldc);
+}
+
+void sgemm_batched(const ExecContext& ctx, int64_t batch, bool transA, bool transB, int64_t M,
+                   int64_t N, int64_t K, float alpha, const float* A, int64_t lda, int64_t strideA,
+                   const float* B, int64_t ldb, int64_t strideB, float beta, float* C, int64_t ldc,
+                   int64_t strideC) {
+  if (batch <= 0) return;
+  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
+  // One GEMM per thread when there are enough of them and each is too small to
+  // split well; the nested sgemm calls then run serially on their worker.
+  const bool per_thread = batch >= threads && M * N * K <= (int64_t{1} << 24);
+  auto one = [&](int64_t i) {
+    sgemm(ctx, transA, transB, M, N, K, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta,
+          C + i * strideC, ldc);
+  };
+  if (per_thread) {
+    ctx.parallel_for(batch, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) one(i);
+    });
+  } else {
+    for (int64_t i = 0; i < batch; ++i) one(i);
+  }
+}
+
+}  // namespace tdq

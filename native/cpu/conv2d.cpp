@@ -64,6 +64,39 @@ int64_t chunk_samples(const ConvGeom& g) {
   return std::max<int64_t>(1, std::min(nb, g.N));
 }
 
+// How a batch is spread over the threads. With at least as many samples as
+// threads, each thread takes a group of whole samples and runs every step for
+// them alone: no barrier between im2col and GEMM, no GEMM cut into slivers, no
+// packing repeated per thread. With fewer samples there is one group, whose
+// steps are parallel inside. Each group has its own scratch; the number of
+// groups is capped so that all of it stays within 64 MiB.
+struct BatchPlan {
+  int64_t groups = 1;  // groups of consecutive samples, run in parallel
+  int64_t nb = 1;      // samples per chunk within a group
+  int64_t begin(int64_t gi, int64_t N) const { return gi * N / groups; }
+};
+
+BatchPlan batch_plan(const ExecContext& ctx, const ConvGeom& g, int64_t scratch_per_sample, int64_t scratch_fixed) {
+  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
+  BatchPlan p;
+  p.nb = chunk_samples(g);
+  if (threads > 1 && g.N >= threads) {
+    const int64_t nb = std::min(p.nb, (g.N + threads - 1) / threads);
+    const int64_t per_group = nb * scratch_per_sample + scratch_fixed;
+    const int64_t fit = (int64_t{16} << 20) / std::max<int64_t>(per_group, 1);
+    if (fit >= 2) p.groups = std::min(threads, fit), p.nb = nb;
+  }
+  return p;
+}
+
+template <typename F>
+void for_each_group(const ExecContext& ctx, const BatchPlan& plan, F fn) {
+  if (plan.groups == 1) return fn(int64_t{0});
+  ctx.parallel_for(plan.groups, 1, [&](int64_t b, int64_t e) {
+    for (int64_t gi = b; gi < e; ++gi) fn(gi);
+  });
+}
+
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 // The output columns [lo, hi) whose input column iw = ow*stride - pad + kj lies
@@ -158,40 +191,48 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const Tensor &x = c.inputs[0], &w = c.inputs[1];
   const float* bias = c.inputs.size() > 2 && c.inputs[2].defined() ? c.inputs[2].f32() : nullptr;
   const ConvGeom g = conv_geometry(c.attrs, x.shape, w.shape, "x");
-  const int64_t P = g.P(), CKK = g.CKK(), nbmax = chunk_samples(g);
-  float* y = c.outputs[0].f32();
+  const int64_t P = g.P(), CKK = g.CKK();
+  // Scratch per sample of a chunk: its col columns and, when chunks hold
+  // several samples, its (O, P) block of the GEMM result.
+  const BatchPlan plan = batch_plan(ctx, g, (CKK + g.O) * P, 0);
+  const int64_t nbmax = plan.nb;
   const bool direct = g.pointwise() && nbmax == 1;  // x_n is its own col matrix
-  Tensor col = direct ? Tensor{} : ctx.scratch({CKK, nbmax * P});
-  Tensor tmp = nbmax > 1 ? ctx.scratch({g.O, nbmax * P}) : Tensor{};
+  const int64_t col_n = direct ? 0 : CKK * nbmax * P, tmp_n = nbmax > 1 ? g.O * nbmax * P : 0;
+  Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, col_n + tmp_n)});
+  float* y = c.outputs[0].f32();
 
-  for (int64_t n0 = 0; n0 < g.N; n0 += nbmax) {
-    const int64_t nb = std::min(nbmax, g.N - n0), cols = nb * P;
-    const float* xs = x.f32() + n0 * g.C * g.H * g.W;
-    const float* colp = xs;
-    if (!direct) {
-      im2col(ctx, g, xs, nb, col.f32(), cols);
-      colp = col.f32();
+  for_each_group(ctx, plan, [&](int64_t gi) {
+    float* col = scratch.f32() + gi * std::max<int64_t>(1, col_n + tmp_n);
+    float* tmp = col + col_n;
+    const int64_t end = plan.begin(gi + 1, g.N);
+    for (int64_t n0 = plan.begin(gi, g.N); n0 < end; n0 += nbmax) {
+      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+      const float* xs = x.f32() + n0 * g.C * g.H * g.W;
+      const float* colp = xs;
+      if (!direct) {
+        im2col(ctx, g, xs, nb, col, cols);
+        colp = col;
+      }
+      if (nbmax == 1) {
+        // One sample: the GEMM writes y_n in place, on top of the bias.
+        float* yn = y + n0 * g.O * P;
+        if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
+        sgemm(ctx, false, false, g.O, P, CKK, 1.f, w.f32(), CKK, colp, cols, bias ? 1.f : 0.f, yn, P);
+      } else {
+        // (O, nb*P) -> (nb, O, P), adding the bias on the way.
+        sgemm(ctx, false, false, g.O, cols, CKK, 1.f, w.f32(), CKK, colp, cols, 0.f, tmp, cols);
+        ctx.parallel_for(nb * g.O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
+          for (int64_t idx = b; idx < e; ++idx) {
+            const int64_t s = idx / g.O, o = idx % g.O;
+            const float* src = tmp + o * cols + s * P;
+            float* dst = y + (n0 + s) * g.O * P + o * P;
+            const float bo = bias ? bias[o] : 0.f;
+            for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + bo;
+          }
+        });
+      }
     }
-    if (nbmax == 1) {
-      // One sample: the GEMM writes y_n in place, on top of the bias.
-      float* yn = y + n0 * g.O * P;
-      if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
-      sgemm(ctx, false, false, g.O, P, CKK, 1.f, w.f32(), CKK, colp, cols, bias ? 1.f : 0.f, yn, P);
-    } else {
-      // (O, nb*P) -> (nb, O, P), adding the bias on the way.
-      float* t = tmp.f32();
-      sgemm(ctx, false, false, g.O, cols, CKK, 1.f, w.f32(), CKK, colp, cols, 0.f, t, cols);
-      ctx.parallel_for(nb * g.O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
-        for (int64_t idx = b; idx < e; ++idx) {
-          const int64_t s = idx / g.O, o = idx % g.O;
-          const float* src = t + o * cols + s * P;
-          float* dst = y + (n0 + s) * g.O * P + o * P;
-          const float bo = bias ? bias[o] : 0.f;
-          for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + bo;
-        }
-      });
-    }
-  }
+  });
 }
 
 // ---- backward: input ---------------------------------------------------------------
@@ -211,27 +252,34 @@ std::vector<TensorMeta> infer_conv2d_backward_input(const std::vector<Tensor>& i
 void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
   const Tensor &gy = c.inputs[0], &w = c.inputs[1];
   const ConvGeom g = conv_geometry(c.attrs, c.outputs[0].shape, w.shape, "input_shape");
-  const int64_t P = g.P(), CKK = g.CKK(), nbmax = chunk_samples(g), HW = g.H * g.W;
-  float* gx = c.outputs[0].f32();
+  const int64_t P = g.P(), CKK = g.CKK(), HW = g.H * g.W;
+  const BatchPlan plan = batch_plan(ctx, g, (CKK + g.O) * P, 0);
+  const int64_t nbmax = plan.nb;
   const bool direct = g.pointwise() && nbmax == 1;
-  Tensor dcol = direct ? Tensor{} : ctx.scratch({CKK, nbmax * P});
-  Tensor gyc = nbmax > 1 ? ctx.scratch({g.O, nbmax * P}) : Tensor{};
+  const int64_t dcol_n = direct ? 0 : CKK * nbmax * P, gyc_n = nbmax > 1 ? g.O * nbmax * P : 0;
+  Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, dcol_n + gyc_n)});
+  float* gx = c.outputs[0].f32();
 
-  for (int64_t n0 = 0; n0 < g.N; n0 += nbmax) {
-    const int64_t nb = std::min(nbmax, g.N - n0), cols = nb * P;
-    const float* gys = gy.f32() + n0 * g.O * P;
-    if (nbmax > 1) {
-      gather_chunk(ctx, gys, nb, g.O, P, gyc.f32());
-      gys = gyc.f32();
+  for_each_group(ctx, plan, [&](int64_t gi) {
+    float* dcol = scratch.f32() + gi * std::max<int64_t>(1, dcol_n + gyc_n);
+    float* gyc = dcol + dcol_n;
+    const int64_t end = plan.begin(gi + 1, g.N);
+    for (int64_t n0 = plan.begin(gi, g.N); n0 < end; n0 += nbmax) {
+      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+      const float* gys = gy.f32() + n0 * g.O * P;
+      if (nbmax > 1) {
+        gather_chunk(ctx, gys, nb, g.O, P, gyc);
+        gys = gyc;
+      }
+      if (direct) {
+        // 1x1: gx_n (C, HW) = W^T (C, O) · gy_n (O, HW)
+        sgemm(ctx, true, false, g.C, P, g.O, 1.f, w.f32(), CKK, gys, cols, 0.f, gx + n0 * g.C * HW, HW);
+      } else {
+        sgemm(ctx, true, false, CKK, cols, g.O, 1.f, w.f32(), CKK, gys, cols, 0.f, dcol, cols);
+        col2im(ctx, g, dcol, cols, nb, gx + n0 * g.C * HW);
+      }
     }
-    if (direct) {
-      // 1x1: gx_n (C, HW) = W^T (C, O) · gy_n (O, HW)
-      sgemm(ctx, true, false, g.C, P, g.O, 1.f, w.f32(), CKK, gys, cols, 0.f, gx + n0 * g.C * HW, HW);
-    } else {
-      sgemm(ctx, true, false, CKK, cols, g.O, 1.f, w.f32(), CKK, gys, cols, 0.f, dcol.f32(), cols);
-      col2im(ctx, g, dcol.f32(), cols, nb, gx + n0 * g.C * HW);
-    }
-  }
+  });
 }
 
 // ---- backward: weight (and bias) ---------------------------------------------------
@@ -254,28 +302,47 @@ std::vector<TensorMeta> infer_conv2d_backward_weight(const std::vector<Tensor>& 
 void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
   const Tensor &gy = c.inputs[0], &x = c.inputs[1];
   const ConvGeom g = conv_geometry(c.attrs, x.shape, c.outputs[0].shape, "x");
-  const int64_t P = g.P(), CKK = g.CKK(), nbmax = chunk_samples(g);
-  float* gw = c.outputs[0].f32();
+  const int64_t P = g.P(), CKK = g.CKK(), WN = g.O * CKK;
+  // Groups past the first accumulate into their own copy of gW (summed below).
+  const BatchPlan plan = batch_plan(ctx, g, (CKK + g.O) * P, WN);
+  const int64_t nbmax = plan.nb;
   const bool direct = g.pointwise() && nbmax == 1;
-  Tensor col = direct ? Tensor{} : ctx.scratch({CKK, nbmax * P});
-  Tensor gyc = nbmax > 1 ? ctx.scratch({g.O, nbmax * P}) : Tensor{};
+  const int64_t col_n = direct ? 0 : CKK * nbmax * P, gyc_n = nbmax > 1 ? g.O * nbmax * P : 0;
+  const int64_t per_group = col_n + gyc_n + WN;
+  Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, per_group)});
+  float* gw = c.outputs[0].f32();
 
-  if (g.N == 0) std::fill(gw, gw + g.O * CKK, 0.f);
-  for (int64_t n0 = 0; n0 < g.N; n0 += nbmax) {
-    const int64_t nb = std::min(nbmax, g.N - n0), cols = nb * P;
-    const float* xs = x.f32() + n0 * g.C * g.H * g.W;
-    const float* colp = xs;
-    if (!direct) {
-      im2col(ctx, g, xs, nb, col.f32(), cols);
-      colp = col.f32();
+  if (g.N == 0) std::fill(gw, gw + WN, 0.f);
+  for_each_group(ctx, plan, [&](int64_t gi) {
+    float* col = scratch.f32() + gi * std::max<int64_t>(1, per_group);
+    float* gyc = col + col_n;
+    float* acc = gi == 0 ? gw : gyc + gyc_n;
+    const int64_t begin = plan.begin(gi, g.N), end = plan.begin(gi + 1, g.N);
+    for (int64_t n0 = begin; n0 < end; n0 += nbmax) {
+      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+      const float* xs = x.f32() + n0 * g.C * g.H * g.W;
+      const float* colp = xs;
+      if (!direct) {
+        im2col(ctx, g, xs, nb, col, cols);
+        colp = col;
+      }
+      const float* gys = gy.f32() + n0 * g.O * P;
+      if (nbmax > 1) {
+        gather_chunk(ctx, gys, nb, g.O, P, gyc);
+        gys = gyc;
+      }
+      // gW (O, CKK) += gy_chunk (O, cols) · col^T (cols, CKK); the first chunk overwrites.
+      sgemm(ctx, false, true, g.O, CKK, cols, 1.f, gys, cols, colp, cols, n0 == begin ? 0.f : 1.f, acc, CKK);
     }
-    const float* gys = gy.f32() + n0 * g.O * P;
-    if (nbmax > 1) {
-      gather_chunk(ctx, gys, nb, g.O, P, gyc.f32());
-      gys = gyc.f32();
-    }
-    // gW (O, CKK) += gy_chunk (O, cols) · col^T (cols, CKK); the first chunk overwrites.
-    sgemm(ctx, false, true, g.O, CKK, cols, 1.f, gys, cols, colp, cols, n0 == 0 ? 0.f : 1.f, gw, CKK);
+  });
+  if (plan.groups > 1) {
+    const float* parts = scratch.f32();
+    ctx.parallel_for(WN, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t gi = 1; gi < plan.groups; ++gi) {
+        const float* part = parts + gi * per_group + col_n + gyc_n;
+        for (int64_t i = b; i < e; ++i) gw[i] += part[i];
+      }
+    });
   }
 
   if (c.outputs.size() > 1) {

@@ -66,9 +66,19 @@ describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
   });
 
   let seed = 500;
-  for (const level of cpuLevels()) {
-    describe(`at CPU level ${level}`, () => {
-      before(() => native().setCpuLevel(level));
+  // Every level with the default thread count, and the best level again with
+  // 1 and 3 threads: the kernel splits the batch into per-thread groups of
+  // samples when there are enough of them, so the thread count picks the path.
+  const initialThreads = native().info().threads;
+  const runs: [Level, number | null][] = [...cpuLevels().map((l): [Level, number | null] => [l, null])];
+  runs.push([cpuLevels().at(-1)!, 1], [cpuLevels().at(-1)!, 3]);
+  for (const [level, threads] of runs) {
+    describe(`at CPU level ${level}${threads ? `, ${threads} thread(s)` : ''}`, () => {
+      before(() => {
+        native().setCpuLevel(level);
+        native().setThreads(threads ?? initialThreads);
+      });
+      after(() => native().setThreads(initialThreads));
       for (const c of cases) {
         it(`${c.name}: x ${c.x.join('x')}, w ${c.w.join('x')}, stride ${c.stride}, padding ${c.padding}${c.bias ? ', bias' : ''}`, async () => {
           const x = randomTensor(c.x, seed++);

@@ -55,6 +55,7 @@ describe('matmul, linear and gemm against PyTorch', { skip: skip ?? false }, () 
     ['b shared over the batch', 4, 0, 13, 9, 33],
     ['a shared over the batch', 0, 2, 12, 33, 5],
     ['large batch of small products', 40, 40, 16, 16, 8],
+    ['batch of one', 1, 1, 70, 65, 33],
   ];
   const transposes: [boolean, boolean][] = [
     [false, false],
@@ -80,9 +81,19 @@ describe('matmul, linear and gemm against PyTorch', { skip: skip ?? false }, () 
     assertClose(await data(b.t.grad!), ref.grads.b.data as Float32Array, RTOL, 'grad b');
   }
 
-  for (const level of cpuLevels()) {
-    describe(`at CPU level ${level}`, () => {
-      before(() => native().setCpuLevel(level));
+  // Every level with the default thread count, and the best level again with
+  // 1 and 3 threads (which decide between splitting one GEMM over threads and
+  // giving each thread whole GEMMs of a batch).
+  const initialThreads = native().info().threads;
+  const runs: [Level, number | null][] = [...cpuLevels().map((l): [Level, number | null] => [l, null])];
+  runs.push([cpuLevels().at(-1)!, 1], [cpuLevels().at(-1)!, 3]);
+  for (const [level, threads] of runs) {
+    describe(`at CPU level ${level}${threads ? `, ${threads} thread(s)` : ''}`, () => {
+      before(() => {
+        native().setCpuLevel(level);
+        native().setThreads(threads ?? initialThreads);
+      });
+      after(() => native().setThreads(initialThreads));
 
       it('2-D matmul, every transpose, edge sizes', async () => {
         for (const [M, N, K] of sizes) for (const [tA, tB] of transposes) await checkMatmul(0, 0, M, N, K, tA, tB);

@@ -55,11 +55,13 @@ ConvGeom conv_geometry(const Attrs& at, const Shape& x, const Shape& w, const ch
   return g;
 }
 
-// Samples per chunk: enough that the GEMM has ~512 columns, within a bound on
-// the col buffer (16 MiB) so memory does not grow with the batch.
+// Samples per chunk: enough that the GEMM has >= 256 columns (512 or 1024
+// measured no faster, and a chunk of several samples costs a copy of gy or y),
+// within a bound on the col buffer (16 MiB) so memory does not grow with the
+// batch.
 int64_t chunk_samples(const ConvGeom& g) {
   const int64_t P = std::max<int64_t>(g.P(), 1);
-  int64_t nb = std::max<int64_t>(1, 512 / P);
+  int64_t nb = std::max<int64_t>(1, 256 / P);
   nb = std::min(nb, std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(g.CKK() * P, 1)));
   return std::max<int64_t>(1, std::min(nb, g.N));
 }

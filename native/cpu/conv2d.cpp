@@ -202,6 +202,10 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const int64_t col_n = direct ? 0 : CKK * nbmax * P, tmp_n = nbmax > 1 ? g.O * nbmax * P : 0;
   Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, col_n + tmp_n)});
   float* y = c.outputs[0].f32();
+  // The weights are the A of every chunk's GEMM: pack them once.
+  Tensor wpack = ctx.scratch({std::max<int64_t>(1, sgemm_packed_a_size(ctx, g.O, CKK))});
+  const float* wp = wpack.f32();
+  sgemm_pack_a(ctx, false, g.O, CKK, 1.f, w.f32(), CKK, wpack.f32());
 
   for_each_group(ctx, plan, [&](int64_t gi) {
     float* col = scratch.f32() + gi * std::max<int64_t>(1, col_n + tmp_n);
@@ -219,10 +223,10 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
         // One sample: the GEMM writes y_n in place, on top of the bias.
         float* yn = y + n0 * g.O * P;
         if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
-        sgemm(ctx, false, false, g.O, P, CKK, 1.f, w.f32(), CKK, colp, cols, bias ? 1.f : 0.f, yn, P);
+        sgemm_prepacked(ctx, g.O, P, CKK, wp, false, colp, cols, bias ? 1.f : 0.f, yn, P);
       } else {
         // (O, nb*P) -> (nb, O, P), adding the bias on the way.
-        sgemm(ctx, false, false, g.O, cols, CKK, 1.f, w.f32(), CKK, colp, cols, 0.f, tmp, cols);
+        sgemm_prepacked(ctx, g.O, cols, CKK, wp, false, colp, cols, 0.f, tmp, cols);
         ctx.parallel_for(nb * g.O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
           for (int64_t idx = b; idx < e; ++idx) {
             const int64_t s = idx / g.O, o = idx % g.O;
@@ -261,6 +265,10 @@ void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
   const int64_t dcol_n = direct ? 0 : CKK * nbmax * P, gyc_n = nbmax > 1 ? g.O * nbmax * P : 0;
   Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, dcol_n + gyc_n)});
   float* gx = c.outputs[0].f32();
+  // W^T (CKK, O) is the A of every chunk's GEMM: pack it once.
+  Tensor wpack = ctx.scratch({std::max<int64_t>(1, sgemm_packed_a_size(ctx, CKK, g.O))});
+  const float* wp = wpack.f32();
+  sgemm_pack_a(ctx, true, CKK, g.O, 1.f, w.f32(), CKK, wpack.f32());
 
   for_each_group(ctx, plan, [&](int64_t gi) {
     float* dcol = scratch.f32() + gi * std::max<int64_t>(1, dcol_n + gyc_n);
@@ -275,9 +283,9 @@ void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
       }
       if (direct) {
         // 1x1: gx_n (C, HW) = W^T (C, O) · gy_n (O, HW)
-        sgemm(ctx, true, false, g.C, P, g.O, 1.f, w.f32(), CKK, gys, cols, 0.f, gx + n0 * g.C * HW, HW);
+        sgemm_prepacked(ctx, g.C, P, g.O, wp, false, gys, cols, 0.f, gx + n0 * g.C * HW, HW);
       } else {
-        sgemm(ctx, true, false, CKK, cols, g.O, 1.f, w.f32(), CKK, gys, cols, 0.f, dcol, cols);
+        sgemm_prepacked(ctx, CKK, cols, g.O, wp, false, gys, cols, 0.f, dcol, cols);
         col2im(ctx, g, dcol, cols, nb, gx + n0 * g.C * HW);
       }
     }

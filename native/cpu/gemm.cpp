@@ -200,9 +200,18 @@ void scale_c(const ExecContext& ctx, int64_t M, int64_t N, float beta, float* C,
   });
 }
 
+// Where the panels of rows [i0, ..) for the K block starting at pc sit in a
+// whole packed A: K blocks one after the other, each Mpad x kc.
+inline const float* packed_a_block(const float* packed, int64_t Mpad, int64_t pc, int64_t i0, int64_t kc) {
+  return packed + pc * Mpad + i0 * kc;
+}
+
+// `packed_a`, when given, is alpha*op(A) already packed by sgemm_pack_a (A,
+// lda, transA and alpha are then unused).
 void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bool transB,
                    int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+                   const float* packed_a, const float* B, int64_t ldb, float beta, float* C,
+                   int64_t ldc) {
   const int64_t MR = ks.mr, NR = ks.nr;
   // Fewer flops than this are not worth waking the pool for.
   const bool parallel = ctx.pool && ctx.pool->size() > 1 && M * N * K >= (int64_t{1} << 17);
@@ -224,7 +233,8 @@ void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bo
   const int64_t ntasks = ceil_div(M, mb) * nsplit;
 
   auto tasks = [&](int64_t tb, int64_t te) {
-    float* ap = t_pack_a.get(static_cast<size_t>(mb * ks.kc));
+    float* ap_buf = packed_a ? nullptr : t_pack_a.get(static_cast<size_t>(mb * ks.kc));
+    const int64_t Mpad = ceil_div(M, MR) * MR;
     float* bp = t_pack_b.get(static_cast<size_t>(ks.kc * ks.nc));
     for (int64_t t = tb; t < te; ++t) {
       const int64_t i0 = (t / nsplit) * mb, mc = std::min(mb, M - i0);
@@ -234,7 +244,9 @@ void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bo
       for (int64_t pc = 0; pc < K; pc += ks.kc) {
         const int64_t kc = std::min(ks.kc, K - pc);
         const float beta_k = pc == 0 ? beta : 1.f;  // later K blocks add onto the first
-        pack_panels(ks.mr, A, lda, transA, i0, mc, pc, kc, alpha, ap);
+        const float* ap = ap_buf;
+        if (packed_a) ap = packed_a_block(packed_a, Mpad, pc, i0, kc);
+        else pack_panels(ks.mr, A, lda, transA, i0, mc, pc, kc, alpha, ap_buf);
         for (int64_t jc = j_begin; jc < j_end; jc += ks.nc) {
           const int64_t nc = std::min(ks.nc, j_end - jc);
           pack_panels(ks.nr, B, ldb, !transB, jc, nc, pc, kc, 1.f, bp);
@@ -261,8 +273,40 @@ void sgemm(const ExecContext& ctx, bool transA, bool transB, int64_t M, int64_t 
     if (beta != 1.f) scale_c(ctx, M, N, beta, C, ldc);
     return;
   }
-  sgemm_blocked(kernel_for(ctx.cpu_level), ctx, transA, transB, M, N, K, alpha, A, lda, B, ldb,
-                beta, C, ldc);
+  sgemm_blocked(kernel_for(ctx.cpu_level), ctx, transA, transB, M, N, K, alpha, A, lda, nullptr, B,
+                ldb, beta, C, ldc);
+}
+
+int64_t sgemm_packed_a_size(const ExecContext& ctx, int64_t M, int64_t K) {
+  const GemmKernel& ks = kernel_for(ctx.cpu_level);
+  return ceil_div(std::max<int64_t>(M, 0), ks.mr) * ks.mr * std::max<int64_t>(K, 0);
+}
+
+void sgemm_pack_a(const ExecContext& ctx, bool transA, int64_t M, int64_t K, float alpha,
+                  const float* A, int64_t lda, float* packed) {
+  const GemmKernel& ks = kernel_for(ctx.cpu_level);
+  const int64_t Mpad = ceil_div(M, ks.mr) * ks.mr, kblocks = ceil_div(K, ks.kc);
+  // Every (K block, MR panel) is independent: pack them in parallel.
+  const int64_t panels = ceil_div(M, ks.mr);
+  ctx.parallel_for(kblocks * panels, 16, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t pc = (t / panels) * ks.kc, i0 = (t % panels) * ks.mr;
+      const int64_t kc = std::min(ks.kc, K - pc);
+      pack_panels(ks.mr, A, lda, transA, i0, std::min<int64_t>(ks.mr, M - i0), pc, kc, alpha,
+                  const_cast<float*>(packed_a_block(packed, Mpad, pc, i0, kc)));
+    }
+  });
+}
+
+void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
+                     bool transB, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (beta != 1.f) scale_c(ctx, M, N, beta, C, ldc);
+    return;
+  }
+  sgemm_blocked(kernel_for(ctx.cpu_level), ctx, false, transB, M, N, K, 1.f, nullptr, 0, packedA, B,
+                ldb, beta, C, ldc);
 }
 
 void sgemm_batched(const ExecContext& ctx, int64_t batch, bool transA, bool transB, int64_t M,

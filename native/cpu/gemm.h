@@ -31,6 +31,17 @@ void sgemm_batched(const ExecContext& ctx, int64_t batch, bool transA, bool tran
                    const float* B, int64_t ldb, int64_t strideB, float beta, float* C, int64_t ldc,
                    int64_t strideC);
 
+// A product with a fixed A and many B (a convolution's weights against each
+// chunk of a batch): pack alpha*op(A) once with sgemm_pack_a into a buffer of
+// sgemm_packed_a_size floats, then run sgemm_prepacked for each B. The packed
+// layout belongs to the micro-kernel of ctx.cpu_level: pack and multiply
+// under the same ctx.
+int64_t sgemm_packed_a_size(const ExecContext& ctx, int64_t M, int64_t K);
+void sgemm_pack_a(const ExecContext& ctx, bool transA, int64_t M, int64_t K, float alpha,
+                  const float* A, int64_t lda, float* packed);
+void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
+                     bool transB, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 // The reference: a plain triple loop accumulating in double, single-threaded.
 // Slow; for tests and as the definition the fast path must agree with.
 void sgemm_ref(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,

@@ -55,13 +55,16 @@ ConvGeom conv_geometry(const Attrs& at, const Shape& x, const Shape& w, const ch
   return g;
 }
 
-// Samples per chunk: enough that the GEMM has >= 256 columns (512 or 1024
-// measured no faster, and a chunk of several samples costs a copy of gy or y),
+// Samples per chunk: enough that the GEMM has at least `min_cols` columns,
 // within a bound on the col buffer (16 MiB) so memory does not grow with the
-// batch.
-int64_t chunk_samples(const ConvGeom& g) {
+// batch. The forward and input-gradient GEMMs run well from 64 columns (one
+// 8x8 sample) now that the weights are packed once; below that (4x4 maps) the
+// 32-wide register tiles would be half empty. The weight gradient sums over
+// the columns, so it wants more of them (256) to write its (O, CKK) result
+// less often.
+int64_t chunk_samples(const ConvGeom& g, int64_t min_cols) {
   const int64_t P = std::max<int64_t>(g.P(), 1);
-  int64_t nb = std::max<int64_t>(1, 256 / P);
+  int64_t nb = std::max<int64_t>(1, min_cols / P);
   nb = std::min(nb, std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(g.CKK() * P, 1)));
   return std::max<int64_t>(1, std::min(nb, g.N));
 }
@@ -78,10 +81,11 @@ struct BatchPlan {
   int64_t begin(int64_t gi, int64_t N) const { return gi * N / groups; }
 };
 
-BatchPlan batch_plan(const ExecContext& ctx, const ConvGeom& g, int64_t scratch_per_sample, int64_t scratch_fixed) {
+BatchPlan batch_plan(const ExecContext& ctx, const ConvGeom& g, int64_t min_cols, int64_t scratch_per_sample,
+                     int64_t scratch_fixed) {
   const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
   BatchPlan p;
-  p.nb = chunk_samples(g);
+  p.nb = chunk_samples(g, min_cols);
   if (threads > 1 && g.N >= threads) {
     const int64_t nb = std::min(p.nb, (g.N + threads - 1) / threads);
     const int64_t per_group = nb * scratch_per_sample + scratch_fixed;
@@ -196,7 +200,7 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const int64_t P = g.P(), CKK = g.CKK();
   // Scratch per sample of a chunk: its col columns and, when chunks hold
   // several samples, its (O, P) block of the GEMM result.
-  const BatchPlan plan = batch_plan(ctx, g, (CKK + g.O) * P, 0);
+  const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);
   const int64_t nbmax = plan.nb;
   const bool direct = g.pointwise() && nbmax == 1;  // x_n is its own col matrix
   const int64_t col_n = direct ? 0 : CKK * nbmax * P, tmp_n = nbmax > 1 ? g.O * nbmax * P : 0;
@@ -259,7 +263,7 @@ void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
   const Tensor &gy = c.inputs[0], &w = c.inputs[1];
   const ConvGeom g = conv_geometry(c.attrs, c.outputs[0].shape, w.shape, "input_shape");
   const int64_t P = g.P(), CKK = g.CKK(), HW = g.H * g.W;
-  const BatchPlan plan = batch_plan(ctx, g, (CKK + g.O) * P, 0);
+  const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);
   const int64_t nbmax = plan.nb;
   const bool direct = g.pointwise() && nbmax == 1;
   const int64_t dcol_n = direct ? 0 : CKK * nbmax * P, gyc_n = nbmax > 1 ? g.O * nbmax * P : 0;
@@ -314,7 +318,7 @@ void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
   const ConvGeom g = conv_geometry(c.attrs, x.shape, c.outputs[0].shape, "x");
   const int64_t P = g.P(), CKK = g.CKK(), WN = g.O * CKK;
   // Groups past the first accumulate into their own copy of gW (summed below).
-  const BatchPlan plan = batch_plan(ctx, g, (CKK + g.O) * P, WN);
+  const BatchPlan plan = batch_plan(ctx, g, 256, (CKK + g.O) * P, WN);
   const int64_t nbmax = plan.nb;
   const bool direct = g.pointwise() && nbmax == 1;
   const int64_t col_n = direct ? 0 : CKK * nbmax * P, gyc_n = nbmax > 1 ? g.O * nbmax * P : 0;

@@ -48,11 +48,12 @@ const cases: Case[] = [
   { name: 'stride 2 with the kernel past the right edge', x: [2, 2, 3, 1], w: [3, 2, 3, 3], stride: 2, padding: 1, bias: false },
   { name: 'non-square kernel', x: [2, 3, 7, 6], w: [4, 3, 1, 3], stride: 1, padding: 1, bias: false },
   { name: '1x1 as a direct GEMM (large map)', x: [2, 4, 24, 24], w: [6, 4, 1, 1], stride: 1, padding: 0, bias: true },
-  { name: '1x1 on small maps (chunked)', x: [3, 16, 6, 6], w: [8, 16, 1, 1], stride: 1, padding: 0, bias: false },
+  { name: '1x1 on small maps (chunked)', x: [3, 16, 4, 4], w: [8, 16, 1, 1], stride: 1, padding: 0, bias: false },
   { name: '1x1 stride 2', x: [3, 16, 10, 10], w: [8, 16, 1, 1], stride: 2, padding: 0, bias: true },
   { name: '1x1 with padding', x: [2, 3, 4, 4], w: [5, 3, 1, 1], stride: 1, padding: 1, bias: true },
   { name: 'one sample per chunk (32x32)', x: [2, 8, 32, 32], w: [8, 8, 3, 3], stride: 1, padding: 1, bias: true },
   { name: 'many chunks, partial last one', x: [40, 3, 6, 6], w: [4, 3, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'many chunks of 4x4 maps', x: [41, 5, 4, 4], w: [6, 5, 3, 3], stride: 1, padding: 1, bias: false },
   { name: 'wide channels, stride 2', x: [5, 33, 10, 10], w: [17, 33, 3, 3], stride: 2, padding: 1, bias: true },
 ];
 

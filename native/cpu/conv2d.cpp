@@ -95,11 +95,18 @@ BatchPlan batch_plan(const ExecContext& ctx, const ConvGeom& g, int64_t min_cols
   return p;
 }
 
+// Runs fn(group, context) for every group. Inside a group of a multi-group
+// plan, the context's parallel_for runs inline: the group already has its
+// thread, and sgemm then does not cut its work into tasks for threads it will
+// not get.
 template <typename F>
 void for_each_group(const ExecContext& ctx, const BatchPlan& plan, F fn) {
-  if (plan.groups == 1) return fn(int64_t{0});
+  if (plan.groups == 1) return fn(int64_t{0}, ctx);
+  static ThreadPool inline_pool(1);  // no worker threads: parallel_for calls fn(0, n)
+  ExecContext serial = ctx;
+  serial.pool = &inline_pool;
   ctx.parallel_for(plan.groups, 1, [&](int64_t b, int64_t e) {
-    for (int64_t gi = b; gi < e; ++gi) fn(gi);
+    for (int64_t gi = b; gi < e; ++gi) fn(gi, serial);
   });
 }
 
@@ -211,7 +218,7 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const float* wp = wpack.f32();
   sgemm_pack_a(ctx, false, g.O, CKK, 1.f, w.f32(), CKK, wpack.f32());
 
-  for_each_group(ctx, plan, [&](int64_t gi) {
+  for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
     float* col = scratch.f32() + gi * std::max<int64_t>(1, col_n + tmp_n);
     float* tmp = col + col_n;
     const int64_t end = plan.begin(gi + 1, g.N);
@@ -220,18 +227,18 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
       const float* xs = x.f32() + n0 * g.C * g.H * g.W;
       const float* colp = xs;
       if (!direct) {
-        im2col(ctx, g, xs, nb, col, cols);
+        im2col(gctx, g, xs, nb, col, cols);
         colp = col;
       }
       if (nbmax == 1) {
         // One sample: the GEMM writes y_n in place, on top of the bias.
         float* yn = y + n0 * g.O * P;
         if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
-        sgemm_prepacked(ctx, g.O, P, CKK, wp, false, colp, cols, bias ? 1.f : 0.f, yn, P);
+        sgemm_prepacked(gctx, g.O, P, CKK, wp, false, colp, cols, bias ? 1.f : 0.f, yn, P);
       } else {
         // (O, nb*P) -> (nb, O, P), adding the bias on the way.
-        sgemm_prepacked(ctx, g.O, cols, CKK, wp, false, colp, cols, 0.f, tmp, cols);
-        ctx.parallel_for(nb * g.O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
+        sgemm_prepacked(gctx, g.O, cols, CKK, wp, false, colp, cols, 0.f, tmp, cols);
+        gctx.parallel_for(nb * g.O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
           for (int64_t idx = b; idx < e; ++idx) {
             const int64_t s = idx / g.O, o = idx % g.O;
             const float* src = tmp + o * cols + s * P;
@@ -274,7 +281,7 @@ void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
   const float* wp = wpack.f32();
   sgemm_pack_a(ctx, true, CKK, g.O, 1.f, w.f32(), CKK, wpack.f32());
 
-  for_each_group(ctx, plan, [&](int64_t gi) {
+  for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
     float* dcol = scratch.f32() + gi * std::max<int64_t>(1, dcol_n + gyc_n);
     float* gyc = dcol + dcol_n;
     const int64_t end = plan.begin(gi + 1, g.N);
@@ -282,15 +289,15 @@ void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
       const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
       const float* gys = gy.f32() + n0 * g.O * P;
       if (nbmax > 1) {
-        gather_chunk(ctx, gys, nb, g.O, P, gyc);
+        gather_chunk(gctx, gys, nb, g.O, P, gyc);
         gys = gyc;
       }
       if (direct) {
         // 1x1: gx_n (C, HW) = W^T (C, O) · gy_n (O, HW)
-        sgemm_prepacked(ctx, g.C, P, g.O, wp, false, gys, cols, 0.f, gx + n0 * g.C * HW, HW);
+        sgemm_prepacked(gctx, g.C, P, g.O, wp, false, gys, cols, 0.f, gx + n0 * g.C * HW, HW);
       } else {
-        sgemm_prepacked(ctx, CKK, cols, g.O, wp, false, gys, cols, 0.f, dcol, cols);
-        col2im(ctx, g, dcol, cols, nb, gx + n0 * g.C * HW);
+        sgemm_prepacked(gctx, CKK, cols, g.O, wp, false, gys, cols, 0.f, dcol, cols);
+        col2im(gctx, g, dcol, cols, nb, gx + n0 * g.C * HW);
       }
     }
   });
@@ -327,7 +334,7 @@ void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
   float* gw = c.outputs[0].f32();
 
   if (g.N == 0) std::fill(gw, gw + WN, 0.f);
-  for_each_group(ctx, plan, [&](int64_t gi) {
+  for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
     float* col = scratch.f32() + gi * std::max<int64_t>(1, per_group);
     float* gyc = col + col_n;
     float* acc = gi == 0 ? gw : gyc + gyc_n;
@@ -337,16 +344,16 @@ void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
       const float* xs = x.f32() + n0 * g.C * g.H * g.W;
       const float* colp = xs;
       if (!direct) {
-        im2col(ctx, g, xs, nb, col, cols);
+        im2col(gctx, g, xs, nb, col, cols);
         colp = col;
       }
       const float* gys = gy.f32() + n0 * g.O * P;
       if (nbmax > 1) {
-        gather_chunk(ctx, gys, nb, g.O, P, gyc);
+        gather_chunk(gctx, gys, nb, g.O, P, gyc);
         gys = gyc;
       }
       // gW (O, CKK) += gy_chunk (O, cols) · col^T (cols, CKK); the first chunk overwrites.
-      sgemm(ctx, false, true, g.O, CKK, cols, 1.f, gys, cols, colp, cols, n0 == begin ? 0.f : 1.f, acc, CKK);
+      sgemm(gctx, false, true, g.O, CKK, cols, 1.f, gys, cols, colp, cols, n0 == begin ? 0.f : 1.f, acc, CKK);
     }
   });
   if (plan.groups > 1) {

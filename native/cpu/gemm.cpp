@@ -232,24 +232,24 @@ void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bo
   const int64_t mb = ceil_div(ceil_div(M, mblocks), MR) * MR;
   const int64_t ntasks = ceil_div(M, mb) * nsplit;
 
-  auto tasks = [&](int64_t tb, int64_t te) {
+  // One block of C: rows [m_begin, m_end) x columns [j_begin, j_end), all of K.
+  // Each B block is packed once and used by every M block under it; A blocks
+  // are packed per B block (re-packing A costs 1/(2*nc) of the arithmetic).
+  auto run_block = [&](int64_t m_begin, int64_t m_end, int64_t j_begin, int64_t j_end) {
     float* ap_buf = packed_a ? nullptr : t_pack_a.get(static_cast<size_t>(mb * ks.kc));
-    const int64_t Mpad = ceil_div(M, MR) * MR;
     float* bp = t_pack_b.get(static_cast<size_t>(ks.kc * ks.nc));
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t i0 = (t / nsplit) * mb, mc = std::min(mb, M - i0);
-      const int64_t js = t % nsplit;
-      const int64_t j_begin = js * npanels / nsplit * NR;
-      const int64_t j_end = std::min(N, (js + 1) * npanels / nsplit * NR);
-      for (int64_t pc = 0; pc < K; pc += ks.kc) {
-        const int64_t kc = std::min(ks.kc, K - pc);
-        const float beta_k = pc == 0 ? beta : 1.f;  // later K blocks add onto the first
-        const float* ap = ap_buf;
-        if (packed_a) ap = packed_a_block(packed_a, Mpad, pc, i0, kc);
-        else pack_panels(ks.mr, A, lda, transA, i0, mc, pc, kc, alpha, ap_buf);
-        for (int64_t jc = j_begin; jc < j_end; jc += ks.nc) {
-          const int64_t nc = std::min(ks.nc, j_end - jc);
-          pack_panels(ks.nr, B, ldb, !transB, jc, nc, pc, kc, 1.f, bp);
+    const int64_t Mpad = ceil_div(M, MR) * MR;
+    for (int64_t pc = 0; pc < K; pc += ks.kc) {
+      const int64_t kc = std::min(ks.kc, K - pc);
+      const float beta_k = pc == 0 ? beta : 1.f;  // later K blocks add onto the first
+      for (int64_t jc = j_begin; jc < j_end; jc += ks.nc) {
+        const int64_t nc = std::min(ks.nc, j_end - jc);
+        pack_panels(ks.nr, B, ldb, !transB, jc, nc, pc, kc, 1.f, bp);
+        for (int64_t i0 = m_begin; i0 < m_end; i0 += mb) {
+          const int64_t mc = std::min(mb, m_end - i0);
+          const float* ap = ap_buf;
+          if (packed_a) ap = packed_a_block(packed_a, Mpad, pc, i0, kc);
+          else pack_panels(ks.mr, A, lda, transA, i0, mc, pc, kc, alpha, ap_buf);
           for (int64_t j = 0; j < nc; j += NR)
             for (int64_t ip = 0; ip < mc; ip += MR)
               run_tile(ks, kc, ap + ip * kc, bp + j * kc, C + (i0 + ip) * ldc + jc + j, ldc,
@@ -258,8 +258,14 @@ void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bo
       }
     }
   };
-  if (parallel) ctx.parallel_for(ntasks, 1, tasks);
-  else tasks(0, ntasks);
+  if (!parallel) return run_block(0, M, 0, N);
+  ctx.parallel_for(ntasks, 1, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t i0 = (t / nsplit) * mb, js = t % nsplit;
+      run_block(i0, std::min(M, i0 + mb), js * npanels / nsplit * NR,
+                std::min(N, (js + 1) * npanels / nsplit * NR));
+    }
+  });
 }
 
 }  // namespace
@@ -316,18 +322,23 @@ void sgemm_batched(const ExecContext& ctx, int64_t batch, bool transA, bool tran
   if (batch <= 0) return;
   const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
   // One GEMM per thread when there are enough of them and each is too small to
-  // split well; the nested sgemm calls then run serially on their worker.
+  // split well.
   const bool per_thread = batch >= threads && M * N * K <= (int64_t{1} << 24);
-  auto one = [&](int64_t i) {
-    sgemm(ctx, transA, transB, M, N, K, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta,
+  auto one = [&](const ExecContext& c, int64_t i) {
+    sgemm(c, transA, transB, M, N, K, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta,
           C + i * strideC, ldc);
   };
   if (per_thread) {
+    // Each GEMM runs alone on its thread, as one task (no split for threads
+    // it will not get).
+    static ThreadPool inline_pool(1);
+    ExecContext serial = ctx;
+    serial.pool = &inline_pool;
     ctx.parallel_for(batch, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) one(i);
+      for (int64_t i = b; i < e; ++i) one(serial, i);
     });
   } else {
-    for (int64_t i = 0; i < batch; ++i) one(i);
+    for (int64_t i = 0; i < batch; ++i) one(ctx, i);
   }
 }
 

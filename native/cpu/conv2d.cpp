@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <immintrin.h>  // SSE only (baseline x86-64)
+
 #include "../core/registry.h"
 #include "gemm.h"
 
@@ -121,6 +123,31 @@ void valid_columns(const ConvGeom& g, int64_t kj, int64_t& lo, int64_t& hi) {
 
 // Writes col(x_s) for samples s in [0, nb) into col (CKK, ldcol), sample s at
 // column offset s*P. Zero where the patch hangs over the padding.
+// Row pieces of im2col. Feature-map rows are short (8..32 floats), so these
+// are inline SSE loops (baseline x86-64) rather than memcpy/memset calls,
+// whose call overhead costs more than the copy at these sizes.
+inline void zero_run(float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, _mm_setzero_ps());
+  for (; i < n; ++i) dst[i] = 0.f;
+}
+
+// dst[i] = src[i * stride] for i < n; src[(n-1) * stride] is the last element read.
+inline void copy_run(float* dst, const float* src, int64_t n, int64_t stride) {
+  int64_t i = 0;
+  if (stride == 1) {
+    for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, _mm_loadu_ps(src + i));
+  } else if (stride == 2) {
+    // Even elements of two 4-float loads; the second load ends at src[2i+7],
+    // within the run while i + 4 < n.
+    for (; i + 4 < n; i += 4) {
+      const __m128 a = _mm_loadu_ps(src + 2 * i), b = _mm_loadu_ps(src + 2 * i + 4);
+      _mm_storeu_ps(dst + i, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    }
+  }
+  for (; i < n; ++i) dst[i] = src[i * stride];
+}
+
 void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t nb, float* col, int64_t ldcol) {
   const int64_t CKK = g.CKK(), P = g.P(), HW = g.H * g.W;
   ctx.parallel_for(nb * CKK, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
@@ -131,17 +158,36 @@ void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t n
       float* dst = col + r * ldcol + s * P;
       int64_t ow_lo, ow_hi;
       valid_columns(g, kj, ow_lo, ow_hi);
+      if (g.stride == 1 && g.Wo == g.W) {
+        // Stride 1, output as wide as the input ('same' padding): the col row
+        // is the input plane shifted by delta, so one contiguous copy does
+        // most of it; then zero what it read across row edges and the rows
+        // that hang over the top and bottom padding.
+        const int64_t W = g.W, delta = (ki - g.pad) * W + (kj - g.pad);
+        const int64_t oh_lo = std::clamp<int64_t>(g.pad - ki, 0, g.Ho);
+        const int64_t oh_hi = std::clamp<int64_t>(g.H + g.pad - ki, oh_lo, g.Ho);
+        // dst indices [begin, end) whose source index (dst + delta) is in the plane
+        const int64_t begin = std::max(oh_lo * W, -delta), end = std::max(begin, std::min(oh_hi * W, HW - delta));
+        zero_run(dst, begin);
+        copy_run(dst + begin, xc + begin + delta, end - begin, 1);
+        zero_run(dst + end, P - end);
+        if (ow_lo > 0 || ow_hi < W)
+          for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+            zero_run(dst + oh * W, ow_lo);
+            zero_run(dst + oh * W + ow_hi, W - ow_hi);
+          }
+        continue;
+      }
       for (int64_t oh = 0; oh < g.Ho; ++oh, dst += g.Wo) {
         const int64_t ih = oh * g.stride - g.pad + ki;
         if (ih < 0 || ih >= g.H) {
-          std::fill(dst, dst + g.Wo, 0.f);
+          zero_run(dst, g.Wo);
           continue;
         }
         const int64_t off = ih * g.W - g.pad + kj;  // + ow*stride: the input element under output ow
-        std::fill(dst, dst + ow_lo, 0.f);
-        if (g.stride == 1) std::memcpy(dst + ow_lo, xc + off + ow_lo, sizeof(float) * (ow_hi - ow_lo));
-        else for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst[ow] = xc[off + ow * g.stride];
-        std::fill(dst + ow_hi, dst + g.Wo, 0.f);
+        zero_run(dst, ow_lo);
+        copy_run(dst + ow_lo, xc + off + ow_lo * g.stride, ow_hi - ow_lo, g.stride);
+        zero_run(dst + ow_hi, g.Wo - ow_hi);
       }
     }
   });

@@ -148,6 +148,15 @@ inline void copy_run(float* dst, const float* src, int64_t n, int64_t stride) {
   for (; i < n; ++i) dst[i] = src[i * stride];
 }
 
+// dst[i * stride] += src[i] for i < n (the scatter-add of col2im; dst is
+// gx, src is dcol: separate buffers).
+inline void add_run(float* dst, const float* src, int64_t n, int64_t stride) {
+  int64_t i = 0;
+  if (stride == 1)
+    for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, _mm_add_ps(_mm_loadu_ps(dst + i), _mm_loadu_ps(src + i)));
+  for (; i < n; ++i) dst[i * stride] += src[i];
+}
+
 void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t nb, float* col, int64_t ldcol) {
   const int64_t CKK = g.CKK(), P = g.P(), HW = g.H * g.W;
   ctx.parallel_for(nb * CKK, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
@@ -194,27 +203,41 @@ void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t n
 }
 
 // The adjoint of im2col: gx_s = sum over patches of dcol, for samples [0, nb)
-// of the chunk. Each (sample, channel) plane is owned by one task, so the
+// of the chunk (dcol is scratch and is partly overwritten). Each (sample, channel) plane is owned by one task, so the
 // overlapping patches of neighbouring outputs add up without races.
-void col2im(const ExecContext& ctx, const ConvGeom& g, const float* dcol, int64_t ldcol, int64_t nb, float* gx) {
+void col2im(const ExecContext& ctx, const ConvGeom& g, float* dcol, int64_t ldcol, int64_t nb, float* gx) {
   const int64_t P = g.P(), HW = g.H * g.W, KK = g.kh * g.kw;
   ctx.parallel_for(nb * g.C, std::max<int64_t>(1, 8192 / std::max<int64_t>(KK * P, 1)), [&](int64_t b, int64_t e) {
     for (int64_t idx = b; idx < e; ++idx) {
       const int64_t s = idx / g.C, c = idx % g.C;
       float* xc = gx + (s * g.C + c) * HW;
-      std::fill(xc, xc + HW, 0.f);
+      zero_run(xc, HW);
       for (int64_t ki = 0; ki < g.kh; ++ki) {
         for (int64_t kj = 0; kj < g.kw; ++kj) {
           const float* src = dcol + (c * KK + ki * g.kw + kj) * ldcol + s * P;
           int64_t ow_lo, ow_hi;
           valid_columns(g, kj, ow_lo, ow_hi);
+          if (g.stride == 1 && g.Wo == g.W) {
+            // As in im2col: the row adds onto the plane shifted by delta, in
+            // one run. The entries that would wrap across a row edge belong
+            // to the padding; they are zeroed in dcol (our scratch) first.
+            float* d = dcol + (c * KK + ki * g.kw + kj) * ldcol + s * P;
+            const int64_t W = g.W, delta = (ki - g.pad) * W + (kj - g.pad);
+            const int64_t oh_lo = std::clamp<int64_t>(g.pad - ki, 0, g.Ho);
+            const int64_t oh_hi = std::clamp<int64_t>(g.H + g.pad - ki, oh_lo, g.Ho);
+            if (ow_lo > 0 || ow_hi < W)
+              for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+                zero_run(d + oh * W, ow_lo);
+                zero_run(d + oh * W + ow_hi, W - ow_hi);
+              }
+            const int64_t begin = std::max(oh_lo * W, -delta), end = std::max(begin, std::min(oh_hi * W, HW - delta));
+            add_run(xc + begin + delta, src + begin, end - begin, 1);
+            continue;
+          }
           for (int64_t oh = 0; oh < g.Ho; ++oh, src += g.Wo) {
             const int64_t ih = oh * g.stride - g.pad + ki;
             if (ih < 0 || ih >= g.H) continue;
-            float* row = xc + ih * g.W;
-            const int64_t off = kj - g.pad;
-            if (g.stride == 1) for (int64_t ow = ow_lo; ow < ow_hi; ++ow) row[ow + off] += src[ow];
-            else for (int64_t ow = ow_lo; ow < ow_hi; ++ow) row[ow * g.stride + off] += src[ow];
+            add_run(xc + ih * g.W + ow_lo * g.stride + kj - g.pad, src + ow_lo, ow_hi - ow_lo, g.stride);
           }
         }
       }

@@ -2,7 +2,10 @@
 // backward-weight, matmul) on the shapes of a 32x32 diffusion UNet, against
 // PyTorch on the same shapes in the same run. Writes a markdown report.
 //
-//   node dist/bench/ops.js [--batch 16] [--reps 5] [--warmup 2] [--rounds 2] [--out bench/results/ops-cpu.md] [--no-torch]
+//   node dist/bench/ops.js [--batch 16] [--threads <all CPUs>] [--reps 5] [--warmup 2] [--rounds 2]
+//                          [--out bench/results/ops-cpu.md] [--no-torch]
+//
+// Both engines use --threads threads (default: every CPU, as os.cpu_count()).
 //
 // Each op is timed alone (inputs prepared beforehand, the native stream
 // drained after each call); blocks of calls of ours and PyTorch's alternate
@@ -98,8 +101,10 @@ function median(v: number[]): number {
 class TorchServer {
   private pending: ((v: unknown) => void)[] = [];
   private proc: ChildProcessWithoutNullStreams;
-  constructor() {
-    this.proc = spawn(process.env.TDQ_PYTHON ?? '/usr/bin/python3', [path.join(packageRoot, 'bench', 'torch_ops.py')]);
+  constructor(threads: number) {
+    // OpenBLAS (PyTorch's matmul on Debian) takes its thread count from the environment only.
+    const env = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) };
+    this.proc = spawn(process.env.TDQ_PYTHON ?? '/usr/bin/python3', [path.join(packageRoot, 'bench', 'torch_ops.py'), String(threads)], { env });
     let stderr = '';
     this.proc.stderr.on('data', (d) => (stderr += d));
     this.proc.on('exit', (code) => {
@@ -168,7 +173,9 @@ async function main(): Promise<void> {
   const batch = Number(arg('batch', '16')), reps = Number(arg('reps', '5')), warmup = Number(arg('warmup', '2'));
   const rounds = Number(arg('rounds', '2'));
   const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'ops-cpu.md')));
-  const torch = process.argv.includes('--no-torch') ? null : new TorchServer();
+  const threads = Number(arg('threads', String(os.cpus().length)));
+  native().setThreads(threads);
+  const torch = process.argv.includes('--no-torch') ? null : new TorchServer(threads);
   const all = cases(batch);
   const info = native().info();
   const torchInfo = torch ? await torch.call<{ torch: string; threads: number }>({ info: true }) : null;
@@ -189,7 +196,11 @@ async function main(): Promise<void> {
   lines.push(`- date: ${new Date().toISOString()}`);
   lines.push(`- machine: ${lscpu('Model name')}, ${os.cpus().length} logical CPUs (${lscpu('Core(s) per socket')} cores per socket, ${lscpu('Socket(s)')} socket(s))`);
   lines.push(`- tdq-native: ${info.threads} threads, CPU level ${info.cpuLevel}`);
-  lines.push(torchInfo ? `- PyTorch ${torchInfo.torch}: ${torchInfo.threads} threads (torch.set_num_threads(os.cpu_count()))` : '- PyTorch: not run (--no-torch)');
+  lines.push(
+    torchInfo
+      ? `- PyTorch ${torchInfo.torch}: ${torchInfo.threads} threads (torch.set_num_threads(${threads}), OMP_NUM_THREADS and OPENBLAS_NUM_THREADS=${threads}; conv2d through oneDNN, matmul through OpenBLAS)`
+      : '- PyTorch: not run (--no-torch)',
+  );
   lines.push(`- batch ${batch}; each op timed alone (bias included), median of ${rounds} rounds x ${reps} calls per engine;`);
   lines.push(`  a round times ${warmup} warm-up + ${reps} calls of ours, then the same of PyTorch's, so both see similar load`);
   lines.push('');

@@ -1,5 +1,6 @@
 """PyTorch side of bench/ops.ts: times the same ops on the same shapes.
 
+Usage: python3 bench/torch_ops.py [THREADS]   (default: os.cpu_count())
 Run by bench/ops.ts as a server on stdin/stdout, one JSON object per line, so
 the two engines can be timed in alternation (under the same machine load):
   {"setup": CASE}            -> {"ok": true}      prepare inputs for CASE["name"]
@@ -17,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(os.cpu_count())
+torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else os.cpu_count())
 torch.set_grad_enabled(False)
 
 

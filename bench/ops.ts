@@ -180,6 +180,7 @@ async function main(): Promise<void> {
   const info = native().info();
   const torchInfo = torch ? await torch.call<{ torch: string; threads: number }>({ info: true }) : null;
 
+  const loadBefore = os.loadavg()[0];
   const ours: Record<string, number> = {}, theirs: Record<string, number | null> = {};
   for (const c of all) {
     const r = await timeCase(c, reps, warmup, rounds, torch);
@@ -195,7 +196,8 @@ async function main(): Promise<void> {
   lines.push(`- command: \`node dist/bench/ops.js${process.argv.slice(2).map((a) => ' ' + a).join('')}\``);
   lines.push(`- date: ${new Date().toISOString()}`);
   lines.push(`- machine: ${lscpu('Model name')}, ${os.cpus().length} logical CPUs (${lscpu('Core(s) per socket')} cores per socket, ${lscpu('Socket(s)')} socket(s))`);
-  lines.push(`- tdq-native: ${info.threads} threads, CPU level ${info.cpuLevel}`);
+  lines.push(`- load average (1 min) before / after the run: ${loadBefore.toFixed(2)} / ${os.loadavg()[0].toFixed(2)} (other processes share the machine when it exceeds 0)`);
+  lines.push(`- tdq-native: ${native().info().threads} threads, CPU level ${info.cpuLevel}`);
   lines.push(
     torchInfo
       ? `- PyTorch ${torchInfo.torch}: ${torchInfo.threads} threads (torch.set_num_threads(${threads}), OMP_NUM_THREADS and OPENBLAS_NUM_THREADS=${threads}; conv2d through oneDNN, matmul through OpenBLAS)`

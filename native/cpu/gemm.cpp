@@ -4,20 +4,27 @@
 // BLIS): C is computed in blocks so that each level of the loop nest reuses
 // data from one cache level.
 //
-//   for jc in N step NC          B block (KC x NC) packed once, shared by all threads (L3)
+//   C is cut into tasks (an M block x a range of N), run in parallel; each task:
 //     for pc in K step KC
-//       pack B[pc:, jc:] into NR-wide column panels
-//       parallel over (ic in M step MC) x (a slice of the NR panels):
-//         pack alpha*A[ic:, pc:] into MR-tall row panels   (per thread, L2)
-//         for each NR panel of the slice                     (the B micro-panel stays in L1)
-//           for each MR panel: micro-kernel, an MR x NR tile of C kept in registers
+//       for jc in its N range step NC
+//         pack B[pc:, jc:] into NR-wide column panels          (L2)
+//         for each M block of the task (MC rows):
+//           pack alpha*A[ic:, pc:] into MR-tall row panels     (L2)
+//           for each NR panel:                                  (the B micro-panel stays in L1)
+//             for each MR panel: micro-kernel, an MR x NR tile of C kept in registers
 //
-// Packing makes the micro-kernel's loads contiguous and aligned whatever the
-// transposes and leading dimensions are, and pads the M/N edges with zeros so
-// the kernel always computes full tiles; partial tiles are computed into a
-// small buffer and only their valid part is written to C. The micro-kernels
-// themselves live in gemm_avx2.cpp / gemm_avx512.cpp, compiled for those
+// Packing makes the micro-kernel's loads contiguous whatever the transposes
+// and leading dimensions are, and pads the M/N edges with zeros so the kernel
+// always computes full tiles; partial tiles are computed into a small buffer
+// and only their valid part is written to C. A matrix used against many B
+// (convolution weights) can be packed once up front (sgemm_pack_a). The
+// micro-kernels live in gemm_avx2.cpp / gemm_avx512.cpp, compiled for those
 // instruction sets through target attributes; the portable one is below.
+//
+// Tried and dropped (AMD Zen 4, measured): reading a row-major B in place
+// instead of packing it (slower as soon as ldb is a multiple of 4 KiB: the
+// rows of a micro-panel then collide in L1), and a 12 x 32 AVX-512 tile (its
+// last panel is two-thirds empty when M = 64).
 #include "gemm.h"
 
 #include <algorithm>
@@ -220,9 +227,10 @@ void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bo
   // C is split into a grid of tasks, each owning rows [i0, i0+mb) x a range of
   // columns over the whole of K, so one parallel_for covers the GEMM and no
   // two threads ever write the same element. Each task packs its own A block
-  // and B sub-blocks: for the shapes of a network (M or N often only 64..256)
-  // the repacking is cheap next to the barriers a shared packed B would need
-  // after every K block.
+  // and B blocks: for the shapes of a network (M or N often only 64..256) the
+  // repacking is cheap next to the barriers a B packed once and shared by all
+  // threads would need after every K block. Run serially, the whole of C is
+  // one task.
   const int64_t want = parallel ? 4 * threads : 1;
   // Split N first (keeping A blocks whole), then M when N is too narrow.
   const int64_t npanels = ceil_div(N, NR);

@@ -196,7 +196,7 @@ async function main(): Promise<void> {
   lines.push(`- command: \`node dist/bench/ops.js${process.argv.slice(2).map((a) => ' ' + a).join('')}\``);
   lines.push(`- date: ${new Date().toISOString()}`);
   lines.push(`- machine: ${lscpu('Model name')}, ${os.cpus().length} logical CPUs (${lscpu('Core(s) per socket')} cores per socket, ${lscpu('Socket(s)')} socket(s))`);
-  lines.push(`- load average (1 min) before / after the run: ${loadBefore.toFixed(2)} / ${os.loadavg()[0].toFixed(2)} (other processes share the machine when it exceeds 0)`);
+  lines.push(`- load average (1 min) before / after the run: ${loadBefore.toFixed(2)} / ${os.loadavg()[0].toFixed(2)} (the benchmark itself accounts for about 1; more means other processes were running)`);
   lines.push(`- tdq-native: ${native().info().threads} threads, CPU level ${info.cpuLevel}`);
   lines.push(
     torchInfo

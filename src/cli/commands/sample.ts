@@ -2,7 +2,7 @@
 // Fashion-MNIST model) with any of the four samplers.
 import path from 'node:path';
 import { SingleBar, Presets } from 'cli-progress';
-import type { CommandModule } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 
 import { saveGrid, saveImages } from '../../io/png';
 import { DEFAULT_MODEL, loadPipeline } from '../../pipeline';
@@ -42,7 +42,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('progress', { type: 'boolean', default: true, describe: 'show a progress bar (on stderr)' })
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
-      .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM'),
+      .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM') as unknown as Argv<SampleArgs>,
   handler: async (a) => {
     for (const [k, v] of [['n-samples', a.nSamples], ['batch-size', a.batchSize], ['custom-steps', a.customSteps]] as const)
       if (!Number.isInteger(v) || v < 1) throw new CliError(`--${k} must be a positive integer, got ${v}`);

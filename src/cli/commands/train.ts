@@ -3,7 +3,7 @@
 // full-precision checkpoint. Ctrl-C stops after the current step and writes
 // a checkpoint; --resume continues exactly.
 import path from 'node:path';
-import type { CommandModule } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 
 import { loadConfig } from '../../config';
 import { train } from '../../train/trainer';
@@ -41,7 +41,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('set', { type: 'string', array: true, default: [], describe: 'config override key.path=value (repeatable)' })
       .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model')
       .example('$0 train --resume runs/fmnist-small', 'continue an interrupted run exactly')
-      .example('$0 train --base configs/fmnist-small.yaml --set training.batch_size=32 --set model.params.unet_config.params.dropout=0', 'override config keys'),
+      .example('$0 train --base configs/fmnist-small.yaml --set training.batch_size=32 --set model.params.unet_config.params.dropout=0', 'override config keys') as unknown as Argv<TrainArgs>,
   handler: async (a) => {
     const overrides = [...a.set];
     if (a.maxSteps !== undefined) overrides.push(`training.max_steps=${a.maxSteps}`);

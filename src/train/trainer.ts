@@ -16,6 +16,7 @@ import { Dropout } from '../nn/layers';
 import type { Module } from '../nn/module';
 import { Adam, AdamW, type ParamGroupSpec } from '../optim/adam';
 import { clipGradNorm } from '../optim/clip';
+import { LambdaLinearScheduler } from '../optim/lr_schedule';
 import { backward } from '../tensor/autograd';
 import { tidy } from '../tensor/scope';
 import { scale } from '../tensor/ops/elementwise';
@@ -76,6 +77,11 @@ export function latestCheckpoint(runDir: string): string | null {
 
 /** Learning-rate factor at a step: linear warm-up, then constant / cosine / linear decay. */
 export function lrFactor(t: Config['training'], step: number): number {
+  if (t.lr_schedule === 'lambda_linear') {
+    const l = t.lambda_linear;
+    if (!l) throw new Error("training.lr_schedule is 'lambda_linear' but training.lambda_linear is not set");
+    return new LambdaLinearScheduler({ warmUpSteps: l.warm_up_steps, fMin: l.f_min, fMax: l.f_max, fStart: l.f_start, cycleLengths: l.cycle_lengths }).factor(step - 1);
+  }
   if (t.warmup_steps > 0 && step <= t.warmup_steps) return step / t.warmup_steps;
   if (t.lr_schedule === 'constant') return 1;
   const span = Math.max(1, t.max_steps - t.warmup_steps);

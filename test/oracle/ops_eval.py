@@ -144,3 +144,139 @@ def precision_recall_ref(i, a):
     precision = (dfr <= rr[None, :]).any(axis=1).mean()
     recall = (dfr.T <= rf[None, :]).any(axis=1).mean()
     return _hilo([precision, recall]), _hilo(rr), _hilo(rf)
+
+
+# ---- the FID InceptionV3 in PyTorch, written from the published
+# architecture (Szegedy et al. 2016, torchvision's Inception3 layout, with the
+# FID port's changes: real-pixel average pools in the A/C/E blocks, a max-pool
+# branch in the last E block, 1008 classes). Functional, over a state dict read
+# from a safetensors file, in float64; BatchNorm in evaluation mode, eps 1e-3.
+
+import json as _json
+import struct as _struct
+
+_ST_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+
+
+def _read_safetensors(path):
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    n = _struct.unpack("<Q", raw[:8])[0]
+    header = _json.loads(raw[8:8 + n])
+    out = {}
+    for k, e in header.items():
+        if k == "__metadata__":
+            continue
+        b, end = e["data_offsets"]
+        arr = np.frombuffer(raw[8 + n + b:8 + n + end], dtype=_ST_DTYPES[e["dtype"]]).reshape(e["shape"])
+        out[k] = torch.from_numpy(arr.copy())
+    return out
+
+
+def _bcr(p, name, x, stride=1, padding=0):
+    """conv (no bias) -> batch norm (running statistics) -> relu."""
+    w = p[name + ".conv.weight"]
+    x = F.conv2d(x, w, None, stride=stride, padding=padding)
+    x = F.batch_norm(x, p[name + ".bn.running_mean"], p[name + ".bn.running_var"],
+                     p[name + ".bn.weight"], p[name + ".bn.bias"], training=False, eps=1e-3)
+    return F.relu(x)
+
+
+def _avg3(x):
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
+def _block_a(p, m, x):
+    a = _bcr(p, m + ".branch1x1", x)
+    b = _bcr(p, m + ".branch5x5_2", _bcr(p, m + ".branch5x5_1", x), padding=2)
+    c = _bcr(p, m + ".branch3x3dbl_1", x)
+    c = _bcr(p, m + ".branch3x3dbl_2", c, padding=1)
+    c = _bcr(p, m + ".branch3x3dbl_3", c, padding=1)
+    d = _bcr(p, m + ".branch_pool", _avg3(x))
+    return torch.cat([a, b, c, d], 1)
+
+
+def _block_b(p, m, x):
+    a = _bcr(p, m + ".branch3x3", x, stride=2)
+    c = _bcr(p, m + ".branch3x3dbl_1", x)
+    c = _bcr(p, m + ".branch3x3dbl_2", c, padding=1)
+    c = _bcr(p, m + ".branch3x3dbl_3", c, stride=2)
+    return torch.cat([a, c, F.max_pool2d(x, 3, 2)], 1)
+
+
+def _block_c(p, m, x):
+    h, v = (0, 3), (3, 0)  # padding of the 1x7 and 7x1 convs
+    a = _bcr(p, m + ".branch1x1", x)
+    b = _bcr(p, m + ".branch7x7_1", x)
+    b = _bcr(p, m + ".branch7x7_2", b, padding=h)
+    b = _bcr(p, m + ".branch7x7_3", b, padding=v)
+    c = _bcr(p, m + ".branch7x7dbl_1", x)
+    for i, pad in zip(range(2, 6), (v, h, v, h)):
+        c = _bcr(p, f"{m}.branch7x7dbl_{i}", c, padding=pad)
+    d = _bcr(p, m + ".branch_pool", _avg3(x))
+    return torch.cat([a, b, c, d], 1)
+
+
+def _block_d(p, m, x):
+    a = _bcr(p, m + ".branch3x3_2", _bcr(p, m + ".branch3x3_1", x), stride=2)
+    b = _bcr(p, m + ".branch7x7x3_1", x)
+    b = _bcr(p, m + ".branch7x7x3_2", b, padding=(0, 3))
+    b = _bcr(p, m + ".branch7x7x3_3", b, padding=(3, 0))
+    b = _bcr(p, m + ".branch7x7x3_4", b, stride=2)
+    return torch.cat([a, b, F.max_pool2d(x, 3, 2)], 1)
+
+
+def _block_e(p, m, x, pool):
+    a = _bcr(p, m + ".branch1x1", x)
+    t = _bcr(p, m + ".branch3x3_1", x)
+    b = torch.cat([_bcr(p, m + ".branch3x3_2a", t, padding=(0, 1)), _bcr(p, m + ".branch3x3_2b", t, padding=(1, 0))], 1)
+    u = _bcr(p, m + ".branch3x3dbl_2", _bcr(p, m + ".branch3x3dbl_1", x), padding=1)
+    c = torch.cat([_bcr(p, m + ".branch3x3dbl_3a", u, padding=(0, 1)), _bcr(p, m + ".branch3x3dbl_3b", u, padding=(1, 0))], 1)
+    pooled = _avg3(x) if pool == "avg" else F.max_pool2d(x, 3, 1, 1)
+    return torch.cat([a, b, c, _bcr(p, m + ".branch_pool", pooled)], 1)
+
+
+def _inception_pool3(p, x):
+    x = _bcr(p, "Conv2d_1a_3x3", x, stride=2)
+    x = _bcr(p, "Conv2d_2a_3x3", x)
+    x = _bcr(p, "Conv2d_2b_3x3", x, padding=1)
+    x = F.max_pool2d(x, 3, 2)
+    x = _bcr(p, "Conv2d_3b_1x1", x)
+    x = _bcr(p, "Conv2d_4a_3x3", x)
+    x = F.max_pool2d(x, 3, 2)
+    for m in ("Mixed_5b", "Mixed_5c", "Mixed_5d"):
+        x = _block_a(p, m, x)
+    x = _block_b(p, "Mixed_6a", x)
+    for m in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+        x = _block_c(p, m, x)
+    x = _block_d(p, "Mixed_7a", x)
+    x = _block_e(p, "Mixed_7b", x, "avg")
+    x = _block_e(p, "Mixed_7c", x, "max")
+    return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+_WEIGHTS = {}
+
+
+def _weights(path, dtype):
+    key = (path, dtype)
+    if key not in _WEIGHTS:
+        _WEIGHTS.clear()
+        _WEIGHTS[key] = {k: v.to(dtype) for k, v in _read_safetensors(path).items()}
+    return _WEIGHTS[key]
+
+
+@op("fid_inception")
+def fid_inception(i, a):
+    """Images in [-1, 1] -> pool3, logits, unbiased logits. With raw=True the
+    input goes straight into the network (no gray->RGB, no resize)."""
+    x = i["x"]
+    p = _weights(a["weights"], x.dtype)
+    if not a.get("raw", False):
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        if tuple(x.shape[2:]) != (299, 299):
+            x = resize_bilinear({"x": x}, {"size": [299, 299], "mode": a.get("mode", "half_pixel")})
+    pool3 = _inception_pool3(p, x)
+    w, b = p["fc.weight"], p["fc.bias"]
+    return pool3, pool3 @ w.T + b, pool3 @ w.T

@@ -4,7 +4,9 @@
 // distance are float64 throughout; the large pairwise products of KID and
 // precision/recall go through a Gram provider (the engine's float32 matmul
 // when available) whose error bound the callers respect.
+import { matmul } from '../tensor/ops/linalg';
 import { Generator } from '../tensor/random';
+import { fromArray } from '../tensor/tensor';
 import { checkSymmetric, traceSqrtProduct } from './linalg64';
 
 /** n feature vectors of dimension dim, row-major. */
@@ -218,7 +220,7 @@ export interface GramProvider {
   relErr(d: number): number;
 }
 
-/** A B^T in float64 JS loops: exact to float64 rounding, slow for large sets. */
+/** A B^T in float64 JS loops: exact to float64 rounding, slow for large sets (tests, references). */
 export const jsGram: GramProvider = {
   async gram(a, na, b, nb, d) {
     const out = new Float64Array(na * nb);
@@ -233,7 +235,28 @@ export const jsGram: GramProvider = {
   relErr: (d) => 1.01 * d * 2 ** -53,
 };
 
-let defaultGram: GramProvider = jsGram;
+/**
+ * A B^T with the engine's float32 matmul. Entry error <= gamma_d |a||b| for
+ * any summation order (d 2^-24 / (1 - d 2^-24)), plus 2 2^-24 |a||b| when
+ * float64 inputs are rounded to float32 first.
+ */
+export const engineGram: GramProvider = {
+  async gram(a, na, b, nb, d) {
+    const ta = fromArray(a instanceof Float32Array ? a : Float32Array.from(a), [na, d]);
+    const tb = a === b && na === nb ? ta : fromArray(b instanceof Float32Array ? b : Float32Array.from(b), [nb, d]);
+    const g = matmul(ta, tb, { transB: true });
+    try {
+      return (await g.data()) as Float32Array;
+    } finally {
+      g.dispose();
+      ta.dispose();
+      tb.dispose();
+    }
+  },
+  relErr: (d) => (1.01 * (d + 2) * 2 ** -24) / (1 - (d + 2) * 2 ** -24),
+};
+
+let defaultGram: GramProvider = engineGram;
 /** The Gram provider KID and precision/recall use when none is passed. */
 export function setDefaultGram(g: GramProvider): void {
   defaultGram = g;

@@ -5,6 +5,7 @@ import {
   type Features,
   type GaussianStats,
   StatsAccumulator,
+  engineGram,
   featureStats,
   features,
   frechetDistance,
@@ -248,6 +249,17 @@ describe('metrics: closed forms, invariants and errors', () => {
     for (let i = 0; i < n; ++i) confident[i * c + (i % c)] = 60;
     const r = inceptionScore(features(confident, n, c), { splits: 2 });
     assert.ok(Math.abs(r.mean - c) < 1e-9 && r.std < 1e-9, `${r.mean} +- ${r.std}`);
+  });
+
+  it('the engine (float32 matmul) Gram gives the float64 decisions of precision/recall and KID to 1e-5', async () => {
+    // 64-d features with a common offset: nearest-neighbour distances are
+    // small against the norms, where float32 Gram entries are least exact.
+    const x = gaussianFeatures(400, 64, 81, 1, 3);
+    const y = gaussianFeatures(350, 64, 82, 1.1, 3.05);
+    for (const k of [1, 3]) assert.deepEqual(await precisionRecall(x, y, { k, gram: engineGram }), await precisionRecall(x, y, { k, gram: jsGram }));
+    const a = await kid(x, y, { subsets: 4, subsetSize: 300, gram: engineGram });
+    const b = await kid(x, y, { subsets: 4, subsetSize: 300, gram: jsGram });
+    for (let s = 0; s < 4; ++s) assert.ok(Math.abs(a.perSubset[s] - b.perSubset[s]) <= 1e-5 * Math.abs(b.perSubset[s]) + 1e-7, `${a.perSubset[s]} vs ${b.perSubset[s]}`);
   });
 
   it('precision and recall of a set against itself are 1', async () => {

@@ -280,3 +280,8 @@ def fid_inception(i, a):
     pool3 = _inception_pool3(p, x)
     w, b = p["fc.weight"], p["fc.bias"]
     return pool3, pool3 @ w.T + b, pool3 @ w.T
+
+
+@op("cross_entropy")
+def cross_entropy(i, a):
+    return F.cross_entropy(i["logits"], i["labels"].long())

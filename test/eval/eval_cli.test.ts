@@ -5,9 +5,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { loadConfig } from '../../src/config';
 import { FashionMnistDataset } from '../../src/data/fashion_mnist';
 import { fmnistClassifierExists } from '../../src/eval/fmnist_classifier';
 import { writePngSync } from '../../src/io/png';
+import { buildUNet } from '../../src/models/diffusion';
+import { Generator } from '../../src/tensor/random';
+import { saveCheckpoint } from '../../src/train/checkpoint';
 import { randomData } from '../helpers/assert';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-eval-cli-'));
@@ -96,6 +100,30 @@ describe('tdq-native eval with the Fashion-MNIST classifier', { skip: skipFmnist
     assert.ok(fb.kid.mean > 10 * Math.max(fa.kid.mean, 1e-4), `KID-FMNIST noise ${fb.kid.mean} vs real ${fa.kid.mean}`);
   });
 
+  it('--ckpt generates the images itself (a tiny untrained model, 2 DDIM steps)', async () => {
+    const overrides = ['model_channels=32', 'channel_mult=[1]', 'attention_resolutions=[]'].map((o) => `model.params.unet_config.params.${o}`);
+    const { config } = loadConfig(path.resolve(__dirname, '..', '..', '..', 'configs', 'fmnist-small.yaml'), { overrides });
+    const unet = buildUNet(config.model.params.unet_config, new Generator(0));
+    const ckpt = path.join(tmp, 'tiny.safetensors');
+    await saveCheckpoint(ckpt, { config, model: unet });
+    unet.dispose();
+    const out = path.join(tmp, 'ckpt.json');
+    const r = await run(['eval', '--ckpt', ckpt, '--n', '12', '--steps', '2', '--batch-size', '6', '--dataset', 'fashion-mnist', '--split', 'test',
+      '--ref-n', '1000', '--metrics', 'fid', '--cache-dir', cache, '--out', out, '--no-progress']);
+    assert.equal(r.code, 0, r.err);
+    const j = JSON.parse(fs.readFileSync(out, 'utf8'));
+    assert.deepEqual(j.generation, { ckpt, n: 12, sampler: 'ddim', steps: 2, eta: 0, seed: 0 });
+    assert.deepEqual(j.samples.size, [1, 32, 32]);
+    assert.ok(j.metrics.fid.value > 0);
+    assert.equal(j.reference.cached, true); // same reference configuration as the first test
+    const both = await run(['eval', '--ckpt', ckpt, '--samples', real]);
+    assert.equal(both.code, 1);
+    assert.match(both.err, /pass either --samples or --ckpt, not both/);
+    const missing = await run(['eval', '--ckpt', path.join(tmp, 'nope.safetensors'), '--dataset', 'fashion-mnist']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.err, /checkpoint not found: .*nope.safetensors/);
+  });
+
   it('IS alone needs no reference; --n limits the generated images', async () => {
     const r = await run(['eval', '--samples', real, '--metrics', 'is', '--feature-net', 'fmnist', '--n', '100', '--out', path.join(tmp, 'is.json'), '--no-progress']);
     assert.equal(r.code, 0, r.err);
@@ -115,7 +143,7 @@ describe('tdq-native eval: bad input', () => {
     const empty = path.join(tmp, 'empty');
     fs.mkdirSync(empty, { recursive: true });
     const cases: [string[], RegExp][] = [
-      [['eval', '--dataset', 'fashion-mnist'], /eval needs --samples DIR/],
+      [['eval', '--dataset', 'fashion-mnist'], /eval needs --samples DIR \(a folder of generated PNG images\) or --ckpt FILE/],
       [['eval', '--samples', one, '--metrics', 'fid,bogus'], /unknown metric bogus in --metrics \(choose from fid, is, kid, pr\)/],
       [['eval', '--samples', mixed, '--dataset', 'fashion-mnist'], /images in .*mixed differ in size: zz-odd.png is 28x28 but noise-0.png is 32x32/],
       [['eval', '--samples', empty, '--dataset', 'fashion-mnist'], /no \*\.png images under .*empty/],

@@ -14,17 +14,26 @@ import {
   type ImageSource,
   METRIC_NAMES,
   type MetricName,
+  arraySource,
   fashionMnistSource,
   folderSource,
   formatReport,
   loadFeatureNet,
   runEval,
 } from '../../eval/run';
+import type { SamplerName } from '../../diffusion/samplers';
 import { writeFileAtomic } from '../../io/atomic';
+import { loadPipeline } from '../../pipeline';
 import { CliError, type GlobalArgs, packageVersion } from '../index';
 
 interface EvalArgs extends GlobalArgs {
   samples?: string;
+  ckpt?: string;
+  config?: string;
+  sampler: SamplerName;
+  steps: number;
+  eta: number;
+  'sample-seed': number;
   dataset?: string;
   split: 'train' | 'test';
   'data-dir'?: string;
@@ -102,6 +111,12 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
   builder: (y) =>
     y
       .option('samples', { type: 'string', describe: 'Folder of generated PNG images (searched recursively)' })
+      .option('ckpt', { type: 'string', describe: 'Or: a diffusion checkpoint to generate --n images from (held in memory, rounded to 8 bits as PNGs would be)' })
+      .option('config', { type: 'string', describe: 'Model YAML for a --ckpt without a config in its metadata' })
+      .option('sampler', { choices: ['ddpm', 'ddim', 'plms', 'dpmpp'] as const, default: 'ddim' as const, describe: 'Sampler for --ckpt' })
+      .option('steps', { type: 'number', default: 50, describe: 'Sampling steps for --ckpt (ddim / plms / dpmpp)' })
+      .option('eta', { type: 'number', default: 0, describe: 'DDIM eta for --ckpt' })
+      .option('sample-seed', { type: 'number', default: 0, describe: 'Noise seed for --ckpt' })
       .option('dataset', { type: 'string', describe: "Reference images: a folder of PNGs, or 'fashion-mnist'" })
       .option('split', { choices: ['train', 'test'] as const, default: 'train' as const, describe: 'Fashion-MNIST split of the reference' })
       .option('data-dir', { type: 'string', describe: 'Folder with the Fashion-MNIST idx files (default: the Debian package\'s)' })
@@ -113,7 +128,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('inception-weights', { type: 'string', describe: 'FID Inception weights (.safetensors from scripts/convert-inception.py)' })
       .option('classifier-weights', { type: 'string', describe: 'Fashion-MNIST classifier weights (default: the shipped models/fmnist-classifier.safetensors)' })
       .option('resize', { choices: ['torch', 'tf1'] as const, default: 'torch' as const, describe: "Inception's resize to 299: torch bilinear (pytorch-fid) or TF1's" })
-      .option('n', { type: 'number', describe: 'Generated images to use (default: all)' })
+      .option('n', { type: 'number', describe: 'Generated images to use (default: all; with --ckpt: 1000)' })
       .option('ref-n', { type: 'number', describe: 'Reference images to use (default: all)' })
       .option('batch-size', { type: 'number', default: 50, describe: 'Images per feature-network batch' })
       .option('is-splits', { type: 'number', default: 10 })
@@ -121,15 +136,16 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('kid-subset-size', { type: 'number', describe: 'Default: min(1000, both set sizes)' })
       .option('pr-k', { type: 'number', default: 3, describe: 'k of the k-NN manifolds of precision/recall' })
       .option('seed', { type: 'number', default: 0, describe: 'Seed of the KID subsets' })
-      .option('out', { type: 'string', describe: 'JSON report (default: eval-<time>.json in the samples folder)' })
+      .option('out', { type: 'string', describe: 'JSON report (default: eval-<time>.json in the samples folder, or here with --ckpt)' })
       .option('cache-dir', { type: 'string', describe: 'Reference statistics cache (default: $TDQ_CACHE_DIR/eval-stats or ~/.cache/tdq-native/eval-stats)' })
       .option('refresh-cache', { type: 'boolean', default: false, describe: 'Recompute the reference statistics even when cached' })
       .option('no-cache', { type: 'boolean', default: false, describe: 'Neither read nor write the statistics cache' })
       .option('allow-size-mismatch', { type: 'boolean', default: false, describe: 'Compare sets of different image sizes' })
       .option('progress', { type: 'boolean', default: true, describe: 'Show progress on stderr' })
       .check((a) => {
-        if (!a.samples) return 'eval needs --samples DIR (a folder of generated PNG images)';
-        for (const k of ['n', 'ref-n', 'batch-size', 'is-splits', 'kid-subsets', 'kid-subset-size', 'pr-k'] as const) {
+        if (!a.samples && !a.ckpt) return 'eval needs --samples DIR (a folder of generated PNG images) or --ckpt FILE (a model to sample from)';
+        if (a.samples && a.ckpt) return 'pass either --samples or --ckpt, not both';
+        for (const k of ['n', 'ref-n', 'batch-size', 'is-splits', 'kid-subsets', 'kid-subset-size', 'pr-k', 'steps'] as const) {
           const v = a[k];
           if (v !== undefined && (!Number.isInteger(v) || (v as number) < 1)) return `--${k} must be a positive integer, got ${String(v)}`;
         }
@@ -140,12 +156,21 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
     if (!a.dataset && metrics.some((m) => m !== 'is')) throw new CliError(`--metrics ${metrics.join(',')} needs reference images (--dataset DIR or fashion-mnist)`);
     const reporter = progressReporter(a.progress);
     try {
-      const samples = folderSource(a.samples!);
       const reference = referenceSource(a);
+      const folder = a.samples ? folderSource(a.samples) : undefined;
+      // The feature network first: missing weights fail before any sampling.
       const kind: FeatureNetKind = a['feature-net'] ?? (a.dataset === 'fashion-mnist' || a.dataset === 'fmnist' ? 'fmnist' : 'inception');
       const net = await loadFeatureNet(kind, { inceptionWeights: a['inception-weights'], classifierWeights: a['classifier-weights'], resize: a.resize });
       let report: EvalReport;
+      let generation: Record<string, unknown> | undefined;
       try {
+        let samples: ImageSource;
+        if (folder) samples = folder;
+        else {
+          const n = a.n ?? 1000;
+          samples = await sampleCheckpoint(a, n, reporter.update);
+          generation = { ckpt: path.resolve(a.ckpt!), n, sampler: a.sampler, steps: a.sampler === 'ddpm' ? null : a.steps, eta: a.eta, seed: a['sample-seed'] };
+        }
         report = await runEval({
           samples,
           reference,
@@ -171,8 +196,9 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
         net.dispose();
       }
       process.stdout.write(formatReport(report, net.suffix) + '\n');
-      const out = a.out ?? path.join(path.resolve(a.samples!), `eval-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-      const json = { tool: `tdq-native ${packageVersion()}`, date: new Date().toISOString(), metricNames: metricNames(net.suffix), ...report };
+      const stamp = `eval-${new Date().toISOString().replace(/[:.]/g, '-')}.json`;
+      const out = a.out ?? (a.samples ? path.join(path.resolve(a.samples), stamp) : stamp);
+      const json = { tool: `tdq-native ${packageVersion()}`, date: new Date().toISOString(), metricNames: metricNames(net.suffix), generation, ...report };
       await fs.promises.mkdir(path.dirname(path.resolve(out)), { recursive: true });
       await writeFileAtomic(out, JSON.stringify(json, null, 2) + '\n');
       process.stdout.write(`report: ${out}\n`);
@@ -182,6 +208,31 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
     }
   },
 };
+
+/** n images from a checkpoint, in memory, rounded to 8 bits as saved PNGs would be. */
+async function sampleCheckpoint(a: EvalArgs, n: number, progress: (phase: string, done: number, total: number) => void): Promise<ImageSource> {
+  let pipe;
+  try {
+    pipe = await loadPipeline(a.ckpt!, { config: a.config });
+  } catch (e) {
+    throw new CliError((e as Error).message);
+  }
+  try {
+    const res = await pipe.generate({
+      n,
+      batchSize: a['batch-size'],
+      sampler: a.sampler,
+      steps: a.steps,
+      eta: a.eta,
+      seed: a['sample-seed'],
+      onProgress: (p) => progress('sampling', p.images, p.total),
+    });
+    progress('sampling', n, n);
+    return arraySource(`samples of ${path.resolve(a.ckpt!)}`, res.data, res.shape, { quantize8: true });
+  } finally {
+    pipe.dispose();
+  }
+}
 
 function metricNames(suffix: string): Record<string, string> {
   return { fid: `FID${suffix}`, kid: `KID${suffix}`, is: `IS${suffix}`, pr: 'precision/recall' };

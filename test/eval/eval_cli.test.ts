@@ -7,7 +7,9 @@ import { after, before, describe, it } from 'node:test';
 
 import { loadConfig } from '../../src/config';
 import { FashionMnistDataset } from '../../src/data/fashion_mnist';
-import { fmnistClassifierExists } from '../../src/eval/fmnist_classifier';
+import { defaultFmnistClassifierPath, fmnistClassifierExists } from '../../src/eval/fmnist_classifier';
+import { InceptionV3 } from '../../src/eval/inception';
+import { writeSafetensors } from '../../src/io/safetensors';
 import { writePngSync } from '../../src/io/png';
 import { buildUNet } from '../../src/models/diffusion';
 import { Generator } from '../../src/tensor/random';
@@ -130,6 +132,36 @@ describe('tdq-native eval with the Fashion-MNIST classifier', { skip: skipFmnist
     const j = JSON.parse(fs.readFileSync(path.join(tmp, 'is.json'), 'utf8'));
     assert.equal(j.samples.n, 100);
     assert.equal(j.reference, undefined);
+  });
+});
+
+describe('tdq-native eval with the Inception network (random weights)', () => {
+  it('runs FID, IS (1008 classes), KID and precision/recall on RGB folders; a wrong weights file is refused', async () => {
+    const weights = path.join(tmp, 'inception-random.safetensors');
+    const net = new InceptionV3({ seed: 11 });
+    await writeSafetensors(weights, net.stateDict());
+    net.dispose();
+    const gen = path.join(tmp, 'rgb-gen'), ref = path.join(tmp, 'rgb-ref');
+    for (const [dir, seed] of [[gen, 100], [ref, 200]] as const) {
+      fs.mkdirSync(dir, { recursive: true });
+      for (let i = 0; i < 10; ++i) writePngSync(path.join(dir, `${i}.png`), randomData([3, 24, 24], seed + i, 0.5), [3, 24, 24]);
+    }
+    const out = path.join(tmp, 'inception.json');
+    const r = await run(['eval', '--samples', gen, '--dataset', ref, '--inception-weights', weights, '--metrics', 'fid,is,kid,pr',
+      '--is-splits', '2', '--kid-subsets', '3', '--resize', 'tf1', '--batch-size', '5', '--cache-dir', path.join(tmp, 'cache-inc'), '--out', out, '--no-progress']);
+    assert.equal(r.code, 0, r.err);
+    for (const name of ['FID', 'KID', 'IS']) assert.match(r.out, new RegExp(`^${name}\\s`, 'm'));
+    assert.doesNotMatch(r.out, /FMNIST/);
+    const j = JSON.parse(fs.readFileSync(out, 'utf8'));
+    assert.equal(j.featureNet.net, 'inception-v3-fid-2015-12-05');
+    assert.equal(j.featureNet.resize, 'tf1');
+    assert.match(j.featureNet.sha256, /^[0-9a-f]{64}$/);
+    assert.equal(j.metrics.kid.subsetSize, 10);
+    assert.ok(j.metrics.is.mean >= 1 && j.metrics.fid.value > 0);
+    assert.ok(j.notes.some((n: string) => /covariances are singular/.test(n)));
+    const wrong = await run(['eval', '--samples', gen, '--dataset', ref, '--inception-weights', defaultFmnistClassifierPath(), '--no-progress']);
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.err, /does not hold the FID Inception weights .*missing keys/s);
   });
 });
 

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -22,6 +23,15 @@ import { assertClose, randomData } from '../helpers/assert';
 import { type Arr, Oracle, torchUnavailable } from '../helpers/oracle';
 
 const skip = torchUnavailable();
+/** The FID reference uses scipy.linalg.sqrtm (pytorch-fid's method); Debian: python3-scipy. */
+const noScipy = (() => {
+  if (skip) return skip;
+  const r = spawnSync(process.env.TDQ_PYTHON ?? '/usr/bin/python3', ['-c', 'import scipy.linalg'], { encoding: 'utf8' });
+  if (r.status === 0) return false;
+  const why = 'scipy unavailable for the FID reference: apt-get install python3-scipy';
+  if (process.env.CI) throw new Error(why);
+  return why;
+})();
 
 /** hi + lo pairs from the oracle (see ops_eval.py) back to float64. */
 function hilo(a: Arr): Float64Array {
@@ -66,7 +76,7 @@ describe('metrics against numpy/scipy references', { skip: skip ?? false }, () =
     ['singular covariances (n 30 < dim 64)', 30, 30, 64],
   ];
   for (const [name, n1, n2, dim] of fidCases) {
-    it(`FID ${name} matches scipy sqrtm and the eigenvalue form`, async () => {
+    it(`FID ${name} matches scipy sqrtm and the eigenvalue form`, { skip: noScipy }, async () => {
       const x = gaussianFeatures(n1, dim, 10 + n1, 1, 0);
       const y = gaussianFeatures(n2, dim, 20 + n2, 1.2, 0.1, 0.3);
       const r = frechetDistance(featureStats(x), featureStats(y));

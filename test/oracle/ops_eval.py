@@ -47,8 +47,9 @@ def resize_bilinear(i, a):
 # ~48 bits, since the oracle protocol returns float32.
 
 import numpy as np
-import scipy.linalg
-import scipy.special
+
+# scipy is imported where it is used, so the whole oracle still starts on a
+# machine without it (only the sqrtm-based FID reference needs it).
 
 
 def _hilo(v):
@@ -77,6 +78,8 @@ def fid_ref(i, a):
     """FID as pytorch-fid defines it: scipy's sqrtm of the covariance product
     (with a small diagonal offset if it is not finite, real part taken), plus
     an eigenvalue form sum sqrt(eig(S1 S2)) for singular covariances."""
+    import scipy.linalg
+
     mu1, s1 = _stats(_np(i["x"]))
     mu2, s2 = _stats(_np(i["y"]))
     diff = mu1 - mu2
@@ -96,7 +99,8 @@ def inception_score_ref(i, a):
     logits = _np(i["logits"])
     splits = a["splits"]
     n = logits.shape[0]
-    logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    m = logits.max(axis=1, keepdims=True)
+    logp = logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
     p = np.exp(logp)
     scores = []
     for k in range(splits):

@@ -1,0 +1,207 @@
+// GroupNorm with PyTorch semantics: x (N, C, *) is split into G groups of
+// C/G channels; each (n, g) group is normalised with its biased variance,
+// y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c].
+// The forward also returns mean and rstd (N, G) so that the backward does not
+// recompute the statistics.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../core/registry.h"
+
+namespace tdq {
+namespace {
+
+// Sums in double over four accumulators: exact enough for millions of
+// elements and the independent chains keep the adds pipelined.
+double sum_d(const float* p, int64_t n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) s0 += p[i], s1 += p[i + 1], s2 += p[i + 2], s3 += p[i + 3];
+  for (; i < n; ++i) s0 += p[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// sum (p[i] - c)^2: the second pass of the two-pass variance, which does not
+// lose precision when |mean| >> std as sum(x^2) - n*mean^2 would.
+double sum_sq_dev(const float* p, int64_t n, double c) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    double d0 = p[i] - c, d1 = p[i + 1] - c, d2 = p[i + 2] - c, d3 = p[i + 3] - c;
+    s0 += d0 * d0, s1 += d1 * d1, s2 += d2 * d2, s3 += d3 * d3;
+  }
+  for (; i < n; ++i) {
+    double d = p[i] - c;
+    s0 += d * d;
+  }
+  return (s0 + s1) + (s2 + s3);
+}
+
+struct GnDims {
+  int64_t N, C, G, HW;
+};
+
+GnDims gn_dims(const Tensor& x, int64_t G) {
+  GnDims d{x.shape[0], x.shape[1], G, 1};
+  for (int64_t i = 2; i < x.dim(); ++i) d.HW *= x.shape[i];
+  return d;
+}
+
+void check_eps(const Attrs& a) {
+  double eps = a.get_float("eps", 1e-5);
+  TDQ_CHECK_RANGE(std::isfinite(eps) && eps >= 0, a.op, ": attribute 'eps' must be a finite number >= 0, got ", eps);
+}
+
+void check_affine(const Attrs& a, const Tensor& t, const char* arg, int64_t C) {
+  if (!t.defined()) return;
+  check_dtype(a, t, arg, DType::f32);
+  TDQ_CHECK_RANGE(t.shape == Shape{C}, a.op, ": argument '", arg, "' must have shape [", C,
+                  "] (one value per channel of x), got ", shape_str(t.shape));
+}
+
+// group_norm_forward(x (N,C,*), weight? (C), bias? (C); num_groups, eps)
+//   -> y (N,C,*), mean (N,G), rstd (N,G)
+std::vector<TensorMeta> infer_group_norm_forward(const std::vector<Tensor>& in, const Attrs& a) {
+  const Tensor& x = in[0];
+  check_dtype(a, x, "x", DType::f32);
+  TDQ_CHECK_RANGE(x.dim() >= 2, a.op, ": argument 'x' must have shape (N, C, *), got ", shape_str(x.shape));
+  const int64_t C = x.shape[1];
+  const int64_t G = a.get_int("num_groups");
+  TDQ_CHECK_RANGE(G >= 1, a.op, ": attribute 'num_groups' must be >= 1, got ", G);
+  TDQ_CHECK_RANGE(C % G == 0, a.op, ": attribute 'num_groups' (", G, ") must divide the channel count of 'x' (C = ",
+                  C, ", shape ", shape_str(x.shape), ")");
+  check_eps(a);
+  check_affine(a, in.size() > 1 ? in[1] : Tensor{}, "weight", C);
+  check_affine(a, in.size() > 2 ? in[2] : Tensor{}, "bias", C);
+  return {{x.shape, DType::f32}, {{x.shape[0], G}, DType::f32}, {{x.shape[0], G}, DType::f32}};
+}
+
+void group_norm_forward_cpu(OpCall& c, const ExecContext& ctx) {
+  const Tensor& x = c.inputs[0];
+  const GnDims d = gn_dims(x, c.attrs.get_int("num_groups"));
+  const double eps = c.attrs.get_float("eps", 1e-5);
+  const float* w = c.inputs.size() > 1 && c.inputs[1].defined() ? c.inputs[1].f32() : nullptr;
+  const float* b = c.inputs.size() > 2 && c.inputs[2].defined() ? c.inputs[2].f32() : nullptr;
+  const float* px = x.f32();
+  float *py = c.outputs[0].f32(), *pm = c.outputs[1].f32(), *pr = c.outputs[2].f32();
+  const int64_t cpg = d.C / d.G, m = cpg * d.HW;
+  if (m == 0) {
+    // Empty groups: nothing to normalise; keep the statistics defined.
+    for (int64_t i = 0; i < d.N * d.G; ++i) pm[i] = 0.f, pr[i] = static_cast<float>(1.0 / std::sqrt(eps));
+    return;
+  }
+  // One (n, g) group per item: its elements are one contiguous block.
+  ctx.parallel_for(d.N * d.G, std::max<int64_t>(1, (1 << 14) / m), [&](int64_t begin, int64_t end) {
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const float* xg = px + ng * m;
+      const double mean = sum_d(xg, m) / m;
+      const double var = sum_sq_dev(xg, m, mean) / m;
+      const double rstd = 1.0 / std::sqrt(var + eps);
+      pm[ng] = static_cast<float>(mean);
+      pr[ng] = static_cast<float>(rstd);
+      const int64_t g = ng % d.G;
+      // The mean as a float plus its rounding error: x - mhi is exact for x
+      // near the mean, so a large common offset costs no accuracy.
+      const float mhi = static_cast<float>(mean), mlo = static_cast<float>(mean - mhi);
+      for (int64_t k = 0; k < cpg; ++k) {
+        const int64_t ch = g * cpg + k;
+        const float scale = static_cast<float>(rstd * (w ? w[ch] : 1.0f)), shift = b ? b[ch] : 0.f;
+        const float* xc = xg + k * d.HW;
+        float* yc = py + ng * m + k * d.HW;
+        for (int64_t i = 0; i < d.HW; ++i) yc[i] = ((xc[i] - mhi) - mlo) * scale + shift;
+      }
+    }
+  });
+}
+
+// group_norm_backward(gy (N,C,*), x, mean (N,G), rstd (N,G), weight? (C); num_groups)
+//   -> dx (N,C,*), dweight (C), dbias (C)
+std::vector<TensorMeta> infer_group_norm_backward(const std::vector<Tensor>& in, const Attrs& a) {
+  const Tensor &gy = in[0], &x = in[1], &mean = in[2], &rstd = in[3];
+  check_dtype(a, gy, "gy", DType::f32);
+  TDQ_CHECK_RANGE(gy.dim() >= 2, a.op, ": argument 'gy' must have shape (N, C, *), got ", shape_str(gy.shape));
+  check_dtype(a, x, "x", DType::f32);
+  check_shape(a, x, "x", gy.shape);
+  const int64_t N = gy.shape[0], C = gy.shape[1];
+  const int64_t G = a.get_int("num_groups");
+  TDQ_CHECK_RANGE(G >= 1 && C % G == 0, a.op, ": attribute 'num_groups' (", G,
+                  ") must be >= 1 and divide the channel count of 'x' (C = ", C, ")");
+  check_dtype(a, mean, "mean", DType::f32);
+  check_shape(a, mean, "mean", {N, G});
+  check_dtype(a, rstd, "rstd", DType::f32);
+  check_shape(a, rstd, "rstd", {N, G});
+  check_affine(a, in.size() > 4 ? in[4] : Tensor{}, "weight", C);
+  return {{gy.shape, DType::f32}, {{C}, DType::f32}, {{C}, DType::f32}};
+}
+
+void group_norm_backward_cpu(OpCall& c, const ExecContext& ctx) {
+  const GnDims d = gn_dims(c.inputs[0], c.attrs.get_int("num_groups"));
+  const float *gy = c.inputs[0].f32(), *x = c.inputs[1].f32(), *pm = c.inputs[2].f32(), *pr = c.inputs[3].f32();
+  const float* w = c.inputs.size() > 4 && c.inputs[4].defined() ? c.inputs[4].f32() : nullptr;
+  float *dx = c.outputs[0].f32(), *dw = c.outputs[1].f32(), *db = c.outputs[2].f32();
+  const int64_t cpg = d.C / d.G, m = cpg * d.HW;
+  // Per (n, c): sum gy and sum gy * (x - mean); the weight gradients reduce
+  // these over n afterwards in a fixed order, so results do not depend on
+  // the thread count.
+  std::vector<double> sg(static_cast<size_t>(d.N * d.C)), sgx(static_cast<size_t>(d.N * d.C));
+  ctx.parallel_for(d.N * d.G, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(m, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const int64_t n = ng / d.G, g = ng % d.G;
+      const float mf = pm[ng];
+      const double rstd = pr[ng];
+      // The saved mean is rounded to float; sum (x - mf) recovers the
+      // rounding error delta in the same pass, and sum gy (x - mean) is then
+      // sum gy (x - mf) - delta sum gy. A large common offset in x thus
+      // costs the gradients no accuracy.
+      double sdev = 0;
+      for (int64_t k = 0; k < cpg; ++k) {
+        const int64_t ch = g * cpg + k, off = ng * m + k * d.HW;
+        double s0 = 0, s1 = 0, s2 = 0;
+        for (int64_t i = 0; i < d.HW; ++i) {
+          const double gi = gy[off + i], xc = x[off + i] - mf;
+          s0 += gi;
+          s1 += gi * xc;
+          s2 += xc;
+        }
+        sg[n * d.C + ch] = s0;
+        sgx[n * d.C + ch] = s1;
+        sdev += s2;
+      }
+      const double delta = m ? sdev / m : 0.0;
+      double a_sum = 0, b_sum = 0;  // sum_c w_c * sum gy, sum_c w_c * sum gy (x - mean)
+      for (int64_t k = 0; k < cpg; ++k) {
+        const int64_t ch = g * cpg + k;
+        sgx[n * d.C + ch] -= delta * sg[n * d.C + ch];
+        const double wc = w ? w[ch] : 1.0;
+        a_sum += wc * sg[n * d.C + ch];
+        b_sum += wc * sgx[n * d.C + ch];
+      }
+      // dx = rstd * (w*gy - mean(w*gy) - xhat * mean(w*gy*xhat)) over the group
+      const double A = m ? a_sum / m : 0.0, B = m ? b_sum * rstd / m : 0.0;
+      const float k2 = static_cast<float>(rstd * rstd * B), k0 = static_cast<float>(rstd * A);
+      const float df = static_cast<float>(delta);
+      for (int64_t k = 0; k < cpg; ++k) {
+        const int64_t ch = g * cpg + k, off = ng * m + k * d.HW;
+        const float k1 = static_cast<float>(rstd * (w ? w[ch] : 1.0f));
+        for (int64_t i = 0; i < d.HW; ++i) dx[off + i] = k1 * gy[off + i] - k2 * ((x[off + i] - mf) - df) - k0;
+      }
+    }
+  });
+  for (int64_t ch = 0; ch < d.C; ++ch) {
+    double sw = 0, sb = 0;
+    for (int64_t n = 0; n < d.N; ++n) {
+      sw += sgx[n * d.C + ch] * pr[n * d.G + ch / cpg];
+      sb += sg[n * d.C + ch];
+    }
+    dw[ch] = static_cast<float>(sw);
+    db[ch] = static_cast<float>(sb);
+  }
+}
+
+}  // namespace
+
+TDQ_REGISTER_OP({"group_norm_forward", 1, 3, infer_group_norm_forward, group_norm_forward_cpu, {}});
+TDQ_REGISTER_OP({"group_norm_backward", 4, 5, infer_group_norm_backward, group_norm_backward_cpu, {}});
+
+}  // namespace tdq

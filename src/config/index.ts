@@ -1,0 +1,3 @@
+// Config files: schema, loading, and the messages for bad ones.
+export * from './schema';
+export * from './load';

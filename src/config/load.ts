@@ -1,0 +1,313 @@
+// Reading a config: YAML parsing, --set overrides, schema validation, and
+// error messages that name the file, the line and the key path, e.g.
+//   configs/x.yaml:21:24: model.params.unet_config.params.channel_mult[1]: expected number, got string "two"
+import fs from 'node:fs';
+import YAML, { isMap, isPair, isScalar, isSeq, LineCounter, type Node as YamlNode } from 'yaml';
+import type { z } from 'zod';
+
+import { type Config, ConfigSchema, UNSUPPORTED_KEYS } from './schema';
+
+export type ConfigPath = (string | number)[];
+
+export interface ConfigIssue {
+  path: ConfigPath;
+  message: string;
+  /** 1-based position in the file, when the key is there. */
+  line?: number;
+  col?: number;
+  /** The --set override that produced the value, when one did. */
+  override?: string;
+}
+
+export class ConfigError extends Error {
+  readonly file: string;
+  readonly issues: ConfigIssue[];
+
+  constructor(file: string, issues: ConfigIssue[]) {
+    super(issues.map((i) => formatIssue(file, i)).join('\n'));
+    this.name = 'ConfigError';
+    this.file = file;
+    this.issues = issues;
+  }
+}
+
+export interface LoadedConfig {
+  config: Config;
+  /** The parsed YAML after overrides, before defaults. */
+  raw: unknown;
+  file: string;
+  /** Things that loaded but are ignored (e.g. a lightning section). */
+  warnings: string[];
+}
+
+export interface LoadOptions {
+  /** "key.path=value" overrides; the value is parsed as YAML ("3", "[1,2]", "true"). */
+  overrides?: readonly string[];
+}
+
+/** `a.b[1].c` */
+export function formatPath(p: ConfigPath): string {
+  let s = '';
+  for (const k of p) s += typeof k === 'number' ? `[${k}]` : s ? `.${k}` : k;
+  return s || '(top level)';
+}
+
+function formatIssue(file: string, i: ConfigIssue): string {
+  const where = i.line !== undefined ? `${file}:${i.line}:${i.col}` : file;
+  const key = i.path.length ? `${formatPath(i.path)}: ` : '';
+  return `${where}: ${key}${i.message}${i.override ? ` (from --set ${i.override})` : ''}`;
+}
+
+/** Parses "a.b[2].c" into ['a', 'b', 2, 'c']. */
+export function parsePath(s: string): ConfigPath {
+  if (!/^[^.[\]]+(?:\.[^.[\]]+|\[\d+\])*$/.test(s)) throw new Error(`bad config key path '${s}' (expected e.g. training.max_steps or model.params.unet_config.params.channel_mult[1])`);
+  const out: ConfigPath = [];
+  for (const m of s.matchAll(/([^.[\]]+)|\[(\d+)\]/g)) out.push(m[1] !== undefined ? m[1] : Number(m[2]));
+  return out;
+}
+
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  if (typeof v === 'string') return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '...' : v)}`;
+  if (typeof v === 'number') return Number.isInteger(v) ? `integer ${v}` : `number ${v}`;
+  return `${typeof v} ${String(v)}`;
+}
+
+function getAt(root: unknown, p: ConfigPath): unknown {
+  let v = root;
+  for (const k of p) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string | number, unknown>)[k];
+  }
+  return v;
+}
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; ++i) {
+    let prev = d[0];
+    d[0] = i;
+    for (let j = 1; j <= b.length; ++j) {
+      const t = d[j];
+      d[j] = Math.min(d[j] + 1, d[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = t;
+    }
+  }
+  return d[b.length];
+}
+
+// The keys the strict object at `p` accepts, for "did you mean" hints: found by
+// walking the schema definitions along the path (a discriminated union picks
+// the option whose target the data names).
+function knownKeys(schema: z.ZodType, p: ConfigPath, root: unknown): string[] {
+  let s: z.ZodType | undefined = schema;
+  const unwrap = (x: z.ZodType): z.ZodType => {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    let t: any = x;
+    for (;;) {
+      const def = t?._zod?.def;
+      if (!def) return t;
+      if (def.type === 'optional' || def.type === 'default' || def.type === 'prefault' || def.type === 'nullable') t = def.innerType;
+      else if (def.type === 'pipe') t = def.in;
+      else return t;
+    }
+  };
+  for (let i = 0; i <= p.length; ++i) {
+    if (!s) return [];
+    s = unwrap(s);
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const def: any = (s as any)._zod.def;
+    if (def.type === 'union') {
+      // A discriminated union: pick the option whose literal matches the data.
+      const here = getAt(root, p.slice(0, i)) as Record<string, unknown> | undefined;
+      const disc: string | undefined = def.discriminator;
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      const match = def.options.find((o: any) => {
+        const f = unwrap(o._zod.def.shape?.[disc ?? '']);
+        // eslint-disable-next-line @typescript-eslint/no-explicit-any
+        const vals: unknown[] = (f as any)?._zod?.def?.values ?? [];
+        return here && vals.includes(here[disc ?? '']);
+      });
+      if (!match) return [];
+      s = unwrap(match);
+    }
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const d2: any = (s as any)._zod.def;
+    if (i === p.length) return d2.type === 'object' ? Object.keys(d2.shape) : [];
+    const k = p[i];
+    if (d2.type === 'object') s = d2.shape[k as string];
+    else if (d2.type === 'array') s = d2.element;
+    else return [];
+  }
+  return [];
+}
+
+function issueMessage(issue: z.core.$ZodIssue, value: unknown): string {
+  switch (issue.code) {
+    case 'invalid_type':
+      if (value === undefined) return `required (${issue.expected === 'int' ? 'an integer' : issue.expected})`;
+      return `expected ${issue.expected === 'int' ? 'integer' : issue.expected}, got ${describe(value)}`;
+    case 'invalid_value':
+      if (value === undefined) return `required (one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')})`;
+      return issue.values.length === 1
+        ? `expected ${JSON.stringify(issue.values[0])}, got ${describe(value)}`
+        : `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}, got ${describe(value)}`;
+    case 'invalid_union': {
+      const opts = (issue as unknown as { options?: unknown[] }).options;
+      if (opts) {
+        if (value === undefined) return `required (one of ${opts.map((v) => JSON.stringify(v)).join(', ')})`;
+        return `unknown ${String(issue.path[issue.path.length - 1] ?? 'value')} ${JSON.stringify(value)}; expected one of ${opts.map((v) => JSON.stringify(v)).join(', ')}`;
+      }
+      return `${issue.message}, got ${describe(value)}`;
+    }
+    case 'too_small': {
+      const op = issue.inclusive ? '>=' : '>';
+      if (issue.origin === 'array') return `expected at least ${issue.minimum} item${Number(issue.minimum) === 1 ? '' : 's'}, got ${Array.isArray(value) ? value.length : 0}`;
+      if (issue.origin === 'string') return 'must not be empty';
+      return `must be ${op} ${issue.minimum}, got ${describe(value)}`;
+    }
+    case 'too_big': {
+      const op = issue.inclusive ? '<=' : '<';
+      if (issue.origin === 'array') return `expected at most ${issue.maximum} items, got ${Array.isArray(value) ? value.length : 0}`;
+      return `must be ${op} ${issue.maximum}, got ${describe(value)}`;
+    }
+    default:
+      return issue.message;
+  }
+}
+
+/** Turns zod issues into config issues with readable messages (no positions yet). */
+export function explainIssues(issues: readonly z.core.$ZodIssue[], raw: unknown): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  for (const issue of issues) {
+    const p = issue.path.filter((k): k is string | number => typeof k !== 'symbol');
+    if (issue.code === 'unrecognized_keys') {
+      const known = knownKeys(ConfigSchema, p, raw);
+      for (const key of issue.keys) {
+        let msg = 'unknown key';
+        if (UNSUPPORTED_KEYS[key]) msg += `: ${UNSUPPORTED_KEYS[key]}`;
+        else {
+          const best = known.map((k) => [k, editDistance(key, k)] as const).sort((a, b) => a[1] - b[1])[0];
+          if (best && best[1] <= Math.max(2, Math.floor(key.length / 3))) msg += ` (did you mean ${best[0]}?)`;
+          else if (known.length) msg += ` (expected one of ${known.join(', ')})`;
+        }
+        out.push({ path: [...p, key], message: msg });
+      }
+      continue;
+    }
+    out.push({ path: p, message: issueMessage(issue, getAt(raw, p)) });
+  }
+  return out;
+}
+
+/** The 1-based line and column of the key (or value) at `p`; the nearest existing ancestor otherwise. */
+function locate(doc: YAML.Document, lc: LineCounter, p: ConfigPath): { line: number; col: number } | undefined {
+  let node: unknown = doc.contents;
+  let pos: number | undefined = (node as YamlNode | null)?.range?.[0];
+  for (const k of p) {
+    if (isMap(node)) {
+      const pair = node.items.find((it) => isPair(it) && isScalar(it.key) && String(it.key.value) === String(k));
+      if (!pair) break;
+      pos = (pair.key as YamlNode).range?.[0] ?? pos;
+      node = pair.value;
+    } else if (isSeq(node) && typeof k === 'number' && k < node.items.length) {
+      node = node.items[k];
+      pos = (node as YamlNode | null)?.range?.[0] ?? pos;
+    } else break;
+  }
+  if (pos === undefined) return undefined;
+  const lp = lc.linePos(pos);
+  return { line: lp.line, col: lp.col };
+}
+
+function setAt(root: Record<string, unknown>, p: ConfigPath, value: unknown, spec: string): void {
+  let v: Record<string | number, unknown> = root;
+  for (let i = 0; i < p.length - 1; ++i) {
+    const k = p[i];
+    let next = v[k];
+    if (next === undefined || next === null) {
+      next = typeof p[i + 1] === 'number' ? [] : {};
+      v[k] = next;
+    }
+    if (typeof next !== 'object') throw new Error(`--set ${spec}: ${formatPath(p.slice(0, i + 1))} is ${describe(next)}, not a mapping or list`);
+    v = next as Record<string | number, unknown>;
+  }
+  v[p[p.length - 1]] = value;
+}
+
+function startsWith(p: ConfigPath, prefix: ConfigPath): boolean {
+  return prefix.length <= p.length && prefix.every((k, i) => String(p[i]) === String(k));
+}
+
+/** Parses and validates config text; `file` is only for messages. */
+export function parseConfig(text: string, file: string, opts: LoadOptions = {}): LoadedConfig {
+  const lc = new LineCounter();
+  const doc = YAML.parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length) {
+    throw new ConfigError(
+      file,
+      doc.errors.map((e) => {
+        const lp = lc.linePos(e.pos[0]);
+        return { path: [], message: `YAML syntax error: ${e.message.split('\n')[0]}`, line: lp.line, col: lp.col };
+      }),
+    );
+  }
+  let raw: unknown = doc.toJS({ maxAliasCount: 100 });
+  if (raw === null || raw === undefined) throw new ConfigError(file, [{ path: [], message: 'the file is empty' }]);
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(file, [{ path: [], message: `expected a mapping at the top level, got ${describe(raw)}` }]);
+
+  const overridden: { path: ConfigPath; spec: string }[] = [];
+  for (const spec of opts.overrides ?? []) {
+    const eq = spec.indexOf('=');
+    if (eq <= 0) throw new ConfigError(file, [{ path: [], message: `bad override '${spec}': expected key.path=value` }]);
+    let p: ConfigPath;
+    try {
+      p = parsePath(spec.slice(0, eq).trim());
+    } catch (e) {
+      throw new ConfigError(file, [{ path: [], message: `bad override '${spec}': ${(e as Error).message}` }]);
+    }
+    let value: unknown;
+    try {
+      value = YAML.parse(spec.slice(eq + 1));
+    } catch (e) {
+      throw new ConfigError(file, [{ path: p, message: `bad override value: ${(e as Error).message.split('\n')[0]}`, override: spec }]);
+    }
+    raw = structuredClone(raw);
+    try {
+      setAt(raw as Record<string, unknown>, p, value, spec);
+    } catch (e) {
+      throw new ConfigError(file, [{ path: [], message: (e as Error).message }]);
+    }
+    overridden.push({ path: p, spec });
+  }
+
+  const r = ConfigSchema.safeParse(raw);
+  if (!r.success) {
+    const issues = explainIssues(r.error.issues, raw).map((i) => {
+      const ov = [...overridden].reverse().find((o) => startsWith(i.path, o.path));
+      if (ov) return { ...i, override: ov.spec };
+      return { ...i, ...locate(doc, lc, i.path) };
+    });
+    throw new ConfigError(file, issues);
+  }
+  const warnings: string[] = [];
+  if ((raw as Record<string, unknown>).lightning !== undefined) {
+    warnings.push(`${file}: the lightning section is ignored; training options go in the training section`);
+  }
+  return { config: r.data, raw, file, warnings };
+}
+
+/** Reads, parses and validates a config file. */
+export function loadConfig(file: string, opts: LoadOptions = {}): LoadedConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new ConfigError(file, [{ path: [], message: err.code === 'ENOENT' ? 'config file not found' : `cannot read the config: ${err.message}` }]);
+  }
+  return parseConfig(text, file, opts);
+}

@@ -1,0 +1,432 @@
+// The config schema: YAML in the shape of the CompVis latent-diffusion configs
+// (model.target/params with unet_config, first_stage_config), a data section
+// naming one of our datasets, and a training section in place of the
+// lightning/main.py options. Every object is strict, so a misspelt key is an
+// error naming its path; CompVis class paths are accepted as aliases of ours
+// and replaced by our names on parsing.
+//
+// Relative paths in a config (data_dir, root, ckpt_path, out_dir) are taken
+// relative to the working directory, as CompVis does and as CLI paths are.
+import { z } from 'zod';
+
+// ---- Targets ---------------------------------------------------------------
+
+/** The OpenAI/CompVis UNet (openaimodel.UNetModel): attention_resolutions are downsampling factors. */
+export const UNET_TARGET = 'tdq_native.models.unet.UNetModel';
+/** Ho et al.'s DDPM UNet (ch, ch_mult, attn_resolutions in pixels, as in the original TF code). */
+export const DDPM_UNET_TARGET = 'tdq_native.models.ddpm_unet.DDPMUNet';
+/** A pixel-space diffusion model around a UNet. */
+export const DDPM_TARGET = 'tdq_native.models.diffusion.DDPM';
+/** A diffusion model in the latent space of a first-stage autoencoder. */
+export const LDM_TARGET = 'tdq_native.models.diffusion.LatentDiffusion';
+export const AUTOENCODER_KL_TARGET = 'tdq_native.models.autoencoder.AutoencoderKL';
+export const FASHION_MNIST_TARGET = 'tdq_native.data.FashionMNIST';
+export const IMAGE_FOLDER_TARGET = 'tdq_native.data.ImageFolder';
+export const SYNTHETIC_TARGET = 'tdq_native.data.Synthetic';
+
+/** Other names accepted for each target (CompVis class paths, short names). */
+export const TARGET_ALIASES: Readonly<Record<string, readonly string[]>> = {
+  [UNET_TARGET]: ['ldm.modules.diffusionmodules.openaimodel.UNetModel'],
+  [DDPM_UNET_TARGET]: [],
+  [DDPM_TARGET]: ['ldm.models.diffusion.ddpm.DDPM'],
+  [LDM_TARGET]: ['ldm.models.diffusion.ddpm.LatentDiffusion'],
+  [AUTOENCODER_KL_TARGET]: ['ldm.models.autoencoder.AutoencoderKL'],
+  [FASHION_MNIST_TARGET]: ['fashion_mnist'],
+  [IMAGE_FOLDER_TARGET]: ['image_folder'],
+  [SYNTHETIC_TARGET]: ['synthetic'],
+};
+
+/** Our name for a target or one of its aliases; the input unchanged when unknown. */
+export function canonicalTarget(name: string): string {
+  for (const [canon, aliases] of Object.entries(TARGET_ALIASES)) if (name === canon || aliases.includes(name)) return canon;
+  return name;
+}
+
+function target<T extends string>(canon: T) {
+  return z.literal([canon, ...(TARGET_ALIASES[canon] ?? [])]).transform((): T => canon);
+}
+
+/**
+ * Keys of the CompVis configs that tdq-native does not take, with what to do
+ * instead; the error for such a key says so rather than just "unknown key".
+ */
+export const UNSUPPORTED_KEYS: Readonly<Record<string, string>> = {
+  scheduler_config: 'set the learning-rate warmup and schedule in training (warmup_steps, lr_schedule)',
+  use_spatial_transformer: 'cross-attention (text) conditioning is not supported; use num_classes for class conditioning',
+  transformer_depth: 'cross-attention (text) conditioning is not supported',
+  context_dim: 'cross-attention (text) conditioning is not supported',
+  use_fp16: 'precision is chosen at run time, not in the model config',
+  learn_sigma: 'learned variances are not supported; out_channels must equal in_channels',
+};
+
+// ---- Building blocks ---------------------------------------------------------
+
+const posInt = z.int().min(1);
+const nonNegInt = z.int().min(0);
+const intList = z.array(posInt);
+
+// ---- UNets ------------------------------------------------------------------
+
+export const UNetParamsSchema = z.strictObject({
+  image_size: posInt,
+  in_channels: posInt,
+  out_channels: posInt,
+  model_channels: posInt,
+  num_res_blocks: posInt,
+  /** Downsampling factors (1, 2, 4, ...) at which blocks get self-attention. */
+  attention_resolutions: z.array(posInt),
+  channel_mult: intList.min(1).default([1, 2, 4, 8]),
+  dropout: z.number().min(0).lt(1).default(0),
+  conv_resample: z.boolean().default(true),
+  dims: z.literal(2).default(2),
+  /** Class-conditional when set: a learned embedding of the label is added to the time embedding. */
+  num_classes: posInt.optional(),
+  /** Accepted for CompVis configs; gradient checkpointing has no effect here. */
+  use_checkpoint: z.boolean().default(false),
+  /** Heads per attention layer; -1: derive from num_head_channels. */
+  num_heads: z.int().min(-1).refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
+  /** Channels per head; -1: use num_heads. */
+  num_head_channels: z.int().min(-1).refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
+  num_heads_upsample: z.int().min(-1).refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
+  use_scale_shift_norm: z.boolean().default(false),
+  resblock_updown: z.boolean().default(false),
+  /** false: the legacy QKV layout of the CompVis checkpoints. */
+  use_new_attention_order: z.boolean().default(false),
+});
+
+export const DDPMUNetParamsSchema = z.strictObject({
+  resolution: posInt,
+  in_channels: posInt,
+  out_ch: posInt,
+  ch: posInt,
+  ch_mult: intList.min(1).default([1, 2, 2, 2]),
+  num_res_blocks: posInt,
+  /** Feature-map sizes in pixels (e.g. [16] at 32 x 32) at which blocks get self-attention. */
+  attn_resolutions: z.array(posInt),
+  dropout: z.number().min(0).lt(1).default(0),
+  resamp_with_conv: z.boolean().default(true),
+});
+
+const GROUPS = 32; // GroupNorm(32, C) throughout both UNets
+
+function checkUNet(p: z.output<typeof UNetParamsSchema>, ctx: z.RefinementCtx): void {
+  const levels = p.channel_mult.length;
+  const maxDs = 2 ** (levels - 1);
+  if (p.image_size % maxDs !== 0) {
+    ctx.addIssue({ code: 'custom', path: ['image_size'], message: `must be divisible by ${maxDs} (${levels} levels of channel_mult halve it ${levels - 1} times)` });
+  }
+  const reachable = Array.from({ length: levels }, (_, i) => 2 ** i);
+  p.attention_resolutions.forEach((ds, i) => {
+    if (!reachable.includes(ds)) {
+      ctx.addIssue({
+        code: 'custom', path: ['attention_resolutions', i],
+        message: `${ds} is not a downsampling factor of this UNet (reachable: ${reachable.join(', ')}; attention_resolutions are factors, not pixel sizes)`,
+      });
+    }
+  });
+  p.channel_mult.forEach((m, i) => {
+    if ((p.model_channels * m) % GROUPS !== 0) {
+      ctx.addIssue({ code: 'custom', path: ['channel_mult', i], message: `level channels model_channels x ${m} = ${p.model_channels * m} must be divisible by ${GROUPS} for GroupNorm(${GROUPS})` });
+    }
+  });
+  if (p.num_heads === -1 && p.num_head_channels === -1) {
+    ctx.addIssue({ code: 'custom', path: ['num_heads'], message: 'set num_heads or num_head_channels' });
+  }
+  if (p.num_head_channels !== -1) {
+    p.channel_mult.forEach((m, i) => {
+      const ch = p.model_channels * m;
+      if (p.attention_resolutions.includes(2 ** i) && ch % p.num_head_channels !== 0) {
+        ctx.addIssue({ code: 'custom', path: ['num_head_channels'], message: `must divide the ${ch} channels of attention level ${i}` });
+      }
+    });
+  } else if (p.num_heads > 0) {
+    p.channel_mult.forEach((m, i) => {
+      const ch = p.model_channels * m;
+      if (p.attention_resolutions.includes(2 ** i) && ch % p.num_heads !== 0) {
+        ctx.addIssue({ code: 'custom', path: ['num_heads'], message: `must divide the ${ch} channels of attention level ${i}` });
+      }
+    });
+  }
+}
+
+function checkDDPMUNet(p: z.output<typeof DDPMUNetParamsSchema>, ctx: z.RefinementCtx): void {
+  const levels = p.ch_mult.length;
+  const maxDs = 2 ** (levels - 1);
+  if (p.resolution % maxDs !== 0) {
+    ctx.addIssue({ code: 'custom', path: ['resolution'], message: `must be divisible by ${maxDs} (${levels} levels of ch_mult halve it ${levels - 1} times)` });
+  }
+  const sizes = Array.from({ length: levels }, (_, i) => p.resolution / 2 ** i);
+  p.attn_resolutions.forEach((r, i) => {
+    if (!sizes.includes(r)) {
+      ctx.addIssue({ code: 'custom', path: ['attn_resolutions', i], message: `${r} is not a feature-map size of this UNet (sizes: ${sizes.join(', ')}; attn_resolutions are pixel sizes)` });
+    }
+  });
+  p.ch_mult.forEach((m, i) => {
+    if ((p.ch * m) % GROUPS !== 0) {
+      ctx.addIssue({ code: 'custom', path: ['ch_mult', i], message: `level channels ch x ${m} = ${p.ch * m} must be divisible by ${GROUPS} for GroupNorm(${GROUPS})` });
+    }
+  });
+}
+
+export const UNetConfigSchema = z.discriminatedUnion('target', [
+  z.strictObject({ target: target(UNET_TARGET), params: UNetParamsSchema.superRefine(checkUNet) }),
+  z.strictObject({ target: target(DDPM_UNET_TARGET), params: DDPMUNetParamsSchema.superRefine(checkDDPMUNet) }),
+]);
+
+// ---- First stage (latent diffusion) -------------------------------------------
+
+export const AutoencoderKLConfigSchema = z.strictObject({
+  target: target(AUTOENCODER_KL_TARGET),
+  params: z.strictObject({
+    embed_dim: posInt,
+    ckpt_path: z.string().min(1).optional(),
+    /** Accepted for CompVis configs; unused. */
+    monitor: z.string().optional(),
+    ddconfig: z.strictObject({
+      double_z: z.boolean().default(true),
+      z_channels: posInt,
+      resolution: posInt,
+      in_channels: posInt,
+      out_ch: posInt,
+      ch: posInt,
+      ch_mult: intList.min(1),
+      num_res_blocks: posInt,
+      attn_resolutions: z.array(posInt).default([]),
+      dropout: z.number().min(0).lt(1).default(0),
+    }),
+    /** The autoencoder's own training loss: accepted for CompVis configs, unused (the first stage is not trained here). */
+    lossconfig: z.strictObject({ target: z.string(), params: z.record(z.string(), z.unknown()).optional() }).optional(),
+  }),
+});
+
+// ---- Diffusion model -----------------------------------------------------------
+
+/**
+ * Beta schedules with the CompVis meanings: 'linear' is the square of
+ * linspace(sqrt(linear_start), sqrt(linear_end)) (as in LDM), 'sqrt_linear'
+ * is linspace(linear_start, linear_end) (Ho et al.'s linear schedule),
+ * 'sqrt' its square root, 'cosine' Nichol & Dhariwal's with cosine_s.
+ */
+export const BETA_SCHEDULES = ['linear', 'sqrt_linear', 'sqrt', 'cosine'] as const;
+
+const diffusionParams = {
+  linear_start: z.number().gt(0).lt(1).default(1e-4),
+  linear_end: z.number().gt(0).lt(1).default(2e-2),
+  cosine_s: z.number().gt(0).default(8e-3),
+  beta_schedule: z.enum(BETA_SCHEDULES).default('linear'),
+  timesteps: posInt.default(1000),
+  loss_type: z.enum(['l1', 'l2']).default('l2'),
+  /** What the UNet predicts: the noise, the clean sample, or v = alpha eps - sigma x0. */
+  parameterization: z.enum(['eps', 'x0', 'v']).default('eps'),
+  image_size: posInt,
+  channels: posInt,
+  clip_denoised: z.boolean().default(true),
+  /** Steps between intermediates logged while sampling. */
+  log_every_t: posInt.default(100),
+  /** Weights to load before training or sampling. */
+  ckpt_path: z.string().min(1).optional(),
+  ignore_keys: z.array(z.string()).default([]),
+  /** Accepted for CompVis configs; unused. */
+  monitor: z.string().optional(),
+  first_stage_key: z.string().default('image'),
+  unet_config: UNetConfigSchema,
+};
+
+export const DDPMParamsSchema = z.strictObject(diffusionParams);
+
+export const LatentDiffusionParamsSchema = z.strictObject({
+  ...diffusionParams,
+  first_stage_config: AutoencoderKLConfigSchema,
+  /** Only unconditional LDMs (class conditioning goes through unet num_classes). */
+  cond_stage_config: z.literal('__is_unconditional__').default('__is_unconditional__'),
+  cond_stage_key: z.string().optional(),
+  cond_stage_trainable: z.literal(false).default(false),
+  num_timesteps_cond: z.literal(1).default(1),
+  concat_mode: z.literal(false).default(false),
+  conditioning_key: z.null().optional(),
+  /** Latents are multiplied by scale_factor; with scale_by_std it is set to 1/std of the first batch's latents. */
+  scale_factor: z.number().gt(0).default(1),
+  scale_by_std: z.boolean().default(false),
+});
+
+const modelCommon = {
+  /** The learning rate used as is, or times the batch size with training.scale_lr. */
+  base_learning_rate: z.number().gt(0),
+};
+
+export const ModelConfigSchema = z.discriminatedUnion('target', [
+  z.strictObject({ ...modelCommon, target: target(DDPM_TARGET), params: DDPMParamsSchema }),
+  z.strictObject({ ...modelCommon, target: target(LDM_TARGET), params: LatentDiffusionParamsSchema }),
+]);
+
+// ---- Data ---------------------------------------------------------------------
+
+// Images are brought to the model's input size (modelImageShape): the UNet's
+// for pixel diffusion, the first stage's resolution for latent diffusion.
+const fitParams = {
+  fit: z.enum(['auto', 'pad', 'resize', 'crop']).default('auto'),
+  pad: z.enum(['zero', 'edge']).default('zero'),
+  interpolation: z.enum(['auto', 'bilinear', 'area']).default('auto'),
+  /** Use only the first `limit` samples. */
+  limit: posInt.optional(),
+  /** Mirror samples left-right at random (seeded by training.seed, resumable). */
+  random_flip: z.boolean().default(false),
+};
+
+export const DataConfigSchema = z.discriminatedUnion('target', [
+  z.strictObject({
+    target: target(FASHION_MNIST_TARGET),
+    params: z.strictObject({
+      /** Folder of the idx files; default /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist). */
+      data_dir: z.string().min(1).optional(),
+      split: z.enum(['train', 'test']).default('train'),
+      classes: z.array(z.int().min(0).max(9)).min(1).optional(),
+      ...fitParams,
+    }).prefault({}),
+  }),
+  z.strictObject({
+    target: target(IMAGE_FOLDER_TARGET),
+    params: z.strictObject({
+      root: z.string().min(1),
+      convert: z.boolean().default(false),
+      class_dirs: z.boolean().default(false),
+      cache: z.boolean().default(false),
+      ...fitParams,
+      fit: z.enum(['auto', 'pad', 'resize', 'crop']).default('crop'),
+    }),
+  }),
+  z.strictObject({
+    target: target(SYNTHETIC_TARGET),
+    params: z.strictObject({
+      count: posInt.default(1024),
+      kind: z.enum(['shapes', 'blobs']).default('shapes'),
+      seed: nonNegInt.default(0),
+      random_flip: z.boolean().default(false),
+    }).prefault({}),
+  }),
+]);
+
+// ---- Training -----------------------------------------------------------------
+
+export const TrainingConfigSchema = z.strictObject({
+  batch_size: posInt,
+  max_steps: posInt,
+  /** Multiply base_learning_rate by batch_size x accumulate_grad_batches (CompVis main.py's default). */
+  scale_lr: z.boolean().default(false),
+  accumulate_grad_batches: posInt.default(1),
+  optimizer: z.strictObject({
+    type: z.enum(['adam', 'adamw']).default('adam'),
+    betas: z.tuple([z.number().min(0).lt(1), z.number().min(0).lt(1)]).default([0.9, 0.999]),
+    eps: z.number().gt(0).default(1e-8),
+    weight_decay: z.number().min(0).default(0),
+  }).prefault({}),
+  /** Linear warmup from 0 over these steps. */
+  warmup_steps: nonNegInt.default(0),
+  lr_schedule: z.enum(['constant', 'cosine', 'linear']).default('constant'),
+  /** Final learning rate of the cosine/linear decay, as a fraction of the peak. */
+  min_lr_ratio: z.number().min(0).max(1).default(0),
+  /** Global gradient-norm clip; null: none. */
+  grad_clip: z.number().gt(0).nullable().default(1),
+  ema: z.strictObject({
+    enabled: z.boolean().default(true),
+    decay: z.number().gt(0).lt(1).default(0.9999),
+    start_step: nonNegInt.default(0),
+    every: posInt.default(1),
+  }).prefault({}),
+  seed: nonNegInt.default(0),
+  log_every: posInt.default(50),
+  /** Steps between sample grids; 0: none during training. */
+  sample_every: nonNegInt.default(0),
+  sample_count: posInt.default(16),
+  checkpoint_every: posInt.default(1000),
+  keep_checkpoints: posInt.default(3),
+  /** Run folder; default runs/<config file name>. */
+  out_dir: z.string().min(1).optional(),
+});
+
+// ---- The whole file ---------------------------------------------------------------
+
+const ConfigObjectSchema = z.strictObject({
+  model: ModelConfigSchema,
+  data: DataConfigSchema,
+  training: TrainingConfigSchema,
+  /** Accepted so CompVis configs load; ignored with a warning (see training). */
+  lightning: z.record(z.string(), z.unknown()).optional(),
+});
+
+export const ConfigSchema = ConfigObjectSchema.superRefine(checkConsistency);
+
+export type Config = z.output<typeof ConfigSchema>;
+export type ModelConfig = Config['model'];
+export type UNetConfig = z.output<typeof UNetConfigSchema>;
+export type UNetParams = z.output<typeof UNetParamsSchema>;
+export type DDPMUNetParams = z.output<typeof DDPMUNetParamsSchema>;
+export type AutoencoderKLConfig = z.output<typeof AutoencoderKLConfigSchema>;
+export type DataConfig = Config['data'];
+export type TrainingConfig = Config['training'];
+
+/** Channels and spatial size of the UNet's input. */
+export function unetIO(u: UNetConfig): { size: number; inChannels: number; outChannels: number; numClasses: number | undefined } {
+  return u.target === UNET_TARGET
+    ? { size: u.params.image_size, inChannels: u.params.in_channels, outChannels: u.params.out_channels, numClasses: u.params.num_classes }
+    : { size: u.params.resolution, inChannels: u.params.in_channels, outChannels: u.params.out_ch, numClasses: undefined };
+}
+
+/** The (channels, size) of the images the model takes in: the first stage's input for latent diffusion. */
+export function modelImageShape(m: ModelConfig): { channels: number; size: number } {
+  if (m.target === LDM_TARGET) {
+    const dd = m.params.first_stage_config.params.ddconfig;
+    return { channels: dd.in_channels, size: dd.resolution };
+  }
+  return { channels: m.params.channels, size: m.params.image_size };
+}
+
+/** The classes a dataset config delivers (0 when unlabeled). */
+export function dataNumClasses(d: DataConfig): number {
+  switch (d.target) {
+    case FASHION_MNIST_TARGET: return 10;
+    case SYNTHETIC_TARGET: return d.params.kind === 'blobs' ? 3 : 4;
+    case IMAGE_FOLDER_TARGET: return d.params.class_dirs ? -1 : 0; // -1: known only from the folder
+  }
+}
+
+function checkConsistency(c: z.output<typeof ConfigObjectSchema>, ctx: z.RefinementCtx): void {
+  const m = c.model.params;
+  const io = unetIO(m.unet_config);
+  const up = ['model', 'params', 'unet_config', 'params'];
+  const isUNet = m.unet_config.target === UNET_TARGET;
+  if (m.linear_start >= m.linear_end) {
+    ctx.addIssue({ code: 'custom', path: ['model', 'params', 'linear_end'], message: `must be greater than linear_start (${m.linear_start})` });
+  }
+  if (io.size !== m.image_size) {
+    ctx.addIssue({ code: 'custom', path: [...up, isUNet ? 'image_size' : 'resolution'], message: `must equal model.params.image_size (${m.image_size})` });
+  }
+  if (io.inChannels !== m.channels) {
+    ctx.addIssue({ code: 'custom', path: [...up, 'in_channels'], message: `must equal model.params.channels (${m.channels})` });
+  }
+  if (io.outChannels !== m.channels) {
+    ctx.addIssue({ code: 'custom', path: [...up, isUNet ? 'out_channels' : 'out_ch'], message: `must equal model.params.channels (${m.channels}): the UNet predicts ${m.parameterization === 'eps' ? 'the noise' : 'a sample'} of the input's shape` });
+  }
+  if (c.model.target === LDM_TARGET) {
+    const fs = c.model.params.first_stage_config.params;
+    const f = 2 ** (fs.ddconfig.ch_mult.length - 1);
+    if (fs.embed_dim !== m.channels) {
+      ctx.addIssue({ code: 'custom', path: ['model', 'params', 'channels'], message: `must equal first_stage_config.params.embed_dim (${fs.embed_dim}): the latents' channels` });
+    }
+    if (fs.ddconfig.resolution / f !== m.image_size) {
+      ctx.addIssue({ code: 'custom', path: ['model', 'params', 'image_size'], message: `must equal the latent size ${fs.ddconfig.resolution}/${f} = ${fs.ddconfig.resolution / f} of the first stage` });
+    }
+  }
+  const shape = modelImageShape(c.model);
+  if (c.data.target === FASHION_MNIST_TARGET && shape.channels !== 1) {
+    ctx.addIssue({ code: 'custom', path: ['data', 'target'], message: `Fashion-MNIST images have 1 channel but the model takes ${shape.channels}` });
+  }
+  if (io.numClasses !== undefined) {
+    const have = dataNumClasses(c.data);
+    if (have === 0) {
+      ctx.addIssue({ code: 'custom', path: [...up, 'num_classes'], message: `the model is class-conditional but ${c.data.target} gives no labels${c.data.target === IMAGE_FOLDER_TARGET ? ' (set data.params.class_dirs: true)' : ''}` });
+    } else if (have > 0 && have > io.numClasses) {
+      ctx.addIssue({ code: 'custom', path: [...up, 'num_classes'], message: `${c.data.target} has ${have} classes, more than num_classes ${io.numClasses}` });
+    }
+  }
+}

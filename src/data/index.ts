@@ -1,0 +1,51 @@
+// Datasets, the batch loader, and building both from a config.
+import { type Config, FASHION_MNIST_TARGET, IMAGE_FOLDER_TARGET, SYNTHETIC_TARGET, modelImageShape } from '../config/schema';
+import type { Dataset } from './dataset';
+import { FashionMnistDataset } from './fashion_mnist';
+import { ImageFolderDataset } from './image_folder';
+import { DataLoader } from './loader';
+import { SyntheticDataset } from './synthetic';
+
+export * from './dataset';
+export * from './fashion_mnist';
+export * from './image_folder';
+export * from './synthetic';
+export * from './loader';
+
+export interface DatasetOverrides {
+  /** Replaces data.params.data_dir (Fashion-MNIST) or data.params.root (image folder): the CLI's --data-dir. */
+  dataDir?: string;
+  /** Replaces the Fashion-MNIST split (e.g. 'test' for evaluation). */
+  split?: 'train' | 'test';
+}
+
+/** The dataset a config names, delivering images of the model's input shape. */
+export function datasetFromConfig(cfg: Pick<Config, 'model' | 'data'>, o: DatasetOverrides = {}): Dataset {
+  const { channels, size } = modelImageShape(cfg.model);
+  const d = cfg.data;
+  switch (d.target) {
+    case FASHION_MNIST_TARGET: {
+      const p = d.params;
+      return new FashionMnistDataset({
+        dataDir: o.dataDir ?? p.data_dir, split: o.split ?? p.split, size, limit: p.limit, classes: p.classes,
+        fit: { mode: p.fit, pad: p.pad, interpolation: p.interpolation },
+      });
+    }
+    case IMAGE_FOLDER_TARGET: {
+      const p = d.params;
+      return new ImageFolderDataset({
+        root: o.dataDir ?? p.root, channels, size, convert: p.convert, classDirs: p.class_dirs, cache: p.cache, limit: p.limit,
+        fit: { mode: p.fit, pad: p.pad, interpolation: p.interpolation },
+      });
+    }
+    case SYNTHETIC_TARGET:
+      return new SyntheticDataset({ count: d.params.count, kind: d.params.kind, seed: d.params.seed, channels, size });
+  }
+}
+
+/** The training loader of a config: shuffled, fixed-size batches, seeded by training.seed. */
+export function loaderFromConfig(cfg: Pick<Config, 'data' | 'training'>, dataset: Dataset): DataLoader {
+  return new DataLoader(dataset, {
+    batchSize: cfg.training.batch_size, seed: cfg.training.seed, shuffle: true, dropLast: true, hflip: cfg.data.params.random_flip,
+  });
+}

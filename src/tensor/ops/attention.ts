@@ -1,0 +1,22 @@
+// Scaled dot-product attention with a memory-efficient native kernel: the
+// Lq x Lk score matrix is never materialised, forward or backward.
+import { needsGrad, record } from '../autograd';
+import { type Tensor, runOp } from '../tensor';
+
+/**
+ * softmax(scale * q k^T) v over the last two dims: q (B,H,Lq,D), k (B,H,Lk,D),
+ * v (B,H,Lk,Dv) -> (B,H,Lq,Dv). scale defaults to 1/sqrt(D).
+ */
+export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts: { scale?: number } = {}): Tensor {
+  const attrs = opts.scale === undefined ? {} : { scale: opts.scale };
+  const [out, lse] = runOp('attention_forward', [q, k, v], attrs);
+  if (!needsGrad(q, k, v)) {
+    lse.dispose();
+    return out;
+  }
+  return record(out, 'attention', [q, k, v], (g) => {
+    const grads = runOp('attention_backward', [g, q, k, v, out, lse], attrs);
+    lse.dispose(); // the backward runs once per graph; the queued op holds its own reference
+    return grads.map((gi, i) => ([q, k, v][i].requiresGrad ? gi : (gi.dispose(), null)));
+  });
+}

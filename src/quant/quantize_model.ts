@@ -131,16 +131,33 @@ export class QuantizedModel extends Module {
     return [...this.layers].map(([n, l]) => [`${n}.weight_quant`, l.weightQuant]);
   }
 
+  private pendingT: Float64Array | null = null;
+
+  /**
+   * The values of the t tensor of the next forward call (used once, then
+   * cleared): for callers that keep UNetModel's forward(x, t, y) signature,
+   * such as a generic training loop that draws t in JS.
+   */
+  setTimestepValues(values: ArrayLike<number>): void {
+    const v = Float64Array.from(values);
+    for (const x of v) if (!Number.isFinite(x)) throw new RangeError(`setTimestepValues: timestep ${x} is not finite`);
+    this.pendingT = v;
+  }
+
   /**
    * x (B, C, H, W), t (B) float32 model timesteps, y (B) class labels for a
-   * class-conditional UNet. TDQ needs the timesteps' values on the JS side:
-   * pass them as tValues (the trainer draws them in JS), or leave it out for
-   * tensors made by the samplers (their values are known without a read);
-   * any other t is read back with a blocking read.
+   * class-conditional UNet. TDQ needs the timesteps' values on the JS side,
+   * taken from (first that applies): tValues; setTimestepValues() before the
+   * call; the samplers' timestep tensors (their values are known without a
+   * read); else t read back with a blocking read (correct, but it waits for
+   * every queued op).
    */
   forward(x: Tensor, t: Tensor, y?: Tensor, tValues?: ArrayLike<number>): Tensor {
-    const tv = tValues !== undefined ? Float64Array.from(tValues) : timestepValues(t);
+    const pending = this.pendingT;
+    this.pendingT = null;
+    const tv = tValues !== undefined ? Float64Array.from(tValues) : pending ?? timestepValues(t);
     if (tv.length !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: ${tv.length} timestep values for a batch of ${x.shape[0]}`);
+    if (t.shape.length !== 1 || t.shape[0] !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: t must have shape [${x.shape[0]}], got [${t.shape.join(', ')}]`);
     this.ctx.begin(tv);
     try {
       return y === undefined ? this.model.forward(x, t) : this.model.forward(x, t, y);

@@ -1,0 +1,470 @@
+// 2-D convolution (dilation 1, groups 1) as im2col + GEMM, with both backward
+// passes:
+//   conv2d_forward(x, weight, bias?)       y  = W · col(x) + b
+//   conv2d_backward_input(gy, weight)      gx = col2im(W^T · gy)
+//   conv2d_backward_weight(gy, x)          gW = sum_n gy_n · col(x_n)^T,  gb = sum gy
+// with x (N, C, H, W), weight (O, C, kH, kW), y (N, O, Ho, Wo).
+//
+// col(x_n) is the (C*kH*kW, Ho*Wo) matrix whose column p holds the input patch
+// under output pixel p. Samples are processed in chunks whose columns sit side
+// by side in one col matrix, (C*kH*kW, nb*Ho*Wo): small feature maps (8x8)
+// then still make GEMMs wide enough to run well, and the buffer stays bounded
+// however large the batch is. A 1x1 convolution with stride 1 and no padding
+// needs no col matrix at all: x_n already is (C, H*W).
+#include <algorithm>
+#include <cstring>
+
+#include <immintrin.h>  // SSE only (baseline x86-64)
+
+#include "../core/registry.h"
+#include "gemm.h"
+
+namespace tdq {
+namespace {
+
+struct ConvGeom {
+  int64_t N, C, H, W;     // input
+  int64_t O, kh, kw;      // weight (O, C, kh, kw)
+  int64_t stride, pad;
+  int64_t Ho, Wo;         // output
+  int64_t P() const { return Ho * Wo; }
+  int64_t CKK() const { return C * kh * kw; }
+  bool pointwise() const { return kh == 1 && kw == 1 && stride == 1 && pad == 0; }
+};
+
+// Validates stride/padding and the kernel against the (padded) input and
+// fills in the output size. `x` and `w` are the shapes of the input and the
+// weight; `xarg` names the tensor the input shape came from.
+ConvGeom conv_geometry(const Attrs& at, const Shape& x, const Shape& w, const char* xarg) {
+  ConvGeom g{};
+  g.stride = at.get_int("stride", 1);
+  g.pad = at.get_int("padding", 0);
+  TDQ_CHECK_RANGE(g.stride >= 1, at.op, ": attribute 'stride' must be a positive integer, got ", g.stride);
+  TDQ_CHECK_RANGE(g.pad >= 0, at.op, ": attribute 'padding' must be >= 0, got ", g.pad);
+  TDQ_CHECK_RANGE(at.get_int("dilation", 1) == 1, at.op, ": attribute 'dilation' must be 1 (dilated convolution is not supported)");
+  TDQ_CHECK_RANGE(at.get_int("groups", 1) == 1, at.op, ": attribute 'groups' must be 1 (grouped convolution is not supported)");
+  g.N = x[0], g.C = x[1], g.H = x[2], g.W = x[3];
+  g.O = w[0], g.kh = w[2], g.kw = w[3];
+  TDQ_CHECK_RANGE(g.O >= 1 && w[1] >= 1 && g.kh >= 1 && g.kw >= 1, at.op,
+                  ": argument 'weight' must have positive dimensions (O, C, kH, kW), got ", shape_str(w));
+  TDQ_CHECK_RANGE(w[1] == g.C, at.op, ": argument 'weight' ", shape_str(w), " expects ", w[1],
+                  " input channels but argument '", xarg, "' ", shape_str(x), " has ", g.C);
+  TDQ_CHECK_RANGE(g.H + 2 * g.pad >= g.kh && g.W + 2 * g.pad >= g.kw, at.op, ": kernel ", g.kh, "x", g.kw,
+                  " of argument 'weight' is larger than the padded input ", g.H + 2 * g.pad, "x", g.W + 2 * g.pad,
+                  " (argument '", xarg, "' ", shape_str(x), ", padding ", g.pad, ")");
+  g.Ho = (g.H + 2 * g.pad - g.kh) / g.stride + 1;
+  g.Wo = (g.W + 2 * g.pad - g.kw) / g.stride + 1;
+  return g;
+}
+
+// Samples per chunk: enough that the GEMM has at least `min_cols` columns,
+// within a bound on the col buffer (16 MiB) so memory does not grow with the
+// batch. The forward and input-gradient GEMMs run well from 64 columns (one
+// 8x8 sample) now that the weights are packed once; below that (4x4 maps) the
+// 32-wide register tiles would be half empty. The weight gradient sums over
+// the columns, so it wants more of them (256) to write its (O, CKK) result
+// less often.
+int64_t chunk_samples(const ConvGeom& g, int64_t min_cols) {
+  const int64_t P = std::max<int64_t>(g.P(), 1);
+  int64_t nb = std::max<int64_t>(1, min_cols / P);
+  nb = std::min(nb, std::max<int64_t>(1, (int64_t{4} << 20) / std::max<int64_t>(g.CKK() * P, 1)));
+  return std::max<int64_t>(1, std::min(nb, g.N));
+}
+
+// How a batch is spread over the threads. With at least as many samples as
+// threads, each thread takes a group of whole samples and runs every step for
+// them alone: no barrier between im2col and GEMM, no GEMM cut into slivers, no
+// packing repeated per thread. With fewer samples there is one group, whose
+// steps are parallel inside. Each group has its own scratch; the number of
+// groups is capped so that all of it stays within 64 MiB.
+struct BatchPlan {
+  int64_t groups = 1;  // groups of consecutive samples, run in parallel
+  int64_t nb = 1;      // samples per chunk within a group
+  int64_t begin(int64_t gi, int64_t N) const { return gi * N / groups; }
+};
+
+BatchPlan batch_plan(const ExecContext& ctx, const ConvGeom& g, int64_t min_cols, int64_t scratch_per_sample,
+                     int64_t scratch_fixed) {
+  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
+  BatchPlan p;
+  p.nb = chunk_samples(g, min_cols);
+  if (threads > 1 && g.N >= threads) {
+    const int64_t nb = std::min(p.nb, (g.N + threads - 1) / threads);
+    const int64_t per_group = nb * scratch_per_sample + scratch_fixed;
+    const int64_t fit = (int64_t{16} << 20) / std::max<int64_t>(per_group, 1);
+    if (fit >= 2) p.groups = std::min(threads, fit), p.nb = nb;
+  }
+  return p;
+}
+
+// Runs fn(group, context) for every group. Inside a group of a multi-group
+// plan, the context's parallel_for runs inline: the group already has its
+// thread, and sgemm then does not cut its work into tasks for threads it will
+// not get.
+template <typename F>
+void for_each_group(const ExecContext& ctx, const BatchPlan& plan, F fn) {
+  if (plan.groups == 1) return fn(int64_t{0}, ctx);
+  static ThreadPool inline_pool(1);  // no worker threads: parallel_for calls fn(0, n)
+  ExecContext serial = ctx;
+  serial.pool = &inline_pool;
+  ctx.parallel_for(plan.groups, 1, [&](int64_t b, int64_t e) {
+    for (int64_t gi = b; gi < e; ++gi) fn(gi, serial);
+  });
+}
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// The output columns [lo, hi) whose input column iw = ow*stride - pad + kj lies
+// inside [0, W); the others read padding.
+void valid_columns(const ConvGeom& g, int64_t kj, int64_t& lo, int64_t& hi) {
+  lo = std::clamp<int64_t>(floor_div(g.pad - kj + g.stride - 1, g.stride), 0, g.Wo);
+  hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, g.Wo);
+}
+
+// Writes col(x_s) for samples s in [0, nb) into col (CKK, ldcol), sample s at
+// column offset s*P. Zero where the patch hangs over the padding.
+// Row pieces of im2col. Feature-map rows are short (8..32 floats), so these
+// are inline SSE loops (baseline x86-64) rather than memcpy/memset calls,
+// whose call overhead costs more than the copy at these sizes.
+inline void zero_run(float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, _mm_setzero_ps());
+  for (; i < n; ++i) dst[i] = 0.f;
+}
+
+// dst[i] = src[i * stride] for i < n; src[(n-1) * stride] is the last element read.
+inline void copy_run(float* dst, const float* src, int64_t n, int64_t stride) {
+  int64_t i = 0;
+  if (stride == 1) {
+    for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, _mm_loadu_ps(src + i));
+  } else if (stride == 2) {
+    // Even elements of two 4-float loads; the second load ends at src[2i+7],
+    // within the run while i + 4 < n.
+    for (; i + 4 < n; i += 4) {
+      const __m128 a = _mm_loadu_ps(src + 2 * i), b = _mm_loadu_ps(src + 2 * i + 4);
+      _mm_storeu_ps(dst + i, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    }
+  }
+  for (; i < n; ++i) dst[i] = src[i * stride];
+}
+
+// dst[i * stride] += src[i] for i < n (the scatter-add of col2im; dst is
+// gx, src is dcol: separate buffers).
+inline void add_run(float* dst, const float* src, int64_t n, int64_t stride) {
+  int64_t i = 0;
+  if (stride == 1)
+    for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, _mm_add_ps(_mm_loadu_ps(dst + i), _mm_loadu_ps(src + i)));
+  for (; i < n; ++i) dst[i * stride] += src[i];
+}
+
+void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t nb, float* col, int64_t ldcol) {
+  const int64_t CKK = g.CKK(), P = g.P(), HW = g.H * g.W;
+  ctx.parallel_for(nb * CKK, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t idx = b; idx < e; ++idx) {
+      const int64_t s = idx / CKK, r = idx % CKK;
+      const int64_t c = r / (g.kh * g.kw), ki = r / g.kw % g.kh, kj = r % g.kw;
+      const float* xc = x + (s * g.C + c) * HW;
+      float* dst = col + r * ldcol + s * P;
+      int64_t ow_lo, ow_hi;
+      valid_columns(g, kj, ow_lo, ow_hi);
+      if (g.stride == 1 && g.Wo == g.W) {
+        // Stride 1, output as wide as the input ('same' padding): the col row
+        // is the input plane shifted by delta, so one contiguous copy does
+        // most of it; then zero what it read across row edges and the rows
+        // that hang over the top and bottom padding.
+        const int64_t W = g.W, delta = (ki - g.pad) * W + (kj - g.pad);
+        const int64_t oh_lo = std::clamp<int64_t>(g.pad - ki, 0, g.Ho);
+        const int64_t oh_hi = std::clamp<int64_t>(g.H + g.pad - ki, oh_lo, g.Ho);
+        // dst indices [begin, end) whose source index (dst + delta) is in the plane
+        const int64_t begin = std::max(oh_lo * W, -delta), end = std::max(begin, std::min(oh_hi * W, HW - delta));
+        zero_run(dst, begin);
+        copy_run(dst + begin, xc + begin + delta, end - begin, 1);
+        zero_run(dst + end, P - end);
+        if (ow_lo > 0 || ow_hi < W)
+          for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+            zero_run(dst + oh * W, ow_lo);
+            zero_run(dst + oh * W + ow_hi, W - ow_hi);
+          }
+        continue;
+      }
+      for (int64_t oh = 0; oh < g.Ho; ++oh, dst += g.Wo) {
+        const int64_t ih = oh * g.stride - g.pad + ki;
+        if (ih < 0 || ih >= g.H) {
+          zero_run(dst, g.Wo);
+          continue;
+        }
+        const int64_t off = ih * g.W - g.pad + kj;  // + ow*stride: the input element under output ow
+        zero_run(dst, ow_lo);
+        copy_run(dst + ow_lo, xc + off + ow_lo * g.stride, ow_hi - ow_lo, g.stride);
+        zero_run(dst + ow_hi, g.Wo - ow_hi);
+      }
+    }
+  });
+}
+
+// The adjoint of im2col: gx_s = sum over patches of dcol, for samples [0, nb)
+// of the chunk (dcol is scratch and is partly overwritten). Each (sample, channel) plane is owned by one task, so the
+// overlapping patches of neighbouring outputs add up without races.
+void col2im(const ExecContext& ctx, const ConvGeom& g, float* dcol, int64_t ldcol, int64_t nb, float* gx) {
+  const int64_t P = g.P(), HW = g.H * g.W, KK = g.kh * g.kw;
+  ctx.parallel_for(nb * g.C, std::max<int64_t>(1, 8192 / std::max<int64_t>(KK * P, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t idx = b; idx < e; ++idx) {
+      const int64_t s = idx / g.C, c = idx % g.C;
+      float* xc = gx + (s * g.C + c) * HW;
+      zero_run(xc, HW);
+      for (int64_t ki = 0; ki < g.kh; ++ki) {
+        for (int64_t kj = 0; kj < g.kw; ++kj) {
+          const float* src = dcol + (c * KK + ki * g.kw + kj) * ldcol + s * P;
+          int64_t ow_lo, ow_hi;
+          valid_columns(g, kj, ow_lo, ow_hi);
+          if (g.stride == 1 && g.Wo == g.W) {
+            // As in im2col: the row adds onto the plane shifted by delta, in
+            // one run. The entries that would wrap across a row edge belong
+            // to the padding; they are zeroed in dcol (our scratch) first.
+            float* d = dcol + (c * KK + ki * g.kw + kj) * ldcol + s * P;
+            const int64_t W = g.W, delta = (ki - g.pad) * W + (kj - g.pad);
+            const int64_t oh_lo = std::clamp<int64_t>(g.pad - ki, 0, g.Ho);
+            const int64_t oh_hi = std::clamp<int64_t>(g.H + g.pad - ki, oh_lo, g.Ho);
+            if (ow_lo > 0 || ow_hi < W)
+              for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+                zero_run(d + oh * W, ow_lo);
+                zero_run(d + oh * W + ow_hi, W - ow_hi);
+              }
+            const int64_t begin = std::max(oh_lo * W, -delta), end = std::max(begin, std::min(oh_hi * W, HW - delta));
+            add_run(xc + begin + delta, src + begin, end - begin, 1);
+            continue;
+          }
+          for (int64_t oh = 0; oh < g.Ho; ++oh, src += g.Wo) {
+            const int64_t ih = oh * g.stride - g.pad + ki;
+            if (ih < 0 || ih >= g.H) continue;
+            add_run(xc + ih * g.W + ow_lo * g.stride + kj - g.pad, src + ow_lo, ow_hi - ow_lo, g.stride);
+          }
+        }
+      }
+    }
+  });
+}
+
+// (nb, O, P) samples -> (O, nb*P): gy of a chunk laid out as one GEMM operand.
+void gather_chunk(const ExecContext& ctx, const float* src, int64_t nb, int64_t O, int64_t P, float* dst) {
+  ctx.parallel_for(nb * O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t idx = b; idx < e; ++idx) {
+      const int64_t s = idx / O, o = idx % O;
+      std::memcpy(dst + o * nb * P + s * P, src + idx * P, sizeof(float) * P);
+    }
+  });
+}
+
+// ---- forward ---------------------------------------------------------------------
+std::vector<TensorMeta> infer_conv2d_forward(const std::vector<Tensor>& in, const Attrs& at) {
+  check_dtype(at, in[0], "x", DType::f32);
+  check_dtype(at, in[1], "weight", DType::f32);
+  check_rank(at, in[0], "x", 4);
+  check_rank(at, in[1], "weight", 4);
+  ConvGeom g = conv_geometry(at, in[0].shape, in[1].shape, "x");
+  if (in.size() > 2 && in[2].defined()) {
+    check_dtype(at, in[2], "bias", DType::f32);
+    check_shape(at, in[2], "bias", {g.O});
+  }
+  return {{{g.N, g.O, g.Ho, g.Wo}, DType::f32}};
+}
+
+void conv2d_forward(OpCall& c, const ExecContext& ctx) {
+  const Tensor &x = c.inputs[0], &w = c.inputs[1];
+  const float* bias = c.inputs.size() > 2 && c.inputs[2].defined() ? c.inputs[2].f32() : nullptr;
+  const ConvGeom g = conv_geometry(c.attrs, x.shape, w.shape, "x");
+  const int64_t P = g.P(), CKK = g.CKK();
+  // Scratch per sample of a chunk: its col columns and, when chunks hold
+  // several samples, its (O, P) block of the GEMM result.
+  const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);
+  const int64_t nbmax = plan.nb;
+  const bool direct = g.pointwise() && nbmax == 1;  // x_n is its own col matrix
+  const int64_t col_n = direct ? 0 : CKK * nbmax * P, tmp_n = nbmax > 1 ? g.O * nbmax * P : 0;
+  Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, col_n + tmp_n)});
+  float* y = c.outputs[0].f32();
+  // The weights are the A of every chunk's GEMM: pack them once.
+  Tensor wpack = ctx.scratch({std::max<int64_t>(1, sgemm_packed_a_size(ctx, g.O, CKK))});
+  const float* wp = wpack.f32();
+  sgemm_pack_a(ctx, false, g.O, CKK, 1.f, w.f32(), CKK, wpack.f32());
+
+  for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
+    float* col = scratch.f32() + gi * std::max<int64_t>(1, col_n + tmp_n);
+    float* tmp = col + col_n;
+    const int64_t end = plan.begin(gi + 1, g.N);
+    for (int64_t n0 = plan.begin(gi, g.N); n0 < end; n0 += nbmax) {
+      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+      const float* xs = x.f32() + n0 * g.C * g.H * g.W;
+      const float* colp = xs;
+      if (!direct) {
+        im2col(gctx, g, xs, nb, col, cols);
+        colp = col;
+      }
+      if (nbmax == 1) {
+        // One sample: the GEMM writes y_n in place, on top of the bias.
+        float* yn = y + n0 * g.O * P;
+        if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
+        sgemm_prepacked(gctx, g.O, P, CKK, wp, false, colp, cols, bias ? 1.f : 0.f, yn, P);
+      } else {
+        // (O, nb*P) -> (nb, O, P), adding the bias on the way.
+        sgemm_prepacked(gctx, g.O, cols, CKK, wp, false, colp, cols, 0.f, tmp, cols);
+        gctx.parallel_for(nb * g.O, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
+          for (int64_t idx = b; idx < e; ++idx) {
+            const int64_t s = idx / g.O, o = idx % g.O;
+            const float* src = tmp + o * cols + s * P;
+            float* dst = y + (n0 + s) * g.O * P + o * P;
+            const float bo = bias ? bias[o] : 0.f;
+            for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + bo;
+          }
+        });
+      }
+    }
+  });
+}
+
+// ---- backward: input ---------------------------------------------------------------
+// conv2d_backward_input(gy, weight; stride, padding, input_shape) -> gx
+std::vector<TensorMeta> infer_conv2d_backward_input(const std::vector<Tensor>& in, const Attrs& at) {
+  check_dtype(at, in[0], "gy", DType::f32);
+  check_dtype(at, in[1], "weight", DType::f32);
+  check_rank(at, in[1], "weight", 4);
+  Shape xs = at.get_ints("input_shape");
+  TDQ_CHECK_RANGE(xs.size() == 4 && std::all_of(xs.begin(), xs.end(), [](int64_t v) { return v >= 0; }), at.op,
+                  ": attribute 'input_shape' must be 4 non-negative sizes (N, C, H, W), got ", shape_str(xs));
+  ConvGeom g = conv_geometry(at, xs, in[1].shape, "input_shape");
+  check_shape(at, in[0], "gy", {g.N, g.O, g.Ho, g.Wo});
+  return {{xs, DType::f32}};
+}
+
+void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
+  const Tensor &gy = c.inputs[0], &w = c.inputs[1];
+  const ConvGeom g = conv_geometry(c.attrs, c.outputs[0].shape, w.shape, "input_shape");
+  const int64_t P = g.P(), CKK = g.CKK(), HW = g.H * g.W;
+  const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);
+  const int64_t nbmax = plan.nb;
+  const bool direct = g.pointwise() && nbmax == 1;
+  const int64_t dcol_n = direct ? 0 : CKK * nbmax * P, gyc_n = nbmax > 1 ? g.O * nbmax * P : 0;
+  Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, dcol_n + gyc_n)});
+  float* gx = c.outputs[0].f32();
+  // W^T (CKK, O) is the A of every chunk's GEMM: pack it once.
+  Tensor wpack = ctx.scratch({std::max<int64_t>(1, sgemm_packed_a_size(ctx, CKK, g.O))});
+  const float* wp = wpack.f32();
+  sgemm_pack_a(ctx, true, CKK, g.O, 1.f, w.f32(), CKK, wpack.f32());
+
+  for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
+    float* dcol = scratch.f32() + gi * std::max<int64_t>(1, dcol_n + gyc_n);
+    float* gyc = dcol + dcol_n;
+    const int64_t end = plan.begin(gi + 1, g.N);
+    for (int64_t n0 = plan.begin(gi, g.N); n0 < end; n0 += nbmax) {
+      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+      const float* gys = gy.f32() + n0 * g.O * P;
+      if (nbmax > 1) {
+        gather_chunk(gctx, gys, nb, g.O, P, gyc);
+        gys = gyc;
+      }
+      if (direct) {
+        // 1x1: gx_n (C, HW) = W^T (C, O) · gy_n (O, HW)
+        sgemm_prepacked(gctx, g.C, P, g.O, wp, false, gys, cols, 0.f, gx + n0 * g.C * HW, HW);
+      } else {
+        sgemm_prepacked(gctx, CKK, cols, g.O, wp, false, gys, cols, 0.f, dcol, cols);
+        col2im(gctx, g, dcol, cols, nb, gx + n0 * g.C * HW);
+      }
+    }
+  });
+}
+
+// ---- backward: weight (and bias) ---------------------------------------------------
+// conv2d_backward_weight(gy, x; stride, padding, kernel_size [kH, kW], bias) -> gW [, gb]
+std::vector<TensorMeta> infer_conv2d_backward_weight(const std::vector<Tensor>& in, const Attrs& at) {
+  check_dtype(at, in[0], "gy", DType::f32);
+  check_dtype(at, in[1], "x", DType::f32);
+  check_rank(at, in[0], "gy", 4);
+  check_rank(at, in[1], "x", 4);
+  Shape k = at.get_ints("kernel_size");
+  TDQ_CHECK_RANGE(k.size() == 2, at.op, ": attribute 'kernel_size' must be [kH, kW], got ", shape_str(k));
+  const Shape ws{in[0].shape[1], in[1].shape[1], k[0], k[1]};
+  ConvGeom g = conv_geometry(at, in[1].shape, ws, "x");
+  check_shape(at, in[0], "gy", {g.N, g.O, g.Ho, g.Wo});
+  std::vector<TensorMeta> out{{ws, DType::f32}};
+  if (at.get_bool("bias", false)) out.push_back({{g.O}, DType::f32});
+  return out;
+}
+
+void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
+  const Tensor &gy = c.inputs[0], &x = c.inputs[1];
+  const ConvGeom g = conv_geometry(c.attrs, x.shape, c.outputs[0].shape, "x");
+  const int64_t P = g.P(), CKK = g.CKK(), WN = g.O * CKK;
+  // Groups past the first accumulate into their own copy of gW (summed below).
+  const BatchPlan plan = batch_plan(ctx, g, 256, (CKK + g.O) * P, WN);
+  const int64_t nbmax = plan.nb;
+  const bool direct = g.pointwise() && nbmax == 1;
+  const int64_t col_n = direct ? 0 : CKK * nbmax * P, gyc_n = nbmax > 1 ? g.O * nbmax * P : 0;
+  const int64_t per_group = col_n + gyc_n + WN;
+  Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, per_group)});
+  float* gw = c.outputs[0].f32();
+
+  if (g.N == 0) std::fill(gw, gw + WN, 0.f);
+  for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
+    float* col = scratch.f32() + gi * std::max<int64_t>(1, per_group);
+    float* gyc = col + col_n;
+    float* acc = gi == 0 ? gw : gyc + gyc_n;
+    const int64_t begin = plan.begin(gi, g.N), end = plan.begin(gi + 1, g.N);
+    for (int64_t n0 = begin; n0 < end; n0 += nbmax) {
+      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+      const float* xs = x.f32() + n0 * g.C * g.H * g.W;
+      const float* colp = xs;
+      if (!direct) {
+        im2col(gctx, g, xs, nb, col, cols);
+        colp = col;
+      }
+      const float* gys = gy.f32() + n0 * g.O * P;
+      if (nbmax > 1) {
+        gather_chunk(gctx, gys, nb, g.O, P, gyc);
+        gys = gyc;
+      }
+      // gW (O, CKK) += gy_chunk (O, cols) · col^T (cols, CKK); the first chunk overwrites.
+      sgemm(gctx, false, true, g.O, CKK, cols, 1.f, gys, cols, colp, cols, n0 == begin ? 0.f : 1.f, acc, CKK);
+    }
+  });
+  if (plan.groups > 1) {
+    const float* parts = scratch.f32();
+    ctx.parallel_for(WN, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t gi = 1; gi < plan.groups; ++gi) {
+        const float* part = parts + gi * per_group + col_n + gyc_n;
+        for (int64_t i = b; i < e; ++i) gw[i] += part[i];
+      }
+    });
+  }
+
+  if (c.outputs.size() > 1) {
+    // gb[o] = sum over samples and pixels of gy. Each row of P values is summed
+    // in 16 independent float lanes (vectorisable, no serial add chain), the
+    // row totals in double.
+    float* gb = c.outputs[1].f32();
+    const float* pg = gy.f32();
+    ctx.parallel_for(g.O, 1, [&](int64_t b, int64_t e) {
+      for (int64_t o = b; o < e; ++o) {
+        double acc = 0;
+        for (int64_t n = 0; n < g.N; ++n) {
+          const float* src = pg + (n * g.O + o) * P;
+          float lanes[16] = {};
+          int64_t p = 0;
+          for (; p + 16 <= P; p += 16)
+            for (int l = 0; l < 16; ++l) lanes[l] += src[p + l];
+          double row = 0;
+          for (; p < P; ++p) row += src[p];
+          for (int l = 0; l < 16; ++l) row += lanes[l];
+          acc += row;
+        }
+        gb[o] = static_cast<float>(acc);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+TDQ_REGISTER_OP({"conv2d_forward", 2, 3, infer_conv2d_forward, conv2d_forward, {}});
+TDQ_REGISTER_OP({"conv2d_backward_input", 2, 2, infer_conv2d_backward_input, conv2d_backward_input, {}});
+TDQ_REGISTER_OP({"conv2d_backward_weight", 2, 2, infer_conv2d_backward_weight, conv2d_backward_weight, {}});
+
+}  // namespace tdq

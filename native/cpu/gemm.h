@@ -1,0 +1,73 @@
+// Single-precision GEMM for the CPU backend, callable from any op (matmul,
+// linear, conv2d, attention):
+//
+//   C = alpha * op(A) * op(B) + beta * C      op(X) = X or X^T
+//
+// All matrices are row-major; op(A) is (M, K), op(B) is (K, N), C is (M, N),
+// and lda / ldb / ldc are the row strides of A, B, C as stored (so A is
+// (M, lda) or, with transA, (K, lda)). As in BLAS, beta == 0 means C is
+// written without being read (it may hold garbage or NaN).
+#pragma once
+#include <cstdint>
+
+#include "../core/registry.h"
+
+namespace tdq {
+
+// The fast path: cache-blocked and packed, with a register-blocked FMA
+// micro-kernel chosen by ctx.cpu_level (AVX-512, AVX2, or portable C++ for
+// "scalar"). Parallel over blocks of C through ctx.parallel_for; when called
+// from inside a parallel_for worker it runs on that thread alone.
+void sgemm(const ExecContext& ctx, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+           float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+           float* C, int64_t ldc);
+
+// `batch` independent GEMMs; matrix i starts at A + i*strideA (same for B, C).
+// A stride of 0 reuses one matrix for every batch element (broadcasting).
+// Small matrices are spread over threads one GEMM each; large ones are run in
+// turn, each parallel inside.
+void sgemm_batched(const ExecContext& ctx, int64_t batch, bool transA, bool transB, int64_t M,
+                   int64_t N, int64_t K, float alpha, const float* A, int64_t lda, int64_t strideA,
+                   const float* B, int64_t ldb, int64_t strideB, float beta, float* C, int64_t ldc,
+                   int64_t strideC);
+
+// A product with a fixed A and many B (a convolution's weights against each
+// chunk of a batch): pack alpha*op(A) once with sgemm_pack_a into a buffer of
+// sgemm_packed_a_size floats, then run sgemm_prepacked for each B. The packed
+// layout belongs to the micro-kernel of ctx.cpu_level: pack and multiply
+// under the same ctx.
+int64_t sgemm_packed_a_size(const ExecContext& ctx, int64_t M, int64_t K);
+void sgemm_pack_a(const ExecContext& ctx, bool transA, int64_t M, int64_t K, float alpha,
+                  const float* A, int64_t lda, float* packed);
+void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
+                     bool transB, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// The reference: a plain triple loop accumulating in double, single-threaded.
+// Slow; for tests and as the definition the fast path must agree with.
+void sgemm_ref(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+               int64_t ldc);
+
+// ---- internals shared by gemm.cpp and the per-ISA kernel files -------------
+namespace gemm_detail {
+
+// A micro-kernel computes one MR x NR tile of C from packed panels:
+//   C[i][j] = beta*C[i][j] + sum_k a[k*MR + i] * b[k*NR + j]   (i < MR, j < NR)
+// with C's rows ldc apart (beta == 0: C is not read). `b` is 64-byte aligned.
+using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                             float beta);
+
+struct GemmKernel {
+  int mr, nr;          // register tile
+  int64_t mc, kc, nc;  // cache blocks: A block mc x kc (L2), B block kc x nc (L3)
+  MicroKernel ukr;
+};
+
+constexpr int kMaxTile = 16 * 32;  // the largest mr * nr of any kernel
+
+const GemmKernel& kernel_portable();
+const GemmKernel& kernel_avx2();    // defined in gemm_avx2.cpp
+const GemmKernel& kernel_avx512();  // defined in gemm_avx512.cpp
+
+}  // namespace gemm_detail
+}  // namespace tdq

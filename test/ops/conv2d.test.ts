@@ -1,0 +1,179 @@
+// conv2d against PyTorch (float64): forward and the input, weight and bias
+// gradients at every CPU level this machine has. The shapes walk through each
+// path of the native kernel: 1x1 convolutions done as a plain GEMM, im2col per
+// sample (large maps), several samples per im2col chunk (small maps, with a
+// partial last chunk), stride 2, padding, kernels that reach the padding on
+// both sides, non-square kernels and odd sizes.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { backward } from '../../src/tensor/autograd';
+import { native } from '../../src/tensor/native';
+import { conv2d } from '../../src/tensor/ops/conv';
+import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
+import { assertClose, randomTensor } from '../helpers/assert';
+import { Oracle, torchUnavailable } from '../helpers/oracle';
+
+const skip = torchUnavailable();
+// float32 engine vs float64 PyTorch, relative 2-norm error (sums of at most a
+// few thousand products, each error ~1e-7 relative).
+const RTOL = 1e-5;
+
+type Level = 'scalar' | 'avx2' | 'avx512';
+function cpuLevels(): Level[] {
+  const all: Level[] = ['scalar', 'avx2', 'avx512'];
+  return all.slice(0, all.indexOf(native().info().bestCpuLevel) + 1);
+}
+
+async function data(t: Tensor): Promise<Float32Array> {
+  return (await t.data()) as Float32Array;
+}
+
+interface Case {
+  name: string;
+  x: [number, number, number, number];
+  w: [number, number, number, number];
+  stride: number;
+  padding: number;
+  bias: boolean;
+}
+
+const cases: Case[] = [
+  { name: '3x3 same padding', x: [2, 3, 8, 8], w: [4, 3, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: '3x3 stride 2, odd sizes', x: [3, 5, 7, 9], w: [6, 5, 3, 3], stride: 2, padding: 1, bias: false },
+  { name: '3x3 no padding', x: [2, 3, 5, 6], w: [2, 3, 3, 3], stride: 1, padding: 0, bias: true },
+  { name: '3x3 stride 2 no padding', x: [4, 3, 9, 9], w: [5, 3, 3, 3], stride: 2, padding: 0, bias: true },
+  { name: 'kernel as large as the input', x: [1, 2, 4, 5], w: [3, 2, 4, 5], stride: 1, padding: 0, bias: true },
+  { name: '1x1 input, 3x3 kernel all over padding', x: [2, 2, 1, 1], w: [3, 2, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'stride 2 with the kernel past the right edge', x: [2, 2, 3, 1], w: [3, 2, 3, 3], stride: 2, padding: 1, bias: false },
+  { name: 'non-square kernel', x: [2, 3, 7, 6], w: [4, 3, 1, 3], stride: 1, padding: 1, bias: false },
+  { name: '1x1 as a direct GEMM (large map)', x: [2, 4, 24, 24], w: [6, 4, 1, 1], stride: 1, padding: 0, bias: true },
+  { name: '1x1 on small maps (chunked)', x: [3, 16, 4, 4], w: [8, 16, 1, 1], stride: 1, padding: 0, bias: false },
+  { name: '1x1 stride 2', x: [3, 16, 10, 10], w: [8, 16, 1, 1], stride: 2, padding: 0, bias: true },
+  { name: '1x1 with padding', x: [2, 3, 4, 4], w: [5, 3, 1, 1], stride: 1, padding: 1, bias: true },
+  { name: 'one sample per chunk (32x32)', x: [2, 8, 32, 32], w: [8, 8, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'many chunks, partial last one', x: [40, 3, 6, 6], w: [4, 3, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'many chunks of 4x4 maps', x: [41, 5, 4, 4], w: [6, 5, 3, 3], stride: 1, padding: 1, bias: false },
+  { name: 'wide channels, stride 2', x: [5, 33, 10, 10], w: [17, 33, 3, 3], stride: 2, padding: 1, bias: true },
+];
+
+describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
+  let oracle: Oracle;
+  const initial = native().info().cpuLevel;
+  before(async () => (oracle = await Oracle.start()));
+  after(() => {
+    native().setCpuLevel(initial);
+    oracle.close();
+  });
+
+  let seed = 500;
+  // Every level with the default thread count, and the best level again with
+  // 1 and 3 threads: the kernel splits the batch into per-thread groups of
+  // samples when there are enough of them, so the thread count picks the path.
+  const initialThreads = native().info().threads;
+  const runs: [Level, number | null][] = [...cpuLevels().map((l): [Level, number | null] => [l, null])];
+  runs.push([cpuLevels().at(-1)!, 1], [cpuLevels().at(-1)!, 3]);
+  for (const [level, threads] of runs) {
+    describe(`at CPU level ${level}${threads ? `, ${threads} thread(s)` : ''}`, () => {
+      before(() => {
+        native().setCpuLevel(level);
+        native().setThreads(threads ?? initialThreads);
+      });
+      after(() => native().setThreads(initialThreads));
+      for (const c of cases) {
+        it(`${c.name}: x ${c.x.join('x')}, w ${c.w.join('x')}, stride ${c.stride}, padding ${c.padding}${c.bias ? ', bias' : ''}`, async () => {
+          const x = randomTensor(c.x, seed++);
+          const w = randomTensor(c.w, seed++, 0.5);
+          const b = c.bias ? randomTensor([c.w[0]], seed++) : null;
+          x.t.requiresGrad = true;
+          w.t.requiresGrad = true;
+          if (b) b.t.requiresGrad = true;
+          const y = conv2d(x.t, w.t, b ? b.t : null, { stride: c.stride, padding: c.padding });
+          const gy = randomTensor(y.shape, seed++);
+          backward(y, gy.t);
+          const wrt = b ? ['x', 'weight', 'bias'] : ['x', 'weight'];
+          const ref = await oracle.call(
+            'conv2d',
+            { x: x.arr, weight: w.arr, bias: b ? b.arr : null },
+            { stride: c.stride, padding: c.padding },
+            { wrt, gradOutputs: [gy.arr] },
+          );
+          assert.deepEqual([...y.shape], ref.outputs[0].shape, 'output shape');
+          assertClose(await data(y), ref.outputs[0].data as Float32Array, RTOL, 'forward');
+          assertClose(await data(x.t.grad!), ref.grads.x.data as Float32Array, RTOL, 'grad x');
+          assertClose(await data(w.t.grad!), ref.grads.weight.data as Float32Array, RTOL, 'grad weight');
+          if (b) assertClose(await data(b.t.grad!), ref.grads.bias.data as Float32Array, RTOL, 'grad bias');
+        });
+      }
+    });
+  }
+
+  it('the bias gradient alone (weight frozen) and the input gradient alone', async () => {
+    const x = randomTensor([2, 3, 5, 5], 1);
+    const w = randomTensor([4, 3, 3, 3], 2);
+    const b = randomTensor([4], 3);
+    b.t.requiresGrad = true;
+    const y = conv2d(x.t, w.t, b.t, { padding: 1 });
+    const gy = randomTensor(y.shape, 4);
+    backward(y, gy.t);
+    const ref = await oracle.call('conv2d', { x: x.arr, weight: w.arr, bias: b.arr }, { padding: 1 }, { wrt: ['x', 'bias'], gradOutputs: [gy.arr] });
+    assertClose(await data(b.t.grad!), ref.grads.bias.data as Float32Array, RTOL, 'grad bias');
+    assert.equal(w.t.grad, null);
+    assert.equal(x.t.grad, null);
+
+    const x2 = randomTensor([2, 3, 5, 5], 5);
+    x2.t.requiresGrad = true;
+    const y2 = conv2d(x2.t, w.t, null, { stride: 2 });
+    const gy2 = randomTensor(y2.shape, 6);
+    backward(y2, gy2.t);
+    const ref2 = await oracle.call('conv2d', { x: x2.arr, weight: w.arr }, { stride: 2 }, { wrt: ['x'], gradOutputs: [gy2.arr] });
+    assertClose(await data(x2.t.grad!), ref2.grads.x.data as Float32Array, RTOL, 'grad x');
+    assert.equal(w.t.grad, null);
+  });
+});
+
+describe('conv2d bad inputs', () => {
+  const x = fromArray(new Float32Array(2 * 3 * 5 * 5), [2, 3, 5, 5]);
+  const w = fromArray(new Float32Array(4 * 3 * 3 * 3), [4, 3, 3, 3]);
+  const isRange = (re: RegExp) => (e: Error) => e instanceof RangeError && re.test(e.message);
+  const isType = (re: RegExp) => (e: Error) => e instanceof TypeError && re.test(e.message);
+
+  it('a channel mismatch names weight and x', () => {
+    const w2 = fromArray(new Float32Array(4 * 2 * 3 * 3), [4, 2, 3, 3]);
+    assert.throws(() => conv2d(x, w2, null), isRange(/'weight'.*2 input channels.*'x'.*has 3/));
+  });
+
+  it('a kernel larger than the padded input names weight', () => {
+    const w7 = fromArray(new Float32Array(4 * 3 * 7 * 7), [4, 3, 7, 7]);
+    assert.throws(() => conv2d(x, w7, null), isRange(/kernel 7x7 of argument 'weight' is larger than the padded input 5x5/));
+    // ... and is fine once padding makes room.
+    assert.deepEqual([...conv2d(x, w7, null, { padding: 1 }).shape], [2, 4, 1, 1]);
+  });
+
+  it('non-positive stride and negative padding name the attribute', () => {
+    assert.throws(() => conv2d(x, w, null, { stride: 0 }), isRange(/'stride' must be a positive integer, got 0/));
+    assert.throws(() => conv2d(x, w, null, { stride: -2 }), isRange(/'stride'/));
+    assert.throws(() => conv2d(x, w, null, { padding: -1 }), isRange(/'padding' must be >= 0/));
+    assert.throws(() => conv2d(x, w, null, { stride: 1.5 }), isType(/'stride' must be an integer/));
+  });
+
+  it('wrong ranks, bias shape and dtype name the argument', () => {
+    assert.throws(() => conv2d(fromArray(new Float32Array(75), [3, 5, 5]), w, null), isRange(/argument 'x' must have 4 dimensions/));
+    assert.throws(() => conv2d(x, fromArray(new Float32Array(12), [4, 3]), null), isRange(/argument 'weight' must have 4 dimensions/));
+    assert.throws(() => conv2d(x, w, fromArray(new Float32Array(3), [3])), isRange(/argument 'bias' must have shape \[4\]/));
+    assert.throws(() => conv2d(fromArray(new Int32Array(150), [2, 3, 5, 5], 'int32'), w, null), isType(/argument 'x' must be float32/));
+  });
+
+  it('the backward ops check their gradient against the geometry', () => {
+    const gy = fromArray(new Float32Array(2 * 4 * 2 * 2), [2, 4, 2, 2]);
+    assert.throws(
+      () => runOp1('conv2d_backward_input', [gy, w], { stride: 1, padding: 1, input_shape: [2, 3, 5, 5] }),
+      isRange(/argument 'gy' must have shape \[2, 4, 5, 5\]/),
+    );
+    assert.throws(
+      () => runOp1('conv2d_backward_weight', [gy, x], { stride: 1, padding: 0, kernel_size: [3, 3] }),
+      isRange(/argument 'gy' must have shape \[2, 4, 3, 3\]/),
+    );
+    assert.throws(() => runOp1('conv2d_backward_input', [gy, w], { input_shape: [2, 3] }), isRange(/'input_shape'/));
+  });
+});

@@ -53,13 +53,14 @@ export class StatsCollector {
     let s = byT.get(t);
     if (!s) byT.set(t, (s = { t, min: Infinity, max: -Infinity, count: 0, sample: new Float32Array(0), parts: [] }));
     const n = values.length;
-    let lo = s.min, hi = s.max;
+    let lo = s.min, hi = s.max, sum = 0;
     for (let i = 0; i < n; ++i) {
       const v = values[i];
       if (v < lo) lo = v;
       if (v > hi) hi = v;
+      sum += v; // NaN and infinities end up here, where min/max comparisons would skip them
     }
-    if (!Number.isFinite(lo) || !Number.isFinite(hi)) throw new RangeError(`calibration: quantizer '${name}' saw a non-finite activation at t = ${t}`);
+    if (!Number.isFinite(sum) || !Number.isFinite(lo) || !Number.isFinite(hi)) throw new RangeError(`calibration: quantizer '${name}' saw a non-finite activation at t = ${t}`);
     s.min = lo;
     s.max = hi;
     s.count += n;

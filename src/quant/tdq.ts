@@ -13,7 +13,7 @@ import { dropout } from '../tensor/ops/dropout';
 import { Module } from '../nn/module';
 import { linearInit } from '../nn/init';
 import { Generator } from '../tensor/random';
-import { type Tensor, fromArray, runOp1 } from '../tensor/tensor';
+import { type Tensor, fromArray, runOp, runOp1 } from '../tensor/tensor';
 import type { TdqModuleConfig } from './config';
 
 /** softplus(x) = log(1 + exp(x)) (x itself above 20), as torch.nn.functional.softplus. */
@@ -122,7 +122,7 @@ export class TdqModule extends Module {
    */
   initConstant(step: number): void {
     const b = fromArray([inverseSoftplus(step)], [1]);
-    runOp1('copy_', [this.lastLayer.bias, b]);
+    runOp('copy_', [this.lastLayer.bias, b]);
     b.dispose();
   }
 }

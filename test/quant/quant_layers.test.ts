@@ -178,7 +178,7 @@ describe('quantized layer installation', () => {
   it('keeps the float parameter names and adds the quantizers under the layer; refuses a second install', () => {
     const gen = new Generator(0);
     const { layer, ql } = install(CASES[0], gen);
-    assert.deepEqual(layer.namedParameters().map(([n]) => n), ['weight', 'bias', 'act_quant.step', 'weight_quant.step']);
+    assert.deepEqual(layer.namedParameters().map(([n]: [string, unknown]) => n), ['weight', 'bias', 'act_quant.step', 'weight_quant.step']);
     assert.deepEqual([...layer.stateDict().keys()], ['weight', 'bias', 'act_quant.step', 'act_quant.signed', 'act_quant.zero_point', 'weight_quant.step']);
     assert.equal(quantLayerOf(layer), ql);
     assert.throws(() => new QuantConv2d('layer', layer as Conv2d, { actQuant: ql.actQuant, weightQuant: ql.weightQuant }), /already quantized/);

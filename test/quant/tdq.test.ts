@@ -56,10 +56,12 @@ describe('softplus op', { skip: skip ?? false }, () => {
   });
 
   it('stays positive and accurate far below zero (a step size must never be 0)', async () => {
-    const y = await f32(softplus(fromArray([-20, -50, -87, -100], [4])));
-    for (const [i, x] of [-20, -50, -87, -100].entries()) {
+    const xs = [-20, -50, -87, -100];
+    const y = await f32(softplus(fromArray(xs, [4])));
+    for (const [i, x] of xs.entries()) {
       assert.ok(y[i] > 0, `softplus(${x}) = ${y[i]}`);
-      assert.ok(Math.abs(y[i] / Math.exp(x) - 1) < 1e-5, `softplus(${x}) = ${y[i]} vs ${Math.exp(x)}`);
+      // Accurate while exp(x) is a normal float32 (above -87.3); denormal below.
+      if (x >= -87) assert.ok(Math.abs(y[i] / Math.exp(x) - 1) < 1e-5, `softplus(${x}) = ${y[i]} vs ${Math.exp(x)}`);
     }
   });
 

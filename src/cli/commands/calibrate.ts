@@ -5,7 +5,7 @@
 // checkpoint that `sample` and `inspect` read. No training.
 import fs from 'node:fs';
 import path from 'node:path';
-import type { CommandModule } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 
 import { loadConfig, parseConfig, type Config } from '../../config';
 import { buildUNet, scheduleFromConfig } from '../../models/diffusion';
@@ -73,7 +73,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('fit-iters', { alias: 'fit_iters', type: 'number', default: 1500, describe: 'Adam iterations fitting the TDQ modules' })
       .option('ema', { type: 'boolean', default: true, describe: 'quantize the EMA weights of a training checkpoint' })
       .example('$0 calibrate --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 8 --use-dynamic', 'PTQ with TDQ, W4A8')
-      .example('$0 calibrate --ckpt fp.safetensors --n_bit_w 8 --n_bit_a 4 --method percentile', 'static PTQ, W8A4, percentile ranges'),
+      .example('$0 calibrate --ckpt fp.safetensors --n_bit_w 8 --n_bit_a 4 --method percentile', 'static PTQ, W8A4, percentile ranges') as unknown as Argv<CalibrateArgs>,
   handler: async (a) => {
     if (!fs.existsSync(a.ckpt)) throw new CliError(`checkpoint not found: ${a.ckpt}`);
     for (const [k, v] of [['n-samples', a.nSamples], ['batch-size', a.batchSize], ['steps', a.steps], ['fit-iters', a.fitIters]] as const)

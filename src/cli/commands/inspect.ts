@@ -3,7 +3,7 @@
 // and of the activation range per timestep seen during calibration.
 import fs from 'node:fs';
 import path from 'node:path';
-import type { CommandModule } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 
 import { readSafetensors } from '../../io/safetensors';
 import { describeConfig } from '../../quant/config';
@@ -109,7 +109,7 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
       .option('plots', { type: 'boolean', default: true, describe: 'write the PNG plots' })
       .option('json', { type: 'boolean', default: false, describe: 'print the quantizers as JSON' })
       .example('$0 inspect --ckpt runs/tdq-w4a8/model.safetensors', 'quantizers and plots of a QAT model')
-      .example("$0 inspect --ckpt q.safetensors --layers '*.in_layers.2' --out-dir plots", 'plot chosen layers'),
+      .example("$0 inspect --ckpt q.safetensors --layers '*.in_layers.2' --out-dir plots", 'plot chosen layers') as unknown as Argv<InspectArgs>,
   handler: async (a) => {
     if (!fs.existsSync(a.ckpt)) throw new CliError(`checkpoint not found: ${a.ckpt}`);
     if (!Number.isInteger(a.maxPlots) || a.maxPlots < 1) throw new CliError(`--max-plots must be a positive integer, got ${a.maxPlots}`);

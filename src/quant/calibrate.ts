@@ -8,7 +8,7 @@
 //   - weights: per output channel, by the same method (percentile -> MSE).
 // Used for PTQ as is, and as the starting point of QAT.
 import { backward, noGrad } from '../tensor/autograd';
-import { add, broadcastTo, detach, log, mean, relu, square, sub } from '../tensor/ops/elementwise';
+import { add, detach, log, mean, relu, square, sub } from '../tensor/ops/elementwise';
 import { matmul } from '../tensor/ops/linalg';
 import { Adam } from '../optim/adam';
 import { Generator } from '../tensor/random';
@@ -30,6 +30,10 @@ export interface FitOptions {
   timesteps: number;
   iters?: number;
   lr?: number;
+  /** Timesteps per iteration (default 64). */
+  batch?: number;
+  /** Seeds the timestep draws. */
+  seed?: number;
 }
 
 /**
@@ -69,35 +73,43 @@ export function fitTdqModules(mods: TdqModule[], targets: TdqTarget[], opts: Fit
     Ws.push(W);
     Bs.push(B);
   }
-  const ts = Float64Array.from({ length: T }, (_, i) => i);
-  const enc = keep(broadcastTo(fromArray(fourierEncoding(ts, cfg.encDim, cfg.maxPeriod), [1, T, cfg.encDim]), [Q, T, cfg.encDim]));
-  const tgt = new Float32Array(Q * T);
-  dense.forEach((d, q) => tgt.set(Float32Array.from(d), q * T));
-  const target = keep(fromArray(tgt, [Q, T, 1]));
   const params: [string, Tensor][] = [...Ws.map((w, l): [string, Tensor] => [`w${l}`, w]), ...Bs.map((b, l): [string, Tensor] => [`b${l}`, b])];
   const opt = new Adam(params, { lr });
-  const forward = () => {
+  // enc (M, encDim), shared by the Q stacked MLPs -> (Q, M, 1) pre-softplus outputs.
+  const mlp = (enc: Tensor) => {
     let h = enc;
     for (let l = 0; l < nl; ++l) {
       h = add(matmul(h, Ws[l], { transB: true }), Bs[l]);
       if (l < nl - 1) h = relu(h);
     }
-    return sub(log(softplus(h)), target); // (Q, T, 1) log errors
+    return h;
   };
+  const logError = (ts: ArrayLike<number>) => {
+    const tgt = new Float32Array(Q * ts.length);
+    dense.forEach((d, q) => {
+      for (let i = 0; i < ts.length; ++i) tgt[q * ts.length + i] = d[ts[i]];
+    });
+    const enc = fromArray(fourierEncoding(ts, cfg.encDim, cfg.maxPeriod), [ts.length, cfg.encDim]);
+    return sub(log(softplus(mlp(enc))), fromArray(tgt, [Q, ts.length, 1]));
+  };
+  // Each iteration sees `batch` timesteps, one drawn from each of `batch`
+  // equal strata of [0, T): the whole range every step at a fraction of the
+  // cost of all T rows (the fit costs Q x batch rows per iteration).
+  const batch = Math.min(T, opts.batch ?? 64);
+  const rand = mulberry32(opts.seed ?? 0);
+  const ts = new Float64Array(batch);
   for (let it = 0; it < iters; ++it) {
     // Step decay: the last fifth at a tenth of the rate settles the fit.
     for (const g of opt.paramGroups) g.lr = it < 0.8 * iters ? lr : lr / 10;
-    tidy(() => {
-      const loss = mean(square(forward()));
-      backward(loss);
-    });
+    for (let i = 0; i < batch; ++i) ts[i] = Math.min(T - 1, Math.floor(((i + rand()) * T) / batch));
+    tidy(() => backward(mean(square(logError(ts)))));
     opt.step();
     for (const [, p] of params) {
       p.grad?.dispose();
       p.grad = null;
     }
   }
-  const err = noGrad(() => tidy(() => forward()));
+  const err = noGrad(() => tidy(() => logError(Float64Array.from({ length: T }, (_, i) => i))));
   const e = err.dataSync() as Float32Array;
   err.dispose();
   const rms = Array.from({ length: Q }, (_, q) => {
@@ -119,7 +131,7 @@ export function fitTdqModules(mods: TdqModule[], targets: TdqTarget[], opts: Fit
     });
   }
   opt.dispose();
-  for (const t of [...Ws, ...Bs, enc, target]) t.dispose();
+  for (const t of [...Ws, ...Bs]) t.dispose();
   return rms;
 }
 

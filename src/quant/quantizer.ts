@@ -3,7 +3,7 @@
 // of the timestep (TDQ, tdq.ts). All fake-quantize through the native
 // fake_quant op, whose forward is y = clamp(round(x / s), qmin, qmax) * s.
 import { noGrad } from '../tensor/autograd';
-import { add, addScalar, detach, relu, scale, sub } from '../tensor/ops/elementwise';
+import { add, addScalar, clamp, detach, relu, scale, sub } from '../tensor/ops/elementwise';
 import { fakeQuantize } from '../tensor/ops/quant';
 import { Module } from '../nn/module';
 import { Generator } from '../tensor/random';
@@ -19,6 +19,15 @@ import { StepTable } from './table';
  * instead of wasting the sign bit on [-0.28, 0).
  */
 export const SILU_MIN = -0.2784645427610738;
+
+/**
+ * The smallest step a quantizer uses. Learned steps are plain parameters, and
+ * an optimizer step of a fixed size (Adam's is about the learning rate) can
+ * push a small one through zero; the fake-quant kernel then rejects it. Steps
+ * are clamped to this floor in forward (no gradient below it), which leaves
+ * every step in a sensible range untouched, bit for bit.
+ */
+export const STEP_FLOOR = 1e-8;
 
 /** How an activation quantizer maps its input range onto the integer levels. */
 export interface ActRange {
@@ -98,7 +107,7 @@ export class WeightQuantizer extends Module {
 
   forward(w: Tensor): Tensor {
     if (this.ctx.mode !== 'quant') return w;
-    return fakeQuantize(w, this.step, { bits: this.bits, signed: true, granularity: 'channel', axis: 0 });
+    return fakeQuantize(w, clamp(this.step, STEP_FLOOR), { bits: this.bits, signed: true, granularity: 'channel', axis: 0 });
   }
 
   setSteps(steps: ArrayLike<number>): void {
@@ -157,7 +166,8 @@ export class ActQuantizer extends Module {
   }
 
   setRange(r: ActRange): void {
-    this.range = { ...r };
+    // As stored (float32), so a reloaded checkpoint has the very same range.
+    this.range = { signed: r.signed, zeroPoint: Math.fround(r.zeroPoint) };
     setScalarBuffer(this.signedBuf, [r.signed ? 1 : 0]);
     setScalarBuffer(this.zeroPointBuf, [r.zeroPoint]);
   }
@@ -201,7 +211,7 @@ export class ActQuantizer extends Module {
     let y: Tensor;
     if (this.kind === 'pact') y = this.pact(xs);
     else {
-      const s = this.stepTensor();
+      const s = clamp(this.stepTensor(), STEP_FLOOR);
       const granularity = this.kind === 'tdq' ? 'sample' : 'tensor';
       if (granularity === 'sample' && s.shape[0] !== x.shape[0])
         throw new RangeError(`${this.name}: ${s.shape[0]} timesteps for a batch of ${x.shape[0]}`);
@@ -217,7 +227,7 @@ export class ActQuantizer extends Module {
    * LSQ, whose step gradient also sees the rounding error inside the range.
    */
   private pact(x: Tensor): Tensor {
-    const alpha = this.alpha!;
+    const alpha = clamp(this.alpha!, STEP_FLOOR * levels(this.bits, this.range.signed).qmax);
     const { signed } = this.range;
     // clip(x) = x - relu(x - alpha) (+ relu(-x - alpha) when signed; relu(x) first when unsigned)
     const upper = relu(sub(x, alpha));

@@ -4,14 +4,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 
-import { sample } from '../../src/diffusion/samplers/index';
+import { sample, timestepValues } from '../../src/diffusion/samplers/index';
 import { readSafetensors, writeSafetensors } from '../../src/io/safetensors';
 import { Adam } from '../../src/optim/adam';
 import { calibrate, calibrateWithReport } from '../../src/quant/calibrate';
 import { QuantConfigError, quantConfigFromJSON, resolveQuantConfig } from '../../src/quant/config';
 import { PAPER_KEEP_FP, QuantizedModel, isQuantKey, quantizeModel } from '../../src/quant/quantize_model';
 import { backward, noGrad } from '../../src/tensor/autograd';
-import { add, mean, mul, square, sub } from '../../src/tensor/ops/elementwise';
+import { add, detach, mean, mul, square, sub } from '../../src/tensor/ops/elementwise';
 import { Generator } from '../../src/tensor/random';
 import { tidy } from '../../src/tensor/scope';
 import { type Tensor, fromArray } from '../../src/tensor/tensor';
@@ -51,7 +51,7 @@ describe('model surgery', () => {
     const qm = quantizeModel(unet, resolveQuantConfig({ nBitW: 4, nBitA: 8 }), { timesteps: T, gen: new Generator(0) });
     assert.deepEqual(qm.fpLayers.sort(), ['input_blocks.0.0', 'input_blocks.1.0.emb_layers.1', 'input_blocks.3.0.emb_layers.1', 'middle_block.0.emb_layers.1',
       'middle_block.2.emb_layers.1', 'out.2', 'output_blocks.0.0.emb_layers.1', 'output_blocks.1.0.emb_layers.1', 'output_blocks.2.0.emb_layers.1',
-      'output_blocks.3.0.emb_layers.1', 'output_blocks.4.0.emb_layers.1', 'time_embed.0', 'time_embed.2'].sort());
+      'output_blocks.3.0.emb_layers.1', 'time_embed.0', 'time_embed.2'].sort());
     const q = [...qm.layers.keys()];
     for (const name of ['input_blocks.1.0.in_layers.2', 'input_blocks.1.0.out_layers.3', 'input_blocks.2.0.op', 'input_blocks.3.0.skip_connection',
       'input_blocks.3.1.qkv', 'input_blocks.3.1.proj_out', 'output_blocks.1.2.conv']) assert.ok(q.includes(name), `${name} is quantized`);
@@ -103,21 +103,38 @@ describe('model surgery', () => {
 });
 
 describe('calibrated quantized model', () => {
-  it('W8A8 (TDQ and static LSQ) outputs stay within 3% (relative L2) of the float model', async () => {
-    const ts = [1, 250, 500, 999];
-    const fp = quantizeModel(tinyUNet(), resolveQuantConfig({}), { timesteps: T, gen: new Generator(0) });
-    fp.setQuantEnabled(false);
-    const ref = cat(await outputsAt(fp, ts));
-    fp.dispose();
+  it('W8A8: noise predictions along a DDIM trajectory stay within 4% (TDQ) / 6% (static LSQ) of the float model (relative L2), TDQ closer', async () => {
+    const errors: number[] = [];
     for (const useDynamic of [true, false]) {
       const qm = await calibrate(tinyUNet(), resolveQuantConfig({ nBitW: 8, nBitA: 8, useDynamic }), { schedule: SCHEDULE, steps: 8, nSamples: 2, seed: 1, method: 'mse', fitIters: 300 });
-      const got = cat(await outputsAt(qm, ts));
-      const e = relError(got, ref);
-      assert.ok(e < 0.03, `${useDynamic ? 'TDQ' : 'LSQ'} W8A8: relative L2 error ${e}`);
+      // The float model's own trajectory from another seed than calibration's.
       qm.setQuantEnabled(false);
-      assert.equal(relError(cat(await outputsAt(qm, ts)), ref), 0, 'quantization off gives the float model exactly');
+      const xs: Float32Array[] = [], ts: number[] = [], ref: Float32Array[] = [];
+      const x0 = await sample((x, t) => {
+        const e = qm.forward(x, t);
+        xs.push(Float32Array.from(noGrad(() => detach(x)).dataSync() as Float32Array));
+        ts.push(timestepValues(t)[0]);
+        ref.push(Float32Array.from(e.dataSync() as Float32Array));
+        return e;
+      }, { sampler: 'ddim', steps: 8, schedule: SCHEDULE, shape: SHAPE, seed: 77 });
+      x0.dispose();
+      qm.setQuantEnabled(true);
+      const got: Float32Array[] = [];
+      for (const [k, t] of ts.entries()) {
+        const tv = new Array(B).fill(t);
+        got.push(await f32(noGrad(() => tidy(() => qm.forward(fromArray(xs[k], SHAPE), fromArray(tv, [B]), undefined, tv)))));
+      }
+      const e = relError(cat(got), cat(ref));
+      errors.push(e);
+      // Measured 0.027 (TDQ) and 0.042 (LSQ): this random model's activation
+      // ranges change 10x along the trajectory, which a static step must span.
+      assert.ok(e < (useDynamic ? 0.04 : 0.06), `${useDynamic ? 'TDQ' : 'LSQ'} W8A8: relative L2 error ${e}`);
+      qm.setQuantEnabled(false);
+      const again = await f32(noGrad(() => tidy(() => qm.forward(fromArray(xs[3], SHAPE), fromArray(new Array(B).fill(ts[3]), [B])))));
+      assert.deepEqual(Array.from(again), Array.from(ref[3]), 'quantization off gives the float model exactly');
       qm.dispose();
     }
+    assert.ok(errors[0] < errors[1], `TDQ ${errors[0]} vs static ${errors[1]}`);
   });
 
   it('sampling from the TDQ table equals sampling through the MLPs, bit for bit (DDIM, 12 steps)', async () => {
@@ -182,7 +199,7 @@ describe('calibrated quantized model', () => {
     const { model: qm, report } = await calibrateWithReport(tinyUNet(7), resolveQuantConfig({ nBitW: 4, nBitA: 4 }), { schedule: SCHEDULE, steps: 5, nSamples: 2, seed: 4, method: 'mse', fitIters: 200 });
     assert.ok(report.quantizers.every((q) => q.fitRmsLog !== undefined && q.fitRmsLog < 0.2), 'TDQ fitted to the calibrated steps');
     qm.train();
-    const opt = new Adam([{ params: qm.floatParameters(), lr: 1e-3 }, { params: qm.quantParameters(), lr: 1e-3, name: 'quant' }]);
+    const opt = new Adam([{ params: qm.floatParameters(), lr: 1e-3 }, { params: qm.quantParameters(), lr: 1e-4, name: 'quant' }]);
     const gen = new Generator(5);
     const x0 = fromArray(randomData(SHAPE, 60), SHAPE), noise = fromArray(randomData(SHAPE, 61), SHAPE);
     const tdqW = qm.actQuantizers()[3].tdq!.mlp.layers[0].weight;

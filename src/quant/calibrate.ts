@@ -11,6 +11,7 @@ import { backward, noGrad } from '../tensor/autograd';
 import { add, detach, log, mean, relu, square, sub } from '../tensor/ops/elementwise';
 import { matmul } from '../tensor/ops/linalg';
 import { Adam } from '../optim/adam';
+import { native } from '../tensor/native';
 import { Generator } from '../tensor/random';
 import { keep, tidy } from '../tensor/scope';
 import { type Tensor, fromArray, runOp } from '../tensor/tensor';
@@ -47,7 +48,7 @@ export function fitTdqModules(mods: TdqModule[], targets: TdqTarget[], opts: Fit
   if (mods.length !== targets.length) throw new RangeError(`fitTdqModules: ${mods.length} modules for ${targets.length} targets`);
   if (!mods.length) return [];
   const T = opts.timesteps, Q = mods.length;
-  const iters = opts.iters ?? 1500, lr = opts.lr ?? 3e-3;
+  const iters = opts.iters ?? 800, lr = opts.lr ?? 3e-3;
   const cfg = mods[0].cfg;
   for (const m of mods)
     if (JSON.stringify(m.cfg) !== JSON.stringify(cfg)) throw new RangeError('fitTdqModules: all modules must share one TdqModuleConfig');
@@ -108,6 +109,10 @@ export function fitTdqModules(mods: TdqModule[], targets: TdqTarget[], opts: Fit
       p.grad?.dispose();
       p.grad = null;
     }
+    // Ops run on the stream while JS queues the next ones; without a wait the
+    // whole loop would be queued at once, each iteration's temporaries alive
+    // until it runs. Waiting every few iterations bounds the memory.
+    if (it % 4 === 3) native().syncBlocking();
   }
   const err = noGrad(() => tidy(() => logError(Float64Array.from({ length: T }, (_, i) => i))));
   const e = err.dataSync() as Float32Array;
@@ -139,10 +144,10 @@ export function fitTdqModules(mods: TdqModule[], targets: TdqTarget[], opts: Fit
 // From statistics to an initialised quantized model
 
 export interface FromStatsOptions extends StepSearchOptions {
-  /** TDQ fit iterations (default 1500). */
+  /** TDQ fit iterations (default 800). */
   fitIters?: number;
   fitLr?: number;
-  /** Values per timestep pooled for the static step (default 32768). */
+  /** Values pooled over all timesteps for the static step (default 16384). */
   pooledSample?: number;
   seed?: number;
 }
@@ -182,7 +187,7 @@ export function calibrateFromStats(qm: QuantizedModel, stats: Map<string, Timest
     const range = rangeForMin(gmin);
     q.setRange(range);
     const steps = list.map((s) => searchStep(s.sample, s.min, s.max, q.bits, range, opts));
-    const pool = pooled(list, opts.pooledSample ?? 32768, (opts.seed ?? 0) + qi);
+    const pool = pooled(list, opts.pooledSample ?? 16384, (opts.seed ?? 0) + qi);
     const staticStep = searchStep(pool, gmin, gmax, q.bits, range, opts);
     const ts = list.map((s) => s.t);
     if (q.kind === 'tdq') {
@@ -224,7 +229,7 @@ export interface CalibrateOptions extends StepSearchOptions {
   sampleShape?: number[];
   /** Draws class labels for a class-conditional model (default: from the model's config num_classes). */
   numClasses?: number;
-  /** Subsample size per quantizer and timestep (default 8192). */
+  /** Subsample size per quantizer and timestep (default 4096). */
   samplePerTimestep?: number;
   fitIters?: number;
   fitLr?: number;
@@ -257,7 +262,7 @@ export async function calibrateWithReport(model: DiffusionModel, cfgIn: QuantCon
   const numClasses = opts.numClasses ?? mc.num_classes ?? undefined;
   const batchSize = opts.batchSize ?? Math.min(opts.nSamples, 16);
   const nBatches = Math.ceil(opts.nSamples / batchSize);
-  const perObs = Math.ceil((opts.samplePerTimestep ?? 8192) / nBatches);
+  const perObs = Math.ceil((opts.samplePerTimestep ?? 4096) / nBatches);
 
   const qm = quantizeModel(model, cfg, { timesteps: schedule.numTimesteps, gen: opts.gen ?? new Generator(opts.seed) });
   qm.eval();

@@ -35,7 +35,8 @@ export interface GridOptions {
   cols?: number;
   panelWidth?: number;
   panelHeight?: number;
-  logY?: boolean;
+  /** Logarithmic step axis: always, never, or 'auto' (default): where a panel's steps span more than 5x. */
+  logY?: boolean | 'auto';
 }
 
 /** Pastes equally sized PNG panels into a grid, row by row. */
@@ -68,13 +69,16 @@ export function plotStepCurves(curves: readonly StepCurve[], opts: GridOptions =
   const panels = curves.map((c) => {
     const series: PlotSeries[] = [];
     const tAll = [...(c.tdq ? Array.from(c.tdq.t) : []), ...(c.calib ? Array.from(c.calib.t) : [])];
-    if (c.calib) series.push({ name: 'calibrated', points: pts(c.calib.t, c.calib.step) });
+    // The TDQ curve first (drawn thin), so the calibrated steps stay visible on top of it.
     if (c.tdq) series.push({ name: 'TDQ', points: pts(c.tdq.t, c.tdq.step) });
+    if (c.calib) series.push({ name: 'calibrated', points: pts(c.calib.t, c.calib.step) });
     if (c.staticStep !== undefined) {
       const lo = tAll.length ? Math.min(...tAll) : 0, hi = tAll.length ? Math.max(...tAll) : 1;
       series.push({ name: 'static', points: [{ x: lo, y: c.staticStep }, { x: hi, y: c.staticStep }] });
     }
-    return plotLines(series, { width: opts.panelWidth ?? 520, height: opts.panelHeight ?? 320, title: shortName(c.name), xLabel: 'timestep t', logY: opts.logY });
+    const ys = series.flatMap((s) => s.points.map((p) => p.y)).filter((y) => y > 0);
+    const logY = opts.logY === undefined || opts.logY === 'auto' ? ys.length > 0 && Math.max(...ys) > 5 * Math.min(...ys) : opts.logY;
+    return plotLines(series, { width: opts.panelWidth ?? 640, height: opts.panelHeight ?? 320, title: shortName(c.name), xLabel: 'timestep t', logY });
   });
   return tilePngs(panels, opts.cols ?? Math.min(3, panels.length));
 }
@@ -91,7 +95,7 @@ export function plotActivationRanges(curves: readonly RangeCurve[], opts: GridOp
       series.push({ name: 'static hi', points: [{ x: lo, y: c.covered[1] }, { x: hi, y: c.covered[1] }] });
       series.push({ name: 'static lo', points: [{ x: lo, y: c.covered[0] }, { x: hi, y: c.covered[0] }] });
     }
-    return plotLines(series, { width: opts.panelWidth ?? 520, height: opts.panelHeight ?? 320, title: shortName(c.name), xLabel: 'timestep t' });
+    return plotLines(series, { width: opts.panelWidth ?? 640, height: opts.panelHeight ?? 320, title: shortName(c.name), xLabel: 'timestep t' });
   });
   return tilePngs(panels, opts.cols ?? Math.min(3, panels.length));
 }

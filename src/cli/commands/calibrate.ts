@@ -70,7 +70,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('seed', { type: 'number', default: 0, describe: 'noise seed of the trajectories' })
       .option('keep-fp', { alias: 'keep_fp', type: 'string', array: true, describe: "layers kept in full precision (names or '*' patterns; default: the paper's)" })
       .option('quantize-attention', { alias: 'quantize_attention', type: 'boolean', default: false, describe: 'also quantize the q/k/v inputs of the attention matmuls' })
-      .option('fit-iters', { alias: 'fit_iters', type: 'number', default: 1500, describe: 'Adam iterations fitting the TDQ modules' })
+      .option('fit-iters', { alias: 'fit_iters', type: 'number', default: 800, describe: 'Adam iterations fitting the TDQ modules' })
       .option('ema', { type: 'boolean', default: true, describe: 'quantize the EMA weights of a training checkpoint' })
       .example('$0 calibrate --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 8 --use-dynamic', 'PTQ with TDQ, W4A8')
       .example('$0 calibrate --ckpt fp.safetensors --n_bit_w 8 --n_bit_a 4 --method percentile', 'static PTQ, W8A4, percentile ranges') as unknown as Argv<CalibrateArgs>,

@@ -135,7 +135,7 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
         tdq: q.curve ? { t: q.curve.t, step: q.curve.step } : undefined,
         staticStep: q.staticStep,
         calib: q.calib ? { t: q.calib.t, step: q.calib.step } : undefined,
-      })), { logY: true });
+      })));
       fs.writeFileSync(`${stem}-steps.png`, stepsPng);
       const written = [`${stem}-steps.png`];
       const withCalib = chosen.filter((q) => q.calib);

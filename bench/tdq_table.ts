@@ -177,10 +177,10 @@ function meanStd(v: number[]): [number, number] {
   return [mu, sd];
 }
 
-function cell(v: number[] | undefined, scale: number): string {
+function cell(v: number[] | undefined): string {
   if (!v) return '—';
   const [mu, sd] = meanStd(v);
-  return `${(mu * scale).toFixed(3)} ± ${(sd * scale).toFixed(3)}`;
+  return `${mu.toPrecision(3)} ± ${sd.toPrecision(2)}`;
 }
 
 async function loadQat(file: string, m: FpModel): Promise<QuantizedModel> {
@@ -220,7 +220,7 @@ async function main(): Promise<void> {
       qm.dispose();
     }
     const r = results[key];
-    console.log(`${key}: eps-MSE ${cell(r.eps, 1e3)} e-3, x0-MSE ${cell(r.x0, 1e3)} e-3 (${r.seconds.toFixed(1)} s)`);
+    console.log(`${key}: eps-MSE ${cell(r.eps)}, x0-MSE ${cell(r.x0)} (${r.seconds.toFixed(1)} s)`);
   };
   for (const [w, act] of a.settings) {
     for (const useDynamic of [false, true]) {
@@ -246,7 +246,7 @@ async function main(): Promise<void> {
   const header = `| method | ${a.settings.map(([w, x]) => `W${w}A${x}`).join(' | ')} |`;
   const rule = `|---|${a.settings.map(() => '---').join('|')}|`;
   const row = (label: string, key: (s: string) => string, metric: 'eps' | 'x0') =>
-    `| ${label} | ${a.settings.map(([w, x]) => cell(results[key(`w${w}a${x}`)]?.[metric], 1e3)).join(' | ')} |`;
+    `| ${label} | ${a.settings.map(([w, x]) => cell(results[key(`w${w}a${x}`)]?.[metric])).join(' | ')} |`;
   const table = (metric: 'eps' | 'x0') => [
     header, rule,
     `| FP | ${a.settings.map(() => '0').join(' | ')} |`,
@@ -256,7 +256,7 @@ async function main(): Promise<void> {
     row('QAT TDQ', (s) => `qat-${s}-tdq`, metric),
   ].join('\n');
   const md = [
-    `Proxy metrics (x 1e-3, mean ± std over seeds ${a.seeds.join(', ')}; ${a.nSamples} samples per seed; DDIM ${a.steps} steps; ${path.basename(a.ckpt)}):`,
+    `Proxy metrics (mean ± std over seeds ${a.seeds.join(', ')}; ${a.nSamples} samples per seed; DDIM ${a.steps} steps; ${path.basename(a.ckpt)}):`,
     '', 'eps-MSE against the FP model along the FP trajectory:', '', table('eps'),
     '', 'x0-MSE of the final samples against the FP samples from the same noise:', '', table('x0'),
   ].join('\n');

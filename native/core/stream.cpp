@@ -74,7 +74,17 @@ void Stream::execute(Task& t) {
     if (!error_.empty()) return;  // after a failure, later ops would read garbage
   }
   try {
-    (t.device == Device::cpu ? t.def->cpu : t.def->cuda)(t.call, ctx_);
+    if (profiling_) {
+      auto t0 = std::chrono::steady_clock::now();
+      (t.device == Device::cpu ? t.def->cpu : t.def->cuda)(t.call, ctx_);
+      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::lock_guard<std::mutex> lk(mu_);
+      auto& e = profile_[t.def->name];
+      ++e.calls;
+      e.seconds += dt;
+    } else {
+      (t.device == Device::cpu ? t.def->cpu : t.def->cuda)(t.call, ctx_);
+    }
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lk(mu_);
     error_ = t.def->name + ": " + e.what();
@@ -120,6 +130,21 @@ std::string Stream::wait_until(uint64_t seq) {
 void Stream::set_synchronous(bool on) {
   wait();
   synchronous_ = on;
+}
+
+void Stream::set_profiling(bool on) {
+  std::string e = wait();
+  std::lock_guard<std::mutex> lk(mu_);
+  profiling_ = on;
+  profile_.clear();
+  if (!e.empty()) error_ = e;
+}
+
+std::map<std::string, Stream::OpTime> Stream::profile() {
+  std::string e = wait();
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!e.empty()) error_ = e;
+  return profile_;
 }
 
 void Stream::set_threads(int n) {

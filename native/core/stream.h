@@ -3,7 +3,9 @@
 // waits for arithmetic. Reading a tensor waits for the stream (see binding).
 #pragma once
 #include <condition_variable>
+#include <chrono>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,6 +36,14 @@ class Stream {
   void set_threads(int n);  // waits for the queue first
   void set_cpu_level(CpuLevel l);
   int threads() const { return pool_.size(); }
+
+  // Per-op wall time on the stream thread, for finding hot spots.
+  struct OpTime {
+    uint64_t calls = 0;
+    double seconds = 0;
+  };
+  void set_profiling(bool on);
+  std::map<std::string, OpTime> profile();  // waits for the queue
   CpuLevel cpu_level() const { return ctx_.cpu_level; }
   const std::shared_ptr<MemoryCounter>& counter() const { return counter_; }
 
@@ -56,6 +66,8 @@ class Stream {
   bool quit_ = false;
   bool synchronous_ = false;
   std::string error_;
+  bool profiling_ = false;
+  std::map<std::string, OpTime> profile_;
   std::thread thread_;
 };
 

@@ -463,6 +463,27 @@ Napi::Value SetSynchronous(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value SetProfiling(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    env_data(info.Env()).stream->set_profiling(info.Length() > 0 && info[0].ToBoolean().Value());
+    return info.Env().Undefined();
+  });
+}
+
+// { op: { calls, seconds } } since setProfiling(true); waits for the queue.
+Napi::Value Profile(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Object o = Napi::Object::New(info.Env());
+    for (const auto& kv : env_data(info.Env()).stream->profile()) {
+      Napi::Object e = Napi::Object::New(info.Env());
+      e.Set("calls", static_cast<double>(kv.second.calls));
+      e.Set("seconds", kv.second.seconds);
+      o.Set(kv.first, e);
+    }
+    return o;
+  });
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* d = new EnvData();
   d->stream = std::make_unique<tdq::Stream>(tdq::ThreadPool::default_threads(), tdq::default_cpu_level(), d->counter);
@@ -481,6 +502,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setCpuLevel", Napi::Function::New(env, SetCpuLevel));
   exports.Set("setSynchronous", Napi::Function::New(env, SetSynchronous));
+  exports.Set("setProfiling", Napi::Function::New(env, SetProfiling));
+  exports.Set("profile", Napi::Function::New(env, Profile));
   return exports;
 }
 

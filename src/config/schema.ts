@@ -322,7 +322,17 @@ export const TrainingConfigSchema = z.strictObject({
   }).prefault({}),
   /** Linear warmup from 0 over these steps. */
   warmup_steps: nonNegInt.default(0),
-  lr_schedule: z.enum(['constant', 'cosine', 'linear']).default('constant'),
+  /** 'lambda_linear': CompVis latent-diffusion's LambdaLinearScheduler (parameters in lambda_linear; warmup_steps unused). */
+  lr_schedule: z.enum(['constant', 'cosine', 'linear', 'lambda_linear']).default('constant'),
+  lambda_linear: z
+    .strictObject({
+      warm_up_steps: z.array(nonNegInt).min(1),
+      f_min: z.array(z.number()).min(1),
+      f_max: z.array(z.number()).min(1),
+      f_start: z.array(z.number()).min(1),
+      cycle_lengths: z.array(posInt).min(1),
+    })
+    .optional(),
   /** Final learning rate of the cosine/linear decay, as a fraction of the peak. */
   min_lr_ratio: z.number().min(0).max(1).default(0),
   /** Global gradient-norm clip; null: none. */

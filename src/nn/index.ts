@@ -1,3 +1,4 @@
 export * from './module';
 export * from './containers';
 export * as init from './init';
+export * from './layers';

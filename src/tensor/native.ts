@@ -48,6 +48,10 @@ export interface NativeBinding {
   setThreads(n: number): void;
   setCpuLevel(level: 'scalar' | 'avx2' | 'avx512'): void;
   setSynchronous(on: boolean): void;
+  /** Starts (or stops) timing every op on the stream thread; clears the totals. */
+  setProfiling(on: boolean): void;
+  /** Seconds and calls per op since setProfiling(true) (waits for queued ops). */
+  profile(): Record<string, { calls: number; seconds: number }>;
 }
 
 let binding: NativeBinding | undefined;

@@ -1,0 +1,262 @@
+// The UNet of CompVis latent-diffusion (ldm.modules.diffusionmodules.openaimodel
+// .UNetModel) for images, without the spatial transformer. Submodules are
+// registered under upstream's names, so `input_blocks.1.0.in_layers.2.weight`
+// in an upstream state dict lands in the same parameter here.
+import { Module } from '../nn/module';
+import { Conv1x1, Conv2d, Dropout, Embedding, GroupNorm, Linear, SiLU } from '../nn/layers';
+import { Generator } from '../tensor/random';
+import { scaledDotProductAttention } from '../tensor/ops/attention';
+import { silu } from '../tensor/ops/activation';
+import { avgPool2d, upsampleNearest2x } from '../tensor/ops/pool';
+import { cat, chunk, permute } from '../tensor/ops/shape';
+import { add, addScalar, mul, reshape } from '../tensor/ops/elementwise';
+import type { Tensor } from '../tensor/tensor';
+import { timestepEmbedding, zeroModule } from './common';
+
+export interface UNetConfig {
+  image_size: number;
+  in_channels: number;
+  model_channels: number;
+  out_channels: number;
+  num_res_blocks: number;
+  attention_resolutions: number[];
+  dropout?: number;
+  channel_mult?: number[];
+  conv_resample?: boolean;
+  num_classes?: number | null;
+  num_heads?: number;
+  num_head_channels?: number;
+  num_heads_upsample?: number;
+  use_scale_shift_norm?: boolean;
+  resblock_updown?: boolean;
+}
+
+/** A block that takes the timestep embedding as well as the features. */
+interface EmbedBlock {
+  forward(x: Tensor, emb: Tensor): Tensor;
+}
+
+const normalization = (ch: number) => new GroupNorm(32, ch);
+
+export class Downsample extends Module {
+  readonly op: Conv2d | null;
+  constructor(ch: number, useConv: boolean, gen: Generator, outCh = ch) {
+    super();
+    this.op = useConv ? this.registerModule('op', new Conv2d(ch, outCh, 3, { stride: 2, padding: 1, gen })) : null;
+  }
+  forward(x: Tensor): Tensor {
+    return this.op ? this.op.forward(x) : avgPool2d(x, 2, 2);
+  }
+}
+
+export class Upsample extends Module {
+  readonly conv: Conv2d | null;
+  constructor(ch: number, useConv: boolean, gen: Generator, outCh = ch) {
+    super();
+    this.conv = useConv ? this.registerModule('conv', new Conv2d(ch, outCh, 3, { padding: 1, gen })) : null;
+  }
+  forward(x: Tensor): Tensor {
+    const up = upsampleNearest2x(x);
+    return this.conv ? this.conv.forward(up) : up;
+  }
+}
+
+/** in_layers = [norm, SiLU, conv]; out_layers = [norm, SiLU, Dropout, conv]. */
+class Seq extends Module {
+  constructor(readonly mods: Module[]) {
+    super();
+    mods.forEach((m, i) => this.registerModule(String(i), m));
+  }
+  forward(x: Tensor): Tensor {
+    for (const m of this.mods) x = (m as unknown as { forward(x: Tensor): Tensor }).forward(x);
+    return x;
+  }
+}
+
+export class ResBlock extends Module implements EmbedBlock {
+  readonly inNorm: GroupNorm;
+  readonly inConv: Conv2d;
+  readonly embLinear: Linear;
+  readonly outNorm: GroupNorm;
+  readonly outDropout: Dropout;
+  readonly outConv: Conv2d;
+  readonly skip: Conv2d | null;
+  readonly hUpd: Upsample | Downsample | null;
+  readonly xUpd: Upsample | Downsample | null;
+
+  constructor(
+    ch: number,
+    embCh: number,
+    dropout: number,
+    readonly outCh: number,
+    readonly useScaleShiftNorm: boolean,
+    gen: Generator,
+    updown: 'up' | 'down' | null = null,
+  ) {
+    super();
+    this.inNorm = normalization(ch);
+    this.inConv = new Conv2d(ch, outCh, 3, { padding: 1, gen });
+    this.registerModule('in_layers', new Seq([this.inNorm, new SiLU(), this.inConv]));
+    this.hUpd = updown === 'up' ? new Upsample(ch, false, gen) : updown === 'down' ? new Downsample(ch, false, gen) : null;
+    this.xUpd = updown === 'up' ? new Upsample(ch, false, gen) : updown === 'down' ? new Downsample(ch, false, gen) : null;
+    this.embLinear = new Linear(embCh, useScaleShiftNorm ? 2 * outCh : outCh, { gen });
+    this.registerModule('emb_layers', new Seq([new SiLU(), this.embLinear]));
+    this.outNorm = normalization(outCh);
+    this.outDropout = new Dropout(dropout);
+    this.outConv = zeroModule(new Conv2d(outCh, outCh, 3, { padding: 1, gen }));
+    this.registerModule('out_layers', new Seq([this.outNorm, new SiLU(), this.outDropout, this.outConv]));
+    this.skip = outCh === ch ? null : this.registerModule('skip_connection', new Conv2d(ch, outCh, 1, { gen }));
+  }
+
+  forward(x: Tensor, emb: Tensor): Tensor {
+    let h = silu(this.inNorm.forward(x));
+    if (this.hUpd && this.xUpd) {
+      h = this.hUpd.forward(h);
+      x = this.xUpd.forward(x);
+    }
+    h = this.inConv.forward(h);
+    const e = this.embLinear.forward(silu(emb));
+    const e4 = reshape(e, [e.shape[0], e.shape[1], 1, 1]); // (B, C, 1, 1)
+    if (this.useScaleShiftNorm) {
+      const [scale, shift] = chunk(e4, 2, 1);
+      h = add(mul(this.outNorm.forward(h), addScalar(scale, 1)), shift);
+    } else {
+      h = this.outNorm.forward(add(h, e4));
+    }
+    h = this.outConv.forward(this.outDropout.forward(silu(h)));
+    return add(this.skip ? this.skip.forward(x) : x, h);
+  }
+}
+
+/** Self-attention over the pixels with QKVAttentionLegacy's head layout. */
+export class AttentionBlock extends Module {
+  readonly numHeads: number;
+  readonly norm: GroupNorm;
+  readonly qkv: Conv1x1;
+  readonly projOut: Conv1x1;
+
+  constructor(readonly channels: number, numHeads: number, numHeadChannels: number, gen: Generator) {
+    super();
+    this.numHeads = numHeadChannels === -1 ? numHeads : Math.floor(channels / numHeadChannels);
+    if (!(this.numHeads >= 1) || channels % this.numHeads !== 0)
+      throw new RangeError(`AttentionBlock: ${channels} channels cannot be split into ${this.numHeads} heads (num_heads=${numHeads}, num_head_channels=${numHeadChannels})`);
+    this.norm = this.registerModule('norm', normalization(channels));
+    this.qkv = this.registerModule('qkv', new Conv1x1(channels, 3 * channels, { gen }));
+    this.projOut = this.registerModule('proj_out', zeroModule(new Conv1x1(channels, channels, { gen })));
+  }
+
+  forward(x: Tensor): Tensor {
+    const [b, c, ...spatial] = x.shape;
+    const l = spatial.reduce((a, d) => a * d, 1);
+    const heads = this.numHeads, ch = c / heads;
+    const xf = reshape(x, [b, c, l]);
+    const qkv = this.qkv.forward(this.norm.forward(xf)); // (B, 3C, L), per head [q; k; v]
+    const perHead = permute(reshape(qkv, [b, heads, 3 * ch, l]), [0, 1, 3, 2]); // (B, H, L, 3ch)
+    const [q, k, v] = chunk(perHead, 3, 3);
+    const a = scaledDotProductAttention(q, k, v); // (B, H, L, ch), scale 1/sqrt(ch) as upstream
+    const merged = reshape(permute(a, [0, 1, 3, 2]), [b, c, l]); // channel = head * ch + c
+    return reshape(add(xf, this.projOut.forward(merged)), x.shape);
+  }
+}
+
+/** TimestepEmbedSequential: passes the embedding to the blocks that take it. */
+export class TimestepEmbedSequential extends Module implements EmbedBlock {
+  constructor(readonly layers: Module[]) {
+    super();
+    layers.forEach((m, i) => this.registerModule(String(i), m));
+  }
+  forward(x: Tensor, emb: Tensor): Tensor {
+    for (const m of this.layers) x = m instanceof ResBlock ? m.forward(x, emb) : (m as unknown as { forward(x: Tensor): Tensor }).forward(x);
+    return x;
+  }
+}
+
+export class UNetModel extends Module {
+  readonly config: Required<UNetConfig>;
+  readonly timeEmbed: [Linear, Linear];
+  readonly labelEmb: Embedding | null;
+  readonly inputBlocks: TimestepEmbedSequential[] = [];
+  readonly middleBlock: TimestepEmbedSequential;
+  readonly outputBlocks: TimestepEmbedSequential[] = [];
+  readonly outNorm: GroupNorm;
+  readonly outConv: Conv2d;
+
+  constructor(cfg: UNetConfig, gen: Generator = new Generator(0)) {
+    super();
+    const c: Required<UNetConfig> = {
+      dropout: 0,
+      channel_mult: [1, 2, 4, 8],
+      conv_resample: true,
+      num_classes: null,
+      num_heads: -1,
+      num_head_channels: -1,
+      num_heads_upsample: -1,
+      use_scale_shift_norm: false,
+      resblock_updown: false,
+      ...cfg,
+    };
+    if (c.num_heads_upsample === -1) c.num_heads_upsample = c.num_heads;
+    if (c.num_heads === -1 && c.num_head_channels === -1)
+      throw new RangeError('UNetModel: either num_heads or num_head_channels must be set');
+    this.config = c;
+    const mc = c.model_channels, ted = mc * 4;
+    this.timeEmbed = [new Linear(mc, ted, { gen }), new Linear(ted, ted, { gen })];
+    this.registerModule('time_embed', new Seq([this.timeEmbed[0], new SiLU(), this.timeEmbed[1]]));
+    this.labelEmb = c.num_classes != null ? this.registerModule('label_emb', new Embedding(c.num_classes, ted, { gen })) : null;
+
+    const attn = (ch: number, heads: number) => new AttentionBlock(ch, heads, c.num_head_channels, gen);
+    const res = (ch: number, out: number, updown: 'up' | 'down' | null = null) =>
+      new ResBlock(ch, ted, c.dropout, out, c.use_scale_shift_norm, gen, updown);
+
+    this.inputBlocks.push(new TimestepEmbedSequential([new Conv2d(c.in_channels, mc, 3, { padding: 1, gen })]));
+    const chans = [mc];
+    let ch = mc, ds = 1;
+    c.channel_mult.forEach((mult, level) => {
+      for (let i = 0; i < c.num_res_blocks; ++i) {
+        const layers: Module[] = [res(ch, mult * mc)];
+        ch = mult * mc;
+        if (c.attention_resolutions.includes(ds)) layers.push(attn(ch, c.num_heads));
+        this.inputBlocks.push(new TimestepEmbedSequential(layers));
+        chans.push(ch);
+      }
+      if (level !== c.channel_mult.length - 1) {
+        this.inputBlocks.push(new TimestepEmbedSequential([c.resblock_updown ? res(ch, ch, 'down') : new Downsample(ch, c.conv_resample, gen)]));
+        chans.push(ch);
+        ds *= 2;
+      }
+    });
+    this.middleBlock = new TimestepEmbedSequential([res(ch, ch), attn(ch, c.num_heads), res(ch, ch)]);
+    [...c.channel_mult.entries()].reverse().forEach(([level, mult]) => {
+      for (let i = 0; i <= c.num_res_blocks; ++i) {
+        const ich = chans.pop()!;
+        const layers: Module[] = [res(ch + ich, mc * mult)];
+        ch = mc * mult;
+        if (c.attention_resolutions.includes(ds)) layers.push(attn(ch, c.num_heads_upsample));
+        if (level && i === c.num_res_blocks) {
+          layers.push(c.resblock_updown ? res(ch, ch, 'up') : new Upsample(ch, c.conv_resample, gen));
+          ds /= 2;
+        }
+        this.outputBlocks.push(new TimestepEmbedSequential(layers));
+      }
+    });
+    this.registerModule('input_blocks', new Seq(this.inputBlocks));
+    this.registerModule('middle_block', this.middleBlock);
+    this.registerModule('output_blocks', new Seq(this.outputBlocks));
+    this.outNorm = normalization(ch);
+    this.outConv = zeroModule(new Conv2d(mc, c.out_channels, 3, { padding: 1, gen }));
+    this.registerModule('out', new Seq([this.outNorm, new SiLU(), this.outConv]));
+  }
+
+  /** x (B, C, H, W), t (B) float32 timesteps, y (B) int32 class labels when num_classes is set. */
+  forward(x: Tensor, t: Tensor, y?: Tensor): Tensor {
+    if (this.labelEmb && !y) throw new TypeError('UNetModel: this model is class-conditional (num_classes set): pass class labels y');
+    let emb = this.timeEmbed[1].forward(silu(this.timeEmbed[0].forward(timestepEmbedding(t, this.config.model_channels, 'cos-sin'))));
+    if (this.labelEmb && y) emb = add(emb, this.labelEmb.forward(y));
+    const hs: Tensor[] = [];
+    let h = x;
+    for (const m of this.inputBlocks) hs.push((h = m.forward(h, emb)));
+    h = this.middleBlock.forward(h, emb);
+    for (const m of this.outputBlocks) h = m.forward(cat([h, hs.pop()!], 1), emb);
+    return this.outConv.forward(silu(this.outNorm.forward(h)));
+  }
+}

@@ -7,7 +7,11 @@
 //     [--calib-samples 16] [--method mse] [--qat w4a8-tdq=runs/x/model.safetensors ...] \
 //     [--out bench/tdq_table.json]
 //
-// Metric (a proxy until FID-FMNIST is wired in): for every seed, the FP model
+// Metrics. FID-FMNIST (src/eval: the project's Fashion-MNIST classifier
+// features, reference = the 60,000 training images; --no-fid skips it) of each
+// model's own DDIM samples, per seed. Small sample counts bias FID upward, the
+// same way for every row (same n), so rows compare; absolute values do not
+// compare with published FIDs. And two proxies: for every seed, the FP model
 // samples n images with DDIM; along that FP trajectory each quantized model
 // predicts the noise at every step, and
 //   eps-MSE  = mean over steps and pixels of (eps_Q(x_t, t) - eps_FP(x_t, t))^2
@@ -35,6 +39,7 @@ import { Generator } from '../src/tensor/random';
 import { keep, tidy } from '../src/tensor/scope';
 import { type Tensor, fromArray } from '../src/tensor/tensor';
 import { loadCheckpoint } from '../src/train/checkpoint';
+import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
 
 interface Args {
   ckpt: string;
@@ -48,12 +53,13 @@ interface Args {
   qat: Map<string, string>;
   out: string;
   skipPtq: boolean;
+  fid: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     ckpt: 'models/fmnist-small.safetensors', nSamples: 16, steps: 50, seeds: [0, 1, 2],
-    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'mse', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false,
+    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'mse', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, fid: true,
   };
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i], v = () => {
@@ -76,6 +82,7 @@ function parseArgs(argv: string[]): Args {
       case '--method': a.method = v() as Args['method']; break;
       case '--out': a.out = v(); break;
       case '--skip-ptq': a.skipPtq = true; break;
+      case '--no-fid': a.fid = false; break;
       case '--settings':
         a.settings = v().split(',').map((s) => {
           const m = /^W(\d)A(\d)$/i.exec(s.trim());
@@ -151,8 +158,22 @@ function mse(a: Float32Array, b: Float32Array): number {
   return s / a.length;
 }
 
-async function evaluate(qm: QuantizedModel, a: Args, m: FpModel, refs: Reference[]): Promise<{ eps: number[]; x0: number[] }> {
-  const epsM: number[] = [], x0M: number[] = [];
+/** FID-FMNIST of one set of samples (N, C, H, W) in [-1, 1], rounded to 8 bits as saved PNGs would be. */
+type FidFn = (name: string, x0: Float32Array) => Promise<number>;
+
+async function makeFid(a: Args, m: FpModel): Promise<FidFn | null> {
+  if (!a.fid) return null;
+  const net = await loadFeatureNet('fmnist');
+  const reference = fashionMnistSource({ split: 'train' });
+  return async (name, x0) => {
+    const samples = arraySource(name, x0, [a.nSamples, m.shape[0], m.shape[1], m.shape[2]], { quantize8: true });
+    const r = await runEval({ samples, reference, metrics: ['fid'], net });
+    return r.metrics.fid!.value;
+  };
+}
+
+async function evaluate(qm: QuantizedModel, a: Args, m: FpModel, refs: Reference[], fid: FidFn | null): Promise<Scores> {
+  const epsM: number[] = [], x0M: number[] = [], fids: number[] = [];
   const shape = [a.nSamples, ...m.shape];
   for (const [si, seed] of a.seeds.entries()) {
     const r = refs[si];
@@ -165,10 +186,18 @@ async function evaluate(qm: QuantizedModel, a: Args, m: FpModel, refs: Reference
     }
     epsM.push(acc / r.xs.length);
     const out = await sample((x, t) => qm.forward(x, t), { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape, seed });
-    x0M.push(mse(out.dataSync() as Float32Array, r.x0));
+    const x0 = Float32Array.from(out.dataSync() as Float32Array);
     out.dispose();
+    x0M.push(mse(x0, r.x0));
+    if (fid) fids.push(await fid(`seed ${seed}`, x0));
   }
-  return { eps: epsM, x0: x0M };
+  return { eps: epsM, x0: x0M, ...(fid ? { fid: fids } : {}) };
+}
+
+interface Scores {
+  eps: number[];
+  x0: number[];
+  fid?: number[];
 }
 
 function meanStd(v: number[]): [number, number] {
@@ -210,17 +239,24 @@ async function main(): Promise<void> {
   for (const seed of a.seeds) refs.push(await reference(fp, a, m, seed));
   fp.dispose();
   console.log(`FP references: ${a.seeds.length} seeds x ${a.nSamples} samples, DDIM ${a.steps} steps (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-  const results: Record<string, { eps: number[]; x0: number[]; seconds: number }> = {};
+  const fid = await makeFid(a, m);
+  const results: Record<string, Scores & { seconds: number }> = {};
+  if (fid) {
+    const fpFid: number[] = [];
+    for (const [si, seed] of a.seeds.entries()) fpFid.push(await fid(`fp seed ${seed}`, refs[si].x0));
+    results.fp = { eps: a.seeds.map(() => 0), x0: a.seeds.map(() => 0), fid: fpFid, seconds: 0 };
+    console.log(`fp: FID-FMNIST ${cell(fpFid)}`);
+  }
   const run = async (key: string, make: () => Promise<QuantizedModel>) => {
     const s0 = Date.now();
     const qm = await make();
     try {
-      results[key] = { ...(await evaluate(qm, a, m, refs)), seconds: (Date.now() - s0) / 1000 };
+      results[key] = { ...(await evaluate(qm, a, m, refs, fid)), seconds: (Date.now() - s0) / 1000 };
     } finally {
       qm.dispose();
     }
     const r = results[key];
-    console.log(`${key}: eps-MSE ${cell(r.eps)}, x0-MSE ${cell(r.x0)} (${r.seconds.toFixed(1)} s)`);
+    console.log(`${key}: ${r.fid ? `FID-FMNIST ${cell(r.fid)}, ` : ''}eps-MSE ${cell(r.eps)}, x0-MSE ${cell(r.x0)} (${r.seconds.toFixed(1)} s)`);
   };
   for (const [w, act] of a.settings) {
     for (const useDynamic of [false, true]) {
@@ -245,18 +281,19 @@ async function main(): Promise<void> {
 
   const header = `| method | ${a.settings.map(([w, x]) => `W${w}A${x}`).join(' | ')} |`;
   const rule = `|---|${a.settings.map(() => '---').join('|')}|`;
-  const row = (label: string, key: (s: string) => string, metric: 'eps' | 'x0') =>
+  const row = (label: string, key: (s: string) => string, metric: 'eps' | 'x0' | 'fid') =>
     `| ${label} | ${a.settings.map(([w, x]) => cell(results[key(`w${w}a${x}`)]?.[metric])).join(' | ')} |`;
-  const table = (metric: 'eps' | 'x0') => [
+  const table = (metric: 'eps' | 'x0' | 'fid') => [
     header, rule,
-    `| FP | ${a.settings.map(() => '0').join(' | ')} |`,
+    `| FP | ${a.settings.map(() => (metric === 'fid' ? cell(results.fp?.fid) : '0')).join(' | ')} |`,
     row('PTQ static (LSQ init)', (s) => `ptq-${s}-lsq`, metric),
     row('PTQ TDQ', (s) => `ptq-${s}-tdq`, metric),
     row('QAT static (LSQ)', (s) => `qat-${s}-lsq`, metric),
     row('QAT TDQ', (s) => `qat-${s}-tdq`, metric),
   ].join('\n');
   const md = [
-    `Proxy metrics (mean ± std over seeds ${a.seeds.join(', ')}; ${a.nSamples} samples per seed; DDIM ${a.steps} steps; ${path.basename(a.ckpt)}):`,
+    `Mean ± std over seeds ${a.seeds.join(', ')}; ${a.nSamples} samples per seed; DDIM ${a.steps} steps (eta 0); ${path.basename(a.ckpt)}; PTQ calibrated on ${a.calibSamples} trajectories of ${a.calibSteps} steps (${a.method}).`,
+    ...(fid ? ['', `FID-FMNIST (lower is better; ${a.nSamples} samples per seed against the 60,000 training images):`, '', table('fid')] : []),
     '', 'eps-MSE against the FP model along the FP trajectory:', '', table('eps'),
     '', 'x0-MSE of the final samples against the FP samples from the same noise:', '', table('x0'),
   ].join('\n');

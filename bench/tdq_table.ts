@@ -31,8 +31,8 @@ import { sample, timestepValues } from '../src/diffusion/samplers/index';
 import type { NoiseSchedule } from '../src/diffusion/schedule';
 import { buildUNet, scheduleFromConfig, type Denoiser } from '../src/models/diffusion';
 import { calibrateWithReport } from '../src/quant/calibrate';
-import { type QuantConfig, quantConfigFromJSON, resolveQuantConfig } from '../src/quant/config';
-import { type QuantizedModel, quantizeModel } from '../src/quant/quantize_model';
+import { type QuantConfig, resolveQuantConfig } from '../src/quant/config';
+import { type QuantizedModel, loadQuantized } from '../src/quant/quantize_model';
 import { noGrad } from '../src/tensor/autograd';
 import { detach } from '../src/tensor/ops/elementwise';
 import { Generator } from '../src/tensor/random';
@@ -214,20 +214,13 @@ function cell(v: number[] | undefined): string {
 
 async function loadQat(file: string, m: FpModel): Promise<QuantizedModel> {
   const ck = await loadCheckpoint(file);
-  if (!ck.metadata.quant) throw new Error(`${file} is not a quantized checkpoint`);
-  const cfg = quantConfigFromJSON(ck.metadata.quant);
-  const T = Number(ck.metadata.quant_timesteps ?? m.schedule.numTimesteps);
-  const qm = quantizeModel(buildUNet(m.config.model.params.unet_config, new Generator(0)), cfg, { timesteps: T, gen: new Generator(0) });
-  qm.loadStateDict(ck.model);
-  // The EMA holds parameters only: laid over the model's, buffers (ranges, table) stay.
-  if (ck.ema) qm.loadStateDict(ck.ema, { strict: false });
-  for (const d of [ck.model, ck.ema]) if (d) for (const t of d.values()) t.dispose();
-  qm.eval();
-  if (cfg.useDynamic) {
-    if (ck.ema || !qm.hasTable) qm.buildTable(); // the table must come from the weights in use
-    qm.useTable(true);
+  try {
+    if (!ck.metadata.quant) throw new Error(`${file} is not a quantized checkpoint`);
+    // The EMA weights when there are, the TDQ table rebuilt from them.
+    return loadQuantized(buildUNet(m.config.model.params.unet_config, new Generator(0)), ck.metadata, ck.model, ck.ema);
+  } finally {
+    for (const d of [ck.model, ck.ema]) if (d) for (const t of d.values()) t.dispose();
   }
-  return qm;
 }
 
 async function main(): Promise<void> {

@@ -21,7 +21,7 @@ import { type QuantConfig, levels, resolveQuantConfig } from './config';
 import { type StepMethod, type StepSearchOptions, type TdqTarget, type TimestepStats, StatsCollector, denseLogSteps, mulberry32, searchStep, weightSteps } from './step_search';
 import { type ActRange, type ActQuantizer, rangeForMin } from './quantizer';
 import { type DiffusionModel, QuantizedModel, quantizeModel, setOptionalBuffer } from './quantize_model';
-import { fourierEncoding, inverseSoftplus, softplus, type TdqModule } from './tdq';
+import { encodeTimesteps, softplus, type TdqModule } from './tdq';
 
 // ---------------------------------------------------------------------------
 // TDQ fitting
@@ -90,7 +90,7 @@ export function fitTdqModules(mods: TdqModule[], targets: TdqTarget[], opts: Fit
     dense.forEach((d, q) => {
       for (let i = 0; i < ts.length; ++i) tgt[q * ts.length + i] = d[ts[i]];
     });
-    const enc = fromArray(fourierEncoding(ts, cfg.encDim, cfg.maxPeriod), [ts.length, cfg.encDim]);
+    const enc = encodeTimesteps(fromArray(Float32Array.from(ts), [ts.length]), cfg.encDim, cfg.maxPeriod);
     return sub(log(softplus(mlp(enc))), fromArray(tgt, [Q, ts.length, 1]));
   };
   // Each iteration sees `batch` timesteps, one drawn from each of `batch`

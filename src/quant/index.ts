@@ -2,10 +2,11 @@
 // Quantization (So et al., NeurIPS 2023). See README.md in this folder.
 export * from './config';
 export { SILU_MIN, STEP_FLOOR, type ActRange, ActQuantizer, QuantContext, WeightQuantizer, rangeForMin } from './quantizer';
-export { TdqModule, fourierEncoding, inverseSoftplus, softplus } from './tdq';
+export { TdqModule, encodeTimesteps, fourierEncoding, inverseSoftplus, softplus } from './tdq';
 export { StepTable } from './table';
 export { type FloatLayer, QuantConv1x1, QuantConv2d, QuantLayer, QuantLinear, isQuantizableLayer, quantLayerOf } from './quant_layers';
-export { type DiffusionModel, PAPER_KEEP_FP, type QuantizeOptions, QuantizedModel, isQuantKey, quantizeModel, resolveKeepFp } from './quantize_model';
+export { type DiffusionModel, PAPER_KEEP_FP, type QuantizeOptions, QuantizedModel, isQuantKey, isQuantizedCheckpoint, loadQuantized, quantizeModel, resolveKeepFp } from './quantize_model';
+export { type PreparedQat, type QatOptions, qatPrepare } from './qat';
 export * from './step_search';
 export {
   type CalibrateOptions, type CalibrationReport, type FitOptions, type FromStatsOptions,

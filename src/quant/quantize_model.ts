@@ -4,11 +4,10 @@
 // TDQ quantizers need.
 import { noGrad } from '../tensor/autograd';
 import { Module, type LoadStateDictOptions, type LoadStateDictResult } from '../nn/module';
-import { timestepValues } from '../diffusion/samplers/common';
 import { Generator } from '../tensor/random';
 import { keep, tidy } from '../tensor/scope';
 import { type Tensor, fromArray, runOp } from '../tensor/tensor';
-import { type QuantConfig, quantConfigToJSON, resolveQuantConfig } from './config';
+import { type QuantConfig, quantConfigFromJSON, quantConfigToJSON, resolveQuantConfig } from './config';
 import { ActQuantizer, QuantContext, WeightQuantizer } from './quantizer';
 import { type FloatLayer, type QuantLayer, isQuantizableLayer, quantLayerFor, quantLayerOf } from './quant_layers';
 import { StepTable } from './table';
@@ -135,8 +134,8 @@ export class QuantizedModel extends Module {
 
   /**
    * The values of the t tensor of the next forward call (used once, then
-   * cleared): for callers that keep UNetModel's forward(x, t, y) signature,
-   * such as a generic training loop that draws t in JS.
+   * cleared), for callers that keep UNetModel's forward(x, t, y) signature
+   * and sample with the table from tensors the samplers did not make.
    */
   setTimestepValues(values: ArrayLike<number>): void {
     const v = Float64Array.from(values);
@@ -146,19 +145,20 @@ export class QuantizedModel extends Module {
 
   /**
    * x (B, C, H, W), t (B) float32 model timesteps, y (B) class labels for a
-   * class-conditional UNet. TDQ needs the timesteps' values on the JS side,
-   * taken from (first that applies): tValues; setTimestepValues() before the
-   * call; the samplers' timestep tensors (their values are known without a
-   * read); else t read back with a blocking read (correct, but it waits for
-   * every queued op).
+   * class-conditional UNet: UNetModel.forward's signature. The TDQ MLPs take
+   * their input from the t tensor itself (no read back). Only table lookups
+   * need t's values on the JS side, taken from (first that applies): tValues;
+   * setTimestepValues() before the call; the samplers' timestep tensors
+   * (their values are known without a read); else t read back once with a
+   * blocking read.
    */
   forward(x: Tensor, t: Tensor, y?: Tensor, tValues?: ArrayLike<number>): Tensor {
     const pending = this.pendingT;
     this.pendingT = null;
-    const tv = tValues !== undefined ? Float64Array.from(tValues) : pending ?? timestepValues(t);
-    if (tv.length !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: ${tv.length} timestep values for a batch of ${x.shape[0]}`);
+    const tv = tValues !== undefined ? Float64Array.from(tValues) : pending;
+    if (tv && tv.length !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: ${tv.length} timestep values for a batch of ${x.shape[0]}`);
     if (t.shape.length !== 1 || t.shape[0] !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: t must have shape [${x.shape[0]}], got [${t.shape.join(', ')}]`);
-    this.ctx.begin(tv);
+    this.ctx.begin(t, tv);
     try {
       return y === undefined ? this.model.forward(x, t) : this.model.forward(x, t, y);
     } finally {
@@ -281,4 +281,46 @@ export function quantizeModel(model: DiffusionModel, cfg: QuantConfig, opts: Qua
   if (!(model instanceof Module) || typeof (model as { forward?: unknown }).forward !== 'function')
     throw new TypeError('quantizeModel: model must be a Module with forward(x, t, y?)');
   return new QuantizedModel(model, cfg, opts);
+}
+
+/** Whether checkpoint metadata marks a quantized model. */
+export function isQuantizedCheckpoint(metadata: Record<string, string>): boolean {
+  return typeof metadata.quant === 'string';
+}
+
+/**
+ * A quantized model ready to sample, from a checkpoint's parts: the float
+ * UNet built from the checkpoint's config (its weights are overwritten), the
+ * metadata ('quant', 'quant_timesteps'), the model state dict and, when
+ * given, the EMA. The EMA holds parameters only, so it is laid over the
+ * model's state (ranges, tables and statistics are buffers). With useTable
+ * (the default) the TDQ table is rebuilt from the weights in use unless the
+ * checkpoint's table was made from them (no EMA given), and sampling reads it.
+ * The caller keeps ownership of the dicts.
+ */
+export function loadQuantized(
+  unet: DiffusionModel,
+  metadata: Record<string, string>,
+  model: Map<string, Tensor>,
+  ema?: Map<string, Tensor> | null,
+  opts: { useTable?: boolean } = {},
+): QuantizedModel {
+  if (!isQuantizedCheckpoint(metadata)) throw new TypeError("loadQuantized: the checkpoint has no 'quant' metadata (it is not quantized)");
+  const cfg = quantConfigFromJSON(metadata.quant);
+  const T = Number(metadata.quant_timesteps);
+  if (!Number.isInteger(T) || T < 1) throw new RangeError(`loadQuantized: metadata 'quant_timesteps' must be a positive integer, got ${JSON.stringify(metadata.quant_timesteps)}`);
+  const qm = quantizeModel(unet, cfg, { timesteps: T, gen: new Generator(0) });
+  try {
+    qm.loadStateDict(model);
+    if (ema) qm.loadStateDict(ema, { strict: false });
+    qm.eval();
+    if (cfg.useDynamic && (opts.useTable ?? true)) {
+      if (ema || !qm.hasTable) qm.buildTable();
+      qm.useTable(true);
+    }
+  } catch (e) {
+    qm.dispose();
+    throw e;
+  }
+  return qm;
 }

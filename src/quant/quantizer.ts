@@ -9,7 +9,8 @@ import { Module } from '../nn/module';
 import { Generator } from '../tensor/random';
 import { type Tensor, fromArray, runOp } from '../tensor/tensor';
 import { type QuantConfig, levels } from './config';
-import { TdqModule } from './tdq';
+import { TdqModule, encodeTimesteps } from './tdq';
+import { timestepValues } from '../diffusion/samplers/common';
 import { StepTable } from './table';
 
 /**
@@ -63,30 +64,43 @@ export class QuantContext {
   useTable = false;
   /** Called with each activation quantizer's input in 'observe' mode. */
   observer: ((q: ActQuantizer, x: Tensor, tValues: Float64Array) => void) | null = null;
+  private t: Tensor | null = null;
   private tValues_: Float64Array | null = null;
   private enc: Tensor | null = null;
 
   constructor(readonly timesteps: number, readonly encDim: number, readonly maxPeriod: number) {}
 
-  /** Sets the timesteps of the batch about to run (cleared by end()). */
-  begin(tValues: Float64Array): void {
+  /** Sets the timesteps of the batch about to run (cleared by end()); their JS values when the caller has them. */
+  begin(t: Tensor, tValues: Float64Array | null = null): void {
+    this.t = t;
     this.tValues_ = tValues;
     this.enc = null;
   }
 
   end(): void {
+    this.t = null;
     this.tValues_ = null;
     this.enc = null; // owned by the caller's tidy scope, like every intermediate
   }
 
+  private get tensor(): Tensor {
+    if (!this.t) throw new Error('TDQ quantizer: no timesteps for this forward (call the QuantizedModel, not the UNet)');
+    return this.t;
+  }
+
+  /**
+   * The timesteps' values on the JS side (table lookups, calibration): given
+   * by the caller, known for the samplers' timestep tensors, else read back
+   * once with a blocking read.
+   */
   get tValues(): Float64Array {
-    if (!this.tValues_) throw new Error('TDQ quantizer: no timesteps for this forward (call the QuantizedModel, not the UNet, or pass tValues)');
+    if (!this.tValues_) this.tValues_ = timestepValues(this.tensor);
     return this.tValues_;
   }
 
-  /** The (B, encDim) encoding of this batch's timesteps, made once per forward. */
-  encoding(tdq: TdqModule): Tensor {
-    if (!this.enc) this.enc = tdq.encode(this.tValues);
+  /** The (B, encDim) encoding of this batch's timesteps, computed from t once per forward. */
+  encoding(): Tensor {
+    if (!this.enc) this.enc = encodeTimesteps(this.tensor, this.encDim, this.maxPeriod);
     return this.enc;
   }
 }
@@ -192,12 +206,12 @@ export class ActQuantizer extends Module {
   stepTensor(): Tensor {
     if (this.step) return this.step;
     if (this.alpha) return scale(this.alpha, 1 / this.qmax);
-    const tv = this.ctx.tValues;
     if (this.ctx.useTable) {
+      const tv = this.ctx.tValues;
       if (!this.table) throw new Error(`${this.name}: useTable is on but the TDQ table has not been built or loaded (call buildTable())`);
       return fromArray(this.table.lookup(tv), [tv.length]);
     }
-    return this.tdq!.forward(this.ctx.encoding(this.tdq!));
+    return this.tdq!.forward(this.ctx.encoding());
   }
 
   forward(x: Tensor): Tensor {

@@ -8,7 +8,8 @@
 // inference never runs it.
 import { record } from '../tensor/autograd';
 import { linear } from '../tensor/ops/linalg';
-import { relu, reshape } from '../tensor/ops/elementwise';
+import { cos, mul, relu, reshape, sin } from '../tensor/ops/elementwise';
+import { cat } from '../tensor/ops/shape';
 import { dropout } from '../tensor/ops/dropout';
 import { Module } from '../nn/module';
 import { linearInit } from '../nn/init';
@@ -29,13 +30,29 @@ export function inverseSoftplus(y: number): number {
   return y > 20 ? y : y + Math.log(-Math.expm1(-y));
 }
 
+/** The geometric frequencies f_i = maxPeriod^(-i/h), i < h = dim/2, as float32. */
+function frequencies(dim: number, maxPeriod: number): Float32Array {
+  if (!Number.isInteger(dim) || dim < 2 || dim % 2) throw new RangeError(`fourier encoding: dim must be an even integer >= 2, got ${dim}`);
+  const half = dim / 2;
+  return Float32Array.from({ length: half }, (_, i) => Math.exp((-Math.log(maxPeriod) * i) / half));
+}
+
 /**
- * The encoding of timesteps t (B values) into (B, dim) float32, row b =
+ * The encoding of a (B) float32 timestep tensor into (B, dim), row b =
  * [cos(t_b f_0) .. cos(t_b f_{h-1}), sin(t_b f_0) .. sin(t_b f_{h-1})],
- * f_i = maxPeriod^(-i/h), h = dim/2: the layout of openaimodel's
- * timestep_embedding. Computed in float64 from the JS values and rounded once,
- * so the table and the live module see exactly the same inputs.
+ * f_i = maxPeriod^(-i/h), h = dim/2: the layout and float32 arithmetic of
+ * openaimodel's timestep_embedding. Computed on the engine from t itself, so
+ * training needs no read of t back to JS; the table is built through this
+ * same function, so table and live module see exactly the same inputs.
  */
+export function encodeTimesteps(t: Tensor, dim: number, maxPeriod = 10000): Tensor {
+  if (t.ndim !== 1 || t.dtype !== 'float32') throw new TypeError(`encodeTimesteps: t must be a (B) float32 tensor, got ${t.dtype} [${t.shape.join(', ')}]`);
+  const f = frequencies(dim, maxPeriod);
+  const args = mul(reshape(t, [t.shape[0], 1]), fromArray(f, [1, f.length]));
+  return cat([cos(args), sin(args)], 1);
+}
+
+/** The same encoding in float64 (then rounded once): the reference for tests. */
 export function fourierEncoding(tValues: ArrayLike<number>, dim: number, maxPeriod = 10000): Float32Array {
   if (!Number.isInteger(dim) || dim < 2 || dim % 2) throw new RangeError(`fourierEncoding: dim must be an even integer >= 2, got ${dim}`);
   const half = dim / 2;
@@ -96,9 +113,9 @@ export class TdqModule extends Module {
     return this.mlp.layers[this.mlp.layers.length - 1];
   }
 
-  /** Encodes B timestep values into the (B, encDim) input of forward. */
+  /** Encodes B timestep values into the (B, encDim) input of forward (as float32 t, like the model's t). */
   encode(tValues: ArrayLike<number>): Tensor {
-    return fromArray(fourierEncoding(tValues, this.cfg.encDim, this.cfg.maxPeriod), [tValues.length, this.cfg.encDim]);
+    return encodeTimesteps(fromArray(Float32Array.from(tValues), [tValues.length]), this.cfg.encDim, this.cfg.maxPeriod);
   }
 
   /** enc (B, encDim) -> step sizes (B), all positive. */

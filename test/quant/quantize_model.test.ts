@@ -155,7 +155,7 @@ describe('calibrated quantized model', () => {
     // And directly: every table entry is the MLP's output for a batch at that timestep.
     const q = qm.actQuantizers()[5];
     for (const t of [0, 1, 500, 999]) {
-      qm.ctx.begin(Float64Array.from([t, t, t]));
+      qm.ctx.begin(fromArray([t, t, t], [3]), Float64Array.from([t, t, t]));
       qm.ctx.useTable = false;
       const s = await f32(q.stepTensor());
       qm.ctx.end();
@@ -222,6 +222,13 @@ describe('calibrated quantized model', () => {
       opt.step();
       qm.zeroGrad();
     }
+    // A generic training loop passes only the t tensor: same result, no timestep values needed.
+    qm.eval();
+    const tv = [3, 400, 800, 999];
+    const xq = fromArray(randomData(SHAPE, 62), SHAPE);
+    const withValues = await f32(noGrad(() => tidy(() => qm.forward(xq, fromArray(tv, [B]), undefined, tv))));
+    const tensorOnly = await f32(noGrad(() => tidy(() => qm.forward(xq, fromArray(tv, [B])))));
+    assert.deepEqual(Array.from(tensorOnly), Array.from(withValues));
     const first = losses.slice(0, 5).reduce((a, b) => a + b) / 5, last = losses.slice(-5).reduce((a, b) => a + b) / 5;
     assert.ok(last < 0.9 * first, `loss ${first} -> ${last}`);
     const w1 = tdqW.dataSync() as Float32Array;

@@ -2,12 +2,12 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { DEFAULT_TDQ_MODULE, type TdqModuleConfig } from '../../src/quant/config';
-import { TdqModule, fourierEncoding, inverseSoftplus, softplus } from '../../src/quant/tdq';
+import { TdqModule, encodeTimesteps, fourierEncoding, inverseSoftplus, softplus } from '../../src/quant/tdq';
 import { backward } from '../../src/tensor/autograd';
 import { native } from '../../src/tensor/native';
 import { Generator } from '../../src/tensor/random';
 import { type Tensor, fromArray, runOp1, sync } from '../../src/tensor/tensor';
-import { assertClose, randomData } from '../helpers/assert';
+import { assertClose, maxAbsError, randomData } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
 
 const skip = torchUnavailable();
@@ -94,6 +94,14 @@ describe('TDQ module against PyTorch', { skip: skip ?? false }, () => {
       const ref = await oracle.call('tdq_encoding', { t: { shape: [t.length], data: Float32Array.from(t) } }, { dim, max_period: 10000 });
       assertClose(enc, ref.outputs[0].data, RTOL_ENC, `dim ${dim}`);
     }
+    // The engine's float32 version (what the module uses): t * f rounded to
+    // float32 moves sin/cos by up to |t| * 2^-24.
+    for (const dim of [16, 64]) {
+      const ref = await oracle.call('tdq_encoding', { t: { shape: [t.length], data: Float32Array.from(t) } }, { dim, max_period: 10000 });
+      const enc = await f32(encodeTimesteps(fromArray(t, [t.length]), dim));
+      assert.ok(maxAbsError(enc, ref.outputs[0].data) < 1e-4, `engine encoding, dim ${dim}: ${maxAbsError(enc, ref.outputs[0].data)}`);
+    }
+    assert.throws(() => encodeTimesteps(fromArray([1], [1], 'int32'), 4), /float32/);
     assert.throws(() => fourierEncoding([1], 3), /even integer/);
     assert.throws(() => fourierEncoding([NaN], 4), /timestep 0 is NaN/);
   });

@@ -1,0 +1,302 @@
+// The results table of the TDQ issue: FP, static (LSQ) and TDQ, as PTQ and as
+// QAT, at W8A8, W4A8, W8A4 and W4A4, sampled with DDIM at a fixed step count,
+// every number with its spread over seeds.
+//
+//   node dist/bench/tdq_table.js --ckpt models/fmnist-small.safetensors \
+//     [--n-samples 16] [--steps 50] [--seeds 0,1,2] [--settings W8A8,W4A8,W8A4,W4A4] \
+//     [--calib-samples 16] [--method mse] [--qat w4a8-tdq=runs/x/model.safetensors ...] \
+//     [--out bench/tdq_table.json]
+//
+// Metrics. FID-FMNIST (src/eval: the project's Fashion-MNIST classifier
+// features, reference = the 60,000 training images; --no-fid skips it) of each
+// model's own DDIM samples, per seed. Small sample counts bias FID upward, the
+// same way for every row (same n), so rows compare; absolute values do not
+// compare with published FIDs. And two proxies: for every seed, the FP model
+// samples n images with DDIM; along that FP trajectory each quantized model
+// predicts the noise at every step, and
+//   eps-MSE  = mean over steps and pixels of (eps_Q(x_t, t) - eps_FP(x_t, t))^2
+// (teacher-forced: it measures the quantization error of each step, not the
+// drift). The quantized model's own DDIM samples from the same x_T are also
+// compared with the FP samples:
+//   x0-MSE   = mean over pixels of (x0_Q - x0_FP)^2.
+// Each cell: mean ± standard deviation over seeds. PTQ rows are calibrated
+// here (calibration seed 1000, disjoint from the evaluation seeds); QAT rows
+// need checkpoints trained with `tdq-native train --ckpt FP --n-bit-w ...`,
+// passed as --qat <setting>-<lsq|tdq>=<file>.
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { parseConfig, type Config } from '../src/config';
+import { sample, timestepValues } from '../src/diffusion/samplers/index';
+import type { NoiseSchedule } from '../src/diffusion/schedule';
+import { buildUNet, scheduleFromConfig, type Denoiser } from '../src/models/diffusion';
+import { calibrateWithReport } from '../src/quant/calibrate';
+import { type QuantConfig, resolveQuantConfig } from '../src/quant/config';
+import { type QuantizedModel, loadQuantized } from '../src/quant/quantize_model';
+import { noGrad } from '../src/tensor/autograd';
+import { detach } from '../src/tensor/ops/elementwise';
+import { Generator } from '../src/tensor/random';
+import { keep, tidy } from '../src/tensor/scope';
+import { type Tensor, fromArray } from '../src/tensor/tensor';
+import { loadCheckpoint } from '../src/train/checkpoint';
+import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
+
+interface Args {
+  ckpt: string;
+  nSamples: number;
+  steps: number;
+  seeds: number[];
+  settings: [number, number][];
+  calibSamples: number;
+  calibSteps: number;
+  method: 'mse' | 'minmax' | 'percentile';
+  qat: Map<string, string>;
+  out: string;
+  skipPtq: boolean;
+  fid: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = {
+    ckpt: 'models/fmnist-small.safetensors', nSamples: 16, steps: 50, seeds: [0, 1, 2],
+    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'mse', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, fid: true,
+  };
+  for (let i = 0; i < argv.length; ++i) {
+    const k = argv[i], v = () => {
+      const x = argv[++i];
+      if (x === undefined) throw new Error(`${k} needs a value`);
+      return x;
+    };
+    const int = (s: string) => {
+      const n = Number(s);
+      if (!Number.isInteger(n) || n < 0) throw new Error(`${k}: expected a non-negative integer, got '${s}'`);
+      return n;
+    };
+    switch (k) {
+      case '--ckpt': a.ckpt = v(); break;
+      case '--n-samples': a.nSamples = int(v()); break;
+      case '--steps': a.steps = int(v()); break;
+      case '--seeds': a.seeds = v().split(',').map(int); break;
+      case '--calib-samples': a.calibSamples = int(v()); break;
+      case '--calib-steps': a.calibSteps = int(v()); break;
+      case '--method': a.method = v() as Args['method']; break;
+      case '--out': a.out = v(); break;
+      case '--skip-ptq': a.skipPtq = true; break;
+      case '--no-fid': a.fid = false; break;
+      case '--settings':
+        a.settings = v().split(',').map((s) => {
+          const m = /^W(\d)A(\d)$/i.exec(s.trim());
+          if (!m) throw new Error(`--settings: '${s}' is not of the form W4A8`);
+          return [Number(m[1]), Number(m[2])];
+        });
+        break;
+      case '--qat': {
+        const [key, file] = v().split('=');
+        if (!/^w\da\d-(lsq|tdq)$/i.test(key ?? '') || !file) throw new Error(`--qat expects <w4a8-tdq|w4a8-lsq>=<file>, got '${key}=${file}'`);
+        a.qat.set(key.toLowerCase(), file);
+        break;
+      }
+      default:
+        throw new Error(`unknown argument ${k}`);
+    }
+  }
+  if (a.nSamples < 1 || a.steps < 1 || !a.seeds.length) throw new Error('--n-samples, --steps and --seeds must be positive / non-empty');
+  return a;
+}
+
+interface FpModel {
+  config: Config;
+  schedule: NoiseSchedule;
+  shape: number[];
+  weights: Map<string, Tensor>;
+}
+
+async function loadFp(file: string): Promise<FpModel> {
+  const ck = await loadCheckpoint(file);
+  if (ck.metadata.quant) throw new Error(`${file} is quantized; pass the full-precision model`);
+  if (!ck.metadata.config) throw new Error(`${file} carries no config in its metadata`);
+  const config = parseConfig(ck.metadata.config, `${file} (metadata 'config')`).config;
+  const weights = ck.ema ?? ck.model;
+  const other = ck.ema ? ck.model : null;
+  if (other) for (const t of other.values()) t.dispose();
+  const p = config.model.params;
+  return { config, schedule: scheduleFromConfig(p), shape: [p.channels, p.image_size, p.image_size], weights };
+}
+
+function freshUNet(fp: FpModel): Denoiser {
+  const u = buildUNet(fp.config.model.params.unet_config, new Generator(0));
+  u.loadStateDict(fp.weights);
+  u.eval();
+  return u;
+}
+
+/** The FP reference of one seed: the trajectory's inputs and noise predictions per step, and the samples. */
+interface Reference {
+  xs: Float32Array[];
+  ts: number[];
+  eps: Float32Array[];
+  x0: Float32Array;
+}
+
+async function reference(fp: Denoiser, a: Args, m: FpModel, seed: number): Promise<Reference> {
+  const xs: Tensor[] = [], eps: Tensor[] = [], ts: number[] = [];
+  const out = await sample((x, t) => {
+    const e = fp.forward(x, t);
+    xs.push(keep(detach(x)));
+    eps.push(keep(detach(e)));
+    ts.push(timestepValues(t)[0]); // known to the sampler: no blocking read
+    return e;
+  }, { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape: [a.nSamples, ...m.shape], seed });
+  const r: Reference = { xs: xs.map((t) => Float32Array.from(t.dataSync() as Float32Array)), ts, eps: eps.map((t) => Float32Array.from(t.dataSync() as Float32Array)), x0: Float32Array.from(out.dataSync() as Float32Array) };
+  for (const t of [...xs, ...eps, out]) t.dispose();
+  return r;
+}
+
+function mse(a: Float32Array, b: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; ++i) s += (a[i] - b[i]) ** 2;
+  return s / a.length;
+}
+
+/** FID-FMNIST of one set of samples (N, C, H, W) in [-1, 1], rounded to 8 bits as saved PNGs would be. */
+type FidFn = (name: string, x0: Float32Array) => Promise<number>;
+
+async function makeFid(a: Args, m: FpModel): Promise<FidFn | null> {
+  if (!a.fid) return null;
+  const net = await loadFeatureNet('fmnist');
+  const reference = fashionMnistSource({ split: 'train' });
+  return async (name, x0) => {
+    const samples = arraySource(name, x0, [a.nSamples, m.shape[0], m.shape[1], m.shape[2]], { quantize8: true });
+    const r = await runEval({ samples, reference, metrics: ['fid'], net });
+    return r.metrics.fid!.value;
+  };
+}
+
+async function evaluate(qm: QuantizedModel, a: Args, m: FpModel, refs: Reference[], fid: FidFn | null): Promise<Scores> {
+  const epsM: number[] = [], x0M: number[] = [], fids: number[] = [];
+  const shape = [a.nSamples, ...m.shape];
+  for (const [si, seed] of a.seeds.entries()) {
+    const r = refs[si];
+    let acc = 0;
+    for (let k = 0; k < r.xs.length; ++k) {
+      const tv = new Array(a.nSamples).fill(r.ts[k]);
+      const e = noGrad(() => tidy(() => qm.forward(fromArray(r.xs[k], shape), fromArray(tv, [a.nSamples]), undefined, tv)));
+      acc += mse(e.dataSync() as Float32Array, r.eps[k]);
+      e.dispose();
+    }
+    epsM.push(acc / r.xs.length);
+    const out = await sample((x, t) => qm.forward(x, t), { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape, seed });
+    const x0 = Float32Array.from(out.dataSync() as Float32Array);
+    out.dispose();
+    x0M.push(mse(x0, r.x0));
+    if (fid) fids.push(await fid(`seed ${seed}`, x0));
+  }
+  return { eps: epsM, x0: x0M, ...(fid ? { fid: fids } : {}) };
+}
+
+interface Scores {
+  eps: number[];
+  x0: number[];
+  fid?: number[];
+}
+
+function meanStd(v: number[]): [number, number] {
+  const mu = v.reduce((s, x) => s + x, 0) / v.length;
+  const sd = v.length > 1 ? Math.sqrt(v.reduce((s, x) => s + (x - mu) ** 2, 0) / (v.length - 1)) : 0;
+  return [mu, sd];
+}
+
+function cell(v: number[] | undefined): string {
+  if (!v) return '—';
+  const [mu, sd] = meanStd(v);
+  return `${mu.toPrecision(3)} ± ${sd.toPrecision(2)}`;
+}
+
+async function loadQat(file: string, m: FpModel): Promise<QuantizedModel> {
+  const ck = await loadCheckpoint(file);
+  try {
+    if (!ck.metadata.quant) throw new Error(`${file} is not a quantized checkpoint`);
+    // The EMA weights when there are, the TDQ table rebuilt from them.
+    return loadQuantized(buildUNet(m.config.model.params.unet_config, new Generator(0)), ck.metadata, ck.model, ck.ema);
+  } finally {
+    for (const d of [ck.model, ck.ema]) if (d) for (const t of d.values()) t.dispose();
+  }
+}
+
+async function main(): Promise<void> {
+  const a = parseArgs(process.argv.slice(2));
+  const m = await loadFp(a.ckpt);
+  const t0 = Date.now();
+  const fp = freshUNet(m);
+  const refs: Reference[] = [];
+  for (const seed of a.seeds) refs.push(await reference(fp, a, m, seed));
+  fp.dispose();
+  console.log(`FP references: ${a.seeds.length} seeds x ${a.nSamples} samples, DDIM ${a.steps} steps (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  const fid = await makeFid(a, m);
+  const results: Record<string, Scores & { seconds: number }> = {};
+  if (fid) {
+    const fpFid: number[] = [];
+    for (const [si, seed] of a.seeds.entries()) fpFid.push(await fid(`fp seed ${seed}`, refs[si].x0));
+    results.fp = { eps: a.seeds.map(() => 0), x0: a.seeds.map(() => 0), fid: fpFid, seconds: 0 };
+    console.log(`fp: FID-FMNIST ${cell(fpFid)}`);
+  }
+  const run = async (key: string, make: () => Promise<QuantizedModel>) => {
+    const s0 = Date.now();
+    const qm = await make();
+    try {
+      results[key] = { ...(await evaluate(qm, a, m, refs, fid)), seconds: (Date.now() - s0) / 1000 };
+    } finally {
+      qm.dispose();
+    }
+    const r = results[key];
+    console.log(`${key}: ${r.fid ? `FID-FMNIST ${cell(r.fid)}, ` : ''}eps-MSE ${cell(r.eps)}, x0-MSE ${cell(r.x0)} (${r.seconds.toFixed(1)} s)`);
+  };
+  for (const [w, act] of a.settings) {
+    for (const useDynamic of [false, true]) {
+      const name = `w${w}a${act}-${useDynamic ? 'tdq' : 'lsq'}`;
+      if (!a.skipPtq)
+        await run(`ptq-${name}`, async () => {
+          const cfg: QuantConfig = resolveQuantConfig({ nBitW: w, nBitA: act, useDynamic });
+          const { model } = await calibrateWithReport(freshUNet(m), cfg, {
+            schedule: m.schedule, steps: a.calibSteps, nSamples: a.calibSamples, seed: 1000, method: a.method, sampleShape: m.shape,
+          });
+          if (useDynamic) {
+            model.buildTable();
+            model.useTable(true);
+          }
+          return model;
+        });
+      const qat = a.qat.get(name);
+      if (qat) await run(`qat-${name}`, () => loadQat(qat, m));
+    }
+  }
+  for (const t of m.weights.values()) t.dispose();
+
+  const header = `| method | ${a.settings.map(([w, x]) => `W${w}A${x}`).join(' | ')} |`;
+  const rule = `|---|${a.settings.map(() => '---').join('|')}|`;
+  const row = (label: string, key: (s: string) => string, metric: 'eps' | 'x0' | 'fid') =>
+    `| ${label} | ${a.settings.map(([w, x]) => cell(results[key(`w${w}a${x}`)]?.[metric])).join(' | ')} |`;
+  const table = (metric: 'eps' | 'x0' | 'fid') => [
+    header, rule,
+    `| FP | ${a.settings.map(() => (metric === 'fid' ? cell(results.fp?.fid) : '0')).join(' | ')} |`,
+    row('PTQ static (LSQ init)', (s) => `ptq-${s}-lsq`, metric),
+    row('PTQ TDQ', (s) => `ptq-${s}-tdq`, metric),
+    row('QAT static (LSQ)', (s) => `qat-${s}-lsq`, metric),
+    row('QAT TDQ', (s) => `qat-${s}-tdq`, metric),
+  ].join('\n');
+  const md = [
+    `Mean ± std over seeds ${a.seeds.join(', ')}; ${a.nSamples} samples per seed; DDIM ${a.steps} steps (eta 0); ${path.basename(a.ckpt)}; PTQ calibrated on ${a.calibSamples} trajectories of ${a.calibSteps} steps (${a.method}).`,
+    ...(fid ? ['', `FID-FMNIST (lower is better; ${a.nSamples} samples per seed against the 60,000 training images):`, '', table('fid')] : []),
+    '', 'eps-MSE against the FP model along the FP trajectory:', '', table('eps'),
+    '', 'x0-MSE of the final samples against the FP samples from the same noise:', '', table('x0'),
+  ].join('\n');
+  console.log(`\n${md}`);
+  fs.mkdirSync(path.dirname(path.resolve(a.out)), { recursive: true });
+  fs.writeFileSync(a.out, JSON.stringify({ args: { ...a, qat: Object.fromEntries(a.qat) }, results, markdown: md }, null, 2));
+  console.log(`\nwrote ${a.out}`);
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.stack ?? e.message : e);
+  process.exit(1);
+});

@@ -1,0 +1,326 @@
+// Model surgery: every conv and linear layer of a UNet gets a quantized
+// forward (quant_layers.ts) except those kept in full precision, and the
+// whole is wrapped in a QuantizedModel that knows the batch's timesteps, which
+// TDQ quantizers need.
+import { noGrad } from '../tensor/autograd';
+import { Module, type LoadStateDictOptions, type LoadStateDictResult } from '../nn/module';
+import { Generator } from '../tensor/random';
+import { keep, tidy } from '../tensor/scope';
+import { type Tensor, fromArray, runOp } from '../tensor/tensor';
+import { type QuantConfig, quantConfigFromJSON, quantConfigToJSON, resolveQuantConfig } from './config';
+import { ActQuantizer, QuantContext, WeightQuantizer } from './quantizer';
+import { type FloatLayer, type QuantLayer, isQuantizableLayer, quantLayerFor, quantLayerOf } from './quant_layers';
+import { StepTable } from './table';
+
+/** A diffusion UNet: (x, t, y?) -> predicted noise. */
+export type DiffusionModel = Module & { forward(x: Tensor, t: Tensor, y?: Tensor): Tensor };
+
+/**
+ * The paper's full-precision layers: the timestep-embedding MLP and each
+ * ResBlock's projection of it (functions of t only: precomputed per timestep
+ * at inference, as the authors' code notes), the first conv (image in) and
+ * the last conv (noise out). Names for UNetModel (openaimodel) and, second,
+ * for the DDPM port; 'paper' uses those that exist in the model.
+ */
+export const PAPER_KEEP_FP: readonly string[] = [
+  'time_embed.0', 'time_embed.2', '*.emb_layers.1', 'input_blocks.0.0', 'out.2',
+  'temb.dense.0', 'temb.dense.1', '*.temb_proj', 'conv_in', 'conv_out',
+];
+
+/** Layers whose outputs feed the attention matmuls (q, k, v), for quantizeAttention. */
+function isAttentionProjection(name: string): boolean {
+  const last = name.slice(name.lastIndexOf('.') + 1);
+  return last === 'qkv' || ((last === 'q' || last === 'k' || last === 'v') && /attn/i.test(name));
+}
+
+function globToRegExp(pattern: string): RegExp {
+  const esc = pattern.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*');
+  return new RegExp(`^${esc}$`);
+}
+
+/**
+ * The layers kept in full precision, checked: each user-given name or pattern
+ * must match at least one quantizable layer.
+ */
+export function resolveKeepFp(keepFp: QuantConfig['keepFp'], layerNames: readonly string[]): Set<string> {
+  const patterns = keepFp === 'paper' ? PAPER_KEEP_FP : keepFp;
+  const kept = new Set<string>();
+  const unknown: string[] = [];
+  for (const p of patterns) {
+    const re = globToRegExp(p);
+    const hits = layerNames.filter((n) => re.test(n));
+    if (!hits.length && keepFp !== 'paper') unknown.push(p);
+    for (const h of hits) kept.add(h);
+  }
+  if (unknown.length) {
+    const shown = layerNames.slice(0, 12).join(', ') + (layerNames.length > 12 ? `, ... (${layerNames.length} in all)` : '');
+    throw new RangeError(`quantizeModel: keepFp names ${unknown.map((u) => `'${u}'`).join(', ')} match no conv/linear layer of the model (layers: ${shown})`);
+  }
+  return kept;
+}
+
+export interface QuantizeOptions {
+  /** T, the number of timesteps of the schedule (the TDQ table has T rows). */
+  timesteps: number;
+  /** Initialises the TDQ MLPs. */
+  gen: Generator;
+}
+
+/** Keys of optional per-quantizer buffers, created on load when a checkpoint has them. */
+const OPTIONAL_BUFFERS = ['step_table', 'calib_t', 'calib_min', 'calib_max', 'calib_step'] as const;
+export type CalibBuffer = (typeof OPTIONAL_BUFFERS)[number];
+
+/**
+ * A UNet with quantized conv/linear layers. It is a Module whose children are
+ * the UNet's own, so its state-dict keys are the float model's keys plus the
+ * quantizers' (e.g. 'input_blocks.1.0.in_layers.2.act_quant.tdq.mlp.0.weight').
+ */
+export class QuantizedModel extends Module {
+  readonly config: QuantConfig;
+  readonly timesteps: number;
+  readonly ctx: QuantContext;
+  /** Quantized layers by layer name, in model order. */
+  readonly layers = new Map<string, QuantLayer>();
+  /** Layers left in full precision. */
+  readonly fpLayers: string[] = [];
+
+  constructor(readonly model: DiffusionModel, cfg: QuantConfig, opts: QuantizeOptions) {
+    super();
+    this.config = resolveQuantConfig(cfg);
+    if (!Number.isInteger(opts?.timesteps) || opts.timesteps < 1) throw new RangeError(`quantizeModel: timesteps must be a positive integer, got ${opts?.timesteps}`);
+    if (!(opts.gen instanceof Generator)) throw new TypeError('quantizeModel: opts.gen must be a Generator');
+    this.timesteps = opts.timesteps;
+    this.ctx = new QuantContext(opts.timesteps, this.config.tdq.encDim, this.config.tdq.maxPeriod);
+
+    const candidates = model.namedModules().filter(([, m]) => isQuantizableLayer(m)) as [string, FloatLayer][];
+    for (const [name, m] of candidates) if (quantLayerOf(m)) throw new Error(`quantizeModel: layer '${name}' is already quantized`);
+    const keep = resolveKeepFp(this.config.keepFp, candidates.map(([n]) => n));
+    for (const [name, layer] of candidates) {
+      if (keep.has(name)) {
+        this.fpLayers.push(name);
+        continue;
+      }
+      const { nBitA, nBitW } = this.config;
+      const parts = {
+        actQuant: new ActQuantizer(`${name}.act_quant`, nBitA, this.config, this.ctx, opts.gen),
+        weightQuant: new WeightQuantizer(layer.weight.shape[0], nBitW, this.ctx),
+        outQuant: this.config.quantizeAttention && isAttentionProjection(name)
+          ? new ActQuantizer(`${name}.out_quant`, nBitA, this.config, this.ctx, opts.gen)
+          : undefined,
+      };
+      this.layers.set(name, quantLayerFor(name, layer, parts));
+    }
+    // Share the UNet's tree under the same names (keys unchanged).
+    for (const [n, c] of model.namedChildren()) this.registerModule(n, c);
+    for (const [n, p] of model.namedParameters()) if (!n.includes('.')) this.registerParameter(n, p);
+    for (const [n, b] of model.namedBuffers()) if (!n.includes('.')) this.registerBuffer(n, b);
+  }
+
+  /** Every activation quantizer (inputs, then attention outputs) with its key prefix, in model order. */
+  actQuantizers(): ActQuantizer[] {
+    const out: ActQuantizer[] = [];
+    for (const l of this.layers.values()) {
+      out.push(l.actQuant);
+      if (l.outQuant) out.push(l.outQuant);
+    }
+    return out;
+  }
+
+  weightQuantizers(): [string, WeightQuantizer][] {
+    return [...this.layers].map(([n, l]) => [`${n}.weight_quant`, l.weightQuant]);
+  }
+
+  private pendingT: Float64Array | null = null;
+
+  /**
+   * The values of the t tensor of the next forward call (used once, then
+   * cleared), for callers that keep UNetModel's forward(x, t, y) signature
+   * and sample with the table from tensors the samplers did not make.
+   */
+  setTimestepValues(values: ArrayLike<number>): void {
+    const v = Float64Array.from(values);
+    for (const x of v) if (!Number.isFinite(x)) throw new RangeError(`setTimestepValues: timestep ${x} is not finite`);
+    this.pendingT = v;
+  }
+
+  /**
+   * x (B, C, H, W), t (B) float32 model timesteps, y (B) class labels for a
+   * class-conditional UNet: UNetModel.forward's signature. The TDQ MLPs take
+   * their input from the t tensor itself (no read back). Only table lookups
+   * need t's values on the JS side, taken from (first that applies): tValues;
+   * setTimestepValues() before the call; the samplers' timestep tensors
+   * (their values are known without a read); else t read back once with a
+   * blocking read.
+   */
+  forward(x: Tensor, t: Tensor, y?: Tensor, tValues?: ArrayLike<number>): Tensor {
+    const pending = this.pendingT;
+    this.pendingT = null;
+    const tv = tValues !== undefined ? Float64Array.from(tValues) : pending;
+    if (tv && tv.length !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: ${tv.length} timestep values for a batch of ${x.shape[0]}`);
+    if (t.shape.length !== 1 || t.shape[0] !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: t must have shape [${x.shape[0]}], got [${t.shape.join(', ')}]`);
+    this.ctx.begin(t, tv);
+    try {
+      return y === undefined ? this.model.forward(x, t) : this.model.forward(x, t, y);
+    } finally {
+      this.ctx.end();
+    }
+  }
+
+  /** Fake-quantize (the default) or run the same model in full precision (for comparisons). */
+  setQuantEnabled(on: boolean): void {
+    this.ctx.mode = on ? 'quant' : 'fp';
+  }
+
+  override train(mode = true): this {
+    super.train(mode);
+    this.model.train(mode);
+    return this;
+  }
+
+  /** Quantizer steps, PACT bounds and TDQ MLP weights: the group with its own learning rate. */
+  quantParameters(): [string, Tensor][] {
+    return this.namedParameters().filter(([n]) => isQuantKey(n));
+  }
+
+  /** The float model's own parameters (weights and biases). */
+  floatParameters(): [string, Tensor][] {
+    return this.namedParameters().filter(([n]) => !isQuantKey(n));
+  }
+
+  get hasTable(): boolean {
+    return this.actQuantizers().every((q) => q.kind !== 'tdq' || q.table !== null);
+  }
+
+  /**
+   * Evaluates every TDQ module at t = 0 .. T-1 (eval mode, no dropout) and
+   * stores the steps as each quantizer's 'step_table' (T). Blocks until the
+   * values are read. Static quantizers need no table.
+   */
+  buildTable(): void {
+    const T = this.timesteps;
+    const ts = Float64Array.from({ length: T }, (_, i) => i);
+    for (const q of this.actQuantizers()) {
+      if (q.kind !== 'tdq') continue;
+      const wasTraining = q.tdq!.training;
+      q.tdq!.eval();
+      const steps = noGrad(() => tidy(() => q.tdq!.forward(q.tdq!.encode(ts))));
+      q.tdq!.train(wasTraining);
+      const values = steps.dataSync() as Float32Array;
+      steps.dispose();
+      q.table = new StepTable(Float32Array.from(values));
+      setOptionalBuffer(q, 'step_table', q.table.values);
+    }
+  }
+
+  /** Sampling reads step sizes from the table (true) or runs the TDQ MLPs (false, the default). */
+  useTable(on: boolean): void {
+    if (on && !this.hasTable) throw new Error('QuantizedModel.useTable(true): the TDQ table has not been built (call buildTable()) or loaded');
+    this.ctx.useTable = on;
+  }
+
+  /**
+   * Loads float weights and quantizer state. Optional buffers in the dict
+   * (TDQ tables, calibration statistics) are created first, and the JS-side
+   * copies (ranges, tables) are refreshed after the copy (blocking reads).
+   */
+  override loadStateDict(dict: Map<string, Tensor>, opts: LoadStateDictOptions = {}): LoadStateDictResult {
+    const byName = new Map(this.actQuantizers().map((q) => [q.name, q]));
+    for (const key of dict.keys()) {
+      const dot = key.lastIndexOf('.');
+      const q = byName.get(key.slice(0, dot));
+      const buf = key.slice(dot + 1) as CalibBuffer;
+      if (q && OPTIONAL_BUFFERS.includes(buf) && !q.namedBuffers().some(([n]) => n === buf)) {
+        const src = dict.get(key)!;
+        q.registerBuffer(buf, keep(fromArray(new Float32Array(src.size), src.shape)));
+      }
+    }
+    const r = super.loadStateDict(dict, opts);
+    for (const q of this.actQuantizers()) {
+      q.syncRangeFromBuffers();
+      const tbl = q.namedBuffers().find(([n]) => n === 'step_table');
+      if (tbl) {
+        if (tbl[1].shape.length !== 1 || tbl[1].shape[0] !== this.timesteps)
+          throw new RangeError(`${q.name}.step_table has shape [${tbl[1].shape.join(', ')}], expected [${this.timesteps}] (T of this model)`);
+        q.table = new StepTable(Float32Array.from(tbl[1].dataSync() as Float32Array));
+      }
+    }
+    return r;
+  }
+
+  /** Metadata to store beside the state dict in a checkpoint. */
+  checkpointMetadata(): Record<string, string> {
+    return { quant: quantConfigToJSON(this.config), quant_timesteps: String(this.timesteps) };
+  }
+}
+
+/** Keys of quantizer state (steps, PACT bounds, TDQ MLPs, tables, statistics). */
+export function isQuantKey(key: string): boolean {
+  return /(^|\.)(act_quant|weight_quant|out_quant)\./.test(key);
+}
+
+/** Creates or overwrites a per-quantizer optional buffer (T or K values). */
+export function setOptionalBuffer(q: ActQuantizer, name: CalibBuffer, values: ArrayLike<number>): void {
+  const existing = q.namedBuffers().find(([n]) => n === name)?.[1];
+  const src = fromArray(Float32Array.from(values), [values.length]);
+  if (existing && existing.shape[0] === values.length) {
+    runOp('copy_', [existing, src]);
+    src.dispose();
+  } else if (existing) {
+    throw new RangeError(`${q.name}.${name}: has ${existing.shape[0]} values, got ${values.length}`);
+  } else {
+    q.registerBuffer(name, src);
+  }
+}
+
+/**
+ * Quantizes a float UNet in place (its layers get quantized forwards) and
+ * returns the wrapper. Quantizers start uninitialised (LSQ step 0.1, TDQ output
+ * ~0.1): run calibrate() or load a quantized checkpoint before use.
+ */
+export function quantizeModel(model: DiffusionModel, cfg: QuantConfig, opts: QuantizeOptions): QuantizedModel {
+  if (!(model instanceof Module) || typeof (model as { forward?: unknown }).forward !== 'function')
+    throw new TypeError('quantizeModel: model must be a Module with forward(x, t, y?)');
+  return new QuantizedModel(model, cfg, opts);
+}
+
+/** Whether checkpoint metadata marks a quantized model. */
+export function isQuantizedCheckpoint(metadata: Record<string, string>): boolean {
+  return typeof metadata.quant === 'string';
+}
+
+/**
+ * A quantized model ready to sample, from a checkpoint's parts: the float
+ * UNet built from the checkpoint's config (its weights are overwritten), the
+ * metadata ('quant', 'quant_timesteps'), the model state dict and, when
+ * given, the EMA. The EMA holds parameters only, so it is laid over the
+ * model's state (ranges, tables and statistics are buffers). With useTable
+ * (the default) the TDQ table is rebuilt from the weights in use unless the
+ * checkpoint's table was made from them (no EMA given), and sampling reads it.
+ * The caller keeps ownership of the dicts.
+ */
+export function loadQuantized(
+  unet: DiffusionModel,
+  metadata: Record<string, string>,
+  model: Map<string, Tensor>,
+  ema?: Map<string, Tensor> | null,
+  opts: { useTable?: boolean } = {},
+): QuantizedModel {
+  if (!isQuantizedCheckpoint(metadata)) throw new TypeError("loadQuantized: the checkpoint has no 'quant' metadata (it is not quantized)");
+  const cfg = quantConfigFromJSON(metadata.quant);
+  const T = Number(metadata.quant_timesteps);
+  if (!Number.isInteger(T) || T < 1) throw new RangeError(`loadQuantized: metadata 'quant_timesteps' must be a positive integer, got ${JSON.stringify(metadata.quant_timesteps)}`);
+  const qm = quantizeModel(unet, cfg, { timesteps: T, gen: new Generator(0) });
+  try {
+    qm.loadStateDict(model);
+    if (ema) qm.loadStateDict(ema, { strict: false });
+    qm.eval();
+    if (cfg.useDynamic && (opts.useTable ?? true)) {
+      if (ema || !qm.hasTable) qm.buildTable();
+      qm.useTable(true);
+    }
+  } catch (e) {
+    qm.dispose();
+    throw e;
+  }
+  return qm;
+}

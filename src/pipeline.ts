@@ -12,6 +12,8 @@ import { packageRoot } from './tensor/native';
 import { Generator } from './tensor/random';
 import { fromArray, type Tensor } from './tensor/tensor';
 import { loadCheckpoint } from './train/checkpoint';
+import { isQuantizedCheckpoint, loadQuantized } from './quant/quantize_model';
+import type { Denoiser } from './models/diffusion';
 
 /** The Fashion-MNIST model that ships with the package. */
 export const DEFAULT_MODEL = path.join(packageRoot, 'models', 'fmnist-small.safetensors');
@@ -112,10 +114,12 @@ export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptio
   if (opts.config) config = loadConfig(opts.config).config;
   else if (ck.metadata.config) config = parseConfig(ck.metadata.config, `${ckpt} (metadata 'config')`).config;
   else throw new Error(`${ckpt} carries no config in its metadata: pass the model's YAML config with --config`);
-  const unet = buildUNet(config.model.params.unet_config, new Generator(0));
-  const weights = !opts.noEma && ck.ema ? ck.ema : ck.model;
+  let unet: Denoiser = buildUNet(config.model.params.unet_config, new Generator(0));
+  const quantized = isQuantizedCheckpoint(ck.metadata);
   try {
-    unet.loadStateDict(weights, { strict: true });
+    // A quantized checkpoint samples through its per-timestep step table.
+    if (quantized) unet = loadQuantized(unet, ck.metadata, ck.model, opts.noEma ? null : ck.ema) as unknown as Denoiser;
+    else unet.loadStateDict(!opts.noEma && ck.ema ? ck.ema : ck.model, { strict: true });
   } catch (e) {
     unet.dispose();
     throw new Error(`${ckpt}: the weights do not fit the model of its config: ${(e as Error).message}`);

@@ -7,7 +7,9 @@ import path from 'node:path';
 import yargs, { type Argv, type CommandModule } from 'yargs';
 
 import { native, packageRoot } from '../tensor/native';
+import { calibrateCommand } from './commands/calibrate';
 import { evalCommand } from './commands/eval';
+import { inspectCommand } from './commands/inspect';
 import { infoCommand } from './commands/info';
 import { sampleCommand } from './commands/sample';
 import { trainCommand } from './commands/train';
@@ -21,7 +23,7 @@ export interface GlobalArgs {
 export type Command = CommandModule<GlobalArgs, any>;
 
 /** Every command, in the order --help lists them. Add new modules here. */
-export const COMMANDS: Command[] = [trainCommand, sampleCommand, evalCommand, infoCommand];
+export const COMMANDS: Command[] = [trainCommand, sampleCommand, calibrateCommand, inspectCommand, evalCommand, infoCommand];
 
 /** An expected failure (bad input, missing file): reported without a stack even under --verbose. */
 export class CliError extends Error {

@@ -5,8 +5,13 @@
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 
+import fs from 'node:fs';
+
 import { loadConfig } from '../../config';
-import { train } from '../../train/trainer';
+import { inspectSafetensors } from '../../io/safetensors';
+import { scheduleFromConfig } from '../../models/diffusion';
+import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantConfig, type QuantConfig } from '../../quant';
+import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
 import { type GlobalArgs, CliError } from '../index';
 
 export interface TrainArgs extends GlobalArgs {
@@ -21,6 +26,13 @@ export interface TrainArgs extends GlobalArgs {
   logdir: string;
   dataDir?: string;
   set: string[];
+  nBitW?: number;
+  nBitA?: number;
+  useDynamic: boolean;
+  staticMethod: 'lsq' | 'pact';
+  quantLr?: number;
+  calibSamples: number;
+  calibSteps: number;
 }
 
 export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
@@ -39,8 +51,16 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('logdir', { alias: 'l', type: 'string', default: 'runs', describe: 'parent folder of run folders' })
       .option('data-dir', { alias: 'data_dir', type: 'string', describe: 'dataset folder (Fashion-MNIST idx files or PNG root)' })
       .option('set', { type: 'string', array: true, default: [], describe: 'config override key.path=value (repeatable)' })
+      .option('n-bit-w', { alias: 'n_bit_w', type: 'number', describe: 'QAT: weight bits (2-8); needs --ckpt with full-precision weights' })
+      .option('n-bit-a', { alias: 'n_bit_a', type: 'number', describe: 'QAT: activation bits (2-8)' })
+      .option('use-dynamic', { alias: 'use_dynamic', type: 'boolean', default: false, describe: 'QAT: TDQ (step sizes from the timestep) instead of static steps' })
+      .option('static-method', { choices: ['lsq', 'pact'] as const, default: 'lsq' as const, describe: 'QAT: the static activation quantizer' })
+      .option('quant-lr', { type: 'number', describe: 'QAT: learning rate of the quantizer parameters (default: the base rate)' })
+      .option('calib-samples', { type: 'number', default: 16, describe: 'QAT: calibration trajectories that initialise the quantizers' })
+      .option('calib-steps', { type: 'number', default: 50, describe: 'QAT: DDIM steps of each calibration trajectory' })
       .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model')
       .example('$0 train --resume runs/fmnist-small', 'continue an interrupted run exactly')
+      .example('$0 train --base configs/fmnist-small.yaml --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 4 --use-dynamic --max-steps 500 --name w4a4-tdq', 'quantization-aware training with TDQ')
       .example('$0 train --base configs/fmnist-small.yaml --set training.batch_size=32 --set model.params.unet_config.params.dropout=0', 'override config keys') as unknown as Argv<TrainArgs>,
   handler: async (a) => {
     const overrides = [...a.set];
@@ -53,6 +73,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     const name = a.name ?? path.basename(a.base).replace(/\.ya?ml$/, '');
     const outDir = config.training.out_dir ?? path.join(a.logdir, name);
     if (a.resume && a.ckpt) throw new CliError('--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts one from weights');
+    const prepare = quantPrepare(a, config, outDir);
     const abort = new AbortController();
     let interrupts = 0;
     const onSigint = () => {
@@ -63,7 +84,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     process.on('SIGINT', onSigint);
     try {
       console.log(`tdq-native: training ${name} -> ${outDir}`);
-      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal });
+      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare: await prepare });
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}, loss ${r.lastLoss.toFixed(5)}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) process.exitCode = 130;
     } finally {
@@ -71,3 +92,44 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     }
   },
 };
+
+/**
+ * The trainer's prepare hook for QAT: from the flags when starting (the
+ * quantizers are calibrated on the --ckpt weights), or from the checkpoint's
+ * own quantization config when resuming a QAT run (no calibration: the
+ * checkpoint restores every quantizer).
+ */
+async function quantPrepare(a: TrainArgs, config: ReturnType<typeof loadConfig>['config'], outDir: string): Promise<TrainOptions['prepare']> {
+  const wantsQuant = a.nBitW !== undefined || a.nBitA !== undefined || a.useDynamic;
+  let cfg: QuantConfig | null = null;
+  let calibrate = true;
+  if (a.resume) {
+    const file = fs.existsSync(a.resume) && fs.statSync(a.resume).isDirectory() ? latestCheckpoint(a.resume) : a.resume;
+    if (file) {
+      const meta = (await inspectSafetensors(file)).metadata ?? {};
+      if (isQuantizedCheckpoint(meta)) {
+        cfg = quantConfigFromJSON(meta.quant);
+        calibrate = false;
+      } else if (wantsQuant) throw new CliError(`--resume ${a.resume}: that run is not quantized; start QAT with --ckpt and the --n-bit flags`);
+    }
+  } else if (wantsQuant) {
+    if (a.nBitW === undefined || a.nBitA === undefined) throw new CliError('QAT needs both --n-bit-w and --n-bit-a');
+    if (!a.ckpt) throw new CliError('QAT starts from full-precision weights: pass them with --ckpt');
+    try {
+      cfg = resolveQuantConfig({ nBitW: a.nBitW, nBitA: a.nBitA, useDynamic: a.useDynamic, staticMethod: a.staticMethod });
+    } catch (e) {
+      throw new CliError((e as Error).message);
+    }
+  }
+  if (!cfg) return undefined;
+  console.log(`tdq-native: quantization-aware training W${cfg.nBitW}A${cfg.nBitA} ${cfg.useDynamic ? 'TDQ' : `static ${cfg.staticMethod.toUpperCase()}`} -> ${outDir}`);
+  return qatPrepare(cfg, {
+    schedule: scheduleFromConfig(config.model.params),
+    nSamples: a.calibSamples,
+    steps: a.calibSteps,
+    method: 'mse',
+    seed: config.training.seed,
+    quantLr: a.quantLr,
+    calibrate,
+  }) as TrainOptions['prepare'];
+}

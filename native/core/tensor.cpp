@@ -4,6 +4,11 @@
 #include <new>
 #include <sstream>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define TDQ_HAVE_MMAP 1
+#endif
+
 #include "../cuda/cuda_memory.h"
 
 namespace tdq {
@@ -68,13 +73,42 @@ void MemoryCounter::add(int64_t n) {
   }
 }
 
+namespace {
+// Tensors are allocated on the JS thread and often freed on the stream thread.
+// glibc's malloc keeps such large freed blocks in per-thread arenas (and its
+// adaptive mmap threshold stops returning them), so resident memory grew to
+// many times what the engine holds. Large buffers therefore go straight to
+// the kernel: mapped on allocation, unmapped on free.
+constexpr size_t kMmapThreshold = size_t(1) << 20;
+
+void* host_alloc(size_t bytes) {
+#ifdef TDQ_HAVE_MMAP
+  if (bytes >= kMmapThreshold) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+#endif
+  return std::aligned_alloc(64, (bytes + 63) / 64 * 64);  // 64: AVX-512 loads never straddle a line
+}
+
+void host_free(void* p, size_t bytes) {
+#ifdef TDQ_HAVE_MMAP
+  if (bytes >= kMmapThreshold) {
+    munmap(p, bytes);
+    return;
+  }
+#endif
+  std::free(p);
+}
+
+size_t alloc_bytes(size_t n) { return n == 0 ? 64 : n; }
+}  // namespace
+
 Storage::Storage(size_t n, Device dev, std::shared_ptr<MemoryCounter> c)
     : nbytes(n), device(dev), counter(std::move(c)) {
-  size_t bytes = n == 0 ? 64 : n;
+  const size_t bytes = alloc_bytes(n);
   if (dev == Device::cpu) {
-    // 64-byte alignment so AVX-512 loads never straddle a cache line.
-    bytes = (bytes + 63) / 64 * 64;
-    data = std::aligned_alloc(64, bytes);
+    data = host_alloc(bytes);
     if (!data) fail(ErrorKind::Range, "out of memory: could not allocate ", n, " bytes on cpu");
   } else {
     data = cuda_malloc(bytes);  // throws when CUDA is absent or out of memory
@@ -83,7 +117,7 @@ Storage::Storage(size_t n, Device dev, std::shared_ptr<MemoryCounter> c)
 }
 
 Storage::~Storage() {
-  if (device == Device::cpu) std::free(data);
+  if (device == Device::cpu) host_free(data, alloc_bytes(nbytes));
   else cuda_free(data);
   if (counter) counter->add(-static_cast<int64_t>(nbytes));
 }

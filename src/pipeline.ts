@@ -37,6 +37,8 @@ export interface GenerateOptions {
   /** (images done, images total) and (step, steps) within the current batch. */
   onProgress?: (p: { images: number; total: number; step: number; steps: number }) => void;
   signal?: AbortSignal;
+  /** Clamp predicted x_0 to [-1, 1] in ddpm/ddim (default true: pixel-space data lives there). */
+  clipDenoised?: boolean;
 }
 
 export interface GeneratedImages {
@@ -84,6 +86,7 @@ export class DiffusionPipeline {
           sampler: o.sampler ?? 'ddim',
           steps: o.sampler === 'ddpm' ? undefined : o.steps ?? 50,
           eta: o.eta,
+          clipDenoised: o.clipDenoised ?? true,
           generator: gen,
           schedule: this.diffusion.schedule,
           signal: o.signal,

@@ -21,6 +21,7 @@ interface SampleArgs extends GlobalArgs {
   grid: boolean;
   class?: number;
   progress: boolean;
+  clipDenoised: boolean;
 }
 
 export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
@@ -39,6 +40,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('outdir', { alias: 'o', type: 'string', default: 'samples', describe: 'folder for the numbered PNGs and grid.png' })
       .option('grid', { type: 'boolean', default: true, describe: 'also write grid.png' })
       .option('class', { type: 'number', describe: 'class label for a class-conditional model (default: cycle through classes)' })
+      .option('clip-denoised', { type: 'boolean', default: true, describe: 'ddpm/ddim: clamp the predicted x_0 to [-1, 1] (as LDM for pixel models)' })
       .option('progress', { type: 'boolean', default: true, describe: 'show a progress bar (on stderr)' })
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
@@ -58,7 +60,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
     try {
       const t0 = Date.now();
       const res = await pipe.generate({
-        n: a.nSamples, batchSize: a.batchSize, sampler: a.sampler, steps: a.customSteps, eta: a.eta, seed: a.seed, labels: a.class, signal: abort.signal,
+        n: a.nSamples, batchSize: a.batchSize, sampler: a.sampler, steps: a.customSteps, eta: a.eta, seed: a.seed, labels: a.class, signal: abort.signal, clipDenoised: a.clipDenoised,
         onProgress: (p) => {
           if (p.step < lastStep) ++batchIndex;
           lastStep = p.step;

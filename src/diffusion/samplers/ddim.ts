@@ -1,6 +1,6 @@
 // DDIM (Song et al. 2021) on a sub-sequence of the training timesteps, with
 // LDM's choice of that sub-sequence and of sigma_t(eta).
-import { lincomb } from '../../tensor/ops/elementwise';
+import { clamp, lincomb } from '../../tensor/ops/elementwise';
 import type { Tensor } from '../../tensor/tensor';
 import type { NoiseSchedule } from '../schedule';
 import { type EpsModel, type SamplerOptions, checkSamplerOptions, checkSteps, runSampler } from './common';
@@ -66,6 +66,11 @@ export interface DdimOptions extends SamplerOptions {
   /** 0: deterministic DDIM; 1: DDPM-like ancestral noise on the sub-sequence. */
   eta?: number;
   ddimDiscretize?: DdimDiscretize;
+  /**
+   * Clamp the predicted x_0 to [-1, 1] and take eps from the clamped x_0
+   * (pixel-space data; LDM's clip_denoised, diffusers' clip_sample). Default false.
+   */
+  clipDenoised?: boolean;
 }
 
 /**
@@ -91,7 +96,13 @@ export async function sampleDdim(model: EpsModel, schedule: NoiseSchedule, opts:
   const n = ts.length;
   return runSampler(opts, n, ({ x }, i, loop) => {
     const k = n - 1 - i; // walk the sub-sequence from its last (noisiest) entry
-    const eps = loop.eps(model, x, ts[k]);
+    let eps = loop.eps(model, x, ts[k]);
+    if (opts.clipDenoised) {
+      // x0 = (x - sqrt(1 - a) eps) / sqrt(a), clamped; then eps consistent with it.
+      const a = p.alphas[k];
+      const x0 = clamp(lincomb([x, eps], [1 / Math.sqrt(a), -Math.sqrt((1 - a) / a)]), -1, 1);
+      eps = lincomb([x, x0], [1 / Math.sqrt(1 - a), -Math.sqrt(a / (1 - a))]);
+    }
     const { cx, ce, cz } = coeffs[k];
     if (cz === 0) return { x: lincomb([x, eps], [cx, ce]), history: [] };
     const z = loop.gen.randn(x.shape, loop.device);

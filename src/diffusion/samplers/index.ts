@@ -37,7 +37,7 @@ export interface SampleOptions extends SamplerOptions {
   skipType?: DpmSkipType;
   /** dpmpp: first-order last step when steps < 10 (default true). */
   lowerOrderFinal?: boolean;
-  /** ddpm: clamp predicted x_0 to [-1, 1] (default false). */
+  /** ddpm, ddim: clamp the predicted x_0 to [-1, 1] (default false). */
   clipDenoised?: boolean;
 }
 

@@ -59,7 +59,13 @@ void ThreadPool::run_chunks() {
 }
 
 void ThreadPool::worker_loop() {
-  uint64_t seen = 0;
+  // Start from the current generation: a worker added by resize() must not
+  // take the last finished job for a new one.
+  uint64_t seen;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    seen = generation_;
+  }
   for (;;) {
     {
       std::unique_lock<std::mutex> lk(mu_);

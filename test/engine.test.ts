@@ -1,0 +1,84 @@
+// The engine itself: thread pool resizing, worker_threads (per-environment
+// state), settings errors, the profiler, and errors raised on the stream.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Worker } from 'node:worker_threads';
+
+import { native } from '../src/tensor/native';
+import { sum } from '../src/tensor/ops/elementwise';
+import { fromArray, runOp1 } from '../src/tensor/tensor';
+
+describe('engine', () => {
+  it('resizing the thread pool between parallel ops neither hangs nor changes results', { timeout: 60_000 }, async () => {
+    const n = 1 << 20;
+    const x = fromArray(new Float32Array(n).fill(1), [n]);
+    const original = native().info().threads;
+    try {
+      for (const threads of [1, 3, 2, 4, 2, 1, 2]) {
+        native().setThreads(threads);
+        assert.equal(native().info().threads, threads);
+        for (let i = 0; i < 10; ++i) {
+          const s = sum(x);
+          assert.equal(await s.item(), n);
+          s.dispose();
+        }
+      }
+    } finally {
+      native().setThreads(original);
+      x.dispose();
+    }
+  });
+
+  it('works in worker_threads, each with its own stream and memory count', { timeout: 60_000 }, async () => {
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const { fromArray } = require(workerData.tensor);
+      const { sum } = require(workerData.ops);
+      (async () => {
+        const x = fromArray(new Float32Array(1000).fill(workerData.v), [1000]);
+        const s = await sum(x).item();
+        parentPort.postMessage({ s, live: require(workerData.native).native().memory().liveBytes });
+      })();`;
+    const paths = { tensor: require.resolve('../src/tensor/tensor'), ops: require.resolve('../src/tensor/ops/elementwise'), native: require.resolve('../src/tensor/native') };
+    const run = (v: number) =>
+      new Promise<{ s: number; live: number }>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: { ...paths, v } });
+        w.once('message', (m) => {
+          resolve(m);
+          void w.terminate();
+        });
+        w.once('error', reject);
+      });
+    const [a, b] = await Promise.all([run(1), run(2)]);
+    assert.equal(a.s, 1000);
+    assert.equal(b.s, 2000);
+    assert.ok(a.live < 1e6 && b.live < 1e6, 'each worker counts only its own tensors');
+    const x = fromArray([1, 2, 3], [3]);
+    assert.equal(await sum(x).item(), 6, 'the main thread still works after the workers ended');
+  });
+
+  it('bad settings are RangeErrors, not crashes', () => {
+    assert.throws(() => native().setThreads(0), RangeError);
+    assert.throws(() => native().setThreads(1.5), RangeError);
+    assert.throws(() => native().setCpuLevel('sse9' as never), /unknown CPU level 'sse9'/);
+    assert.throws(() => native().run('conv2d_forward', [null], {}), TypeError);
+  });
+
+  it('an error raised while an op runs rejects the next read and the stream goes on', async () => {
+    const idx = fromArray([0, 7], [2], 'int32');
+    const w = fromArray(new Float32Array(6), [3, 2]);
+    const bad = runOp1('embedding', [idx, w]);
+    await assert.rejects(bad.data(), /index 7/);
+    const ok = sum(fromArray([1, 2], [2]));
+    assert.equal(await ok.item(), 3);
+  });
+
+  it('the profiler times ops by name', async () => {
+    native().setProfiling(true);
+    const s = sum(fromArray([1, 2, 3], [3]));
+    await s.item();
+    const p = native().profile();
+    native().setProfiling(false);
+    assert.ok(p.sum && p.sum.calls >= 1 && p.sum.seconds >= 0, JSON.stringify(p));
+  });
+});

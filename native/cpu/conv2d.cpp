@@ -6,11 +6,12 @@
 // with x (N, C, H, W), weight (O, C, kH, kW), y (N, O, Ho, Wo).
 //
 // col(x_n) is the (C*kH*kW, Ho*Wo) matrix whose column p holds the input patch
-// under output pixel p. Samples are processed in chunks whose columns sit side
-// by side in one col matrix, (C*kH*kW, nb*Ho*Wo): small feature maps (8x8)
-// then still make GEMMs wide enough to run well, and the buffer stays bounded
-// however large the batch is. A 1x1 convolution with stride 1 and no padding
-// needs no col matrix at all: x_n already is (C, H*W).
+// under output pixel p. It is built for one sample at a time, or for a chunk
+// of a few samples side by side, (C*kH*kW, nb*Ho*Wo), where maps are too small
+// to make a GEMM wide enough on their own; the buffer stays bounded however
+// large the batch is. A 1x1 convolution with stride 1 and no padding needs no
+// col matrix at all: x_n already is (C, H*W). Threads take whole samples when
+// the batch has enough of them (see BatchPlan).
 #include <algorithm>
 #include <cstring>
 
@@ -104,9 +105,7 @@ BatchPlan batch_plan(const ExecContext& ctx, const ConvGeom& g, int64_t min_cols
 template <typename F>
 void for_each_group(const ExecContext& ctx, const BatchPlan& plan, F fn) {
   if (plan.groups == 1) return fn(int64_t{0}, ctx);
-  static ThreadPool inline_pool(1);  // no worker threads: parallel_for calls fn(0, n)
-  ExecContext serial = ctx;
-  serial.pool = &inline_pool;
+  const ExecContext serial = serial_context(ctx);
   ctx.parallel_for(plan.groups, 1, [&](int64_t b, int64_t e) {
     for (int64_t gi = b; gi < e; ++gi) fn(gi, serial);
   });
@@ -121,8 +120,6 @@ void valid_columns(const ConvGeom& g, int64_t kj, int64_t& lo, int64_t& hi) {
   hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, g.Wo);
 }
 
-// Writes col(x_s) for samples s in [0, nb) into col (CKK, ldcol), sample s at
-// column offset s*P. Zero where the patch hangs over the padding.
 // Row pieces of im2col. Feature-map rows are short (8..32 floats), so these
 // are inline SSE loops (baseline x86-64) rather than memcpy/memset calls,
 // whose call overhead costs more than the copy at these sizes.
@@ -157,6 +154,8 @@ inline void add_run(float* dst, const float* src, int64_t n, int64_t stride) {
   for (; i < n; ++i) dst[i * stride] += src[i];
 }
 
+// Writes col(x_s) for samples s in [0, nb) into col (CKK, ldcol), sample s at
+// column offset s*P. Zero where the patch hangs over the padding.
 void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t nb, float* col, int64_t ldcol) {
   const int64_t CKK = g.CKK(), P = g.P(), HW = g.H * g.W;
   ctx.parallel_for(nb * CKK, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {

@@ -65,7 +65,7 @@ using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* 
 
 struct GemmKernel {
   int mr, nr;          // register tile
-  int64_t mc, kc, nc;  // cache blocks: A block mc x kc (L2), B block kc x nc (L3)
+  int64_t mc, kc, nc;  // cache blocks: A block mc x kc and B block kc x nc, packed per task (L2)
   MicroKernel ukr;
 };
 

@@ -174,10 +174,11 @@ async function main(): Promise<void> {
   const rounds = Number(arg('rounds', '2'));
   const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'ops-cpu.md')));
   const threads = Number(arg('threads', String(os.cpus().length)));
-  native().setThreads(threads);
+  // The engine sizes its thread pool from TDQ_NUM_THREADS when it loads (below).
+  process.env.TDQ_NUM_THREADS = String(threads);
+  const info = native().info();
   const torch = process.argv.includes('--no-torch') ? null : new TorchServer(threads);
   const all = cases(batch);
-  const info = native().info();
   const torchInfo = torch ? await torch.call<{ torch: string; threads: number }>({ info: true }) : null;
 
   const loadBefore = os.loadavg()[0];
@@ -197,7 +198,7 @@ async function main(): Promise<void> {
   lines.push(`- date: ${new Date().toISOString()}`);
   lines.push(`- machine: ${lscpu('Model name')}, ${os.cpus().length} logical CPUs (${lscpu('Core(s) per socket')} cores per socket, ${lscpu('Socket(s)')} socket(s))`);
   lines.push(`- load average (1 min) before / after the run: ${loadBefore.toFixed(2)} / ${os.loadavg()[0].toFixed(2)} (the benchmark itself accounts for about 1; more means other processes were running)`);
-  lines.push(`- tdq-native: ${native().info().threads} threads, CPU level ${info.cpuLevel}`);
+  lines.push(`- tdq-native: ${info.threads} threads, CPU level ${info.cpuLevel}`);
   lines.push(
     torchInfo
       ? `- PyTorch ${torchInfo.torch}: ${torchInfo.threads} threads (torch.set_num_threads(${threads}), OMP_NUM_THREADS and OPENBLAS_NUM_THREADS=${threads}; conv2d through oneDNN, matmul through OpenBLAS)`

@@ -6,12 +6,14 @@
 // with x (N, C, H, W), weight (O, C, kH, kW), y (N, O, Ho, Wo).
 //
 // col(x_n) is the (C*kH*kW, Ho*Wo) matrix whose column p holds the input patch
-// under output pixel p. Samples are processed in chunks whose columns sit side
-// by side in one col matrix, (C*kH*kW, nb*Ho*Wo): small feature maps (8x8)
-// then still make GEMMs wide enough to run well, and the buffer stays bounded
-// however large the batch is. A 1x1 convolution with stride 1 and no padding
-// needs no col matrix at all: x_n already is (C, H*W).
+// under output pixel p. It is built for one sample at a time, or for a chunk
+// of a few samples side by side, (C*kH*kW, nb*Ho*Wo), where maps are too small
+// to make a GEMM wide enough on their own; the buffer stays bounded however
+// large the batch is. A 1x1 convolution with stride 1 and no padding needs no
+// col matrix at all: x_n already is (C, H*W). Threads take whole samples when
+// the batch has enough of them (see BatchPlan).
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include <immintrin.h>  // SSE only (baseline x86-64)
@@ -72,15 +74,28 @@ int64_t chunk_samples(const ConvGeom& g, int64_t min_cols) {
 }
 
 // How a batch is spread over the threads. With at least as many samples as
-// threads, each thread takes a group of whole samples and runs every step for
-// them alone: no barrier between im2col and GEMM, no GEMM cut into slivers, no
-// packing repeated per thread. With fewer samples there is one group, whose
-// steps are parallel inside. Each group has its own scratch; the number of
-// groups is capped so that all of it stays within 64 MiB.
+// threads, each thread is a group that takes whole chunks of samples and runs
+// every step for them alone: no barrier between im2col and GEMM, no GEMM cut
+// into slivers, no packing repeated per thread. With fewer samples there is
+// one group, whose steps are parallel inside. Each group has its own scratch;
+// the number of groups is capped so that all of it stays within 64 MiB.
 struct BatchPlan {
-  int64_t groups = 1;  // groups of consecutive samples, run in parallel
-  int64_t nb = 1;      // samples per chunk within a group
-  int64_t begin(int64_t gi, int64_t N) const { return gi * N / groups; }
+  int64_t groups = 1;  // run in parallel, each with its own scratch
+  int64_t nb = 1;      // samples per chunk
+};
+
+// Hands out chunks of samples to the groups as they ask: a group whose thread
+// is slowed down (a shared machine) takes fewer, instead of holding up the rest.
+struct ChunkQueue {
+  std::atomic<int64_t> next{0};
+  int64_t N, nb;
+  ChunkQueue(int64_t n, int64_t chunk) : N(n), nb(chunk) {}
+  // The next chunk [n0, n0 + count), or false when the batch is done.
+  bool pop(int64_t& n0, int64_t& count) {
+    n0 = next.fetch_add(nb);
+    count = std::min(nb, N - n0);
+    return n0 < N;
+  }
 };
 
 BatchPlan batch_plan(const ExecContext& ctx, const ConvGeom& g, int64_t min_cols, int64_t scratch_per_sample,
@@ -104,9 +119,7 @@ BatchPlan batch_plan(const ExecContext& ctx, const ConvGeom& g, int64_t min_cols
 template <typename F>
 void for_each_group(const ExecContext& ctx, const BatchPlan& plan, F fn) {
   if (plan.groups == 1) return fn(int64_t{0}, ctx);
-  static ThreadPool inline_pool(1);  // no worker threads: parallel_for calls fn(0, n)
-  ExecContext serial = ctx;
-  serial.pool = &inline_pool;
+  const ExecContext serial = serial_context(ctx);
   ctx.parallel_for(plan.groups, 1, [&](int64_t b, int64_t e) {
     for (int64_t gi = b; gi < e; ++gi) fn(gi, serial);
   });
@@ -121,8 +134,6 @@ void valid_columns(const ConvGeom& g, int64_t kj, int64_t& lo, int64_t& hi) {
   hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, g.Wo);
 }
 
-// Writes col(x_s) for samples s in [0, nb) into col (CKK, ldcol), sample s at
-// column offset s*P. Zero where the patch hangs over the padding.
 // Row pieces of im2col. Feature-map rows are short (8..32 floats), so these
 // are inline SSE loops (baseline x86-64) rather than memcpy/memset calls,
 // whose call overhead costs more than the copy at these sizes.
@@ -157,6 +168,8 @@ inline void add_run(float* dst, const float* src, int64_t n, int64_t stride) {
   for (; i < n; ++i) dst[i * stride] += src[i];
 }
 
+// Writes col(x_s) for samples s in [0, nb) into col (CKK, ldcol), sample s at
+// column offset s*P. Zero where the patch hangs over the padding.
 void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t nb, float* col, int64_t ldcol) {
   const int64_t CKK = g.CKK(), P = g.P(), HW = g.H * g.W;
   ctx.parallel_for(nb * CKK, std::max<int64_t>(1, 8192 / std::max<int64_t>(P, 1)), [&](int64_t b, int64_t e) {
@@ -287,12 +300,13 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const float* wp = wpack.f32();
   sgemm_pack_a(ctx, false, g.O, CKK, 1.f, w.f32(), CKK, wpack.f32());
 
+  ChunkQueue queue(g.N, nbmax);
   for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
     float* col = scratch.f32() + gi * std::max<int64_t>(1, col_n + tmp_n);
     float* tmp = col + col_n;
-    const int64_t end = plan.begin(gi + 1, g.N);
-    for (int64_t n0 = plan.begin(gi, g.N); n0 < end; n0 += nbmax) {
-      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+    int64_t n0, nb;
+    while (queue.pop(n0, nb)) {
+      const int64_t cols = nb * P;
       const float* xs = x.f32() + n0 * g.C * g.H * g.W;
       const float* colp = xs;
       if (!direct) {
@@ -350,12 +364,13 @@ void conv2d_backward_input(OpCall& c, const ExecContext& ctx) {
   const float* wp = wpack.f32();
   sgemm_pack_a(ctx, true, CKK, g.O, 1.f, w.f32(), CKK, wpack.f32());
 
+  ChunkQueue queue(g.N, nbmax);
   for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
     float* dcol = scratch.f32() + gi * std::max<int64_t>(1, dcol_n + gyc_n);
     float* gyc = dcol + dcol_n;
-    const int64_t end = plan.begin(gi + 1, g.N);
-    for (int64_t n0 = plan.begin(gi, g.N); n0 < end; n0 += nbmax) {
-      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+    int64_t n0, nb;
+    while (queue.pop(n0, nb)) {
+      const int64_t cols = nb * P;
       const float* gys = gy.f32() + n0 * g.O * P;
       if (nbmax > 1) {
         gather_chunk(gctx, gys, nb, g.O, P, gyc);
@@ -402,14 +417,15 @@ void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
   Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, per_group)});
   float* gw = c.outputs[0].f32();
 
-  if (g.N == 0) std::fill(gw, gw + WN, 0.f);
+  std::vector<char> used(plan.groups, 0);  // which groups wrote their accumulator
+  ChunkQueue queue(g.N, nbmax);
   for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
     float* col = scratch.f32() + gi * std::max<int64_t>(1, per_group);
     float* gyc = col + col_n;
     float* acc = gi == 0 ? gw : gyc + gyc_n;
-    const int64_t begin = plan.begin(gi, g.N), end = plan.begin(gi + 1, g.N);
-    for (int64_t n0 = begin; n0 < end; n0 += nbmax) {
-      const int64_t nb = std::min(nbmax, end - n0), cols = nb * P;
+    int64_t n0, nb;
+    while (queue.pop(n0, nb)) {
+      const int64_t cols = nb * P;
       const float* xs = x.f32() + n0 * g.C * g.H * g.W;
       const float* colp = xs;
       if (!direct) {
@@ -422,13 +438,16 @@ void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
         gys = gyc;
       }
       // gW (O, CKK) += gy_chunk (O, cols) · col^T (cols, CKK); the first chunk overwrites.
-      sgemm(gctx, false, true, g.O, CKK, cols, 1.f, gys, cols, colp, cols, n0 == begin ? 0.f : 1.f, acc, CKK);
+      sgemm(gctx, false, true, g.O, CKK, cols, 1.f, gys, cols, colp, cols, used[gi] ? 1.f : 0.f, acc, CKK);
+      used[gi] = 1;
     }
   });
+  if (!used[0]) std::fill(gw, gw + WN, 0.f);  // no chunk reached group 0 (or N == 0)
   if (plan.groups > 1) {
     const float* parts = scratch.f32();
     ctx.parallel_for(WN, 4096, [&](int64_t b, int64_t e) {
       for (int64_t gi = 1; gi < plan.groups; ++gi) {
+        if (!used[gi]) continue;
         const float* part = parts + gi * per_group + col_n + gyc_n;
         for (int64_t i = b; i < e; ++i) gw[i] += part[i];
       }

@@ -323,6 +323,13 @@ void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, co
                 ldb, beta, C, ldc);
 }
 
+ExecContext serial_context(const ExecContext& ctx) {
+  static ThreadPool one(1);  // a pool of one thread has no workers: parallel_for runs fn(0, n) inline
+  ExecContext c = ctx;
+  c.pool = &one;
+  return c;
+}
+
 void sgemm_batched(const ExecContext& ctx, int64_t batch, bool transA, bool transB, int64_t M,
                    int64_t N, int64_t K, float alpha, const float* A, int64_t lda, int64_t strideA,
                    const float* B, int64_t ldb, int64_t strideB, float beta, float* C, int64_t ldc,
@@ -339,9 +346,7 @@ void sgemm_batched(const ExecContext& ctx, int64_t batch, bool transA, bool tran
   if (per_thread) {
     // Each GEMM runs alone on its thread, as one task (no split for threads
     // it will not get).
-    static ThreadPool inline_pool(1);
-    ExecContext serial = ctx;
-    serial.pool = &inline_pool;
+    const ExecContext serial = serial_context(ctx);
     ctx.parallel_for(batch, 1, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) one(serial, i);
     });

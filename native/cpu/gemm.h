@@ -42,6 +42,12 @@ void sgemm_pack_a(const ExecContext& ctx, bool transA, int64_t M, int64_t K, flo
 void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
                      bool transB, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// A copy of ctx whose parallel_for runs inline on the calling thread: for work
+// that already has a thread to itself (one sample of a batch, one GEMM of a
+// batch), so that sgemm runs it as a single task instead of cutting it up for
+// threads it will not get.
+ExecContext serial_context(const ExecContext& ctx);
+
 // The reference: a plain triple loop accumulating in double, single-threaded.
 // Slow; for tests and as the definition the fast path must agree with.
 void sgemm_ref(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
@@ -59,7 +65,7 @@ using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* 
 
 struct GemmKernel {
   int mr, nr;          // register tile
-  int64_t mc, kc, nc;  // cache blocks: A block mc x kc (L2), B block kc x nc (L3)
+  int64_t mc, kc, nc;  // cache blocks: A block mc x kc and B block kc x nc, packed per task (L2)
   MicroKernel ukr;
 };
 

@@ -5,6 +5,7 @@
 // partial last chunk), stride 2, padding, kernels that reach the padding on
 // both sides, non-square kernels and odd sizes.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
@@ -15,6 +16,8 @@ import { assertClose, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
 
 const skip = torchUnavailable();
+// Set when this file runs again as a child process with another thread count.
+const CHILD_THREADS = process.env.TDQ_TEST_THREADS;
 // float32 engine vs float64 PyTorch, relative 2-norm error (sums of at most a
 // few thousand products, each error ~1e-7 relative).
 const RTOL = 1e-5;
@@ -67,19 +70,12 @@ describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
   });
 
   let seed = 500;
-  // Every level with the default thread count, and the best level again with
-  // 1 and 3 threads: the kernel splits the batch into per-thread groups of
-  // samples when there are enough of them, so the thread count picks the path.
-  const initialThreads = native().info().threads;
-  const runs: [Level, number | null][] = [...cpuLevels().map((l): [Level, number | null] => [l, null])];
-  runs.push([cpuLevels().at(-1)!, 1], [cpuLevels().at(-1)!, 3]);
-  for (const [level, threads] of runs) {
-    describe(`at CPU level ${level}${threads ? `, ${threads} thread(s)` : ''}`, () => {
-      before(() => {
-        native().setCpuLevel(level);
-        native().setThreads(threads ?? initialThreads);
-      });
-      after(() => native().setThreads(initialThreads));
+  // Every level this machine has; in the child runs below (other thread
+  // counts), the best level only.
+  const levels = CHILD_THREADS ? cpuLevels().slice(-1) : cpuLevels();
+  for (const level of levels) {
+    describe(`at CPU level ${level}${CHILD_THREADS ? `, ${native().info().threads} thread(s)` : ''}`, () => {
+      before(() => native().setCpuLevel(level));
       for (const c of cases) {
         it(`${c.name}: x ${c.x.join('x')}, w ${c.w.join('x')}, stride ${c.stride}, padding ${c.padding}${c.bias ? ', bias' : ''}`, async () => {
           const x = randomTensor(c.x, seed++);
@@ -132,6 +128,21 @@ describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
   });
 });
 
+describe('conv2d on an empty batch', () => {
+  it('gives an empty output, zero weight and bias gradients', async () => {
+    const x = fromArray(new Float32Array(0), [0, 3, 5, 5]);
+    const w = fromArray(new Float32Array(4 * 3 * 3 * 3).fill(1), [4, 3, 3, 3]);
+    const b = fromArray(new Float32Array(4).fill(1), [4]);
+    w.requiresGrad = true;
+    b.requiresGrad = true;
+    const y = conv2d(x, w, b, { padding: 1 });
+    assert.deepEqual([...y.shape], [0, 4, 5, 5]);
+    backward(y, fromArray(new Float32Array(0), [0, 4, 5, 5]));
+    assert.deepEqual(Array.from(await data(w.grad!)), new Array(4 * 27).fill(0));
+    assert.deepEqual(Array.from(await data(b.grad!)), [0, 0, 0, 0]);
+  });
+});
+
 describe('conv2d bad inputs', () => {
   const x = fromArray(new Float32Array(2 * 3 * 5 * 5), [2, 3, 5, 5]);
   const w = fromArray(new Float32Array(4 * 3 * 3 * 3), [4, 3, 3, 3]);
@@ -177,3 +188,27 @@ describe('conv2d bad inputs', () => {
     assert.throws(() => runOp1('conv2d_backward_input', [gy, w], { input_shape: [2, 3] }), isRange(/'input_shape'/));
   });
 });
+
+// The thread count picks the kernels' paths (whole samples or whole GEMMs per
+// thread when there are enough of them, one operation split over threads
+// otherwise), so the tests above run again in child processes started with 1
+// and 3 threads. Child processes, because the pool is sized once per process
+// (TDQ_NUM_THREADS) rather than resized here.
+if (!CHILD_THREADS) {
+  describe('conv2d with other thread counts', { skip: skip ?? false }, () => {
+    for (const threads of [1, 3]) {
+      it(`passes with ${threads} thread(s) (child process)`, () => {
+        // NODE_TEST_CONTEXT (set for this file by a parent test runner) would
+        // make the child report to that runner instead of printing its results.
+        const { NODE_TEST_CONTEXT: _ctx, ...env } = process.env;
+        const r = spawnSync(process.execPath, ['--test', __filename], {
+          env: { ...env, TDQ_NUM_THREADS: String(threads), TDQ_TEST_THREADS: String(threads) },
+          encoding: 'utf8',
+          timeout: 600_000,
+        });
+        assert.equal(r.status, 0, `child with ${threads} thread(s) failed:\n${r.stdout.slice(-4000)}\n${r.stderr.slice(-2000)}`);
+        assert.match(r.stdout, /# fail 0/);
+      });
+    }
+  });
+}

@@ -3,6 +3,7 @@
 // 1, 7, 33, 129... that are not multiples of any register tile), both
 // transposes, batches with and without broadcasting, and the parallel path.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
@@ -13,6 +14,8 @@ import { assertClose, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
 
 const skip = torchUnavailable();
+// Set when this file runs again as a child process with another thread count.
+const CHILD_THREADS = process.env.TDQ_TEST_THREADS;
 // float32 engine vs float64 PyTorch, relative 2-norm error. With K up to ~300
 // the float32 rounding error is ~1e-7; 1e-5 leaves room without hiding a
 // wrong element (one wrong entry out of thousands is > 1e-3).
@@ -81,19 +84,12 @@ describe('matmul, linear and gemm against PyTorch', { skip: skip ?? false }, () 
     assertClose(await data(b.t.grad!), ref.grads.b.data as Float32Array, RTOL, 'grad b');
   }
 
-  // Every level with the default thread count, and the best level again with
-  // 1 and 3 threads (which decide between splitting one GEMM over threads and
-  // giving each thread whole GEMMs of a batch).
-  const initialThreads = native().info().threads;
-  const runs: [Level, number | null][] = [...cpuLevels().map((l): [Level, number | null] => [l, null])];
-  runs.push([cpuLevels().at(-1)!, 1], [cpuLevels().at(-1)!, 3]);
-  for (const [level, threads] of runs) {
-    describe(`at CPU level ${level}${threads ? `, ${threads} thread(s)` : ''}`, () => {
-      before(() => {
-        native().setCpuLevel(level);
-        native().setThreads(threads ?? initialThreads);
-      });
-      after(() => native().setThreads(initialThreads));
+  // Every level this machine has; in the child runs below (other thread
+  // counts), the best level only.
+  const levels = CHILD_THREADS ? cpuLevels().slice(-1) : cpuLevels();
+  for (const level of levels) {
+    describe(`at CPU level ${level}${CHILD_THREADS ? `, ${native().info().threads} thread(s)` : ''}`, () => {
+      before(() => native().setCpuLevel(level));
 
       it('2-D matmul, every transpose, edge sizes', async () => {
         for (const [M, N, K] of sizes) for (const [tA, tB] of transposes) await checkMatmul(0, 0, M, N, K, tA, tB);
@@ -195,3 +191,27 @@ describe('matmul / linear edge cases and bad inputs', () => {
     assert.throws(() => linear(x, fromArray(new Float32Array(3), [3]), null), isRange(/argument 'weight' must have 2 dimensions/));
   });
 });
+
+// The thread count picks the kernels' paths (whole samples or whole GEMMs per
+// thread when there are enough of them, one operation split over threads
+// otherwise), so the tests above run again in child processes started with 1
+// and 3 threads. Child processes, because the pool is sized once per process
+// (TDQ_NUM_THREADS) rather than resized here.
+if (!CHILD_THREADS) {
+  describe('matmul with other thread counts', { skip: skip ?? false }, () => {
+    for (const threads of [1, 3]) {
+      it(`passes with ${threads} thread(s) (child process)`, () => {
+        // NODE_TEST_CONTEXT (set for this file by a parent test runner) would
+        // make the child report to that runner instead of printing its results.
+        const { NODE_TEST_CONTEXT: _ctx, ...env } = process.env;
+        const r = spawnSync(process.execPath, ['--test', __filename], {
+          env: { ...env, TDQ_NUM_THREADS: String(threads), TDQ_TEST_THREADS: String(threads) },
+          encoding: 'utf8',
+          timeout: 600_000,
+        });
+        assert.equal(r.status, 0, `child with ${threads} thread(s) failed:\n${r.stdout.slice(-4000)}\n${r.stderr.slice(-2000)}`);
+        assert.match(r.stdout, /# fail 0/);
+      });
+    }
+  });
+}

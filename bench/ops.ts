@@ -206,6 +206,14 @@ async function main(): Promise<void> {
   );
   lines.push(`- batch ${batch}; each op timed alone (bias included), median of ${rounds} rounds x ${reps} calls per engine;`);
   lines.push(`  a round times ${warmup} warm-up + ${reps} calls of ours, then the same of PyTorch's, so both see similar load`);
+  const busy = Math.max(loadBefore, os.loadavg()[0]) > 1.5;
+  if (busy && threads > 1)
+    lines.push(
+      '',
+      `**The machine was busy (load average above 1.5 on ${os.cpus().length} CPUs): multi-threaded timings are not`,
+      "reliable. PyTorch's OpenMP threads wait for each other at every barrier and stall whenever one of them is",
+      'descheduled; rerun on an idle machine, or compare with --threads 1.**',
+    );
   lines.push('');
   lines.push('| op | ours (ms) | ours GFLOP/s | torch (ms) | torch GFLOP/s | ours / torch |');
   lines.push('| --- | ---: | ---: | ---: | ---: | ---: |');

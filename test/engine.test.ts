@@ -5,7 +5,8 @@ import { describe, it } from 'node:test';
 import { Worker } from 'node:worker_threads';
 
 import { native } from '../src/tensor/native';
-import { sum } from '../src/tensor/ops/elementwise';
+import { exp, sum } from '../src/tensor/ops/elementwise';
+import { sync } from '../src/tensor/tensor';
 import { fromArray, runOp1 } from '../src/tensor/tensor';
 
 describe('engine', () => {
@@ -71,6 +72,24 @@ describe('engine', () => {
     await assert.rejects(bad.data(), /index 7/);
     const ok = sum(fromArray([1, 2], [2]));
     assert.equal(await ok.item(), 3);
+  });
+
+  it('the queue cap bounds the memory that queued ops allocate ahead of the engine', async () => {
+    const x = fromArray(new Float32Array(1 << 18).fill(0.5), [1 << 18]); // 1 MiB
+    const peakOf = async (cap: number): Promise<number> => {
+      native().setMaxQueuedBytes(cap);
+      await sync();
+      native().resetPeakMemory();
+      for (let i = 0; i < 64; ++i) exp(x).dispose(); // queued faster than run
+      await sync();
+      return native().memory().peakBytes - native().memory().liveBytes;
+    };
+    const capped = await peakOf(4 << 20);
+    const free = await peakOf(0);
+    native().setMaxQueuedBytes(native().info().maxQueuedBytes || 256 << 20);
+    assert.ok(capped <= 6 << 20, `with a 4 MiB cap, 64 MiB of outputs peaked at ${capped} bytes`);
+    assert.ok(free > capped, `without a cap the peak (${free}) should exceed the capped one (${capped})`);
+    assert.throws(() => native().setMaxQueuedBytes(-1), RangeError);
   });
 
   it('the profiler times ops by name', async () => {

@@ -11,6 +11,8 @@ Stream::Stream(int threads, CpuLevel level, std::shared_ptr<MemoryCounter> count
   ctx_.counter = counter_;
   const char* s = std::getenv("TDQ_SYNC");
   synchronous_ = s && *s && *s != '0';
+  const char* q = std::getenv("TDQ_MAX_QUEUED_MB");
+  max_queued_bytes_ = (q && *q ? std::strtoull(q, nullptr, 10) : 256) << 20;
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -46,7 +48,14 @@ std::vector<Tensor> Stream::dispatch(const std::string& name, std::vector<Tensor
   TDQ_CHECK_TYPE(static_cast<bool>(kernel), name, ": no kernel for device ", device_name(device));
 
   std::vector<TensorMeta> metas = def.infer(inputs, attrs);
-  Task task{&def, OpCall{std::move(inputs), std::move(attrs), {}}, device};
+  size_t out_bytes = 0;
+  for (auto& m : metas) out_bytes += static_cast<size_t>(shape_numel(m.shape)) * dtype_size(m.dtype);
+  if (!synchronous_ && max_queued_bytes_ > 0) {
+    // Backpressure: let the stream catch up before allocating more.
+    std::unique_lock<std::mutex> lk(mu_);
+    drained_.wait(lk, [&] { return queued_bytes_ == 0 || queued_bytes_ + out_bytes <= max_queued_bytes_; });
+  }
+  Task task{&def, OpCall{std::move(inputs), std::move(attrs), {}}, device, out_bytes};
   for (auto& m : metas) task.call.outputs.push_back(alloc_tensor(m.shape, m.dtype, device, counter_));
   std::vector<Tensor> outs = task.call.outputs;
 
@@ -60,6 +69,7 @@ std::vector<Tensor> Stream::dispatch(const std::string& name, std::vector<Tensor
   } else {
     {
       std::lock_guard<std::mutex> lk(mu_);
+      queued_bytes_ += task.out_bytes;
       queue_.push_back(std::move(task));
       ++submitted_;
     }
@@ -105,9 +115,11 @@ void Stream::loop() {
       queue_.pop_front();
     }
     execute(task);
+    const size_t done_bytes = task.out_bytes;
     task = Task{};  // release the inputs' storage before signalling
     {
       std::lock_guard<std::mutex> lk(mu_);
+      queued_bytes_ -= done_bytes;
       ++completed_;
       drained_.notify_all();
     }
@@ -130,6 +142,11 @@ std::string Stream::wait_until(uint64_t seq) {
 void Stream::set_synchronous(bool on) {
   wait();
   synchronous_ = on;
+}
+
+void Stream::set_max_queued_bytes(size_t n) {
+  std::lock_guard<std::mutex> lk(mu_);
+  max_queued_bytes_ = n;
 }
 
 void Stream::set_profiling(bool on) {

@@ -35,6 +35,11 @@ class Stream {
   void set_synchronous(bool on);
   void set_threads(int n);  // waits for the queue first
   void set_cpu_level(CpuLevel l);
+  // Bytes of outputs that queued ops may hold before they run (0: no limit).
+  // Outputs are allocated when an op is queued, and JS can queue a whole
+  // backward pass at once; past this, dispatch waits for the stream.
+  void set_max_queued_bytes(size_t n);
+  size_t max_queued_bytes() const { return max_queued_bytes_; }
   int threads() const { return pool_.size(); }
 
   // Per-op wall time on the stream thread, for finding hot spots.
@@ -52,6 +57,7 @@ class Stream {
     const OpDef* def;
     OpCall call;
     Device device;
+    size_t out_bytes = 0;  // outputs allocated for this task before it ran
   };
   void loop();
   void execute(Task& t);
@@ -63,6 +69,7 @@ class Stream {
   std::condition_variable has_work_, drained_;
   std::deque<Task> queue_;
   uint64_t submitted_ = 0, completed_ = 0;
+  size_t queued_bytes_ = 0, max_queued_bytes_ = 0;
   bool quit_ = false;
   bool synchronous_ = false;
   std::string error_;

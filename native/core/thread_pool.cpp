@@ -23,7 +23,12 @@ int ThreadPool::default_threads() {
 
 void ThreadPool::start(int threads) {
   quit_ = false;
-  for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this] { worker_loop(); });
+  // Workers start from the generation current now, on this thread: read in the
+  // new thread instead, a job posted before it first runs would be skipped
+  // (and waited for forever); started from 0, a worker added by resize() would
+  // take the last finished job for a new one.
+  const uint64_t gen = generation_;
+  for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, gen] { worker_loop(gen); });
 }
 
 void ThreadPool::stop() {
@@ -58,14 +63,7 @@ void ThreadPool::run_chunks() {
   }
 }
 
-void ThreadPool::worker_loop() {
-  // Start from the current generation: a worker added by resize() must not
-  // take the last finished job for a new one.
-  uint64_t seen;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    seen = generation_;
-  }
+void ThreadPool::worker_loop(uint64_t seen) {
   for (;;) {
     {
       std::unique_lock<std::mutex> lk(mu_);

@@ -32,7 +32,7 @@ class ThreadPool {
  private:
   void start(int threads);
   void stop();
-  void worker_loop();
+  void worker_loop(uint64_t seen);
   void run_chunks();
 
   std::vector<std::thread> workers_;

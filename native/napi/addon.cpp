@@ -394,6 +394,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     o.Set("cpuLevel", tdq::cpu_level_name(d.stream->cpu_level()));
     o.Set("bestCpuLevel", tdq::cpu_level_name(f.best()));
     o.Set("threads", d.stream->threads());
+    o.Set("maxQueuedBytes", static_cast<double>(d.stream->max_queued_bytes()));
     Napi::Array ops = Napi::Array::New(env);
     uint32_t i = 0;
     for (const auto& kv : tdq::op_registry()) {
@@ -463,6 +464,16 @@ Napi::Value SetSynchronous(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value SetMaxQueuedBytes(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    double n = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+    if (!(n >= 0 && n <= 9007199254740991.0 && n == static_cast<double>(static_cast<int64_t>(n))))
+      tdq::fail(tdq::ErrorKind::Range, "setMaxQueuedBytes: bytes must be an integer >= 0 (0: no limit)");
+    env_data(info.Env()).stream->set_max_queued_bytes(static_cast<size_t>(n));
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value SetProfiling(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     env_data(info.Env()).stream->set_profiling(info.Length() > 0 && info[0].ToBoolean().Value());
@@ -503,6 +514,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setCpuLevel", Napi::Function::New(env, SetCpuLevel));
   exports.Set("setSynchronous", Napi::Function::New(env, SetSynchronous));
   exports.Set("setProfiling", Napi::Function::New(env, SetProfiling));
+  exports.Set("setMaxQueuedBytes", Napi::Function::New(env, SetMaxQueuedBytes));
   exports.Set("profile", Napi::Function::New(env, Profile));
   return exports;
 }

@@ -32,6 +32,7 @@ export interface EngineInfo {
   cpuLevel: 'scalar' | 'avx2' | 'avx512';
   bestCpuLevel: 'scalar' | 'avx2' | 'avx512';
   threads: number;
+  maxQueuedBytes: number;
   ops: OpInfo[];
   cuda: { built: boolean; available: boolean; reason: string };
 }
@@ -48,6 +49,11 @@ export interface NativeBinding {
   setThreads(n: number): void;
   setCpuLevel(level: 'scalar' | 'avx2' | 'avx512'): void;
   setSynchronous(on: boolean): void;
+  /**
+   * Bytes of outputs that queued, not yet run ops may hold (default 256 MiB,
+   * or TDQ_MAX_QUEUED_MB); past it, queuing an op waits for the engine. 0: no limit.
+   */
+  setMaxQueuedBytes(bytes: number): void;
   /** Starts (or stops) timing every op on the stream thread; clears the totals. */
   setProfiling(on: boolean): void;
   /** Seconds and calls per op since setProfiling(true) (waits for queued ops). */

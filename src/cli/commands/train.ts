@@ -85,7 +85,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     try {
       console.log(`tdq-native: training ${name} -> ${outDir}`);
       const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare: await prepare });
-      console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}, loss ${r.lastLoss.toFixed(5)}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
+      console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) process.exitCode = 130;
     } finally {
       process.off('SIGINT', onSigint);

@@ -15,6 +15,16 @@ function has(cmd, args) {
   return r.status === 0;
 }
 
+// node-gyp: npm's lifecycle variable, a local install, or the copy bundled with npm.
+function findNodeGyp() {
+  const tries = [process.env.npm_config_node_gyp];
+  try {
+    tries.push(require.resolve('node-gyp/bin/node-gyp.js'));
+  } catch {}
+  tries.push(path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'));
+  return tries.find((p) => p && require('node:fs').existsSync(p));
+}
+
 function run(cmd, args, env) {
   console.log(`tdq-native: ${cmd} ${args.join(' ')}`);
   const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } });
@@ -29,7 +39,8 @@ if (want === 'cmake') {
   if (process.env.TDQ_CUDA) args.push(`--CDTDQ_CUDA=${process.env.TDQ_CUDA}`);
   err = run(process.execPath, args);
 } else if (want === 'gyp') {
-  err = run('node-gyp', ['rebuild', `-j`, jobs], { JOBS: jobs });
+  const gyp = findNodeGyp();
+  err = gyp ? run(process.execPath, [gyp, 'rebuild', '-j', jobs], { JOBS: jobs }) : run('node-gyp', ['rebuild', '-j', jobs], { JOBS: jobs });
 } else {
   err = `TDQ_BUILD must be 'cmake' or 'gyp', got '${want}'`;
 }

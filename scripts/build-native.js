@@ -40,7 +40,11 @@ if (want === 'cmake') {
   err = run(process.execPath, args);
 } else if (want === 'gyp') {
   const gyp = findNodeGyp();
-  err = gyp ? run(process.execPath, [gyp, 'rebuild', '-j', jobs], { JOBS: jobs }) : run('node-gyp', ['rebuild', '-j', jobs], { JOBS: jobs });
+  // Offline: build against the headers of the installed Node rather than downloading them.
+  const prefix = path.join(path.dirname(process.execPath), '..');
+  const nodedir = process.env.npm_config_nodedir || (require('node:fs').existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? prefix : null);
+  const args = ['rebuild', '-j', jobs, ...(nodedir ? [`--nodedir=${nodedir}`] : [])];
+  err = gyp ? run(process.execPath, [gyp, ...args], { JOBS: jobs }) : run('node-gyp', args, { JOBS: jobs });
 } else {
   err = `TDQ_BUILD must be 'cmake' or 'gyp', got '${want}'`;
 }

@@ -3,12 +3,14 @@
 // as torch.nn.functional.avg_pool2d(x, kernel, stride, padding,
 // count_include_pad=...) with ceil_mode=False. The zero padding counts in the
 // divisor only with count_include_pad (torch's default); the FID Inception
-// averages over the real pixels alone (count_include_pad=False), which is why
-// this op exists beside the unpadded avg_pool2d.
+// averages over the real pixels alone (count_include_pad=False). The same
+// kernels serve the unpadded avg_pool2d of the UNets (padding 0).
 // avg_pool2d_padded_backward(gy; kernel, stride, padding, count_include_pad,
 // shape) -> the input's shape: each input pixel gathers gy / divisor from the
 // windows that contain it, so every output is written by one thread.
 #include <algorithm>
+
+#include <string>
 
 #include "../core/registry.h"
 
@@ -34,7 +36,8 @@ Pool pool_attrs(const Attrs& a) {
 Shape pooled_shape(const Attrs& a, const Shape& x, const char* arg) {
   const Pool p = pool_attrs(a);
   TDQ_CHECK_RANGE(x[2] + 2 * p.p >= p.k && x[3] + 2 * p.p >= p.k, a.op, ": argument '", arg, "' of shape ",
-                  shape_str(x), " (padded by ", p.p, ") is smaller than the kernel ", p.k, "x", p.k);
+                  shape_str(x), p.p ? " (padded by " + std::to_string(p.p) + ")" : std::string(),
+                  " is smaller than the kernel ", p.k, "x", p.k);
   return {x[0], x[1], (x[2] + 2 * p.p - p.k) / p.s + 1, (x[3] + 2 * p.p - p.k) / p.s + 1};
 }
 
@@ -133,5 +136,8 @@ void avg_pool2d_padded_backward(OpCall& c, const ExecContext& ctx) {
 
 TDQ_REGISTER_OP({"avg_pool2d_padded", 1, 1, infer_forward, avg_pool2d_padded_forward, {}});
 TDQ_REGISTER_OP({"avg_pool2d_padded_backward", 1, 1, infer_backward, avg_pool2d_padded_backward, {}});
+// The unpadded pool of the UNets (torch's avg_pool2d(x, k, s)) is the same op with padding 0.
+TDQ_REGISTER_OP({"avg_pool2d", 1, 1, infer_forward, avg_pool2d_padded_forward, {}});
+TDQ_REGISTER_OP({"avg_pool2d_backward", 1, 1, infer_backward, avg_pool2d_padded_backward, {}});
 
 }  // namespace tdq

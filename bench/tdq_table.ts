@@ -5,7 +5,11 @@
 //   node dist/bench/tdq_table.js --ckpt models/fmnist-small.safetensors \
 //     [--n-samples 16] [--steps 50] [--seeds 0,1,2] [--settings W8A8,W4A8,W8A4,W4A4] \
 //     [--calib-samples 16] [--method mse] [--qat w4a8-tdq=runs/x/model.safetensors ...] \
+//     [--eps-samples 16] [--skip-ptq] [--no-fid] \
 //     [--out bench/tdq_table.json]
+//
+// Sampling clips the predicted x0 to [-1, 1] at every step, as `tdq-native
+// sample` does by default for pixel models.
 //
 // Metrics. FID-FMNIST (src/eval: the project's Fashion-MNIST classifier
 // features, reference = the 60,000 training images; --no-fid skips it) of each
@@ -16,7 +20,7 @@
 // predicts the noise at every step, and
 //   eps-MSE  = mean over steps and pixels of (eps_Q(x_t, t) - eps_FP(x_t, t))^2
 // (teacher-forced: it measures the quantization error of each step, not the
-// drift). The quantized model's own DDIM samples from the same x_T are also
+// drift; on the first --eps-samples samples of each seed, default 16). The quantized model's own DDIM samples from the same x_T are also
 // compared with the FP samples:
 //   x0-MSE   = mean over pixels of (x0_Q - x0_FP)^2.
 // Each cell: mean ± standard deviation over seeds. PTQ rows are calibrated
@@ -30,7 +34,9 @@ import { parseConfig, type Config } from '../src/config';
 import { sample, timestepValues } from '../src/diffusion/samplers/index';
 import type { NoiseSchedule } from '../src/diffusion/schedule';
 import { buildUNet, scheduleFromConfig, type Denoiser } from '../src/models/diffusion';
-import { calibrateWithReport } from '../src/quant/calibrate';
+import { type CalibrationReport, calibrateWithReport } from '../src/quant/calibrate';
+import { denseLogSteps } from '../src/quant/step_search';
+import { StepTable } from '../src/quant/table';
 import { type QuantConfig, resolveQuantConfig } from '../src/quant/config';
 import { type QuantizedModel, loadQuantized } from '../src/quant/quantize_model';
 import { noGrad } from '../src/tensor/autograd';
@@ -54,12 +60,14 @@ interface Args {
   out: string;
   skipPtq: boolean;
   fid: boolean;
+  /** Samples per seed on which eps-MSE is measured (the first ones of the FP trajectory). */
+  epsSamples: number;
 }
 
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     ckpt: 'models/fmnist-small.safetensors', nSamples: 16, steps: 50, seeds: [0, 1, 2],
-    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'mse', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, fid: true,
+    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'mse', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, fid: true, epsSamples: 16,
   };
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i], v = () => {
@@ -83,6 +91,7 @@ function parseArgs(argv: string[]): Args {
       case '--out': a.out = v(); break;
       case '--skip-ptq': a.skipPtq = true; break;
       case '--no-fid': a.fid = false; break;
+      case '--eps-samples': a.epsSamples = int(v()); break;
       case '--settings':
         a.settings = v().split(',').map((s) => {
           const m = /^W(\d)A(\d)$/i.exec(s.trim());
@@ -146,11 +155,17 @@ async function reference(fp: Denoiser, a: Args, m: FpModel, seed: number): Promi
     eps.push(keep(detach(e)));
     ts.push(timestepValues(t)[0]); // known to the sampler: no blocking read
     return e;
-  }, { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape: [a.nSamples, ...m.shape], seed });
-  const r: Reference = { xs: xs.map((t) => Float32Array.from(t.dataSync() as Float32Array)), ts, eps: eps.map((t) => Float32Array.from(t.dataSync() as Float32Array)), x0: Float32Array.from(out.dataSync() as Float32Array) };
+  }, { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape: [a.nSamples, ...m.shape], seed, clipDenoised: true });
+  // eps-MSE is measured on the first epsSamples samples only: teacher forcing
+  // costs as much as sampling, and the mean over steps and pixels settles fast.
+  const keepN = epsCount(a) * m.shape.reduce((p, d) => p * d, 1);
+  const first = (t: Tensor) => Float32Array.from((t.dataSync() as Float32Array).subarray(0, keepN));
+  const r: Reference = { xs: xs.map(first), ts, eps: eps.map(first), x0: Float32Array.from(out.dataSync() as Float32Array) };
   for (const t of [...xs, ...eps, out]) t.dispose();
   return r;
 }
+
+const epsCount = (a: Args) => Math.min(a.nSamples, a.epsSamples);
 
 function mse(a: Float32Array, b: Float32Array): number {
   let s = 0;
@@ -178,14 +193,15 @@ async function evaluate(qm: QuantizedModel, a: Args, m: FpModel, refs: Reference
   for (const [si, seed] of a.seeds.entries()) {
     const r = refs[si];
     let acc = 0;
+    const ne = epsCount(a), epsShape = [ne, ...m.shape];
     for (let k = 0; k < r.xs.length; ++k) {
-      const tv = new Array(a.nSamples).fill(r.ts[k]);
-      const e = noGrad(() => tidy(() => qm.forward(fromArray(r.xs[k], shape), fromArray(tv, [a.nSamples]), undefined, tv)));
+      const tv = new Array(ne).fill(r.ts[k]);
+      const e = noGrad(() => tidy(() => qm.forward(fromArray(r.xs[k], epsShape), fromArray(tv, [ne]), undefined, tv)));
       acc += mse(e.dataSync() as Float32Array, r.eps[k]);
       e.dispose();
     }
     epsM.push(acc / r.xs.length);
-    const out = await sample((x, t) => qm.forward(x, t), { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape, seed });
+    const out = await sample((x, t) => qm.forward(x, t), { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape, seed, clipDenoised: true });
     const x0 = Float32Array.from(out.dataSync() as Float32Array);
     out.dispose();
     x0M.push(mse(x0, r.x0));
@@ -210,6 +226,20 @@ function cell(v: number[] | undefined): string {
   if (!v) return '—';
   const [mu, sd] = meanStd(v);
   return `${mu.toPrecision(3)} ± ${sd.toPrecision(2)}`;
+}
+
+/**
+ * The TDQ fit's upper bound: every quantizer's table set straight from its
+ * calibrated per-timestep steps (log-linear between calibration timesteps, as
+ * the fit's targets), no MLP in between.
+ */
+function tableFromCalibration(qm: QuantizedModel, r: CalibrationReport): void {
+  const byName = new Map(r.quantizers.map((q) => [q.name, q]));
+  for (const q of qm.actQuantizers()) {
+    const c = byName.get(q.name);
+    if (!c) throw new Error(`no calibration for ${q.name}`);
+    q.table = new StepTable(Float32Array.from(denseLogSteps({ t: c.t, step: c.steps }, qm.timesteps), Math.exp));
+  }
 }
 
 async function loadQat(file: string, m: FpModel): Promise<QuantizedModel> {
@@ -240,32 +270,44 @@ async function main(): Promise<void> {
     results.fp = { eps: a.seeds.map(() => 0), x0: a.seeds.map(() => 0), fid: fpFid, seconds: 0 };
     console.log(`fp: FID-FMNIST ${cell(fpFid)}`);
   }
-  const run = async (key: string, make: () => Promise<QuantizedModel>) => {
-    const s0 = Date.now();
+  const report = (key: string) => {
+    const r = results[key];
+    console.log(`${key}: ${r.fid ? `FID-FMNIST ${cell(r.fid)}, ` : ''}eps-MSE ${cell(r.eps)}, x0-MSE ${cell(r.x0)} (${r.seconds.toFixed(1)} s)`);
+  };
+  // `then` evaluates further variants of the same model (after `make`'s own key).
+  const run = async (key: string, make: () => Promise<QuantizedModel>, then?: (qm: QuantizedModel) => [string, () => void][]) => {
+    let s0 = Date.now();
     const qm = await make();
     try {
       results[key] = { ...(await evaluate(qm, a, m, refs, fid)), seconds: (Date.now() - s0) / 1000 };
+      report(key);
+      for (const [k, apply] of then?.(qm) ?? []) {
+        s0 = Date.now();
+        apply();
+        results[k] = { ...(await evaluate(qm, a, m, refs, fid)), seconds: (Date.now() - s0) / 1000 };
+        report(k);
+      }
     } finally {
       qm.dispose();
     }
-    const r = results[key];
-    console.log(`${key}: ${r.fid ? `FID-FMNIST ${cell(r.fid)}, ` : ''}eps-MSE ${cell(r.eps)}, x0-MSE ${cell(r.x0)} (${r.seconds.toFixed(1)} s)`);
   };
   for (const [w, act] of a.settings) {
     for (const useDynamic of [false, true]) {
       const name = `w${w}a${act}-${useDynamic ? 'tdq' : 'lsq'}`;
+      let calib: CalibrationReport | null = null;
       if (!a.skipPtq)
         await run(`ptq-${name}`, async () => {
           const cfg: QuantConfig = resolveQuantConfig({ nBitW: w, nBitA: act, useDynamic });
-          const { model } = await calibrateWithReport(freshUNet(m), cfg, {
+          const { model, report: r } = await calibrateWithReport(freshUNet(m), cfg, {
             schedule: m.schedule, steps: a.calibSteps, nSamples: a.calibSamples, seed: 1000, method: a.method, sampleShape: m.shape,
           });
+          calib = r;
           if (useDynamic) {
             model.buildTable();
             model.useTable(true);
           }
           return model;
-        });
+        }, (qm) => useDynamic && calib ? [[`ptq-w${w}a${act}-pert`, () => tableFromCalibration(qm, calib!)]] : []);
       const qat = a.qat.get(name);
       if (qat) await run(`qat-${name}`, () => loadQat(qat, m));
     }
@@ -281,13 +323,14 @@ async function main(): Promise<void> {
     `| FP | ${a.settings.map(() => (metric === 'fid' ? cell(results.fp?.fid) : '0')).join(' | ')} |`,
     row('PTQ static (LSQ init)', (s) => `ptq-${s}-lsq`, metric),
     row('PTQ TDQ', (s) => `ptq-${s}-tdq`, metric),
+    row('PTQ per-timestep steps (table from calibration, no MLP)', (s) => `ptq-${s}-pert`, metric),
     row('QAT static (LSQ)', (s) => `qat-${s}-lsq`, metric),
     row('QAT TDQ', (s) => `qat-${s}-tdq`, metric),
   ].join('\n');
   const md = [
     `Mean ± std over seeds ${a.seeds.join(', ')}; ${a.nSamples} samples per seed; DDIM ${a.steps} steps (eta 0); ${path.basename(a.ckpt)}; PTQ calibrated on ${a.calibSamples} trajectories of ${a.calibSteps} steps (${a.method}).`,
     ...(fid ? ['', `FID-FMNIST (lower is better; ${a.nSamples} samples per seed against the 60,000 training images):`, '', table('fid')] : []),
-    '', 'eps-MSE against the FP model along the FP trajectory:', '', table('eps'),
+    '', `eps-MSE against the FP model along the FP trajectory (first ${epsCount(a)} samples per seed):`, '', table('eps'),
     '', 'x0-MSE of the final samples against the FP samples from the same noise:', '', table('x0'),
   ].join('\n');
   console.log(`\n${md}`);

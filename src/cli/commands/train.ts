@@ -46,7 +46,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('name', { alias: 'n', type: 'string', describe: 'run name (folder under --logdir); default: the config file name' })
       .option('max-steps', { alias: 'max_steps', type: 'number', describe: 'overrides training.max_steps' })
       .option('batch-size', { alias: 'batch_size', type: 'number', describe: 'overrides training.batch_size' })
-      .option('lr', { type: 'number', describe: 'overrides model.base_learning_rate' })
+      .option('lr', { type: 'number', describe: 'overrides model.base_learning_rate (QAT default: 2e-5)' })
       .option('seed', { type: 'number', describe: 'overrides training.seed' })
       .option('logdir', { alias: 'l', type: 'string', default: 'runs', describe: 'parent folder of run folders' })
       .option('data-dir', { alias: 'data_dir', type: 'string', describe: 'dataset folder (Fashion-MNIST idx files or PNG root)' })
@@ -55,7 +55,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('n-bit-a', { alias: 'n_bit_a', type: 'number', describe: 'QAT: activation bits (2-8)' })
       .option('use-dynamic', { alias: 'use_dynamic', type: 'boolean', default: false, describe: 'QAT: TDQ (step sizes from the timestep) instead of static steps' })
       .option('static-method', { choices: ['lsq', 'pact'] as const, default: 'lsq' as const, describe: 'QAT: the static activation quantizer' })
-      .option('quant-lr', { type: 'number', describe: 'QAT: learning rate of the quantizer parameters (default: the base rate)' })
+      .option('quant-lr', { type: 'number', describe: 'QAT: learning rate of the quantizer parameters (default: 10x the base rate)' })
       .option('calib-samples', { type: 'number', default: 16, describe: 'QAT: calibration trajectories that initialise the quantizers' })
       .option('calib-steps', { type: 'number', default: 50, describe: 'QAT: DDIM steps of each calibration trajectory' })
       .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model')
@@ -68,12 +68,20 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     if (a.batchSize !== undefined) overrides.push(`training.batch_size=${a.batchSize}`);
     if (a.lr !== undefined) overrides.push(`model.base_learning_rate=${a.lr}`);
     if (a.seed !== undefined) overrides.push(`training.seed=${a.seed}`);
+    const qat = await qatPlan(a);
+    if (qat) {
+      // QAT fine-tunes a trained model: the FP training rate would undo it
+      // (measured in bench/results/tdq-table.md). Defaults go first so that
+      // --set and --lr still win.
+      if (a.lr === undefined) overrides.unshift(`model.base_learning_rate=${QAT_DEFAULTS.lr}`);
+      if (!a.set.some((s) => s.startsWith('training.warmup_steps='))) overrides.unshift(`training.warmup_steps=${QAT_DEFAULTS.warmupSteps}`);
+    }
     const { config, warnings } = loadConfig(a.base, { overrides });
     for (const w of warnings) console.warn(`tdq-native: ${w}`);
     const name = a.name ?? path.basename(a.base).replace(/\.ya?ml$/, '');
     const outDir = config.training.out_dir ?? path.join(a.logdir, name);
     if (a.resume && a.ckpt) throw new CliError('--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts one from weights');
-    const prepare = quantPrepare(a, config, outDir);
+    const prepare = qat ? qatHook(a, qat, config, outDir) : undefined;
     const abort = new AbortController();
     let interrupts = 0;
     const onSigint = () => {
@@ -84,7 +92,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     process.on('SIGINT', onSigint);
     try {
       console.log(`tdq-native: training ${name} -> ${outDir}`);
-      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare: await prepare });
+      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare });
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) process.exitCode = 130;
     } finally {
@@ -94,42 +102,59 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
 };
 
 /**
- * The trainer's prepare hook for QAT: from the flags when starting (the
- * quantizers are calibrated on the --ckpt weights), or from the checkpoint's
- * own quantization config when resuming a QAT run (no calibration: the
- * checkpoint restores every quantizer).
+ * QAT's defaults where the config and the flags are silent: a learning rate far
+ * below full-precision training's, the quantizer parameters (steps, TDQ MLPs)
+ * at ten times it, and no warm-up. Chosen on the shipped Fashion-MNIST model:
+ * the FP rate (5e-4) made W8A4 worse than PTQ within 200 steps, 2e-5 / 2e-4
+ * made it better (bench/results/tdq-table.md).
  */
-async function quantPrepare(a: TrainArgs, config: ReturnType<typeof loadConfig>['config'], outDir: string): Promise<TrainOptions['prepare']> {
+export const QAT_DEFAULTS = { lr: 2e-5, quantLrFactor: 10, warmupSteps: 0 };
+
+interface QatPlan {
+  cfg: QuantConfig;
+  /** false when resuming: the checkpoint restores every quantizer. */
+  calibrate: boolean;
+}
+
+/**
+ * Whether this is a QAT run, and its quantization config: from the flags
+ * when starting (the quantizers are calibrated on the --ckpt weights), or
+ * from the checkpoint's own config when resuming a QAT run.
+ */
+async function qatPlan(a: TrainArgs): Promise<QatPlan | null> {
   const wantsQuant = a.nBitW !== undefined || a.nBitA !== undefined || a.useDynamic;
-  let cfg: QuantConfig | null = null;
-  let calibrate = true;
   if (a.resume) {
     const file = fs.existsSync(a.resume) && fs.statSync(a.resume).isDirectory() ? latestCheckpoint(a.resume) : a.resume;
-    if (file) {
-      const meta = (await inspectSafetensors(file)).metadata ?? {};
-      if (isQuantizedCheckpoint(meta)) {
-        cfg = quantConfigFromJSON(meta.quant);
-        calibrate = false;
-      } else if (wantsQuant) throw new CliError(`--resume ${a.resume}: that run is not quantized; start QAT with --ckpt and the --n-bit flags`);
-    }
-  } else if (wantsQuant) {
-    if (a.nBitW === undefined || a.nBitA === undefined) throw new CliError('QAT needs both --n-bit-w and --n-bit-a');
-    if (!a.ckpt) throw new CliError('QAT starts from full-precision weights: pass them with --ckpt');
-    try {
-      cfg = resolveQuantConfig({ nBitW: a.nBitW, nBitA: a.nBitA, useDynamic: a.useDynamic, staticMethod: a.staticMethod });
-    } catch (e) {
-      throw new CliError((e as Error).message);
-    }
+    if (!file) return null;
+    const meta = (await inspectSafetensors(file)).metadata ?? {};
+    if (isQuantizedCheckpoint(meta)) return { cfg: quantConfigFromJSON(meta.quant), calibrate: false };
+    if (wantsQuant) throw new CliError(`--resume ${a.resume}: that run is not quantized; start QAT with --ckpt and the --n-bit flags`);
+    return null;
   }
-  if (!cfg) return undefined;
+  if (!wantsQuant) return null;
+  if (a.nBitW === undefined || a.nBitA === undefined) throw new CliError('QAT needs both --n-bit-w and --n-bit-a');
+  if (!a.ckpt) throw new CliError('QAT starts from full-precision weights: pass them with --ckpt');
+  try {
+    return { cfg: resolveQuantConfig({ nBitW: a.nBitW, nBitA: a.nBitA, useDynamic: a.useDynamic, staticMethod: a.staticMethod }), calibrate: true };
+  } catch (e) {
+    throw new CliError((e as Error).message);
+  }
+}
+
+/** The trainer's prepare hook for a QAT run. */
+function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: ReturnType<typeof loadConfig>['config'], outDir: string): TrainOptions['prepare'] {
+  const lr = config.model.base_learning_rate;
+  const quantLr = a.quantLr ?? QAT_DEFAULTS.quantLrFactor * lr;
   console.log(`tdq-native: quantization-aware training W${cfg.nBitW}A${cfg.nBitA} ${cfg.useDynamic ? 'TDQ' : `static ${cfg.staticMethod.toUpperCase()}`} -> ${outDir}`);
+  console.log(`tdq-native: QAT learning rates: weights ${lr.toExponential(1)}, quantizers ${quantLr.toExponential(1)}; warm-up ${config.training.warmup_steps} steps (--lr, --quant-lr, --set training.warmup_steps=N)`);
   return qatPrepare(cfg, {
     schedule: scheduleFromConfig(config.model.params),
     nSamples: a.calibSamples,
     steps: a.calibSteps,
     method: 'mse',
     seed: config.training.seed,
-    quantLr: a.quantLr,
+    // A function of the trainer's base rate, which scale_lr may multiply.
+    quantLr: a.quantLr ?? ((base) => QAT_DEFAULTS.quantLrFactor * base),
     calibrate,
   }) as TrainOptions['prepare'];
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The QAT rows of the TDQ results table: static LSQ and TDQ at W8A8, W4A8,
+# W8A4 and W4A4, each fine-tuned from the shipped full-precision model with
+# the train command's QAT defaults (weights 2e-5, quantizers 2e-4, no warm-up).
+# The two runs of a setting go in parallel, one thread each. Then it prints
+# the bench/tdq_table.js command that evaluates them beside the PTQ rows.
+#
+#   bash bench/tdq_qat.sh [LOGDIR=runs] [STEPS=400] [BATCH=32]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOGDIR=${LOGDIR:-runs} STEPS=${STEPS:-400} BATCH=${BATCH:-32}
+FP=models/fmnist-small.safetensors
+qat_args=()
+run() { # W A lsq|tdq
+  local dyn=()
+  [ "$3" = tdq ] && dyn=(--use-dynamic)
+  TDQ_NUM_THREADS=1 node bin/tdq-native.js train --base configs/fmnist-small.yaml --ckpt "$FP" \
+    --n-bit-w "$1" --n-bit-a "$2" "${dyn[@]}" --max-steps "$STEPS" --batch-size "$BATCH" \
+    --calib-samples 16 --logdir "$LOGDIR" --name "qat-w$1a$2-$3" > "$LOGDIR/qat-w$1a$2-$3.log" 2>&1
+}
+mkdir -p "$LOGDIR"
+for s in "8 4" "4 4" "8 8" "4 8"; do
+  set -- $s
+  run "$1" "$2" lsq & a=$!
+  run "$1" "$2" tdq & b=$!
+  wait $a; wait $b # set -e: a failed run stops here; its log says why
+  echo "W$1A$2 done: $LOGDIR/qat-w$1a$2-{lsq,tdq}"
+  for m in lsq tdq; do qat_args+=(--qat "w$1a$2-$m=$LOGDIR/qat-w$1a$2-$m/model.safetensors"); done
+done
+echo "node dist/bench/tdq_table.js --ckpt $FP --n-samples 128 --steps 25 --seeds 0,1,2 --calib-samples 16 ${qat_args[*]} --out bench/results/tdq-table.json"

@@ -92,6 +92,43 @@ describe('engine', () => {
     assert.throws(() => native().setMaxQueuedBytes(-1), RangeError);
   });
 
+  it('freed large buffers are cached for reuse up to the cap, and released on request', async () => {
+    const n = 1 << 20; // 4 MiB: above the 1 MiB threshold of mapped buffers
+    const ones = fromArray(new Float32Array(n).fill(1), [n]);
+    try {
+      native().releaseHostCache();
+      await sync();
+      const before = native().memory().cachedBytes;
+      assert.equal(before, 0);
+      const e = exp(ones);
+      const s = sum(e);
+      assert.ok(Math.abs((await s.item()) / (n * Math.E) - 1) < 1e-5);
+      s.dispose();
+      e.dispose();
+      await sync();
+      const cached = native().memory().cachedBytes;
+      assert.ok(cached >= n * 4, `a freed 4 MiB output should be cached, cachedBytes = ${cached}`);
+      // A reused block carries the old contents; ops must not read them.
+      const zeros = fromArray(new Float32Array(n), [n]);
+      const z = exp(zeros), sz = sum(z);
+      assert.equal(await sz.item(), n);
+      for (const t of [zeros, z, sz]) t.dispose();
+      await sync();
+      assert.ok(native().releaseHostCache() >= n * 4);
+      assert.equal(native().memory().cachedBytes, 0);
+      // With a zero cap nothing is kept.
+      native().setHostCacheBytes(0);
+      exp(ones).dispose();
+      await sync();
+      assert.equal(native().memory().cachedBytes, 0);
+      assert.throws(() => native().setHostCacheBytes(-1), /setHostCacheBytes: bytes must be an integer >= 0/);
+      assert.throws(() => native().setHostCacheBytes(1.5), RangeError);
+    } finally {
+      native().setHostCacheBytes(256 << 20);
+      ones.dispose();
+    }
+  });
+
   it('the profiler times ops by name', async () => {
     native().setProfiling(true);
     const s = sum(fromArray([1, 2, 3], [3]));

@@ -1,6 +1,9 @@
 #include "tensor.h"
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <utility>
 #include <new>
 #include <sstream>
 
@@ -78,13 +81,56 @@ namespace {
 // glibc's malloc keeps such large freed blocks in per-thread arenas (and its
 // adaptive mmap threshold stops returning them), so resident memory grew to
 // many times what the engine holds. Large buffers therefore go straight to
-// the kernel: mapped on allocation, unmapped on free.
+// the kernel, through a small cache of freed mappings: a training or sampling
+// loop allocates the same sizes every step, and a fresh mapping costs a page
+// fault and a page of zeroing per 4 KiB on first touch (a third of the time
+// of a QAT step went there). The cache is capped (TDQ_HOST_CACHE_MB, default
+// 256), so resident memory stays within live bytes plus the cap, and
+// host_cache_release() empties it.
 constexpr size_t kMmapThreshold = size_t(1) << 20;
+constexpr size_t kMmapGranule = size_t(1) << 16;  // sizes rounded up, so near sizes share blocks
+
+size_t mmap_bytes(size_t bytes) { return (bytes + kMmapGranule - 1) / kMmapGranule * kMmapGranule; }
+
+size_t cache_cap_from_env() {
+  const char* v = std::getenv("TDQ_HOST_CACHE_MB");
+  if (!v || !*v) return size_t(256) << 20;
+  char* end = nullptr;
+  unsigned long long mb = std::strtoull(v, &end, 10);
+  if (end == v || *end) return size_t(256) << 20;  // malformed: the default, as TDQ_MAX_QUEUED_MB
+  return static_cast<size_t>(mb) << 20;
+}
+
+struct HostCache {
+  std::mutex mu;
+  std::multimap<size_t, void*> blocks;  // size -> mapping
+  size_t cached = 0;
+  size_t cap = cache_cap_from_env();
+};
+
+// Process-wide on purpose, like malloc's heap: a mapping freed by one
+// environment's stream can serve another's allocation. Guarded by its mutex.
+HostCache& host_cache() {
+  static HostCache* c = new HostCache();  // never destroyed: frees may run during exit
+  return *c;
+}
 
 void* host_alloc(size_t bytes) {
 #ifdef TDQ_HAVE_MMAP
   if (bytes >= kMmapThreshold) {
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const size_t len = mmap_bytes(bytes);
+    HostCache& c = host_cache();
+    {
+      std::lock_guard<std::mutex> lock(c.mu);
+      auto it = c.blocks.find(len);
+      if (it != c.blocks.end()) {
+        void* p = it->second;
+        c.blocks.erase(it);
+        c.cached -= len;
+        return p;
+      }
+    }
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? nullptr : p;
   }
 #endif
@@ -94,7 +140,26 @@ void* host_alloc(size_t bytes) {
 void host_free(void* p, size_t bytes) {
 #ifdef TDQ_HAVE_MMAP
   if (bytes >= kMmapThreshold) {
-    munmap(p, bytes);
+    const size_t len = mmap_bytes(bytes);
+    HostCache& c = host_cache();
+    std::vector<std::pair<void*, size_t>> drop;
+    {
+      std::lock_guard<std::mutex> lock(c.mu);
+      if (len <= c.cap) {
+        // Make room by unmapping the largest cached blocks first.
+        while (c.cached + len > c.cap && !c.blocks.empty()) {
+          auto last = std::prev(c.blocks.end());
+          drop.emplace_back(last->second, last->first);
+          c.cached -= last->first;
+          c.blocks.erase(last);
+        }
+        c.blocks.emplace(len, p);
+        c.cached += len;
+      } else {
+        drop.emplace_back(p, len);
+      }
+    }
+    for (auto& [q, n] : drop) munmap(q, n);
     return;
   }
 #endif
@@ -103,6 +168,54 @@ void host_free(void* p, size_t bytes) {
 
 size_t alloc_bytes(size_t n) { return n == 0 ? 64 : n; }
 }  // namespace
+
+size_t host_cache_bytes() {
+#ifdef TDQ_HAVE_MMAP
+  HostCache& c = host_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.cached;
+#else
+  return 0;
+#endif
+}
+
+size_t host_cache_release() {
+#ifdef TDQ_HAVE_MMAP
+  HostCache& c = host_cache();
+  std::multimap<size_t, void*> blocks;
+  size_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    blocks.swap(c.blocks);
+    n = c.cached;
+    c.cached = 0;
+  }
+  for (auto& [len, p] : blocks) munmap(p, len);
+  return n;
+#else
+  return 0;
+#endif
+}
+
+void host_cache_set_cap(size_t bytes) {
+#ifdef TDQ_HAVE_MMAP
+  HostCache& c = host_cache();
+  std::vector<std::pair<void*, size_t>> drop;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.cap = bytes;
+    while (c.cached > c.cap && !c.blocks.empty()) {
+      auto last = std::prev(c.blocks.end());
+      drop.emplace_back(last->second, last->first);
+      c.cached -= last->first;
+      c.blocks.erase(last);
+    }
+  }
+  for (auto& [q, n] : drop) munmap(q, n);
+#else
+  (void)bytes;
+#endif
+}
 
 Storage::Storage(size_t n, Device dev, std::shared_ptr<MemoryCounter> c)
     : nbytes(n), device(dev), counter(std::move(c)) {

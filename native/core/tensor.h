@@ -58,6 +58,12 @@ struct Tensor {
   float* f32() const { return data<float>(); }
 };
 
+// Freed large host buffers are kept for reuse, up to a cap (TDQ_HOST_CACHE_MB,
+// default 256 MiB). These report, empty and resize that cache.
+size_t host_cache_bytes();
+size_t host_cache_release();  // returns the bytes given back to the system
+void host_cache_set_cap(size_t bytes);
+
 Tensor alloc_tensor(const Shape& shape, DType dtype, Device device,
                     const std::shared_ptr<MemoryCounter>& counter);
 

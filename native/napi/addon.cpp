@@ -426,6 +426,7 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("liveBytes", static_cast<double>(d.counter->live.load()));
     o.Set("peakBytes", static_cast<double>(d.counter->peak.load()));
+    o.Set("cachedBytes", static_cast<double>(tdq::host_cache_bytes()));
     return o;
   });
 }
@@ -474,6 +475,22 @@ Napi::Value SetMaxQueuedBytes(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value SetHostCacheBytes(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    double n = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+    if (!(n >= 0 && n <= 9007199254740991.0 && n == static_cast<double>(static_cast<int64_t>(n))))
+      tdq::fail(tdq::ErrorKind::Range, "setHostCacheBytes: bytes must be an integer >= 0 (0: no cache)");
+    tdq::host_cache_set_cap(static_cast<size_t>(n));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value ReleaseHostCache(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    return Napi::Number::New(info.Env(), static_cast<double>(tdq::host_cache_release()));
+  });
+}
+
 Napi::Value SetProfiling(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     env_data(info.Env()).stream->set_profiling(info.Length() > 0 && info[0].ToBoolean().Value());
@@ -515,6 +532,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setSynchronous", Napi::Function::New(env, SetSynchronous));
   exports.Set("setProfiling", Napi::Function::New(env, SetProfiling));
   exports.Set("setMaxQueuedBytes", Napi::Function::New(env, SetMaxQueuedBytes));
+  exports.Set("setHostCacheBytes", Napi::Function::New(env, SetHostCacheBytes));
+  exports.Set("releaseHostCache", Napi::Function::New(env, ReleaseHostCache));
   exports.Set("profile", Napi::Function::New(env, Profile));
   return exports;
 }

@@ -44,7 +44,8 @@ export interface NativeBinding {
   sync(): Promise<void>;
   syncBlocking(): void;
   info(): EngineInfo;
-  memory(): { liveBytes: number; peakBytes: number };
+  /** liveBytes, peakBytes: this environment's tensors; cachedBytes: freed large host buffers kept for reuse (process-wide). */
+  memory(): { liveBytes: number; peakBytes: number; cachedBytes: number };
   resetPeakMemory(): void;
   setThreads(n: number): void;
   setCpuLevel(level: 'scalar' | 'avx2' | 'avx512'): void;
@@ -54,6 +55,13 @@ export interface NativeBinding {
    * or TDQ_MAX_QUEUED_MB); past it, queuing an op waits for the engine. 0: no limit.
    */
   setMaxQueuedBytes(bytes: number): void;
+  /**
+   * Caps the cache of freed large host buffers (default 256 MiB, or
+   * TDQ_HOST_CACHE_MB), unmapping what is over the cap. 0: no cache.
+   */
+  setHostCacheBytes(bytes: number): void;
+  /** Gives every cached host buffer back to the system; returns the bytes released. */
+  releaseHostCache(): number;
   /** Starts (or stops) timing every op on the stream thread; clears the totals. */
   setProfiling(on: boolean): void;
   /** Seconds and calls per op since setProfiling(true) (waits for queued ops). */

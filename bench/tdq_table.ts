@@ -30,22 +30,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { parseConfig, type Config } from '../src/config';
-import { sample, timestepValues } from '../src/diffusion/samplers/index';
-import type { NoiseSchedule } from '../src/diffusion/schedule';
-import { buildUNet, scheduleFromConfig, type Denoiser } from '../src/models/diffusion';
+import { sample } from '../src/diffusion/samplers/index';
+import { buildUNet } from '../src/models/diffusion';
 import { type CalibrationReport, calibrateWithReport } from '../src/quant/calibrate';
-import { denseLogSteps } from '../src/quant/step_search';
-import { StepTable } from '../src/quant/table';
 import { type QuantConfig, resolveQuantConfig } from '../src/quant/config';
 import { type QuantizedModel, loadQuantized } from '../src/quant/quantize_model';
-import { noGrad } from '../src/tensor/autograd';
-import { detach } from '../src/tensor/ops/elementwise';
 import { Generator } from '../src/tensor/random';
-import { keep, tidy } from '../src/tensor/scope';
-import { type Tensor, fromArray } from '../src/tensor/tensor';
 import { loadCheckpoint } from '../src/train/checkpoint';
 import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
+import { type FpModel, type Reference, epsMsePerStep, freshUNet, loadFp, mean, mse, reference, tableFromCalibration } from './tdq_common';
 
 interface Args {
   ckpt: string;
@@ -113,65 +106,7 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
-interface FpModel {
-  config: Config;
-  schedule: NoiseSchedule;
-  shape: number[];
-  weights: Map<string, Tensor>;
-}
-
-async function loadFp(file: string): Promise<FpModel> {
-  const ck = await loadCheckpoint(file);
-  if (ck.metadata.quant) throw new Error(`${file} is quantized; pass the full-precision model`);
-  if (!ck.metadata.config) throw new Error(`${file} carries no config in its metadata`);
-  const config = parseConfig(ck.metadata.config, `${file} (metadata 'config')`).config;
-  const weights = ck.ema ?? ck.model;
-  const other = ck.ema ? ck.model : null;
-  if (other) for (const t of other.values()) t.dispose();
-  const p = config.model.params;
-  return { config, schedule: scheduleFromConfig(p), shape: [p.channels, p.image_size, p.image_size], weights };
-}
-
-function freshUNet(fp: FpModel): Denoiser {
-  const u = buildUNet(fp.config.model.params.unet_config, new Generator(0));
-  u.loadStateDict(fp.weights);
-  u.eval();
-  return u;
-}
-
-/** The FP reference of one seed: the trajectory's inputs and noise predictions per step, and the samples. */
-interface Reference {
-  xs: Float32Array[];
-  ts: number[];
-  eps: Float32Array[];
-  x0: Float32Array;
-}
-
-async function reference(fp: Denoiser, a: Args, m: FpModel, seed: number): Promise<Reference> {
-  const xs: Tensor[] = [], eps: Tensor[] = [], ts: number[] = [];
-  const out = await sample((x, t) => {
-    const e = fp.forward(x, t);
-    xs.push(keep(detach(x)));
-    eps.push(keep(detach(e)));
-    ts.push(timestepValues(t)[0]); // known to the sampler: no blocking read
-    return e;
-  }, { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape: [a.nSamples, ...m.shape], seed, clipDenoised: true });
-  // eps-MSE is measured on the first epsSamples samples only: teacher forcing
-  // costs as much as sampling, and the mean over steps and pixels settles fast.
-  const keepN = epsCount(a) * m.shape.reduce((p, d) => p * d, 1);
-  const first = (t: Tensor) => Float32Array.from((t.dataSync() as Float32Array).subarray(0, keepN));
-  const r: Reference = { xs: xs.map(first), ts, eps: eps.map(first), x0: Float32Array.from(out.dataSync() as Float32Array) };
-  for (const t of [...xs, ...eps, out]) t.dispose();
-  return r;
-}
-
 const epsCount = (a: Args) => Math.min(a.nSamples, a.epsSamples);
-
-function mse(a: Float32Array, b: Float32Array): number {
-  let s = 0;
-  for (let i = 0; i < a.length; ++i) s += (a[i] - b[i]) ** 2;
-  return s / a.length;
-}
 
 /** FID-FMNIST of one set of samples (N, C, H, W) in [-1, 1], rounded to 8 bits as saved PNGs would be. */
 type FidFn = (name: string, x0: Float32Array) => Promise<number>;
@@ -192,15 +127,7 @@ async function evaluate(qm: QuantizedModel, a: Args, m: FpModel, refs: Reference
   const shape = [a.nSamples, ...m.shape];
   for (const [si, seed] of a.seeds.entries()) {
     const r = refs[si];
-    let acc = 0;
-    const ne = epsCount(a), epsShape = [ne, ...m.shape];
-    for (let k = 0; k < r.xs.length; ++k) {
-      const tv = new Array(ne).fill(r.ts[k]);
-      const e = noGrad(() => tidy(() => qm.forward(fromArray(r.xs[k], epsShape), fromArray(tv, [ne]), undefined, tv)));
-      acc += mse(e.dataSync() as Float32Array, r.eps[k]);
-      e.dispose();
-    }
-    epsM.push(acc / r.xs.length);
+    epsM.push(mean(epsMsePerStep(qm, r, m)));
     const out = await sample((x, t) => qm.forward(x, t), { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape, seed, clipDenoised: true });
     const x0 = Float32Array.from(out.dataSync() as Float32Array);
     out.dispose();
@@ -228,20 +155,6 @@ function cell(v: number[] | undefined): string {
   return `${mu.toPrecision(3)} ± ${sd.toPrecision(2)}`;
 }
 
-/**
- * The TDQ fit's upper bound: every quantizer's table set straight from its
- * calibrated per-timestep steps (log-linear between calibration timesteps, as
- * the fit's targets), no MLP in between.
- */
-function tableFromCalibration(qm: QuantizedModel, r: CalibrationReport): void {
-  const byName = new Map(r.quantizers.map((q) => [q.name, q]));
-  for (const q of qm.actQuantizers()) {
-    const c = byName.get(q.name);
-    if (!c) throw new Error(`no calibration for ${q.name}`);
-    q.table = new StepTable(Float32Array.from(denseLogSteps({ t: c.t, step: c.steps }, qm.timesteps), Math.exp));
-  }
-}
-
 async function loadQat(file: string, m: FpModel): Promise<QuantizedModel> {
   const ck = await loadCheckpoint(file);
   try {
@@ -259,7 +172,7 @@ async function main(): Promise<void> {
   const t0 = Date.now();
   const fp = freshUNet(m);
   const refs: Reference[] = [];
-  for (const seed of a.seeds) refs.push(await reference(fp, a, m, seed));
+  for (const seed of a.seeds) refs.push(await reference(fp, m, seed, { steps: a.steps, nSamples: a.nSamples, epsSamples: a.epsSamples }));
   fp.dispose();
   console.log(`FP references: ${a.seeds.length} seeds x ${a.nSamples} samples, DDIM ${a.steps} steps (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   const fid = await makeFid(a, m);

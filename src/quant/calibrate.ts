@@ -155,6 +155,8 @@ export interface FromStatsOptions extends StepSearchOptions {
 export interface CalibrationReport {
   /** Per activation quantizer: range rule, static step, per-timestep steps, TDQ fit error (RMS of log step). */
   quantizers: { name: string; range: ActRange; staticStep: number; t: number[]; steps: number[]; fitRmsLog?: number }[];
+  /** The statistics themselves, by quantizer name (only with CalibrateOptions.keepStats). */
+  stats?: Map<string, TimestepStats[]>;
 }
 
 /** Pools the per-timestep samples, `total` values with an equal share per timestep. */
@@ -236,6 +238,8 @@ export interface CalibrateOptions extends StepSearchOptions {
   /** Initialises the TDQ MLPs before fitting (default Generator(seed)). */
   gen?: Generator;
   onProgress?: (phase: 'sampling' | 'fitting', done: number, total: number) => void;
+  /** Return the per-timestep statistics in the report (for analyses such as bench/tdq_ptq_lab). */
+  keepStats?: boolean;
 }
 
 interface UNetLikeConfig {
@@ -306,7 +310,8 @@ export async function calibrateWithReport(model: DiffusionModel, cfgIn: QuantCon
     qm.ctx.observer = null;
   }
   opts.onProgress?.('fitting', 0, 1);
-  const report = calibrateFromStats(qm, collector.result(), {
+  const stats = collector.result();
+  const report = calibrateFromStats(qm, stats, {
     method: opts.method,
     percentile: opts.percentile,
     fitIters: opts.fitIters,
@@ -314,6 +319,7 @@ export async function calibrateWithReport(model: DiffusionModel, cfgIn: QuantCon
     seed: opts.seed,
   });
   opts.onProgress?.('fitting', 1, 1);
+  if (opts.keepStats) report.stats = stats;
   return { model: qm, report };
 }
 

@@ -151,6 +151,11 @@ export class ActQuantizer extends Module {
   range: ActRange = { signed: true, zeroPoint: 0 };
   /** The TDQ step table, once built or loaded. */
   table: StepTable | null = null;
+  /**
+   * Passes the input through unquantized while the model quantizes (not
+   * stored): per-quantizer sensitivity analysis, one quantizer at a time.
+   */
+  bypass = false;
 
   constructor(
     /** The quantizer's key prefix in the state dict, e.g. 'input_blocks.1.0.in_layers.2.act_quant'. */
@@ -220,6 +225,7 @@ export class ActQuantizer extends Module {
       this.ctx.observer?.(this, x, this.ctx.tValues);
       return x;
     }
+    if (this.bypass) return x;
     const { signed, zeroPoint } = this.range;
     const xs = zeroPoint !== 0 ? addScalar(x, -zeroPoint) : x;
     let y: Tensor;

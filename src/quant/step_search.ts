@@ -245,3 +245,83 @@ export function denseLogSteps(target: TdqTarget, T: number): Float64Array {
   return out;
 }
 
+
+// ---------------------------------------------------------------------------
+// Smoothing across timesteps
+
+export interface SmoothStepOptions {
+  /**
+   * Weight of the smoothness term: the cost of a jump of 1 in log(step)
+   * between neighbouring calibration timesteps, in units of "the whole MSE
+   * of one timestep". 0 gives each timestep its own best grid step.
+   */
+  lambda: number;
+  /** Candidate steps, log-spaced (default 96). */
+  grid?: number;
+}
+
+/**
+ * Per-timestep steps chosen jointly: minimises
+ *   sum_k mse_k(s_k) / min_s mse_k(s)  +  lambda * sum_k (log s_k - log s_{k-1})^2
+ * over a shared log-spaced grid of candidate steps, exactly, by dynamic
+ * programming (Viterbi). At 4 bits the MSE of one timestep is flat around
+ * its minimum and often has two basins (clip the tail or cover it), so the
+ * independent argmins jump between them from one timestep to the next; this
+ * keeps the path in one basin unless leaving it pays. Timesteps are given in
+ * order; `lists[k]` is timestep k's sample and extremes.
+ */
+export function smoothSteps(lists: { sample: ArrayLike<number>; min: number; max: number }[], bits: number, range: ActRange, opts: SmoothStepOptions): number[] {
+  const K = lists.length;
+  if (!K) return [];
+  if (!(opts.lambda >= 0) || !Number.isFinite(opts.lambda)) throw new RangeError(`smoothSteps: lambda must be a finite number >= 0, got ${opts.lambda}`);
+  const G = opts.grid ?? 96;
+  if (!Number.isInteger(G) || G < 2) throw new RangeError(`smoothSteps: grid must be an integer >= 2, got ${G}`);
+  const sMax = lists.map((l) => minmaxStep(l.min, l.max, bits, range));
+  const hi = Math.max(...sMax), lo = Math.min(...sMax) * 0.02;
+  if (!(hi > 1e-8)) return sMax;
+  const logGrid = Float64Array.from({ length: G }, (_, g) => Math.log(lo) + ((Math.log(hi) - Math.log(lo)) * g) / (G - 1));
+  // cost[k][g]: timestep k's MSE at grid step g, relative to its best.
+  const cost = lists.map((l) => {
+    const c = Float64Array.from(logGrid, (ls) => quantMse(l.sample, Math.exp(ls), bits, range));
+    const best = Math.max(Math.min(...c), 1e-30);
+    return c.map((v) => v / best);
+  });
+  return smoothestPath(cost, logGrid, opts.lambda).map((g) => Math.exp(logGrid[g]));
+}
+
+/**
+ * The grid path g_0..g_{K-1} minimising sum_k cost[k][g_k] + lambda *
+ * sum_k (grid[g_k] - grid[g_{k-1}])^2, exactly (Viterbi, O(K G^2)).
+ */
+export function smoothestPath(cost: ArrayLike<number>[], grid: ArrayLike<number>, lambda: number): number[] {
+  const K = cost.length, G = grid.length;
+  if (!K) return [];
+  let acc = Float64Array.from(cost[0]);
+  const from: Int32Array[] = [];
+  for (let k = 1; k < K; ++k) {
+    const next = new Float64Array(G), arg = new Int32Array(G);
+    for (let g = 0; g < G; ++g) {
+      let b = Infinity, bi = 0;
+      for (let h = 0; h < G; ++h) {
+        const d = grid[g] - grid[h];
+        const v = acc[h] + lambda * d * d;
+        if (v < b) {
+          b = v;
+          bi = h;
+        }
+      }
+      next[g] = b + cost[k][g];
+      arg[g] = bi;
+    }
+    from.push(arg);
+    acc = next;
+  }
+  let g = 0;
+  for (let i = 1; i < G; ++i) if (acc[i] < acc[g]) g = i;
+  const path = new Array<number>(K);
+  for (let k = K - 1; k >= 0; --k) {
+    path[k] = g;
+    if (k > 0) g = from[k - 1][g];
+  }
+  return path;
+}

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 
 import { levels } from '../../src/quant/config';
 import { SILU_MIN, rangeForMin } from '../../src/quant/quantizer';
-import { StatsCollector, denseLogSteps, minmaxStep, mulberry32, quantMse, searchStep, weightSteps } from '../../src/quant/step_search';
+import { StatsCollector, denseLogSteps, minmaxStep, mulberry32, quantMse, searchStep, smoothSteps, smoothestPath, weightSteps } from '../../src/quant/step_search';
 import { randomData } from '../helpers/assert';
 
 const SIGNED = { signed: true, zeroPoint: 0 };
@@ -158,5 +158,54 @@ describe('calibration statistics recover known per-timestep ranges', () => {
     assert.equal(d[10], 0);
     assert.ok(Math.abs(d[15] - Math.log(10)) < 1e-12);
     assert.ok(Math.abs(d[29] - Math.log(100)) < 1e-12);
+  });
+});
+
+describe('smoothed per-timestep steps', () => {
+  it('the Viterbi path is the exact minimiser (brute force over every path)', () => {
+    const rand = mulberry32(7);
+    for (const lambda of [0, 0.3, 3, 100]) {
+      const K = 4, G = 5;
+      const grid = Array.from({ length: G }, (_, g) => g * 0.7 + rand() * 0.2);
+      const cost = Array.from({ length: K }, () => Array.from({ length: G }, () => rand() * 3));
+      const objective = (p: number[]) => p.reduce((acc, g, k) => acc + cost[k][g] + (k ? lambda * (grid[g] - grid[p[k - 1]]) ** 2 : 0), 0);
+      let best = Infinity;
+      for (let code = 0; code < G ** K; ++code) {
+        const p = Array.from({ length: K }, (_, k) => Math.floor(code / G ** k) % G);
+        best = Math.min(best, objective(p));
+      }
+      const path = smoothestPath(cost, grid, lambda);
+      assert.equal(path.length, K);
+      assert.ok(Math.abs(objective(path) - best) < 1e-12, `lambda ${lambda}: path cost ${objective(path)} vs optimum ${best}`);
+    }
+  });
+
+  // Timesteps whose scale drifts, with a heavy tail: the independent optima jump around.
+  const rand = mulberry32(3);
+  const lists = Array.from({ length: 12 }, (_, k) => {
+    const x = randomData([2048], 100 + k).map((v) => v * (1 + k / 12) * (rand() < 0.02 ? 6 : 1));
+    const [min, max] = extremes(x);
+    return { sample: x, min, max };
+  });
+  const roughness = (s: number[]) => s.slice(1).reduce((acc, v, k) => acc + Math.log(v / s[k]) ** 2, 0);
+
+  it('lambda 0 gives each timestep its own optimum (within the grid spacing); a huge lambda one constant step', () => {
+    const free = smoothSteps(lists, 4, SIGNED, { lambda: 0 });
+    lists.forEach((l, k) => {
+      const opt = searchStep(l.sample, l.min, l.max, 4, SIGNED, { method: 'mse' });
+      const ratio = quantMse(l.sample, free[k], 4, SIGNED) / quantMse(l.sample, opt, 4, SIGNED);
+      assert.ok(ratio < 1.03, `timestep ${k}: grid step's MSE is ${ratio}x the searched optimum's`);
+    });
+    const flat = smoothSteps(lists, 4, SIGNED, { lambda: 1e9 });
+    assert.ok(flat.every((v) => v === flat[0]), `expected one step, got ${flat.join(', ')}`);
+    const mid = smoothSteps(lists, 4, SIGNED, { lambda: 20 });
+    assert.ok(roughness(mid) <= roughness(free) && roughness(mid) >= roughness(flat), 'smoothness grows with lambda');
+  });
+
+  it('rejects a negative or non-finite lambda and a degenerate grid', () => {
+    assert.throws(() => smoothSteps(lists, 4, SIGNED, { lambda: -1 }), /lambda must be a finite number >= 0/);
+    assert.throws(() => smoothSteps(lists, 4, SIGNED, { lambda: NaN }), /lambda/);
+    assert.throws(() => smoothSteps(lists, 4, SIGNED, { lambda: 1, grid: 1 }), /grid must be an integer >= 2/);
+    assert.deepEqual(smoothSteps([], 4, SIGNED, { lambda: 1 }), []);
   });
 });

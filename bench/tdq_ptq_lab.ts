@@ -1,0 +1,183 @@
+// Where PTQ loses accuracy, and what a per-timestep step size can win back.
+// One calibration of a TDQ model, then the same quantized network evaluated
+// with several step schedules per activation quantizer, all as step tables:
+//   static    one step for all timesteps (the static calibration's pooled MSE step)
+//   per-t     each calibration timestep's own MSE-optimal step (the TDQ targets)
+//   smooth-λ  per-timestep steps chosen jointly with a smoothness penalty λ (smoothSteps)
+//   fit       the TDQ MLPs as fitted to per-t (what PTQ-TDQ ships)
+// Metric: teacher-forced eps-MSE against the FP model along FP DDIM
+// trajectories, in total and by timestep range. With --per-layer, also each
+// quantizer alone (all others bypassed), static against per-t: which layers
+// carry the error, and which of them a timestep-dependent step helps.
+//
+//   node dist/bench/tdq_ptq_lab.js [--ckpt models/fmnist-small.safetensors] [--w 8 --a 4]
+//     [--n-samples 8] [--steps 50] [--seeds 0] [--calib-samples 8] [--lambdas 1,4,16]
+//     [--per-layer] [--out bench/results/tdq-ptq-lab-w8a4.md]
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { calibrateWithReport } from '../src/quant/calibrate';
+import { resolveQuantConfig } from '../src/quant/config';
+import { denseLogSteps, smoothSteps } from '../src/quant/step_search';
+import { StepTable } from '../src/quant/table';
+import { native } from '../src/tensor/native';
+import { type Reference, epsMsePerStep, freshUNet, loadFp, mean, reference } from './tdq_common';
+
+function parse(argv: string[]) {
+  const a = { ckpt: 'models/fmnist-small.safetensors', w: 8, act: 4, nSamples: 8, steps: 50, seeds: [0], calibSamples: 8, lambdas: [1, 4, 16], perLayer: false, out: '' };
+  for (let i = 0; i < argv.length; ++i) {
+    const k = argv[i];
+    const v = (): string => {
+      const x = argv[++i];
+      if (x === undefined) throw new Error(`${k} needs a value`);
+      return x;
+    };
+    const num = (s: string): number => {
+      const n = Number(s);
+      if (!Number.isFinite(n) || n < 0) throw new Error(`${k}: expected a non-negative number, got '${s}'`);
+      return n;
+    };
+    switch (k) {
+      case '--ckpt': a.ckpt = v(); break;
+      case '--w': a.w = num(v()); break;
+      case '--a': a.act = num(v()); break;
+      case '--n-samples': a.nSamples = num(v()); break;
+      case '--steps': a.steps = num(v()); break;
+      case '--seeds': a.seeds = v().split(',').map(num); break;
+      case '--calib-samples': a.calibSamples = num(v()); break;
+      case '--lambdas': a.lambdas = v().split(',').map(num); break;
+      case '--per-layer': a.perLayer = true; break;
+      case '--out': a.out = v(); break;
+      default: throw new Error(`unknown argument ${k}`);
+    }
+  }
+  return a;
+}
+
+const fmt = (x: number) => x.toPrecision(3);
+
+async function main(): Promise<void> {
+  const a = parse(process.argv.slice(2));
+  const t0 = Date.now();
+  const m = await loadFp(a.ckpt);
+  const fp = freshUNet(m);
+  const refs: Reference[] = [];
+  for (const seed of a.seeds) refs.push(await reference(fp, m, seed, { steps: a.steps, nSamples: a.nSamples, epsSamples: a.nSamples }));
+  fp.dispose();
+  const cfg = resolveQuantConfig({ nBitW: a.w, nBitA: a.act, useDynamic: true });
+  const { model: qm, report } = await calibrateWithReport(freshUNet(m), cfg, {
+    schedule: m.schedule, steps: a.steps, nSamples: a.calibSamples, seed: 1000, method: 'mse', sampleShape: m.shape, keepStats: true,
+  });
+  qm.buildTable();
+  const fitted = new Map(qm.actQuantizers().map((q) => [q.name, q.table!]));
+  qm.useTable(true);
+  const T = qm.timesteps;
+  const byName = new Map(report.quantizers.map((q) => [q.name, q]));
+  const dense = (t: number[], steps: number[]) => new StepTable(Float32Array.from(denseLogSteps({ t, step: steps }, T), Math.exp));
+  // Step schedules: name -> quantizer -> table.
+  const schedules = new Map<string, Map<string, StepTable>>();
+  const perQuant = (f: (name: string) => StepTable) => new Map(qm.actQuantizers().map((q) => [q.name, f(q.name)]));
+  schedules.set('static', perQuant((n) => new StepTable(new Float32Array(T).fill(byName.get(n)!.staticStep))));
+  schedules.set('per-t', perQuant((n) => dense(byName.get(n)!.t, byName.get(n)!.steps)));
+  for (const lambda of a.lambdas)
+    schedules.set(`smooth-${lambda}`, perQuant((n) => {
+      const q = byName.get(n)!;
+      return dense(q.t, smoothSteps(report.stats!.get(n)!, a.act, q.range, { lambda }));
+    }));
+  // The static step carried along t by the activation's own scale: the
+  // pooled step times (RMS about the zero point at t) / (pooled RMS). Keeps
+  // the static step's clipping ratio while the distribution widens or narrows.
+  const rms = (v: ArrayLike<number>, z: number) => {
+    let acc = 0;
+    for (let i = 0; i < v.length; ++i) acc += (v[i] - z) ** 2;
+    return Math.sqrt(acc / Math.max(1, v.length));
+  };
+  schedules.set('rms-scaled', perQuant((n) => {
+    const q = byName.get(n)!, list = report.stats!.get(n)!;
+    const r = list.map((l) => rms(l.sample, q.range.zeroPoint));
+    const pooled = Math.sqrt(mean(r.map((x) => x * x)));
+    return dense(q.t, r.map((x) => q.staticStep * (x / pooled)));
+  }));
+  schedules.set('fit', fitted);
+
+  const apply = (sched: Map<string, StepTable>) => {
+    for (const q of qm.actQuantizers()) q.table = sched.get(q.name)!;
+  };
+  const evalAll = () => {
+    const per = refs.map((r) => epsMsePerStep(qm, r, m));
+    return per[0].map((_, k) => mean(per.map((p) => p[k])));
+  };
+  const ts = refs[0].ts;
+  // How much an eps error at step k moves the DDIM update x_t -> x_prev (eta 0):
+  // x_prev = sqrt(ab_prev) x0(eps) + sqrt(1 - ab_prev) eps, x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t).
+  const ab = m.schedule.alphasCumprod;
+  const coef = ts.map((t, k) => {
+    const prev = k + 1 < ts.length ? ab[ts[k + 1]] : 1;
+    return Math.sqrt(1 - prev) - (Math.sqrt(prev) * Math.sqrt(1 - ab[t])) / Math.sqrt(ab[t]);
+  });
+  // Timestep ranges for the breakdown (t descends along the trajectory).
+  const bands = [[0, 200], [200, 400], [400, 600], [600, 800], [800, 1000]];
+  const lines: string[] = [];
+  const say = (s: string) => {
+    console.log(s);
+    lines.push(s);
+  };
+  say(`# PTQ lab: W${a.w}A${a.act}, ${path.basename(a.ckpt)}`);
+  say('');
+  say(`- command: \`node dist/bench/tdq_ptq_lab.js ${process.argv.slice(2).join(' ')}\``);
+  say(`- date: ${new Date().toISOString().slice(0, 10)}, machine: ${os.cpus()[0]?.model ?? '?'}, ${os.cpus().length} cores, engine ${native().info().cpuLevel}, ${native().info().threads} threads`);
+  say(`- calibration: ${a.calibSamples} DDIM trajectories of ${a.steps} steps (seed 1000), MSE step search; evaluation: FP DDIM trajectories of seeds ${a.seeds.join(', ')}, ${a.nSamples} samples each`);
+  say('- eps-MSE: teacher-forced, mean over steps and pixels of (eps_Q - eps_FP)^2; by band: mean over the steps whose t falls in it');
+  say('');
+  say('- update error: sum over steps of c_t^2 * eps-MSE_t, c_t the weight of eps in the DDIM update (the first-order error each step adds to x, before it propagates)');
+  say('');
+  say(`| step schedule | eps-MSE | update error | ${bands.map(([lo, hi]) => `t ${lo}-${hi}`).join(' | ')} |`);
+  say(`|---|---|---|${bands.map(() => '---').join('|')}|`);
+  for (const [name, sched] of schedules) {
+    apply(sched);
+    const e = evalAll();
+    const band = bands.map(([lo, hi]) => mean(e.filter((_, k) => ts[k] >= lo && ts[k] < hi)));
+    const upd = e.reduce((acc, v, k) => acc + coef[k] ** 2 * v, 0);
+    say(`| ${name} | ${fmt(mean(e))} | ${fmt(upd)} | ${band.map(fmt).join(' | ')} |`);
+  }
+  if (a.perLayer) {
+    say('');
+    say('Each activation quantizer alone (every other one bypassed; weights quantized throughout):');
+    say('');
+    say('| quantizer | range | static | per-t | per-t / static | step max/min over t |');
+    say('|---|---|---|---|---|---|');
+    const qs = qm.actQuantizers();
+    const rows: { name: string; s: number; p: number; line: string }[] = [];
+    for (const q of qs) {
+      for (const o of qs) o.bypass = o !== q;
+      const res: number[] = [];
+      for (const sched of ['static', 'per-t']) {
+        apply(schedules.get(sched)!);
+        res.push(mean(evalAll()));
+      }
+      const c = byName.get(q.name)!;
+      const spread = Math.max(...c.steps) / Math.min(...c.steps);
+      const range = c.range.signed ? 'signed' : c.range.zeroPoint ? 'unsigned (SiLU)' : 'unsigned';
+      const name = q.name.replace(/\.act_quant$/, '');
+      rows.push({ name, s: res[0], p: res[1], line: `| ${name} | ${range} | ${fmt(res[0])} | ${fmt(res[1])} | ${(res[1] / res[0]).toFixed(2)} | ${spread.toFixed(2)} |` });
+    }
+    for (const o of qs) o.bypass = false;
+    rows.sort((x, y) => y.s - x.s);
+    for (const r of rows) say(r.line);
+  }
+  say('');
+  say(`(${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+  qm.dispose();
+  for (const t of m.weights.values()) t.dispose();
+  if (a.out) {
+    fs.mkdirSync(path.dirname(path.resolve(a.out)), { recursive: true });
+    fs.writeFileSync(a.out, lines.join('\n') + '\n');
+    console.log(`wrote ${a.out}`);
+  }
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.stack ?? e.message : e);
+  process.exit(1);
+});

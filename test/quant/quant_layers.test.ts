@@ -196,4 +196,24 @@ describe('quantized layer installation', () => {
     ctx.mode = 'quant';
     assert.throws(() => layer.forward(x), /no timesteps for this forward/);
   });
+
+  it('a bypassed activation quantizer passes its input through; the weights stay quantized', async () => {
+    const gen = new Generator(2);
+    const { layer, ql, ctx } = install(CASES[0], gen);
+    const x = fromArray(randomData(CASES[0].xShape, 4), CASES[0].xShape);
+    ql.actQuant.setStaticStep(0.5); // coarse: quantizing x would change the output
+    ql.weightQuant.setSteps(new Float32Array(layer.weight.shape[0]).fill(0.05));
+    ctx.mode = 'quant';
+    const quantized = await f32(layer.forward(x));
+    ql.actQuant.bypass = true;
+    const bypassed = await f32(layer.forward(x));
+    const wq = ql.weightQuant.forward(layer.weight);
+    ctx.mode = 'fp';
+    ql.actQuant.bypass = false;
+    const { conv2d } = await import('../../src/tensor/ops/conv');
+    const conv = layer as Conv2d;
+    const expected = await f32(conv2d(x, wq, conv.bias, { stride: conv.stride, padding: conv.padding }));
+    assert.deepEqual(Array.from(bypassed), Array.from(expected));
+    assert.notDeepEqual(Array.from(quantized), Array.from(bypassed));
+  });
 });

@@ -148,7 +148,8 @@ async function main(): Promise<void> {
     say('| quantizer | range | static | per-t | per-t / static | step max/min over t |');
     say('|---|---|---|---|---|---|');
     const qs = qm.actQuantizers();
-    const rows: { name: string; s: number; p: number; line: string }[] = [];
+    // Rows print as they are measured (model order); the file gets them sorted, largest static error first.
+    const rows: { s: number; line: string }[] = [];
     for (const q of qs) {
       for (const o of qs) o.bypass = o !== q;
       const res: number[] = [];
@@ -159,12 +160,13 @@ async function main(): Promise<void> {
       const c = byName.get(q.name)!;
       const spread = Math.max(...c.steps) / Math.min(...c.steps);
       const range = c.range.signed ? 'signed' : c.range.zeroPoint ? 'unsigned (SiLU)' : 'unsigned';
-      const name = q.name.replace(/\.act_quant$/, '');
-      rows.push({ name, s: res[0], p: res[1], line: `| ${name} | ${range} | ${fmt(res[0])} | ${fmt(res[1])} | ${(res[1] / res[0]).toFixed(2)} | ${spread.toFixed(2)} |` });
+      const line = `| ${q.name.replace(/\.act_quant$/, '')} | ${range} | ${fmt(res[0])} | ${fmt(res[1])} | ${(res[1] / res[0]).toFixed(2)} | ${spread.toFixed(2)} |`;
+      console.log(line);
+      rows.push({ s: res[0], line });
     }
     for (const o of qs) o.bypass = false;
     rows.sort((x, y) => y.s - x.s);
-    for (const r of rows) say(r.line);
+    lines.push(...rows.map((r) => r.line));
   }
   say('');
   say(`(${((Date.now() - t0) / 1000).toFixed(0)} s)`);

@@ -5,10 +5,10 @@
 # The two runs of a setting go in parallel, one thread each. Then it prints
 # the bench/tdq_table.js command that evaluates them beside the PTQ rows.
 #
-#   bash bench/tdq_qat.sh [LOGDIR=runs] [STEPS=400] [BATCH=32]
+#   [LOGDIR=runs] [STEPS=200] [BATCH=32] bash bench/tdq_qat.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LOGDIR=${LOGDIR:-runs} STEPS=${STEPS:-400} BATCH=${BATCH:-32}
+LOGDIR=${LOGDIR:-runs} STEPS=${STEPS:-200} BATCH=${BATCH:-32}
 FP=models/fmnist-small.safetensors
 qat_args=()
 run() { # W A lsq|tdq

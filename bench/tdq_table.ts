@@ -5,8 +5,11 @@
 //   node dist/bench/tdq_table.js --ckpt models/fmnist-small.safetensors \
 //     [--n-samples 16] [--steps 50] [--seeds 0,1,2] [--settings W8A8,W4A8,W8A4,W4A4] \
 //     [--calib-samples 16] [--method mse] [--qat w4a8-tdq=runs/x/model.safetensors ...] \
-//     [--eps-samples 16] [--skip-ptq] [--no-fid] \
+//     [--eps-samples 16] [--skip-ptq] [--pert] [--no-fid] [--reuse PREVIOUS.json] \
 //     [--out bench/tdq_table.json]
+//
+// --reuse keeps the rows of an earlier run of the same setup (checked), so the
+// PTQ rows can be computed while QAT trains and the QAT rows added after.
 //
 // Sampling clips the predicted x0 to [-1, 1] at every step, as `tdq-native
 // sample` does by default for pixel models.
@@ -52,6 +55,10 @@ interface Args {
   qat: Map<string, string>;
   out: string;
   skipPtq: boolean;
+  /** Also evaluate PTQ-TDQ with tables straight from the calibrated steps (the fit's bound). */
+  pert: boolean;
+  /** A previous --out file of the same setup whose rows are kept instead of recomputed. */
+  reuse: string;
   fid: boolean;
   /** Samples per seed on which eps-MSE is measured (the first ones of the FP trajectory). */
   epsSamples: number;
@@ -60,7 +67,7 @@ interface Args {
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     ckpt: 'models/fmnist-small.safetensors', nSamples: 16, steps: 50, seeds: [0, 1, 2],
-    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'mse', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, fid: true, epsSamples: 16,
+    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'mse', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, pert: false, reuse: '', fid: true, epsSamples: 16,
   };
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i], v = () => {
@@ -83,6 +90,8 @@ function parseArgs(argv: string[]): Args {
       case '--method': a.method = v() as Args['method']; break;
       case '--out': a.out = v(); break;
       case '--skip-ptq': a.skipPtq = true; break;
+      case '--pert': a.pert = true; break;
+      case '--reuse': a.reuse = v(); break;
       case '--no-fid': a.fid = false; break;
       case '--eps-samples': a.epsSamples = int(v()); break;
       case '--settings':
@@ -166,6 +175,25 @@ async function loadQat(file: string, m: FpModel): Promise<QuantizedModel> {
   }
 }
 
+/**
+ * The rows of a previous run (--reuse FILE), when it was made with the same
+ * model, sampling, seeds, calibration and metrics: a table can then be
+ * completed in parts (PTQ rows while the QAT runs train, QAT rows after).
+ */
+function reusable(a: Args): Record<string, Scores & { seconds: number }> {
+  let prev: { args: Record<string, unknown>; results: Record<string, Scores & { seconds: number }> };
+  try {
+    prev = JSON.parse(fs.readFileSync(a.reuse, 'utf8'));
+  } catch (e) {
+    throw new Error(`--reuse ${a.reuse}: cannot read it as a tdq_table result (${(e as Error).message})`);
+  }
+  const same = ['ckpt', 'nSamples', 'steps', 'seeds', 'calibSamples', 'calibSteps', 'method', 'fid', 'epsSamples'] as const;
+  for (const k of same)
+    if (JSON.stringify(prev.args?.[k]) !== JSON.stringify(a[k]))
+      throw new Error(`--reuse ${a.reuse}: it was made with ${k} = ${JSON.stringify(prev.args?.[k])}, this run has ${JSON.stringify(a[k])}`);
+  return prev.results ?? {};
+}
+
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
   const m = await loadFp(a.ckpt);
@@ -176,7 +204,7 @@ async function main(): Promise<void> {
   fp.dispose();
   console.log(`FP references: ${a.seeds.length} seeds x ${a.nSamples} samples, DDIM ${a.steps} steps (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   const fid = await makeFid(a, m);
-  const results: Record<string, Scores & { seconds: number }> = {};
+  const results: Record<string, Scores & { seconds: number }> = a.reuse ? reusable(a) : {};
   if (fid) {
     const fpFid: number[] = [];
     for (const [si, seed] of a.seeds.entries()) fpFid.push(await fid(`fp seed ${seed}`, refs[si].x0));
@@ -189,6 +217,10 @@ async function main(): Promise<void> {
   };
   // `then` evaluates further variants of the same model (after `make`'s own key).
   const run = async (key: string, make: () => Promise<QuantizedModel>, then?: (qm: QuantizedModel) => [string, () => void][]) => {
+    if (results[key]) {
+      console.log(`${key}: kept from ${a.reuse}`);
+      return;
+    }
     let s0 = Date.now();
     const qm = await make();
     try {
@@ -220,7 +252,7 @@ async function main(): Promise<void> {
             model.useTable(true);
           }
           return model;
-        }, (qm) => useDynamic && calib ? [[`ptq-w${w}a${act}-pert`, () => tableFromCalibration(qm, calib!)]] : []);
+        }, (qm) => useDynamic && calib && a.pert ? [[`ptq-w${w}a${act}-pert`, () => tableFromCalibration(qm, calib!)]] : []);
       const qat = a.qat.get(name);
       if (qat) await run(`qat-${name}`, () => loadQat(qat, m));
     }

@@ -27,4 +27,6 @@ for s in "8 4" "4 4" "8 8" "4 8"; do
   echo "W$1A$2 done: $LOGDIR/qat-w$1a$2-{lsq,tdq}"
   for m in lsq tdq; do qat_args+=(--qat "w$1a$2-$m=$LOGDIR/qat-w$1a$2-$m/model.safetensors"); done
 done
-echo "node dist/bench/tdq_table.js --ckpt $FP --n-samples 128 --steps 25 --seeds 0,1,2 --calib-samples 16 ${qat_args[*]} --out bench/results/tdq-table.json"
+# The table's own setup (bench/results/tdq-table.md); --reuse keeps the PTQ
+# rows of a run made while these trained.
+echo "node dist/bench/tdq_table.js --ckpt $FP --n-samples 64 --steps 25 --seeds 0,1 --eps-samples 8 --calib-samples 16 --reuse bench/results/tdq-table.json ${qat_args[*]} --out bench/results/tdq-table.json"

@@ -418,13 +418,18 @@ void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
   float* gw = c.outputs[0].f32();
 
   std::vector<char> used(plan.groups, 0);  // which groups wrote their accumulator
-  ChunkQueue queue(g.N, nbmax);
+  // Chunks go to groups by index (chunk k to group k mod groups), not from the
+  // shared queue the other passes use: each group sums its chunks into its own
+  // accumulator, so a timing-dependent assignment would change the order of
+  // the float sums, and a gradient (hence a training run, and its resume)
+  // would differ from run to run.
+  const int64_t chunks = (g.N + nbmax - 1) / nbmax;
   for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
     float* col = scratch.f32() + gi * std::max<int64_t>(1, per_group);
     float* gyc = col + col_n;
     float* acc = gi == 0 ? gw : gyc + gyc_n;
-    int64_t n0, nb;
-    while (queue.pop(n0, nb)) {
+    for (int64_t k = gi; k < chunks; k += plan.groups) {
+      const int64_t n0 = k * nbmax, nb = std::min(nbmax, g.N - n0);
       const int64_t cols = nb * P;
       const float* xs = x.f32() + n0 * g.C * g.H * g.W;
       const float* colp = xs;

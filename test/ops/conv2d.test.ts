@@ -128,6 +128,32 @@ describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
   });
 });
 
+describe('conv2d weight gradient across threads', () => {
+  it('is bit-identical from run to run with several threads (chunks go to groups by index)', async () => {
+    // 16 samples on 4 threads: 4 groups, each summing its own chunks. When
+    // groups took chunks from a shared queue, a slowed thread (4 threads on
+    // this 2-core machine) took fewer, and the float sums came out in another
+    // order from one run to the next.
+    const original = native().info().threads;
+    const x = randomTensor([16, 8, 12, 12], 21), gy = randomTensor([16, 16, 12, 12], 22);
+    try {
+      native().setThreads(4);
+      let first: Float32Array | null = null;
+      for (let run = 0; run < 20; ++run) {
+        const gw = runOp1('conv2d_backward_weight', [gy.t, x.t], { stride: 1, padding: 1, kernel_size: [3, 3] });
+        const v = await data(gw);
+        gw.dispose();
+        if (!first) first = v;
+        else assert.deepEqual(v, first, `run ${run} differs from the first`);
+      }
+    } finally {
+      native().setThreads(original);
+      x.t.dispose();
+      gy.t.dispose();
+    }
+  });
+});
+
 describe('conv2d on an empty batch', () => {
   it('gives an empty output, zero weight and bias gradients', async () => {
     const x = fromArray(new Float32Array(0), [0, 3, 5, 5]);

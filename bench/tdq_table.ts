@@ -268,15 +268,26 @@ async function main(): Promise<void> {
     `| FP | ${a.settings.map(() => (metric === 'fid' ? cell(results.fp?.fid) : '0')).join(' | ')} |`,
     row('PTQ static (LSQ init)', (s) => `ptq-${s}-lsq`, metric),
     row('PTQ TDQ', (s) => `ptq-${s}-tdq`, metric),
-    row('PTQ per-timestep steps (table from calibration, no MLP)', (s) => `ptq-${s}-pert`, metric),
+    ...(Object.keys(results).some((k) => k.endsWith('-pert')) ? [row('PTQ per-timestep steps (table from calibration, no MLP)', (s) => `ptq-${s}-pert`, metric)] : []),
     row('QAT static (LSQ)', (s) => `qat-${s}-lsq`, metric),
     row('QAT TDQ', (s) => `qat-${s}-tdq`, metric),
   ].join('\n');
+  // TDQ minus static on the same seeds (the same noise): the spread between
+  // seeds is shared by both and cancels, so this is the comparison to read.
+  const diff = (x?: number[], y?: number[]) => (x && y && x.length === y.length ? x.map((v, i) => v - y[i]) : undefined);
+  const paired = (metric: 'eps' | 'x0' | 'fid') => [
+    header, rule,
+    ...(['ptq', 'qat'] as const).map((kind) =>
+      `| ${kind.toUpperCase()}: TDQ − static | ${a.settings.map(([w, x]) => cell(diff(results[`${kind}-w${w}a${x}-tdq`]?.[metric], results[`${kind}-w${w}a${x}-lsq`]?.[metric]))).join(' | ')} |`),
+  ].join('\n');
   const md = [
     `Mean ± std over seeds ${a.seeds.join(', ')}; ${a.nSamples} samples per seed; DDIM ${a.steps} steps (eta 0); ${path.basename(a.ckpt)}; PTQ calibrated on ${a.calibSamples} trajectories of ${a.calibSteps} steps (${a.method}).`,
-    ...(fid ? ['', `FID-FMNIST (lower is better; ${a.nSamples} samples per seed against the 60,000 training images):`, '', table('fid')] : []),
+    ...(fid ? ['', `FID-FMNIST (lower is better; ${a.nSamples} samples per seed against the 60,000 training images):`, '', table('fid'),
+      '', 'TDQ minus static, per seed, then mean ± std (negative: TDQ better):', '', paired('fid')] : []),
     '', `eps-MSE against the FP model along the FP trajectory (first ${epsCount(a)} samples per seed):`, '', table('eps'),
+    '', 'TDQ minus static, per seed:', '', paired('eps'),
     '', 'x0-MSE of the final samples against the FP samples from the same noise:', '', table('x0'),
+    '', 'TDQ minus static, per seed:', '', paired('x0'),
   ].join('\n');
   console.log(`\n${md}`);
   fs.mkdirSync(path.dirname(path.resolve(a.out)), { recursive: true });

@@ -11,21 +11,22 @@
 // carry the error, and which of them a timestep-dependent step helps.
 //
 //   node dist/bench/tdq_ptq_lab.js [--ckpt models/fmnist-small.safetensors] [--w 8 --a 4]
-//     [--n-samples 8] [--steps 50] [--seeds 0] [--calib-samples 8] [--lambdas 1,4,16]
-//     [--per-layer] [--out bench/results/tdq-ptq-lab-w8a4.md]
+//     [--n-samples 8] [--steps 50] [--seeds 0] [--calib-samples 8] [--method mse|minmax|percentile] [--lambdas 1,4,16]
+//     [--schedules static,per-t,fit] [--per-layer] [--out bench/results/tdq-ptq-lab-w8a4.md]
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import { sample } from '../src/diffusion/samplers/index';
 import { calibrateWithReport } from '../src/quant/calibrate';
 import { resolveQuantConfig } from '../src/quant/config';
-import { denseLogSteps, smoothSteps } from '../src/quant/step_search';
+import { type StepMethod, denseLogSteps, smoothSteps } from '../src/quant/step_search';
 import { StepTable } from '../src/quant/table';
 import { native } from '../src/tensor/native';
-import { type Reference, epsMsePerStep, freshUNet, loadFp, mean, reference } from './tdq_common';
+import { type Reference, epsMsePerStep, freshUNet, loadFp, mean, mse, reference } from './tdq_common';
 
 function parse(argv: string[]) {
-  const a = { ckpt: 'models/fmnist-small.safetensors', w: 8, act: 4, nSamples: 8, steps: 50, seeds: [0], calibSamples: 8, lambdas: [1, 4, 16], perLayer: false, out: '' };
+  const a = { ckpt: 'models/fmnist-small.safetensors', w: 8, act: 4, nSamples: 8, steps: 50, seeds: [0], calibSamples: 8, lambdas: [1, 4, 16], perLayer: false, out: '', only: [] as string[], method: 'mse' as StepMethod };
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i];
     const v = (): string => {
@@ -48,6 +49,13 @@ function parse(argv: string[]) {
       case '--calib-samples': a.calibSamples = num(v()); break;
       case '--lambdas': a.lambdas = v().split(',').map(num); break;
       case '--per-layer': a.perLayer = true; break;
+      case '--schedules': a.only = v().split(','); break;
+      case '--method': {
+        const mth = v();
+        if (mth !== 'auto' && mth !== 'mse' && mth !== 'minmax' && mth !== 'percentile') throw new Error(`--method: expected auto, mse, minmax or percentile, got '${mth}'`);
+        a.method = mth;
+        break;
+      }
       case '--out': a.out = v(); break;
       default: throw new Error(`unknown argument ${k}`);
     }
@@ -67,7 +75,7 @@ async function main(): Promise<void> {
   fp.dispose();
   const cfg = resolveQuantConfig({ nBitW: a.w, nBitA: a.act, useDynamic: true });
   const { model: qm, report } = await calibrateWithReport(freshUNet(m), cfg, {
-    schedule: m.schedule, steps: a.steps, nSamples: a.calibSamples, seed: 1000, method: 'mse', sampleShape: m.shape, keepStats: true,
+    schedule: m.schedule, steps: a.steps, nSamples: a.calibSamples, seed: 1000, method: a.method, sampleShape: m.shape, keepStats: true,
   });
   qm.buildTable();
   const fitted = new Map(qm.actQuantizers().map((q) => [q.name, q.table!]));
@@ -127,19 +135,32 @@ async function main(): Promise<void> {
   say('');
   say(`- command: \`node dist/bench/tdq_ptq_lab.js ${process.argv.slice(2).join(' ')}\``);
   say(`- date: ${new Date().toISOString().slice(0, 10)}, machine: ${os.cpus()[0]?.model ?? '?'}, ${os.cpus().length} cores, engine ${native().info().cpuLevel}, ${native().info().threads} threads`);
-  say(`- calibration: ${a.calibSamples} DDIM trajectories of ${a.steps} steps (seed 1000), MSE step search; evaluation: FP DDIM trajectories of seeds ${a.seeds.join(', ')}, ${a.nSamples} samples each`);
+  say(`- calibration: ${a.calibSamples} DDIM trajectories of ${a.steps} steps (seed 1000), ${a.method} steps; evaluation: FP DDIM trajectories of seeds ${a.seeds.join(', ')}, ${a.nSamples} samples each`);
   say('- eps-MSE: teacher-forced, mean over steps and pixels of (eps_Q - eps_FP)^2; by band: mean over the steps whose t falls in it');
   say('');
   say('- update error: sum over steps of c_t^2 * eps-MSE_t, c_t the weight of eps in the DDIM update (the first-order error each step adds to x, before it propagates)');
   say('');
-  say(`| step schedule | eps-MSE | update error | ${bands.map(([lo, hi]) => `t ${lo}-${hi}`).join(' | ')} |`);
-  say(`|---|---|---|${bands.map(() => '---').join('|')}|`);
+  say('- x0-MSE: the quantized model samples from the FP samples\' own noise (DDIM, clipped x0 as the CLI); mean squared difference of the final samples');
+  say('');
+  say(`| step schedule | eps-MSE | update error | x0-MSE | ${bands.map(([lo, hi]) => `t ${lo}-${hi}`).join(' | ')} |`);
+  say(`|---|---|---|---|${bands.map(() => '---').join('|')}|`);
+  const x0Mse = async () => {
+    const v: number[] = [];
+    for (const [si, seed] of a.seeds.entries()) {
+      const out = await sample((x, t) => qm.forward(x, t), { sampler: 'ddim', steps: a.steps, schedule: m.schedule, shape: [a.nSamples, ...m.shape], seed, clipDenoised: true });
+      v.push(mse(out.dataSync() as Float32Array, refs[si].x0));
+      out.dispose();
+    }
+    return mean(v);
+  };
   for (const [name, sched] of schedules) {
+    if (a.only.length && !a.only.includes(name)) continue;
     apply(sched);
     const e = evalAll();
+    const x0 = await x0Mse();
     const band = bands.map(([lo, hi]) => mean(e.filter((_, k) => ts[k] >= lo && ts[k] < hi)));
     const upd = e.reduce((acc, v, k) => acc + coef[k] ** 2 * v, 0);
-    say(`| ${name} | ${fmt(mean(e))} | ${fmt(upd)} | ${band.map(fmt).join(' | ')} |`);
+    say(`| ${name} | ${fmt(mean(e))} | ${fmt(upd)} | ${fmt(x0)} | ${band.map(fmt).join(' | ')} |`);
   }
   if (a.perLayer) {
     say('');

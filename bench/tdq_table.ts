@@ -4,12 +4,13 @@
 //
 //   node dist/bench/tdq_table.js --ckpt models/fmnist-small.safetensors \
 //     [--n-samples 16] [--steps 50] [--seeds 0,1,2] [--settings W8A8,W4A8,W8A4,W4A4] \
-//     [--calib-samples 16] [--method mse] [--qat w4a8-tdq=runs/x/model.safetensors ...] \
+//     [--calib-samples 16] [--method auto] [--qat w4a8-tdq=runs/x/model.safetensors ...] \
 //     [--eps-samples 16] [--skip-ptq] [--pert] [--no-fid] [--reuse PREVIOUS.json] \
 //     [--out bench/tdq_table.json]
 //
-// --reuse keeps the rows of an earlier run of the same setup (checked), so the
-// PTQ rows can be computed while QAT trains and the QAT rows added after.
+// --reuse A.json[,B.json] keeps the rows of earlier runs of the same setup
+// (checked), so the PTQ rows can be computed while QAT trains and the QAT
+// rows added after, or both in parallel and then joined.
 //
 // Sampling clips the predicted x0 to [-1, 1] at every step, as `tdq-native
 // sample` does by default for pixel models.
@@ -51,7 +52,7 @@ interface Args {
   settings: [number, number][];
   calibSamples: number;
   calibSteps: number;
-  method: 'mse' | 'minmax' | 'percentile';
+  method: 'auto' | 'mse' | 'minmax' | 'percentile';
   qat: Map<string, string>;
   out: string;
   skipPtq: boolean;
@@ -67,7 +68,7 @@ interface Args {
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     ckpt: 'models/fmnist-small.safetensors', nSamples: 16, steps: 50, seeds: [0, 1, 2],
-    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'mse', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, pert: false, reuse: '', fid: true, epsSamples: 16,
+    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'auto', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, pert: false, reuse: '', fid: true, epsSamples: 16,
   };
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i], v = () => {
@@ -181,36 +182,48 @@ async function loadQat(file: string, m: FpModel): Promise<QuantizedModel> {
  * completed in parts (PTQ rows while the QAT runs train, QAT rows after).
  */
 function reusable(a: Args): Record<string, Scores & { seconds: number }> {
-  let prev: { args: Record<string, unknown>; results: Record<string, Scores & { seconds: number }> };
-  try {
-    prev = JSON.parse(fs.readFileSync(a.reuse, 'utf8'));
-  } catch (e) {
-    throw new Error(`--reuse ${a.reuse}: cannot read it as a tdq_table result (${(e as Error).message})`);
+  const out: Record<string, Scores & { seconds: number }> = {};
+  for (const file of a.reuse.split(',')) {
+    let prev: { args: Record<string, unknown>; results: Record<string, Scores & { seconds: number }> };
+    try {
+      prev = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch (e) {
+      throw new Error(`--reuse ${file}: cannot read it as a tdq_table result (${(e as Error).message})`);
+    }
+    // Sampling and metrics must match for every row; calibration only for PTQ rows.
+    const hasPtq = Object.keys(prev.results ?? {}).some((k) => k.startsWith('ptq-'));
+    const same = ['ckpt', 'nSamples', 'steps', 'seeds', 'fid', 'epsSamples', ...(hasPtq ? (['calibSamples', 'calibSteps', 'method'] as const) : [])] as const;
+    for (const k of same)
+      if (JSON.stringify(prev.args?.[k]) !== JSON.stringify(a[k]))
+        throw new Error(`--reuse ${file}: it was made with ${k} = ${JSON.stringify(prev.args?.[k])}, this run has ${JSON.stringify(a[k])}`);
+    Object.assign(out, prev.results ?? {});
   }
-  const same = ['ckpt', 'nSamples', 'steps', 'seeds', 'calibSamples', 'calibSteps', 'method', 'fid', 'epsSamples'] as const;
-  for (const k of same)
-    if (JSON.stringify(prev.args?.[k]) !== JSON.stringify(a[k]))
-      throw new Error(`--reuse ${a.reuse}: it was made with ${k} = ${JSON.stringify(prev.args?.[k])}, this run has ${JSON.stringify(a[k])}`);
-  return prev.results ?? {};
+  return out;
 }
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
   const m = await loadFp(a.ckpt);
-  const t0 = Date.now();
-  const fp = freshUNet(m);
-  const refs: Reference[] = [];
-  for (const seed of a.seeds) refs.push(await reference(fp, m, seed, { steps: a.steps, nSamples: a.nSamples, epsSamples: a.epsSamples }));
-  fp.dispose();
-  console.log(`FP references: ${a.seeds.length} seeds x ${a.nSamples} samples, DDIM ${a.steps} steps (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   const fid = await makeFid(a, m);
   const results: Record<string, Scores & { seconds: number }> = a.reuse ? reusable(a) : {};
-  if (fid) {
-    const fpFid: number[] = [];
-    for (const [si, seed] of a.seeds.entries()) fpFid.push(await fid(`fp seed ${seed}`, refs[si].x0));
-    results.fp = { eps: a.seeds.map(() => 0), x0: a.seeds.map(() => 0), fid: fpFid, seconds: 0 };
-    console.log(`fp: FID-FMNIST ${cell(fpFid)}`);
-  }
+  // The FP references (and the FP row), made when the first row that is not reused needs them.
+  let refs: Reference[] | null = null;
+  const references = async (): Promise<Reference[]> => {
+    if (refs) return refs;
+    const t0 = Date.now();
+    const fp = freshUNet(m);
+    refs = [];
+    for (const seed of a.seeds) refs.push(await reference(fp, m, seed, { steps: a.steps, nSamples: a.nSamples, epsSamples: a.epsSamples }));
+    fp.dispose();
+    console.log(`FP references: ${a.seeds.length} seeds x ${a.nSamples} samples, DDIM ${a.steps} steps (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    if (fid && !results.fp) {
+      const fpFid: number[] = [];
+      for (const [si, seed] of a.seeds.entries()) fpFid.push(await fid(`fp seed ${seed}`, refs[si].x0));
+      results.fp = { eps: a.seeds.map(() => 0), x0: a.seeds.map(() => 0), fid: fpFid, seconds: 0 };
+      console.log(`fp: FID-FMNIST ${cell(fpFid)}`);
+    }
+    return refs;
+  };
   const report = (key: string) => {
     const r = results[key];
     console.log(`${key}: ${r.fid ? `FID-FMNIST ${cell(r.fid)}, ` : ''}eps-MSE ${cell(r.eps)}, x0-MSE ${cell(r.x0)} (${r.seconds.toFixed(1)} s)`);
@@ -224,12 +237,12 @@ async function main(): Promise<void> {
     let s0 = Date.now();
     const qm = await make();
     try {
-      results[key] = { ...(await evaluate(qm, a, m, refs, fid)), seconds: (Date.now() - s0) / 1000 };
+      results[key] = { ...(await evaluate(qm, a, m, await references(), fid)), seconds: (Date.now() - s0) / 1000 };
       report(key);
       for (const [k, apply] of then?.(qm) ?? []) {
         s0 = Date.now();
         apply();
-        results[k] = { ...(await evaluate(qm, a, m, refs, fid)), seconds: (Date.now() - s0) / 1000 };
+        results[k] = { ...(await evaluate(qm, a, m, await references(), fid)), seconds: (Date.now() - s0) / 1000 };
         report(k);
       }
     } finally {

@@ -8,7 +8,7 @@ export { UNetModel } from './models/openai_unet';
 export { DDPMUNet } from './models/ddpm_unet';
 export { PixelDiffusion, buildUNet } from './models/diffusion';
 export { readSafetensors, writeSafetensors, inspectSafetensors } from './io/safetensors';
-export { Tensor, fromArray, sync } from './tensor/tensor';
+export { Tensor, fromArray, sync, releaseMemory } from './tensor/tensor';
 export { tidy, keep, dispose } from './tensor/scope';
 export { backward, noGrad } from './tensor/autograd';
 export { Generator } from './tensor/random';

@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 
 import { native } from '../src/tensor/native';
 import { exp, sum } from '../src/tensor/ops/elementwise';
-import { sync } from '../src/tensor/tensor';
+import { releaseMemory, sync } from '../src/tensor/tensor';
 import { fromArray, runOp1 } from '../src/tensor/tensor';
 
 describe('engine', () => {
@@ -115,6 +115,10 @@ describe('engine', () => {
       for (const t of [zeros, z, sz]) t.dispose();
       await sync();
       assert.ok(native().releaseHostCache() >= n * 4);
+      assert.equal(native().memory().cachedBytes, 0);
+      // releaseMemory waits for queued frees first.
+      exp(ones).dispose();
+      assert.ok((await releaseMemory()) >= n * 4);
       assert.equal(native().memory().cachedBytes, 0);
       // With a zero cap nothing is kept.
       native().setHostCacheBytes(0);

@@ -1,7 +1,8 @@
 // Calibration: run the float model along a few sampling trajectories, gather
 // each activation quantizer's input statistics per timestep, and turn them
 // into step sizes:
-//   - per timestep: the MSE-optimal step (default), min-max, or a percentile;
+//   - per timestep: min-max, a percentile, or the MSE-optimal step ('auto',
+//     the default, picks min-max at 8-bit activations and the percentile below);
 //   - static quantizers (LSQ, PACT): one step from all timesteps pooled;
 //   - TDQ: the MLP fitted to the per-timestep steps (the paper's
 //     initialisation, and its PTQ method);

@@ -4,7 +4,21 @@
 import { levels } from './config';
 import { type ActRange } from './quantizer';
 
-export type StepMethod = 'mse' | 'minmax' | 'percentile';
+export type StepMethod = 'auto' | 'mse' | 'minmax' | 'percentile';
+
+/**
+ * The method 'auto' stands for, by activation bits: min-max at 8 bits and
+ * above, the 99.99th percentile below. Measured on the shipped model
+ * (bench/results/tdq-ptq-lab-*.md): the per-timestep MSE step, searched on a
+ * subsample, clips rare large activations whose one-signed error accumulates
+ * along the sampling trajectory, and at 8 bits any clipping costs more than
+ * the rounding it saves; at 4 bits min-max rounds too coarsely and the
+ * percentile was best, for static and TDQ alike.
+ */
+export function activationMethod(method: StepMethod, bits: number): Exclude<StepMethod, 'auto'> {
+  if (method !== 'auto') return method;
+  return bits >= 8 ? 'minmax' : 'percentile';
+}
 
 // ---------------------------------------------------------------------------
 // Statistics
@@ -153,8 +167,9 @@ function percentileOf(values: ArrayLike<number>, p: number): number {
  */
 export function searchStep(x: ArrayLike<number>, min: number, max: number, bits: number, range: ActRange, opts: StepSearchOptions): number {
   const sMax = minmaxStep(min, max, bits, range);
-  if (opts.method === 'minmax' || sMax <= 1e-8) return sMax;
-  if (opts.method === 'percentile') {
+  const method = activationMethod(opts.method, bits);
+  if (method === 'minmax' || sMax <= 1e-8) return sMax;
+  if (method === 'percentile') {
     const p = opts.percentile ?? 99.99;
     if (!(p > 0 && p <= 100)) throw new RangeError(`percentile must be in (0, 100], got ${p}`);
     const { qmax } = levels(bits, range.signed);
@@ -162,7 +177,7 @@ export function searchStep(x: ArrayLike<number>, min: number, max: number, bits:
     const c = percentileOf(mags, p);
     return c > 0 ? Math.min(c / qmax, sMax) : sMax;
   }
-  if (opts.method !== 'mse') throw new RangeError(`unknown step method '${String(opts.method)}' (mse, minmax, percentile)`);
+  if (method !== 'mse') throw new RangeError(`unknown step method '${String(opts.method)}' (auto, mse, minmax, percentile)`);
   const N = 25;
   let best = 1, bestErr = Infinity;
   for (let i = 1; i <= N; ++i) {

@@ -138,3 +138,14 @@ export function viewHandle(t: Tensor, shape: Shape): Tensor {
 export function sync(): Promise<void> {
   return native().sync();
 }
+
+/**
+ * Waits for the queued ops (whose frees run on the engine's thread), then
+ * gives the cache of freed large host buffers back to the system. Call it
+ * after disposing a model to bring resident memory down; resolves to the
+ * bytes released.
+ */
+export async function releaseMemory(): Promise<number> {
+  await sync();
+  return native().releaseHostCache();
+}

@@ -13,7 +13,7 @@ import {
 } from '../../src/diffusion';
 import { native } from '../../src/tensor/native';
 import { Generator } from '../../src/tensor/random';
-import { type Tensor, fromArray } from '../../src/tensor/tensor';
+import { type Tensor, fromArray, sync } from '../../src/tensor/tensor';
 import { relError } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
 
@@ -379,17 +379,20 @@ describe('sampler behaviour', () => {
   });
 
   it('a model error rejects and frees the loop state', async () => {
-    const live0 = native().memory().liveBytes;
+    // Storage is released on the engine's thread once the ops that use it have
+    // run: read the counter after a sync, or a busy machine shows frees still in flight.
+    const live = async () => (await sync(), native().memory().liveBytes);
+    const live0 = await live();
     let calls = 0;
     const bad: EpsModel = (x, t) => {
       if (++calls === 4) throw new Error('model exploded');
       return model(x, t);
     };
     await assert.rejects(sample(bad, { ...base, sampler: 'dpmpp', steps: 10 }), /model exploded/);
-    assert.equal(native().memory().liveBytes, live0);
+    assert.equal(await live(), live0);
     const wrong: EpsModel = () => fromArray(new Float32Array(3), [3]);
     await assert.rejects(sample(wrong, { ...base, sampler: 'ddim', steps: 5 }), (e: Error) => e instanceof RangeError && /model returned shape \[3\]/.test(e.message));
-    assert.equal(native().memory().liveBytes, live0);
+    assert.equal(await live(), live0);
   });
 
   it('bad options reject with the option named', async () => {

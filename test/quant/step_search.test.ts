@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 
 import { levels } from '../../src/quant/config';
 import { SILU_MIN, rangeForMin } from '../../src/quant/quantizer';
-import { StatsCollector, denseLogSteps, minmaxStep, mulberry32, quantMse, searchStep, smoothSteps, smoothestPath, weightSteps } from '../../src/quant/step_search';
+import { StatsCollector, activationMethod, denseLogSteps, minmaxStep, mulberry32, quantMse, searchStep, smoothSteps, smoothestPath, weightSteps } from '../../src/quant/step_search';
 import { randomData } from '../helpers/assert';
 
 const SIGNED = { signed: true, zeroPoint: 0 };
@@ -80,6 +80,19 @@ describe('step search', () => {
       }
     });
   }
+
+  it("'auto' is min-max at 8 bits and the percentile below; explicit methods pass through", () => {
+    assert.equal(activationMethod('auto', 8), 'minmax');
+    assert.equal(activationMethod('auto', 4), 'percentile');
+    assert.equal(activationMethod('mse', 8), 'mse');
+    const x = randomData([20000], 5);
+    x[0] = 40; // one outlier: the 99.99th percentile of |x| stays far below it
+    const [lo, hi] = extremes(x);
+    for (const bits of [4, 8])
+      assert.equal(searchStep(x, lo, hi, bits, SIGNED, { method: 'auto' }), searchStep(x, lo, hi, bits, SIGNED, { method: activationMethod('auto', bits) }));
+    assert.notEqual(searchStep(x, lo, hi, 4, SIGNED, { method: 'auto' }), minmaxStep(lo, hi, 4, SIGNED));
+    assert.equal(searchStep(x, lo, hi, 8, SIGNED, { method: 'auto' }), minmaxStep(lo, hi, 8, SIGNED));
+  });
 
   it('percentile clips the given fraction of |x|', () => {
     const x = Float32Array.from({ length: 10001 }, (_, i) => i / 10000 - 0.5); // uniform on [-0.5, 0.5]

@@ -23,7 +23,7 @@ interface CalibrateArgs extends GlobalArgs {
   nBitA: number;
   useDynamic: boolean;
   staticMethod: 'lsq' | 'pact';
-  method: 'mse' | 'minmax' | 'percentile';
+  method: 'auto' | 'mse' | 'minmax' | 'percentile';
   percentile: number;
   nSamples: number;
   batchSize: number;
@@ -61,7 +61,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('n-bit-a', { alias: 'n_bit_a', type: 'number', default: 8, describe: 'activation bits (2..8), per tensor' })
       .option('use-dynamic', { alias: 'use_dynamic', type: 'boolean', default: false, describe: 'TDQ: activation steps from the timestep (else one static step per layer)' })
       .option('static-method', { alias: 'static_method', choices: ['lsq', 'pact'] as const, default: 'lsq' as const, describe: 'static activation quantizer' })
-      .option('method', { choices: ['mse', 'minmax', 'percentile'] as const, default: 'mse' as const, describe: 'step size from the statistics' })
+      .option('method', { choices: ['auto', 'mse', 'minmax', 'percentile'] as const, default: 'auto' as const, describe: 'step size from the statistics (auto: min-max at 8-bit activations, percentile below; see src/quant/README.md)' })
       .option('percentile', { type: 'number', default: 99.99, describe: 'for --method percentile' })
       .option('n-samples', { alias: ['n_samples', 'n'], type: 'number', default: 16, describe: 'calibration trajectories' })
       .option('batch-size', { alias: 'batch_size', type: 'number', default: 16, describe: 'trajectories per batch' })

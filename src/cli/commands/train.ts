@@ -151,7 +151,7 @@ function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: ReturnType<t
     schedule: scheduleFromConfig(config.model.params),
     nSamples: a.calibSamples,
     steps: a.calibSteps,
-    method: 'mse',
+    method: 'auto',
     seed: config.training.seed,
     // A function of the trainer's base rate, which scale_lr may multiply.
     quantLr: a.quantLr ?? ((base) => QAT_DEFAULTS.quantLrFactor * base),

@@ -5,10 +5,12 @@
 # The two runs of a setting go in parallel, one thread each. Then it prints
 # the bench/tdq_table.js command that evaluates them beside the PTQ rows.
 #
-#   [LOGDIR=runs] [STEPS=200] [BATCH=32] bash bench/tdq_qat.sh
+# CALIB_METHOD picks how calibration initialises the steps (train --calib-method).
+#
+#   [LOGDIR=runs] [STEPS=200] [BATCH=32] [CALIB_METHOD=auto] bash bench/tdq_qat.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LOGDIR=${LOGDIR:-runs} STEPS=${STEPS:-200} BATCH=${BATCH:-32}
+LOGDIR=${LOGDIR:-runs} STEPS=${STEPS:-200} BATCH=${BATCH:-32} CALIB_METHOD=${CALIB_METHOD:-auto}
 FP=models/fmnist-small.safetensors
 qat_args=()
 run() { # W A lsq|tdq
@@ -16,7 +18,7 @@ run() { # W A lsq|tdq
   [ "$3" = tdq ] && dyn=(--use-dynamic)
   TDQ_NUM_THREADS=1 node bin/tdq-native.js train --base configs/fmnist-small.yaml --ckpt "$FP" \
     --n-bit-w "$1" --n-bit-a "$2" "${dyn[@]}" --max-steps "$STEPS" --batch-size "$BATCH" \
-    --calib-samples 16 --logdir "$LOGDIR" --name "qat-w$1a$2-$3" > "$LOGDIR/qat-w$1a$2-$3.log" 2>&1
+    --calib-samples 16 --calib-method "$CALIB_METHOD" --logdir "$LOGDIR" --name "qat-w$1a$2-$3" > "$LOGDIR/qat-w$1a$2-$3.log" 2>&1
 }
 mkdir -p "$LOGDIR"
 for s in "8 4" "4 4" "8 8" "4 8"; do

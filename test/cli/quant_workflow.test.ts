@@ -53,8 +53,11 @@ describe('quantization workflow through the CLI', () => {
     const lrs = fs.readFileSync(path.join(dir, 'qat', 'log.csv'), 'utf8').trim().split('\n').slice(1).map((l) => Number(l.split(',')[2]));
     assert.deepEqual(lrs, [2e-5, 2e-5, 2e-5, 2e-5]);
     // flags and --set win over the QAT defaults
-    const custom = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat-lr', '--ckpt', fp, '--n-bit-w', '8', '--n-bit-a', '8', '--max-steps', '1', '--lr', '1e-4', '--quant-lr', '3e-3', '--set', 'training.warmup_steps=1', ...q]);
+    const custom = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat-lr', '--ckpt', fp, '--n-bit-w', '8', '--n-bit-a', '8', '--max-steps', '1', '--lr', '1e-4', '--quant-lr', '3e-3', '--set', 'training.warmup_steps=1', '--calib-method', 'mse', ...q]);
     assert.match(custom, /QAT learning rates: weights 1\.0e-4, quantizers 3\.0e-3; warm-up 1 steps/);
+    assert.match(custom, /QAT initial step sizes: mse on 2 calibration trajectories of 5 DDIM steps/);
+    assert.match(out, /QAT initial step sizes: auto on 2/);
+    assert.doesNotMatch(resumed, /QAT initial step sizes/, 'a resumed run keeps its steps');
     const qat = path.join(dir, 'qat', 'model.safetensors');
     assert.ok(fs.existsSync(qat));
 

@@ -11,6 +11,7 @@ import { loadConfig } from '../../config';
 import { inspectSafetensors } from '../../io/safetensors';
 import { scheduleFromConfig } from '../../models/diffusion';
 import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantConfig, type QuantConfig } from '../../quant';
+import type { StepMethod } from '../../quant/step_search';
 import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
 import { type GlobalArgs, CliError } from '../index';
 
@@ -33,6 +34,7 @@ export interface TrainArgs extends GlobalArgs {
   quantLr?: number;
   calibSamples: number;
   calibSteps: number;
+  calibMethod: StepMethod;
 }
 
 export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
@@ -58,6 +60,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('quant-lr', { type: 'number', describe: 'QAT: learning rate of the quantizer parameters (default: 10x the base rate)' })
       .option('calib-samples', { type: 'number', default: 16, describe: 'QAT: calibration trajectories that initialise the quantizers' })
       .option('calib-steps', { type: 'number', default: 50, describe: 'QAT: DDIM steps of each calibration trajectory' })
+      .option('calib-method', { choices: ['auto', 'mse', 'minmax', 'percentile'] as const, default: 'auto' as const, describe: 'QAT: how the initial step sizes come from the calibration statistics (as calibrate --method)' })
       .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model')
       .example('$0 train --base configs/fmnist-small.yaml --resume runs/fmnist-small', 'continue an interrupted run exactly')
       .example('$0 train --base configs/fmnist-small.yaml --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 4 --use-dynamic --max-steps 500 --name w4a4-tdq', 'quantization-aware training with TDQ')
@@ -147,11 +150,12 @@ function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: ReturnType<t
   const quantLr = a.quantLr ?? QAT_DEFAULTS.quantLrFactor * lr;
   console.log(`tdq-native: quantization-aware training W${cfg.nBitW}A${cfg.nBitA} ${cfg.useDynamic ? 'TDQ' : `static ${cfg.staticMethod.toUpperCase()}`} -> ${outDir}`);
   console.log(`tdq-native: QAT learning rates: weights ${lr.toExponential(1)}, quantizers ${quantLr.toExponential(1)}; warm-up ${config.training.warmup_steps} steps (--lr, --quant-lr, --set training.warmup_steps=N)`);
+  if (calibrate) console.log(`tdq-native: QAT initial step sizes: ${a.calibMethod} on ${a.calibSamples} calibration trajectories of ${a.calibSteps} DDIM steps (--calib-method, --calib-samples, --calib-steps)`);
   return qatPrepare(cfg, {
     schedule: scheduleFromConfig(config.model.params),
     nSamples: a.calibSamples,
     steps: a.calibSteps,
-    method: 'auto',
+    method: a.calibMethod,
     seed: config.training.seed,
     // A function of the trainer's base rate, which scale_lr may multiply.
     quantLr: a.quantLr ?? ((base) => QAT_DEFAULTS.quantLrFactor * base),

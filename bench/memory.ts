@@ -54,7 +54,7 @@ async function run(capMiB: number, cacheMiB: number, batch: number, steps: numbe
 async function main(): Promise<void> {
   const batch = arg('batch', 64), steps = arg('steps', 4);
   const rows: string[] = [];
-  for (const cache of [0, 256]) {
+  for (const cache of [0, 2048]) {
     for (const cap of [0, 256, 64]) {
       const r = await run(cap, cache, batch, steps);
       rows.push(`| ${cache === 0 ? 'off' : `${cache} MiB`} | ${cap === 0 ? 'none' : `${cap} MiB`} | ${r.peak.toFixed(0)} | ${r.cached.toFixed(0)} | ${r.msPerStep.toFixed(0)} |`);

@@ -128,7 +128,7 @@ describe('engine', () => {
       assert.throws(() => native().setHostCacheBytes(-1), /setHostCacheBytes: bytes must be an integer >= 0/);
       assert.throws(() => native().setHostCacheBytes(1.5), RangeError);
     } finally {
-      native().setHostCacheBytes(256 << 20);
+      native().setHostCacheBytes(2048 * 2 ** 20); // the default
       ones.dispose();
     }
   });

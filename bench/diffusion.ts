@@ -385,10 +385,13 @@ function report(results: CaseResult[], meta: Meta): string {
     `- load average (1 / 5 / 15 min) before: ${meta.load.before.map((x) => x.toFixed(2)).join(' / ')}, after: ${meta.load.after.map((x) => x.toFixed(2)).join(' / ')}; ` +
       'the 1-minute load sampled at the start of each case and after each round is in the table.',
   );
-  L.push(
-    `- **The machine was shared with other work during this run**: a load above about 1 (this benchmark) means other processes competed for the ${os.cpus().length} CPUs. ` +
-      'Absolute numbers are therefore low and noisy; the ratios are fairer, as the engines alternate block by block, but both engines lose to contention differently. The lead may rerun the command on a quiet machine.',
-  );
+  // Before the run, the load is other work's; during it, the benchmark's own threads count too.
+  if (meta.load.before[0] > 1)
+    L.push(
+      `- **The machine was shared with other work during this run** (1-minute load ${meta.load.before[0].toFixed(2)} before it started, on ${os.cpus().length} CPUs). ` +
+        'Absolute numbers are therefore low and noisy; the ratios are fairer, as the engines alternate block by block, but both engines lose to contention differently. Rerun the command on a quiet machine.',
+    );
+  else L.push(`- The machine was otherwise idle (1-minute load ${meta.load.before[0].toFixed(2)} before the run); the load during it is the engines' own threads.`);
   L.push(`- tdq-native: ${info.threads} threads, CPU level ${info.cpuLevel}; Node ${process.version}`);
   L.push(
     meta.torchInfo && to

@@ -85,7 +85,7 @@ namespace {
 // loop allocates the same sizes every step, and a fresh mapping costs a page
 // fault and a page of zeroing per 4 KiB on first touch (a third of the time
 // of a QAT step went there; on this project's 2-core VM a batch-64 training
-// step took 4.3 s without the cache and 0.7 s with it, bench/results/
+// step took 4.4 s without the cache and 0.68 s with it, bench/results/
 // memory-cpu.md). The cache is capped (TDQ_HOST_CACHE_MB, default 2048: a
 // training step's working set must fit, or most of it faults again), so
 // resident memory stays within live bytes plus the cap, and

@@ -9,7 +9,7 @@ export type StepMethod = 'auto' | 'mse' | 'minmax' | 'percentile';
 /**
  * The method 'auto' stands for, by activation bits: min-max at 8 bits and
  * above, the 99.99th percentile below. Measured on the shipped model
- * (bench/results/tdq-ptq-lab-*.md): the per-timestep MSE step, searched on a
+ * (bench/results/tdq-ptq-lab.md): the per-timestep MSE step, searched on a
  * subsample, clips rare large activations whose one-signed error accumulates
  * along the sampling trajectory, and at 8 bits any clipping costs more than
  * the rounding it saves; at 4 bits min-max rounds too coarsely and the

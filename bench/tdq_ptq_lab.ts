@@ -12,7 +12,7 @@
 //
 //   node dist/bench/tdq_ptq_lab.js [--ckpt models/fmnist-small.safetensors] [--w 8 --a 4]
 //     [--n-samples 8] [--steps 50] [--seeds 0] [--calib-samples 8] [--method mse|minmax|percentile] [--lambdas 1,4,16]
-//     [--schedules static,per-t,fit] [--per-layer] [--out bench/results/tdq-ptq-lab-w8a4.md]
+//     [--schedules static,per-t,fit] [--per-layer] [--out REPORT.md]
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

@@ -8,10 +8,10 @@ import { after, before, describe, it } from 'node:test';
 import { INCEPTION_FEATURE_DIM, INCEPTION_NUM_CLASSES, InceptionV3 } from '../../src/eval/inception';
 import { readSafetensors, writeSafetensors } from '../../src/io/safetensors';
 import { StateDictError } from '../../src/nn/module';
-import { native } from '../../src/tensor/native';
 import { fromArray, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, assertShape, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { atEveryLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // The issue's bar: features of this implementation match the PyTorch reference
@@ -57,18 +57,7 @@ describe('FID InceptionV3 against a PyTorch reference of the same architecture',
   };
 
   it('pool3 of a 107 x 107 input fed straight in (every block, small maps), at every CPU level', async () => {
-    const n = native();
-    const best = n.info().bestCpuLevel;
-    const prev = n.info().cpuLevel as 'scalar' | 'avx2' | 'avx512';
-    const levels = (['scalar', 'avx2', 'avx512'] as const).slice(0, best === 'avx512' ? 3 : best === 'avx2' ? 2 : 1);
-    try {
-      for (const level of levels) {
-        n.setCpuLevel(level);
-        await compare(randomTensor([1, 3, 107, 107], 1), { raw: true }, `raw 107 (${level})`);
-      }
-    } finally {
-      n.setCpuLevel(prev);
-    }
+    await atEveryLevel((level) => compare(randomTensor([1, 3, 107, 107], 1), { raw: true }, `raw 107 (${level})`));
   });
 
   it('Fashion-MNIST-sized grayscale batch of 2: gray -> RGB, bilinear resize to 299, pool3 and logits', async () => {

@@ -2,11 +2,11 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
-import { native } from '../../src/tensor/native';
 import { avgPool2dPadded, globalAvgPool2d, maxPool2d, resizeBilinear, type ResizeMode } from '../../src/tensor/ops/pool2';
 import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, assertShape, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { atEveryLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // Max pooling copies values (exact) and adds gradients where windows overlap,
@@ -22,21 +22,6 @@ const RESIZE_F64_RTOL = 5e-6;
 
 const f32 = async (t: Tensor) => (await t.data()) as Float32Array;
 
-/** Runs fn at every CPU level the machine has (these kernels have one path, so all must agree). */
-async function atEveryLevel(fn: (level: string) => Promise<void>): Promise<void> {
-  const n = native();
-  const best = n.info().bestCpuLevel;
-  const levels = (['scalar', 'avx2', 'avx512'] as const).slice(0, best === 'avx512' ? 3 : best === 'avx2' ? 2 : 1);
-  const prev = n.info().cpuLevel as 'scalar' | 'avx2' | 'avx512';
-  try {
-    for (const l of levels) {
-      n.setCpuLevel(l);
-      await fn(l);
-    }
-  } finally {
-    n.setCpuLevel(prev);
-  }
-}
 
 describe('padded pooling and bilinear resize against PyTorch', { skip: skip ?? false }, () => {
   let oracle: Oracle;

@@ -3,31 +3,16 @@ import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
 import { gelu, silu, softmax } from '../../src/tensor/ops/activation';
-import { native } from '../../src/tensor/native';
 import { fromArray, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, assertShape, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { cpuLevels, atLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // float32 engine vs float64 PyTorch, relative error in the 2-norm.
 const RTOL_ACT = 2e-6; // measured <= 4.5e-7 (gelu tanh gradient near the extremes)
 const RTOL_SOFTMAX = 2e-6; // measured <= 6.1e-7 (near-saturated logits)
 
-type Level = 'scalar' | 'avx2' | 'avx512';
-/** The CPU levels this machine can run: the scalar reference and the SIMD paths. */
-function cpuLevels(): Level[] {
-  const all: Level[] = ['scalar', 'avx2', 'avx512'];
-  return all.slice(0, all.indexOf(native().info().bestCpuLevel) + 1);
-}
-async function atLevel<T>(level: Level, fn: () => Promise<T>): Promise<T> {
-  const prev = native().info().cpuLevel;
-  native().setCpuLevel(level);
-  try {
-    return await fn();
-  } finally {
-    native().setCpuLevel(prev);
-  }
-}
 
 /** Extreme inputs, where naive formulas cancel (1 + erf, 1 + tanh) or overflow (exp(-x)). */
 const EXTREMES = [-100, -30, -12, -8, -6, -3, -1, -0.1, 0, 0.1, 1, 3, 6, 8, 12, 30, 100];

@@ -7,6 +7,7 @@ import { native } from '../../src/tensor/native';
 import { fromArray, runOp, sync } from '../../src/tensor/tensor';
 import { assertClose, assertShape, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable, type OracleResult } from '../helpers/oracle';
+import { cpuLevels, atLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // float32 engine vs float64 PyTorch, relative error in the 2-norm, at every
@@ -14,20 +15,6 @@ const skip = torchUnavailable();
 const RTOL_FWD = 1e-5; // measured <= 1.3e-6 (forward and logsumexp)
 const RTOL_GRAD = 1e-5; // measured <= 2.7e-6 (the sharp-softmax case)
 
-type Level = 'scalar' | 'avx2' | 'avx512';
-function cpuLevels(): Level[] {
-  const all: Level[] = ['scalar', 'avx2', 'avx512'];
-  return all.slice(0, all.indexOf(native().info().bestCpuLevel) + 1);
-}
-async function atLevel<T>(level: Level, fn: () => Promise<T>): Promise<T> {
-  const prev = native().info().cpuLevel;
-  native().setCpuLevel(level);
-  try {
-    return await fn();
-  } finally {
-    native().setCpuLevel(prev);
-  }
-}
 
 describe('scaledDotProductAttention against PyTorch', { skip: skip ?? false }, () => {
   let oracle: Oracle;

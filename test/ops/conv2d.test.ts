@@ -14,6 +14,7 @@ import { conv2d } from '../../src/tensor/ops/conv';
 import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { cpuLevels, type CpuLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // Set when this file runs again as a child process with another thread count.
@@ -22,11 +23,6 @@ const CHILD_THREADS = process.env.TDQ_TEST_THREADS;
 // few thousand products, each error ~1e-7 relative).
 const RTOL = 1e-5;
 
-type Level = 'scalar' | 'avx2' | 'avx512';
-function cpuLevels(): Level[] {
-  const all: Level[] = ['scalar', 'avx2', 'avx512'];
-  return all.slice(0, all.indexOf(native().info().bestCpuLevel) + 1);
-}
 
 async function data(t: Tensor): Promise<Float32Array> {
   return (await t.data()) as Float32Array;

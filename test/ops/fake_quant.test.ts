@@ -8,6 +8,7 @@ import { Generator } from '../../src/tensor/random';
 import { fromArray, runOp, runOp1, sync, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, maxAbsError, randomData, relError } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { cpuLevels, atLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // Forward: bit-exact against PyTorch's float32 x / s, torch.round, clamp, * s.
@@ -19,22 +20,8 @@ const RTOL_DX = 0;
 const RTOL_DS = 2e-6;
 
 const f32 = async (t: Tensor) => (await t.data()) as Float32Array;
-type Level = 'scalar' | 'avx2' | 'avx512';
-const LEVELS: Level[] = ['scalar', 'avx2', 'avx512'];
 
-function levels(): Level[] {
-  return LEVELS.slice(0, LEVELS.indexOf(native().info().bestCpuLevel) + 1);
-}
 
-async function atLevel<T>(level: Level, fn: () => Promise<T>): Promise<T> {
-  const prev = native().info().cpuLevel;
-  native().setCpuLevel(level);
-  try {
-    return await fn();
-  } finally {
-    native().setCpuLevel(prev);
-  }
-}
 
 function levelsOf(bits: number, signed: boolean): [number, number] {
   return signed ? [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] : [0, 2 ** bits - 1];
@@ -119,7 +106,7 @@ describe('fakeQuantize against PyTorch', { skip: skip ?? false }, () => {
           const s = makeSteps(c, bits, signed, bits);
           const ref = await oracle.call('fake_quant', { x: { shape: c.shape, data: x }, step: { shape: stepShape(c), data: s } },
             { ...oracleAttrs(c, bits, signed), _float32: true });
-          for (const level of levels()) {
+          for (const level of cpuLevels()) {
             const y = await atLevel(level, () => f32(fakeQuantize(fromArray(x, c.shape), fromArray(s, stepShape(c)), opts(c, bits, signed))));
             const err = maxAbsError(y, ref.outputs[0].data);
             assert.equal(err, EXACT, `${level} bits ${bits} ${signed ? 'signed' : 'unsigned'}: max abs error ${err}`);
@@ -137,7 +124,7 @@ describe('fakeQuantize against PyTorch', { skip: skip ?? false }, () => {
             const gy = randomData(c.shape, bits + 30);
             const ref = await oracle.call('fake_quant_lsq', { x: { shape: c.shape, data: x }, step: { shape: stepShape(c), data: s } },
               oracleAttrs(c, bits, signed, gradScale), { wrt: ['x', 'step'], gradOutputs: [{ shape: c.shape, data: gy }] });
-            for (const level of levels()) {
+            for (const level of cpuLevels()) {
               const what = `${level} bits ${bits} ${signed ? 'signed' : 'unsigned'} gradScale ${gradScale ?? 'LSQ'}`;
               await atLevel(level, async () => {
                 const xt = fromArray(x, c.shape), st = fromArray(s, stepShape(c));
@@ -163,7 +150,7 @@ describe('fakeQuantize against PyTorch', { skip: skip ?? false }, () => {
     const o = { bits: 2, signed: true, granularity: 'tensor' as const };
     const ref = await oracle.call('fake_quant_lsq', { x: { shape: [9], data: x }, step: { shape: [1], data: Float32Array.of(0.5) } }, o,
       { wrt: ['x', 'step'], gradOutputs: [{ shape: [9], data: gy }] });
-    for (const level of levels()) {
+    for (const level of cpuLevels()) {
       await atLevel(level, async () => {
         const xt = fromArray(x, [9]), st = fromArray([0.5], [1]);
         xt.requiresGrad = st.requiresGrad = true;
@@ -253,7 +240,7 @@ describe('fakeQuantize gradients by finite differences', () => {
         const sv = s[idx(i)], h = 0.01 * sv; // x / s moves by 0.01 < 0.05
         return (gy[i] * (surrogate(xv + h, sv) - surrogate(xv - h, sv))) / (2 * h);
       });
-      for (const level of levels()) {
+      for (const level of cpuLevels()) {
         await atLevel(level, async () => {
           const xt = fromArray(x, c.shape);
           xt.requiresGrad = true;

@@ -12,6 +12,7 @@ import { linear, matmul } from '../../src/tensor/ops/linalg';
 import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { cpuLevels, type CpuLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // Set when this file runs again as a child process with another thread count.
@@ -21,11 +22,6 @@ const CHILD_THREADS = process.env.TDQ_TEST_THREADS;
 // wrong element (one wrong entry out of thousands is > 1e-3).
 const RTOL = 1e-5;
 
-type Level = 'scalar' | 'avx2' | 'avx512';
-function cpuLevels(): Level[] {
-  const all: Level[] = ['scalar', 'avx2', 'avx512'];
-  return all.slice(0, all.indexOf(native().info().bestCpuLevel) + 1);
-}
 
 async function data(t: Tensor): Promise<Float32Array> {
   return (await t.data()) as Float32Array;

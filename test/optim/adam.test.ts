@@ -8,39 +8,16 @@ import { readSafetensors, writeSafetensors } from '../../src/io/safetensors';
 import { Adam, AdamW, optimizerStateFromTensors, optimizerStateToTensors } from '../../src/optim/adam';
 import { clipGradNorm, clipGradNormAsync, gradNorm } from '../../src/optim/clip';
 import { ConstantSchedule, LambdaLinearScheduler, applyLrSchedule } from '../../src/optim/lr_schedule';
-import { native } from '../../src/tensor/native';
 import { tidy } from '../../src/tensor/scope';
 import { type Tensor, fromArray, runOp } from '../../src/tensor/tensor';
 import { assertClose, randomData } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { cpuLevels, atLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
-type Level = 'scalar' | 'avx2' | 'avx512';
 
-function levels(): Level[] {
-  const best = native().info().bestCpuLevel;
-  return best === 'avx512' ? ['scalar', 'avx2', 'avx512'] : best === 'avx2' ? ['scalar', 'avx2'] : ['scalar'];
-}
 
-async function withLevelAsync<T>(level: Level, fn: () => Promise<T>): Promise<T> {
-  const prev = native().info().cpuLevel;
-  native().setCpuLevel(level);
-  try {
-    return await fn();
-  } finally {
-    native().setCpuLevel(prev);
-  }
-}
 
-function withLevel<T>(level: Level, fn: () => T): T {
-  const prev = native().info().cpuLevel;
-  native().setCpuLevel(level);
-  try {
-    return fn();
-  } finally {
-    native().setCpuLevel(prev);
-  }
-}
 
 interface Hyper {
   lr: number;
@@ -96,8 +73,8 @@ describe('Adam / AdamW against torch.optim', { skip: skip ?? false }, () => {
         const ref = await oracle.call('adam_steps', { param: { shape: [N], data: p0 }, grads: stack(grads) }, { lr: h.lr, betas: h.betas, eps: h.eps, weight_decay: weightDecay, decoupled });
         const [rp, rm, rv] = ref.outputs.map((o) => o.data as Float32Array);
         let first: ReturnType<typeof engineSteps> | undefined;
-        for (const level of levels()) {
-          const got = withLevel(level, () => engineSteps(decoupled, p0, grads, h));
+        for (const level of cpuLevels()) {
+          const got = atLevel(level, () => engineSteps(decoupled, p0, grads, h));
           assert.equal(got.step, STEPS);
           assertClose(got.p, rp, RTOL_STATE, `${level} param`);
           assertClose(got.p.map((v, i) => v - p0[i]), rp.map((v, i) => v - p0[i]), RTOL_UPDATE, `${level} update`);
@@ -124,8 +101,8 @@ describe('Adam / AdamW against torch.optim', { skip: skip ?? false }, () => {
     const gs = shapes.map((s, k) => randomData(s, 200 + k));
     for (const maxNorm of [0.5, 1e3]) {
       const ref = await oracle.call('clip_grad_norm', Object.fromEntries(gs.map((g, k) => [`g${k}`, { shape: shapes[k], data: g }])), { max_norm: maxNorm });
-      for (const level of levels()) {
-        await withLevelAsync(level, async () => {
+      for (const level of cpuLevels()) {
+        await atLevel(level, async () => {
           const params = shapes.map((s) => fromArray(new Float32Array(s.reduce((a, d) => a * d, 1)), s));
           params.forEach((p, k) => (p.grad = fromArray(gs[k], shapes[k])));
           const noGrad = fromArray([1, 2], [2]); // skipped: no gradient

@@ -6,11 +6,11 @@ import { levels, resolveQuantConfig } from '../../src/quant/config';
 import { QuantConv1x1, QuantConv2d, QuantLinear, type QuantLayer, quantLayerOf } from '../../src/quant/quant_layers';
 import { ActQuantizer, QuantContext, SILU_MIN, WeightQuantizer } from '../../src/quant/quantizer';
 import { backward } from '../../src/tensor/autograd';
-import { native } from '../../src/tensor/native';
 import { Generator } from '../../src/tensor/random';
 import { type Tensor, fromArray } from '../../src/tensor/tensor';
 import { assertClose, randomData } from '../helpers/assert';
 import { type Arr, Oracle, torchUnavailable } from '../helpers/oracle';
+import { cpuLevels, atLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // Boundary-safe data (every x / s at least 0.05 from a rounding tie or a clamp
@@ -21,20 +21,6 @@ const RTOL = 2e-5;
 // the accumulation order.
 const RTOL_STEP = 1e-4;
 
-type Level = 'scalar' | 'avx2' | 'avx512';
-function cpuLevels(): Level[] {
-  const all: Level[] = ['scalar', 'avx2', 'avx512'];
-  return all.slice(0, all.indexOf(native().info().bestCpuLevel) + 1);
-}
-async function atLevel<T>(level: Level, fn: () => Promise<T>): Promise<T> {
-  const prev = native().info().cpuLevel;
-  native().setCpuLevel(level);
-  try {
-    return await fn();
-  } finally {
-    native().setCpuLevel(prev);
-  }
-}
 const f32 = async (t: Tensor) => (await t.data()) as Float32Array;
 const arrOf = (t: Tensor): Arr => ({ shape: [...t.shape], data: t.dataSync() as Float32Array });
 

@@ -4,11 +4,11 @@ import { after, before, describe, it } from 'node:test';
 import { DEFAULT_TDQ_MODULE, type TdqModuleConfig } from '../../src/quant/config';
 import { TdqModule, encodeTimesteps, fourierEncoding, inverseSoftplus, softplus } from '../../src/quant/tdq';
 import { backward } from '../../src/tensor/autograd';
-import { native } from '../../src/tensor/native';
 import { Generator } from '../../src/tensor/random';
 import { type Tensor, fromArray, runOp1, sync } from '../../src/tensor/tensor';
 import { assertClose, maxAbsError, randomData } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { cpuLevels, atLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // softplus: float32 log1p/exp vs float64 (a few ulps).
@@ -18,20 +18,6 @@ const RTOL_MLP = 2e-5;
 // The encoding: float64 values rounded once to float32.
 const RTOL_ENC = 1e-7;
 
-type Level = 'scalar' | 'avx2' | 'avx512';
-function cpuLevels(): Level[] {
-  const all: Level[] = ['scalar', 'avx2', 'avx512'];
-  return all.slice(0, all.indexOf(native().info().bestCpuLevel) + 1);
-}
-async function atLevel<T>(level: Level, fn: () => Promise<T>): Promise<T> {
-  const prev = native().info().cpuLevel;
-  native().setCpuLevel(level);
-  try {
-    return await fn();
-  } finally {
-    native().setCpuLevel(prev);
-  }
-}
 const f32 = async (t: Tensor) => (await t.data()) as Float32Array;
 const arr = (t: Tensor) => ({ shape: [...t.shape], data: t.dataSync() as Float32Array });
 

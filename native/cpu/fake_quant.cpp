@@ -22,11 +22,10 @@
 // Steps are data, so infer can only check their dtype and shape. A step that is
 // not positive and finite makes the kernel throw before writing anything; the
 // stream records the error and the next data()/sync() rejects with it.
-#include <immintrin.h>
-
 #include <cmath>
 
 #include "../core/registry.h"
+#include "nn_simd.h"
 
 namespace tdq {
 namespace {
@@ -113,35 +112,26 @@ void fq_forward_ref(const float* x, float* y, int64_t n, float s, float qmin, fl
   }
 }
 
-__attribute__((target("avx2,fma"))) void fq_forward_avx2(const float* x, float* y, int64_t n, float s, float qmin,
-                                                         float qmax) {
-  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(qmin), hi = _mm256_set1_ps(qmax);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // r as the second operand: max/min return it when it is NaN, as std::max/min do.
-    r = _mm256_min_ps(hi, _mm256_max_ps(lo, r));
-    _mm256_storeu_ps(y + i, _mm256_mul_ps(r, vs));
-  }
-  fq_forward_ref(x + i, y + i, n - i, s, qmin, qmax);
+// Wider rows (nn_simd.h): the value is clamped first and then rounded by the
+// 1.5 * 2^23 trick, which is round-half-even for |v| < 2^22; the levels are
+// integers, so clamp-then-round equals round-then-clamp, and a NaN stays NaN
+// through both, as in the reference. The sign bit is copied back so that a
+// value that rounds to zero keeps its sign, as nearbyint does.
+template <int W> TDQ_AINLINE nnsimd::Vf<W> round_clamped(const nnsimd::Vf<W>& v, float qmin, float qmax) {
+  using namespace nnsimd;
+  const Vf<W> lo = vsplat<W>(qmin), hi = vsplat<W>(qmax);
+  Vf<W> c = lo > v ? lo : v;  // NaN compares false and passes through
+  c = hi < c ? hi : c;
+  const Vf<W> r = (c + 12582912.0f) - 12582912.0f;
+  return (Vf<W>)((Vi<W>)r | ((Vi<W>)c & (int32_t)0x80000000));
 }
 
-// GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_ps as the
-// pass-through of unmasked intrinsics): a known false positive.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void fq_forward_avx512(const float* x, float* y, int64_t n,
-                                                                              float s, float qmin, float qmax) {
-  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(qmin), hi = _mm512_set1_ps(qmax);
+template <int W> TDQ_AINLINE void fq_forward_w(const float* x, float* y, int64_t n, float s, float qmin, float qmax) {
+  using namespace nnsimd;
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + i), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm512_min_ps(hi, _mm512_max_ps(lo, r));
-    _mm512_storeu_ps(y + i, _mm512_mul_ps(r, vs));
-  }
+  for (; i + W <= n; i += W) vstore<W>(y + i, round_clamped<W>(vload<W>(x + i) / s, qmin, qmax) * s);
   fq_forward_ref(x + i, y + i, n - i, s, qmin, qmax);
 }
-#pragma GCC diagnostic pop
 
 // ---- backward rows: dx, and the row's sum of gy * t (see the header) ---------
 double fq_backward_ref(const float* gy, const float* x, float* dx, int64_t n, float s, float qmin, float qmax) {
@@ -156,57 +146,45 @@ double fq_backward_ref(const float* gy, const float* x, float* dx, int64_t n, fl
   return acc;
 }
 
-__attribute__((target("avx2,fma"))) double fq_backward_avx2(const float* gy, const float* x, float* dx, int64_t n,
-                                                            float s, float qmin, float qmax) {
-  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(qmin), hi = _mm256_set1_ps(qmax);
-  // Double accumulators: the terms have random signs and the sum is much
-  // smaller than their magnitudes, so float lanes would lose digits.
-  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+// Wider rows: the row's sum is kept in double lanes (the terms have random
+// signs and the sum is much smaller than their magnitudes, so float lanes would
+// lose digits), added in lane order at the end.
+template <int W>
+TDQ_AINLINE double fq_backward_w(const float* gy, const float* x, float* dx, int64_t n, float s, float qmin, float qmax) {
+  using namespace nnsimd;
+  const Vf<W> lo = vsplat<W>(qmin), hi = vsplat<W>(qmax), zero{};
+  Vd<W> acc{};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 g = _mm256_loadu_ps(gy + i);
-    const __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
-    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(v, lo, _CMP_GE_OQ), _mm256_cmp_ps(v, hi, _CMP_LE_OQ));
-    _mm256_storeu_ps(dx + i, _mm256_and_ps(inside, g));
-    const __m256 frac = _mm256_sub_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), v);
-    const __m256 edge = _mm256_blendv_ps(hi, lo, _mm256_cmp_ps(v, lo, _CMP_LT_OQ));
-    const __m256 term = _mm256_mul_ps(g, _mm256_blendv_ps(edge, frac, inside));
-    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(term)));
-    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(term, 1)));
+  for (; i + W <= n; i += W) {
+    const Vf<W> g = vload<W>(gy + i);
+    const Vf<W> v = vload<W>(x + i) / s;
+    const Vi<W> inside = (v >= lo) & (v <= hi);
+    vstore<W>(dx + i, inside ? g : zero);
+    const Vf<W> frac = round_clamped<W>(v, qmin, qmax) - v;
+    const Vf<W> edge = v < lo ? lo : hi;
+    acc += to_double<W>(g * (inside ? frac : edge));
   }
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, _mm256_add_pd(acc0, acc1));
-  double sum = 0;
-  for (double l : lanes) sum += l;
-  return sum + fq_backward_ref(gy + i, x + i, dx + i, n - i, s, qmin, qmax);
+  return hsum_d<W>(acc) + fq_backward_ref(gy + i, x + i, dx + i, n - i, s, qmin, qmax);
 }
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // as for fq_forward_avx512
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) double fq_backward_avx512(const float* gy, const float* x,
-                                                                                 float* dx, int64_t n, float s,
-                                                                                 float qmin, float qmax) {
-  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(qmin), hi = _mm512_set1_ps(qmax);
-  __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();  // double: see fq_backward_avx2
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 g = _mm512_loadu_ps(gy + i);
-    const __m512 v = _mm512_div_ps(_mm512_loadu_ps(x + i), vs);
-    const __mmask16 inside = _mm512_cmp_ps_mask(v, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, hi, _CMP_LE_OQ);
-    _mm512_storeu_ps(dx + i, _mm512_maskz_mov_ps(inside, g));
-    const __m512 frac = _mm512_sub_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), v);
-    const __m512 edge = _mm512_mask_mov_ps(hi, _mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), lo);
-    const __m512 term = _mm512_mul_ps(g, _mm512_mask_mov_ps(edge, inside, frac));
-    acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(term)));
-    acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(term), 1))));
-  }
-  alignas(64) double lanes[8];
-  _mm512_store_pd(lanes, _mm512_add_pd(acc0, acc1));
-  double sum = 0;
-  for (double l : lanes) sum += l;
-  return sum + fq_backward_ref(gy + i, x + i, dx + i, n - i, s, qmin, qmax);
+#if TDQ_NN_X86
+TDQ_AVX2 void fq_forward_avx2(const float* x, float* y, int64_t n, float s, float qmin, float qmax) {
+  fq_forward_w<8>(x, y, n, s, qmin, qmax);
 }
-#pragma GCC diagnostic pop
+TDQ_AVX512 void fq_forward_avx512(const float* x, float* y, int64_t n, float s, float qmin, float qmax) {
+  fq_forward_w<16>(x, y, n, s, qmin, qmax);
+}
+TDQ_AVX2 double fq_backward_avx2(const float* gy, const float* x, float* dx, int64_t n, float s, float qmin, float qmax) {
+  return fq_backward_w<8>(gy, x, dx, n, s, qmin, qmax);
+}
+TDQ_AVX512 double fq_backward_avx512(const float* gy, const float* x, float* dx, int64_t n, float s, float qmin,
+                                     float qmax) {
+  return fq_backward_w<16>(gy, x, dx, n, s, qmin, qmax);
+}
+#else
+constexpr auto fq_forward_avx2 = fq_forward_ref, fq_forward_avx512 = fq_forward_ref;
+constexpr auto fq_backward_avx2 = fq_backward_ref, fq_backward_avx512 = fq_backward_ref;
+#endif
 
 // Work is cut into blocks of at most kBlock elements of one (outer, group)
 // row. The cut depends only on the shapes, so the per-block partial sums of

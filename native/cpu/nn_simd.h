@@ -49,6 +49,17 @@ template <int W> TDQ_AINLINE void vstore(float* p, const Vf<W>& v) { std::memcpy
 // differs for x = -0) and emits a single broadcast.
 template <int W> TDQ_AINLINE Vf<W> vsplat(float s) { return s - Vf<W>{}; }
 template <int W> TDQ_AINLINE Vf<W> vmax(const Vf<W>& a, const Vf<W>& b) { return a > b ? a : b; }
+// sqrt lane by lane: correctly rounded in every width, and one vector sqrt
+// instruction where the build has -fno-math-errno (CMakeLists.txt, binding.gyp).
+template <int W> TDQ_AINLINE Vf<W> vsqrt(const Vf<W>& v) {
+  if constexpr (W == 1) {
+    return __builtin_sqrtf(v);
+  } else {
+    Vf<W> r;
+    for (int i = 0; i < W; ++i) r[i] = __builtin_sqrtf(v[i]);
+    return r;
+  }
+}
 template <int W> TDQ_AINLINE float hsum(const Vf<W>& v) {
   if constexpr (W == 1) {
     return v;

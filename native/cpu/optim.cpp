@@ -6,24 +6,19 @@
 //   grad_norm_sq(x0, ..., xk) -> []             sum of squares of all inputs
 //   clip_scale_(norm, g0, ..., gk; max_norm)    g *= min(1, max_norm / (norm + 1e-6))
 //   copy_(dst, src)                             dst <- src (load_state_dict)
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <immintrin.h>
-
-#include "../core/registry.h"
-
 // Adam's update must give the same bits at every CPU level (a run resumed on
 // another machine continues identically). sqrt, div, mul and add are
 // correctly rounded in every width; only GCC's fusing of a*b+c into an FMA in
 // the AVX-512 code would change the bits, so fusing is off in this file.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")
-// GCC 12's AVX-512 headers build _mm512_undefined_* from a self-initialised
-// variable and then warn about it (GCC bug 105593), for intrinsics used here.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include "../core/registry.h"
+#include "nn_simd.h"
 
 namespace tdq {
 namespace {
@@ -93,43 +88,38 @@ void adam_step_ref(const AdamScalars& s, float* p, const float* g, float* m, flo
   }
 }
 
-__attribute__((target("avx2"))) void adam_step_avx2(const AdamScalars& s, float* p, const float* g, float* m,
-                                                    float* v, int64_t b, int64_t e) {
-  const __m256 b1 = _mm256_set1_ps(s.b1), omb1 = _mm256_set1_ps(s.omb1), b2 = _mm256_set1_ps(s.b2),
-               omb2 = _mm256_set1_ps(s.omb2), eps = _mm256_set1_ps(s.eps), wd = _mm256_set1_ps(s.wd),
-               decay = _mm256_set1_ps(s.decay), ss = _mm256_set1_ps(s.step_size), bc2 = _mm256_set1_ps(s.bc2_sqrt);
+// One body for every width (nn_simd.h): the scalar reference above finishes
+// the tail; W = 8 / 16 run as AVX2 / AVX-512 and give the reference's bits.
+template <int W>
+TDQ_AINLINE void adam_step_w(const AdamScalars& s, float* p, const float* g, float* m, float* v, int64_t b, int64_t e) {
+  using namespace nnsimd;
   int64_t i = b;
-  for (; i + 8 <= e; i += 8) {
-    const __m256 pi = _mm256_mul_ps(_mm256_loadu_ps(p + i), decay);
-    const __m256 gi = _mm256_add_ps(_mm256_loadu_ps(g + i), _mm256_mul_ps(wd, pi));
-    const __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m + i)), _mm256_mul_ps(omb1, gi));
-    const __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i)), _mm256_mul_ps(omb2, _mm256_mul_ps(gi, gi)));
-    _mm256_storeu_ps(m + i, mi);
-    _mm256_storeu_ps(v + i, vi);
-    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
-    _mm256_storeu_ps(p + i, _mm256_sub_ps(pi, _mm256_mul_ps(ss, _mm256_div_ps(mi, denom))));
+  if constexpr (W > 1) {
+    for (; i + W <= e; i += W) {
+      const Vf<W> pi = vload<W>(p + i) * s.decay;
+      const Vf<W> gi = vload<W>(g + i) + s.wd * pi;
+      const Vf<W> mi = s.b1 * vload<W>(m + i) + s.omb1 * gi;
+      const Vf<W> vi = s.b2 * vload<W>(v + i) + s.omb2 * (gi * gi);
+      vstore<W>(m + i, mi);
+      vstore<W>(v + i, vi);
+      const Vf<W> denom = vsqrt<W>(vi) / s.bc2_sqrt + s.eps;
+      vstore<W>(p + i, pi - s.step_size * (mi / denom));
+    }
   }
   adam_step_ref(s, p, g, m, v, i, e);
 }
 
-__attribute__((target("avx512f"))) void adam_step_avx512(const AdamScalars& s, float* p, const float* g, float* m,
-                                                         float* v, int64_t b, int64_t e) {
-  const __m512 b1 = _mm512_set1_ps(s.b1), omb1 = _mm512_set1_ps(s.omb1), b2 = _mm512_set1_ps(s.b2),
-               omb2 = _mm512_set1_ps(s.omb2), eps = _mm512_set1_ps(s.eps), wd = _mm512_set1_ps(s.wd),
-               decay = _mm512_set1_ps(s.decay), ss = _mm512_set1_ps(s.step_size), bc2 = _mm512_set1_ps(s.bc2_sqrt);
-  int64_t i = b;
-  for (; i + 16 <= e; i += 16) {
-    const __m512 pi = _mm512_mul_ps(_mm512_loadu_ps(p + i), decay);
-    const __m512 gi = _mm512_add_ps(_mm512_loadu_ps(g + i), _mm512_mul_ps(wd, pi));
-    const __m512 mi = _mm512_add_ps(_mm512_mul_ps(b1, _mm512_loadu_ps(m + i)), _mm512_mul_ps(omb1, gi));
-    const __m512 vi = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(v + i)), _mm512_mul_ps(omb2, _mm512_mul_ps(gi, gi)));
-    _mm512_storeu_ps(m + i, mi);
-    _mm512_storeu_ps(v + i, vi);
-    const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2), eps);
-    _mm512_storeu_ps(p + i, _mm512_sub_ps(pi, _mm512_mul_ps(ss, _mm512_div_ps(mi, denom))));
-  }
-  adam_step_ref(s, p, g, m, v, i, e);
+#if TDQ_NN_X86
+TDQ_AVX2 void adam_step_avx2(const AdamScalars& s, float* p, const float* g, float* m, float* v, int64_t b, int64_t e) {
+  adam_step_w<8>(s, p, g, m, v, b, e);
 }
+TDQ_AVX512 void adam_step_avx512(const AdamScalars& s, float* p, const float* g, float* m, float* v, int64_t b,
+                                 int64_t e) {
+  adam_step_w<16>(s, p, g, m, v, b, e);
+}
+#else
+constexpr auto adam_step_avx2 = adam_step_ref, adam_step_avx512 = adam_step_ref;
+#endif
 
 void adam_step_cpu(OpCall& c, const ExecContext& ctx) {
   const AdamScalars s = adam_scalars(c.attrs);
@@ -153,32 +143,25 @@ double sum_sq_ref(const float* x, int64_t n) {
   return acc;
 }
 
-__attribute__((target("avx2,fma"))) double sum_sq_avx2(const float* x, int64_t n) {
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+// Lane k sums the squares of elements k, k + W, ... in double; the lanes are
+// then added in order.
+template <int W> TDQ_AINLINE double sum_sq_w(const float* x, int64_t n) {
+  using namespace nnsimd;
+  Vd<W> acc{};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + i);
-    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(xv)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1));
-    a0 = _mm256_fmadd_pd(lo, lo, a0);
-    a1 = _mm256_fmadd_pd(hi, hi, a1);
+  for (; i + W <= n; i += W) {
+    const Vd<W> d = to_double<W>(vload<W>(x + i));
+    acc += d * d;
   }
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, _mm256_add_pd(a0, a1));
-  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + sum_sq_ref(x + i, n - i);
+  return hsum_d<W>(acc) + sum_sq_ref(x + i, n - i);
 }
 
-__attribute__((target("avx512f"))) double sum_sq_avx512(const float* x, int64_t n) {
-  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 xv = _mm512_loadu_ps(x + i);
-    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(xv));
-    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(xv), 1)));
-    a0 = _mm512_fmadd_pd(lo, lo, a0);
-    a1 = _mm512_fmadd_pd(hi, hi, a1);
-  }
-  return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1)) + sum_sq_ref(x + i, n - i);
-}
+#if TDQ_NN_X86
+TDQ_AVX2 double sum_sq_avx2(const float* x, int64_t n) { return sum_sq_w<8>(x, n); }
+TDQ_AVX512 double sum_sq_avx512(const float* x, int64_t n) { return sum_sq_w<16>(x, n); }
+#else
+constexpr auto sum_sq_avx2 = sum_sq_ref, sum_sq_avx512 = sum_sq_ref;
+#endif
 
 std::vector<TensorMeta> infer_grad_norm_sq(const std::vector<Tensor>& in, const Attrs& a) {
   for (size_t i = 0; i < in.size(); ++i) {

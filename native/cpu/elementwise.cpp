@@ -313,7 +313,7 @@ TDQ_UNARY("tanh", std::tanh(x));
 TDQ_UNARY("sin", std::sin(x));
 TDQ_UNARY("cos", std::cos(x));
 TDQ_UNARY("relu", x > 0 ? x : 0.0f);
-TDQ_UNARY("step", x > 0 ? 1.0f : 0.0f);
+TDQ_UNARY("heaviside", x > 0 ? 1.0f : 0.0f);  // 1 where x > 0: the gradient mask of relu
 TDQ_UNARY("round", std::nearbyint(x));
 TDQ_REGISTER_OP({"affine", 1, 1, infer_unary, affine_cpu, {}});
 TDQ_REGISTER_OP({"clamp", 1, 1, infer_clamp, clamp_cpu, {}});

@@ -58,7 +58,7 @@ export const abs = (x: Tensor) => unary('abs', x, (g, x) => m(g, runOp1('sign', 
 export const sigmoid = (x: Tensor) =>
   unary('sigmoid', x, (g, _x, y) => m(g, m(y, runOp1('affine', [y], { scale: -1, shift: 1 }))));
 export const tanh = (x: Tensor) => unary('tanh', x, (g, _x, y) => m(g, runOp1('affine', [runOp1('square', [y])], { scale: -1, shift: 1 })));
-export const relu = (x: Tensor) => unary('relu', x, (g, x) => m(g, runOp1('step', [x])));
+export const relu = (x: Tensor) => unary('relu', x, (g, x) => m(g, runOp1('heaviside', [x])));
 export const sin = (x: Tensor) => unary('sin', x, (g, x) => m(g, runOp1('cos', [x])));
 export const cos = (x: Tensor) => unary('cos', x, (g, x) => m(g, runOp1('neg', [runOp1('sin', [x])])));
 

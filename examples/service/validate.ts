@@ -1,6 +1,6 @@
 // Checks the JSON body of POST /generate against the service's limits and the
 // model, and names the field and its allowed range in every error.
-import { SAMPLERS, type SamplerName } from '../../src/diffusion/samplers';
+import { SAMPLERS, type SamplerName, makeDdimTimesteps } from '../../src/diffusion/samplers';
 import { HttpError } from './errors';
 
 export interface Limits {
@@ -84,6 +84,14 @@ export function parseGenerateRequest(raw: string, limits: Limits, model: ModelIn
     if (o.steps !== undefined && o.steps !== model.timesteps) throw bad(`steps: ddpm always runs all ${model.timesteps} steps; leave steps out or use ddim, plms or dpmpp`);
   } else {
     steps = intField(o, 'steps', 1, limits.maxSteps, Math.min(DEFAULT_STEPS, limits.maxSteps));
+    // ddim and plms pick every (T / steps)-th timestep: not every count fits T. Ask the library.
+    if (sampler === 'ddim' || sampler === 'plms') {
+      try {
+        makeDdimTimesteps('uniform', steps, model.timesteps);
+      } catch (e) {
+        throw bad(`steps: ${steps} does not fit ${sampler} with T = ${model.timesteps} (${(e as Error).message})`);
+      }
+    }
   }
   let cls: number | undefined;
   if (o.class !== undefined) {

@@ -132,6 +132,8 @@ export interface LoadOptions {
 export interface MemorySample {
   t: number;
   rss: number;
+  heap: number;
+  external: number;
   live: number;
   cache: number;
   inFlight: number;
@@ -189,7 +191,7 @@ export async function runLoad(port: number, opts: LoadOptions): Promise<LoadResu
   const sampler = setInterval(() => {
     const t = (Date.now() - t0) / 1000;
     metrics(port).then(
-      (m) => memory.push({ t, rss: m.get('process_resident_memory_bytes')!, live: m.get('tdq_engine_live_bytes')!, cache: m.get('tdq_engine_host_cache_bytes')!, inFlight: m.get('tdq_service_in_flight')!, queued: m.get('tdq_service_queue_length')! }),
+      (m) => memory.push({ t, rss: m.get('process_resident_memory_bytes')!, heap: m.get('nodejs_heap_used_bytes')!, external: m.get('nodejs_external_bytes')!, live: m.get('tdq_engine_live_bytes')!, cache: m.get('tdq_engine_host_cache_bytes')!, inFlight: m.get('tdq_service_in_flight')!, queued: m.get('tdq_service_queue_length')! }),
       () => ++scrapeFailures,
     );
   }, 1000);
@@ -302,9 +304,9 @@ function report(r: LoadResult, meta: { command: string; serverArgs: string[]; up
     L.push(`After a ${o.warmupS} s warm-up: RSS ${mib(a.rss)} MiB at ${a.t.toFixed(0)} s, ${mib(b.rss)} MiB at ${b.t.toFixed(0)} s; least-squares slope ${r.rssSlopeMiBPerMin.toFixed(2)} MiB/min over ${steady.length} samples.`);
     L.push(`RSS range after warm-up: ${mib(Math.min(...steady.map((s) => s.rss)))}-${mib(Math.max(...steady.map((s) => s.rss)))} MiB; engine live bytes ${mib(Math.min(...steady.map((s) => s.live)))}-${mib(Math.max(...steady.map((s) => s.live)))} MiB; host cache ${mib(Math.min(...steady.map((s) => s.cache)))}-${mib(Math.max(...steady.map((s) => s.cache)))} MiB.`);
   }
-  L.push('', 'Every 5th sample (one a second):', '', '| t (s) | RSS MiB | engine live MiB | host cache MiB | in flight | queued |', '|---:|---:|---:|---:|---:|---:|');
+  L.push('', 'Every 5th sample (one a second):', '', '| t (s) | RSS MiB | V8 heap MiB | external MiB | engine live MiB | host cache MiB | in flight | queued |', '|---:|---:|---:|---:|---:|---:|---:|---:|');
   m.forEach((s, i) => {
-    if (i % 5 === 0 || i === m.length - 1) L.push(`| ${s.t.toFixed(0)} | ${mib(s.rss)} | ${mib(s.live)} | ${mib(s.cache)} | ${s.inFlight} | ${s.queued} |`);
+    if (i % 5 === 0 || i === m.length - 1) L.push(`| ${s.t.toFixed(0)} | ${mib(s.rss)} | ${mib(s.heap)} | ${mib(s.external)} | ${mib(s.live)} | ${mib(s.cache)} | ${s.inFlight} | ${s.queued} |`);
   });
   return L.join('\n') + '\n';
 }

@@ -79,6 +79,7 @@ export class Service {
     r.add(new Gauge('tdq_service_queue_capacity', 'Requests that may wait before 503', () => this.opts.maxQueue));
     r.add(new Gauge('process_resident_memory_bytes', 'Resident set size of the process', () => process.memoryUsage.rss()));
     r.add(new Gauge('nodejs_heap_used_bytes', 'V8 heap in use', () => process.memoryUsage().heapUsed));
+    r.add(new Gauge('nodejs_external_bytes', 'Memory of C++ objects bound to JS objects (Buffers included), as V8 counts it', () => process.memoryUsage().external));
     r.add(new Gauge('tdq_engine_live_bytes', "Bytes of the engine's live tensors (weights included)", () => native().memory().liveBytes));
     r.add(new Gauge('tdq_engine_peak_bytes', "Peak of the engine's live tensor bytes", () => native().memory().peakBytes));
     r.add(new Gauge('tdq_engine_host_cache_bytes', 'Freed large host buffers the engine keeps for reuse', () => native().memory().cachedBytes));

@@ -152,8 +152,9 @@ export interface LoadResult {
   /** Differences of the server's counters over the run. */
   server: Record<string, number>;
   memory: MemorySample[];
-  /** Least-squares slope of RSS after warm-up, MiB per minute. */
+  /** Least-squares slope of RSS after warm-up, and over the last half of the run, MiB per minute. */
   rssSlopeMiBPerMin: number;
+  rssSlopeLastHalfMiBPerMin: number;
   scrapeFailures: number;
 }
 
@@ -247,7 +248,9 @@ export async function runLoad(port: number, opts: LoadOptions): Promise<LoadResu
   const server: Record<string, number> = {};
   for (const [label, key] of Object.entries(SERVER_COUNTERS)) server[label] = (after.get(key) ?? 0) - (before.get(key) ?? 0);
   const steady = memory.filter((s) => s.t >= opts.warmupS);
+  const lastHalf = memory.filter((s) => s.t >= opts.durationS / 2);
   return {
+    rssSlopeLastHalfMiBPerMin: slope(lastHalf.map((s) => s.t / 60), lastHalf.map((s) => s.rss / 2 ** 20)),
     opts, statuses, latency, errors: result.errors, timeouts: result.timeouts, drops, server, memory, scrapeFailures,
     rssSlopeMiBPerMin: slope(steady.map((s) => s.t / 60), steady.map((s) => s.rss / 2 ** 20)),
   };
@@ -301,7 +304,7 @@ function report(r: LoadResult, meta: { command: string; serverArgs: string[]; up
   L.push('## Resident memory', '');
   if (steady.length >= 2) {
     const a = steady[0], b = steady[steady.length - 1];
-    L.push(`After a ${o.warmupS} s warm-up: RSS ${mib(a.rss)} MiB at ${a.t.toFixed(0)} s, ${mib(b.rss)} MiB at ${b.t.toFixed(0)} s; least-squares slope ${r.rssSlopeMiBPerMin.toFixed(2)} MiB/min over ${steady.length} samples.`);
+    L.push(`After a ${o.warmupS} s warm-up: RSS ${mib(a.rss)} MiB at ${a.t.toFixed(0)} s, ${mib(b.rss)} MiB at ${b.t.toFixed(0)} s; least-squares slope ${r.rssSlopeMiBPerMin.toFixed(2)} MiB/min over ${steady.length} samples; over the last half of the run (from ${(o.durationS / 2).toFixed(0)} s) ${r.rssSlopeLastHalfMiBPerMin.toFixed(2)} MiB/min.`);
     L.push(`RSS range after warm-up: ${mib(Math.min(...steady.map((s) => s.rss)))}-${mib(Math.max(...steady.map((s) => s.rss)))} MiB; engine live bytes ${mib(Math.min(...steady.map((s) => s.live)))}-${mib(Math.max(...steady.map((s) => s.live)))} MiB; host cache ${mib(Math.min(...steady.map((s) => s.cache)))}-${mib(Math.max(...steady.map((s) => s.cache)))} MiB.`);
   }
   L.push('', 'Every 5th sample (one a second):', '', '| t (s) | RSS MiB | V8 heap MiB | external MiB | engine live MiB | host cache MiB | in flight | queued |', '|---:|---:|---:|---:|---:|---:|---:|---:|');

@@ -2,7 +2,7 @@
 // POST /generate on loopback with a mix of valid and bad requests, while a
 // second loop opens requests and drops them mid-generation. Resident memory
 // is sampled every second from /metrics. Stops by itself after --duration s.
-//   npx tsc -p tsconfig.json && node dist/bench/service_load.js [--duration 60] [--out bench/results/service-load.md]
+//   npm run bench:service [-- --duration 180 --warmup 60 --out bench/results/service-load.md]
 import autocannon from 'autocannon';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -317,11 +317,11 @@ function report(r: LoadResult, meta: { command: string; serverArgs: string[]; up
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      duration: { type: 'string', default: '60' },
+      duration: { type: 'string', default: '180' },
       connections: { type: 'string', default: '4' },
       rate: { type: 'string', default: '20' },
       'drop-every-ms': { type: 'string', default: '2000' },
-      warmup: { type: 'string', default: '10' },
+      warmup: { type: 'string', default: '60' },
       out: { type: 'string', default: path.join('bench', 'results', 'service-load.md') },
     },
   });

@@ -90,13 +90,14 @@ function noRemap(p: { remap?: unknown }, ctx: z.RefinementCtx): void {
 const node = <T extends z.ZodType>(targets: readonly string[], params: T) =>
   z.strictObject({ target: z.enum(targets as unknown as [string, ...string[]]), params });
 
-export const AutoencoderNodeSchema = z.union([
-  node(AUTOENCODER_TARGETS.kl, z.strictObject(commonParams).superRefine((p, ctx) => {
+/** The {target, params} node of each kind (the target picks the schema, so errors name the right keys). */
+export const AutoencoderNodeSchemas = {
+  kl: node(AUTOENCODER_TARGETS.kl, z.strictObject(commonParams).superRefine((p, ctx) => {
     if (!p.ddconfig.double_z) ctx.addIssue({ code: 'custom', path: ['ddconfig', 'double_z'], message: 'AutoencoderKL needs double_z: true' });
   })),
-  node(AUTOENCODER_TARGETS.vq, z.strictObject(vqParams).superRefine(noRemap)),
-  node(AUTOENCODER_TARGETS['vq-interface'], z.strictObject(vqParams).superRefine(noRemap)),
-]);
+  vq: node(AUTOENCODER_TARGETS.vq, z.strictObject(vqParams).superRefine(noRemap)),
+  'vq-interface': node(AUTOENCODER_TARGETS['vq-interface'], z.strictObject(vqParams).superRefine(noRemap)),
+} as const;
 
 /** A whole CompVis autoencoder config file; data and lightning are accepted and ignored. */
 const FileSchema = z.strictObject({
@@ -153,7 +154,8 @@ export function parseAutoencoderConfig(raw: unknown, file = '(autoencoder config
     const all = Object.values(AUTOENCODER_TARGETS).flat().join(', ');
     throw new ConfigError(file, [{ path: [...prefix, 'target'], message: `expected one of ${all}, got ${JSON.stringify(target)}` }]);
   }
-  const r = AutoencoderNodeSchema.safeParse(nodeRaw);
+  const kind = kindOf(target)!;
+  const r = AutoencoderNodeSchemas[kind].safeParse(nodeRaw);
   if (!r.success) throw new ConfigError(file, issuesOf(r.error, prefix));
   const p = r.data.params as z.infer<z.ZodObject<typeof vqParams>> & { n_embed?: number };
   for (const k of IGNORED_PARAMS)
@@ -161,7 +163,6 @@ export function parseAutoencoderConfig(raw: unknown, file = '(autoencoder config
       const what = k === 'lossconfig' ? `ignored: the upstream loss (${p.lossconfig?.target}) is not built; train with AutoencoderKLLoss (no LPIPS, no discriminator)` : 'ignored';
       notes.push(`${[...prefix, 'params', k].join('.')}: ${what}`);
     }
-  const kind = kindOf(r.data.target)!;
   const { use_linear_attn: _ula, attn_type, ...dd } = p.ddconfig;
   const ddconfig: DDConfig = { ...dd, attn_type: attn_type as 'vanilla' | 'none' };
   const spec: AutoencoderSpec = { kind, target: r.data.target, ddconfig, embedDim: p.embed_dim, notes };

@@ -111,6 +111,28 @@ describe('first-stage autoencoders: parity with the PyTorch reference (committed
   it('VQModel f4 (ch_mult 1,2,4, attn_type none)', () => vqCase('vq_f4'));
   it('VQModel f8 (ch_mult 1,2,2,4, attention at the latent level)', () => vqCase('vq_f8'));
 
+  it('DiagonalGaussianDistribution: logvar clamped to [-30, 20], kl against N(0, I) and another Gaussian, deterministic', async () => {
+    // (B=1, 2C=6, 1, 1): means 0.5, -1, 2 and log-variances 25, -40, 1.
+    const p = fromArray([0.5, -1, 2, 25, -40, 1], [1, 6, 1, 1]);
+    const d = new DiagonalGaussianDistribution(p);
+    const lv = [20, -30, 1], mu = [0.5, -1, 2];
+    const near = (a: number, b: number, what: string) => assert.ok(Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)), `${what}: ${a} vs ${b}`);
+    const got = (await d.logvar.data()) as Float32Array;
+    lv.forEach((v, i) => near(got[i], v, `logvar[${i}]`));
+    const std = (await d.std.data()) as Float32Array;
+    lv.forEach((v, i) => near(std[i], Math.fround(Math.exp(0.5 * v)), `std[${i}]`));
+    const kl0 = 0.5 * lv.reduce((a, v, i) => a + mu[i] ** 2 + Math.exp(v) - 1 - v, 0);
+    near(await d.kl().item(), kl0, 'kl to N(0, I)');
+    const o = new DiagonalGaussianDistribution(fromArray([0, 0, 1, 0, 2, 0], [1, 6, 1, 1]));
+    const olv = [0, 2, 0], omu = [0, 0, 1];
+    const kl1 = 0.5 * lv.reduce((a, v, i) => a + (mu[i] - omu[i]) ** 2 / Math.exp(olv[i]) + Math.exp(v) / Math.exp(olv[i]) - 1 - v + olv[i], 0);
+    near(await d.kl(o).item(), kl1, 'kl to another Gaussian');
+    const det = new DiagonalGaussianDistribution(p, true);
+    assert.deepEqual([...((await det.std.data()) as Float32Array)], [0, 0, 0]);
+    assert.deepEqual([...((await det.kl().data()) as Float32Array)], [0]);
+    assert.deepEqual([...((await det.sample({ noise: fromArray([1, 1, 1], [1, 3, 1, 1]) }).data()) as Float32Array)], mu);
+  });
+
   for (const legacy of [true, false]) {
     it(`VectorQuantizer ${legacy ? 'legacy' : 'fixed'} beta: indices, loss, straight-through and codebook gradients`, async () => {
       const all = await loadIo('quantizer');

@@ -128,13 +128,15 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   if (!NAN_POLICIES.includes(onNan)) throw new RangeError(`onNan must be one of ${NAN_POLICIES.join(', ')}, got ${JSON.stringify(onNan)}`);
 
   // The checkpoint to continue from, and whether it continues this folder's run.
-  const resumeFrom = opts.resume ? (fs.existsSync(opts.resume) && fs.statSync(opts.resume).isDirectory() ? latestCheckpoint(opts.resume) : opts.resume) : null;
+  const resumeIsDir = !!opts.resume && fs.existsSync(opts.resume) && fs.statSync(opts.resume).isDirectory();
+  const resumeDir = opts.resume ? (resumeIsDir ? opts.resume : runFolderOfCheckpoint(opts.resume)) : null;
+  if (resumeDir) for (const f of cleanRunFolder(resumeDir)) print?.(`tdq-native: removed ${f}, left by an interrupted write`);
+  const resumeFrom = opts.resume ? (resumeIsDir ? latestCheckpoint(opts.resume) : opts.resume) : null;
   if (opts.resume && !resumeFrom) throw new Error(`--resume ${opts.resume}: no checkpoint found (expected ${path.join(opts.resume, 'checkpoints', 'step-*.safetensors')})`);
   const resumedRun = resumeFrom ? runFolderOfCheckpoint(resumeFrom) : null;
   const continuing = resumedRun !== null && path.resolve(resumedRun) === path.resolve(opts.outDir);
   // A fresh run (or one continued from elsewhere) never writes into another run's folder.
   if (!continuing) assertFreshRunFolder(opts.outDir);
-  else for (const f of cleanRunFolder(opts.outDir)) print?.(`tdq-native: removed ${f}, left by an interrupted write`);
   fs.mkdirSync(path.join(opts.outDir, 'checkpoints'), { recursive: true });
 
   let unet: Denoiser = buildUNet(cfg.model.params.unet_config, new Generator(t.seed));

@@ -20,7 +20,7 @@ import { BAD_DATA_POLICIES, type BadDataPolicy } from '../../train/bad_data';
 import { NAN_POLICIES, type NanPolicy } from '../../train/nonfinite';
 import { RunFolderExistsError, assertFreshRunFolder, runFolderOfCheckpoint, timestampedRunDir } from '../../train/run_dir';
 import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
-import { type GlobalArgs, CliError } from '../index';
+import { type GlobalArgs, CliError, CliExit } from '../index';
 
 export interface TrainArgs extends GlobalArgs {
   base: string;
@@ -103,7 +103,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) {
         console.log(`tdq-native: continue with --resume ${outDir}`);
-        process.exitCode = signals.exitCode ?? 130;
+        throw new CliExit(signals.exitCode ?? 130);
       }
     } catch (e) {
       if (e instanceof RunFolderExistsError) throw new CliError(e.message);

@@ -233,7 +233,8 @@ export function removeStaleTempFiles(dir: string, opts: { maxAgeMs?: number; now
   return removed;
 }
 
-function processAlive(pid: number): boolean {
+/** Whether a process with this pid runs on this machine (EPERM: it runs, under another user). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -1,12 +1,14 @@
 // Run folders: where a run's checkpoints, logs, samples and exported model
 // live. A fresh run gets a folder of its own (upstream LDM's
 // logs/<%Y-%m-%dT%H-%M-%S>_<name>) and never writes into one that holds
-// another run; --resume continues a folder. Temporaries that killed writers
-// left in a run folder are removed when the folder is opened again.
+// another run; --resume continues a folder. A training process holds the
+// folder's .lock (its pid) so that two processes never write one run.
+// Temporaries that killed writers left, and the lock of a killed process, are
+// removed when the folder is opened again.
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { removeStaleTempFiles } from '../io/atomic';
+import { processAlive, removeStaleTempFiles } from '../io/atomic';
 
 /** A fresh run was pointed at a folder that already holds files. */
 export class RunFolderExistsError extends Error {
@@ -19,6 +21,58 @@ export class RunFolderExistsError extends Error {
     );
     this.name = 'RunFolderExistsError';
   }
+}
+
+/** Another live process is training in this run folder. */
+export class RunFolderBusyError extends Error {
+  constructor(readonly dir: string, readonly pid: number) {
+    super(`run folder ${dir} is in use by process ${pid} (${path.join(dir, LOCK_NAME)}); wait for it or stop it first (if that pid is no longer a training run, delete the lock file)`);
+    this.name = 'RunFolderBusyError';
+  }
+}
+
+export const LOCK_NAME = '.lock';
+
+function lockOwner(file: string): number | null {
+  try {
+    const pid = Number(fs.readFileSync(file, 'utf8').trim());
+    return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
+  } catch {
+    return null;
+  }
+}
+
+// A lock whose process is gone (killed), or that holds no pid (cut by a kill while written).
+function removeStaleLock(dir: string): string[] {
+  const file = path.join(dir, LOCK_NAME);
+  if (!fs.existsSync(file)) return [];
+  const pid = lockOwner(file);
+  if (pid !== null && (pid === process.pid || processAlive(pid))) return [];
+  fs.rmSync(file, { force: true });
+  return [file];
+}
+
+/**
+ * Takes the run folder's lock (created exclusively, holding our pid); a lock
+ * of a process that is gone is taken over. Returns the release function.
+ * Throws RunFolderBusyError while another live process (or this one) holds it.
+ */
+export function lockRunFolder(dir: string): () => void {
+  const file = path.join(dir, LOCK_NAME);
+  for (let attempt = 0; ; ++attempt) {
+    try {
+      fs.writeFileSync(file, `${process.pid}\n`, { flag: 'wx' });
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = lockOwner(file);
+      if (attempt > 0 || (pid !== null && (pid === process.pid || processAlive(pid)))) throw new RunFolderBusyError(dir, pid ?? NaN);
+      removeStaleLock(dir);
+    }
+  }
+  return () => {
+    if (lockOwner(file) === process.pid) fs.rmSync(file, { force: true });
+  };
 }
 
 /** Local time as upstream's main.py names runs: %Y-%m-%dT%H-%M-%S. */
@@ -35,10 +89,10 @@ export function timestampedRunDir(logdir: string, name: string, d: Date = new Da
 /**
  * Removes the temporaries of interrupted checkpoint / log / sample writes
  * (see removeStaleTempFiles) from a run folder and its checkpoints/ and
- * samples/. Returns the removed paths.
+ * samples/, and the lock of a process that is gone. Returns the removed paths.
  */
 export function cleanRunFolder(runDir: string): string[] {
-  const removed: string[] = [];
+  const removed: string[] = removeStaleLock(runDir);
   for (const d of [runDir, path.join(runDir, 'checkpoints'), path.join(runDir, 'samples')]) removed.push(...removeStaleTempFiles(d));
   return removed;
 }

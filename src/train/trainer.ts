@@ -29,7 +29,7 @@ import { loadCheckpoint, saveCheckpoint, type TrainingState } from './checkpoint
 import { Ema } from './ema';
 import { BAD_DATA_POLICIES, BadDataError, type BadDataPolicy, SkippingDataset, dataFileOf, dropBadRows } from './bad_data';
 import { NAN_POLICIES, type NanPolicy, NonFiniteError, firstNonFiniteModule, nonFiniteGradient, nonFiniteParameter } from './nonfinite';
-import { assertFreshRunFolder, cleanRunFolder, runFolderOfCheckpoint } from './run_dir';
+import { assertFreshRunFolder, cleanRunFolder, lockRunFolder, runFolderOfCheckpoint } from './run_dir';
 
 export { BadDataError, type BadDataPolicy } from './bad_data';
 export { NonFiniteError, type NanPolicy } from './nonfinite';
@@ -138,7 +138,17 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   // A fresh run (or one continued from elsewhere) never writes into another run's folder.
   if (!continuing) assertFreshRunFolder(opts.outDir);
   fs.mkdirSync(path.join(opts.outDir, 'checkpoints'), { recursive: true });
+  const unlock = lockRunFolder(opts.outDir);
+  try {
+    return await trainLocked(opts, resumeFrom, print, onBadData, onNan);
+  } finally {
+    unlock();
+  }
+}
 
+async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print: ((line: string) => void) | null, onBadData: BadDataPolicy, onNan: NanPolicy): Promise<TrainResult> {
+  const cfg = opts.config;
+  const t = cfg.training;
   let unet: Denoiser = buildUNet(cfg.model.params.unet_config, new Generator(t.seed));
   if (opts.initCheckpoint) {
     const init = await loadCheckpoint(opts.initCheckpoint);

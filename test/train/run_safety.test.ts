@@ -17,7 +17,7 @@ import type { Module } from '../../src/nn/module';
 import { isGradEnabled } from '../../src/tensor/autograd';
 import { scale } from '../../src/tensor/ops/elementwise';
 import type { Tensor } from '../../src/tensor/tensor';
-import { RunFolderExistsError } from '../../src/train/run_dir';
+import { RunFolderBusyError, RunFolderExistsError } from '../../src/train/run_dir';
 import { BadDataError, NonFiniteError, latestCheckpoint, train } from '../../src/train/trainer';
 
 const YAML = (maxSteps: number) => `
@@ -98,6 +98,24 @@ describe('run folders', () => {
     const r = await train({ config: config(3), outDir: dir, resume: dir, print: null });
     assert.equal(r.step, 3);
     assert.deepEqual(logSteps(dir).map((x) => x.step), [1, 2, 3]);
+    assert.equal(fs.existsSync(path.join(dir, '.lock')), false, 'the lock is released');
+  });
+
+  it('two processes never train one folder: a live holder of .lock refuses the resume; a dead one’s lock is taken over', async () => {
+    const dir = tmp();
+    await train({ config: config(3), outDir: dir, stopAtStep: 1, print: null });
+    const lock = path.join(dir, '.lock');
+    fs.writeFileSync(lock, `${process.ppid}\n`);
+    await assert.rejects(train({ config: config(3), outDir: dir, resume: dir, print: null }), (e: Error) => {
+      assert.ok(e instanceof RunFolderBusyError, String(e));
+      assert.match(e.message, new RegExp(`in use by process ${process.ppid}`));
+      return true;
+    });
+    assert.deepEqual(logSteps(dir).map((x) => x.step), [1], 'the refused resume wrote nothing');
+    fs.writeFileSync(lock, `${deadPid()}\n`);
+    const r = await train({ config: config(3), outDir: dir, resume: dir, print: null });
+    assert.equal(r.step, 3);
+    assert.equal(fs.existsSync(lock), false);
   });
 });
 

@@ -18,7 +18,7 @@ import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantCon
 import type { StepMethod } from '../../quant/step_search';
 import { BAD_DATA_POLICIES, type BadDataPolicy } from '../../train/bad_data';
 import { NAN_POLICIES, type NanPolicy } from '../../train/nonfinite';
-import { RunFolderExistsError, assertFreshRunFolder, runFolderOfCheckpoint, timestampedRunDir } from '../../train/run_dir';
+import { RunFolderBusyError, RunFolderExistsError, assertFreshRunFolder, runFolderOfCheckpoint, timestampedRunDir } from '../../train/run_dir';
 import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
 import { type GlobalArgs, CliError, CliExit } from '../index';
 
@@ -106,7 +106,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
         throw new CliExit(signals.exitCode ?? 130);
       }
     } catch (e) {
-      if (e instanceof RunFolderExistsError) throw new CliError(e.message);
+      if (e instanceof RunFolderExistsError || e instanceof RunFolderBusyError) throw new CliError(e.message);
       throw e;
     } finally {
       signals.dispose();

@@ -286,7 +286,6 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
         const failedStep = step;
         rollBack();
         if (!samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
-        print?.(`tdq-native: step ${failedStep}: bad data file ${file}; checkpoint ${lastCkpt}`);
         throw new BadDataError(file, failedStep, lastCkpt, e as Error);
       }
       const norm = t.grad_clip ? clipGradNorm(params, t.grad_clip) : gradNorm(params);
@@ -309,7 +308,6 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
           const badParam = await nonFiniteParameter(unet);
           if (badParam === null && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
           const ck = badParam === null ? lastCkpt || null : null;
-          print?.(`tdq-native: step ${failedStep}: ${where}${ck ? `; checkpoint of step ${step}: ${ck}` : ''}`);
           throw new NonFiniteError(failedStep, where, ck);
         }
       } else {

@@ -97,11 +97,13 @@ export function cleanRunFolder(runDir: string): string[] {
   return removed;
 }
 
-/** Throws RunFolderExistsError when `dir` exists and is not empty (after removing stale temporaries). */
+/**
+ * Throws RunFolderExistsError when `dir` exists and holds a file. Nothing is
+ * removed from it: it may not be a run folder of ours.
+ */
 export function assertFreshRunFolder(dir: string): void {
   if (!fs.existsSync(dir)) return;
   if (!fs.statSync(dir).isDirectory()) throw new RunFolderExistsError(dir, [path.basename(dir)]);
-  cleanRunFolder(dir);
   const walk = (d: string, prefix: string): string[] =>
     fs.readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(d, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`]));
   // Empty subfolders (e.g. checkpoints/ of a run stopped before its first step) hold nothing.

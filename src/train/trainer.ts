@@ -119,8 +119,6 @@ function dropoutModules(m: Module): Dropout[] {
 }
 
 export async function train(opts: TrainOptions): Promise<TrainResult> {
-  const cfg = opts.config;
-  const t = cfg.training;
   const print = opts.print === undefined ? console.log : opts.print;
   const onBadData: BadDataPolicy = opts.onBadData ?? 'stop';
   const onNan: NanPolicy = opts.onNan ?? 'stop';

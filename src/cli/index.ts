@@ -33,6 +33,14 @@ export class CliError extends Error {
   }
 }
 
+/** Ends a command with this exit code and nothing more to print (e.g. 130 / 143 after a signal). */
+export class CliExit extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+    this.name = 'CliExit';
+  }
+}
+
 export function packageVersion(): string {
   try {
     return (JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string }).version;
@@ -155,6 +163,7 @@ export async function main(argv: readonly string[] = process.argv.slice(2), opts
       return 1;
     }
     const cause = e instanceof CommandFailure ? e.inner : e;
+    if (cause instanceof CliExit) return cause.code;
     const error = cause instanceof Error ? cause : new Error(String(cause));
     err(`tdq-native: ${stripPrefix(error.message)}\n`);
     if (verbose && !(error instanceof CliError) && error.stack) err(`${error.stack}\n`);

@@ -186,7 +186,55 @@ export function removeStaleTemps(target: string): string[] {
   return removed;
 }
 
-function processAlive(pid: number): boolean {
+/** How old a temporary must be before it is removed although its pid runs (the pid may have been reused). */
+export const STALE_TEMP_AGE_MS = 24 * 3600 * 1000;
+
+// .<name>.<pid>.<8 hex>.tmp: the names tempPathFor and writeSafetensors give.
+const TEMP_RE = /^\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+
+/**
+ * Removes, from `dir` (not below it), the temporaries of interrupted atomic
+ * writes: only names of our own pattern (.<name>.<pid>.<hex8>.tmp), and only
+ * when their writer is gone (no process with that pid on this machine) or the
+ * file is older than `maxAgeMs` (a reused pid). Never a temporary of this
+ * process. Returns the removed paths.
+ */
+export function removeStaleTempFiles(dir: string, opts: { maxAgeMs?: number; now?: number } = {}): string[] {
+  const maxAge = opts.maxAgeMs ?? STALE_TEMP_AGE_MS;
+  const now = opts.now ?? Date.now();
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const m = TEMP_RE.exec(name);
+    if (!m) continue;
+    const pid = Number(m[2]);
+    if (pid === process.pid) continue;
+    const file = path.join(dir, name);
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(file);
+    } catch {
+      continue;
+    }
+    if (!st.isFile()) continue;
+    if (processAlive(pid) && now - st.mtimeMs < maxAge) continue;
+    try {
+      fs.unlinkSync(file);
+      removed.push(file);
+    } catch {
+      /* raced with another cleaner */
+    }
+  }
+  return removed;
+}
+
+/** Whether a process with this pid runs on this machine (EPERM: it runs, under another user). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

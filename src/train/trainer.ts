@@ -8,30 +8,48 @@ import path from 'node:path';
 
 import type { Config } from '../config/schema';
 import { datasetFromConfig, loaderFromConfig } from '../data';
-import type { DataLoader, LoaderState } from '../data/loader';
+import type { Dataset } from '../data/dataset';
+import type { Batch, DataLoader, LoaderState } from '../data/loader';
 import { sample as runSampler } from '../diffusion/samplers';
+import { writeFileAtomicSync } from '../io/atomic';
 import { saveGrid } from '../io/png';
 import { buildUNet, PixelDiffusion, type Denoiser } from '../models/diffusion';
 import { Dropout } from '../nn/layers';
 import type { Module } from '../nn/module';
 import { Adam, AdamW, type ParamGroupSpec } from '../optim/adam';
-import { clipGradNorm } from '../optim/clip';
+import { clipGradNorm, gradNorm } from '../optim/clip';
 import { LambdaLinearScheduler } from '../optim/lr_schedule';
 import { backward } from '../tensor/autograd';
 import { tidy } from '../tensor/scope';
 import { scale } from '../tensor/ops/elementwise';
 import { Generator, type GeneratorState } from '../tensor/random';
-import type { Tensor } from '../tensor/tensor';
+import { type Tensor, fromArray } from '../tensor/tensor';
 import { TrainLogger } from './log';
 import { loadCheckpoint, saveCheckpoint, type TrainingState } from './checkpoint';
 import { Ema } from './ema';
+import { BAD_DATA_POLICIES, BadDataError, type BadDataPolicy, SkippingDataset, dataFileOf, dropBadRows } from './bad_data';
+import { NAN_POLICIES, type NanPolicy, NonFiniteError, firstNonFiniteModule, nonFiniteGradient, nonFiniteParameter } from './nonfinite';
+import { assertFreshRunFolder, cleanRunFolder, lockRunFolder, runFolderOfCheckpoint } from './run_dir';
+
+export { BadDataError, type BadDataPolicy } from './bad_data';
+export { NonFiniteError, type NanPolicy } from './nonfinite';
 
 export interface TrainOptions {
   config: Config;
-  /** The run folder: checkpoints/, log files, samples/, model.safetensors. */
+  /**
+   * The run folder: checkpoints/, log files, samples/, model.safetensors. A
+   * run that does not continue this folder's own checkpoint (no `resume`, or
+   * one from elsewhere) refuses a folder that is not empty (RunFolderExistsError).
+   */
   outDir: string;
   /** Continue from this checkpoint file, or the newest one in this run folder. */
   resume?: string;
+  /** Use this dataset instead of the config's (tests, library use). */
+  dataset?: Dataset;
+  /** A sample whose file fails to read (an error with a `file` property): 'stop' (default) or 'skip'. See bad_data.ts. */
+  onBadData?: BadDataPolicy;
+  /** A non-finite loss or gradient norm: 'stop' (default) after a checkpoint of the last good state, or 'skip' the batch. */
+  onNan?: NanPolicy;
   /** Start from these weights (a full-precision model for QAT, or fine-tuning). */
   initCheckpoint?: string;
   dataDir?: string;
@@ -55,6 +73,9 @@ export interface TrainResult {
   exported: string | null;
   lastLoss: number;
   interrupted: boolean;
+  /** Samples left out for bad files, and steps left out for a non-finite loss or gradient, over the whole run. */
+  skippedSamples: number;
+  skippedSteps: number;
 }
 
 interface RunState extends TrainingState {
@@ -62,12 +83,15 @@ interface RunState extends TrainingState {
   dropoutGen: GeneratorState;
   loader: LoaderState;
   emaUpdates: number;
+  skippedSamples?: number;
+  skippedSteps?: number;
 }
 
 const CKPT_RE = /^step-(\d+)\.safetensors$/;
 
-/** The newest checkpoint of a run folder, or null. */
+/** The newest checkpoint of a run folder, or null; removes the temporaries of interrupted writes there. */
 export function latestCheckpoint(runDir: string): string | null {
+  cleanRunFolder(runDir);
   const dir = path.join(runDir, 'checkpoints');
   if (!fs.existsSync(dir)) return null;
   const steps = fs.readdirSync(dir).map((f) => CKPT_RE.exec(f)).filter((m): m is RegExpExecArray => !!m).map((m) => Number(m[1]));
@@ -95,11 +119,34 @@ function dropoutModules(m: Module): Dropout[] {
 }
 
 export async function train(opts: TrainOptions): Promise<TrainResult> {
+  const print = opts.print === undefined ? console.log : opts.print;
+  const onBadData: BadDataPolicy = opts.onBadData ?? 'stop';
+  const onNan: NanPolicy = opts.onNan ?? 'stop';
+  if (!BAD_DATA_POLICIES.includes(onBadData)) throw new RangeError(`onBadData must be one of ${BAD_DATA_POLICIES.join(', ')}, got ${JSON.stringify(onBadData)}`);
+  if (!NAN_POLICIES.includes(onNan)) throw new RangeError(`onNan must be one of ${NAN_POLICIES.join(', ')}, got ${JSON.stringify(onNan)}`);
+
+  // The checkpoint to continue from, and whether it continues this folder's run.
+  const resumeIsDir = !!opts.resume && fs.existsSync(opts.resume) && fs.statSync(opts.resume).isDirectory();
+  const resumeDir = opts.resume ? (resumeIsDir ? opts.resume : runFolderOfCheckpoint(opts.resume)) : null;
+  if (resumeDir) for (const f of cleanRunFolder(resumeDir)) print?.(`tdq-native: removed ${f}, left by an interrupted write`);
+  const resumeFrom = opts.resume ? (resumeIsDir ? latestCheckpoint(opts.resume) : opts.resume) : null;
+  if (opts.resume && !resumeFrom) throw new Error(`--resume ${opts.resume}: no checkpoint found (expected ${path.join(opts.resume, 'checkpoints', 'step-*.safetensors')})`);
+  const resumedRun = resumeFrom ? runFolderOfCheckpoint(resumeFrom) : null;
+  const continuing = resumedRun !== null && path.resolve(resumedRun) === path.resolve(opts.outDir);
+  // A fresh run (or one continued from elsewhere) never writes into another run's folder.
+  if (!continuing) assertFreshRunFolder(opts.outDir);
+  fs.mkdirSync(path.join(opts.outDir, 'checkpoints'), { recursive: true });
+  const unlock = lockRunFolder(opts.outDir);
+  try {
+    return await trainLocked(opts, resumeFrom, print, onBadData, onNan);
+  } finally {
+    unlock();
+  }
+}
+
+async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print: ((line: string) => void) | null, onBadData: BadDataPolicy, onNan: NanPolicy): Promise<TrainResult> {
   const cfg = opts.config;
   const t = cfg.training;
-  const print = opts.print === undefined ? console.log : opts.print;
-  fs.mkdirSync(path.join(opts.outDir, 'checkpoints'), { recursive: true });
-
   let unet: Denoiser = buildUNet(cfg.model.params.unet_config, new Generator(t.seed));
   if (opts.initCheckpoint) {
     const init = await loadCheckpoint(opts.initCheckpoint);
@@ -117,8 +164,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     extraMetadata = p.metadata ?? {};
   }
   const diffusion = new PixelDiffusion(cfg.model, unet);
-  const dataset = datasetFromConfig(cfg, { dataDir: opts.dataDir });
-  const loader: DataLoader = loaderFromConfig(cfg, dataset);
+  const dataset = opts.dataset ?? datasetFromConfig(cfg, { dataDir: opts.dataDir });
+  const guarded = new SkippingDataset(dataset, onBadData);
+  const loader: DataLoader = loaderFromConfig(cfg, guarded.dataset);
   const baseLr = cfg.model.base_learning_rate * (t.scale_lr ? t.batch_size * t.accumulate_grad_batches : 1);
   const named = unet.namedParameters();
   const specs: ParamGroupSpec[] = groups ? groups(baseLr) : [{ params: named, lr: baseLr, name: 'model' }];
@@ -130,8 +178,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   for (const d of dropoutModules(unet)) d.generator = dropoutGen;
 
   let step = 0;
-  const resumeFrom = opts.resume ? (fs.existsSync(opts.resume) && fs.statSync(opts.resume).isDirectory() ? latestCheckpoint(opts.resume) : opts.resume) : null;
-  if (opts.resume && !resumeFrom) throw new Error(`--resume ${opts.resume}: no checkpoint found (expected ${path.join(opts.resume, 'checkpoints', 'step-*.safetensors')})`);
+  const skipped = { samples: 0, steps: 0 };
   if (resumeFrom) {
     const ck = await loadCheckpoint(resumeFrom);
     const st = ck.state as RunState | null;
@@ -148,21 +195,48 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     dropoutGen.setState(st.dropoutGen);
     loader.setState(st.loader);
     step = st.step;
+    skipped.samples = st.skippedSamples ?? 0;
+    skipped.steps = st.skippedSteps ?? 0;
     print?.(`tdq-native: resumed from ${resumeFrom} at step ${step}`);
   }
 
   const logger = new TrainLogger({ batchSize: t.batch_size * t.accumulate_grad_batches, every: t.log_every, dir: opts.outDir, print, maxSteps: t.max_steps, resumeStep: resumeFrom ? step : undefined });
+  const events = new EventLog(path.join(opts.outDir, 'skipped.jsonl'), resumeFrom ? step : 0);
   const params = unet.parameters();
   const endStep = Math.min(t.max_steps, opts.stopAtStep ?? Infinity);
   let lastCkpt = resumeFrom ?? '';
   let lastLoss = NaN;
 
+  const ckptFile = (s: number) => path.join(opts.outDir, 'checkpoints', `step-${String(s).padStart(8, '0')}.safetensors`);
   const checkpoint = async (): Promise<string> => {
-    const file = path.join(opts.outDir, 'checkpoints', `step-${String(step).padStart(8, '0')}.safetensors`);
-    const state: RunState = { step, gen: gen.state(), dropoutGen: dropoutGen.state(), loader: loader.state(), emaUpdates: ema?.numUpdates ?? 0 };
+    const file = ckptFile(step);
+    const state: RunState = {
+      step, gen: gen.state(), dropoutGen: dropoutGen.state(), loader: loader.state(), emaUpdates: ema?.numUpdates ?? 0,
+      skippedSamples: skipped.samples, skippedSteps: skipped.steps,
+    };
     await saveCheckpoint(file, { config: cfg, state, model: unet, ema, optimizer: optimizer.state(), extraMetadata });
     pruneCheckpoints(opts.outDir, t.keep_checkpoints);
     return file;
+  };
+  const samePath = (a: string, b: string) => a !== '' && path.resolve(a) === path.resolve(b);
+
+  // The next batch; with --on-bad-data skip, without the samples whose files failed.
+  const nextBatch = (): Batch => {
+    for (let tries = 0; ; ++tries) {
+      const raw = loader.nextArrays();
+      const bad = guarded.take();
+      for (const b of bad) {
+        skipped.samples += 1;
+        events.add({ step, kind: 'bad_data', file: b.file, index: b.index, message: b.message });
+        print?.(`tdq-native: step ${step}: skipped sample ${b.index} (${b.file}): ${b.message} [${skipped.samples} skipped samples so far]`);
+      }
+      const a = dropBadRows(raw, bad);
+      if (a) {
+        const y = guarded.dataset.numClasses > 0 ? fromArray(a.labels, [a.labels.length], 'int32') : null;
+        return { x: fromArray(a.data, a.shape), y, labels: a.labels, indices: a.indices, epoch: a.epoch };
+      }
+      if (tries > dataset.length) throw new Error(`${dataset.name}: no readable sample left (every sample of the last ${tries} batches failed)`);
+    }
   };
 
   let interrupted = false;
@@ -173,41 +247,82 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         interrupted = true;
         break;
       }
+      // The state before this step: what a checkpoint of the last good state holds.
+      const before = { gen: gen.state(), dropoutGen: dropoutGen.state(), loader: loader.state() };
+      const rollBack = () => {
+        step -= 1;
+        gen.setState(before.gen);
+        dropoutGen.setState(before.dropoutGen);
+        loader.setState(before.loader);
+      };
       ++step;
       const factor = lrFactor(t, step);
       for (const g of optimizer.paramGroups) g.lr = g.initialLr * factor;
       // Micro-batches: each loss is scaled by 1/k, and leaf gradients add up.
       const k = t.accumulate_grad_batches;
-      const losses: Tensor[] = [];
-      for (let micro = 0; micro < k; ++micro) {
-        const batch = loader.next();
-        losses.push(
-          tidy(() => {
+      const micro: { batch: Batch; gen: GeneratorState; dropoutGen: GeneratorState; loss: Tensor }[] = [];
+      const disposeMicro = () => {
+        for (const m of micro) m.loss.dispose(), m.batch.x.dispose(), m.batch.y?.dispose();
+      };
+      try {
+        for (let i = 0; i < k; ++i) {
+          const g0 = gen.state(), d0 = dropoutGen.state();
+          const batch = nextBatch();
+          const loss = tidy(() => {
             const { loss } = diffusion.trainingLoss(batch.x, gen, batch.y);
             backward(k > 1 ? scale(loss, 1 / k) : loss);
             return loss;
-          }),
-        );
-        batch.x.dispose();
-        batch.y?.dispose();
+          });
+          micro.push({ batch, gen: g0, dropoutGen: d0, loss });
+        }
+      } catch (e) {
+        disposeMicro();
+        unet.zeroGrad();
+        const file = dataFileOf(e);
+        if (file === null) throw e;
+        // --on-bad-data stop: the last good state is the one before this step.
+        const failedStep = step;
+        rollBack();
+        if (!samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
+        throw new BadDataError(file, failedStep, lastCkpt, e as Error);
       }
-      const norm = t.grad_clip ? clipGradNorm(params, t.grad_clip) : null;
-      optimizer.step();
-      unet.zeroGrad();
-      if (ema && step > t.ema.start_step && step % t.ema.every === 0) ema.update(unet);
-      let lossTotal = 0;
-      for (const l of losses) lossTotal += await l.item();
-      lastLoss = lossTotal / k;
-      const gradNorm = norm ? await norm.item() : NaN;
-      for (const l of losses) l.dispose();
-      norm?.dispose();
-      if (!Number.isFinite(lastLoss)) throw new Error(`training diverged at step ${step}: loss is ${lastLoss} (lower the learning rate or enable grad_clip)`);
-      logger.step(step, { loss: lastLoss, lr: optimizer.paramGroups[0].lr, ...(norm ? { grad_norm: gradNorm } : {}) });
-      opts.onStep?.(step, lastLoss);
+      const norm = t.grad_clip ? clipGradNorm(params, t.grad_clip) : gradNorm(params);
+      // Read before the optimizer step: a non-finite loss or gradient must not reach the weights.
+      const lossValues: number[] = [];
+      for (const m of micro) lossValues.push(await m.loss.item());
+      const gradNormValue = await norm.item();
+      norm.dispose();
+      if (!lossValues.every(Number.isFinite) || !Number.isFinite(gradNormValue)) {
+        const where = await locateNonFinite(diffusion, micro, lossValues, gen, dropoutGen);
+        disposeMicro();
+        unet.zeroGrad();
+        if (onNan === 'skip') {
+          skipped.steps += 1;
+          events.add({ step, kind: 'non_finite', where });
+          print?.(`tdq-native: step ${step}: ${where}; batch skipped, no optimizer step (--on-nan skip) [${skipped.steps} skipped steps so far]`);
+        } else {
+          const failedStep = step;
+          rollBack();
+          const badParam = await nonFiniteParameter(unet);
+          if (badParam === null && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
+          const ck = badParam === null ? lastCkpt || null : null;
+          throw new NonFiniteError(failedStep, where, ck);
+        }
+      } else {
+        optimizer.step();
+        unet.zeroGrad();
+        if (ema && step > t.ema.start_step && step % t.ema.every === 0) ema.update(unet);
+        let lossTotal = 0;
+        for (const l of lossValues) lossTotal += l;
+        lastLoss = lossTotal / k;
+        disposeMicro();
+        logger.step(step, { loss: lastLoss, lr: optimizer.paramGroups[0].lr, ...(t.grad_clip ? { grad_norm: gradNormValue } : {}) });
+        opts.onStep?.(step, lastLoss);
+      }
       if (step % t.checkpoint_every === 0 || step === endStep) lastCkpt = await checkpoint();
       if (t.sample_every > 0 && step % t.sample_every === 0) await sampleGrid(diffusion, ema, cfg, path.join(opts.outDir, 'samples', `step-${String(step).padStart(8, '0')}.png`), t.sample_count, t.seed);
     }
-    if (interrupted && step > 0 && !lastCkpt.endsWith(`step-${String(step).padStart(8, '0')}.safetensors`)) lastCkpt = await checkpoint();
+    if (interrupted && step > 0 && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
   } finally {
     logger.close({ step });
   }
@@ -218,10 +333,66 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     await saveCheckpoint(exported, { config: cfg, model: unet, extraMetadata });
     if (ema) ema.swapInto(unet);
   }
+  if (skipped.samples || skipped.steps) print?.(`tdq-native: skipped ${skipped.samples} bad samples and ${skipped.steps} non-finite steps (listed in ${events.file})`);
   optimizer.dispose();
   ema?.dispose();
   unet.dispose();
-  return { step, checkpoint: lastCkpt, exported, lastLoss, interrupted };
+  return { step, checkpoint: lastCkpt, exported, lastLoss, interrupted, skippedSamples: skipped.samples, skippedSteps: skipped.steps };
+}
+
+/**
+ * Names where a step's non-finite loss or gradient comes from: reruns the
+ * forward of the first micro-batch whose loss is not finite (or of each,
+ * when only the gradient is) with per-module checks, from the generator
+ * states it started with; the generators are left as they were.
+ */
+async function locateNonFinite(
+  diffusion: PixelDiffusion,
+  micro: { batch: Batch; gen: GeneratorState; dropoutGen: GeneratorState }[],
+  losses: number[],
+  gen: Generator,
+  dropoutGen: Generator,
+): Promise<string> {
+  const what = losses.every(Number.isFinite) ? 'the gradient norm is not finite' : `loss is ${losses.find((l) => !Number.isFinite(l))}`;
+  const badParam = await nonFiniteParameter(diffusion.unet);
+  if (badParam !== null) return `${what}: parameter '${badParam}' is already not finite`;
+  const after = { gen: gen.state(), dropoutGen: dropoutGen.state() };
+  try {
+    for (let i = 0; i < micro.length; ++i) {
+      if (Number.isFinite(losses[i]) && !losses.every(Number.isFinite)) continue;
+      const m = micro[i];
+      gen.setState(m.gen);
+      dropoutGen.setState(m.dropoutGen);
+      const first = await firstNonFiniteModule(diffusion.unet, [m.batch.x], () => diffusion.trainingLoss(m.batch.x, gen, m.batch.y));
+      if (first !== null) return `${what}; first non-finite output: ${first}`;
+    }
+  } finally {
+    gen.setState(after.gen);
+    dropoutGen.setState(after.dropoutGen);
+  }
+  const badGrad = await nonFiniteGradient(diffusion.unet);
+  if (badGrad !== null) return `${what}; every module output is finite, the gradient of '${badGrad}' is not`;
+  return `${what}; every module output is finite (the loss itself overflows)`;
+}
+
+/** skipped.jsonl: one line per skipped sample or step; on resume, the lines after the resumed step are dropped. */
+class EventLog {
+  constructor(readonly file: string, resumeStep: number) {
+    if (!fs.existsSync(file)) return;
+    const kept = fs.readFileSync(file, 'utf8').split('\n').filter((l) => {
+      if (!l.trim()) return false;
+      try {
+        return (JSON.parse(l) as { step: number }).step <= resumeStep;
+      } catch {
+        return false; // a line cut by a kill
+      }
+    });
+    writeFileAtomicSync(file, kept.map((l) => l + '\n').join(''));
+  }
+
+  add(rec: Record<string, unknown>): void {
+    fs.appendFileSync(this.file, JSON.stringify(rec) + '\n');
+  }
 }
 
 function pruneCheckpoints(runDir: string, keepN: number): void {

@@ -1,7 +1,11 @@
 // `tdq-native train`: full-precision training from a YAML config, or
 // quantization-aware training (--n-bit-w / --n-bit-a / --use-dynamic) from a
-// full-precision checkpoint. Ctrl-C stops after the current step and writes
-// a checkpoint; --resume continues exactly.
+// full-precision checkpoint. A fresh run gets its own folder
+// (<logdir>/<timestamp>_<config name>, or <logdir>/<--name>) and refuses one
+// that holds files; --resume continues a run folder exactly. SIGINT (Ctrl-C)
+// and SIGTERM stop after the current step, write a checkpoint and exit
+// 130 / 143.
+import os from 'node:os';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 
@@ -12,8 +16,11 @@ import { inspectSafetensors } from '../../io/safetensors';
 import { scheduleFromConfig } from '../../models/diffusion';
 import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantConfig, type QuantConfig } from '../../quant';
 import type { StepMethod } from '../../quant/step_search';
+import { BAD_DATA_POLICIES, type BadDataPolicy } from '../../train/bad_data';
+import { NAN_POLICIES, type NanPolicy } from '../../train/nonfinite';
+import { RunFolderBusyError, RunFolderExistsError, assertFreshRunFolder, runFolderOfCheckpoint, timestampedRunDir } from '../../train/run_dir';
 import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
-import { type GlobalArgs, CliError } from '../index';
+import { type GlobalArgs, CliError, CliExit } from '../index';
 
 export interface TrainArgs extends GlobalArgs {
   base: string;
@@ -35,6 +42,8 @@ export interface TrainArgs extends GlobalArgs {
   calibSamples: number;
   calibSteps: number;
   calibMethod: StepMethod;
+  onBadData: BadDataPolicy;
+  onNan: NanPolicy;
 }
 
 export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
@@ -45,7 +54,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('base', { alias: 'b', type: 'string', demandOption: true, describe: 'YAML config (see configs/)' })
       .option('ckpt', { type: 'string', describe: 'start from these weights (e.g. a full-precision model for QAT)' })
       .option('resume', { alias: 'r', type: 'string', describe: 'continue a run: its folder or a checkpoint file' })
-      .option('name', { alias: 'n', type: 'string', describe: 'run name (folder under --logdir); default: the config file name' })
+      .option('name', { alias: 'n', type: 'string', describe: 'run name (folder under --logdir, which must not hold a run yet); default: <timestamp>_<config file name>' })
       .option('max-steps', { alias: 'max_steps', type: 'number', describe: 'overrides training.max_steps' })
       .option('batch-size', { alias: 'batch_size', type: 'number', describe: 'overrides training.batch_size' })
       .option('lr', { type: 'number', describe: 'overrides model.base_learning_rate (QAT default: 2e-5)' })
@@ -61,8 +70,10 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('calib-samples', { type: 'number', default: 16, describe: 'QAT: calibration trajectories that initialise the quantizers' })
       .option('calib-steps', { type: 'number', default: 50, describe: 'QAT: DDIM steps of each calibration trajectory' })
       .option('calib-method', { choices: ['auto', 'mse', 'minmax', 'percentile'] as const, default: 'auto' as const, describe: 'QAT: how the initial step sizes come from the calibration statistics (as calibrate --method)' })
-      .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model')
-      .example('$0 train --base configs/fmnist-small.yaml --resume runs/fmnist-small', 'continue an interrupted run exactly')
+      .option('on-bad-data', { choices: BAD_DATA_POLICIES, default: 'stop' as BadDataPolicy, describe: 'a sample whose file cannot be read: stop (checkpoint, then exit naming the file) or skip it (counted, listed in <run>/skipped.jsonl)' })
+      .option('on-nan', { choices: NAN_POLICIES, default: 'stop' as NanPolicy, describe: 'a NaN/Inf loss or gradient: stop (checkpoint of the last good state, then exit naming the step and layer) or skip the batch (no optimizer step; counted and listed)' })
+      .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model in runs/<timestamp>_fmnist-small')
+      .example('$0 train --base configs/fmnist-small.yaml --resume runs/2026-01-31T09-00-00_fmnist-small', 'continue an interrupted run exactly')
       .example('$0 train --base configs/fmnist-small.yaml --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 4 --use-dynamic --max-steps 500 --name w4a4-tdq', 'quantization-aware training with TDQ')
       .example('$0 train --base configs/fmnist-small.yaml --set training.batch_size=32 --set model.params.unet_config.params.dropout=0', 'override config keys') as unknown as Argv<TrainArgs>,
   handler: async (a) => {
@@ -81,28 +92,92 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     }
     const { config, warnings } = loadConfig(a.base, { overrides });
     for (const w of warnings) console.warn(`tdq-native: ${w}`);
-    const name = a.name ?? path.basename(a.base).replace(/\.ya?ml$/, '');
-    const outDir = config.training.out_dir ?? path.join(a.logdir, name);
     if (a.resume && a.ckpt) throw new CliError('--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts one from weights');
+    const outDir = runFolder(a, config.training.out_dir);
     const prepare = qat ? qatHook(a, qat, config, outDir) : undefined;
     const abort = new AbortController();
-    let interrupts = 0;
-    const onSigint = () => {
-      if (++interrupts > 1) process.exit(130);
-      console.error('tdq-native: stopping after this step and writing a checkpoint (Ctrl-C again to quit at once)');
-      abort.abort();
-    };
-    process.on('SIGINT', onSigint);
+    const signals = stopOnSignals(abort);
     try {
-      console.log(`tdq-native: training ${name} -> ${outDir}`);
-      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare });
+      console.log(`tdq-native: training ${path.basename(outDir)} -> ${outDir}`);
+      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan });
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
-      if (r.interrupted) process.exitCode = 130;
+      if (r.interrupted) {
+        console.log(`tdq-native: continue with --resume ${outDir}`);
+        throw new CliExit(signals.exitCode ?? 130);
+      }
+    } catch (e) {
+      if (e instanceof RunFolderExistsError || e instanceof RunFolderBusyError) throw new CliError(e.message);
+      throw e;
     } finally {
-      process.off('SIGINT', onSigint);
+      signals.dispose();
     }
   },
 };
+
+/**
+ * The run folder. --resume with a run folder, or with a checkpoint inside one
+ * (<run>/checkpoints/step-N.safetensors), continues that folder (a --name
+ * naming another folder is an error). Otherwise the run is fresh: the folder
+ * is training.out_dir, <logdir>/<--name>, or <logdir>/<%Y-%m-%dT%H-%M-%S>_<config
+ * name> as upstream LDM's main.py names runs; it must not hold files yet.
+ */
+export function runFolder(a: Pick<TrainArgs, 'base' | 'resume' | 'name' | 'logdir'>, outDirFromConfig?: string, now: Date = new Date()): string {
+  if (a.resume) {
+    const isDir = fs.existsSync(a.resume) && fs.statSync(a.resume).isDirectory();
+    const runDir = isDir ? a.resume : runFolderOfCheckpoint(a.resume);
+    if (runDir !== null) {
+      if (a.name !== undefined && path.resolve(a.logdir, a.name) !== path.resolve(runDir)) {
+        throw new CliError(`--resume ${a.resume} continues the run in ${runDir}; --name ${a.name} names another folder (${path.join(a.logdir, a.name)}): leave --name out`);
+      }
+      return runDir;
+    }
+  }
+  const configName = path.basename(a.base).replace(/\.ya?ml$/, '');
+  const dir = outDirFromConfig ?? (a.name !== undefined ? path.join(a.logdir, a.name) : timestampedRunDir(a.logdir, configName, now));
+  try {
+    assertFreshRunFolder(dir);
+  } catch (e) {
+    if (e instanceof RunFolderExistsError) throw new CliError(e.message);
+    throw e;
+  }
+  return dir;
+}
+
+/**
+ * SIGINT and SIGTERM: the first stops training after the current step (the
+ * trainer writes a checkpoint); a second one only says that the stop is under
+ * way, so it cannot cut the checkpoint short; a third quits at once (atomic
+ * writes leave the checkpoints already written intact, and the next start
+ * removes the temporary). The exit code is 128 + the first signal's number.
+ */
+function stopOnSignals(abort: AbortController): { readonly exitCode: number | null; dispose(): void } {
+  const names = ['SIGINT', 'SIGTERM'] as const;
+  let count = 0;
+  let first: NodeJS.Signals | null = null;
+  const code = (s: NodeJS.Signals) => 128 + os.constants.signals[s];
+  const handler = (sig: NodeJS.Signals) => {
+    count += 1;
+    if (count === 1) {
+      first = sig;
+      console.error(`tdq-native: ${sig}: stopping after this step and writing a checkpoint`);
+      abort.abort();
+    } else if (count === 2) {
+      console.error(`tdq-native: ${sig}: already stopping; the checkpoint is being written (send a third signal to quit at once without it)`);
+    } else {
+      console.error(`tdq-native: ${sig}: quitting at once; the last complete checkpoint stays`);
+      process.exit(code(first ?? sig));
+    }
+  };
+  for (const s of names) process.on(s, handler);
+  return {
+    get exitCode() {
+      return first ? code(first) : null;
+    },
+    dispose() {
+      for (const s of names) process.off(s, handler);
+    },
+  };
+}
 
 /**
  * QAT's defaults where the config and the flags are silent: a learning rate far

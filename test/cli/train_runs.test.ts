@@ -1,0 +1,146 @@
+// `tdq-native train` through the CLI: a fresh run gets its own
+// <timestamp>_<config> folder and refuses one that holds a run; SIGTERM and
+// SIGINT stop at a step boundary with a checkpoint and exit 143 / 130, and
+// --resume from that checkpoint ends bit-for-bit where an uninterrupted run ends.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, it } from 'node:test';
+
+import { runFolder } from '../../src/cli/commands/train';
+import { readSafetensors } from '../../src/io/safetensors';
+
+const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
+
+const YAML = `
+model:
+  base_learning_rate: 1.0e-3
+  target: tdq_native.models.diffusion.DDPM
+  params:
+    beta_schedule: sqrt_linear
+    timesteps: 100
+    image_size: 8
+    channels: 1
+    unet_config:
+      target: tdq_native.models.unet.UNetModel
+      params: {image_size: 8, in_channels: 1, out_channels: 1, model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], num_heads: 2, dropout: 0.1}
+data:
+  target: tdq_native.data.Synthetic
+  params: {count: 40, kind: blobs, seed: 3}
+training:
+  batch_size: 4
+  max_steps: 30
+  warmup_steps: 2
+  ema: {decay: 0.9}
+  seed: 11
+  log_every: 1
+  checkpoint_every: 100
+`;
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-cli-runs-'));
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+const cfg = path.join(dir, 'tiny.yaml');
+fs.writeFileSync(cfg, YAML);
+
+function cli(args: string[]) {
+  return spawnSync(process.execPath, [BIN, 'train', '--base', cfg, '--logdir', dir, ...args], { encoding: 'utf8' });
+}
+
+async function weights(file: string): Promise<Map<string, Buffer>> {
+  const { tensors } = await readSafetensors(file);
+  const out = new Map<string, Buffer>();
+  for (const [k, t] of tensors) {
+    const d = (await t.data()) as Float32Array;
+    out.set(k, Buffer.from(d.buffer, d.byteOffset, d.byteLength));
+    t.dispose();
+  }
+  return out;
+}
+
+async function assertSameModel(a: string, b: string): Promise<void> {
+  const x = await weights(a), y = await weights(b);
+  assert.deepEqual([...x.keys()].sort(), [...y.keys()].sort());
+  for (const [k, v] of x) assert.ok(v.equals(y.get(k)!), `${k} differs`);
+}
+
+/** Runs train; sends `signals` once the log shows step 3; resolves to the exit code and output. */
+function runUntilSignal(args: string[], signals: NodeJS.Signals[]): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [BIN, 'train', '--base', cfg, '--logdir', dir, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let sent = false;
+    p.stdout.on('data', (d) => {
+      out += d;
+      if (!sent && /step\s+3\//.test(out)) {
+        sent = true;
+        for (const s of signals) p.kill(s);
+      }
+    });
+    p.stderr.on('data', (d) => (out += d));
+    p.on('error', reject);
+    p.on('exit', (code, signal) => resolve({ code, signal, out }));
+  });
+}
+
+describe('train run folders (CLI)', () => {
+  it('without --name: <logdir>/<%Y-%m-%dT%H-%M-%S>_<config name>', () => {
+    assert.equal(runFolder({ base: 'configs/fmnist-small.yaml', logdir: 'logs' }, undefined, new Date(2026, 0, 31, 9, 5, 7)), path.join('logs', '2026-01-31T09-05-07_fmnist-small'));
+    const r = cli(['--max-steps', '1']);
+    assert.equal(r.status, 0, r.stderr);
+    const made = fs.readdirSync(dir).filter((f) => f.endsWith('_tiny'));
+    assert.equal(made.length, 1, `${fs.readdirSync(dir)}`);
+    assert.match(made[0], /^\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d_tiny$/);
+    assert.ok(fs.existsSync(path.join(dir, made[0], 'model.safetensors')));
+  });
+
+  it('the same --name twice: the second run is refused, says how to continue, and changes nothing', () => {
+    const first = cli(['--name', 'same', '--max-steps', '2']);
+    assert.equal(first.status, 0, first.stderr);
+    const run = path.join(dir, 'same');
+    const before = ['log.jsonl', 'model.safetensors'].map((f) => fs.readFileSync(path.join(run, f)));
+    const ckpts = fs.readdirSync(path.join(run, 'checkpoints'));
+    const second = cli(['--name', 'same', '--max-steps', '2']);
+    assert.equal(second.status, 1);
+    assert.match(second.stderr, /already holds a run/);
+    assert.ok(second.stderr.includes(`--resume ${run}`), second.stderr);
+    assert.deepEqual(['log.jsonl', 'model.safetensors'].map((f) => fs.readFileSync(path.join(run, f))), before);
+    assert.deepEqual(fs.readdirSync(path.join(run, 'checkpoints')), ckpts);
+    // --resume with a --name of another folder is refused too.
+    const mixed = cli(['--name', 'other', '--resume', run]);
+    assert.equal(mixed.status, 1);
+    assert.match(mixed.stderr, /leave --name out/);
+  });
+});
+
+describe('train stopped by a signal (CLI)', () => {
+  let straight = '';
+  it('an uninterrupted reference run', () => {
+    const r = cli(['--name', 'straight']);
+    assert.equal(r.status, 0, r.stderr);
+    straight = path.join(dir, 'straight', 'model.safetensors');
+  });
+
+  for (const [sig, code, signals] of [
+    ['SIGTERM', 143, ['SIGTERM']],
+    ['SIGINT', 130, ['SIGINT', 'SIGINT']], // a second signal while stopping does not cut the checkpoint short
+  ] as const) {
+    it(`${signals.join(' + ')}: checkpoint at the step boundary, exit ${code}; --resume ends where the uninterrupted run ends`, async () => {
+      const name = sig.toLowerCase();
+      const run = path.join(dir, name);
+      const r = await runUntilSignal(['--name', name], [...signals]);
+      assert.equal(r.signal, null, r.out);
+      assert.equal(r.code, code, r.out);
+      const ckpts = fs.readdirSync(path.join(run, 'checkpoints'));
+      assert.equal(ckpts.length, 1, `${ckpts}`);
+      const step = Number(/^step-(\d+)\.safetensors$/.exec(ckpts[0])![1]);
+      assert.ok(step >= 3 && step < 30, `stopped at step ${step}`);
+      assert.ok(!fs.existsSync(path.join(run, 'model.safetensors')));
+      const resumed = spawnSync(process.execPath, [BIN, 'train', '--base', cfg, '--resume', run], { encoding: 'utf8' });
+      assert.equal(resumed.status, 0, resumed.stderr);
+      assert.match(resumed.stdout, new RegExp(`resumed from .*step-0*${step}\\.safetensors at step ${step}`));
+      await assertSameModel(straight, path.join(run, 'model.safetensors'));
+    });
+  }
+});

@@ -164,7 +164,7 @@ const SAMPLES_PER_PIXEL: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4
 const ADAM7 = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]];
 
 /** Bytes of the filtered scanlines (one filter byte a row) of an image, interlaced or not. */
-function rawDataLength(h: PngHeader, interlaced: boolean): number {
+export function rawDataLength(h: Pick<PngHeader, 'width' | 'height' | 'bitDepth' | 'colorType'>, interlaced: boolean): number {
   const bits = h.bitDepth * SAMPLES_PER_PIXEL[h.colorType];
   const rows = (w: number, n: number) => (w > 0 && n > 0 ? n * (1 + Math.ceil((w * bits) / 8)) : 0);
   if (!interlaced) return rows(h.width, h.height);

@@ -189,12 +189,14 @@ export function fixPngCrcs(bytes: Uint8Array): Uint8Array {
 
 export const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
-/** A PNG file from its parts: IHDR says width x height (8-bit, color type 0 or 2), then the given IDAT bytes and IEND. */
-export function pngFile(width: number, height: number, idat: Uint8Array, colorType = 0): Buffer {
+/** A PNG file from its parts: IHDR says width x height (default 8-bit gray), then the given IDAT bytes (and PLTE) and IEND. */
+export function pngFile(width: number, height: number, idat: Uint8Array, colorType = 0, opts: { bitDepth?: number; interlace?: number; plte?: Uint8Array } = {}): Buffer {
   const ihdr = Buffer.alloc(13);
   ihdr.writeUInt32BE(width, 0);
   ihdr.writeUInt32BE(height, 4);
-  ihdr[8] = 8;
+  ihdr[8] = opts.bitDepth ?? 8;
   ihdr[9] = colorType;
-  return Buffer.concat([PNG_SIGNATURE, pngChunk('IHDR', ihdr), pngChunk('IDAT', idat), pngChunk('IEND', new Uint8Array(0))]);
+  ihdr[12] = opts.interlace ?? 0;
+  const plte = opts.plte ? [pngChunk('PLTE', opts.plte)] : [];
+  return Buffer.concat([PNG_SIGNATURE, pngChunk('IHDR', ihdr), ...plte, pngChunk('IDAT', idat), pngChunk('IEND', new Uint8Array(0))]);
 }

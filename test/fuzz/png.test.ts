@@ -6,12 +6,13 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { after, describe, it } from 'node:test';
 
 import { DataFileError } from '../../src/data/errors';
 import { ImageFolderDataset } from '../../src/data/image_folder';
-import { type FloatImage, decodePng, encodePng } from '../../src/io/png';
-import { type Outcome, cleanOutcome, corpusFiles, fc, fixPngCrcs, fuzz, fuzzTmp, mutatedArb } from './helpers';
+import { type FloatImage, decodePng, encodePng, rawDataLength } from '../../src/io/png';
+import { type Outcome, cleanOutcome, corpusFiles, fc, fixPngCrcs, fuzz, fuzzTmp, mutatedArb, pngFile } from './helpers';
 
 const dir = fuzzTmp('png');
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -67,6 +68,30 @@ describe('PNG decoding under fuzzing', () => {
 
   it('image folder dataset: opens and reads, or a DataFileError naming the file', async () => {
     const s = await fuzz(pngArb, folder, { ms: 2000, runs: 200 });
+    assert.ok(s.errors > 0, JSON.stringify(s));
+  });
+
+  it('well-formed chunks around arbitrary scanlines: any header fields, filter bytes, lengths and interlacing', async () => {
+    const arb = fc.record({
+      width: fc.oneof(fc.integer({ min: 1, max: 12 }), fc.constantFrom(0, 1023, 4096)),
+      height: fc.oneof(fc.integer({ min: 1, max: 12 }), fc.constantFrom(0, 1023)),
+      colorType: fc.constantFrom(0, 2, 3, 4, 6, 1, 5),
+      bitDepth: fc.constantFrom(1, 2, 4, 8, 16, 3, 0),
+      interlace: fc.constantFrom(0, 0, 1, 2),
+      plte: fc.option(fc.uint8Array({ minLength: 0, maxLength: 30 })),
+      /** Scanline bytes: a pattern repeated to the length the header implies, give or take. */
+      pattern: fc.uint8Array({ minLength: 1, maxLength: 40 }),
+      delta: fc.constantFrom(0, 0, 0, -1, 1, -7),
+      /** Bytes taken mod 5, so every filter byte is valid and decoding goes all the way. */
+      validFilters: fc.boolean(),
+    });
+    const s = await fuzz(arb, (p) => {
+      const want = [0, 2, 3, 4, 6].includes(p.colorType) && p.bitDepth > 0 ? rawDataLength(p, p.interlace === 1) : 50;
+      const n = Math.max(0, Math.min(want + p.delta, 1 << 20));
+      const raw = Buffer.alloc(n);
+      for (let i = 0; i < n; ++i) raw[i] = p.pattern[i % p.pattern.length] % (p.validFilters ? 5 : 256);
+      return decode(pngFile(p.width, p.height, zlib.deflateSync(raw), p.colorType, { bitDepth: p.bitDepth, interlace: p.interlace, plte: p.plte ?? undefined }));
+    }, { ms: 2000 });
     assert.ok(s.errors > 0, JSON.stringify(s));
   });
 

@@ -188,7 +188,8 @@ export function explainIssues(issues: readonly z.core.$ZodIssue[], raw: unknown)
       const known = knownKeys(ConfigSchema, p, raw);
       for (const key of issue.keys) {
         let msg = 'unknown key';
-        if (UNSUPPORTED_KEYS[key]) msg += `: ${UNSUPPORTED_KEYS[key]}`;
+        // Own keys only: '__proto__' or 'constructor' must not find Object.prototype's.
+        if (Object.prototype.hasOwnProperty.call(UNSUPPORTED_KEYS, key)) msg += `: ${UNSUPPORTED_KEYS[key]}`;
         else {
           const best = known.map((k) => [k, editDistance(key, k)] as const).sort((a, b) => a[1] - b[1])[0];
           if (best && best[1] <= Math.max(2, Math.floor(key.length / 3))) msg += ` (did you mean ${best[0]}?)`;
@@ -223,11 +224,17 @@ function locate(doc: YAML.Document, lc: LineCounter, p: ConfigPath): { line: num
   return { line: lp.line, col: lp.col };
 }
 
+/** Keys an override may not set: they would reach Object.prototype instead of the config. */
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
 function setAt(root: Record<string, unknown>, p: ConfigPath, value: unknown, spec: string): void {
+  const bad = p.find((k) => typeof k === 'string' && FORBIDDEN_KEYS.has(k));
+  if (bad !== undefined) throw new Error(`--set ${spec}: the key '${bad}' is not allowed in a config path`);
+  const own = (o: object, k: string | number) => Object.prototype.hasOwnProperty.call(o, k);
   let v: Record<string | number, unknown> = root;
   for (let i = 0; i < p.length - 1; ++i) {
     const k = p[i];
-    let next = v[k];
+    let next = own(v, k) ? v[k] : undefined;
     if (next === undefined || next === null) {
       next = typeof p[i + 1] === 'number' ? [] : {};
       v[k] = next;
@@ -242,10 +249,77 @@ function startsWith(p: ConfigPath, prefix: ConfigPath): boolean {
   return prefix.length <= p.length && prefix.every((k, i) => String(p[i]) === String(k));
 }
 
+/** Deepest flow nesting ([ and {) and widest indentation a config may have; real ones need under 10 levels. */
+export const MAX_CONFIG_NESTING = 64;
+export const MAX_CONFIG_INDENT = 256;
+
+/**
+ * Refuses absurdly deep nesting before the YAML parser sees it: the parser
+ * recurses per level, so thousands of levels cost seconds and can overflow
+ * the stack. A rough scan (quotes and comments skipped) that only has to
+ * bound the depth, not parse.
+ */
+function checkNesting(text: string, file: string): void {
+  let depth = 0, line = 1, col = 0, lineStart = true, indent = 0;
+  let quote: string | null = null;
+  let dashes = 0; // consecutive '- ' on this line
+  const fail = (msg: string) => new ConfigError(file, [{ path: [], message: msg, line, col }]);
+  for (let i = 0; i < text.length; ++i) {
+    const ch = text[i];
+    col += 1;
+    if (ch === '\n') {
+      line += 1;
+      col = 0;
+      lineStart = true;
+      indent = 0;
+      dashes = 0;
+      if (quote === "'") quote = null; // unterminated: the parser reports it
+      continue;
+    }
+    if (lineStart) {
+      if (ch === ' ' || ch === '-' || ch === '\t') {
+        if (++indent > MAX_CONFIG_INDENT) throw fail(`indented or nested deeper than ${MAX_CONFIG_INDENT} columns`);
+        continue;
+      }
+      lineStart = false;
+    }
+    if (quote) {
+      if (ch === quote) quote = null;
+      else if (ch === '\\' && quote === '"') i += 1;
+      continue;
+    }
+    if (ch === '-' && text[i + 1] === ' ') {
+      if (++dashes > MAX_CONFIG_NESTING) throw fail(`nested deeper than ${MAX_CONFIG_NESTING} levels of block sequences ('- - - ...')`);
+      i += 1;
+      col += 1;
+      continue;
+    }
+    if (ch !== ' ') dashes = 0;
+    // A quote opens a quoted scalar only where a scalar can start (in YAML, "don't" is plain).
+    if ((ch === '"' || ch === "'") && (i === 0 || /[\s[{,:]/.test(text[i - 1]))) quote = ch;
+    else if (ch === '#' && (i === 0 || /\s/.test(text[i - 1]))) {
+      while (i + 1 < text.length && text[i + 1] !== '\n') i += 1;
+    } else if (ch === '[' || ch === '{') {
+      if (++depth > MAX_CONFIG_NESTING) throw fail(`nested deeper than ${MAX_CONFIG_NESTING} levels of [ ] or { }`);
+    } else if ((ch === ']' || ch === '}') && depth > 0) depth -= 1;
+  }
+}
+
+function yamlFailure(file: string, e: unknown): ConfigError {
+  const msg = (e instanceof Error ? e.message : String(e)).split('\n')[0].trim();
+  return new ConfigError(file, [{ path: [], message: /call stack/i.test(msg) ? 'YAML error: nested too deeply to parse' : `YAML error: ${msg}` }]);
+}
+
 /** Parses and validates config text; `file` is only for messages. */
 export function parseConfig(text: string, file: string, opts: LoadOptions = {}): LoadedConfig {
+  checkNesting(text, file);
   const lc = new LineCounter();
-  const doc = YAML.parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  let doc: YAML.Document;
+  try {
+    doc = YAML.parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  } catch (e) {
+    throw yamlFailure(file, e);
+  }
   if (doc.errors.length) {
     throw new ConfigError(
       file,
@@ -255,7 +329,13 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       }),
     );
   }
-  let raw: unknown = doc.toJS({ maxAliasCount: 100 });
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    // Unresolved aliases, alias bombs ("excessive alias count"), and the like.
+    throw yamlFailure(file, e);
+  }
   if (raw === null || raw === undefined) throw new ConfigError(file, [{ path: [], message: 'the file is empty' }]);
   if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(file, [{ path: [], message: `expected a mapping at the top level, got ${describe(raw)}` }]);
 

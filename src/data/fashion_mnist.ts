@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 
+import { DataFileError } from './errors';
 import { type Dataset, type FitOptions, type Size, checkIndex, fitImage, outputArray, sizeHW } from './dataset';
 
 /** Where the Debian package dataset-fashion-mnist installs the files. */
@@ -17,9 +18,10 @@ export const FASHION_MNIST_CLASSES = [
 export const IDX_IMAGES_MAGIC = 2051; // uint8, 3 dimensions
 export const IDX_LABELS_MAGIC = 2049; // uint8, 1 dimension
 
-export class IdxFormatError extends Error {
-  constructor(message: string) {
-    super(message);
+/** A malformed idx file (bad magic, truncated, lying sizes); `.file` names it. */
+export class IdxFormatError extends DataFileError {
+  constructor(file: string, reason: string, options?: { cause?: unknown }) {
+    super(file, reason, options);
     this.name = 'IdxFormatError';
   }
 }
@@ -29,57 +31,146 @@ export interface IdxArray {
   data: Uint8Array;
 }
 
-function readMaybeGzip(file: string): Uint8Array {
-  let raw: Buffer;
-  try {
-    raw = fs.readFileSync(file);
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOENT') throw new Error(`idx file not found: ${file}`);
-    throw new Error(`cannot read idx file ${file}: ${err.message}`);
-  }
-  if (raw.length >= 2 && raw[0] === 0x1f && raw[1] === 0x8b) {
-    try {
-      return zlib.gunzipSync(raw);
-    } catch (e) {
-      throw new IdxFormatError(`${file}: cannot decompress gzip data (${(e as Error).message}); the file is probably truncated or corrupt`);
-    }
-  }
-  return raw;
+/**
+ * The largest data section readIdxFile accepts by default (1 GiB; Fashion-MNIST's
+ * training images are 47 MB): a header claiming more is refused before any
+ * allocation, and gzip data is never inflated past what the header claims.
+ */
+export const MAX_IDX_BYTES = 2 ** 30;
+
+interface IdxHeader {
+  dims: number[];
+  headerLen: number;
+  /** Bytes of data the dims call for. */
+  expected: number;
 }
 
-/** Parses an idx buffer holding uint8 data, checking the magic and the size. */
-export function parseIdx(buf: Uint8Array, expectedMagic: number, file = '<buffer>'): IdxArray {
-  const what = expectedMagic === IDX_IMAGES_MAGIC ? 'idx3 image file' : expectedMagic === IDX_LABELS_MAGIC ? 'idx1 label file' : 'idx file';
-  if (buf.length < 4) throw new IdxFormatError(`${file}: only ${buf.length} bytes, too short for an ${what} header`);
+function idxWhat(expectedMagic: number): string {
+  return expectedMagic === IDX_IMAGES_MAGIC ? 'idx3 image file' : expectedMagic === IDX_LABELS_MAGIC ? 'idx1 label file' : 'idx file';
+}
+
+/** Parses the magic and the dims from the first bytes of an idx file. */
+function parseIdxHeader(buf: Uint8Array, expectedMagic: number, file: string): IdxHeader {
+  const what = idxWhat(expectedMagic);
+  if (buf.length < 4) throw new IdxFormatError(file, `only ${buf.length} bytes, too short for an ${what} header`);
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const magic = view.getUint32(0, false);
   if (magic !== expectedMagic) {
     throw new IdxFormatError(
-      `${file}: bad magic number ${magic} (0x${magic.toString(16).padStart(8, '0')}), expected ${expectedMagic} for an ${what}` +
+      file,
+      `bad magic number ${magic} (0x${magic.toString(16).padStart(8, '0')}), expected ${expectedMagic} for an ${what}` +
         (magic === IDX_IMAGES_MAGIC || magic === IDX_LABELS_MAGIC ? ' (images and labels swapped?)' : ''),
     );
   }
   const ndim = magic & 0xff;
   const headerLen = 4 + 4 * ndim;
-  if (buf.length < headerLen) throw new IdxFormatError(`${file}: truncated header (${buf.length} of ${headerLen} bytes)`);
+  if (buf.length < headerLen) throw new IdxFormatError(file, `truncated header (${buf.length} of ${headerLen} bytes)`);
   const dims: number[] = [];
   for (let i = 0; i < ndim; ++i) dims.push(view.getUint32(4 + 4 * i, false));
-  const expected = dims.reduce((a, b) => a * b, 1);
-  const have = buf.length - headerLen;
-  if (have < expected) {
-    throw new IdxFormatError(
-      `${file}: truncated: the header says ${dims.join(' x ')} (${expected} bytes of data) but only ${have} bytes follow`,
-    );
-  }
-  if (have > expected) {
-    throw new IdxFormatError(`${file}: ${have - expected} unexpected bytes after the ${dims.join(' x ')} data`);
-  }
-  return { dims, data: buf.subarray(headerLen, headerLen + expected) };
+  return { dims, headerLen, expected: dims.reduce((a, b) => a * b, 1) };
 }
 
-export function readIdxFile(file: string, expectedMagic: number): IdxArray {
-  return parseIdx(readMaybeGzip(file), expectedMagic, file);
+function checkDataLength(h: IdxHeader, have: number, file: string): void {
+  if (have < h.expected) {
+    throw new IdxFormatError(file, `truncated: the header says ${h.dims.join(' x ')} (${h.expected} bytes of data) but only ${have} bytes follow`);
+  }
+  if (have > h.expected) throw new IdxFormatError(file, `${have - h.expected} unexpected bytes after the ${h.dims.join(' x ')} data`);
+}
+
+function checkLimit(h: IdxHeader, maxBytes: number, file: string): void {
+  if (h.expected > maxBytes) {
+    throw new IdxFormatError(file, `the header says ${h.dims.join(' x ')} (${h.expected} bytes of data), more than the limit of ${maxBytes} bytes: a corrupt header?`);
+  }
+}
+
+/** Parses an idx buffer holding uint8 data, checking the magic and the size. */
+export function parseIdx(buf: Uint8Array, expectedMagic: number, file = '<buffer>'): IdxArray {
+  const h = parseIdxHeader(buf, expectedMagic, file);
+  checkDataLength(h, buf.length - h.headerLen, file);
+  return { dims: h.dims, data: buf.subarray(h.headerLen, h.headerLen + h.expected) };
+}
+
+function readAt(fd: number, file: string, length: number, position: number): Buffer {
+  const buf = Buffer.alloc(length);
+  let done = 0;
+  try {
+    while (done < length) {
+      const n = fs.readSync(fd, buf, done, length - done, position + done);
+      if (n === 0) break;
+      done += n;
+    }
+  } catch (e) {
+    throw new IdxFormatError(file, `cannot read: ${(e as Error).message}`, { cause: e });
+  }
+  return buf.subarray(0, done);
+}
+
+/** The first bytes of a gzip stream's output (at most ~4 MB), from a prefix of the compressed bytes. */
+function gunzipPrefix(prefix: Buffer): Buffer {
+  try {
+    return zlib.gunzipSync(prefix, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+  } catch {
+    return Buffer.alloc(0); // a corrupt start: the full inflate below names the cause
+  }
+}
+
+export interface ReadIdxOptions {
+  /** Refuse files whose header claims more data bytes than this (default MAX_IDX_BYTES). */
+  maxBytes?: number;
+}
+
+/**
+ * Reads an idx file, raw or gzip-compressed. The header is read and checked
+ * first: wrong magic, a size that disagrees with the file, or a claim above
+ * maxBytes fail before the data is read, and gzip data is inflated at most to
+ * the size the header claims, so memory stays bounded whatever the file says.
+ */
+export function readIdxFile(file: string, expectedMagic: number, opts: ReadIdxOptions = {}): IdxArray {
+  const maxBytes = opts.maxBytes ?? MAX_IDX_BYTES;
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ENOENT') throw new Error(`idx file not found: ${file}`);
+    throw new Error(`cannot read idx file ${file}: ${err.message}`);
+  }
+  try {
+    const size = fs.fstatSync(fd).size;
+    const prefix = readAt(fd, file, Math.min(size, 4096), 0);
+    if (!(prefix.length >= 2 && prefix[0] === 0x1f && prefix[1] === 0x8b)) {
+      const h = parseIdxHeader(prefix, expectedMagic, file);
+      checkDataLength(h, size - h.headerLen, file);
+      checkLimit(h, maxBytes, file);
+      return parseIdx(readAt(fd, file, size, 0), expectedMagic, file);
+    }
+    // gzip: the header from the first compressed bytes, then a bounded inflate.
+    let head = gunzipPrefix(prefix);
+    if (head.length < 64 && size > prefix.length) head = gunzipPrefix(readAt(fd, file, Math.min(size, 65536), 0));
+    let h: IdxHeader | null = null;
+    if (head.length >= 4) {
+      h = parseIdxHeader(head, expectedMagic, file);
+      checkLimit(h, maxBytes, file);
+      // Deflate adds well under 1% to incompressible data; far more compressed bytes than that is not this header's data.
+      const maxCompressed = h.headerLen + h.expected + Math.ceil(h.expected / 100) + (1 << 20);
+      if (size > maxCompressed) {
+        throw new IdxFormatError(file, `${size} bytes of gzip data, more than ${h.dims.join(' x ')} (${h.expected} bytes) could compress to`);
+      }
+    }
+    const raw = readAt(fd, file, size, 0);
+    let out: Buffer;
+    try {
+      out = zlib.gunzipSync(raw, h ? { maxOutputLength: h.headerLen + h.expected + 1 } : { maxOutputLength: 64 });
+    } catch (e) {
+      if (h && (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+        throw new IdxFormatError(file, `the gzip data holds more than the ${h.dims.join(' x ')} (${h.expected} bytes) the header says`);
+      }
+      throw new IdxFormatError(file, `cannot decompress gzip data (${(e as Error).message}); the file is probably truncated or corrupt`, { cause: e });
+    }
+    return parseIdx(out, expectedMagic, file);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 export interface IdxImages {
@@ -141,7 +232,7 @@ export function loadMnist(opts: { dataDir?: string; split?: MnistSplit } = {}): 
   const images = readIdxImages(files.images);
   const labels = readIdxLabels(files.labels);
   if (labels.length !== images.count) {
-    throw new IdxFormatError(`${files.labels} has ${labels.length} labels but ${files.images} has ${images.count} images`);
+    throw new IdxFormatError(files.labels, `has ${labels.length} labels but ${files.images} has ${images.count} images`);
   }
   return { ...images, labels, files };
 }

@@ -4,7 +4,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type PngHeader, readPng, readPngHeader } from '../io/png';
+import { DEFAULT_MAX_PNG_PIXELS, type PngHeader, checkPngPixels, readPng, readPngHeader } from '../io/png';
+import { DataFileError, reasonOf } from './errors';
 import { type Dataset, type FitOptions, type Size, checkIndex, fitImage, outputArray, sizeHW } from './dataset';
 
 export interface ImageFolderOptions {
@@ -26,6 +27,11 @@ export interface ImageFolderOptions {
   cache?: boolean;
   /** Use only the first `limit` files (in sorted order). */
   limit?: number;
+  /**
+   * Refuse images declaring more pixels than this (checked from each header
+   * when the dataset opens, before any decoding). Default: defaultMaxPixels(size).
+   */
+  maxPixels?: number;
 }
 
 export interface ImageFile {
@@ -34,9 +40,37 @@ export interface ImageFile {
   label: number;
 }
 
-/** Every *.png under root (case-insensitive extension), sorted by relative path; skips dot files. */
-export function listPngFiles(root: string): string[] {
+export interface PngScan {
+  /** Every *.png found, each file once, sorted by relative path. */
+  files: string[];
+  /** Things skipped, each a sentence naming the path (dangling links, link loops). */
+  notes: string[];
+}
+
+const isPngName = (name: string) => name.toLowerCase().endsWith('.png');
+const statKey = (st: fs.Stats) => `${st.dev}:${st.ino}`;
+
+/**
+ * Every *.png under root (case-insensitive extension), searched recursively,
+ * sorted by relative path; skips dot files. Symbolic links are followed, but
+ * each folder is entered once and each file counted once (by device and inode),
+ * so links to a parent (`ln -s . x`) cannot loop or duplicate images. The real
+ * tree is walked first, so a file keeps its path without links when it has one.
+ * A dangling link, or a link in a loop of links, is skipped with a note.
+ */
+export function scanPngFiles(root: string): PngScan {
   const out: string[] = [];
+  const notes: string[] = [];
+  const links: string[] = [];
+  const seenDirs = new Set<string>();
+  const seenFiles = new Set<string>();
+  const statOf = (p: string): fs.Stats => {
+    try {
+      return fs.statSync(p);
+    } catch (e) {
+      throw new Error(`cannot read ${p}: ${(e as Error).message}`);
+    }
+  };
   const walk = (dir: string): void => {
     let entries: fs.Dirent[];
     try {
@@ -44,27 +78,69 @@ export function listPngFiles(root: string): string[] {
     } catch (e) {
       throw new Error(`cannot read folder ${dir}: ${(e as Error).message}`);
     }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const e of entries) {
       if (e.name.startsWith('.')) continue;
       const p = path.join(dir, e.name);
-      let isDir = e.isDirectory(), isFile = e.isFile();
-      if (e.isSymbolicLink()) {
-        try {
-          const st = fs.statSync(p);
-          isDir = st.isDirectory();
-          isFile = st.isFile();
-        } catch {
-          continue; // a dangling link
-        }
-      }
-      if (isDir) walk(p);
-      else if (isFile && e.name.toLowerCase().endsWith('.png')) out.push(p);
+      if (e.isSymbolicLink()) links.push(p);
+      else if (e.isDirectory()) enterDir(p, statOf(p));
+      else if (e.isFile() && isPngName(e.name)) addFile(p, statOf(p));
     }
   };
+  const enterDir = (p: string, st: fs.Stats): void => {
+    const k = statKey(st);
+    if (seenDirs.has(k)) return;
+    seenDirs.add(k);
+    walk(p);
+  };
+  const addFile = (p: string, st: fs.Stats): void => {
+    const k = statKey(st);
+    if (seenFiles.has(k)) return;
+    seenFiles.add(k);
+    out.push(p);
+  };
+  seenDirs.add(statKey(statOf(root)));
   walk(root);
+  // Links last, in the order found (breadth first over links), so the real tree wins.
+  for (let i = 0; i < links.length; ++i) {
+    const p = links[i];
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(p);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      let target = '?';
+      try {
+        target = fs.readlinkSync(p);
+      } catch {
+        /* keep '?' */
+      }
+      notes.push(
+        code === 'ELOOP'
+          ? `skipped ${p}: symbolic link in a loop of links (-> ${target})`
+          : `skipped ${p}: dangling symbolic link (-> ${target}: ${code ?? (e as Error).message})`,
+      );
+      continue;
+    }
+    if (st.isDirectory()) enterDir(p, st);
+    else if (st.isFile() && isPngName(path.basename(p))) addFile(p, st);
+  }
   // Code-point order, independent of the locale, so indices are stable everywhere.
   const rel = (p: string) => path.relative(root, p).split(path.sep).join('/');
-  return out.sort((a, b) => (rel(a) < rel(b) ? -1 : rel(a) > rel(b) ? 1 : 0));
+  const keyed = out.map((p) => [rel(p), p] as const).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return { files: keyed.map((k) => k[1]), notes };
+}
+
+/** The files of scanPngFiles; its notes go to `onNote` when given. */
+export function listPngFiles(root: string, onNote?: (note: string) => void): string[] {
+  const { files, notes } = scanPngFiles(root);
+  if (onNote) for (const n of notes) onNote(n);
+  return files;
+}
+
+/** The default pixel limit of an image folder: DEFAULT_MAX_PNG_PIXELS, or 16 model images when larger. */
+export function defaultMaxPixels(height: number, width: number): number {
+  return Math.max(DEFAULT_MAX_PNG_PIXELS, 16 * height * width);
 }
 
 export class ImageFolderDataset implements Dataset {
@@ -77,6 +153,10 @@ export class ImageFolderDataset implements Dataset {
   readonly files: readonly ImageFile[];
   /** Class names (top-level subfolders) when classDirs is on. */
   readonly classNames: readonly string[];
+  /** What the folder scan skipped (dangling links, link loops), one sentence each. */
+  readonly notes: readonly string[];
+  /** The pixel limit each image's declared size was checked against. */
+  readonly maxPixels: number;
   private readonly fit: FitOptions;
   private readonly convert: boolean;
   private readonly cache: Map<number, Float32Array> | null;
@@ -95,7 +175,11 @@ export class ImageFolderDataset implements Dataset {
     [this.height, this.width] = sizeHW(opts.size, 'image folder size');
     this.fit = opts.fit ?? { mode: 'crop' };
     this.convert = opts.convert ?? false;
-    let paths = listPngFiles(root);
+    this.maxPixels = opts.maxPixels ?? defaultMaxPixels(this.height, this.width);
+    if (!(this.maxPixels >= 1)) throw new RangeError(`image folder: maxPixels must be positive, got ${opts.maxPixels}`);
+    const scan = scanPngFiles(root);
+    this.notes = scan.notes;
+    let paths = scan.files;
     if (paths.length === 0) throw new Error(`image folder ${root} has no *.png files (searched recursively)`);
     if (opts.limit !== undefined) {
       if (!Number.isInteger(opts.limit) || opts.limit < 1) throw new RangeError(`image folder: limit must be a positive integer, got ${opts.limit}`);
@@ -115,9 +199,10 @@ export class ImageFolderDataset implements Dataset {
     for (const file of paths) {
       let header: PngHeader;
       try {
-        header = readPngHeader(file);
+        header = readPngHeader(file, { requireEnd: true });
+        checkPngPixels(header, this.maxPixels, file);
       } catch (e) {
-        throw new Error(`image folder: unreadable image ${file}: ${(e as Error).message.replace(`${file}: `, '')}`);
+        throw new DataFileError(file, `unreadable image: ${reasonOf(e, file)}`, { cause: e });
       }
       if (header.channels !== this.channels && !this.convert) {
         throw new Error(
@@ -147,9 +232,9 @@ export class ImageFolderDataset implements Dataset {
     const { file } = this.files[index];
     let img;
     try {
-      img = readPng(file, { channels: this.channels as 1 | 3 });
+      img = readPng(file, { channels: this.channels as 1 | 3, maxPixels: this.maxPixels });
     } catch (e) {
-      throw new Error(`image folder: unreadable image ${file}: ${(e as Error).message.replace(`${file}: `, '')}`);
+      throw new DataFileError(file, `unreadable image: ${reasonOf(e, file)}`, { cause: e });
     }
     fitImage(img.data, img.channels, img.height, img.width, this.height, this.width, this.fit, dst, offset);
     this.cache?.set(index, dst.slice(offset, offset + size));

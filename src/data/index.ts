@@ -7,6 +7,7 @@ import { DataLoader } from './loader';
 import { SyntheticDataset } from './synthetic';
 
 export * from './dataset';
+export * from './errors';
 export * from './fashion_mnist';
 export * from './image_folder';
 export * from './synthetic';

@@ -5,6 +5,7 @@
 import { Generator, hash64 } from '../tensor/random';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import type { Dataset } from './dataset';
+import { DataFileError } from './errors';
 
 export interface LoaderState {
   epoch: number;
@@ -68,6 +69,21 @@ export function epochPermutation(n: number, seed: number, epoch: number): Int32A
 /** One sample as a (C, H, W) float32 tensor. */
 export function sampleTensor(ds: Dataset, index: number): Tensor {
   return fromArray(ds.get(index), [ds.channels, ds.height, ds.width]);
+}
+
+/**
+ * The error for a sample that failed to load: a DataFileError keeps its type
+ * and file (and learns the sample index); anything else is wrapped in an
+ * Error naming the dataset and index, with the original as its cause. The
+ * loader's position is not advanced, so its state() stays consistent.
+ */
+function sampleError(e: unknown, ds: Dataset, index: number): Error {
+  if (e instanceof DataFileError) {
+    if (e.index === undefined) e.index = index;
+    return e;
+  }
+  const msg = e instanceof Error ? e.message : String(e);
+  return new Error(`${ds.name}: cannot load sample ${index}: ${msg}`, { cause: e });
 }
 
 export class DataLoader {
@@ -150,8 +166,12 @@ export class DataLoader {
     for (let k = 0; k < b; ++k) {
       const idx = order[this.position + k];
       indices[k] = idx;
-      this.dataset.get(idx, data, k * size);
-      labels[k] = this.dataset.label(idx);
+      try {
+        this.dataset.get(idx, data, k * size);
+        labels[k] = this.dataset.label(idx);
+      } catch (e) {
+        throw sampleError(e, this.dataset, idx);
+      }
       if (this.hflip && hash64(this.seed, FLIP_COUNTER_BASE + this.epoch * n + this.position + k) < 0.5) {
         for (let r = 0; r < c * h; ++r) data.subarray(k * size + r * w, k * size + (r + 1) * w).reverse();
       }

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { PNG } from 'pngjs';
 
 import type { Tensor } from '../tensor/tensor';
@@ -69,6 +70,27 @@ export interface PngHeader {
   alpha: boolean;
 }
 
+/** Bit depths the PNG specification allows for each color type. */
+const VALID_BIT_DEPTHS: Record<number, number[]> = { 0: [1, 2, 4, 8, 16], 2: [8, 16], 3: [1, 2, 4, 8], 4: [8, 16], 6: [8, 16] };
+
+/**
+ * The largest image decodePng accepts by default, in pixels (8192 x 8192):
+ * decoding costs about 16 bytes a pixel (RGBA bytes plus float planes), 1 GiB
+ * here. A PNG is tiny for its declared size when its pixels compress well, so
+ * the declared size is checked before any pixel is decoded.
+ */
+export const DEFAULT_MAX_PNG_PIXELS = 8192 * 8192;
+
+/** Throws (naming the file, its declared size and the limit) when a header declares more than maxPixels pixels. */
+export function checkPngPixels(header: PngHeader, maxPixels: number, file = '<buffer>'): void {
+  if (header.width * header.height > maxPixels) {
+    throw new RangeError(
+      `${file}: PNG declares ${header.width}x${header.height} = ${header.width * header.height} pixels, more than the limit of ${maxPixels} pixels ` +
+        `(a corrupt or hostile header, or raise the limit: maxPixels)`,
+    );
+  }
+}
+
 const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
 /** Parses the signature and IHDR chunk (the first 33 bytes); throws on anything else. */
@@ -80,6 +102,8 @@ export function parsePngHeader(buf: Uint8Array, file = '<buffer>'): PngHeader {
   const bitDepth = b[24], colorType = b[25];
   if (![0, 2, 3, 4, 6].includes(colorType)) throw new Error(`${file}: unknown PNG color type ${colorType}`);
   if (width === 0 || height === 0) throw new Error(`${file}: PNG has zero size ${width}x${height}`);
+  if (width > 0x7fffffff || height > 0x7fffffff) throw new Error(`${file}: PNG declares an impossible size ${width}x${height} (at most 2^31-1 a side)`);
+  if (!(VALID_BIT_DEPTHS[colorType] ?? []).includes(bitDepth)) throw new Error(`${file}: PNG color type ${colorType} cannot have bit depth ${bitDepth}`);
   return {
     width, height, bitDepth, colorType,
     channels: colorType === 0 || colorType === 4 ? 1 : 3,
@@ -87,13 +111,37 @@ export function parsePngHeader(buf: Uint8Array, file = '<buffer>'): PngHeader {
   };
 }
 
-/** Reads only the header of a PNG file. */
-export function readPngHeader(file: string): PngHeader {
-  const fd = fs.openSync(file, 'r');
+const IEND_CHUNK = Buffer.from([0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82]);
+
+/**
+ * Reads only the header of a PNG file. With requireEnd, also checks (reading
+ * at most 4 KiB more) that the IEND chunk is near the end, which finds most
+ * truncated files without decoding them.
+ */
+export function readPngHeader(file: string, opts: { requireEnd?: boolean } = {}): PngHeader {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    throw new Error(`cannot read ${file}: ${(e as Error).message}`);
+  }
   try {
     const buf = Buffer.alloc(33);
-    const n = fs.readSync(fd, buf, 0, 33, 0);
-    return parsePngHeader(buf.subarray(0, n), file);
+    let n: number;
+    try {
+      n = fs.readSync(fd, buf, 0, 33, 0);
+    } catch (e) {
+      throw new Error(`cannot read ${file}: ${(e as Error).message}`);
+    }
+    const header = parsePngHeader(buf.subarray(0, n), file);
+    if (opts.requireEnd) {
+      const size = fs.fstatSync(fd).size;
+      const tailLen = Math.min(size - 33, 4096);
+      const tail = Buffer.alloc(Math.max(tailLen, 0));
+      const got = tailLen > 0 ? fs.readSync(fd, tail, 0, tailLen, size - tailLen) : 0;
+      if (tail.subarray(0, got).indexOf(IEND_CHUNK) < 0) throw new Error(`${file}: truncated PNG (${size} bytes, no IEND chunk at the end)`);
+    }
+    return header;
   } finally {
     fs.closeSync(fd);
   }
@@ -108,17 +156,71 @@ export interface DecodeOptions {
   channels?: 1 | 3;
   /** Named in error messages. */
   file?: string;
+  /** Refuse (before decoding) images declaring more pixels than this; default DEFAULT_MAX_PNG_PIXELS. */
+  maxPixels?: number;
+}
+
+const SAMPLES_PER_PIXEL: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
+const ADAM7 = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]];
+
+/** Bytes of the filtered scanlines (one filter byte a row) of an image, interlaced or not. */
+export function rawDataLength(h: Pick<PngHeader, 'width' | 'height' | 'bitDepth' | 'colorType'>, interlaced: boolean): number {
+  const bits = h.bitDepth * SAMPLES_PER_PIXEL[h.colorType];
+  const rows = (w: number, n: number) => (w > 0 && n > 0 ? n * (1 + Math.ceil((w * bits) / 8)) : 0);
+  if (!interlaced) return rows(h.width, h.height);
+  let total = 0;
+  for (const [x0, y0, dx, dy] of ADAM7) total += rows(Math.ceil((h.width - x0) / dx), Math.ceil((h.height - y0) / dy));
+  return total;
+}
+
+/**
+ * Walks the chunks and inflates the image data once, checking that it is a
+ * valid zlib stream of exactly the size the header implies. pngjs alone turns
+ * some corrupt data into black pixels without a word; this makes it an error.
+ */
+function checkPngData(b: Buffer, header: PngHeader, file: string): void {
+  const idat: Buffer[] = [];
+  let off = 8, ended = false;
+  while (off + 8 <= b.length) {
+    const len = b.readUInt32BE(off);
+    const type = b.toString('latin1', off + 4, off + 8);
+    if (off + 12 + len > b.length) throw new Error(`${file}: cannot decode PNG: truncated: chunk ${JSON.stringify(type)} at byte ${off} declares ${len} bytes but ${Math.max(b.length - off - 12, 0)} remain`);
+    if (type === 'IDAT') idat.push(b.subarray(off + 8, off + 8 + len));
+    off += 12 + len;
+    if (type === 'IEND') {
+      ended = true;
+      break;
+    }
+  }
+  if (!ended) throw new Error(`${file}: cannot decode PNG: truncated (no IEND chunk)`);
+  if (!idat.length) throw new Error(`${file}: cannot decode PNG: no image data (no IDAT chunk)`);
+  const interlaced = b[28] === 1;
+  const want = rawDataLength(header, interlaced);
+  let raw: Buffer;
+  try {
+    raw = zlib.inflateSync(Buffer.concat(idat), { maxOutputLength: want });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ERR_BUFFER_TOO_LARGE') throw new Error(`${file}: cannot decode PNG: more pixel data than ${header.width}x${header.height} needs (${want} bytes)`);
+    throw new Error(`${file}: cannot decode PNG: corrupt pixel data (zlib: ${err.message})`);
+  }
+  if (raw.length !== want) throw new Error(`${file}: cannot decode PNG: the pixel data holds ${raw.length} bytes, ${header.width}x${header.height} needs ${want}`);
 }
 
 /** Decodes PNG bytes to a planar float image in [-1, 1]. */
 export function decodePng(buf: Uint8Array, opts: DecodeOptions = {}): FloatImage {
   const file = opts.file ?? '<buffer>';
   const header = parsePngHeader(buf, file);
+  checkPngPixels(header, opts.maxPixels ?? DEFAULT_MAX_PNG_PIXELS, file);
+  checkPngData(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), header, file);
   let png: { width: number; height: number; data: Buffer };
   try {
     png = PNG.sync.read(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength));
   } catch (e) {
-    throw new Error(`${file}: cannot decode PNG: ${(e as Error).message}`);
+    throw new Error(`${file}: cannot decode PNG: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  if (png.width !== header.width || png.height !== header.height || png.data.length < 4 * png.width * png.height) {
+    throw new Error(`${file}: cannot decode PNG: decoded ${png.width}x${png.height} (${png.data.length} bytes) but the header says ${header.width}x${header.height}`);
   }
   const channels = opts.channels ?? header.channels;
   const { width, height, data: rgba } = png;
@@ -138,6 +240,8 @@ export function decodePng(buf: Uint8Array, opts: DecodeOptions = {}): FloatImage
 }
 
 export function readPng(file: string, opts: Omit<DecodeOptions, 'file'> = {}): FloatImage {
+  // The header first: a file declaring a huge image is refused before it is read whole.
+  checkPngPixels(readPngHeader(file), opts.maxPixels ?? DEFAULT_MAX_PNG_PIXELS, file);
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);

@@ -52,6 +52,21 @@ export interface SafetensorsHeader {
   tensors: Map<string, SafetensorsEntry>;
 }
 
+/**
+ * A short description of a header value for error messages: bounded in length
+ * and depth, so a hostile header (deeply nested, or a million-entry shape)
+ * cannot blow up the message or the stack.
+ */
+function brief(v: unknown, depth = 0): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
+  if (Array.isArray(v)) {
+    if (depth >= 2) return v.length ? '[...]' : '[]';
+    return `[${v.slice(0, 8).map((x) => brief(x, depth + 1)).join(', ')}${v.length > 8 ? `, ... (${v.length} items)` : ''}]`;
+  }
+  if (v !== null && typeof v === 'object') return depth >= 2 ? '{...}' : `{${Object.keys(v).slice(0, 4).map((k) => JSON.stringify(k.slice(0, 20))).join(', ')}${Object.keys(v).length > 4 ? ', ...' : ''}}`;
+  return String(v);
+}
+
 function isSafeNonNegInt(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
@@ -118,10 +133,10 @@ async function readHeader(fh: fsp.FileHandle, file: string): Promise<Safetensors
     if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('entry must be an object {dtype, shape, data_offsets}');
     const { dtype, shape, data_offsets: offs } = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (typeof dtype !== 'string' || !(dtype in FILE_DTYPE_SIZE))
-      throw bad(`unknown dtype ${JSON.stringify(dtype)} (the format defines ${Object.keys(FILE_DTYPE_SIZE).join(', ')})`);
-    if (!Array.isArray(shape) || !shape.every(isSafeNonNegInt)) throw bad(`shape must be an array of non-negative integers, got ${JSON.stringify(shape)}`);
+      throw bad(`unknown dtype ${brief(dtype)} (the format defines ${Object.keys(FILE_DTYPE_SIZE).join(', ')})`);
+    if (!Array.isArray(shape) || !shape.every(isSafeNonNegInt)) throw bad(`shape must be an array of non-negative integers, got ${brief(shape)}`);
     if (!Array.isArray(offs) || offs.length !== 2 || !offs.every(isSafeNonNegInt) || offs[0] > offs[1])
-      throw bad(`data_offsets must be [begin, end] with 0 <= begin <= end, got ${JSON.stringify(offs)}`);
+      throw bad(`data_offsets must be [begin, end] with 0 <= begin <= end, got ${brief(offs)}`);
     const need = numel(shape) * FILE_DTYPE_SIZE[dtype];
     if (offs[1] - offs[0] !== need)
       throw bad(`data_offsets [${offs[0]}, ${offs[1]}] span ${offs[1] - offs[0]} bytes but shape ${shapeToString(shape)} of ${dtype} needs ${need}`);

@@ -14,15 +14,20 @@ LOGDIR=${LOGDIR:-runs} STEPS=${STEPS:-200} BATCH=${BATCH:-32} CALIB_METHOD=${CAL
 FP=models/fmnist-small.safetensors
 qat_args=()
 run() { # W A lsq|tdq
-  local dyn=() name="qat-w$1a$2-$3" where
+  local dyn=() name="qat-w$1a$2-$3"
   [ "$3" = tdq ] && dyn=(--use-dynamic)
-  # Rerunnable: a finished run is kept, an interrupted one continues (train
-  # refuses to start a fresh run in a folder that holds one).
+  # Rerunnable (train refuses a fresh run in a folder that holds one): a
+  # finished run is kept, one with a checkpoint continues, one that died
+  # before its first checkpoint starts again.
   if [ -f "$LOGDIR/$name/model.safetensors" ]; then return 0; fi
-  if [ -d "$LOGDIR/$name" ]; then where=(--resume "$LOGDIR/$name"); else where=(--logdir "$LOGDIR" --name "$name"); fi
+  if ls "$LOGDIR/$name"/checkpoints/*.safetensors >/dev/null 2>&1; then
+    TDQ_NUM_THREADS=1 node bin/tdq-native.js train --resume "$LOGDIR/$name" --max-steps "$STEPS" >> "$LOGDIR/$name.log" 2>&1
+    return
+  fi
+  rm -rf "${LOGDIR:?}/$name"
   TDQ_NUM_THREADS=1 node bin/tdq-native.js train --base configs/fmnist-small.yaml --ckpt "$FP" \
     --n-bit-w "$1" --n-bit-a "$2" "${dyn[@]}" --max-steps "$STEPS" --batch-size "$BATCH" \
-    --calib-samples 16 --calib-method "$CALIB_METHOD" "${where[@]}" >> "$LOGDIR/$name.log" 2>&1
+    --calib-samples 16 --calib-method "$CALIB_METHOD" --logdir "$LOGDIR" --name "$name" > "$LOGDIR/$name.log" 2>&1
 }
 mkdir -p "$LOGDIR"
 for s in "8 4" "4 4" "8 8" "4 8"; do

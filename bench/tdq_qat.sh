@@ -21,7 +21,8 @@ run() { # W A lsq|tdq
   # before its first checkpoint starts again.
   if [ -f "$LOGDIR/$name/model.safetensors" ]; then return 0; fi
   if ls "$LOGDIR/$name"/checkpoints/*.safetensors >/dev/null 2>&1; then
-    TDQ_NUM_THREADS=1 node bin/tdq-native.js train --resume "$LOGDIR/$name" --max-steps "$STEPS" >> "$LOGDIR/$name.log" 2>&1
+    TDQ_NUM_THREADS=1 node bin/tdq-native.js train --base configs/fmnist-small.yaml --resume "$LOGDIR/$name" \
+      --max-steps "$STEPS" --batch-size "$BATCH" >> "$LOGDIR/$name.log" 2>&1
     return
   fi
   rm -rf "${LOGDIR:?}/$name"

@@ -5,7 +5,7 @@
 import { Generator, hash64 } from '../tensor/random';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import type { Dataset } from './dataset';
-import { DataFileError } from './errors';
+import { DataFileError, reasonOf } from './errors';
 
 export interface LoaderState {
   epoch: number;
@@ -83,6 +83,9 @@ function sampleError(e: unknown, ds: Dataset, index: number): Error {
     return e;
   }
   const msg = e instanceof Error ? e.message : String(e);
+  const file = e instanceof Error ? (e as { file?: unknown }).file : undefined;
+  // Another dataset's error that names its file is still a data-file error.
+  if (typeof file === 'string') return Object.assign(new DataFileError(file, reasonOf(e, file), { cause: e }), { index });
   return new Error(`${ds.name}: cannot load sample ${index}: ${msg}`, { cause: e });
 }
 

@@ -28,7 +28,7 @@ import { softmax } from '../tensor/ops/activation';
 import { conv2d } from '../tensor/ops/conv';
 import { clamp, log, mul, relu, reshape, sum } from '../tensor/ops/elementwise';
 import { linear } from '../tensor/ops/linalg';
-import { maxPool2d, resizeBilinear } from '../tensor/ops/pool2';
+import { maxPool2d, resizeBilinear } from '../tensor/ops/pool';
 import { narrow } from '../tensor/ops/shape';
 import { packageRoot } from '../tensor/native';
 import { Adam } from '../optim/adam';

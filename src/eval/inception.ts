@@ -27,7 +27,7 @@ import { affine, broadcastTo, div, mul, relu, reshape, sqrt, sub } from '../tens
 import { linear } from '../tensor/ops/linalg';
 import { cat } from '../tensor/ops/shape';
 import { pad2d } from '../tensor/ops/pad';
-import { globalAvgPool2d, maxPool2d, avgPool2dPadded, resizeBilinear, type ResizeMode } from '../tensor/ops/pool2';
+import { globalAvgPool2d, maxPool2d, avgPool2dPadded, resizeBilinear, type ResizeMode } from '../tensor/ops/pool';
 import { Generator } from '../tensor/random';
 import { type Tensor, shapeToString } from '../tensor/tensor';
 

@@ -12,7 +12,7 @@ import { readPng, readPngHeader } from '../io/png';
 import { readSafetensors } from '../io/safetensors';
 import { StateDictError } from '../nn/module';
 import { narrow } from '../tensor/ops/shape';
-import type { ResizeMode } from '../tensor/ops/pool2';
+import type { ResizeMode } from '../tensor/ops/pool';
 import { tidy } from '../tensor/scope';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import { FMNIST_FEATURE_DIM, FMNIST_NUM_CLASSES, FmnistClassifier, defaultFmnistClassifierPath } from './fmnist_classifier';

@@ -8,7 +8,7 @@
 // pasted into one image here.
 import { PNG } from 'pngjs';
 
-import { type PlotSeries, plotLines } from '../train/log';
+import { type PlotSeries, plotLines } from '../io/plot';
 
 export interface StepCurve {
   /** Layer (quantizer) name. */

@@ -10,7 +10,7 @@ import type { Config } from '../config/schema';
 import { datasetFromConfig, loaderFromConfig } from '../data';
 import type { Dataset } from '../data/dataset';
 import type { Batch, DataLoader, LoaderState } from '../data/loader';
-import { sample as runSampler } from '../diffusion/samplers';
+import { sample as drawSamples } from '../diffusion/samplers';
 import { writeFileAtomicSync } from '../io/atomic';
 import { saveGrid } from '../io/png';
 import { buildUNet, PixelDiffusion, type Denoiser } from '../models/diffusion';
@@ -408,7 +408,7 @@ export async function sampleGrid(diffusion: PixelDiffusion, ema: Ema | null, cfg
   unet.eval();
   try {
     const [c, h, w] = diffusion.imageShape;
-    const x = await runSampler(diffusion.epsModel(), { shape: [n, c, h, w], sampler: 'ddim', steps: 50, seed, schedule: diffusion.schedule });
+    const x = await drawSamples(diffusion.epsModel(), { shape: [n, c, h, w], sampler: 'ddim', steps: 50, seed, schedule: diffusion.schedule });
     fs.mkdirSync(path.dirname(file), { recursive: true });
     await saveGrid(file, x);
     x.dispose();

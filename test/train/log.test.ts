@@ -5,7 +5,8 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { PNG } from 'pngjs';
 
-import { TrainLogger, logTicks, niceTicks, plotLines, readCsvLog, readJsonlLog, smooth } from '../../src/train/log';
+import { logTicks, niceTicks, plotLines, smooth } from '../../src/io/plot';
+import { TrainLogger, readCsvLog, readJsonlLog } from '../../src/train/log';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-log-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));

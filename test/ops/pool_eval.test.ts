@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
-import { avgPool2dPadded, globalAvgPool2d, maxPool2d, resizeBilinear, type ResizeMode } from '../../src/tensor/ops/pool2';
+import { avgPool2dPadded, globalAvgPool2d, maxPool2d, resizeBilinear, type ResizeMode } from '../../src/tensor/ops/pool';
 import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, assertShape, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';

@@ -87,7 +87,7 @@ export function epsMsePerStep(qm: QuantizedModel, r: Reference, m: FpModel): num
   const shape = [r.n, ...m.shape];
   return r.xs.map((x, k) => {
     const tv = new Array(r.n).fill(r.ts[k]);
-    const e = noGrad(() => tidy(() => qm.forward(fromArray(x, shape), fromArray(tv, [r.n]), undefined, tv)));
+    const e = noGrad(() => tidy(() => qm.forward(fromArray(x, shape), fromArray(tv, [r.n]))));
     const v = mse(e.dataSync() as Float32Array, r.eps[k]);
     e.dispose();
     return v;

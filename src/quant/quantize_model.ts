@@ -130,35 +130,15 @@ export class QuantizedModel extends Module {
     return [...this.layers].map(([n, l]) => [`${n}.weight_quant`, l.weightQuant]);
   }
 
-  private pendingT: Float64Array | null = null;
-
-  /**
-   * The values of the t tensor of the next forward call (used once, then
-   * cleared), for callers that keep UNetModel's forward(x, t, y) signature
-   * and sample with the table from tensors the samplers did not make.
-   */
-  setTimestepValues(values: ArrayLike<number>): void {
-    const v = Float64Array.from(values);
-    for (const x of v) if (!Number.isFinite(x)) throw new RangeError(`setTimestepValues: timestep ${x} is not finite`);
-    this.pendingT = v;
-  }
-
   /**
    * x (B, C, H, W), t (B) float32 model timesteps, y (B) class labels for a
-   * class-conditional UNet: UNetModel.forward's signature. The TDQ MLPs take
-   * their input from the t tensor itself (no read back). Only table lookups
-   * need t's values on the JS side, taken from (first that applies): tValues;
-   * setTimestepValues() before the call; the samplers' timestep tensors
-   * (their values are known without a read); else t read back once with a
-   * blocking read.
+   * class-conditional UNet: UNetModel.forward's signature. The TDQ MLPs and
+   * the step table both take t from the tensor itself, on the engine: t is
+   * never read back to JavaScript.
    */
-  forward(x: Tensor, t: Tensor, y?: Tensor, tValues?: ArrayLike<number>): Tensor {
-    const pending = this.pendingT;
-    this.pendingT = null;
-    const tv = tValues !== undefined ? Float64Array.from(tValues) : pending;
-    if (tv && tv.length !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: ${tv.length} timestep values for a batch of ${x.shape[0]}`);
+  forward(x: Tensor, t: Tensor, y?: Tensor): Tensor {
     if (t.shape.length !== 1 || t.shape[0] !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: t must have shape [${x.shape[0]}], got [${t.shape.join(', ')}]`);
-    this.ctx.begin(t, tv);
+    this.ctx.begin(t);
     try {
       return y === undefined ? this.model.forward(x, t) : this.model.forward(x, t, y);
     } finally {
@@ -210,6 +190,32 @@ export class QuantizedModel extends Module {
       q.table = new StepTable(Float32Array.from(values));
       setOptionalBuffer(q, 'step_table', q.table.values);
     }
+    this.installTable();
+  }
+
+  /**
+   * Joins the quantizers' tables into the engine's (T, Q) table that forward
+   * looks steps up in (column q: the q-th TDQ quantizer). Without every TDQ
+   * quantizer's table there is no engine table.
+   */
+  private installTable(): void {
+    const tdq = this.actQuantizers().filter((q) => q.kind === 'tdq');
+    if (!tdq.length || tdq.some((q) => q.table === null)) {
+      this.ctx.setTable(null);
+      return;
+    }
+    const T = this.timesteps, Q = tdq.length;
+    const data = new Float32Array(T * Q);
+    tdq.forEach((q, c) => {
+      const v = q.table!.values;
+      for (let k = 0; k < T; ++k) data[k * Q + c] = v[k];
+    });
+    this.ctx.setTable(fromArray(data, [T, Q]), new Map(tdq.map((q, c) => [q, c])));
+  }
+
+  override dispose(): void {
+    this.ctx.setTable(null);
+    super.dispose();
   }
 
   /** Sampling reads step sizes from the table (true) or runs the TDQ MLPs (false, the default). */
@@ -244,6 +250,7 @@ export class QuantizedModel extends Module {
         q.table = new StepTable(Float32Array.from(tbl[1].dataSync() as Float32Array));
       }
     }
+    this.installTable();
     return r;
   }
 

@@ -3,8 +3,9 @@
 // of the timestep (TDQ, tdq.ts). All fake-quantize through the native
 // fake_quant op, whose forward is y = clamp(round(x / s), qmin, qmax) * s.
 import { noGrad } from '../tensor/autograd';
-import { add, addScalar, clamp, detach, relu, scale, sub } from '../tensor/ops/elementwise';
-import { fakeQuantize } from '../tensor/ops/quant';
+import { add, addScalar, clamp, detach, relu, reshape, scale, sub } from '../tensor/ops/elementwise';
+import { narrow } from '../tensor/ops/shape';
+import { fakeQuantize, stepTableLookup } from '../tensor/ops/quant';
 import { Module } from '../nn/module';
 import { Generator } from '../tensor/random';
 import { type Tensor, fromArray, runOp } from '../tensor/tensor';
@@ -67,20 +68,56 @@ export class QuantContext {
   private t: Tensor | null = null;
   private tValues_: Float64Array | null = null;
   private enc: Tensor | null = null;
+  /** The TDQ step table on the engine, (T, Q), and each TDQ quantizer's column in it. */
+  private table: Tensor | null = null;
+  private readonly columns = new Map<ActQuantizer, number>();
+  /** This forward's rows of the table, (B, Q): one lookup shared by every quantizer. */
+  private steps: Tensor | null = null;
 
   constructor(readonly timesteps: number, readonly encDim: number, readonly maxPeriod: number) {}
 
-  /** Sets the timesteps of the batch about to run (cleared by end()); their JS values when the caller has them. */
-  begin(t: Tensor, tValues: Float64Array | null = null): void {
+  /** Sets the timesteps of the batch about to run (cleared by end()). */
+  begin(t: Tensor): void {
     this.t = t;
-    this.tValues_ = tValues;
+    this.tValues_ = null;
     this.enc = null;
+    this.steps = null;
   }
 
   end(): void {
     this.t = null;
     this.tValues_ = null;
     this.enc = null; // owned by the caller's tidy scope, like every intermediate
+    this.steps = null;
+  }
+
+  /**
+   * Takes ownership of the (T, Q) step table and the quantizers' columns
+   * (replacing and freeing the previous table); null frees it.
+   */
+  setTable(table: Tensor | null, columns: ReadonlyMap<ActQuantizer, number> = new Map()): void {
+    if (table && (table.ndim !== 2 || table.shape[0] !== this.timesteps))
+      throw new RangeError(`QuantContext.setTable: expected a (${this.timesteps}, Q) table, got [${table.shape.join(', ')}]`);
+    this.table?.dispose();
+    this.table = table;
+    this.columns.clear();
+    for (const [q, c] of columns) this.columns.set(q, c);
+  }
+
+  get hasTable(): boolean {
+    return this.table !== null;
+  }
+
+  /**
+   * q's step sizes for this batch, (B), looked up on the engine from the t
+   * tensor (native step_table_lookup): t is never read back to JS.
+   */
+  tableSteps(q: ActQuantizer): Tensor {
+    const col = this.columns.get(q);
+    if (!this.table || col === undefined) throw new Error(`${q.name}: useTable is on but the TDQ table has not been built or loaded (call buildTable())`);
+    if (!this.steps) this.steps = stepTableLookup(this.table, this.tensor);
+    const B = this.steps.shape[0];
+    return reshape(narrow(this.steps, 1, col, 1), [B]);
   }
 
   private get tensor(): Tensor {
@@ -89,9 +126,9 @@ export class QuantContext {
   }
 
   /**
-   * The timesteps' values on the JS side (table lookups, calibration): given
-   * by the caller, known for the samplers' timestep tensors, else read back
-   * once with a blocking read.
+   * The timesteps' values on the JS side, for calibration's observers only:
+   * known for the samplers' timestep tensors, else read back once with a
+   * blocking read. Quantized inference never needs them (tableSteps()).
    */
   get tValues(): Float64Array {
     if (!this.tValues_) this.tValues_ = timestepValues(this.tensor);
@@ -211,11 +248,7 @@ export class ActQuantizer extends Module {
   stepTensor(): Tensor {
     if (this.step) return this.step;
     if (this.alpha) return scale(this.alpha, 1 / this.qmax);
-    if (this.ctx.useTable) {
-      const tv = this.ctx.tValues;
-      if (!this.table) throw new Error(`${this.name}: useTable is on but the TDQ table has not been built or loaded (call buildTable())`);
-      return fromArray(this.table.lookup(tv), [tv.length]);
-    }
+    if (this.ctx.useTable) return this.ctx.tableSteps(this);
     return this.tdq!.forward(this.ctx.encoding());
   }
 

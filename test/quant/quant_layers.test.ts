@@ -98,7 +98,7 @@ describe('quantized layers against a PyTorch reference of the same formula', { s
       if (c.granularity === 'sample') ql.actQuant.stepTensor = () => stepLeaf;
       else ql.actQuant.setStaticStep(aSteps[0]);
       const probe = (() => {
-        ctx.begin(fromArray(new Float32Array(B), [B]), new Float64Array(B));
+        ctx.begin(fromArray(new Float32Array(B), [B]));
         try {
           return layer.forward(fromArray(x, c.xShape));
         } finally {
@@ -119,7 +119,7 @@ describe('quantized layers against a PyTorch reference of the same formula', { s
           stepLeaf.grad = null;
           const xt = fromArray(x, c.xShape);
           xt.requiresGrad = true;
-          ctx.begin(fromArray(new Float32Array(B), [B]), new Float64Array(B));
+          ctx.begin(fromArray(new Float32Array(B), [B]));
           const y = layer.forward(xt);
           ctx.end();
           backward(y, fromArray(gy, [...y.shape]));

@@ -28,7 +28,7 @@ async function outputsAt(m: QuantizedModel, ts: number[]): Promise<Float32Array[
   for (const [i, t] of ts.entries()) {
     const x = fromArray(randomData(SHAPE, 50 + i), SHAPE);
     const tv = new Array(B).fill(t);
-    out.push(await f32(noGrad(() => tidy(() => m.forward(x, fromArray(tv, [B]), undefined, tv)))));
+    out.push(await f32(noGrad(() => tidy(() => m.forward(x, fromArray(tv, [B]))))));
     x.dispose();
   }
   return out;
@@ -95,7 +95,7 @@ describe('model surgery', () => {
     assert.ok(qm.fpLayers.includes('middle_block.1.qkv') && qm.fpLayers.includes('out.2') && !qm.fpLayers.includes('input_blocks.0.0'));
     assert.throws(() => quantizeModel(unet, resolveQuantConfig({}), { timesteps: T, gen: new Generator(0) }), /already quantized/);
     const x = fromArray(new Float32Array(64 * B), SHAPE);
-    assert.throws(() => qm.forward(x, fromArray([1, 2, 3, 4], [B]), undefined, [1, 2]), /2 timestep values for a batch of 4/);
+    assert.throws(() => qm.forward(x, fromArray([1, 2], [2])), /t must have shape \[4\]/);
     assert.throws(() => qm.useTable(true), /table has not been built/);
     assert.ok(PAPER_KEEP_FP.includes('out.2'));
     qm.dispose();
@@ -122,7 +122,7 @@ describe('calibrated quantized model', () => {
       const got: Float32Array[] = [];
       for (const [k, t] of ts.entries()) {
         const tv = new Array(B).fill(t);
-        got.push(await f32(noGrad(() => tidy(() => qm.forward(fromArray(xs[k], SHAPE), fromArray(tv, [B]), undefined, tv)))));
+        got.push(await f32(noGrad(() => tidy(() => qm.forward(fromArray(xs[k], SHAPE), fromArray(tv, [B]))))));
       }
       const e = relError(cat(got), cat(ref));
       errors.push(e);
@@ -155,12 +155,37 @@ describe('calibrated quantized model', () => {
     // And directly: every table entry is the MLP's output for a batch at that timestep.
     const q = qm.actQuantizers()[5];
     for (const t of [0, 1, 500, 999]) {
-      qm.ctx.begin(fromArray([t, t, t], [3]), Float64Array.from([t, t, t]));
+      qm.ctx.begin(fromArray([t, t, t], [3]));
       qm.ctx.useTable = false;
       const s = await f32(q.stepTensor());
       qm.ctx.end();
       assert.deepEqual(Array.from(s), [q.table!.at(t), q.table!.at(t), q.table!.at(t)], `t = ${t}`);
     }
+    qm.dispose();
+  });
+
+  it('the table is looked up on the engine: t is never read back, at integer and fractional timesteps', async () => {
+    const qm = await calibrate(tinyUNet(4), resolveQuantConfig({ nBitW: 8, nBitA: 4 }), { schedule: SCHEDULE, steps: 4, nSamples: 1, seed: 5, method: 'minmax', fitIters: 100 });
+    qm.buildTable();
+    qm.useTable(true);
+    const x = fromArray(randomData(SHAPE, 17), SHAPE);
+    const sealed = (v: number[]) => {
+      const t = fromArray(v, [B]);
+      const no = () => {
+        throw new Error('t was read back to JS');
+      };
+      Object.assign(t, { dataSync: no, data: no });
+      return t;
+    };
+    for (const tv of [[0, 3, 500, 999], [0.5, 2.25, 998.75, 10.125]]) {
+      const viaTable = await f32(noGrad(() => tidy(() => qm.forward(x, sealed(tv)))));
+      // The reference: every quantizer's step from its StepTable (JS), at the float32 timesteps.
+      for (const q of qm.actQuantizers()) q.stepTensor = () => fromArray(tv.map((t) => q.table!.at(Math.fround(t))), [B]);
+      const viaJs = await f32(noGrad(() => tidy(() => qm.forward(x, fromArray(tv, [B])))));
+      for (const q of qm.actQuantizers()) delete (q as { stepTensor?: unknown }).stepTensor;
+      assert.deepEqual(Array.from(viaTable), Array.from(viaJs), `t = ${tv}`);
+    }
+    await assert.rejects(f32(noGrad(() => tidy(() => qm.forward(x, fromArray([0, 1, 2, 1000], [B]))))), /timestep 1000 at position 3 of 't' is outside \[0, 999\]/);
     qm.dispose();
   });
 
@@ -212,7 +237,7 @@ describe('calibrated quantized model', () => {
         const ab = tv.map((t) => Math.exp(-10 * (t / T)));
         const a = fromArray(ab.map(Math.sqrt), [B, 1, 1, 1]), s = fromArray(ab.map((v) => Math.sqrt(1 - v)), [B, 1, 1, 1]);
         const x = add(mul(x0, a), mul(noise, s));
-        const eps = qm.forward(x, fromArray(tv, [B]), undefined, tv);
+        const eps = qm.forward(x, fromArray(tv, [B]));
         const l = mean(square(sub(eps, noise)));
         backward(l);
         return l;
@@ -222,13 +247,6 @@ describe('calibrated quantized model', () => {
       opt.step();
       qm.zeroGrad();
     }
-    // A generic training loop passes only the t tensor: same result, no timestep values needed.
-    qm.eval();
-    const tv = [3, 400, 800, 999];
-    const xq = fromArray(randomData(SHAPE, 62), SHAPE);
-    const withValues = await f32(noGrad(() => tidy(() => qm.forward(xq, fromArray(tv, [B]), undefined, tv))));
-    const tensorOnly = await f32(noGrad(() => tidy(() => qm.forward(xq, fromArray(tv, [B])))));
-    assert.deepEqual(Array.from(tensorOnly), Array.from(withValues));
     const first = losses.slice(0, 5).reduce((a, b) => a + b) / 5, last = losses.slice(-5).reduce((a, b) => a + b) / 5;
     assert.ok(last < 0.9 * first, `loss ${first} -> ${last}`);
     const w1 = tdqW.dataSync() as Float32Array;

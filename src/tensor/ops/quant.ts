@@ -2,7 +2,7 @@
 // building block of the quantized (TDQ) models. See native/cpu/fake_quant.cpp
 // for the exact formulas.
 import { record } from '../autograd';
-import { type Tensor, runOp } from '../tensor';
+import { type Tensor, runOp, runOp1 } from '../tensor';
 
 export interface FakeQuantizeOptions {
   /** 2 to 8. */
@@ -41,4 +41,13 @@ export function fakeQuantize(x: Tensor, step: Tensor, opts: FakeQuantizeOptions)
   };
   const [out] = runOp('fake_quant_forward', [x, step], attrs);
   return record(out, 'fake_quantize', [x, step], (g) => runOp('fake_quant_backward', [g, x, step], attrs));
+}
+
+/**
+ * The rows of a (T, Q) step table at the (B) float32 timesteps t, as (B, Q):
+ * row k exactly at an integer t = k, linear interpolation between rows at a
+ * fractional t (src/quant/table.ts StepTable.at is the reference). No gradient.
+ */
+export function stepTableLookup(table: Tensor, t: Tensor): Tensor {
+  return runOp1('step_table_lookup', [table, t]);
 }

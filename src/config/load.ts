@@ -377,7 +377,37 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   if ((raw as Record<string, unknown>).lightning !== undefined) {
     warnings.push(`${file}: the lightning section is ignored; training options go in the training section`);
   }
+  const ignored = ignoredKeys(raw);
+  if (ignored.length) warnings.push(`${file}: accepted for CompVis configs but ignored: ${ignored.join(', ')}`);
   return { config: r.data, raw, file, warnings };
+}
+
+/**
+ * Keys that CompVis configs carry and the schema accepts, but that change
+ * nothing here (logging, Lightning, gradient checkpointing, options whose only
+ * accepted value is upstream's default). Listed in one warning when present.
+ */
+const IGNORED_KEYS: readonly string[] = [
+  'model.params.monitor',
+  'model.params.log_every_t',
+  'model.params.first_stage_key',
+  'model.params.cond_stage_key',
+  'model.params.num_timesteps_cond',
+  'model.params.concat_mode',
+  'model.params.unet_config.params.use_checkpoint',
+  'model.params.first_stage_config.params.monitor',
+  'model.params.first_stage_config.params.lossconfig',
+];
+
+function ignoredKeys(raw: unknown): string[] {
+  return IGNORED_KEYS.filter((k) => {
+    let v: unknown = raw;
+    for (const part of k.split('.')) {
+      if (v === null || typeof v !== 'object' || Array.isArray(v)) return false;
+      v = (v as Record<string, unknown>)[part];
+    }
+    return v !== undefined;
+  });
 }
 
 /** Reads, parses and validates a config file. */

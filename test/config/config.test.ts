@@ -161,6 +161,29 @@ describe('config validation', () => {
     assert.deepEqual(parsePath('a.b[2].c'), ['a', 'b', 2, 'c']);
   });
 
+  it('lists the accepted-but-ignored CompVis keys in one warning', () => {
+    const text = `
+model:
+  base_learning_rate: 1.0e-4
+  target: ldm.models.diffusion.ddpm.DDPM
+  params:
+    image_size: 16
+    channels: 3
+    monitor: val/loss_simple_ema
+    log_every_t: 200
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params: {image_size: 16, in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, attention_resolutions: [], channel_mult: [1, 2], num_heads: 1, use_checkpoint: true}
+data:
+  target: synthetic
+training:
+  batch_size: 4
+  max_steps: 10
+`;
+    const r = parseConfig(text, 'z.yaml');
+    assert.deepEqual(r.warnings, ['z.yaml: accepted for CompVis configs but ignored: model.params.monitor, model.params.log_every_t, model.params.unet_config.params.use_checkpoint']);
+  });
+
   it('fills defaults and warns about an ignored lightning section', () => {
     const text = `
 model:

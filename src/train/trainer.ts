@@ -50,6 +50,8 @@ export interface TrainOptions {
   onBadData?: BadDataPolicy;
   /** A non-finite loss or gradient norm: 'stop' (default) after a checkpoint of the last good state, or 'skip' the batch. */
   onNan?: NanPolicy;
+  /** With onNan 'skip': stop (as 'stop' does) once this many steps in a row were skipped (default 10). */
+  maxNanSkips?: number;
   /** Start from these weights (a full-precision model for QAT, or fine-tuning). */
   initCheckpoint?: string;
   dataDir?: string;
@@ -179,6 +181,9 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
 
   let step = 0;
   const skipped = { samples: 0, steps: 0 };
+  const maxNanSkips = opts.maxNanSkips ?? 10;
+  if (!Number.isInteger(maxNanSkips) || maxNanSkips < 0) throw new RangeError(`maxNanSkips must be a non-negative integer, got ${maxNanSkips}`);
+  let nanRun = 0; // non-finite steps in a row
   if (resumeFrom) {
     const ck = await loadCheckpoint(resumeFrom);
     const st = ck.state as RunState | null;
@@ -296,7 +301,8 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
         const where = await locateNonFinite(diffusion, micro, lossValues, gen, dropoutGen);
         disposeMicro();
         unet.zeroGrad();
-        if (onNan === 'skip') {
+        nanRun += 1;
+        if (onNan === 'skip' && nanRun <= maxNanSkips) {
           skipped.steps += 1;
           events.add({ step, kind: 'non_finite', where });
           print?.(`tdq-native: step ${step}: ${where}; batch skipped, no optimizer step (--on-nan skip) [${skipped.steps} skipped steps so far]`);
@@ -306,9 +312,10 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
           const badParam = await nonFiniteParameter(unet);
           if (badParam === null && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
           const ck = badParam === null ? lastCkpt || null : null;
-          throw new NonFiniteError(failedStep, where, ck);
+          throw new NonFiniteError(failedStep, onNan === 'skip' ? `${where} (${nanRun} steps in a row were non-finite, more than --max-nan-skips ${maxNanSkips})` : where, ck);
         }
       } else {
+        nanRun = 0;
         optimizer.step();
         unet.zeroGrad();
         if (ema && step > t.ema.start_step && step % t.ema.every === 0) ema.update(unet);

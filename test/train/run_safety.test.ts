@@ -264,4 +264,26 @@ describe('non-finite loss', () => {
     assert.ok(logSteps(dir).every((x) => Number.isFinite(x.loss)));
     assert.ok(allFinite(await weights(r.exported!)), 'no NaN reached the weights');
   });
+
+  it('skip has a limit: more than --max-nan-skips non-finite steps in a row stop the run', async () => {
+    const dir = tmp();
+    const every = async (unet: Module) => {
+      const m = unet.namedModules().find(([n]) => n === layer)![1] as unknown as { forward: (...a: unknown[]) => Tensor };
+      const orig = m.forward.bind(m);
+      let calls = 0;
+      m.forward = (...args: unknown[]) => {
+        if (isGradEnabled()) calls += 1;
+        const out = orig(...args);
+        return calls >= 2 ? scale(out, NaN) : out;
+      };
+      return { model: unet as never };
+    };
+    await assert.rejects(train({ config: config(8), outDir: dir, prepare: every, onNan: 'skip', maxNanSkips: 2, print: null }), (e: Error) => {
+      assert.ok(e instanceof NonFiniteError, String(e));
+      assert.equal(e.step, 4);
+      assert.match(e.message, /3 steps in a row were non-finite, more than --max-nan-skips 2/);
+      return true;
+    });
+    assert.equal(skippedLines(dir).length, 2);
+  });
 });

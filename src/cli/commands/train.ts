@@ -44,6 +44,7 @@ export interface TrainArgs extends GlobalArgs {
   calibMethod: StepMethod;
   onBadData: BadDataPolicy;
   onNan: NanPolicy;
+  maxNanSkips: number;
 }
 
 export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
@@ -72,6 +73,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('calib-method', { choices: ['auto', 'mse', 'minmax', 'percentile'] as const, default: 'auto' as const, describe: 'QAT: how the initial step sizes come from the calibration statistics (as calibrate --method)' })
       .option('on-bad-data', { choices: BAD_DATA_POLICIES, default: 'stop' as BadDataPolicy, describe: 'a sample whose file cannot be read: stop (checkpoint, then exit naming the file) or skip it (counted, listed in <run>/skipped.jsonl)' })
       .option('on-nan', { choices: NAN_POLICIES, default: 'stop' as NanPolicy, describe: 'a NaN/Inf loss or gradient: stop (checkpoint of the last good state, then exit naming the step and layer) or skip the batch (no optimizer step; counted and listed)' })
+      .option('max-nan-skips', { type: 'number', default: 10, describe: 'with --on-nan skip: stop (with a checkpoint) once this many steps in a row were non-finite' })
       .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model in runs/<timestamp>_fmnist-small')
       .example('$0 train --base configs/fmnist-small.yaml --resume runs/2026-01-31T09-00-00_fmnist-small', 'continue an interrupted run exactly')
       .example('$0 train --base configs/fmnist-small.yaml --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 4 --use-dynamic --max-steps 500 --name w4a4-tdq', 'quantization-aware training with TDQ')
@@ -99,7 +101,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     const signals = stopOnSignals(abort);
     try {
       console.log(`tdq-native: training ${path.basename(outDir)} -> ${outDir}`);
-      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan });
+      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips });
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) {
         console.log(`tdq-native: continue with --resume ${outDir}`);

@@ -20,6 +20,8 @@ export interface Dataset {
   get(index: number, out?: Float32Array, offset?: number): Float32Array;
   /** The class of sample `index`, or -1 when the dataset is unlabeled. */
   label(index: number): number;
+  /** What the dataset left out or changed while opening (symbolic-link loops, duplicates), for the run's log. */
+  readonly notes?: readonly string[];
 }
 
 export type FitMode = 'auto' | 'pad' | 'resize' | 'crop';

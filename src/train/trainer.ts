@@ -167,6 +167,7 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
   }
   const diffusion = new PixelDiffusion(cfg.model, unet);
   const dataset = opts.dataset ?? datasetFromConfig(cfg, { dataDir: opts.dataDir });
+  for (const n of dataset.notes ?? []) print?.(`tdq-native: data: ${n}`);
   const guarded = new SkippingDataset(dataset, onBadData);
   const loader: DataLoader = loaderFromConfig(cfg, guarded.dataset);
   const baseLr = cfg.model.base_learning_rate * (t.scale_lr ? t.batch_size * t.accumulate_grad_batches : 1);

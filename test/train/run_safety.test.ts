@@ -11,7 +11,9 @@ import { after, describe, it } from 'node:test';
 
 import { parseConfig } from '../../src/config';
 import { SyntheticDataset, epochPermutation } from '../../src/data';
+import { ImageFolderDataset } from '../../src/data/image_folder';
 import { removeStaleTempFiles } from '../../src/io/atomic';
+import { encodePng } from '../../src/io/png';
 import { readSafetensors } from '../../src/io/safetensors';
 import type { Module } from '../../src/nn/module';
 import { isGradEnabled } from '../../src/tensor/autograd';
@@ -156,6 +158,18 @@ describe('temporaries of interrupted writes', () => {
     fs.writeFileSync(again, 'x');
     assert.ok(latestCheckpoint(dir));
     assert.equal(fs.existsSync(again), false);
+  });
+});
+
+describe('data notes', () => {
+  it('what the folder walk left out (a dangling link) is printed at the start of the run', async () => {
+    const data = tmp();
+    fs.mkdirSync(data, { recursive: true });
+    for (let i = 0; i < 8; ++i) fs.writeFileSync(path.join(data, `${i}.png`), encodePng(new Float32Array(64).fill(i / 8), [1, 8, 8]));
+    fs.symlinkSync(path.join(data, 'nowhere'), path.join(data, 'gone'));
+    const lines: string[] = [];
+    await train({ config: config(1), outDir: tmp(), dataset: new ImageFolderDataset({ root: data, channels: 1, size: 8 }), print: (l) => lines.push(l) });
+    assert.ok(lines.some((l) => /^tdq-native: data: skipped .*gone: dangling symbolic link/.test(l)), lines.join('\n'));
   });
 });
 

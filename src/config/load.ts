@@ -6,6 +6,7 @@ import YAML, { isMap, isPair, isScalar, isSeq, LineCounter, type Node as YamlNod
 import type { z } from 'zod';
 
 import { type Config, ConfigSchema, UNSUPPORTED_KEYS } from './schema';
+import { fromUpstream } from './upstream';
 
 export type ConfigPath = (string | number)[];
 
@@ -43,6 +44,8 @@ export interface LoadedConfig {
 export interface LoadOptions {
   /** "key.path=value" overrides; the value is parsed as YAML ("3", "[1,2]", "true"). */
   overrides?: readonly string[];
+  /** 'train' (default) needs every section; 'model' (sampling, converting) only the model section. */
+  purpose?: 'train' | 'model';
 }
 
 /** `a.b[1].c` */
@@ -364,6 +367,10 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
     overridden.push({ path: p, spec });
   }
 
+  const up = fromUpstream(raw as Record<string, unknown>, opts.purpose ?? 'train');
+  if (up.issues.length) throw new ConfigError(file, up.issues.map((i) => ({ ...i, ...locate(doc, lc, i.path) })));
+  const hadLightning = (raw as Record<string, unknown>).lightning !== undefined;
+  raw = up.raw;
   const r = ConfigSchema.safeParse(raw);
   if (!r.success) {
     const issues = explainIssues(r.error.issues, raw).map((i) => {
@@ -374,9 +381,8 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
     throw new ConfigError(file, issues);
   }
   const warnings: string[] = [];
-  if ((raw as Record<string, unknown>).lightning !== undefined) {
-    warnings.push(`${file}: the lightning section is ignored; training options go in the training section`);
-  }
+  if (up.notes.length) warnings.push(`${file}: upstream sections: ${up.notes.join('; ')}`);
+  else if (hadLightning) warnings.push(`${file}: the lightning section is ignored; training options go in the training section`);
   const ignored = ignoredKeys(raw);
   if (ignored.length) warnings.push(`${file}: accepted for CompVis configs but ignored: ${ignored.join(', ')}`);
   return { config: r.data, raw, file, warnings };

@@ -23,6 +23,8 @@ export const AUTOENCODER_KL_TARGET = 'tdq_native.models.autoencoder.AutoencoderK
 export const FASHION_MNIST_TARGET = 'tdq_native.data.FashionMNIST';
 export const IMAGE_FOLDER_TARGET = 'tdq_native.data.ImageFolder';
 export const SYNTHETIC_TARGET = 'tdq_native.data.Synthetic';
+/** Upstream LDM's LSUNBase: a file list under a data root, center crop, Pillow resize. */
+export const LSUN_TARGET = 'tdq_native.data.LSUN';
 
 /** Other names accepted for each target (CompVis class paths, short names). */
 export const TARGET_ALIASES: Readonly<Record<string, readonly string[]>> = {
@@ -34,6 +36,7 @@ export const TARGET_ALIASES: Readonly<Record<string, readonly string[]>> = {
   [FASHION_MNIST_TARGET]: ['fashion_mnist'],
   [IMAGE_FOLDER_TARGET]: ['image_folder'],
   [SYNTHETIC_TARGET]: ['synthetic'],
+  [LSUN_TARGET]: ['ldm.data.lsun.LSUNBase', 'lsun'],
 };
 
 /** Our name for a target or one of its aliases; the input unchanged when unknown. */
@@ -51,7 +54,6 @@ function target<T extends string>(canon: T) {
  * instead; the error for such a key says so rather than just "unknown key".
  */
 export const UNSUPPORTED_KEYS: Readonly<Record<string, string>> = {
-  scheduler_config: 'set the learning-rate warmup and schedule in training (warmup_steps, lr_schedule)',
   use_spatial_transformer: 'cross-attention (text) conditioning is not supported; use num_classes for class conditioning',
   transformer_depth: 'cross-attention (text) conditioning is not supported',
   context_dim: 'cross-attention (text) conditioning is not supported',
@@ -296,6 +298,20 @@ export const DataConfigSchema = z.discriminatedUnion('target', [
     }),
   }),
   z.strictObject({
+    target: target(LSUN_TARGET),
+    params: z.strictObject({
+      /** One image path per line, relative to data_root (relative paths from the working directory, as upstream). */
+      txt_file: z.string().min(1),
+      data_root: z.string().min(1),
+      /** Square output size: must be the model's input size. */
+      size: posInt,
+      interpolation: z.enum(['linear', 'bilinear', 'bicubic', 'lanczos']).default('bicubic'),
+      /** Upstream's RandomHorizontalFlip probability: 0.5 (training) or 0 (validation). */
+      flip_p: z.union([z.literal(0), z.literal(0.5)]).default(0.5),
+      limit: posInt.optional(),
+    }),
+  }),
+  z.strictObject({
     target: target(SYNTHETIC_TARGET),
     params: z.strictObject({
       count: posInt.default(1024),
@@ -397,6 +413,7 @@ export function dataNumClasses(d: DataConfig): number {
     case FASHION_MNIST_TARGET: return 10;
     case SYNTHETIC_TARGET: return d.params.kind === 'blobs' ? 3 : 4;
     case IMAGE_FOLDER_TARGET: return d.params.class_dirs ? -1 : 0; // -1: known only from the folder
+    case LSUN_TARGET: return 0;
   }
 }
 
@@ -428,6 +445,10 @@ function checkConsistency(c: z.output<typeof ConfigObjectSchema>, ctx: z.Refinem
     }
   }
   const shape = modelImageShape(c.model);
+  if (c.data.target === LSUN_TARGET) {
+    if (shape.channels !== 3) ctx.addIssue({ code: 'custom', path: ['data', 'target'], message: `LSUN images are RGB but the model takes ${shape.channels} channels` });
+    if (c.data.params.size !== shape.size) ctx.addIssue({ code: 'custom', path: ['data', 'params', 'size'], message: `must equal the model's input size ${shape.size}` });
+  }
   if (c.data.target === FASHION_MNIST_TARGET && shape.channels !== 1) {
     ctx.addIssue({ code: 'custom', path: ['data', 'target'], message: `Fashion-MNIST images have 1 channel but the model takes ${shape.channels}` });
   }

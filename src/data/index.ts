@@ -1,9 +1,10 @@
 // Datasets, the batch loader, and building both from a config.
-import { type Config, FASHION_MNIST_TARGET, IMAGE_FOLDER_TARGET, SYNTHETIC_TARGET, modelImageShape } from '../config/schema';
+import { type Config, FASHION_MNIST_TARGET, IMAGE_FOLDER_TARGET, LSUN_TARGET, SYNTHETIC_TARGET, modelImageShape } from '../config/schema';
 import type { Dataset } from './dataset';
 import { FashionMnistDataset } from './fashion_mnist';
 import { ImageFolderDataset } from './image_folder';
 import { DataLoader } from './loader';
+import { LsunDataset } from './lsun';
 import { SyntheticDataset } from './synthetic';
 
 export * from './dataset';
@@ -11,6 +12,8 @@ export * from './errors';
 export * from './fashion_mnist';
 export * from './image_folder';
 export * from './synthetic';
+export * from './lsun';
+export * from './pil_resize';
 export * from './loader';
 
 export interface DatasetOverrides {
@@ -39,6 +42,10 @@ export function datasetFromConfig(cfg: Pick<Config, 'model' | 'data'>, o: Datase
         fit: { mode: p.fit, pad: p.pad, interpolation: p.interpolation },
       });
     }
+    case LSUN_TARGET: {
+      const p = d.params;
+      return new LsunDataset({ txtFile: p.txt_file, dataRoot: o.dataDir ?? p.data_root, size: p.size, interpolation: p.interpolation, limit: p.limit });
+    }
     case SYNTHETIC_TARGET:
       return new SyntheticDataset({ count: d.params.count, kind: d.params.kind, seed: d.params.seed, channels, size });
   }
@@ -47,6 +54,6 @@ export function datasetFromConfig(cfg: Pick<Config, 'model' | 'data'>, o: Datase
 /** The training loader of a config: shuffled, fixed-size batches, seeded by training.seed. */
 export function loaderFromConfig(cfg: Pick<Config, 'data' | 'training'>, dataset: Dataset): DataLoader {
   return new DataLoader(dataset, {
-    batchSize: cfg.training.batch_size, seed: cfg.training.seed, shuffle: true, dropLast: true, hflip: cfg.data.params.random_flip,
+    batchSize: cfg.training.batch_size, seed: cfg.training.seed, shuffle: true, dropLast: true, hflip: 'flip_p' in cfg.data.params ? cfg.data.params.flip_p > 0 : cfg.data.params.random_flip,
   });
 }

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
 import {
-  ConfigError, DDPM_TARGET, DDPM_UNET_TARGET, LDM_TARGET, SYNTHETIC_TARGET, UNET_TARGET, canonicalTarget, loadConfig,
+  ConfigError, DDPM_TARGET, DDPM_UNET_TARGET, LDM_TARGET, LSUN_TARGET, SYNTHETIC_TARGET, UNET_TARGET, canonicalTarget, loadConfig,
   modelImageShape, parseConfig, parsePath,
 } from '../../src/config';
 import { datasetFromConfig, loaderFromConfig } from '../../src/data';
@@ -107,7 +107,7 @@ describe('config validation', () => {
     assert.ok(msgs.some((m) => /model\.params\.unet_config\.params\.num_res_block: unknown key \(did you mean num_res_blocks\?\)/.test(m)), e.message);
     assert.ok(msgs.some((m) => /model\.params\.unet_config\.params\.num_res_blocks: required/.test(m)), e.message);
     const e2 = configError(fmnistText.replace('    timesteps: 1000', '    timesteps: 1000\n    scheduler_config: {}'));
-    assert.match(e2.message, /model\.params\.scheduler_config: unknown key: set the learning-rate warmup/);
+    assert.match(e2.message, /model\.params\.scheduler_config: only ldm\.lr_scheduler\.LambdaLinearScheduler \(with params\) is implemented/);
     const e3 = configError(fmnistText + 'extra_section: 1\n');
     assert.match(e3.message, /extra_section: unknown key \(expected one of model, data, training, lightning\)/);
   });
@@ -204,8 +204,7 @@ lightning:
   trainer: {benchmark: true}
 `;
     const r = parseConfig(text, 'y.yaml');
-    assert.equal(r.warnings.length, 1);
-    assert.match(r.warnings[0], /lightning section is ignored/);
+    assert.deepEqual(r.warnings, ['y.yaml: upstream sections: ignored: lightning.trainer.benchmark']);
     const c = r.config;
     assert.deepEqual([c.model.params.timesteps, c.model.params.beta_schedule, c.model.params.parameterization, c.model.params.loss_type], [1000, 'linear', 'eps', 'l2']);
     assert.equal(c.data.target, SYNTHETIC_TARGET);
@@ -226,5 +225,97 @@ lightning:
       assert.match(e.message, /apt-get install dataset-fashion-mnist/);
       return true;
     });
+  });
+});
+
+describe('upstream LDM configs, unchanged', () => {
+  // The shape of CompVis' configs/latent-diffusion/lsun_churches-ldm-kl-8.yaml (smaller numbers).
+  const upstream = `
+model:
+  base_learning_rate: 5.0e-5
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    linear_start: 0.0015
+    linear_end: 0.0155
+    num_timesteps_cond: 1
+    log_every_t: 200
+    timesteps: 1000
+    loss_type: l1
+    first_stage_key: "image"
+    cond_stage_key: "image"
+    image_size: 8
+    channels: 4
+    cond_stage_trainable: False
+    concat_mode: False
+    scale_by_std: True
+    monitor: 'val/loss_simple_ema'
+    scheduler_config:
+      target: ldm.lr_scheduler.LambdaLinearScheduler
+      params:
+        warm_up_steps: [10000]
+        cycle_lengths: [10000000000000]
+        f_start: [1.e-6]
+        f_max: [1.]
+        f_min: [ 1.]
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2], num_res_blocks: 1, channel_mult: [1, 2], num_heads: 8, use_scale_shift_norm: True, resblock_updown: True}
+    first_stage_config:
+      target: ldm.models.autoencoder.AutoencoderKL
+      params:
+        embed_dim: 4
+        monitor: "val/rec_loss"
+        ddconfig: {double_z: True, z_channels: 4, resolution: 16, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}
+        lossconfig:
+          target: torch.nn.Identity
+    cond_stage_config: "__is_unconditional__"
+data:
+  target: main.DataModuleFromConfig
+  params:
+    batch_size: 96
+    num_workers: 5
+    wrap: False
+    train:
+      target: ldm.data.lsun.LSUNChurchesTrain
+      params:
+        size: 16
+    validation:
+      target: ldm.data.lsun.LSUNChurchesValidation
+      params:
+        size: 16
+lightning:
+  callbacks:
+    image_logger:
+      target: main.ImageLogger
+      params: {batch_frequency: 5000, max_images: 8, increase_log_steps: False}
+  trainer:
+    benchmark: True
+`;
+
+  it('for training: the DataModule, the LambdaLinear schedule and Lightning fields land in data and training; the rest is listed', () => {
+    assert.throws(() => parseConfig(upstream, 'churches.yaml'), /training\.max_steps: required: upstream leaves the length of a run to Lightning; pass --set training\.max_steps=N/);
+    const r = parseConfig(upstream, 'churches.yaml', { overrides: ['training.max_steps=500'] });
+    const c = r.config;
+    assert.equal(c.data.target, LSUN_TARGET);
+    assert.deepEqual(c.data.params, { txt_file: 'data/lsun/church_outdoor_train.txt', data_root: 'data/lsun/churches', size: 16, flip_p: 0.5, interpolation: 'bicubic' });
+    assert.deepEqual([c.training.batch_size, c.training.max_steps, c.training.lr_schedule], [96, 500, 'lambda_linear']);
+    assert.deepEqual(c.training.lambda_linear, { warm_up_steps: [10000], cycle_lengths: [10000000000000], f_start: [1e-6], f_max: [1], f_min: [1] });
+    assert.equal(r.warnings.length, 2, r.warnings.join('\n'));
+    assert.match(r.warnings[0], /training\.batch_size = 96 from data\.params\.batch_size; training\.lr_schedule = "lambda_linear" from model\.params\.scheduler_config; ignored: data\.params\.num_workers, data\.params\.wrap, data\.params\.validation, lightning\.trainer\.benchmark, lightning\.callbacks/);
+    assert.match(r.warnings[1], /accepted for CompVis configs but ignored: model\.params\.monitor, model\.params\.log_every_t, model\.params\.first_stage_key, model\.params\.cond_stage_key, model\.params\.num_timesteps_cond, model\.params\.concat_mode, model\.params\.first_stage_config\.params\.monitor, model\.params\.first_stage_config\.params\.lossconfig/);
+  });
+
+  it('for sampling: only the model section is needed', () => {
+    const c = parseConfig(upstream, 'churches.yaml', { purpose: 'model' }).config;
+    assert.equal(c.model.params.image_size, 8);
+    const noData = upstream.slice(0, upstream.indexOf('data:'));
+    assert.equal(parseConfig(noData, 'config.yaml', { purpose: 'model' }).config.model.params.channels, 4);
+  });
+
+  it('a dataset that is not implemented is an error naming it', () => {
+    const t = upstream.replace('ldm.data.lsun.LSUNChurchesTrain', 'ldm.data.imagenet.ImageNetTrain');
+    assert.throws(() => parseConfig(t, 'cin.yaml', { overrides: ['training.max_steps=1'] }), /cin\.yaml:\d+:\d+: data\.params\.train\.target: ldm\.data\.imagenet\.ImageNetTrain is not implemented/);
+    const v = upstream.replace('ldm.lr_scheduler.LambdaLinearScheduler', 'ldm.lr_scheduler.LambdaWarmUpCosineScheduler');
+    assert.throws(() => parseConfig(v, 'x.yaml', { overrides: ['training.max_steps=1'] }), /model\.params\.scheduler_config: only ldm\.lr_scheduler\.LambdaLinearScheduler/);
   });
 });

@@ -37,9 +37,9 @@ def record(name, sd, **extra):
     }
 
 
-def save(name, obj, sd, legacy=False, **extra):
+def save(name, obj, sd, legacy=False, protocol=2, **extra):
     path = os.path.join(OUT, name)
-    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy, pickle_protocol=protocol)
     record(name, sd, **extra)
 
 
@@ -138,6 +138,22 @@ def main():
     hostile = {'weight': torch.tensor([1.0, 2.0, 3.0]), 'evil': Hostile()}
     save('hostile.pt', hostile, hostile, pwned=PWNED)
     save('hostile_legacy.pt', hostile, hostile, legacy=True, pwned=PWNED)
+
+    # pickle protocols 4 and 5 (FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL, ...)
+    p4 = collections.OrderedDict([('a', r(2, 3)), ('b', r(3).half())])
+    p4['at'] = p4['a'].t()
+    save('proto4.pt', p4, p4, protocol=4)
+    save('proto4_legacy.pt', p4, p4, legacy=True, protocol=4)
+
+    # plain values through the unpickler, protocols 2 to 5 (the JSON form the test compares with)
+    import pickle
+    plain = {'none': None, 't': True, 'f': False, 'small': 7, 'neg': -300, 'i32': -2 ** 31, 'big': 2 ** 62 + 1, 'huge': -(2 ** 100),
+             'float': -1.25e-7, 'str': 'h\u00e9llo \u2603', 'bytes': b'\x00\xff\x80ab', 'bytearray': bytearray(b'xyz'),
+             'tuple': (1, (2, 3), ()), 'list': [1, [2, [3, []]]], 'set': {3}, 'frozenset': frozenset({4}),
+             'nested': {'k': [{'deep': (None,)}]}, 'od': collections.OrderedDict([('x', 1), ('y', 2)]), 7: 'int key'}
+    for proto in (2, 3, 4, 5):
+        with open(os.path.join(OUT, f'plain_p{proto}.pkl'), 'wb') as f:
+            pickle.dump(plain, f, protocol=proto)
 
     with open(os.path.join(OUT, 'expected.json'), 'w') as f:
         json.dump(expected, f, indent=1, sort_keys=True)

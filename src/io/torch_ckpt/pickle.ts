@@ -132,7 +132,7 @@ builtin('collections.OrderedDict', (args, fail) => {
   return pairsInto(d, args[0], fail);
 });
 builtin('builtins.dict', (args, fail) => pairsInto(new PyDict(), args[0], fail));
-for (const n of ['builtins.set', 'builtins.frozenset', '__builtin__.set', '__builtin__.frozenset'])
+for (const n of ['builtins.set', 'builtins.frozenset'])
   builtin(n, (args, fail) => {
     if (args[0] !== undefined && !Array.isArray(args[0])) throw fail(`expects a list, got ${describeValue(args[0])}`);
     return new Set((args[0] as unknown[] | undefined) ?? []);
@@ -218,6 +218,9 @@ export class Unpickler {
   }
 
   private global(module: string, name: string): unknown {
+    // Python 2 names, as Python's own fix_imports maps them on load
+    if (module === '__builtin__') module = 'builtins';
+    else if (module === 'copy_reg') module = 'copyreg';
     if (!/^[A-Za-z_][\w.]*$/.test(module) || !/^[A-Za-z_][\w.]*$/.test(name)) throw this.fail(`invalid global name ${JSON.stringify(`${module} ${name}`.slice(0, 80))}`);
     return this.opts.findGlobal?.(module, name) ?? BUILTINS[`${module}.${name}`] ?? new PyGlobal(module, name);
   }

@@ -108,6 +108,9 @@ export function describeValue(v: unknown): string {
   if (Array.isArray(v)) return `${Object.isFrozen(v) ? 'tuple' : 'list'} of ${v.length}`;
   if (v instanceof Uint8Array) return `bytes of ${v.length}`;
   if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
+  if (typeof v === 'object' && 'qualname' in (v as object)) return String((v as { qualname: unknown }).qualname);
+  if (typeof v === 'object' && 'storage' in (v as object) && 'shape' in (v as object)) return `tensor of shape [${String((v as { shape: unknown }).shape)}]`;
+  if (v instanceof Set) return `set of ${v.size}`;
   if (typeof v === 'object') return (v as object).constructor?.name ?? 'object';
   return String(v);
 }
@@ -234,7 +237,7 @@ export class Unpickler {
     }
     const name = fn instanceof PyGlobal ? fn.qualname : describeValue(fn);
     if (this.opts.strict) throw this.fail(`refusing to call ${name} (not on the allowlist; strict mode)`);
-    if (how === 'reduce' || how === 'inst') this.opts.note?.(isDangerous(name) ? `refused to call ${name}${args.length ? `(${args.map(describeValue).join(', ')})` : ''}: code execution blocked; kept as an inert object` : `did not call ${name} (not on the allowlist); kept as an inert object`);
+    if (how === 'reduce' || how === 'inst') this.opts.note?.(isDangerous(name) ? `refused to call ${name}${args.length ? `(${args.slice(0, 4).map(describeValue).join(', ')}${args.length > 4 ? ', ...' : ''})` : ''}: code execution blocked; kept as an inert object` : `did not call ${name} (not on the allowlist); kept as an inert object`);
     return new PyObject(name, args, how);
   }
 

@@ -13,7 +13,7 @@ import type { Device, DType, TypedArray } from '../../tensor/native';
 import { type Tensor, fromArray } from '../../tensor/tensor';
 import { TorchCheckpointError } from './errors';
 import { readLegacy } from './legacy';
-import { type PickleLimits, PyDict, Unpickler, describeValue } from './pickle';
+import { type PickleLimits, PyDict, PyObject, Unpickler, describeValue } from './pickle';
 import { FileSource, readAt } from './source';
 import { type StorageRef, TORCH_DTYPE_SIZE, type TorchDType, TensorRef, findTorchGlobal, storageFromPid } from './tensor_ref';
 import { ZipArchive } from './zip';
@@ -292,11 +292,14 @@ export function countTensors(root: unknown, limit = 10_000_000): number {
     if (v instanceof TensorRef) ++n;
     if (v === null || typeof v !== 'object' || seen.has(v) || v instanceof Uint8Array) continue;
     seen.add(v);
+    // (no spreading: a list may have millions of items)
     if (v instanceof Map) for (const [k, x] of v) todo.push(k, x);
-    else if (v instanceof Set || Array.isArray(v)) todo.push(...v);
-    else if ('state' in v && 'args' in v) {
-      const o = v as { state: unknown; args: readonly unknown[]; dictItems: [unknown, unknown][]; listItems: unknown[] };
-      todo.push(o.state, ...o.args, ...o.listItems, ...o.dictItems.flat());
+    else if (v instanceof Set || Array.isArray(v)) for (const x of v) todo.push(x);
+    else if (v instanceof PyObject) {
+      todo.push(v.state);
+      for (const x of v.args) todo.push(x);
+      for (const x of v.listItems) todo.push(x);
+      for (const [k, x] of v.dictItems) todo.push(k, x);
     }
   }
   return n;

@@ -70,18 +70,21 @@ export class ZipArchive {
     let count = tail.readUInt16LE(at + 10);
     let cdSize = tail.readUInt32LE(at + 12);
     let cdOffset = tail.readUInt32LE(at + 16);
-    if (count === 0xffff || cdSize === 0xffffffff || cdOffset === 0xffffffff) {
-      if (eocdPos < 20) throw this.fail('a zip64 archive without its zip64 locator');
-      const loc = readExact(fd, file, eocdPos - 20, 20, 'the zip64 locator');
-      if (loc.readUInt32LE(0) !== EOCD64_LOC) throw this.fail('a zip64 archive without its zip64 locator', undefined, eocdPos - 20);
+    const needs64 = count === 0xffff || cdSize === 0xffffffff || cdOffset === 0xffffffff;
+    const loc = eocdPos >= 20 ? readExact(fd, file, eocdPos - 20, 20, 'the zip64 locator') : undefined;
+    if (loc && loc.readUInt32LE(0) === EOCD64_LOC) {
+      // zip64 end records (torch writes them always): their values rule, and must agree with the plain ones
       const recPos = u64(loc, 8, file, 'zip64 record offset');
-      if (recPos + 56 > eocdPos) throw this.fail(`zip64 record offset ${recPos} is past the end of the archive`);
+      if (recPos + 56 > eocdPos - 20) throw this.fail(`zip64 record offset ${recPos} is past the end of the archive`, undefined, eocdPos - 20);
       const rec = readExact(fd, file, recPos, 56, 'the zip64 end record');
       if (rec.readUInt32LE(0) !== EOCD64) throw this.fail('bad zip64 end record signature', undefined, recPos);
-      count = u64(rec, 32, file, 'entry count');
-      cdSize = u64(rec, 40, file, 'central directory size');
-      cdOffset = u64(rec, 48, file, 'central directory offset');
-    }
+      const c64 = u64(rec, 32, file, 'entry count'), s64 = u64(rec, 40, file, 'central directory size'), o64 = u64(rec, 48, file, 'central directory offset');
+      if ((count !== 0xffff && count !== c64) || (cdSize !== 0xffffffff && cdSize !== s64) || (cdOffset !== 0xffffffff && cdOffset !== o64))
+        throw this.fail(`the end records disagree: ${count} entries, ${cdSize} bytes at ${cdOffset} vs zip64 ${c64} entries, ${s64} bytes at ${o64}`, undefined, eocdPos);
+      count = c64;
+      cdSize = s64;
+      cdOffset = o64;
+    } else if (needs64) throw this.fail('a zip64 archive without its zip64 locator', undefined, eocdPos);
     if (cdOffset + cdSize > eocdPos) throw this.fail(`the central directory [${cdOffset}, ${cdOffset + cdSize}) extends past its end record at ${eocdPos} (truncated or corrupt)`);
     if (count > MAX_ENTRIES || count * 46 > cdSize) throw this.fail(`${count} entries cannot fit a ${cdSize}-byte central directory`);
     const cd = readExact(fd, file, cdOffset, cdSize, 'the central directory');

@@ -111,6 +111,12 @@ describe('loadTorchCheckpoint: Lightning checkpoints', () => {
       assert.ok(((opt.get('state') as PyDict).get(0) as PyDict).get('exp_avg') instanceof TensorRef);
       assert.equal(ck.otherTensors, 3);
       assert.deepEqual(ck.dropped, []);
+      // a numpy scalar in a callback's state: not called, recorded, and noted quietly (not as code execution)
+      const kth = ((root.get('callbacks') as PyDict).get('ModelCheckpoint') as PyDict).get('kth_value');
+      assert.ok(kth instanceof PyObject);
+      assert.equal(kth.callable, 'numpy.core.multiarray.scalar');
+      assert.ok(ck.notes.includes('did not call numpy.core.multiarray.scalar (not on the allowlist); kept as an inert object'), ck.notes.join('\n'));
+      assert.ok(!ck.notes.some((n) => /refused/.test(n)));
     } finally {
       ck.dispose();
     }
@@ -128,8 +134,8 @@ describe('loadTorchCheckpoint: Lightning checkpoints', () => {
     }
   });
 
-  it('strict mode refuses to construct argparse.Namespace, naming it', async () => {
-    await assert.rejects(loadTorchCheckpoint(path.join(FIX, 'lightning.ckpt'), { strict: true }), (e: Error) => e instanceof TorchCheckpointError && /argparse\.Namespace/.test(e.message) && e.message.includes('lightning.ckpt'));
+  it('strict mode refuses the first construction off the allowlist (numpy.dtype in a callback), naming it', async () => {
+    await assert.rejects(loadTorchCheckpoint(path.join(FIX, 'lightning.ckpt'), { strict: true }), (e: Error) => e instanceof TorchCheckpointError && /refusing to call numpy\.dtype/.test(e.message) && e.message.includes('lightning.ckpt'));
   });
 });
 

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+import numpy
 import torch
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'fixtures', 'torch')
@@ -128,7 +129,7 @@ def main():
         'state_dict': ldm,
         'optimizer_states': [opt_state],
         'lr_schedulers': [],
-        'callbacks': {'ModelCheckpoint': {'best_model_score': torch.tensor(0.25), 'monitor': 'val/loss'}},
+        'callbacks': {'ModelCheckpoint': {'best_model_score': torch.tensor(0.25), 'monitor': 'val/loss', 'kth_value': numpy.float64(0.5)}},
         'hyper_parameters': hp,
     }
     save('lightning.ckpt', lightning, ldm, epoch=7, global_step=1234,

@@ -49,7 +49,7 @@ async function checkFixture(name: string): Promise<void> {
 }
 
 describe('loadTorchCheckpoint: torch 1.13 fixtures', () => {
-  for (const name of ['fp32.pt', 'fp16.pt', 'dtypes.pt', 'views.pt', 'legacy.pt', 'legacy_views.pt', 'proto4.pt', 'proto4_legacy.pt', 'lightning.ckpt'])
+  for (const name of ['fp32.pt', 'fp16.pt', 'dtypes.pt', 'views.pt', 'legacy.pt', 'legacy_views.pt', 'proto4.pt', 'proto4_legacy.pt', 'lightning.ckpt', 'whole_module.pt'])
     it(`${name}: every tensor has torch's shape, dtype and values`, () => checkFixture(name));
 
   it('reports the container format', async () => {
@@ -80,6 +80,14 @@ describe('loadTorchCheckpoint: torch 1.13 fixtures', () => {
     const root = ck.root as PyDict;
     assert.equal(root.className, 'collections.OrderedDict');
     assert.ok(root.attrs instanceof PyDict && (root.attrs as PyDict).has('_metadata'));
+    ck.dispose();
+  });
+
+  it('a whole pickled nn.Module reads as its state_dict(): same names in the same order, no non-persistent buffer', async () => {
+    const ck = await loadTorchCheckpoint(path.join(FIX, 'whole_module.pt'));
+    assert.deepEqual([...ck.tensors.keys()], EXPECTED['whole_module.pt'].state_dict_keys);
+    assert.equal(ck.otherTensors, 1); // the non-persistent buffer
+    assert.ok(ck.root instanceof PyObject && ck.root.callable === 'torch.nn.modules.container.Sequential');
     ck.dispose();
   });
 

@@ -140,6 +140,15 @@ def main():
     save('hostile.pt', hostile, hostile, pwned=PWNED)
     save('hostile_legacy.pt', hostile, hostile, legacy=True, pwned=PWNED)
 
+    # a whole module (torch.save(model)): the nn.Module tree pickled with its __dict__;
+    # a non-persistent buffer is left out of its state_dict()
+    whole = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p in whole.parameters():
+            p.copy_(r(*p.shape))
+    whole[1].register_buffer('scratch', torch.ones(2), persistent=False)
+    save('whole_module.pt', whole, whole.state_dict(), state_dict_keys=list(whole.state_dict().keys()))
+
     # pickle protocols 4 and 5 (FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL, ...)
     p4 = collections.OrderedDict([('a', r(2, 3)), ('b', r(3).half())])
     p4['at'] = p4['a'].t()

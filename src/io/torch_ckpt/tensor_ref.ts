@@ -107,7 +107,14 @@ const CALLABLES: Record<string, Callable['call']> = {
   },
 };
 
-/** The torch allowlist: storage types and tensor rebuild functions. Anything else stays inert. */
+/**
+ * The torch allowlist: storage types and tensor rebuild functions. Anything
+ * else stays inert. Deliberately left out: torch.storage._load_from_bytes
+ * (a storage pickled by plain pickle: it runs torch.load on embedded bytes;
+ * torch.save never writes it for tensors it saves itself),
+ * _rebuild_qtensor/_rebuild_sparse_tensor (no such tensors in the engine),
+ * and numpy's reconstructors.
+ */
 export function findTorchGlobal(module: string, name: string): Callable | undefined {
   const q = `${module}.${name}`;
   if ((module === 'torch' || module === 'torch.cuda') && name in STORAGE_TYPES) return new StorageType(q, STORAGE_TYPES[name]);

@@ -261,6 +261,11 @@ export function findStateDict(reader: TorchCheckpointReader, which = 'auto'): { 
     key = which;
   }
   const tensors = new Map<string, TensorRef>(), dropped: string[] = [];
+  if (dict instanceof PyObject && moduleState(dict)) {
+    // torch.save(model): a pickled nn.Module tree, read as its state_dict() would be
+    walkModule(reader, dict, '', 0, tensors, dropped);
+    return { key, tensors, dropped };
+  }
   if (dict instanceof TensorRef) {
     tensors.set('', dict);
     return { key, tensors, dropped };
@@ -281,6 +286,37 @@ export function findStateDict(reader: TorchCheckpointReader, which = 'auto'): { 
   };
   walk(dict, '', 0, new Set());
   return { key, tensors, dropped };
+}
+
+/** The __dict__ of a pickled nn.Module (it has _parameters, _buffers and _modules), else undefined. */
+function moduleState(o: PyObject): PyDict | undefined {
+  const st = o.state;
+  return st instanceof PyDict && st.get('_parameters') instanceof PyDict && st.get('_modules') instanceof PyDict ? st : undefined;
+}
+
+/** A module's parameters, persistent buffers and submodules' state, named as state_dict() names them. */
+function walkModule(reader: TorchCheckpointReader, m: PyObject, prefix: string, depth: number, tensors: Map<string, TensorRef>, dropped: string[]): void {
+  const maxDepth = reader.opts.maxDepth ?? 64;
+  if (depth > maxDepth) throw new TorchCheckpointError(reader.file, `modules nested deeper than ${maxDepth}`, prefix.slice(0, 200));
+  const st = moduleState(m)!;
+  const nonPersistent = st.get('_non_persistent_buffers_set');
+  const skip = nonPersistent instanceof Set ? nonPersistent : new Set();
+  const add = (d: unknown, buffers: boolean) => {
+    if (!(d instanceof PyDict)) return;
+    for (const [k, v] of d) {
+      const name = `${prefix}${String(k)}`;
+      if (v === null || (buffers && skip.has(k))) continue;
+      if (!(v instanceof TensorRef)) dropped.push(`${name}: ${describeValue(v)}`);
+      else if (tensors.has(name)) throw new TorchCheckpointError(reader.file, 'two tensors have this name', name);
+      else tensors.set(name, v);
+    }
+  };
+  add(st.get('_parameters'), false);
+  add(st.get('_buffers'), true);
+  for (const [k, sub] of st.get('_modules') as PyDict) {
+    if (sub instanceof PyObject && moduleState(sub)) walkModule(reader, sub, `${prefix}${String(k)}.`, depth + 1, tensors, dropped);
+    else if (sub !== null) dropped.push(`${prefix}${String(k)}: ${describeValue(sub)}`);
+  }
 }
 
 /** Tensors anywhere in the object (visited without recursion, each container once). */

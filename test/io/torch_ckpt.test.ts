@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { PyDict, PyGlobal, PyObject, TensorRef, TorchCheckpointError, TorchCheckpointReader, loadTorchCheckpoint } from '../../src/io/torch_ckpt';
+import { PyDict, PyGlobal, PyObject, TensorRef, TorchCheckpointError, TorchCheckpointReader, detectTorchFormat, loadTorchCheckpoint } from '../../src/io/torch_ckpt';
 import { Unpickler } from '../../src/io/torch_ckpt/pickle';
 import { FileSource } from '../../src/io/torch_ckpt/source';
 import { P, f32bytes, pkl, storedZip, tensorPickle, torchZip } from '../helpers/torch_ckpt';
@@ -51,6 +51,12 @@ async function checkFixture(name: string): Promise<void> {
 describe('loadTorchCheckpoint: torch 1.13 fixtures', () => {
   for (const name of ['fp32.pt', 'fp16.pt', 'dtypes.pt', 'views.pt', 'legacy.pt', 'legacy_views.pt', 'proto4.pt', 'proto4_legacy.pt', 'lightning.ckpt', 'whole_module.pt'])
     it(`${name}: every tensor has torch's shape, dtype and values`, () => checkFixture(name));
+
+  it('detectTorchFormat tells zip, legacy and other files apart', async () => {
+    assert.equal(await detectTorchFormat(path.join(FIX, 'views.pt')), 'zip');
+    assert.equal(await detectTorchFormat(path.join(FIX, 'legacy.pt')), 'legacy');
+    assert.equal(await detectTorchFormat(path.join(FIX, 'expected.json')), undefined);
+  });
 
   it('reports the container format', async () => {
     for (const [f, fmt] of [['views.pt', 'zip'], ['legacy.pt', 'legacy']] as const) {

@@ -4,6 +4,6 @@ export { PyDict, PyGlobal, PyObject, isDangerous } from './pickle';
 export { type TorchDType, TensorRef, StorageRef } from './tensor_ref';
 export {
   type LoadTorchOptions, type OpenTorchOptions, type TensorData, type TorchCheckpoint, type TorchTensorInfo,
-  TorchCheckpointReader, countTensors, findStateDict, loadTorchCheckpoint,
+  TorchCheckpointReader, countTensors, detectTorchFormat, findStateDict, loadTorchCheckpoint,
 } from './torch_load';
 export * from './ldm';

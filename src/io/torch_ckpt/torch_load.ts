@@ -117,6 +117,24 @@ function convert(file: string, name: string, dtype: TorchDType, bytes: Uint8Arra
   }
 }
 
+/**
+ * Which torch.save format a file is in, from its first bytes: 'zip' (a zip
+ * archive), 'legacy' (a pickle), or undefined (neither: safetensors, or not
+ * a checkpoint). Cheap: for choosing a reader.
+ */
+export async function detectTorchFormat(file: string): Promise<'zip' | 'legacy' | undefined> {
+  const fh = await fsp.open(file, 'r');
+  try {
+    const b = Buffer.alloc(4);
+    const { bytesRead } = await fh.read(b, 0, 4, 0);
+    if (bytesRead === 4 && b.readUInt32LE(0) === 0x04034b50) return 'zip';
+    if (bytesRead >= 2 && b[0] === 0x80 && b[1] >= 2 && b[1] <= 5) return 'legacy';
+    return undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
 /** An open checkpoint: the unpickled object (tensors as TensorRef), and tensor data on demand. */
 export class TorchCheckpointReader {
   readonly notes: string[] = [];

@@ -302,6 +302,24 @@ describe('loadTorchCheckpoint: bad files are clear errors', () => {
   it('a huge expanded view', () =>
     rejects(write('expand.pt', torchZip([['w', tensorPickle('FloatStorage', '0', 1, 0, [100000, 100000], [0, 0])]], { '0': f32bytes([1]) })), /more than 2\^31 - 1 elements/));
 
+  it('an expanded view beyond maxExpandedElements, and one within it', async () => {
+    const f = write('expand2.pt', torchZip([['w', tensorPickle('FloatStorage', '0', 1, 0, [5000, 5000], [0, 0])]], { '0': f32bytes([1]) }));
+    await rejects(f, /'w'.*25000000 elements over a storage span of 1 \(an expanded view\) exceeds the 16777216-element limit/);
+    const ck = await loadTorchCheckpoint(f, { maxExpandedElements: 3e7, filter: () => false });
+    ck.dispose();
+    const small = write('expand3.pt', torchZip([['w', tensorPickle('FloatStorage', '0', 2, 0, [3, 2], [0, 1])]], { '0': f32bytes([1, 2]) }));
+    const c2 = await loadTorchCheckpoint(small);
+    assert.deepEqual(Array.from(c2.tensors.get('w')!.dataSync()), [1, 2, 1, 2, 1, 2]);
+    c2.dispose();
+  });
+
+  it('memo and stack limits', async () => {
+    const f = path.join(FIX, 'views.pt');
+    await assert.rejects(loadTorchCheckpoint(f, { maxMemo: 5 }), /views\.pt: views\/data\.pkl: the memo holds more than 5 entries/);
+    await assert.rejects(loadTorchCheckpoint(f, { maxStack: 4 }), /views\.pt: views\/data\.pkl: the stack holds more than 4 values/);
+    await assert.rejects(loadTorchCheckpoint(f, { maxMarks: 2 }), /views\.pt: views\/data\.pkl: more than 2 nested MARKs/);
+  });
+
   it('a bad opcode, a stack underflow, a memo miss, an oversized integer', async () => {
     await rejects(write('op.pt', storedZip([['a/data.pkl', pkl(P.proto(2), 0xff)]])), /unknown pickle opcode 0xff/);
     await rejects(write('under.pt', storedZip([['a/data.pkl', pkl(P.proto(2), P.reduce)]])), /stack underflow/);

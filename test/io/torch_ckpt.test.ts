@@ -199,6 +199,24 @@ describe('loadTorchCheckpoint: hostile pickles', () => {
     ck.dispose();
   });
 
+  it('_rebuild_from_type_v2 (tensor subclasses) rebuilds through an allowlisted function only', async () => {
+    const inner = tensorPickle('FloatStorage', '0', 2, 0, [2], [1]);
+    // inner is GLOBAL _rebuild_tensor_v2, (args), REDUCE: keep the (args) tuple
+    const fnAndArgs = inner.slice(0, -1);
+    // (fn, type, args, state) built explicitly: MARK fn type args state TUPLE REDUCE
+    const args = fnAndArgs.slice(P.global('torch._utils', '_rebuild_tensor_v2').length);
+    const body = (fn: number[]) => pkl(P.proto(2), P.emptyDict, P.str('w'),
+      P.global('torch._tensor', '_rebuild_from_type_v2'), P.mark, fn, P.global('torch', 'Tensor'), args, P.emptyDict, P.tuple, P.reduce, P.setitem, P.stop);
+    const ok = path.join(tmp, 'fromtype.pt');
+    fs.writeFileSync(ok, storedZip([['t/data.pkl', body(P.global('torch._utils', '_rebuild_tensor_v2'))], ['t/data/0', f32bytes([3, 4])]]));
+    const ck = await loadTorchCheckpoint(ok);
+    assert.deepEqual(Array.from(ck.tensors.get('w')!.dataSync()), [3, 4]);
+    ck.dispose();
+    const bad = path.join(tmp, 'fromtype-bad.pt');
+    fs.writeFileSync(bad, storedZip([['t/data.pkl', body(P.global('posix', 'system'))], ['t/data/0', f32bytes([3, 4])]]));
+    await assert.rejects(loadTorchCheckpoint(bad), /_rebuild_from_type_v2: expects an allowlisted rebuild function, got posix\.system/);
+  });
+
   it('an unknown global that is only referenced stays a PyGlobal', async () => {
     const file = path.join(tmp, 'glob.pt');
     const body = pkl(P.proto(2), P.emptyDict, P.str('dtype'), P.global('torch', 'float32'), P.setitem, P.stop);

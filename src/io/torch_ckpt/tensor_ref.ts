@@ -3,7 +3,7 @@
 // where the bytes lie is filled in by the container reader), and tensors
 // (_rebuild_tensor_v2 and friends: a view of a storage with an offset, sizes
 // and strides). The allowlist of callables a checkpoint may "call" lives here.
-import { type Callable, PyDict, describeValue } from './pickle';
+import { type Callable, PyDict, PyGlobal, describeValue } from './pickle';
 import type { TorchCheckpointError } from './errors';
 
 /** Element types of torch storages. */
@@ -88,7 +88,7 @@ const CALLABLES: Record<string, Callable['call']> = {
   'torch._tensor._rebuild_from_type_v2': (args, fail) => {
     // (func, type, args, state): a tensor subclass; rebuilt as the plain tensor
     const [fn, , inner] = args;
-    if (!(fn instanceof Function) && !(fn && typeof fn === 'object' && 'call' in fn && !('module' in fn))) throw fail(`expects an allowlisted rebuild function, got ${describeValue(fn)}`);
+    if (!fn || typeof fn !== 'object' || fn instanceof PyGlobal || !('call' in fn)) throw fail(`expects an allowlisted rebuild function, got ${describeValue(fn)}`);
     if (!Array.isArray(inner)) throw fail(`expects an argument tuple, got ${describeValue(inner)}`);
     return (fn as Callable).call(inner, fail);
   },

@@ -5,6 +5,8 @@ in row-major order, as float64 lists or int lists).
 
 Run with Debian's python3 (torch 1.13 CPU):
     /usr/bin/python3 test/reference/torch_ckpt_fixtures.py
+The legacy-format files differ from run to run (their storage keys are
+object ids); their contents and expected.json do not.
 The hostile fixture is written by pickling an object whose __reduce__ names
 os.system; nothing here ever unpickles it."""
 import argparse

@@ -50,6 +50,11 @@ export class FileSource {
   }
 
   byte(): number {
+    const rel = this.pos - this.bufStart;
+    if (rel >= 0 && rel < this.buf.length && this.pos < this.end) {
+      this.pos += 1;
+      return this.buf[rel];
+    }
     return this.bytes(1)[0];
   }
 

@@ -8,6 +8,7 @@ import yargs, { type Argv, type CommandModule } from 'yargs';
 
 import { native, packageRoot } from '../tensor/native';
 import { calibrateCommand } from './commands/calibrate';
+import { convertCommand } from './commands/convert';
 import { evalCommand } from './commands/eval';
 import { inspectCommand } from './commands/inspect';
 import { infoCommand } from './commands/info';
@@ -23,7 +24,7 @@ export interface GlobalArgs {
 export type Command = CommandModule<GlobalArgs, any>;
 
 /** Every command, in the order --help lists them. Add new modules here. */
-export const COMMANDS: Command[] = [trainCommand, sampleCommand, calibrateCommand, inspectCommand, evalCommand, infoCommand];
+export const COMMANDS: Command[] = [trainCommand, sampleCommand, calibrateCommand, inspectCommand, evalCommand, convertCommand, infoCommand];
 
 /** An expected failure (bad input, missing file): reported without a stack even under --verbose. */
 export class CliError extends Error {

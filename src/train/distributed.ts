@@ -49,13 +49,7 @@ export async function checkRanksAgree(comm: Communicator, what: Record<string, u
   const all = await rows(comm.allgather(scalars([h & 0xffff, h >>> 16, mine.length])), 3);
   const differ = all.map((r, i) => (r.join() === all[0].join() ? -1 : i)).filter((i) => i >= 0);
   if (!differ.length) return;
-  const bytes = Buffer.from(mine, 'utf8');
-  // Rank 0's text, by length in bytes (UTF-8 of JSON: the byte length is sent first).
-  const lens = await rows(comm.allgather(scalars([bytes.length])), 1);
-  const buf = fromArray(comm.rank === 0 ? bytes : new Uint8Array(lens[0][0]), [lens[0][0]], 'uint8');
-  comm.broadcast([buf], 0);
-  const text0 = Buffer.from((await buf.data()) as Uint8Array).toString('utf8');
-  buf.dispose();
+  const text0 = await broadcastString(comm, mine);
   const diff = firstDifference(JSON.parse(text0), JSON.parse(mine));
   throw new Error(
     diff

@@ -117,6 +117,10 @@ describe('engine', () => {
     const dst = fromArray([5, 5], [2]);
     runOp('copy_', [dst, exp(fq)]);
     await assert.rejects(dst.data(), /fake_quant_forward: quantizer step/);
+    // ... and not the tensors it only reads.
+    const src = fromArray([7, 8], [2]);
+    runOp('copy_', [dst, src]);
+    assert.deepEqual(Array.from(await src.data()), [7, 8]);
     assert.equal(await sum(good).item(), 3, 'later work is unaffected');
   });
 

@@ -69,6 +69,16 @@ std::vector<Tensor> Stream::dispatch(const std::string& name, std::vector<Tensor
 }
 
 namespace {
+// Whether an op without outputs writes its input i in place (the others it
+// only reads, and a failure must not poison them: they may be shared with
+// healthy work). Ops not listed may have half-written any of their inputs.
+bool writes_input(const std::string& op, size_t i) {
+  if (op == "copy_") return i == 0;          // (dst, src)
+  if (op == "adam_step") return i != 1;      // (param, grad, exp_avg, exp_avg_sq)
+  if (op == "clip_scale_") return i != 0;    // (norm, g0, g1, ...)
+  return true;
+}
+
 std::shared_ptr<const TensorError> op_error(const std::string& op, ErrorKind kind, const std::string& what) {
   return std::make_shared<const TensorError>(TensorError{kind, op + ": " + what});
 }
@@ -108,10 +118,10 @@ void Stream::execute(Task& t) {
   }
   if (!poison) return;
   for (auto& o : t.call.outputs) o.storage->error = poison;
-  // An op without outputs updates its inputs in place: they are now garbage.
+  // An op without outputs updates inputs in place: those are now garbage.
   if (t.call.outputs.empty())
-    for (auto& in : t.call.inputs)
-      if (in.defined()) in.storage->error = poison;
+    for (size_t i = 0; i < t.call.inputs.size(); ++i)
+      if (t.call.inputs[i].defined() && writes_input(t.def->name, i)) t.call.inputs[i].storage->error = poison;
 }
 
 void Stream::loop() {

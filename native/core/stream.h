@@ -6,8 +6,8 @@
 // Errors belong to tensors, not to the stream. An op whose kernel (or output
 // allocation) fails poisons its outputs with the error, naming the op; an op
 // with a poisoned input does not run and passes the poison on to its outputs
-// (ops with no outputs, which update their inputs in place, poison those
-// inputs). Reading a poisoned tensor rejects with the original error; every
+// (ops with no outputs, which update inputs in place, poison the inputs they
+// write, not those they only read). Reading a poisoned tensor rejects with the original error; every
 // other tensor, and waiting for the stream, is unaffected. Reading a tensor
 // waits for the stream (see binding).
 #pragma once

@@ -1,4 +1,5 @@
 #include "cpu_features.h"
+#include "env.h"
 
 #include <cstdlib>
 
@@ -51,16 +52,6 @@ CpuLevel cpu_level_from_name(const std::string& n) {
   return l;
 }
 
-CpuLevel default_cpu_level() {
-  const char* e = std::getenv("TDQ_CPU");
-  if (e && *e) {
-    try {
-      return cpu_level_from_name(e);
-    } catch (const Error&) {
-      // An unusable TDQ_CPU falls back to the best level rather than failing the load.
-    }
-  }
-  return cpu_features().best();
-}
+CpuLevel default_cpu_level() { return env_cpu_level(); }
 
 }  // namespace tdq

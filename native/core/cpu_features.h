@@ -18,7 +18,7 @@ const char* cpu_level_name(CpuLevel l);
 // "scalar" | "avx2" | "avx512"; throws RangeError on an unknown name or a
 // level this machine cannot run.
 CpuLevel cpu_level_from_name(const std::string& name);
-// TDQ_CPU environment variable, else best().
+// TDQ_CPU environment variable (validated by env.h: throws RangeError), else best().
 CpuLevel default_cpu_level();
 
 }  // namespace tdq

@@ -390,6 +390,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     feats.Set("avx512bw", f.avx512bw);
     feats.Set("avx512vl", f.avx512vl);
     feats.Set("avx512vnni", f.avx512vnni);
+    feats.Set("amxInt8", f.amx_int8);
     o.Set("cpuFeatures", feats);
     o.Set("cpuLevel", tdq::cpu_level_name(d.stream->cpu_level()));
     o.Set("bestCpuLevel", tdq::cpu_level_name(f.best()));

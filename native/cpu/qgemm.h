@@ -1,0 +1,92 @@
+// Integer GEMM for quantized convolutions and linear layers:
+//
+//   y[i, j] = float(acc[i, j] - zc[i]) * (col_step[j] * wstep[i]) + bias[i]
+//   acc[i, j] = sum_k a[j, k] * w[i, k]         (exact, int32)
+//
+// with w int8 weights (per-output-channel symmetric, rows i = output channels),
+// a uint8 activations (column j = one output pixel or one input row), zc[i] =
+// zero_point * sum_k w[i, k] (the zero-point correction, precomputed per call
+// from the packed weights' row sums), col_step[j] the activation step of the
+// sample column j belongs to and wstep[i] the weight step of row i.
+//
+// The float epilogue is three roundings, in this order and never fused:
+//   v = fl(acc - zc)   (int32 -> float, round to nearest even)
+//   s = fl(col_step * wstep),  y = fl(fl(v * s) + bias)
+// so every CPU level gives the same bits (the test checks this against a JS
+// reference), and y differs from the exact (acc - zc) * a_step * w_step + bias
+// by at most 3 float roundings: |err| <= 3 * 2^-24 * (|acc - zc| * a_step * w_step + |bias|)
+// (to first order).
+//
+// Layouts (one for every level, so packed weights do not depend on the level):
+//   weights: int8 rows of Kp = round_up(K, 4) bytes, the tail zero;
+//   activations: panels of kNR = 32 columns, panel p holding
+//     a[32p + c, 4q + r] at byte (p * kq + q) * 128 + c * 4 + r   (kq = Kp / 4)
+//   i.e. for each group of 4 consecutive k, the 4 bytes of one column together:
+//   the operand shape of vpdpbusd (4 u8 x s8 products per int32 lane).
+// Columns past the end of a panel and k past K may hold anything: the tail
+// weights are zero, and tail columns are never written out.
+#pragma once
+#include <cstdint>
+
+#include "../core/registry.h"
+
+namespace tdq {
+namespace qgemm_detail {
+
+constexpr int kNR = 32;  // columns per activation panel and per micro-tile
+
+// The epilogue of one micro-tile: rows i < mr, columns j < nr (valid counts).
+struct QTile {
+  int mr = 0, nr = 0;
+  const int32_t* zc = nullptr;      // [mr]
+  const float* wstep = nullptr;     // [mr]
+  const float* bias = nullptr;      // [mr] or null (then + 0)
+  const float* col_step = nullptr;  // [nr]
+  const int64_t* col_off = nullptr; // [nr]: y index of column j is row * row_stride + col_off[j]
+  bool contig = false;              // col_off[j] == col_off[0] + j for every j < nr
+  float* y = nullptr;               // output base (row 0 of this tile)
+  int64_t row_stride = 0;
+};
+
+// Computes one tile: acc over kq groups of 4 k, then the epilogue. Rows at or
+// past t.mr repeat the last valid row (read, never written).
+using QMicroKernel = void (*)(int64_t kq, const int8_t* w, int64_t ldw, const uint8_t* panel, const QTile& t);
+
+struct QKernel {
+  int mr;
+  QMicroKernel ukr;
+  const char* name;
+};
+
+const QKernel& qkernel_scalar();
+const QKernel& qkernel_avx2();         // qgemm_avx2.cpp
+const QKernel& qkernel_avx512_vnni();  // qgemm_avx512.cpp
+// The kernel for a level: scalar; avx2; avx512 uses VNNI where the CPU has it
+// and the AVX2 kernel otherwise.
+const QKernel& qkernel_for(CpuLevel level);
+
+}  // namespace qgemm_detail
+
+inline int64_t round_up4(int64_t k) { return (k + 3) / 4 * 4; }
+inline int64_t qpanel_bytes(int64_t cols, int64_t kq) {
+  return (cols + qgemm_detail::kNR - 1) / qgemm_detail::kNR * kq * qgemm_detail::kNR * 4;
+}
+
+// y[i, j] as in the header comment, for M rows and `cols` columns of packed
+// activation panels. Parallel over micro-tiles through ctx.parallel_for.
+void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const uint8_t* panels,
+           const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
+           float* y, int64_t row_stride);
+
+// Validates the (packed weights, weight steps, row sums, bias) arguments of a
+// quantized op at inputs [iw, iw + 3] against O output rows and K = k_real.
+void check_qweights(const Attrs& a, const std::vector<Tensor>& in, size_t iw, int64_t K);
+// Validates an activation step tensor: shape [] / [1], or [n] for one step per sample.
+void check_act_step(const Attrs& a, const Tensor& s, int64_t n, const Shape& xshape);
+// Throws RangeError unless every step is positive and finite.
+void check_positive_steps(const Tensor& s, const char* arg);
+// The uint8 zero point of the activations: attribute 'zero_point' (0..255,
+// default 0) for uint8 x; 128 for int8 x, which the kernels read as x + 128.
+int64_t activation_zero_point(const Attrs& a, const Tensor& x);
+
+}  // namespace tdq

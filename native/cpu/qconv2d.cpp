@@ -65,50 +65,93 @@ std::vector<TensorMeta> infer_qconv2d(const std::vector<Tensor>& in, const Attrs
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
+// The plane of tap (c, ki, kj) of one sample: plane[oh * Wo + ow] = x[c, ih, iw]
+// under output (oh, ow), or `pad` where (ih, iw) is padding. Raw bytes (the
+// int8 -> uint8 flip is applied when the taps are joined).
+void fill_plane(const QConvGeom& g, const uint8_t* xc, int64_t ki, int64_t kj, int64_t lo, int64_t hi, uint8_t pad,
+                uint8_t* plane) {
+  const int64_t W = g.W, Wo = g.Wo, P = g.P();
+  const int64_t oh_lo = std::clamp<int64_t>(floor_div(g.pad - ki + g.stride - 1, g.stride), 0, g.Ho);
+  const int64_t oh_hi = std::clamp<int64_t>(floor_div(g.H - 1 + g.pad - ki, g.stride) + 1, oh_lo, g.Ho);
+  if (g.stride == 1 && Wo == W) {
+    // 'Same' width, stride 1: the plane is x shifted by delta; one copy, then
+    // the rows and edge columns that hang over the padding.
+    const int64_t delta = (ki - g.pad) * W + (kj - g.pad);
+    const int64_t b = oh_lo * W, e = oh_hi * W;  // plane range whose rows are inside
+    std::memset(plane, pad, static_cast<size_t>(b));
+    if (e > b) {
+      // plane[p] = xc[p + delta] for p in [b, e), clipped to the input
+      const int64_t cb = std::max(b, -delta), ce = std::min(e, g.H * W - delta);
+      if (cb > b) std::memset(plane + b, pad, static_cast<size_t>(cb - b));
+      if (ce > cb) std::memcpy(plane + cb, xc + cb + delta, static_cast<size_t>(ce - cb));
+      if (e > std::max(ce, cb)) std::memset(plane + std::max(ce, cb), pad, static_cast<size_t>(e - std::max(ce, cb)));
+      if (lo > 0 || hi < Wo)
+        for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+          for (int64_t ow = 0; ow < lo; ++ow) plane[oh * W + ow] = pad;
+          for (int64_t ow = hi; ow < Wo; ++ow) plane[oh * W + ow] = pad;
+        }
+    }
+    std::memset(plane + e, pad, static_cast<size_t>(P - e));
+    return;
+  }
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    uint8_t* d = plane + oh * Wo;
+    if (oh < oh_lo || oh >= oh_hi) {
+      std::memset(d, pad, static_cast<size_t>(Wo));
+      continue;
+    }
+    const uint8_t* src = xc + (oh * g.stride - g.pad + ki) * W - g.pad + kj;
+    for (int64_t ow = 0; ow < lo; ++ow) d[ow] = pad;
+    if (g.stride == 1) std::memcpy(d + lo, src + lo, static_cast<size_t>(hi - lo));
+    else
+      for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.stride];
+    for (int64_t ow = hi; ow < Wo; ++ow) d[ow] = pad;
+  }
+}
+
 // Fills quads [q0, q1) of the panels for samples [0, nb) of x (already offset
-// to the chunk's first sample). Column j = s * P + oh * Wo + ow.
+// to the chunk's first sample). Column j = s * P + oh * Wo + ow. `flip` (0x80
+// for int8 x) turns int8 levels into uint8 levels with zero point 128;
+// `pad_byte` is the uint8 zero point.
 void im2col_panels(const QConvGeom& g, const uint8_t* x, int64_t nb, uint8_t flip, uint8_t pad_byte, int64_t kq,
                    int64_t q0, int64_t q1, uint8_t* panels) {
   const int64_t K = g.K(), P = g.P(), HW = g.H * g.W, kk = g.kh * g.kw;
-  std::vector<uint8_t> rowbuf(static_cast<size_t>(4 * g.Wo));
-  uint8_t* rb[4] = {rowbuf.data(), rowbuf.data() + g.Wo, rowbuf.data() + 2 * g.Wo, rowbuf.data() + 3 * g.Wo};
+  std::vector<uint8_t> planes(static_cast<size_t>(4 * P));
+  uint8_t* pl[4] = {planes.data(), planes.data() + P, planes.data() + 2 * P, planes.data() + 3 * P};
+  const uint32_t fmask = uint32_t{flip} * 0x01010101u;
+  const uint8_t raw_pad = pad_byte ^ flip;
   for (int64_t q = q0; q < q1; ++q) {
+    // The 4 k of this group: channel, kernel offsets, and the output columns
+    // [lo, hi) that read inside the input row.
+    struct Tap {
+      bool real;
+      int64_t c, ki, kj, lo, hi;
+    } taps[4];
+    for (int r = 0; r < 4; ++r) {
+      Tap& t = taps[r];
+      const int64_t k = 4 * q + r;
+      t.real = k < K;
+      if (!t.real) continue;
+      t.c = k / kk, t.ki = k / g.kw % g.kh, t.kj = k % g.kw;
+      t.lo = std::clamp<int64_t>(floor_div(g.pad - t.kj + g.stride - 1, g.stride), 0, g.Wo);
+      t.hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - t.kj, g.stride) + 1, t.lo, g.Wo);
+    }
     for (int64_t s = 0; s < nb; ++s) {
-      for (int64_t oh = 0; oh < g.Ho; ++oh) {
-        for (int r = 0; r < 4; ++r) {
-          const int64_t k = 4 * q + r;
-          uint8_t* d = rb[r];
-          if (k >= K) {
-            std::memset(d, 0, static_cast<size_t>(g.Wo));  // the weights there are 0
-            continue;
-          }
-          const int64_t c = k / kk, ki = k / g.kw % g.kh, kj = k % g.kw;
-          const int64_t ih = oh * g.stride - g.pad + ki;
-          if (ih < 0 || ih >= g.H) {
-            std::memset(d, pad_byte, static_cast<size_t>(g.Wo));
-            continue;
-          }
-          const int64_t lo = std::clamp<int64_t>(floor_div(g.pad - kj + g.stride - 1, g.stride), 0, g.Wo);
-          const int64_t hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, g.Wo);
-          const uint8_t* src = x + (s * g.C + c) * HW + ih * g.W - g.pad + kj;
-          std::memset(d, pad_byte, static_cast<size_t>(lo));
-          if (g.stride == 1)
-            for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow] ^ flip;
-          else
-            for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.stride] ^ flip;
-          std::memset(d + hi, pad_byte, static_cast<size_t>(g.Wo - hi));
-        }
-        // Join the 4 rows into 4-byte groups, in runs that stay inside one panel.
-        int64_t ow = 0;
-        while (ow < g.Wo) {
-          const int64_t j = s * P + oh * g.Wo + ow;
-          const int64_t run = std::min(g.Wo - ow, kNR - j % kNR);
-          uint32_t* dst = reinterpret_cast<uint32_t*>(panels + ((j / kNR) * kq + q) * kNR * 4) + j % kNR;
-          const uint8_t *r0 = rb[0] + ow, *r1 = rb[1] + ow, *r2 = rb[2] + ow, *r3 = rb[3] + ow;
-          for (int64_t u = 0; u < run; ++u)
-            dst[u] = uint32_t{r0[u]} | uint32_t{r1[u]} << 8 | uint32_t{r2[u]} << 16 | uint32_t{r3[u]} << 24;
-          ow += run;
-        }
+      for (int r = 0; r < 4; ++r) {
+        const Tap& t = taps[r];
+        if (!t.real) std::memset(pl[r], flip, static_cast<size_t>(P));  // level 0 after the flip; its weights are 0
+        else fill_plane(g, x + (s * g.C + t.c) * HW, t.ki, t.kj, t.lo, t.hi, raw_pad, pl[r]);
+      }
+      // Join the 4 planes into 4-byte groups, in runs that stay inside one panel.
+      int64_t p = 0;
+      while (p < P) {
+        const int64_t j = s * P + p;
+        const int64_t run = std::min(P - p, kNR - j % kNR);
+        uint32_t* dst = reinterpret_cast<uint32_t*>(panels + ((j / kNR) * kq + q) * kNR * 4) + j % kNR;
+        const uint8_t *r0 = pl[0] + p, *r1 = pl[1] + p, *r2 = pl[2] + p, *r3 = pl[3] + p;
+        for (int64_t u = 0; u < run; ++u)
+          dst[u] = (uint32_t{r0[u]} | uint32_t{r1[u]} << 8 | uint32_t{r2[u]} << 16 | uint32_t{r3[u]} << 24) ^ fmask;
+        p += run;
       }
     }
   }

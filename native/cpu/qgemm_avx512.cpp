@@ -23,25 +23,35 @@ constexpr int kMR = 8;
 #define TDQ_VNNI __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni,fma")))
 
 TDQ_VNNI void ukr_vnni_8x32(int64_t kq, const int8_t* w, int64_t ldw, const uint8_t* panel, const QTile& t) {
-  __m512i acc0[kMR], acc1[kMR];
-  const int8_t* rows[kMR];
-#pragma GCC unroll 8
-  for (int i = 0; i < kMR; ++i) {
-    acc0[i] = acc1[i] = _mm512_setzero_si512();
-    rows[i] = w + std::min(i, t.mr - 1) * ldw;
+  // Named accumulators (an array made GCC 12 copy registers around every
+  // vpdpbusd and spill): 8 rows x 2 halves of the 32 columns.
+  const int8_t* r0 = w;
+  const int8_t* r1 = w + std::min(1, t.mr - 1) * ldw;
+  const int8_t* r2 = w + std::min(2, t.mr - 1) * ldw;
+  const int8_t* r3 = w + std::min(3, t.mr - 1) * ldw;
+  const int8_t* r4 = w + std::min(4, t.mr - 1) * ldw;
+  const int8_t* r5 = w + std::min(5, t.mr - 1) * ldw;
+  const int8_t* r6 = w + std::min(6, t.mr - 1) * ldw;
+  const int8_t* r7 = w + std::min(7, t.mr - 1) * ldw;
+  __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+          c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+#define TDQ_ROW(ri, ca, cb)                                   \
+  {                                                           \
+    int32_t wq;                                               \
+    std::memcpy(&wq, ri + 4 * q, 4);                          \
+    const __m512i b = _mm512_set1_epi32(wq);                  \
+    ca = _mm512_dpbusd_epi32(ca, a0, b);                      \
+    cb = _mm512_dpbusd_epi32(cb, a1, b);                      \
   }
   for (int64_t q = 0; q < kq; ++q) {
     const __m512i a0 = _mm512_loadu_si512(panel), a1 = _mm512_loadu_si512(panel + 64);
-#pragma GCC unroll 8
-    for (int i = 0; i < kMR; ++i) {
-      int32_t wq;
-      std::memcpy(&wq, rows[i] + 4 * q, 4);
-      const __m512i b = _mm512_set1_epi32(wq);
-      acc0[i] = _mm512_dpbusd_epi32(acc0[i], a0, b);
-      acc1[i] = _mm512_dpbusd_epi32(acc1[i], a1, b);
-    }
+    TDQ_ROW(r0, c00, c01) TDQ_ROW(r1, c10, c11) TDQ_ROW(r2, c20, c21) TDQ_ROW(r3, c30, c31)
+    TDQ_ROW(r4, c40, c41) TDQ_ROW(r5, c50, c51) TDQ_ROW(r6, c60, c61) TDQ_ROW(r7, c70, c71)
     panel += kNR * 4;
   }
+#undef TDQ_ROW
+  const __m512i acc0[kMR] = {c00, c10, c20, c30, c40, c50, c60, c70};
+  const __m512i acc1[kMR] = {c01, c11, c21, c31, c41, c51, c61, c71};
   // Epilogue: y = fl(fl(float(acc - zc) * fl(col_step * wstep)) + bias).
   const int n0 = std::min(t.nr, 16), n1 = std::max(t.nr - 16, 0);
   const __mmask16 m0 = static_cast<__mmask16>((1u << n0) - 1), m1 = static_cast<__mmask16>((1u << n1) - 1);

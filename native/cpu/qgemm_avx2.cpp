@@ -24,23 +24,25 @@ TDQ_AVX2_INT void ukr_avx2_4x32(int64_t kq, const int8_t* w, int64_t ldw, const 
   const int8_t* rows[kMR];
   for (int i = 0; i < kMR; ++i) rows[i] = w + std::min(i, t.mr - 1) * ldw;
   for (int g = 0; g * 8 < t.nr; ++g) {
-    __m256i accl[kMR], acch[kMR];
-#pragma GCC unroll 4
-    for (int i = 0; i < kMR; ++i) accl[i] = acch[i] = _mm256_setzero_si256();
+    // Named accumulators: an array made GCC 12 copy registers and spill.
+    __m256i l0 = _mm256_setzero_si256(), l1 = l0, l2 = l0, l3 = l0, h0 = l0, h1 = l0, h2 = l0, h3 = l0;
     const uint8_t* p = panel + g * 32;
+#define TDQ_ROW(ri, l, h)                                                                      \
+  {                                                                                            \
+    int32_t wq;                                                                                \
+    std::memcpy(&wq, ri + 4 * q, 4);                                                           \
+    const __m256i b = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(wq)));       \
+    l = _mm256_add_epi32(l, _mm256_madd_epi16(lo, b));                                         \
+    h = _mm256_add_epi32(h, _mm256_madd_epi16(hi, b));                                         \
+  }
     for (int64_t q = 0; q < kq; ++q, p += kNR * 4) {
       // columns 0..3 and 4..7 of the group, each 4 k, as int16
       const __m256i lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
       const __m256i hi = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
-#pragma GCC unroll 4
-      for (int i = 0; i < kMR; ++i) {
-        int32_t wq;
-        std::memcpy(&wq, rows[i] + 4 * q, 4);
-        const __m256i b = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(wq)));
-        accl[i] = _mm256_add_epi32(accl[i], _mm256_madd_epi16(lo, b));
-        acch[i] = _mm256_add_epi32(acch[i], _mm256_madd_epi16(hi, b));
-      }
+      TDQ_ROW(rows[0], l0, h0) TDQ_ROW(rows[1], l1, h1) TDQ_ROW(rows[2], l2, h2) TDQ_ROW(rows[3], l3, h3)
     }
+#undef TDQ_ROW
+    const __m256i accl[kMR] = {l0, l1, l2, l3}, acch[kMR] = {h0, h1, h2, h3};
     // Epilogue for columns 8g .. 8g + ng - 1.
     const int ng = std::min(8, t.nr - 8 * g);
     alignas(32) static const int32_t kIota[8] = {0, 1, 2, 3, 4, 5, 6, 7};

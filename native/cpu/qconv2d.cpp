@@ -16,6 +16,7 @@
 // has enough of them, otherwise the GEMM's tiles are spread over the threads.
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "gemm.h"
 #include "qgemm.h"
@@ -180,40 +181,44 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   const int8_t* w = wp.data<int8_t>();
   const float* pb = bias ? bias->f32() : nullptr;
 
-  // One chunk [n0, n0 + cnt) with the given context; scratch owned by the caller.
-  auto run_chunk = [&](const ExecContext& cx, int64_t n0, int64_t cnt, std::vector<uint8_t>& pan,
-                       std::vector<float>& cstep, std::vector<int64_t>& coff) {
+  // Scratch of one worker: panels for nb samples (not zeroed: every byte read
+  // is written first), and the columns' steps and output offsets.
+  struct Scratch {
+    std::unique_ptr<uint8_t[]> pan;
+    std::vector<float> cstep;
+    std::vector<int64_t> coff;
+    explicit Scratch(int64_t cols, int64_t bytes)
+        : pan(new uint8_t[static_cast<size_t>(bytes)]), cstep(static_cast<size_t>(cols)), coff(static_cast<size_t>(cols)) {}
+  };
+  const int64_t max_cols = nb * P, pan_bytes = qpanel_bytes(max_cols, kq);
+
+  // One chunk [n0, n0 + cnt) with the given context.
+  auto run_chunk = [&](const ExecContext& cx, int64_t n0, int64_t cnt, Scratch& sc) {
     const int64_t cols = cnt * P;
-    pan.resize(static_cast<size_t>(qpanel_bytes(cols, kq)));
-    cstep.resize(static_cast<size_t>(cols));
-    coff.resize(static_cast<size_t>(cols));
     const uint8_t* xs = px + n0 * g.C * g.H * g.W;
+    uint8_t* pan = sc.pan.get();
     cx.parallel_for(kq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
-      im2col_panels(g, xs, cnt, flip, static_cast<uint8_t>(zp), kq, b, e, pan.data());
+      im2col_panels(g, xs, cnt, flip, static_cast<uint8_t>(zp), kq, b, e, pan);
     });
     for (int64_t s = 0; s < cnt; ++s) {
       const float st = pas[as.numel() == 1 ? 0 : n0 + s];
-      for (int64_t p = 0; p < P; ++p) cstep[s * P + p] = st, coff[s * P + p] = s * O * P + p;
+      for (int64_t p = 0; p < P; ++p) sc.cstep[s * P + p] = st, sc.coff[s * P + p] = s * O * P + p;
     }
-    qgemm(cx, O, cols, kq, w, pan.data(), zc.data(), ws.f32(), pb, cstep.data(), coff.data(), y + n0 * O * P, P);
+    qgemm(cx, O, cols, kq, w, pan, zc.data(), ws.f32(), pb, sc.cstep.data(), sc.coff.data(), y + n0 * O * P, P);
   };
 
   if (threads > 1 && chunks >= threads) {
     const ExecContext serial = serial_context(ctx);
     ctx.parallel_for(chunks, 1, [&](int64_t b, int64_t e) {
-      std::vector<uint8_t> pan;
-      std::vector<float> cstep;
-      std::vector<int64_t> coff;
+      Scratch sc(max_cols, pan_bytes);
       for (int64_t ch = b; ch < e; ++ch) {
         const int64_t n0 = ch * nb;
-        run_chunk(serial, n0, std::min(nb, g.N - n0), pan, cstep, coff);
+        run_chunk(serial, n0, std::min(nb, g.N - n0), sc);
       }
     });
   } else {
-    std::vector<uint8_t> pan;
-    std::vector<float> cstep;
-    std::vector<int64_t> coff;
-    for (int64_t n0 = 0; n0 < g.N; n0 += nb) run_chunk(ctx, n0, std::min(nb, g.N - n0), pan, cstep, coff);
+    Scratch sc(max_cols, pan_bytes);
+    for (int64_t n0 = 0; n0 < g.N; n0 += nb) run_chunk(ctx, n0, std::min(nb, g.N - n0), sc);
   }
 }
 

@@ -223,7 +223,9 @@ TDQ_AINLINE void quantize_row_w(const float* x, T* out, int64_t n, float s, floa
       v = vhi < v ? vhi : v;
       const Vf<W> r = (v + 12582912.0f) - 12582912.0f;
       const Vi<W> qi = __builtin_convertvector(r, Vi<W>) + zp;
-      for (int l = 0; l < W; ++l) out[i + l] = static_cast<T>(qi[l]);
+      typedef T Vb __attribute__((vector_size(W)));
+      const Vb qb = __builtin_convertvector(qi, Vb);  // in range: truncation is exact
+      std::memcpy(out + i, &qb, W);
     }
   }
   for (; i < n; ++i) {

@@ -243,6 +243,57 @@ describe('qconv2d', () => {
     });
   }
 
+  it('random shapes (seeded): bit for bit vs the integer reference and to 1e-6 vs fake-quant conv, every CPU level', async () => {
+    const g = new Generator(2024);
+    let done = 0;
+    while (done < 16) {
+      const k = [1, 3, 3, 2][g.randint(4)], stride = 1 + g.randint(2), padding = g.randint(3);
+      const c: ConvCase = {
+        name: 'random', x: [1 + g.randint(4), 1 + g.randint(20), 1 + g.randint(13), 1 + g.randint(13)],
+        O: 1 + g.randint(40), k, stride, padding, signed: g.randint(2) === 1, bits: [8, 8, 6, 4][g.randint(4)],
+        perSample: g.randint(2) === 1, bias: g.randint(2) === 1,
+      };
+      if (c.x[2] + 2 * padding < k || c.x[3] + 2 * padding < k) continue;
+      if (!c.signed && g.randint(2)) c.zeroPoint = g.randint(2 ** c.bits);
+      ++done;
+      const [N, C] = c.x;
+      const wshape = [c.O, C, k, k];
+      const levels = c.signed ? 2 ** (c.bits - 1) : 2 ** c.bits;
+      const astep = c.perSample ? Float32Array.from({ length: N }, (_, i) => fr(0.02 + 0.01 * i)) : Float32Array.of(0.03);
+      const x = activationData(c.x.reduce((a, b) => a * b, 1), 0.03, done, levels);
+      const w = randomData(wshape, done + 100, 0.5);
+      const wbits = [8, 4][g.randint(2)];
+      const wstep = weightSteps(c.O, wbits, done + 200);
+      const bias = c.bias ? randomData([c.O], done + 300) : null;
+      const wl = weightLevelsRef(w, wstep, wbits);
+      const stepT = () => fromArray(astep, c.perSample ? [N] : []);
+      const what = `x ${c.x.join('x')} O ${c.O} k ${k} s ${stride} p ${padding} ${c.signed ? 'int8' : `uint8 zp ${c.zeroPoint ?? 0}`} a${c.bits} w${wbits}`;
+      let expected: Float32Array | null = null;
+      for (const level of cpuLevels()) {
+        await atLevel(level, async () => {
+          const xq = quantizeActivation(fromArray(x, c.x), stepT(), { bits: c.bits, signed: c.signed, zeroPoint: c.zeroPoint });
+          const pk = packQWeight(fromArray(w, wshape), fromArray(wstep, [c.O]), wbits);
+          const y = await f32(qconv2d(xq, stepT(), pk, bias ? fromArray(bias, [c.O]) : null, { stride, padding, zeroPoint: c.zeroPoint }));
+          expected ??= qconvRef(c, await xq.data(), wl, astep, wstep, bias);
+          for (let i = 0; i < y.length; ++i) if (y[i] !== expected[i]) assert.fail(`${what} ${level}: element ${i} ${y[i]} != ${expected[i]}`);
+          if (!c.zeroPoint) {
+            const fx = fakeQuantize(fromArray(x, c.x), stepT(), { bits: c.bits, signed: c.signed, granularity: c.perSample ? 'sample' : 'tensor' });
+            const fw = fakeQuantize(fromArray(w, wshape), fromArray(wstep, [c.O]), { bits: wbits, signed: true, granularity: 'channel' });
+            const yf = await f32(conv2d(fx, fw, bias ? fromArray(bias, [c.O]) : null, { stride, padding }));
+            assertClose(y, yf, RTOL_VS_FAKEQUANT, `${what} ${level}: vs fake-quant conv`);
+          }
+        });
+      }
+    }
+  });
+
+  it('an empty batch gives an empty output', async () => {
+    const pk = packQWeight(fromArray(randomData([4, 2, 3, 3], 1), [4, 2, 3, 3]), fromArray([1, 1, 1, 1], [4]), 8);
+    const y = qconv2d(fromArray(new Uint8Array(0), [0, 2, 5, 5], 'uint8'), fromArray([0.1], []), pk, null, { padding: 1 });
+    assert.deepEqual([...y.shape], [0, 4, 5, 5]);
+    assert.equal((await y.data()).length, 0);
+  });
+
   it('UNet-like 128ch 16x16 batch 4: all CPU levels agree bit for bit, and match fake-quant conv', async () => {
     const shape = [4, 128, 16, 16], wshape = [128, 128, 3, 3];
     const x = randomData(shape, 5, 1);

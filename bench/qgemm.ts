@@ -63,7 +63,7 @@ function prepare(c: Case): { runs: Record<Way, () => Tensor[]>; inputs: Tensor[]
   const [packed, sums] = runOp('qweight_pack', [w, wstep], { bits: 8 });
   const xq = runOp1('quantize_act', [x, astep], { ...aq, zero_point: 0 });
   const cattrs = { stride: c.stride, padding: c.padding };
-  const qattrs = { ...cattrs, kernel_size: [c.w[2], c.w[3]], zero_point: 0 };
+  const qattrs = { ...cattrs, weight_shape: c.w, zero_point: 0 };
   const runs: Record<Way, () => Tensor[]> = {
     fp32: () => [runOp1('conv2d_forward', [x, w, b], cattrs)],
     'fake-quant': () => {

@@ -1,6 +1,6 @@
 // Quantized 2-D convolution in integer arithmetic (dilation 1, groups 1):
 //
-// qconv2d(x, act_step, packed, wstep, row_sums, bias?; kernel_size [kH, kW],
+// qconv2d(x, act_step, packed, wstep, row_sums, bias?; weight_shape [O, C, kH, kW],
 //         stride = 1, padding = 0, zero_point = 0) -> y float32 (N, O, Ho, Wo)
 //   y[n, o] = sum_{c,i,j} (x - zp)[n, c, ...] * q[o, c, i, j] * (act_step[n] * wstep[o]) + bias[o]
 //   x (N, C, H, W): uint8 levels with zero point 'zero_point', or int8 levels
@@ -36,9 +36,16 @@ QConvGeom qconv_geometry(const std::vector<Tensor>& in, const Attrs& a) {
   const Tensor& x = in[0];
   check_rank(a, x, "x", 4);
   QConvGeom g{};
-  const Shape ks = a.get_ints("kernel_size");
-  TDQ_CHECK_RANGE(ks.size() == 2 && ks[0] >= 1 && ks[1] >= 1, a.op,
-                  ": attribute 'kernel_size' must be [kH, kW] with positive sizes, got ", shape_str(ks));
+  // The float weights' shape: packed rows pad the channels, so it names C and
+  // the kernel size (qweight_row_length).
+  const Shape ws = a.get_ints("weight_shape");
+  TDQ_CHECK_RANGE(ws.size() == 4 && ws[0] >= 1 && ws[1] >= 1 && ws[2] >= 1 && ws[3] >= 1, a.op,
+                  ": attribute 'weight_shape' must be [O, C, kH, kW] with positive sizes, got ", shape_str(ws));
+  TDQ_CHECK_RANGE(in[2].dim() == 2 && in[2].shape[0] == ws[0], a.op, ": argument 'packed' ", shape_str(in[2].shape),
+                  " must have ", ws[0], " rows for weight_shape ", shape_str(ws));
+  TDQ_CHECK_RANGE(x.shape[1] == ws[1], a.op, ": weight_shape ", shape_str(ws), " expects ", ws[1],
+                  " input channels but argument 'x' ", shape_str(x.shape), " has ", x.shape[1]);
+  const Shape ks = {ws[2], ws[3]};
   g.stride = a.get_int("stride", 1);
   g.pad = a.get_int("padding", 0);
   TDQ_CHECK_RANGE(g.stride >= 1, a.op, ": attribute 'stride' must be a positive integer, got ", g.stride);
@@ -59,100 +66,65 @@ QConvGeom qconv_geometry(const std::vector<Tensor>& in, const Attrs& a) {
 std::vector<TensorMeta> infer_qconv2d(const std::vector<Tensor>& in, const Attrs& a) {
   activation_zero_point(a, in[0]);
   const QConvGeom g = qconv_geometry(in, a);
-  check_qweights(a, in, 2, g.K());
+  check_qweights(a, in, 2, g.K(), g.kh * g.kw * round_up4(g.C));
   check_act_step(a, in[1], g.N, in[0].shape);
   return {{{g.N, in[2].shape[0], g.Ho, g.Wo}, DType::f32}};
 }
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-// The plane of tap (c, ki, kj) of one sample: plane[oh * Wo + ow] = x[c, ih, iw]
-// under output (oh, ow), or `pad` where (ih, iw) is padding. Raw bytes (the
-// int8 -> uint8 flip is applied when the taps are joined).
-void fill_plane(const QConvGeom& g, const uint8_t* xc, int64_t ki, int64_t kj, int64_t lo, int64_t hi, uint8_t pad,
-                uint8_t* plane) {
-  const int64_t W = g.W, Wo = g.Wo, P = g.P();
-  const int64_t oh_lo = std::clamp<int64_t>(floor_div(g.pad - ki + g.stride - 1, g.stride), 0, g.Ho);
-  const int64_t oh_hi = std::clamp<int64_t>(floor_div(g.H - 1 + g.pad - ki, g.stride) + 1, oh_lo, g.Ho);
-  if (g.stride == 1 && Wo == W) {
-    // 'Same' width, stride 1: the plane is x shifted by delta; one copy, then
-    // the rows and edge columns that hang over the padding.
-    const int64_t delta = (ki - g.pad) * W + (kj - g.pad);
-    const int64_t b = oh_lo * W, e = oh_hi * W;  // plane range whose rows are inside
-    std::memset(plane, pad, static_cast<size_t>(b));
-    if (e > b) {
-      // plane[p] = xc[p + delta] for p in [b, e), clipped to the input
-      const int64_t cb = std::max(b, -delta), ce = std::min(e, g.H * W - delta);
-      if (cb > b) std::memset(plane + b, pad, static_cast<size_t>(cb - b));
-      if (ce > cb) std::memcpy(plane + cb, xc + cb + delta, static_cast<size_t>(ce - cb));
-      if (e > std::max(ce, cb)) std::memset(plane + std::max(ce, cb), pad, static_cast<size_t>(e - std::max(ce, cb)));
-      if (lo > 0 || hi < Wo)
-        for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-          for (int64_t ow = 0; ow < lo; ++ow) plane[oh * W + ow] = pad;
-          for (int64_t ow = hi; ow < Wo; ++ow) plane[oh * W + ow] = pad;
-        }
+// x4: the samples' channels interleaved in groups of 4, one uint32 per pixel:
+// x4[(s * Cq + cq) * HW + p] = bytes x[s, 4cq + r, p] ^ flip for r = 0..3 (a
+// channel past C reads as the zero point; its weights are 0). Channel groups
+// [cq0, cq1) of samples [0, nb).
+void interleave_channels(const QConvGeom& g, const uint8_t* x, int64_t nb, uint8_t flip, uint8_t zp, int64_t cq0,
+                         int64_t cq1, uint32_t* x4) {
+  const int64_t HW = g.H * g.W, Cq = round_up4(g.C) / 4;
+  const uint32_t fmask = uint32_t{flip} * 0x01010101u;
+  const uint8_t raw_zp = zp ^ flip;
+  std::vector<uint8_t> zrow(static_cast<size_t>(HW), raw_zp);
+  for (int64_t s = 0; s < nb; ++s)
+    for (int64_t cq = cq0; cq < cq1; ++cq) {
+      const uint8_t* r[4];
+      for (int i = 0; i < 4; ++i) r[i] = 4 * cq + i < g.C ? x + (s * g.C + 4 * cq + i) * HW : zrow.data();
+      uint32_t* d = x4 + (s * Cq + cq) * HW;
+      for (int64_t p = 0; p < HW; ++p)
+        d[p] = (uint32_t{r[0][p]} | uint32_t{r[1][p]} << 8 | uint32_t{r[2][p]} << 16 | uint32_t{r[3][p]} << 24) ^ fmask;
     }
-    std::memset(plane + e, pad, static_cast<size_t>(P - e));
-    return;
-  }
-  for (int64_t oh = 0; oh < g.Ho; ++oh) {
-    uint8_t* d = plane + oh * Wo;
-    if (oh < oh_lo || oh >= oh_hi) {
-      std::memset(d, pad, static_cast<size_t>(Wo));
-      continue;
-    }
-    const uint8_t* src = xc + (oh * g.stride - g.pad + ki) * W - g.pad + kj;
-    for (int64_t ow = 0; ow < lo; ++ow) d[ow] = pad;
-    if (g.stride == 1) std::memcpy(d + lo, src + lo, static_cast<size_t>(hi - lo));
-    else
-      for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[ow * g.stride];
-    for (int64_t ow = hi; ow < Wo; ++ow) d[ow] = pad;
-  }
 }
 
-// Fills quads [q0, q1) of the panels for samples [0, nb) of x (already offset
-// to the chunk's first sample). Column j = s * P + oh * Wo + ow. `flip` (0x80
-// for int8 x) turns int8 levels into uint8 levels with zero point 128;
-// `pad_byte` is the uint8 zero point.
-void im2col_panels(const QConvGeom& g, const uint8_t* x, int64_t nb, uint8_t flip, uint8_t pad_byte, int64_t kq,
-                   int64_t q0, int64_t q1, uint8_t* panels) {
-  const int64_t K = g.K(), P = g.P(), HW = g.H * g.W, kk = g.kh * g.kw;
-  std::vector<uint8_t> planes(static_cast<size_t>(4 * P));
-  uint8_t* pl[4] = {planes.data(), planes.data() + P, planes.data() + 2 * P, planes.data() + 3 * P};
-  const uint32_t fmask = uint32_t{flip} * 0x01010101u;
-  const uint8_t raw_pad = pad_byte ^ flip;
+// Fills quads [q0, q1) of the panels (qgemm.h) for samples [0, nb) from x4.
+// Quad q = tap * Cq + cq (tap = i * kW + j), the order of qweight_pack's
+// conv rows; column j = s * P + oh * Wo + ow holds x4 under output (oh, ow)
+// for that tap, or the zero point (pad4) over the padding.
+void im2col_panels(const QConvGeom& g, const uint32_t* x4, int64_t nb, uint32_t pad4, int64_t kq, int64_t q0,
+                   int64_t q1, uint8_t* panels) {
+  const int64_t P = g.P(), HW = g.H * g.W, Cq = round_up4(g.C) / 4, Wo = g.Wo;
+  uint32_t* pan = reinterpret_cast<uint32_t*>(panels);
   for (int64_t q = q0; q < q1; ++q) {
-    // The 4 k of this group: channel, kernel offsets, and the output columns
-    // [lo, hi) that read inside the input row.
-    struct Tap {
-      bool real;
-      int64_t c, ki, kj, lo, hi;
-    } taps[4];
-    for (int r = 0; r < 4; ++r) {
-      Tap& t = taps[r];
-      const int64_t k = 4 * q + r;
-      t.real = k < K;
-      if (!t.real) continue;
-      t.c = k / kk, t.ki = k / g.kw % g.kh, t.kj = k % g.kw;
-      t.lo = std::clamp<int64_t>(floor_div(g.pad - t.kj + g.stride - 1, g.stride), 0, g.Wo);
-      t.hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - t.kj, g.stride) + 1, t.lo, g.Wo);
-    }
+    const int64_t tap = q / Cq, cq = q % Cq, ki = tap / g.kw, kj = tap % g.kw;
+    const int64_t lo = std::clamp<int64_t>(floor_div(g.pad - kj + g.stride - 1, g.stride), 0, Wo);
+    const int64_t hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, Wo);
     for (int64_t s = 0; s < nb; ++s) {
-      for (int r = 0; r < 4; ++r) {
-        const Tap& t = taps[r];
-        if (!t.real) std::memset(pl[r], flip, static_cast<size_t>(P));  // level 0 after the flip; its weights are 0
-        else fill_plane(g, x + (s * g.C + t.c) * HW, t.ki, t.kj, t.lo, t.hi, raw_pad, pl[r]);
-      }
-      // Join the 4 planes into 4-byte groups, in runs that stay inside one panel.
-      int64_t p = 0;
-      while (p < P) {
-        const int64_t j = s * P + p;
-        const int64_t run = std::min(P - p, kNR - j % kNR);
-        uint32_t* dst = reinterpret_cast<uint32_t*>(panels + ((j / kNR) * kq + q) * kNR * 4) + j % kNR;
-        const uint8_t *r0 = pl[0] + p, *r1 = pl[1] + p, *r2 = pl[2] + p, *r3 = pl[3] + p;
-        for (int64_t u = 0; u < run; ++u)
-          dst[u] = (uint32_t{r0[u]} | uint32_t{r1[u]} << 8 | uint32_t{r2[u]} << 16 | uint32_t{r3[u]} << 24) ^ fmask;
-        p += run;
+      const uint32_t* plane = x4 + (s * Cq + cq) * HW;
+      for (int64_t oh = 0; oh < g.Ho; ++oh) {
+        const int64_t ih = oh * g.stride - g.pad + ki;
+        const bool inside = ih >= 0 && ih < g.H;
+        // plane[off + ow * stride]: the input under output ow (read inside [lo, hi) only)
+        const int64_t off = ih * g.W - g.pad + kj;
+        int64_t ow = 0, j = s * P + oh * Wo;
+        while (ow < Wo) {  // runs that stay inside one panel
+          const int64_t run = std::min(Wo - ow, kNR - j % kNR), e = ow + run;
+          uint32_t* dst = pan + ((j / kNR) * kq + q) * kNR + j % kNR;  // column ow
+          const int64_t a = inside ? std::clamp(lo, ow, e) : e, b = inside ? std::clamp(hi, a, e) : e;
+          for (int64_t u = ow; u < a; ++u) dst[u - ow] = pad4;
+          if (g.stride == 1)
+            for (int64_t u = a; u < b; ++u) dst[u - ow] = plane[off + u];
+          else
+            for (int64_t u = a; u < b; ++u) dst[u - ow] = plane[off + u * g.stride];
+          for (int64_t u = b; u < e; ++u) dst[u - ow] = pad4;
+          ow = e, j += run;
+        }
       }
     }
   }
@@ -167,13 +139,13 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   g.O = wp.shape[0];
   check_positive_steps(as, "act_step");
   check_positive_steps(ws, "wstep");
-  const int64_t K = g.K(), kq = round_up4(K) / 4, P = g.P(), O = g.O;
+  const int64_t Cq = round_up4(g.C) / 4, kq = g.kh * g.kw * Cq, P = g.P(), O = g.O, HW = g.H * g.W;
   if (g.N == 0 || P == 0) return;
   std::vector<int32_t> zc(static_cast<size_t>(O));
   for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * int64_t{rs.data<int32_t>()[o]});
   // Samples per chunk: at least 128 columns, at most 8 MiB of panels.
   int64_t nb = std::clamp<int64_t>((128 + P - 1) / P, 1, g.N);
-  nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, round_up4(K) * P)));
+  nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * kq * P + 4 * Cq * HW)));
   const int64_t chunks = (g.N + nb - 1) / nb, threads = ctx.pool ? ctx.pool->size() : 1;
   const uint8_t* px = x.data<uint8_t>();
   const float* pas = as.f32();
@@ -185,10 +157,12 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   // is written first), and the columns' steps and output offsets.
   struct Scratch {
     std::unique_ptr<uint8_t[]> pan;
+    std::unique_ptr<uint32_t[]> x4;
     std::vector<float> cstep;
     std::vector<int64_t> coff;
-    explicit Scratch(int64_t cols, int64_t bytes)
-        : pan(new uint8_t[static_cast<size_t>(bytes)]), cstep(static_cast<size_t>(cols)), coff(static_cast<size_t>(cols)) {}
+    Scratch(int64_t cols, int64_t bytes, int64_t x4_words)
+        : pan(new uint8_t[static_cast<size_t>(bytes)]), x4(new uint32_t[static_cast<size_t>(x4_words)]),
+          cstep(static_cast<size_t>(cols)), coff(static_cast<size_t>(cols)) {}
   };
   const int64_t max_cols = nb * P, pan_bytes = qpanel_bytes(max_cols, kq);
 
@@ -197,8 +171,12 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
     const int64_t cols = cnt * P;
     const uint8_t* xs = px + n0 * g.C * g.H * g.W;
     uint8_t* pan = sc.pan.get();
+    uint32_t* x4 = sc.x4.get();
+    cx.parallel_for(Cq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cnt * HW, 1)), [&](int64_t b, int64_t e) {
+      interleave_channels(g, xs, cnt, flip, static_cast<uint8_t>(zp), b, e, x4);
+    });
     cx.parallel_for(kq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
-      im2col_panels(g, xs, cnt, flip, static_cast<uint8_t>(zp), kq, b, e, pan);
+      im2col_panels(g, x4, cnt, static_cast<uint32_t>(zp) * 0x01010101u, kq, b, e, pan);
     });
     for (int64_t s = 0; s < cnt; ++s) {
       const float st = pas[as.numel() == 1 ? 0 : n0 + s];
@@ -210,14 +188,14 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   if (threads > 1 && chunks >= threads) {
     const ExecContext serial = serial_context(ctx);
     ctx.parallel_for(chunks, 1, [&](int64_t b, int64_t e) {
-      Scratch sc(max_cols, pan_bytes);
+      Scratch sc(max_cols, pan_bytes, nb * Cq * HW);
       for (int64_t ch = b; ch < e; ++ch) {
         const int64_t n0 = ch * nb;
         run_chunk(serial, n0, std::min(nb, g.N - n0), sc);
       }
     });
   } else {
-    Scratch sc(max_cols, pan_bytes);
+    Scratch sc(max_cols, pan_bytes, nb * Cq * HW);
     for (int64_t n0 = 0; n0 < g.N; n0 += nb) run_chunk(ctx, n0, std::min(nb, g.N - n0), sc);
   }
 }

@@ -13,9 +13,11 @@
 //   Weights once per model into the kernels' layout: w (O, ...) float32 is
 //   quantized per output channel, q = clamp(round(w / step[o]), -2^(bits-1),
 //   2^(bits-1) - 1) (fake_quant 'channel' on axis 0, signed); an int8 w is taken
-//   as already-quantized levels and checked against that range. Rows are padded
-//   with zeros to Kp = round_up(K, 4), K = numel / O. row_sums[o] = sum_k q[o, k]
-//   (for the zero-point correction). The step stays the caller's tensor.
+//   as already-quantized levels and checked against that range. Rows are laid
+//   out and zero-padded as qweight_row_length (qgemm.h) says: 4-D (O, C, kH, kW)
+//   tap-major with channels padded to a multiple of 4, anything else flattened
+//   and padded to a multiple of 4. row_sums[o] = sum of row o's levels (for the
+//   zero-point correction). The step stays the caller's tensor.
 //
 // int4_pack(q int8) -> uint8 [ceil(n / 2)]  and  int4_unpack(p uint8; shape) -> int8
 //   4-bit weight storage, two per byte: element 2i in the low nibble, 2i + 1 in
@@ -24,7 +26,7 @@
 //   qweight_pack), not in the inner loop, so W4 costs the same as W8 at run time
 //   and an eighth of fp32 in storage.
 //
-// qlinear(x, act_step, packed, wstep, row_sums, bias?; zero_point) -> y float32 (..., O)
+// qlinear(x, act_step, packed, wstep, row_sums, bias?; weight_shape [O, K], zero_point) -> y float32 (..., O)
 //   y = (x - zp) · q^T * (act_step * wstep) + bias over the last axis of x (K),
 //   x uint8 (zero point 'zero_point', default 0) or int8 (symmetric). act_step
 //   as for quantize_act ([x.shape[0]]: one step per index of axis 0).
@@ -137,13 +139,17 @@ void check_act_step(const Attrs& a, const Tensor& s, int64_t n, const Shape& xsh
                   "] (one step per sample of 'x' ", shape_str(xshape), "), got ", shape_str(s.shape));
 }
 
-void check_qweights(const Attrs& a, const std::vector<Tensor>& in, size_t iw, int64_t K) {
+int64_t qweight_row_length(const Shape& w) {
+  if (w.size() == 4) return w[2] * w[3] * round_up4(w[1]);
+  return round_up4(w[0] ? shape_numel(w) / w[0] : 0);
+}
+
+void check_qweights(const Attrs& a, const std::vector<Tensor>& in, size_t iw, int64_t K, int64_t Kp) {
   check_dtype(a, in[iw], "packed", DType::i8);
   check_rank(a, in[iw], "packed", 2);
   const int64_t O = in[iw].shape[0];
-  TDQ_CHECK_RANGE(in[iw].shape[1] == round_up4(K), a.op, ": argument 'packed' ", shape_str(in[iw].shape),
-                  " must have round_up(K, 4) = ", round_up4(K), " columns for K = ", K,
-                  " (pack the weights with qweight_pack)");
+  TDQ_CHECK_RANGE(in[iw].shape[1] == Kp, a.op, ": argument 'packed' ", shape_str(in[iw].shape), " must have ", Kp,
+                  " columns here (pack the weights with qweight_pack)");
   check_dtype(a, in[iw + 1], "wstep", DType::f32);
   check_shape(a, in[iw + 1], "wstep", {O});
   check_dtype(a, in[iw + 2], "row_sums", DType::i32);
@@ -292,15 +298,17 @@ std::vector<TensorMeta> infer_qweight_pack(const std::vector<Tensor>& in, const 
   TDQ_CHECK_RANGE(bits >= 2 && bits <= 8, a.op, ": attribute 'bits' must be an integer from 2 to 8, got ", bits);
   check_dtype(a, s, "step", DType::f32);
   check_shape(a, s, "step", {w.shape[0]});
-  const int64_t O = w.shape[0], K = w.numel() / O;
-  return {{{O, round_up4(K)}, DType::i8}, {{O}, DType::i32}};
+  return {{{w.shape[0], qweight_row_length(w.shape)}, DType::i8}, {{w.shape[0]}, DType::i32}};
 }
 
 void qweight_pack(OpCall& c, const ExecContext& ctx) {
   const Tensor &w = c.inputs[0], &s = c.inputs[1];
   const int64_t bits = c.attrs.get_int("bits");
   const int32_t qmin = -(1 << (bits - 1)), qmax = (1 << (bits - 1)) - 1;
-  const int64_t O = w.shape[0], K = w.numel() / O, Kp = round_up4(K);
+  const int64_t O = w.shape[0], K = w.numel() / O, Kp = qweight_row_length(w.shape);
+  // Row position of flattened weight index k (see qweight_row_length).
+  const bool conv = w.dim() == 4;
+  const int64_t C = conv ? w.shape[1] : K, taps = conv ? w.shape[2] * w.shape[3] : 1, Cp = conv ? round_up4(C) : Kp;
   int8_t* out = c.outputs[0].data<int8_t>();
   int32_t* sums = c.outputs[1].data<int32_t>();
   if (w.dtype == DType::f32) {
@@ -314,19 +322,20 @@ void qweight_pack(OpCall& c, const ExecContext& ctx) {
   ctx.parallel_for(O, 1, [&](int64_t b, int64_t e) {
     for (int64_t o = b; o < e; ++o) {
       int8_t* row = out + o * Kp;
-      if (w.dtype == DType::f32) {
-        const float* wr = w.f32() + o * K;
-        const float so = s.f32()[o];
-        for (int64_t k = 0; k < K; ++k) {
-          const float r = std::nearbyint(wr[k] / so);  // as fake_quant: x / s, half to even
-          row[k] = static_cast<int8_t>(r < qmin ? qmin : r > qmax ? qmax : r);  // NaN -> 0
-        }
-      } else {
-        std::memcpy(row, w.data<int8_t>() + o * K, static_cast<size_t>(K));
-      }
+      std::memset(row, 0, static_cast<size_t>(Kp));
       int32_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) sum += row[k];
-      for (int64_t k = K; k < Kp; ++k) row[k] = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        int8_t v;
+        if (w.dtype == DType::f32) {
+          const float r = std::nearbyint(w.f32()[o * K + k] / s.f32()[o]);  // as fake_quant: x / s, half to even
+          v = static_cast<int8_t>(r < qmin ? qmin : r > qmax ? qmax : r);  // NaN -> 0
+        } else {
+          v = w.data<int8_t>()[o * K + k];
+        }
+        const int64_t ci = k / taps, tap = k % taps;  // flattened (c, i, j): c = k / taps, tap = i * kW + j
+        row[tap * Cp + ci] = v;
+        sum += v;
+      }
       sums[o] = sum;
     }
   });
@@ -380,7 +389,15 @@ std::vector<TensorMeta> infer_qlinear(const std::vector<Tensor>& in, const Attrs
   activation_zero_point(a, x);
   TDQ_CHECK_RANGE(x.dim() >= 1, a.op, ": argument 'x' must have at least 1 dimension, got ", shape_str(x.shape));
   const int64_t K = x.shape.back();
-  check_qweights(a, in, 2, K);
+  // The float weights' shape (packed rows are padded, so it names K).
+  const Shape ws = a.get_ints("weight_shape");
+  TDQ_CHECK_RANGE(ws.size() == 2 && ws[0] >= 1 && ws[1] >= 1, a.op,
+                  ": attribute 'weight_shape' must be [O, K] with positive sizes, got ", shape_str(ws));
+  TDQ_CHECK_RANGE(ws[1] == K, a.op, ": weight_shape ", shape_str(ws), " expects ", ws[1],
+                  " input features but argument 'x' ", shape_str(x.shape), " has ", K);
+  TDQ_CHECK_RANGE(in[2].dim() == 2 && in[2].shape[0] == ws[0], a.op, ": argument 'packed' ", shape_str(in[2].shape),
+                  " must have ", ws[0], " rows for weight_shape ", shape_str(ws));
+  check_qweights(a, in, 2, K, round_up4(K));
   check_act_step(a, in[1], x.shape[0], x.shape);
   Shape ys = x.shape;
   ys.back() = in[2].shape[0];

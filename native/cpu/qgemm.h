@@ -18,7 +18,8 @@
 // (to first order).
 //
 // Layouts (one for every level, so packed weights do not depend on the level):
-//   weights: int8 rows of Kp = round_up(K, 4) bytes, the tail zero;
+//   weights: int8 rows of Kp bytes, Kp a multiple of 4, zero where no real k
+//   (qweight_row_length);
 //   activations: panels of kNR = 32 columns, panel p holding
 //     a[32p + c, 4q + r] at byte (p * kq + q) * 128 + c * 4 + r   (kq = Kp / 4)
 //   i.e. for each group of 4 consecutive k, the 4 bytes of one column together:
@@ -78,9 +79,16 @@ void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const in
            const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
            float* y, int64_t row_stride);
 
+// The packed row length of weights of shape w (O, ...): for 4-D conv weights
+// (O, C, kH, kW), kH * kW * round_up(C, 4), k = (i * kW + j) * round_up(C, 4) + c
+// (tap-major, channels fastest: 4 consecutive k are 4 channels of one tap, so
+// the convolution's im2col moves 4-byte groups of a channel-interleaved input);
+// otherwise round_up(K, 4) with k the flattened index. The padding is zero.
+int64_t qweight_row_length(const Shape& w);
 // Validates the (packed weights, weight steps, row sums, bias) arguments of a
-// quantized op at inputs [iw, iw + 3] against O output rows and K = k_real.
-void check_qweights(const Attrs& a, const std::vector<Tensor>& in, size_t iw, int64_t K);
+// quantized op at inputs [iw, iw + 3]: packed rows of Kp bytes for a reduction
+// over K real terms.
+void check_qweights(const Attrs& a, const std::vector<Tensor>& in, size_t iw, int64_t K, int64_t Kp);
 // Validates an activation step tensor: shape [] / [1], or [n] for one step per sample.
 void check_act_step(const Attrs& a, const Tensor& s, int64_t n, const Shape& xshape);
 // Throws RangeError unless every step is positive and finite.

@@ -108,25 +108,33 @@ function weightSteps(O: number, bits: number, seed: number): Float32Array {
 }
 
 describe('qweight_pack and int4 storage', () => {
-  it('quantizes per output channel like fake_quant, pads rows to a multiple of 4, sums rows', async () => {
+  it('quantizes per output channel like fake_quant; rows tap-major, channels padded to 4 (conv) or flat, padded to 4; sums rows', async () => {
     for (const bits of [8, 4, 3]) {
-      const shape = [5, 3, 3, 3];  // K = 27 -> Kp = 28
-      const w = randomData(shape, 40 + bits);
-      const steps = weightSteps(5, bits, bits);
-      const pk = packQWeight(fromArray(w, shape), fromArray(steps, [5]), bits);
-      assert.deepEqual([...pk.packed.shape], [5, 28]);
-      const packed = (await pk.packed.data()) as Int8Array, sums = (await pk.rowSums.data()) as Int32Array;
-      const ref = weightLevelsRef(w, steps, bits);
-      const fq = await f32(fakeQuantize(fromArray(w, shape), fromArray(steps, [5]), { bits, signed: true, granularity: 'channel' }));
-      for (let o = 0; o < 5; ++o) {
-        let sum = 0;
-        for (let k = 0; k < 27; ++k) {
-          assert.equal(packed[o * 28 + k], ref[o * 27 + k], `bits ${bits} [${o}, ${k}]`);
-          assert.ok(fr(packed[o * 28 + k] * steps[o]) === fq[o * 27 + k], `bits ${bits} [${o}, ${k}] vs fake_quant`);  // -0 === 0
-          sum += ref[o * 27 + k];
+      for (const shape of [[5, 3, 3, 3], [6, 5, 1, 1], [4, 7], [3, 2, 5]]) {
+        const O = shape[0], K = shape.slice(1).reduce((a, b) => a * b, 1);
+        const conv = shape.length === 4;
+        const taps = conv ? shape[2] * shape[3] : 1, Cp = conv ? Math.ceil(shape[1] / 4) * 4 : Math.ceil(K / 4) * 4;
+        const Kp = taps * Cp;
+        const w = randomData(shape, 40 + bits);
+        const steps = weightSteps(O, bits, bits);
+        const pk = packQWeight(fromArray(w, shape), fromArray(steps, [O]), bits);
+        assert.deepEqual([...pk.packed.shape], [O, Kp]);
+        const packed = (await pk.packed.data()) as Int8Array, sums = (await pk.rowSums.data()) as Int32Array;
+        const ref = weightLevelsRef(w, steps, bits);
+        const fq = await f32(fakeQuantize(fromArray(w, shape), fromArray(steps, [O]), { bits, signed: true, granularity: 'channel' }));
+        for (let o = 0; o < O; ++o) {
+          let sum = 0;
+          const seen = new Set<number>();
+          for (let k = 0; k < K; ++k) {
+            const pos = o * Kp + (k % taps) * Cp + Math.floor(k / taps);  // k = (c, i, j) flattened, tap = i * kW + j
+            seen.add(pos);
+            assert.equal(packed[pos], ref[o * K + k], `bits ${bits} ${shape} [${o}, ${k}]`);
+            assert.ok(fr(packed[pos] * steps[o]) === fq[o * K + k], `bits ${bits} ${shape} [${o}, ${k}] vs fake_quant`);  // -0 === 0
+            sum += ref[o * K + k];
+          }
+          for (let i = o * Kp; i < (o + 1) * Kp; ++i) if (!seen.has(i)) assert.equal(packed[i], 0, `padding at ${i}`);
+          assert.equal(sums[o], sum, `row sum ${o}`);
         }
-        assert.equal(packed[o * 28 + 27], 0, 'padding');
-        assert.equal(sums[o], sum, `row sum ${o}`);
       }
     }
   });
@@ -322,7 +330,11 @@ describe('qconv2d', () => {
     const xq = fromArray(new Uint8Array(2 * 2 * 5 * 5), [2, 2, 5, 5], 'uint8');
     const s = fromArray([0.1], [1]);
     assert.throws(() => qconv2d(fromArray(randomData([2, 2, 5, 5], 1), [2, 2, 5, 5]), s, pk, null), (e: Error) => e instanceof TypeError && /'x' must be uint8 or int8/.test(e.message));
-    assert.throws(() => qconv2d(fromArray(new Uint8Array(2 * 3 * 25), [2, 3, 5, 5], 'uint8'), s, pk, null), (e: Error) => e instanceof RangeError && /'packed'/.test(e.message));
+    // channels are padded to 4 in the packed rows: the channel count is checked against the weight shape
+    assert.throws(() => qconv2d(fromArray(new Uint8Array(2 * 3 * 25), [2, 3, 5, 5], 'uint8'), s, pk, null), (e: Error) => e instanceof RangeError && /expects 2 input channels/.test(e.message));
+    assert.throws(() => qconv2d(xq, s, { ...pk, shape: [4, 2, 1, 1] }, null), (e: Error) => e instanceof RangeError && /'packed'/.test(e.message));
+    assert.throws(() => qlinear(fromArray(new Uint8Array(10), [2, 5], 'uint8'), s, packQWeight(fromArray(randomData([3, 9], 1), [3, 9]), fromArray([1, 1, 1], [3]), 8), null), (e: Error) => e instanceof RangeError && /expects 9 input features/.test(e.message));
+    assert.throws(() => qlinear(fromArray(new Uint8Array(12), [2, 6], 'uint8'), s, packQWeight(fromArray(randomData([3, 5], 1), [3, 5]), fromArray([1, 1, 1], [3]), 8), null), (e: Error) => e instanceof RangeError && /expects 5 input features/.test(e.message));
     assert.throws(() => qconv2d(xq, fromArray([1, 1, 1], [3]), pk, null), (e: Error) => e instanceof RangeError && /act_step/.test(e.message));
     assert.throws(() => qconv2d(xq, s, pk, fromArray([1, 2], [2])), (e: Error) => e instanceof RangeError && /bias/.test(e.message));
     assert.throws(() => qconv2d(fromArray(new Int8Array(100), [2, 2, 5, 5], 'int8'), s, pk, null, { zeroPoint: 4 }), (e: Error) => e instanceof RangeError && /zero_point/.test(e.message));

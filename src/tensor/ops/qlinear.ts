@@ -78,7 +78,7 @@ export interface QConv2dOptions {
 export function qconv2d(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, opts: QConv2dOptions = {}): Tensor {
   if (w.shape.length !== 4) throw new RangeError(`qconv2d: weights of shape [${w.shape.join(', ')}] are not (O, C, kH, kW)`);
   return runOp1('qconv2d', [x, actStep, w.packed, w.step, w.rowSums, bias], {
-    kernel_size: [w.shape[2], w.shape[3]],
+    weight_shape: [...w.shape],
     stride: opts.stride ?? 1,
     padding: opts.padding ?? 0,
     zero_point: opts.zeroPoint ?? 0,
@@ -90,5 +90,6 @@ export function qconv2d(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | n
  * axis of x; actStep [] / [1] or [x.shape[0]].
  */
 export function qlinear(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, opts: { zeroPoint?: number } = {}): Tensor {
-  return runOp1('qlinear', [x, actStep, w.packed, w.step, w.rowSums, bias], { zero_point: opts.zeroPoint ?? 0 });
+  if (w.shape.length !== 2) throw new RangeError(`qlinear: weights of shape [${w.shape.join(', ')}] are not (O, K)`);
+  return runOp1('qlinear', [x, actStep, w.packed, w.step, w.rowSums, bias], { weight_shape: [...w.shape], zero_point: opts.zeroPoint ?? 0 });
 }

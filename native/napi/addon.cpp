@@ -12,6 +12,7 @@
 
 #include "../core/registry.h"
 #include "../core/stream.h"
+#include "../cpu/qgemm.h"
 #include "../cuda/cuda_memory.h"
 
 namespace {
@@ -394,6 +395,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     o.Set("cpuFeatures", feats);
     o.Set("cpuLevel", tdq::cpu_level_name(d.stream->cpu_level()));
     o.Set("bestCpuLevel", tdq::cpu_level_name(f.best()));
+    o.Set("int8Kernel", tdq::qgemm_detail::qkernel_for(d.stream->cpu_level()).name);
     o.Set("threads", d.stream->threads());
     o.Set("maxQueuedBytes", static_cast<double>(d.stream->max_queued_bytes()));
     Napi::Array ops = Napi::Array::New(env);

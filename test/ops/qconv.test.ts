@@ -382,4 +382,10 @@ describe('cpu features', () => {
     assert.equal(typeof f.avx512vnni, 'boolean');
     assert.equal(typeof f.amxInt8, 'boolean');
   });
+  it('names the int8 kernel of each level (VNNI where the CPU has it, else AVX2 at avx512)', () => {
+    for (const level of cpuLevels()) {
+      const want = level === 'scalar' ? 'scalar' : level === 'avx2' ? 'avx2' : native().info().cpuFeatures.avx512vnni ? 'avx512-vnni' : 'avx2';
+      assert.equal(atLevel(level, () => native().info().int8Kernel), want);
+    }
+  });
 });

@@ -97,7 +97,7 @@ function main(): void {
   const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'qgemm-cpu.md')));
   const load0 = os.loadavg()[0];
   const t0 = Date.now();
-  const rows: string[] = [];
+  const rows: string[] = [], cpuRows: string[] = [];
   const prevLevel = info.cpuLevel;
   for (const level of levels) {
     native().setCpuLevel(level as 'scalar' | 'avx2' | 'avx512');
@@ -105,15 +105,18 @@ function main(): void {
       const { runs, inputs } = prepare(c);
       native().syncBlocking();
       const times: Record<Way, number[]> = { fp32: [], 'fake-quant': [], int8: [], 'int8 conv': [] };
+      const cpu: Record<Way, number[]> = { fp32: [], 'fake-quant': [], int8: [], 'int8 conv': [] };
       for (let round = 0; round < rounds; ++round)
         for (const way of WAYS)
           for (let r = 0; r < warmup + reps; ++r) {
+            const c0 = process.cpuUsage();
             const s = process.hrtime.bigint();
             const outs = runs[way]();
             native().syncBlocking();
             const t = Number(process.hrtime.bigint() - s) / 1e6;
+            const c1 = process.cpuUsage(c0);
             for (const o of outs) o.dispose();
-            if (r >= warmup) times[way].push(t);
+            if (r >= warmup) times[way].push(t), cpu[way].push((c1.user + c1.system) / 1e3);
           }
       for (const t of inputs) t.dispose();
       const m = Object.fromEntries(WAYS.map((w) => [w, median(times[w])])) as Record<Way, number>;
@@ -125,6 +128,8 @@ function main(): void {
       const row = `| ${level} | ${c.name} | ${cell('fp32')} | ${cell('fake-quant')} | ${cell('int8')} | ${cell('int8 conv')} | ${(gop / (lo['int8 conv'] / 1e3)).toFixed(0)} | ${(m.fp32 / m.int8).toFixed(2)} (${(lo.fp32 / lo.int8).toFixed(2)}) | ${(m['fake-quant'] / m.int8).toFixed(2)} (${(lo['fake-quant'] / lo.int8).toFixed(2)}) |`;
       console.log(row);
       rows.push(row);
+      const mc = Object.fromEntries(WAYS.map((w) => [w, median(cpu[w])])) as Record<Way, number>;
+      cpuRows.push(`| ${level} | ${c.name} | ${mc.fp32.toFixed(2)} | ${mc['fake-quant'].toFixed(2)} | ${mc.int8.toFixed(2)} | ${mc['int8 conv'].toFixed(2)} | ${(mc.fp32 / mc.int8).toFixed(2)} | ${(mc.fp32 / mc['int8 conv']).toFixed(2)} |`);
     }
   }
   native().setCpuLevel(prevLevel as 'scalar' | 'avx2' | 'avx512');
@@ -151,6 +156,12 @@ function main(): void {
     '| level | conv | fp32 (ms) | fake-quant (ms) | int8 (ms) | int8 conv (ms) | int8 conv GOP/s | fp32 / int8 | fake-quant / int8 |',
     '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
+    '',
+    'CPU time per call (user + system of the process, all threads; median), which a busy machine disturbs much less than wall time:',
+    '',
+    '| level | conv | fp32 (CPU ms) | fake-quant (CPU ms) | int8 (CPU ms) | int8 conv (CPU ms) | fp32 / int8 | fp32 / int8 conv |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...cpuRows,
     '',
   ].join('\n');
   fs.mkdirSync(path.dirname(outFile), { recursive: true });

@@ -32,6 +32,7 @@
 //   as for quantize_act ([x.shape[0]]: one step per index of axis 0).
 #include <cmath>
 #include <cstring>
+#include <memory>
 
 #include "nn_simd.h"
 #include "qgemm.h"
@@ -99,7 +100,15 @@ void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const in
            float* y, int64_t row_stride) {
   if (M == 0 || cols == 0) return;
   const QKernel& k = qkernel_for(ctx.cpu_level);
-  const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR, ldw = kq * 4;
+  const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR;
+  int64_t ldw = kq * 4;
+  std::unique_ptr<int16_t[]> wide;
+  if (k.wide_weights) {
+    wide.reset(new int16_t[static_cast<size_t>(M * kq * 4)]);
+    for (int64_t i = 0; i < M * kq * 4; ++i) wide[i] = w[i];
+    w = reinterpret_cast<const int8_t*>(wide.get());
+    ldw = kq * 8;
+  }
   // Tiles panel-major: consecutive tiles share a panel (kept in L1) and stream
   // the weights (kept in L2).
   ctx.parallel_for(mblocks * npanels, std::max<int64_t>(1, 4096 / std::max<int64_t>(kq, 1)), [&](int64_t b, int64_t e) {

@@ -60,6 +60,9 @@ struct QKernel {
   int mr;
   QMicroKernel ukr;
   const char* name;
+  // The kernel reads the weights widened to int16 (w then points at int16 rows,
+  // ldw in bytes): the driver widens them once per call.
+  bool wide_weights = false;
 };
 
 const QKernel& qkernel_scalar();

@@ -3,7 +3,9 @@
 // 32767), which would make the result depend on the data's range. Instead
 // activations (u8) and weights (s8) are widened to int16 and multiplied with
 // vpmaddwd, whose int32 pair sums are exact; a final horizontal add joins the
-// two pairs of each group of 4 k. Also the kernel of the avx512 level on CPUs
+// two pairs of each group of 4 k. The weights come widened to int16 (the
+// driver does it once per call; QKernel::wide_weights), so a row's 4 k are one
+// 8-byte broadcast. Also the kernel of the avx512 level on CPUs
 // without VNNI. Compiled for AVX2 through the target attribute only.
 #include <immintrin.h>
 
@@ -29,9 +31,9 @@ TDQ_AVX2_INT void ukr_avx2_4x32(int64_t kq, const int8_t* w, int64_t ldw, const 
     const uint8_t* p = panel + g * 32;
 #define TDQ_ROW(ri, l, h)                                                                      \
   {                                                                                            \
-    int32_t wq;                                                                                \
-    std::memcpy(&wq, ri + 4 * q, 4);                                                           \
-    const __m256i b = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(wq)));       \
+    int64_t wq;                                                                                \
+    std::memcpy(&wq, ri + 8 * q, 8);                                                           \
+    const __m256i b = _mm256_set1_epi64x(wq);                                                  \
     l = _mm256_add_epi32(l, _mm256_madd_epi16(lo, b));                                         \
     h = _mm256_add_epi32(h, _mm256_madd_epi16(hi, b));                                         \
   }
@@ -71,7 +73,7 @@ TDQ_AVX2_INT void ukr_avx2_4x32(int64_t kq, const int8_t* w, int64_t ldw, const 
 }  // namespace
 
 const QKernel& qkernel_avx2() {
-  static const QKernel k{kMR, ukr_avx2_4x32, "avx2"};
+  static const QKernel k{kMR, ukr_avx2_4x32, "avx2", true};
   return k;
 }
 

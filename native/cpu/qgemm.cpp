@@ -239,8 +239,17 @@ TDQ_AINLINE void quantize_row_w(const float* x, T* out, int64_t n, float s, floa
       const Vf<W> r = (v + 12582912.0f) - 12582912.0f;
       const Vi<W> qi = __builtin_convertvector(r, Vi<W>) + zp;
       typedef T Vb __attribute__((vector_size(W)));
-      const Vb qb = __builtin_convertvector(qi, Vb);  // in range: truncation is exact
-      std::memcpy(out + i, &qb, W);
+      if constexpr (W == 8) {
+        // The low byte of each lane (in range: exact). A shuffle, because GCC 12
+        // narrows an 8 x int32 conversion lane by lane on AVX2.
+        typedef T Vb32 __attribute__((vector_size(32)));
+        const Vb32 bytes = reinterpret_cast<const Vb32&>(qi);
+        const Vb qb = __builtin_shufflevector(bytes, bytes, 0, 4, 8, 12, 16, 20, 24, 28);
+        std::memcpy(out + i, &qb, W);
+      } else {
+        const Vb qb = __builtin_convertvector(qi, Vb);  // in range: truncation is exact (vpmovdb)
+        std::memcpy(out + i, &qb, W);
+      }
     }
   }
   for (; i < n; ++i) {

@@ -156,12 +156,11 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   // Scratch of one worker: panels for nb samples (not zeroed: every byte read
   // is written first), and the columns' steps and output offsets.
   struct Scratch {
-    std::unique_ptr<uint8_t[]> pan;
-    std::unique_ptr<uint32_t[]> x4;
+    QScratch pan_buf, x4_buf;
     std::vector<float> cstep;
     std::vector<int64_t> coff;
     Scratch(int64_t cols, int64_t bytes, int64_t x4_words)
-        : pan(new uint8_t[static_cast<size_t>(bytes)]), x4(new uint32_t[static_cast<size_t>(x4_words)]),
+        : pan_buf(0, static_cast<size_t>(bytes)), x4_buf(1, static_cast<size_t>(x4_words) * 4),
           cstep(static_cast<size_t>(cols)), coff(static_cast<size_t>(cols)) {}
   };
   const int64_t max_cols = nb * P, pan_bytes = qpanel_bytes(max_cols, kq);
@@ -170,8 +169,8 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   auto run_chunk = [&](const ExecContext& cx, int64_t n0, int64_t cnt, Scratch& sc) {
     const int64_t cols = cnt * P;
     const uint8_t* xs = px + n0 * g.C * g.H * g.W;
-    uint8_t* pan = sc.pan.get();
-    uint32_t* x4 = sc.x4.get();
+    uint8_t* pan = sc.pan_buf.get();
+    uint32_t* x4 = reinterpret_cast<uint32_t*>(sc.x4_buf.get());
     cx.parallel_for(Cq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cnt * HW, 1)), [&](int64_t b, int64_t e) {
       interleave_channels(g, xs, cnt, flip, static_cast<uint8_t>(zp), b, e, x4);
     });

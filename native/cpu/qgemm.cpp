@@ -95,6 +95,25 @@ const QKernel& qkernel_for(CpuLevel level) {
 
 using namespace qgemm_detail;
 
+QScratch::QScratch(int slot, size_t bytes) {
+  constexpr size_t kKeep = size_t{16} << 20;
+  struct Slots {
+    std::unique_ptr<uint8_t[]> p[4];
+    size_t n[4] = {};
+  };
+  thread_local Slots slots;
+  if (bytes > kKeep) {
+    own_.reset(new uint8_t[bytes]);
+    p_ = own_.get();
+    return;
+  }
+  if (slots.n[slot] < bytes) {
+    slots.p[slot].reset(new uint8_t[bytes]);
+    slots.n[slot] = bytes;
+  }
+  p_ = slots.p[slot].get();
+}
+
 void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const uint8_t* panels,
            const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
            float* y, int64_t row_stride) {
@@ -102,11 +121,12 @@ void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const in
   const QKernel& k = qkernel_for(ctx.cpu_level);
   const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR;
   int64_t ldw = kq * 4;
-  std::unique_ptr<int16_t[]> wide;
+  std::unique_ptr<QScratch> wide_buf;
   if (k.wide_weights) {
-    wide.reset(new int16_t[static_cast<size_t>(M * kq * 4)]);
+    wide_buf.reset(new QScratch(3, static_cast<size_t>(M * kq * 4) * sizeof(int16_t)));
+    int16_t* wide = reinterpret_cast<int16_t*>(wide_buf->get());
     for (int64_t i = 0; i < M * kq * 4; ++i) wide[i] = w[i];
-    w = reinterpret_cast<const int8_t*>(wide.get());
+    w = reinterpret_cast<const int8_t*>(wide);
     ldw = kq * 8;
   }
   // Tiles panel-major: consecutive tiles share a panel (kept in L1) and stream
@@ -438,12 +458,12 @@ void qlinear(OpCall& c, const ExecContext& ctx) {
   const uint8_t* px = x.data<uint8_t>();
   float* y = c.outputs[0].f32();
   constexpr int64_t kRows = 512;  // rows of x per chunk (bounded scratch)
-  Tensor panels = ctx.scratch({qpanel_bytes(std::min(R, kRows), kq)}, DType::u8);
+  QScratch panels(0, static_cast<size_t>(qpanel_bytes(std::min(R, kRows), kq)));
   std::vector<float> col_step(static_cast<size_t>(std::min(R, kRows)));
   std::vector<int64_t> col_off(col_step.size());
   for (int64_t r0 = 0; r0 < R; r0 += kRows) {
     const int64_t nr = std::min(kRows, R - r0);
-    uint8_t* pan = panels.data<uint8_t>();
+    uint8_t* pan = panels.get();
     // panel layout (qgemm.h): 4 consecutive k of one row are already together in x.
     ctx.parallel_for(nr, 16, [&](int64_t b, int64_t e) {
       for (int64_t j = b; j < e; ++j) {

@@ -30,7 +30,9 @@
 // Columns past the end of a panel and k past K may hold anything: the tail
 // weights are zero, and tail columns are never written out.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "../core/registry.h"
 
@@ -78,6 +80,21 @@ inline int64_t round_up4(int64_t k) { return (k + 3) / 4 * 4; }
 inline int64_t qpanel_bytes(int64_t cols, int64_t kq) {
   return (cols + qgemm_detail::kNR - 1) / qgemm_detail::kNR * kq * qgemm_detail::kNR * 4;
 }
+
+// Scratch memory of the calling thread that keeps its pages from call to call
+// (a fresh allocation of a few hundred KiB costs page faults every time, which
+// on a VM rivals the arithmetic): slot 0..3, grown on demand and kept for the
+// thread's lifetime up to 16 MiB per slot; larger requests get a buffer of
+// their own. Not zeroed. Two live QScratch of one thread must use different slots.
+class QScratch {
+ public:
+  QScratch(int slot, size_t bytes);
+  uint8_t* get() const { return p_; }
+
+ private:
+  uint8_t* p_ = nullptr;
+  std::unique_ptr<uint8_t[]> own_;
+};
 
 // y[i, j] as in the header comment, for M rows and `cols` columns of packed
 // activation panels. Parallel over micro-tiles through ctx.parallel_for.

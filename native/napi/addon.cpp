@@ -14,6 +14,7 @@
 #include "../core/env.h"
 #include "../core/registry.h"
 #include "../core/stream.h"
+#include "../cpu/qgemm.h"
 #include "../cuda/cuda_memory.h"
 #include "../dist/comm.h"
 
@@ -413,9 +414,11 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     feats.Set("avx512bw", f.avx512bw);
     feats.Set("avx512vl", f.avx512vl);
     feats.Set("avx512vnni", f.avx512vnni);
+    feats.Set("amxInt8", f.amx_int8);
     o.Set("cpuFeatures", feats);
     o.Set("cpuLevel", tdq::cpu_level_name(d.stream->cpu_level()));
     o.Set("bestCpuLevel", tdq::cpu_level_name(f.best()));
+    o.Set("int8Kernel", tdq::qgemm_detail::qkernel_for(d.stream->cpu_level()).name);
     o.Set("threads", d.stream->threads());
     o.Set("maxQueuedBytes", static_cast<double>(d.stream->max_queued_bytes()));
     Napi::Array ops = Napi::Array::New(env);

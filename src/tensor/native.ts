@@ -31,6 +31,8 @@ export interface EngineInfo {
   cpuFeatures: Record<string, boolean>;
   cpuLevel: 'scalar' | 'avx2' | 'avx512';
   bestCpuLevel: 'scalar' | 'avx2' | 'avx512';
+  /** The integer GEMM kernel at cpuLevel: 'scalar', 'avx2' or 'avx512-vnni' (avx512 without VNNI runs 'avx2'). */
+  int8Kernel: string;
   threads: number;
   maxQueuedBytes: number;
   ops: OpInfo[];

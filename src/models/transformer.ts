@@ -50,6 +50,8 @@ export class CrossAttention extends Module {
   }
 
   forward(x: Tensor, context?: Tensor): Tensor {
+    if (!context && x.shape[2] !== this.contextDim)
+      throw new RangeError(`CrossAttention: no context given, so it would attend to its input of width ${x.shape[2]}, but to_k/to_v take context_dim=${this.contextDim}: pass a context (B, M, ${this.contextDim})`);
     const ctx = context ?? x;
     if (ctx.shape.length !== 3 || ctx.shape[0] !== x.shape[0] || ctx.shape[2] !== this.contextDim)
       throw new RangeError(`CrossAttention: context must have shape [${x.shape[0]}, M, ${this.contextDim}], got [${ctx.shape.join(', ')}]`);

@@ -100,6 +100,7 @@ describe('SpatialTransformer parity with ldm.modules.attention', () => {
     assert.throws(() => m.forward(x, fromArray(new Float32Array(2 * 3 * 10), [2, 3, 10])), /context must have shape \[2, M, 12\], got \[2, 3, 10\]/);
     assert.throws(() => m.forward(fromArray(new Float32Array(16 * 4), [1, 16, 2, 2])), /x must have shape \[B, 32, H, W\], got \[1, 16, 2, 2\]/);
     assert.throws(() => new SpatialTransformer(32, 0, 8), /n_heads and d_head must be positive integers/);
+    assert.throws(() => m.forward(x), /no context given, so it would attend to its input of width 16, but to_k\/to_v take context_dim=12/);
     m.dispose();
   });
 });

@@ -11,7 +11,7 @@ import { describe, it } from 'node:test';
 
 import { readSafetensors } from '../../src/io/safetensors';
 import { ClassEmbedder } from '../../src/models/conditioning';
-import { UNetModel, type UNetConfig } from '../../src/models/openai_unet';
+import { AttentionBlock, UNetModel, type UNetConfig } from '../../src/models/openai_unet';
 import { SpatialTransformer } from '../../src/models/transformer';
 import { backward, noGrad } from '../../src/tensor/autograd';
 import { hash64 } from '../../src/tensor/random';
@@ -152,7 +152,7 @@ describe('UNetModel with use_spatial_transformer, context from a ClassEmbedder',
   it('num_heads 4 (dim_head 8, then 16), attention at ds 1 and 2: output and gradients', () => unetCase('unet_xattn', true));
   it('num_head_channels 16, depth 2, num_classes with label_emb, resblock_updown, scale-shift norm', () => unetCase('unet_xattn_nhc', false));
 
-  it('upstream head rule: legacy dim_head = ch // num_heads; legacy false keeps num_head_channels', () => {
+  it('upstream head rule: per-level dim_head for SpatialTransformers; legacy and num_heads_upsample for AttentionBlocks', () => {
     const base = { image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [1, 2], use_spatial_transformer: true, context_dim: 8 };
     const heads = (m: UNetModel) => m.namedModules().filter(([, x]) => x instanceof SpatialTransformer).map(([n, x]) => {
       const st = x as SpatialTransformer;
@@ -162,8 +162,14 @@ describe('UNetModel with use_spatial_transformer, context from a ClassEmbedder',
     assert.deepEqual(heads(a), ['input_blocks.1.1:4x8', 'input_blocks.3.1:4x16', 'middle_block.1:4x16', 'output_blocks.0.1:4x16', 'output_blocks.1.1:4x16', 'output_blocks.2.1:4x8', 'output_blocks.3.1:4x8']);
     const b = new UNetModel({ ...base, num_head_channels: 16 });
     assert.deepEqual(heads(b).slice(0, 2), ['input_blocks.1.1:2x16', 'input_blocks.3.1:4x16']);
-    a.dispose();
-    b.dispose();
+    // AttentionBlocks: legacy passes num_head_channels (-1), so the decoder uses num_heads_upsample;
+    // legacy false passes dim_head = ch // num_heads, so the decoder ends up with num_heads heads.
+    const plain = { ...base, use_spatial_transformer: false, context_dim: null, num_heads: 4, num_heads_upsample: 2 };
+    const blocks = (m: UNetModel) => m.namedModules().filter(([, x]) => x instanceof AttentionBlock).map(([n, x]) => `${n}:${(x as AttentionBlock).numHeads}`);
+    const l = new UNetModel(plain), nl = new UNetModel({ ...plain, legacy: false });
+    assert.deepEqual(blocks(l), ['input_blocks.1.1:4', 'input_blocks.3.1:4', 'middle_block.1:4', 'output_blocks.0.1:2', 'output_blocks.1.1:2', 'output_blocks.2.1:2', 'output_blocks.3.1:2']);
+    assert.deepEqual(blocks(nl), ['input_blocks.1.1:4', 'input_blocks.3.1:4', 'middle_block.1:4', 'output_blocks.0.1:4', 'output_blocks.1.1:4', 'output_blocks.2.1:4', 'output_blocks.3.1:4']);
+    for (const m of [a, b, l, nl]) m.dispose();
   });
 
   it('rejects inconsistent cross-attention settings and contexts with clear errors', () => {

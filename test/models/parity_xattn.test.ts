@@ -94,6 +94,15 @@ describe('SpatialTransformer parity with ldm.modules.attention', () => {
     m.dispose();
   });
 
+  it('proj_out starts at zero (zero_module): a fresh transformer is the identity', async () => {
+    const m = new SpatialTransformer(32, 4, 8, { contextDim: 6 });
+    for (const [k, p] of m.namedParameters()) if (k.startsWith('proj_out.')) assert.ok(((await p.data()) as Float32Array).every((v) => v === 0), k);
+    const x = fromArray(Float32Array.from({ length: 2 * 32 * 9 }, (_, i) => Math.sin(i)), [2, 32, 3, 3]);
+    const ctx = fromArray(Float32Array.from({ length: 2 * 2 * 6 }, (_, i) => Math.cos(i)), [2, 2, 6]);
+    assert.deepEqual(await noGrad(() => m.forward(x, ctx)).data(), await x.data());
+    m.dispose();
+  });
+
   it('names the bad shape of a context or input', async () => {
     const m = new SpatialTransformer(32, 2, 8, { contextDim: 12 });
     const x = fromArray(new Float32Array(2 * 32 * 4), [2, 32, 2, 2]);

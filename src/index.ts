@@ -6,6 +6,8 @@ export { sample, type SamplerName, type EpsModel } from './diffusion/samplers';
 export { NoiseSchedule, makeBetaSchedule } from './diffusion/schedule';
 export { UNetModel } from './models/openai_unet';
 export { DDPMUNet } from './models/ddpm_unet';
+export { SpatialTransformer } from './models/transformer';
+export { ClassEmbedder } from './models/conditioning';
 export { PixelDiffusion, buildUNet } from './models/diffusion';
 export { readSafetensors, writeSafetensors, inspectSafetensors } from './io/safetensors';
 export { loadTorchCheckpoint, TorchCheckpointReader, TorchCheckpointError, applyEma, splitLdm, type TorchCheckpoint, type LoadTorchOptions } from './io/torch_ckpt';

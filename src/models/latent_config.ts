@@ -4,7 +4,9 @@
 // the keyword arguments of upstream's LatentDiffusion and DDPM __init__ as
 // params. Keys that change the model act as upstream; keys that only matter
 // to upstream's Lightning training or logging are listed in one warning;
-// values tdq-native cannot run are errors naming the key. Kept apart from
+// values tdq-native cannot run are errors naming the key. A file's data,
+// lightning and training sections are accepted and not read (this reader
+// builds the model only). Kept apart from
 // src/config/schema.ts (the training config): the loader calls
 // parseLatentDiffusionConfig / loadLatentDiffusionConfig.
 import fs from 'node:fs';
@@ -162,8 +164,8 @@ export function parseLatentDiffusionConfig(raw: unknown, file = '(latent diffusi
   if (isObj(raw) && 'model' in raw) {
     for (const k of Object.keys(raw)) {
       if (k === 'model') continue;
-      if (k === 'data' || k === 'lightning') ignored.push(k);
-      else fail([k], `unknown key ${k} (expected model, data, lightning)`);
+      if (k === 'data' || k === 'lightning' || k === 'training') ignored.push(k);
+      else fail([k], `unknown key ${k} (expected model, data, lightning, training)`);
     }
     node = raw.model;
     prefix = ['model'];
@@ -265,7 +267,7 @@ export function parseLatentDiffusionConfig(raw: unknown, file = '(latent diffusi
     firstStage,
     firstStageCkptPath,
     condStage,
-    warning: ignored.length ? `${file}: accepted and not used (upstream Lightning training / logging only): ${ignored.join(', ')}` : null,
+    warning: ignored.length ? `${file}: accepted and not read by the latent-diffusion model reader: ${ignored.join(', ')}` : null,
     notes,
   };
 }

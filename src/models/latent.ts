@@ -293,7 +293,12 @@ export class LatentDiffusion extends Module {
     return this.scaleFactorValue();
   }
 
-  /** get_learned_conditioning: the cond stage's encode (a Gaussian's mode) when it has one, else its forward. */
+  /**
+   * get_learned_conditioning: the cond stage's encode (a Gaussian's mode)
+   * when it has one, else its forward. `c` is what upstream passes: for
+   * cond_stage_key class_label the batch itself ({ class_label: labels }),
+   * which ClassEmbedder reads its key from.
+   */
   getLearnedConditioning(c: unknown): Tensor {
     const m = this.condStageModel;
     if (!m) throw new TypeError('LatentDiffusion: this model is unconditional (no cond stage)');
@@ -448,4 +453,30 @@ export async function loadFirstStageCheckpoint(model: Autoencoder, file: string)
   } finally {
     for (const t of tensors.values()) t.dispose();
   }
+}
+
+/**
+ * What a loader calls: the model of a spec with fresh UNet (and cond stage)
+ * weights, and the first stage's weights from first_stage_config.params.ckpt_path
+ * (resolved against `baseDir`, default the working directory, as upstream
+ * resolves it) unless `loadFirstStage` is false. A ckpt_path that is not
+ * there is an error naming the key, as upstream's torch.load would fail.
+ */
+export async function createLatentDiffusion(
+  spec: LatentDiffusionSpec,
+  opts: { gen?: Generator; baseDir?: string; loadFirstStage?: boolean } = {},
+): Promise<{ model: LatentDiffusion; ignoredKeys: string[] }> {
+  const model = buildLatentDiffusion(spec, opts.gen ?? new Generator(0));
+  let ignoredKeys: string[] = [];
+  if (spec.firstStageCkptPath && opts.loadFirstStage !== false) {
+    const file = path.resolve(opts.baseDir ?? process.cwd(), spec.firstStageCkptPath);
+    try {
+      if (!fs.existsSync(file)) throw new Error(`${file}: no such file`);
+      ignoredKeys = await loadFirstStageCheckpoint(model.firstStageModel, file);
+    } catch (e) {
+      model.dispose();
+      throw new Error(`first_stage_config.params.ckpt_path: ${(e as Error).message}`, { cause: e });
+    }
+  }
+  return { model, ignoredKeys };
 }

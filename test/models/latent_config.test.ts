@@ -161,3 +161,31 @@ describe('latent-diffusion config reader', () => {
     }
   });
 });
+
+describe('createLatentDiffusion (the loader\'s entry)', () => {
+  it('loads the first stage from first_stage_config.params.ckpt_path (resolved against baseDir); a missing file names the key', async () => {
+    const fsm = await import('node:fs');
+    const os = await import('node:os');
+    const { createLatentDiffusion } = await import('../../src/models/latent');
+    const { writeSafetensors } = await import('../../src/io/safetensors');
+    const { AutoencoderKL } = await import('../../src/models/autoencoder');
+    const { Generator } = await import('../../src/tensor/random');
+    const dir = fsm.mkdtempSync(path.join(os.tmpdir(), 'tdq-ldm-'));
+    try {
+      const s = parseLatentDiffusionConfig(tiny());
+      await assert.rejects(() => createLatentDiffusion(s, { baseDir: dir }), /first_stage_config\.params\.ckpt_path: .*ae\.safetensors: no such file/);
+      const ae = new AutoencoderKL({ ddconfig: s.firstStage.ddconfig, embed_dim: 3 }, new Generator(11));
+      await writeSafetensors(path.join(dir, 'ae.safetensors'), ae.stateDict());
+      const { model } = await createLatentDiffusion(s, { baseDir: dir });
+      const k = 'encoder.conv_in.weight';
+      assert.deepEqual(await model.firstStageModel.stateDict().get(k)!.data(), await ae.stateDict().get(k)!.data());
+      const { model: fresh } = await createLatentDiffusion(s, { baseDir: dir, loadFirstStage: false });
+      assert.notDeepEqual(await fresh.firstStageModel.stateDict().get(k)!.data(), await ae.stateDict().get(k)!.data());
+      model.dispose();
+      fresh.dispose();
+      ae.dispose();
+    } finally {
+      fsm.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

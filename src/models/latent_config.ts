@@ -39,7 +39,14 @@ export const LdmUNetParamsSchema = UNetParamsSchema.extend({
 });
 export type LdmUNetParams = z.output<typeof LdmUNetParamsSchema>;
 
-const UNetNode = z.strictObject({ target: z.enum(LDM_UNET_TARGETS), params: LdmUNetParamsSchema });
+const UNetNode = z.strictObject({
+  target: z.enum(LDM_UNET_TARGETS),
+  params: LdmUNetParamsSchema.superRefine((u, ctx) => {
+    // upstream's UNetModel asserts these
+    if (u.num_heads === -1 && u.num_head_channels === -1) ctx.addIssue({ code: 'custom', path: ['num_heads'], message: 'either num_heads or num_head_channels must be set' });
+    if (u.out_channels !== u.in_channels) ctx.addIssue({ code: 'custom', path: ['out_channels'], message: `must equal in_channels (${u.in_channels}): learned variances are not supported` });
+  }),
+});
 
 const CondStageNode = z.strictObject({ target: z.string().min(1), params: z.record(z.string(), z.unknown()).optional() });
 

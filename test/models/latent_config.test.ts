@@ -141,6 +141,7 @@ describe('latent-diffusion config reader', () => {
     issue(() => parseLatentDiffusionConfig(tiny({ scale_factor: 0.18 }), 'x.yaml'), /scale_factor/, /must stay 1/);
     issue(() => parseLatentDiffusionConfig(tiny({}, { in_channels: 4, out_channels: 4 }), 'x.yaml'), /unet_config\.params\.in_channels/, /embed_dim \(3\)/);
     issue(() => parseLatentDiffusionConfig(tiny({}, { use_spatial_transformer: true }), 'x.yaml'), /context_dim/, /needs context_dim/);
+    issue(() => parseLatentDiffusionConfig(tiny({}, { num_heads: -1 }), 'x.yaml'), /unet_config\.params\.num_heads/, /num_heads or num_head_channels/);
     issue(() => parseLatentDiffusionConfig(tiny({ first_stage_config: { target: 'ldm.models.autoencoder.AutoencoderKL', params: { embed_dim: 3 } } }), 'x.yaml'),
       /first_stage_config\.params\.ddconfig/, /./);
     issue(() => parseLatentDiffusionConfig({ model: tiny(), extra: 1 }, 'x.yaml'), /^extra$/, /unknown key extra/);

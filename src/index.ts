@@ -8,6 +8,7 @@ export { UNetModel } from './models/openai_unet';
 export { DDPMUNet } from './models/ddpm_unet';
 export { PixelDiffusion, buildUNet } from './models/diffusion';
 export { readSafetensors, writeSafetensors, inspectSafetensors } from './io/safetensors';
+export { loadTorchCheckpoint, TorchCheckpointReader, TorchCheckpointError, applyEma, splitLdm, type TorchCheckpoint, type LoadTorchOptions } from './io/torch_ckpt';
 export { Tensor, fromArray, sync, releaseMemory } from './tensor/tensor';
 export { tidy, keep, dispose } from './tensor/scope';
 export { backward, noGrad } from './tensor/autograd';

@@ -13,6 +13,7 @@
 #include "../core/registry.h"
 #include "../core/stream.h"
 #include "../cuda/cuda_memory.h"
+#include "../dist/comm.h"
 
 namespace {
 
@@ -416,6 +417,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     cuda.Set("available", why.empty());
     cuda.Set("reason", why);
     o.Set("cuda", cuda);
+    // MPI: whether this build has it (data-parallel ranks); initialised only by dist_init.
+    o.Set("mpi", Napi::Boolean::New(env, tdq::dist::mpi_built()));
     return o;
   });
 }

@@ -35,6 +35,8 @@ export interface EngineInfo {
   maxQueuedBytes: number;
   ops: OpInfo[];
   cuda: { built: boolean; available: boolean; reason: string };
+  /** Built with MPI (data-parallel ranks). */
+  mpi: boolean;
 }
 
 export interface NativeBinding {

@@ -41,6 +41,7 @@ export function formatInfo(info: EngineInfo, version: string): string {
     `cpu features: ${features.length ? features.join(' ') : 'none beyond the baseline'}`,
     `threads: ${info.threads}`,
     `cuda: ${cudaLine(info.cuda)}`,
+    `mpi: ${info.mpi ? 'built in: data-parallel with --nproc N or mpirun -np N' : 'not built (apt-get install libopenmpi-dev openmpi-bin, then npm run build:native)'}`,
     `ops: ${ops.length} (${ops.filter((o) => o.cpu).length} on cpu, ${cudaOps} on cuda${cudaOps ? ', marked *' : ''})`,
     wrap(ops.map((o) => (o.cuda ? `${o.name}*` : o.name)), '  '),
   ].join('\n');

@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { readSafetensors } from '../io/safetensors';
+import { loadTorchCheckpoint } from '../io/torch_ckpt';
 import { Module } from '../nn/module';
 import type { EpsModel } from '../diffusion/samplers/common';
 import { timestepValues } from '../diffusion/samplers/common';
@@ -431,25 +432,30 @@ export function buildLatentDiffusion(spec: LatentDiffusionSpec, gen: Generator =
 
 /**
  * Loads first-stage weights (upstream keys; loss.* and model_ema.* skipped)
- * from a .safetensors file. A .ckpt (PyTorch pickle) is an error for now.
- * Returns the skipped keys.
+ * from a .safetensors file or a PyTorch checkpoint (.ckpt / .pt / .pth, read
+ * by the safe torch_ckpt reader; a Lightning file's state_dict). A whole LDM
+ * checkpoint's first_stage_model.* part is taken when the keys have that
+ * prefix. Returns the skipped keys.
  */
 export async function loadFirstStageCheckpoint(model: Autoencoder, file: string): Promise<string[]> {
   const ext = path.extname(file).toLowerCase();
-  if (ext === '.ckpt' || ext === '.pt' || ext === '.pth')
-    throw new TypeError(`${file}: reading PyTorch checkpoints (${ext}) is not implemented yet; convert the state dict to .safetensors`);
-  if (ext !== '.safetensors') throw new TypeError(`${file}: expected a .safetensors first-stage checkpoint, got '${ext || 'no extension'}'`);
   if (!fs.existsSync(file)) throw new Error(`${file}: no such file`);
-  const { tensors } = await readSafetensors(file);
+  let tensors: Map<string, Tensor>;
+  if (ext === '.ckpt' || ext === '.pt' || ext === '.pth') tensors = (await loadTorchCheckpoint(file)).tensors;
+  else if (ext === '.safetensors') tensors = (await readSafetensors(file)).tensors;
+  else throw new TypeError(`${file}: expected a .safetensors or PyTorch (.ckpt, .pt, .pth) first-stage checkpoint, got '${ext || 'no extension'}'`);
   try {
-    // A whole LDM checkpoint holds the first stage under first_stage_model.
     let dict = tensors;
     const pre = 'first_stage_model.';
     if ([...tensors.keys()].some((k) => k.startsWith(pre))) {
       dict = new Map();
       for (const [k, t] of tensors) if (k.startsWith(pre)) dict.set(k.slice(pre.length), t);
     }
-    return loadFirstStageStateDict(model, dict).ignoredKeys;
+    try {
+      return loadFirstStageStateDict(model, dict).ignoredKeys;
+    } catch (e) {
+      throw new Error(`${file}: ${(e as Error).message}`, { cause: e });
+    }
   } finally {
     for (const t of tensors.values()) t.dispose();
   }
@@ -471,7 +477,6 @@ export async function createLatentDiffusion(
   if (spec.firstStageCkptPath && opts.loadFirstStage !== false) {
     const file = path.resolve(opts.baseDir ?? process.cwd(), spec.firstStageCkptPath);
     try {
-      if (!fs.existsSync(file)) throw new Error(`${file}: no such file`);
       ignoredKeys = await loadFirstStageCheckpoint(model.firstStageModel, file);
     } catch (e) {
       model.dispose();

@@ -11,12 +11,12 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 
 import { sample } from '../../src/diffusion/samplers';
-import { readSafetensors } from '../../src/io/safetensors';
+import { readSafetensors, writeSafetensors } from '../../src/io/safetensors';
 import { Module } from '../../src/nn/module';
 import { AdamW } from '../../src/optim/adam';
 import { AutoencoderKL, VQModelInterface, type DDConfig } from '../../src/models/autoencoder';
 import {
-  type CondStage, type LatentDenoiser, LatentDiffusion, buildCondStage, condStageTargets, registerCondStage,
+  type CondStage, type LatentDenoiser, LatentDiffusion, buildCondStage, condStageTargets, loadFirstStageCheckpoint, registerCondStage,
 } from '../../src/models/latent';
 import { UNetModel } from '../../src/models/openai_unet';
 import { Embedding } from '../../src/nn/layers';
@@ -128,6 +128,34 @@ describe('LatentDiffusion: parity with the PyTorch reference (committed fixtures
     await close('epsModel (the samplers\' view)', noGrad(() => ldm.epsModel()(io('zlat'), io('t'))), io('eps_direct'));
     await close('decode_first_stage(zlat)', ldm.decode(io('zlat')), io('dec'));
     ldm.dispose();
+  });
+
+  it('first-stage weights from a PyTorch checkpoint (torch.save, Lightning style) and from a whole LDM state dict', async () => {
+    const c = await loadCase('kl');
+    const ae = new AutoencoderKL({ ddconfig: c.cfg.ddconfig, embed_dim: c.cfg.embed_dim });
+    const skipped = await loadFirstStageCheckpoint(ae, path.join(DIR, 'kl_first_stage.ckpt'));
+    assert.deepEqual(skipped, ['loss.logvar']);
+    const pre = 'first_stage_model.';
+    for (const [k, t] of ae.stateDict()) assert.deepEqual(await t.data(), await c.weights.get(pre + k)!.data(), k);
+    // A whole LDM state dict (safetensors): its first_stage_model.* part.
+    const os = await import('node:os');
+    const fsm = await import('node:fs');
+    const dir = fsm.mkdtempSync(path.join(os.tmpdir(), 'tdq-fs-'));
+    try {
+      const file = path.join(dir, 'ldm.safetensors');
+      await writeSafetensors(file, c.weights);
+      const ae2 = new AutoencoderKL({ ddconfig: c.cfg.ddconfig, embed_dim: c.cfg.embed_dim }, new Generator(77));
+      await loadFirstStageCheckpoint(ae2, file);
+      const k = 'decoder.conv_out.weight';
+      assert.deepEqual(await ae2.stateDict().get(k)!.data(), await c.weights.get(pre + k)!.data());
+      await assert.rejects(() => loadFirstStageCheckpoint(ae2, path.join(dir, 'nope.safetensors')), /nope\.safetensors: no such file/);
+      fsm.writeFileSync(path.join(dir, 'w.bin'), 'x');
+      await assert.rejects(() => loadFirstStageCheckpoint(ae2, path.join(dir, 'w.bin')), /expected a \.safetensors or PyTorch/);
+      ae2.dispose();
+    } finally {
+      fsm.rmSync(dir, { recursive: true, force: true });
+    }
+    ae.dispose();
   });
 
   it('VQModelInterface first stage: encode (no sampling) * scale_factor, decode quantizes', async () => {

@@ -18,6 +18,9 @@ metadata "config" (JSON) and "weights", the LatentDiffusion state dict's
 [key, shape] list under upstream's keys (model.diffusion_model.*,
 first_stage_model.*) in upstream's order. The weights are not stored: they
 come from autoencoder_ref.py's splitmix64 hash rule, which the test repeats.
+The KL case's first stage is also saved with torch.save, Lightning style
+({"state_dict": ..., "global_step": 3}, with a loss.logvar key), as
+kl_first_stage.ckpt.
 """
 import json
 import os
@@ -146,6 +149,10 @@ def kl_case(outdir):
     unet = UNetModel(**UNET)
     ldm = LatentDiffusion(unet, ae, scale_by_std=True, **SCHED).eval()
     manifest = hashed_fill(ldm, 1)
+    # The first stage alone as a Lightning-style PyTorch checkpoint (with the loss's tensors, skipped on loading).
+    sd = {k: v.clone() for k, v in ae.state_dict().items()}
+    sd["loss.logvar"] = torch.zeros(())
+    torch.save({"state_dict": sd, "global_step": 3}, os.path.join(outdir, "kl_first_stage.ckpt"))
     g = torch.Generator().manual_seed(3)
     b = 2
     x = torch.rand(b, 1, 16, 16, generator=g) * 2 - 1

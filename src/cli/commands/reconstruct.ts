@@ -58,7 +58,7 @@ export const reconstructCommand: CommandModule<GlobalArgs, ReconstructArgs> = {
   builder: (y) =>
     y
       .option('base', { type: 'string', demandOption: true, describe: 'autoencoder config YAML (CompVis configs/autoencoder shape)' })
-      .option('ckpt', { type: 'string', demandOption: true, describe: 'its weights (.safetensors; upstream keys, loss.* skipped)' })
+      .option('ckpt', { type: 'string', demandOption: true, describe: 'its weights (.safetensors or a PyTorch .ckpt; upstream keys, loss.* skipped)' })
       .option('images', { type: 'string', demandOption: true, describe: 'folder of PNG images (searched recursively)' })
       .option('outdir', { alias: 'o', type: 'string', demandOption: true, describe: 'folder for the reconstructions (same relative names)' })
       .option('batch-size', { alias: 'batch_size', type: 'number', default: 16, describe: 'images per batch' })

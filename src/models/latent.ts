@@ -25,6 +25,7 @@ import { cat } from '../tensor/ops/shape';
 import { Generator } from '../tensor/random';
 import { type Tensor, fromArray, runOp, shapeToString } from '../tensor/tensor';
 import { type Autoencoder, AutoencoderKL, DiagonalGaussianDistribution, VQModel, VQModelInterface, buildAutoencoder, loadFirstStageStateDict } from './autoencoder';
+import { ClassEmbedder, type ClassEmbedderConfig } from './conditioning';
 import type { LatentDiffusionSpec } from './latent_config';
 import { type UNetConfig, UNetModel } from './openai_unet';
 
@@ -46,6 +47,9 @@ export function registerCondStage(target: string, factory: CondStageFactory): vo
   if (typeof factory !== 'function') throw new TypeError(`registerCondStage('${target}'): factory must be a function`);
   COND_STAGES.set(target, factory);
 }
+
+// The class-conditional models' encoder (cin256, the project's fmnist-ldm).
+registerCondStage('ldm.modules.encoders.modules.ClassEmbedder', (p, gen) => new ClassEmbedder(p as unknown as ClassEmbedderConfig, gen));
 
 /** The cond-stage targets that can be built. */
 export function condStageTargets(): string[] {

@@ -65,6 +65,8 @@ export interface StepFlags {
   ddimDiscretize?: DdimDiscretize;
   /** The flag name used for steps in messages. */
   stepsFlag: string;
+  /** Whether the command has --ddim-discretize (else the messages do not offer it). Default true. */
+  layoutFlag?: boolean;
 }
 
 /**
@@ -90,9 +92,13 @@ export function checkSamplerFlags(f: StepFlags, T: number, warn: (msg: string) =
   const method = f.ddimDiscretize ?? 'uniform';
   if (method === 'uniform') {
     const u = uniformLayout(steps, T);
-    if (!u.fits) throw new CliError(uniformLayoutMessage(steps, T).replace(/^/, `--${f.stepsFlag} ${steps}: `));
+    const layouts = f.layoutFlag ?? true;
+    if (!u.fits) {
+      const msg = uniformLayoutMessage(steps, T);
+      throw new CliError(`--${f.stepsFlag} ${steps}: ${layouts ? msg : msg.replace(/; or use ddim_discretize.*$/, '')}`);
+    }
     if (u.count !== steps) {
-      warn(`--${f.stepsFlag} ${steps}: the 'uniform' layout (LDM's) runs ${u.count} steps, not ${steps}; --ddim-discretize linspace or trailing runs exactly ${steps}`);
+      warn(`--${f.stepsFlag} ${steps}: the 'uniform' layout (LDM's) runs ${u.count} steps, not ${steps}${layouts ? `; --ddim-discretize linspace or trailing runs exactly ${steps}` : ''}`);
       return u.count;
     }
   }

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { type Config, parseConfig, loadConfig } from './config';
-import { sample, type SamplerName } from './diffusion/samplers';
+import { type DdimDiscretize, sample, type SamplerName } from './diffusion/samplers';
 import { buildUNet, PixelDiffusion } from './models/diffusion';
 import { packageRoot } from './tensor/native';
 import { Generator } from './tensor/random';
@@ -42,8 +42,10 @@ export interface GenerateOptions {
    */
   onProgress?: (p: { images: number; total: number; step: number; steps: number }) => unknown;
   signal?: AbortSignal;
-  /** Clamp predicted x_0 to [-1, 1] in ddpm/ddim (default true: pixel-space data lives there). */
+  /** Clamp predicted x_0 to [-1, 1], all samplers (default true: pixel-space data lives there). */
   clipDenoised?: boolean;
+  /** ddim / plms timestep layout (default 'uniform'). */
+  ddimDiscretize?: DdimDiscretize;
 }
 
 export interface GeneratedImages {
@@ -138,6 +140,7 @@ export class DiffusionPipeline {
           steps: o.sampler === 'ddpm' ? undefined : o.steps ?? 50,
           eta: o.eta,
           clipDenoised: o.clipDenoised ?? true,
+          ddimDiscretize: o.ddimDiscretize,
           generator: gen,
           schedule: this.diffusion.schedule,
           signal,

@@ -62,31 +62,55 @@ export const UNSUPPORTED_KEYS: Readonly<Record<string, string>> = {
 
 const posInt = z.int().min(1);
 const nonNegInt = z.int().min(0);
-const intList = z.array(posInt);
+/**
+ * Upper bounds on sizes, so a typo (num_res_blocks: 100000) is a config error naming the key
+ * instead of an allocation that runs until the OS kills the process. Generous: well past
+ * the largest published LDM / DDPM configs.
+ */
+export const CONFIG_LIMITS = {
+  image_size: 4096,
+  channels: 1024,
+  model_channels: 4096,
+  num_res_blocks: 64,
+  channel_mult: 64,
+  levels: 16,
+  num_classes: 1_000_000,
+  num_heads: 1024,
+  timesteps: 100_000,
+  batch_size: 65_536,
+} as const;
+const bounded = (max: number) => z.int().min(1).max(max);
+const imageSize = bounded(CONFIG_LIMITS.image_size);
+const channels = bounded(CONFIG_LIMITS.channels);
+const modelChannels = bounded(CONFIG_LIMITS.model_channels);
+const numResBlocks = bounded(CONFIG_LIMITS.num_res_blocks);
+const multList = z.array(bounded(CONFIG_LIMITS.channel_mult)).max(CONFIG_LIMITS.levels);
+const headsOrMinus1 = z.int().min(-1).max(CONFIG_LIMITS.num_heads);
+const headChannelsOrMinus1 = z.int().min(-1).max(CONFIG_LIMITS.model_channels);
 
 // ---- UNets ------------------------------------------------------------------
 
 export const UNetParamsSchema = z.strictObject({
-  image_size: posInt,
-  in_channels: posInt,
-  out_channels: posInt,
-  model_channels: posInt,
-  num_res_blocks: posInt,
+  image_size: imageSize,
+  in_channels: channels,
+  out_channels: channels,
+  model_channels: modelChannels,
+  num_res_blocks: numResBlocks,
   /** Downsampling factors (1, 2, 4, ...) at which blocks get self-attention. */
-  attention_resolutions: z.array(posInt),
-  channel_mult: intList.min(1).default([1, 2, 4, 8]),
+  attention_resolutions: z.array(posInt).max(CONFIG_LIMITS.levels),
+  channel_mult: multList.min(1).default([1, 2, 4, 8]),
   dropout: z.number().min(0).lt(1).default(0),
   conv_resample: z.boolean().default(true),
   dims: z.literal(2).default(2),
   /** Class-conditional when set: a learned embedding of the label is added to the time embedding. */
-  num_classes: posInt.optional(),
+  num_classes: bounded(CONFIG_LIMITS.num_classes).optional(),
   /** Accepted for CompVis configs; gradient checkpointing has no effect here. */
   use_checkpoint: z.boolean().default(false),
   /** Heads per attention layer; -1: derive from num_head_channels. */
-  num_heads: z.int().min(-1).refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
+  num_heads: headsOrMinus1.refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
   /** Channels per head; -1: use num_heads. */
-  num_head_channels: z.int().min(-1).refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
-  num_heads_upsample: z.int().min(-1).refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
+  num_head_channels: headChannelsOrMinus1.refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
+  num_heads_upsample: headsOrMinus1.refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
   use_scale_shift_norm: z.boolean().default(false),
   resblock_updown: z.boolean().default(false),
   /** false: the legacy QKV layout of the CompVis checkpoints. */
@@ -102,14 +126,14 @@ export const UNetParamsSchema = z.strictObject({
 });
 
 export const DDPMUNetParamsSchema = z.strictObject({
-  resolution: posInt,
-  in_channels: posInt,
-  out_ch: posInt,
-  ch: posInt,
-  ch_mult: intList.min(1).default([1, 2, 2, 2]),
-  num_res_blocks: posInt,
+  resolution: imageSize,
+  in_channels: channels,
+  out_ch: channels,
+  ch: modelChannels,
+  ch_mult: multList.min(1).default([1, 2, 2, 2]),
+  num_res_blocks: numResBlocks,
   /** Feature-map sizes in pixels (e.g. [16] at 32 x 32) at which blocks get self-attention. */
-  attn_resolutions: z.array(posInt),
+  attn_resolutions: z.array(posInt).max(CONFIG_LIMITS.levels),
   dropout: z.number().min(0).lt(1).default(0),
   resamp_with_conv: z.boolean().default(true),
 });
@@ -191,19 +215,19 @@ export const UNetConfigSchema = z.discriminatedUnion('target', [
 export const AutoencoderKLConfigSchema = z.strictObject({
   target: target(AUTOENCODER_KL_TARGET),
   params: z.strictObject({
-    embed_dim: posInt,
+    embed_dim: channels,
     ckpt_path: z.string().min(1).optional(),
     /** Accepted for CompVis configs; unused. */
     monitor: z.string().optional(),
     ddconfig: z.strictObject({
       double_z: z.boolean().default(true),
-      z_channels: posInt,
-      resolution: posInt,
-      in_channels: posInt,
-      out_ch: posInt,
-      ch: posInt,
-      ch_mult: intList.min(1),
-      num_res_blocks: posInt,
+      z_channels: channels,
+      resolution: imageSize,
+      in_channels: channels,
+      out_ch: channels,
+      ch: modelChannels,
+      ch_mult: multList.min(1),
+      num_res_blocks: numResBlocks,
       attn_resolutions: z.array(posInt).default([]),
       dropout: z.number().min(0).lt(1).default(0),
     }),
@@ -227,12 +251,12 @@ const diffusionParams = {
   linear_end: z.number().gt(0).lt(1).default(2e-2),
   cosine_s: z.number().gt(0).default(8e-3),
   beta_schedule: z.enum(BETA_SCHEDULES).default('linear'),
-  timesteps: posInt.default(1000),
+  timesteps: bounded(CONFIG_LIMITS.timesteps).default(1000),
   loss_type: z.enum(['l1', 'l2']).default('l2'),
   /** What the UNet predicts: the noise, the clean sample, or v = alpha eps - sigma x0. */
   parameterization: z.enum(['eps', 'x0', 'v']).default('eps'),
-  image_size: posInt,
-  channels: posInt,
+  image_size: imageSize,
+  channels: channels,
   clip_denoised: z.boolean().default(true),
   /** Steps between intermediates logged while sampling. */
   log_every_t: posInt.default(100),
@@ -315,7 +339,7 @@ export const DataConfigSchema = z.discriminatedUnion('target', [
       txt_file: z.string().min(1),
       data_root: z.string().min(1),
       /** Square output size: must be the model's input size. */
-      size: posInt,
+      size: imageSize,
       interpolation: z.enum(['linear', 'bilinear', 'bicubic', 'lanczos']).default('bicubic'),
       /** Upstream's RandomHorizontalFlip probability: 0.5 (training) or 0 (validation). */
       flip_p: z.union([z.literal(0), z.literal(0.5)]).default(0.5),
@@ -336,7 +360,7 @@ export const DataConfigSchema = z.discriminatedUnion('target', [
 // ---- Training -----------------------------------------------------------------
 
 export const TrainingConfigSchema = z.strictObject({
-  batch_size: posInt,
+  batch_size: bounded(CONFIG_LIMITS.batch_size),
   max_steps: posInt,
   /** Multiply base_learning_rate by batch_size x accumulate_grad_batches (CompVis main.py's default). */
   scale_lr: z.boolean().default(false),

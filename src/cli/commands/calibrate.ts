@@ -14,6 +14,7 @@ import { type QuantConfig, QuantConfigError, describeConfig, resolveQuantConfig 
 import { Generator } from '../../tensor/random';
 import { loadCheckpoint, saveCheckpoint } from '../../train/checkpoint';
 import { type GlobalArgs, CliError } from '../index';
+import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, peekModelConfig } from './preflight';
 
 interface CalibrateArgs extends GlobalArgs {
   ckpt: string;
@@ -24,12 +25,13 @@ interface CalibrateArgs extends GlobalArgs {
   useDynamic: boolean;
   staticMethod: 'lsq' | 'pact';
   method: 'auto' | 'mse' | 'minmax' | 'percentile';
-  percentile: number;
+  percentile?: number;
   nSamples: number;
   batchSize: number;
   sampler: 'ddim' | 'plms' | 'dpmpp' | 'ddpm';
-  steps: number;
+  steps?: number;
   seed: number;
+  maxMemory?: string;
   keepFp?: string[];
   quantizeAttention: boolean;
   fitIters: number;
@@ -62,11 +64,12 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('use-dynamic', { alias: 'use_dynamic', type: 'boolean', default: false, describe: 'TDQ: activation steps from the timestep (else one static step per layer)' })
       .option('static-method', { alias: 'static_method', choices: ['lsq', 'pact'] as const, default: 'lsq' as const, describe: 'static activation quantizer' })
       .option('method', { choices: ['auto', 'mse', 'minmax', 'percentile'] as const, default: 'auto' as const, describe: 'step size from the statistics (auto: min-max at 8-bit activations, percentile below; see src/quant/README.md)' })
-      .option('percentile', { type: 'number', default: 99.99, describe: 'for --method percentile' })
+      .option('percentile', { type: 'number', defaultDescription: '99.99', describe: 'for --method percentile (and auto below 8-bit activations); an error with mse / minmax' })
       .option('n-samples', { alias: ['n_samples', 'n'], type: 'number', default: 16, describe: 'calibration trajectories' })
       .option('batch-size', { alias: 'batch_size', type: 'number', default: 16, describe: 'trajectories per batch' })
       .option('sampler', { choices: ['ddim', 'plms', 'dpmpp', 'ddpm'] as const, default: 'ddim' as const, describe: 'sampler of the trajectories' })
-      .option('steps', { alias: ['custom-steps', 'custom_steps'], type: 'number', default: 50, describe: 'sampler steps (each a calibration timestep)' })
+      .option('steps', { alias: ['custom-steps', 'custom_steps'], type: 'number', defaultDescription: '50', describe: 'sampler steps (each a calibration timestep; an error with ddpm)' })
+      .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('seed', { type: 'number', default: 0, describe: 'noise seed of the trajectories' })
       .option('keep-fp', { alias: 'keep_fp', type: 'string', array: true, describe: "layers kept in full precision (names or '*' patterns; default: the paper's)" })
       .option('quantize-attention', { alias: 'quantize_attention', type: 'boolean', default: false, describe: 'also quantize the q/k/v inputs of the attention matmuls' })
@@ -76,9 +79,21 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .example('$0 calibrate --ckpt fp.safetensors --n_bit_w 8 --n_bit_a 4 --method percentile', 'static PTQ, W8A4, percentile ranges') as unknown as Argv<CalibrateArgs>,
   handler: async (a) => {
     if (!fs.existsSync(a.ckpt)) throw new CliError(`checkpoint not found: ${a.ckpt}`);
-    for (const [k, v] of [['n-samples', a.nSamples], ['batch-size', a.batchSize], ['steps', a.steps], ['fit-iters', a.fitIters]] as const)
-      if (!Number.isInteger(v) || v < 1) throw new CliError(`--${k} must be a positive integer, got ${v}`);
+    checkCount('n-samples', a.nSamples);
+    checkCount('batch-size', a.batchSize);
+    checkCount('fit-iters', a.fitIters, 10_000_000);
+    if (a.steps !== undefined) checkCount('steps', a.steps);
     if (!Number.isSafeInteger(a.seed) || a.seed < 0) throw new CliError(`--seed must be a non-negative integer, got ${a.seed}`);
+    if (a.percentile !== undefined) {
+      if (!(a.percentile > 0 && a.percentile <= 100)) throw new CliError(`--percentile must lie in (0, 100], got ${a.percentile}`);
+      if (a.method === 'mse' || a.method === 'minmax') throw new CliError(`--percentile applies to --method percentile (or auto below 8-bit activations), not --method ${a.method}`);
+    }
+    const peeked = await peekModelConfig(a.ckpt, a.config);
+    let steps = a.steps ?? 50;
+    if (peeked) {
+      steps = checkSamplerFlags({ sampler: a.sampler, steps: a.steps, stepsFlag: 'steps', layoutFlag: false }, (peeked.model.params as { timesteps: number }).timesteps);
+      checkMemory(`calibrating with batches of ${Math.min(a.batchSize, a.nSamples)}`, peeked, Math.min(a.batchSize, a.nSamples), 0, a.maxMemory);
+    }
     const qcfg = quantConfigFromArgs(a);
     const ck = await loadCheckpoint(a.ckpt);
     const dispose = () => {
@@ -106,12 +121,12 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
     }
     const p = config.model.params;
     const schedule = scheduleFromConfig(p);
-    console.log(`tdq-native: calibrating ${describeConfig(qcfg)} on ${a.nSamples} ${a.sampler} trajectories of ${a.steps} steps (${a.method})`);
+    console.log(`tdq-native: calibrating ${describeConfig(qcfg)} on ${a.nSamples} ${a.sampler} trajectories of ${steps} steps (${a.method})`);
     const t0 = Date.now();
     let lastPct = -1;
     const { model: qm, report } = await calibrateWithReport(unet, qcfg, {
-      schedule, sampler: a.sampler, steps: a.sampler === 'ddpm' ? undefined : a.steps, nSamples: a.nSamples, batchSize: a.batchSize, seed: a.seed,
-      method: a.method, percentile: a.percentile, sampleShape: [p.channels, p.image_size, p.image_size], fitIters: a.fitIters,
+      schedule, sampler: a.sampler, steps: a.sampler === 'ddpm' ? undefined : a.steps ?? 50, nSamples: a.nSamples, batchSize: a.batchSize, seed: a.seed,
+      method: a.method, percentile: a.percentile ?? 99.99, sampleShape: [p.channels, p.image_size, p.image_size], fitIters: a.fitIters,
       onProgress: (phase, done, total) => {
         const pct = Math.floor((100 * done) / total);
         if (phase === 'sampling' && pct >= lastPct + 10 && process.stderr.isTTY) process.stderr.write(`  sampling ${pct}%\n`);
@@ -128,7 +143,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
         model: qm,
         extraMetadata: {
           ...qm.checkpointMetadata(),
-          quant_calibration: JSON.stringify({ method: a.method, sampler: a.sampler, steps: a.steps, nSamples: a.nSamples, seed: a.seed, source: path.basename(a.ckpt) }),
+          quant_calibration: JSON.stringify({ method: a.method, sampler: a.sampler, steps: a.sampler === 'ddpm' ? steps : a.steps ?? 50, nSamples: a.nSamples, seed: a.seed, source: path.basename(a.ckpt) }),
         },
       });
       const fits = report.quantizers.map((q) => q.fitRmsLog).filter((v): v is number => v !== undefined);

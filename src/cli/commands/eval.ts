@@ -21,18 +21,21 @@ import {
   loadFeatureNet,
   runEval,
 } from '../../eval/run';
-import type { SamplerName } from '../../diffusion/samplers';
+import { DDIM_DISCRETIZE, type DdimDiscretize, type SamplerName } from '../../diffusion/samplers';
 import { writeFileAtomic } from '../../io/atomic';
 import { loadPipeline } from '../../pipeline';
 import { CliError, type GlobalArgs, packageVersion } from '../index';
+import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, peekModelConfig } from './preflight';
 
 interface EvalArgs extends GlobalArgs {
   samples?: string;
   ckpt?: string;
   config?: string;
   sampler: SamplerName;
-  steps: number;
-  eta: number;
+  steps?: number;
+  eta?: number;
+  'ddim-discretize'?: DdimDiscretize;
+  'max-memory'?: string;
   'sample-seed': number;
   dataset?: string;
   split: 'train' | 'test';
@@ -114,8 +117,10 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('ckpt', { type: 'string', describe: 'Or: a diffusion checkpoint to generate --n images from (held in memory, rounded to 8 bits as PNGs would be)' })
       .option('config', { type: 'string', describe: 'Model YAML for a --ckpt without a config in its metadata' })
       .option('sampler', { choices: ['ddpm', 'ddim', 'plms', 'dpmpp'] as const, default: 'ddim' as const, describe: 'Sampler for --ckpt' })
-      .option('steps', { type: 'number', default: 50, describe: 'Sampling steps for --ckpt (ddim / plms / dpmpp)' })
-      .option('eta', { type: 'number', default: 0, describe: 'DDIM eta for --ckpt' })
+      .option('steps', { type: 'number', defaultDescription: '50', describe: 'Sampling steps for --ckpt (ddim / plms / dpmpp; an error with ddpm)' })
+      .option('eta', { type: 'number', defaultDescription: '0', describe: 'DDIM eta for --ckpt (ddim only)' })
+      .option('ddim-discretize', { choices: DDIM_DISCRETIZE, defaultDescription: 'uniform', describe: 'ddim / plms timestep layout for --ckpt: uniform, linspace or trailing (exactly --steps for any count), quad' })
+      .option('max-memory', maxMemoryOption)
       .option('sample-seed', { type: 'number', default: 0, describe: 'Noise seed for --ckpt' })
       .option('dataset', { type: 'string', describe: "Reference images: a folder of PNGs, or 'fashion-mnist'" })
       .option('split', { choices: ['train', 'test'] as const, default: 'train' as const, describe: 'Fashion-MNIST split of the reference' })
@@ -145,6 +150,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .check((a) => {
         if (!a.samples && !a.ckpt) return 'eval needs --samples DIR (a folder of generated PNG images) or --ckpt FILE (a model to sample from)';
         if (a.samples && a.ckpt) return 'pass either --samples or --ckpt, not both';
+        if (a.samples) for (const k of ['steps', 'eta', 'ddim-discretize', 'sample-seed'] as const) if (a[k] !== undefined && !(k === 'sample-seed' && a[k] === 0)) return `--${k} applies to --ckpt only (images in --samples are not generated here)`;
         for (const k of ['n', 'ref-n', 'batch-size', 'is-splits', 'kid-subsets', 'kid-subset-size', 'pr-k', 'steps'] as const) {
           const v = a[k];
           if (v !== undefined && (!Number.isInteger(v) || (v as number) < 1)) return `--${k} must be a positive integer, got ${String(v)}`;
@@ -154,6 +160,19 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
   handler: async (a) => {
     const metrics = parseMetrics(a.metrics);
     if (!a.dataset && metrics.some((m) => m !== 'is')) throw new CliError(`--metrics ${metrics.join(',')} needs reference images (--dataset DIR or fashion-mnist)`);
+    let sampleN: number | undefined;
+    if (a.n !== undefined) checkCount('n', a.n);
+    if (a['ref-n'] !== undefined) checkCount('ref-n', a['ref-n']);
+    if (a.ckpt) {
+      // Generated images are all held in memory: check the flags and the bytes before loading anything.
+      sampleN = a.n ?? 1000;
+      if (!Number.isSafeInteger(a['sample-seed']) || a['sample-seed'] < 0) throw new CliError(`--sample-seed must be a non-negative integer, got ${a['sample-seed']}`);
+      const config = await peekModelConfig(a.ckpt, a.config);
+      if (config) {
+        checkSamplerFlags({ sampler: a.sampler, steps: a.steps, eta: a.eta, ddimDiscretize: a['ddim-discretize'], stepsFlag: 'steps' }, (config.model.params as { timesteps: number }).timesteps);
+        checkMemory(`generating ${sampleN} images for eval`, config, Math.min(a['batch-size'], sampleN), sampleN, a['max-memory']);
+      }
+    }
     const reporter = progressReporter(a.progress);
     try {
       const reference = referenceSource(a);
@@ -167,9 +186,9 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
         let samples: ImageSource;
         if (folder) samples = folder;
         else {
-          const n = a.n ?? 1000;
+          const n = sampleN ?? 1000;
           samples = await sampleCheckpoint(a, n, reporter.update);
-          generation = { ckpt: path.resolve(a.ckpt!), n, sampler: a.sampler, steps: a.sampler === 'ddpm' ? null : a.steps, eta: a.eta, seed: a['sample-seed'] };
+          generation = { ckpt: path.resolve(a.ckpt!), n, sampler: a.sampler, steps: a.sampler === 'ddpm' ? null : a.steps ?? 50, eta: a.eta ?? 0, seed: a['sample-seed'], ...(a['ddim-discretize'] ? { ddimDiscretize: a['ddim-discretize'] } : {}) };
         }
         report = await runEval({
           samples,
@@ -222,8 +241,9 @@ async function sampleCheckpoint(a: EvalArgs, n: number, progress: (phase: string
       n,
       batchSize: a['batch-size'],
       sampler: a.sampler,
-      steps: a.steps,
+      steps: a.steps ?? 50,
       eta: a.eta,
+      ddimDiscretize: a['ddim-discretize'],
       seed: a['sample-seed'],
       onProgress: (p) => progress('sampling', p.images, p.total),
     });

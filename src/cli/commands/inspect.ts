@@ -12,6 +12,10 @@ import { plotActivationRanges, plotStepCurves } from '../../quant/plot';
 import { coveredRangeOf } from '../../quant/step_search';
 import type { Tensor } from '../../tensor/tensor';
 import { type GlobalArgs, CliError } from '../index';
+import { checkCount, probeWritableDir } from './preflight';
+
+/** --max-plots at most this: each plotted layer is a curve in one figure. */
+export const MAX_PLOTS = 64;
 
 interface InspectArgs extends GlobalArgs {
   ckpt: string;
@@ -112,7 +116,11 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
       .example("$0 inspect --ckpt q.safetensors --layers '*.in_layers.2' --out-dir plots", 'plot chosen layers') as unknown as Argv<InspectArgs>,
   handler: async (a) => {
     if (!fs.existsSync(a.ckpt)) throw new CliError(`checkpoint not found: ${a.ckpt}`);
-    if (!Number.isInteger(a.maxPlots) || a.maxPlots < 1) throw new CliError(`--max-plots must be a positive integer, got ${a.maxPlots}`);
+    checkCount('max-plots', a.maxPlots, MAX_PLOTS);
+    if (!a.plots) {
+      if (a.outDir !== undefined) throw new CliError('--out-dir does not apply with --no-plots (it is where the plots go)');
+      if (a.layers.length) throw new CliError('--layers does not apply with --no-plots (it chooses the plotted layers)');
+    } else probeWritableDir(a.outDir ?? path.dirname(a.ckpt), 'out-dir');
     const { tensors, metadata } = await readSafetensors(a.ckpt);
     try {
       let info: QuantizedCheckpointInfo;

@@ -1,12 +1,22 @@
 // `tdq-native sample`: PNGs from a checkpoint (default: the shipped
-// Fashion-MNIST model) with any of the four samplers.
+// Fashion-MNIST model) with any of the four samplers. Checks the flags, the
+// memory the run needs and the output folder before loading anything, then
+// writes each batch's PNGs as soon as the batch is done: only one batch (and
+// the images of grid.png) is ever held, so a large --n-samples costs time only.
 import path from 'node:path';
 import { SingleBar, Presets } from 'cli-progress';
 import type { Argv, CommandModule } from 'yargs';
 
+import { DDIM_DISCRETIZE, type DdimDiscretize, sample } from '../../diffusion/samplers';
 import { saveGrid, saveImages } from '../../io/png';
 import { DEFAULT_MODEL, loadPipeline } from '../../pipeline';
+import { Generator } from '../../tensor/random';
+import { fromArray, type Tensor } from '../../tensor/tensor';
 import { type GlobalArgs, CliError } from '../index';
+import { checkCount, checkMemory, checkSamplerFlags, lineProgress, maxMemoryOption, peekModelConfig, probeWritableDir } from './preflight';
+
+/** grid.png shows at most this many images (the first ones). */
+export const MAX_GRID_IMAGES = 256;
 
 interface SampleArgs extends GlobalArgs {
   ckpt: string;
@@ -14,14 +24,16 @@ interface SampleArgs extends GlobalArgs {
   nSamples: number;
   batchSize: number;
   sampler: 'ddpm' | 'ddim' | 'plms' | 'dpmpp';
-  customSteps: number;
-  eta: number;
+  customSteps?: number;
+  eta?: number;
+  ddimDiscretize?: DdimDiscretize;
   seed: number;
   outdir: string;
   grid: boolean;
   class?: number;
   progress: boolean;
   clipDenoised: boolean;
+  maxMemory?: string;
 }
 
 export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
@@ -31,48 +43,97 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
     y
       .option('ckpt', { type: 'string', default: DEFAULT_MODEL, defaultDescription: 'models/fmnist-small.safetensors', describe: 'checkpoint (.safetensors) to sample from' })
       .option('config', { type: 'string', describe: 'model YAML, for weight files without a config in their metadata' })
-      .option('n-samples', { alias: ['n_samples', 'n'], type: 'number', default: 16, describe: 'number of images' })
+      .option('n-samples', { alias: ['n_samples', 'n'], type: 'number', default: 16, describe: 'number of images (written batch by batch)' })
       .option('batch-size', { alias: 'batch_size', type: 'number', default: 16, describe: 'images per batch' })
       .option('sampler', { choices: ['ddpm', 'ddim', 'plms', 'dpmpp'] as const, default: 'ddim' as const, describe: 'sampler (ddpm runs all T steps)' })
-      .option('custom-steps', { alias: ['custom_steps', 'steps'], type: 'number', default: 50, describe: 'steps for ddim / plms / dpmpp' })
-      .option('eta', { type: 'number', default: 0, describe: 'DDIM eta (0: deterministic, 1: DDPM-like)' })
+      .option('custom-steps', { alias: ['custom_steps', 'steps'], type: 'number', defaultDescription: '50', describe: 'steps for ddim / plms / dpmpp (an error with ddpm)' })
+      .option('ddim-discretize', { alias: 'ddim_discretize', choices: DDIM_DISCRETIZE, defaultDescription: 'uniform', describe: "ddim / plms timestep layout: uniform (LDM's), linspace or trailing (exactly n steps for any n), quad" })
+      .option('eta', { type: 'number', defaultDescription: '0', describe: 'DDIM eta (0: deterministic, 1: DDPM-like); ddim only' })
       .option('seed', { type: 'number', default: 0, describe: 'noise seed (same seed, same images)' })
       .option('outdir', { alias: 'o', type: 'string', default: 'samples', describe: 'folder for the numbered PNGs and grid.png' })
-      .option('grid', { type: 'boolean', default: true, describe: 'also write grid.png' })
-      .option('class', { type: 'number', describe: 'class label for a class-conditional model (default: cycle through classes)' })
-      .option('clip-denoised', { type: 'boolean', default: true, describe: 'ddpm/ddim: clamp the predicted x_0 to [-1, 1] (as LDM for pixel models)' })
-      .option('progress', { type: 'boolean', default: true, describe: 'show a progress bar (on stderr)' })
+      .option('grid', { type: 'boolean', default: true, describe: `also write grid.png (of the first ${MAX_GRID_IMAGES} images at most)` })
+      .option('class', { type: 'number', describe: 'class label for a class-conditional model (default: cycle through classes); an error for an unconditional one' })
+      .option('clip-denoised', { type: 'boolean', default: true, describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (as LDM for pixel models)' })
+      .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
+      .option('progress', { type: 'boolean', default: true, describe: 'show progress on stderr (a bar on a terminal, else a line per batch)' })
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
+      .example('$0 sample --custom-steps 37 --ddim-discretize trailing', 'DDIM with exactly 37 steps')
       .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM') as unknown as Argv<SampleArgs>,
   handler: async (a) => {
-    for (const [k, v] of [['n-samples', a.nSamples], ['batch-size', a.batchSize], ['custom-steps', a.customSteps]] as const)
-      if (!Number.isInteger(v) || v < 1) throw new CliError(`--${k} must be a positive integer, got ${v}`);
-    if (!(a.eta >= 0)) throw new CliError(`--eta must be >= 0, got ${a.eta}`);
+    const n = checkCount('n-samples', a.nSamples);
+    const batchSize = Math.min(checkCount('batch-size', a.batchSize), n);
+    if (!Number.isSafeInteger(a.seed) || a.seed < 0) throw new CliError(`--seed must be a non-negative integer, got ${a.seed}`);
+    if (a.customSteps !== undefined && (!Number.isInteger(a.customSteps) || a.customSteps < 1)) throw new CliError(`--custom-steps must be a positive integer, got ${a.customSteps}`);
+    const config = await peekModelConfig(a.ckpt, a.config);
+    const gridCount = a.grid ? Math.min(n, MAX_GRID_IMAGES) : 0;
+    let steps = a.customSteps ?? 50;
+    if (config) {
+      const mp = config.model.params as { timesteps: number; unet_config: { params: { num_classes?: number } } };
+      steps = checkSamplerFlags({ sampler: a.sampler, steps: a.customSteps, eta: a.eta, ddimDiscretize: a.ddimDiscretize, stepsFlag: 'custom-steps' }, mp.timesteps);
+      if (a.class !== undefined && !mp.unet_config.params.num_classes) throw new CliError(`--class ${a.class}: ${a.ckpt} is an unconditional model (no num_classes); drop --class`);
+      checkMemory(`sampling ${n} images in batches of ${batchSize}`, config, batchSize, gridCount, a.maxMemory);
+    }
+    probeWritableDir(a.outdir, 'outdir');
     const pipe = await loadPipeline(a.ckpt, { config: a.config });
-    const bar = a.progress && process.stderr.isTTY ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
-    const total = Math.ceil(a.nSamples / a.batchSize);
-    let batchIndex = 0, lastStep = 0;
-    bar?.start(total * 1000, 0, { images: 0, total: a.nSamples, step: 0, steps: 0 });
+    const classes = pipe.numClasses;
+    if (!config) {
+      // No config to check against before loading (weights with --config resolved by the loader): check now.
+      steps = checkSamplerFlags({ sampler: a.sampler, steps: a.customSteps, eta: a.eta, ddimDiscretize: a.ddimDiscretize, stepsFlag: 'custom-steps' }, pipe.diffusion.schedule.numTimesteps);
+      checkMemory(`sampling ${n} images in batches of ${batchSize}`, pipe.config, batchSize, gridCount, a.maxMemory);
+    }
+    if (a.class !== undefined) {
+      if (!classes) throw new CliError(`--class ${a.class}: ${a.ckpt} is an unconditional model (no num_classes); drop --class`);
+      if (!Number.isInteger(a.class) || a.class < 0 || a.class >= classes) throw new CliError(`--class must be a class of this model (0..${classes - 1}), got ${a.class}`);
+    }
+    const [c, h, w] = pipe.imageShape;
+    const totalBatches = Math.ceil(n / batchSize);
+    const tty = process.stderr.isTTY === true;
+    const bar = a.progress && tty ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
+    const lines = a.progress && !tty ? lineProgress('sampling', totalBatches) : null;
+    bar?.start(totalBatches * 1000, 0, { images: 0, total: n, step: 0, steps: 0 });
     const abort = new AbortController();
     const onSigint = () => abort.abort(new Error('interrupted'));
     process.once('SIGINT', onSigint);
+    const digits = Math.max(6, String(n - 1).length);
+    const grid = new Float32Array(gridCount * c * h * w);
+    const gen = new Generator(a.seed);
+    let written = 0;
     try {
       const t0 = Date.now();
-      const res = await pipe.generate({
-        n: a.nSamples, batchSize: a.batchSize, sampler: a.sampler, steps: a.customSteps, eta: a.eta, seed: a.seed, labels: a.class, signal: abort.signal, clipDenoised: a.clipDenoised,
-        onProgress: (p) => {
-          if (p.step < lastStep) ++batchIndex;
-          lastStep = p.step;
-          bar?.update(Math.round(((batchIndex + p.step / p.steps) / total) * 1000), { images: p.images, total: p.total, step: p.step, steps: p.steps });
-        },
-      });
-      bar?.update(total * 1000);
+      for (let b = 0; b < totalBatches; ++b) {
+        const done = b * batchSize, bs = Math.min(batchSize, n - done);
+        let y: Tensor | undefined;
+        if (classes) y = fromArray(Array.from({ length: bs }, (_, i) => a.class ?? (done + i) % classes), [bs], 'int32');
+        let data: Float32Array;
+        try {
+          const x = await sample(pipe.diffusion.epsModel(y), {
+            shape: [bs, c, h, w],
+            sampler: a.sampler,
+            steps: a.sampler === 'ddpm' ? undefined : a.customSteps ?? 50,
+            eta: a.eta,
+            ddimDiscretize: a.ddimDiscretize,
+            clipDenoised: a.clipDenoised,
+            generator: gen,
+            schedule: pipe.diffusion.schedule,
+            signal: abort.signal,
+            onProgress: (step, total) => bar?.update(Math.round((b + step / total) * 1000), { images: done, total: n, step, steps: total }),
+          });
+          data = (await x.data()) as Float32Array;
+          x.dispose();
+        } finally {
+          y?.dispose();
+        }
+        await saveImages(a.outdir, { data, shape: [bs, c, h, w] }, { start: done, digits });
+        written += bs;
+        if (done < gridCount) grid.set(data.subarray(0, Math.min(bs, gridCount - done) * c * h * w), done * c * h * w);
+        bar?.update((b + 1) * 1000, { images: written, total: n, step: steps, steps });
+        lines?.(b + 1, written, n);
+      }
       bar?.stop();
-      const files = await saveImages(a.outdir, res);
-      if (a.grid) await saveGrid(path.join(a.outdir, 'grid.png'), res);
+      if (a.grid) await saveGrid(path.join(a.outdir, 'grid.png'), { data: grid, shape: [gridCount, c, h, w] });
       const secs = (Date.now() - t0) / 1000;
-      console.log(`tdq-native: wrote ${files.length} images${a.grid ? ' and grid.png' : ''} to ${a.outdir} (${a.sampler}, ${a.sampler === 'ddpm' ? 'all' : a.customSteps} steps, ${secs.toFixed(1)} s, ${(a.nSamples / secs).toFixed(2)} images/s)`);
+      console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (${a.sampler}, ${steps} steps, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
     } finally {
       bar?.stop();
       process.off('SIGINT', onSigint);

@@ -2,7 +2,7 @@
 // tensors, and the step loop that keeps memory bounded and the event loop free.
 import { noGrad } from '../../tensor/autograd';
 import type { Device } from '../../tensor/native';
-import { detach } from '../../tensor/ops/elementwise';
+import { clamp, detach, lincomb } from '../../tensor/ops/elementwise';
 import { Generator } from '../../tensor/random';
 import { keep, tidy } from '../../tensor/scope';
 import { type Shape, type Tensor, fromArray, shapeToString, sync } from '../../tensor/tensor';
@@ -79,6 +79,16 @@ export function checkSamplerOptions(opts: SamplerOptions): void {
 export function checkSteps(steps: number, T: number): void {
   if (typeof steps !== 'number' || !Number.isInteger(steps)) throw new TypeError(`sample: steps must be an integer, got ${String(steps)}`);
   if (steps < 1 || steps > T) throw new RangeError(`sample: steps must lie in [1, ${T}] for a ${T}-step schedule, got ${steps}`);
+}
+
+/**
+ * clip_denoised for an epsilon prediction at cumulative alpha `abar`: the predicted
+ * x_0 = (x - sqrt(1 - abar) eps) / sqrt(abar) clamped to [-1, 1], and the epsilon
+ * consistent with that x_0 and x, eps' = (x - sqrt(abar) x_0) / sqrt(1 - abar).
+ */
+export function clipEpsilon(x: Tensor, eps: Tensor, abar: number): Tensor {
+  const x0 = clamp(lincomb([x, eps], [1 / Math.sqrt(abar), -Math.sqrt((1 - abar) / abar)]), -1, 1);
+  return lincomb([x, x0], [1 / Math.sqrt(1 - abar), -Math.sqrt(abar / (1 - abar))]);
 }
 
 function throwIfAborted(signal: AbortSignal | undefined, step: number, total: number): void {

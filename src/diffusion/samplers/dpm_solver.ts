@@ -17,7 +17,7 @@
 // (t_cont - 1/T) * T, which is the same for T = 1000 and keeps integer model times
 // on the training grid for other T. The solve runs from T-1 to 0 and returns x at
 // t = 0 (abar_0, like DDIM's last step), without a final denoising call.
-import { lincomb } from '../../tensor/ops/elementwise';
+import { clamp, lincomb } from '../../tensor/ops/elementwise';
 import type { Tensor } from '../../tensor/tensor';
 import { linspace, type NoiseSchedule } from '../schedule';
 import { type EpsModel, type SamplerOptions, checkSamplerOptions, checkSteps, runSampler } from './common';
@@ -52,6 +52,11 @@ export interface DpmSolverOptions extends SamplerOptions {
    * lower_order_final, which steadies very short solves). Default true.
    */
   lowerOrderFinal?: boolean;
+  /**
+   * Clamp the data prediction x_theta to [-1, 1] at every step (clip_denoised; the same as
+   * taking the epsilon consistent with the clamped x_0, as DDIM does). Default false.
+   */
+  clipDenoised?: boolean;
 }
 
 export async function sampleDpmSolverPP(model: EpsModel, schedule: NoiseSchedule, opts: DpmSolverOptions): Promise<Tensor> {
@@ -67,7 +72,8 @@ export async function sampleDpmSolverPP(model: EpsModel, schedule: NoiseSchedule
   return runSampler(opts, steps, ({ x, history }, i, loop) => {
     // From t_i to t_{i+1}; history[0] is x_theta at t_{i-1}.
     const eps = loop.eps(model, x, ts[i]);
-    const d = lincomb([x, eps], [1 / alpha[i], -sigma[i] / alpha[i]]); // x_theta(x_{t_i}, t_i)
+    let d = lincomb([x, eps], [1 / alpha[i], -sigma[i] / alpha[i]]); // x_theta(x_{t_i}, t_i)
+    if (opts.clipDenoised) d = clamp(d, -1, 1);
     const h = lambda[i + 1] - lambda[i];
     // alpha_{t_{i+1}} (1 - e^{-h}) = -alpha_{t_{i+1}} (e^{-h} - 1): the weight of the x_theta term.
     const k = alpha[i + 1] * -Math.expm1(-h);

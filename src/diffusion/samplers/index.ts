@@ -8,7 +8,7 @@ import { sampleDpmSolverPP, type DpmSkipType } from './dpm_solver';
 import { samplePlms } from './plms';
 
 export * from './common';
-export { makeDdimTimesteps, ddimSamplingParameters, ddimStepCoefficients, sampleDdim } from './ddim';
+export { DDIM_DISCRETIZE, makeDdimTimesteps, nearestUniformCounts, uniformLayout, uniformLayoutMessage, ddimSamplingParameters, ddimStepCoefficients, sampleDdim } from './ddim';
 export type { DdimDiscretize, DdimOptions, DdimParameters } from './ddim';
 export { sampleDdpm } from './ddpm';
 export type { DdpmOptions } from './ddpm';
@@ -37,7 +37,7 @@ export interface SampleOptions extends SamplerOptions {
   skipType?: DpmSkipType;
   /** dpmpp: first-order last step when steps < 10 (default true). */
   lowerOrderFinal?: boolean;
-  /** ddpm, ddim: clamp the predicted x_0 to [-1, 1] (default false). */
+  /** Clamp the predicted x_0 to [-1, 1] (default false): ddpm, ddim, plms (eps from the clamped x_0), dpmpp (the data prediction). */
   clipDenoised?: boolean;
 }
 

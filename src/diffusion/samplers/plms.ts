@@ -8,7 +8,7 @@
 import { lincomb } from '../../tensor/ops/elementwise';
 import type { Tensor } from '../../tensor/tensor';
 import type { NoiseSchedule } from '../schedule';
-import { type EpsModel, type SamplerOptions, checkSamplerOptions, runSampler } from './common';
+import { type EpsModel, type Loop, type SamplerOptions, checkSamplerOptions, clipEpsilon, runSampler } from './common';
 import { type DdimDiscretize, ddimSamplingParameters, ddimStepCoefficients, makeDdimTimesteps } from './ddim';
 
 export interface PlmsOptions extends SamplerOptions {
@@ -16,6 +16,11 @@ export interface PlmsOptions extends SamplerOptions {
   /** PLMS is deterministic: only eta = 0 is accepted (as LDM). */
   eta?: number;
   ddimDiscretize?: DdimDiscretize;
+  /**
+   * Clamp the predicted x_0 of every model call to [-1, 1] and use the epsilon consistent
+   * with it (as DDIM's clipDenoised), so the multistep history holds clipped predictions.
+   */
+  clipDenoised?: boolean;
 }
 
 /**
@@ -35,15 +40,20 @@ export async function samplePlms(model: EpsModel, schedule: NoiseSchedule, opts:
   const p = ddimSamplingParameters(schedule.alphasCumprod, ts, 0);
   const coeffs = ts.map((_, k) => ddimStepCoefficients(p.alphas[k], p.alphasPrev[k], 0));
   const n = ts.length;
+  const abar = schedule.alphasCumprod;
+  const epsAt = (loop: Loop, xt: Tensor, t: number): Tensor => {
+    const e = loop.eps(model, xt, t);
+    return opts.clipDenoised ? clipEpsilon(xt, e, abar[t]) : e;
+  };
   return runSampler(opts, n, ({ x, history }, i, loop) => {
     const k = n - 1 - i;
     const { cx, ce } = coeffs[k];
-    const eps = loop.eps(model, x, ts[k]);
+    const eps = epsAt(loop, x, ts[k]);
     let combined: Tensor[], weights: number[];
     if (history.length === 0) {
       // Heun: a DDIM step to the next timestep, the model there, then the mean slope.
       const xNext = lincomb([x, eps], [cx, ce]);
-      const epsNext = loop.eps(model, xNext, ts[Math.max(k - 1, 0)]);
+      const epsNext = epsAt(loop, xNext, ts[Math.max(k - 1, 0)]);
       combined = [eps, epsNext];
       weights = [0.5, 0.5];
     } else {

@@ -7,12 +7,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 
-import { loadConfig, parseConfig, type Config } from '../../config';
-import { buildUNet, scheduleFromConfig } from '../../models/diffusion';
+import { scheduleFromConfig } from '../../models/diffusion';
+import { ModelLoadError, loadModel } from '../../models/load';
 import { calibrateWithReport } from '../../quant/calibrate';
 import { type QuantConfig, QuantConfigError, describeConfig, resolveQuantConfig } from '../../quant/config';
-import { Generator } from '../../tensor/random';
-import { loadCheckpoint, saveCheckpoint } from '../../train/checkpoint';
+import { saveCheckpoint } from '../../train/checkpoint';
 import { type GlobalArgs, CliError } from '../index';
 
 interface CalibrateArgs extends GlobalArgs {
@@ -75,35 +74,18 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .example('$0 calibrate --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 8 --use-dynamic', 'PTQ with TDQ, W4A8')
       .example('$0 calibrate --ckpt fp.safetensors --n_bit_w 8 --n_bit_a 4 --method percentile', 'static PTQ, W8A4, percentile ranges') as unknown as Argv<CalibrateArgs>,
   handler: async (a) => {
-    if (!fs.existsSync(a.ckpt)) throw new CliError(`checkpoint not found: ${a.ckpt}`);
     for (const [k, v] of [['n-samples', a.nSamples], ['batch-size', a.batchSize], ['steps', a.steps], ['fit-iters', a.fitIters]] as const)
       if (!Number.isInteger(v) || v < 1) throw new CliError(`--${k} must be a positive integer, got ${v}`);
     if (!Number.isSafeInteger(a.seed) || a.seed < 0) throw new CliError(`--seed must be a non-negative integer, got ${a.seed}`);
     const qcfg = quantConfigFromArgs(a);
-    const ck = await loadCheckpoint(a.ckpt);
-    const dispose = () => {
-      for (const m of [ck.model, ck.ema]) if (m) for (const t of m.values()) t.dispose();
-      if (ck.optimizer) for (const p of ck.optimizer.params.values()) p.expAvg.dispose(), p.expAvgSq.dispose();
-    };
-    let config: Config;
+    let loaded;
     try {
-      if (ck.metadata.quant) throw new CliError(`${a.ckpt} is already quantized (${describeConfig(resolveQuantConfig(JSON.parse(ck.metadata.quant)))}); calibrate a full-precision checkpoint`);
-      if (a.config) config = loadConfig(a.config).config;
-      else if (ck.metadata.config) config = parseConfig(ck.metadata.config, `${a.ckpt} (metadata 'config')`).config;
-      else throw new CliError(`${a.ckpt} carries no config in its metadata: pass the model's YAML config with --config`);
+      loaded = await loadModel(a.ckpt, { config: a.config, noEma: !a.ema, expect: 'float' });
     } catch (e) {
-      dispose();
+      if (e instanceof ModelLoadError) throw new CliError(e.message.replace(/a full-precision checkpoint is needed$/, 'calibrate a full-precision checkpoint'));
       throw e;
     }
-    const unet = buildUNet(config.model.params.unet_config, new Generator(0));
-    try {
-      unet.loadStateDict(a.ema && ck.ema ? ck.ema : ck.model, { strict: true });
-    } catch (e) {
-      unet.dispose();
-      throw new CliError(`${a.ckpt}: the weights do not fit the model of its config: ${(e as Error).message}`);
-    } finally {
-      dispose();
-    }
+    const { config, model: unet } = loaded;
     const p = config.model.params;
     const schedule = scheduleFromConfig(p);
     console.log(`tdq-native: calibrating ${describeConfig(qcfg)} on ${a.nSamples} ${a.sampler} trajectories of ${a.steps} steps (${a.method})`);

@@ -5,7 +5,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 
-import { readSafetensors } from '../../io/safetensors';
+import { readTensorFile } from '../../io/checkpoint_file';
+import { CheckpointValueError, type NumberProblem, describeProblem, findNumberProblems } from '../../models/checks';
 import { describeConfig } from '../../quant/config';
 import { type ActQuantizerInfo, type QuantizedCheckpointInfo, NotQuantizedError, describeQuantized } from '../../quant/inspect';
 import { plotActivationRanges, plotStepCurves } from '../../quant/plot';
@@ -21,6 +22,7 @@ interface InspectArgs extends GlobalArgs {
   ema: boolean;
   plots: boolean;
   json: boolean;
+  allowNonFinite: boolean;
 }
 
 /**
@@ -57,8 +59,13 @@ function stepText(q: ActQuantizerInfo): string {
   return `${fmt(lo)} .. ${fmt(hi)} (${q.curve!.source}; t=0: ${fmt(s[0])}, t=${s.length - 1}: ${fmt(s[s.length - 1])})`;
 }
 
-/** The printed report. */
-export function formatInspect(file: string, info: QuantizedCheckpointInfo): string {
+/** Bad numbers of the checkpoint that belong to quantizer `name` (keys with or without the 'model.'/'ema.' prefix). */
+function problemsOf(name: string, problems: readonly NumberProblem[]): NumberProblem[] {
+  return problems.filter((p) => p.key.replace(/^(model|ema)\./, '').startsWith(`${name}.`));
+}
+
+/** The printed report; bad numbers (loaded with --allow-non-finite) are listed first and marked in the table. */
+export function formatInspect(file: string, info: QuantizedCheckpointInfo, problems: readonly NumberProblem[] = []): string {
   const c = info.config;
   const lines = [
     `${file}: ${describeConfig(c)}, T = ${info.timesteps}`,
@@ -67,11 +74,17 @@ export function formatInspect(file: string, info: QuantizedCheckpointInfo): stri
     `  attention matmul inputs quantized: ${c.quantizeAttention ? 'yes' : 'no'}`,
     '',
   ];
+  if (problems.length) {
+    lines.push(`  WARNING: ${problems.length} tensor${problems.length > 1 ? 's hold' : ' holds'} bad numbers (rows marked '!! bad'):`);
+    for (const p of problems) lines.push(`    ${describeProblem(p)}`);
+    lines.push('');
+  }
   const w = Math.max(...info.act.map((q) => q.name.length), 4);
   lines.push(`  ${'name'.padEnd(w)}  kind  ${'range'.padEnd(20)}  step`);
   for (const q of info.act) {
     const cal = q.calib ? `   calibrated ${fmt(Math.min(...q.calib.step))} .. ${fmt(Math.max(...q.calib.step))} over ${q.calib.t.length} timesteps` : '';
-    lines.push(`  ${q.name.padEnd(w)}  ${q.kind.padEnd(4)}  ${rangeText(q).padEnd(20)}  ${stepText(q)}${cal}`);
+    const bad = problemsOf(q.name, problems).length ? '   !! bad' : '';
+    lines.push(`  ${q.name.padEnd(w)}  ${q.kind.padEnd(4)}  ${rangeText(q).padEnd(20)}  ${stepText(q)}${cal}${bad}`);
   }
   return lines.join('\n');
 }
@@ -108,13 +121,16 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
       .option('ema', { type: 'boolean', default: true, describe: 'read parameters from the EMA weights of a training checkpoint' })
       .option('plots', { type: 'boolean', default: true, describe: 'write the PNG plots' })
       .option('json', { type: 'boolean', default: false, describe: 'print the quantizers as JSON' })
+      .option('allow-non-finite', { type: 'boolean', default: false, describe: 'read a checkpoint with NaN/Inf tensors or non-positive steps (marked in the table) instead of rejecting it' })
       .example('$0 inspect --ckpt runs/tdq-w4a8/model.safetensors', 'quantizers and plots of a QAT model')
       .example("$0 inspect --ckpt q.safetensors --layers '*.in_layers.2' --out-dir plots", 'plot chosen layers') as unknown as Argv<InspectArgs>,
   handler: async (a) => {
     if (!fs.existsSync(a.ckpt)) throw new CliError(`checkpoint not found: ${a.ckpt}`);
     if (!Number.isInteger(a.maxPlots) || a.maxPlots < 1) throw new CliError(`--max-plots must be a positive integer, got ${a.maxPlots}`);
-    const { tensors, metadata } = await readSafetensors(a.ckpt);
+    const { tensors, metadata } = await readTensorFile(a.ckpt);
     try {
+      const problems = findNumberProblems(tensors);
+      if (problems.length && !a.allowNonFinite) throw new CliError(new CheckpointValueError(a.ckpt, problems).message);
       let info: QuantizedCheckpointInfo;
       try {
         info = describeQuantized(modelTensors(tensors, metadata, a.ema), metadata, a.ckpt);
@@ -123,8 +139,8 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
         throw e;
       }
       if (a.json) {
-        console.log(JSON.stringify({ config: info.config, timesteps: info.timesteps, weights: info.weights, act: info.act.map((q) => ({ ...q, curve: q.curve ? { source: q.curve.source, step: Array.from(q.curve.step) } : undefined })) }));
-      } else console.log(formatInspect(a.ckpt, info));
+        console.log(JSON.stringify({ problems, config: info.config, timesteps: info.timesteps, weights: info.weights, act: info.act.map((q) => ({ ...q, curve: q.curve ? { source: q.curve.source, step: Array.from(q.curve.step) } : undefined })) }));
+      } else console.log(formatInspect(a.ckpt, info, problems));
       if (!a.plots) return;
       const chosen = selectForPlot(info.act, a.layers, a.maxPlots);
       const dir = a.outDir ?? path.dirname(a.ckpt);

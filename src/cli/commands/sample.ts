@@ -5,6 +5,7 @@ import { SingleBar, Presets } from 'cli-progress';
 import type { Argv, CommandModule } from 'yargs';
 
 import { saveGrid, saveImages } from '../../io/png';
+import { describeProblem } from '../../models/checks';
 import { DEFAULT_MODEL, loadPipeline } from '../../pipeline';
 import { type GlobalArgs, CliError } from '../index';
 
@@ -22,6 +23,7 @@ interface SampleArgs extends GlobalArgs {
   class?: number;
   progress: boolean;
   clipDenoised: boolean;
+  allowNonFinite: boolean;
 }
 
 export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
@@ -42,6 +44,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('class', { type: 'number', describe: 'class label for a class-conditional model (default: cycle through classes)' })
       .option('clip-denoised', { type: 'boolean', default: true, describe: 'ddpm/ddim: clamp the predicted x_0 to [-1, 1] (as LDM for pixel models)' })
       .option('progress', { type: 'boolean', default: true, describe: 'show a progress bar (on stderr)' })
+      .option('allow-non-finite', { type: 'boolean', default: false, describe: 'sample even from weights with NaN/Inf or bad quantizer steps (rejected by default)' })
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
       .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM') as unknown as Argv<SampleArgs>,
@@ -49,7 +52,8 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
     for (const [k, v] of [['n-samples', a.nSamples], ['batch-size', a.batchSize], ['custom-steps', a.customSteps]] as const)
       if (!Number.isInteger(v) || v < 1) throw new CliError(`--${k} must be a positive integer, got ${v}`);
     if (!(a.eta >= 0)) throw new CliError(`--eta must be >= 0, got ${a.eta}`);
-    const pipe = await loadPipeline(a.ckpt, { config: a.config });
+    const pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite });
+    for (const p of pipe.loaded.report.problems) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
     const bar = a.progress && process.stderr.isTTY ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
     const total = Math.ceil(a.nSamples / a.batchSize);
     let batchIndex = 0, lastStep = 0;

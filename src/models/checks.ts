@@ -1,8 +1,13 @@
 // Numbers checked where they enter: a checkpoint whose weights hold NaN or
-// Inf, or whose quantizer steps are not positive and finite, samples garbage
-// without any error. These checks run on every tensor a checkpoint brings in
-// (one engine-side probe for all float tensors; a tensor is read back only
-// when the probe finds a problem) and on every stored quantizer step.
+// Inf, or whose step tables are not positive, samples garbage without any
+// error. These checks run on every tensor a checkpoint brings in (one
+// engine-side probe for all float tensors; a tensor is read back only when the
+// probe finds a problem) and on every stored quantizer step.
+//
+// Learned steps (LSQ 'step', PACT 'alpha', weight steps) at or below zero are
+// not damage: QAT can move them there (one Adam step past a tiny calibrated
+// step) and every forward clamps them to STEP_FLOOR, as training did. They are
+// reported ('floored') but never refused; NaN/Inf in them is refused.
 import { type Tensor, runOp1 } from '../tensor/tensor';
 
 /** One bad number of a checkpoint. */
@@ -13,7 +18,8 @@ export interface NumberProblem {
   index: number;
   value: number;
   count: number;
-  kind: 'non-finite' | 'step';
+  /** 'non-finite' and 'step' (a step-table entry <= 0) are refused; 'floored' (a learned step <= 0, used as STEP_FLOOR) is reported only. */
+  kind: 'non-finite' | 'step' | 'floored';
 }
 
 /** A checkpoint holds non-finite weights or non-positive / non-finite quantizer steps. */
@@ -27,14 +33,19 @@ export class CheckpointValueError extends Error {
 }
 
 export function describeProblem(p: NumberProblem): string {
-  const what = p.kind === 'step' ? 'quantizer step' : 'tensor';
-  const cond = p.kind === 'step' ? 'is not positive and finite' : 'is not finite';
+  const what = p.kind === 'non-finite' ? 'tensor' : 'quantizer step';
+  const cond = p.kind === 'step' ? 'is not positive and finite' : p.kind === 'floored' ? 'is not positive (used as the step floor 1e-8)' : 'is not finite';
   return `${what} '${p.key}' ${cond}: element ${p.index} is ${p.value}${p.count > 1 ? ` (${p.count} bad elements)` : ''}`;
 }
 
-/** Keys whose values are quantizer step sizes (LSQ step, PACT bound, TDQ table, weight steps): each must be > 0 and finite. */
-export function isStepKey(key: string): boolean {
-  return /(^|\.)(act_quant|out_quant|weight_quant)\.(step|alpha|step_table)$/.test(key);
+/** Keys of stored step tables: every entry must be > 0 and finite. */
+export function isTableKey(key: string): boolean {
+  return /(^|\.)(act_quant|out_quant)\.step_table$/.test(key);
+}
+
+/** Keys of learned steps (LSQ step, PACT bound, weight steps): finite; <= 0 is floored in forward. */
+export function isLearnedStepKey(key: string): boolean {
+  return /(^|\.)(act_quant|out_quant|weight_quant)\.(step|alpha)$/.test(key);
 }
 
 const FLOAT = new Set(['float32', 'float16']);
@@ -51,10 +62,13 @@ function scan(key: string, t: Tensor, kind: NumberProblem['kind']): NumberProble
   const v = values(t);
   let index = -1, count = 0;
   for (let i = 0; i < v.length; ++i) {
-    const bad = kind === 'step' ? !(v[i] > 0 && Number.isFinite(v[i])) : !Number.isFinite(v[i]);
+    const bad = kind === 'non-finite' ? !Number.isFinite(v[i]) : !(v[i] > 0 && Number.isFinite(v[i]));
     if (bad && count++ === 0) index = i;
   }
-  return count ? { key, index, value: v[index], count, kind } : null;
+  if (!count) return null;
+  // A learned step with a NaN/Inf anywhere is refused as non-finite; only <= 0 alone is floored.
+  if (kind === 'floored' && v.some((x) => !Number.isFinite(x))) return scan(key, t, 'non-finite');
+  return { key, index, value: v[index], count, kind };
 }
 
 function probe(ts: Tensor[]): boolean {
@@ -70,9 +84,9 @@ export function findNumberProblems(tensors: Map<string, Tensor>): NumberProblem[
   const out: NumberProblem[] = [];
   const seen = new Set<string>();
   for (const [k, t] of floats)
-    if (isStepKey(k)) {
+    if (isTableKey(k) || isLearnedStepKey(k)) {
       seen.add(k);
-      const p = scan(k, t, 'step');
+      const p = scan(k, t, isTableKey(k) ? 'step' : 'floored');
       if (p) out.push(p);
     }
   const rest = floats.filter(([k]) => !seen.has(k));
@@ -86,8 +100,7 @@ export function findNumberProblems(tensors: Map<string, Tensor>): NumberProblem[
   return out.sort((a, b) => order.get(a.key)! - order.get(b.key)!);
 }
 
-/** Throws CheckpointValueError naming the first bad tensor of `file`. */
-export function checkNumbers(file: string, tensors: Map<string, Tensor>): void {
-  const problems = findNumberProblems(tensors);
-  if (problems.length) throw new CheckpointValueError(file, problems);
+/** The problems a load refuses (all but 'floored'). */
+export function refused(problems: readonly NumberProblem[]): NumberProblem[] {
+  return problems.filter((p) => p.kind !== 'floored');
 }

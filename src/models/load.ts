@@ -11,7 +11,7 @@ import { type QuantizedModel, isQuantizedCheckpoint, loadQuantized } from '../qu
 import { Generator } from '../tensor/random';
 import type { Tensor } from '../tensor/tensor';
 import { type CheckpointContents, loadCheckpoint } from '../train/checkpoint';
-import { type NumberProblem, CheckpointValueError, findNumberProblems } from './checks';
+import { type NumberProblem, CheckpointValueError, findNumberProblems, refused } from './checks';
 import { type Denoiser, buildUNet } from './diffusion';
 
 /** A checkpoint cannot be made into a model: missing, no config, wrong kind, or weights that do not fit. */
@@ -30,7 +30,7 @@ export interface OpenCheckpointOptions {
 /** A checkpoint's parts, checked; dispose() frees every tensor. */
 export interface OpenedCheckpoint extends CheckpointContents {
   readonly file: string;
-  /** The bad numbers found (empty unless allowNonFinite let them through). */
+  /** The bad numbers found: learned steps <= 0 ('floored', never refused), and what allowNonFinite let through. */
   readonly problems: NumberProblem[];
   dispose(): void;
 }
@@ -53,7 +53,7 @@ export async function openCheckpoint(file: string, opts: OpenCheckpointOptions =
   };
   try {
     const problems = findNumberProblems(all);
-    if (problems.length && !opts.allowNonFinite) throw new CheckpointValueError(file, problems);
+    if (refused(problems).length && !opts.allowNonFinite) throw new CheckpointValueError(file, refused(problems));
     return { ...ck, file, problems, dispose };
   } catch (e) {
     dispose();
@@ -79,7 +79,7 @@ export interface LoadReport {
   /** Keys of the model absent from the file, and keys of the file the model does not have (both empty: loads are strict). */
   missingKeys: string[];
   unexpectedKeys: string[];
-  /** Bad numbers let through by allowNonFinite. */
+  /** Learned steps <= 0 (floored in forward), and bad numbers let through by allowNonFinite. */
   problems: NumberProblem[];
 }
 

@@ -141,31 +141,42 @@ describe('numbers checked at load', () => {
     pipe.dispose();
   });
 
-  for (const [what, re, value] of [
-    ['zero activation step', /act_quant\.step$/, 0],
-    ['negative weight step', /weight_quant\.step$/, -0.5],
-    ['NaN activation step', /act_quant\.step$/, NaN],
-    ['infinite weight step', /weight_quant\.step$/, Infinity],
-    ['zero TDQ step table entry', /act_quant\.step_table$/, 0],
+  for (const [what, re, value, file] of [
+    ['NaN activation step', /act_quant\.step$/, NaN, 'q'],
+    ['infinite weight step', /weight_quant\.step$/, Infinity, 'q'],
+    ['zero TDQ step table entry', /act_quant\.step_table$/, 0, 'qt'],
   ] as const)
     it(`a quantized checkpoint with a ${what} is refused, naming the quantizer`, async () => {
       const bad = path.join(dir, `q-${what.replace(/ /g, '-')}.safetensors`);
-      const key = await damaged(/table/.test(what) ? qt : q, bad, re, value);
+      const key = await damaged(file === 'qt' ? qt : q, bad, re, value);
+      const table = file === 'qt';
+      const text = table ? `quantizer step '${key}' is not positive and finite: element 0 is 0` : `tensor '${key}' is not finite: element 0 is ${value}`;
       await assert.rejects(loadModel(bad), (e: unknown) =>
-        e instanceof CheckpointValueError && e.problems[0].key === key && e.problems[0].kind === 'step' && e.message.includes(`quantizer step '${key}' is not positive and finite: element 0 is ${value}`));
+        e instanceof CheckpointValueError && e.problems[0].key === key && e.problems[0].kind === (table ? 'step' : 'non-finite') && e.message.includes(text));
       // The step table itself refuses bad entries even when the load lets them through.
-      if (/table/.test(what)) return void (await assert.rejects(loadModel(bad, { allowNonFinite: true }), /StepTable: entry 0 is 0/));
+      if (table) return void (await assert.rejects(loadModel(bad, { allowNonFinite: true }), /StepTable: entry 0 is 0/));
       const m = await loadModel(bad, { allowNonFinite: true });
       assert.equal(m.report.problems[0].key, key);
       m.dispose();
     });
+
+  it('a learned step <= 0 (QAT can leave one there; forward floors it) loads, reported as floored', async () => {
+    for (const [re, value] of [[/act_quant\.step$/, 0], [/weight_quant\.step$/, -0.5]] as const) {
+      const bad = path.join(dir, `q-floored-${value}.safetensors`);
+      const key = await damaged(q, bad, re, value);
+      const m = await loadModel(bad);
+      assert.deepEqual(m.report.problems.map((p) => [p.key, p.kind, p.value]), [[key, 'floored', value]]);
+      assert.ok(run(m.model).every(Number.isFinite));
+      m.dispose();
+    }
+  });
 
   it('inspect refuses bad steps, and with --allow-non-finite marks them in its table', async () => {
     const bad = path.join(dir, 'q-inspect.safetensors');
     const key = await damaged(q, bad, /act_quant\.step$/, NaN);
     const r = await cli(['inspect', '--ckpt', bad, '--no-plots']);
     assert.equal(r.code, 1);
-    assert.match(r.err, new RegExp(`quantizer step '${key.replace(/\./g, '\\.')}' is not positive and finite`));
+    assert.match(r.err, new RegExp(`tensor '${key.replace(/\./g, '\\.')}' is not finite: element 0 is NaN`));
     const ok = await cli(['inspect', '--ckpt', bad, '--no-plots', '--allow-non-finite']);
     assert.equal(ok.code, 0, ok.err);
     assert.match(ok.out, /WARNING: 1 tensor holds bad numbers/);
@@ -173,5 +184,12 @@ describe('numbers checked at load', () => {
     const row = ok.out.split('\n').find((l) => l.trim().startsWith(`${name} `));
     assert.ok(row && /!! bad$/.test(row), row);
     assert.equal(ok.out.split('\n').filter((l) => l.endsWith('!! bad')).length, 1);
+    const floored = path.join(dir, 'q-floored-inspect.safetensors');
+    const k2 = await damaged(q, floored, /act_quant\.step$/, -1);
+    const f = await cli(['inspect', '--ckpt', floored, '--no-plots']);
+    assert.equal(f.code, 0, f.err);
+    assert.match(f.out, /note: 1 learned step tensor has entries <= 0, used as the step floor/);
+    const frow = f.out.split('\n').find((l) => l.trim().startsWith(`${k2.replace(/^model\./, '').replace(/\.step$/, '')} `));
+    assert.ok(frow && /floored$/.test(frow), frow);
   });
 });

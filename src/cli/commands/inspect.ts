@@ -6,7 +6,7 @@ import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 
 import { readTensorFile } from '../../io/checkpoint_file';
-import { CheckpointValueError, type NumberProblem, describeProblem, findNumberProblems } from '../../models/checks';
+import { CheckpointValueError, type NumberProblem, describeProblem, findNumberProblems, refused } from '../../models/checks';
 import { describeConfig } from '../../quant/config';
 import { type ActQuantizerInfo, type QuantizedCheckpointInfo, NotQuantizedError, describeQuantized } from '../../quant/inspect';
 import { plotActivationRanges, plotStepCurves } from '../../quant/plot';
@@ -74,17 +74,24 @@ export function formatInspect(file: string, info: QuantizedCheckpointInfo, probl
     `  attention matmul inputs quantized: ${c.quantizeAttention ? 'yes' : 'no'}`,
     '',
   ];
-  if (problems.length) {
-    lines.push(`  WARNING: ${problems.length} tensor${problems.length > 1 ? 's hold' : ' holds'} bad numbers (rows marked '!! bad'):`);
-    for (const p of problems) lines.push(`    ${describeProblem(p)}`);
+  const bad = refused(problems), floored = problems.filter((p) => p.kind === 'floored');
+  if (bad.length) {
+    lines.push(`  WARNING: ${bad.length} tensor${bad.length > 1 ? 's hold' : ' holds'} bad numbers (rows marked '!! bad'):`);
+    for (const p of bad) lines.push(`    ${describeProblem(p)}`);
+    lines.push('');
+  }
+  if (floored.length) {
+    lines.push(`  note: ${floored.length} learned step tensor${floored.length > 1 ? 's have' : ' has'} entries <= 0, used as the step floor 1e-8 (rows marked 'floored'):`);
+    for (const p of floored) lines.push(`    ${describeProblem(p)}`);
     lines.push('');
   }
   const w = Math.max(...info.act.map((q) => q.name.length), 4);
   lines.push(`  ${'name'.padEnd(w)}  kind  ${'range'.padEnd(20)}  step`);
   for (const q of info.act) {
     const cal = q.calib ? `   calibrated ${fmt(Math.min(...q.calib.step))} .. ${fmt(Math.max(...q.calib.step))} over ${q.calib.t.length} timesteps` : '';
-    const bad = problemsOf(q.name, problems).length ? '   !! bad' : '';
-    lines.push(`  ${q.name.padEnd(w)}  ${q.kind.padEnd(4)}  ${rangeText(q).padEnd(20)}  ${stepText(q)}${cal}${bad}`);
+    const mine = problemsOf(q.name, problems);
+    const mark = mine.some((p) => p.kind !== 'floored') ? '   !! bad' : mine.length ? '   floored' : '';
+    lines.push(`  ${q.name.padEnd(w)}  ${q.kind.padEnd(4)}  ${rangeText(q).padEnd(20)}  ${stepText(q)}${cal}${mark}`);
   }
   return lines.join('\n');
 }
@@ -130,7 +137,7 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
     const { tensors, metadata } = await readTensorFile(a.ckpt);
     try {
       const problems = findNumberProblems(tensors);
-      if (problems.length && !a.allowNonFinite) throw new CliError(new CheckpointValueError(a.ckpt, problems).message);
+      if (refused(problems).length && !a.allowNonFinite) throw new CliError(new CheckpointValueError(a.ckpt, refused(problems)).message);
       let info: QuantizedCheckpointInfo;
       try {
         info = describeQuantized(modelTensors(tensors, metadata, a.ema), metadata, a.ckpt);

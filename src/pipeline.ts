@@ -34,8 +34,13 @@ export interface GenerateOptions {
   seed?: number;
   /** Class label(s) of a class-conditional model: one for all, or one per image. Default: i mod classes. */
   labels?: number | number[];
-  /** (images done, images total) and (step, steps) within the current batch. */
-  onProgress?: (p: { images: number; total: number; step: number; steps: number }) => void;
+  /**
+   * (images done, images total) and (step, steps) within the current batch.
+   * If it throws, or returns a promise that rejects, generation stops and
+   * generate() rejects with that error (a returned promise is not waited for
+   * between steps, only before generate() settles).
+   */
+  onProgress?: (p: { images: number; total: number; step: number; steps: number }) => unknown;
   signal?: AbortSignal;
   /** Clamp predicted x_0 to [-1, 1] in ddpm/ddim (default true: pixel-space data lives there). */
   clipDenoised?: boolean;
@@ -49,12 +54,8 @@ export interface GeneratedImages {
 
 export class DiffusionPipeline {
   private disposed = false;
-  readonly config: Config;
-  readonly source: string;
-  constructor(readonly loaded: LoadedModel, readonly diffusion: PixelDiffusion) {
-    this.config = loaded.config;
-    this.source = loaded.file;
-  }
+  /** `loaded`: what loadModel returned (dispose() frees it); without it, dispose() frees diffusion.unet. */
+  constructor(readonly config: Config, readonly diffusion: PixelDiffusion, readonly source: string, readonly loaded: LoadedModel | null = null) {}
 
   get imageShape(): [number, number, number] {
     return this.diffusion.imageShape;
@@ -74,6 +75,52 @@ export class DiffusionPipeline {
     const out = new Float32Array(o.n * c * h * w);
     const gen = new Generator(o.seed ?? 0);
     const classes = this.numClasses;
+    // A rejected onProgress promise stops sampling through this signal (the
+    // caller's signal is forwarded to it) and becomes generate()'s error.
+    const stop = new AbortController();
+    const forwardAbort = () => stop.abort(o.signal?.reason);
+    if (o.signal?.aborted) forwardAbort();
+    else o.signal?.addEventListener('abort', forwardAbort, { once: true });
+    let progressError: { error: unknown } | undefined;
+    const pending = new Set<Promise<unknown>>();
+    const report = (p: { images: number; total: number; step: number; steps: number }) => {
+      const r = o.onProgress?.(p);
+      if (r && typeof (r as Promise<unknown>).then === 'function') {
+        const settled: Promise<unknown> = Promise.resolve(r).then(
+          (): void => void pending.delete(settled),
+          (error: unknown): void => {
+            pending.delete(settled);
+            progressError ??= { error };
+            stop.abort(error);
+          },
+        );
+        pending.add(settled);
+      }
+    };
+    try {
+      await this.generateBatches(o, bs, out, gen, classes, stop.signal, report);
+      while (pending.size) await Promise.all(pending);
+    } catch (e) {
+      while (pending.size) await Promise.all(pending);
+      if (progressError) throw progressError.error;
+      throw e;
+    } finally {
+      o.signal?.removeEventListener('abort', forwardAbort);
+    }
+    if (progressError) throw progressError.error;
+    return { data: out, shape: [o.n, c, h, w] };
+  }
+
+  private async generateBatches(
+    o: GenerateOptions,
+    bs: number,
+    out: Float32Array,
+    gen: Generator,
+    classes: number | null,
+    signal: AbortSignal,
+    report: (p: { images: number; total: number; step: number; steps: number }) => void,
+  ): Promise<void> {
+    const [c, h, w] = this.imageShape;
     for (let done = 0; done < o.n; ) {
       const b = Math.min(bs, o.n - done);
       let y: Tensor | undefined;
@@ -94,8 +141,8 @@ export class DiffusionPipeline {
           clipDenoised: o.clipDenoised ?? true,
           generator: gen,
           schedule: this.diffusion.schedule,
-          signal: o.signal,
-          onProgress: (step, steps) => o.onProgress?.({ images: done, total: o.n, step, steps }),
+          signal,
+          onProgress: (step, steps) => report({ images: done, total: o.n, step, steps }),
         });
         out.set((await x.data()) as Float32Array, done * c * h * w);
         x.dispose();
@@ -104,11 +151,10 @@ export class DiffusionPipeline {
       }
       done += b;
     }
-    return { data: out, shape: [o.n, c, h, w] };
   }
 
   dispose(): void {
-    if (!this.disposed) this.loaded.dispose();
+    if (!this.disposed) (this.loaded ?? this.diffusion.unet).dispose();
     this.disposed = true;
   }
 }
@@ -118,7 +164,7 @@ export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptio
   if (ckpt === DEFAULT_MODEL && !fs.existsSync(ckpt)) throw new Error(`the default model is missing (${ckpt}); reinstall tdq-native or pass --ckpt`);
   const m = await loadModel(ckpt, opts);
   try {
-    return new DiffusionPipeline(m, new PixelDiffusion(m.config.model, m.model));
+    return new DiffusionPipeline(m.config, new PixelDiffusion(m.config.model, m.model), ckpt, m);
   } catch (e) {
     m.dispose();
     throw e;

@@ -2,12 +2,15 @@
 // state), settings errors, the profiler, and errors raised on the stream.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { native } from '../src/tensor/native';
 import { exp, sum } from '../src/tensor/ops/elementwise';
 import { releaseMemory, sync } from '../src/tensor/tensor';
-import { fromArray, runOp1 } from '../src/tensor/tensor';
+import { fromArray, runOp, runOp1 } from '../src/tensor/tensor';
+import { full } from '../src/tensor/ops/creation';
 
 describe('engine', () => {
   it('resizing the thread pool between parallel ops neither hangs nor changes results', { timeout: 60_000 }, async () => {
@@ -74,22 +77,92 @@ describe('engine', () => {
     assert.equal(await ok.item(), 3);
   });
 
-  it('the queue cap bounds the memory that queued ops allocate ahead of the engine', async () => {
+  it('queuing an op allocates nothing: outputs are allocated by the engine when their op runs', async () => {
     const x = fromArray(new Float32Array(1 << 18).fill(0.5), [1 << 18]); // 1 MiB
-    const peakOf = async (cap: number): Promise<number> => {
-      native().setMaxQueuedBytes(cap);
-      await sync();
-      native().resetPeakMemory();
-      for (let i = 0; i < 64; ++i) exp(x).dispose(); // queued faster than run
-      await sync();
-      return native().memory().peakBytes - native().memory().liveBytes;
-    };
-    const capped = await peakOf(4 << 20);
-    const free = await peakOf(0);
-    native().setMaxQueuedBytes(native().info().maxQueuedBytes || 256 << 20);
-    assert.ok(capped <= 6 << 20, `with a 4 MiB cap, 64 MiB of outputs peaked at ${capped} bytes`);
-    assert.ok(free > capped, `without a cap the peak (${free}) should exceed the capped one (${capped})`);
+    await sync();
+    native().resetPeakMemory();
+    const base = native().memory().liveBytes;
+    // Queued far faster than they run; each output is freed as soon as its op has run.
+    for (let i = 0; i < 64; ++i) exp(x).dispose();
+    await sync();
+    const peak = native().memory().peakBytes - base;
+    assert.ok(peak <= 2 << 20, `64 queued 1 MiB outputs, disposed at once, peaked at ${peak} bytes above the live ones`);
+    // The old queue cap is obsolete: validated, kept, and no longer waited on.
+    native().setMaxQueuedBytes(1);
+    for (let i = 0; i < 8; ++i) exp(x).dispose();
+    native().setMaxQueuedBytes(0);
     assert.throws(() => native().setMaxQueuedBytes(-1), RangeError);
+    x.dispose();
+  });
+
+  it("a failed op poisons only its outputs and what is computed from them; other reads and sync() are unaffected", async () => {
+    const w = fromArray(new Float32Array(6).fill(1), [3, 2]);
+    const bad = runOp1('embedding', [fromArray([0, 7], [2], 'int32'), w]);
+    const good = fromArray([1, 2], [2]);
+    // Queued after the failure, independent of it: must be computed.
+    const s = sum(good);
+    const derived = sum(exp(bad));
+    const mixed = runOp1('add', [exp(bad), exp(good)]);
+    await sync(); // never rejects for an op's error
+    native().syncBlocking();
+    assert.equal(await s.item(), 3);
+    for (const t of [bad, derived, mixed]) await assert.rejects(t.data(), (e: Error) => /^embedding: index 7/.test(e.message));
+    // The error keeps its class: a bad quantizer step is a RangeError, synchronous reads too.
+    const fq = runOp1('fake_quant_forward', [good, fromArray([0], [1])], { bits: 4, signed: true, granularity: 'tensor' });
+    const after = exp(fq);
+    await assert.rejects(after.data(), (e: Error) => e instanceof RangeError && /^fake_quant_forward: quantizer step 'step' = 0/.test(e.message));
+    assert.throws(() => after.dataSync(), RangeError);
+    assert.deepEqual(Array.from(exp(good).dataSync() as Float32Array), [Math.fround(Math.E), Math.fround(Math.exp(2))]);
+    // An in-place op (no outputs) with a poisoned input poisons the tensor it would have written.
+    const dst = fromArray([5, 5], [2]);
+    runOp('copy_', [dst, exp(fq)]);
+    await assert.rejects(dst.data(), /fake_quant_forward: quantizer step/);
+    // ... and not the tensors it only reads.
+    const src = fromArray([7, 8], [2]);
+    runOp('copy_', [dst, src]);
+    assert.deepEqual(Array.from(await src.data()), [7, 8]);
+    assert.equal(await sum(good).item(), 3, 'later work is unaffected');
+  });
+
+  it('an impossible allocation is a RangeError naming the bytes, never an abort', async () => {
+    const huge = full([2 ** 40], 0); // 4 TiB, validly shaped: queued at once, fails when it would run
+    await assert.rejects(huge.data(), (e: Error) => e instanceof RangeError && /^full: out of memory: could not allocate 4398046511104 bytes/.test(e.message));
+    await assert.rejects(sum(huge).data(), /could not allocate 4398046511104 bytes/);
+    // A size that overflows 64 bits is refused when queued.
+    assert.throws(() => full([2 ** 40, 2 ** 40], 0), (e: Error) => e instanceof RangeError && /needs more than 2\^64 bytes/.test(e.message));
+    assert.equal(await sum(fromArray([1, 2], [2])).item(), 3);
+  });
+
+  describe('TDQ_* environment variables are validated when the addon loads', () => {
+    const root = path.resolve(__dirname, '..', '..');
+    const load = (env: Record<string, string>) => {
+      const code = `try { const t = require('./dist/src/index.js'); const x = t.fromArray([1], [1]); console.log('OK', JSON.stringify(t.native().info().threads)); }
+        catch (e) { console.log(e.name + ': ' + e.message); process.exit(3); }`;
+      const r = spawnSync(process.execPath, ['-e', code], { cwd: root, env: { ...process.env, ...env }, encoding: 'utf8' });
+      assert.equal(r.signal, null, `killed by ${r.signal}: ${r.stderr}`);
+      return { status: r.status, out: r.stdout.trim() };
+    };
+    const bad: [Record<string, string>, RegExp][] = [
+      [{ TDQ_NUM_THREADS: '1000' }, /^RangeError: TDQ_NUM_THREADS='1000' is not valid: expected an integer from 1 to 256/],
+      [{ TDQ_NUM_THREADS: '0' }, /TDQ_NUM_THREADS='0' is not valid: expected an integer from 1 to 256/],
+      [{ TDQ_NUM_THREADS: '4x' }, /TDQ_NUM_THREADS='4x' is not valid/],
+      [{ TDQ_HOST_CACHE_MB: '-5' }, /TDQ_HOST_CACHE_MB='-5' is not valid: expected an integer from 0 to/],
+      [{ TDQ_HOST_CACHE_MB: '1.5' }, /TDQ_HOST_CACHE_MB='1.5' is not valid/],
+      [{ TDQ_MAX_QUEUED_MB: '-5' }, /TDQ_MAX_QUEUED_MB='-5' is not valid: expected an integer from 0 to/],
+      [{ TDQ_MAX_QUEUED_MB: '99999999999999999999999' }, /TDQ_MAX_QUEUED_MB='9+' is not valid/],
+      [{ TDQ_CPU: 'sse9' }, /TDQ_CPU='sse9' is not valid: expected scalar, avx2 or avx512/],
+    ];
+    if (native().info().bestCpuLevel !== 'avx512') bad.push([{ TDQ_CPU: 'avx512' }, /TDQ_CPU='avx512' is not supported by this CPU/]);
+    for (const [env, re] of bad)
+      it(`${JSON.stringify(env)} fails the load with a RangeError naming it`, () => {
+        const r = load(env);
+        assert.equal(r.status, 3, r.out);
+        assert.match(r.out, re);
+      });
+    it('valid values are used', () => {
+      assert.deepEqual(load({ TDQ_NUM_THREADS: '3', TDQ_HOST_CACHE_MB: '0', TDQ_MAX_QUEUED_MB: '64', TDQ_CPU: 'scalar' }), { status: 0, out: 'OK 3' });
+      assert.deepEqual(load({ TDQ_NUM_THREADS: '' }).status, 0, 'empty means unset');
+    });
   });
 
   it('freed large buffers are cached for reuse up to the cap, and released on request', async () => {

@@ -1,6 +1,11 @@
 #include "cpu_features.h"
+#include "env.h"
 
 #include <cstdlib>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "error.h"
 
@@ -24,6 +29,20 @@ const CpuFeatures& cpu_features() {
     c.avx512vl = __builtin_cpu_supports("avx512vl");
     c.avx512vnni = __builtin_cpu_supports("avx512vnni");
     c.f16c = c.avx2;  // every AVX2 CPU shipped has F16C
+    unsigned a = 0, b = 0, cx = 0, d = 0;
+    if (__get_cpuid_count(7, 0, &a, &b, &cx, &d)) {
+      const bool tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
+      // XCR0 bits 17-18: the OS saves tile state (OSXSAVE: CPUID 1 ECX bit 27).
+      bool os = false;
+      unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+      if (__get_cpuid(1, &a1, &b1, &c1, &d1) && ((c1 >> 27) & 1)) {
+        unsigned lo = 0, hi = 0;
+        __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        os = ((lo >> 17) & 3) == 3;
+      }
+      c.amx_tile = tile && os;
+      c.amx_int8 = tile && int8 && os;
+    }
 #endif
     return c;
   }();
@@ -51,16 +70,6 @@ CpuLevel cpu_level_from_name(const std::string& n) {
   return l;
 }
 
-CpuLevel default_cpu_level() {
-  const char* e = std::getenv("TDQ_CPU");
-  if (e && *e) {
-    try {
-      return cpu_level_from_name(e);
-    } catch (const Error&) {
-      // An unusable TDQ_CPU falls back to the best level rather than failing the load.
-    }
-  }
-  return cpu_features().best();
-}
+CpuLevel default_cpu_level() { return env_cpu_level(); }
 
 }  // namespace tdq

@@ -1,6 +1,7 @@
 #include "stream.h"
 
 #include <cstdlib>
+#include <new>
 
 namespace tdq {
 
@@ -11,8 +12,6 @@ Stream::Stream(int threads, CpuLevel level, std::shared_ptr<MemoryCounter> count
   ctx_.counter = counter_;
   const char* s = std::getenv("TDQ_SYNC");
   synchronous_ = s && *s && *s != '0';
-  const char* q = std::getenv("TDQ_MAX_QUEUED_MB");
-  max_queued_bytes_ = (q && *q ? std::strtoull(q, nullptr, 10) : 256) << 20;
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -48,28 +47,19 @@ std::vector<Tensor> Stream::dispatch(const std::string& name, std::vector<Tensor
   TDQ_CHECK_TYPE(static_cast<bool>(kernel), name, ": no kernel for device ", device_name(device));
 
   std::vector<TensorMeta> metas = def.infer(inputs, attrs);
-  size_t out_bytes = 0;
-  for (auto& m : metas) out_bytes += static_cast<size_t>(shape_numel(m.shape)) * dtype_size(m.dtype);
-  if (!synchronous_ && max_queued_bytes_ > 0) {
-    // Backpressure: let the stream catch up before allocating more.
-    std::unique_lock<std::mutex> lk(mu_);
-    drained_.wait(lk, [&] { return queued_bytes_ == 0 || queued_bytes_ + out_bytes <= max_queued_bytes_; });
-  }
-  Task task{&def, OpCall{std::move(inputs), std::move(attrs), {}}, device, out_bytes};
-  for (auto& m : metas) task.call.outputs.push_back(alloc_tensor(m.shape, m.dtype, device, counter_));
+  Task task{&def, OpCall{std::move(inputs), std::move(attrs), {}}, device};
+  for (auto& m : metas) task.call.outputs.push_back(alloc_tensor(m.shape, m.dtype, device, counter_, /*lazy=*/true));
   std::vector<Tensor> outs = task.call.outputs;
 
   if (synchronous_) {
-    std::string err = wait();
+    wait();
     execute(task);
     std::lock_guard<std::mutex> lk(mu_);
-    if (error_.empty() && !err.empty()) error_ = err;
     ++submitted_;
     ++completed_;
   } else {
     {
       std::lock_guard<std::mutex> lk(mu_);
-      queued_bytes_ += task.out_bytes;
       queue_.push_back(std::move(task));
       ++submitted_;
     }
@@ -78,30 +68,60 @@ std::vector<Tensor> Stream::dispatch(const std::string& name, std::vector<Tensor
   return outs;
 }
 
+namespace {
+// Whether an op without outputs writes its input i in place (the others it
+// only reads, and a failure must not poison them: they may be shared with
+// healthy work). Ops not listed may have half-written any of their inputs.
+bool writes_input(const std::string& op, size_t i) {
+  if (op == "copy_") return i == 0;          // (dst, src)
+  if (op == "adam_step") return i != 1;      // (param, grad, exp_avg, exp_avg_sq)
+  if (op == "clip_scale_") return i != 0;    // (norm, g0, g1, ...)
+  return true;
+}
+
+std::shared_ptr<const TensorError> op_error(const std::string& op, ErrorKind kind, const std::string& what) {
+  return std::make_shared<const TensorError>(TensorError{kind, op + ": " + what});
+}
+}  // namespace
+
 void Stream::execute(Task& t) {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (!error_.empty()) return;  // after a failure, later ops would read garbage
-  }
-  try {
-    if (profiling_) {
-      auto t0 = std::chrono::steady_clock::now();
-      (t.device == Device::cpu ? t.def->cpu : t.def->cuda)(t.call, ctx_);
-      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::lock_guard<std::mutex> lk(mu_);
-      auto& e = profile_[t.def->name];
-      ++e.calls;
-      e.seconds += dt;
-    } else {
-      (t.device == Device::cpu ? t.def->cpu : t.def->cuda)(t.call, ctx_);
+  std::shared_ptr<const TensorError> poison;
+  for (const auto& in : t.call.inputs)
+    if (in.defined() && in.storage->error) {
+      poison = in.storage->error;  // the original error, naming the op that failed
+      break;
     }
-  } catch (const std::exception& e) {
-    std::lock_guard<std::mutex> lk(mu_);
-    error_ = t.def->name + ": " + e.what();
-  } catch (...) {
-    std::lock_guard<std::mutex> lk(mu_);
-    error_ = t.def->name + ": unknown native error";
+  if (!poison) {
+    try {
+      for (auto& o : t.call.outputs) o.storage->allocate();
+      const KernelFn& kernel = t.device == Device::cpu ? t.def->cpu : t.def->cuda;
+      if (profiling_) {
+        auto t0 = std::chrono::steady_clock::now();
+        kernel(t.call, ctx_);
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::lock_guard<std::mutex> lk(mu_);
+        auto& e = profile_[t.def->name];
+        ++e.calls;
+        e.seconds += dt;
+      } else {
+        kernel(t.call, ctx_);
+      }
+    } catch (const Error& e) {
+      poison = op_error(t.def->name, e.kind, e.what());
+    } catch (const std::bad_alloc&) {
+      poison = op_error(t.def->name, ErrorKind::Range, "out of memory (a scratch allocation failed)");
+    } catch (const std::exception& e) {
+      poison = op_error(t.def->name, ErrorKind::Runtime, e.what());
+    } catch (...) {
+      poison = op_error(t.def->name, ErrorKind::Runtime, "unknown native error");
+    }
   }
+  if (!poison) return;
+  for (auto& o : t.call.outputs) o.storage->error = poison;
+  // An op without outputs updates inputs in place: those are now garbage.
+  if (t.call.outputs.empty())
+    for (size_t i = 0; i < t.call.inputs.size(); ++i)
+      if (t.call.inputs[i].defined() && writes_input(t.def->name, i)) t.call.inputs[i].storage->error = poison;
 }
 
 void Stream::loop() {
@@ -115,11 +135,9 @@ void Stream::loop() {
       queue_.pop_front();
     }
     execute(task);
-    const size_t done_bytes = task.out_bytes;
     task = Task{};  // release the inputs' storage before signalling
     {
       std::lock_guard<std::mutex> lk(mu_);
-      queued_bytes_ -= done_bytes;
       ++completed_;
       drained_.notify_all();
     }
@@ -131,12 +149,9 @@ uint64_t Stream::submitted() {
   return submitted_;
 }
 
-std::string Stream::wait_until(uint64_t seq) {
+void Stream::wait_until(uint64_t seq) {
   std::unique_lock<std::mutex> lk(mu_);
   drained_.wait(lk, [&] { return completed_ >= seq; });
-  std::string e;
-  e.swap(error_);
-  return e;
 }
 
 void Stream::set_synchronous(bool on) {
@@ -150,36 +165,26 @@ void Stream::set_max_queued_bytes(size_t n) {
 }
 
 void Stream::set_profiling(bool on) {
-  std::string e = wait();
+  wait();
   std::lock_guard<std::mutex> lk(mu_);
   profiling_ = on;
   profile_.clear();
-  if (!e.empty()) error_ = e;
 }
 
 std::map<std::string, Stream::OpTime> Stream::profile() {
-  std::string e = wait();
+  wait();
   std::lock_guard<std::mutex> lk(mu_);
-  if (!e.empty()) error_ = e;
   return profile_;
 }
 
 void Stream::set_threads(int n) {
-  std::string e = wait();
+  wait();
   pool_.resize(n);
-  if (!e.empty()) {
-    std::lock_guard<std::mutex> lk(mu_);
-    error_ = e;
-  }
 }
 
 void Stream::set_cpu_level(CpuLevel l) {
-  std::string e = wait();
+  wait();
   ctx_.cpu_level = l;
-  if (!e.empty()) {
-    std::lock_guard<std::mutex> lk(mu_);
-    error_ = e;
-  }
 }
 
 }  // namespace tdq

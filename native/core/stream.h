@@ -1,6 +1,15 @@
-// The stream: ops are validated and their outputs allocated on the caller's
-// (JS) thread, then executed in order on one background thread, so JS never
-// waits for arithmetic. Reading a tensor waits for the stream (see binding).
+// The stream: ops are validated on the caller's (JS) thread and queued, then
+// executed in order on one background thread, so JS never waits for
+// arithmetic or memory: queuing is O(1) in the tensors' sizes, and outputs are
+// allocated on the stream thread just before their op runs.
+//
+// Errors belong to tensors, not to the stream. An op whose kernel (or output
+// allocation) fails poisons its outputs with the error, naming the op; an op
+// with a poisoned input does not run and passes the poison on to its outputs
+// (ops with no outputs, which update inputs in place, poison the inputs they
+// write, not those they only read). Reading a poisoned tensor rejects with the original error; every
+// other tensor, and waiting for the stream, is unaffected. Reading a tensor
+// waits for the stream (see binding).
 #pragma once
 #include <condition_variable>
 #include <chrono>
@@ -21,23 +30,24 @@ class Stream {
   Stream(int threads, CpuLevel level, std::shared_ptr<MemoryCounter> counter);
   ~Stream();
 
-  // Validates, allocates outputs and queues the op; returns its outputs at once.
+  // Validates and queues the op; returns its (not yet allocated) outputs at once.
   std::vector<Tensor> dispatch(const std::string& op, std::vector<Tensor> inputs, Attrs attrs);
 
   // Number of ops dispatched so far; wait_until(submitted()) waits for all of them.
   uint64_t submitted();
-  // Blocks until the first `seq` ops have run. Returns the first error of a
-  // failed op since the last wait (and clears it), or an empty string.
-  std::string wait_until(uint64_t seq);
-  std::string wait() { return wait_until(submitted()); }
+  // Blocks until the first `seq` ops have run (failed ops included: their
+  // errors are in their outputs' storage).
+  void wait_until(uint64_t seq);
+  void wait() { wait_until(submitted()); }
 
   // Run ops on the caller's thread instead of the background thread (debugging).
   void set_synchronous(bool on);
   void set_threads(int n);  // waits for the queue first
   void set_cpu_level(CpuLevel l);
-  // Bytes of outputs that queued ops may hold before they run (0: no limit).
-  // Outputs are allocated when an op is queued, and JS can queue a whole
-  // backward pass at once; past this, dispatch waits for the stream.
+  // Obsolete (TDQ_MAX_QUEUED_MB): outputs used to be allocated when an op was
+  // queued, and dispatch waited for the stream past this many bytes. Outputs
+  // are now allocated when the op runs, so queued ops hold no output memory
+  // and dispatch never waits; the value is validated and kept, not used.
   void set_max_queued_bytes(size_t n);
   size_t max_queued_bytes() const { return max_queued_bytes_; }
   int threads() const { return pool_.size(); }
@@ -57,7 +67,6 @@ class Stream {
     const OpDef* def;
     OpCall call;
     Device device;
-    size_t out_bytes = 0;  // outputs allocated for this task before it ran
   };
   void loop();
   void execute(Task& t);
@@ -69,10 +78,9 @@ class Stream {
   std::condition_variable has_work_, drained_;
   std::deque<Task> queue_;
   uint64_t submitted_ = 0, completed_ = 0;
-  size_t queued_bytes_ = 0, max_queued_bytes_ = 0;
+  size_t max_queued_bytes_ = 0;
   bool quit_ = false;
   bool synchronous_ = false;
-  std::string error_;
   bool profiling_ = false;
   std::map<std::string, OpTime> profile_;
   std::thread thread_;

@@ -9,6 +9,7 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
+#include <unistd.h>
 #define TDQ_HAVE_MMAP 1
 #endif
 
@@ -77,7 +78,7 @@ void MemoryCounter::add(int64_t n) {
 }
 
 namespace {
-// Tensors are allocated on the JS thread and often freed on the stream thread.
+// Op outputs are allocated on the stream thread and freed on either thread.
 // glibc's malloc keeps such large freed blocks in per-thread arenas (and its
 // adaptive mmap threshold stops returning them), so resident memory grew to
 // many times what the engine holds. Large buffers therefore go straight to
@@ -97,20 +98,11 @@ constexpr size_t kDefaultCacheBytes = size_t(2048) << 20;
 
 size_t mmap_bytes(size_t bytes) { return (bytes + kMmapGranule - 1) / kMmapGranule * kMmapGranule; }
 
-size_t cache_cap_from_env() {
-  const char* v = std::getenv("TDQ_HOST_CACHE_MB");
-  if (!v || !*v) return kDefaultCacheBytes;
-  char* end = nullptr;
-  unsigned long long mb = std::strtoull(v, &end, 10);
-  if (end == v || *end) return kDefaultCacheBytes;  // malformed: the default, as TDQ_MAX_QUEUED_MB
-  return static_cast<size_t>(mb) << 20;
-}
-
 struct HostCache {
   std::mutex mu;
   std::multimap<size_t, void*> blocks;  // size -> mapping
   size_t cached = 0;
-  size_t cap = cache_cap_from_env();
+  size_t cap = kDefaultCacheBytes;  // TDQ_HOST_CACHE_MB is applied when the addon loads (env.h)
 };
 
 // Process-wide on purpose, like malloc's heap: a mapping freed by one
@@ -222,12 +214,28 @@ void host_cache_set_cap(size_t bytes) {
 #endif
 }
 
-Storage::Storage(size_t n, Device dev, std::shared_ptr<MemoryCounter> c)
+Storage::Storage(size_t n, Device dev, std::shared_ptr<MemoryCounter> c, bool lazy)
     : nbytes(n), device(dev), counter(std::move(c)) {
-  const size_t bytes = alloc_bytes(n);
-  if (dev == Device::cpu) {
+  if (!lazy) allocate();
+}
+
+void Storage::allocate() {
+  if (data) return;
+  const size_t bytes = alloc_bytes(nbytes);
+  if (device == Device::cpu) {
+#ifdef TDQ_HAVE_MMAP
+    // Past physical memory the allocation would either fail or, with
+    // overcommit, succeed and get the process killed when the op writes it.
+    static const size_t phys = [] {
+      long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+      return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : size_t(0);
+    }();
+    if (phys && nbytes > phys)
+      fail(ErrorKind::Range, "out of memory: could not allocate ", nbytes, " bytes on cpu (the machine has ", phys,
+           " bytes of memory)");
+#endif
     data = host_alloc(bytes);
-    if (!data) fail(ErrorKind::Range, "out of memory: could not allocate ", n, " bytes on cpu");
+    if (!data) fail(ErrorKind::Range, "out of memory: could not allocate ", nbytes, " bytes on cpu");
   } else {
     data = cuda_malloc(bytes);  // throws when CUDA is absent or out of memory
   }
@@ -235,20 +243,34 @@ Storage::Storage(size_t n, Device dev, std::shared_ptr<MemoryCounter> c)
 }
 
 Storage::~Storage() {
+  if (!data) return;
   if (device == Device::cpu) host_free(data, alloc_bytes(nbytes));
   else cuda_free(data);
   if (counter) counter->add(-static_cast<int64_t>(nbytes));
 }
 
-Tensor alloc_tensor(const Shape& shape, DType dtype, Device device,
-                    const std::shared_ptr<MemoryCounter>& counter) {
-  for (auto d : shape)
+size_t checked_nbytes(const Shape& shape, DType dtype) {
+  uint64_t n = dtype_size(dtype);
+  for (auto d : shape) {
     TDQ_CHECK_RANGE(d >= 0, "negative dimension in shape ", shape_str(shape));
+    if (d == 0) return 0;
+  }
+  for (auto d : shape)
+    TDQ_CHECK_RANGE(!__builtin_mul_overflow(n, static_cast<uint64_t>(d), &n),
+                    "out of memory: shape ", shape_str(shape), " of ", dtype_name(dtype), " needs more than 2^64 bytes");
+  TDQ_CHECK_RANGE(n <= (uint64_t(1) << 62), "out of memory: shape ", shape_str(shape), " of ", dtype_name(dtype),
+                  " needs ", n, " bytes");
+  return static_cast<size_t>(n);
+}
+
+Tensor alloc_tensor(const Shape& shape, DType dtype, Device device,
+                    const std::shared_ptr<MemoryCounter>& counter, bool lazy) {
+  checked_nbytes(shape, dtype);
   Tensor t;
   t.shape = shape;
   t.dtype = dtype;
   t.device = device;
-  t.storage = std::make_shared<Storage>(t.nbytes(), device, counter);
+  t.storage = std::make_shared<Storage>(t.nbytes(), device, counter, lazy);
   return t;
 }
 

@@ -32,12 +32,26 @@ struct MemoryCounter {
   void add(int64_t n);
 };
 
+// Why a tensor has no valid values: the op that should have written it failed
+// (or could not run because one of its inputs had failed). `message` names
+// that op; reading the tensor rejects with it, as a JS error of `kind`.
+struct TensorError {
+  ErrorKind kind;
+  std::string message;
+};
+
+// Storage of op outputs is allocated lazily, by the stream thread just before
+// the op runs (allocate()), so queuing an op never allocates or waits. `data`
+// and `error` are written only by the thread that runs ops; others read them
+// after waiting for the stream (whose mutex orders the accesses).
 struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device = Device::cpu;
   std::shared_ptr<MemoryCounter> counter;
-  Storage(size_t nbytes, Device dev, std::shared_ptr<MemoryCounter> counter);
+  std::shared_ptr<const TensorError> error;  // set: the values are poisoned
+  Storage(size_t nbytes, Device dev, std::shared_ptr<MemoryCounter> counter, bool lazy = false);
+  void allocate();  // no-op when allocated; throws RangeError "out of memory: ... N bytes"
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -64,7 +78,12 @@ size_t host_cache_bytes();
 size_t host_cache_release();  // returns the bytes given back to the system
 void host_cache_set_cap(size_t bytes);
 
+// Bytes of a tensor of this shape, checked: RangeError on a negative
+// dimension or a size that overflows.
+size_t checked_nbytes(const Shape& shape, DType dtype);
+
+// lazy: no memory until storage->allocate() (op outputs; see Stream).
 Tensor alloc_tensor(const Shape& shape, DType dtype, Device device,
-                    const std::shared_ptr<MemoryCounter>& counter);
+                    const std::shared_ptr<MemoryCounter>& counter, bool lazy = false);
 
 }  // namespace tdq

@@ -13,10 +13,6 @@ ThreadPool::ThreadPool(int threads) { start(threads); }
 ThreadPool::~ThreadPool() { stop(); }
 
 int ThreadPool::default_threads() {
-  if (const char* e = std::getenv("TDQ_NUM_THREADS")) {
-    int n = std::atoi(e);
-    if (n > 0) return std::min(n, 256);
-  }
   unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(hc);
 }

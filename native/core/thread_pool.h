@@ -26,7 +26,7 @@ class ThreadPool {
   // least `grain` items. Nested calls run serially on the calling thread.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
-  // TDQ_NUM_THREADS, else the number of hardware threads.
+  // The number of hardware threads (TDQ_NUM_THREADS is read by env.h).
   static int default_threads();
 
  private:

@@ -2,17 +2,21 @@
 //   fromData(typed, shape, dtype, device?)  -> NativeTensor
 //   run(op, inputs, attrs)                  -> NativeTensor[]   (queued on the stream)
 //   view(t, shape)                          -> NativeTensor     (same storage)
-//   sync()                                  -> Promise<void>
-//   NativeTensor#read()                     -> Promise<TypedArray>
+//   sync()                                  -> Promise<void>    (never rejects)
+//   NativeTensor#read()                     -> Promise<TypedArray> (rejects with the error of
+//                                              the op that failed to produce it, if one did)
 // Every native exception becomes a JS TypeError / RangeError / Error here.
 #include <napi.h>
 
 #include <cstring>
 #include <memory>
 
+#include "../core/env.h"
 #include "../core/registry.h"
 #include "../core/stream.h"
+#include "../cpu/qgemm.h"
 #include "../cuda/cuda_memory.h"
+#include "../dist/comm.h"
 
 namespace {
 
@@ -50,12 +54,18 @@ void report_memory(Napi::Env env) {
     if (e.kind == tdq::ErrorKind::Range) throw Napi::RangeError::New(env, e.what());
     throw Napi::Error::New(env, e.what());
   } catch (const std::bad_alloc&) {
-    throw Napi::RangeError::New(env, "out of memory");
+    throw Napi::RangeError::New(env, "out of memory (std::bad_alloc)");
   } catch (const std::exception& e) {
     throw Napi::Error::New(env, e.what());
   } catch (...) {
     throw Napi::Error::New(env, "unknown native error");
   }
+}
+
+Napi::Error js_error(Napi::Env env, const tdq::TensorError& e) {
+  if (e.kind == tdq::ErrorKind::Type) return Napi::TypeError::New(env, e.message);
+  if (e.kind == tdq::ErrorKind::Range) return Napi::RangeError::New(env, e.message);
+  return Napi::Error::New(env, e.message);
 }
 
 template <typename F>
@@ -159,8 +169,8 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value ReadSync(const Napi::CallbackInfo& info) {
     return guarded(info, [&]() -> Napi::Value {
       const Tensor& t = From(info.This(), "tensor");
-      std::string err = env_data(info.Env()).stream->wait();
-      if (!err.empty()) tdq::fail(tdq::ErrorKind::Runtime, err);
+      env_data(info.Env()).stream->wait();
+      if (t.storage->error) throw js_error(info.Env(), *t.storage->error);
       if (t.device == tdq::Device::cpu) return make_typed_array(info.Env(), t.dtype, t.storage->data, t.nbytes());
       std::vector<uint8_t> host(t.nbytes());
       tdq::cuda_memcpy_d2h(host.data(), t.storage->data, host.size());
@@ -201,10 +211,22 @@ class ReadWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
-    std::string err = stream_->wait_until(seq_);
-    if (!err.empty()) return SetError(err);
+    stream_->wait_until(seq_);  // the op that writes the tensor is among the first seq_
+    error_ = tensor_.storage->error;
+    if (error_) {
+      tensor_ = Tensor{};
+      return;
+    }
     try {
-      host_.resize(tensor_.nbytes());
+      try {
+        host_.resize(tensor_.nbytes());
+      } catch (const std::bad_alloc&) {
+        error_ = std::make_shared<const tdq::TensorError>(tdq::TensorError{
+            tdq::ErrorKind::Range, "read: out of memory: could not allocate " + std::to_string(tensor_.nbytes()) +
+                                       " bytes for a copy of the tensor"});
+        tensor_ = Tensor{};
+        return;
+      }
       if (tensor_.device == tdq::Device::cpu) {
         if (!host_.empty()) std::memcpy(host_.data(), tensor_.storage->data, host_.size());
       } else {
@@ -217,6 +239,10 @@ class ReadWorker : public Napi::AsyncWorker {
   }
   void OnOK() override {
     Napi::Env env = Env();
+    if (error_) {
+      deferred_.Reject(js_error(env, *error_).Value());
+      return;
+    }
     try {
       deferred_.Resolve(make_typed_array(env, dtype_, host_.data(), host_.size()));
     } catch (const Napi::Error& e) {
@@ -233,6 +259,7 @@ class ReadWorker : public Napi::AsyncWorker {
   Tensor tensor_;
   uint64_t seq_;
   std::vector<uint8_t> host_;
+  std::shared_ptr<const tdq::TensorError> error_;
 };
 
 Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
@@ -252,10 +279,8 @@ class SyncWorker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(env, "tdq.sync"), deferred_(Napi::Promise::Deferred::New(env)), stream_(s),
         seq_(s->submitted()) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    std::string err = stream_->wait_until(seq_);
-    if (!err.empty()) SetError(err);
-  }
+  // Waits only: an op's error belongs to its outputs' readers, not to every sync().
+  void Execute() override { stream_->wait_until(seq_); }
   void OnOK() override { deferred_.Resolve(Env().Undefined()); }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
@@ -371,8 +396,7 @@ Napi::Value Sync(const Napi::CallbackInfo& info) {
 
 Napi::Value SyncBlocking(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    std::string err = env_data(info.Env()).stream->wait();
-    if (!err.empty()) tdq::fail(tdq::ErrorKind::Runtime, err);
+    env_data(info.Env()).stream->wait();
     return info.Env().Undefined();
   });
 }
@@ -390,9 +414,11 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     feats.Set("avx512bw", f.avx512bw);
     feats.Set("avx512vl", f.avx512vl);
     feats.Set("avx512vnni", f.avx512vnni);
+    feats.Set("amxInt8", f.amx_int8);
     o.Set("cpuFeatures", feats);
     o.Set("cpuLevel", tdq::cpu_level_name(d.stream->cpu_level()));
     o.Set("bestCpuLevel", tdq::cpu_level_name(f.best()));
+    o.Set("int8Kernel", tdq::qgemm_detail::qkernel_for(d.stream->cpu_level()).name);
     o.Set("threads", d.stream->threads());
     o.Set("maxQueuedBytes", static_cast<double>(d.stream->max_queued_bytes()));
     Napi::Array ops = Napi::Array::New(env);
@@ -416,6 +442,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     cuda.Set("available", why.empty());
     cuda.Set("reason", why);
     o.Set("cuda", cuda);
+    // MPI: whether this build has it (data-parallel ranks); initialised only by dist_init.
+    o.Set("mpi", Napi::Boolean::New(env, tdq::dist::mpi_built()));
     return o;
   });
 }
@@ -469,7 +497,7 @@ Napi::Value SetMaxQueuedBytes(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     double n = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
     if (!(n >= 0 && n <= 9007199254740991.0 && n == static_cast<double>(static_cast<int64_t>(n))))
-      tdq::fail(tdq::ErrorKind::Range, "setMaxQueuedBytes: bytes must be an integer >= 0 (0: no limit)");
+      tdq::fail(tdq::ErrorKind::Range, "setMaxQueuedBytes: bytes must be an integer >= 0");
     env_data(info.Env()).stream->set_max_queued_bytes(static_cast<size_t>(n));
     return info.Env().Undefined();
   });
@@ -513,8 +541,19 @@ Napi::Value Profile(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  tdq::EnvSettings settings;
+  try {
+    // A bad TDQ_* variable fails the require() with a RangeError naming it.
+    settings = tdq::read_env_settings(tdq::ThreadPool::default_threads());
+    // The cache is process-wide: a worker's load must not undo setHostCacheBytes().
+    const char* cache_mb = std::getenv("TDQ_HOST_CACHE_MB");
+    if (cache_mb && *cache_mb) tdq::host_cache_set_cap(settings.host_cache_bytes);
+  } catch (...) {
+    rethrow_as_js(env);
+  }
   auto* d = new EnvData();
-  d->stream = std::make_unique<tdq::Stream>(tdq::ThreadPool::default_threads(), tdq::default_cpu_level(), d->counter);
+  d->stream = std::make_unique<tdq::Stream>(settings.threads, settings.cpu_level, d->counter);
+  d->stream->set_max_queued_bytes(settings.max_queued_bytes);
   env.SetInstanceData<EnvData>(d);  // deleted (stream joined) when this environment ends
   Napi::Function ctor = NativeTensor::Define(env);
   d->tensor_ctor = Napi::Persistent(ctor);

@@ -8,8 +8,10 @@ import yargs, { type Argv, type CommandModule } from 'yargs';
 
 import { native, packageRoot } from '../tensor/native';
 import { calibrateCommand } from './commands/calibrate';
+import { convertCommand } from './commands/convert';
 import { evalCommand } from './commands/eval';
 import { inspectCommand } from './commands/inspect';
+import { reconstructCommand } from './commands/reconstruct';
 import { infoCommand } from './commands/info';
 import { sampleCommand } from './commands/sample';
 import { trainCommand } from './commands/train';
@@ -23,7 +25,7 @@ export interface GlobalArgs {
 export type Command = CommandModule<GlobalArgs, any>;
 
 /** Every command, in the order --help lists them. Add new modules here. */
-export const COMMANDS: Command[] = [trainCommand, sampleCommand, calibrateCommand, inspectCommand, evalCommand, infoCommand];
+export const COMMANDS: Command[] = [trainCommand, sampleCommand, calibrateCommand, inspectCommand, evalCommand, convertCommand, infoCommand, reconstructCommand];
 
 /** An expected failure (bad input, missing file): reported without a stack even under --verbose. */
 export class CliError extends Error {

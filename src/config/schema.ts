@@ -54,9 +54,6 @@ function target<T extends string>(canon: T) {
  * instead; the error for such a key says so rather than just "unknown key".
  */
 export const UNSUPPORTED_KEYS: Readonly<Record<string, string>> = {
-  use_spatial_transformer: 'cross-attention (text) conditioning is not supported; use num_classes for class conditioning',
-  transformer_depth: 'cross-attention (text) conditioning is not supported',
-  context_dim: 'cross-attention (text) conditioning is not supported',
   use_fp16: 'precision is chosen at run time, not in the model config',
   learn_sigma: 'learned variances are not supported; out_channels must equal in_channels',
 };
@@ -94,6 +91,14 @@ export const UNetParamsSchema = z.strictObject({
   resblock_updown: z.boolean().default(false),
   /** false: the legacy QKV layout of the CompVis checkpoints. */
   use_new_attention_order: z.boolean().default(false),
+  /** SpatialTransformers (self- and cross-attention to a context) in place of the attention blocks. */
+  use_spatial_transformer: z.boolean().default(false),
+  /** BasicTransformerBlocks per SpatialTransformer. */
+  transformer_depth: posInt.default(1),
+  /** Width of the cross-attention context tokens; required with use_spatial_transformer. */
+  context_dim: posInt.nullable().optional(),
+  /** Upstream's head-width rule: dim_head = ch // num_heads for spatial transformers. */
+  legacy: z.boolean().default(true),
 });
 
 export const DDPMUNetParamsSchema = z.strictObject({
@@ -133,6 +138,12 @@ function checkUNet(p: z.output<typeof UNetParamsSchema>, ctx: z.RefinementCtx): 
   });
   if (p.num_heads === -1 && p.num_head_channels === -1) {
     ctx.addIssue({ code: 'custom', path: ['num_heads'], message: 'set num_heads or num_head_channels' });
+  }
+  if (p.use_spatial_transformer && p.context_dim == null) {
+    ctx.addIssue({ code: 'custom', path: ['context_dim'], message: 'use_spatial_transformer needs context_dim (the width of the cross-attention context)' });
+  }
+  if (p.context_dim != null && !p.use_spatial_transformer) {
+    ctx.addIssue({ code: 'custom', path: ['use_spatial_transformer'], message: `must be true when context_dim (${p.context_dim}) is set: cross-attention lives in the spatial transformer` });
   }
   if (p.num_head_channels !== -1) {
     p.channel_mult.forEach((m, i) => {

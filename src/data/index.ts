@@ -52,8 +52,9 @@ export function datasetFromConfig(cfg: Pick<Config, 'model' | 'data'>, o: Datase
 }
 
 /** The training loader of a config: shuffled, fixed-size batches, seeded by training.seed. */
-export function loaderFromConfig(cfg: Pick<Config, 'data' | 'training'>, dataset: Dataset): DataLoader {
+export function loaderFromConfig(cfg: Pick<Config, 'data' | 'training'>, dataset: Dataset, shard?: { rank: number; size: number }): DataLoader {
   return new DataLoader(dataset, {
+    shard,
     batchSize: cfg.training.batch_size, seed: cfg.training.seed, shuffle: true, dropLast: true, hflip: 'flip_p' in cfg.data.params ? cfg.data.params.flip_p > 0 : cfg.data.params.random_flip,
   });
 }

@@ -25,6 +25,13 @@ export interface LoaderOptions {
   dropLast?: boolean;
   /** Mirror each sample left-right with probability 1/2 (decided by seed, epoch and position, so resumable). */
   hflip?: boolean;
+  /**
+   * Data-parallel: every rank walks the same global batches (same seed, same
+   * order, same state) and loads only its own consecutive slice of each, so
+   * every sample is used once per epoch across the ranks (a distributed
+   * sampler) and a resume works on any number of ranks.
+   */
+  shard?: { rank: number; size: number };
 }
 
 export interface BatchArrays {
@@ -37,6 +44,9 @@ export interface BatchArrays {
   indices: Int32Array;
   /** The epoch these samples came from. */
   epoch: number;
+  /** With a shard: where this slice starts in the global batch, and the global batch's size. */
+  start?: number;
+  total?: number;
 }
 
 export interface Batch {
@@ -47,6 +57,9 @@ export interface Batch {
   labels: Int32Array;
   indices: Int32Array;
   epoch: number;
+  /** With a shard: this slice's start in the global batch, and the global batch size. */
+  start?: number;
+  total?: number;
 }
 
 // Flip decisions use counters far above any permutation counter (epoch * n + i).
@@ -100,6 +113,7 @@ export class DataLoader {
   private position = 0;
   private order: Int32Array | null = null;
   private orderEpoch = -1;
+  private readonly shard: { rank: number; size: number } | null;
 
   constructor(dataset: Dataset, opts: LoaderOptions) {
     const { batchSize } = opts;
@@ -112,6 +126,12 @@ export class DataLoader {
     this.seed = opts.seed ?? 0;
     if (!Number.isSafeInteger(this.seed) || this.seed < 0) throw new RangeError(`DataLoader: seed must be a non-negative integer, got ${this.seed}`);
     if (dataset.length < 1) throw new RangeError(`DataLoader: ${dataset.name} is empty`);
+    const sh = opts.shard;
+    if (sh && !(Number.isInteger(sh.size) && sh.size >= 1 && Number.isInteger(sh.rank) && sh.rank >= 0 && sh.rank < sh.size))
+      throw new RangeError(`DataLoader: shard must be {rank, size} with 0 <= rank < size, got ${JSON.stringify(sh)}`);
+    if (sh && sh.size > 1 && batchSize % sh.size !== 0)
+      throw new RangeError(`DataLoader: the global batch size ${batchSize} must be divisible by the ${sh.size} ranks`);
+    this.shard = sh && sh.size > 1 ? { ...sh } : null;
     if (this.dropLast && batchSize > dataset.length) {
       throw new RangeError(`DataLoader: batch size ${batchSize} exceeds the ${dataset.length} samples of ${dataset.name} (lower the batch size or turn dropLast off)`);
     }
@@ -160,28 +180,33 @@ export class DataLoader {
       this.position = 0;
     }
     const order = this.orderOf(this.epoch);
-    const b = Math.min(this.batchSize, n - this.position);
+    const total = Math.min(this.batchSize, n - this.position);
+    // This rank's slice of the global batch (all of it without a shard).
+    const lo = this.shard ? Math.floor((total * this.shard.rank) / this.shard.size) : 0;
+    const hi = this.shard ? Math.floor((total * (this.shard.rank + 1)) / this.shard.size) : total;
+    const b = hi - lo;
     const { channels: c, height: h, width: w } = this.dataset;
     const size = c * h * w;
     const data = new Float32Array(b * size);
     const labels = new Int32Array(b);
     const indices = new Int32Array(b);
-    for (let k = 0; k < b; ++k) {
+    for (let j = 0; j < b; ++j) {
+      const k = lo + j; // position in the global batch
       const idx = order[this.position + k];
-      indices[k] = idx;
+      indices[j] = idx;
       try {
-        this.dataset.get(idx, data, k * size);
-        labels[k] = this.dataset.label(idx);
+        this.dataset.get(idx, data, j * size);
+        labels[j] = this.dataset.label(idx);
       } catch (e) {
         throw sampleError(e, this.dataset, idx);
       }
       if (this.hflip && hash64(this.seed, FLIP_COUNTER_BASE + this.epoch * n + this.position + k) < 0.5) {
-        for (let r = 0; r < c * h; ++r) data.subarray(k * size + r * w, k * size + (r + 1) * w).reverse();
+        for (let r = 0; r < c * h; ++r) data.subarray(j * size + r * w, j * size + (r + 1) * w).reverse();
       }
     }
     const epoch = this.epoch;
-    this.position += b;
-    return { data, shape: [b, c, h, w], labels, indices, epoch };
+    this.position += total;
+    return { data, shape: [b, c, h, w], labels, indices, epoch, ...(this.shard ? { start: lo, total } : {}) };
   }
 
   /** The next batch as tensors. */

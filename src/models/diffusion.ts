@@ -12,9 +12,13 @@ import type { Module } from '../nn/module';
 import { DDPMUNet } from './ddpm_unet';
 import { UNetModel } from './openai_unet';
 
-/** What the training loop and the samplers need from a denoiser. */
+/**
+ * What the training loop, the samplers and the quantizer need from a
+ * denoiser: (x, t, y?, context?) -> predicted noise (y: class labels;
+ * context: cross-attention tokens). Full-precision UNets and QuantizedModel alike.
+ */
 export interface Denoiser extends Module {
-  forward(x: Tensor, t: Tensor, y?: Tensor): Tensor;
+  forward(x: Tensor, t: Tensor, y?: Tensor, context?: Tensor): Tensor;
 }
 
 /** CompVis names -> this project's schedule kinds (CompVis 'linear' is sqrt-linear). */
@@ -51,16 +55,24 @@ export class PixelDiffusion {
    * The epsilon-prediction loss of a batch x0 (B, C, H, W): one timestep and
    * one noise draw per sample, from `gen`. Returns the scalar loss.
    */
-  trainingLoss(x0: Tensor, gen: Generator, y?: Tensor | null): { loss: Tensor; timesteps: number[] } {
+  /**
+   * With `shard`, x0 is rows [start, start + B) of a global batch of `total`
+   * (data-parallel training): the timesteps and noise are drawn for the whole
+   * global batch and this slice taken, so the ranks together compute exactly
+   * what one process does on the global batch.
+   */
+  trainingLoss(x0: Tensor, gen: Generator, y?: Tensor | null, shard?: { start: number; total: number }): { loss: Tensor; timesteps: number[] } {
     const b = x0.shape[0];
     const T = this.schedule.numTimesteps;
-    const timesteps = Array.from({ length: b }, () => gen.randint(T));
+    const start = shard?.start ?? 0, total = shard?.total ?? b;
+    if (start < 0 || start + b > total) throw new RangeError(`trainingLoss: rows [${start}, ${start + b}) do not fit a global batch of ${total}`);
+    const timesteps = Array.from({ length: total }, () => gen.randint(T)).slice(start, start + b);
     const a = new Float32Array(b), s = new Float32Array(b);
     timesteps.forEach((t, i) => {
       a[i] = this.schedule.sqrtAlphasCumprod[t];
       s[i] = this.schedule.sqrtOneMinusAlphasCumprod[t];
     });
-    const noise = gen.randn(x0.shape);
+    const noise = shard ? gen.randnSlice(x0.shape, start, total) : gen.randn(x0.shape);
     const xt = add(mul(x0, fromArray(a, [b, 1, 1, 1])), mul(noise, fromArray(s, [b, 1, 1, 1])));
     const eps = this.unet.forward(xt, fromArray(timesteps, [b]), y ?? undefined);
     const diff = sub(eps, noise);

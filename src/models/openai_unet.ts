@@ -1,5 +1,6 @@
 // The UNet of CompVis latent-diffusion (ldm.modules.diffusionmodules.openaimodel
-// .UNetModel) for images, without the spatial transformer. Submodules are
+// .UNetModel), with self-attention blocks or, with use_spatial_transformer,
+// SpatialTransformers that cross-attend to a context (transformer.ts). Submodules are
 // registered under upstream's names, so `input_blocks.1.0.in_layers.2.weight`
 // in an upstream state dict lands in the same parameter here.
 import { Module } from '../nn/module';
@@ -12,6 +13,7 @@ import { cat, chunk, permute } from '../tensor/ops/shape';
 import { add, addScalar, mul, reshape } from '../tensor/ops/elementwise';
 import type { Tensor } from '../tensor/tensor';
 import { timestepEmbedding, zeroModule } from './common';
+import { SpatialTransformer } from './transformer';
 
 export interface UNetConfig {
   image_size: number;
@@ -29,11 +31,18 @@ export interface UNetConfig {
   num_heads_upsample?: number;
   use_scale_shift_norm?: boolean;
   resblock_updown?: boolean;
+  /** SpatialTransformer (cross-attention to `context`) in place of AttentionBlock. */
+  use_spatial_transformer?: boolean;
+  transformer_depth?: number;
+  /** Width of the context tokens; required with use_spatial_transformer. */
+  context_dim?: number | null;
+  /** Upstream's head-width rule (see headsAndDim); true as upstream. */
+  legacy?: boolean;
 }
 
 /** A block that takes the timestep embedding as well as the features. */
 interface EmbedBlock {
-  forward(x: Tensor, emb: Tensor): Tensor;
+  forward(x: Tensor, emb: Tensor, context?: Tensor): Tensor;
 }
 
 const normalization = (ch: number) => new GroupNorm(32, ch);
@@ -165,8 +174,12 @@ export class TimestepEmbedSequential extends Module implements EmbedBlock {
     super();
     layers.forEach((m, i) => this.registerModule(String(i), m));
   }
-  forward(x: Tensor, emb: Tensor): Tensor {
-    for (const m of this.layers) x = m instanceof ResBlock ? m.forward(x, emb) : (m as unknown as { forward(x: Tensor): Tensor }).forward(x);
+  forward(x: Tensor, emb: Tensor, context?: Tensor): Tensor {
+    for (const m of this.layers) {
+      if (m instanceof ResBlock) x = m.forward(x, emb);
+      else if (m instanceof SpatialTransformer) x = m.forward(x, context);
+      else x = (m as unknown as { forward(x: Tensor): Tensor }).forward(x);
+    }
     return x;
   }
 }
@@ -193,18 +206,43 @@ export class UNetModel extends Module {
       num_heads_upsample: -1,
       use_scale_shift_norm: false,
       resblock_updown: false,
+      use_spatial_transformer: false,
+      transformer_depth: 1,
+      context_dim: null,
+      legacy: true,
       ...cfg,
     };
     if (c.num_heads_upsample === -1) c.num_heads_upsample = c.num_heads;
     if (c.num_heads === -1 && c.num_head_channels === -1)
       throw new RangeError('UNetModel: either num_heads or num_head_channels must be set');
+    if (c.use_spatial_transformer && c.context_dim == null)
+      throw new RangeError('UNetModel: use_spatial_transformer needs context_dim (the width of the cross-attention context)');
+    if (c.context_dim != null && !c.use_spatial_transformer)
+      throw new RangeError(`UNetModel: context_dim=${c.context_dim} is set but use_spatial_transformer is false (cross-attention needs the spatial transformer)`);
+    if (c.context_dim != null && !(Number.isInteger(c.context_dim) && c.context_dim >= 1))
+      throw new RangeError(`UNetModel: context_dim must be a positive integer, got ${JSON.stringify(c.context_dim)}`);
     this.config = c;
     const mc = c.model_channels, ted = mc * 4;
     this.timeEmbed = [new Linear(mc, ted, { gen }), new Linear(ted, ted, { gen })];
     this.registerModule('time_embed', new Seq([this.timeEmbed[0], new SiLU(), this.timeEmbed[1]]));
     this.labelEmb = c.num_classes != null ? this.registerModule('label_emb', new Embedding(c.num_classes, ted, { gen })) : null;
 
-    const attn = (ch: number, heads: number) => new AttentionBlock(ch, heads, c.num_head_channels, gen);
+    // Upstream recomputes (num_heads, dim_head) at each attention layer and
+    // keeps the reassigned num_heads; AttentionBlock gets dim_head as its
+    // num_head_channels, and in the decoder num_heads_upsample as num_heads,
+    // while SpatialTransformer takes the (possibly reassigned) num_heads.
+    let numHeads = c.num_heads;
+    const attn = (ch: number, decoder: boolean): Module => {
+      let dimHead: number;
+      if (c.num_head_channels === -1) dimHead = Math.floor(ch / numHeads);
+      else {
+        numHeads = Math.floor(ch / c.num_head_channels);
+        dimHead = c.num_head_channels;
+      }
+      if (c.legacy) dimHead = c.use_spatial_transformer ? Math.floor(ch / numHeads) : c.num_head_channels;
+      if (!c.use_spatial_transformer) return new AttentionBlock(ch, decoder ? c.num_heads_upsample : numHeads, dimHead, gen);
+      return new SpatialTransformer(ch, numHeads, dimHead, { depth: c.transformer_depth, contextDim: c.context_dim, dropout: 0, gen });
+    };
     const res = (ch: number, out: number, updown: 'up' | 'down' | null = null) =>
       new ResBlock(ch, ted, c.dropout, out, c.use_scale_shift_norm, gen, updown);
 
@@ -215,7 +253,7 @@ export class UNetModel extends Module {
       for (let i = 0; i < c.num_res_blocks; ++i) {
         const layers: Module[] = [res(ch, mult * mc)];
         ch = mult * mc;
-        if (c.attention_resolutions.includes(ds)) layers.push(attn(ch, c.num_heads));
+        if (c.attention_resolutions.includes(ds)) layers.push(attn(ch, false));
         this.inputBlocks.push(new TimestepEmbedSequential(layers));
         chans.push(ch);
       }
@@ -225,13 +263,13 @@ export class UNetModel extends Module {
         ds *= 2;
       }
     });
-    this.middleBlock = new TimestepEmbedSequential([res(ch, ch), attn(ch, c.num_heads), res(ch, ch)]);
+    this.middleBlock = new TimestepEmbedSequential([res(ch, ch), attn(ch, false), res(ch, ch)]);
     [...c.channel_mult.entries()].reverse().forEach(([level, mult]) => {
       for (let i = 0; i <= c.num_res_blocks; ++i) {
         const ich = chans.pop()!;
         const layers: Module[] = [res(ch + ich, mc * mult)];
         ch = mc * mult;
-        if (c.attention_resolutions.includes(ds)) layers.push(attn(ch, c.num_heads_upsample));
+        if (c.attention_resolutions.includes(ds)) layers.push(attn(ch, true));
         if (level && i === c.num_res_blocks) {
           layers.push(c.resblock_updown ? res(ch, ch, 'up') : new Upsample(ch, c.conv_resample, gen));
           ds /= 2;
@@ -247,16 +285,24 @@ export class UNetModel extends Module {
     this.registerModule('out', new Seq([this.outNorm, new SiLU(), this.outConv]));
   }
 
-  /** x (B, C, H, W), t (B) float32 timesteps, y (B) int32 class labels when num_classes is set. */
-  forward(x: Tensor, t: Tensor, y?: Tensor): Tensor {
+  /**
+   * x (B, C, H, W), t (B) float32 timesteps, y (B) int32 class labels when
+   * num_classes is set, context (B, M, context_dim) for the cross-attention
+   * of a use_spatial_transformer model (without it, attn2 attends to the features).
+   */
+  forward(x: Tensor, t: Tensor, y?: Tensor, context?: Tensor): Tensor {
     if (this.labelEmb && !y) throw new TypeError('UNetModel: this model is class-conditional (num_classes set): pass class labels y');
+    if (context && !this.config.use_spatial_transformer)
+      throw new TypeError('UNetModel: a context was given but this model has no cross-attention (use_spatial_transformer is false)');
+    if (context && (context.shape.length !== 3 || context.shape[0] !== x.shape[0] || context.shape[2] !== this.config.context_dim))
+      throw new RangeError(`UNetModel: context must have shape [${x.shape[0]}, M, ${this.config.context_dim}], got [${context.shape.join(', ')}]`);
     let emb = this.timeEmbed[1].forward(silu(this.timeEmbed[0].forward(timestepEmbedding(t, this.config.model_channels, 'cos-sin'))));
     if (this.labelEmb && y) emb = add(emb, this.labelEmb.forward(y));
     const hs: Tensor[] = [];
     let h = x;
-    for (const m of this.inputBlocks) hs.push((h = m.forward(h, emb)));
-    h = this.middleBlock.forward(h, emb);
-    for (const m of this.outputBlocks) h = m.forward(cat([h, hs.pop()!], 1), emb);
+    for (const m of this.inputBlocks) hs.push((h = m.forward(h, emb, context)));
+    h = this.middleBlock.forward(h, emb, context);
+    for (const m of this.outputBlocks) h = m.forward(cat([h, hs.pop()!], 1), emb, context);
     return this.outConv.forward(silu(this.outNorm.forward(h)));
   }
 }

@@ -26,10 +26,18 @@ export const PAPER_KEEP_FP: readonly string[] = [
   'temb.dense.0', 'temb.dense.1', '*.temb_proj', 'conv_in', 'conv_out',
 ];
 
-/** Layers whose outputs feed the attention matmuls (q, k, v), for quantizeAttention. */
-function isAttentionProjection(name: string): boolean {
+/**
+ * Layers whose outputs feed the attention matmuls (q, k, v), for
+ * quantizeAttention: AttentionBlock's qkv, the autoencoders' attn q/k/v, and
+ * the SpatialTransformer's CrossAttention to_q/to_k/to_v (attn1, attn2). The
+ * transformer's other layers (proj_in, proj_out, to_out.0, ff.net.0.proj,
+ * ff.net.2) are plain conv/linear layers, quantized like AttentionBlock's proj_out.
+ */
+export function isAttentionProjection(name: string): boolean {
   const last = name.slice(name.lastIndexOf('.') + 1);
-  return last === 'qkv' || ((last === 'q' || last === 'k' || last === 'v') && /attn/i.test(name));
+  if (last === 'qkv') return true;
+  if (last === 'q' || last === 'k' || last === 'v') return /attn/i.test(name);
+  return (last === 'to_q' || last === 'to_k' || last === 'to_v') && /(^|\.)attn\d*\./.test(name);
 }
 
 function globToRegExp(pattern: string): RegExp {
@@ -131,14 +139,16 @@ export class QuantizedModel extends Module implements Denoiser {
 
   /**
    * x (B, C, H, W), t (B) float32 model timesteps, y (B) class labels for a
-   * class-conditional UNet: UNetModel.forward's signature. The TDQ MLPs and
+   * class-conditional UNet, context (B, M, context_dim) for a cross-attention
+   * UNet: UNetModel.forward's signature. The TDQ MLPs and
    * the step table both take t from the tensor itself, on the engine: t is
    * never read back to JavaScript.
    */
-  forward(x: Tensor, t: Tensor, y?: Tensor): Tensor {
+  forward(x: Tensor, t: Tensor, y?: Tensor, context?: Tensor): Tensor {
     if (t.shape.length !== 1 || t.shape[0] !== x.shape[0]) throw new RangeError(`QuantizedModel.forward: t must have shape [${x.shape[0]}], got [${t.shape.join(', ')}]`);
     this.ctx.begin(t);
     try {
+      if (context !== undefined) return this.model.forward(x, t, y, context);
       return y === undefined ? this.model.forward(x, t) : this.model.forward(x, t, y);
     } finally {
       this.ctx.end();

@@ -31,16 +31,21 @@ export interface EngineInfo {
   cpuFeatures: Record<string, boolean>;
   cpuLevel: 'scalar' | 'avx2' | 'avx512';
   bestCpuLevel: 'scalar' | 'avx2' | 'avx512';
+  /** The integer GEMM kernel at cpuLevel: 'scalar', 'avx2' or 'avx512-vnni' (avx512 without VNNI runs 'avx2'). */
+  int8Kernel: string;
   threads: number;
   maxQueuedBytes: number;
   ops: OpInfo[];
   cuda: { built: boolean; available: boolean; reason: string };
+  /** Built with MPI (data-parallel ranks). */
+  mpi: boolean;
 }
 
 export interface NativeBinding {
   fromData(data: TypedArray, shape: readonly number[], dtype: DType, device?: Device): NativeTensor;
   run(op: string, inputs: (NativeTensor | null)[], attrs?: Attrs): NativeTensor[];
   view(t: NativeTensor, shape: readonly number[]): NativeTensor;
+  /** Resolves when every op queued so far has run. Never rejects: a failed op's error is its outputs'. */
   sync(): Promise<void>;
   syncBlocking(): void;
   info(): EngineInfo;
@@ -51,12 +56,13 @@ export interface NativeBinding {
   setCpuLevel(level: 'scalar' | 'avx2' | 'avx512'): void;
   setSynchronous(on: boolean): void;
   /**
-   * Bytes of outputs that queued, not yet run ops may hold (default 256 MiB,
-   * or TDQ_MAX_QUEUED_MB); past it, queuing an op waits for the engine. 0: no limit.
+   * Obsolete, kept for compatibility: validated and reported by info(), no
+   * effect. Queuing an op never waits: outputs are allocated by the engine's
+   * thread when the op runs, so ops queued ahead hold no output memory.
    */
   setMaxQueuedBytes(bytes: number): void;
   /**
-   * Caps the cache of freed large host buffers (default 256 MiB, or
+   * Caps the cache of freed large host buffers (default 2048 MiB, or
    * TDQ_HOST_CACHE_MB), unmapping what is over the cap. 0: no cache.
    */
   setHostCacheBytes(bytes: number): void;
@@ -81,6 +87,8 @@ export function native(): NativeBinding {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     binding = (override ? require(path.resolve(override)) : require('node-gyp-build')(packageRoot)) as NativeBinding;
   } catch (e) {
+    // The addon loaded but refused a TDQ_* environment variable (native/core/env.h).
+    if (/^TDQ_[A-Z_]+=/.test((e as Error).message)) throw e;
     throw new Error(
       `tdq-native: could not load the native addon (tried ${tried}): ${(e as Error).message}\n` +
         `Build it with 'npm run build:native' in ${packageRoot} (needs a C++17 compiler and cmake >= 3.19, ` +

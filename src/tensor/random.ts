@@ -32,6 +32,17 @@ export class Generator {
     return this.nextOffset(numel(shape));
   }
 
+  /**
+   * Rows [start, start + shape[0]) of what randn([total, ...shape.slice(1)])
+   * would give, advancing past all `total` rows (one rank's slice of a batch).
+   */
+  randnSlice(shape: Shape, start: number, total: number, device: Device = 'cpu'): Tensor {
+    const row = numel(shape.slice(1));
+    if (!Number.isInteger(start) || start < 0 || start + shape[0] > total) throw new RangeError(`Generator.randnSlice: rows [${start}, ${start + shape[0]}) do not fit ${total}`);
+    const base = this.nextOffset(total * row);
+    return runOp1('randn', [], { shape: [...shape], seed: this.seed, offset: base + start * row, device });
+  }
+
   randn(shape: Shape, device: Device = 'cpu'): Tensor {
     return runOp1('randn', [], { shape: [...shape], seed: this.seed, offset: this.take(shape), device });
   }

@@ -134,7 +134,11 @@ export function viewHandle(t: Tensor, shape: Shape): Tensor {
   return new Tensor(native().view(t.handle, shape));
 }
 
-/** Resolves when every op queued so far has run (rejects with a queued op's error). */
+/**
+ * Resolves when every op queued so far has run. It never rejects: an op that
+ * fails poisons only its outputs (and what is computed from them), and reading
+ * one of those rejects with the op's error.
+ */
 export function sync(): Promise<void> {
   return native().sync();
 }

@@ -8,6 +8,8 @@ import path from 'node:path';
 
 import type { Config } from '../config/schema';
 import { datasetFromConfig, loaderFromConfig } from '../data';
+import { type Communicator, LocalCommunicator } from '../dist/communicator';
+import { checkRanksAgree, checkWeightsAgree } from './distributed';
 import type { Dataset } from '../data/dataset';
 import type { Batch, DataLoader, LoaderState } from '../data/loader';
 import { sample as drawSamples } from '../diffusion/samplers';
@@ -53,6 +55,14 @@ export interface TrainOptions {
   onNan?: NanPolicy;
   /** With onNan 'skip': stop (as 'stop' does) once this many steps in a row were skipped (default 10). */
   maxNanSkips?: number;
+  /**
+   * Data-parallel training: this process's rank among the communicator's.
+   * Each rank takes its slice of every global batch (training.batch_size),
+   * gradients are averaged over the ranks, rank 0 alone writes the run folder.
+   */
+  comm?: Communicator;
+  /** Data-parallel: compare the ranks' weights every this many steps (default 100, and at the end). */
+  checksumEvery?: number;
   /** Start from these weights (a full-precision model for QAT, or fine-tuning). */
   initCheckpoint?: string;
   dataDir?: string;
@@ -122,7 +132,10 @@ function dropoutModules(m: Module): Dropout[] {
 }
 
 export async function train(opts: TrainOptions): Promise<TrainResult> {
-  const print = opts.print === undefined ? console.log : opts.print;
+  const comm = opts.comm ?? new LocalCommunicator();
+  const lead = comm.rank === 0;
+  // Rank 0 speaks for the run; the others only throw.
+  const print = !lead ? null : opts.print === undefined ? console.log : opts.print;
   const onBadData: BadDataPolicy = opts.onBadData ?? 'stop';
   const onNan: NanPolicy = opts.onNan ?? 'stop';
   if (!BAD_DATA_POLICIES.includes(onBadData)) throw new RangeError(`onBadData must be one of ${BAD_DATA_POLICIES.join(', ')}, got ${JSON.stringify(onBadData)}`);
@@ -131,23 +144,32 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   // The checkpoint to continue from, and whether it continues this folder's run.
   const resumeIsDir = !!opts.resume && fs.existsSync(opts.resume) && fs.statSync(opts.resume).isDirectory();
   const resumeDir = opts.resume ? (resumeIsDir ? opts.resume : runFolderOfCheckpoint(opts.resume)) : null;
-  if (resumeDir) for (const f of cleanRunFolder(resumeDir)) print?.(`tdq-native: removed ${f}, left by an interrupted write`);
+  if (resumeDir && lead) for (const f of cleanRunFolder(resumeDir)) print?.(`tdq-native: removed ${f}, left by an interrupted write`);
   const resumeFrom = opts.resume ? (resumeIsDir ? latestCheckpoint(opts.resume) : opts.resume) : null;
   if (opts.resume && !resumeFrom) throw new Error(`--resume ${opts.resume}: no checkpoint found (expected ${path.join(opts.resume, 'checkpoints', 'step-*.safetensors')})`);
   const resumedRun = resumeFrom ? runFolderOfCheckpoint(resumeFrom) : null;
   const continuing = resumedRun !== null && path.resolve(resumedRun) === path.resolve(opts.outDir);
   // A fresh run (or one continued from elsewhere) never writes into another run's folder.
-  if (!continuing) assertFreshRunFolder(opts.outDir);
-  fs.mkdirSync(path.join(opts.outDir, 'checkpoints'), { recursive: true });
-  const unlock = lockRunFolder(opts.outDir);
+  // Rank 0 owns the folder; the others wait until it has checked and locked it
+  // (when it fails, it exits, and the launcher stops the others).
+  let unlock = () => {};
+  if (lead) {
+    if (!continuing) assertFreshRunFolder(opts.outDir);
+    fs.mkdirSync(path.join(opts.outDir, 'checkpoints'), { recursive: true });
+    unlock = lockRunFolder(opts.outDir);
+  }
+  await comm.barrier();
   try {
-    return await trainLocked(opts, resumeFrom, print, onBadData, onNan);
+    return await trainLocked(opts, resumeFrom, print, onBadData, onNan, comm);
   } finally {
     unlock();
   }
 }
 
-async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print: ((line: string) => void) | null, onBadData: BadDataPolicy, onNan: NanPolicy): Promise<TrainResult> {
+async function trainLocked(
+  opts: TrainOptions, resumeFrom: string | null, print: ((line: string) => void) | null, onBadData: BadDataPolicy, onNan: NanPolicy, comm: Communicator,
+): Promise<TrainResult> {
+  const lead = comm.rank === 0;
   const cfg = opts.config;
   const t = cfg.training;
   let unet: Denoiser;
@@ -169,7 +191,7 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
   const dataset = opts.dataset ?? datasetFromConfig(cfg, { dataDir: opts.dataDir });
   for (const n of dataset.notes ?? []) print?.(`tdq-native: data: ${n}`);
   const guarded = new SkippingDataset(dataset, onBadData);
-  const loader: DataLoader = loaderFromConfig(cfg, guarded.dataset);
+  const loader: DataLoader = loaderFromConfig(cfg, guarded.dataset, comm.size > 1 ? { rank: comm.rank, size: comm.size } : undefined);
   const baseLr = cfg.model.base_learning_rate * (t.scale_lr ? t.batch_size * t.accumulate_grad_batches : 1);
   const named = unet.namedParameters();
   const specs: ParamGroupSpec[] = groups ? groups(baseLr) : [{ params: named, lr: baseLr, name: 'model' }];
@@ -209,8 +231,11 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
     print?.(`tdq-native: resumed from ${resumeFrom} at step ${step}`);
   }
 
-  const logger = new TrainLogger({ batchSize: t.batch_size * t.accumulate_grad_batches, every: t.log_every, dir: opts.outDir, print, maxSteps: t.max_steps, resumeStep: resumeFrom ? step : undefined });
-  const events = new EventLog(path.join(opts.outDir, 'skipped.jsonl'), resumeFrom ? step : 0);
+  await checkRanksAgree(comm, { config: cfg, resume: resumeFrom && path.resolve(resumeFrom), init: opts.initCheckpoint && path.resolve(opts.initCheckpoint), step });
+  const logger = new TrainLogger({ batchSize: t.batch_size * t.accumulate_grad_batches, every: t.log_every, dir: lead ? opts.outDir : undefined, print, maxSteps: t.max_steps, resumeStep: resumeFrom ? step : undefined });
+  const events = new EventLog(lead ? path.join(opts.outDir, 'skipped.jsonl') : null, resumeFrom ? step : 0);
+  const checksumEvery = opts.checksumEvery ?? 100;
+  if (!Number.isInteger(checksumEvery) || checksumEvery < 1) throw new RangeError(`checksumEvery must be a positive integer, got ${checksumEvery}`);
   const params = unet.parameters();
   const endStep = Math.min(t.max_steps, opts.stopAtStep ?? Infinity);
   let lastCkpt = resumeFrom ?? '';
@@ -223,8 +248,10 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
       step, gen: gen.state(), dropoutGen: dropoutGen.state(), loader: loader.state(), emaUpdates: ema?.numUpdates ?? 0,
       skippedSamples: skipped.samples, skippedSteps: skipped.steps,
     };
-    await saveCheckpoint(file, { config: cfg, state, model: unet, ema, optimizer: optimizer.state(), extraMetadata });
-    pruneCheckpoints(opts.outDir, t.keep_checkpoints);
+    if (lead) {
+      await saveCheckpoint(file, { config: cfg, state, model: unet, ema, optimizer: optimizer.state(), extraMetadata });
+      pruneCheckpoints(opts.outDir, t.keep_checkpoints);
+    }
     return file;
   };
   const samePath = (a: string, b: string) => a !== '' && path.resolve(a) === path.resolve(b);
@@ -242,17 +269,19 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
       const a = dropBadRows(raw, bad);
       if (a) {
         const y = guarded.dataset.numClasses > 0 ? fromArray(a.labels, [a.labels.length], 'int32') : null;
-        return { x: fromArray(a.data, a.shape), y, labels: a.labels, indices: a.indices, epoch: a.epoch };
+        return { x: fromArray(a.data, a.shape), y, labels: a.labels, indices: a.indices, epoch: a.epoch, start: a.start, total: a.total };
       }
       if (tries > dataset.length) throw new Error(`${dataset.name}: no readable sample left (every sample of the last ${tries} batches failed)`);
     }
   };
 
   let interrupted = false;
+  let stopAgreed = false;
   unet.train();
   try {
     while (step < endStep) {
-      if (opts.signal?.aborted) {
+      // One process stops when asked; ranks stop together, at the step they agreed on.
+      if (comm.size === 1 ? opts.signal?.aborted : stopAgreed) {
         interrupted = true;
         break;
       }
@@ -278,7 +307,8 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
           const g0 = gen.state(), d0 = dropoutGen.state();
           const batch = nextBatch();
           const loss = tidy(() => {
-            const { loss } = diffusion.trainingLoss(batch.x, gen, batch.y);
+            const shard = batch.start !== undefined && batch.total !== undefined ? { start: batch.start, total: batch.total } : undefined;
+            const { loss } = diffusion.trainingLoss(batch.x, gen, batch.y, shard);
             backward(k > 1 ? scale(loss, 1 / k) : loss);
             return loss;
           });
@@ -294,6 +324,14 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
         rollBack();
         if (!samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
         throw new BadDataError(file, failedStep, lastCkpt, e as Error);
+      }
+      if (comm.size > 1) {
+        // The global batch's mean gradient and loss: the mean over ranks of equal
+        // slices; and whether any rank was asked to stop (SIGTERM reaches each).
+        const flag = fromArray([opts.signal?.aborted ? 1 : 0], [1]);
+        comm.allreduceMean([...params.flatMap((p) => (p.grad ? [p.grad] : [])), ...micro.map((m) => m.loss), flag]);
+        stopAgreed = (await flag.item()) > 0;
+        flag.dispose();
       }
       const norm = t.grad_clip ? clipGradNorm(params, t.grad_clip) : gradNorm(params);
       // Read before the optimizer step: a non-finite loss or gradient must not reach the weights.
@@ -330,8 +368,9 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
         logger.step(step, { loss: lastLoss, lr: optimizer.paramGroups[0].lr, ...(t.grad_clip ? { grad_norm: gradNormValue } : {}) });
         opts.onStep?.(step, lastLoss);
       }
+      if (step % checksumEvery === 0 || step === endStep) await checkWeightsAgree(comm, params, step);
       if (step % t.checkpoint_every === 0 || step === endStep) lastCkpt = await checkpoint();
-      if (t.sample_every > 0 && step % t.sample_every === 0) await sampleGrid(diffusion, ema, cfg, path.join(opts.outDir, 'samples', `step-${String(step).padStart(8, '0')}.png`), t.sample_count, t.seed);
+      if (lead && t.sample_every > 0 && step % t.sample_every === 0) await sampleGrid(diffusion, ema, cfg, path.join(opts.outDir, 'samples', `step-${String(step).padStart(8, '0')}.png`), t.sample_count, t.seed);
     }
     if (interrupted && step > 0 && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
   } finally {
@@ -341,9 +380,10 @@ async function trainLocked(opts: TrainOptions, resumeFrom: string | null, print:
   if (!interrupted && step >= t.max_steps) {
     exported = path.join(opts.outDir, 'model.safetensors');
     if (ema) ema.swapInto(unet);
-    await saveCheckpoint(exported, { config: cfg, model: unet, extraMetadata });
+    if (lead) await saveCheckpoint(exported, { config: cfg, model: unet, extraMetadata });
     if (ema) ema.swapInto(unet);
   }
+  await comm.barrier();
   if (skipped.samples || skipped.steps) print?.(`tdq-native: skipped ${skipped.samples} bad samples and ${skipped.steps} non-finite steps (listed in ${events.file})`);
   optimizer.dispose();
   ema?.dispose();
@@ -388,8 +428,9 @@ async function locateNonFinite(
 
 /** skipped.jsonl: one line per skipped sample or step; on resume, the lines after the resumed step are dropped. */
 class EventLog {
-  constructor(readonly file: string, resumeStep: number) {
-    if (!fs.existsSync(file)) return;
+  /** null: record nothing (ranks other than 0). */
+  constructor(readonly file: string | null, resumeStep: number) {
+    if (!file || !fs.existsSync(file)) return;
     const kept = fs.readFileSync(file, 'utf8').split('\n').filter((l) => {
       if (!l.trim()) return false;
       try {
@@ -402,7 +443,7 @@ class EventLog {
   }
 
   add(rec: Record<string, unknown>): void {
-    fs.appendFileSync(this.file, JSON.stringify(rec) + '\n');
+    if (this.file) fs.appendFileSync(this.file, JSON.stringify(rec) + '\n');
   }
 }
 

@@ -40,6 +40,7 @@ describe('tdq-native CLI', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`^tdq-native ${version.replace(/\./g, '\\.')}$`, 'm'));
     assert.match(r.stdout, /^cpu level: (scalar|avx2|avx512) \(best available: (scalar|avx2|avx512)\)$/m);
+    assert.match(r.stdout, /^int8 kernel: (scalar|avx2|avx512-vnni)$/m);
     assert.match(r.stdout, /^cpu features: /m);
     assert.match(r.stdout, /^threads: \d+$/m);
     assert.match(r.stdout, /^cuda: (available|not built|built but unavailable)/m);

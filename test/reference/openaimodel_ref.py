@@ -1,5 +1,6 @@
 """A PyTorch reference of CompVis latent-diffusion's openaimodel.UNetModel
-(image UNet without the spatial transformer), written from the upstream
+(with AttentionBlocks, or SpatialTransformers from attention_ref.py when
+use_spatial_transformer), written from the upstream
 architecture for the parity test: module names and parameter shapes equal
 upstream's state-dict keys (input_blocks.1.0.in_layers.2.weight, ...)."""
 import math
@@ -7,6 +8,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from attention_ref import SpatialTransformer
 
 
 def timestep_embedding(t, dim, max_period=10000):
@@ -108,16 +111,22 @@ class AttentionBlock(nn.Module):
 class Seq(nn.Sequential):
     """TimestepEmbedSequential."""
 
-    def forward(self, x, emb):
+    def forward(self, x, emb, context=None):
         for m in self:
-            x = m(x, emb) if isinstance(m, ResBlock) else m(x)
+            if isinstance(m, ResBlock):
+                x = m(x, emb)
+            elif isinstance(m, SpatialTransformer):
+                x = m(x, context)
+            else:
+                x = m(x)
         return x
 
 
 class UNetModel(nn.Module):
     def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks, attention_resolutions,
                  dropout=0.0, channel_mult=(1, 2, 4, 8), conv_resample=True, num_classes=None, num_heads=-1,
-                 num_head_channels=-1, num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False, **_):
+                 num_head_channels=-1, num_heads_upsample=-1, use_scale_shift_norm=False, resblock_updown=False,
+                 use_spatial_transformer=False, transformer_depth=1, context_dim=None, legacy=True, **_):
         super().__init__()
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
@@ -128,8 +137,21 @@ class UNetModel(nn.Module):
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, ted)
 
-        def attn(ch, heads):
-            return AttentionBlock(ch, num_heads=heads, num_head_channels=num_head_channels)
+        # Upstream's per-layer (num_heads, dim_head) rule, num_heads reassigned
+        # as it goes (a one-element list stands for the rebound local).
+        heads_now = [num_heads]
+
+        def attn(ch, decoder):
+            if num_head_channels == -1:
+                dim_head = ch // heads_now[0]
+            else:
+                heads_now[0] = ch // num_head_channels
+                dim_head = num_head_channels
+            if legacy:
+                dim_head = ch // heads_now[0] if use_spatial_transformer else num_head_channels
+            if use_spatial_transformer:
+                return SpatialTransformer(ch, heads_now[0], dim_head, depth=transformer_depth, context_dim=context_dim)
+            return AttentionBlock(ch, num_heads=num_heads_upsample if decoder else heads_now[0], num_head_channels=dim_head)
 
         self.input_blocks = nn.ModuleList([Seq(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         chans, ch, ds = [model_channels], model_channels, 1
@@ -138,7 +160,7 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(ch, ted, dropout, mult * model_channels, use_scale_shift_norm)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
-                    layers.append(attn(ch, num_heads))
+                    layers.append(attn(ch, False))
                 self.input_blocks.append(Seq(*layers))
                 chans.append(ch)
             if level != len(channel_mult) - 1:
@@ -147,7 +169,7 @@ class UNetModel(nn.Module):
                     else Downsample(ch, conv_resample)))
                 chans.append(ch)
                 ds *= 2
-        self.middle_block = Seq(ResBlock(ch, ted, dropout, None, use_scale_shift_norm), attn(ch, num_heads),
+        self.middle_block = Seq(ResBlock(ch, ted, dropout, None, use_scale_shift_norm), attn(ch, False),
                                 ResBlock(ch, ted, dropout, None, use_scale_shift_norm))
         self.output_blocks = nn.ModuleList([])
         for level, mult in list(enumerate(channel_mult))[::-1]:
@@ -156,7 +178,7 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(ch + ich, ted, dropout, model_channels * mult, use_scale_shift_norm)]
                 ch = model_channels * mult
                 if ds in attention_resolutions:
-                    layers.append(attn(ch, num_heads_upsample))
+                    layers.append(attn(ch, True))
                 if level and i == num_res_blocks:
                     layers.append(ResBlock(ch, ted, dropout, ch, use_scale_shift_norm, up=True) if resblock_updown
                                   else Upsample(ch, conv_resample))
@@ -164,15 +186,15 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(Seq(*layers))
         self.out = nn.Sequential(norm(ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
 
-    def forward(self, x, timesteps, y=None):
+    def forward(self, x, timesteps, y=None, context=None):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         hs, h = [], x
         for m in self.input_blocks:
-            h = m(h, emb)
+            h = m(h, emb, context)
             hs.append(h)
-        h = self.middle_block(h, emb)
+        h = self.middle_block(h, emb, context)
         for m in self.output_blocks:
-            h = m(torch.cat([h, hs.pop()], dim=1), emb)
+            h = m(torch.cat([h, hs.pop()], dim=1), emb, context)
         return self.out(h)

@@ -39,8 +39,10 @@ export function formatInfo(info: EngineInfo, version: string): string {
     `cpu: ${os.cpus()[0]?.model?.trim() ?? 'unknown'}, ${os.cpus().length} logical cores`,
     `cpu level: ${info.cpuLevel} (best available: ${info.bestCpuLevel})`,
     `cpu features: ${features.length ? features.join(' ') : 'none beyond the baseline'}`,
+    `int8 kernel: ${info.int8Kernel}`,
     `threads: ${info.threads}`,
     `cuda: ${cudaLine(info.cuda)}`,
+    `mpi: ${info.mpi ? 'built in: data-parallel with --nproc N or mpirun -np N' : 'not built (apt-get install libopenmpi-dev openmpi-bin, then npm run build:native)'}`,
     `ops: ${ops.length} (${ops.filter((o) => o.cpu).length} on cpu, ${cudaOps} on cuda${cudaOps ? ', marked *' : ''})`,
     wrap(ops.map((o) => (o.cuda ? `${o.name}*` : o.name)), '  '),
   ].join('\n');

@@ -53,7 +53,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       if (!Number.isInteger(v) || v < 1) throw new CliError(`--${k} must be a positive integer, got ${v}`);
     if (!(a.eta >= 0)) throw new CliError(`--eta must be >= 0, got ${a.eta}`);
     const pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite });
-    for (const p of refused(pipe.loaded.report.problems)) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
+    for (const p of refused(pipe.loaded?.report.problems ?? [])) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
     const bar = a.progress && process.stderr.isTTY ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
     const total = Math.ceil(a.nSamples / a.batchSize);
     let batchIndex = 0, lastStep = 0;

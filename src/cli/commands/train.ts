@@ -12,6 +12,7 @@ import type { Argv, CommandModule } from 'yargs';
 import fs from 'node:fs';
 
 import { loadConfig } from '../../config';
+import { initCommunicator } from '../../dist/communicator';
 import { inspectSafetensors } from '../../io/safetensors';
 import { scheduleFromConfig } from '../../models/diffusion';
 import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantConfig, type QuantConfig } from '../../quant';
@@ -19,10 +20,12 @@ import type { StepMethod } from '../../quant/step_search';
 import { BAD_DATA_POLICIES, type BadDataPolicy } from '../../train/bad_data';
 import { NAN_POLICIES, type NanPolicy } from '../../train/nonfinite';
 import { RunFolderBusyError, RunFolderExistsError, assertFreshRunFolder, runFolderOfCheckpoint, timestampedRunDir } from '../../train/run_dir';
+import { broadcastString } from '../../train/distributed';
 import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
+import { type LaunchArgs, launchRanks } from '../launch';
 import { type GlobalArgs, CliError, CliExit } from '../index';
 
-export interface TrainArgs extends GlobalArgs {
+export interface TrainArgs extends GlobalArgs, LaunchArgs {
   base: string;
   ckpt?: string;
   resume?: string;
@@ -74,11 +77,22 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('on-bad-data', { choices: BAD_DATA_POLICIES, default: 'stop' as BadDataPolicy, describe: 'a sample whose file cannot be read: stop (checkpoint, then exit naming the file) or skip it (counted, listed in <run>/skipped.jsonl)' })
       .option('on-nan', { choices: NAN_POLICIES, default: 'stop' as NanPolicy, describe: 'a NaN/Inf loss or gradient: stop (checkpoint of the last good state, then exit naming the step and layer) or skip the batch (no optimizer step; counted and listed)' })
       .option('max-nan-skips', { type: 'number', default: 10, describe: 'with --on-nan skip: stop (with a checkpoint) once this many steps in a row were non-finite' })
+      .option('nproc', { type: 'number', describe: 'data-parallel ranks: runs this command under mpirun -np N (training.batch_size is the global batch, split between the ranks)' })
+      .option('gpus', { type: 'string', describe: "the seed's device list (e.g. 0,1,2,3): as many ranks as devices" })
+      .option('accelerator', { type: 'string', describe: "the seed's ddp: data-parallel ranks (the only mode)" })
       .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model in runs/<timestamp>_fmnist-small')
       .example('$0 train --base configs/fmnist-small.yaml --resume runs/2026-01-31T09-00-00_fmnist-small', 'continue an interrupted run exactly')
       .example('$0 train --base configs/fmnist-small.yaml --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 4 --use-dynamic --max-steps 500 --name w4a4-tdq', 'quantization-aware training with TDQ')
+      .example('$0 train --base configs/fmnist-small.yaml --nproc 2', 'data-parallel on 2 ranks (mpirun -np 2 ... works too)')
       .example('$0 train --base configs/fmnist-small.yaml --set training.batch_size=32 --set model.params.unet_config.params.dropout=0', 'override config keys') as unknown as Argv<TrainArgs>,
   handler: async (a) => {
+    const launched = await launchRanks(a);
+    if (launched !== null) {
+      if (launched !== 0) throw new CliExit(launched);
+      return;
+    }
+    const comm = await initCommunicator();
+    if (comm.rank > 0) console.log = () => {}; // rank 0 speaks for the run
     const overrides = [...a.set];
     if (a.maxSteps !== undefined) overrides.push(`training.max_steps=${a.maxSteps}`);
     if (a.batchSize !== undefined) overrides.push(`training.batch_size=${a.batchSize}`);
@@ -95,13 +109,14 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     const { config, warnings } = loadConfig(a.base, { overrides });
     for (const w of warnings) console.warn(`tdq-native: ${w}`);
     if (a.resume && a.ckpt) throw new CliError('--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts one from weights');
-    const outDir = runFolder(a, config.training.out_dir);
+    // Rank 0 names the run folder (a timestamp differs between processes).
+    const outDir = await broadcastString(comm, comm.rank === 0 ? runFolder(a, config.training.out_dir) : '');
     const prepare = qat ? qatHook(a, qat, config, outDir) : undefined;
     const abort = new AbortController();
     const signals = stopOnSignals(abort);
     try {
       console.log(`tdq-native: training ${path.basename(outDir)} -> ${outDir}`);
-      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips });
+      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips, comm });
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) {
         console.log(`tdq-native: continue with --resume ${outDir}`);

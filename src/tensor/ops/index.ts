@@ -11,3 +11,4 @@ export * from './attention';
 export * from './norm';
 export * from './conv';
 export * from './linalg';
+export * from './qlinear';

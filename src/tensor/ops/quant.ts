@@ -28,7 +28,7 @@ export interface FakeQuantizeOptions {
 /**
  * y = clamp(round(x / step), qmin, qmax) * step, round half to even. Gradients
  * flow to x (straight-through inside the range, 0 outside) and to step (LSQ).
- * A step that is not positive makes the next data()/sync() reject.
+ * A step that is not positive makes reading the output (or anything computed from it) reject.
  */
 export function fakeQuantize(x: Tensor, step: Tensor, opts: FakeQuantizeOptions): Tensor {
   if (opts === null || typeof opts !== 'object') throw new TypeError('fakeQuantize: argument \'opts\' must be an object {bits, signed, granularity}');

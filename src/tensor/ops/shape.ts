@@ -88,7 +88,7 @@ export function chunk(x: Tensor, chunks: number, dim = 0): Tensor[] {
 /**
  * Rows of weight (V, D) picked by int32 indices of any shape: (...indices.shape, D).
  * An index outside [0, V) cannot be seen before the op runs: its row is zeros
- * and the next data()/sync() rejects with an error naming the index and V.
+ * and reading the output (or anything computed from it) rejects with an error naming the index and V.
  */
 export function embedding(indices: Tensor, weight: Tensor): Tensor {
   const out = runOp1('embedding', [indices, weight]);

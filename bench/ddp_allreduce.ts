@@ -1,0 +1,26 @@
+// One rank of the allreduce timing (run by bench/ddp.ts under mpirun):
+// the median time of an allreduce of N float32 values, the gradient message
+// of one training step.
+//   mpirun -np 2 node dist/bench/ddp_allreduce.js N ROUNDS
+import { initCommunicator } from '../src/dist/communicator';
+import { fromArray } from '../src/tensor/tensor';
+
+async function main() {
+  const n = Number(process.argv[2]), rounds = Number(process.argv[3] ?? 20);
+  const comm = await initCommunicator({ mpi: true });
+  const t = fromArray(new Float32Array(n).fill(comm.rank + 1), [n]);
+  const times: number[] = [];
+  for (let i = 0; i < rounds + 3; ++i) {
+    await comm.barrier();
+    const t0 = process.hrtime.bigint();
+    comm.allreduceMean([t]);
+    await t.data();
+    if (i >= 3) times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  times.sort((a, b) => a - b);
+  if (comm.rank === 0) console.log(JSON.stringify({ ranks: comm.size, floats: n, medianMs: times[times.length >> 1] }));
+}
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,206 @@
+// Quantized 2-D convolution in integer arithmetic (dilation 1, groups 1):
+//
+// qconv2d(x, act_step, packed, wstep, row_sums, bias?; weight_shape [O, C, kH, kW],
+//         stride = 1, padding = 0, zero_point = 0) -> y float32 (N, O, Ho, Wo)
+//   y[n, o] = sum_{c,i,j} (x - zp)[n, c, ...] * q[o, c, i, j] * (act_step[n] * wstep[o]) + bias[o]
+//   x (N, C, H, W): uint8 levels with zero point 'zero_point', or int8 levels
+//   (symmetric), from quantize_act; the padding is the zero point (real 0).
+//   act_step: [] / [1], or [N] (one step per sample). packed, row_sums: from
+//   qweight_pack of the (O, C, kH, kW) weights; wstep: their steps [O].
+//   The result equals conv2d_forward(fake_quant(x), fake_quant(w), bias) up to
+//   float rounding: the integer sum is exact, and the epilogue (qgemm.h) rounds
+//   three times; conv2d_forward's float sum rounds once per term.
+//
+// im2col straight into the GEMM's activation panels (qgemm.h), a chunk of
+// samples at a time (bounded scratch); whole chunks per thread when the batch
+// has enough of them, otherwise the GEMM's tiles are spread over the threads.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#include "gemm.h"
+#include "qgemm.h"
+
+namespace tdq {
+namespace {
+
+using qgemm_detail::kNR;
+
+struct QConvGeom {
+  int64_t N, C, H, W, O, kh, kw, stride, pad, Ho, Wo;
+  int64_t P() const { return Ho * Wo; }
+  int64_t K() const { return C * kh * kw; }
+};
+
+QConvGeom qconv_geometry(const std::vector<Tensor>& in, const Attrs& a) {
+  const Tensor& x = in[0];
+  check_rank(a, x, "x", 4);
+  QConvGeom g{};
+  // The float weights' shape: packed rows pad the channels, so it names C and
+  // the kernel size (qweight_row_length).
+  const Shape ws = a.get_ints("weight_shape");
+  TDQ_CHECK_RANGE(ws.size() == 4 && ws[0] >= 1 && ws[1] >= 1 && ws[2] >= 1 && ws[3] >= 1, a.op,
+                  ": attribute 'weight_shape' must be [O, C, kH, kW] with positive sizes, got ", shape_str(ws));
+  TDQ_CHECK_RANGE(in[2].dim() == 2 && in[2].shape[0] == ws[0], a.op, ": argument 'packed' ", shape_str(in[2].shape),
+                  " must have ", ws[0], " rows for weight_shape ", shape_str(ws));
+  TDQ_CHECK_RANGE(x.shape[1] == ws[1], a.op, ": weight_shape ", shape_str(ws), " expects ", ws[1],
+                  " input channels but argument 'x' ", shape_str(x.shape), " has ", x.shape[1]);
+  const Shape ks = {ws[2], ws[3]};
+  g.stride = a.get_int("stride", 1);
+  g.pad = a.get_int("padding", 0);
+  TDQ_CHECK_RANGE(g.stride >= 1, a.op, ": attribute 'stride' must be a positive integer, got ", g.stride);
+  TDQ_CHECK_RANGE(g.pad >= 0, a.op, ": attribute 'padding' must be >= 0, got ", g.pad);
+  TDQ_CHECK_RANGE(a.get_int("dilation", 1) == 1, a.op, ": attribute 'dilation' must be 1");
+  TDQ_CHECK_RANGE(a.get_int("groups", 1) == 1, a.op, ": attribute 'groups' must be 1");
+  g.N = x.shape[0], g.C = x.shape[1], g.H = x.shape[2], g.W = x.shape[3];
+  g.kh = ks[0], g.kw = ks[1];
+  TDQ_CHECK_RANGE(g.C >= 1, a.op, ": argument 'x' ", shape_str(x.shape), " must have at least one channel");
+  TDQ_CHECK_RANGE(g.H + 2 * g.pad >= g.kh && g.W + 2 * g.pad >= g.kw, a.op, ": kernel ", g.kh, "x", g.kw,
+                  " is larger than the padded input ", g.H + 2 * g.pad, "x", g.W + 2 * g.pad, " (argument 'x' ",
+                  shape_str(x.shape), ", padding ", g.pad, ")");
+  g.Ho = (g.H + 2 * g.pad - g.kh) / g.stride + 1;
+  g.Wo = (g.W + 2 * g.pad - g.kw) / g.stride + 1;
+  return g;
+}
+
+std::vector<TensorMeta> infer_qconv2d(const std::vector<Tensor>& in, const Attrs& a) {
+  activation_zero_point(a, in[0]);
+  const QConvGeom g = qconv_geometry(in, a);
+  check_qweights(a, in, 2, g.K(), g.kh * g.kw * round_up4(g.C));
+  check_act_step(a, in[1], g.N, in[0].shape);
+  return {{{g.N, in[2].shape[0], g.Ho, g.Wo}, DType::f32}};
+}
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// x4: the samples' channels interleaved in groups of 4, one uint32 per pixel:
+// x4[(s * Cq + cq) * HW + p] = bytes x[s, 4cq + r, p] ^ flip for r = 0..3 (a
+// channel past C reads as the zero point; its weights are 0). Channel groups
+// [cq0, cq1) of samples [0, nb).
+void interleave_channels(const QConvGeom& g, const uint8_t* x, int64_t nb, uint8_t flip, uint8_t zp, int64_t cq0,
+                         int64_t cq1, uint32_t* x4) {
+  const int64_t HW = g.H * g.W, Cq = round_up4(g.C) / 4;
+  const uint32_t fmask = uint32_t{flip} * 0x01010101u;
+  const uint8_t raw_zp = zp ^ flip;
+  std::vector<uint8_t> zrow(static_cast<size_t>(HW), raw_zp);
+  for (int64_t s = 0; s < nb; ++s)
+    for (int64_t cq = cq0; cq < cq1; ++cq) {
+      const uint8_t* r[4];
+      for (int i = 0; i < 4; ++i) r[i] = 4 * cq + i < g.C ? x + (s * g.C + 4 * cq + i) * HW : zrow.data();
+      uint32_t* d = x4 + (s * Cq + cq) * HW;
+      for (int64_t p = 0; p < HW; ++p)
+        d[p] = (uint32_t{r[0][p]} | uint32_t{r[1][p]} << 8 | uint32_t{r[2][p]} << 16 | uint32_t{r[3][p]} << 24) ^ fmask;
+    }
+}
+
+// Fills quads [q0, q1) of the panels (qgemm.h) for samples [0, nb) from x4.
+// Quad q = tap * Cq + cq (tap = i * kW + j), the order of qweight_pack's
+// conv rows; column j = s * P + oh * Wo + ow holds x4 under output (oh, ow)
+// for that tap, or the zero point (pad4) over the padding.
+void im2col_panels(const QConvGeom& g, const uint32_t* x4, int64_t nb, uint32_t pad4, int64_t kq, int64_t q0,
+                   int64_t q1, uint8_t* panels) {
+  const int64_t P = g.P(), HW = g.H * g.W, Cq = round_up4(g.C) / 4, Wo = g.Wo;
+  uint32_t* pan = reinterpret_cast<uint32_t*>(panels);
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t tap = q / Cq, cq = q % Cq, ki = tap / g.kw, kj = tap % g.kw;
+    const int64_t lo = std::clamp<int64_t>(floor_div(g.pad - kj + g.stride - 1, g.stride), 0, Wo);
+    const int64_t hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, Wo);
+    for (int64_t s = 0; s < nb; ++s) {
+      const uint32_t* plane = x4 + (s * Cq + cq) * HW;
+      for (int64_t oh = 0; oh < g.Ho; ++oh) {
+        const int64_t ih = oh * g.stride - g.pad + ki;
+        const bool inside = ih >= 0 && ih < g.H;
+        // plane[off + ow * stride]: the input under output ow (read inside [lo, hi) only)
+        const int64_t off = ih * g.W - g.pad + kj;
+        int64_t ow = 0, j = s * P + oh * Wo;
+        while (ow < Wo) {  // runs that stay inside one panel
+          const int64_t run = std::min(Wo - ow, kNR - j % kNR), e = ow + run;
+          uint32_t* dst = pan + ((j / kNR) * kq + q) * kNR + j % kNR;  // column ow
+          const int64_t a = inside ? std::clamp(lo, ow, e) : e, b = inside ? std::clamp(hi, a, e) : e;
+          for (int64_t u = ow; u < a; ++u) dst[u - ow] = pad4;
+          if (g.stride == 1)
+            for (int64_t u = a; u < b; ++u) dst[u - ow] = plane[off + u];
+          else
+            for (int64_t u = a; u < b; ++u) dst[u - ow] = plane[off + u * g.stride];
+          for (int64_t u = b; u < e; ++u) dst[u - ow] = pad4;
+          ow = e, j += run;
+        }
+      }
+    }
+  }
+}
+
+void qconv2d(OpCall& c, const ExecContext& ctx) {
+  const Tensor &x = c.inputs[0], &as = c.inputs[1], &wp = c.inputs[2], &ws = c.inputs[3], &rs = c.inputs[4];
+  const Tensor* bias = c.inputs.size() > 5 && c.inputs[5].defined() ? &c.inputs[5] : nullptr;
+  const int64_t zp = activation_zero_point(c.attrs, x);
+  const uint8_t flip = x.dtype == DType::i8 ? 0x80 : 0;
+  QConvGeom g = qconv_geometry(c.inputs, c.attrs);
+  g.O = wp.shape[0];
+  check_positive_steps(as, "act_step");
+  check_positive_steps(ws, "wstep");
+  const int64_t Cq = round_up4(g.C) / 4, kq = g.kh * g.kw * Cq, P = g.P(), O = g.O, HW = g.H * g.W;
+  if (g.N == 0 || P == 0) return;
+  std::vector<int32_t> zc(static_cast<size_t>(O));
+  for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * int64_t{rs.data<int32_t>()[o]});
+  // Samples per chunk: at least 128 columns, at most 8 MiB of panels.
+  int64_t nb = std::clamp<int64_t>((128 + P - 1) / P, 1, g.N);
+  nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * kq * P + 4 * Cq * HW)));
+  const int64_t chunks = (g.N + nb - 1) / nb, threads = ctx.pool ? ctx.pool->size() : 1;
+  const uint8_t* px = x.data<uint8_t>();
+  const float* pas = as.f32();
+  float* y = c.outputs[0].f32();
+  const int8_t* w = wp.data<int8_t>();
+  const float* pb = bias ? bias->f32() : nullptr;
+
+  // Scratch of one worker: panels for nb samples (not zeroed: every byte read
+  // is written first), and the columns' steps and output offsets.
+  struct Scratch {
+    QScratch pan_buf, x4_buf;
+    std::vector<float> cstep;
+    std::vector<int64_t> coff;
+    Scratch(int64_t cols, int64_t bytes, int64_t x4_words)
+        : pan_buf(0, static_cast<size_t>(bytes)), x4_buf(1, static_cast<size_t>(x4_words) * 4),
+          cstep(static_cast<size_t>(cols)), coff(static_cast<size_t>(cols)) {}
+  };
+  const int64_t max_cols = nb * P, pan_bytes = qpanel_bytes(max_cols, kq);
+
+  // One chunk [n0, n0 + cnt) with the given context.
+  auto run_chunk = [&](const ExecContext& cx, int64_t n0, int64_t cnt, Scratch& sc) {
+    const int64_t cols = cnt * P;
+    const uint8_t* xs = px + n0 * g.C * g.H * g.W;
+    uint8_t* pan = sc.pan_buf.get();
+    uint32_t* x4 = reinterpret_cast<uint32_t*>(sc.x4_buf.get());
+    cx.parallel_for(Cq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cnt * HW, 1)), [&](int64_t b, int64_t e) {
+      interleave_channels(g, xs, cnt, flip, static_cast<uint8_t>(zp), b, e, x4);
+    });
+    cx.parallel_for(kq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+      im2col_panels(g, x4, cnt, static_cast<uint32_t>(zp) * 0x01010101u, kq, b, e, pan);
+    });
+    for (int64_t s = 0; s < cnt; ++s) {
+      const float st = pas[as.numel() == 1 ? 0 : n0 + s];
+      for (int64_t p = 0; p < P; ++p) sc.cstep[s * P + p] = st, sc.coff[s * P + p] = s * O * P + p;
+    }
+    qgemm(cx, O, cols, kq, w, pan, zc.data(), ws.f32(), pb, sc.cstep.data(), sc.coff.data(), y + n0 * O * P, P);
+  };
+
+  if (threads > 1 && chunks >= threads) {
+    const ExecContext serial = serial_context(ctx);
+    ctx.parallel_for(chunks, 1, [&](int64_t b, int64_t e) {
+      Scratch sc(max_cols, pan_bytes, nb * Cq * HW);
+      for (int64_t ch = b; ch < e; ++ch) {
+        const int64_t n0 = ch * nb;
+        run_chunk(serial, n0, std::min(nb, g.N - n0), sc);
+      }
+    });
+  } else {
+    Scratch sc(max_cols, pan_bytes, nb * Cq * HW);
+    for (int64_t n0 = 0; n0 < g.N; n0 += nb) run_chunk(ctx, n0, std::min(nb, g.N - n0), sc);
+  }
+}
+
+}  // namespace
+
+TDQ_REGISTER_OP({"qconv2d", 5, 6, infer_qconv2d, qconv2d, {}});
+
+}  // namespace tdq

@@ -1,0 +1,89 @@
+// The communicator of data-parallel runs: which rank this process is, and the
+// collectives training needs. Over MPI (the native dist_* ops, run on the
+// engine's stream in queue order), or a single process. The interface is what
+// a NCCL communicator for the CUDA backend would implement too.
+import { reshape } from '../tensor/ops/elementwise';
+import { type Tensor, fromArray, runOp, runOp1 } from '../tensor/tensor';
+
+export interface Communicator {
+  readonly rank: number;
+  readonly size: number;
+  /** What runs the collectives ('local' for one process). */
+  readonly backend: 'mpi' | 'local';
+  /** In place: the mean over ranks of each tensor (one message for all of them). */
+  allreduceMean(tensors: readonly Tensor[]): void;
+  /** In place: rank `root`'s values on every rank. */
+  broadcast(tensors: readonly Tensor[], root?: number): void;
+  /** (size, n): every rank's (n) float32 tensor, in rank order. */
+  allgather(x: Tensor): Tensor;
+  barrier(): Promise<void>;
+}
+
+/** The one-process communicator: collectives are identities. */
+export class LocalCommunicator implements Communicator {
+  readonly rank = 0;
+  readonly size = 1;
+  readonly backend = 'local' as const;
+  allreduceMean(): void {}
+  broadcast(): void {}
+  allgather(x: Tensor): Tensor {
+    return reshape(x, [1, x.shape[0]]);
+  }
+  async barrier(): Promise<void> {}
+}
+
+class MpiCommunicator implements Communicator {
+  readonly backend = 'mpi' as const;
+  constructor(readonly rank: number, readonly size: number) {}
+  allreduceMean(tensors: readonly Tensor[]): void {
+    if (tensors.length) runOp('dist_allreduce_', [...tensors], { mean: 1 });
+  }
+  broadcast(tensors: readonly Tensor[], root = 0): void {
+    if (tensors.length) runOp('dist_broadcast_', [...tensors], { root });
+  }
+  allgather(x: Tensor): Tensor {
+    return runOp1('dist_allgather', [x]);
+  }
+  async barrier(): Promise<void> {
+    const t = runOp1('dist_barrier', []);
+    await t.data();
+    t.dispose();
+  }
+}
+
+/** The world size an MPI launcher (mpirun / Open MPI, MPICH's PMI) gave this process, or 0 when not launched by one. */
+export function launchedWorldSize(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.OMPI_COMM_WORLD_SIZE ?? env.PMI_SIZE ?? env.PMIX_SIZE;
+  const n = v === undefined ? 0 : Number(v);
+  return Number.isInteger(n) && n > 0 ? n : 0;
+}
+
+export const NO_MPI_HINT = 'this build of tdq-native has no MPI: install it (Debian: apt-get install libopenmpi-dev openmpi-bin) and rebuild (npm run build:native)';
+
+let world: Promise<Communicator> | null = null;
+
+/**
+ * The communicator of this process: MPI when an MPI launcher started it (or
+ * `mpi` is true), else the local one. Initialised once.
+ */
+export function initCommunicator(opts: { mpi?: boolean } = {}): Promise<Communicator> {
+  if (world) return world;
+  const wanted = opts.mpi ?? launchedWorldSize() > 0;
+  world = (async () => {
+    if (!wanted) return new LocalCommunicator();
+    const info = runOp1('dist_init', []);
+    const [built, rank, size] = Array.from((await info.data()) as Int32Array);
+    info.dispose();
+    if (!built) {
+      if (launchedWorldSize() > 1) throw new Error(`started by an MPI launcher with ${launchedWorldSize()} processes, but ${NO_MPI_HINT}`);
+      return new LocalCommunicator();
+    }
+    return size > 1 ? new MpiCommunicator(rank, size) : new LocalCommunicator();
+  })();
+  return world;
+}
+
+/** A float32 (n) tensor of JS numbers (what ranks compare with allgather). */
+export function scalars(values: readonly number[]): Tensor {
+  return fromArray(Float32Array.from(values), [values.length]);
+}

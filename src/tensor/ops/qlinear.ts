@@ -1,0 +1,95 @@
+// Integer execution of quantized layers (no autograd: inference only). See
+// native/cpu/qgemm.h, qgemm.cpp and qconv2d.cpp for the exact formulas.
+//
+//   const w = packQWeight(weight, wstep, 8);                       // once per model
+//   const xq = quantizeActivation(x, astep, { bits: 8, signed: false });
+//   const y = qconv2d(xq, astep, w, bias, { stride: 1, padding: 1 });
+//
+// equals conv2d(fakeQuantize(x, astep, ...), fakeQuantize(weight, wstep, ...), bias)
+// up to float rounding (three roundings of the result; see qgemm.h). The
+// activation step is a tensor ([] / [1], or [N] for one step per sample), so a
+// step-table lookup on the engine can feed it without t going through JS.
+import { type Tensor, runOp, runOp1 } from '../tensor';
+
+export interface QuantizeActivationOptions {
+  /** 2 to 8. */
+  bits: number;
+  /** true: int8 levels -2^(bits-1)..2^(bits-1)-1 (symmetric); false: uint8 levels 0..2^bits-1. */
+  signed: boolean;
+  /** Unsigned only: the level of real 0 (default 0, fakeQuantize's unsigned quantizer). */
+  zeroPoint?: number;
+}
+
+/**
+ * q = clamp(round(x / step) + zeroPoint, qmin, qmax), round half to even, as
+ * uint8 (unsigned) or int8 (signed): the levels of fakeQuantize with the same
+ * step. step: [] or [1], or [x.shape[0]] (one step per sample).
+ */
+export function quantizeActivation(x: Tensor, step: Tensor, opts: QuantizeActivationOptions): Tensor {
+  if (opts === null || typeof opts !== 'object') throw new TypeError('quantizeActivation: argument \'opts\' must be an object {bits, signed}');
+  return runOp1('quantize_act', [x, step], { bits: opts.bits, signed: opts.signed, zero_point: opts.zeroPoint ?? 0 });
+}
+
+/** Weights in the integer kernels' layout, made once per model by packQWeight. */
+export interface QWeight {
+  /** int8 (O, Kp): the levels, rows padded with zeros to Kp = round_up(K, 4). */
+  readonly packed: Tensor;
+  /** float32 (O): the per-output-channel steps (real weight = level * step). */
+  readonly step: Tensor;
+  /** int32 (O): the sum of each row's levels (for the activations' zero point). */
+  readonly rowSums: Tensor;
+  /** The shape of the float weights: (O, C, kH, kW) for a conv, (O, K) for a linear layer. */
+  readonly shape: readonly number[];
+  readonly bits: number;
+}
+
+/**
+ * Quantizes (float32 weight) or takes (int8 levels, e.g. from unpackInt4)
+ * weights of shape (O, ...) per output channel, symmetric:
+ * level = clamp(round(w / step[o]), -2^(bits-1), 2^(bits-1)-1), as
+ * fakeQuantize(w, step, {bits, signed: true, granularity: 'channel'}).
+ */
+export function packQWeight(weight: Tensor, step: Tensor, bits: number): QWeight {
+  const [packed, rowSums] = runOp('qweight_pack', [weight, step], { bits });
+  return { packed, step, rowSums, shape: [...weight.shape], bits };
+}
+
+/** 4-bit levels (-8..7, any shape) two per byte: uint8 [ceil(n / 2)], element 2i in the low nibble. */
+export function packInt4(levels: Tensor): Tensor {
+  return runOp1('int4_pack', [levels]);
+}
+
+/** The inverse of packInt4: int8 levels of the given shape. */
+export function unpackInt4(packed: Tensor, shape: readonly number[]): Tensor {
+  return runOp1('int4_unpack', [packed], { shape: [...shape] });
+}
+
+export interface QConv2dOptions {
+  stride?: number;
+  padding?: number;
+  /** The zero point of uint8 x (default 0); int8 x is symmetric. */
+  zeroPoint?: number;
+}
+
+/**
+ * y = conv2d(x - zeroPoint, levels) * (actStep * weight step) + bias in integer
+ * arithmetic; x: uint8/int8 (N, C, H, W) from quantizeActivation with actStep.
+ */
+export function qconv2d(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, opts: QConv2dOptions = {}): Tensor {
+  if (w.shape.length !== 4) throw new RangeError(`qconv2d: weights of shape [${w.shape.join(', ')}] are not (O, C, kH, kW)`);
+  return runOp1('qconv2d', [x, actStep, w.packed, w.step, w.rowSums, bias], {
+    weight_shape: [...w.shape],
+    stride: opts.stride ?? 1,
+    padding: opts.padding ?? 0,
+    zero_point: opts.zeroPoint ?? 0,
+  });
+}
+
+/**
+ * y = (x - zeroPoint) · levels^T * (actStep * weight step) + bias over the last
+ * axis of x; actStep [] / [1] or [x.shape[0]].
+ */
+export function qlinear(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, opts: { zeroPoint?: number } = {}): Tensor {
+  if (w.shape.length !== 2) throw new RangeError(`qlinear: weights of shape [${w.shape.join(', ')}] are not (O, K)`);
+  return runOp1('qlinear', [x, actStep, w.packed, w.step, w.rowSums, bias], { weight_shape: [...w.shape], zero_point: opts.zeroPoint ?? 0 });
+}

@@ -1,45 +1,38 @@
 // What the TDQ benchmarks share (tdq_table.ts, tdq_ptq_lab.ts): the
 // full-precision model, its DDIM reference trajectories, and the
 // teacher-forced noise error of a quantized model along them.
-import { parseConfig, type Config } from '../src/config';
+import type { Config } from '../src/config';
 import { sample, timestepValues } from '../src/diffusion/samplers/index';
 import type { NoiseSchedule } from '../src/diffusion/schedule';
-import { buildUNet, scheduleFromConfig, type Denoiser } from '../src/models/diffusion';
+import { scheduleFromConfig, type Denoiser } from '../src/models/diffusion';
+import { loadModel } from '../src/models/load';
 import type { CalibrationReport } from '../src/quant/calibrate';
 import type { QuantizedModel } from '../src/quant/quantize_model';
 import { denseLogSteps } from '../src/quant/step_search';
 import { StepTable } from '../src/quant/table';
 import { noGrad } from '../src/tensor/autograd';
 import { detach } from '../src/tensor/ops/elementwise';
-import { Generator } from '../src/tensor/random';
 import { keep, tidy } from '../src/tensor/scope';
 import { type Tensor, fromArray } from '../src/tensor/tensor';
-import { loadCheckpoint } from '../src/train/checkpoint';
 
 export interface FpModel {
+  file: string;
   config: Config;
   schedule: NoiseSchedule;
   shape: number[];
-  weights: Map<string, Tensor>;
 }
 
+/** The full-precision model's file and config (checked by loading it once). */
 export async function loadFp(file: string): Promise<FpModel> {
-  const ck = await loadCheckpoint(file);
-  if (ck.metadata.quant) throw new Error(`${file} is quantized; pass the full-precision model`);
-  if (!ck.metadata.config) throw new Error(`${file} carries no config in its metadata`);
-  const config = parseConfig(ck.metadata.config, `${file} (metadata 'config')`).config;
-  const weights = ck.ema ?? ck.model;
-  const other = ck.ema ? ck.model : null;
-  if (other) for (const t of other.values()) t.dispose();
-  const p = config.model.params;
-  return { config, schedule: scheduleFromConfig(p), shape: [p.channels, p.image_size, p.image_size], weights };
+  const m = await loadModel(file, { expect: 'float' });
+  m.dispose();
+  const p = m.config.model.params;
+  return { file, config: m.config, schedule: scheduleFromConfig(p), shape: [p.channels, p.image_size, p.image_size] };
 }
 
-export function freshUNet(fp: FpModel): Denoiser {
-  const u = buildUNet(fp.config.model.params.unet_config, new Generator(0));
-  u.loadStateDict(fp.weights);
-  u.eval();
-  return u;
+/** A fresh copy of the FP UNet (EMA weights when there are), owned by the caller. */
+export async function freshUNet(fp: FpModel): Promise<Denoiser> {
+  return (await loadModel(fp.file, { config: fp.config, expect: 'float' })).model;
 }
 
 /** The FP reference of one seed: the trajectory's inputs and noise predictions per step (first epsSamples samples), and the samples. */

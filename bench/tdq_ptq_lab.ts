@@ -69,12 +69,12 @@ async function main(): Promise<void> {
   const a = parse(process.argv.slice(2));
   const t0 = Date.now();
   const m = await loadFp(a.ckpt);
-  const fp = freshUNet(m);
+  const fp = await freshUNet(m);
   const refs: Reference[] = [];
   for (const seed of a.seeds) refs.push(await reference(fp, m, seed, { steps: a.steps, nSamples: a.nSamples, epsSamples: a.nSamples }));
   fp.dispose();
   const cfg = resolveQuantConfig({ nBitW: a.w, nBitA: a.act, useDynamic: true });
-  const { model: qm, report } = await calibrateWithReport(freshUNet(m), cfg, {
+  const { model: qm, report } = await calibrateWithReport(await freshUNet(m), cfg, {
     schedule: m.schedule, steps: a.steps, nSamples: a.calibSamples, seed: 1000, method: a.method, sampleShape: m.shape, keepStats: true,
   });
   qm.buildTable();
@@ -192,7 +192,6 @@ async function main(): Promise<void> {
   say('');
   say(`(${((Date.now() - t0) / 1000).toFixed(0)} s)`);
   qm.dispose();
-  for (const t of m.weights.values()) t.dispose();
   if (a.out) {
     fs.mkdirSync(path.dirname(path.resolve(a.out)), { recursive: true });
     fs.writeFileSync(a.out, lines.join('\n') + '\n');

@@ -35,12 +35,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { sample } from '../src/diffusion/samplers/index';
-import { buildUNet } from '../src/models/diffusion';
+import { loadModel } from '../src/models/load';
 import { type CalibrationReport, calibrateWithReport } from '../src/quant/calibrate';
 import { type QuantConfig, resolveQuantConfig } from '../src/quant/config';
-import { type QuantizedModel, loadQuantized } from '../src/quant/quantize_model';
-import { Generator } from '../src/tensor/random';
-import { loadCheckpoint } from '../src/train/checkpoint';
+import type { QuantizedModel } from '../src/quant/quantize_model';
 import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
 import { type FpModel, type Reference, epsMsePerStep, freshUNet, loadFp, mean, mse, reference, tableFromCalibration } from './tdq_common';
 
@@ -166,14 +164,13 @@ function cell(v: number[] | undefined): string {
 }
 
 async function loadQat(file: string, m: FpModel): Promise<QuantizedModel> {
-  const ck = await loadCheckpoint(file);
-  try {
-    if (!ck.metadata.quant) throw new Error(`${file} is not a quantized checkpoint`);
-    // The EMA weights when there are, the TDQ table rebuilt from them.
-    return loadQuantized(buildUNet(m.config.model.params.unet_config, new Generator(0)), ck.metadata, ck.model, ck.ema);
-  } finally {
-    for (const d of [ck.model, ck.ema]) if (d) for (const t of d.values()) t.dispose();
+  // The EMA weights when there are, the TDQ table rebuilt from them.
+  const q = await loadModel(file, { config: m.config });
+  if (!q.quantized) {
+    q.dispose();
+    throw new Error(`${file} is not a quantized checkpoint`);
   }
+  return q.quantized;
 }
 
 /**
@@ -211,7 +208,7 @@ async function main(): Promise<void> {
   const references = async (): Promise<Reference[]> => {
     if (refs) return refs;
     const t0 = Date.now();
-    const fp = freshUNet(m);
+    const fp = await freshUNet(m);
     refs = [];
     for (const seed of a.seeds) refs.push(await reference(fp, m, seed, { steps: a.steps, nSamples: a.nSamples, epsSamples: a.epsSamples }));
     fp.dispose();
@@ -256,7 +253,7 @@ async function main(): Promise<void> {
       if (!a.skipPtq)
         await run(`ptq-${name}`, async () => {
           const cfg: QuantConfig = resolveQuantConfig({ nBitW: w, nBitA: act, useDynamic });
-          const { model, report: r } = await calibrateWithReport(freshUNet(m), cfg, {
+          const { model, report: r } = await calibrateWithReport(await freshUNet(m), cfg, {
             schedule: m.schedule, steps: a.calibSteps, nSamples: a.calibSamples, seed: 1000, method: a.method, sampleShape: m.shape,
           });
           calib = r;
@@ -270,7 +267,6 @@ async function main(): Promise<void> {
       if (qat) await run(`qat-${name}`, () => loadQat(qat, m));
     }
   }
-  for (const t of m.weights.values()) t.dispose();
 
   const header = `| method | ${a.settings.map(([w, x]) => `W${w}A${x}`).join(' | ')} |`;
   const rule = `|---|${a.settings.map(() => '---').join('|')}|`;

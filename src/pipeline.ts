@@ -5,15 +5,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type Config, parseConfig, loadConfig } from './config';
+import type { Config } from './config';
 import { type DdimDiscretize, sample, type SamplerName } from './diffusion/samplers';
-import { buildUNet, PixelDiffusion } from './models/diffusion';
+import { PixelDiffusion } from './models/diffusion';
+import { type LoadedModel, loadModel } from './models/load';
 import { packageRoot } from './tensor/native';
 import { Generator } from './tensor/random';
 import { fromArray, type Tensor } from './tensor/tensor';
-import { loadCheckpoint } from './train/checkpoint';
-import { isQuantizedCheckpoint, loadQuantized } from './quant/quantize_model';
-import type { Denoiser } from './models/diffusion';
 
 /** The Fashion-MNIST model that ships with the package. */
 export const DEFAULT_MODEL = path.join(packageRoot, 'models', 'fmnist-small.safetensors');
@@ -23,6 +21,8 @@ export interface LoadOptions {
   config?: string;
   /** Use the raw weights even when the checkpoint has EMA weights. */
   noEma?: boolean;
+  /** Load non-finite weights or bad quantizer steps instead of rejecting the file. */
+  allowNonFinite?: boolean;
 }
 
 export interface GenerateOptions {
@@ -56,7 +56,8 @@ export interface GeneratedImages {
 
 export class DiffusionPipeline {
   private disposed = false;
-  constructor(readonly config: Config, readonly diffusion: PixelDiffusion, readonly source: string) {}
+  /** `loaded`: what loadModel returned (dispose() frees it); without it, dispose() frees diffusion.unet. */
+  constructor(readonly config: Config, readonly diffusion: PixelDiffusion, readonly source: string, readonly loaded: LoadedModel | null = null) {}
 
   get imageShape(): [number, number, number] {
     return this.diffusion.imageShape;
@@ -156,33 +157,19 @@ export class DiffusionPipeline {
   }
 
   dispose(): void {
-    if (!this.disposed) this.diffusion.unet.dispose();
+    if (!this.disposed) (this.loaded ?? this.diffusion.unet).dispose();
     this.disposed = true;
   }
 }
 
 /** Reads a checkpoint (this project's, or a plain state dict with a --config) into a pipeline. */
 export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptions = {}): Promise<DiffusionPipeline> {
-  if (!fs.existsSync(ckpt))
-    throw new Error(ckpt === DEFAULT_MODEL ? `the default model is missing (${ckpt}); reinstall tdq-native or pass --ckpt` : `checkpoint not found: ${ckpt}`);
-  const ck = await loadCheckpoint(ckpt);
-  let config: Config;
-  if (opts.config) config = loadConfig(opts.config).config;
-  else if (ck.metadata.config) config = parseConfig(ck.metadata.config, `${ckpt} (metadata 'config')`).config;
-  else throw new Error(`${ckpt} carries no config in its metadata: pass the model's YAML config with --config`);
-  let unet: Denoiser = buildUNet(config.model.params.unet_config, new Generator(0));
-  const quantized = isQuantizedCheckpoint(ck.metadata);
+  if (ckpt === DEFAULT_MODEL && !fs.existsSync(ckpt)) throw new Error(`the default model is missing (${ckpt}); reinstall tdq-native or pass --ckpt`);
+  const m = await loadModel(ckpt, opts);
   try {
-    // A quantized checkpoint samples through its per-timestep step table.
-    if (quantized) unet = loadQuantized(unet, ck.metadata, ck.model, opts.noEma ? null : ck.ema) as unknown as Denoiser;
-    else unet.loadStateDict(!opts.noEma && ck.ema ? ck.ema : ck.model, { strict: true });
+    return new DiffusionPipeline(m.config, new PixelDiffusion(m.config.model, m.model), ckpt, m);
   } catch (e) {
-    unet.dispose();
-    throw new Error(`${ckpt}: the weights do not fit the model of its config: ${(e as Error).message}`);
-  } finally {
-    for (const m of [ck.model, ck.ema]) if (m) for (const t of m.values()) t.dispose();
-    if (ck.optimizer) for (const p of ck.optimizer.params.values()) p.expAvg.dispose(), p.expAvgSq.dispose();
+    m.dispose();
+    throw e;
   }
-  unet.eval();
-  return new DiffusionPipeline(config, new PixelDiffusion(config.model, unet), ckpt);
 }

@@ -12,9 +12,13 @@ import type { Module } from '../nn/module';
 import { DDPMUNet } from './ddpm_unet';
 import { UNetModel } from './openai_unet';
 
-/** What the training loop and the samplers need from a denoiser. */
+/**
+ * What the training loop, the samplers and the quantizer need from a
+ * denoiser: (x, t, y?, context?) -> predicted noise (y: class labels;
+ * context: cross-attention tokens). Full-precision UNets and QuantizedModel alike.
+ */
 export interface Denoiser extends Module {
-  forward(x: Tensor, t: Tensor, y?: Tensor): Tensor;
+  forward(x: Tensor, t: Tensor, y?: Tensor, context?: Tensor): Tensor;
 }
 
 /** CompVis names -> this project's schedule kinds (CompVis 'linear' is sqrt-linear). */

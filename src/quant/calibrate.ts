@@ -8,6 +8,7 @@
 //     initialisation, and its PTQ method);
 //   - weights: per output channel, by the same method (percentile -> MSE).
 // Used for PTQ as is, and as the starting point of QAT.
+import type { Denoiser } from '../models/diffusion';
 import { backward, noGrad } from '../tensor/autograd';
 import { add, detach, log, mean, relu, square, sub } from '../tensor/ops/elementwise';
 import { matmul } from '../tensor/ops/linalg';
@@ -21,7 +22,7 @@ import { type SamplerName, sample } from '../diffusion/samplers/index';
 import { type QuantConfig, levels, resolveQuantConfig } from './config';
 import { type StepMethod, type StepSearchOptions, type TdqTarget, type TimestepStats, StatsCollector, denseLogSteps, mulberry32, searchStep, weightSteps } from './step_search';
 import { type ActRange, type ActQuantizer, rangeForMin } from './quantizer';
-import { type DiffusionModel, QuantizedModel, quantizeModel, setOptionalBuffer } from './quantize_model';
+import { QuantizedModel, quantizeModel, setOptionalBuffer } from './quantize_model';
 import { encodeTimesteps, softplus, type TdqModule } from './tdq';
 
 // ---------------------------------------------------------------------------
@@ -255,7 +256,7 @@ interface UNetLikeConfig {
  * activation quantizer's input per timestep, and sets all steps (see the
  * header). Returns the initialised QuantizedModel (in eval mode) and a report.
  */
-export async function calibrateWithReport(model: DiffusionModel, cfgIn: QuantConfig, opts: CalibrateOptions): Promise<{ model: QuantizedModel; report: CalibrationReport }> {
+export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, opts: CalibrateOptions): Promise<{ model: QuantizedModel; report: CalibrationReport }> {
   const cfg = resolveQuantConfig(cfgIn);
   if (!opts || typeof opts !== 'object') throw new TypeError('calibrate: options are required');
   if (!Number.isInteger(opts.nSamples) || opts.nSamples < 1) throw new RangeError(`calibrate: nSamples must be a positive integer, got ${opts.nSamples}`);
@@ -325,6 +326,6 @@ export async function calibrateWithReport(model: DiffusionModel, cfgIn: QuantCon
 }
 
 /** calibrateWithReport without the report: the contract the trainer and the CLI use. */
-export async function calibrate(model: DiffusionModel, cfg: QuantConfig, opts: CalibrateOptions): Promise<QuantizedModel> {
+export async function calibrate(model: Denoiser, cfg: QuantConfig, opts: CalibrateOptions): Promise<QuantizedModel> {
   return (await calibrateWithReport(model, cfg, opts)).model;
 }

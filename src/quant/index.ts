@@ -5,7 +5,7 @@ export { SILU_MIN, STEP_FLOOR, type ActRange, ActQuantizer, QuantContext, Weight
 export { TdqModule, encodeTimesteps, fourierEncoding, inverseSoftplus, softplus } from './tdq';
 export { StepTable } from './table';
 export { type FloatLayer, QuantConv1x1, QuantConv2d, QuantLayer, QuantLinear, isQuantizableLayer, quantLayerOf } from './quant_layers';
-export { type DiffusionModel, PAPER_KEEP_FP, type QuantizeOptions, QuantizedModel, isQuantKey, isQuantizedCheckpoint, loadQuantized, quantizeModel, resolveKeepFp } from './quantize_model';
+export { PAPER_KEEP_FP, type QuantizeOptions, QuantizedModel, isQuantKey, isQuantizedCheckpoint, loadQuantized, quantizeModel, resolveKeepFp } from './quantize_model';
 export { type PreparedQat, type QatOptions, qatPrepare } from './qat';
 export * from './step_search';
 export {

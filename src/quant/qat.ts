@@ -4,11 +4,12 @@
 // modules fitted to the per-timestep steps, as the paper initialises QAT),
 // and its parameters are split into the float weights and the quantizer
 // parameters, each group with its own learning rate.
+import type { Denoiser } from '../models/diffusion';
 import type { ParamGroupSpec } from '../optim/adam';
 import { Generator } from '../tensor/random';
 import { type CalibrateOptions, calibrate } from './calibrate';
 import { type QuantConfig, resolveQuantConfig } from './config';
-import { type DiffusionModel, type QuantizedModel, quantizeModel } from './quantize_model';
+import { type QuantizedModel, quantizeModel } from './quantize_model';
 import { makeSchedule } from '../diffusion/schedule';
 
 export interface QatOptions extends CalibrateOptions {
@@ -32,7 +33,7 @@ export interface PreparedQat {
 }
 
 /** The trainer's `prepare` hook for QAT with this quantization config. */
-export function qatPrepare(cfgIn: QuantConfig, opts: QatOptions): (unet: DiffusionModel) => Promise<PreparedQat> {
+export function qatPrepare(cfgIn: QuantConfig, opts: QatOptions): (unet: Denoiser) => Promise<PreparedQat> {
   const cfg = resolveQuantConfig(cfgIn);
   return async (unet) => {
     const model = opts.calibrate === false

@@ -2,6 +2,7 @@
 // forward (quant_layers.ts) except those kept in full precision, and the
 // whole is wrapped in a QuantizedModel that knows the batch's timesteps, which
 // TDQ quantizers need.
+import type { Denoiser } from '../models/diffusion';
 import { noGrad } from '../tensor/autograd';
 import { Module, type LoadStateDictOptions, type LoadStateDictResult } from '../nn/module';
 import { Generator } from '../tensor/random';
@@ -12,8 +13,6 @@ import { ActQuantizer, QuantContext, WeightQuantizer } from './quantizer';
 import { type FloatLayer, type QuantLayer, isQuantizableLayer, quantLayerFor, quantLayerOf } from './quant_layers';
 import { StepTable } from './table';
 
-/** A diffusion UNet: (x, t, y?, context?) -> predicted noise (context: cross-attention tokens). */
-export type DiffusionModel = Module & { forward(x: Tensor, t: Tensor, y?: Tensor, context?: Tensor): Tensor };
 
 /**
  * The paper's full-precision layers: the timestep-embedding MLP and each
@@ -83,7 +82,7 @@ export type CalibBuffer = (typeof OPTIONAL_BUFFERS)[number];
  * the UNet's own, so its state-dict keys are the float model's keys plus the
  * quantizers' (e.g. 'input_blocks.1.0.in_layers.2.act_quant.tdq.mlp.0.weight').
  */
-export class QuantizedModel extends Module {
+export class QuantizedModel extends Module implements Denoiser {
   readonly config: QuantConfig;
   readonly timesteps: number;
   readonly ctx: QuantContext;
@@ -92,7 +91,7 @@ export class QuantizedModel extends Module {
   /** Layers left in full precision. */
   readonly fpLayers: string[] = [];
 
-  constructor(readonly model: DiffusionModel, cfg: QuantConfig, opts: QuantizeOptions) {
+  constructor(readonly model: Denoiser, cfg: QuantConfig, opts: QuantizeOptions) {
     super();
     this.config = resolveQuantConfig(cfg);
     if (!Number.isInteger(opts?.timesteps) || opts.timesteps < 1) throw new RangeError(`quantizeModel: timesteps must be a positive integer, got ${opts?.timesteps}`);
@@ -294,7 +293,7 @@ export function setOptionalBuffer(q: ActQuantizer, name: CalibBuffer, values: Ar
  * returns the wrapper. Quantizers start uninitialised (LSQ step 0.1, TDQ output
  * ~0.1): run calibrate() or load a quantized checkpoint before use.
  */
-export function quantizeModel(model: DiffusionModel, cfg: QuantConfig, opts: QuantizeOptions): QuantizedModel {
+export function quantizeModel(model: Denoiser, cfg: QuantConfig, opts: QuantizeOptions): QuantizedModel {
   if (!(model instanceof Module) || typeof (model as { forward?: unknown }).forward !== 'function')
     throw new TypeError('quantizeModel: model must be a Module with forward(x, t, y?)');
   return new QuantizedModel(model, cfg, opts);
@@ -316,7 +315,7 @@ export function isQuantizedCheckpoint(metadata: Record<string, string>): boolean
  * The caller keeps ownership of the dicts.
  */
 export function loadQuantized(
-  unet: DiffusionModel,
+  unet: Denoiser,
   metadata: Record<string, string>,
   model: Map<string, Tensor>,
   ema?: Map<string, Tensor> | null,

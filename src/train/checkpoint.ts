@@ -4,7 +4,8 @@
 // Files are written atomically (temp file, fsync, rename) by writeSafetensors.
 import type { Module } from '../nn/module';
 import { type AdamState, optimizerStateFromTensors, optimizerStateToTensors } from '../optim/adam';
-import { readSafetensors, writeSafetensors } from '../io/safetensors';
+import { writeSafetensors } from '../io/safetensors';
+import { readTensorFile } from '../io/checkpoint_file';
 import type { Tensor } from '../tensor/tensor';
 import type { Ema } from './ema';
 
@@ -63,7 +64,7 @@ function parseJson(file: string, key: string, raw: string | undefined): unknown 
  * prefix (then `model_ema.*` weights, stored by LitEma without dots, are the EMA).
  */
 export async function loadCheckpoint(file: string): Promise<CheckpointContents> {
-  const { tensors, metadata } = await readSafetensors(file);
+  const { tensors, metadata } = await readTensorFile(file);
   const meta = metadata ?? {};
   if (meta.format === CHECKPOINT_FORMAT) {
     const model = new Map<string, Tensor>(), ema = new Map<string, Tensor>(), opt = new Map<string, Tensor>();

@@ -16,6 +16,7 @@ import { sample as drawSamples } from '../diffusion/samplers';
 import { writeFileAtomicSync } from '../io/atomic';
 import { saveGrid } from '../io/png';
 import { buildUNet, PixelDiffusion, type Denoiser } from '../models/diffusion';
+import { loadModel, openCheckpoint } from '../models/load';
 import { Dropout } from '../nn/layers';
 import type { Module } from '../nn/module';
 import { Adam, AdamW, type ParamGroupSpec } from '../optim/adam';
@@ -27,7 +28,7 @@ import { scale } from '../tensor/ops/elementwise';
 import { Generator, type GeneratorState } from '../tensor/random';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import { TrainLogger } from './log';
-import { loadCheckpoint, saveCheckpoint, type TrainingState } from './checkpoint';
+import { saveCheckpoint, type TrainingState } from './checkpoint';
 import { Ema } from './ema';
 import { BAD_DATA_POLICIES, BadDataError, type BadDataPolicy, SkippingDataset, dataFileOf, dropBadRows } from './bad_data';
 import { NAN_POLICIES, type NanPolicy, NonFiniteError, firstNonFiniteModule, nonFiniteGradient, nonFiniteParameter } from './nonfinite';
@@ -171,14 +172,13 @@ async function trainLocked(
   const lead = comm.rank === 0;
   const cfg = opts.config;
   const t = cfg.training;
-  let unet: Denoiser = buildUNet(cfg.model.params.unet_config, new Generator(t.seed));
+  let unet: Denoiser;
   if (opts.initCheckpoint) {
-    const init = await loadCheckpoint(opts.initCheckpoint);
-    const weights = init.ema ?? init.model;
-    unet.loadStateDict(weights, { strict: true });
-    for (const m of [init.model, init.ema]) if (m) for (const x of m.values()) x.dispose();
-    print?.(`tdq-native: initial weights from ${opts.initCheckpoint}${init.ema ? ' (EMA)' : ''}`);
-  }
+    // The run's own config builds the model; the checkpoint only brings weights (EMA preferred).
+    const init = await loadModel(opts.initCheckpoint, { config: cfg, expect: 'float' });
+    unet = init.model;
+    print?.(`tdq-native: initial weights from ${opts.initCheckpoint}${init.report.ema ? ' (EMA)' : ''}`);
+  } else unet = buildUNet(cfg.model.params.unet_config, new Generator(t.seed));
   let groups: ((lr: number) => ParamGroupSpec[]) | undefined;
   let extraMetadata: Record<string, string> = {};
   if (opts.prepare) {
@@ -208,17 +208,20 @@ async function trainLocked(
   if (!Number.isInteger(maxNanSkips) || maxNanSkips < 0) throw new RangeError(`maxNanSkips must be a non-negative integer, got ${maxNanSkips}`);
   let nanRun = 0; // non-finite steps in a row
   if (resumeFrom) {
-    const ck = await loadCheckpoint(resumeFrom);
-    const st = ck.state as RunState | null;
-    if (!st || !ck.optimizer) throw new Error(`${resumeFrom}: not a training checkpoint (no training state or optimizer state); use --ckpt to start from its weights`);
-    unet.loadStateDict(ck.model, { strict: true });
-    if (ema && ck.ema) {
-      ema.load(ck.ema);
-      ema.numUpdates = st.emaUpdates;
+    const ck = await openCheckpoint(resumeFrom);
+    let st: RunState | null;
+    try {
+      st = ck.state as RunState | null;
+      if (!st || !ck.optimizer) throw new Error(`${resumeFrom}: not a training checkpoint (no training state or optimizer state); use --ckpt to start from its weights`);
+      unet.loadStateDict(ck.model, { strict: true });
+      if (ema && ck.ema) {
+        ema.load(ck.ema);
+        ema.numUpdates = st.emaUpdates;
+      }
+      optimizer.loadState(ck.optimizer);
+    } finally {
+      ck.dispose();
     }
-    optimizer.loadState(ck.optimizer);
-    for (const m of [ck.model, ck.ema]) if (m) for (const x of m.values()) x.dispose();
-    for (const p of ck.optimizer.params.values()) p.expAvg.dispose(), p.expAvgSq.dispose();
     gen.setState(st.gen);
     dropoutGen.setState(st.dropoutGen);
     loader.setState(st.loader);

@@ -7,12 +7,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 
-import { loadConfig, parseConfig, type Config } from '../../config';
-import { buildUNet, scheduleFromConfig } from '../../models/diffusion';
+import { scheduleFromConfig } from '../../models/diffusion';
+import { ModelLoadError, loadModel } from '../../models/load';
 import { calibrateWithReport } from '../../quant/calibrate';
 import { type QuantConfig, QuantConfigError, describeConfig, resolveQuantConfig } from '../../quant/config';
-import { Generator } from '../../tensor/random';
-import { loadCheckpoint, saveCheckpoint } from '../../train/checkpoint';
+import { saveCheckpoint } from '../../train/checkpoint';
 import { type GlobalArgs, CliError } from '../index';
 import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, peekModelConfig } from './preflight';
 
@@ -95,30 +94,14 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       checkMemory(`calibrating with batches of ${Math.min(a.batchSize, a.nSamples)}`, peeked, Math.min(a.batchSize, a.nSamples), 0, a.maxMemory);
     }
     const qcfg = quantConfigFromArgs(a);
-    const ck = await loadCheckpoint(a.ckpt);
-    const dispose = () => {
-      for (const m of [ck.model, ck.ema]) if (m) for (const t of m.values()) t.dispose();
-      if (ck.optimizer) for (const p of ck.optimizer.params.values()) p.expAvg.dispose(), p.expAvgSq.dispose();
-    };
-    let config: Config;
+    let loaded;
     try {
-      if (ck.metadata.quant) throw new CliError(`${a.ckpt} is already quantized (${describeConfig(resolveQuantConfig(JSON.parse(ck.metadata.quant)))}); calibrate a full-precision checkpoint`);
-      if (a.config) config = loadConfig(a.config).config;
-      else if (ck.metadata.config) config = parseConfig(ck.metadata.config, `${a.ckpt} (metadata 'config')`).config;
-      else throw new CliError(`${a.ckpt} carries no config in its metadata: pass the model's YAML config with --config`);
+      loaded = await loadModel(a.ckpt, { config: a.config, noEma: !a.ema, expect: 'float' });
     } catch (e) {
-      dispose();
+      if (e instanceof ModelLoadError) throw new CliError(e.message.replace(/a full-precision checkpoint is needed$/, 'calibrate a full-precision checkpoint'));
       throw e;
     }
-    const unet = buildUNet(config.model.params.unet_config, new Generator(0));
-    try {
-      unet.loadStateDict(a.ema && ck.ema ? ck.ema : ck.model, { strict: true });
-    } catch (e) {
-      unet.dispose();
-      throw new CliError(`${a.ckpt}: the weights do not fit the model of its config: ${(e as Error).message}`);
-    } finally {
-      dispose();
-    }
+    const { config, model: unet } = loaded;
     const p = config.model.params;
     const schedule = scheduleFromConfig(p);
     console.log(`tdq-native: calibrating ${describeConfig(qcfg)} on ${a.nSamples} ${a.sampler} trajectories of ${steps} steps (${a.method})`);

@@ -5,7 +5,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 
-import { readSafetensors } from '../../io/safetensors';
+import { readTensorFile } from '../../io/checkpoint_file';
+import { CheckpointValueError, type NumberProblem, describeProblem, findNumberProblems, refused } from '../../models/checks';
 import { describeConfig } from '../../quant/config';
 import { type ActQuantizerInfo, type QuantizedCheckpointInfo, NotQuantizedError, describeQuantized } from '../../quant/inspect';
 import { plotActivationRanges, plotStepCurves } from '../../quant/plot';
@@ -25,6 +26,7 @@ interface InspectArgs extends GlobalArgs {
   ema: boolean;
   plots: boolean;
   json: boolean;
+  allowNonFinite: boolean;
 }
 
 /**
@@ -61,8 +63,13 @@ function stepText(q: ActQuantizerInfo): string {
   return `${fmt(lo)} .. ${fmt(hi)} (${q.curve!.source}; t=0: ${fmt(s[0])}, t=${s.length - 1}: ${fmt(s[s.length - 1])})`;
 }
 
-/** The printed report. */
-export function formatInspect(file: string, info: QuantizedCheckpointInfo): string {
+/** Bad numbers of the checkpoint that belong to quantizer `name` (keys with or without the 'model.'/'ema.' prefix). */
+function problemsOf(name: string, problems: readonly NumberProblem[]): NumberProblem[] {
+  return problems.filter((p) => p.key.replace(/^(model|ema)\./, '').startsWith(`${name}.`));
+}
+
+/** The printed report; bad numbers (loaded with --allow-non-finite) are listed first and marked in the table. */
+export function formatInspect(file: string, info: QuantizedCheckpointInfo, problems: readonly NumberProblem[] = []): string {
   const c = info.config;
   const lines = [
     `${file}: ${describeConfig(c)}, T = ${info.timesteps}`,
@@ -71,11 +78,24 @@ export function formatInspect(file: string, info: QuantizedCheckpointInfo): stri
     `  attention matmul inputs quantized: ${c.quantizeAttention ? 'yes' : 'no'}`,
     '',
   ];
+  const bad = refused(problems), floored = problems.filter((p) => p.kind === 'floored');
+  if (bad.length) {
+    lines.push(`  WARNING: ${bad.length} tensor${bad.length > 1 ? 's hold' : ' holds'} bad numbers (rows marked '!! bad'):`);
+    for (const p of bad) lines.push(`    ${describeProblem(p)}`);
+    lines.push('');
+  }
+  if (floored.length) {
+    lines.push(`  note: ${floored.length} learned step tensor${floored.length > 1 ? 's have' : ' has'} entries <= 0, used as the step floor 1e-8 (rows marked 'floored'):`);
+    for (const p of floored) lines.push(`    ${describeProblem(p)}`);
+    lines.push('');
+  }
   const w = Math.max(...info.act.map((q) => q.name.length), 4);
   lines.push(`  ${'name'.padEnd(w)}  kind  ${'range'.padEnd(20)}  step`);
   for (const q of info.act) {
     const cal = q.calib ? `   calibrated ${fmt(Math.min(...q.calib.step))} .. ${fmt(Math.max(...q.calib.step))} over ${q.calib.t.length} timesteps` : '';
-    lines.push(`  ${q.name.padEnd(w)}  ${q.kind.padEnd(4)}  ${rangeText(q).padEnd(20)}  ${stepText(q)}${cal}`);
+    const mine = problemsOf(q.name, problems);
+    const mark = mine.some((p) => p.kind !== 'floored') ? '   !! bad' : mine.length ? '   floored' : '';
+    lines.push(`  ${q.name.padEnd(w)}  ${q.kind.padEnd(4)}  ${rangeText(q).padEnd(20)}  ${stepText(q)}${cal}${mark}`);
   }
   return lines.join('\n');
 }
@@ -112,6 +132,7 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
       .option('ema', { type: 'boolean', default: true, describe: 'read parameters from the EMA weights of a training checkpoint' })
       .option('plots', { type: 'boolean', default: true, describe: 'write the PNG plots' })
       .option('json', { type: 'boolean', default: false, describe: 'print the quantizers as JSON' })
+      .option('allow-non-finite', { type: 'boolean', default: false, describe: 'read a checkpoint with NaN/Inf tensors or non-positive steps (marked in the table) instead of rejecting it' })
       .example('$0 inspect --ckpt runs/tdq-w4a8/model.safetensors', 'quantizers and plots of a QAT model')
       .example("$0 inspect --ckpt q.safetensors --layers '*.in_layers.2' --out-dir plots", 'plot chosen layers') as unknown as Argv<InspectArgs>,
   handler: async (a) => {
@@ -121,8 +142,10 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
       if (a.outDir !== undefined) throw new CliError('--out-dir does not apply with --no-plots (it is where the plots go)');
       if (a.layers.length) throw new CliError('--layers does not apply with --no-plots (it chooses the plotted layers)');
     } else probeWritableDir(a.outDir ?? path.dirname(a.ckpt), 'out-dir');
-    const { tensors, metadata } = await readSafetensors(a.ckpt);
+    const { tensors, metadata } = await readTensorFile(a.ckpt);
     try {
+      const problems = findNumberProblems(tensors);
+      if (refused(problems).length && !a.allowNonFinite) throw new CliError(new CheckpointValueError(a.ckpt, refused(problems)).message);
       let info: QuantizedCheckpointInfo;
       try {
         info = describeQuantized(modelTensors(tensors, metadata, a.ema), metadata, a.ckpt);
@@ -131,8 +154,8 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
         throw e;
       }
       if (a.json) {
-        console.log(JSON.stringify({ config: info.config, timesteps: info.timesteps, weights: info.weights, act: info.act.map((q) => ({ ...q, curve: q.curve ? { source: q.curve.source, step: Array.from(q.curve.step) } : undefined })) }));
-      } else console.log(formatInspect(a.ckpt, info));
+        console.log(JSON.stringify({ problems, config: info.config, timesteps: info.timesteps, weights: info.weights, act: info.act.map((q) => ({ ...q, curve: q.curve ? { source: q.curve.source, step: Array.from(q.curve.step) } : undefined })) }));
+      } else console.log(formatInspect(a.ckpt, info, problems));
       if (!a.plots) return;
       const chosen = selectForPlot(info.act, a.layers, a.maxPlots);
       const dir = a.outDir ?? path.dirname(a.ckpt);

@@ -9,6 +9,7 @@ import type { Argv, CommandModule } from 'yargs';
 
 import { DDIM_DISCRETIZE, type DdimDiscretize, sample } from '../../diffusion/samplers';
 import { saveGrid, saveImages } from '../../io/png';
+import { describeProblem, refused } from '../../models/checks';
 import { DEFAULT_MODEL, loadPipeline } from '../../pipeline';
 import { Generator } from '../../tensor/random';
 import { fromArray, type Tensor } from '../../tensor/tensor';
@@ -34,6 +35,7 @@ interface SampleArgs extends GlobalArgs {
   progress: boolean;
   clipDenoised: boolean;
   maxMemory?: string;
+  allowNonFinite: boolean;
 }
 
 export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
@@ -56,6 +58,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('clip-denoised', { type: 'boolean', default: true, describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (as LDM for pixel models)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('progress', { type: 'boolean', default: true, describe: 'show progress on stderr (a bar on a terminal, else a line per batch)' })
+      .option('allow-non-finite', { type: 'boolean', default: false, describe: 'sample even from weights with NaN/Inf or bad quantizer steps (rejected by default)' })
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
       .example('$0 sample --custom-steps 37 --ddim-discretize trailing', 'DDIM with exactly 37 steps')
@@ -75,7 +78,8 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       checkMemory(`sampling ${n} images in batches of ${batchSize}`, config, batchSize, gridCount, a.maxMemory);
     }
     probeWritableDir(a.outdir, 'outdir');
-    const pipe = await loadPipeline(a.ckpt, { config: a.config });
+    const pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite });
+    for (const p of refused(pipe.loaded?.report.problems ?? [])) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
     const classes = pipe.numClasses;
     if (!config) {
       // No config to check against before loading (weights with --config resolved by the loader): check now.

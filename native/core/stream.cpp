@@ -95,6 +95,11 @@ void Stream::execute(Task& t) {
     } else {
       (t.device == Device::cpu ? t.def->cpu : t.def->cuda)(t.call, ctx_);
     }
+    // An op without outputs works on its inputs in place: what was derived
+    // from their contents before is stale now.
+    if (t.call.outputs.empty())
+      for (auto& in : t.call.inputs)
+        if (in.defined()) in.storage->version.fetch_add(1);
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lk(mu_);
     error_ = t.def->name + ": " + e.what();

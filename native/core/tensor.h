@@ -37,6 +37,13 @@ struct Storage {
   size_t nbytes = 0;
   Device device = Device::cpu;
   std::shared_ptr<MemoryCounter> counter;
+  // A process-wide unique id (never reused, unlike the address) and a count of
+  // in-place writes: caches derived from the contents (conv2d's packed
+  // weights) key on (id, version). Ops that update inputs in place (those with
+  // no outputs: optimizer steps) have their inputs' versions bumped by the
+  // stream after they run.
+  const uint64_t id;
+  std::atomic<uint64_t> version{0};
   Storage(size_t nbytes, Device dev, std::shared_ptr<MemoryCounter> counter);
   ~Storage();
   Storage(const Storage&) = delete;

@@ -14,7 +14,11 @@
 // the batch has enough of them (see BatchPlan).
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include <immintrin.h>  // SSE only (baseline x86-64)
 
@@ -124,6 +128,91 @@ void for_each_group(const ExecContext& ctx, const BatchPlan& plan, F fn) {
     for (int64_t gi = b; gi < e; ++gi) fn(gi, serial);
   });
 }
+
+// ---- packed weights, kept between calls -----------------------------------------
+// The forward GEMM's A is the weight, packed into the micro-kernel's panel
+// layout. Packing reads and writes every weight once per call: for a 300M
+// parameter UNet at batch 1 that is a good part of the forward. The packed
+// copy is kept per weight storage and reused while the storage's version (its
+// count of in-place writes, bumped by optimizer steps) is unchanged; entries of
+// freed weights are dropped. The total is capped (TDQ_CONV_PACK_CACHE_MB,
+// default 2048; 0 turns the cache off), past which weights are packed per call
+// as before.
+class WeightPackCache {
+ public:
+  static WeightPackCache& instance() {
+    static WeightPackCache c;
+    return c;
+  }
+  // alpha*W (O, CKK) packed for ctx's micro-kernel: from the cache, or packed
+  // now (into the cache when it fits, else into `fallback`).
+  std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int64_t O, int64_t CKK) {
+    const int64_t n = std::max<int64_t>(1, sgemm_packed_a_size(ctx, O, CKK));
+    const uint64_t version = w.storage->version.load();
+    std::unique_lock<std::mutex> lk(mu_);
+    if (++calls_ % 64 == 0) sweep();
+    auto it = map_.find(w.storage->id);
+    if (it != map_.end()) {
+      Entry& e = it->second;
+      if (e.level == ctx.cpu_level && e.O == O && e.CKK == CKK && !e.owner.expired()) {
+        if (e.version == version) return e.packed;
+        if (e.packed.use_count() == 1) {
+          // Updated in place (a training step): repack into the same buffer.
+          e.version = version;
+          std::shared_ptr<float> buf = e.packed;
+          lk.unlock();
+          sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, buf.get());
+          return buf;
+        }
+      }
+      total_ -= it->second.n;
+      map_.erase(it);
+    }
+    const bool fits = cap_ > 0 && total_ + n <= cap_;
+    std::shared_ptr<float> buf(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)),
+                               [](float* p) { std::free(p); });
+    TDQ_CHECK(buf, "conv2d: out of memory for ", n * sizeof(float), " bytes of packed weights");
+    if (fits) {
+      map_[w.storage->id] = Entry{w.storage, version, ctx.cpu_level, O, CKK, n, buf};
+      total_ += n;
+    }
+    lk.unlock();
+    sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, buf.get());
+    return buf;
+  }
+  size_t entries() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return map_.size();
+  }
+
+ private:
+  struct Entry {
+    std::weak_ptr<Storage> owner;
+    uint64_t version;
+    CpuLevel level;
+    int64_t O, CKK, n;
+    std::shared_ptr<float> packed;
+  };
+  WeightPackCache() {
+    const char* s = std::getenv("TDQ_CONV_PACK_CACHE_MB");
+    const int64_t mb = s && *s ? std::strtoll(s, nullptr, 10) : 2048;
+    cap_ = std::max<int64_t>(0, mb) * (int64_t{1} << 20) / static_cast<int64_t>(sizeof(float));
+  }
+  void sweep() {
+    for (auto it = map_.begin(); it != map_.end();) {
+      if (it->second.owner.expired()) {
+        total_ -= it->second.n;
+        it = map_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  std::mutex mu_;
+  std::unordered_map<uint64_t, Entry> map_;
+  int64_t total_ = 0, cap_ = 0;  // floats
+  uint64_t calls_ = 0;
+};
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
@@ -295,10 +384,10 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const int64_t col_n = direct ? 0 : CKK * nbmax * P, tmp_n = nbmax > 1 ? g.O * nbmax * P : 0;
   Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, col_n + tmp_n)});
   float* y = c.outputs[0].f32();
-  // The weights are the A of every chunk's GEMM: pack them once.
-  Tensor wpack = ctx.scratch({std::max<int64_t>(1, sgemm_packed_a_size(ctx, g.O, CKK))});
-  const float* wp = wpack.f32();
-  sgemm_pack_a(ctx, false, g.O, CKK, 1.f, w.f32(), CKK, wpack.f32());
+  // The weights are the A of every chunk's GEMM: packed once, and kept for
+  // the next call while they are unchanged.
+  const std::shared_ptr<const float> wpack = WeightPackCache::instance().get(ctx, w, g.O, CKK);
+  const float* wp = wpack.get();
 
   ChunkQueue queue(g.N, nbmax);
   for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {

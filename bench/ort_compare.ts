@@ -95,10 +95,13 @@ interface Row {
   ours: number[];
   ort: number[];
   ratios: number[];
+  /** process CPU time (user + system, all threads) of each run */
+  oursCpu: number[];
+  ortCpu: number[];
   profile: [string, number, number][] | null;
 }
 
-async function runCase(ort: OrtModule, spec: CaseSpec, rounds: number, threads: number, withProfile: boolean): Promise<Row> {
+async function runCase(ort: OrtModule, spec: CaseSpec, rounds: number, threads: number, withProfile: boolean, ortSpin: boolean): Promise<Row> {
   const u = unetOf(spec.config);
   const dir = exportModel(spec.config);
   const unet = buildUNet({ target: u.target, params: u.params }, new Generator(0));
@@ -119,6 +122,9 @@ async function runCase(ort: OrtModule, spec: CaseSpec, rounds: number, threads: 
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    // Spinning intra-op threads lose badly when the machine is oversubscribed
+    // (a shared box): off unless --ort-spin, recorded in the results.
+    extra: { session: { intra_op: { allow_spinning: ortSpin ? '1' : '0' }, inter_op: { allow_spinning: ortSpin ? '1' : '0' } } },
   });
   const feeds = {
     x: new ort.Tensor('float32', xData, [spec.batch, c, h, w]),
@@ -145,15 +151,17 @@ async function runCase(ort: OrtModule, spec: CaseSpec, rounds: number, threads: 
   await runOurs();
   await runOrt();
 
-  const ours: number[] = [], ortMs: number[] = [], ratios: number[] = [];
+  const ours: number[] = [], ortMs: number[] = [], ratios: number[] = [], oursCpu: number[] = [], ortCpu: number[] = [];
+  const cpuMs = (c: NodeJS.CpuUsage) => (c.user + c.system) / 1e3;
   for (let r = 0; r < rounds; ++r) {
     let o = 0, p = 0;
     for (const which of r % 2 ? ['ort', 'ours'] : ['ours', 'ort']) {
-      const t0 = now();
+      const t0 = now(), c0 = process.cpuUsage();
       if (which === 'ours') await runOurs();
       else await runOrt();
-      if (which === 'ours') o = now() - t0;
-      else p = now() - t0;
+      const cpu = cpuMs(process.cpuUsage(c0));
+      if (which === 'ours') (o = now() - t0), oursCpu.push(cpu);
+      else (p = now() - t0), ortCpu.push(cpu);
     }
     ours.push(o), ortMs.push(p), ratios.push(o / p);
   }
@@ -170,7 +178,7 @@ async function runCase(ort: OrtModule, spec: CaseSpec, rounds: number, threads: 
       .sort((x, y) => y[2] - x[2]);
   }
   unet.dispose();
-  return { name: spec.name, params, relErr, ours, ort: ortMs, ratios, profile };
+  return { name: spec.name, params, relErr, ours, ort: ortMs, ratios, oursCpu, ortCpu, profile };
 }
 
 async function main(): Promise<void> {
@@ -179,14 +187,15 @@ async function main(): Promise<void> {
   const threads = Number(arg('threads', '2'));
   const out = arg('out', '');
   const withProfile = !process.argv.includes('--no-profile');
+  const ortSpin = process.argv.includes('--ort-spin');
   native().setThreads(threads);
   const ort = loadOrt();
   const rows: Row[] = [];
   const load0 = os.loadavg();
   for (const spec of CASES.filter((c) => want.includes(c.name))) {
-    const r = await runCase(ort, spec, rounds, threads, withProfile);
+    const r = await runCase(ort, spec, rounds, threads, withProfile, ortSpin);
     rows.push(r);
-    console.log(`${r.name}: ours ${median(r.ours).toFixed(1)} ms, ort ${median(r.ort).toFixed(1)} ms, ratio ${median(r.ratios).toFixed(2)} (rel err ${r.relErr.toExponential(2)})`);
+    console.log(`${r.name}: ours ${median(r.ours).toFixed(1)} ms, ort ${median(r.ort).toFixed(1)} ms, ratio ${median(r.ratios).toFixed(2)}; cpu ours ${median(r.oursCpu).toFixed(1)} ort ${median(r.ortCpu).toFixed(1)} (rel err ${r.relErr.toExponential(2)})`);
   }
   const load1 = os.loadavg();
   const cpu = (() => {
@@ -203,14 +212,16 @@ async function main(): Promise<void> {
   const lines: string[] = [];
   lines.push(`Command: \`node dist/bench/ort_compare.js ${process.argv.slice(2).join(' ')}\``);
   lines.push('');
-  lines.push(`CPU: ${cpu}. Engine level ${native().info().cpuLevel}, ${threads} threads both sides; onnxruntime-node ${ortVersion} (intra-op ${threads}, sequential, all graph optimizations).`);
+  lines.push(`CPU: ${cpu}. Engine level ${native().info().cpuLevel}, ${threads} threads both sides; onnxruntime-node ${ortVersion} (intra-op ${threads}, sequential, all graph optimizations, thread spinning ${ortSpin ? 'on' : 'off'}).`);
   lines.push(`Load average (1/5/15 min) at start ${load0.map((v) => v.toFixed(2)).join(' / ')}, at end ${load1.map((v) => v.toFixed(2)).join(' / ')} (shared machine: the per-round ratio is the number to trust).`);
   lines.push(`${rounds} interleaved rounds (order alternating), one forward each, output read back; outputs checked equal to ${TOL} (relative 2-norm) first.`);
   lines.push('');
-  lines.push('| case | params | ours median ms | ORT median ms | ratio ours/ORT (median of rounds) | rel. error |');
-  lines.push('|---|---|---|---|---|---|');
+  lines.push('| case | params | ours median ms | ORT median ms | ratio ours/ORT (median of rounds) | ours CPU ms | ORT CPU ms | CPU ratio | rel. error |');
+  lines.push('|---|---|---|---|---|---|---|---|---|');
   for (const r of rows)
-    lines.push(`| ${r.name} | ${(r.params / 1e6).toFixed(1)}M | ${median(r.ours).toFixed(1)} | ${median(r.ort).toFixed(1)} | ${median(r.ratios).toFixed(2)} | ${r.relErr.toExponential(1)} |`);
+    lines.push(`| ${r.name} | ${(r.params / 1e6).toFixed(1)}M | ${median(r.ours).toFixed(1)} | ${median(r.ort).toFixed(1)} | ${median(r.ratios).toFixed(2)} | ${median(r.oursCpu).toFixed(1)} | ${median(r.ortCpu).toFixed(1)} | ${(median(r.oursCpu) / median(r.ortCpu)).toFixed(2)} | ${r.relErr.toExponential(1)} |`);
+  lines.push('');
+  lines.push('CPU ms: process CPU time (user + system, all threads) per forward, median; with ORT spinning off it is the work each side does, less sensitive to the load than wall time.');
   for (const r of rows) {
     if (!r.profile) continue;
     const total = r.profile.reduce((s, p) => s + p[2], 0);

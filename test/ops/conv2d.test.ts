@@ -55,6 +55,13 @@ const cases: Case[] = [
   { name: 'many chunks, partial last one', x: [40, 3, 6, 6], w: [4, 3, 3, 3], stride: 1, padding: 1, bias: true },
   { name: 'many chunks of 4x4 maps', x: [41, 5, 4, 4], w: [6, 5, 3, 3], stride: 1, padding: 1, bias: false },
   { name: 'wide channels, stride 2', x: [5, 33, 10, 10], w: [17, 33, 3, 3], stride: 2, padding: 1, bias: true },
+  // 'same' stride-1 maps of one sample per GEMM: at the AVX-512 level the col
+  // matrix is never built (implicit GEMM); these have K past one 128-deep
+  // block, maps whose width is not a multiple of the 32-column panel, and a
+  // 5x5 kernel
+  { name: 'implicit GEMM: 3x3 same, two K blocks, 9x11 map', x: [2, 20, 9, 11], w: [10, 20, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'implicit GEMM: 5x5 same, 12x13 map', x: [1, 6, 12, 13], w: [7, 6, 5, 5], stride: 1, padding: 2, bias: false },
+  { name: 'implicit GEMM: 3x3 same, 40x40 map', x: [1, 3, 40, 40], w: [9, 3, 3, 3], stride: 1, padding: 1, bias: true },
 ];
 
 describe('conv2d against PyTorch', { skip: skip ?? false }, () => {

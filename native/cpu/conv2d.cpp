@@ -133,57 +133,63 @@ void for_each_group(const ExecContext& ctx, const BatchPlan& plan, F fn) {
 // ---- packed weights, kept between calls -----------------------------------------
 // The forward GEMM's A is the weight, packed into the micro-kernel's panel
 // layout. Packing reads and writes every weight once per call: for a 300M
-// parameter UNet at batch 1 that is a good part of the forward. The packed
-// copy is kept per weight storage and reused while the storage's version (its
-// count of in-place writes, bumped by optimizer steps) is unchanged; entries of
-// freed weights are dropped. The total is capped (TDQ_CONV_PACK_CACHE_MB,
-// default 2048; 0 turns the cache off), past which weights are packed per call
-// as before.
+// parameter UNet at batch 1 that is a good part of the forward. A weight met
+// a second time unchanged (same storage, same version: the storage's count of
+// in-place writes, bumped by optimizer steps and copy_) keeps its packed copy
+// from then on; one met once (a training step, whose weights change every
+// step; a fake-quantized weight, new every call) is packed into scratch as
+// before, so training and fake quantization hold no extra memory. A cached
+// weight updated in place is repacked into its buffer. Entries of freed
+// weights are dropped. The total is capped (TDQ_CONV_PACK_CACHE_MB, default
+// 2048; 0 turns the cache off), past which weights are packed per call.
 class WeightPackCache {
  public:
   static WeightPackCache& instance() {
     static WeightPackCache c;
     return c;
   }
-  // alpha*W (O, CKK) packed for ctx's micro-kernel: from the cache, or packed
-  // now (into the cache when it fits, else into `fallback`).
+  // W (O, CKK) packed for ctx's micro-kernel.
   std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int64_t O, int64_t CKK) {
     const int64_t n = std::max<int64_t>(1, sgemm_packed_a_size(ctx, O, CKK));
     const uint64_t version = w.storage->version.load();
+    auto pack = [&](float* dst) { sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, dst); };
     std::unique_lock<std::mutex> lk(mu_);
-    if (++calls_ % 64 == 0) sweep();
     auto it = map_.find(w.storage->id);
-    if (it != map_.end()) {
+    bool keep = false;
+    if (it == map_.end()) {
+      sweep();
+      map_.emplace(w.storage->id, Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr});
+    } else {
       Entry& e = it->second;
-      if (e.level == ctx.cpu_level && e.O == O && e.CKK == CKK && !e.owner.expired()) {
-        if (e.version == version) return e.packed;
-        if (e.packed.use_count() == 1) {
-          // Updated in place (a training step): repack into the same buffer.
-          e.version = version;
-          std::shared_ptr<float> buf = e.packed;
-          lk.unlock();
-          sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, buf.get());
-          return buf;
-        }
+      const bool same = e.level == ctx.cpu_level && e.O == O && e.CKK == CKK;
+      if (same && e.version == version) {
+        if (e.packed) return e.packed;
+        keep = true;  // the second time: keep it
+      } else if (same && e.packed && e.packed.use_count() == 1) {
+        // Updated in place since it was kept: repack into the same buffer.
+        e.version = version;
+        std::shared_ptr<float> buf = e.packed;
+        lk.unlock();
+        pack(buf.get());
+        return buf;
+      } else {
+        total_ -= e.n;
+        e = Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr};
       }
-      total_ -= it->second.n;
-      map_.erase(it);
-    }
-    const bool fits = cap_ > 0 && total_ + n <= cap_;
-    std::shared_ptr<float> buf(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)),
-                               [](float* p) { std::free(p); });
-    TDQ_CHECK(buf, "conv2d: out of memory for ", n * sizeof(float), " bytes of packed weights");
-    if (fits) {
-      map_[w.storage->id] = Entry{w.storage, version, ctx.cpu_level, O, CKK, n, buf};
-      total_ += n;
+      if (keep && cap_ > 0 && total_ + n <= cap_) {
+        std::shared_ptr<float> buf(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)),
+                                   [](float* p) { std::free(p); });
+        TDQ_CHECK(buf, "conv2d: out of memory for ", n * sizeof(float), " bytes of packed weights");
+        e.packed = buf, e.n = n, total_ += n;
+        lk.unlock();
+        pack(buf.get());
+        return buf;
+      }
     }
     lk.unlock();
-    sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, buf.get());
-    return buf;
-  }
-  size_t entries() {
-    std::lock_guard<std::mutex> lk(mu_);
-    return map_.size();
+    Tensor t = ctx.scratch({n});
+    pack(t.f32());
+    return std::shared_ptr<const float>(t.storage, t.f32());
   }
 
  private:
@@ -191,8 +197,8 @@ class WeightPackCache {
     std::weak_ptr<Storage> owner;
     uint64_t version;
     CpuLevel level;
-    int64_t O, CKK, n;
-    std::shared_ptr<float> packed;
+    int64_t O, CKK, n;              // n: floats held in packed
+    std::shared_ptr<float> packed;  // null: met once
   };
   WeightPackCache() {
     const char* s = std::getenv("TDQ_CONV_PACK_CACHE_MB");
@@ -212,7 +218,6 @@ class WeightPackCache {
   std::mutex mu_;
   std::unordered_map<uint64_t, Entry> map_;
   int64_t total_ = 0, cap_ = 0;  // floats
-  uint64_t calls_ = 0;
 };
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }

@@ -115,6 +115,11 @@ void Stream::execute(Task& t) {
     } catch (...) {
       poison = op_error(t.def->name, ErrorKind::Runtime, "unknown native error");
     }
+    // An op without outputs works on its inputs in place: what was derived
+    // from their contents before (conv2d's packed weights) is stale now.
+    if (t.call.outputs.empty())
+      for (size_t i = 0; i < t.call.inputs.size(); ++i)
+        if (t.call.inputs[i].defined() && writes_input(t.def->name, i)) t.call.inputs[i].storage->version.fetch_add(1);
   }
   if (!poison) return;
   for (auto& o : t.call.outputs) o.storage->error = poison;

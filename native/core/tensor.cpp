@@ -214,8 +214,12 @@ void host_cache_set_cap(size_t bytes) {
 #endif
 }
 
+namespace {
+std::atomic<uint64_t> g_next_storage_id{1};
+}
+
 Storage::Storage(size_t n, Device dev, std::shared_ptr<MemoryCounter> c, bool lazy)
-    : nbytes(n), device(dev), counter(std::move(c)) {
+    : nbytes(n), device(dev), counter(std::move(c)), id(g_next_storage_id.fetch_add(1)) {
   if (!lazy) allocate();
 }
 

@@ -50,6 +50,13 @@ struct Storage {
   Device device = Device::cpu;
   std::shared_ptr<MemoryCounter> counter;
   std::shared_ptr<const TensorError> error;  // set: the values are poisoned
+  // A process-wide unique id (never reused, unlike the address) and a count of
+  // in-place writes: caches derived from the contents (conv2d's packed
+  // weights) key on (id, version). Ops that update inputs in place (those with
+  // no outputs: optimizer steps) have their inputs' versions bumped by the
+  // stream after they run.
+  const uint64_t id;
+  std::atomic<uint64_t> version{0};
   Storage(size_t nbytes, Device dev, std::shared_ptr<MemoryCounter> counter, bool lazy = false);
   void allocate();  // no-op when allocated; throws RangeError "out of memory: ... N bytes"
   ~Storage();

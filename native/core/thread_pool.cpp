@@ -66,6 +66,10 @@ void ThreadPool::worker_loop(uint64_t seen) {
       wake_.wait(lk, [&] { return quit_ || generation_ != seen; });
       if (quit_) return;
       seen = generation_;
+      // Woken late (a busy machine): the caller and the other workers may
+      // have taken every chunk already; it does not wait for us then.
+      if (!job_ || next_.load() >= num_chunks_) continue;
+      ++active_;  // a participant: the caller waits for our chunks
     }
     t_in_parallel = true;
     run_chunks();
@@ -95,7 +99,10 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
     chunk_ = (n + chunks - 1) / chunks;
     num_chunks_ = (n + chunk_ - 1) / chunk_;
     next_ = 0;
-    active_ = static_cast<int>(workers_.size());
+    // The caller waits for the workers that joined (active_), not for every
+    // worker to wake: on a loaded machine a sleeping worker may not run for a
+    // while, and the chunks do not need it.
+    active_ = 0;
     ++generation_;
   }
   wake_.notify_all();

@@ -14,9 +14,14 @@
 // the batch has enough of them (see BatchPlan).
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
-#include <immintrin.h>  // SSE only (baseline x86-64)
+#include <immintrin.h>  // SSE (baseline x86-64); AVX-512 only in functions with a target attribute
 
 #include "../core/registry.h"
 #include "gemm.h"
@@ -125,6 +130,96 @@ void for_each_group(const ExecContext& ctx, const BatchPlan& plan, F fn) {
   });
 }
 
+// ---- packed weights, kept between calls -----------------------------------------
+// The forward GEMM's A is the weight, packed into the micro-kernel's panel
+// layout. Packing reads and writes every weight once per call: for a 300M
+// parameter UNet at batch 1 that is a good part of the forward. A weight met
+// a second time unchanged (same storage, same version: the storage's count of
+// in-place writes, bumped by optimizer steps and copy_) keeps its packed copy
+// from then on; one met once (a training step, whose weights change every
+// step; a fake-quantized weight, new every call) is packed into scratch as
+// before, so training and fake quantization hold no extra memory. A cached
+// weight updated in place is repacked into its buffer. Entries of freed
+// weights are dropped. The total is capped (TDQ_CONV_PACK_CACHE_MB, default
+// 2048; 0 turns the cache off), past which weights are packed per call.
+class WeightPackCache {
+ public:
+  static WeightPackCache& instance() {
+    static WeightPackCache c;
+    return c;
+  }
+  // W (O, CKK) packed for ctx's micro-kernel.
+  std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int64_t O, int64_t CKK) {
+    const int64_t n = std::max<int64_t>(1, sgemm_packed_a_size(ctx, O, CKK));
+    const uint64_t version = w.storage->version.load();
+    auto pack = [&](float* dst) { sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, dst); };
+    std::unique_lock<std::mutex> lk(mu_);
+    auto it = map_.find(w.storage->id);
+    bool keep = false;
+    if (it == map_.end()) {
+      sweep();
+      map_.emplace(w.storage->id, Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr});
+    } else {
+      Entry& e = it->second;
+      const bool same = e.level == ctx.cpu_level && e.O == O && e.CKK == CKK;
+      if (same && e.version == version) {
+        if (e.packed) return e.packed;
+        keep = true;  // the second time: keep it
+      } else if (same && e.packed && e.packed.use_count() == 1) {
+        // Updated in place since it was kept: repack into the same buffer.
+        e.version = version;
+        std::shared_ptr<float> buf = e.packed;
+        lk.unlock();
+        pack(buf.get());
+        return buf;
+      } else {
+        total_ -= e.n;
+        e = Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr};
+      }
+      if (keep && cap_ > 0 && total_ + n <= cap_) {
+        std::shared_ptr<float> buf(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)),
+                                   [](float* p) { std::free(p); });
+        TDQ_CHECK(buf, "conv2d: out of memory for ", n * sizeof(float), " bytes of packed weights");
+        e.packed = buf, e.n = n, total_ += n;
+        lk.unlock();
+        pack(buf.get());
+        return buf;
+      }
+    }
+    lk.unlock();
+    Tensor t = ctx.scratch({n});
+    pack(t.f32());
+    return std::shared_ptr<const float>(t.storage, t.f32());
+  }
+
+ private:
+  struct Entry {
+    std::weak_ptr<Storage> owner;
+    uint64_t version;
+    CpuLevel level;
+    int64_t O, CKK, n;              // n: floats held in packed
+    std::shared_ptr<float> packed;  // null: met once
+  };
+  WeightPackCache() {
+    const char* s = std::getenv("TDQ_CONV_PACK_CACHE_MB");
+    const int64_t mb = s && *s ? std::strtoll(s, nullptr, 10) : 2048;
+    cap_ = std::max<int64_t>(0, mb) * (int64_t{1} << 20) / static_cast<int64_t>(sizeof(float));
+  }
+  void sweep() {
+    for (auto it = map_.begin(); it != map_.end();) {
+      if (it->second.owner.expired()) {
+        total_ -= it->second.n;
+        it = map_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  std::mutex mu_;
+  std::unordered_map<uint64_t, Entry> map_;
+  int64_t total_ = 0, cap_ = 0;  // floats
+};
+
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 // The output columns [lo, hi) whose input column iw = ow*stride - pad + kj lies
@@ -215,6 +310,64 @@ void im2col(const ExecContext& ctx, const ConvGeom& g, const float* x, int64_t n
   });
 }
 
+// Implicit im2col (the forward at the AVX-512 level, stride 1, output as large
+// as the input: the 'same' 3x3 convolutions of a UNet, one sample per GEMM).
+// The col row of (c, ki, kj) is the plane x_c shifted by
+// delta = (ki-pad)*W + (kj-pad), zero where the tap falls into the padding;
+// which columns are valid depends on (ki, kj) alone: it is the row mask of ki
+// and the column mask of kj. So the GEMM's B panels are packed straight from
+// x, 32 columns per masked load pair, and no col matrix is written or read
+// back. Masked-out lanes are not read (AVX-512 masked loads do not fault).
+// Tried and dropped: the same at the AVX2 level with vmaskmovps pairs into
+// 16-wide panels, 5-10% slower than im2col + packing there (AMD Zen 4).
+struct SameConvPacker {
+  const float* x;  // one sample, (C, H, W)
+  ConvGeom g;
+};
+
+__attribute__((target("avx512f"))) void pack_same_avx512(const void* self, int nr, int64_t k0, int64_t kc,
+                                                          int64_t j0, int64_t nc, float* out) {
+  const SameConvPacker& s = *static_cast<const SameConvPacker*>(self);
+  const ConvGeom& g = s.g;
+  const int64_t W = g.W, H = g.H, HW = H * W, KK = g.kh * g.kw;
+  TDQ_CHECK(nr == 32, "conv2d: implicit packing expects 32-wide panels, got ", nr);
+  // Per row k of this block: the offset of its shifted plane and its taps.
+  thread_local std::vector<int64_t> off;
+  thread_local std::vector<int32_t> tki, tkj;
+  thread_local std::vector<uint32_t> rowok, colok;
+  off.resize(kc), tki.resize(kc), tkj.resize(kc);
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t r = k0 + k, c = r / KK, t = r % KK, ki = t / g.kw, kj = t % g.kw;
+    off[k] = c * HW + (ki - g.pad) * W + (kj - g.pad);
+    tki[k] = static_cast<int32_t>(ki), tkj[k] = static_cast<int32_t>(kj);
+  }
+  rowok.resize(g.kh), colok.resize(g.kw);
+  for (int64_t q = 0; q * 32 < nc; ++q) {
+    const int64_t p0 = j0 + q * 32, cnt = std::min<int64_t>(32, nc - q * 32);
+    std::fill(rowok.begin(), rowok.end(), 0u);
+    std::fill(colok.begin(), colok.end(), 0u);
+    for (int64_t j = 0; j < cnt; ++j) {
+      const int64_t p = p0 + j, oh = p / W, ow = p % W;
+      for (int64_t ki = 0; ki < g.kh; ++ki) {
+        const int64_t ih = oh + ki - g.pad;
+        if (ih >= 0 && ih < H) rowok[ki] |= 1u << j;
+      }
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        const int64_t iw = ow + kj - g.pad;
+        if (iw >= 0 && iw < W) colok[kj] |= 1u << j;
+      }
+    }
+    float* panel = out + q * 32 * kc;
+    const float* xp = s.x + p0;
+    for (int64_t k = 0; k < kc; ++k) {
+      const uint32_t m = rowok[tki[k]] & colok[tkj[k]];
+      const float* src = xp + off[k];
+      _mm512_store_ps(panel + k * 32, _mm512_maskz_loadu_ps(static_cast<__mmask16>(m & 0xffff), src));
+      _mm512_store_ps(panel + k * 32 + 16, _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), src + 16));
+    }
+  }
+}
+
 // The adjoint of im2col: gx_s = sum over patches of dcol, for samples [0, nb)
 // of the chunk (dcol is scratch and is partly overwritten). Each (sample, channel) plane is owned by one task, so the
 // overlapping patches of neighbouring outputs add up without races.
@@ -292,13 +445,16 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);
   const int64_t nbmax = plan.nb;
   const bool direct = g.pointwise() && nbmax == 1;  // x_n is its own col matrix
-  const int64_t col_n = direct ? 0 : CKK * nbmax * P, tmp_n = nbmax > 1 ? g.O * nbmax * P : 0;
+  // B packed straight from x_n (see pack_same_avx512): no col matrix either.
+  const bool implicit = !direct && nbmax == 1 && ctx.cpu_level == CpuLevel::avx512 && g.stride == 1 &&
+                        g.Ho == g.H && g.Wo == g.W && gemm_nr(ctx) == 32;
+  const int64_t col_n = direct || implicit ? 0 : CKK * nbmax * P, tmp_n = nbmax > 1 ? g.O * nbmax * P : 0;
   Tensor scratch = ctx.scratch({plan.groups, std::max<int64_t>(1, col_n + tmp_n)});
   float* y = c.outputs[0].f32();
-  // The weights are the A of every chunk's GEMM: pack them once.
-  Tensor wpack = ctx.scratch({std::max<int64_t>(1, sgemm_packed_a_size(ctx, g.O, CKK))});
-  const float* wp = wpack.f32();
-  sgemm_pack_a(ctx, false, g.O, CKK, 1.f, w.f32(), CKK, wpack.f32());
+  // The weights are the A of every chunk's GEMM: packed once, and kept for
+  // the next call while they are unchanged.
+  const std::shared_ptr<const float> wpack = WeightPackCache::instance().get(ctx, w, g.O, CKK);
+  const float* wp = wpack.get();
 
   ChunkQueue queue(g.N, nbmax);
   for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
@@ -309,6 +465,14 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
       const int64_t cols = nb * P;
       const float* xs = x.f32() + n0 * g.C * g.H * g.W;
       const float* colp = xs;
+      if (implicit) {
+        float* yn = y + n0 * g.O * P;
+        if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
+        const SameConvPacker packer{xs, g};
+        sgemm_prepacked_implicit_b(gctx, g.O, P, CKK, wp, BPacker{pack_same_avx512, &packer}, bias ? 1.f : 0.f,
+                                   yn, P);
+        continue;
+      }
       if (!direct) {
         im2col(gctx, g, xs, nb, col, cols);
         colp = col;

@@ -218,7 +218,7 @@ inline const float* packed_a_block(const float* packed, int64_t Mpad, int64_t pc
 void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bool transB,
                    int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                    const float* packed_a, const float* B, int64_t ldb, float beta, float* C,
-                   int64_t ldc) {
+                   int64_t ldc, const BPacker* bpacker = nullptr) {
   const int64_t MR = ks.mr, NR = ks.nr;
   // Fewer flops than this are not worth waking the pool for.
   const bool parallel = ctx.pool && ctx.pool->size() > 1 && M * N * K >= (int64_t{1} << 17);
@@ -252,7 +252,8 @@ void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bo
       const float beta_k = pc == 0 ? beta : 1.f;  // later K blocks add onto the first
       for (int64_t jc = j_begin; jc < j_end; jc += ks.nc) {
         const int64_t nc = std::min(ks.nc, j_end - jc);
-        pack_panels(ks.nr, B, ldb, !transB, jc, nc, pc, kc, 1.f, bp);
+        if (bpacker) bpacker->fn(bpacker->self, ks.nr, pc, kc, jc, nc, bp);
+        else pack_panels(ks.nr, B, ldb, !transB, jc, nc, pc, kc, 1.f, bp);
         for (int64_t i0 = m_begin; i0 < m_end; i0 += mb) {
           const int64_t mc = std::min(mb, m_end - i0);
           const float* ap = ap_buf;
@@ -321,6 +322,19 @@ void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, co
   }
   sgemm_blocked(kernel_for(ctx.cpu_level), ctx, false, transB, M, N, K, 1.f, nullptr, 0, packedA, B,
                 ldb, beta, C, ldc);
+}
+
+int gemm_nr(const ExecContext& ctx) { return kernel_for(ctx.cpu_level).nr; }
+
+void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
+                                const BPacker& b, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (beta != 1.f) scale_c(ctx, M, N, beta, C, ldc);
+    return;
+  }
+  sgemm_blocked(kernel_for(ctx.cpu_level), ctx, false, false, M, N, K, 1.f, nullptr, 0, packedA, nullptr, 0,
+                beta, C, ldc, &b);
 }
 
 ExecContext serial_context(const ExecContext& ctx) {

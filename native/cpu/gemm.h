@@ -42,6 +42,20 @@ void sgemm_pack_a(const ExecContext& ctx, bool transA, int64_t M, int64_t K, flo
 void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
                      bool transB, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// A B that is never stored whole (implicit GEMM: a convolution's im2col
+// matrix): fn writes the packed panels of rows [k0, k0+kc) and columns
+// [j0, j0+nc) of B, exactly as packing a stored B would: panel q (columns
+// j0+q*nr ..) at out + q*nr*kc, each k's nr values consecutive, zero past nc.
+// nr is the micro-kernel's (gemm_nr). Called from several threads at once.
+struct BPacker {
+  void (*fn)(const void* self, int nr, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* out);
+  const void* self;
+};
+int gemm_nr(const ExecContext& ctx);
+// sgemm_prepacked with B given by a packer.
+void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
+                                const BPacker& b, float beta, float* C, int64_t ldc);
+
 // A copy of ctx whose parallel_for runs inline on the calling thread: for work
 // that already has a thread to itself (one sample of a batch, one GEMM of a
 // batch), so that sgemm runs it as a single task instead of cutting it up for

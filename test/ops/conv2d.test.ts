@@ -11,10 +11,11 @@ import { after, before, describe, it } from 'node:test';
 import { backward } from '../../src/tensor/autograd';
 import { native } from '../../src/tensor/native';
 import { conv2d } from '../../src/tensor/ops/conv';
-import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
+import { fromArray, runOp, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
-import { cpuLevels, type CpuLevel } from '../helpers/cpu_levels';
+import { Adam } from '../../src/optim/adam';
+import { atLevel, cpuLevels, type CpuLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
 // Set when this file runs again as a child process with another thread count.
@@ -54,6 +55,13 @@ const cases: Case[] = [
   { name: 'many chunks, partial last one', x: [40, 3, 6, 6], w: [4, 3, 3, 3], stride: 1, padding: 1, bias: true },
   { name: 'many chunks of 4x4 maps', x: [41, 5, 4, 4], w: [6, 5, 3, 3], stride: 1, padding: 1, bias: false },
   { name: 'wide channels, stride 2', x: [5, 33, 10, 10], w: [17, 33, 3, 3], stride: 2, padding: 1, bias: true },
+  // 'same' stride-1 maps of one sample per GEMM: at the AVX-512 level the col
+  // matrix is never built (implicit GEMM); these have K past one 128-deep
+  // block, maps whose width is not a multiple of the 32-column panel, and a
+  // 5x5 kernel
+  { name: 'implicit GEMM: 3x3 same, two K blocks, 9x11 map', x: [2, 20, 9, 11], w: [10, 20, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'implicit GEMM: 5x5 same, 12x13 map', x: [1, 6, 12, 13], w: [7, 6, 5, 5], stride: 1, padding: 2, bias: false },
+  { name: 'implicit GEMM: 3x3 same, 40x40 map', x: [1, 3, 40, 40], w: [9, 3, 3, 3], stride: 1, padding: 1, bias: true },
 ];
 
 describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
@@ -148,6 +156,44 @@ describe('conv2d weight gradient across threads', () => {
       gy.t.dispose();
     }
   });
+});
+
+// The forward keeps each weight met twice packed for the micro-kernel,
+// keyed by the weight's storage and its count of in-place writes: a weight
+// updated in place (loadStateDict's copy_, an optimizer step) must be
+// repacked, not served stale. Each result is compared with the same
+// convolution of a fresh tensor holding the new values.
+describe('conv2d packed-weight cache', () => {
+  for (const level of cpuLevels()) {
+    it(`sees in-place weight updates (${level})`, async () => {
+      await atLevel(level, async () => {
+        const x = randomTensor([2, 5, 7, 7], 11).t;
+        const w = randomTensor([12, 5, 3, 3], 12).t;
+        const b = randomTensor([12], 13).t;
+        const y1 = await data(conv2d(x, w, b, { padding: 1 }));
+        // met once (packed into scratch), met again (kept), served from the cache
+        for (let i = 0; i < 2; ++i) assert.deepEqual(await data(conv2d(x, w, b, { padding: 1 })), y1);
+        // copy_ new values into the same storage
+        const w2 = randomTensor([12, 5, 3, 3], 14);
+        runOp('copy_', [w, fromArray(w2.arr.data, [12, 5, 3, 3])]);
+        const y2 = await data(conv2d(x, w, b, { padding: 1 }));
+        const want2 = await data(conv2d(x, fromArray(w2.arr.data, [12, 5, 3, 3]), b, { padding: 1 }));
+        assert.deepEqual(y2, want2);
+        assert.notDeepEqual(y2, y1);
+        // an optimizer step updates the weight in place too
+        w.requiresGrad = true;
+        const opt = new Adam([['w', w]], { lr: 0.1 });
+        w.grad = randomTensor([12, 5, 3, 3], 15).t;
+        opt.step();
+        const w3 = await data(w);
+        const y3 = await data(conv2d(x, w, b, { padding: 1 }));
+        const want3 = await data(conv2d(x, fromArray(w3, [12, 5, 3, 3]), b, { padding: 1 }));
+        assert.deepEqual(y3, want3);
+        assert.notDeepEqual(y3, y2);
+        opt.dispose();
+      });
+    });
+  }
 });
 
 describe('conv2d on an empty batch', () => {

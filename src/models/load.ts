@@ -13,6 +13,7 @@ import type { Tensor } from '../tensor/tensor';
 import { type CheckpointContents, loadCheckpoint } from '../train/checkpoint';
 import { type NumberProblem, CheckpointValueError, findNumberProblems, refused } from './checks';
 import { type Denoiser, buildUNet } from './diffusion';
+import { isLatentDiffusionConfigFile } from './load_latent';
 
 /** A checkpoint cannot be made into a model: missing, no config, wrong kind, or weights that do not fit. */
 export class ModelLoadError extends Error {
@@ -103,6 +104,8 @@ export class LoadedModel {
 }
 
 function pickConfig(file: string, given: LoadModelOptions['config'], metadata: Record<string, string>): Config {
+  if (typeof given === 'string' && isLatentDiffusionConfigFile(given))
+    throw new ModelLoadError(file, `${given} describes a latent diffusion model (LatentDiffusion): load it with loadLatentModel(${JSON.stringify(file)}, { config: ${JSON.stringify(given)} })`);
   if (typeof given === 'string') return loadConfig(given).config;
   if (given) return given;
   if (metadata.config) return parseConfig(metadata.config, `${file} (metadata 'config')`).config;
@@ -136,3 +139,6 @@ export async function loadModel(file: string, opts: LoadModelOptions = {}): Prom
     ck.dispose();
   }
 }
+
+// Latent diffusion models (an LDM config + a whole LatentDiffusion checkpoint): the same seam.
+export { type LatentLoadReport, type LoadLatentModelOptions, LoadedLatentModel, isLatentDiffusionConfigFile, loadLatentModel } from './load_latent';

@@ -1,0 +1,189 @@
+// The loading seam for latent diffusion models: an upstream-shaped LDM config
+// (model.target ldm.models.diffusion.ddpm.LatentDiffusion or tdq-native's
+// name) and a checkpoint holding the whole LatentDiffusion state dict (a
+// Lightning .ckpt's `state_dict`, or a .safetensors with the same keys):
+// model.diffusion_model.*, first_stage_model.*, cond_stage_model.*,
+// scale_factor (with scale_by_std), model_ema.* (LitEma, used by default as
+// upstream's use_ema) and DDPM's schedule buffers (checked against the config's
+// schedule, then dropped). Re-exported by load.ts.
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+
+import { ConfigError } from '../config/load';
+import { readTensorFile } from '../io/checkpoint_file';
+import { applyEma, compareSchedule, splitLdm } from '../io/torch_ckpt/ldm';
+import { Generator } from '../tensor/random';
+import type { Tensor } from '../tensor/tensor';
+import { type NumberProblem, CheckpointValueError, findNumberProblems, refused } from './checks';
+import { ClassEmbedder } from './conditioning';
+import { type LatentDiffusion, createLatentDiffusion } from './latent';
+import { ModelLoadError } from './load';
+import { type LatentDiffusionSpec, LATENT_DIFFUSION_TARGETS, parseLatentDiffusionConfig } from './latent_config';
+
+
+/** Reads a YAML file's top-level mapping; null when it is not a readable mapping. */
+function readYaml(file: string): Record<string, unknown> | null {
+  try {
+    const v: unknown = YAML.parse(fs.readFileSync(file, 'utf8'));
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether a config file's model is a LatentDiffusion (by its model.target; a whole file or the model node). */
+export function isLatentDiffusionConfigFile(file: string): boolean {
+  const raw = readYaml(file);
+  if (!raw) return false;
+  const node = (raw.model && typeof raw.model === 'object' ? raw.model : raw) as Record<string, unknown>;
+  return (LATENT_DIFFUSION_TARGETS as readonly string[]).includes(node.target as string);
+}
+
+export interface LoadLatentModelOptions {
+  /** The LDM config (YAML; upstream's --base). Required: upstream checkpoints carry none. */
+  config: string;
+  /** Use the raw UNet weights even when the checkpoint has model_ema.* (upstream's use_ema: False). */
+  noEma?: boolean;
+  /** Load non-finite weights instead of refusing the file. */
+  allowNonFinite?: boolean;
+  /** Where a first_stage_config ckpt_path is resolved when the checkpoint lacks first_stage_model.* (default: the working directory). */
+  baseDir?: string;
+}
+
+export interface LatentLoadReport {
+  /** Whether the UNet took the model_ema.* weights. */
+  ema: boolean;
+  /** Keys of the model the file did not have (the load fails when any; listed for completeness). */
+  missingKeys: string[];
+  /** Keys of the file the model does not have (upstream's init_from_ckpt loads with strict=False and lists them too). */
+  unexpectedKeys: string[];
+  /** Keys read and deliberately not loaded: the schedule buffers (checked), LitEma's decay / num_updates, unused EMA with noEma. */
+  ignoredKeys: string[];
+  /** Where the first stage's weights came from: the checkpoint, or first_stage_config.params.ckpt_path. */
+  firstStageFrom: 'checkpoint' | string;
+  problems: NumberProblem[];
+  /** The config reader's one-line warning of accepted-and-unread keys, if any. */
+  configWarning: string | null;
+}
+
+/** A ready LatentDiffusion (eval mode) and everything it owns; dispose() frees all of it. */
+export class LoadedLatentModel {
+  readonly kind = 'latent' as const;
+  private disposed = false;
+  constructor(
+    readonly file: string,
+    readonly configFile: string,
+    readonly spec: LatentDiffusionSpec,
+    readonly model: LatentDiffusion,
+    readonly report: LatentLoadReport,
+  ) {}
+
+  /** The class embedder's classes (all of them, the unconditional one included); null without a class-label cond stage. */
+  get numClasses(): number | null {
+    const cs = this.model.condStageModel;
+    return cs instanceof ClassEmbedder ? cs.nClasses : null;
+  }
+
+  dispose(): void {
+    if (!this.disposed) this.model.dispose();
+    this.disposed = true;
+  }
+}
+
+/** The config's `use_ema` (upstream's default True). */
+function configUseEma(file: string): boolean {
+  const raw = readYaml(file);
+  const node = (raw?.model && typeof raw.model === 'object' ? raw.model : raw) as Record<string, unknown> | null;
+  const p = node?.params as Record<string, unknown> | undefined;
+  return p?.use_ema !== false;
+}
+
+async function readFloats(t: Tensor): Promise<Float32Array> {
+  return Float32Array.from((await t.data()) as ArrayLike<number>);
+}
+
+/** Reads an LDM config and checkpoint into a ready LatentDiffusion. */
+export async function loadLatentModel(file: string, opts: LoadLatentModelOptions): Promise<LoadedLatentModel> {
+  if (!fs.existsSync(file)) throw new ModelLoadError(file, `checkpoint not found: ${file}`);
+  if (!opts.config) throw new ModelLoadError(file, `${file}: a latent diffusion checkpoint needs its config (--base CONFIG.yaml)`);
+  const spec = (() => {
+    if (!fs.existsSync(opts.config)) throw new ModelLoadError(file, `config not found: ${opts.config}`);
+    const raw = readYaml(opts.config);
+    if (!raw) throw new ConfigError(opts.config, [{ path: [], message: 'not a YAML mapping' }]);
+    return parseLatentDiffusionConfig(raw, opts.config);
+  })();
+  const { tensors } = await readTensorFile(file);
+  let model: LatentDiffusion | undefined;
+  try {
+    const problems = findNumberProblems(tensors);
+    if (refused(problems).length && !opts.allowNonFinite) throw new CheckpointValueError(file, refused(problems));
+    const parts = splitLdm(tensors);
+    if (!parts.unet.size)
+      throw new ModelLoadError(file, `${file} has no model.diffusion_model.* weights: not a LatentDiffusion checkpoint (keys start: ${[...tensors.keys()].slice(0, 5).join(', ') || 'none'})`);
+    const hasFirstStage = parts.firstStage.size > 0;
+    if (!hasFirstStage && !spec.firstStageCkptPath)
+      throw new ModelLoadError(file, `${file} has no first_stage_model.* weights and ${opts.config} sets no first_stage_config.params.ckpt_path`);
+    ({ model } = await createLatentDiffusion(spec, { gen: new Generator(0), baseDir: opts.baseDir, loadFirstStage: !hasFirstStage }));
+
+    // The schedule buffers must be the config's schedule: a checkpoint trained with another one samples wrongly.
+    const ignoredKeys: string[] = [];
+    if (parts.schedule.size) {
+      const got = new Map<string, Float32Array>();
+      for (const [k, t] of parts.schedule) got.set(k, await readFloats(t));
+      const bad = compareSchedule(got, model.schedule.betas, { rtol: 1e-4, atol: 1e-6 });
+      if (bad.length) {
+        const b = bad[0];
+        throw new ModelLoadError(file, `${file}: its schedule buffer '${b.name}' ${b.index < 0 ? `has ${b.got} entries, the config's schedule ${b.want}` : `is ${b.got} at t=${b.index}, the config's schedule gives ${b.want}`}: ${opts.config} does not describe this checkpoint (timesteps, beta_schedule, linear_start, linear_end)`);
+      }
+      ignoredKeys.push(...parts.schedule.keys());
+    }
+
+    // EMA as upstream's use_ema: the UNet's parameters from model_ema.*.
+    let dict: Map<string, Tensor> = new Map(tensors);
+    let ema = false;
+    const useEma = !opts.noEma && configUseEma(opts.config) && parts.ema.size > 0;
+    if (useEma) {
+      const r = applyEma(tensors, file);
+      if (r.missing.length)
+        throw new ModelLoadError(file, `${file}: model_ema.* has no average for ${r.missing.length} UNet weight(s) (${r.missing.slice(0, 3).join(', ')}${r.missing.length > 3 ? ', ...' : ''}); load with noEma (--no-ema) to use the raw weights`);
+      dict = r.stateDict;
+      ema = true;
+      ignoredKeys.push(...r.unused);
+      if (r.decay) ignoredKeys.push('model_ema.decay');
+      if (r.numUpdates) ignoredKeys.push('model_ema.num_updates');
+    } else {
+      for (const k of [...dict.keys()]) if (k.startsWith('model_ema.')) (dict.delete(k), ignoredKeys.push(k));
+    }
+    for (const k of parts.schedule.keys()) dict.delete(k);
+    // Without scale_by_std upstream's scale_factor is a number from the config, not state.
+    if (!spec.scaleByStd && dict.has('scale_factor')) (dict.delete('scale_factor'), ignoredKeys.push('scale_factor'));
+
+    const own = model.stateDict();
+    // Without first_stage_model.* the first stage already holds ckpt_path's weights.
+    const missingKeys = [...own.keys()].filter((k) => !dict.has(k) && (hasFirstStage || !k.startsWith('first_stage_model.')));
+    const unexpectedKeys = [...dict.keys()].filter((k) => !own.has(k));
+    if (missingKeys.length)
+      throw new ModelLoadError(file, `${file}: the model of ${opts.config} needs ${missingKeys.length} weight(s) the checkpoint lacks: ${missingKeys.slice(0, 8).join(', ')}${missingKeys.length > 8 ? ', ...' : ''}`);
+    for (const k of unexpectedKeys) dict.delete(k);
+    try {
+      model.loadStateDict(dict, { strict: hasFirstStage });
+    } catch (e) {
+      throw new ModelLoadError(file, `${file}: the weights do not fit the model of ${opts.config}: ${(e as Error).message}`, { cause: e });
+    }
+    model.eval();
+    const report: LatentLoadReport = {
+      ema, missingKeys, unexpectedKeys, ignoredKeys, problems, configWarning: spec.warning,
+      firstStageFrom: hasFirstStage ? 'checkpoint' : path.resolve(opts.baseDir ?? process.cwd(), spec.firstStageCkptPath!),
+    };
+    const loaded = new LoadedLatentModel(file, opts.config, spec, model, report);
+    model = undefined;
+    return loaded;
+  } catch (e) {
+    model?.dispose();
+    if (e instanceof ModelLoadError || e instanceof CheckpointValueError || e instanceof ConfigError) throw e;
+    throw new ModelLoadError(file, `${file}: ${(e as Error).message}`, { cause: e });
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}

@@ -8,7 +8,8 @@ import path from 'node:path';
 import type { Config } from './config';
 import { type DdimDiscretize, sample, type SamplerName } from './diffusion/samplers';
 import { PixelDiffusion } from './models/diffusion';
-import { type LoadedModel, loadModel } from './models/load';
+import { LatentDiffusionPipeline } from './latent_pipeline';
+import { type LoadedModel, isLatentDiffusionConfigFile, loadLatentModel, loadModel } from './models/load';
 import { packageRoot } from './tensor/native';
 import { Generator } from './tensor/random';
 import { fromArray, type Tensor } from './tensor/tensor';
@@ -54,6 +55,48 @@ export interface GeneratedImages {
   shape: [number, number, number, number];
 }
 
+export type ProgressReport = (p: { images: number; total: number; step: number; steps: number }) => void;
+
+/**
+ * generate()'s contract for onProgress and signal around `body`: a rejected
+ * onProgress promise stops sampling through the signal body gets (the
+ * caller's signal is forwarded to it) and becomes the error; returned
+ * progress promises are waited for before this settles.
+ */
+export async function runWithProgress(o: Pick<GenerateOptions, 'onProgress' | 'signal'>, body: (signal: AbortSignal, report: ProgressReport) => Promise<void>): Promise<void> {
+  const stop = new AbortController();
+  const forwardAbort = () => stop.abort(o.signal?.reason);
+  if (o.signal?.aborted) forwardAbort();
+  else o.signal?.addEventListener('abort', forwardAbort, { once: true });
+  let progressError: { error: unknown } | undefined;
+  const pending = new Set<Promise<unknown>>();
+  const report: ProgressReport = (p) => {
+    const r = o.onProgress?.(p);
+    if (r && typeof (r as Promise<unknown>).then === 'function') {
+      const settled: Promise<unknown> = Promise.resolve(r).then(
+        (): void => void pending.delete(settled),
+        (error: unknown): void => {
+          pending.delete(settled);
+          progressError ??= { error };
+          stop.abort(error);
+        },
+      );
+      pending.add(settled);
+    }
+  };
+  try {
+    await body(stop.signal, report);
+    while (pending.size) await Promise.all(pending);
+  } catch (e) {
+    while (pending.size) await Promise.all(pending);
+    if (progressError) throw progressError.error;
+    throw e;
+  } finally {
+    o.signal?.removeEventListener('abort', forwardAbort);
+  }
+  if (progressError) throw progressError.error;
+}
+
 export class DiffusionPipeline {
   private disposed = false;
   /** `loaded`: what loadModel returned (dispose() frees it); without it, dispose() frees diffusion.unet. */
@@ -77,39 +120,7 @@ export class DiffusionPipeline {
     const out = new Float32Array(o.n * c * h * w);
     const gen = new Generator(o.seed ?? 0);
     const classes = this.numClasses;
-    // A rejected onProgress promise stops sampling through this signal (the
-    // caller's signal is forwarded to it) and becomes generate()'s error.
-    const stop = new AbortController();
-    const forwardAbort = () => stop.abort(o.signal?.reason);
-    if (o.signal?.aborted) forwardAbort();
-    else o.signal?.addEventListener('abort', forwardAbort, { once: true });
-    let progressError: { error: unknown } | undefined;
-    const pending = new Set<Promise<unknown>>();
-    const report = (p: { images: number; total: number; step: number; steps: number }) => {
-      const r = o.onProgress?.(p);
-      if (r && typeof (r as Promise<unknown>).then === 'function') {
-        const settled: Promise<unknown> = Promise.resolve(r).then(
-          (): void => void pending.delete(settled),
-          (error: unknown): void => {
-            pending.delete(settled);
-            progressError ??= { error };
-            stop.abort(error);
-          },
-        );
-        pending.add(settled);
-      }
-    };
-    try {
-      await this.generateBatches(o, bs, out, gen, classes, stop.signal, report);
-      while (pending.size) await Promise.all(pending);
-    } catch (e) {
-      while (pending.size) await Promise.all(pending);
-      if (progressError) throw progressError.error;
-      throw e;
-    } finally {
-      o.signal?.removeEventListener('abort', forwardAbort);
-    }
-    if (progressError) throw progressError.error;
+    await runWithProgress(o, (signal, report) => this.generateBatches(o, bs, out, gen, classes, signal, report));
     return { data: out, shape: [o.n, c, h, w] };
   }
 
@@ -165,6 +176,8 @@ export class DiffusionPipeline {
 /** Reads a checkpoint (this project's, or a plain state dict with a --config) into a pipeline. */
 export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptions = {}): Promise<DiffusionPipeline> {
   if (ckpt === DEFAULT_MODEL && !fs.existsSync(ckpt)) throw new Error(`the default model is missing (${ckpt}); reinstall tdq-native or pass --ckpt`);
+  if (opts.config && isLatentDiffusionConfigFile(opts.config))
+    throw new TypeError(`${opts.config} describes a latent diffusion model: use loadLatentPipeline(${JSON.stringify(ckpt)}, { config: ${JSON.stringify(opts.config)} })`);
   const m = await loadModel(ckpt, opts);
   try {
     return new DiffusionPipeline(m.config, new PixelDiffusion(m.config.model, m.model), ckpt, m);
@@ -173,3 +186,16 @@ export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptio
     throw e;
   }
 }
+
+/**
+ * Reads a latent diffusion model (its LDM config, upstream's --base, and a
+ * whole LatentDiffusion checkpoint) into a pipeline that samples latents and
+ * decodes them through the first stage.
+ */
+export async function loadLatentPipeline(ckpt: string, opts: LoadOptions & { config: string }): Promise<LatentDiffusionPipeline> {
+  const m = await loadLatentModel(ckpt, opts);
+  return new LatentDiffusionPipeline(m);
+}
+
+/** Whether a config file describes a latent diffusion model (then loadLatentPipeline, not loadPipeline). */
+export { isLatentDiffusionConfigFile };

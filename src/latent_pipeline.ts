@@ -7,6 +7,7 @@
 import { type DdimDiscretize, sample, type SamplerName } from './diffusion/samplers';
 import { ClassEmbedder } from './models/conditioning';
 import type { LoadedLatentModel } from './models/load_latent';
+import type { LatentDiffusionSpec } from './models/latent_config';
 import { type GeneratedImages, type GenerateOptions, type ProgressReport, runWithProgress } from './pipeline';
 import { full } from './tensor/ops/creation';
 import { Generator } from './tensor/random';
@@ -50,6 +51,62 @@ export interface LatentPlan {
   ddimDiscretize: DdimDiscretize | undefined;
 }
 
+/** What planLatentSampling needs to know of a model (available from its config, before loading). */
+export interface LatentModelTraits {
+  /** Whether the model has a cond stage (conditioning_key crossattn). */
+  conditional: boolean;
+  /** The class embedder's class count, or null (no cond stage, or one that is not a class embedder). */
+  numClasses: number | null;
+  /** The cond stage's name, for messages. */
+  condStage: string | null;
+}
+
+/** The traits of a parsed LDM config (ClassEmbedder's n_classes default 1000, as upstream). */
+export function latentTraitsOfSpec(spec: LatentDiffusionSpec): LatentModelTraits {
+  const cs = spec.condStage;
+  const isClass = cs?.target === 'ldm.modules.encoders.modules.ClassEmbedder';
+  return { conditional: spec.conditioningKey !== null, numClasses: cs && isClass ? ((cs.params.n_classes as number | undefined) ?? 1000) : null, condStage: cs?.target ?? null };
+}
+
+/** Checks sampling options against a latent model's traits; errors (LatentSampleOptionError) name the option. */
+export function planLatentSampling(o: LatentGenerateOptions, m: LatentModelTraits): LatentPlan {
+  const n = m.numClasses;
+  if (m.conditional && n === null)
+    throw new LatentSampleOptionError('classes', `this model's cond stage (${m.condStage}) is not a class embedder: only class-conditional and unconditional latent models can be sampled`);
+  let uncond: number | null = null;
+  if (o.uncondClass !== undefined) {
+    if (n === null) throw new LatentSampleOptionError('uncond-class', `--uncond-class ${o.uncondClass}: this model is unconditional (no class cond stage)`);
+    if (!Number.isInteger(o.uncondClass) || o.uncondClass < 0 || o.uncondClass >= n)
+      throw new LatentSampleOptionError('uncond-class', `--uncond-class must be a class of this model (0..${n - 1}), got ${o.uncondClass}`);
+    uncond = o.uncondClass;
+  } else if (n !== null) uncond = CONVENTIONAL_UNCOND_CLASS[n] ?? null;
+  let classes: number[] | null = null;
+  if (o.classes !== undefined) {
+    if (n === null) throw new LatentSampleOptionError('classes', `--classes ${o.classes.join(',')}: this model is unconditional (no class cond stage); drop --classes`);
+    if (!o.classes.length) throw new LatentSampleOptionError('classes', '--classes is empty');
+    for (const c of o.classes)
+      if (!Number.isInteger(c) || c < 0 || c >= n) throw new LatentSampleOptionError('classes', `--classes: ${c} is not a class of this model (0..${n - 1})`);
+    classes = [...o.classes];
+  } else if (n !== null) classes = Array.from({ length: n }, (_, i) => i).filter((i) => i !== uncond);
+  let guidance: LatentPlan['guidance'] = null;
+  if (o.scale !== undefined) {
+    if (!Number.isFinite(o.scale)) throw new LatentSampleOptionError('scale', `--scale must be a finite number, got ${o.scale}`);
+    if (n === null) throw new LatentSampleOptionError('scale', `--scale ${o.scale}: classifier-free guidance needs a class-conditional model with an unconditional class; this model is unconditional`);
+    if (uncond === null)
+      throw new LatentSampleOptionError('scale', `--scale ${o.scale}: this model's class embedder (${n} classes) has no known unconditional class; name it with --uncond-class (upstream's cin256-v2: 1000 of 1001)`);
+    guidance = { uncondClass: uncond, scale: o.scale };
+  }
+  const sampler = o.sampler ?? 'ddim';
+  return {
+    classes, guidance, sampler,
+    steps: sampler === 'ddpm' ? undefined : o.steps ?? 50,
+    eta: o.eta,
+    // upstream: DDPM's p_sample_loop clips x_0 (clip_denoised default True); its DDIM / PLMS samplers do not.
+    clipDenoised: o.clipDenoised ?? sampler === 'ddpm',
+    ddimDiscretize: o.ddimDiscretize,
+  };
+}
+
 export class LatentDiffusionPipeline {
   private disposed = false;
   constructor(readonly loaded: LoadedLatentModel) {}
@@ -78,42 +135,8 @@ export class LatentDiffusionPipeline {
 
   /** Checks the options against the model; errors name the option. */
   plan(o: LatentGenerateOptions): LatentPlan {
-    const n = this.numClasses;
     const cs = this.model.condStageModel;
-    if (this.model.conditioningKey !== null && !(cs instanceof ClassEmbedder))
-      throw new LatentSampleOptionError('classes', `this model's cond stage (${cs?.constructor.name}) is not a class embedder: only class-conditional and unconditional latent models can be sampled`);
-    let uncond: number | null = null;
-    if (o.uncondClass !== undefined) {
-      if (n === null) throw new LatentSampleOptionError('uncond-class', `--uncond-class ${o.uncondClass}: this model is unconditional (no class cond stage)`);
-      if (!Number.isInteger(o.uncondClass) || o.uncondClass < 0 || o.uncondClass >= n)
-        throw new LatentSampleOptionError('uncond-class', `--uncond-class must be a class of this model (0..${n - 1}), got ${o.uncondClass}`);
-      uncond = o.uncondClass;
-    } else if (n !== null) uncond = CONVENTIONAL_UNCOND_CLASS[n] ?? null;
-    let classes: number[] | null = null;
-    if (o.classes !== undefined) {
-      if (n === null) throw new LatentSampleOptionError('classes', `--classes ${o.classes.join(',')}: this model is unconditional (no class cond stage); drop --classes`);
-      if (!o.classes.length) throw new LatentSampleOptionError('classes', '--classes is empty');
-      for (const c of o.classes)
-        if (!Number.isInteger(c) || c < 0 || c >= n) throw new LatentSampleOptionError('classes', `--classes: ${c} is not a class of this model (0..${n - 1})`);
-      classes = [...o.classes];
-    } else if (n !== null) classes = Array.from({ length: n }, (_, i) => i).filter((i) => i !== uncond);
-    let guidance: LatentPlan['guidance'] = null;
-    if (o.scale !== undefined) {
-      if (!Number.isFinite(o.scale)) throw new LatentSampleOptionError('scale', `--scale must be a finite number, got ${o.scale}`);
-      if (n === null) throw new LatentSampleOptionError('scale', `--scale ${o.scale}: classifier-free guidance needs a class-conditional model with an unconditional class; this model is unconditional`);
-      if (uncond === null)
-        throw new LatentSampleOptionError('scale', `--scale ${o.scale}: this model's class embedder (${n} classes) has no known unconditional class; name it with --uncond-class (upstream's cin256-v2: 1000 of 1001)`);
-      guidance = { uncondClass: uncond, scale: o.scale };
-    }
-    const sampler = o.sampler ?? 'ddim';
-    return {
-      classes, guidance, sampler,
-      steps: sampler === 'ddpm' ? undefined : o.steps ?? 50,
-      eta: o.eta,
-      // upstream: DDPM's p_sample_loop clips x_0 (clip_denoised default True); its DDIM / PLMS samplers do not.
-      clipDenoised: o.clipDenoised ?? sampler === 'ddpm',
-      ddimDiscretize: o.ddimDiscretize,
-    };
+    return planLatentSampling(o, { conditional: this.model.conditioningKey !== null, numClasses: this.numClasses, condStage: cs?.constructor.name ?? null });
   }
 
   /** The labels of images start..start+b-1 (cycled through plan.classes). */

@@ -10,7 +10,10 @@ import type { Argv, CommandModule } from 'yargs';
 import { DDIM_DISCRETIZE, type DdimDiscretize, sample } from '../../diffusion/samplers';
 import { saveGrid, saveImages } from '../../io/png';
 import { describeProblem, refused } from '../../models/checks';
-import { DEFAULT_MODEL, loadPipeline } from '../../pipeline';
+import { type LatentPlan, LatentSampleOptionError, latentTraitsOfSpec, planLatentSampling } from '../../latent_pipeline';
+import { ConfigError } from '../../config/load';
+import { loadLatentDiffusionConfig } from '../../models/latent_config';
+import { DEFAULT_MODEL, isLatentDiffusionConfigFile, loadLatentPipeline, loadPipeline } from '../../pipeline';
 import { Generator } from '../../tensor/random';
 import { fromArray, type Tensor } from '../../tensor/tensor';
 import { type GlobalArgs, CliError } from '../index';
@@ -24,7 +27,7 @@ interface SampleArgs extends GlobalArgs {
   config?: string;
   nSamples: number;
   batchSize: number;
-  sampler: 'ddpm' | 'ddim' | 'plms' | 'dpmpp';
+  sampler?: 'ddpm' | 'ddim' | 'plms' | 'dpmpp';
   customSteps?: number;
   eta?: number;
   ddimDiscretize?: DdimDiscretize;
@@ -33,9 +36,14 @@ interface SampleArgs extends GlobalArgs {
   grid: boolean;
   class?: number;
   progress: boolean;
-  clipDenoised: boolean;
+  clipDenoised?: boolean;
   maxMemory?: string;
   allowNonFinite: boolean;
+  classes?: string;
+  scale?: number;
+  uncondClass?: number;
+  vanillaSample: boolean;
+  ema: boolean;
 }
 
 export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
@@ -44,26 +52,41 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
   builder: (y) =>
     y
       .option('ckpt', { type: 'string', default: DEFAULT_MODEL, defaultDescription: 'models/fmnist-small.safetensors', describe: 'checkpoint (.safetensors) to sample from' })
-      .option('config', { type: 'string', describe: 'model YAML, for weight files without a config in their metadata' })
+      .option('config', { alias: 'base', type: 'string', describe: 'model YAML, for weight files without a config in their metadata; an LDM config (upstream\'s --base) samples a latent diffusion checkpoint' })
       .option('n-samples', { alias: ['n_samples', 'n'], type: 'number', default: 16, describe: 'number of images (written batch by batch)' })
       .option('batch-size', { alias: 'batch_size', type: 'number', default: 16, describe: 'images per batch' })
-      .option('sampler', { choices: ['ddpm', 'ddim', 'plms', 'dpmpp'] as const, default: 'ddim' as const, describe: 'sampler (ddpm runs all T steps)' })
+      .option('sampler', { choices: ['ddpm', 'ddim', 'plms', 'dpmpp'] as const, defaultDescription: 'ddim', describe: 'sampler (ddpm runs all T steps)' })
       .option('custom-steps', { alias: ['custom_steps', 'steps'], type: 'number', defaultDescription: '50', describe: 'steps for ddim / plms / dpmpp (an error with ddpm)' })
       .option('ddim-discretize', { alias: 'ddim_discretize', choices: DDIM_DISCRETIZE, defaultDescription: 'uniform', describe: "ddim / plms timestep layout: uniform (LDM's), linspace or trailing (exactly n steps for any n), quad" })
       .option('eta', { type: 'number', defaultDescription: '0', describe: 'DDIM eta (0: deterministic, 1: DDPM-like); ddim only' })
       .option('seed', { type: 'number', default: 0, describe: 'noise seed (same seed, same images)' })
-      .option('outdir', { alias: 'o', type: 'string', default: 'samples', describe: 'folder for the numbered PNGs and grid.png' })
+      .option('outdir', { alias: ['o', 'logdir'], type: 'string', default: 'samples', describe: 'folder for the numbered PNGs and grid.png' })
       .option('grid', { type: 'boolean', default: true, describe: `also write grid.png (of the first ${MAX_GRID_IMAGES} images at most)` })
       .option('class', { type: 'number', describe: 'class label for a class-conditional model (default: cycle through classes); an error for an unconditional one' })
-      .option('clip-denoised', { type: 'boolean', default: true, describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (as LDM for pixel models)' })
+      .option('classes', { type: 'string', describe: 'latent models: class labels, comma-separated (e.g. 0,3,9), cycled through the images (default: every class but the unconditional one)' })
+      .option('scale', { type: 'number', describe: 'latent models: classifier-free guidance scale (needs an unconditional class)' })
+      .option('uncond-class', { alias: 'uncond_class', type: 'number', describe: 'latent models: the unconditional class label for --scale (default: 1000 of 1001 classes, 10 of 11)' })
+      .option('vanilla-sample', { alias: 'vanilla_sample', type: 'boolean', default: false, describe: 'the ddpm sampler (upstream sample_diffusion\'s --vanilla_sample)' })
+      .option('ema', { type: 'boolean', default: true, describe: 'the EMA weights when the checkpoint has them (latent models: model_ema.*, as upstream\'s use_ema); --no-ema for the raw ones' })
+      .option('clip-denoised', { type: 'boolean', describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (default: true for pixel models, as LDM; for latent models only with ddpm, as upstream)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('progress', { type: 'boolean', default: true, describe: 'show progress on stderr (a bar on a terminal, else a line per batch)' })
       .option('allow-non-finite', { type: 'boolean', default: false, describe: 'sample even from weights with NaN/Inf or bad quantizer steps (rejected by default)' })
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
       .example('$0 sample --custom-steps 37 --ddim-discretize trailing', 'DDIM with exactly 37 steps')
-      .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM') as unknown as Argv<SampleArgs>,
+      .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM')
+      .example('$0 sample --base cin-ldm.yaml --ckpt model.ckpt --classes 0,3,9 --scale 3 --n_samples 12', 'a class-conditional latent diffusion model, guided') as unknown as Argv<SampleArgs>,
   handler: async (a) => {
+    if (a.vanillaSample) {
+      if (a.sampler !== undefined && a.sampler !== 'ddpm')
+        throw new CliError(`--vanilla_sample is the ddpm sampler; it contradicts --sampler ${a.sampler}`);
+      a.sampler = 'ddpm';
+    }
+    a.sampler ??= 'ddim';
+    if (a.config && isLatentDiffusionConfigFile(a.config)) return sampleLatent(a as SampleArgs & { sampler: NonNullable<SampleArgs['sampler']> });
+    for (const [flag, v] of [['classes', a.classes], ['scale', a.scale], ['uncond-class', a.uncondClass]] as const)
+      if (v !== undefined) throw new CliError(`--${flag} applies to latent diffusion models (--base LDM_CONFIG.yaml); for a pixel model use --class`);
     const n = checkCount('n-samples', a.nSamples);
     const batchSize = Math.min(checkCount('batch-size', a.batchSize), n);
     if (!Number.isSafeInteger(a.seed) || a.seed < 0) throw new CliError(`--seed must be a non-negative integer, got ${a.seed}`);
@@ -78,7 +101,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       checkMemory(`sampling ${n} images in batches of ${batchSize}`, config, batchSize, gridCount, a.maxMemory);
     }
     probeWritableDir(a.outdir, 'outdir');
-    const pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite });
+    const pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite, noEma: !a.ema });
     for (const p of refused(pipe.loaded?.report.problems ?? [])) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
     const classes = pipe.numClasses;
     if (!config) {
@@ -117,7 +140,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
             steps: a.sampler === 'ddpm' ? undefined : a.customSteps ?? 50,
             eta: a.eta,
             ddimDiscretize: a.ddimDiscretize,
-            clipDenoised: a.clipDenoised,
+            clipDenoised: a.clipDenoised ?? true,
             generator: gen,
             schedule: pipe.diffusion.schedule,
             signal: abort.signal,
@@ -145,3 +168,90 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
     }
   },
 };
+
+/** --classes 0,3,9 -> [0, 3, 9] (CliError naming the entry). */
+export function parseClassList(text: string): number[] {
+  const parts = text.split(',').map((p) => p.trim());
+  return parts.map((p) => {
+    if (!/^\d+$/.test(p)) throw new CliError(`--classes must be comma-separated class labels (e.g. 0,3,9), got '${text}' ('${p}' is not a non-negative integer)`);
+    return Number(p);
+  });
+}
+
+/** `sample` for a latent diffusion model: latents from the sampler, decoded through the first stage, PNGs and grid.png as for pixel models. */
+async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['sampler']> }): Promise<void> {
+  const configFile = a.config!;
+  const n = checkCount('n-samples', a.nSamples);
+  const batchSize = Math.min(checkCount('batch-size', a.batchSize), n);
+  if (!Number.isSafeInteger(a.seed) || a.seed < 0) throw new CliError(`--seed must be a non-negative integer, got ${a.seed}`);
+  if (a.customSteps !== undefined && (!Number.isInteger(a.customSteps) || a.customSteps < 1)) throw new CliError(`--custom-steps must be a positive integer, got ${a.customSteps}`);
+  if (a.class !== undefined) throw new CliError('--class is for pixel models; a latent model takes --classes (e.g. --classes 3)');
+  if (a.ckpt === DEFAULT_MODEL) throw new CliError(`--base ${configFile} is a latent diffusion config: pass its checkpoint with --ckpt MODEL.ckpt`);
+  let spec;
+  try {
+    spec = loadLatentDiffusionConfig(configFile);
+  } catch (e) {
+    if (e instanceof ConfigError) throw new CliError(e.message);
+    throw e;
+  }
+  if (spec.warning) console.warn(`tdq-native: warning: ${spec.warning}`);
+  const steps = checkSamplerFlags({ sampler: a.sampler, steps: a.customSteps, eta: a.eta, ddimDiscretize: a.ddimDiscretize, stepsFlag: 'custom-steps' }, spec.timesteps);
+  let plan: LatentPlan;
+  const opts = {
+    n, classes: a.classes !== undefined ? parseClassList(a.classes) : undefined, scale: a.scale, uncondClass: a.uncondClass,
+    sampler: a.sampler, steps: a.customSteps, eta: a.eta, ddimDiscretize: a.ddimDiscretize, clipDenoised: a.clipDenoised,
+  };
+  try {
+    plan = planLatentSampling(opts, latentTraitsOfSpec(spec));
+  } catch (e) {
+    if (e instanceof LatentSampleOptionError) throw new CliError(e.message);
+    throw e;
+  }
+  probeWritableDir(a.outdir, 'outdir');
+  const pipe = await loadLatentPipeline(a.ckpt, { config: configFile, allowNonFinite: a.allowNonFinite, noEma: !a.ema });
+  try {
+    for (const p of refused(pipe.loaded.report.problems)) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
+    const r = pipe.loaded.report;
+    if (r.unexpectedKeys.length) console.warn(`tdq-native: warning: ${a.ckpt}: ${r.unexpectedKeys.length} key(s) the model of ${configFile} does not have, not loaded: ${r.unexpectedKeys.slice(0, 5).join(', ')}${r.unexpectedKeys.length > 5 ? ', ...' : ''}`);
+    plan = pipe.plan(opts);
+    const [c, h, w] = pipe.imageShape;
+    const gridCount = a.grid ? Math.min(n, MAX_GRID_IMAGES) : 0;
+    const totalBatches = Math.ceil(n / batchSize);
+    const tty = process.stderr.isTTY === true;
+    const bar = a.progress && tty ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
+    const lines = a.progress && !tty ? lineProgress('sampling', totalBatches) : null;
+    bar?.start(totalBatches * 1000, 0, { images: 0, total: n, step: 0, steps: 0 });
+    const abort = new AbortController();
+    const onSigint = () => abort.abort(new Error('interrupted'));
+    process.once('SIGINT', onSigint);
+    const digits = Math.max(6, String(n - 1).length);
+    const grid = new Float32Array(gridCount * c * h * w);
+    const gen = new Generator(a.seed);
+    let written = 0;
+    try {
+      const t0 = Date.now();
+      for (let b = 0; b < totalBatches; ++b) {
+        const done = b * batchSize, bs = Math.min(batchSize, n - done);
+        const data = await pipe.sampleImages(plan, pipe.labels(plan, done, bs), bs, gen, {
+          signal: abort.signal,
+          onProgress: (step, total) => bar?.update(Math.round((b + step / total) * 1000), { images: done, total: n, step, steps: total }),
+        });
+        await saveImages(a.outdir, { data, shape: [bs, c, h, w] }, { start: done, digits });
+        written += bs;
+        if (done < gridCount) grid.set(data.subarray(0, Math.min(bs, gridCount - done) * c * h * w), done * c * h * w);
+        bar?.update((b + 1) * 1000, { images: written, total: n, step: steps, steps });
+        lines?.(b + 1, written, n);
+      }
+      bar?.stop();
+      if (a.grid) await saveGrid(path.join(a.outdir, 'grid.png'), { data: grid, shape: [gridCount, c, h, w] });
+      const secs = (Date.now() - t0) / 1000;
+      const what = [plan.classes ? `classes ${plan.classes.join(',')}` : null, plan.guidance ? `scale ${plan.guidance.scale} against class ${plan.guidance.uncondClass}` : null, r.ema ? 'EMA weights' : null].filter(Boolean).join(', ');
+      console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (latent diffusion, ${a.sampler}, ${steps} steps${what ? `, ${what}` : ''}, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
+    } finally {
+      bar?.stop();
+      process.off('SIGINT', onSigint);
+    }
+  } finally {
+    pipe.dispose();
+  }
+}

@@ -80,6 +80,8 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
     probeWritableDir(a.outdir, 'outdir');
     const pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite });
     for (const p of refused(pipe.loaded?.report.problems ?? [])) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
+    // Learned steps <= 0 load (training left them so; forward uses the step floor), but not silently.
+    for (const p of (pipe.loaded?.report.problems ?? []).filter((q) => q.kind === 'floored')) console.warn(`tdq-native: note: ${describeProblem(p)}`);
     const classes = pipe.numClasses;
     if (!config) {
       // No config to check against before loading (weights with --config resolved by the loader): check now.

@@ -381,3 +381,28 @@ export function loadQuantized(
   }
   return qm;
 }
+
+/** What a caller asks for: 'auto' is 'int' where every quantized layer has an integer kernel, else 'fake'. */
+export type ExecRequest = 'auto' | 'int' | 'fake';
+
+/**
+ * Sets a loaded (eval-mode) quantized model's execution: 'int' and 'fake' as
+ * asked ('int' with layers that cannot run integer leaves those fake, and says
+ * so in the note), 'auto' as described at ExecRequest. Returns the mode set
+ * and a note for the user when the result is not plain integer execution.
+ */
+export function applyExec(qm: QuantizedModel, req: ExecRequest = 'auto'): { exec: 'int' | 'fake'; note: string | null } {
+  if (req !== 'auto' && req !== 'int' && req !== 'fake') throw new RangeError(`exec must be 'auto', 'int' or 'fake', got ${JSON.stringify(req)}`);
+  const bad = Object.entries(qm.intUnsupportedLayers());
+  const list = bad.slice(0, 6).map(([n, why]) => `${n} (${why})`).join(', ') + (bad.length > 6 ? `, ... (${bad.length} in all)` : '');
+  if (req === 'fake') {
+    qm.setExec('fake');
+    return { exec: 'fake', note: null };
+  }
+  if (req === 'auto' && bad.length) {
+    qm.setExec('fake');
+    return { exec: 'fake', note: `fake-quantized execution: ${bad.length} quantized layer(s) have no integer kernel: ${list}` };
+  }
+  qm.setExec('int');
+  return { exec: 'int', note: bad.length ? `integer execution except ${bad.length} layer(s) run fake-quantized: ${list}` : null };
+}

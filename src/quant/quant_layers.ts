@@ -86,7 +86,7 @@ export abstract class QuantLayer {
   protected abstract intOp(xq: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null): Tensor;
 
   /** Packed weights and zero-point corrections (by input shape), built on first integer use. */
-  private intCache: { w: QWeight; wq: Tensor; corr: Map<string, Tensor> } | null = null;
+  private intCache: { w: QWeight; corr: Map<string, Tensor> } | null = null;
 
   /**
    * Why this layer cannot run in integer arithmetic, or null when it can:
@@ -104,22 +104,19 @@ export abstract class QuantLayer {
     this.intCache.w.packed.dispose();
     this.intCache.w.step.dispose();
     this.intCache.w.rowSums.dispose();
-    this.intCache.wq.dispose();
     for (const t of this.intCache.corr.values()) t.dispose();
     this.intCache = null;
   }
 
-  private packed(): { w: QWeight; wq: Tensor; corr: Map<string, Tensor> } {
+  private packed(): { w: QWeight; corr: Map<string, Tensor> } {
     if (!this.intCache) {
       const { bits } = this.weightQuant;
       const built = noGrad(() => tidy(() => {
-        const step = clamp(this.weightQuant.step, STEP_FLOOR);
-        const w = packQWeight(this.layer.weight, step, bits);
-        const wq = fakeQuantize(this.layer.weight, step, { bits, signed: true, granularity: 'channel', axis: 0 });
-        return { packed: w.packed, step: w.step, rowSums: w.rowSums, wq, shape: w.shape };
+        const w = packQWeight(this.layer.weight, clamp(this.weightQuant.step, STEP_FLOOR), bits);
+        return { packed: w.packed, step: w.step, rowSums: w.rowSums, shape: w.shape };
       }));
       const w: QWeight = { packed: keep(built.packed), step: keep(built.step), rowSums: keep(built.rowSums), shape: built.shape, bits };
-      this.intCache = { w, wq: keep(built.wq), corr: new Map() };
+      this.intCache = { w, corr: new Map() };
     }
     return this.intCache;
   }
@@ -130,7 +127,12 @@ export abstract class QuantLayer {
     const key = `${z}|${x.shape.slice(1).join('x')}`;
     let t = c.corr.get(key);
     if (!t) {
-      t = keep(noGrad(() => tidy(() => scale(this.op(ones([1, ...x.shape.slice(1)]), c.wq, null), z))));
+      // Q_w(W) as fake quantization makes it, from the packed copy's steps (made once per input shape).
+      const { bits } = this.weightQuant;
+      t = keep(noGrad(() => tidy(() => {
+        const wq = fakeQuantize(this.layer.weight, c.w.step, { bits, signed: true, granularity: 'channel', axis: 0 });
+        return scale(this.op(ones([1, ...x.shape.slice(1)]), wq, null), z);
+      })));
       c.corr.set(key, t);
     }
     return t;

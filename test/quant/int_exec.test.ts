@@ -7,7 +7,9 @@
 // fake-quantized tensors agree to about sqrt(K) * 2^-24 relative (qgemm.h;
 // test/ops/qconv.test.ts checks 1e-6 per kernel); with the zero-point
 // correction of SiLU inputs included, the tests allow 1e-6 relative L2 per layer
-// (measured: about 2.4e-7). Every
+// (measured: about 2.4e-7); layers whose output is quantized again (attention
+// q/k/v with quantizeAttention) may differ by a flipped output level at a few
+// elements. Every
 // layer of a whole-model integer forward is checked to that bound against the
 // fake-quantized layer on the same input (the integer run's own activations,
 // with the step table looked up in the real forward).
@@ -90,6 +92,15 @@ async function check(cfg: Parameters<typeof resolveQuantConfig>[0], useTable: bo
         const y = Float32Array.from(noGrad(() => tidy(() => l.layer.forward(x))).dataSync() as Float32Array);
         qm.ctx.end();
         x.dispose();
+        if (l.outQuant) {
+          // The output is quantized again (attention q/k/v): a float-rounding
+          // difference can flip one output level; allow that at 0.5 % of the elements.
+          const amax = y.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+          let off = 0;
+          for (let k = 0; k < y.length; ++k) if (Math.abs(r.y[k] - y[k]) > 1e-5 * amax) off++;
+          assert.ok(off <= 0.005 * y.length, `t=${ts}: ${n}: ${off} of ${y.length} quantized outputs differ`);
+          continue;
+        }
         const e = relError(r.y, y);
         if (e > worst) [worst, worstName] = [e, n];
       }
@@ -123,6 +134,12 @@ describe('integer execution of a quantized UNet', () => {
   });
   it('TDQ W8A8 running the MLPs (no table)', async () => {
     console.log('TDQ W8A8 MLP', await check({ nBitW: 8, nBitA: 8, useDynamic: true }, false, 5));
+  });
+  it('TDQ W8A8 with quantizeAttention (attention q/k/v outputs fake-quantized after the integer op)', async () => {
+    console.log('TDQ W8A8 attn', await check({ nBitW: 8, nBitA: 8, useDynamic: true, quantizeAttention: true }, true, 7));
+  });
+  it('static W4A4 (4-bit activations through the same kernels)', async () => {
+    console.log('static W4A4', await check({ nBitW: 4, nBitA: 4, useDynamic: false }, false, 8));
   });
   it('TDQ W4A8 with the step table', async () => {
     const r = await check({ nBitW: 4, nBitA: 8, useDynamic: true }, true, 3);

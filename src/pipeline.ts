@@ -9,6 +9,7 @@ import type { Config } from './config';
 import { type DdimDiscretize, sample, type SamplerName } from './diffusion/samplers';
 import { PixelDiffusion } from './models/diffusion';
 import { type LoadedModel, loadModel } from './models/load';
+import { type ExecRequest, applyExec } from './quant/quantize_model';
 import { packageRoot } from './tensor/native';
 import { Generator } from './tensor/random';
 import { fromArray, type Tensor } from './tensor/tensor';
@@ -23,6 +24,13 @@ export interface LoadOptions {
   noEma?: boolean;
   /** Load non-finite weights or bad quantizer steps instead of rejecting the file. */
   allowNonFinite?: boolean;
+  /**
+   * Quantized checkpoints: 'int' runs quantized layers in integer arithmetic,
+   * 'fake' fake-quantizes in float; 'auto' (default) is 'int' where every
+   * quantized layer has an integer kernel. Ignored ('auto') or an error
+   * ('int' / 'fake') for a full-precision checkpoint.
+   */
+  exec?: ExecRequest;
 }
 
 export interface GenerateOptions {
@@ -57,6 +65,10 @@ export interface GeneratedImages {
 export class DiffusionPipeline {
   private disposed = false;
   /** `loaded`: what loadModel returned (dispose() frees it); without it, dispose() frees diffusion.unet. */
+  /** A quantized model's execution ('int' or 'fake'; null for full precision), and a note when not plain 'int'. */
+  exec: 'int' | 'fake' | null = null;
+  execNote: string | null = null;
+
   constructor(readonly config: Config, readonly diffusion: PixelDiffusion, readonly source: string, readonly loaded: LoadedModel | null = null) {}
 
   get imageShape(): [number, number, number] {
@@ -165,9 +177,18 @@ export class DiffusionPipeline {
 /** Reads a checkpoint (this project's, or a plain state dict with a --config) into a pipeline. */
 export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptions = {}): Promise<DiffusionPipeline> {
   if (ckpt === DEFAULT_MODEL && !fs.existsSync(ckpt)) throw new Error(`the default model is missing (${ckpt}); reinstall tdq-native or pass --ckpt`);
+  const exec = opts.exec ?? 'auto';
+  if (exec !== 'auto' && exec !== 'int' && exec !== 'fake') throw new RangeError(`loadPipeline: exec must be 'auto', 'int' or 'fake', got ${JSON.stringify(exec)}`);
   const m = await loadModel(ckpt, opts);
   try {
-    return new DiffusionPipeline(m.config, new PixelDiffusion(m.config.model, m.model), ckpt, m);
+    if (!m.quantized && exec !== 'auto') throw new RangeError(`exec '${exec}': ${ckpt} is a full-precision checkpoint (not quantized)`);
+    const p = new DiffusionPipeline(m.config, new PixelDiffusion(m.config.model, m.model), ckpt, m);
+    if (m.quantized) {
+      const r = applyExec(m.quantized, exec);
+      p.exec = r.exec;
+      p.execNote = r.note;
+    }
+    return p;
   } catch (e) {
     m.dispose();
     throw e;

@@ -10,6 +10,7 @@ import { type DdimDiscretize, sample, type SamplerName } from './diffusion/sampl
 import { PixelDiffusion } from './models/diffusion';
 import { LatentDiffusionPipeline } from './latent_pipeline';
 import { type LoadedModel, isLatentDiffusionConfigFile, loadLatentModel, loadModel } from './models/load';
+import { type ExecRequest, applyExec } from './quant/quantize_model';
 import { packageRoot } from './tensor/native';
 import { Generator } from './tensor/random';
 import { fromArray, type Tensor } from './tensor/tensor';
@@ -24,6 +25,13 @@ export interface LoadOptions {
   noEma?: boolean;
   /** Load non-finite weights or bad quantizer steps instead of rejecting the file. */
   allowNonFinite?: boolean;
+  /**
+   * Quantized checkpoints: 'int' runs quantized layers in integer arithmetic,
+   * 'fake' fake-quantizes in float; 'auto' (default) is 'int' where every
+   * quantized layer has an integer kernel. Ignored ('auto') or an error
+   * ('int' / 'fake') for a full-precision checkpoint.
+   */
+  exec?: ExecRequest;
 }
 
 export interface GenerateOptions {
@@ -100,6 +108,10 @@ export async function runWithProgress(o: Pick<GenerateOptions, 'onProgress' | 's
 export class DiffusionPipeline {
   private disposed = false;
   /** `loaded`: what loadModel returned (dispose() frees it); without it, dispose() frees diffusion.unet. */
+  /** A quantized model's execution ('int' or 'fake'; null for full precision), and a note when not plain 'int'. */
+  exec: 'int' | 'fake' | null = null;
+  execNote: string | null = null;
+
   constructor(readonly config: Config, readonly diffusion: PixelDiffusion, readonly source: string, readonly loaded: LoadedModel | null = null) {}
 
   get imageShape(): [number, number, number] {
@@ -178,9 +190,18 @@ export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptio
   if (ckpt === DEFAULT_MODEL && !fs.existsSync(ckpt)) throw new Error(`the default model is missing (${ckpt}); reinstall tdq-native or pass --ckpt`);
   if (opts.config && isLatentDiffusionConfigFile(opts.config))
     throw new TypeError(`${opts.config} describes a latent diffusion model: use loadLatentPipeline(${JSON.stringify(ckpt)}, { config: ${JSON.stringify(opts.config)} })`);
+  const exec = opts.exec ?? 'auto';
+  if (exec !== 'auto' && exec !== 'int' && exec !== 'fake') throw new RangeError(`loadPipeline: exec must be 'auto', 'int' or 'fake', got ${JSON.stringify(exec)}`);
   const m = await loadModel(ckpt, opts);
   try {
-    return new DiffusionPipeline(m.config, new PixelDiffusion(m.config.model, m.model), ckpt, m);
+    if (!m.quantized && exec !== 'auto') throw new RangeError(`exec '${exec}': ${ckpt} is a full-precision checkpoint (not quantized)`);
+    const p = new DiffusionPipeline(m.config, new PixelDiffusion(m.config.model, m.model), ckpt, m);
+    if (m.quantized) {
+      const r = applyExec(m.quantized, exec);
+      p.exec = r.exec;
+      p.execNote = r.note;
+    }
+    return p;
   } catch (e) {
     m.dispose();
     throw e;

@@ -10,12 +10,28 @@
 //
 // The bias stays in full precision (it is added to the int32 accumulator in
 // integer inference).
+//
+// Integer execution (ctx.exec 'int', inference only): the same layer runs
+// quantize_act on x with the activation step of this forward ((1) static,
+// (B) per sample from the TDQ table or MLP), then qconv2d / qlinear on weights
+// packed once per layer (cached until invalidateIntCache()). A real-valued
+// zero point z (SILU_MIN for SiLU outputs) is not an integer level, so the
+// levels are taken of x - z and the term z * op(1, Q_w(W)) (a per-layer
+// constant map: zero padding makes it vary at the borders of a conv) is added
+// back. The result equals the fake-quantized layer up to float rounding
+// (native/cpu/qgemm.h: about sqrt(K) * 2^-24 relative).
 import { conv2d } from '../tensor/ops/conv';
 import { linear } from '../tensor/ops/linalg';
-import { reshape } from '../tensor/ops/elementwise';
+import { add, addScalar, clamp, reshape, scale } from '../tensor/ops/elementwise';
+import { ones } from '../tensor/ops/creation';
+import { fakeQuantize } from '../tensor/ops/quant';
+import { type QWeight, packQWeight, qconv2d, qlinear, quantizeActivation } from '../tensor/ops/qlinear';
+import { noGrad } from '../tensor/autograd';
+import { keep, tidy } from '../tensor/scope';
 import { Conv1x1, Conv2d, Linear } from '../nn/layers';
 import type { Tensor } from '../tensor/tensor';
-import type { ActQuantizer, WeightQuantizer } from './quantizer';
+import { type ActQuantizer, STEP_FLOOR, type WeightQuantizer } from './quantizer';
+import { levels } from './config';
 
 export type FloatLayer = Conv2d | Linear | Conv1x1;
 
@@ -63,11 +79,91 @@ export abstract class QuantLayer {
     return this.layer.bias;
   }
 
-  /** The float layer's op on already quantized input and weight. */
-  protected abstract op(x: Tensor, w: Tensor): Tensor;
+  /** The float layer's op on already quantized input and weight (bias: the layer's unless given). */
+  protected abstract op(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
+
+  /** The integer op on quantized x (levels from quantizeActivation with actStep). */
+  protected abstract intOp(xq: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null): Tensor;
+
+  /** Packed weights and zero-point corrections (by input shape), built on first integer use. */
+  private intCache: { w: QWeight; corr: Map<string, Tensor> } | null = null;
+
+  /**
+   * Why this layer cannot run in integer arithmetic, or null when it can:
+   * every activation quantizer kind (LSQ, PACT, TDQ) has an integer path;
+   * bypassed quantizers (sensitivity analysis) run fake.
+   */
+  intUnsupported(): string | null {
+    if (this.actQuant.bypass) return 'its activation quantizer is bypassed';
+    return null;
+  }
+
+  /** Frees the packed weights (call after changing the weights or the weight steps in 'int' mode). */
+  invalidateIntCache(): void {
+    if (!this.intCache) return;
+    this.intCache.w.packed.dispose();
+    this.intCache.w.step.dispose();
+    this.intCache.w.rowSums.dispose();
+    for (const t of this.intCache.corr.values()) t.dispose();
+    this.intCache = null;
+  }
+
+  private packed(): { w: QWeight; corr: Map<string, Tensor> } {
+    if (!this.intCache) {
+      const { bits } = this.weightQuant;
+      const built = noGrad(() => tidy(() => {
+        const w = packQWeight(this.layer.weight, clamp(this.weightQuant.step, STEP_FLOOR), bits);
+        return { packed: w.packed, step: w.step, rowSums: w.rowSums, shape: w.shape };
+      }));
+      const w: QWeight = { packed: keep(built.packed), step: keep(built.step), rowSums: keep(built.rowSums), shape: built.shape, bits };
+      this.intCache = { w, corr: new Map() };
+    }
+    return this.intCache;
+  }
+
+  /** z * op(1, Q_w(W)) without bias, (1, ...out) for inputs shaped like x: cached per input shape. */
+  private zeroPointCorrection(x: Tensor, z: number): Tensor {
+    const c = this.packed();
+    const key = `${z}|${x.shape.slice(1).join('x')}`;
+    let t = c.corr.get(key);
+    if (!t) {
+      // Q_w(W) as fake quantization makes it, from the packed copy's steps (made once per input shape).
+      const { bits } = this.weightQuant;
+      t = keep(noGrad(() => tidy(() => {
+        const wq = fakeQuantize(this.layer.weight, c.w.step, { bits, signed: true, granularity: 'channel', axis: 0 });
+        return scale(this.op(ones([1, ...x.shape.slice(1)]), wq, null), z);
+      })));
+      c.corr.set(key, t);
+    }
+    return t;
+  }
 
   forward(x: Tensor): Tensor {
+    const ctx = this.actQuant.ctx;
+    if (ctx.mode === 'quant' && ctx.exec === 'int' && this.intUnsupported() === null) return this.forwardInt(x);
     const y = this.op(this.actQuant.forward(x), this.weightQuant.forward(this.layer.weight));
+    return this.outQuant ? this.outQuant.forward(y) : y;
+  }
+
+  private forwardInt(x: Tensor): Tensor {
+    if (this.layer.training) throw new Error(`${this.name}: integer execution is inference only; call eval() or setExec('fake') before training`);
+    const aq = this.actQuant;
+    const { signed, zeroPoint } = aq.range;
+    const y = noGrad(() => {
+      let xs = zeroPoint !== 0 ? addScalar(x, -zeroPoint) : x;
+      let s: Tensor;
+      if (aq.kind === 'pact') {
+        xs = aq.pactClip(xs);
+        s = scale(aq.pactAlpha(), 1 / levels(aq.bits, signed).qmax);
+      } else {
+        s = clamp(aq.stepTensor(), STEP_FLOOR);
+        if (aq.kind === 'tdq' && s.shape[0] !== x.shape[0])
+          throw new RangeError(`${aq.name}: ${s.shape[0]} timesteps for a batch of ${x.shape[0]}`);
+      }
+      const xq = quantizeActivation(xs, s, { bits: aq.bits, signed });
+      const out = this.intOp(xq, s, this.packed().w, this.layer.bias);
+      return zeroPoint !== 0 ? add(out, this.zeroPointCorrection(x, zeroPoint)) : out;
+    });
     return this.outQuant ? this.outQuant.forward(y) : y;
   }
 }
@@ -77,8 +173,11 @@ export class QuantConv2d extends QuantLayer {
   constructor(name: string, layer: Conv2d, parts: QuantLayerParts) {
     super(name, layer, parts);
   }
-  protected op(x: Tensor, w: Tensor): Tensor {
-    return conv2d(x, w, this.layer.bias, { stride: this.layer.stride, padding: this.layer.padding });
+  protected op(x: Tensor, w: Tensor, bias: Tensor | null = this.layer.bias): Tensor {
+    return conv2d(x, w, bias, { stride: this.layer.stride, padding: this.layer.padding });
+  }
+  protected intOp(xq: Tensor, s: Tensor, w: QWeight, bias: Tensor | null): Tensor {
+    return qconv2d(xq, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding });
   }
 }
 
@@ -87,8 +186,11 @@ export class QuantLinear extends QuantLayer {
   constructor(name: string, layer: Linear, parts: QuantLayerParts) {
     super(name, layer, parts);
   }
-  protected op(x: Tensor, w: Tensor): Tensor {
-    return linear(x, w, this.layer.bias);
+  protected op(x: Tensor, w: Tensor, bias: Tensor | null = this.layer.bias): Tensor {
+    return linear(x, w, bias);
+  }
+  protected intOp(xq: Tensor, s: Tensor, w: QWeight, bias: Tensor | null): Tensor {
+    return qlinear(xq, s, w, bias);
   }
 }
 
@@ -98,11 +200,17 @@ export class QuantConv1x1 extends QuantLayer {
   constructor(name: string, layer: Conv1x1, parts: QuantLayerParts) {
     super(name, layer, parts);
   }
-  protected op(x: Tensor, w: Tensor): Tensor {
+  protected op(x: Tensor, w: Tensor, bias: Tensor | null = this.layer.bias): Tensor {
     const [b, c, l] = x.shape;
     const { inChannels, outChannels } = this.layer;
-    const y = conv2d(reshape(x, [b, c, l, 1]), reshape(w, [outChannels, inChannels, 1, 1]), this.layer.bias, {});
+    const y = conv2d(reshape(x, [b, c, l, 1]), reshape(w, [outChannels, inChannels, 1, 1]), bias, {});
     return reshape(y, [b, outChannels, l]);
+  }
+  protected intOp(xq: Tensor, s: Tensor, w: QWeight, bias: Tensor | null): Tensor {
+    const [b, c, l] = xq.shape;
+    const { inChannels, outChannels } = this.layer;
+    const w4: QWeight = { ...w, shape: [outChannels, inChannels, 1, 1] };
+    return reshape(qconv2d(reshape(xq, [b, c, l, 1]), s, w4, bias), [b, outChannels, l]);
   }
 }
 

@@ -155,12 +155,51 @@ export class QuantizedModel extends Module implements Denoiser {
     }
   }
 
+  /** How quantized layers compute: 'fake' (float ops on fake-quantized tensors) or 'int' (integer kernels). */
+  get exec(): 'fake' | 'int' {
+    return this.ctx.exec;
+  }
+
+  /**
+   * Layers that cannot run in integer arithmetic, with the reason ({} when
+   * every quantized layer can). Full-precision layers (fpLayers) stay float
+   * in both modes and are not listed; attention matmuls stay float.
+   */
+  intUnsupportedLayers(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const [n, l] of this.layers) {
+      const why = l.intUnsupported();
+      if (why !== null) out[n] = why;
+    }
+    return out;
+  }
+
+  /**
+   * 'int': quantized layers run quantize_act + qconv2d / qlinear with weights
+   * packed once (inference only: the model must be in eval mode, and training
+   * it needs setExec('fake') first); 'fake': the fake-quantized float path.
+   * Switching frees the packed weights, so weights changed in between are
+   * repacked. Output of 'int' equals 'fake' up to float rounding.
+   */
+  setExec(exec: 'fake' | 'int'): void {
+    if (exec !== 'fake' && exec !== 'int') throw new RangeError(`QuantizedModel.setExec: exec must be 'fake' or 'int', got ${JSON.stringify(exec)}`);
+    if (exec === 'int' && this.training) throw new Error("QuantizedModel.setExec('int'): integer execution is inference only; call eval() first");
+    this.invalidateIntCache();
+    this.ctx.exec = exec;
+  }
+
+  /** Frees every layer's packed integer weights (they are rebuilt on the next integer forward). */
+  invalidateIntCache(): void {
+    for (const l of this.layers.values()) l.invalidateIntCache();
+  }
+
   /** Fake-quantize (the default) or run the same model in full precision (for comparisons). */
   setQuantEnabled(on: boolean): void {
     this.ctx.mode = on ? 'quant' : 'fp';
   }
 
   override train(mode = true): this {
+    if (mode && this.ctx.exec === 'int') throw new Error("QuantizedModel.train(): the model runs in integer execution, which is inference only; call setExec('fake') first");
     super.train(mode);
     this.model.train(mode);
     return this;
@@ -223,6 +262,7 @@ export class QuantizedModel extends Module implements Denoiser {
   }
 
   override dispose(): void {
+    this.invalidateIntCache();
     this.ctx.setTable(null);
     super.dispose();
   }
@@ -250,6 +290,7 @@ export class QuantizedModel extends Module implements Denoiser {
       }
     }
     const r = super.loadStateDict(dict, opts);
+    this.invalidateIntCache();
     for (const q of this.actQuantizers()) {
       q.syncRangeFromBuffers();
       const tbl = q.namedBuffers().find(([n]) => n === 'step_table');
@@ -339,4 +380,29 @@ export function loadQuantized(
     throw e;
   }
   return qm;
+}
+
+/** What a caller asks for: 'auto' is 'int' where every quantized layer has an integer kernel, else 'fake'. */
+export type ExecRequest = 'auto' | 'int' | 'fake';
+
+/**
+ * Sets a loaded (eval-mode) quantized model's execution: 'int' and 'fake' as
+ * asked ('int' with layers that cannot run integer leaves those fake, and says
+ * so in the note), 'auto' as described at ExecRequest. Returns the mode set
+ * and a note for the user when the result is not plain integer execution.
+ */
+export function applyExec(qm: QuantizedModel, req: ExecRequest = 'auto'): { exec: 'int' | 'fake'; note: string | null } {
+  if (req !== 'auto' && req !== 'int' && req !== 'fake') throw new RangeError(`exec must be 'auto', 'int' or 'fake', got ${JSON.stringify(req)}`);
+  const bad = Object.entries(qm.intUnsupportedLayers());
+  const list = bad.slice(0, 6).map(([n, why]) => `${n} (${why})`).join(', ') + (bad.length > 6 ? `, ... (${bad.length} in all)` : '');
+  if (req === 'fake') {
+    qm.setExec('fake');
+    return { exec: 'fake', note: null };
+  }
+  if (req === 'auto' && bad.length) {
+    qm.setExec('fake');
+    return { exec: 'fake', note: `fake-quantized execution: ${bad.length} quantized layer(s) have no integer kernel: ${list}` };
+  }
+  qm.setExec('int');
+  return { exec: 'int', note: bad.length ? `integer execution except ${bad.length} layer(s) run fake-quantized: ${list}` : null };
 }

@@ -61,6 +61,12 @@ function setScalarBuffer(t: Tensor, values: number[]): void {
 export class QuantContext {
   /** 'quant': fake-quantize; 'fp': pass through (full precision); 'observe': pass through and report inputs. */
   mode: 'quant' | 'fp' | 'observe' = 'quant';
+  /**
+   * How quantized layers compute in 'quant' mode: 'fake' (float ops on
+   * fake-quantized tensors) or 'int' (integer kernels, quant_layers.ts;
+   * inference only). Set through QuantizedModel.setExec().
+   */
+  exec: 'fake' | 'int' = 'fake';
   /** Use the precomputed step tables of the TDQ quantizers (never runs the MLPs). */
   useTable = false;
   /** Called with each activation quantizer's input in 'observe' mode. */
@@ -199,7 +205,7 @@ export class ActQuantizer extends Module {
     readonly name: string,
     readonly bits: number,
     cfg: QuantConfig,
-    private readonly ctx: QuantContext,
+    readonly ctx: QuantContext,
     gen: Generator,
   ) {
     super();
@@ -273,6 +279,18 @@ export class ActQuantizer extends Module {
     return zeroPoint !== 0 ? addScalar(y, zeroPoint) : y;
   }
 
+  /** PACT's clipping bound as forward uses it (floored). */
+  pactAlpha(): Tensor {
+    return clamp(this.alpha!, STEP_FLOOR * levels(this.bits, this.range.signed).qmax);
+  }
+
+  /** PACT's clip of x (already shifted by the zero point) to [0, alpha] or [-alpha, alpha], no gradient. */
+  pactClip(x: Tensor): Tensor {
+    const alpha = this.pactAlpha();
+    const upper = relu(sub(x, alpha));
+    return this.range.signed ? add(sub(x, upper), relu(sub(scale(x, -1), alpha))) : sub(relu(x), upper);
+  }
+
   /**
    * PACT (Choi et al. 2018): clip to [-alpha, alpha] (signed) or [0, alpha],
    * quantize with step alpha / qmax, and pass the gradient straight through the
@@ -280,7 +298,7 @@ export class ActQuantizer extends Module {
    * LSQ, whose step gradient also sees the rounding error inside the range.
    */
   private pact(x: Tensor): Tensor {
-    const alpha = clamp(this.alpha!, STEP_FLOOR * levels(this.bits, this.range.signed).qmax);
+    const alpha = this.pactAlpha();
     const { signed } = this.range;
     // clip(x) = x - relu(x - alpha) (+ relu(-x - alpha) when signed; relu(x) first when unsigned)
     const upper = relu(sub(x, alpha));

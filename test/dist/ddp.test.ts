@@ -144,6 +144,10 @@ describe('data-parallel training (MPI)', { skip: mpiSkip() }, () => {
     assert.notEqual(code, 0);
     assert.ok(Date.now() - t0 < 60_000);
     assert.match(out, /exited on signal 9|killed/i);
+    // mpirun returns as it tears the job down: the other rank is gone within seconds.
+    const alive = () => ranks.filter((p) => { try { process.kill(p, 0); return true; } catch { return false; } });
+    for (let i = 0; i < 300 && alive().length; ++i) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(alive(), [], 'no rank is left running');
     const done = fs.readdirSync(ckdir).filter((f) => /^step-\d+\.safetensors$/.test(f)).sort();
     const last = Number(done[done.length - 1].slice(5, 13));
     const res = cli(['train', '--base', long, '--resume', path.join(root, 'runs/killed'), '--max-steps', String(last + 1)]);

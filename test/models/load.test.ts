@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { sampleCommand } from '../../src/cli/commands/sample';
 import { inspectCommand } from '../../src/cli/commands/inspect';
 import { main } from '../../src/cli/index';
 import { type Config, loadConfig } from '../../src/config';
@@ -41,13 +42,15 @@ async function damaged(src: string, dst: string, key: RegExp, value: number): Pr
 
 async function cli(args: string[]): Promise<{ code: number; err: string; out: string }> {
   let err = '', out = '';
-  const log = console.log;
+  const log = console.log, warn = console.warn;
   console.log = (s: unknown) => void (out += `${String(s)}\n`);
+  console.warn = (s: unknown) => void (err += `${String(s)}\n`);
   try {
-    const code = await main(args, { commands: [inspectCommand], err: (s) => (err += s) });
+    const code = await main(args, { commands: [inspectCommand, sampleCommand], err: (s) => (err += s) });
     return { code, err, out };
   } finally {
     console.log = log;
+    console.warn = warn;
   }
 }
 
@@ -192,5 +195,10 @@ describe('numbers checked at load', () => {
     assert.match(f.out, /note: 1 learned step tensor has entries <= 0, used as the step floor/);
     const frow = f.out.split('\n').find((l) => l.trim().startsWith(`${k2.replace(/^model\./, '').replace(/\.step$/, '')} `));
     assert.ok(frow && /floored$/.test(frow), frow);
+    // sample loads it too, and says so.
+    const outdir = path.join(dir, 'floored-samples');
+    const sm = await cli(['sample', '--ckpt', floored, '--n-samples', '1', '--custom-steps', '2', '--outdir', outdir, '--no-progress']);
+    assert.equal(sm.code, 0, sm.err);
+    assert.match(sm.err, new RegExp(`note: .*${k2.replace(/\./g, '\\.')}.*is not positive \\(used as the step floor 1e-8\\)`));
   });
 });

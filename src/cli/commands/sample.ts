@@ -44,6 +44,7 @@ interface SampleArgs extends GlobalArgs {
   uncondClass?: number;
   vanillaSample: boolean;
   ema: boolean;
+  exec?: 'int' | 'fake';
 }
 
 export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
@@ -71,10 +72,12 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('clip-denoised', { type: 'boolean', describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (default: true for pixel models, as LDM; for latent models only with ddpm, as upstream)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('progress', { type: 'boolean', default: true, describe: 'show progress on stderr (a bar on a terminal, else a line per batch)' })
+      .option('exec', { choices: ['int', 'fake'] as const, defaultDescription: 'int where every quantized layer has an integer kernel, else fake', describe: 'quantized checkpoints: integer kernels (int) or fake quantization in float (fake); an error for a full-precision checkpoint' })
       .option('allow-non-finite', { type: 'boolean', default: false, describe: 'sample even from weights with NaN/Inf or bad quantizer steps (rejected by default)' })
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
       .example('$0 sample --custom-steps 37 --ddim-discretize trailing', 'DDIM with exactly 37 steps')
+      .example('$0 sample --ckpt runs/fmnist/w8a8.safetensors --exec fake', 'a quantized model, fake-quantized in float (default: integer kernels)')
       .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM')
       .example('$0 sample --base cin-ldm.yaml --ckpt model.ckpt --classes 0,3,9 --scale 3 --n_samples 12', 'a class-conditional latent diffusion model, guided') as unknown as Argv<SampleArgs>,
   handler: async (a) => {
@@ -101,8 +104,18 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       checkMemory(`sampling ${n} images in batches of ${batchSize}`, config, batchSize, gridCount, a.maxMemory);
     }
     probeWritableDir(a.outdir, 'outdir');
-    const pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite, noEma: !a.ema });
+    let pipe;
+    try {
+      pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite, exec: a.exec ?? 'auto', noEma: !a.ema });
+    } catch (e) {
+      if (a.exec !== undefined && e instanceof RangeError && /is a full-precision checkpoint/.test(e.message)) throw new CliError(`--exec ${a.exec}: ${a.ckpt} is a full-precision checkpoint (not quantized); drop --exec`);
+      throw e;
+    }
+    if (pipe.execNote) console.warn(`tdq-native: note: ${pipe.execNote}`);
+    else if (pipe.exec) console.warn(`tdq-native: quantized model, ${pipe.exec === 'int' ? 'integer' : 'fake-quantized'} execution`);
     for (const p of refused(pipe.loaded?.report.problems ?? [])) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
+    // Learned steps <= 0 load (training left them so; forward uses the step floor), but not silently.
+    for (const p of (pipe.loaded?.report.problems ?? []).filter((q) => q.kind === 'floored')) console.warn(`tdq-native: note: ${describeProblem(p)}`);
     const classes = pipe.numClasses;
     if (!config) {
       // No config to check against before loading (weights with --config resolved by the loader): check now.
@@ -186,6 +199,7 @@ async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['s
   if (!Number.isSafeInteger(a.seed) || a.seed < 0) throw new CliError(`--seed must be a non-negative integer, got ${a.seed}`);
   if (a.customSteps !== undefined && (!Number.isInteger(a.customSteps) || a.customSteps < 1)) throw new CliError(`--custom-steps must be a positive integer, got ${a.customSteps}`);
   if (a.class !== undefined) throw new CliError('--class is for pixel models; a latent model takes --classes (e.g. --classes 3)');
+  if (a.exec !== undefined) throw new CliError(`--exec ${a.exec} applies to quantized pixel checkpoints; latent models sample in full precision`);
   if (a.ckpt === DEFAULT_MODEL) throw new CliError(`--base ${configFile} is a latent diffusion config: pass its checkpoint with --ckpt MODEL.ckpt`);
   let spec;
   try {

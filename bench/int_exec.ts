@@ -1,0 +1,134 @@
+// Whole-model forward of the shipped model in three executions: fp32, the
+// W8A8-quantized model fake-quantized (float ops on fake-quantized tensors),
+// and the same quantized model in integer arithmetic (QuantizedModel.setExec
+// 'int': quantize_act + qconv2d / qlinear, weights packed once), for static
+// LSQ W8A8 and TDQ W8A8 reading its step table. Writes a markdown report.
+//
+//   node dist/bench/int_exec.js [--batch 8] [--reps 5] [--warmup 2] [--rounds 3]
+//                               [--calib-samples 4] [--out bench/results/int-exec.md]
+//
+// Every way runs model.forward(x, t) on the same x (batch, C, H, W) and random
+// integer timesteps, the native stream drained after each call; the ways
+// alternate in blocks of `reps` calls, `rounds` times, so a shared machine's
+// load falls on all alike; medians (and fastest calls) are reported. Switching
+// fake <-> int frees the packed weights, so each block's warm-up calls include
+// one repack (not timed).
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { loadModel } from '../src/models/load';
+import { DEFAULT_MODEL } from '../src/pipeline';
+import { calibrate } from '../src/quant/calibrate';
+import { resolveQuantConfig } from '../src/quant/config';
+import type { QuantizedModel } from '../src/quant/quantize_model';
+import { noGrad } from '../src/tensor/autograd';
+import { native, packageRoot } from '../src/tensor/native';
+import { tidy } from '../src/tensor/scope';
+import { type Tensor, fromArray, runOp1 } from '../src/tensor/tensor';
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+function lscpu(field: string): string {
+  try {
+    const line = execFileSync('lscpu', { encoding: 'utf8' }).split('\n').find((l) => l.startsWith(`${field}:`));
+    return line ? line.slice(field.length + 1).trim() : '?';
+  } catch {
+    return '?';
+  }
+}
+
+async function main(): Promise<void> {
+  const batch = Number(arg('batch', '8')), reps = Number(arg('reps', '5')), warmup = Number(arg('warmup', '2'));
+  const rounds = Number(arg('rounds', '3')), calibSamples = Number(arg('calib-samples', '4'));
+  const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'int-exec.md')));
+  const info = native().info();
+  const load0 = os.loadavg()[0];
+  const t0 = Date.now();
+
+  const fp = await loadModel(DEFAULT_MODEL);
+  const cfgModel = fp.config.model.params as { timesteps: number; channels: number; image_size: number };
+  const schedule = { kind: 'linear' as const, timesteps: cfgModel.timesteps };
+  const quantized: Record<string, QuantizedModel> = {};
+  const owners = [fp];
+  for (const [name, useDynamic] of [['static W8A8', false], ['TDQ W8A8', true]] as const) {
+    const m = await loadModel(DEFAULT_MODEL);
+    owners.push(m);
+    const qm = await calibrate(m.model, resolveQuantConfig({ nBitW: 8, nBitA: 8, useDynamic }), { schedule, steps: 10, nSamples: calibSamples, seed: 1, method: 'mse', fitIters: 200 });
+    if (useDynamic) {
+      qm.buildTable();
+      qm.useTable(true);
+    }
+    qm.eval();
+    quantized[name] = qm;
+  }
+  fp.model.eval();
+
+  const shape = [batch, cfgModel.channels, cfgModel.image_size, cfgModel.image_size];
+  const x = runOp1('randn', [], { shape, seed: 1 });
+  const t = fromArray(Array.from({ length: batch }, (_, i) => (i * 131 + 7) % cfgModel.timesteps), [batch]);
+  type Way = { name: string; run: () => Tensor; before?: () => void };
+  const ways: Way[] = [{ name: 'fp32', run: () => fp.model.forward(x, t) }];
+  for (const [name, qm] of Object.entries(quantized)) {
+    ways.push({ name: `${name} fake`, before: () => qm.setExec('fake'), run: () => qm.forward(x, t) });
+    ways.push({ name: `${name} int`, before: () => qm.setExec('int'), run: () => qm.forward(x, t) });
+  }
+  const times = new Map<string, number[]>(ways.map((w) => [w.name, []]));
+  for (let round = 0; round < rounds; ++round)
+    for (const w of ways) {
+      w.before?.();
+      for (let r = 0; r < warmup + reps; ++r) {
+        const s = process.hrtime.bigint();
+        const y = noGrad(() => tidy(() => w.run()));
+        native().syncBlocking();
+        const ms = Number(process.hrtime.bigint() - s) / 1e6;
+        y.dispose();
+        if (r >= warmup) times.get(w.name)!.push(ms);
+      }
+    }
+  const fpMed = median(times.get('fp32')!), fpLo = Math.min(...times.get('fp32')!);
+  const rows = ways.map((w) => {
+    const v = times.get(w.name)!, m = median(v), lo = Math.min(...v);
+    const row = `| ${w.name} | ${m.toFixed(1)} | ${lo.toFixed(1)} | ${(fpMed / m).toFixed(2)} | ${(fpLo / lo).toFixed(2)} |`;
+    console.log(row);
+    return row;
+  });
+  const load1 = os.loadavg()[0];
+  const f = info.cpuFeatures as Record<string, boolean>;
+  const report = [
+    '# Whole-model forward: fp32 vs fake-quantized vs integer execution (shipped model, CPU)',
+    '',
+    `- command: \`node dist/bench/int_exec.js ${process.argv.slice(2).join(' ')}\``.replace(/ `$/, '`'),
+    `- date: ${new Date(t0).toISOString()}, ${((Date.now() - t0) / 1000).toFixed(0)} s`,
+    `- machine: ${lscpu('Model name')}, ${os.cpus().length} logical CPUs; avx512vnni ${f.avx512vnni}, amxInt8 ${f.amxInt8}`,
+    `- load average (1 min) before / after: ${load0.toFixed(2)} / ${load1.toFixed(2)} (the benchmark itself accounts for about 1)`,
+    `- tdq-native: ${info.threads} threads, cpu level ${info.cpuLevel}, int8 kernel ${info.int8Kernel}`,
+    `- model: ${path.basename(DEFAULT_MODEL)} (${shape.slice(1).join('x')}), batch ${batch}; quantized W8A8 by calibrate (mse, ${calibSamples} samples), paper's full-precision layers kept`,
+    `- median of ${rounds} rounds x ${reps} forwards per way (after ${warmup} warm-up forwards per block), the ways interleaved in blocks`,
+    '',
+    '| execution | median (ms) | fastest (ms) | fp32 / this (median) | fp32 / this (fastest) |',
+    '| --- | ---: | ---: | ---: | ---: |',
+    ...rows,
+    '',
+  ].join('\n');
+  x.dispose();
+  t.dispose();
+  for (const o of owners) o.dispose();
+  fs.mkdirSync(path.dirname(outFile), { recursive: true });
+  fs.writeFileSync(outFile, report);
+  console.log(`wrote ${outFile}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -15,7 +15,7 @@ import { ConfigError } from '../../config/load';
 import { loadLatentDiffusionConfig } from '../../models/latent_config';
 import { DEFAULT_MODEL, isLatentDiffusionConfigFile, loadLatentPipeline, loadPipeline } from '../../pipeline';
 import { Generator } from '../../tensor/random';
-import { fromArray, type Tensor } from '../../tensor/tensor';
+import { fromArray } from '../../tensor/tensor';
 import { type GlobalArgs, CliError } from '../index';
 import { checkCount, checkMemory, checkSamplerFlags, lineProgress, maxMemoryOption, peekModelConfig, probeWritableDir } from './preflight';
 
@@ -126,57 +126,32 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       if (!classes) throw new CliError(`--class ${a.class}: ${a.ckpt} is an unconditional model (no num_classes); drop --class`);
       if (!Number.isInteger(a.class) || a.class < 0 || a.class >= classes) throw new CliError(`--class must be a class of this model (0..${classes - 1}), got ${a.class}`);
     }
-    const [c, h, w] = pipe.imageShape;
-    const totalBatches = Math.ceil(n / batchSize);
-    const tty = process.stderr.isTTY === true;
-    const bar = a.progress && tty ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
-    const lines = a.progress && !tty ? lineProgress('sampling', totalBatches) : null;
-    bar?.start(totalBatches * 1000, 0, { images: 0, total: n, step: 0, steps: 0 });
-    const abort = new AbortController();
-    const onSigint = () => abort.abort(new Error('interrupted'));
-    process.once('SIGINT', onSigint);
-    const digits = Math.max(6, String(n - 1).length);
-    const grid = new Float32Array(gridCount * c * h * w);
-    const gen = new Generator(a.seed);
-    let written = 0;
+    const sampler = a.sampler; // narrowed above
     try {
-      const t0 = Date.now();
-      for (let b = 0; b < totalBatches; ++b) {
-        const done = b * batchSize, bs = Math.min(batchSize, n - done);
-        let y: Tensor | undefined;
-        if (classes) y = fromArray(Array.from({ length: bs }, (_, i) => a.class ?? (done + i) % classes), [bs], 'int32');
-        let data: Float32Array;
+      const { written, secs } = await writeSamples(a, { n, batchSize, imageShape: pipe.imageShape, gridCount, steps }, async (done, bs, gen, run) => {
+        const [c, h, w] = pipe.imageShape;
+        const y = classes ? fromArray(Array.from({ length: bs }, (_, i) => a.class ?? (done + i) % classes), [bs], 'int32') : undefined;
         try {
           const x = await sample(pipe.diffusion.epsModel(y), {
             shape: [bs, c, h, w],
-            sampler: a.sampler,
-            steps: a.sampler === 'ddpm' ? undefined : a.customSteps ?? 50,
+            sampler,
+            steps: sampler === 'ddpm' ? undefined : a.customSteps ?? 50,
             eta: a.eta,
             ddimDiscretize: a.ddimDiscretize,
             clipDenoised: a.clipDenoised ?? true,
             generator: gen,
             schedule: pipe.diffusion.schedule,
-            signal: abort.signal,
-            onProgress: (step, total) => bar?.update(Math.round((b + step / total) * 1000), { images: done, total: n, step, steps: total }),
+            ...run,
           });
-          data = (await x.data()) as Float32Array;
+          const data = (await x.data()) as Float32Array;
           x.dispose();
+          return data;
         } finally {
           y?.dispose();
         }
-        await saveImages(a.outdir, { data, shape: [bs, c, h, w] }, { start: done, digits });
-        written += bs;
-        if (done < gridCount) grid.set(data.subarray(0, Math.min(bs, gridCount - done) * c * h * w), done * c * h * w);
-        bar?.update((b + 1) * 1000, { images: written, total: n, step: steps, steps });
-        lines?.(b + 1, written, n);
-      }
-      bar?.stop();
-      if (a.grid) await saveGrid(path.join(a.outdir, 'grid.png'), { data: grid, shape: [gridCount, c, h, w] });
-      const secs = (Date.now() - t0) / 1000;
+      });
       console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (${a.sampler}, ${steps} steps, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
     } finally {
-      bar?.stop();
-      process.off('SIGINT', onSigint);
       pipe.dispose();
     }
   },
@@ -228,44 +203,63 @@ async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['s
     const r = pipe.loaded.report;
     if (r.unexpectedKeys.length) console.warn(`tdq-native: warning: ${a.ckpt}: ${r.unexpectedKeys.length} key(s) the model of ${configFile} does not have, not loaded: ${r.unexpectedKeys.slice(0, 5).join(', ')}${r.unexpectedKeys.length > 5 ? ', ...' : ''}`);
     plan = pipe.plan(opts);
-    const [c, h, w] = pipe.imageShape;
     const gridCount = a.grid ? Math.min(n, MAX_GRID_IMAGES) : 0;
-    const totalBatches = Math.ceil(n / batchSize);
-    const tty = process.stderr.isTTY === true;
-    const bar = a.progress && tty ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
-    const lines = a.progress && !tty ? lineProgress('sampling', totalBatches) : null;
-    bar?.start(totalBatches * 1000, 0, { images: 0, total: n, step: 0, steps: 0 });
-    const abort = new AbortController();
-    const onSigint = () => abort.abort(new Error('interrupted'));
-    process.once('SIGINT', onSigint);
-    const digits = Math.max(6, String(n - 1).length);
-    const grid = new Float32Array(gridCount * c * h * w);
-    const gen = new Generator(a.seed);
-    let written = 0;
-    try {
-      const t0 = Date.now();
-      for (let b = 0; b < totalBatches; ++b) {
-        const done = b * batchSize, bs = Math.min(batchSize, n - done);
-        const data = await pipe.sampleImages(plan, pipe.labels(plan, done, bs), bs, gen, {
-          signal: abort.signal,
-          onProgress: (step, total) => bar?.update(Math.round((b + step / total) * 1000), { images: done, total: n, step, steps: total }),
-        });
-        await saveImages(a.outdir, { data, shape: [bs, c, h, w] }, { start: done, digits });
-        written += bs;
-        if (done < gridCount) grid.set(data.subarray(0, Math.min(bs, gridCount - done) * c * h * w), done * c * h * w);
-        bar?.update((b + 1) * 1000, { images: written, total: n, step: steps, steps });
-        lines?.(b + 1, written, n);
-      }
-      bar?.stop();
-      if (a.grid) await saveGrid(path.join(a.outdir, 'grid.png'), { data: grid, shape: [gridCount, c, h, w] });
-      const secs = (Date.now() - t0) / 1000;
-      const what = [plan.classes ? `classes ${plan.classes.join(',')}` : null, plan.guidance ? `scale ${plan.guidance.scale} against class ${plan.guidance.uncondClass}` : null, r.ema ? 'EMA weights' : null].filter(Boolean).join(', ');
-      console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (latent diffusion, ${a.sampler}, ${steps} steps${what ? `, ${what}` : ''}, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
-    } finally {
-      bar?.stop();
-      process.off('SIGINT', onSigint);
-    }
+    const chosen = plan;
+    const { written, secs } = await writeSamples(a, { n, batchSize, imageShape: pipe.imageShape, gridCount, steps }, (done, bs, gen, run) =>
+      pipe.sampleImages(chosen, pipe.labels(chosen, done, bs), bs, gen, run),
+    );
+    const what = [plan.classes ? `classes ${plan.classes.join(',')}` : null, plan.guidance ? `scale ${plan.guidance.scale} against class ${plan.guidance.uncondClass}` : null, r.ema ? 'EMA weights' : null].filter(Boolean).join(', ');
+    console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (latent diffusion, ${a.sampler}, ${steps} steps${what ? `, ${what}` : ''}, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
   } finally {
     pipe.dispose();
+  }
+}
+
+/**
+ * The batch loop of both kinds of model: n images in batches, each written as
+ * PNGs when it is done (so a long run holds one batch), the first gridCount
+ * kept for grid.png, progress as a bar on a terminal or a line per batch
+ * elsewhere, Ctrl-C aborting the sampler. `sampleBatch` returns a batch's
+ * (bs, C, H, W) pixels in [-1, 1].
+ */
+async function writeSamples(
+  a: Pick<SampleArgs, 'outdir' | 'grid' | 'progress' | 'seed'>,
+  o: { n: number; batchSize: number; imageShape: readonly number[]; gridCount: number; steps: number },
+  sampleBatch: (done: number, bs: number, gen: Generator, run: { signal: AbortSignal; onProgress: (step: number, total: number) => void }) => Promise<Float32Array>,
+): Promise<{ written: number; secs: number }> {
+  const { n, batchSize, gridCount, steps } = o;
+  const [c, h, w] = o.imageShape;
+  const totalBatches = Math.ceil(n / batchSize);
+  const tty = process.stderr.isTTY === true;
+  const bar = a.progress && tty ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
+  const lines = a.progress && !tty ? lineProgress('sampling', totalBatches) : null;
+  bar?.start(totalBatches * 1000, 0, { images: 0, total: n, step: 0, steps: 0 });
+  const abort = new AbortController();
+  const onSigint = () => abort.abort(new Error('interrupted'));
+  process.once('SIGINT', onSigint);
+  const digits = Math.max(6, String(n - 1).length);
+  const grid = new Float32Array(gridCount * c * h * w);
+  const gen = new Generator(a.seed);
+  let written = 0;
+  try {
+    const t0 = Date.now();
+    for (let b = 0; b < totalBatches; ++b) {
+      const done = b * batchSize, bs = Math.min(batchSize, n - done);
+      const data = await sampleBatch(done, bs, gen, {
+        signal: abort.signal,
+        onProgress: (step, total) => bar?.update(Math.round((b + step / total) * 1000), { images: done, total: n, step, steps: total }),
+      });
+      await saveImages(a.outdir, { data, shape: [bs, c, h, w] }, { start: done, digits });
+      written += bs;
+      if (done < gridCount) grid.set(data.subarray(0, Math.min(bs, gridCount - done) * c * h * w), done * c * h * w);
+      bar?.update((b + 1) * 1000, { images: written, total: n, step: steps, steps });
+      lines?.(b + 1, written, n);
+    }
+    bar?.stop();
+    if (a.grid) await saveGrid(path.join(a.outdir, 'grid.png'), { data: grid, shape: [gridCount, c, h, w] });
+    return { written, secs: (Date.now() - t0) / 1000 };
+  } finally {
+    bar?.stop();
+    process.off('SIGINT', onSigint);
   }
 }

@@ -6,6 +6,7 @@
 //
 //   node dist/bench/int_exec.js [--batch 8] [--reps 5] [--warmup 2] [--rounds 3]
 //                               [--calib-samples 4] [--out bench/results/int-exec.md]
+//                               [--profile bench/results/int-exec-profile.md]
 //
 // Every way runs model.forward(x, t) on the same x (batch, C, H, W) and random
 // integer timesteps, the native stream drained after each call; the ways
@@ -13,6 +14,11 @@
 // load falls on all alike; medians (and fastest calls) are reported. Switching
 // fake <-> int frees the packed weights, so each block's warm-up calls include
 // one repack (not timed).
+//
+// --profile FILE: instead of timing, runs each way `reps` times with the
+// engine's op profiler on (Stream::set_profiling: each kernel's own time,
+// measured on the stream thread) and writes per-op milliseconds and calls per
+// forward; the rest of the wall time is dispatch (JS, N-API, allocation).
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -82,6 +88,14 @@ async function main(): Promise<void> {
     ways.push({ name: `${name} fake`, before: () => qm.setExec('fake'), run: () => qm.forward(x, t) });
     ways.push({ name: `${name} int`, before: () => qm.setExec('int'), run: () => qm.forward(x, t) });
   }
+  const profileFile = arg('profile', '');
+  if (profileFile) {
+    writeProfile(path.resolve(profileFile), ways, { warmup, reps, batch, load0, t0 });
+    x.dispose();
+    t.dispose();
+    for (const o of owners) o.dispose();
+    return;
+  }
   const times = new Map<string, number[]>(ways.map((w) => [w.name, []]));
   for (let round = 0; round < rounds; ++round)
     for (const w of ways) {
@@ -126,6 +140,52 @@ async function main(): Promise<void> {
   fs.mkdirSync(path.dirname(outFile), { recursive: true });
   fs.writeFileSync(outFile, report);
   console.log(`wrote ${outFile}`);
+}
+
+function writeProfile(
+  file: string,
+  ways: { name: string; run: () => Tensor; before?: () => void }[],
+  o: { warmup: number; reps: number; batch: number; load0: number; t0: number },
+): void {
+  const sections: string[] = [];
+  for (const w of ways) {
+    w.before?.();
+    for (let r = 0; r < o.warmup; ++r) {
+      noGrad(() => tidy(() => w.run())).dispose();
+      native().syncBlocking();
+    }
+    native().setProfiling(true);
+    const s = process.hrtime.bigint();
+    for (let r = 0; r < o.reps; ++r) {
+      noGrad(() => tidy(() => w.run())).dispose();
+      native().syncBlocking();
+    }
+    const wall = Number(process.hrtime.bigint() - s) / 1e6 / o.reps;
+    const prof = native().profile();
+    native().setProfiling(false);
+    const ops = Object.entries(prof).map(([op, v]) => ({ op, calls: v.calls / o.reps, ms: (v.seconds * 1e3) / o.reps }));
+    ops.sort((a, b) => b.ms - a.ms);
+    const inOps = ops.reduce((a, v) => a + v.ms, 0), calls = ops.reduce((a, v) => a + v.calls, 0);
+    const line = `${w.name}: wall ${wall.toFixed(1)} ms / forward, in kernels ${inOps.toFixed(1)} ms (${calls.toFixed(0)} op calls), outside kernels ${(wall - inOps).toFixed(1)} ms`;
+    console.log(line);
+    sections.push(`## ${w.name}`, '', line, '', '| op | ms / forward | calls / forward | share of wall |', '| --- | ---: | ---: | ---: |');
+    for (const v of ops) sections.push(`| ${v.op} | ${v.ms.toFixed(2)} | ${v.calls.toFixed(0)} | ${((100 * v.ms) / wall).toFixed(1)} % |`);
+    sections.push('');
+  }
+  const info = native().info();
+  const report = [
+    '# Per-op profile of the whole-model forward (shipped model, CPU)',
+    '',
+    `- command: \`node dist/bench/int_exec.js ${process.argv.slice(2).join(' ')}\``,
+    `- date: ${new Date(o.t0).toISOString()}; load average (1 min) before / after: ${o.load0.toFixed(2)} / ${os.loadavg()[0].toFixed(2)}`,
+    `- tdq-native: ${info.threads} threads, cpu level ${info.cpuLevel}, int8 kernel ${info.int8Kernel}; batch ${o.batch}, ${o.reps} profiled forwards per way after ${o.warmup} warm-up`,
+    '- per op: the kernel time measured on the engine stream (Stream::set_profiling); "outside kernels" is the rest of the wall time (JS, N-API dispatch, allocation, waiting)',
+    '',
+    ...sections,
+  ].join('\n');
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, report);
+  console.log(`wrote ${file}`);
 }
 
 main().catch((e) => {

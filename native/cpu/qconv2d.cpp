@@ -65,9 +65,10 @@ QConvGeom qconv_geometry(const std::vector<Tensor>& in, const Attrs& a) {
 
 std::vector<TensorMeta> infer_qconv2d(const std::vector<Tensor>& in, const Attrs& a) {
   activation_zero_point(a, in[0]);
+  const QActSpec q = qact_spec(a, in[0]);
   const QConvGeom g = qconv_geometry(in, a);
   check_qweights(a, in, 2, g.K(), g.kh * g.kw * round_up4(g.C));
-  check_act_step(a, in[1], g.N, in[0].shape);
+  check_act_steps_shape(a, q, in[1], g.N, in[0].shape);
   return {{{g.N, in[2].shape[0], g.Ho, g.Wo}, DType::f32}};
 }
 
@@ -91,6 +92,81 @@ void interleave_channels(const QConvGeom& g, const uint8_t* x, int64_t nb, uint8
       for (int64_t p = 0; p < HW; ++p)
         d[p] = (uint32_t{r[0][p]} | uint32_t{r[1][p]} << 8 | uint32_t{r[2][p]} << 16 | uint32_t{r[3][p]} << 24) ^ fmask;
     }
+}
+
+// As interleave_channels for float32 x, quantizing on the way (QActSpec):
+// byte = level + q.add, the step of sample s is steps[s]; a channel past C
+// reads as level 0 (byte q.add).
+void interleave_quantize(const QConvGeom& g, const float* x, int64_t nb, const QActSpec& q, QuantRowFn row,
+                         const float* steps, int64_t cq0, int64_t cq1, uint32_t* x4) {
+  const int64_t HW = g.H * g.W, Cq = round_up4(g.C) / 4;
+  constexpr int64_t kBlk = 256;
+  alignas(64) uint8_t b[4][kBlk];
+  const float off = q.shifted ? 0.f : q.offset;
+  for (int64_t s = 0; s < nb; ++s)
+    for (int64_t cq = cq0; cq < cq1; ++cq) {
+      uint32_t* d = x4 + (s * Cq + cq) * HW;
+      for (int64_t p0 = 0; p0 < HW; p0 += kBlk) {
+        const int64_t n = std::min(kBlk, HW - p0);
+        for (int i = 0; i < 4; ++i) {
+          if (4 * cq + i < g.C) row(x + (s * g.C + 4 * cq + i) * HW + p0, b[i], n, steps[s], q.lo, q.hi, q.add, off);
+          else std::memset(b[i], q.add, static_cast<size_t>(n));
+        }
+        for (int64_t p = 0; p < n; ++p)
+          d[p0 + p] = uint32_t{b[0][p]} | uint32_t{b[1][p]} << 8 | uint32_t{b[2][p]} << 16 | uint32_t{b[3][p]} << 24;
+      }
+    }
+}
+
+// The real zero point's border correction (QActSpec): output pixels where some
+// taps fall on the padding, and per (pixel, o) fl(fl(z * wstep[o]) * (sum of
+// row o's weights over the taps inside the input - row sum)); d is (border
+// pixels, O). The row sums over the taps come from the packed rows.
+struct BorderCorr {
+  std::vector<int64_t> pix;
+  std::vector<float> d;
+};
+BorderCorr border_correction(const QConvGeom& g, const int8_t* w, const float* wstep, const int32_t* rsum, float z) {
+  BorderCorr bc;
+  const int64_t taps = g.kh * g.kw, Cp = round_up4(g.C), Kp = taps * Cp, O = g.O;
+  std::vector<uint8_t> vh(static_cast<size_t>(g.Ho * g.kh)), vw(static_cast<size_t>(g.Wo * g.kw));
+  std::vector<int64_t> bad_h(static_cast<size_t>(g.Ho)), bad_w(static_cast<size_t>(g.Wo));
+  for (int64_t oh = 0; oh < g.Ho; ++oh)
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.stride - g.pad + i;
+      vh[oh * g.kh + i] = ih >= 0 && ih < g.H;
+      bad_h[oh] += !vh[oh * g.kh + i];
+    }
+  for (int64_t ow = 0; ow < g.Wo; ++ow)
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t iw = ow * g.stride - g.pad + j;
+      vw[ow * g.kw + j] = iw >= 0 && iw < g.W;
+      bad_w[ow] += !vw[ow * g.kw + j];
+    }
+  for (int64_t oh = 0; oh < g.Ho; ++oh)
+    for (int64_t ow = 0; ow < g.Wo; ++ow)
+      if (bad_h[oh] || bad_w[ow]) bc.pix.push_back(oh * g.Wo + ow);
+  if (bc.pix.empty()) return bc;
+  std::vector<int32_t> tsum(static_cast<size_t>(O * taps));
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t t = 0; t < taps; ++t) {
+      int32_t a = 0;
+      for (int64_t c = 0; c < g.C; ++c) a += w[o * Kp + t * Cp + c];
+      tsum[o * taps + t] = a;
+    }
+  bc.d.resize(bc.pix.size() * static_cast<size_t>(O));
+  for (size_t k = 0; k < bc.pix.size(); ++k) {
+    const int64_t oh = bc.pix[k] / g.Wo, ow = bc.pix[k] % g.Wo;
+    for (int64_t o = 0; o < O; ++o) {
+      int32_t v = 0;
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j)
+          if (vh[oh * g.kh + i] && vw[ow * g.kw + j]) v += tsum[o * taps + i * g.kw + j];
+      const float zw = z * wstep[o];
+      bc.d[k * O + o] = zw * static_cast<float>(v - rsum[o]);
+    }
+  }
+  return bc;
 }
 
 // Fills quads [q0, q1) of the panels (qgemm.h) for samples [0, nb) from x4.
@@ -134,24 +210,41 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   const Tensor &x = c.inputs[0], &as = c.inputs[1], &wp = c.inputs[2], &ws = c.inputs[3], &rs = c.inputs[4];
   const Tensor* bias = c.inputs.size() > 5 && c.inputs[5].defined() ? &c.inputs[5] : nullptr;
   const int64_t zp = activation_zero_point(c.attrs, x);
+  const QActSpec q = qact_spec(c.attrs, x);
   const uint8_t flip = x.dtype == DType::i8 ? 0x80 : 0;
   QConvGeom g = qconv_geometry(c.inputs, c.attrs);
   g.O = wp.shape[0];
-  check_positive_steps(as, "act_step");
+  std::vector<float> steps(static_cast<size_t>(g.N));
+  act_steps(c.attrs, q, as, g.N, x.shape, steps.data());
   check_positive_steps(ws, "wstep");
   const int64_t Cq = round_up4(g.C) / 4, kq = g.kh * g.kw * Cq, P = g.P(), O = g.O, HW = g.H * g.W;
   if (g.N == 0 || P == 0) return;
+  const int32_t* prs = rs.data<int32_t>();
   std::vector<int32_t> zc(static_cast<size_t>(O));
-  for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * int64_t{rs.data<int32_t>()[o]});
+  for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * int64_t{prs[o]});
+  // A real zero point z: bias' = bias + z * wstep * rowsum, and the border fix-up.
+  const bool zfix = q.quantize && q.offset != 0.f;
+  std::vector<float> bias2;
+  BorderCorr bc;
+  if (zfix) {
+    bias2.resize(static_cast<size_t>(O));
+    for (int64_t o = 0; o < O; ++o) {
+      const float zw = q.offset * ws.f32()[o];
+      const float corr = zw * static_cast<float>(prs[o]);
+      bias2[o] = bias ? bias->f32()[o] + corr : corr;
+    }
+    bc = border_correction(g, wp.data<int8_t>(), ws.f32(), prs, q.offset);
+  }
+  const QuantRowFn qrow = quant_row_for(ctx.cpu_level);
   // Samples per chunk: at least 128 columns, at most 8 MiB of panels.
   int64_t nb = std::clamp<int64_t>((128 + P - 1) / P, 1, g.N);
   nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * kq * P + 4 * Cq * HW)));
   const int64_t chunks = (g.N + nb - 1) / nb, threads = ctx.pool ? ctx.pool->size() : 1;
-  const uint8_t* px = x.data<uint8_t>();
-  const float* pas = as.f32();
+  const uint8_t* px = q.quantize ? nullptr : x.data<uint8_t>();
+  const float* pxf = q.quantize ? x.f32() : nullptr;
   float* y = c.outputs[0].f32();
   const int8_t* w = wp.data<int8_t>();
-  const float* pb = bias ? bias->f32() : nullptr;
+  const float* pb = zfix ? bias2.data() : bias ? bias->f32() : nullptr;
 
   // Scratch of one worker: panels for nb samples (not zeroed: every byte read
   // is written first), and the columns' steps and output offsets.
@@ -168,20 +261,28 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   // One chunk [n0, n0 + cnt) with the given context.
   auto run_chunk = [&](const ExecContext& cx, int64_t n0, int64_t cnt, Scratch& sc) {
     const int64_t cols = cnt * P;
-    const uint8_t* xs = px + n0 * g.C * g.H * g.W;
     uint8_t* pan = sc.pan_buf.get();
     uint32_t* x4 = reinterpret_cast<uint32_t*>(sc.x4_buf.get());
     cx.parallel_for(Cq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cnt * HW, 1)), [&](int64_t b, int64_t e) {
-      interleave_channels(g, xs, cnt, flip, static_cast<uint8_t>(zp), b, e, x4);
+      if (q.quantize)
+        interleave_quantize(g, pxf + n0 * g.C * HW, cnt, q, qrow, steps.data() + n0, b, e, x4);
+      else
+        interleave_channels(g, px + n0 * g.C * HW, cnt, flip, static_cast<uint8_t>(zp), b, e, x4);
     });
     cx.parallel_for(kq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
       im2col_panels(g, x4, cnt, static_cast<uint32_t>(zp) * 0x01010101u, kq, b, e, pan);
     });
     for (int64_t s = 0; s < cnt; ++s) {
-      const float st = pas[as.numel() == 1 ? 0 : n0 + s];
+      const float st = steps[n0 + s];
       for (int64_t p = 0; p < P; ++p) sc.cstep[s * P + p] = st, sc.coff[s * P + p] = s * O * P + p;
     }
     qgemm(cx, O, cols, kq, w, pan, zc.data(), ws.f32(), pb, sc.cstep.data(), sc.coff.data(), y + n0 * O * P, P);
+    if (zfix && !bc.pix.empty())
+      for (int64_t s = 0; s < cnt; ++s)
+        for (int64_t o = 0; o < O; ++o) {
+          float* yo = y + ((n0 + s) * O + o) * P;
+          for (size_t k = 0; k < bc.pix.size(); ++k) yo[bc.pix[k]] += bc.d[k * O + o];
+        }
   };
 
   if (threads > 1 && chunks >= threads) {

@@ -11,9 +11,11 @@
 //   float rounding: the integer sum is exact, and the epilogue (qgemm.h) rounds
 //   three times; conv2d_forward's float sum rounds once per term.
 //
-// im2col straight into the GEMM's activation panels (qgemm.h), a chunk of
-// samples at a time (bounded scratch); whole chunks per thread when the batch
-// has enough of them, otherwise the GEMM's tiles are spread over the threads.
+// The input channels interleaved in groups of 4 (quantized on the way for
+// float32 x), then im2col one activation panel (qgemm.h) at a time, by the
+// GEMM worker that uses it next (qgemm_pack: the panel stays in L1); a chunk
+// of samples at a time (bounded scratch); whole chunks per thread when the
+// batch has enough of them, otherwise the panels are spread over the threads.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -96,24 +98,27 @@ void interleave_channels(const QConvGeom& g, const uint8_t* x, int64_t nb, uint8
 
 // As interleave_channels for float32 x, quantizing on the way (QActSpec):
 // byte = level + q.add, the step of sample s is steps[s]; a channel past C
-// reads as level 0 (byte q.add).
-void interleave_quantize(const QConvGeom& g, const float* x, int64_t nb, const QActSpec& q, QuantRowFn row,
-                         const float* steps, int64_t cq0, int64_t cq1, uint32_t* x4) {
+// reads as level 0 (byte q.add). With `panels`, the words go straight into
+// the GEMM's panel layout (qgemm.h) instead, column j = s * HW + p, quad cq:
+// a 1x1 convolution with stride 1 and no padding needs no im2col.
+void interleave_quantize(const QConvGeom& g, const float* x, int64_t nb, const QActSpec& q, Quant4Fn q4,
+                         const float* steps, int64_t cq0, int64_t cq1, uint32_t* x4, bool panels) {
   const int64_t HW = g.H * g.W, Cq = round_up4(g.C) / 4;
-  constexpr int64_t kBlk = 256;
-  alignas(64) uint8_t b[4][kBlk];
   const float off = q.shifted ? 0.f : q.offset;
   for (int64_t s = 0; s < nb; ++s)
     for (int64_t cq = cq0; cq < cq1; ++cq) {
-      uint32_t* d = x4 + (s * Cq + cq) * HW;
-      for (int64_t p0 = 0; p0 < HW; p0 += kBlk) {
-        const int64_t n = std::min(kBlk, HW - p0);
-        for (int i = 0; i < 4; ++i) {
-          if (4 * cq + i < g.C) row(x + (s * g.C + 4 * cq + i) * HW + p0, b[i], n, steps[s], q.lo, q.hi, q.add, off);
-          else std::memset(b[i], q.add, static_cast<size_t>(n));
-        }
-        for (int64_t p = 0; p < n; ++p)
-          d[p0 + p] = uint32_t{b[0][p]} | uint32_t{b[1][p]} << 8 | uint32_t{b[2][p]} << 16 | uint32_t{b[3][p]} << 24;
+      const int nch = static_cast<int>(std::min<int64_t>(4, g.C - 4 * cq));
+      const float* rows[4];
+      for (int i = 0; i < 4; ++i) rows[i] = x + (s * g.C + 4 * cq + std::min(i, nch - 1)) * HW;
+      if (!panels) {
+        q4(rows, nch, x4 + (s * Cq + cq) * HW, HW, steps[s], q.lo, q.hi, q.add, off);
+        continue;
+      }
+      for (int64_t p = 0; p < HW;) {  // runs inside one panel
+        const int64_t j = s * HW + p, len = std::min(HW - p, kNR - j % kNR);
+        const float* r[4] = {rows[0] + p, rows[1] + p, rows[2] + p, rows[3] + p};
+        q4(r, nch, x4 + ((j / kNR) * Cq + cq) * kNR + j % kNR, len, steps[s], q.lo, q.hi, q.add, off);
+        p += len;
       }
     }
 }
@@ -169,39 +174,45 @@ BorderCorr border_correction(const QConvGeom& g, const int8_t* w, const float* w
   return bc;
 }
 
-// Fills quads [q0, q1) of the panels (qgemm.h) for samples [0, nb) from x4.
-// Quad q = tap * Cq + cq (tap = i * kW + j), the order of qweight_pack's
-// conv rows; column j = s * P + oh * Wo + ow holds x4 under output (oh, ow)
-// for that tap, or the zero point (pad4) over the padding.
-void im2col_panels(const QConvGeom& g, const uint32_t* x4, int64_t nb, uint32_t pad4, int64_t kq, int64_t q0,
-                   int64_t q1, uint8_t* panels) {
+// Panel p alone (columns [32p, min(32p + 32, cols)) of samples [0, nb)), all
+// kq quads, into dst (kq * 128 bytes): the bytes im2col_panels writes there.
+// The panel's columns fall into a few runs of one output row each.
+void im2col_panel(const QConvGeom& g, const uint32_t* x4, int64_t cols, uint32_t pad4, int64_t kq, int64_t p,
+                  uint8_t* dst_bytes) {
   const int64_t P = g.P(), HW = g.H * g.W, Cq = round_up4(g.C) / 4, Wo = g.Wo;
-  uint32_t* pan = reinterpret_cast<uint32_t*>(panels);
-  for (int64_t q = q0; q < q1; ++q) {
+  struct Run {
+    int64_t s, oh, ow, len, c0;
+  };
+  Run runs[kNR];
+  int nruns = 0;
+  for (int64_t j = p * kNR, end = std::min(cols, j + kNR); j < end;) {
+    const int64_t s = j / P, r = j % P, oh = r / Wo, ow = r % Wo, len = std::min(Wo - ow, end - j);
+    runs[nruns++] = {s, oh, ow, len, j - p * kNR};
+    j += len;
+  }
+  uint32_t* dst = reinterpret_cast<uint32_t*>(dst_bytes);
+  for (int64_t q = 0; q < kq; ++q, dst += kNR) {
     const int64_t tap = q / Cq, cq = q % Cq, ki = tap / g.kw, kj = tap % g.kw;
+    // outputs ow in [lo, hi) read inside the input's width for this tap
     const int64_t lo = std::clamp<int64_t>(floor_div(g.pad - kj + g.stride - 1, g.stride), 0, Wo);
     const int64_t hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, Wo);
-    for (int64_t s = 0; s < nb; ++s) {
-      const uint32_t* plane = x4 + (s * Cq + cq) * HW;
-      for (int64_t oh = 0; oh < g.Ho; ++oh) {
-        const int64_t ih = oh * g.stride - g.pad + ki;
-        const bool inside = ih >= 0 && ih < g.H;
-        // plane[off + ow * stride]: the input under output ow (read inside [lo, hi) only)
-        const int64_t off = ih * g.W - g.pad + kj;
-        int64_t ow = 0, j = s * P + oh * Wo;
-        while (ow < Wo) {  // runs that stay inside one panel
-          const int64_t run = std::min(Wo - ow, kNR - j % kNR), e = ow + run;
-          uint32_t* dst = pan + ((j / kNR) * kq + q) * kNR + j % kNR;  // column ow
-          const int64_t a = inside ? std::clamp(lo, ow, e) : e, b = inside ? std::clamp(hi, a, e) : e;
-          for (int64_t u = ow; u < a; ++u) dst[u - ow] = pad4;
-          if (g.stride == 1)
-            for (int64_t u = a; u < b; ++u) dst[u - ow] = plane[off + u];
-          else
-            for (int64_t u = a; u < b; ++u) dst[u - ow] = plane[off + u * g.stride];
-          for (int64_t u = b; u < e; ++u) dst[u - ow] = pad4;
-          ow = e, j += run;
-        }
+    for (int i = 0; i < nruns; ++i) {
+      const Run& rn = runs[i];
+      const int64_t ih = rn.oh * g.stride - g.pad + ki;
+      uint32_t* d = dst + rn.c0 - rn.ow;  // d[ow]
+      const int64_t e = rn.ow + rn.len;
+      if (ih < 0 || ih >= g.H) {
+        for (int64_t u = rn.ow; u < e; ++u) d[u] = pad4;
+        continue;
       }
+      const uint32_t* src = x4 + (rn.s * Cq + cq) * HW + ih * g.W - g.pad + kj;  // src[ow * stride]
+      const int64_t a = std::clamp(lo, rn.ow, e), b = std::clamp(hi, a, e);
+      for (int64_t u = rn.ow; u < a; ++u) d[u] = pad4;
+      if (g.stride == 1)
+        for (int64_t u = a; u < b; ++u) d[u] = src[u];
+      else
+        for (int64_t u = a; u < b; ++u) d[u] = src[u * g.stride];
+      for (int64_t u = b; u < e; ++u) d[u] = pad4;
     }
   }
 }
@@ -235,10 +246,12 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
     }
     bc = border_correction(g, wp.data<int8_t>(), ws.f32(), prs, q.offset);
   }
-  const QuantRowFn qrow = quant_row_for(ctx.cpu_level);
-  // Samples per chunk: at least 128 columns, at most 8 MiB of panels.
+  const Quant4Fn q4 = quant4_for(ctx.cpu_level);
+  // 1x1, stride 1, no padding, float32 x: quantize straight into the panels.
+  const bool direct = q.quantize && g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
+  // Samples per chunk: at least 128 columns, at most 8 MiB of interleaved input.
   int64_t nb = std::clamp<int64_t>((128 + P - 1) / P, 1, g.N);
-  nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * kq * P + 4 * Cq * HW)));
+  nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * Cq * HW)));
   const int64_t chunks = (g.N + nb - 1) / nb, threads = ctx.pool ? ctx.pool->size() : 1;
   const uint8_t* px = q.quantize ? nullptr : x.data<uint8_t>();
   const float* pxf = q.quantize ? x.f32() : nullptr;
@@ -246,37 +259,42 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   const int8_t* w = wp.data<int8_t>();
   const float* pb = zfix ? bias2.data() : bias ? bias->f32() : nullptr;
 
-  // Scratch of one worker: panels for nb samples (not zeroed: every byte read
-  // is written first), and the columns' steps and output offsets.
+  // Scratch of one worker: the interleaved input of nb samples, and the
+  // columns' steps and output offsets. The panels are made one at a time by
+  // the GEMM's workers (qgemm_pack), each while it is in L1.
   struct Scratch {
-    QScratch pan_buf, x4_buf;
+    QScratch x4_buf;
     std::vector<float> cstep;
     std::vector<int64_t> coff;
-    Scratch(int64_t cols, int64_t bytes, int64_t x4_words)
-        : pan_buf(0, static_cast<size_t>(bytes)), x4_buf(1, static_cast<size_t>(x4_words) * 4),
-          cstep(static_cast<size_t>(cols)), coff(static_cast<size_t>(cols)) {}
+    Scratch(int64_t cols, int64_t x4_words)
+        : x4_buf(1, static_cast<size_t>(x4_words) * 4), cstep(static_cast<size_t>(cols)),
+          coff(static_cast<size_t>(cols)) {}
   };
-  const int64_t max_cols = nb * P, pan_bytes = qpanel_bytes(max_cols, kq);
+  const int64_t max_cols = nb * P;
+  // x4 words: the interleaved planes, or the panels of the direct 1x1 path
+  const int64_t x4_words = std::max(nb * Cq * HW, direct ? qpanel_bytes(max_cols, Cq) / 4 : 0);
 
   // One chunk [n0, n0 + cnt) with the given context.
   auto run_chunk = [&](const ExecContext& cx, int64_t n0, int64_t cnt, Scratch& sc) {
     const int64_t cols = cnt * P;
-    uint8_t* pan = sc.pan_buf.get();
     uint32_t* x4 = reinterpret_cast<uint32_t*>(sc.x4_buf.get());
     cx.parallel_for(Cq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cnt * HW, 1)), [&](int64_t b, int64_t e) {
       if (q.quantize)
-        interleave_quantize(g, pxf + n0 * g.C * HW, cnt, q, qrow, steps.data() + n0, b, e, x4);
+        interleave_quantize(g, pxf + n0 * g.C * HW, cnt, q, q4, steps.data() + n0, b, e, x4, direct);
       else
         interleave_channels(g, px + n0 * g.C * HW, cnt, flip, static_cast<uint8_t>(zp), b, e, x4);
-    });
-    cx.parallel_for(kq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
-      im2col_panels(g, x4, cnt, static_cast<uint32_t>(zp) * 0x01010101u, kq, b, e, pan);
     });
     for (int64_t s = 0; s < cnt; ++s) {
       const float st = steps[n0 + s];
       for (int64_t p = 0; p < P; ++p) sc.cstep[s * P + p] = st, sc.coff[s * P + p] = s * O * P + p;
     }
-    qgemm(cx, O, cols, kq, w, pan, zc.data(), ws.f32(), pb, sc.cstep.data(), sc.coff.data(), y + n0 * O * P, P);
+    const uint32_t pad4 = static_cast<uint32_t>(zp) * 0x01010101u;
+    if (direct)
+      qgemm(cx, O, cols, kq, w, reinterpret_cast<const uint8_t*>(x4), zc.data(), ws.f32(), pb, sc.cstep.data(),
+            sc.coff.data(), y + n0 * O * P, P);
+    else
+      qgemm_pack(cx, O, cols, kq, w, [&](int64_t p, uint8_t* dst) { im2col_panel(g, x4, cols, pad4, kq, p, dst); },
+               zc.data(), ws.f32(), pb, sc.cstep.data(), sc.coff.data(), y + n0 * O * P, P);
     if (zfix && !bc.pix.empty())
       for (int64_t s = 0; s < cnt; ++s)
         for (int64_t o = 0; o < O; ++o) {
@@ -288,14 +306,14 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   if (threads > 1 && chunks >= threads) {
     const ExecContext serial = serial_context(ctx);
     ctx.parallel_for(chunks, 1, [&](int64_t b, int64_t e) {
-      Scratch sc(max_cols, pan_bytes, nb * Cq * HW);
+      Scratch sc(max_cols, x4_words);
       for (int64_t ch = b; ch < e; ++ch) {
         const int64_t n0 = ch * nb;
         run_chunk(serial, n0, std::min(nb, g.N - n0), sc);
       }
     });
   } else {
-    Scratch sc(max_cols, pan_bytes, nb * Cq * HW);
+    Scratch sc(max_cols, x4_words);
     for (int64_t n0 = 0; n0 < g.N; n0 += nb) run_chunk(ctx, n0, std::min(nb, g.N - n0), sc);
   }
 }

@@ -114,39 +114,80 @@ QScratch::QScratch(int slot, size_t bytes) {
   p_ = slots.p[slot].get();
 }
 
+namespace {
+
+// The weights as the level's kernel reads them (widened to int16 once per call
+// where QKernel::wide_weights), and its row stride in bytes.
+const int8_t* kernel_weights(const QKernel& k, int64_t M, int64_t kq, const int8_t* w, std::unique_ptr<QScratch>& buf,
+                             int64_t& ldw) {
+  ldw = kq * 4;
+  if (!k.wide_weights) return w;
+  buf.reset(new QScratch(3, static_cast<size_t>(M * kq * 4) * sizeof(int16_t)));
+  int16_t* wide = reinterpret_cast<int16_t*>(buf->get());
+  for (int64_t i = 0; i < M * kq * 4; ++i) wide[i] = w[i];
+  ldw = kq * 8;
+  return reinterpret_cast<const int8_t*>(wide);
+}
+
+TDQ_AINLINE void run_tile(const QKernel& k, int64_t M, int64_t cols, int64_t kq, const int8_t* w, int64_t ldw,
+                          const uint8_t* panel, int64_t p, int64_t i0, const int32_t* zc, const float* wstep,
+                          const float* bias, const float* col_step, const int64_t* col_off, float* y,
+                          int64_t row_stride) {
+  const int64_t j0 = p * kNR;
+  QTile t;
+  t.mr = static_cast<int>(std::min<int64_t>(k.mr, M - i0));
+  t.nr = static_cast<int>(std::min<int64_t>(kNR, cols - j0));
+  t.zc = zc + i0;
+  t.wstep = wstep + i0;
+  t.bias = bias ? bias + i0 : nullptr;
+  t.col_step = col_step + j0;
+  t.col_off = col_off + j0;
+  t.contig = true;
+  for (int j = 1; j < t.nr && t.contig; ++j) t.contig = t.col_off[j] == t.col_off[0] + j;
+  t.y = y + i0 * row_stride;
+  t.row_stride = row_stride;
+  k.ukr(kq, w + i0 * ldw, ldw, panel, t);
+}
+
+}  // namespace
+
 void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const uint8_t* panels,
            const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
            float* y, int64_t row_stride) {
   if (M == 0 || cols == 0) return;
   const QKernel& k = qkernel_for(ctx.cpu_level);
   const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR;
-  int64_t ldw = kq * 4;
+  int64_t ldw;
   std::unique_ptr<QScratch> wide_buf;
-  if (k.wide_weights) {
-    wide_buf.reset(new QScratch(3, static_cast<size_t>(M * kq * 4) * sizeof(int16_t)));
-    int16_t* wide = reinterpret_cast<int16_t*>(wide_buf->get());
-    for (int64_t i = 0; i < M * kq * 4; ++i) wide[i] = w[i];
-    w = reinterpret_cast<const int8_t*>(wide);
-    ldw = kq * 8;
-  }
+  w = kernel_weights(k, M, kq, w, wide_buf, ldw);
   // Tiles panel-major: consecutive tiles share a panel (kept in L1) and stream
   // the weights (kept in L2).
   ctx.parallel_for(mblocks * npanels, std::max<int64_t>(1, 4096 / std::max<int64_t>(kq, 1)), [&](int64_t b, int64_t e) {
     for (int64_t tix = b; tix < e; ++tix) {
-      const int64_t p = tix / mblocks, i0 = (tix % mblocks) * k.mr, j0 = p * kNR;
-      QTile t;
-      t.mr = static_cast<int>(std::min<int64_t>(k.mr, M - i0));
-      t.nr = static_cast<int>(std::min<int64_t>(kNR, cols - j0));
-      t.zc = zc + i0;
-      t.wstep = wstep + i0;
-      t.bias = bias ? bias + i0 : nullptr;
-      t.col_step = col_step + j0;
-      t.col_off = col_off + j0;
-      t.contig = true;
-      for (int j = 1; j < t.nr && t.contig; ++j) t.contig = t.col_off[j] == t.col_off[0] + j;
-      t.y = y + i0 * row_stride;
-      t.row_stride = row_stride;
-      k.ukr(kq, w + i0 * ldw, ldw, panels + p * kq * kNR * 4, t);
+      const int64_t p = tix / mblocks, i0 = (tix % mblocks) * k.mr;
+      run_tile(k, M, cols, kq, w, ldw, panels + p * kq * kNR * 4, p, i0, zc, wstep, bias, col_step, col_off, y,
+               row_stride);
+    }
+  });
+}
+
+void qgemm_pack(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const QPackFn& pack,
+                const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
+                float* y, int64_t row_stride) {
+  if (M == 0 || cols == 0) return;
+  const QKernel& k = qkernel_for(ctx.cpu_level);
+  const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR;
+  int64_t ldw;
+  std::unique_ptr<QScratch> wide_buf;
+  w = kernel_weights(k, M, kq, w, wide_buf, ldw);
+  // About 256k multiply-adds per task at least.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, M * kq * 4 * kNR));
+  ctx.parallel_for(npanels, grain, [&](int64_t b, int64_t e) {
+    QScratch buf(2, static_cast<size_t>(kq * kNR * 4));  // this worker's panel
+    for (int64_t p = b; p < e; ++p) {
+      pack(p, buf.get());
+      for (int64_t mb = 0; mb < mblocks; ++mb)
+        run_tile(k, M, cols, kq, w, ldw, buf.get(), p, mb * k.mr, zc, wstep, bias, col_step, col_off, y, row_stride);
     }
   });
 }
@@ -347,6 +388,58 @@ TDQ_AVX512 void quantize_row_avx512(const float* x, T* o, int64_t n, float s, fl
   quantize_row_w<16, T>(x, o, n, s, lo, hi, zp);
 }
 #endif
+// Four channels at once, interleaved (Quant4Fn, qgemm.h): the levels of
+// quantize_row_w, word i = byte(x[0][i]) | byte(x[1][i]) << 8 | ... (channels
+// c >= nch give the byte `add`, level 0).
+template <int W>
+TDQ_AINLINE void quant4_w(const float* const* x, int nch, uint32_t* out, int64_t n, float s, float lo, float hi,
+                          int32_t add, float off) {
+  using namespace nnsimd;
+  int64_t i = 0;
+  if constexpr (W > 1) {
+    const Vf<W> vlo = vsplat<W>(lo), vhi = vsplat<W>(hi), zero{};
+    for (; i + W <= n; i += W) {
+      typedef uint32_t Vu __attribute__((vector_size(W * sizeof(uint32_t))));
+      Vu word = Vu{} + static_cast<uint32_t>(add) * 0x01010101u;
+      for (int c = 0; c < nch; ++c) {
+        Vf<W> v = (vload<W>(x[c] + i) - off) / s;
+        v = v == v ? v : zero;
+        v = vlo > v ? vlo : v;
+        v = vhi < v ? vhi : v;
+        const Vf<W> r = (v + 12582912.0f) - 12582912.0f;
+        const Vi<W> qi = __builtin_convertvector(r, Vi<W>);  // level; + add gives the byte
+        word += reinterpret_cast<const Vu&>(qi) << (8 * c);  // mod 2^32: byte c becomes add + level (0..255)
+      }
+      std::memcpy(out + i, &word, sizeof word);
+    }
+  }
+  for (; i < n; ++i) {
+    uint32_t word = static_cast<uint32_t>(add) * 0x01010101u;
+    for (int c = 0; c < nch; ++c) {
+      float v = (x[c][i] - off) / s;
+      if (v != v) v = 0.f;
+      const float r = std::min(std::max(std::nearbyint(v), lo), hi);
+      word += static_cast<uint32_t>(static_cast<int32_t>(r)) << (8 * c);
+    }
+    out[i] = word;
+  }
+}
+
+void q4_scalar(const float* const* x, int nch, uint32_t* o, int64_t n, float s, float lo, float hi, int32_t add,
+               float off) {
+  quant4_w<1>(x, nch, o, n, s, lo, hi, add, off);
+}
+#if TDQ_NN_X86
+TDQ_AVX2 void q4_avx2(const float* const* x, int nch, uint32_t* o, int64_t n, float s, float lo, float hi, int32_t add,
+                      float off) {
+  quant4_w<8>(x, nch, o, n, s, lo, hi, add, off);
+}
+TDQ_AVX512 void q4_avx512(const float* const* x, int nch, uint32_t* o, int64_t n, float s, float lo, float hi,
+                          int32_t add, float off) {
+  quant4_w<16>(x, nch, o, n, s, lo, hi, add, off);
+}
+#endif
+
 // With an offset, bytes out (QuantRowFn, qgemm.h).
 void qrow_scalar(const float* x, uint8_t* o, int64_t n, float s, float lo, float hi, int32_t add, float off) {
   quantize_row_w<1, uint8_t>(x, o, n, s, lo, hi, add, off);
@@ -575,6 +668,15 @@ void qlinear(OpCall& c, const ExecContext& ctx) {
 }
 
 }  // namespace
+
+Quant4Fn quant4_for(CpuLevel level) {
+#if TDQ_NN_X86
+  if (level == CpuLevel::avx512) return q4_avx512;
+  if (level == CpuLevel::avx2) return q4_avx2;
+#endif
+  (void)level;
+  return q4_scalar;
+}
 
 QuantRowFn quant_row_for(CpuLevel level) {
 #if TDQ_NN_X86

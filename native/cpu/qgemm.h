@@ -32,6 +32,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "../core/registry.h"
@@ -102,6 +103,15 @@ void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const in
            const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
            float* y, int64_t row_stride);
 
+// As qgemm, but the panels are made on the fly: pack(p, dst) writes panel p
+// (kq * 128 bytes, qgemm.h layout) into a buffer of the calling worker, which
+// then runs every row block of that panel while it is in L1 (no buffer of all
+// panels). Parallel over panels; the results are those of qgemm.
+using QPackFn = std::function<void(int64_t p, uint8_t* dst)>;
+void qgemm_pack(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const QPackFn& pack,
+                const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
+                float* y, int64_t row_stride);
+
 // The packed row length of weights of shape w (O, ...): for 4-D conv weights
 // (O, C, kH, kW), kH * kW * round_up(C, 4), k = (i * kW + j) * round_up(C, 4) + c
 // (tap-major, channels fastest: 4 consecutive k are 4 channels of one tap, so
@@ -157,5 +167,10 @@ void check_act_steps_shape(const Attrs& a, const QActSpec& q, const Tensor& s, i
 using QuantRowFn = void (*)(const float* x, uint8_t* out, int64_t n, float s, float lo, float hi, int32_t add,
                             float offset);
 QuantRowFn quant_row_for(CpuLevel level);
+// Four channel rows x[0..nch) at once, interleaved: out[i] holds the bytes of
+// x[c][i] (as QuantRowFn) at bits 8c..8c+7; channels nch..3 give `add`.
+using Quant4Fn = void (*)(const float* const* x, int nch, uint32_t* out, int64_t n, float s, float lo, float hi,
+                          int32_t add, float offset);
+Quant4Fn quant4_for(CpuLevel level);
 
 }  // namespace tdq

@@ -123,6 +123,8 @@ describe('qconv2d on float32 x (quantization, zero point, step floor and table c
       const c = randomCase(g);
       if (!c) continue;
       if (done < 4) Object.assign(c, { z: SILU_MIN, signed: false, padding: Math.max(c.padding, 1), k: 3 });  // borders corrected
+      // 1x1, stride 1, no padding: quantized straight into the panels (no im2col), panels spanning samples
+      if (done === 4 || done === 5) Object.assign(c, { k: 1, stride: 1, padding: 0, x: [3, 6 + done, 5, 7], z: done === 4 ? SILU_MIN : 0, signed: done === 5 });
       if (c.x[2] + 2 * c.padding < c.k || c.x[3] + 2 * c.padding < c.k) continue;
       ++done;
       const [N, C] = c.x, wshape = [c.O, C, c.k, c.k];

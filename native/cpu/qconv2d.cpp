@@ -190,29 +190,31 @@ void im2col_panel(const QConvGeom& g, const uint32_t* x4, int64_t cols, uint32_t
     runs[nruns++] = {s, oh, ow, len, j - p * kNR};
     j += len;
   }
-  uint32_t* dst = reinterpret_cast<uint32_t*>(dst_bytes);
-  for (int64_t q = 0; q < kq; ++q, dst += kNR) {
-    const int64_t tap = q / Cq, cq = q % Cq, ki = tap / g.kw, kj = tap % g.kw;
+  (void)kq;  // kq = taps * Cq
+  uint32_t* const dst0 = reinterpret_cast<uint32_t*>(dst_bytes);
+  for (int64_t tap = 0, taps = g.kh * g.kw; tap < taps; ++tap) {
+    const int64_t ki = tap / g.kw, kj = tap % g.kw;
     // outputs ow in [lo, hi) read inside the input's width for this tap
     const int64_t lo = std::clamp<int64_t>(floor_div(g.pad - kj + g.stride - 1, g.stride), 0, Wo);
     const int64_t hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, Wo);
+    uint32_t* const dtap = dst0 + tap * Cq * kNR;  // quad q = tap * Cq + cq at dtap + cq * kNR
     for (int i = 0; i < nruns; ++i) {
       const Run& rn = runs[i];
-      const int64_t ih = rn.oh * g.stride - g.pad + ki;
-      uint32_t* d = dst + rn.c0 - rn.ow;  // d[ow]
-      const int64_t e = rn.ow + rn.len;
-      if (ih < 0 || ih >= g.H) {
-        for (int64_t u = rn.ow; u < e; ++u) d[u] = pad4;
-        continue;
+      const int64_t ih = rn.oh * g.stride - g.pad + ki, e = rn.ow + rn.len;
+      const bool inside = ih >= 0 && ih < g.H;
+      const int64_t a = inside ? std::clamp(lo, rn.ow, e) : e, b = inside ? std::clamp(hi, a, e) : e;
+      // src[ow * stride] for channel group 0; + cq * HW for the others
+      const uint32_t* src = x4 + rn.s * Cq * HW + (inside ? ih * g.W : 0) - g.pad + kj;
+      uint32_t* d = dtap + rn.c0 - rn.ow;  // d[ow]
+      for (int64_t cq = 0; cq < Cq; ++cq, d += kNR, src += HW) {
+        for (int64_t u = rn.ow; u < a; ++u) d[u] = pad4;
+        if (g.stride == 1) {
+          if (b > a) std::memcpy(d + a, src + a, static_cast<size_t>(b - a) * 4);
+        } else {
+          for (int64_t u = a; u < b; ++u) d[u] = src[u * g.stride];
+        }
+        for (int64_t u = b; u < e; ++u) d[u] = pad4;
       }
-      const uint32_t* src = x4 + (rn.s * Cq + cq) * HW + ih * g.W - g.pad + kj;  // src[ow * stride]
-      const int64_t a = std::clamp(lo, rn.ow, e), b = std::clamp(hi, a, e);
-      for (int64_t u = rn.ow; u < a; ++u) d[u] = pad4;
-      if (g.stride == 1)
-        for (int64_t u = a; u < b; ++u) d[u] = src[u];
-      else
-        for (int64_t u = a; u < b; ++u) d[u] = src[u * g.stride];
-      for (int64_t u = b; u < e; ++u) d[u] = pad4;
     }
   }
 }

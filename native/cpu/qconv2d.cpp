@@ -159,17 +159,37 @@ BorderCorr border_correction(const QConvGeom& g, const int8_t* w, const float* w
       for (int64_t c = 0; c < g.C; ++c) a += w[o * Kp + t * Cp + c];
       tsum[o * taps + t] = a;
     }
+  // Border pixels fall into a few classes (which kernel rows and columns are
+  // inside): one sum per class and output channel.
+  auto class_of = [](const std::vector<uint8_t>& v, int64_t n, int64_t k, std::vector<int64_t>& cls) {
+    std::vector<int64_t> first;  // representative index of each class
+    cls.assign(static_cast<size_t>(n), 0);
+    for (int64_t a = 0; a < n; ++a) {
+      size_t c = 0;
+      while (c < first.size() && !std::equal(v.begin() + a * k, v.begin() + (a + 1) * k, v.begin() + first[c] * k)) ++c;
+      if (c == first.size()) first.push_back(a);
+      cls[a] = static_cast<int64_t>(c);
+    }
+    return first;
+  };
+  std::vector<int64_t> ch, cw;
+  const std::vector<int64_t> fh = class_of(vh, g.Ho, g.kh, ch), fw = class_of(vw, g.Wo, g.kw, cw);
+  const int64_t nch = static_cast<int64_t>(fh.size()), ncw = static_cast<int64_t>(fw.size());
+  std::vector<float> dcls(static_cast<size_t>(nch * ncw * O));
+  for (int64_t a = 0; a < nch; ++a)
+    for (int64_t b = 0; b < ncw; ++b)
+      for (int64_t o = 0; o < O; ++o) {
+        int32_t v = 0;
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j)
+            if (vh[fh[a] * g.kh + i] && vw[fw[b] * g.kw + j]) v += tsum[o * taps + i * g.kw + j];
+        const float zw = z * wstep[o];
+        dcls[(a * ncw + b) * O + o] = zw * static_cast<float>(v - rsum[o]);
+      }
   bc.d.resize(bc.pix.size() * static_cast<size_t>(O));
   for (size_t k = 0; k < bc.pix.size(); ++k) {
     const int64_t oh = bc.pix[k] / g.Wo, ow = bc.pix[k] % g.Wo;
-    for (int64_t o = 0; o < O; ++o) {
-      int32_t v = 0;
-      for (int64_t i = 0; i < g.kh; ++i)
-        for (int64_t j = 0; j < g.kw; ++j)
-          if (vh[oh * g.kh + i] && vw[ow * g.kw + j]) v += tsum[o * taps + i * g.kw + j];
-      const float zw = z * wstep[o];
-      bc.d[k * O + o] = zw * static_cast<float>(v - rsum[o]);
-    }
+    std::memcpy(&bc.d[k * O], &dcls[(ch[oh] * ncw + cw[ow]) * O], static_cast<size_t>(O) * sizeof(float));
   }
   return bc;
 }

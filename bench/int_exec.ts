@@ -97,25 +97,37 @@ async function main(): Promise<void> {
     return;
   }
   const times = new Map<string, number[]>(ways.map((w) => [w.name, []]));
+  // CPU time of the process (all threads) per forward: on a shared machine the
+  // wall time includes the time the scheduler gave to others, CPU time mostly not.
+  const cpu = new Map<string, number[]>(ways.map((w) => [w.name, []]));
   for (let round = 0; round < rounds; ++round)
     for (const w of ways) {
       w.before?.();
       for (let r = 0; r < warmup + reps; ++r) {
+        const c0 = process.cpuUsage();
         const s = process.hrtime.bigint();
         const y = noGrad(() => tidy(() => w.run()));
         native().syncBlocking();
         const ms = Number(process.hrtime.bigint() - s) / 1e6;
+        const cu = process.cpuUsage(c0);
         y.dispose();
-        if (r >= warmup) times.get(w.name)!.push(ms);
+        if (r >= warmup) {
+          times.get(w.name)!.push(ms);
+          cpu.get(w.name)!.push((cu.user + cu.system) / 1e3);
+        }
       }
     }
-  const fpMed = median(times.get('fp32')!), fpLo = Math.min(...times.get('fp32')!);
+  const fpMed = median(times.get('fp32')!), fpLo = Math.min(...times.get('fp32')!), fpCpu = median(cpu.get('fp32')!);
   const rows = ways.map((w) => {
-    const v = times.get(w.name)!, m = median(v), lo = Math.min(...v);
-    const row = `| ${w.name} | ${m.toFixed(1)} | ${lo.toFixed(1)} | ${(fpMed / m).toFixed(2)} | ${(fpLo / lo).toFixed(2)} |`;
+    const v = times.get(w.name)!, m = median(v), lo = Math.min(...v), c = median(cpu.get(w.name)!);
+    const row = `| ${w.name} | ${m.toFixed(1)} | ${lo.toFixed(1)} | ${c.toFixed(1)} | ${(fpMed / m).toFixed(2)} | ${(fpLo / lo).toFixed(2)} | ${(fpCpu / c).toFixed(2)} |`;
     console.log(row);
     return row;
   });
+  const ratio = (a: string, b: string, f: (v: number[]) => number, m: Map<string, number[]>) => f(m.get(a)!) / f(m.get(b)!);
+  const tdqVsStatic = ways.some((w) => w.name === 'TDQ W8A8 int')
+    ? `- TDQ int / static int: ${ratio('TDQ W8A8 int', 'static W8A8 int', median, times).toFixed(3)} (median wall), ${ratio('TDQ W8A8 int', 'static W8A8 int', (v) => Math.min(...v), times).toFixed(3)} (fastest), ${ratio('TDQ W8A8 int', 'static W8A8 int', median, cpu).toFixed(3)} (median CPU)`
+    : '';
   const load1 = os.loadavg()[0];
   const f = info.cpuFeatures as Record<string, boolean>;
   const report = [
@@ -129,9 +141,11 @@ async function main(): Promise<void> {
     `- model: ${path.basename(DEFAULT_MODEL)} (${shape.slice(1).join('x')}), batch ${batch}; quantized W8A8 by calibrate (mse, ${calibSamples} samples), paper's full-precision layers kept`,
     `- median of ${rounds} rounds x ${reps} forwards per way (after ${warmup} warm-up forwards per block), the ways interleaved in blocks`,
     '',
-    '| execution | median (ms) | fastest (ms) | fp32 / this (median) | fp32 / this (fastest) |',
-    '| --- | ---: | ---: | ---: | ---: |',
+    '| execution | median (ms) | fastest (ms) | median CPU (ms, all threads) | fp32 / this (median) | fp32 / this (fastest) | fp32 / this (CPU) |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
+    '',
+    tdqVsStatic,
     '',
   ].join('\n');
   x.dispose();

@@ -194,9 +194,12 @@ BorderCorr border_correction(const QConvGeom& g, const int8_t* w, const float* w
   return bc;
 }
 
-// Panel p alone (columns [32p, min(32p + 32, cols)) of samples [0, nb)), all
-// kq quads, into dst (kq * 128 bytes): the bytes im2col_panels writes there.
-// The panel's columns fall into a few runs of one output row each.
+// im2col of panel p alone (columns [32p, min(32p + 32, cols)) of the chunk's
+// samples), all kq quads, into dst (kq * 128 bytes, qgemm.h layout): quad
+// q = tap * Cq + cq (tap = i * kW + j), the order of qweight_pack's conv rows;
+// column j = s * P + oh * Wo + ow holds x4 under output (oh, ow) for that tap,
+// or the zero point (pad4) over the padding. The panel's columns fall into a
+// few runs of one output row each.
 void im2col_panel(const QConvGeom& g, const uint32_t* x4, int64_t cols, uint32_t pad4, int64_t kq, int64_t p,
                   uint8_t* dst_bytes) {
   const int64_t P = g.P(), HW = g.H * g.W, Cq = round_up4(g.C) / 4, Wo = g.Wo;

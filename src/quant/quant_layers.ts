@@ -11,21 +11,19 @@
 // The bias stays in full precision (it is added to the int32 accumulator in
 // integer inference).
 //
-// Integer execution (ctx.exec 'int', inference only): the same layer runs
-// quantize_act on x with the activation step of this forward ((1) static,
-// (B) per sample from the TDQ table or MLP), then qconv2d / qlinear on weights
+// Integer execution (ctx.exec 'int', inference only): the same layer runs one
+// op, qconv2d / qlinear on float x, which quantizes x itself with the
+// activation step of this forward ((1) static, (B) from the TDQ MLP, or
+// the forward's (B, Q) table rows and this quantizer's column), on weights
 // packed once per layer (cached until invalidateIntCache()). A real-valued
 // zero point z (SILU_MIN for SiLU outputs) is not an integer level, so the
-// levels are taken of x - z and the term z * op(1, Q_w(W)) (a per-layer
-// constant map: zero padding makes it vary at the borders of a conv) is added
-// back. The result equals the fake-quantized layer up to float rounding
-// (native/cpu/qgemm.h: about sqrt(K) * 2^-24 relative).
+// levels are taken of x - z and the op adds z * op(1, Q_w(W)) back in its
+// epilogue (native/cpu/qgemm.h, QActSpec). The result equals the
+// fake-quantized layer up to float rounding (about sqrt(K) * 2^-24 relative).
 import { conv2d } from '../tensor/ops/conv';
 import { linear } from '../tensor/ops/linalg';
-import { add, addScalar, clamp, reshape, scale } from '../tensor/ops/elementwise';
-import { ones } from '../tensor/ops/creation';
-import { fakeQuantize } from '../tensor/ops/quant';
-import { type QWeight, packQWeight, qconv2d, qlinear, quantizeActivation } from '../tensor/ops/qlinear';
+import { addScalar, clamp, reshape, scale } from '../tensor/ops/elementwise';
+import { type FusedActQuant, type QWeight, packQWeight, qconv2d, qlinear } from '../tensor/ops/qlinear';
 import { noGrad } from '../tensor/autograd';
 import { keep, tidy } from '../tensor/scope';
 import { Conv1x1, Conv2d, Linear } from '../nn/layers';
@@ -82,11 +80,11 @@ export abstract class QuantLayer {
   /** The float layer's op on already quantized input and weight (bias: the layer's unless given). */
   protected abstract op(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
 
-  /** The integer op on quantized x (levels from quantizeActivation with actStep). */
-  protected abstract intOp(xq: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null): Tensor;
+  /** The integer op on float x, quantized inside the op as `act` says with actStep (FusedActQuant). */
+  protected abstract intOp(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant): Tensor;
 
-  /** Packed weights and zero-point corrections (by input shape), built on first integer use. */
-  private intCache: { w: QWeight; corr: Map<string, Tensor> } | null = null;
+  /** Packed weights, built on first integer use. */
+  private intCache: { w: QWeight } | null = null;
 
   /**
    * Why this layer cannot run in integer arithmetic, or null when it can:
@@ -104,11 +102,10 @@ export abstract class QuantLayer {
     this.intCache.w.packed.dispose();
     this.intCache.w.step.dispose();
     this.intCache.w.rowSums.dispose();
-    for (const t of this.intCache.corr.values()) t.dispose();
     this.intCache = null;
   }
 
-  private packed(): { w: QWeight; corr: Map<string, Tensor> } {
+  private packed(): { w: QWeight } {
     if (!this.intCache) {
       const { bits } = this.weightQuant;
       const built = noGrad(() => tidy(() => {
@@ -116,26 +113,9 @@ export abstract class QuantLayer {
         return { packed: w.packed, step: w.step, rowSums: w.rowSums, shape: w.shape };
       }));
       const w: QWeight = { packed: keep(built.packed), step: keep(built.step), rowSums: keep(built.rowSums), shape: built.shape, bits };
-      this.intCache = { w, corr: new Map() };
+      this.intCache = { w };
     }
     return this.intCache;
-  }
-
-  /** z * op(1, Q_w(W)) without bias, (1, ...out) for inputs shaped like x: cached per input shape. */
-  private zeroPointCorrection(x: Tensor, z: number): Tensor {
-    const c = this.packed();
-    const key = `${z}|${x.shape.slice(1).join('x')}`;
-    let t = c.corr.get(key);
-    if (!t) {
-      // Q_w(W) as fake quantization makes it, from the packed copy's steps (made once per input shape).
-      const { bits } = this.weightQuant;
-      t = keep(noGrad(() => tidy(() => {
-        const wq = fakeQuantize(this.layer.weight, c.w.step, { bits, signed: true, granularity: 'channel', axis: 0 });
-        return scale(this.op(ones([1, ...x.shape.slice(1)]), wq, null), z);
-      })));
-      c.corr.set(key, t);
-    }
-    return t;
   }
 
   forward(x: Tensor): Tensor {
@@ -150,19 +130,28 @@ export abstract class QuantLayer {
     const aq = this.actQuant;
     const { signed, zeroPoint } = aq.range;
     const y = noGrad(() => {
-      let xs = zeroPoint !== 0 ? addScalar(x, -zeroPoint) : x;
-      let s: Tensor;
+      // One kernel path for every quantizer kind: the op quantizes x itself
+      // (offset = the real zero point, step floored in the kernel), and reads
+      // a TDQ step from the forward's table rows by column.
+      const act: FusedActQuant = { bits: aq.bits, signed, offset: zeroPoint, stepFloor: STEP_FLOOR };
+      let xin = x, s: Tensor;
       if (aq.kind === 'pact') {
-        xs = aq.pactClip(xs);
+        xin = aq.pactClip(zeroPoint !== 0 ? addScalar(x, -zeroPoint) : x);
         s = scale(aq.pactAlpha(), 1 / levels(aq.bits, signed).qmax);
+        act.inputShifted = true;
+        act.stepFloor = 0;
       } else {
-        s = clamp(aq.stepTensor(), STEP_FLOOR);
+        const rows = aq.kind === 'tdq' ? aq.ctx.tableStepRows(aq) : null;
+        if (rows) {
+          s = rows.rows;
+          act.column = rows.column;
+        } else {
+          s = aq.stepTensor();
+        }
         if (aq.kind === 'tdq' && s.shape[0] !== x.shape[0])
           throw new RangeError(`${aq.name}: ${s.shape[0]} timesteps for a batch of ${x.shape[0]}`);
       }
-      const xq = quantizeActivation(xs, s, { bits: aq.bits, signed });
-      const out = this.intOp(xq, s, this.packed().w, this.layer.bias);
-      return zeroPoint !== 0 ? add(out, this.zeroPointCorrection(x, zeroPoint)) : out;
+      return this.intOp(xin, s, this.packed().w, this.layer.bias, act);
     });
     return this.outQuant ? this.outQuant.forward(y) : y;
   }
@@ -176,8 +165,8 @@ export class QuantConv2d extends QuantLayer {
   protected op(x: Tensor, w: Tensor, bias: Tensor | null = this.layer.bias): Tensor {
     return conv2d(x, w, bias, { stride: this.layer.stride, padding: this.layer.padding });
   }
-  protected intOp(xq: Tensor, s: Tensor, w: QWeight, bias: Tensor | null): Tensor {
-    return qconv2d(xq, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding });
+  protected intOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant): Tensor {
+    return qconv2d(x, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding, act });
   }
 }
 
@@ -189,8 +178,8 @@ export class QuantLinear extends QuantLayer {
   protected op(x: Tensor, w: Tensor, bias: Tensor | null = this.layer.bias): Tensor {
     return linear(x, w, bias);
   }
-  protected intOp(xq: Tensor, s: Tensor, w: QWeight, bias: Tensor | null): Tensor {
-    return qlinear(xq, s, w, bias);
+  protected intOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant): Tensor {
+    return qlinear(x, s, w, bias, { act });
   }
 }
 
@@ -206,11 +195,11 @@ export class QuantConv1x1 extends QuantLayer {
     const y = conv2d(reshape(x, [b, c, l, 1]), reshape(w, [outChannels, inChannels, 1, 1]), bias, {});
     return reshape(y, [b, outChannels, l]);
   }
-  protected intOp(xq: Tensor, s: Tensor, w: QWeight, bias: Tensor | null): Tensor {
-    const [b, c, l] = xq.shape;
+  protected intOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant): Tensor {
+    const [b, c, l] = x.shape;
     const { inChannels, outChannels } = this.layer;
     const w4: QWeight = { ...w, shape: [outChannels, inChannels, 1, 1] };
-    return reshape(qconv2d(reshape(xq, [b, c, l, 1]), s, w4, bias), [b, outChannels, l]);
+    return reshape(qconv2d(reshape(x, [b, c, l, 1]), s, w4, bias, { act }), [b, outChannels, l]);
   }
 }
 

@@ -175,7 +175,7 @@ export class QuantizedModel extends Module implements Denoiser {
   }
 
   /**
-   * 'int': quantized layers run quantize_act + qconv2d / qlinear with weights
+   * 'int': quantized layers run qconv2d / qlinear on float x (quantized inside the op) with weights
    * packed once (inference only: the model must be in eval mode, and training
    * it needs setExec('fake') first); 'fake': the fake-quantized float path.
    * Switching frees the packed weights, so weights changed in between are

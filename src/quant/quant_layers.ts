@@ -22,8 +22,9 @@
 // fake-quantized layer up to float rounding (about sqrt(K) * 2^-24 relative).
 import { conv2d } from '../tensor/ops/conv';
 import { linear } from '../tensor/ops/linalg';
-import { addScalar, clamp, reshape, scale } from '../tensor/ops/elementwise';
-import { type FusedActQuant, type QWeight, packQWeight, qconv2d, qlinear } from '../tensor/ops/qlinear';
+import { addScalar, clamp, mul, reshape, scale } from '../tensor/ops/elementwise';
+import { cast } from '../tensor/ops/creation';
+import { type FusedActQuant, type QWeight, packQWeight, qconv2d, qlinear, unpackInt4 } from '../tensor/ops/qlinear';
 import { noGrad } from '../tensor/autograd';
 import { keep, tidy } from '../tensor/scope';
 import { Conv1x1, Conv2d, Linear } from '../nn/layers';
@@ -87,6 +88,85 @@ export abstract class QuantLayer {
   private intCache: { w: QWeight } | null = null;
 
   /**
+   * Integer weights standing in for the float ones (a quantized checkpoint
+   * in the 'int' weights format, quant/weights_format.ts): int8 levels of the
+   * weight's shape, or 4-bit levels two per byte (packInt4). While set, the
+   * float weight's storage is freed; the first float use (fake or full
+   * precision forward, materializeFloatWeight) brings it back dequantized,
+   * level * step, which is what fake quantization makes of the float weight.
+   */
+  private intSource: { data: Tensor; int4: boolean } | null = null;
+
+  get hasIntWeights(): boolean {
+    return this.intSource !== null;
+  }
+
+  /**
+   * Makes integer levels the layer's weights (takes ownership of data: int8
+   * of the weight's shape, or uint8 [ceil(n / 2)] from packInt4) and frees
+   * the float weights. The levels must be those of the weight quantizer's
+   * steps (clamp(round(w / step), ...)); their range is checked here.
+   */
+  setIntWeights(data: Tensor, int4: boolean): void {
+    const shape = this.layer.weight.shape, n = this.layer.weight.size;
+    const what = `${this.name}.weight_${int4 ? 'int4' : 'int8'}`;
+    if (int4 ? data.dtype !== 'uint8' || data.ndim !== 1 || data.shape[0] !== Math.ceil(n / 2) : data.dtype !== 'int8' || data.shape.join() !== shape.join())
+      throw new TypeError(`${what}: expected ${int4 ? `uint8 [${Math.ceil(n / 2)}] (two 4-bit levels per byte)` : `int8 [${shape.join(', ')}]`} for weights [${shape.join(', ')}], got ${data.dtype} [${data.shape.join(', ')}]`);
+    const { qmin, qmax } = levels(this.weightQuant.bits, true);
+    const lv = int4 ? noGrad(() => unpackInt4(data, shape)) : data;
+    const v = lv.dataSync() as Int8Array;
+    if (lv !== data) lv.dispose();
+    for (let i = 0; i < n; ++i)
+      if (v[i] < qmin || v[i] > qmax) throw new RangeError(`${what}: element ${i} = ${v[i]} is outside the ${this.weightQuant.bits}-bit range ${qmin}..${qmax}`);
+    this.invalidateIntCache();
+    this.intSource?.data.dispose();
+    this.intSource = { data: keep(data), int4 };
+    this.layer.weight.dispose();
+  }
+
+  /** The integer weights as kept (int8 levels, or uint8 int4 pairs), or null. */
+  intSourceTensor(): Tensor | null {
+    return this.intSource?.data ?? null;
+  }
+
+  /** The int8 levels of the integer weights (the stored tensor, or unpacked from int4 in the current scope). */
+  intLevels(): Tensor {
+    if (!this.intSource) throw new Error(`${this.name}: the layer has no integer weights`);
+    return this.intSource.int4 ? unpackInt4(this.intSource.data, this.layer.weight.shape) : this.intSource.data;
+  }
+
+  /** level * step per output channel (float32, the weight's shape): bit for bit fake quantization's Q_w(W). */
+  private dequantized(step: Tensor): Tensor {
+    const shape = this.layer.weight.shape;
+    return mul(cast(this.intLevels(), 'float32'), reshape(step, [shape[0], ...shape.slice(1).map(() => 1)]));
+  }
+
+  /** Brings back the float weights (dequantized) and drops the integer ones; no-op for a float-weighted layer. */
+  materializeFloatWeight(): void {
+    if (!this.intSource) return;
+    const w = noGrad(() => tidy(() => this.dequantized(clamp(this.weightQuant.step, STEP_FLOOR))));
+    this.layer.weight.adoptStorage(w);
+    this.intSource.data.dispose();
+    this.intSource = null;
+  }
+
+  /** Frees the integer weights (with the model; the float weights stay as they are). */
+  releaseIntWeights(): void {
+    this.intSource?.data.dispose();
+    this.intSource = null;
+  }
+
+  /** Bytes held for this layer's weight: float32, integer levels (int8 or packed int4), packed kernel copy. */
+  weightBytes(): { float: number; int: number; packed: number } {
+    const c = this.intCache;
+    return {
+      float: this.layer.weight.nbytes,
+      int: this.intSource?.data.nbytes ?? 0,
+      packed: c ? c.w.packed.nbytes + c.w.rowSums.nbytes : 0,
+    };
+  }
+
+  /**
    * Why this layer cannot run in integer arithmetic, or null when it can:
    * every activation quantizer kind (LSQ, PACT, TDQ) has an integer path;
    * bypassed quantizers (sensitivity analysis) run fake.
@@ -109,7 +189,7 @@ export abstract class QuantLayer {
     if (!this.intCache) {
       const { bits } = this.weightQuant;
       const built = noGrad(() => tidy(() => {
-        const w = packQWeight(this.layer.weight, clamp(this.weightQuant.step, STEP_FLOOR), bits);
+        const w = packQWeight(this.intSource ? this.intLevels() : this.layer.weight, clamp(this.weightQuant.step, STEP_FLOOR), bits);
         return { packed: w.packed, step: w.step, rowSums: w.rowSums, shape: w.shape };
       }));
       const w: QWeight = { packed: keep(built.packed), step: keep(built.step), rowSums: keep(built.rowSums), shape: built.shape, bits };
@@ -121,6 +201,7 @@ export abstract class QuantLayer {
   forward(x: Tensor): Tensor {
     const ctx = this.actQuant.ctx;
     if (ctx.mode === 'quant' && ctx.exec === 'int' && this.intUnsupported() === null) return this.forwardInt(x);
+    this.materializeFloatWeight();
     const y = this.op(this.actQuant.forward(x), this.weightQuant.forward(this.layer.weight));
     return this.outQuant ? this.outQuant.forward(y) : y;
   }

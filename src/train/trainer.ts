@@ -77,7 +77,11 @@ export interface TrainOptions {
    * and says how to group its parameters. Called after the initial weights are
    * loaded and before resuming. `metadata` is stored in checkpoints.
    */
-  prepare?: (unet: Denoiser) => Promise<{ model: Denoiser; groups?: (baseLr: number) => ParamGroupSpec[]; metadata?: Record<string, string> }>;
+  prepare?: (unet: Denoiser) => Promise<{
+    model: Denoiser; groups?: (baseLr: number) => ParamGroupSpec[]; metadata?: Record<string, string>;
+    /** Writes the final model (model.safetensors) instead of saveCheckpoint (QAT: integer weights). */
+    saveExport?: (file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) => Promise<void>;
+  }>;
 }
 
 export interface TrainResult {
@@ -181,9 +185,11 @@ async function trainLocked(
   } else unet = buildUNet(cfg.model.params.unet_config, new Generator(t.seed));
   let groups: ((lr: number) => ParamGroupSpec[]) | undefined;
   let extraMetadata: Record<string, string> = {};
+  let saveExport: ((file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) => Promise<void>) | undefined;
   if (opts.prepare) {
     const p = await opts.prepare(unet);
     unet = p.model;
+    saveExport = p.saveExport;
     groups = p.groups;
     extraMetadata = p.metadata ?? {};
   }
@@ -380,7 +386,7 @@ async function trainLocked(
   if (!interrupted && step >= t.max_steps) {
     exported = path.join(opts.outDir, 'model.safetensors');
     if (ema) ema.swapInto(unet);
-    if (lead) await saveCheckpoint(exported, { config: cfg, model: unet, extraMetadata });
+    if (lead) await (saveExport ? saveExport(exported, { config: cfg, extraMetadata }) : saveCheckpoint(exported, { config: cfg, model: unet, extraMetadata }));
     if (ema) ema.swapInto(unet);
   }
   await comm.barrier();

@@ -12,7 +12,7 @@ import path from 'node:path';
 
 import { SafetensorsReader, readSafetensors, scratchBuffer } from './safetensors';
 import { TorchCheckpointReader, findStateDict, loadTorchCheckpoint } from './torch_ckpt';
-import type { TensorRef } from './torch_ckpt/tensor_ref';
+import { TORCH_DTYPE_SIZE, type TensorRef } from './torch_ckpt/tensor_ref';
 import { DTYPE_SIZE, type Device, type DType } from '../tensor/native';
 import { type Tensor, fromArray, numel } from '../tensor/tensor';
 
@@ -57,16 +57,18 @@ function serial<A extends unknown[], R>(fn: (...a: A) => Promise<R>): (...a: A) 
 
 /** Opens a checkpoint file for tensor-by-tensor reading (a torch file's state dict; see the file comment). */
 export async function openTensorFile(file: string): Promise<TensorFile> {
-  const scratch = scratchBuffer();
   if (isTorchFile(file)) {
     const reader = await TorchCheckpointReader.open(file);
     try {
       const refs: Map<string, TensorRef> = findStateDict(reader).tensors;
       const entries = new Map<string, TensorFileEntry>();
+      let largest = 0;
       for (const [name, ref] of refs) {
         const i = reader.info(ref, name);
         entries.set(name, { name, dtype: i.loadsAs, shape: i.shape, bytes: i.numel * DTYPE_SIZE[i.loadsAs] });
+        largest = Math.max(largest, i.span * TORCH_DTYPE_SIZE[i.dtype]);
       }
+      const scratch = scratchBuffer(largest);
       return {
         file, entries, metadata: {},
         read: serial(async (name: string, device: Device = 'cpu') => {
@@ -84,10 +86,13 @@ export async function openTensorFile(file: string): Promise<TensorFile> {
   }
   const reader = await SafetensorsReader.open(file);
   const entries = new Map<string, TensorFileEntry>();
+  let largest = 0;
   for (const [name, e] of reader.header.tensors) {
+    largest = Math.max(largest, e.dataOffsets[1] - e.dataOffsets[0]);
     const dtype = SAFETENSORS_LOADS_AS[e.dtype];
     entries.set(name, { name, dtype: dtype ?? 'float32', shape: [...e.shape], bytes: numel(e.shape) * DTYPE_SIZE[dtype ?? 'float32'] });
   }
+  const scratch = scratchBuffer(largest);
   return {
     file, entries, metadata: { ...reader.header.metadata },
     read: serial((name: string, device: Device = 'cpu') => reader.read(name, device, scratch)),

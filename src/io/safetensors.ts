@@ -12,8 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 
 import type { Device, DType, TypedArray } from '../tensor/native';
-import { scratchBuffer } from './torch_ckpt/source';
 import { type Tensor, fromArray, numel, runOp1, shapeToString } from '../tensor/tensor';
+import { scratchBuffer } from './torch_ckpt/source';
 
 /** Every dtype the format defines, with its element size in bytes. */
 const FILE_DTYPE_SIZE: Record<string, number> = {

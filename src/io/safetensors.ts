@@ -11,8 +11,9 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import type { Device, DType } from '../tensor/native';
+import type { Device, DType, TypedArray } from '../tensor/native';
 import { type Tensor, fromArray, numel, runOp1, shapeToString } from '../tensor/tensor';
+import { scratchBuffer } from './torch_ckpt/source';
 
 /** Every dtype the format defines, with its element size in bytes. */
 const FILE_DTYPE_SIZE: Record<string, number> = {
@@ -164,7 +165,7 @@ export async function inspectSafetensors(file: string): Promise<SafetensorsHeade
   }
 }
 
-/** Turns one tensor's raw file bytes into engine data (fresh, aligned buffer). */
+/** Turns one tensor's raw file bytes (at offset 0 of their buffer) into engine data: a view of them where the dtype loads as it is. */
 function decode(file: string, key: string, e: SafetensorsEntry, bytes: Uint8Array): { data: ArrayLike<number> | Float32Array | Uint16Array | Int8Array | Uint8Array | Int32Array; dtype: DType } {
   const n = numel(e.shape);
   const buf = bytes.buffer as ArrayBuffer;
@@ -207,22 +208,73 @@ export interface ReadSafetensorsOptions {
   device?: Device;
 }
 
+export { scratchBuffer };
+
+/** An open safetensors file: the validated header, and tensors read one at a time by offset. */
+export class SafetensorsReader {
+  private constructor(private fh: fsp.FileHandle | undefined, readonly header: SafetensorsHeader) {}
+
+  static async open(file: string): Promise<SafetensorsReader> {
+    checkHost(file);
+    const fh = await fsp.open(file, 'r');
+    try {
+      return new SafetensorsReader(fh, await readHeader(fh, file));
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  get file(): string {
+    return this.header.file;
+  }
+
+  /**
+   * One tensor's data in its engine dtype. With `scratch`, the bytes are read
+   * into it and the result may be a view of it: use it before the next read.
+   */
+  async readData(key: string, scratch?: (bytes: number) => Uint8Array): Promise<{ data: ArrayLike<number> | Float32Array | Uint16Array | Int8Array | Uint8Array | Int32Array; dtype: DType; shape: number[] }> {
+    const file = this.file;
+    if (!this.fh) throw new SafetensorsError(file, 'the reader is closed', key);
+    const e = this.header.tensors.get(key);
+    if (!e) throw new SafetensorsError(file, 'no such tensor', key);
+    if (!(e.dtype in FROM_FILE)) throw new SafetensorsError(file, `dtype ${e.dtype} is not supported (loadable: ${Object.keys(FROM_FILE).join(', ')})`, key);
+    const [b, end] = e.dataOffsets;
+    const bytes = scratch ? scratch(end - b).subarray(0, end - b) : new Uint8Array(end - b);
+    await readFully(this.fh, bytes, this.header.dataStart + b, (got) =>
+      new SafetensorsError(file, `unexpected end of file: read ${got} of ${end - b} bytes (the file is truncated)`, key));
+    return { ...decode(file, key, e, bytes), shape: [...e.shape] };
+  }
+
+  /** One tensor as a fresh engine tensor (the caller owns it). */
+  async read(key: string, device: Device = 'cpu', scratch?: (bytes: number) => Uint8Array): Promise<Tensor> {
+    const { data, dtype, shape } = await this.readData(key, scratch);
+    return fromArray(data, shape, dtype, device);
+  }
+
+  async close(): Promise<void> {
+    const fh = this.fh;
+    this.fh = undefined;
+    await fh?.close();
+  }
+}
+
 /**
- * Loads tensors one at a time (each read by its offset; the file is never
- * held whole). F32/F16/I8/U8/I32 load as they are; BF16 and F64 become
- * float32, I64 int32 (an error when a value does not fit), BOOL uint8.
- * The header is validated first; a tensor of an unsupported dtype is an
- * error only when it is selected.
+ * Loads tensors one at a time (each read by its offset into one reused
+ * buffer, then copied into its engine tensor; the file is never held whole).
+ * F32/F16/I8/U8/I32 load as they are; BF16 and F64 become float32, I64 int32
+ * (an error when a value does not fit), BOOL uint8. The header is validated
+ * first; a tensor of an unsupported dtype is an error only when it is
+ * selected.
  */
 export async function readSafetensors(
   file: string,
   opts: ReadSafetensorsOptions = {},
 ): Promise<{ tensors: Map<string, Tensor>; metadata: Record<string, string> }> {
-  checkHost(file);
-  const fh = await fsp.open(file, 'r');
+  const reader = await SafetensorsReader.open(file);
   const tensors = new Map<string, Tensor>();
   try {
-    const header = await readHeader(fh, file);
+    const header = reader.header;
     let selected: [string, SafetensorsEntry][];
     const f = opts.filter;
     if (f === undefined) selected = [...header.tensors];
@@ -233,21 +285,14 @@ export async function readSafetensors(
       if (missing.length) throw new SafetensorsError(file, `no tensor named ${missing.map((k) => `'${k}'`).join(', ')}`);
       selected = names.map((k) => [k, header.tensors.get(k)!]);
     }
-    for (const [key, e] of selected) {
-      if (!(e.dtype in FROM_FILE)) throw new SafetensorsError(file, `dtype ${e.dtype} is not supported (loadable: ${Object.keys(FROM_FILE).join(', ')})`, key);
-      const [b, end] = e.dataOffsets;
-      const bytes = new Uint8Array(end - b);
-      await readFully(fh, bytes, header.dataStart + b, (got) =>
-        new SafetensorsError(file, `unexpected end of file: read ${got} of ${end - b} bytes (the file is truncated)`, key));
-      const { data, dtype } = decode(file, key, e, bytes);
-      tensors.set(key, fromArray(data, e.shape, dtype, opts.device ?? 'cpu'));
-    }
+    const scratch = scratchBuffer();
+    for (const [key] of selected) tensors.set(key, await reader.read(key, opts.device ?? 'cpu', scratch));
     return { tensors, metadata: header.metadata };
   } catch (err) {
     for (const t of tensors.values()) t.dispose();
     throw err;
   } finally {
-    await fh.close();
+    await reader.close();
   }
 }
 
@@ -259,6 +304,89 @@ export interface WriteSafetensorsOptions {
    * unchanged and undisposed until the returned promise resolves.
    */
   snapshot?: boolean;
+}
+
+/** One tensor of a streamed write: its name, engine dtype and shape (the bytes come later). */
+export interface SafetensorsSpec {
+  name: string;
+  dtype: DType;
+  shape: readonly number[];
+}
+
+/**
+ * Writes tensors whose bytes are produced one at a time, in order:
+ * `next(i)` gives the little-endian bytes of specs[i] (checked against its
+ * dtype and shape), and is not called again before its result is written.
+ * Only the header and one tensor's bytes are held. Atomic as writeSafetensors.
+ */
+export async function writeSafetensorsStream(
+  file: string,
+  specs: readonly SafetensorsSpec[],
+  metadata: Record<string, string>,
+  next: (i: number) => Promise<Uint8Array>,
+): Promise<void> {
+  checkHost(file);
+  // The header is assembled from [key, value] pairs, not an object, so the
+  // given order is kept and names like '__proto__' or '0' behave.
+  const parts: string[] = [];
+  const metaParts: string[] = [];
+  for (const [k, v] of Object.entries(metadata ?? {})) {
+    if (typeof v !== 'string') throw new TypeError(`safetensors: ${file}: metadata value '${k}' must be a string, got ${typeof v}`);
+    metaParts.push(`${JSON.stringify(k)}:${JSON.stringify(v)}`);
+  }
+  if (metaParts.length) parts.push(`"__metadata__":{${metaParts.join(',')}}`);
+  const names = new Set<string>();
+  const sizes: number[] = [];
+  let offset = 0;
+  for (const { name: k, dtype, shape } of specs) {
+    if (typeof k !== 'string' || k === '' || k === '__metadata__') throw new TypeError(`safetensors: ${file}: invalid tensor name ${JSON.stringify(k)}`);
+    if (names.has(k)) throw new Error(`safetensors: ${file}: tensor name '${k}' is given twice`);
+    names.add(k);
+    if (!(dtype in TO_FILE)) throw new TypeError(`safetensors: ${file}: tensor '${k}' has dtype ${String(dtype)}, which cannot be written`);
+    const size = numel(shape) * FILE_DTYPE_SIZE[TO_FILE[dtype]];
+    parts.push(`${JSON.stringify(k)}:${JSON.stringify({ dtype: TO_FILE[dtype], shape: [...shape], data_offsets: [offset, offset + size] })}`);
+    sizes.push(size);
+    offset += size;
+  }
+  // Pad the header with spaces so the data section starts 8-byte aligned.
+  let json = Buffer.from(`{${parts.join(',')}}`, 'utf8');
+  const pad = (8 - (json.length % 8)) % 8;
+  if (pad) json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(json.length), 0);
+
+  const dir = path.dirname(path.resolve(file));
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  let fh: fsp.FileHandle | undefined;
+  try {
+    fh = await fsp.open(tmp, 'wx');
+    await writeFully(fh, prefix);
+    await writeFully(fh, json);
+    for (let i = 0; i < specs.length; ++i) {
+      const bytes = await next(i);
+      if (bytes.length !== sizes[i]) throw new Error(`safetensors: ${file}: tensor '${specs[i].name}' gave ${bytes.length} bytes, expected ${sizes[i]}`);
+      await writeFully(fh, bytes);
+    }
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await fsp.rename(tmp, file);
+  } catch (err) {
+    if (fh) await fh.close().catch(() => undefined);
+    await fsp.unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+  // Make the rename itself durable (not possible on every platform: best effort).
+  try {
+    const d = await fsp.open(dir, 'r');
+    try {
+      await d.sync();
+    } finally {
+      await d.close();
+    }
+  } catch {
+    /* directories cannot be fsynced here (e.g. Windows) */
+  }
 }
 
 /**
@@ -275,78 +403,29 @@ export async function writeSafetensors(
 ): Promise<void> {
   checkHost(file);
   const entries = tensors instanceof Map ? [...tensors] : [...tensors];
-  // The header is assembled from [key, value] pairs, not an object, so the
-  // given order is kept and names like '__proto__' or '0' behave.
-  const parts: string[] = [];
-  const metaParts: string[] = [];
-  for (const [k, v] of Object.entries(metadata ?? {})) {
-    if (typeof v !== 'string') throw new TypeError(`safetensors: ${file}: metadata value '${k}' must be a string, got ${typeof v}`);
-    metaParts.push(`${JSON.stringify(k)}:${JSON.stringify(v)}`);
-  }
-  if (metaParts.length) parts.push(`"__metadata__":{${metaParts.join(',')}}`);
-  const names = new Set<string>();
-  let offset = 0;
   for (const [k, t] of entries) {
-    if (typeof k !== 'string' || k === '' || k === '__metadata__') throw new TypeError(`safetensors: ${file}: invalid tensor name ${JSON.stringify(k)}`);
-    if (names.has(k)) throw new Error(`safetensors: ${file}: tensor name '${k}' is given twice`);
-    names.add(k);
     if (!t || (t as { isTensor?: boolean }).isTensor !== true) throw new TypeError(`safetensors: ${file}: tensor '${k}' is not a Tensor`);
     if (t.disposed) throw new TypeError(`safetensors: ${file}: tensor '${k}' has been disposed`);
-    const size = t.size * FILE_DTYPE_SIZE[TO_FILE[t.dtype]];
-    parts.push(`${JSON.stringify(k)}:${JSON.stringify({ dtype: TO_FILE[t.dtype], shape: [...t.shape], data_offsets: [offset, offset + size] })}`);
-    offset += size;
   }
-  // Pad the header with spaces so the data section starts 8-byte aligned.
-  let json = Buffer.from(`{${parts.join(',')}}`, 'utf8');
-  const pad = (8 - (json.length % 8)) % 8;
-  if (pad) json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
-  const prefix = Buffer.alloc(8);
-  prefix.writeBigUInt64LE(BigInt(json.length), 0);
-
+  const specs = entries.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape }));
   const sources = opts.snapshot ? entries.map(([k, t]) => [k, runOp1('cast', [t], { dtype: t.dtype })] as [string, Tensor]) : entries;
-  const dir = path.dirname(path.resolve(file));
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  let fh: fsp.FileHandle | undefined;
+  const pending: (Promise<TypedArray> | undefined)[] = [];
+  const fetch = (i: number) => {
+    if (i >= sources.length || pending[i]) return;
+    const p = sources[i][1].data();
+    p.catch(() => undefined); // awaited in next(); avoid an unhandled rejection if we stop early
+    pending[i] = p;
+  };
   try {
-    fh = await fsp.open(tmp, 'wx');
-    await writeFully(fh, prefix);
-    await writeFully(fh, json);
-    const fetch = (i: number) => {
-      const p = sources[i][1].data();
-      p.catch(() => undefined); // awaited below; avoid an unhandled rejection if we stop early
-      return p;
-    };
-    let next = sources.length ? fetch(0) : undefined;
-    for (let i = 0; i < sources.length; ++i) {
-      const data = await next!;
-      next = i + 1 < sources.length ? fetch(i + 1) : undefined;
-      const [k, t] = sources[i];
-      const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      const want = t.size * FILE_DTYPE_SIZE[TO_FILE[t.dtype]];
-      if (bytes.length !== want) throw new Error(`safetensors: ${file}: tensor '${k}' gave ${bytes.length} bytes, expected ${want}`);
-      await writeFully(fh, bytes);
-      if (opts.snapshot) t.dispose();
-    }
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await fsp.rename(tmp, file);
-  } catch (err) {
-    if (fh) await fh.close().catch(() => undefined);
-    await fsp.unlink(tmp).catch(() => undefined);
-    throw err;
+    await writeSafetensorsStream(file, specs, metadata, async (i) => {
+      fetch(i);
+      const data = await pending[i]!;
+      pending[i] = undefined;
+      fetch(i + 1); // the next tensor is read from the engine while this one is written
+      if (opts.snapshot) sources[i][1].dispose();
+      return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    });
   } finally {
     if (opts.snapshot) for (const [, t] of sources) t.dispose();
-  }
-  // Make the rename itself durable (not possible on every platform: best effort).
-  try {
-    const d = await fsp.open(dir, 'r');
-    try {
-      await d.sync();
-    } finally {
-      await d.close();
-    }
-  } catch {
-    /* directories cannot be fsynced here (e.g. Windows) */
   }
 }

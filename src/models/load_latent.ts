@@ -11,10 +11,11 @@ import path from 'node:path';
 import YAML from 'yaml';
 
 import { ConfigError } from '../config/load';
-import { readTensorFile } from '../io/checkpoint_file';
+import { type TensorFileEntry, openTensorFile } from '../io/checkpoint_file';
 import { applyEma, compareSchedule, splitLdm } from '../io/torch_ckpt/ldm';
 import { Generator } from '../tensor/random';
-import type { Tensor } from '../tensor/tensor';
+import { type Tensor, releaseMemory } from '../tensor/tensor';
+import { StateDictError } from '../nn/module';
 import { type NumberProblem, CheckpointValueError, findNumberProblems, refused } from './checks';
 import { ClassEmbedder } from './conditioning';
 import { type LatentDiffusion, createLatentDiffusion } from './latent';
@@ -113,11 +114,18 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
     if (!raw) throw new ConfigError(opts.config, [{ path: [], message: 'not a YAML mapping' }]);
     return parseLatentDiffusionConfig(raw, opts.config);
   })();
-  const { tensors } = await readTensorFile(file);
+  // The file's tensors are listed first and read one at a time into the
+  // model's parameters (each freed once copied): the weights are held once.
+  const src = await openTensorFile(file);
+  const tensors: ReadonlyMap<string, TensorFileEntry> = src.entries;
   let model: LatentDiffusion | undefined;
   try {
-    const problems = findNumberProblems(tensors);
-    if (refused(problems).length && !opts.allowNonFinite) throw new CheckpointValueError(file, refused(problems));
+    const problems: NumberProblem[] = [];
+    // Every tensor read is checked for NaN / Inf before it is used.
+    const checkNumbers = (read: Map<string, Tensor>) => {
+      problems.push(...findNumberProblems(read));
+      if (refused(problems).length && !opts.allowNonFinite) throw new CheckpointValueError(file, refused(problems));
+    };
     const parts = splitLdm(tensors);
     if (!parts.unet.size)
       throw new ModelLoadError(file, `${file} has no model.diffusion_model.* weights: not a LatentDiffusion checkpoint (keys start: ${[...tensors.keys()].slice(0, 5).join(', ') || 'none'})`);
@@ -130,7 +138,15 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
     const ignoredKeys: string[] = [];
     if (parts.schedule.size) {
       const got = new Map<string, Float32Array>();
-      for (const [k, t] of parts.schedule) got.set(k, await readFloats(t));
+      for (const k of parts.schedule.keys()) {
+        const t = await src.read(k);
+        try {
+          checkNumbers(new Map([[k, t]]));
+          got.set(k, await readFloats(t));
+        } finally {
+          t.dispose();
+        }
+      }
       const bad = compareSchedule(got, model.schedule.betas, { rtol: 1e-4, atol: 1e-6 });
       if (bad.length) {
         const b = bad[0];
@@ -140,7 +156,7 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
     }
 
     // EMA as upstream's use_ema: the UNet's parameters from model_ema.*.
-    let dict: Map<string, Tensor> = new Map(tensors);
+    let dict: Map<string, TensorFileEntry> = new Map(tensors);
     let ema = false;
     const useEma = !opts.noEma && configUseEma(opts.config) && parts.ema.size > 0;
     if (useEma) {
@@ -167,8 +183,9 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
       throw new ModelLoadError(file, `${file}: the model of ${opts.config} needs ${missingKeys.length} weight(s) the checkpoint lacks: ${missingKeys.slice(0, 8).join(', ')}${missingKeys.length > 8 ? ', ...' : ''}`);
     for (const k of unexpectedKeys) dict.delete(k);
     try {
-      model.loadStateDict(dict, { strict: hasFirstStage });
+      await loadStreamed(model, dict, src.read.bind(src), checkNumbers);
     } catch (e) {
+      if (e instanceof CheckpointValueError) throw e;
       throw new ModelLoadError(file, `${file}: the weights do not fit the model of ${opts.config}: ${(e as Error).message}`, { cause: e });
     }
     model.eval();
@@ -184,6 +201,65 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
     if (e instanceof ModelLoadError || e instanceof CheckpointValueError || e instanceof ConfigError) throw e;
     throw new ModelLoadError(file, `${file}: ${(e as Error).message}`, { cause: e });
   } finally {
-    for (const t of tensors.values()) t.dispose();
+    await src.close();
   }
 }
+
+/** Tensors read per loadStateDict call: bounds what is held besides the model. */
+const LOAD_BATCH_BYTES = 4 << 20;
+
+/**
+ * Copies the file's tensors into the model's (every key of `dict` is one of
+ * the model's), a batch of at most LOAD_BATCH_BYTES at a time, each freed once
+ * copied. Shapes and dtypes are checked against the model before anything
+ * is read.
+ */
+async function loadStreamed(
+  model: LatentDiffusion,
+  dict: ReadonlyMap<string, TensorFileEntry>,
+  read: (name: string) => Promise<Tensor>,
+  checkNumbers: (read: Map<string, Tensor>) => void,
+): Promise<void> {
+  const own = model.stateDict();
+  const mismatches: StateDictError['mismatches'] = [];
+  const typeErrors: string[] = [];
+  for (const [k, e] of dict) {
+    const dst = own.get(k)!;
+    if (e.shape.join() !== dst.shape.join()) mismatches.push({ key: k, expected: dst.shape, got: e.shape });
+    else if (e.dtype !== dst.dtype && !(FLOATS.has(e.dtype) && FLOATS.has(dst.dtype))) typeErrors.push(`${k}: expected dtype ${dst.dtype}, got ${e.dtype}`);
+  }
+  if (typeErrors.length) throw new TypeError(`error(s) loading the state dict of ${model.constructor.name}:\n  ${typeErrors.join('\n  ')}`);
+  if (mismatches.length) throw new StateDictError(model.constructor.name, [], [], mismatches);
+  const batch = new Map<string, Tensor>(), byFileKey = new Map<string, Tensor>();
+  let bytes = 0;
+  const flush = async () => {
+    try {
+      checkNumbers(byFileKey);
+      model.loadStateDict(batch, { strict: false });
+    } finally {
+      for (const t of batch.values()) t.dispose(); // a queued copy keeps its source until it has run
+      batch.clear();
+      byFileKey.clear();
+      bytes = 0;
+    }
+    // The copies (and, at first, the model's random init) run on the engine's
+    // thread: wait for them, or reading ahead piles up batches in memory; and
+    // give the freed read buffers back (the engine caches freed buffers for
+    // reuse by size, and the file's many sizes would add up).
+    await releaseMemory();
+  };
+  try {
+    for (const [k, e] of dict) {
+      const t = await read(e.name);
+      batch.set(k, t);
+      byFileKey.set(e.name, t);
+      bytes += e.bytes;
+      if (bytes >= LOAD_BATCH_BYTES) await flush();
+    }
+    await flush();
+  } finally {
+    for (const t of batch.values()) t.dispose();
+  }
+}
+
+const FLOATS = new Set(['float32', 'float16']);

@@ -1,8 +1,10 @@
 // `tdq-native convert IN.ckpt OUT.safetensors [--half] [--ema]`: a PyTorch
 // checkpoint (torch.save, zip or legacy; a Lightning .ckpt or a plain state
 // dict) read without executing anything, its state dict written as
-// safetensors. Tensors are read one at a time from the file by offset; the
-// whole file is never held in memory.
+// safetensors. Streamed: the output's header is written from the tensors'
+// descriptions, then each tensor is read from the input by its offset and
+// written before the next is read, so neither the file nor its tensors are
+// ever held whole (peak memory: about the largest tensor).
 //
 // `tdq-native convert IN.safetensors OUT.safetensors --weights-format int|float`:
 // a quantized checkpoint of this project rewritten with its quantized
@@ -12,16 +14,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
 
-import { writeSafetensors } from '../../io/safetensors';
+import { writeSafetensorsStream } from '../../io/safetensors';
 import { ModelLoadError, loadModel } from '../../models/load';
 import { type WeightsFormat, saveQuantizedCheckpoint, weightsFormatOf } from '../../quant/weights_format';
 import { applyEma, dropIgnoredKeys } from '../../io/torch_ckpt/ldm';
 import { TorchCheckpointError } from '../../io/torch_ckpt/errors';
 import { PyDict, describeValue } from '../../io/torch_ckpt/pickle';
 import type { TensorRef } from '../../io/torch_ckpt/tensor_ref';
+import { scratchBuffer } from '../../io/torch_ckpt/source';
 import { TorchCheckpointReader, countTensors, findStateDict } from '../../io/torch_ckpt/torch_load';
 import { DTYPE_SIZE } from '../../tensor/native';
-import { type Tensor, fromArray, runOp1 } from '../../tensor/tensor';
+import { fromArray, numel, runOp1 } from '../../tensor/tensor';
 import { type GlobalArgs, CliError } from '../index';
 
 interface ConvertArgs extends GlobalArgs {
@@ -90,7 +93,6 @@ export async function convertCheckpoint(
 ): Promise<ConvertReport> {
   if (path.resolve(input) === path.resolve(output)) throw new CliError(`convert: the output ${output} is the input`);
   const reader = await TorchCheckpointReader.open(input, { strict: opts.strict });
-  const tensors = new Map<string, Tensor>();
   try {
     const sd = findStateDict(reader, opts.stateDict ?? 'auto');
     const { stateDict: kept, dropped: ignored } = dropIgnoredKeys(sd.tensors, opts.ignoreKeys ?? []);
@@ -101,34 +103,47 @@ export async function convertCheckpoint(
       refs = r.stateDict;
       ema = { replaced: r.replaced.length, missing: r.missing, unused: r.unused };
     }
+    if (!refs.size) throw new TorchCheckpointError(input, 'the state dict holds no tensors: nothing to convert');
+    // Streamed: the header from the tensors' descriptions, then each tensor
+    // read from the input by offset and written out before the next is read.
+    const list = [...refs];
+    const specs = list.map(([name, ref]) => {
+      const i = reader.info(ref, name);
+      return { name, dtype: opts.half && i.loadsAs === 'float32' ? 'float16' as const : i.loadsAs, shape: i.shape };
+    });
     const byDtype: Record<string, number> = {};
     let bytes = 0;
-    for (const [name, ref] of refs) {
-      const d = await reader.read(ref, name);
-      let t = fromArray(d.data, d.shape, d.dtype);
-      if (opts.half && t.dtype === 'float32') {
-        const h = runOp1('cast', [t], { dtype: 'float16' });
-        t.dispose();
-        t = h;
-      }
-      tensors.set(name, t);
-      byDtype[t.dtype] = (byDtype[t.dtype] ?? 0) + 1;
-      bytes += t.size * DTYPE_SIZE[t.dtype];
+    for (const s of specs) {
+      byDtype[s.dtype] = (byDtype[s.dtype] ?? 0) + 1;
+      bytes += numel(s.shape) * DTYPE_SIZE[s.dtype];
     }
-    if (!tensors.size) throw new TorchCheckpointError(input, 'the state dict holds no tensors: nothing to convert');
-    await writeSafetensors(output, tensors, {
+    const scratch = scratchBuffer();
+    await writeSafetensorsStream(output, specs, {
       source: path.basename(input),
       converted_by: 'tdq-native convert',
       ema: opts.ema ? 'true' : 'false',
       half: opts.half ? 'true' : 'false',
+    }, async (k) => {
+      const [name, ref] = list[k];
+      const d = await reader.read(ref, name, scratch);
+      if (d.dtype === specs[k].dtype) return new Uint8Array(d.data.buffer, d.data.byteOffset, d.data.byteLength);
+      // --half: the engine's float32 -> float16 cast
+      const t = fromArray(d.data, d.shape, d.dtype);
+      const h = runOp1('cast', [t], { dtype: 'float16' });
+      t.dispose();
+      try {
+        const v = await h.data();
+        return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+      } finally {
+        h.dispose();
+      }
     });
     return {
-      input, output, format: reader.format, stateDictKey: sd.key, tensors: tensors.size, bytes, byDtype,
+      input, output, format: reader.format, stateDictKey: sd.key, tensors: specs.length, bytes, byDtype,
       dropped: sd.dropped, ignored, otherTensors: countTensors(reader.root) - sd.tensors.size, ema,
       otherEntries: sd.key !== undefined && reader.root instanceof PyDict ? [...reader.root.keys()].filter((k) => k !== sd.key).map((k) => describeValue(k)) : [], notes: reader.notes,
     };
   } finally {
-    for (const t of tensors.values()) t.dispose();
     await reader.close();
   }
 }

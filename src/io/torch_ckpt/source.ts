@@ -80,3 +80,16 @@ export async function readAt(fh: import('node:fs').promises.FileHandle, file: st
     done += bytesRead;
   }
 }
+
+/**
+ * A growing byte buffer reused across reads, one tensor's bytes at a time
+ * (instead of a fresh buffer per tensor left for the garbage collector).
+ * Sized up front to the largest read when that is known, it never regrows.
+ */
+export function scratchBuffer(initialBytes = 0): (bytes: number) => Uint8Array {
+  let buf = new Uint8Array(initialBytes);
+  return (bytes) => {
+    if (buf.length < bytes) buf = new Uint8Array(bytes);
+    return buf;
+  };
+}

@@ -14,7 +14,7 @@ import { type Tensor, fromArray } from '../../tensor/tensor';
 import { TorchCheckpointError } from './errors';
 import { readLegacy } from './legacy';
 import { type PickleLimits, PyDict, PyObject, Unpickler, describeValue } from './pickle';
-import { FileSource, readAt } from './source';
+import { FileSource, readAt, scratchBuffer } from './source';
 import { type StorageRef, TORCH_DTYPE_SIZE, type TorchDType, TensorRef, findTorchGlobal, storageFromPid } from './tensor_ref';
 import { ZipArchive } from './zip';
 
@@ -211,13 +211,19 @@ export class TorchCheckpointReader {
     };
   }
 
-  /** One tensor's data: its span of the storage read from the file, made contiguous, converted. */
-  async read(ref: TensorRef, name: string): Promise<TensorData> {
+  /**
+   * One tensor's data: its span of the storage read from the file, made
+   * contiguous, converted. With `scratch` (a buffer at least as long as the
+   * span's bytes, which reuse avoids allocating per tensor), the span is read
+   * into it, and the result may be a view of it: use the data before the
+   * scratch is read into again.
+   */
+  async read(ref: TensorRef, name: string, scratch?: (bytes: number) => Uint8Array): Promise<TensorData> {
     if (!this.fh) throw new TorchCheckpointError(this.file, 'the reader is closed', name);
     const { numel, span } = this.info(ref, name);
     const s = ref.storage, es = TORCH_DTYPE_SIZE[s.dtype];
     if (numel > 0 && s.start < 0) throw new TorchCheckpointError(this.file, `storage '${s.key}' has no data in the file`, name);
-    const bytes = new Uint8Array(span * es);
+    const bytes = scratch ? scratch(span * es).subarray(0, span * es) : new Uint8Array(span * es);
     if (numel > 0) await readAt(this.fh, this.file, bytes, s.start + ref.storageOffset * es, `tensor '${name}'`);
     let contiguous = numel === span;
     for (let i = ref.shape.length - 1, want = 1; i >= 0 && contiguous; --i) {
@@ -389,10 +395,11 @@ export async function loadTorchCheckpoint(file: string, opts: LoadTorchOptions =
   const info = new Map<string, TorchTensorInfo>();
   try {
     const sd = findStateDict(reader, opts.stateDict);
+    const scratch = scratchBuffer();
     for (const [name, ref] of sd.tensors) {
       const { numel: _n, span: _s, ...i } = reader.info(ref, name);
       if (opts.filter && !opts.filter(name, i)) continue;
-      const d = await reader.read(ref, name);
+      const d = await reader.read(ref, name, scratch);
       tensors.set(name, fromArray(d.data, d.shape, d.dtype, opts.device ?? 'cpu'));
       info.set(name, i);
     }

@@ -17,65 +17,13 @@ import { loadLatentTrainConfig } from '../../src/models/latent_config';
 import { Generator } from '../../src/tensor/random';
 import { loadLatentModel } from '../../src/models/load';
 import { train } from '../../src/train/trainer';
+import { FIX, tinyLdmYaml, writeYamlIn } from './latent_helpers';
 
-const FIX = path.resolve(__dirname, '..', '..', '..', 'test', 'fixtures', 'latent');
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-latent-train-'));
 after(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));
 let n = 0;
 const tmp = () => fs.mkdtempSync(path.join(tmpRoot, `r${n++}-`));
-
-/** The tiny class-conditional LDM of test/fixtures/latent (16 x 16 x 1 images, 8 x 8 x 3 latents, 4 classes), on synthetic shapes. */
-export function tinyLdmYaml(o: { maxSteps: number; ckptPath?: string; extraParams?: string; training?: string }): string {
-  return `
-model:
-  base_learning_rate: 1.0e-3
-  target: ldm.models.diffusion.ddpm.LatentDiffusion
-  params:
-    linear_start: 0.0015
-    linear_end: 0.0155
-    timesteps: 1000
-    first_stage_key: image
-    image_size: 8
-    channels: 3
-    scale_by_std: true
-    conditioning_key: crossattn
-    cond_stage_key: class_label
-    cond_stage_trainable: true
-${o.extraParams ?? ''}
-    cond_stage_config:
-      target: ldm.modules.encoders.modules.ClassEmbedder
-      params: {embed_dim: 8, n_classes: 4, key: class_label}
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params: {image_size: 8, in_channels: 3, out_channels: 3, model_channels: 32, attention_resolutions: [1], num_res_blocks: 1, channel_mult: [1], num_heads: 2, use_spatial_transformer: true, context_dim: 8, dropout: 0.2}
-    first_stage_config:
-      target: ldm.models.autoencoder.AutoencoderKL
-      params:
-        embed_dim: 3
-        ${o.ckptPath === undefined ? `ckpt_path: ${path.join(FIX, 'tiny_ldm_cond.ckpt')}` : o.ckptPath}
-        ddconfig: {double_z: true, z_channels: 3, resolution: 16, in_channels: 1, out_ch: 1, ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0, norm_num_groups: 4}
-        lossconfig: {target: torch.nn.Identity}
-data:
-  target: tdq_native.data.Synthetic
-  params: {count: 40, kind: shapes, seed: 3}
-training:
-  batch_size: 4
-  max_steps: ${o.maxSteps}
-  scale_lr: false
-  grad_clip: 0.5
-  ema: {decay: 0.9}
-  seed: 11
-  log_every: 1
-  checkpoint_every: 3
-${o.training ?? ''}
-`;
-}
-
-export function writeYaml(text: string): string {
-  const f = path.join(tmpRoot, `cfg-${n++}.yaml`);
-  fs.writeFileSync(f, text);
-  return f;
-}
+const writeYaml = (text: string) => writeYamlIn(tmpRoot, text);
 
 async function tensorsOf(file: string): Promise<Map<string, Float32Array | Int32Array>> {
   const { tensors } = await readSafetensors(file);

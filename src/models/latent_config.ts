@@ -340,6 +340,8 @@ export function loadLatentTrainConfig(file: string, opts: { overrides?: readonly
     fail(['model', 'params', 'cond_stage_key'], `training conditions on the data's class labels only (cond_stage_key: class_label), got '${spec.condStageKey}'`);
   if (spec.conditioningKey !== null && dataNumClasses(d) === 0)
     fail(['data', 'target'], `the model is class-conditional (cond_stage_key class_label) but ${d.target} gives no labels`);
-  const warnings = [...sec.warnings, ...(spec.warning ? [spec.warning] : [])];
+  // The model reader lists the data / training / lightning sections as unread: here they are read.
+  const unread = spec.warning?.replace(/^.*?: accepted and not read by the latent-diffusion model reader: /, '').split(', ').filter((k) => !['data', 'training', 'lightning'].includes(k)) ?? [];
+  const warnings = [...sec.warnings, ...(unread.length ? [`${file}: accepted and not read (upstream Lightning / logging keys): ${unread.join(', ')}`] : [])];
   return { kind: 'latent', file, spec, model: sec.raw.model as Record<string, unknown>, baseLearningRate: spec.baseLearningRate!, data: d, training, warnings };
 }

@@ -42,7 +42,7 @@ export interface SaveParts {
 }
 
 export interface TrainSubject {
-  readonly kind: 'pixel' | 'latent';
+  readonly kind: 'pixel' | 'latent' | 'autoencoder';
   /** Everything the checkpoint holds; train() / eval() / zeroGrad() go to it, its Dropout modules draw from the trainer's generator. */
   readonly module: Module;
   /** The module whose parameters the EMA averages (upstream's LitEma(self.model)). */

@@ -35,6 +35,7 @@ import { type Tensor, fromArray } from '../tensor/tensor';
 import { TrainLogger } from './log';
 import type { TrainingState } from './checkpoint';
 import { LatentSubject, PixelSubject, type TrainSubject } from './subject';
+import { type AutoencoderTrainConfig, AutoencoderSubject } from './subject_ae';
 import { Ema } from './ema';
 import { BAD_DATA_POLICIES, BadDataError, type BadDataPolicy, SkippingDataset, dataFileOf, dropBadRows } from './bad_data';
 import { NAN_POLICIES, type NanPolicy, NonFiniteError, firstNonFiniteModule, nonFiniteGradient, nonFiniteParameter } from './nonfinite';
@@ -53,7 +54,7 @@ export interface PrepareContext {
 
 export interface TrainOptions {
   /** A pixel config (src/config), or an upstream LatentDiffusion config (loadLatentTrainConfig). */
-  config: Config | LatentTrainConfig;
+  config: Config | LatentTrainConfig | AutoencoderTrainConfig;
   /**
    * The run folder: checkpoints/, log files, samples/, model.safetensors. A
    * run that does not continue this folder's own checkpoint (no `resume`, or
@@ -154,6 +155,13 @@ function dropoutModules(m: Module): Dropout[] {
 async function buildSubject(opts: TrainOptions, resumeFrom: string | null, print: ((line: string) => void) | null): Promise<{ subject: TrainSubject; extraMetadata: Record<string, string>; dataset: Dataset }> {
   const cfg = opts.config;
   if ('kind' in cfg && cfg.kind === 'latent') return buildLatentSubject(opts, cfg, resumeFrom, print);
+  if ('kind' in cfg && cfg.kind === 'autoencoder') {
+    if (opts.prepare || opts.initCheckpoint || opts.firstStage) throw new Error(`${cfg.file}: an autoencoder trains from scratch in full precision (no --ckpt, --first-stage or quantization)`);
+    const subject = new AutoencoderSubject(cfg, new Generator(cfg.training.seed));
+    const dd = cfg.spec.ddconfig as { in_channels: number; resolution: number };
+    const dataset = opts.dataset ?? datasetFromConfig({ data: cfg.data }, { dataDir: opts.dataDir, shape: { channels: dd.in_channels, size: dd.resolution } });
+    return { subject, extraMetadata: {}, dataset };
+  }
   const pcfg = cfg as Config;
   const t = pcfg.training;
   let unet: Denoiser;
@@ -271,7 +279,7 @@ async function trainLocked(
   const guarded = new SkippingDataset(dataset, onBadData);
   const loader: DataLoader = loaderFromConfig(cfg, guarded.dataset, comm.size > 1 ? { rank: comm.rank, size: comm.size } : undefined);
   const baseLr = subject.baseLearningRate * (t.scale_lr ? t.batch_size * t.accumulate_grad_batches : 1);
-  if (subject.kind === 'latent') print?.(`tdq-native: learning rate ${baseLr.toExponential(2)}${t.scale_lr ? ` = base_learning_rate ${subject.baseLearningRate.toExponential(2)} x batch ${t.batch_size} x accumulate ${t.accumulate_grad_batches} (scale_lr; --scale_lr False uses it as is)` : ' (base_learning_rate as is)'}`);
+  if (subject.kind !== 'pixel') print?.(`tdq-native: learning rate ${baseLr.toExponential(2)}${t.scale_lr ? ` = base_learning_rate ${subject.baseLearningRate.toExponential(2)} x batch ${t.batch_size} x accumulate ${t.accumulate_grad_batches} (scale_lr; --scale_lr False uses it as is)` : ' (base_learning_rate as is)'}`);
   const specs: ParamGroupSpec[] = subject.paramGroups(baseLr);
   const hyper = { betas: t.optimizer.betas as [number, number], eps: t.optimizer.eps, weightDecay: t.optimizer.weight_decay };
   const optimizer = t.optimizer.type === 'adamw' ? new AdamW(specs, hyper) : new Adam(specs, hyper);

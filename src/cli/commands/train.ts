@@ -14,6 +14,18 @@ import fs from 'node:fs';
 import { type Config, loadConfig } from '../../config';
 import { LATENT_DIFFUSION_TARGETS, loadLatentTrainConfig } from '../../models/latent_config';
 import { isLatentDiffusionConfigFile } from '../../models/load_latent';
+import { isAutoencoderTarget, loadAutoencoderTrainConfig } from '../../train/subject_ae';
+import YAML from 'yaml';
+
+/** Whether a config's model.target is an AutoencoderKL (trained by the same loop; see src/train/subject_ae.ts). */
+function isAutoencoderConfigFile(file: string): boolean {
+  try {
+    const raw = YAML.parse(fs.readFileSync(file, 'utf8')) as { model?: { target?: unknown } } | null;
+    return isAutoencoderTarget(raw?.model?.target);
+  } catch {
+    return false;
+  }
+}
 import { initCommunicator } from '../../dist/communicator';
 import { inspectSafetensors } from '../../io/safetensors';
 import { scheduleFromConfig } from '../../models/diffusion';
@@ -90,6 +102,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .example('$0 train --base configs/fmnist-small.yaml --resume runs/2026-01-31T09-00-00_fmnist-small', 'continue an interrupted run exactly')
       .example('$0 train --base configs/fmnist-small.yaml --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 4 --use-dynamic --max-steps 500 --name w4a4-tdq', 'quantization-aware training with TDQ')
       .example('$0 train --base configs/fmnist-ldm.yaml --first-stage models/first_stage_models/fmnist-kl-f4/model.safetensors --scale_lr False --max-steps 20000 --batch-size 64', 'train a latent diffusion model (upstream LDM config) on a trained first stage')
+      .example('$0 train --base configs/fmnist-kl-f4.yaml --max-steps 6000 --batch-size 32 --scale_lr False --lr 1e-3', 'train the KL autoencoder (first stage) of an LDM')
       .example('$0 train --base configs/fmnist-small.yaml --nproc 2', 'data-parallel on 2 ranks (mpirun -np 2 ... works too)')
       .example('$0 train --base configs/fmnist-small.yaml --set training.batch_size=32 --set model.params.unet_config.params.dropout=0', 'override config keys') as unknown as Argv<TrainArgs>,
   handler: async (a) => {
@@ -116,7 +129,13 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       if (a.lr === undefined) overrides.unshift(`model.base_learning_rate=${QAT_DEFAULTS.lr}`);
       if (!a.set.some((s) => s.startsWith('training.warmup_steps='))) overrides.unshift(`training.warmup_steps=${QAT_DEFAULTS.warmupSteps}`);
     }
-    const { config, warnings } = latent ? ((c) => ({ config: c, warnings: c.warnings }))(loadLatentTrainConfig(a.base, { overrides })) : loadConfig(a.base, { overrides });
+    const ae = !latent && isAutoencoderConfigFile(a.base);
+    if (ae && qat) throw new CliError('QAT applies to diffusion models; an autoencoder trains in full precision');
+    const { config, warnings } = latent
+      ? ((c) => ({ config: c, warnings: c.warnings }))(loadLatentTrainConfig(a.base, { overrides }))
+      : ae
+        ? ((c) => ({ config: c, warnings: c.warnings }))(loadAutoencoderTrainConfig(a.base, { overrides }))
+        : loadConfig(a.base, { overrides });
     for (const w of warnings) console.warn(`tdq-native: ${w}`);
     if (a.resume && a.ckpt) throw new CliError('--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts one from weights');
     // Rank 0 names the run folder (a timestamp differs between processes).
@@ -248,6 +267,7 @@ async function qatPlan(a: TrainArgs): Promise<QatPlan | null> {
 
 /** The trainer's prepare hook for a QAT run. */
 function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: TrainOptions['config'], outDir: string): TrainOptions['prepare'] {
+  if ('kind' in config && config.kind === 'autoencoder') throw new CliError('QAT applies to diffusion models');
   const latent = 'kind' in config && config.kind === 'latent';
   const lr = latent ? config.baseLearningRate : (config as Config).model.base_learning_rate;
   // A latent model's schedule (the trainer also passes it, with the latent shape and conditioning).

@@ -1,8 +1,9 @@
 // Data-parallel scaling on this machine: training images/s at 1 and 2 ranks
 // (one engine thread each, the fmnist-small UNet on synthetic 32x32 data, the
-// same global batch), the allreduce time of one step's gradients against the
+// same global batch), sampling images/s at 1 and 2 ranks (the shipped model,
+// DDIM, `sample --nproc`), the allreduce time of one step's gradients against the
 // step time, and a projection to 8 and 64 ranks on stated interconnects.
-//   node dist/bench/ddp.js [--steps 12] [--batch 32] [--out bench/results/ddp-cpu.md]
+//   node dist/bench/ddp.js [--steps 12] [--batch 32] [--samples 32] [--out bench/results/ddp-cpu.md]
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -18,7 +19,7 @@ function arg(name: string, dflt: string): string {
   return i > 0 ? process.argv[i + 1] : dflt;
 }
 
-const steps = Number(arg('steps', '12')), batch = Number(arg('batch', '32'));
+const steps = Number(arg('steps', '12')), batch = Number(arg('batch', '32')), sampleN = Number(arg('samples', '32'));
 const out = arg('out', path.join(packageRoot, 'bench', 'results', 'ddp-cpu.md'));
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-ddp-bench-'));
 const bin = path.join(packageRoot, 'bin', 'tdq-native.js');
@@ -40,6 +41,16 @@ function trainRun(ranks: number, name: string): number {
   return ips[ips.length >> 1];
 }
 
+function sampleRun(ranks: number, name: string): number {
+  const r = spawnSync(process.execPath, [bin, 'sample', '--n-samples', String(sampleN), '--batch-size', '8', '--custom-steps', '10', '--no-progress', '--no-grid', '--outdir', path.join(work, name), '--nproc', String(ranks)], {
+    encoding: 'utf8', env: { ...process.env, TDQ_NUM_THREADS: '1' },
+  });
+  if (r.status !== 0) throw new Error(`sample on ${ranks} ranks failed:\n${r.stdout}\n${r.stderr}`);
+  const m = /([\d.]+) images\/s/.exec(r.stdout);
+  if (!m) throw new Error(`no images/s in: ${r.stdout}`);
+  return Number(m[1]);
+}
+
 function allreduceMs(floats: number): number {
   const r = spawnSync('mpirun', [...root, '--oversubscribe', '-np', '2', '-x', 'TDQ_NUM_THREADS=1', process.execPath, path.join(packageRoot, 'dist', 'bench', 'ddp_allreduce.js'), String(floats), '30'], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`allreduce timing failed:\n${r.stderr}`);
@@ -48,10 +59,12 @@ function allreduceMs(floats: number): number {
 
 const params = buildUNet(loadConfig(cfgFile).config.model.params.unet_config, new Generator(0)).parameters().reduce((a, p) => a + p.size, 0);
 const rounds = 2;
-const one: number[] = [], two: number[] = [];
+const one: number[] = [], two: number[] = [], s1: number[] = [], s2: number[] = [];
 for (let r = 0; r < rounds; ++r) {
   one.push(trainRun(1, `one-${r}`));
   two.push(trainRun(2, `two-${r}`));
+  s1.push(sampleRun(1, `s1-${r}`));
+  s2.push(sampleRun(2, `s2-${r}`));
 }
 const med = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1];
 const ar = allreduceMs(params + 2);
@@ -83,6 +96,13 @@ const lines = [
   '|---|---|---|---|',
   `| 1 | ${one.map((v) => v.toFixed(1)).join(', ')} | ${ips1.toFixed(1)} | 1.00 |`,
   `| 2 | ${two.map((v) => v.toFixed(1)).join(', ')} | ${ips2.toFixed(1)} | ${(ips2 / ips1).toFixed(2)} |`,
+  '',
+  `Sampling: \`tdq-native sample --n-samples ${sampleN} --batch-size 8 --custom-steps 10 --nproc R\` (the shipped model, DDIM; the ranks split the batches; images/s as the command reports it, loading excluded):`,
+  '',
+  '| ranks | images/s (rounds) | median | speed-up |',
+  '|---|---|---|---|',
+  `| 1 | ${s1.map((v) => v.toFixed(2)).join(', ')} | ${med(s1).toFixed(2)} | 1.00 |`,
+  `| 2 | ${s2.map((v) => v.toFixed(2)).join(', ')} | ${med(s2).toFixed(2)} | ${(med(s2) / med(s1)).toFixed(2)} |`,
   '',
   `Gradient message per step and rank: ${(bytes / 2 ** 20).toFixed(2)} MiB (one bucket). Allreduce of it on 2 ranks of this machine (shared memory): ${ar.toFixed(2)} ms median, ${((ar / stepMs2) * 100).toFixed(1)}% of a 2-rank step (${stepMs2.toFixed(0)} ms).`,
   '',

@@ -4,13 +4,14 @@
 // them through the first stage to images in [-1, 1]. What generate() and the
 // `sample` command share: the option checks (typed errors naming the option),
 // the labels of a batch, and one batch from a Generator.
-import { type DdimDiscretize, sample, type SamplerName } from './diffusion/samplers';
+import { type DdimDiscretize, noiseDrawsPerValue, sample, type SamplerName } from './diffusion/samplers';
+import { generateBatches } from './dist/shard';
 import { ClassEmbedder } from './models/conditioning';
 import type { LoadedLatentModel } from './models/load_latent';
 import type { LatentDiffusionSpec } from './models/latent_config';
 import { type GeneratedImages, type GenerateOptions, type ProgressReport, runWithProgress } from './pipeline';
 import { full } from './tensor/ops/creation';
-import { Generator } from './tensor/random';
+import type { Generator } from './tensor/random';
 import { fromArray, type Tensor } from './tensor/tensor';
 
 /** A sampling option that does not fit the model (--classes on an unconditional model, --scale without an unconditional class, ...). */
@@ -189,7 +190,18 @@ export class LatentDiffusionPipeline {
     }
   }
 
-  /** n images, batch by batch from one Generator(seed): the same seed and options give the same images. */
+  /** The normal draws one image's latents cost with this plan (x_T and any per-step noise). */
+  async drawsPerImage(plan: LatentPlan): Promise<number> {
+    const [c, h, w] = this.latentShape;
+    const per = await noiseDrawsPerValue({ sampler: plan.sampler, steps: plan.steps, eta: plan.eta, ddimDiscretize: plan.ddimDiscretize, schedule: this.model.schedule });
+    return per * c * h * w;
+  }
+
+  /**
+   * n images, batch by batch from one Generator(seed): the same seed and
+   * options give the same images, also when `comm` splits the batches across
+   * ranks (each rank then returns all n).
+   */
   async generate(o: LatentGenerateOptions): Promise<GeneratedImages> {
     if (this.disposed) throw new Error('LatentDiffusionPipeline: generate() after dispose()');
     if (!Number.isInteger(o.n) || o.n < 1) throw new RangeError(`generate: n must be a positive integer, got ${o.n}`);
@@ -197,17 +209,14 @@ export class LatentDiffusionPipeline {
     if (!Number.isInteger(bs) || bs < 1) throw new RangeError(`generate: batchSize must be a positive integer, got ${bs}`);
     const plan = this.plan(o);
     const [c, h, w] = this.imageShape;
-    const out = new Float32Array(o.n * c * h * w);
-    const gen = new Generator(o.seed ?? 0);
+    const drawsPerImage = await this.drawsPerImage(plan);
+    let data!: Float32Array;
     await runWithProgress(o, async (signal: AbortSignal, report: ProgressReport) => {
-      for (let done = 0; done < o.n; ) {
-        const b = Math.min(bs, o.n - done);
-        const imgs = await this.sampleImages(plan, this.labels(plan, done, b), b, gen, { signal, onProgress: (step, steps) => report({ images: done, total: o.n, step, steps }) });
-        out.set(imgs, done * c * h * w);
-        done += b;
-      }
+      data = await generateBatches({ n: o.n, batchSize: bs, seed: o.seed ?? 0, imageSize: c * h * w, drawsPerImage, comm: o.comm }, (slot, gen) =>
+        this.sampleImages(plan, this.labels(plan, slot.start, slot.count), slot.count, gen, { signal, onProgress: (step, steps) => report({ images: slot.start, total: o.n, step, steps }) }),
+      );
     });
-    return { data: out, shape: [o.n, c, h, w] };
+    return { data, shape: [o.n, c, h, w] };
   }
 
   dispose(): void {

@@ -6,13 +6,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import type { Config } from './config';
-import { type DdimDiscretize, sample, type SamplerName } from './diffusion/samplers';
+import { type DdimDiscretize, type SampleOptions, noiseDrawsPerValue, sample, type SamplerName } from './diffusion/samplers';
+import type { Communicator } from './dist/communicator';
+import { generateBatches } from './dist/shard';
 import { PixelDiffusion } from './models/diffusion';
 import { LatentDiffusionPipeline } from './latent_pipeline';
 import { type LoadedModel, isLatentDiffusionConfigFile, loadLatentModel, loadModel } from './models/load';
 import { type ExecRequest, applyExec } from './quant/quantize_model';
 import { packageRoot } from './tensor/native';
-import { Generator } from './tensor/random';
 import { fromArray, type Tensor } from './tensor/tensor';
 
 /** The Fashion-MNIST model that ships with the package. */
@@ -55,6 +56,12 @@ export interface GenerateOptions {
   clipDenoised?: boolean;
   /** ddim / plms timestep layout (default 'uniform'). */
   ddimDiscretize?: DdimDiscretize;
+  /**
+   * Split the batches across the ranks of this communicator (data-parallel
+   * sampling, src/dist/shard.ts): each rank draws batches b = rank, rank +
+   * size, ... and every rank returns all n images, equal to one process's.
+   */
+  comm?: Communicator;
 }
 
 export interface GeneratedImages {
@@ -129,54 +136,52 @@ export class DiffusionPipeline {
     const bs = o.batchSize ?? Math.min(o.n, 16);
     if (!Number.isInteger(bs) || bs < 1) throw new RangeError(`generate: batchSize must be a positive integer, got ${bs}`);
     const [c, h, w] = this.imageShape;
-    const out = new Float32Array(o.n * c * h * w);
-    const gen = new Generator(o.seed ?? 0);
     const classes = this.numClasses;
-    await runWithProgress(o, (signal, report) => this.generateBatches(o, bs, out, gen, classes, signal, report));
-    return { data: out, shape: [o.n, c, h, w] };
+    const opts = this.samplerOptions(o);
+    const drawsPerImage = (await noiseDrawsPerValue(opts)) * c * h * w;
+    let data!: Float32Array;
+    await runWithProgress(o, async (signal, report) => {
+      data = await generateBatches({ n: o.n, batchSize: bs, seed: o.seed ?? 0, imageSize: c * h * w, drawsPerImage, comm: o.comm }, async (slot, gen) => {
+        let y: Tensor | undefined;
+        if (classes) {
+          const labels = Array.from({ length: slot.count }, (_, i) => {
+            const l = Array.isArray(o.labels) ? o.labels[slot.start + i] : o.labels ?? (slot.start + i) % classes;
+            if (!Number.isInteger(l) || l < 0 || l >= classes) throw new RangeError(`generate: label ${l} is not a class of this model (0..${classes - 1})`);
+            return l;
+          });
+          y = fromArray(labels, [slot.count], 'int32');
+        }
+        try {
+          const x = await sample(this.diffusion.epsModel(y), {
+            ...opts,
+            shape: [slot.count, c, h, w],
+            generator: gen,
+            signal,
+            onProgress: (step, steps) => report({ images: slot.start, total: o.n, step, steps }),
+          });
+          try {
+            return Float32Array.from((await x.data()) as Float32Array);
+          } finally {
+            x.dispose();
+          }
+        } finally {
+          y?.dispose();
+        }
+      });
+    });
+    return { data, shape: [o.n, c, h, w] };
   }
 
-  private async generateBatches(
-    o: GenerateOptions,
-    bs: number,
-    out: Float32Array,
-    gen: Generator,
-    classes: number | null,
-    signal: AbortSignal,
-    report: (p: { images: number; total: number; step: number; steps: number }) => void,
-  ): Promise<void> {
-    const [c, h, w] = this.imageShape;
-    for (let done = 0; done < o.n; ) {
-      const b = Math.min(bs, o.n - done);
-      let y: Tensor | undefined;
-      if (classes) {
-        const labels = Array.from({ length: b }, (_, i) => {
-          const l = Array.isArray(o.labels) ? o.labels[done + i] : o.labels ?? (done + i) % classes;
-          if (!Number.isInteger(l) || l < 0 || l >= classes) throw new RangeError(`generate: label ${l} is not a class of this model (0..${classes - 1})`);
-          return l;
-        });
-        y = fromArray(labels, [b], 'int32');
-      }
-      try {
-        const x = await sample(this.diffusion.epsModel(y), {
-          shape: [b, c, h, w],
-          sampler: o.sampler ?? 'ddim',
-          steps: o.sampler === 'ddpm' ? undefined : o.steps ?? 50,
-          eta: o.eta,
-          clipDenoised: o.clipDenoised ?? true,
-          ddimDiscretize: o.ddimDiscretize,
-          generator: gen,
-          schedule: this.diffusion.schedule,
-          signal,
-          onProgress: (step, steps) => report({ images: done, total: o.n, step, steps }),
-        });
-        out.set((await x.data()) as Float32Array, done * c * h * w);
-        x.dispose();
-      } finally {
-        y?.dispose();
-      }
-      done += b;
-    }
+  /** The sampler options of a generate() call, without the batch's shape and generator. */
+  samplerOptions(o: Omit<GenerateOptions, 'n'>): Omit<SampleOptions, 'shape'> {
+    return {
+      sampler: o.sampler ?? 'ddim',
+      steps: o.sampler === 'ddpm' ? undefined : o.steps ?? 50,
+      eta: o.eta,
+      clipDenoised: o.clipDenoised ?? true,
+      ddimDiscretize: o.ddimDiscretize,
+      schedule: this.diffusion.schedule,
+    };
   }
 
   dispose(): void {

@@ -166,7 +166,7 @@ describe('engine', () => {
   });
 
   it('freed large buffers are cached for reuse up to the cap, and released on request', async () => {
-    const n = 1 << 20; // 4 MiB: above the 1 MiB threshold of mapped buffers
+    const n = 1 << 20; // 4 MiB: above the 128 KiB threshold of mapped buffers
     const ones = fromArray(new Float32Array(n).fill(1), [n]);
     try {
       native().releaseHostCache();
@@ -203,6 +203,29 @@ describe('engine', () => {
     } finally {
       native().setHostCacheBytes(2048 * 2 ** 20); // the default
       ones.dispose();
+    }
+  });
+
+  it('freed buffers from 128 KiB up are cached too (a small model\'s per-forward outputs), smaller ones are not', async () => {
+    const big = fromArray(new Float32Array(1 << 16).fill(1), [1 << 16]); // 256 KiB
+    const small = fromArray(new Float32Array(1 << 14).fill(1), [1 << 14]); // 64 KiB
+    try {
+      native().releaseHostCache();
+      exp(small).dispose();
+      await sync();
+      assert.equal(native().memory().cachedBytes, 0, 'a 64 KiB output goes back to malloc');
+      exp(big).dispose();
+      await sync();
+      assert.ok(native().memory().cachedBytes >= 1 << 18, `a freed 256 KiB output should be cached, cachedBytes = ${native().memory().cachedBytes}`);
+      const e = exp(big);
+      await sync(); // outputs are allocated on the stream thread
+      assert.equal(native().memory().cachedBytes, 0, 'and reused by the next output of its size');
+      e.dispose();
+      await sync();
+    } finally {
+      native().releaseHostCache();
+      big.dispose();
+      small.dispose();
     }
   });
 

@@ -90,8 +90,11 @@ namespace {
 // memory-cpu.md). The cache is capped (TDQ_HOST_CACHE_MB, default 2048: a
 // training step's working set must fit, or most of it faults again), so
 // resident memory stays within live bytes plus the cap, and
-// host_cache_release() empties it.
-constexpr size_t kMmapThreshold = size_t(1) << 20;
+// host_cache_release() empties it. The threshold is 128 KiB: the outputs of
+// a small model's forward (128 KiB..1 MiB at batch 8) faulted in on every
+// call through glibc's heap (about 750 page faults per forward of the shipped
+// model), as many as two granules cost at most twice their size here.
+constexpr size_t kMmapThreshold = size_t(128) << 10;
 constexpr size_t kMmapGranule = size_t(1) << 16;  // sizes rounded up, so near sizes share blocks
 
 constexpr size_t kDefaultCacheBytes = size_t(2048) << 20;

@@ -11,9 +11,11 @@
 //   float rounding: the integer sum is exact, and the epilogue (qgemm.h) rounds
 //   three times; conv2d_forward's float sum rounds once per term.
 //
-// im2col straight into the GEMM's activation panels (qgemm.h), a chunk of
-// samples at a time (bounded scratch); whole chunks per thread when the batch
-// has enough of them, otherwise the GEMM's tiles are spread over the threads.
+// The input channels interleaved in groups of 4 (quantized on the way for
+// float32 x), then im2col one activation panel (qgemm.h) at a time, by the
+// GEMM worker that uses it next (qgemm_pack: the panel stays in L1); a chunk
+// of samples at a time (bounded scratch); whole chunks per thread when the
+// batch has enough of them, otherwise the panels are spread over the threads.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -65,9 +67,10 @@ QConvGeom qconv_geometry(const std::vector<Tensor>& in, const Attrs& a) {
 
 std::vector<TensorMeta> infer_qconv2d(const std::vector<Tensor>& in, const Attrs& a) {
   activation_zero_point(a, in[0]);
+  const QActSpec q = qact_spec(a, in[0]);
   const QConvGeom g = qconv_geometry(in, a);
   check_qweights(a, in, 2, g.K(), g.kh * g.kw * round_up4(g.C));
-  check_act_step(a, in[1], g.N, in[0].shape);
+  check_act_steps_shape(a, q, in[1], g.N, in[0].shape);
   return {{{g.N, in[2].shape[0], g.Ho, g.Wo}, DType::f32}};
 }
 
@@ -93,38 +96,147 @@ void interleave_channels(const QConvGeom& g, const uint8_t* x, int64_t nb, uint8
     }
 }
 
-// Fills quads [q0, q1) of the panels (qgemm.h) for samples [0, nb) from x4.
-// Quad q = tap * Cq + cq (tap = i * kW + j), the order of qweight_pack's
-// conv rows; column j = s * P + oh * Wo + ow holds x4 under output (oh, ow)
-// for that tap, or the zero point (pad4) over the padding.
-void im2col_panels(const QConvGeom& g, const uint32_t* x4, int64_t nb, uint32_t pad4, int64_t kq, int64_t q0,
-                   int64_t q1, uint8_t* panels) {
+// As interleave_channels for float32 x, quantizing on the way (QActSpec):
+// byte = level + q.add, the step of sample s is steps[s]; a channel past C
+// reads as level 0 (byte q.add). With `panels`, the words go straight into
+// the GEMM's panel layout (qgemm.h) instead, column j = s * HW + p, quad cq:
+// a 1x1 convolution with stride 1 and no padding needs no im2col.
+void interleave_quantize(const QConvGeom& g, const float* x, int64_t nb, const QActSpec& q, Quant4Fn q4,
+                         const float* steps, int64_t cq0, int64_t cq1, uint32_t* x4, bool panels) {
+  const int64_t HW = g.H * g.W, Cq = round_up4(g.C) / 4;
+  const float off = q.shifted ? 0.f : q.offset;
+  for (int64_t s = 0; s < nb; ++s)
+    for (int64_t cq = cq0; cq < cq1; ++cq) {
+      const int nch = static_cast<int>(std::min<int64_t>(4, g.C - 4 * cq));
+      const float* rows[4];
+      for (int i = 0; i < 4; ++i) rows[i] = x + (s * g.C + 4 * cq + std::min(i, nch - 1)) * HW;
+      if (!panels) {
+        q4(rows, nch, x4 + (s * Cq + cq) * HW, HW, steps[s], q.lo, q.hi, q.add, off);
+        continue;
+      }
+      for (int64_t p = 0; p < HW;) {  // runs inside one panel
+        const int64_t j = s * HW + p, len = std::min(HW - p, kNR - j % kNR);
+        const float* r[4] = {rows[0] + p, rows[1] + p, rows[2] + p, rows[3] + p};
+        q4(r, nch, x4 + ((j / kNR) * Cq + cq) * kNR + j % kNR, len, steps[s], q.lo, q.hi, q.add, off);
+        p += len;
+      }
+    }
+}
+
+// The real zero point's border correction (QActSpec): output pixels where some
+// taps fall on the padding, and per (pixel, o) fl(fl(z * wstep[o]) * (sum of
+// row o's weights over the taps inside the input - row sum)); d is (border
+// pixels, O). The row sums over the taps come from the packed rows.
+struct BorderCorr {
+  std::vector<int64_t> pix;
+  std::vector<float> d;
+};
+BorderCorr border_correction(const QConvGeom& g, const int8_t* w, const float* wstep, const int32_t* rsum, float z) {
+  BorderCorr bc;
+  const int64_t taps = g.kh * g.kw, Cp = round_up4(g.C), Kp = taps * Cp, O = g.O;
+  std::vector<uint8_t> vh(static_cast<size_t>(g.Ho * g.kh)), vw(static_cast<size_t>(g.Wo * g.kw));
+  std::vector<int64_t> bad_h(static_cast<size_t>(g.Ho)), bad_w(static_cast<size_t>(g.Wo));
+  for (int64_t oh = 0; oh < g.Ho; ++oh)
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.stride - g.pad + i;
+      vh[oh * g.kh + i] = ih >= 0 && ih < g.H;
+      bad_h[oh] += !vh[oh * g.kh + i];
+    }
+  for (int64_t ow = 0; ow < g.Wo; ++ow)
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t iw = ow * g.stride - g.pad + j;
+      vw[ow * g.kw + j] = iw >= 0 && iw < g.W;
+      bad_w[ow] += !vw[ow * g.kw + j];
+    }
+  for (int64_t oh = 0; oh < g.Ho; ++oh)
+    for (int64_t ow = 0; ow < g.Wo; ++ow)
+      if (bad_h[oh] || bad_w[ow]) bc.pix.push_back(oh * g.Wo + ow);
+  if (bc.pix.empty()) return bc;
+  std::vector<int32_t> tsum(static_cast<size_t>(O * taps));
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t t = 0; t < taps; ++t) {
+      int32_t a = 0;
+      for (int64_t c = 0; c < g.C; ++c) a += w[o * Kp + t * Cp + c];
+      tsum[o * taps + t] = a;
+    }
+  // Border pixels fall into a few classes (which kernel rows and columns are
+  // inside): one sum per class and output channel.
+  auto class_of = [](const std::vector<uint8_t>& v, int64_t n, int64_t k, std::vector<int64_t>& cls) {
+    std::vector<int64_t> first;  // representative index of each class
+    cls.assign(static_cast<size_t>(n), 0);
+    for (int64_t a = 0; a < n; ++a) {
+      size_t c = 0;
+      while (c < first.size() && !std::equal(v.begin() + a * k, v.begin() + (a + 1) * k, v.begin() + first[c] * k)) ++c;
+      if (c == first.size()) first.push_back(a);
+      cls[a] = static_cast<int64_t>(c);
+    }
+    return first;
+  };
+  std::vector<int64_t> ch, cw;
+  const std::vector<int64_t> fh = class_of(vh, g.Ho, g.kh, ch), fw = class_of(vw, g.Wo, g.kw, cw);
+  const int64_t nch = static_cast<int64_t>(fh.size()), ncw = static_cast<int64_t>(fw.size());
+  std::vector<float> dcls(static_cast<size_t>(nch * ncw * O));
+  for (int64_t a = 0; a < nch; ++a)
+    for (int64_t b = 0; b < ncw; ++b)
+      for (int64_t o = 0; o < O; ++o) {
+        int32_t v = 0;
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j)
+            if (vh[fh[a] * g.kh + i] && vw[fw[b] * g.kw + j]) v += tsum[o * taps + i * g.kw + j];
+        const float zw = z * wstep[o];
+        dcls[(a * ncw + b) * O + o] = zw * static_cast<float>(v - rsum[o]);
+      }
+  bc.d.resize(bc.pix.size() * static_cast<size_t>(O));
+  for (size_t k = 0; k < bc.pix.size(); ++k) {
+    const int64_t oh = bc.pix[k] / g.Wo, ow = bc.pix[k] % g.Wo;
+    std::memcpy(&bc.d[k * O], &dcls[(ch[oh] * ncw + cw[ow]) * O], static_cast<size_t>(O) * sizeof(float));
+  }
+  return bc;
+}
+
+// im2col of panel p alone (columns [32p, min(32p + 32, cols)) of the chunk's
+// samples), all kq quads, into dst (kq * 128 bytes, qgemm.h layout): quad
+// q = tap * Cq + cq (tap = i * kW + j), the order of qweight_pack's conv rows;
+// column j = s * P + oh * Wo + ow holds x4 under output (oh, ow) for that tap,
+// or the zero point (pad4) over the padding. The panel's columns fall into a
+// few runs of one output row each.
+void im2col_panel(const QConvGeom& g, const uint32_t* x4, int64_t cols, uint32_t pad4, int64_t kq, int64_t p,
+                  uint8_t* dst_bytes) {
   const int64_t P = g.P(), HW = g.H * g.W, Cq = round_up4(g.C) / 4, Wo = g.Wo;
-  uint32_t* pan = reinterpret_cast<uint32_t*>(panels);
-  for (int64_t q = q0; q < q1; ++q) {
-    const int64_t tap = q / Cq, cq = q % Cq, ki = tap / g.kw, kj = tap % g.kw;
+  struct Run {
+    int64_t s, oh, ow, len, c0;
+  };
+  Run runs[kNR];
+  int nruns = 0;
+  for (int64_t j = p * kNR, end = std::min(cols, j + kNR); j < end;) {
+    const int64_t s = j / P, r = j % P, oh = r / Wo, ow = r % Wo, len = std::min(Wo - ow, end - j);
+    runs[nruns++] = {s, oh, ow, len, j - p * kNR};
+    j += len;
+  }
+  (void)kq;  // kq = taps * Cq
+  uint32_t* const dst0 = reinterpret_cast<uint32_t*>(dst_bytes);
+  for (int64_t tap = 0, taps = g.kh * g.kw; tap < taps; ++tap) {
+    const int64_t ki = tap / g.kw, kj = tap % g.kw;
+    // outputs ow in [lo, hi) read inside the input's width for this tap
     const int64_t lo = std::clamp<int64_t>(floor_div(g.pad - kj + g.stride - 1, g.stride), 0, Wo);
     const int64_t hi = std::clamp<int64_t>(floor_div(g.W - 1 + g.pad - kj, g.stride) + 1, lo, Wo);
-    for (int64_t s = 0; s < nb; ++s) {
-      const uint32_t* plane = x4 + (s * Cq + cq) * HW;
-      for (int64_t oh = 0; oh < g.Ho; ++oh) {
-        const int64_t ih = oh * g.stride - g.pad + ki;
-        const bool inside = ih >= 0 && ih < g.H;
-        // plane[off + ow * stride]: the input under output ow (read inside [lo, hi) only)
-        const int64_t off = ih * g.W - g.pad + kj;
-        int64_t ow = 0, j = s * P + oh * Wo;
-        while (ow < Wo) {  // runs that stay inside one panel
-          const int64_t run = std::min(Wo - ow, kNR - j % kNR), e = ow + run;
-          uint32_t* dst = pan + ((j / kNR) * kq + q) * kNR + j % kNR;  // column ow
-          const int64_t a = inside ? std::clamp(lo, ow, e) : e, b = inside ? std::clamp(hi, a, e) : e;
-          for (int64_t u = ow; u < a; ++u) dst[u - ow] = pad4;
-          if (g.stride == 1)
-            for (int64_t u = a; u < b; ++u) dst[u - ow] = plane[off + u];
-          else
-            for (int64_t u = a; u < b; ++u) dst[u - ow] = plane[off + u * g.stride];
-          for (int64_t u = b; u < e; ++u) dst[u - ow] = pad4;
-          ow = e, j += run;
+    uint32_t* const dtap = dst0 + tap * Cq * kNR;  // quad q = tap * Cq + cq at dtap + cq * kNR
+    for (int i = 0; i < nruns; ++i) {
+      const Run& rn = runs[i];
+      const int64_t ih = rn.oh * g.stride - g.pad + ki, e = rn.ow + rn.len;
+      const bool inside = ih >= 0 && ih < g.H;
+      const int64_t a = inside ? std::clamp(lo, rn.ow, e) : e, b = inside ? std::clamp(hi, a, e) : e;
+      // src[ow * stride] for channel group 0; + cq * HW for the others
+      const uint32_t* src = x4 + rn.s * Cq * HW + (inside ? ih * g.W : 0) - g.pad + kj;
+      uint32_t* d = dtap + rn.c0 - rn.ow;  // d[ow]
+      for (int64_t cq = 0; cq < Cq; ++cq, d += kNR, src += HW) {
+        for (int64_t u = rn.ow; u < a; ++u) d[u] = pad4;
+        if (g.stride == 1) {
+          if (b > a) std::memcpy(d + a, src + a, static_cast<size_t>(b - a) * 4);
+        } else {
+          for (int64_t u = a; u < b; ++u) d[u] = src[u * g.stride];
         }
+        for (int64_t u = b; u < e; ++u) d[u] = pad4;
       }
     }
   }
@@ -134,67 +246,99 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   const Tensor &x = c.inputs[0], &as = c.inputs[1], &wp = c.inputs[2], &ws = c.inputs[3], &rs = c.inputs[4];
   const Tensor* bias = c.inputs.size() > 5 && c.inputs[5].defined() ? &c.inputs[5] : nullptr;
   const int64_t zp = activation_zero_point(c.attrs, x);
+  const QActSpec q = qact_spec(c.attrs, x);
   const uint8_t flip = x.dtype == DType::i8 ? 0x80 : 0;
   QConvGeom g = qconv_geometry(c.inputs, c.attrs);
   g.O = wp.shape[0];
-  check_positive_steps(as, "act_step");
+  std::vector<float> steps(static_cast<size_t>(g.N));
+  act_steps(c.attrs, q, as, g.N, x.shape, steps.data());
   check_positive_steps(ws, "wstep");
   const int64_t Cq = round_up4(g.C) / 4, kq = g.kh * g.kw * Cq, P = g.P(), O = g.O, HW = g.H * g.W;
   if (g.N == 0 || P == 0) return;
+  const int32_t* prs = rs.data<int32_t>();
   std::vector<int32_t> zc(static_cast<size_t>(O));
-  for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * int64_t{rs.data<int32_t>()[o]});
-  // Samples per chunk: at least 128 columns, at most 8 MiB of panels.
+  for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * int64_t{prs[o]});
+  // A real zero point z: bias' = bias + z * wstep * rowsum, and the border fix-up.
+  const bool zfix = q.quantize && q.offset != 0.f;
+  std::vector<float> bias2;
+  BorderCorr bc;
+  if (zfix) {
+    bias2.resize(static_cast<size_t>(O));
+    for (int64_t o = 0; o < O; ++o) {
+      const float zw = q.offset * ws.f32()[o];
+      const float corr = zw * static_cast<float>(prs[o]);
+      bias2[o] = bias ? bias->f32()[o] + corr : corr;
+    }
+    bc = border_correction(g, wp.data<int8_t>(), ws.f32(), prs, q.offset);
+  }
+  const Quant4Fn q4 = quant4_for(ctx.cpu_level);
+  // 1x1, stride 1, no padding, float32 x: quantize straight into the panels.
+  const bool direct = q.quantize && g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
+  // Samples per chunk: at least 128 columns, at most 8 MiB of interleaved input.
   int64_t nb = std::clamp<int64_t>((128 + P - 1) / P, 1, g.N);
-  nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * kq * P + 4 * Cq * HW)));
+  nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * Cq * HW)));
   const int64_t chunks = (g.N + nb - 1) / nb, threads = ctx.pool ? ctx.pool->size() : 1;
-  const uint8_t* px = x.data<uint8_t>();
-  const float* pas = as.f32();
+  const uint8_t* px = q.quantize ? nullptr : x.data<uint8_t>();
+  const float* pxf = q.quantize ? x.f32() : nullptr;
   float* y = c.outputs[0].f32();
   const int8_t* w = wp.data<int8_t>();
-  const float* pb = bias ? bias->f32() : nullptr;
+  const float* pb = zfix ? bias2.data() : bias ? bias->f32() : nullptr;
 
-  // Scratch of one worker: panels for nb samples (not zeroed: every byte read
-  // is written first), and the columns' steps and output offsets.
+  // Scratch of one worker: the interleaved input of nb samples, and the
+  // columns' steps and output offsets. The panels are made one at a time by
+  // the GEMM's workers (qgemm_pack), each while it is in L1.
   struct Scratch {
-    QScratch pan_buf, x4_buf;
+    QScratch x4_buf;
     std::vector<float> cstep;
     std::vector<int64_t> coff;
-    Scratch(int64_t cols, int64_t bytes, int64_t x4_words)
-        : pan_buf(0, static_cast<size_t>(bytes)), x4_buf(1, static_cast<size_t>(x4_words) * 4),
-          cstep(static_cast<size_t>(cols)), coff(static_cast<size_t>(cols)) {}
+    Scratch(int64_t cols, int64_t x4_words)
+        : x4_buf(1, static_cast<size_t>(x4_words) * 4), cstep(static_cast<size_t>(cols)),
+          coff(static_cast<size_t>(cols)) {}
   };
-  const int64_t max_cols = nb * P, pan_bytes = qpanel_bytes(max_cols, kq);
+  const int64_t max_cols = nb * P;
+  // x4 words: the interleaved planes, or the panels of the direct 1x1 path
+  const int64_t x4_words = std::max(nb * Cq * HW, direct ? qpanel_bytes(max_cols, Cq) / 4 : 0);
 
   // One chunk [n0, n0 + cnt) with the given context.
   auto run_chunk = [&](const ExecContext& cx, int64_t n0, int64_t cnt, Scratch& sc) {
     const int64_t cols = cnt * P;
-    const uint8_t* xs = px + n0 * g.C * g.H * g.W;
-    uint8_t* pan = sc.pan_buf.get();
     uint32_t* x4 = reinterpret_cast<uint32_t*>(sc.x4_buf.get());
     cx.parallel_for(Cq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cnt * HW, 1)), [&](int64_t b, int64_t e) {
-      interleave_channels(g, xs, cnt, flip, static_cast<uint8_t>(zp), b, e, x4);
-    });
-    cx.parallel_for(kq, std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
-      im2col_panels(g, x4, cnt, static_cast<uint32_t>(zp) * 0x01010101u, kq, b, e, pan);
+      if (q.quantize)
+        interleave_quantize(g, pxf + n0 * g.C * HW, cnt, q, q4, steps.data() + n0, b, e, x4, direct);
+      else
+        interleave_channels(g, px + n0 * g.C * HW, cnt, flip, static_cast<uint8_t>(zp), b, e, x4);
     });
     for (int64_t s = 0; s < cnt; ++s) {
-      const float st = pas[as.numel() == 1 ? 0 : n0 + s];
+      const float st = steps[n0 + s];
       for (int64_t p = 0; p < P; ++p) sc.cstep[s * P + p] = st, sc.coff[s * P + p] = s * O * P + p;
     }
-    qgemm(cx, O, cols, kq, w, pan, zc.data(), ws.f32(), pb, sc.cstep.data(), sc.coff.data(), y + n0 * O * P, P);
+    const uint32_t pad4 = static_cast<uint32_t>(zp) * 0x01010101u;
+    if (direct)
+      qgemm(cx, O, cols, kq, w, reinterpret_cast<const uint8_t*>(x4), zc.data(), ws.f32(), pb, sc.cstep.data(),
+            sc.coff.data(), y + n0 * O * P, P);
+    else
+      qgemm_pack(cx, O, cols, kq, w, [&](int64_t p, uint8_t* dst) { im2col_panel(g, x4, cols, pad4, kq, p, dst); },
+               zc.data(), ws.f32(), pb, sc.cstep.data(), sc.coff.data(), y + n0 * O * P, P);
+    if (zfix && !bc.pix.empty())
+      for (int64_t s = 0; s < cnt; ++s)
+        for (int64_t o = 0; o < O; ++o) {
+          float* yo = y + ((n0 + s) * O + o) * P;
+          for (size_t k = 0; k < bc.pix.size(); ++k) yo[bc.pix[k]] += bc.d[k * O + o];
+        }
   };
 
   if (threads > 1 && chunks >= threads) {
     const ExecContext serial = serial_context(ctx);
     ctx.parallel_for(chunks, 1, [&](int64_t b, int64_t e) {
-      Scratch sc(max_cols, pan_bytes, nb * Cq * HW);
+      Scratch sc(max_cols, x4_words);
       for (int64_t ch = b; ch < e; ++ch) {
         const int64_t n0 = ch * nb;
         run_chunk(serial, n0, std::min(nb, g.N - n0), sc);
       }
     });
   } else {
-    Scratch sc(max_cols, pan_bytes, nb * Cq * HW);
+    Scratch sc(max_cols, x4_words);
     for (int64_t n0 = 0; n0 < g.N; n0 += nb) run_chunk(ctx, n0, std::min(nb, g.N - n0), sc);
   }
 }

@@ -114,39 +114,80 @@ QScratch::QScratch(int slot, size_t bytes) {
   p_ = slots.p[slot].get();
 }
 
+namespace {
+
+// The weights as the level's kernel reads them (widened to int16 once per call
+// where QKernel::wide_weights), and its row stride in bytes.
+const int8_t* kernel_weights(const QKernel& k, int64_t M, int64_t kq, const int8_t* w, std::unique_ptr<QScratch>& buf,
+                             int64_t& ldw) {
+  ldw = kq * 4;
+  if (!k.wide_weights) return w;
+  buf.reset(new QScratch(3, static_cast<size_t>(M * kq * 4) * sizeof(int16_t)));
+  int16_t* wide = reinterpret_cast<int16_t*>(buf->get());
+  for (int64_t i = 0; i < M * kq * 4; ++i) wide[i] = w[i];
+  ldw = kq * 8;
+  return reinterpret_cast<const int8_t*>(wide);
+}
+
+TDQ_AINLINE void run_tile(const QKernel& k, int64_t M, int64_t cols, int64_t kq, const int8_t* w, int64_t ldw,
+                          const uint8_t* panel, int64_t p, int64_t i0, const int32_t* zc, const float* wstep,
+                          const float* bias, const float* col_step, const int64_t* col_off, float* y,
+                          int64_t row_stride) {
+  const int64_t j0 = p * kNR;
+  QTile t;
+  t.mr = static_cast<int>(std::min<int64_t>(k.mr, M - i0));
+  t.nr = static_cast<int>(std::min<int64_t>(kNR, cols - j0));
+  t.zc = zc + i0;
+  t.wstep = wstep + i0;
+  t.bias = bias ? bias + i0 : nullptr;
+  t.col_step = col_step + j0;
+  t.col_off = col_off + j0;
+  t.contig = true;
+  for (int j = 1; j < t.nr && t.contig; ++j) t.contig = t.col_off[j] == t.col_off[0] + j;
+  t.y = y + i0 * row_stride;
+  t.row_stride = row_stride;
+  k.ukr(kq, w + i0 * ldw, ldw, panel, t);
+}
+
+}  // namespace
+
 void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const uint8_t* panels,
            const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
            float* y, int64_t row_stride) {
   if (M == 0 || cols == 0) return;
   const QKernel& k = qkernel_for(ctx.cpu_level);
   const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR;
-  int64_t ldw = kq * 4;
+  int64_t ldw;
   std::unique_ptr<QScratch> wide_buf;
-  if (k.wide_weights) {
-    wide_buf.reset(new QScratch(3, static_cast<size_t>(M * kq * 4) * sizeof(int16_t)));
-    int16_t* wide = reinterpret_cast<int16_t*>(wide_buf->get());
-    for (int64_t i = 0; i < M * kq * 4; ++i) wide[i] = w[i];
-    w = reinterpret_cast<const int8_t*>(wide);
-    ldw = kq * 8;
-  }
+  w = kernel_weights(k, M, kq, w, wide_buf, ldw);
   // Tiles panel-major: consecutive tiles share a panel (kept in L1) and stream
   // the weights (kept in L2).
   ctx.parallel_for(mblocks * npanels, std::max<int64_t>(1, 4096 / std::max<int64_t>(kq, 1)), [&](int64_t b, int64_t e) {
     for (int64_t tix = b; tix < e; ++tix) {
-      const int64_t p = tix / mblocks, i0 = (tix % mblocks) * k.mr, j0 = p * kNR;
-      QTile t;
-      t.mr = static_cast<int>(std::min<int64_t>(k.mr, M - i0));
-      t.nr = static_cast<int>(std::min<int64_t>(kNR, cols - j0));
-      t.zc = zc + i0;
-      t.wstep = wstep + i0;
-      t.bias = bias ? bias + i0 : nullptr;
-      t.col_step = col_step + j0;
-      t.col_off = col_off + j0;
-      t.contig = true;
-      for (int j = 1; j < t.nr && t.contig; ++j) t.contig = t.col_off[j] == t.col_off[0] + j;
-      t.y = y + i0 * row_stride;
-      t.row_stride = row_stride;
-      k.ukr(kq, w + i0 * ldw, ldw, panels + p * kq * kNR * 4, t);
+      const int64_t p = tix / mblocks, i0 = (tix % mblocks) * k.mr;
+      run_tile(k, M, cols, kq, w, ldw, panels + p * kq * kNR * 4, p, i0, zc, wstep, bias, col_step, col_off, y,
+               row_stride);
+    }
+  });
+}
+
+void qgemm_pack(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const QPackFn& pack,
+                const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
+                float* y, int64_t row_stride) {
+  if (M == 0 || cols == 0) return;
+  const QKernel& k = qkernel_for(ctx.cpu_level);
+  const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR;
+  int64_t ldw;
+  std::unique_ptr<QScratch> wide_buf;
+  w = kernel_weights(k, M, kq, w, wide_buf, ldw);
+  // About 256k multiply-adds per task at least.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, M * kq * 4 * kNR));
+  ctx.parallel_for(npanels, grain, [&](int64_t b, int64_t e) {
+    QScratch buf(2, static_cast<size_t>(kq * kNR * 4));  // this worker's panel
+    for (int64_t p = b; p < e; ++p) {
+      pack(p, buf.get());
+      for (int64_t mb = 0; mb < mblocks; ++mb)
+        run_tile(k, M, cols, kq, w, ldw, buf.get(), p, mb * k.mr, zc, wstep, bias, col_step, col_off, y, row_stride);
     }
   });
 }
@@ -193,8 +234,10 @@ void check_qweights(const Attrs& a, const std::vector<Tensor>& in, size_t iw, in
 }
 
 int64_t activation_zero_point(const Attrs& a, const Tensor& x) {
-  TDQ_CHECK_TYPE(x.dtype == DType::u8 || x.dtype == DType::i8, a.op, ": argument 'x' must be uint8 or int8 (from ",
-                 "quantize_act), got ", dtype_name(x.dtype));
+  TDQ_CHECK_TYPE(x.dtype == DType::u8 || x.dtype == DType::i8 || x.dtype == DType::f32, a.op,
+                 ": argument 'x' must be uint8 or int8 (from quantize_act) or float32 (quantized here), got ",
+                 dtype_name(x.dtype));
+  if (x.dtype == DType::f32) return qact_spec(a, x).add;
   const int64_t zp = a.get_int("zero_point", 0);
   if (x.dtype == DType::i8) {
     TDQ_CHECK_RANGE(zp == 0, a.op, ": attribute 'zero_point' must be 0 for int8 (symmetric) 'x', got ", zp);
@@ -202,6 +245,57 @@ int64_t activation_zero_point(const Attrs& a, const Tensor& x) {
   }
   TDQ_CHECK_RANGE(zp >= 0 && zp <= 255, a.op, ": attribute 'zero_point' must be in 0..255 for uint8 'x', got ", zp);
   return zp;
+}
+
+QActSpec qact_spec(const Attrs& a, const Tensor& x) {
+  QActSpec q;
+  if (x.dtype != DType::f32) {
+    TDQ_CHECK_RANGE(!a.has("column") || a.get_int("column") == -1, a.op,
+                    ": attribute 'column' needs float32 'x' (quantized inside the op)");
+    q.column = -1;
+    return q;
+  }
+  q.quantize = true;
+  TDQ_CHECK_TYPE(a.has("bits") && a.has("signed"), a.op,
+                 ": float32 'x' is quantized inside the op and needs attributes 'bits' and 'signed'");
+  q.bits = a.get_int("bits");
+  TDQ_CHECK_RANGE(q.bits >= 2 && q.bits <= 8, a.op, ": attribute 'bits' must be an integer from 2 to 8, got ", q.bits);
+  q.is_signed = a.get_bool("signed", false);
+  TDQ_CHECK_RANGE(a.get_int("zero_point", 0) == 0, a.op,
+                  ": attribute 'zero_point' is for uint8 'x'; float32 'x' takes a real zero point as 'offset'");
+  q.shifted = a.get_bool("input_shifted", false);
+  const double off = a.get_float("offset", 0.0), fl = a.get_float("step_floor", 0.0);
+  TDQ_CHECK_RANGE(std::isfinite(off), a.op, ": attribute 'offset' must be finite, got ", off);
+  TDQ_CHECK_RANGE(std::isfinite(fl) && fl >= 0, a.op, ": attribute 'step_floor' must be finite and >= 0, got ", fl);
+  q.offset = static_cast<float>(off), q.floor = static_cast<float>(fl);
+  q.column = a.get_int("column", -1);
+  TDQ_CHECK_RANGE(q.column >= -1, a.op, ": attribute 'column' must be -1 or a column index, got ", q.column);
+  const int64_t half = int64_t{1} << (q.bits - 1);
+  if (q.is_signed) q.lo = static_cast<float>(-half), q.hi = static_cast<float>(half - 1), q.add = 128;
+  else q.lo = 0.f, q.hi = static_cast<float>(2 * half - 1), q.add = 0;
+  return q;
+}
+
+void check_act_steps_shape(const Attrs& a, const QActSpec& q, const Tensor& s, int64_t n, const Shape& xshape) {
+  if (q.column < 0) return check_act_step(a, s, n, xshape);
+  check_dtype(a, s, "act_step", DType::f32);
+  TDQ_CHECK_RANGE(s.dim() == 2 && (s.shape[0] == 1 || s.shape[0] == n) && q.column < s.shape[1], a.op,
+                  ": argument 'act_step' must be a (1 or ", n, ", Q) table of steps with Q > column ", q.column,
+                  " (one row per sample of 'x' ", shape_str(xshape), "), got ", shape_str(s.shape));
+}
+
+void act_steps(const Attrs& a, const QActSpec& q, const Tensor& s, int64_t n, const Shape& xshape, float* out) {
+  check_act_steps_shape(a, q, s, n, xshape);
+  const float* p = s.f32();
+  const int64_t rows = q.column < 0 ? s.numel() : s.shape[0], ld = q.column < 0 ? 1 : s.shape[1];
+  const int64_t col = q.column < 0 ? 0 : q.column;
+  for (int64_t i = 0; i < n; ++i) {
+    const float raw = p[(rows == 1 ? 0 : i) * ld + col];
+    const float v = raw < q.floor ? q.floor : raw;  // clamp(step, floor): NaN stays NaN
+    TDQ_CHECK_RANGE(v > 0 && std::isfinite(v), "quantizer step 'act_step' of sample ", i, " = ", v,
+                    " must be positive and finite");
+    out[i] = v;
+  }
 }
 
 namespace {
@@ -246,13 +340,14 @@ std::vector<TensorMeta> infer_quantize_act(const std::vector<Tensor>& in, const 
 // |v| < 2^22; the limits are integers, so this equals round-then-clamp, as in
 // fake_quant.cpp). NaN becomes 0 before the zero point is added.
 template <int W, typename T>
-TDQ_AINLINE void quantize_row_w(const float* x, T* out, int64_t n, float s, float lo, float hi, int32_t zp) {
+TDQ_AINLINE void quantize_row_w(const float* x, T* out, int64_t n, float s, float lo, float hi, int32_t zp,
+                                float off = 0.f) {
   using namespace nnsimd;
   int64_t i = 0;
   if constexpr (W > 1) {
     const Vf<W> vlo = vsplat<W>(lo), vhi = vsplat<W>(hi), zero{};
     for (; i + W <= n; i += W) {
-      Vf<W> v = vload<W>(x + i) / s;
+      Vf<W> v = (vload<W>(x + i) - off) / s;  // x - 0 is x, bit for bit
       v = v == v ? v : zero;
       v = vlo > v ? vlo : v;
       v = vhi < v ? vhi : v;
@@ -273,7 +368,7 @@ TDQ_AINLINE void quantize_row_w(const float* x, T* out, int64_t n, float s, floa
     }
   }
   for (; i < n; ++i) {
-    float v = x[i] / s;
+    float v = (x[i] - off) / s;
     if (v != v) v = 0.f;
     const float r = std::min(std::max(std::nearbyint(v), lo), hi);
     out[i] = static_cast<T>(static_cast<int32_t>(r) + zp);
@@ -291,6 +386,71 @@ TDQ_AVX2 void quantize_row_avx2(const float* x, T* o, int64_t n, float s, float 
 template <typename T>
 TDQ_AVX512 void quantize_row_avx512(const float* x, T* o, int64_t n, float s, float lo, float hi, int32_t zp) {
   quantize_row_w<16, T>(x, o, n, s, lo, hi, zp);
+}
+#endif
+// Four channels at once, interleaved (Quant4Fn, qgemm.h): the levels of
+// quantize_row_w, word i = byte(x[0][i]) | byte(x[1][i]) << 8 | ... (channels
+// c >= nch give the byte `add`, level 0).
+template <int W>
+TDQ_AINLINE void quant4_w(const float* const* x, int nch, uint32_t* out, int64_t n, float s, float lo, float hi,
+                          int32_t add, float off) {
+  using namespace nnsimd;
+  int64_t i = 0;
+  if constexpr (W > 1) {
+    const Vf<W> vlo = vsplat<W>(lo), vhi = vsplat<W>(hi), zero{};
+    for (; i + W <= n; i += W) {
+      typedef uint32_t Vu __attribute__((vector_size(W * sizeof(uint32_t))));
+      Vu word = Vu{} + static_cast<uint32_t>(add) * 0x01010101u;
+      for (int c = 0; c < nch; ++c) {
+        Vf<W> v = (vload<W>(x[c] + i) - off) / s;
+        v = v == v ? v : zero;
+        v = vlo > v ? vlo : v;
+        v = vhi < v ? vhi : v;
+        const Vf<W> r = (v + 12582912.0f) - 12582912.0f;
+        const Vi<W> qi = __builtin_convertvector(r, Vi<W>);  // level; + add gives the byte
+        word += reinterpret_cast<const Vu&>(qi) << (8 * c);  // mod 2^32: byte c becomes add + level (0..255)
+      }
+      std::memcpy(out + i, &word, sizeof word);
+    }
+  }
+  for (; i < n; ++i) {
+    uint32_t word = static_cast<uint32_t>(add) * 0x01010101u;
+    for (int c = 0; c < nch; ++c) {
+      float v = (x[c][i] - off) / s;
+      if (v != v) v = 0.f;
+      const float r = std::min(std::max(std::nearbyint(v), lo), hi);
+      word += static_cast<uint32_t>(static_cast<int32_t>(r)) << (8 * c);
+    }
+    out[i] = word;
+  }
+}
+
+void q4_scalar(const float* const* x, int nch, uint32_t* o, int64_t n, float s, float lo, float hi, int32_t add,
+               float off) {
+  quant4_w<1>(x, nch, o, n, s, lo, hi, add, off);
+}
+#if TDQ_NN_X86
+TDQ_AVX2 void q4_avx2(const float* const* x, int nch, uint32_t* o, int64_t n, float s, float lo, float hi, int32_t add,
+                      float off) {
+  quant4_w<8>(x, nch, o, n, s, lo, hi, add, off);
+}
+TDQ_AVX512 void q4_avx512(const float* const* x, int nch, uint32_t* o, int64_t n, float s, float lo, float hi,
+                          int32_t add, float off) {
+  quant4_w<16>(x, nch, o, n, s, lo, hi, add, off);
+}
+#endif
+
+// With an offset, bytes out (QuantRowFn, qgemm.h).
+void qrow_scalar(const float* x, uint8_t* o, int64_t n, float s, float lo, float hi, int32_t add, float off) {
+  quantize_row_w<1, uint8_t>(x, o, n, s, lo, hi, add, off);
+}
+#if TDQ_NN_X86
+TDQ_AVX2 void qrow_avx2(const float* x, uint8_t* o, int64_t n, float s, float lo, float hi, int32_t add, float off) {
+  quantize_row_w<8, uint8_t>(x, o, n, s, lo, hi, add, off);
+}
+TDQ_AVX512 void qrow_avx512(const float* x, uint8_t* o, int64_t n, float s, float lo, float hi, int32_t add,
+                            float off) {
+  quantize_row_w<16, uint8_t>(x, o, n, s, lo, hi, add, off);
 }
 #endif
 
@@ -436,7 +596,7 @@ std::vector<TensorMeta> infer_qlinear(const std::vector<Tensor>& in, const Attrs
   TDQ_CHECK_RANGE(in[2].dim() == 2 && in[2].shape[0] == ws[0], a.op, ": argument 'packed' ", shape_str(in[2].shape),
                   " must have ", ws[0], " rows for weight_shape ", shape_str(ws));
   check_qweights(a, in, 2, K, round_up4(K));
-  check_act_step(a, in[1], x.shape[0], x.shape);
+  check_act_steps_shape(a, qact_spec(a, x), in[1], x.shape[0], x.shape);
   Shape ys = x.shape;
   ys.back() = in[2].shape[0];
   return {{ys, DType::f32}};
@@ -446,16 +606,34 @@ void qlinear(OpCall& c, const ExecContext& ctx) {
   const Tensor &x = c.inputs[0], &as = c.inputs[1], &wp = c.inputs[2], &ws = c.inputs[3], &rs = c.inputs[4];
   const Tensor* bias = c.inputs.size() > 5 && c.inputs[5].defined() ? &c.inputs[5] : nullptr;
   const int64_t zp = activation_zero_point(c.attrs, x);
+  const QActSpec q = qact_spec(c.attrs, x);
   const uint8_t flip = x.dtype == DType::i8 ? 0x80 : 0;
-  check_positive_steps(as, "act_step");
+  const int64_t N = x.shape[0];
+  std::vector<float> steps(static_cast<size_t>(N));
+  act_steps(c.attrs, q, as, N, x.shape, steps.data());
   check_positive_steps(ws, "wstep");
   const int64_t K = x.shape.back(), O = wp.shape[0], Kp = round_up4(K), kq = Kp / 4;
   const int64_t R = K ? x.numel() / K : 0;
   if (R == 0) return;
-  const int64_t per_sample = as.numel() == 1 ? R : R / x.shape[0];
+  const int64_t per_sample = R / N;
+  const int32_t* prs = rs.data<int32_t>();
   std::vector<int32_t> zc(static_cast<size_t>(O));
-  for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * rs.data<int32_t>()[o]);
-  const uint8_t* px = x.data<uint8_t>();
+  for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * prs[o]);
+  // A real zero point z (QActSpec): bias' = bias + z * wstep * rowsum.
+  std::vector<float> bias2;
+  if (q.quantize && q.offset != 0.f) {
+    bias2.resize(static_cast<size_t>(O));
+    for (int64_t o = 0; o < O; ++o) {
+      const float zw = q.offset * ws.f32()[o];
+      const float corr = zw * static_cast<float>(prs[o]);
+      bias2[o] = bias ? bias->f32()[o] + corr : corr;
+    }
+  }
+  const float* pb = !bias2.empty() ? bias2.data() : bias ? bias->f32() : nullptr;
+  const QuantRowFn qrow = quant_row_for(ctx.cpu_level);
+  const float off = q.shifted ? 0.f : q.offset;
+  const uint8_t* px = q.quantize ? nullptr : x.data<uint8_t>();
+  const float* pxf = q.quantize ? x.f32() : nullptr;
   float* y = c.outputs[0].f32();
   constexpr int64_t kRows = 512;  // rows of x per chunk (bounded scratch)
   QScratch panels(0, static_cast<size_t>(qpanel_bytes(std::min(R, kRows), kq)));
@@ -466,23 +644,48 @@ void qlinear(OpCall& c, const ExecContext& ctx) {
     uint8_t* pan = panels.get();
     // panel layout (qgemm.h): 4 consecutive k of one row are already together in x.
     ctx.parallel_for(nr, 16, [&](int64_t b, int64_t e) {
+      std::vector<uint8_t> qbuf(q.quantize ? static_cast<size_t>(K) : 0);
       for (int64_t j = b; j < e; ++j) {
-        const uint8_t* xr = px + (r0 + j) * K;
+        const uint8_t* xr;
+        if (q.quantize) {
+          qrow(pxf + (r0 + j) * K, qbuf.data(), K, steps[(r0 + j) / per_sample], q.lo, q.hi, q.add, off);
+          xr = qbuf.data();
+        } else {
+          xr = px + (r0 + j) * K;
+        }
         uint8_t* dst = pan + (j / kNR) * kq * kNR * 4 + (j % kNR) * 4;
         for (int64_t q = 0; q < kq; ++q, dst += kNR * 4)
           for (int r = 0; r < 4; ++r) dst[r] = 4 * q + r < K ? static_cast<uint8_t>(xr[4 * q + r] ^ flip) : 0;
       }
     });
     for (int64_t j = 0; j < nr; ++j) {
-      col_step[j] = as.f32()[as.numel() == 1 ? 0 : (r0 + j) / per_sample];
+      col_step[j] = steps[(r0 + j) / per_sample];
       col_off[j] = j * O;
     }
-    qgemm(ctx, O, nr, kq, wp.data<int8_t>(), pan, zc.data(), ws.f32(), bias ? bias->f32() : nullptr, col_step.data(),
+    qgemm(ctx, O, nr, kq, wp.data<int8_t>(), pan, zc.data(), ws.f32(), pb, col_step.data(),
           col_off.data(), y + r0 * O, 1);
   }
 }
 
 }  // namespace
+
+Quant4Fn quant4_for(CpuLevel level) {
+#if TDQ_NN_X86
+  if (level == CpuLevel::avx512) return q4_avx512;
+  if (level == CpuLevel::avx2) return q4_avx2;
+#endif
+  (void)level;
+  return q4_scalar;
+}
+
+QuantRowFn quant_row_for(CpuLevel level) {
+#if TDQ_NN_X86
+  if (level == CpuLevel::avx512) return qrow_avx512;
+  if (level == CpuLevel::avx2) return qrow_avx2;
+#endif
+  (void)level;
+  return qrow_scalar;
+}
 
 TDQ_REGISTER_OP({"quantize_act", 2, 2, infer_quantize_act, quantize_act, {}});
 TDQ_REGISTER_OP({"qweight_pack", 2, 2, infer_qweight_pack, qweight_pack, {}});

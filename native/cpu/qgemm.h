@@ -32,6 +32,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "../core/registry.h"
@@ -102,6 +103,15 @@ void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const in
            const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
            float* y, int64_t row_stride);
 
+// As qgemm, but the panels are made on the fly: pack(p, dst) writes panel p
+// (kq * 128 bytes, qgemm.h layout) into a buffer of the calling worker, which
+// then runs every row block of that panel while it is in L1 (no buffer of all
+// panels). Parallel over panels; the results are those of qgemm.
+using QPackFn = std::function<void(int64_t p, uint8_t* dst)>;
+void qgemm_pack(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const QPackFn& pack,
+                const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
+                float* y, int64_t row_stride);
+
 // The packed row length of weights of shape w (O, ...): for 4-D conv weights
 // (O, C, kH, kW), kH * kW * round_up(C, 4), k = (i * kW + j) * round_up(C, 4) + c
 // (tap-major, channels fastest: 4 consecutive k are 4 channels of one tap, so
@@ -117,7 +127,50 @@ void check_act_step(const Attrs& a, const Tensor& s, int64_t n, const Shape& xsh
 // Throws RangeError unless every step is positive and finite.
 void check_positive_steps(const Tensor& s, const char* arg);
 // The uint8 zero point of the activations: attribute 'zero_point' (0..255,
-// default 0) for uint8 x; 128 for int8 x, which the kernels read as x + 128.
+// default 0) for uint8 x; 128 for int8 x, which the kernels read as x + 128;
+// for float32 x (quantized inside the op, QActSpec) 128 when signed, else 0.
 int64_t activation_zero_point(const Attrs& a, const Tensor& x);
+
+// ---- activation quantization inside qconv2d / qlinear (float32 x) ------------
+//
+// With float32 x the op quantizes x itself (no quantize_act, no uint8 tensor):
+//   attributes bits (2..8), signed, offset (real zero point z, default 0),
+//   input_shifted (default false: x - z is taken here; true: x is already
+//   x - z, e.g. PACT-clipped), step_floor (default 0), column (default -1);
+//   level = clamp(round(fl(x - z) / s), qmin, qmax) exactly as quantize_act
+//   on fl(x - z) (fake_quant's levels), s = max(act_step, step_floor) of the
+//   sample. Levels are stored as bytes level + (signed ? 128 : 0), so the GEMM
+//   sees uint8 with zero point 128 (signed) or 0 (unsigned).
+//   column >= 0: act_step is a (1 or N, Q) table of steps (one step_table_lookup
+//   per forward, shared by every layer) and the sample's step is its row's
+//   element `column`: TDQ and static quantizers take the same kernel path.
+//   z != 0: the levels are of x - z, so y gets z * sum of the sample's valid
+//   weights * wstep added back (bias' = bias + fl(fl(z * wstep) * rowsum) in
+//   the GEMM epilogue; at conv borders, where zero padding means real 0 and not
+//   z, the taps outside the input are taken out again: + fl(fl(z * wstep) *
+//   (valid sum - rowsum))).
+struct QActSpec {
+  bool quantize = false;  // x is float32
+  bool is_signed = false, shifted = false;
+  int64_t bits = 8, column = -1;
+  float offset = 0.f, floor = 0.f;
+  float lo = 0.f, hi = 0.f;  // clamp limits of round(v)
+  int32_t add = 0;           // byte = level + add (128 signed, 0 unsigned)
+};
+QActSpec qact_spec(const Attrs& a, const Tensor& x);
+// The (floored) step of each of n samples; checks the step tensor's shape
+// against column (see above) and that every step used is positive and finite.
+void act_steps(const Attrs& a, const QActSpec& q, const Tensor& s, int64_t n, const Shape& xshape, float* out);
+void check_act_steps_shape(const Attrs& a, const QActSpec& q, const Tensor& s, int64_t n, const Shape& xshape);
+// bytes[i] = clamp(round(fl(x[i] - offset) / s), lo, hi) + add, at a CPU level
+// (the kernel of quantize_act: every level gives the same bytes).
+using QuantRowFn = void (*)(const float* x, uint8_t* out, int64_t n, float s, float lo, float hi, int32_t add,
+                            float offset);
+QuantRowFn quant_row_for(CpuLevel level);
+// Four channel rows x[0..nch) at once, interleaved: out[i] holds the bytes of
+// x[c][i] (as QuantRowFn) at bits 8c..8c+7; channels nch..3 give `add`.
+using Quant4Fn = void (*)(const float* const* x, int nch, uint32_t* out, int64_t n, float s, float lo, float hi,
+                          int32_t add, float offset);
+Quant4Fn quant4_for(CpuLevel level);
 
 }  // namespace tdq

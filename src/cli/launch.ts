@@ -5,9 +5,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 
-import { NO_MPI_HINT, launchedWorldSize } from '../dist/communicator';
+import { type Communicator, NO_MPI_HINT, initCommunicator, launchedWorldSize } from '../dist/communicator';
 import { native } from '../tensor/native';
-import { CliError } from './index';
+import { CliError, CliExit } from './index';
 
 export interface LaunchArgs {
   nproc?: number;
@@ -76,4 +76,26 @@ export async function launchRanks(a: LaunchArgs, argv: readonly string[] = proce
       resolve(code ?? (sig === 'SIGKILL' ? 137 : 1));
     });
   });
+}
+
+/** The yargs options of the launch flags; `nprocDescribe` says what the ranks split. */
+export function launchOptions(nprocDescribe: string) {
+  return {
+    nproc: { type: 'number', describe: nprocDescribe },
+    gpus: { type: 'string', describe: "the seed's device list (e.g. 0,1,2,3): as many ranks as devices" },
+    accelerator: { type: 'string', describe: "the seed's ddp: data-parallel ranks (the only mode)" },
+  } as const;
+}
+
+/**
+ * A command's start under --nproc: in the process the user started, runs the
+ * ranks under mpirun and returns null when they are done (a CliExit with
+ * their exit code if they failed); in a rank (or with one process), this
+ * process's communicator.
+ */
+export async function rankOrLaunch(a: LaunchArgs): Promise<Communicator | null> {
+  const launched = await launchRanks(a);
+  if (launched === null) return initCommunicator();
+  if (launched !== 0) throw new CliExit(launched);
+  return null;
 }

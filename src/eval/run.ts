@@ -11,6 +11,7 @@ import { listPngFiles } from '../data/image_folder';
 import { readPng, readPngHeader } from '../io/png';
 import { readSafetensors } from '../io/safetensors';
 import { StateDictError } from '../nn/module';
+import { type GenerateOptions, type LoadOptions, loadPipeline } from '../pipeline';
 import { narrow } from '../tensor/ops/shape';
 import type { ResizeMode } from '../tensor/ops/pool';
 import { tidy } from '../tensor/scope';
@@ -140,6 +141,31 @@ export function arraySource(name: string, data: Float32Array, shape: readonly [n
     },
     fingerprint: () => crypto.createHash('sha256').update(new Uint8Array(src.buffer, src.byteOffset, src.byteLength)).digest('hex'),
   };
+}
+
+/** What checkpointSource reports beside the images. */
+export interface CheckpointSource extends ImageSource {
+  /** How a quantized model ran ('int' or 'fake'); null for a full-precision checkpoint. */
+  exec: 'int' | 'fake' | null;
+  /** Why a quantized model did not run plainly in integer arithmetic, if so. */
+  execNote: string | null;
+}
+
+/**
+ * n images generated from a checkpoint (loadPipeline, then generate), held
+ * in memory and rounded to 8 bits as saved PNGs would be: what `eval --ckpt`
+ * scores. exec as for loadPipeline: quantized checkpoints run in integer
+ * arithmetic by default ('auto'), 'fake' fake-quantizes in float.
+ */
+export async function checkpointSource(ckpt: string, opts: GenerateOptions & Pick<LoadOptions, 'config' | 'exec' | 'noEma'>): Promise<CheckpointSource> {
+  const { config, exec, noEma, ...gen } = opts;
+  const pipe = await loadPipeline(ckpt, { config, exec, noEma });
+  try {
+    const res = await pipe.generate(gen);
+    return { ...arraySource(`samples of ${path.resolve(ckpt)}`, res.data, res.shape, { quantize8: true }), exec: pipe.exec, execNote: pipe.execNote };
+  } finally {
+    pipe.dispose();
+  }
 }
 
 // ---------------------------------------------------------------- feature networks

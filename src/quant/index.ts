@@ -6,6 +6,10 @@ export { TdqModule, encodeTimesteps, fourierEncoding, inverseSoftplus, softplus 
 export { StepTable } from './table';
 export { type FloatLayer, QuantConv1x1, QuantConv2d, QuantLayer, QuantLinear, isQuantizableLayer, quantLayerOf } from './quant_layers';
 export { PAPER_KEEP_FP, type QuantizeOptions, QuantizedModel, isQuantKey, isQuantizedCheckpoint, loadQuantized, quantizeModel, resolveKeepFp } from './quantize_model';
+export {
+  type SaveQuantizedOptions, type WeightsFormat, WEIGHTS_FORMATS, WEIGHTS_FORMAT_KEY,
+  intStateDict, intWeightKey, loadIntStateDict, saveQuantizedCheckpoint, storedAsInt4, weightsFormatOf,
+} from './weights_format';
 export { type PreparedQat, type QatOptions, qatPrepare } from './qat';
 export * from './step_search';
 export {

@@ -12,6 +12,7 @@ import type { NoiseSchedule } from '../diffusion/schedule';
 import { type QuantConfig, resolveQuantConfig } from './config';
 import { type QuantizedModel, quantizeModel } from './quantize_model';
 import { makeSchedule } from '../diffusion/schedule';
+import { type WeightsFormat, saveQuantizedCheckpoint } from './weights_format';
 
 export interface QatOptions extends CalibrateOptions {
   /**
@@ -25,6 +26,14 @@ export interface QatOptions extends CalibrateOptions {
    * checkpoint then restores every quantizer, and only the structure is needed.
    */
   calibrate?: boolean;
+  /**
+   * How the final model (the trainer's model.safetensors) stores the
+   * quantized weights: 'int' levels (the default) or 'float'. Training
+   * checkpoints (resume) always keep float weights: QAT updates the float
+   * weights below the grid, which the levels no longer hold, and the
+   * optimizer moments and EMA are float anyway.
+   */
+  weightsFormat?: WeightsFormat;
 }
 
 /** What the trainer tells the hook about a latent model (see TrainOptions.prepare). */
@@ -38,6 +47,7 @@ export interface PreparedQat {
   model: QuantizedModel;
   groups: (baseLr: number) => ParamGroupSpec[];
   metadata: Record<string, string>;
+  saveExport: (file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) => Promise<void>;
 }
 
 /** The trainer's `prepare` hook for QAT with this quantization config. */
@@ -57,6 +67,8 @@ export function qatPrepare(cfgIn: QuantConfig, opts: QatOptions): (unet: Denoise
         { name: 'quant', params: model.quantParameters(), lr: q },
       ];
     };
-    return { model, groups, metadata: model.checkpointMetadata() };
+    const saveExport = (file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) =>
+      saveQuantizedCheckpoint(file, { config: parts.config, model, extraMetadata: parts.extraMetadata, weightsFormat: opts.weightsFormat ?? 'int' });
+    return { model, groups, metadata: model.checkpointMetadata(), saveExport };
   };
 }

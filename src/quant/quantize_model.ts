@@ -12,6 +12,7 @@ import { type QuantConfig, quantConfigFromJSON, quantConfigToJSON, resolveQuantC
 import { ActQuantizer, QuantContext, WeightQuantizer } from './quantizer';
 import { type FloatLayer, type QuantLayer, isQuantizableLayer, quantLayerFor, quantLayerOf } from './quant_layers';
 import { StepTable } from './table';
+import { loadIntStateDict, weightsFormatOf } from './weights_format';
 
 
 /**
@@ -175,7 +176,7 @@ export class QuantizedModel extends Module implements Denoiser {
   }
 
   /**
-   * 'int': quantized layers run quantize_act + qconv2d / qlinear with weights
+   * 'int': quantized layers run qconv2d / qlinear on float x (quantized inside the op) with weights
    * packed once (inference only: the model must be in eval mode, and training
    * it needs setExec('fake') first); 'fake': the fake-quantized float path.
    * Switching frees the packed weights, so weights changed in between are
@@ -191,6 +192,36 @@ export class QuantizedModel extends Module implements Denoiser {
   /** Frees every layer's packed integer weights (they are rebuilt on the next integer forward). */
   invalidateIntCache(): void {
     for (const l of this.layers.values()) l.invalidateIntCache();
+  }
+
+  /**
+   * Brings back the float weights of layers loaded with integer weights
+   * (dequantized: level * step), e.g. before saving in the float format or
+   * training. Layers with float weights are unchanged.
+   */
+  materializeFloatWeights(): void {
+    for (const l of this.layers.values()) l.materializeFloatWeight();
+  }
+
+  /**
+   * Bytes of weights held, by kind: float32 weights of the quantized layers,
+   * their integer levels (int8, or int4 two per byte), the integer kernels'
+   * packed copies (built on first integer use), and the float parameters of
+   * the rest of the model (full-precision layers, biases, norms, quantizers).
+   */
+  weightBytes(): { quantFloat: number; quantInt: number; quantPacked: number; other: number } {
+    const out = { quantFloat: 0, quantInt: 0, quantPacked: 0, other: 0 };
+    const counted = new Set<Tensor>();
+    for (const l of this.layers.values()) {
+      const b = l.weightBytes();
+      out.quantFloat += b.float;
+      out.quantInt += b.int;
+      out.quantPacked += b.packed;
+      counted.add(l.layer.weight);
+    }
+    for (const [, t] of this.namedParameters()) if (!counted.has(t)) out.other += t.nbytes;
+    for (const [, t] of this.namedBuffers()) if (!counted.has(t)) out.other += t.nbytes;
+    return out;
   }
 
   /** Fake-quantize (the default) or run the same model in full precision (for comparisons). */
@@ -263,6 +294,7 @@ export class QuantizedModel extends Module implements Denoiser {
 
   override dispose(): void {
     this.invalidateIntCache();
+    for (const l of this.layers.values()) l.releaseIntWeights();
     this.ctx.setTable(null);
     super.dispose();
   }
@@ -279,6 +311,8 @@ export class QuantizedModel extends Module implements Denoiser {
    * copies (ranges, tables) are refreshed after the copy (blocking reads).
    */
   override loadStateDict(dict: Map<string, Tensor>, opts: LoadStateDictOptions = {}): LoadStateDictResult {
+    // Float weights given for a layer that holds integer ones: the float weights become the layer's again.
+    for (const [n, l] of this.layers) if (l.hasIntWeights && dict.has(`${n}.weight`)) l.materializeFloatWeight();
     const byName = new Map(this.actQuantizers().map((q) => [q.name, q]));
     for (const key of dict.keys()) {
       const dot = key.lastIndexOf('.');
@@ -366,10 +400,17 @@ export function loadQuantized(
   const cfg = quantConfigFromJSON(metadata.quant);
   const T = Number(metadata.quant_timesteps);
   if (!Number.isInteger(T) || T < 1) throw new RangeError(`loadQuantized: metadata 'quant_timesteps' must be a positive integer, got ${JSON.stringify(metadata.quant_timesteps)}`);
+  const format = weightsFormatOf(metadata);
   const qm = quantizeModel(unet, cfg, { timesteps: T, gen: new Generator(0) });
   try {
-    qm.loadStateDict(model);
-    if (ema) qm.loadStateDict(ema, { strict: false });
+    if (format === 'int') {
+      // Integer weights (weights_format.ts): every other tensor as in a float-format file, no EMA.
+      if (ema) throw new RangeError("loadQuantized: a checkpoint with 'int' weights holds the weights it samples with; it has no EMA (ema.* tensors)");
+      loadIntStateDict(qm, model);
+    } else {
+      qm.loadStateDict(model);
+      if (ema) qm.loadStateDict(ema, { strict: false });
+    }
     qm.eval();
     if (cfg.useDynamic && (opts.useTable ?? true)) {
       if (ema || !qm.hasTable) qm.buildTable();

@@ -126,6 +126,19 @@ export class QuantContext {
     return reshape(narrow(this.steps, 1, col, 1), [B]);
   }
 
+  /**
+   * This forward's (B, Q) rows of the step table and q's column in them, for
+   * the integer kernels, which read the step themselves (no per-layer
+   * narrow / reshape / clamp); null when the table is not in use.
+   */
+  tableStepRows(q: ActQuantizer): { rows: Tensor; column: number } | null {
+    if (!this.useTable) return null;
+    const col = this.columns.get(q);
+    if (!this.table || col === undefined) throw new Error(`${q.name}: useTable is on but the TDQ table has not been built or loaded (call buildTable())`);
+    if (!this.steps) this.steps = stepTableLookup(this.table, this.tensor);
+    return { rows: this.steps, column: col };
+  }
+
   private get tensor(): Tensor {
     if (!this.t) throw new Error('TDQ quantizer: no timesteps for this forward (call the QuantizedModel, not the UNet)');
     return this.t;

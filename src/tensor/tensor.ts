@@ -76,6 +76,22 @@ export class Tensor {
     this.gradFn = null;
   }
 
+  /**
+   * Takes over src's storage (same shape and dtype), freeing this tensor's;
+   * src is left disposed. The tensor keeps its identity (a parameter stays
+   * the module's): quantized layers drop their float weights while integer
+   * levels stand in for them, and bring them back this way.
+   */
+  adoptStorage(src: Tensor): void {
+    if (src === this) return;
+    if (src.dtype !== this.dtype || src.shape.join() !== this.shape.join())
+      throw new TypeError(`adoptStorage: expected ${this.dtype} ${shapeToString(this.shape)}, got ${src.dtype} ${shapeToString(src.shape)}`);
+    const h = src.handle;
+    this.handle_?.dispose();
+    this.handle_ = h;
+    src.handle_ = null;
+  }
+
   [Symbol.dispose](): void {
     this.dispose();
   }

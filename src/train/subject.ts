@@ -84,7 +84,11 @@ export class PixelSubject implements TrainSubject {
   readonly emaModule: Denoiser;
   readonly baseLearningRate: number;
 
-  constructor(readonly config: Config, readonly unet: Denoiser, private readonly groups?: (baseLr: number) => ParamGroupSpec[]) {
+  constructor(
+    readonly config: Config, readonly unet: Denoiser, private readonly groups?: (baseLr: number) => ParamGroupSpec[],
+    /** The prepare hook's writer of the final model (QAT: integer weights); default saveCheckpoint. */
+    readonly saveExport?: (file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) => Promise<void>,
+  ) {
     this.diffusion = new PixelDiffusion(config.model, unet);
     this.module = this.emaModule = unet;
     this.baseLearningRate = config.model.base_learning_rate;
@@ -127,7 +131,7 @@ export class PixelSubject implements TrainSubject {
   async exportModel(file: string, ema: Ema | null, extraMetadata: Record<string, string>): Promise<void> {
     if (ema) ema.swapInto(this.unet);
     try {
-      await saveCheckpoint(file, { config: this.config, model: this.unet, extraMetadata });
+      await (this.saveExport ? this.saveExport(file, { config: this.config, extraMetadata }) : saveCheckpoint(file, { config: this.config, model: this.unet, extraMetadata }));
     } finally {
       if (ema) ema.swapInto(this.unet);
     }

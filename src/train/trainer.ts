@@ -97,7 +97,11 @@ export interface TrainOptions {
    * and says how to group its parameters. Called after the initial weights are
    * loaded and before resuming. `metadata` is stored in checkpoints.
    */
-  prepare?: (unet: Denoiser, ctx?: PrepareContext) => Promise<{ model: Denoiser; groups?: (baseLr: number) => ParamGroupSpec[]; metadata?: Record<string, string> }>;
+  prepare?: (unet: Denoiser, ctx?: PrepareContext) => Promise<{
+    model: Denoiser; groups?: (baseLr: number) => ParamGroupSpec[]; metadata?: Record<string, string>;
+    /** Writes the final model (model.safetensors) instead of saveCheckpoint (QAT: integer weights). Pixel models only: a latent model exports its whole state with upstream's keys. */
+    saveExport?: (file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) => Promise<void>;
+  }>;
 }
 
 export interface TrainResult {
@@ -173,13 +177,15 @@ async function buildSubject(opts: TrainOptions, resumeFrom: string | null, print
   } else unet = buildUNet(pcfg.model.params.unet_config, new Generator(t.seed));
   let groups: ((lr: number) => ParamGroupSpec[]) | undefined;
   let extraMetadata: Record<string, string> = {};
+  let saveExport: PixelSubject['saveExport'];
   if (opts.prepare) {
     const p = await opts.prepare(unet);
     unet = p.model;
+    saveExport = p.saveExport;
     groups = p.groups;
     extraMetadata = p.metadata ?? {};
   }
-  const subject = new PixelSubject(pcfg, unet, groups);
+  const subject = new PixelSubject(pcfg, unet, groups, saveExport);
   const dataset = opts.dataset ?? datasetFromConfig(pcfg, { dataDir: opts.dataDir });
   return { subject, extraMetadata, dataset };
 }

@@ -85,6 +85,15 @@ describe('tdq-native eval with the Fashion-MNIST classifier', { skip: skipFmnist
     assert.deepEqual(j2.metrics.kid, j.metrics.kid);
   });
 
+  it('--no-cache neither reads nor writes the statistics cache', async () => {
+    const none = path.join(tmp, 'no-cache-dir');
+    const r = await run(['eval', '--samples', real, '--dataset', 'fashion-mnist', '--split', 'test', '--ref-n', '200', '--metrics', 'fid',
+      '--cache-dir', none, '--no-cache', '--out', path.join(tmp, 'nc.json'), '--no-progress']);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(JSON.parse(fs.readFileSync(path.join(tmp, 'nc.json'), 'utf8')).reference.statsCache, undefined);
+    assert.ok(!fs.existsSync(none) || fs.readdirSync(none).length === 0, 'nothing written to the cache folder');
+  });
+
   it('ranks noise far behind real images', async () => {
     const common = ['--dataset', 'fashion-mnist', '--split', 'test', '--ref-n', '1000', '--metrics', 'fid,kid', '--kid-subsets', '5', '--cache-dir', cache, '--no-progress'];
     const a = await run(['eval', '--samples', real, ...common, '--out', path.join(tmp, 'a.json')]);

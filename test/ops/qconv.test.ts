@@ -329,7 +329,8 @@ describe('qconv2d', () => {
     const pk = packQWeight(fromArray(randomData([4, 2, 3, 3], 1), [4, 2, 3, 3]), fromArray([1, 1, 1, 1], [4]), 8);
     const xq = fromArray(new Uint8Array(2 * 2 * 5 * 5), [2, 2, 5, 5], 'uint8');
     const s = fromArray([0.1], [1]);
-    assert.throws(() => qconv2d(fromArray(randomData([2, 2, 5, 5], 1), [2, 2, 5, 5]), s, pk, null), (e: Error) => e instanceof TypeError && /'x' must be uint8 or int8/.test(e.message));
+    assert.throws(() => qconv2d(fromArray(randomData([2, 2, 5, 5], 1), [2, 2, 5, 5]), s, pk, null), (e: Error) => e instanceof TypeError && /float32 x needs opts.act/.test(e.message));
+    assert.throws(() => qconv2d(fromArray(new Int32Array(100), [2, 2, 5, 5], 'int32'), s, pk, null), (e: Error) => e instanceof TypeError && /'x' must be uint8 or int8 .* or float32/.test(e.message));
     // channels are padded to 4 in the packed rows: the channel count is checked against the weight shape
     assert.throws(() => qconv2d(fromArray(new Uint8Array(2 * 3 * 25), [2, 3, 5, 5], 'uint8'), s, pk, null), (e: Error) => e instanceof RangeError && /expects 2 input channels/.test(e.message));
     assert.throws(() => qconv2d(xq, s, { ...pk, shape: [4, 2, 1, 1] }, null), (e: Error) => e instanceof RangeError && /'packed'/.test(e.message));

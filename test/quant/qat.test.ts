@@ -48,6 +48,8 @@ describe('QAT with the trainer', { skip: fmnistSkip() }, () => {
     assert.equal(JSON.parse(ck.metadata.quant).nBitW, 4);
     assert.ok(ck.model.has('input_blocks.1.0.in_layers.2.act_quant.tdq.mlp.0.weight'));
     assert.ok(ck.model.has('input_blocks.1.0.in_layers.2.act_quant.calib_step'));
+    assert.equal(ck.model.get('input_blocks.1.0.in_layers.2.weight')?.dtype, 'float32', 'training checkpoints keep float weights');
+    assert.equal(ck.metadata.quant_weights, undefined);
     assert.ok(ck.ema?.has('input_blocks.1.0.in_layers.2.act_quant.tdq.mlp.0.weight'), 'the EMA follows the quantizer parameters too');
     const groups = ck.optimizer!.groups.map((g) => [g.name, g.lr]);
     assert.deepEqual(groups.map(([n]) => n), ['float', 'quant']);
@@ -60,6 +62,11 @@ describe('QAT with the trainer', { skip: fmnistSkip() }, () => {
     assert.ok(r2.exported);
 
     const fin = await loadCheckpoint(r2.exported!);
+    // The final model stores 4-bit levels two per byte (training checkpoints keep float weights, above).
+    assert.equal(fin.metadata.quant_weights, 'int');
+    assert.equal(fin.model.get('input_blocks.1.0.in_layers.2.weight_int4')?.dtype, 'uint8');
+    assert.equal(fin.model.has('input_blocks.1.0.in_layers.2.weight'), false);
+    assert.equal(fin.ema, null);
     const qm = loadQuantized(buildUNet(config.model.params.unet_config, new Generator(1)), fin.metadata, fin.model, fin.ema);
     assert.ok(qm.hasTable && qm.ctx.useTable);
     const x = await sample((x, t) => qm.forward(x, t), { sampler: 'ddim', steps: 4, schedule, shape: [2, 1, 32, 32], seed: 0 });

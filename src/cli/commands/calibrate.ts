@@ -18,7 +18,7 @@ import { LDM_CHECKPOINT_FORMAT } from '../../train/subject';
 import { ModelLoadError, loadModel } from '../../models/load';
 import { calibrateWithReport } from '../../quant/calibrate';
 import { type QuantConfig, QuantConfigError, describeConfig, resolveQuantConfig } from '../../quant/config';
-import { saveCheckpoint } from '../../train/checkpoint';
+import { type WeightsFormat, saveQuantizedCheckpoint } from '../../quant/weights_format';
 import { type GlobalArgs, CliError } from '../index';
 import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, peekModelConfig } from './preflight';
 
@@ -42,6 +42,7 @@ interface CalibrateArgs extends GlobalArgs {
   quantizeAttention: boolean;
   fitIters: number;
   ema: boolean;
+  weightsFormat: WeightsFormat;
 }
 
 /** The quantization config of the command-line flags. */
@@ -81,6 +82,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('quantize-attention', { alias: 'quantize_attention', type: 'boolean', default: false, describe: 'also quantize the q/k/v inputs of the attention matmuls' })
       .option('fit-iters', { alias: 'fit_iters', type: 'number', default: 800, describe: 'Adam iterations fitting the TDQ modules' })
       .option('ema', { type: 'boolean', default: true, describe: 'quantize the EMA weights of a training checkpoint' })
+      .option('weights-format', { alias: 'weights_format', choices: ['int', 'float'] as const, default: 'int' as const, describe: 'quantized weights as int8 levels (int4 two per byte at <= 4 bits) with their steps, or float32 (src/quant/weights_format.ts)' })
       .example('$0 calibrate --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 8 --use-dynamic', 'PTQ with TDQ, W4A8')
       .example('$0 calibrate --ckpt fp.safetensors --n_bit_w 8 --n_bit_a 4 --method percentile', 'static PTQ, W8A4, percentile ranges')
       .example('$0 calibrate --base configs/fmnist-ldm.yaml --ckpt ldm.safetensors --n-bit-w 8 --n-bit-a 4 --use-dynamic', 'PTQ of a latent diffusion model\'s UNet (trajectories in latent space, class-conditioned)') as unknown as Argv<CalibrateArgs>,
@@ -130,11 +132,11 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       if (qcfg.useDynamic) qm.buildTable();
       const out = a.out ?? a.ckpt.replace(/\.safetensors$/, '') + `-w${qcfg.nBitW}a${qcfg.nBitA}-${qcfg.useDynamic ? 'tdq' : qcfg.staticMethod}.safetensors`;
       fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-      await saveCheckpoint(out, {
+      await saveQuantizedCheckpoint(out, {
         config,
         model: qm,
+        weightsFormat: a.weightsFormat,
         extraMetadata: {
-          ...qm.checkpointMetadata(),
           quant_calibration: JSON.stringify({ method: a.method, sampler: a.sampler, steps: a.sampler === 'ddpm' ? steps : a.steps ?? 50, nSamples: a.nSamples, seed: a.seed, source: path.basename(a.ckpt) }),
         },
       });

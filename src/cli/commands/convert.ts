@@ -3,10 +3,18 @@
 // dict) read without executing anything, its state dict written as
 // safetensors. Tensors are read one at a time from the file by offset; the
 // whole file is never held in memory.
+//
+// `tdq-native convert IN.safetensors OUT.safetensors --weights-format int|float`:
+// a quantized checkpoint of this project rewritten with its quantized
+// layers' weights as integer levels or float32 (src/quant/weights_format.ts),
+// from the weights sampling uses (the EMA when there is one).
+import fs from 'node:fs';
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
 
 import { writeSafetensors } from '../../io/safetensors';
+import { ModelLoadError, loadModel } from '../../models/load';
+import { type WeightsFormat, saveQuantizedCheckpoint, weightsFormatOf } from '../../quant/weights_format';
 import { applyEma, dropIgnoredKeys } from '../../io/torch_ckpt/ldm';
 import { TorchCheckpointError } from '../../io/torch_ckpt/errors';
 import { PyDict, describeValue } from '../../io/torch_ckpt/pickle';
@@ -24,6 +32,35 @@ interface ConvertArgs extends GlobalArgs {
   strict: boolean;
   stateDict: string;
   ignoreKeys: string[];
+  weightsFormat?: WeightsFormat;
+}
+
+/** Metadata of a checkpoint that describes training state, not the model: not carried into a converted quantized file. */
+const TRAINING_METADATA = /^(format|config|state|ema|optimizer\..*|quant|quant_timesteps|quant_weights)$/;
+
+/**
+ * Rewrites a quantized checkpoint with its weights in the given format; the
+ * weights written are those loadModel samples with (EMA preferred), the TDQ
+ * table rebuilt from them. Returns the formats and the sizes of both files.
+ */
+export async function convertQuantizedCheckpoint(input: string, output: string, format: WeightsFormat): Promise<{ from: WeightsFormat; to: WeightsFormat; inBytes: number; outBytes: number }> {
+  if (path.resolve(input) === path.resolve(output)) throw new CliError(`convert: the output ${output} is the input`);
+  let loaded;
+  try {
+    loaded = await loadModel(input);
+  } catch (e) {
+    if (e instanceof ModelLoadError) throw new CliError(e.message);
+    throw e;
+  }
+  try {
+    const qm = loaded.quantized;
+    if (!qm) throw new CliError(`convert --weights-format: ${input} is not a quantized checkpoint (no 'quant' metadata); quantize it with tdq-native calibrate`);
+    const extra = Object.fromEntries(Object.entries(loaded.metadata).filter(([k]) => !TRAINING_METADATA.test(k)));
+    await saveQuantizedCheckpoint(output, { config: loaded.config, model: qm, extraMetadata: { ...extra, converted_from: path.basename(input) }, weightsFormat: format });
+    return { from: weightsFormatOf(loaded.metadata), to: format, inBytes: fs.statSync(input).size, outBytes: fs.statSync(output).size };
+  } finally {
+    loaded.dispose();
+  }
 }
 
 export interface ConvertReport {
@@ -117,7 +154,7 @@ export function formatConvertReport(r: ConvertReport): string {
 
 export const convertCommand: CommandModule<GlobalArgs, ConvertArgs> = {
   command: 'convert <in> <out>',
-  describe: 'Convert a PyTorch checkpoint (.ckpt/.pt/.pth) to safetensors, safely (nothing in it is executed)',
+  describe: 'Convert a PyTorch checkpoint (.ckpt/.pt/.pth) to safetensors, safely (nothing in it is executed); or rewrite a quantized checkpoint with --weights-format',
   builder: (y) =>
     y
       .positional('in', { type: 'string', demandOption: true, describe: 'The torch.save checkpoint (zip or legacy format)' })
@@ -126,9 +163,16 @@ export const convertCommand: CommandModule<GlobalArgs, ConvertArgs> = {
       .option('ema', { type: 'boolean', default: false, describe: 'Use the LitEma weights (model_ema.*) for model.* and drop model_ema.*' })
       .option('strict', { type: 'boolean', default: false, describe: 'Fail on any object the checkpoint asks to construct that is not a tensor or container' })
       .option('state-dict', { type: 'string', default: 'auto', describe: "Which top-level entry holds the state dict: 'auto' (Lightning's state_dict, else the whole file), 'root', or a key" })
-      .option('ignore-keys', { type: 'string', array: true, default: [] as string[], describe: 'Leave out tensors whose name starts with one of these prefixes' }) as never,
+      .option('ignore-keys', { type: 'string', array: true, default: [] as string[], describe: 'Leave out tensors whose name starts with one of these prefixes' })
+      .option('weights-format', { alias: 'weights_format', choices: ['int', 'float'] as const, describe: 'IN is a quantized .safetensors checkpoint: write it with int8/int4 weight levels (int) or float32 weights (float)' }) as never,
   handler: async (a) => {
     if (!/\.safetensors$/i.test(a.out)) throw new CliError(`convert: the output must be a .safetensors file, got ${a.out}`);
+    if (a.weightsFormat !== undefined) {
+      if (a.half || a.ema || a.ignoreKeys.length) throw new CliError('convert --weights-format: --half, --ema and --ignore-keys apply to PyTorch checkpoints (the EMA of a quantized checkpoint is used when it has one)');
+      const r = await convertQuantizedCheckpoint(a.in, a.out, a.weightsFormat);
+      process.stdout.write(`${a.in} (${r.from} weights, ${r.inBytes} bytes) -> ${a.out} (${r.to} weights, ${r.outBytes} bytes, ${(r.outBytes / r.inBytes).toFixed(3)}x)\n`);
+      return;
+    }
     const r = await convertCheckpoint(a.in, a.out, { half: a.half, ema: a.ema, strict: a.strict, stateDict: a.stateDict, ignoreKeys: a.ignoreKeys });
     process.stdout.write(`${formatConvertReport(r)}\n`);
   },

@@ -11,12 +11,14 @@ import {
   EvalError,
   type EvalReport,
   type FeatureNetKind,
+  type CheckpointSource,
   type ImageSource,
   METRIC_NAMES,
   type MetricName,
   arraySource,
   fashionMnistSource,
   folderSource,
+  checkpointSource,
   formatReport,
   loadFeatureNet,
   runEval,
@@ -24,10 +26,12 @@ import {
 import { DDIM_DISCRETIZE, type DdimDiscretize, type SamplerName } from '../../diffusion/samplers';
 import { writeFileAtomic } from '../../io/atomic';
 import { loadPipeline } from '../../pipeline';
+import type { Communicator } from '../../dist/communicator';
 import { CliError, type GlobalArgs, packageVersion } from '../index';
+import { type LaunchArgs, launchOptions, rankOrLaunch, requestedProcs } from '../launch';
 import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, peekModelConfig } from './preflight';
 
-interface EvalArgs extends GlobalArgs {
+interface EvalArgs extends GlobalArgs, LaunchArgs {
   samples?: string;
   ckpt?: string;
   config?: string;
@@ -56,9 +60,10 @@ interface EvalArgs extends GlobalArgs {
   out?: string;
   'cache-dir'?: string;
   'refresh-cache': boolean;
-  'no-cache': boolean;
+  cache: boolean;
   'allow-size-mismatch': boolean;
   progress: boolean;
+  exec?: 'int' | 'fake';
 }
 
 function parseMetrics(s: string): MetricName[] {
@@ -121,6 +126,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('eta', { type: 'number', defaultDescription: '0', describe: 'DDIM eta for --ckpt (ddim only)' })
       .option('ddim-discretize', { choices: DDIM_DISCRETIZE, defaultDescription: 'uniform', describe: 'ddim / plms timestep layout for --ckpt: uniform, linspace or trailing (exactly --steps for any count), quad' })
       .option('max-memory', maxMemoryOption)
+      .option('exec', { choices: ['int', 'fake'] as const, defaultDescription: 'int where every quantized layer has an integer kernel, else fake', describe: 'Quantized --ckpt: integer kernels (int) or fake quantization in float (fake), as sample --exec' })
       .option('sample-seed', { type: 'number', default: 0, describe: 'Noise seed for --ckpt' })
       .option('dataset', { type: 'string', describe: "Reference images: a folder of PNGs, or 'fashion-mnist'" })
       .option('split', { choices: ['train', 'test'] as const, default: 'train' as const, describe: 'Fashion-MNIST split of the reference' })
@@ -144,13 +150,15 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('out', { type: 'string', describe: 'JSON report (default: eval-<time>.json in the samples folder, or here with --ckpt)' })
       .option('cache-dir', { type: 'string', describe: 'Reference statistics cache (default: $TDQ_CACHE_DIR/eval-stats or ~/.cache/tdq-native/eval-stats)' })
       .option('refresh-cache', { type: 'boolean', default: false, describe: 'Recompute the reference statistics even when cached' })
-      .option('no-cache', { type: 'boolean', default: false, describe: 'Neither read nor write the statistics cache' })
+      .option('cache', { type: 'boolean', default: true, describe: 'Read and write the reference statistics cache (--no-cache: neither)' })
       .option('allow-size-mismatch', { type: 'boolean', default: false, describe: 'Compare sets of different image sizes' })
       .option('progress', { type: 'boolean', default: true, describe: 'Show progress on stderr' })
+      .options(launchOptions('ranks (processes under mpirun -np N) that split the sampling of --ckpt; rank 0 scores the images and writes the one report'))
       .check((a) => {
+        if (a.samples && requestedProcs(a) > 1) return '--nproc splits the sampling of --ckpt across ranks; images in --samples are scored in one process';
         if (!a.samples && !a.ckpt) return 'eval needs --samples DIR (a folder of generated PNG images) or --ckpt FILE (a model to sample from)';
         if (a.samples && a.ckpt) return 'pass either --samples or --ckpt, not both';
-        if (a.samples) for (const k of ['steps', 'eta', 'ddim-discretize', 'sample-seed'] as const) if (a[k] !== undefined && !(k === 'sample-seed' && a[k] === 0)) return `--${k} applies to --ckpt only (images in --samples are not generated here)`;
+        if (a.samples) for (const k of ['steps', 'eta', 'ddim-discretize', 'sample-seed', 'exec'] as const) if (a[k] !== undefined && !(k === 'sample-seed' && a[k] === 0)) return `--${k} applies to --ckpt only (images in --samples are not generated here)`;
         for (const k of ['n', 'ref-n', 'batch-size', 'is-splits', 'kid-subsets', 'kid-subset-size', 'pr-k', 'steps'] as const) {
           const v = a[k];
           if (v !== undefined && (!Number.isInteger(v) || (v as number) < 1)) return `--${k} must be a positive integer, got ${String(v)}`;
@@ -159,6 +167,8 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       }),
   handler: async (a) => {
     const metrics = parseMetrics(a.metrics);
+    const comm = await rankOrLaunch(a);
+    if (!comm) return; // the ranks ran under mpirun
     if (!a.dataset && metrics.some((m) => m !== 'is')) throw new CliError(`--metrics ${metrics.join(',')} needs reference images (--dataset DIR or fashion-mnist)`);
     let sampleN: number | undefined;
     if (a.n !== undefined) checkCount('n', a.n);
@@ -173,7 +183,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
         checkMemory(`generating ${sampleN} images for eval`, config, Math.min(a['batch-size'], sampleN), sampleN, a['max-memory']);
       }
     }
-    const reporter = progressReporter(a.progress);
+    const reporter = progressReporter(a.progress && comm.rank === 0);
     try {
       const reference = referenceSource(a);
       const folder = a.samples ? folderSource(a.samples) : undefined;
@@ -187,8 +197,10 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
         if (folder) samples = folder;
         else {
           const n = sampleN ?? 1000;
-          samples = await sampleCheckpoint(a, n, reporter.update);
-          generation = { ckpt: path.resolve(a.ckpt!), n, sampler: a.sampler, steps: a.sampler === 'ddpm' ? null : a.steps ?? 50, eta: a.eta ?? 0, seed: a['sample-seed'], ...(a['ddim-discretize'] ? { ddimDiscretize: a['ddim-discretize'] } : {}) };
+          const gen = await sampleCheckpoint(a, n, reporter.update, comm);
+          samples = gen;
+          if (comm.rank > 0) return; // rank 0 scores the gathered images and writes the report
+          generation = { ckpt: path.resolve(a.ckpt!), ...(gen.exec ? { exec: gen.exec } : {}), n, sampler: a.sampler, steps: a.sampler === 'ddpm' ? null : a.steps ?? 50, eta: a.eta ?? 0, seed: a['sample-seed'], ...(a['ddim-discretize'] ? { ddimDiscretize: a['ddim-discretize'] } : {}) };
         }
         report = await runEval({
           samples,
@@ -205,7 +217,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
           seed: a.seed,
           cacheDir: a['cache-dir'],
           refresh: a['refresh-cache'],
-          noCache: a['no-cache'],
+          noCache: !a.cache,
           allowSizeMismatch: a['allow-size-mismatch'],
           progress: reporter.update,
           log: (m) => a.verbose && process.stderr.write(`${m}\n`),
@@ -229,15 +241,12 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
 };
 
 /** n images from a checkpoint, in memory, rounded to 8 bits as saved PNGs would be. */
-async function sampleCheckpoint(a: EvalArgs, n: number, progress: (phase: string, done: number, total: number) => void): Promise<ImageSource> {
-  let pipe;
+async function sampleCheckpoint(a: EvalArgs, n: number, progress: (phase: string, done: number, total: number) => void, comm: Communicator): Promise<CheckpointSource> {
+  let src: CheckpointSource;
   try {
-    pipe = await loadPipeline(a.ckpt!, { config: a.config });
-  } catch (e) {
-    throw new CliError((e as Error).message);
-  }
-  try {
-    const res = await pipe.generate({
+    src = await checkpointSource(a.ckpt!, {
+      config: a.config,
+      exec: a.exec ?? 'auto',
       n,
       batchSize: a['batch-size'],
       sampler: a.sampler,
@@ -245,13 +254,19 @@ async function sampleCheckpoint(a: EvalArgs, n: number, progress: (phase: string
       eta: a.eta,
       ddimDiscretize: a['ddim-discretize'],
       seed: a['sample-seed'],
+      comm,
       onProgress: (p) => progress('sampling', p.images, p.total),
     });
-    progress('sampling', n, n);
-    return arraySource(`samples of ${path.resolve(a.ckpt!)}`, res.data, res.shape, { quantize8: true });
-  } finally {
-    pipe.dispose();
+  } catch (e) {
+    if (a.exec !== undefined && e instanceof RangeError && /is a full-precision checkpoint/.test(e.message)) throw new CliError(`--exec ${a.exec}: ${a.ckpt} is a full-precision checkpoint (not quantized); drop --exec`);
+    if (e instanceof CliError || e instanceof EvalError || (e as Error).name === 'AbortError') throw e;
+    throw new CliError((e as Error).message);
   }
+  progress('sampling', n, n);
+  if (comm.rank > 0) return src;
+  if (src.execNote) console.warn(`tdq-native: note: ${src.execNote}`);
+  else if (src.exec) console.warn(`tdq-native: quantized model, ${src.exec === 'int' ? 'integer' : 'fake-quantized'} execution`);
+  return src;
 }
 
 function metricNames(suffix: string): Record<string, string> {

@@ -7,8 +7,10 @@ import path from 'node:path';
 import { SingleBar, Presets } from 'cli-progress';
 import type { Argv, CommandModule } from 'yargs';
 
-import { DDIM_DISCRETIZE, type DdimDiscretize, sample } from '../../diffusion/samplers';
-import { saveGrid, saveImages } from '../../io/png';
+import { DDIM_DISCRETIZE, type DdimDiscretize, noiseDrawsPerValue, sample } from '../../diffusion/samplers';
+import type { Communicator } from '../../dist/communicator';
+import { batchesOfRank, drawBatch } from '../../dist/shard';
+import { readPng, saveGrid, saveImages } from '../../io/png';
 import { describeProblem, refused } from '../../models/checks';
 import { type LatentPlan, LatentSampleOptionError, latentTraitsOfSpec, planLatentSampling } from '../../latent_pipeline';
 import { ConfigError } from '../../config/load';
@@ -17,12 +19,13 @@ import { DEFAULT_MODEL, isLatentDiffusionConfigFile, loadLatentPipeline, loadPip
 import { Generator } from '../../tensor/random';
 import { fromArray } from '../../tensor/tensor';
 import { type GlobalArgs, CliError } from '../index';
+import { type LaunchArgs, launchOptions, rankOrLaunch } from '../launch';
 import { checkCount, checkMemory, checkSamplerFlags, lineProgress, maxMemoryOption, peekModelConfig, probeWritableDir } from './preflight';
 
 /** grid.png shows at most this many images (the first ones). */
 export const MAX_GRID_IMAGES = 256;
 
-interface SampleArgs extends GlobalArgs {
+interface SampleArgs extends GlobalArgs, LaunchArgs {
   ckpt: string;
   config?: string;
   nSamples: number;
@@ -73,10 +76,12 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('progress', { type: 'boolean', default: true, describe: 'show progress on stderr (a bar on a terminal, else a line per batch)' })
       .option('exec', { choices: ['int', 'fake'] as const, defaultDescription: 'int where every quantized layer has an integer kernel, else fake', describe: 'quantized checkpoints: integer kernels (int) or fake quantization in float (fake); an error for a full-precision checkpoint' })
+      .options(launchOptions('ranks (processes under mpirun -np N) that split the batches: the same images as one process, written to one folder'))
       .option('allow-non-finite', { type: 'boolean', default: false, describe: 'sample even from weights with NaN/Inf or bad quantizer steps (rejected by default)' })
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
       .example('$0 sample --custom-steps 37 --ddim-discretize trailing', 'DDIM with exactly 37 steps')
+      .example('$0 sample --n-samples 10000 --nproc 4', '10,000 images on 4 ranks (mpirun -np 4 ... works too)')
       .example('$0 sample --ckpt runs/fmnist/w8a8.safetensors --exec fake', 'a quantized model, fake-quantized in float (default: integer kernels)')
       .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM')
       .example('$0 sample --base cin-ldm.yaml --ckpt model.ckpt --classes 0,3,9 --scale 3 --n_samples 12', 'a class-conditional latent diffusion model, guided') as unknown as Argv<SampleArgs>,
@@ -87,7 +92,9 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       a.sampler = 'ddpm';
     }
     a.sampler ??= 'ddim';
-    if (a.config && isLatentDiffusionConfigFile(a.config)) return sampleLatent(a as SampleArgs & { sampler: NonNullable<SampleArgs['sampler']> });
+    const comm = await rankOrLaunch(a);
+    if (!comm) return; // the ranks ran under mpirun
+    if (a.config && isLatentDiffusionConfigFile(a.config)) return sampleLatent(a as SampleArgs & { sampler: NonNullable<SampleArgs['sampler']> }, comm);
     for (const [flag, v] of [['classes', a.classes], ['scale', a.scale], ['uncond-class', a.uncondClass]] as const)
       if (v !== undefined) throw new CliError(`--${flag} applies to latent diffusion models (--base LDM_CONFIG.yaml); for a pixel model use --class`);
     const n = checkCount('n-samples', a.nSamples);
@@ -128,21 +135,13 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
     }
     const sampler = a.sampler; // narrowed above
     try {
-      const { written, secs } = await writeSamples(a, { n, batchSize, imageShape: pipe.imageShape, gridCount, steps }, async (done, bs, gen, run) => {
+      const samplerOptions = pipe.samplerOptions({ sampler, steps: a.customSteps, eta: a.eta, ddimDiscretize: a.ddimDiscretize, clipDenoised: a.clipDenoised });
+      const drawsPerImage = (await noiseDrawsPerValue(samplerOptions)) * pipe.imageShape.reduce((x, y) => x * y, 1);
+      const { written, secs } = await writeSamples(a, { n, batchSize, imageShape: pipe.imageShape, gridCount, steps, drawsPerImage, comm }, async (done, bs, gen, run) => {
         const [c, h, w] = pipe.imageShape;
         const y = classes ? fromArray(Array.from({ length: bs }, (_, i) => a.class ?? (done + i) % classes), [bs], 'int32') : undefined;
         try {
-          const x = await sample(pipe.diffusion.epsModel(y), {
-            shape: [bs, c, h, w],
-            sampler,
-            steps: sampler === 'ddpm' ? undefined : a.customSteps ?? 50,
-            eta: a.eta,
-            ddimDiscretize: a.ddimDiscretize,
-            clipDenoised: a.clipDenoised ?? true,
-            generator: gen,
-            schedule: pipe.diffusion.schedule,
-            ...run,
-          });
+          const x = await sample(pipe.diffusion.epsModel(y), { ...samplerOptions, shape: [bs, c, h, w], generator: gen, ...run });
           const data = (await x.data()) as Float32Array;
           x.dispose();
           return data;
@@ -150,12 +149,17 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
           y?.dispose();
         }
       });
-      console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (${a.sampler}, ${steps} steps, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
+      if (comm.rank === 0)
+        console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (${a.sampler}, ${steps} steps${ranksNote(comm)}, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
     } finally {
       pipe.dispose();
     }
   },
 };
+
+function ranksNote(comm: Communicator): string {
+  return comm.size > 1 ? `, ${comm.size} ranks` : '';
+}
 
 /** --classes 0,3,9 -> [0, 3, 9] (CliError naming the entry). */
 export function parseClassList(text: string): number[] {
@@ -167,7 +171,7 @@ export function parseClassList(text: string): number[] {
 }
 
 /** `sample` for a latent diffusion model: latents from the sampler, decoded through the first stage, PNGs and grid.png as for pixel models. */
-async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['sampler']> }): Promise<void> {
+async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['sampler']> }, comm: Communicator): Promise<void> {
   const configFile = a.config!;
   const n = checkCount('n-samples', a.nSamples);
   const batchSize = Math.min(checkCount('batch-size', a.batchSize), n);
@@ -205,11 +209,13 @@ async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['s
     plan = pipe.plan(opts);
     const gridCount = a.grid ? Math.min(n, MAX_GRID_IMAGES) : 0;
     const chosen = plan;
-    const { written, secs } = await writeSamples(a, { n, batchSize, imageShape: pipe.imageShape, gridCount, steps }, (done, bs, gen, run) =>
+    const drawsPerImage = await pipe.drawsPerImage(chosen);
+    const { written, secs } = await writeSamples(a, { n, batchSize, imageShape: pipe.imageShape, gridCount, steps, drawsPerImage, comm }, (done, bs, gen, run) =>
       pipe.sampleImages(chosen, pipe.labels(chosen, done, bs), bs, gen, run),
     );
     const what = [plan.classes ? `classes ${plan.classes.join(',')}` : null, plan.guidance ? `scale ${plan.guidance.scale} against class ${plan.guidance.uncondClass}` : null, r.ema ? 'EMA weights' : null].filter(Boolean).join(', ');
-    console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (latent diffusion, ${a.sampler}, ${steps} steps${what ? `, ${what}` : ''}, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
+    if (comm.rank === 0)
+      console.log(`tdq-native: wrote ${written} images${a.grid ? ` and grid.png${gridCount < n ? ` (first ${gridCount})` : ''}` : ''} to ${a.outdir} (latent diffusion, ${a.sampler}, ${steps} steps${what ? `, ${what}` : ''}${ranksNote(comm)}, ${secs.toFixed(1)} s, ${(n / secs).toFixed(2)} images/s)`);
   } finally {
     pipe.dispose();
   }
@@ -220,43 +226,56 @@ async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['s
  * PNGs when it is done (so a long run holds one batch), the first gridCount
  * kept for grid.png, progress as a bar on a terminal or a line per batch
  * elsewhere, Ctrl-C aborting the sampler. `sampleBatch` returns a batch's
- * (bs, C, H, W) pixels in [-1, 1].
+ * (bs, C, H, W) pixels in [-1, 1]. With ranks (--nproc), each draws its
+ * batches (src/dist/shard.ts: the images of one process, whatever the rank
+ * count), and rank 0 shows progress and writes grid.png from the PNGs.
  */
 async function writeSamples(
   a: Pick<SampleArgs, 'outdir' | 'grid' | 'progress' | 'seed'>,
-  o: { n: number; batchSize: number; imageShape: readonly number[]; gridCount: number; steps: number },
+  o: { n: number; batchSize: number; imageShape: readonly number[]; gridCount: number; steps: number; drawsPerImage: number; comm: Communicator },
   sampleBatch: (done: number, bs: number, gen: Generator, run: { signal: AbortSignal; onProgress: (step: number, total: number) => void }) => Promise<Float32Array>,
 ): Promise<{ written: number; secs: number }> {
-  const { n, batchSize, gridCount, steps } = o;
+  const { n, batchSize, gridCount, steps, comm } = o;
   const [c, h, w] = o.imageShape;
-  const totalBatches = Math.ceil(n / batchSize);
+  const slots = batchesOfRank(n, batchSize, comm.rank, comm.size);
+  const lead = comm.rank === 0;
   const tty = process.stderr.isTTY === true;
-  const bar = a.progress && tty ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
-  const lines = a.progress && !tty ? lineProgress('sampling', totalBatches) : null;
-  bar?.start(totalBatches * 1000, 0, { images: 0, total: n, step: 0, steps: 0 });
+  const bar = lead && a.progress && tty ? new SingleBar({ format: 'sampling [{bar}] {percentage}% | images {images}/{total} | step {step}/{steps}', stream: process.stderr }, Presets.shades_classic) : null;
+  const lines = lead && a.progress && !tty ? lineProgress('sampling', slots.length) : null;
+  bar?.start(slots.length * 1000, 0, { images: 0, total: n, step: 0, steps: 0 });
   const abort = new AbortController();
   const onSigint = () => abort.abort(new Error('interrupted'));
   process.once('SIGINT', onSigint);
   const digits = Math.max(6, String(n - 1).length);
   const grid = new Float32Array(gridCount * c * h * w);
   const gen = new Generator(a.seed);
+  const base = gen.offset;
   let written = 0;
   try {
     const t0 = Date.now();
-    for (let b = 0; b < totalBatches; ++b) {
-      const done = b * batchSize, bs = Math.min(batchSize, n - done);
-      const data = await sampleBatch(done, bs, gen, {
-        signal: abort.signal,
-        onProgress: (step, total) => bar?.update(Math.round((b + step / total) * 1000), { images: done, total: n, step, steps: total }),
-      });
+    for (const [k, slot] of slots.entries()) {
+      const { start: done, count: bs } = slot;
+      const data = await drawBatch(gen, base, slot, o.drawsPerImage, () =>
+        sampleBatch(done, bs, gen, {
+          signal: abort.signal,
+          onProgress: (step, total) => bar?.update(Math.round((k + step / total) * 1000), { images: written, total: n, step, steps: total }),
+        }),
+      );
       await saveImages(a.outdir, { data, shape: [bs, c, h, w] }, { start: done, digits });
       written += bs;
       if (done < gridCount) grid.set(data.subarray(0, Math.min(bs, gridCount - done) * c * h * w), done * c * h * w);
-      bar?.update((b + 1) * 1000, { images: written, total: n, step: steps, steps });
-      lines?.(b + 1, written, n);
+      bar?.update((k + 1) * 1000, { images: written, total: n, step: steps, steps });
+      lines?.(k + 1, written, n);
     }
     bar?.stop();
-    if (a.grid) await saveGrid(path.join(a.outdir, 'grid.png'), { data: grid, shape: [gridCount, c, h, w] });
+    if (comm.size > 1) {
+      // Every rank's PNGs are on disk before rank 0 reads the grid's back (8-bit, as written: the grid equals one process's).
+      await comm.barrier();
+      if (lead && a.grid)
+        for (let i = 0; i < gridCount; ++i) grid.set(readPng(path.join(a.outdir, `${String(i).padStart(digits, '0')}.png`), { channels: c as 1 | 3 }).data, i * c * h * w);
+      written = n;
+    }
+    if (a.grid && lead) await saveGrid(path.join(a.outdir, 'grid.png'), { data: grid, shape: [gridCount, c, h, w] });
     return { written, secs: (Date.now() - t0) / 1000 };
   } finally {
     bar?.stop();

@@ -59,6 +59,7 @@ export interface TrainArgs extends GlobalArgs, LaunchArgs {
   calibSamples: number;
   calibSteps: number;
   calibMethod: StepMethod;
+  weightsFormat: 'int' | 'float';
   onBadData: BadDataPolicy;
   onNan: NanPolicy;
   maxNanSkips: number;
@@ -89,6 +90,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('quant-lr', { type: 'number', describe: 'QAT: learning rate of the quantizer parameters (default: 10x the base rate)' })
       .option('calib-samples', { type: 'number', default: 16, describe: 'QAT: calibration trajectories that initialise the quantizers' })
       .option('calib-steps', { type: 'number', default: 50, describe: 'QAT: DDIM steps of each calibration trajectory' })
+      .option('weights-format', { alias: 'weights_format', choices: ['int', 'float'] as const, default: 'int' as const, describe: 'QAT: the final model.safetensors stores int8/int4 weight levels or float32 weights (training checkpoints keep float)' })
       .option('calib-method', { choices: ['auto', 'mse', 'minmax', 'percentile'] as const, default: 'auto' as const, describe: 'QAT: how the initial step sizes come from the calibration statistics (as calibrate --method)' })
       .option('on-bad-data', { choices: BAD_DATA_POLICIES, default: 'stop' as BadDataPolicy, describe: 'a sample whose file cannot be read: stop (checkpoint, then exit naming the file) or skip it (counted, listed in <run>/skipped.jsonl)' })
       .option('on-nan', { choices: NAN_POLICIES, default: 'stop' as NanPolicy, describe: 'a NaN/Inf loss or gradient: stop (checkpoint of the last good state, then exit naming the step and layer) or skip the batch (no optimizer step; counted and listed)' })
@@ -287,6 +289,7 @@ function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: TrainOptions
     // A function of the trainer's base rate, which scale_lr may multiply.
     quantLr: a.quantLr ?? ((base) => QAT_DEFAULTS.quantLrFactor * base),
     calibrate,
+    weightsFormat: a.weightsFormat,
   }) as TrainOptions['prepare'];
 }
 

@@ -1,4 +1,6 @@
 // One entry point over the four samplers.
+import { zerosLike } from '../../tensor/ops/creation';
+import { Generator } from '../../tensor/random';
 import type { Tensor } from '../../tensor/tensor';
 import { type NoiseSchedule, type ScheduleConfig, makeSchedule } from '../schedule';
 import type { EpsModel, SamplerOptions } from './common';
@@ -66,4 +68,19 @@ export async function sample(model: EpsModel, opts: SampleOptions): Promise<Tens
     default:
       throw new TypeError(`sample: unknown sampler '${String(opts.sampler)}' (expected ${SAMPLERS.join(', ')})`);
   }
+}
+
+/**
+ * How many normal draws one sampled value costs: x_T plus every step's noise
+ * (DDPM, DDIM with eta > 0). Counted by running the sampler on a single value
+ * with a zero model, so it follows the samplers' code rather than restating it.
+ * A batch of shape (B, ...) advances its Generator by B * prod(...) times this,
+ * whatever the values: which is what lets batch b of a run start at a known
+ * offset on any rank (see src/dist/shard.ts).
+ */
+export async function noiseDrawsPerValue(opts: Omit<SampleOptions, 'shape' | 'generator' | 'seed' | 'x_T' | 'onProgress' | 'signal' | 'device'>): Promise<number> {
+  const gen = new Generator(0);
+  const x = await sample((v) => zerosLike(v), { ...opts, shape: [1], generator: gen });
+  x.dispose();
+  return gen.offset;
 }

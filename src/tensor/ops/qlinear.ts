@@ -64,16 +64,59 @@ export function unpackInt4(packed: Tensor, shape: readonly number[]): Tensor {
   return runOp1('int4_unpack', [packed], { shape: [...shape] });
 }
 
+/**
+ * Quantization of float32 x inside qconv2d / qlinear (native/cpu/qgemm.h,
+ * QActSpec): the levels of fakeQuantize(x - offset, max(step, stepFloor)),
+ * without a quantize_act op or a uint8 tensor; the real zero point `offset`
+ * is added back in the epilogue (bias + offset * the weights over the taps
+ * inside the input).
+ */
+export interface FusedActQuant {
+  bits: number;
+  signed: boolean;
+  /** The real zero point z (default 0): levels of x - z, z added back to the result. */
+  offset?: number;
+  /** x is already x - offset (e.g. PACT-clipped): only the result correction applies. */
+  inputShifted?: boolean;
+  /** The step is max(step, stepFloor) (default 0). */
+  stepFloor?: number;
+  /**
+   * actStep is a (1 or N, Q) table (the forward's step_table_lookup rows)
+   * and column `column` holds this quantizer's step (default -1: actStep is
+   * [] / [1] / [N]).
+   */
+  column?: number;
+}
+
+function fusedAttrs(x: Tensor, q: FusedActQuant | undefined, op: string): Record<string, number | boolean> {
+  if (x.dtype !== 'float32') {
+    if (q) throw new TypeError(`${op}: opts.act is for float32 x; x is ${x.dtype} (already quantized levels)`);
+    return {};
+  }
+  if (!q) throw new TypeError(`${op}: float32 x needs opts.act (how to quantize it), or pass levels from quantizeActivation`);
+  return {
+    bits: q.bits,
+    signed: q.signed,
+    offset: q.offset ?? 0,
+    input_shifted: q.inputShifted ?? false,
+    step_floor: q.stepFloor ?? 0,
+    column: q.column ?? -1,
+  };
+}
+
 export interface QConv2dOptions {
   stride?: number;
   padding?: number;
   /** The zero point of uint8 x (default 0); int8 x is symmetric. */
   zeroPoint?: number;
+  /** float32 x only: how the op quantizes it. */
+  act?: FusedActQuant;
 }
 
 /**
  * y = conv2d(x - zeroPoint, levels) * (actStep * weight step) + bias in integer
- * arithmetic; x: uint8/int8 (N, C, H, W) from quantizeActivation with actStep.
+ * arithmetic; x: uint8/int8 (N, C, H, W) from quantizeActivation with actStep,
+ * or float32 x quantized inside the op as opts.act says (FusedActQuant).
  */
 export function qconv2d(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, opts: QConv2dOptions = {}): Tensor {
   if (w.shape.length !== 4) throw new RangeError(`qconv2d: weights of shape [${w.shape.join(', ')}] are not (O, C, kH, kW)`);
@@ -82,14 +125,19 @@ export function qconv2d(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | n
     stride: opts.stride ?? 1,
     padding: opts.padding ?? 0,
     zero_point: opts.zeroPoint ?? 0,
+    ...fusedAttrs(x, opts.act, 'qconv2d'),
   });
 }
 
 /**
  * y = (x - zeroPoint) · levels^T * (actStep * weight step) + bias over the last
- * axis of x; actStep [] / [1] or [x.shape[0]].
+ * axis of x; actStep [] / [1] or [x.shape[0]]; float32 x with opts.act as qconv2d.
  */
-export function qlinear(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, opts: { zeroPoint?: number } = {}): Tensor {
+export function qlinear(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, opts: { zeroPoint?: number; act?: FusedActQuant } = {}): Tensor {
   if (w.shape.length !== 2) throw new RangeError(`qlinear: weights of shape [${w.shape.join(', ')}] are not (O, K)`);
-  return runOp1('qlinear', [x, actStep, w.packed, w.step, w.rowSums, bias], { weight_shape: [...w.shape], zero_point: opts.zeroPoint ?? 0 });
+  return runOp1('qlinear', [x, actStep, w.packed, w.step, w.rowSums, bias], {
+    weight_shape: [...w.shape],
+    zero_point: opts.zeroPoint ?? 0,
+    ...fusedAttrs(x, opts.act, 'qlinear'),
+  });
 }

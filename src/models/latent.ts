@@ -90,7 +90,7 @@ export function checkConditioningKey(key: unknown): null | 'crossattn' {
 
 /** upstream's DiffusionWrapper: key `diffusion_model`, routes the conditioning by conditioning_key. */
 export class DiffusionWrapper extends Module {
-  readonly diffusionModel: LatentDenoiser;
+  diffusionModel: LatentDenoiser;
   readonly conditioningKey: null | 'crossattn';
   constructor(unet: LatentDenoiser, conditioningKey: unknown) {
     super();
@@ -98,6 +98,14 @@ export class DiffusionWrapper extends Module {
     if (this.conditioningKey === 'crossattn' && unet.config?.use_spatial_transformer !== true)
       throw new TypeError('LatentDiffusion: conditioning_key crossattn needs a UNet with cross-attention (use_spatial_transformer); this UNet has none');
     this.diffusionModel = this.registerModule('diffusion_model', unet);
+  }
+
+  /** Puts another denoiser (the quantized UNet of QAT or PTQ) in the UNet's place; returns the old one, not disposed. */
+  replaceDiffusionModel(m: LatentDenoiser): LatentDenoiser {
+    const old = this.diffusionModel;
+    this.replaceModule('diffusion_model', m);
+    this.diffusionModel = m;
+    return old;
   }
   forward(x: Tensor, t: Tensor, cond?: Tensor | null): Tensor {
     if (this.conditioningKey === null) {

@@ -104,6 +104,8 @@ const FileSchema = z.strictObject({
   model: z.looseObject({ base_learning_rate: z.number().optional(), target: z.string(), params: z.unknown() }),
   data: z.unknown().optional(),
   lightning: z.unknown().optional(),
+  /** Read by `train` (src/train/subject_ae.ts), not by this reader. */
+  training: z.unknown().optional(),
 });
 
 export interface AutoencoderSpec {
@@ -144,6 +146,7 @@ export function parseAutoencoderConfig(raw: unknown, file = '(autoencoder config
     if (!f.success) throw new ConfigError(file, issuesOf(f.error, []));
     if (f.data.data !== undefined) notes.push('data: ignored (the autoencoder config reader builds the model only)');
     if (f.data.lightning !== undefined) notes.push('lightning: ignored');
+    if (f.data.training !== undefined) notes.push('training: ignored (read by train)');
     if (f.data.model.base_learning_rate !== undefined) notes.push('model.base_learning_rate: ignored (set the learning rate in the trainer)');
     const { base_learning_rate: _lr, ...rest } = f.data.model;
     nodeRaw = rest;

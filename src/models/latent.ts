@@ -149,6 +149,16 @@ export interface LatentDiffusionOptions {
 /** Draws the first-stage posterior with a Generator, or with explicit noise (of the latents' shape). */
 export type PosteriorSampler = Generator | { noise: Tensor };
 
+/**
+ * Rows [start, start + B) of a global batch of `total` (data-parallel
+ * training): every draw is made for the whole global batch and this slice
+ * taken, so the ranks together compute what one process does.
+ */
+export interface BatchShard {
+  start: number;
+  total: number;
+}
+
 export interface PLossesResult {
   /** l_simple_weight * mean(loss_simple / exp(logvar) + logvar): what is minimised. */
   loss: Tensor;
@@ -289,16 +299,18 @@ export class LatentDiffusion extends Module {
    * element of the batch's posterior samples (unbiased std, as torch's).
    * Returns the new value.
    */
-  async initScaleByStd(x: Tensor, sampler: PosteriorSampler): Promise<number> {
+  async initScaleByStd(x: Tensor, sampler: PosteriorSampler, dist?: { shard: BatchShard; allreduceSum: (t: Tensor) => Tensor }): Promise<number> {
     if (!this.scaleFactorBuffer) throw new TypeError('LatentDiffusion.initScaleByStd: the model was built without scale_by_std');
     const cur = await this.scaleFactorValue();
     if (cur !== 1) throw new RangeError(`LatentDiffusion.initScaleByStd: scale_factor is ${cur}, expected 1 (upstream: rather not use custom rescaling and std-rescaling simultaneously)`);
     const inv = noGrad(() => {
-      const z = this.encode(x, sampler);
-      const n = z.size;
+      const z = dist && sampler instanceof Generator ? this.encodeSlice(x, sampler, dist.shard) : this.encode(x, sampler);
+      // Data-parallel: the std of the global batch's latents (sums over the ranks, two passes), as one process computes it.
+      const n = dist ? (z.size / z.shape[0]) * dist.shard.total : z.size;
       if (n < 2) throw new RangeError(`LatentDiffusion.initScaleByStd: the latents have ${n} element(s); the std needs at least 2`);
-      const d = sub(z, mean(z));
-      const variance = scale(sum(square(d)), 1 / (n - 1));
+      const total = (t: Tensor) => (dist ? dist.allreduceSum(t) : t);
+      const d = sub(z, scale(total(sum(z)), 1 / n));
+      const variance = scale(total(sum(square(d))), 1 / (n - 1));
       return div(full([], 1), sqrt(variance));
     });
     noGrad(() => runOp('copy_', [this.scaleFactorBuffer!, inv]));
@@ -362,15 +374,17 @@ export class LatentDiffusion extends Module {
    * upstream's forward(x, c): a uniform timestep and a noise draw per sample
    * from `gen`; a trainable cond stage encodes `c` here (with gradients).
    */
-  forward(z: Tensor, c: unknown, gen: Generator): PLossesResult & { t: number[] } {
+  forward(z: Tensor, c: unknown, gen: Generator, shard?: BatchShard): PLossesResult & { t: number[] } {
     const b = z.shape[0];
-    const t = Array.from({ length: b }, () => gen.randint(this.numTimesteps));
+    const start = shard?.start ?? 0, total = shard?.total ?? b;
+    if (start < 0 || start + b > total) throw new RangeError(`LatentDiffusion.forward: rows [${start}, ${start + b}) do not fit a global batch of ${total}`);
+    const t = Array.from({ length: total }, () => gen.randint(this.numTimesteps)).slice(start, start + b);
     let cond: Tensor | null = null;
     if (this.conditioningKey !== null) {
       if (c === null || c === undefined) throw new TypeError('LatentDiffusion: a conditional model needs a conditioning');
       cond = this.condStageTrainable ? this.getLearnedConditioning(c) : (c as Tensor);
     }
-    const noise = gen.randn(z.shape, z.device);
+    const noise = shard ? gen.randnSlice(z.shape, start, total, z.device) : gen.randn(z.shape, z.device);
     return { ...this.pLosses(z, cond, t, noise), t };
   }
 
@@ -379,11 +393,20 @@ export class LatentDiffusion extends Module {
    * the conditioning of `condInput` (encoded now unless the cond stage is
    * trainable, then inside forward), and the loss.
    */
-  lossOnImages(x: Tensor, condInput: unknown, gen: Generator): PLossesResult & { t: number[] } {
-    const z = this.encode(x, gen);
+  lossOnImages(x: Tensor, condInput: unknown, gen: Generator, shard?: BatchShard): PLossesResult & { t: number[] } {
+    const z = shard ? this.encodeSlice(x, gen, shard) : this.encode(x, gen);
     let c: unknown = null;
     if (this.conditioningKey !== null) c = this.condStageTrainable ? condInput : noGrad(() => this.getLearnedConditioning(condInput));
-    return this.forward(z, c, gen);
+    return this.forward(z, c, gen, shard);
+  }
+
+  /** encode() of rows [start, start + B) of a global batch: the posterior's noise is that slice of the global batch's draw. */
+  encodeSlice(x: Tensor, gen: Generator, shard: BatchShard): Tensor {
+    return noGrad(() => {
+      const posterior = this.encodeFirstStage(x);
+      const sampler = posterior instanceof DiagonalGaussianDistribution ? { noise: gen.randnSlice(posterior.mean.shape, shard.start, shard.total, posterior.mean.device) } : gen;
+      return this.getFirstStageEncoding(posterior, sampler);
+    });
   }
 
   /**

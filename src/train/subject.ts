@@ -29,6 +29,7 @@ import { loadLatentStateDict } from '../models/load_latent';
 import type { Module } from '../nn/module';
 import { type Adam, type ParamGroupSpec, optimizerStateFromTensors, optimizerStateToTensors } from '../optim/adam';
 import { noGrad } from '../tensor/autograd';
+import { scale } from '../tensor/ops/elementwise';
 import type { Generator } from '../tensor/random';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import { saveCheckpoint, type TrainingState } from './checkpoint';
@@ -205,18 +206,20 @@ export class LatentSubject implements TrainSubject {
     return { class_label: batch.y };
   }
 
-  loss(batch: Batch, gen: Generator): Tensor {
-    return this.ldm.lossOnImages(batch.x, this.condInput(batch), gen).loss;
+  loss(batch: Batch, gen: Generator, shard = true): Tensor {
+    const s = shard && batch.start !== undefined && batch.total !== undefined ? { start: batch.start, total: batch.total } : undefined;
+    return this.ldm.lossOnImages(batch.x, this.condInput(batch), gen, s).loss;
   }
 
-  /** scale_by_std: scale_factor := 1 / std of the first batch's latents (the mean over ranks of each rank's slice). */
+  /** scale_by_std: scale_factor := 1 / std of the first global batch's latents (data-parallel: summed over the ranks' slices). */
   async onFirstBatch(batch: Batch, comm: Communicator): Promise<string | null> {
     if (!this.ldm.scaleByStd) return null;
-    let v = await this.ldm.initScaleByStd(batch.x, this.scaleGen);
-    if (comm.size > 1) {
-      comm.allreduceMean([this.ldm.scaleFactorBuffer!]);
-      v = await this.ldm.scaleFactorValue();
-    }
+    const sharded = comm.size > 1 && batch.start !== undefined && batch.total !== undefined;
+    const v = await this.ldm.initScaleByStd(
+      batch.x,
+      this.scaleGen,
+      sharded ? { shard: { start: batch.start!, total: batch.total! }, allreduceSum: (t) => (comm.allreduceMean([t]), scale(t, comm.size)) } : undefined,
+    );
     return `scale_by_std: scale_factor = ${v} (1 / std of the first batch's latents; stored in every checkpoint)`;
   }
 

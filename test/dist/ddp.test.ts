@@ -11,6 +11,7 @@ import { after, describe, it } from 'node:test';
 
 import { readSafetensors } from '../../src/io/safetensors';
 import { mpiSkip } from '../helpers/mpi';
+import { tinyLdmYaml } from '../train/latent_helpers';
 
 const bin = path.join(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-ddp-'));
@@ -111,6 +112,20 @@ describe('data-parallel training (MPI)', { skip: mpiSkip() }, () => {
     const two = cli(['train', '--base', cfg, '--name', 'q2', '--nproc', '2', ...q]);
     assert.equal(two.status, 0, two.out);
     const d = await maxRelDiff(path.join(root, 'runs/q1/model.safetensors'), path.join(root, 'runs/q2/model.safetensors'));
+    assert.ok(d < TOL, `relative difference ${d}`);
+  });
+
+  it('latent diffusion (class-conditional, trainable cond stage, scale_by_std) on 2 ranks ends where it ends on 1 rank', async () => {
+    // Every draw (posterior sample, timesteps, noise) is made for the global batch and sliced; scale_by_std is the global batch's.
+    const ldm = path.join(root, 'ldm.yaml');
+    fs.writeFileSync(ldm, tinyLdmYaml({ maxSteps: 4 }).replace('dropout: 0.2', 'dropout: 0'));
+    const one = cli(['train', '--base', ldm, '--name', 'ldm1']);
+    assert.equal(one.status, 0, one.out);
+    const two = cli(['train', '--base', ldm, '--name', 'ldm2', '--nproc', '2']);
+    assert.equal(two.status, 0, two.out);
+    const s1 = /scale_factor = ([\d.e-]+)/.exec(one.out)?.[1], s2 = /scale_factor = ([\d.e-]+)/.exec(two.out)?.[1];
+    assert.ok(s1 && s2 && Math.abs(Number(s1) - Number(s2)) <= 1e-5 * Number(s1), `scale_factor ${s1} (1 rank) vs ${s2} (2 ranks)`);
+    const d = await maxRelDiff(path.join(root, 'runs/ldm1/model.safetensors'), path.join(root, 'runs/ldm2/model.safetensors'));
     assert.ok(d < TOL, `relative difference ${d}`);
   });
 

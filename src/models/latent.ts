@@ -22,6 +22,7 @@ import { noGrad } from '../tensor/autograd';
 import { full } from '../tensor/ops/creation';
 import { abs, add, addScalar, chunk, div, mean, mul, scale, sqrt, square, sub, sum } from '../tensor/ops';
 import { cat } from '../tensor/ops/shape';
+import { packageRoot } from '../tensor/native';
 import { Generator } from '../tensor/random';
 import { type Tensor, fromArray, runOp, shapeToString } from '../tensor/tensor';
 import { type Autoencoder, AutoencoderKL, DiagonalGaussianDistribution, VQModel, VQModelInterface, buildAutoencoder, loadFirstStageStateDict } from './autoencoder';
@@ -466,6 +467,20 @@ export async function loadFirstStageCheckpoint(model: Autoencoder, file: string)
 }
 
 /**
+ * Where first_stage_config.params.ckpt_path points: against `baseDir` when
+ * given; else against the working directory (as upstream), falling back to
+ * the package root for a relative path that is only there, so that the
+ * shipped configs (ckpt_path: models/...) work from any directory.
+ */
+export function resolveFirstStagePath(ckptPath: string, baseDir?: string): string {
+  if (baseDir !== undefined || path.isAbsolute(ckptPath)) return path.resolve(baseDir ?? process.cwd(), ckptPath);
+  const inCwd = path.resolve(ckptPath);
+  if (fs.existsSync(inCwd)) return inCwd;
+  const inPackage = path.join(packageRoot, ckptPath);
+  return fs.existsSync(inPackage) ? inPackage : inCwd;
+}
+
+/**
  * What a loader calls: the model of a spec with fresh UNet (and cond stage)
  * weights, and the first stage's weights from first_stage_config.params.ckpt_path
  * (resolved against `baseDir`, default the working directory, as upstream
@@ -479,7 +494,7 @@ export async function createLatentDiffusion(
   const model = buildLatentDiffusion(spec, opts.gen ?? new Generator(0));
   let ignoredKeys: string[] = [];
   if (spec.firstStageCkptPath && opts.loadFirstStage !== false) {
-    const file = path.resolve(opts.baseDir ?? process.cwd(), spec.firstStageCkptPath);
+    const file = resolveFirstStagePath(spec.firstStageCkptPath, opts.baseDir);
     try {
       ignoredKeys = await loadFirstStageCheckpoint(model.firstStageModel, file);
     } catch (e) {

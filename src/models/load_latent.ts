@@ -17,7 +17,7 @@ import { Generator } from '../tensor/random';
 import type { Tensor } from '../tensor/tensor';
 import { type NumberProblem, CheckpointValueError, findNumberProblems, refused } from './checks';
 import { ClassEmbedder } from './conditioning';
-import { type LatentDiffusion, createLatentDiffusion } from './latent';
+import { type LatentDiffusion, createLatentDiffusion, resolveFirstStagePath } from './latent';
 import { ModelLoadError } from './load';
 import { type LatentDiffusionSpec, LATENT_DIFFUSION_TARGETS, parseLatentDiffusionConfig } from './latent_config';
 
@@ -174,7 +174,7 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
     model.eval();
     const report: LatentLoadReport = {
       ema, missingKeys, unexpectedKeys, ignoredKeys, problems, configWarning: spec.warning,
-      firstStageFrom: hasFirstStage ? 'checkpoint' : path.resolve(opts.baseDir ?? process.cwd(), spec.firstStageCkptPath!),
+      firstStageFrom: hasFirstStage ? 'checkpoint' : resolveFirstStagePath(spec.firstStageCkptPath!, opts.baseDir),
     };
     const loaded = new LoadedLatentModel(file, opts.config, spec, model, report);
     model = undefined;

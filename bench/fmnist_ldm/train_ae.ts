@@ -17,7 +17,7 @@
 //
 // At the end (the step or time budget) it writes --out with the model's keys
 // only (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*: upstream's
-// first-stage layout, without loss.logvar) in float32.
+// first-stage layout, without loss.logvar) in float16 (--no-half: float32).
 //
 // Learning rate: upstream sets base_learning_rate 4.5e-6 * batch * GPUs
 // (1.4e-4 at batch 32) for 80M-parameter autoencoders trained for days; this one
@@ -36,7 +36,7 @@ import { Adam, optimizerStateFromTensors, optimizerStateToTensors } from '../../
 import { backward, noGrad } from '../../src/tensor/autograd';
 import { Generator } from '../../src/tensor/random';
 import { tidy } from '../../src/tensor/scope';
-import type { Tensor } from '../../src/tensor/tensor';
+import { type Tensor, runOp1 } from '../../src/tensor/tensor';
 
 function arg(name: string, def?: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -149,7 +149,10 @@ async function main(): Promise<void> {
   }
   console.log(`test (256 images): L1 ${(l1 / n).toFixed(4)}, PSNR ${(10 * Math.log10(4 / (mse / n))).toFixed(2)} dB`);
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  await writeSafetensors(out, model.namedParameters(), { format: 'pt', source: 'tdq-native bench/fmnist_ldm/train_ae.ts', steps: String(step), config: 'configs/fmnist-kl-f4.yaml' });
+  // float16 halves the shipped file (the loaders convert to float32; --no-half keeps float32).
+  const half = !process.argv.includes('--no-half');
+  const final = model.namedParameters().map(([k, t]): [string, Tensor] => [k, half ? runOp1('cast', [t], { dtype: 'float16' }) : t]);
+  await writeSafetensors(out, final, { format: 'pt', source: 'tdq-native bench/fmnist_ldm/train_ae.ts', steps: String(step), config: 'configs/fmnist-kl-f4.yaml', dtype: half ? 'float16' : 'float32' });
   console.log(`wrote ${out} after ${step} steps`);
 }
 

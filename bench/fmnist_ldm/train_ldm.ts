@@ -17,7 +17,8 @@
 //
 // --out is ONE self-contained LatentDiffusion state dict under upstream keys:
 // model.diffusion_model.* and cond_stage_model.* (the EMA weights), scale_factor,
-// and the frozen first stage as first_stage_model.*, so that
+// and the frozen first stage as first_stage_model.*, in float16 (--no-half:
+// float32), so that
 // `sample --base configs/fmnist-ldm.yaml --ckpt OUT` needs nothing else.
 //
 // This driver exists because `tdq-native train` could not train latent models
@@ -37,7 +38,7 @@ import { Ema } from '../../src/train/ema';
 import { backward } from '../../src/tensor/autograd';
 import { Generator } from '../../src/tensor/random';
 import { tidy } from '../../src/tensor/scope';
-import { type Tensor, fromArray } from '../../src/tensor/tensor';
+import { type Tensor, fromArray, runOp1 } from '../../src/tensor/tensor';
 
 function arg(name: string, def?: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -151,7 +152,10 @@ async function main(): Promise<void> {
   // The shipped file: the EMA weights in place of the raw ones, the first stage embedded.
   trained.forEach(([, m], i) => emas[i].swapInto(m));
   fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-  await writeSafetensors(out, ldm.stateDict(), {
+  // float16 halves the shipped file (the loader converts to float32); scale_factor stays float32.
+  const half = !process.argv.includes('--no-half');
+  const final = [...ldm.stateDict()].map(([k, t]): [string, Tensor] => [k, half && k !== 'scale_factor' ? runOp1('cast', [t], { dtype: 'float16' }) : t]);
+  await writeSafetensors(out, final, {
     format: 'pt', source: 'tdq-native bench/fmnist_ldm/train_ldm.ts', steps: String(step), config: 'configs/fmnist-ldm.yaml',
     weights: 'EMA (LitEma decay min(0.9999, (1+n)/(10+n))) of model.diffusion_model.* and cond_stage_model.*',
   });

@@ -3,9 +3,9 @@
 //   configs/x.yaml:21:24: model.params.unet_config.params.channel_mult[1]: expected number, got string "two"
 import fs from 'node:fs';
 import YAML, { isMap, isPair, isScalar, isSeq, LineCounter, type Node as YamlNode } from 'yaml';
-import type { z } from 'zod';
+import { z } from 'zod';
 
-import { type Config, ConfigSchema, UNSUPPORTED_KEYS } from './schema';
+import { type Config, ConfigSchema, DataConfigSchema, TrainingConfigSchema, UNSUPPORTED_KEYS } from './schema';
 import { fromUpstream } from './upstream';
 
 export type ConfigPath = (string | number)[];
@@ -315,6 +315,45 @@ function yamlFailure(file: string, e: unknown): ConfigError {
 
 /** Parses and validates config text; `file` is only for messages. */
 export function parseConfig(text: string, file: string, opts: LoadOptions = {}): LoadedConfig {
+  const { data, raw, warnings } = parseWith(ConfigSchema, text, file, opts);
+  const ignored = ignoredKeys(raw);
+  if (ignored.length) warnings.push(`${file}: accepted for CompVis configs but ignored: ${ignored.join(', ')}`);
+  return { config: data, raw, file, warnings };
+}
+
+/**
+ * The data and training sections of a config whose model another reader
+ * validates (an upstream LatentDiffusion, read by src/models/latent_config.ts):
+ * the same YAML parsing, --set overrides, upstream mapping (lightning.trainer,
+ * scheduler_config, DataModuleFromConfig) and messages as parseConfig. `raw`
+ * is the whole file after overrides and the upstream mapping, for the model's reader.
+ */
+export interface TrainSections {
+  data: Config['data'];
+  training: Config['training'];
+  raw: Record<string, unknown>;
+  file: string;
+  warnings: string[];
+}
+
+const TrainSectionsSchema = z.strictObject({
+  model: z.unknown(),
+  data: DataConfigSchema,
+  training: TrainingConfigSchema,
+  lightning: z.record(z.string(), z.unknown()).optional(),
+});
+
+export function parseTrainSections(text: string, file: string, opts: LoadOptions = {}): TrainSections {
+  const { data, raw, warnings } = parseWith(TrainSectionsSchema, text, file, { ...opts, purpose: 'train' });
+  return { data: data.data, training: data.training, raw: raw as Record<string, unknown>, file, warnings };
+}
+
+/** Reads a file for parseTrainSections. */
+export function loadTrainSections(file: string, opts: LoadOptions = {}): TrainSections {
+  return parseTrainSections(readConfigText(file), file, opts);
+}
+
+function parseWith<S extends z.ZodType>(schema: S, text: string, file: string, opts: LoadOptions): { data: z.output<S>; raw: unknown; warnings: string[] } {
   checkNesting(text, file);
   const lc = new LineCounter();
   let doc: YAML.Document;
@@ -371,7 +410,7 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   if (up.issues.length) throw new ConfigError(file, up.issues.map((i) => ({ ...i, ...locate(doc, lc, i.path) })));
   const hadLightning = (raw as Record<string, unknown>).lightning !== undefined;
   raw = up.raw;
-  const r = ConfigSchema.safeParse(raw);
+  const r = schema.safeParse(raw);
   if (!r.success) {
     const issues = explainIssues(r.error.issues, raw).map((i) => {
       const ov = [...overridden].reverse().find((o) => startsWith(i.path, o.path));
@@ -383,9 +422,7 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   const warnings: string[] = [];
   if (up.notes.length) warnings.push(`${file}: upstream sections: ${up.notes.join('; ')}`);
   else if (hadLightning) warnings.push(`${file}: the lightning section is ignored; training options go in the training section`);
-  const ignored = ignoredKeys(raw);
-  if (ignored.length) warnings.push(`${file}: accepted for CompVis configs but ignored: ${ignored.join(', ')}`);
-  return { config: r.data, raw, file, warnings };
+  return { data: r.data as z.output<S>, raw, warnings };
 }
 
 /**
@@ -418,6 +455,10 @@ function ignoredKeys(raw: unknown): string[] {
 
 /** Reads, parses and validates a config file. */
 export function loadConfig(file: string, opts: LoadOptions = {}): LoadedConfig {
+  return parseConfig(readConfigText(file), file, opts);
+}
+
+function readConfigText(file: string): string {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -425,5 +466,5 @@ export function loadConfig(file: string, opts: LoadOptions = {}): LoadedConfig {
     const err = e as NodeJS.ErrnoException;
     throw new ConfigError(file, [{ path: [], message: err.code === 'ENOENT' ? 'config file not found' : `cannot read the config: ${err.message}` }]);
   }
-  return parseConfig(text, file, opts);
+  return text;
 }

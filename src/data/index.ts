@@ -21,11 +21,14 @@ export interface DatasetOverrides {
   dataDir?: string;
   /** Replaces the Fashion-MNIST split (e.g. 'test' for evaluation). */
   split?: 'train' | 'test';
+  /** The model's input (channels, size) when `cfg.model` is not a schema model (an upstream LDM's first stage). */
+  shape?: { channels: number; size: number };
 }
 
 /** The dataset a config names, delivering images of the model's input shape. */
-export function datasetFromConfig(cfg: Pick<Config, 'model' | 'data'>, o: DatasetOverrides = {}): Dataset {
-  const { channels, size } = modelImageShape(cfg.model);
+export function datasetFromConfig(cfg: Pick<Config, 'data'> & Partial<Pick<Config, 'model'>>, o: DatasetOverrides = {}): Dataset {
+  if (!o.shape && !cfg.model) throw new TypeError('datasetFromConfig: needs cfg.model or the shape override');
+  const { channels, size } = o.shape ?? modelImageShape(cfg.model!);
   const d = cfg.data;
   switch (d.target) {
     case FASHION_MNIST_TARGET: {

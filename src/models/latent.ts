@@ -91,7 +91,7 @@ export function checkConditioningKey(key: unknown): null | 'crossattn' {
 
 /** upstream's DiffusionWrapper: key `diffusion_model`, routes the conditioning by conditioning_key. */
 export class DiffusionWrapper extends Module {
-  readonly diffusionModel: LatentDenoiser;
+  diffusionModel: LatentDenoiser;
   readonly conditioningKey: null | 'crossattn';
   constructor(unet: LatentDenoiser, conditioningKey: unknown) {
     super();
@@ -99,6 +99,14 @@ export class DiffusionWrapper extends Module {
     if (this.conditioningKey === 'crossattn' && unet.config?.use_spatial_transformer !== true)
       throw new TypeError('LatentDiffusion: conditioning_key crossattn needs a UNet with cross-attention (use_spatial_transformer); this UNet has none');
     this.diffusionModel = this.registerModule('diffusion_model', unet);
+  }
+
+  /** Puts another denoiser (the quantized UNet of QAT or PTQ) in the UNet's place; returns the old one, not disposed. */
+  replaceDiffusionModel(m: LatentDenoiser): LatentDenoiser {
+    const old = this.diffusionModel;
+    this.replaceModule('diffusion_model', m);
+    this.diffusionModel = m;
+    return old;
   }
   forward(x: Tensor, t: Tensor, cond?: Tensor | null): Tensor {
     if (this.conditioningKey === null) {
@@ -467,17 +475,16 @@ export async function loadFirstStageCheckpoint(model: Autoencoder, file: string)
 }
 
 /**
- * Where first_stage_config.params.ckpt_path points: against `baseDir` when
- * given; else against the working directory (as upstream), falling back to
- * the package root for a relative path that is only there, so that the
- * shipped configs (ckpt_path: models/...) work from any directory.
+ * Where first_stage_config.params.ckpt_path points: against `baseDir`
+ * (default the working directory, as upstream); a relative path that is not
+ * there but is under the package root resolves there, so that the shipped
+ * configs (ckpt_path: models/...) work from any directory.
  */
 export function resolveFirstStagePath(ckptPath: string, baseDir?: string): string {
-  if (baseDir !== undefined || path.isAbsolute(ckptPath)) return path.resolve(baseDir ?? process.cwd(), ckptPath);
-  const inCwd = path.resolve(ckptPath);
-  if (fs.existsSync(inCwd)) return inCwd;
+  const given = path.resolve(baseDir ?? process.cwd(), ckptPath);
+  if (path.isAbsolute(ckptPath) || fs.existsSync(given)) return given;
   const inPackage = path.join(packageRoot, ckptPath);
-  return fs.existsSync(inPackage) ? inPackage : inCwd;
+  return fs.existsSync(inPackage) ? inPackage : given;
 }
 
 /**

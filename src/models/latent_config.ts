@@ -13,8 +13,8 @@ import fs from 'node:fs';
 import YAML from 'yaml';
 import { z } from 'zod';
 
-import { ConfigError, type ConfigIssue } from '../config/load';
-import { UNetParamsSchema } from '../config/schema';
+import { ConfigError, type ConfigIssue, loadTrainSections } from '../config/load';
+import { type Config, FASHION_MNIST_TARGET, LSUN_TARGET, UNetParamsSchema, dataNumClasses } from '../config/schema';
 import { type AutoencoderSpec, parseAutoencoderConfig } from './autoencoder/config';
 import { condStageTargets } from './latent';
 
@@ -290,4 +290,56 @@ export function loadLatentDiffusionConfig(file: string): LatentDiffusionSpec {
   const doc = YAML.parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length) throw new ConfigError(file, doc.errors.map((e) => ({ path: [], message: `YAML: ${e.message}` })));
   return parseLatentDiffusionConfig(doc.toJS(), file);
+}
+
+// ---- Training an LDM -------------------------------------------------------------
+
+/**
+ * What `train` needs of an LDM config: the model (this reader) and the data
+ * and training sections (src/config/load.ts, the same reader and upstream
+ * mapping as pixel configs; there is no third one).
+ */
+export interface LatentTrainConfig {
+  kind: 'latent';
+  file: string;
+  spec: LatentDiffusionSpec;
+  /** The model section after overrides (stored in checkpoints' metadata). */
+  model: Record<string, unknown>;
+  /** The learning rate before scale_lr. */
+  baseLearningRate: number;
+  data: Config['data'];
+  training: Config['training'];
+  warnings: string[];
+}
+
+/**
+ * Reads an LDM config for training: --set overrides apply to every section.
+ * training.scale_lr defaults to true, as upstream main.py's --scale_lr (the
+ * rate is base_learning_rate x batch_size x accumulate_grad_batches) unless
+ * the file or an override sets it.
+ */
+export function loadLatentTrainConfig(file: string, opts: { overrides?: readonly string[] } = {}): LatentTrainConfig {
+  const sec = loadTrainSections(file, { overrides: opts.overrides });
+  const spec = parseLatentDiffusionConfig(sec.raw, file);
+  const fail = (path: Path, message: string): never => {
+    throw new ConfigError(file, [{ path, message }]);
+  };
+  if (spec.baseLearningRate === undefined) fail(['model', 'base_learning_rate'], 'required for training (upstream: the rate before scale_lr)');
+  const rawTraining = sec.raw.training as Record<string, unknown> | undefined;
+  const training = { ...sec.training, scale_lr: rawTraining?.scale_lr === undefined ? true : sec.training.scale_lr };
+  // The images the data gives must be the first stage's input.
+  const dd = spec.firstStage.ddconfig as { in_channels: number; resolution: number };
+  const d = sec.data;
+  if (d.target === FASHION_MNIST_TARGET && dd.in_channels !== 1)
+    fail(['data', 'target'], `Fashion-MNIST images have 1 channel but the first stage takes ${dd.in_channels}`);
+  if (d.target === LSUN_TARGET) {
+    if (dd.in_channels !== 3) fail(['data', 'target'], `LSUN images are RGB but the first stage takes ${dd.in_channels} channels`);
+    if (d.params.size !== dd.resolution) fail(['data', 'params', 'size'], `must equal the first stage's resolution ${dd.resolution}`);
+  }
+  if (spec.conditioningKey !== null && spec.condStageKey !== 'class_label')
+    fail(['model', 'params', 'cond_stage_key'], `training conditions on the data's class labels only (cond_stage_key: class_label), got '${spec.condStageKey}'`);
+  if (spec.conditioningKey !== null && dataNumClasses(d) === 0)
+    fail(['data', 'target'], `the model is class-conditional (cond_stage_key class_label) but ${d.target} gives no labels`);
+  const warnings = [...sec.warnings, ...(spec.warning ? [spec.warning] : [])];
+  return { kind: 'latent', file, spec, model: sec.raw.model as Record<string, unknown>, baseLearningRate: spec.baseLearningRate!, data: d, training, warnings };
 }

@@ -17,7 +17,10 @@ import { Generator } from '../tensor/random';
 import type { Tensor } from '../tensor/tensor';
 import { type NumberProblem, CheckpointValueError, findNumberProblems, refused } from './checks';
 import { ClassEmbedder } from './conditioning';
-import { type LatentDiffusion, createLatentDiffusion, resolveFirstStagePath } from './latent';
+import { isQuantKey, isQuantizedCheckpoint, quantizeModel, type QuantizedModel } from '../quant/quantize_model';
+import { quantConfigFromJSON } from '../quant/config';
+import type { Denoiser } from './diffusion';
+import { type LatentDenoiser, type LatentDiffusion, createLatentDiffusion, resolveFirstStagePath } from './latent';
 import { ModelLoadError } from './load';
 import { type LatentDiffusionSpec, LATENT_DIFFUSION_TARGETS, parseLatentDiffusionConfig } from './latent_config';
 
@@ -65,6 +68,8 @@ export interface LatentLoadReport {
   problems: NumberProblem[];
   /** The config reader's one-line warning of accepted-and-unread keys, if any. */
   configWarning: string | null;
+  /** Whether the UNet is quantized (the checkpoint's metadata has 'quant'). */
+  quantized: boolean;
 }
 
 /** A ready LatentDiffusion (eval mode) and everything it owns; dispose() frees all of it. */
@@ -113,7 +118,46 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
     if (!raw) throw new ConfigError(opts.config, [{ path: [], message: 'not a YAML mapping' }]);
     return parseLatentDiffusionConfig(raw, opts.config);
   })();
-  const { tensors } = await readTensorFile(file);
+  const loaded = await loadLatentModelFromSpec(file, spec, { ...opts, configLabel: opts.config, useEma: configUseEma(opts.config) });
+  return new LoadedLatentModel(file, opts.config, spec, loaded.model, loaded.report);
+}
+
+/**
+ * Loads a LatentDiffusion state dict whose UNet may be quantized: the UNet's
+ * part (model.diffusion_model.*) through the UNet's own loadStateDict (a
+ * QuantizedModel creates its optional buffers and refreshes its ranges
+ * there), the rest through the model's. Strict: every key on both sides.
+ */
+export function loadLatentStateDict(model: LatentDiffusion, dict: ReadonlyMap<string, Tensor>, opts: { strict?: boolean } = {}): void {
+  const strict = opts.strict ?? true;
+  const pre = 'model.diffusion_model.';
+  const unet = new Map<string, Tensor>(), rest = new Map<string, Tensor>();
+  for (const [k, t] of dict) (k.startsWith(pre) ? unet.set(k.slice(pre.length), t) : rest.set(k, t));
+  const r = model.loadStateDict(rest, { strict: false });
+  const missing = r.missingKeys.filter((k) => !k.startsWith(pre));
+  if (strict && (missing.length || r.unexpectedKeys.length))
+    throw new Error(`the LatentDiffusion state dict ${missing.length ? `lacks ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}` : ''}${missing.length && r.unexpectedKeys.length ? ' and ' : ''}${r.unexpectedKeys.length ? `has unexpected keys ${r.unexpectedKeys.slice(0, 5).join(', ')}` : ''}`);
+  model.model.diffusionModel.loadStateDict(unet, { strict });
+}
+
+export interface LoadFromSpecOptions extends Omit<LoadLatentModelOptions, 'config'> {
+  /** Names the config in messages. */
+  configLabel: string;
+  /** Take the UNet's weights from model_ema.* when the file has them (default true). */
+  useEma?: boolean;
+  /** A quantized TDQ UNet samples from its step table (default true). */
+  useTable?: boolean;
+}
+
+/**
+ * loadLatentModel with the config already read (training reads its config
+ * with --set overrides applied). A quantized checkpoint (metadata 'quant', as
+ * calibrate and QAT write) gets a quantized UNet. The model is in eval mode.
+ */
+export async function loadLatentModelFromSpec(file: string, spec: LatentDiffusionSpec, opts: LoadFromSpecOptions): Promise<{ model: LatentDiffusion; report: LatentLoadReport }> {
+  if (!fs.existsSync(file)) throw new ModelLoadError(file, `checkpoint not found: ${file}`);
+  const cfgName = opts.configLabel;
+  const { tensors, metadata } = await readTensorFile(file);
   let model: LatentDiffusion | undefined;
   try {
     const problems = findNumberProblems(tensors);
@@ -123,8 +167,16 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
       throw new ModelLoadError(file, `${file} has no model.diffusion_model.* weights: not a LatentDiffusion checkpoint (keys start: ${[...tensors.keys()].slice(0, 5).join(', ') || 'none'})`);
     const hasFirstStage = parts.firstStage.size > 0;
     if (!hasFirstStage && !spec.firstStageCkptPath)
-      throw new ModelLoadError(file, `${file} has no first_stage_model.* weights and ${opts.config} sets no first_stage_config.params.ckpt_path`);
+      throw new ModelLoadError(file, `${file} has no first_stage_model.* weights and ${cfgName} sets no first_stage_config.params.ckpt_path`);
     ({ model } = await createLatentDiffusion(spec, { gen: new Generator(0), baseDir: opts.baseDir, loadFirstStage: !hasFirstStage }));
+    // A quantized UNet (calibrate, or QAT): the quantizers' structure first, their state comes with the weights.
+    let qm: QuantizedModel | null = null;
+    if (isQuantizedCheckpoint(metadata)) {
+      const T = Number(metadata.quant_timesteps);
+      if (!Number.isInteger(T) || T < 1) throw new ModelLoadError(file, `${file}: metadata 'quant_timesteps' must be a positive integer, got ${JSON.stringify(metadata.quant_timesteps)}`);
+      qm = quantizeModel(model.model.diffusionModel as unknown as Denoiser, quantConfigFromJSON(metadata.quant), { timesteps: T, gen: new Generator(0) });
+      model.model.replaceDiffusionModel(qm as unknown as LatentDenoiser);
+    }
 
     // The schedule buffers must be the config's schedule: a checkpoint trained with another one samples wrongly.
     const ignoredKeys: string[] = [];
@@ -134,7 +186,7 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
       const bad = compareSchedule(got, model.schedule.betas, { rtol: 1e-4, atol: 1e-6 });
       if (bad.length) {
         const b = bad[0];
-        throw new ModelLoadError(file, `${file}: its schedule buffer '${b.name}' ${b.index < 0 ? `has ${b.got} entries, the config's schedule ${b.want}` : `is ${b.got} at t=${b.index}, the config's schedule gives ${b.want}`}: ${opts.config} does not describe this checkpoint (timesteps, beta_schedule, linear_start, linear_end)`);
+        throw new ModelLoadError(file, `${file}: its schedule buffer '${b.name}' ${b.index < 0 ? `has ${b.got} entries, the config's schedule ${b.want}` : `is ${b.got} at t=${b.index}, the config's schedule gives ${b.want}`}: ${cfgName} does not describe this checkpoint (timesteps, beta_schedule, linear_start, linear_end)`);
       }
       ignoredKeys.push(...parts.schedule.keys());
     }
@@ -142,7 +194,7 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
     // EMA as upstream's use_ema: the UNet's parameters from model_ema.*.
     let dict: Map<string, Tensor> = new Map(tensors);
     let ema = false;
-    const useEma = !opts.noEma && configUseEma(opts.config) && parts.ema.size > 0;
+    const useEma = !opts.noEma && (opts.useEma ?? true) && parts.ema.size > 0;
     if (useEma) {
       const r = applyEma(tensors, file);
       if (r.missing.length)
@@ -162,21 +214,27 @@ export async function loadLatentModel(file: string, opts: LoadLatentModelOptions
     const own = model.stateDict();
     // Without first_stage_model.* the first stage already holds ckpt_path's weights.
     const missingKeys = [...own.keys()].filter((k) => !dict.has(k) && (hasFirstStage || !k.startsWith('first_stage_model.')));
-    const unexpectedKeys = [...dict.keys()].filter((k) => !own.has(k));
+    // A quantized UNet creates its optional buffers (TDQ table, calibration statistics) when it loads them.
+    const optionalQuant = (k: string) => qm !== null && k.startsWith('model.diffusion_model.') && isQuantKey(k.slice('model.diffusion_model.'.length));
+    const unexpectedKeys = [...dict.keys()].filter((k) => !own.has(k) && !optionalQuant(k));
     if (missingKeys.length)
-      throw new ModelLoadError(file, `${file}: the model of ${opts.config} needs ${missingKeys.length} weight(s) the checkpoint lacks: ${missingKeys.slice(0, 8).join(', ')}${missingKeys.length > 8 ? ', ...' : ''}`);
+      throw new ModelLoadError(file, `${file}: the model of ${cfgName} needs ${missingKeys.length} weight(s) the checkpoint lacks: ${missingKeys.slice(0, 8).join(', ')}${missingKeys.length > 8 ? ', ...' : ''}`);
     for (const k of unexpectedKeys) dict.delete(k);
     try {
-      model.loadStateDict(dict, { strict: hasFirstStage });
+      loadLatentStateDict(model, dict, { strict: hasFirstStage });
     } catch (e) {
-      throw new ModelLoadError(file, `${file}: the weights do not fit the model of ${opts.config}: ${(e as Error).message}`, { cause: e });
+      throw new ModelLoadError(file, `${file}: the weights do not fit the model of ${cfgName}: ${(e as Error).message}`, { cause: e });
     }
     model.eval();
+    if (qm && qm.config.useDynamic && (opts.useTable ?? true)) {
+      if (ema || !qm.hasTable) qm.buildTable();
+      qm.useTable(true);
+    }
     const report: LatentLoadReport = {
-      ema, missingKeys, unexpectedKeys, ignoredKeys, problems, configWarning: spec.warning,
+      ema, missingKeys, unexpectedKeys, ignoredKeys, problems, configWarning: spec.warning, quantized: qm !== null,
       firstStageFrom: hasFirstStage ? 'checkpoint' : resolveFirstStagePath(spec.firstStageCkptPath!, opts.baseDir),
     };
-    const loaded = new LoadedLatentModel(file, opts.config, spec, model, report);
+    const loaded = { model, report };
     model = undefined;
     return loaded;
   } catch (e) {

@@ -88,6 +88,15 @@ export abstract class Module {
     return m;
   }
 
+  /** Puts `m` in the place of the registered submodule `name` (e.g. a quantized copy of it); returns the old one, not disposed. */
+  replaceModule(name: string, m: Module): Module {
+    const old = this.modules_.get(name);
+    if (!old) throw new RangeError(`${this.constructor.name}.replaceModule('${name}'): no such submodule`);
+    if (!(m instanceof Module)) throw new TypeError(`${this.constructor.name}.replaceModule('${name}'): not a Module`);
+    this.modules_.set(name, m);
+    return old;
+  }
+
   /** The direct submodules, in registration order. */
   namedChildren(): [string, Module][] {
     return [...this.modules_];

@@ -242,6 +242,18 @@ export interface CalibrateOptions extends StepSearchOptions {
   onProgress?: (phase: 'sampling' | 'fitting', done: number, total: number) => void;
   /** Return the per-timestep statistics in the report (for analyses such as bench/tdq_ptq_lab). */
   keepStats?: boolean;
+  /** Conditioning by a context instead of the UNet's class input (latent diffusion). */
+  conditioning?: CalibConditioning;
+}
+
+/**
+ * Class conditioning through a context (latent diffusion's cross-attention):
+ * each trajectory's label is drawn from [0, numClasses) and the UNet gets
+ * context(labels) as its 4th argument instead of the labels as y.
+ */
+export interface CalibConditioning {
+  numClasses: number;
+  context: (labels: Tensor) => Tensor;
 }
 
 interface UNetLikeConfig {
@@ -265,7 +277,7 @@ export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, o
   const mc = (model as unknown as { config?: UNetLikeConfig }).config ?? {};
   const shape = opts.sampleShape ?? (mc.in_channels && mc.image_size ? [mc.in_channels, mc.image_size, mc.image_size] : undefined);
   if (!shape) throw new TypeError('calibrate: sampleShape (C, H, W) is required for a model without config.in_channels / image_size');
-  const numClasses = opts.numClasses ?? mc.num_classes ?? undefined;
+  const numClasses = opts.conditioning ? opts.conditioning.numClasses : opts.numClasses ?? mc.num_classes ?? undefined;
   const batchSize = opts.batchSize ?? Math.min(opts.nSamples, 16);
   const nBatches = Math.ceil(opts.nSamples / batchSize);
   const perObs = Math.ceil((opts.samplePerTimestep ?? 4096) / nBatches);
@@ -292,7 +304,8 @@ export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, o
       const n = Math.min(batchSize, opts.nSamples - b * batchSize);
       const labelGen = new Generator(opts.seed + 7919 * (b + 1));
       const y = numClasses ? fromArray(Int32Array.from({ length: n }, () => labelGen.randint(numClasses)), [n], 'int32') : undefined;
-      const out = await sample((x, t) => qm.forward(x, t, y), {
+      const context = opts.conditioning && y ? keep(noGrad(() => opts.conditioning!.context(y))) : undefined;
+      const out = await sample((x, t) => (context ? qm.forward(x, t, undefined, context) : qm.forward(x, t, y)), {
         sampler: opts.sampler ?? 'ddim',
         steps: (opts.sampler ?? 'ddim') === 'ddpm' ? undefined : steps,
         schedule,
@@ -305,6 +318,7 @@ export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, o
       });
       out.dispose();
       y?.dispose();
+      context?.dispose();
     }
   } finally {
     for (const p of pending.splice(0)) p.x.dispose();

@@ -7,7 +7,8 @@
 import type { Denoiser } from '../models/diffusion';
 import type { ParamGroupSpec } from '../optim/adam';
 import { Generator } from '../tensor/random';
-import { type CalibrateOptions, calibrate } from './calibrate';
+import { type CalibConditioning, type CalibrateOptions, calibrate } from './calibrate';
+import type { NoiseSchedule } from '../diffusion/schedule';
 import { type QuantConfig, resolveQuantConfig } from './config';
 import { type QuantizedModel, quantizeModel } from './quantize_model';
 import { makeSchedule } from '../diffusion/schedule';
@@ -26,6 +27,13 @@ export interface QatOptions extends CalibrateOptions {
   calibrate?: boolean;
 }
 
+/** What the trainer tells the hook about a latent model (see TrainOptions.prepare). */
+export interface QatContext {
+  schedule: NoiseSchedule;
+  sampleShape: number[];
+  conditioning?: CalibConditioning;
+}
+
 export interface PreparedQat {
   model: QuantizedModel;
   groups: (baseLr: number) => ParamGroupSpec[];
@@ -33,12 +41,14 @@ export interface PreparedQat {
 }
 
 /** The trainer's `prepare` hook for QAT with this quantization config. */
-export function qatPrepare(cfgIn: QuantConfig, opts: QatOptions): (unet: Denoiser) => Promise<PreparedQat> {
+export function qatPrepare(cfgIn: QuantConfig, opts: QatOptions): (unet: Denoiser, ctx?: QatContext) => Promise<PreparedQat> {
   const cfg = resolveQuantConfig(cfgIn);
-  return async (unet) => {
-    const model = opts.calibrate === false
-      ? quantizeModel(unet, cfg, { timesteps: makeSchedule(opts.schedule).numTimesteps, gen: opts.gen ?? new Generator(opts.seed) })
-      : await calibrate(unet, cfg, opts);
+  return async (unet, ctx) => {
+    // A latent model: its schedule, latent shape and class conditioning replace the pixel config's.
+    const o: QatOptions = ctx ? { ...opts, schedule: ctx.schedule, sampleShape: ctx.sampleShape, conditioning: ctx.conditioning } : opts;
+    const model = o.calibrate === false
+      ? quantizeModel(unet, cfg, { timesteps: makeSchedule(o.schedule).numTimesteps, gen: o.gen ?? new Generator(o.seed) })
+      : await calibrate(unet, cfg, o);
     model.train();
     const groups = (baseLr: number): ParamGroupSpec[] => {
       const q = opts.quantLr === undefined ? baseLr : typeof opts.quantLr === 'number' ? opts.quantLr : opts.quantLr(baseLr);

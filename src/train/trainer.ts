@@ -7,16 +7,21 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import type { Config } from '../config/schema';
+import { dataNumClasses } from '../config/schema';
 import { datasetFromConfig, loaderFromConfig } from '../data';
 import { type Communicator, LocalCommunicator } from '../dist/communicator';
 import { checkRanksAgree, checkWeightsAgree } from './distributed';
 import type { Dataset } from '../data/dataset';
 import type { Batch, DataLoader, LoaderState } from '../data/loader';
-import { sample as drawSamples } from '../diffusion/samplers';
+import type { NoiseSchedule } from '../diffusion/schedule';
 import { writeFileAtomicSync } from '../io/atomic';
-import { saveGrid } from '../io/png';
-import { buildUNet, PixelDiffusion, type Denoiser } from '../models/diffusion';
-import { loadModel, openCheckpoint } from '../models/load';
+import { ClassEmbedder } from '../models/conditioning';
+import { buildUNet, type Denoiser } from '../models/diffusion';
+import { type LatentDenoiser, type LatentDiffusion, createLatentDiffusion, loadFirstStageCheckpoint } from '../models/latent';
+import type { LatentDiffusionSpec, LatentTrainConfig } from '../models/latent_config';
+import { loadModel } from '../models/load';
+import { loadLatentModelFromSpec } from '../models/load_latent';
+import type { CalibConditioning } from '../quant/calibrate';
 import { Dropout } from '../nn/layers';
 import type { Module } from '../nn/module';
 import { Adam, AdamW, type ParamGroupSpec } from '../optim/adam';
@@ -28,7 +33,8 @@ import { scale } from '../tensor/ops/elementwise';
 import { Generator, type GeneratorState } from '../tensor/random';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import { TrainLogger } from './log';
-import { saveCheckpoint, type TrainingState } from './checkpoint';
+import type { TrainingState } from './checkpoint';
+import { LatentSubject, PixelSubject, type TrainSubject } from './subject';
 import { Ema } from './ema';
 import { BAD_DATA_POLICIES, BadDataError, type BadDataPolicy, SkippingDataset, dataFileOf, dropBadRows } from './bad_data';
 import { NAN_POLICIES, type NanPolicy, NonFiniteError, firstNonFiniteModule, nonFiniteGradient, nonFiniteParameter } from './nonfinite';
@@ -37,8 +43,17 @@ import { assertFreshRunFolder, cleanRunFolder, lockRunFolder, runFolderOfCheckpo
 export { BadDataError, type BadDataPolicy } from './bad_data';
 export { NonFiniteError, type NanPolicy } from './nonfinite';
 
+/** What a prepare hook learns of the model besides its UNet (latent models: the latent shape, the schedule, the class conditioning). */
+export interface PrepareContext {
+  schedule: NoiseSchedule;
+  /** (C, H, W) of what the UNet denoises. */
+  sampleShape: number[];
+  conditioning?: CalibConditioning;
+}
+
 export interface TrainOptions {
-  config: Config;
+  /** A pixel config (src/config), or an upstream LatentDiffusion config (loadLatentTrainConfig). */
+  config: Config | LatentTrainConfig;
   /**
    * The run folder: checkpoints/, log files, samples/, model.safetensors. A
    * run that does not continue this folder's own checkpoint (no `resume`, or
@@ -65,6 +80,10 @@ export interface TrainOptions {
   checksumEvery?: number;
   /** Start from these weights (a full-precision model for QAT, or fine-tuning). */
   initCheckpoint?: string;
+  /** Latent models: the first stage's weights, instead of first_stage_config.params.ckpt_path. */
+  firstStage?: string;
+  /** Latent models: where a relative first_stage_config ckpt_path is resolved (default: the working directory, as upstream). */
+  baseDir?: string;
   dataDir?: string;
   /** Stop after this step even if max_steps is larger (tests, time-boxed runs). */
   stopAtStep?: number;
@@ -77,7 +96,7 @@ export interface TrainOptions {
    * and says how to group its parameters. Called after the initial weights are
    * loaded and before resuming. `metadata` is stored in checkpoints.
    */
-  prepare?: (unet: Denoiser) => Promise<{ model: Denoiser; groups?: (baseLr: number) => ParamGroupSpec[]; metadata?: Record<string, string> }>;
+  prepare?: (unet: Denoiser, ctx?: PrepareContext) => Promise<{ model: Denoiser; groups?: (baseLr: number) => ParamGroupSpec[]; metadata?: Record<string, string> }>;
 }
 
 export interface TrainResult {
@@ -131,6 +150,80 @@ function dropoutModules(m: Module): Dropout[] {
   return m.namedModules().map(([, x]) => x).filter((x): x is Dropout => x instanceof Dropout);
 }
 
+/** The trained thing of a run: a pixel DDPM or a LatentDiffusion, its initial weights loaded and the prepare hook applied. */
+async function buildSubject(opts: TrainOptions, resumeFrom: string | null, print: ((line: string) => void) | null): Promise<{ subject: TrainSubject; extraMetadata: Record<string, string>; dataset: Dataset }> {
+  const cfg = opts.config;
+  if ('kind' in cfg && cfg.kind === 'latent') return buildLatentSubject(opts, cfg, resumeFrom, print);
+  const pcfg = cfg as Config;
+  const t = pcfg.training;
+  let unet: Denoiser;
+  if (opts.initCheckpoint) {
+    // The run's own config builds the model; the checkpoint only brings weights (EMA preferred).
+    const init = await loadModel(opts.initCheckpoint, { config: pcfg, expect: 'float' });
+    unet = init.model;
+    print?.(`tdq-native: initial weights from ${opts.initCheckpoint}${init.report.ema ? ' (EMA)' : ''}`);
+  } else unet = buildUNet(pcfg.model.params.unet_config, new Generator(t.seed));
+  let groups: ((lr: number) => ParamGroupSpec[]) | undefined;
+  let extraMetadata: Record<string, string> = {};
+  if (opts.prepare) {
+    const p = await opts.prepare(unet);
+    unet = p.model;
+    groups = p.groups;
+    extraMetadata = p.metadata ?? {};
+  }
+  const subject = new PixelSubject(pcfg, unet, groups);
+  const dataset = opts.dataset ?? datasetFromConfig(pcfg, { dataDir: opts.dataDir });
+  return { subject, extraMetadata, dataset };
+}
+
+async function buildLatentSubject(
+  opts: TrainOptions, cfg: LatentTrainConfig, resumeFrom: string | null, print: ((line: string) => void) | null,
+): Promise<{ subject: TrainSubject; extraMetadata: Record<string, string>; dataset: Dataset }> {
+  const t = cfg.training;
+  const spec: LatentDiffusionSpec = { ...cfg.spec };
+  const baseDir = opts.baseDir ?? process.cwd();
+  if (opts.firstStage) {
+    if (!fs.existsSync(opts.firstStage)) throw new Error(`--first-stage ${opts.firstStage}: no such file`);
+    spec.firstStageCkptPath = path.resolve(opts.firstStage);
+  }
+  let ldm: LatentDiffusion;
+  if (opts.initCheckpoint) {
+    // The run's config builds the model; the checkpoint brings its weights (the UNet's EMA preferred), first stage included when it has one.
+    const init = await loadLatentModelFromSpec(opts.initCheckpoint, spec, { configLabel: cfg.file, baseDir });
+    ldm = init.model;
+    if (init.report.quantized) {
+      ldm.dispose();
+      throw new Error(`${opts.initCheckpoint}: a quantized checkpoint; start from full-precision weights`);
+    }
+    if (opts.firstStage) await loadFirstStageCheckpoint(ldm.firstStageModel, spec.firstStageCkptPath!);
+    print?.(`tdq-native: initial weights from ${opts.initCheckpoint}${init.report.ema ? ' (EMA)' : ''}; first stage from ${opts.firstStage ? spec.firstStageCkptPath : init.report.firstStageFrom}`);
+  } else {
+    // A resumed run takes every weight, the first stage's too, from its checkpoint.
+    if (!resumeFrom && !spec.firstStageCkptPath)
+      throw new Error(`${cfg.file}: training a LatentDiffusion needs the first stage's trained weights: set model.params.first_stage_config.params.ckpt_path or pass --first-stage FILE`);
+    ({ model: ldm } = await createLatentDiffusion(spec, { gen: new Generator(t.seed), baseDir, loadFirstStage: !resumeFrom }));
+    if (!resumeFrom) print?.(`tdq-native: first stage (frozen) from ${path.resolve(baseDir, spec.firstStageCkptPath!)}`);
+  }
+  let groups: ((lr: number) => ParamGroupSpec[]) | undefined;
+  let extraMetadata: Record<string, string> = {};
+  if (opts.prepare) {
+    const cs = ldm.condStageModel;
+    const dataClasses = dataNumClasses(cfg.data);
+    const conditioning: CalibConditioning | undefined = ldm.conditioningKey === null ? undefined : {
+      numClasses: dataClasses > 0 ? dataClasses : cs instanceof ClassEmbedder ? cs.nClasses : 1,
+      context: (y) => ldm.getLearnedConditioning({ class_label: y }),
+    };
+    const p = await opts.prepare(ldm.model.diffusionModel as unknown as Denoiser, { schedule: ldm.schedule, sampleShape: [ldm.channels, ldm.imageSize, ldm.imageSize], conditioning });
+    ldm.model.replaceDiffusionModel(p.model as unknown as LatentDenoiser);
+    groups = p.groups;
+    extraMetadata = p.metadata ?? {};
+  }
+  const subject = new LatentSubject(cfg, ldm, new Generator(t.seed + 3), groups);
+  const dd = spec.firstStage.ddconfig as { in_channels: number; resolution: number };
+  const dataset = opts.dataset ?? datasetFromConfig({ data: cfg.data }, { dataDir: opts.dataDir, shape: { channels: dd.in_channels, size: dd.resolution } });
+  return { subject, extraMetadata, dataset };
+}
+
 export async function train(opts: TrainOptions): Promise<TrainResult> {
   const comm = opts.comm ?? new LocalCommunicator();
   const lead = comm.rank === 0;
@@ -172,35 +265,20 @@ async function trainLocked(
   const lead = comm.rank === 0;
   const cfg = opts.config;
   const t = cfg.training;
-  let unet: Denoiser;
-  if (opts.initCheckpoint) {
-    // The run's own config builds the model; the checkpoint only brings weights (EMA preferred).
-    const init = await loadModel(opts.initCheckpoint, { config: cfg, expect: 'float' });
-    unet = init.model;
-    print?.(`tdq-native: initial weights from ${opts.initCheckpoint}${init.report.ema ? ' (EMA)' : ''}`);
-  } else unet = buildUNet(cfg.model.params.unet_config, new Generator(t.seed));
-  let groups: ((lr: number) => ParamGroupSpec[]) | undefined;
-  let extraMetadata: Record<string, string> = {};
-  if (opts.prepare) {
-    const p = await opts.prepare(unet);
-    unet = p.model;
-    groups = p.groups;
-    extraMetadata = p.metadata ?? {};
-  }
-  const diffusion = new PixelDiffusion(cfg.model, unet);
-  const dataset = opts.dataset ?? datasetFromConfig(cfg, { dataDir: opts.dataDir });
+  const { subject, extraMetadata, dataset } = await buildSubject(opts, resumeFrom, print);
+  const model = subject.module;
   for (const n of dataset.notes ?? []) print?.(`tdq-native: data: ${n}`);
   const guarded = new SkippingDataset(dataset, onBadData);
   const loader: DataLoader = loaderFromConfig(cfg, guarded.dataset, comm.size > 1 ? { rank: comm.rank, size: comm.size } : undefined);
-  const baseLr = cfg.model.base_learning_rate * (t.scale_lr ? t.batch_size * t.accumulate_grad_batches : 1);
-  const named = unet.namedParameters();
-  const specs: ParamGroupSpec[] = groups ? groups(baseLr) : [{ params: named, lr: baseLr, name: 'model' }];
+  const baseLr = subject.baseLearningRate * (t.scale_lr ? t.batch_size * t.accumulate_grad_batches : 1);
+  if (subject.kind === 'latent') print?.(`tdq-native: learning rate ${baseLr.toExponential(2)}${t.scale_lr ? ` = base_learning_rate ${subject.baseLearningRate.toExponential(2)} x batch ${t.batch_size} x accumulate ${t.accumulate_grad_batches} (scale_lr; --scale_lr False uses it as is)` : ' (base_learning_rate as is)'}`);
+  const specs: ParamGroupSpec[] = subject.paramGroups(baseLr);
   const hyper = { betas: t.optimizer.betas as [number, number], eps: t.optimizer.eps, weightDecay: t.optimizer.weight_decay };
   const optimizer = t.optimizer.type === 'adamw' ? new AdamW(specs, hyper) : new Adam(specs, hyper);
-  const ema = t.ema.enabled ? new Ema(unet, t.ema.decay) : null;
+  const ema = t.ema.enabled ? new Ema(subject.emaModule, t.ema.decay) : null;
   const gen = new Generator(t.seed + 1);
   const dropoutGen = new Generator(t.seed + 2);
-  for (const d of dropoutModules(unet)) d.generator = dropoutGen;
+  for (const d of dropoutModules(model)) d.generator = dropoutGen;
 
   let step = 0;
   const skipped = { samples: 0, steps: 0 };
@@ -208,20 +286,7 @@ async function trainLocked(
   if (!Number.isInteger(maxNanSkips) || maxNanSkips < 0) throw new RangeError(`maxNanSkips must be a non-negative integer, got ${maxNanSkips}`);
   let nanRun = 0; // non-finite steps in a row
   if (resumeFrom) {
-    const ck = await openCheckpoint(resumeFrom);
-    let st: RunState | null;
-    try {
-      st = ck.state as RunState | null;
-      if (!st || !ck.optimizer) throw new Error(`${resumeFrom}: not a training checkpoint (no training state or optimizer state); use --ckpt to start from its weights`);
-      unet.loadStateDict(ck.model, { strict: true });
-      if (ema && ck.ema) {
-        ema.load(ck.ema);
-        ema.numUpdates = st.emaUpdates;
-      }
-      optimizer.loadState(ck.optimizer);
-    } finally {
-      ck.dispose();
-    }
+    const st = (await subject.restore(resumeFrom, ema, optimizer)) as RunState;
     gen.setState(st.gen);
     dropoutGen.setState(st.dropoutGen);
     loader.setState(st.loader);
@@ -236,7 +301,7 @@ async function trainLocked(
   const events = new EventLog(lead ? path.join(opts.outDir, 'skipped.jsonl') : null, resumeFrom ? step : 0);
   const checksumEvery = opts.checksumEvery ?? 100;
   if (!Number.isInteger(checksumEvery) || checksumEvery < 1) throw new RangeError(`checksumEvery must be a positive integer, got ${checksumEvery}`);
-  const params = unet.parameters();
+  const params = subject.trainableParameters();
   const endStep = Math.min(t.max_steps, opts.stopAtStep ?? Infinity);
   let lastCkpt = resumeFrom ?? '';
   let lastLoss = NaN;
@@ -249,7 +314,7 @@ async function trainLocked(
       skippedSamples: skipped.samples, skippedSteps: skipped.steps,
     };
     if (lead) {
-      await saveCheckpoint(file, { config: cfg, state, model: unet, ema, optimizer: optimizer.state(), extraMetadata });
+      await subject.save(file, { state, ema, optimizer, extraMetadata });
       pruneCheckpoints(opts.outDir, t.keep_checkpoints);
     }
     return file;
@@ -277,7 +342,9 @@ async function trainLocked(
 
   let interrupted = false;
   let stopAgreed = false;
-  unet.train();
+  model.train();
+  // scale_by_std and the like: once, on the first batch of a fresh run.
+  let firstBatchPending = !resumeFrom && !opts.initCheckpoint && !!subject.onFirstBatch;
   try {
     while (step < endStep) {
       // One process stops when asked; ranks stop together, at the step they agreed on.
@@ -306,9 +373,13 @@ async function trainLocked(
         for (let i = 0; i < k; ++i) {
           const g0 = gen.state(), d0 = dropoutGen.state();
           const batch = nextBatch();
+          if (firstBatchPending) {
+            firstBatchPending = false;
+            const line = await subject.onFirstBatch!(batch, comm);
+            if (line) print?.(`tdq-native: ${line}`);
+          }
           const loss = tidy(() => {
-            const shard = batch.start !== undefined && batch.total !== undefined ? { start: batch.start, total: batch.total } : undefined;
-            const { loss } = diffusion.trainingLoss(batch.x, gen, batch.y, shard);
+            const loss = subject.loss(batch, gen);
             backward(k > 1 ? scale(loss, 1 / k) : loss);
             return loss;
           });
@@ -316,7 +387,7 @@ async function trainLocked(
         }
       } catch (e) {
         disposeMicro();
-        unet.zeroGrad();
+        model.zeroGrad();
         const file = dataFileOf(e);
         if (file === null) throw e;
         // --on-bad-data stop: the last good state is the one before this step.
@@ -340,9 +411,9 @@ async function trainLocked(
       const gradNormValue = await norm.item();
       norm.dispose();
       if (!lossValues.every(Number.isFinite) || !Number.isFinite(gradNormValue)) {
-        const where = await locateNonFinite(diffusion, micro, lossValues, gen, dropoutGen);
+        const where = await locateNonFinite(subject, micro, lossValues, gen, dropoutGen);
         disposeMicro();
-        unet.zeroGrad();
+        model.zeroGrad();
         nanRun += 1;
         if (onNan === 'skip' && nanRun <= maxNanSkips) {
           skipped.steps += 1;
@@ -351,7 +422,7 @@ async function trainLocked(
         } else {
           const failedStep = step;
           rollBack();
-          const badParam = await nonFiniteParameter(unet);
+          const badParam = await nonFiniteParameter(model);
           if (badParam === null && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
           const ck = badParam === null ? lastCkpt || null : null;
           throw new NonFiniteError(failedStep, onNan === 'skip' ? `${where} (${nanRun} steps in a row were non-finite, more than --max-nan-skips ${maxNanSkips})` : where, ck);
@@ -359,8 +430,8 @@ async function trainLocked(
       } else {
         nanRun = 0;
         optimizer.step();
-        unet.zeroGrad();
-        if (ema && step > t.ema.start_step && step % t.ema.every === 0) ema.update(unet);
+        model.zeroGrad();
+        if (ema && step > t.ema.start_step && step % t.ema.every === 0) ema.update(subject.emaModule);
         let lossTotal = 0;
         for (const l of lossValues) lossTotal += l;
         lastLoss = lossTotal / k;
@@ -370,7 +441,7 @@ async function trainLocked(
       }
       if (step % checksumEvery === 0 || step === endStep) await checkWeightsAgree(comm, params, step);
       if (step % t.checkpoint_every === 0 || step === endStep) lastCkpt = await checkpoint();
-      if (lead && t.sample_every > 0 && step % t.sample_every === 0) await sampleGrid(diffusion, ema, cfg, path.join(opts.outDir, 'samples', `step-${String(step).padStart(8, '0')}.png`), t.sample_count, t.seed);
+      if (lead && t.sample_every > 0 && step % t.sample_every === 0) await subject.sampleGrid(ema, path.join(opts.outDir, 'samples', `step-${String(step).padStart(8, '0')}.png`), t.sample_count, t.seed);
     }
     if (interrupted && step > 0 && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
   } finally {
@@ -379,15 +450,13 @@ async function trainLocked(
   let exported: string | null = null;
   if (!interrupted && step >= t.max_steps) {
     exported = path.join(opts.outDir, 'model.safetensors');
-    if (ema) ema.swapInto(unet);
-    if (lead) await saveCheckpoint(exported, { config: cfg, model: unet, extraMetadata });
-    if (ema) ema.swapInto(unet);
+    if (lead) await subject.exportModel(exported, ema, extraMetadata);
   }
   await comm.barrier();
   if (skipped.samples || skipped.steps) print?.(`tdq-native: skipped ${skipped.samples} bad samples and ${skipped.steps} non-finite steps (listed in ${events.file})`);
   optimizer.dispose();
   ema?.dispose();
-  unet.dispose();
+  model.dispose();
   return { step, checkpoint: lastCkpt, exported, lastLoss, interrupted, skippedSamples: skipped.samples, skippedSteps: skipped.steps };
 }
 
@@ -398,14 +467,14 @@ async function trainLocked(
  * states it started with; the generators are left as they were.
  */
 async function locateNonFinite(
-  diffusion: PixelDiffusion,
+  subject: TrainSubject,
   micro: { batch: Batch; gen: GeneratorState; dropoutGen: GeneratorState }[],
   losses: number[],
   gen: Generator,
   dropoutGen: Generator,
 ): Promise<string> {
   const what = losses.every(Number.isFinite) ? 'the gradient norm is not finite' : `loss is ${losses.find((l) => !Number.isFinite(l))}`;
-  const badParam = await nonFiniteParameter(diffusion.unet);
+  const badParam = await nonFiniteParameter(subject.module);
   if (badParam !== null) return `${what}: parameter '${badParam}' is already not finite`;
   const after = { gen: gen.state(), dropoutGen: dropoutGen.state() };
   try {
@@ -414,14 +483,14 @@ async function locateNonFinite(
       const m = micro[i];
       gen.setState(m.gen);
       dropoutGen.setState(m.dropoutGen);
-      const first = await firstNonFiniteModule(diffusion.unet, [m.batch.x], () => diffusion.trainingLoss(m.batch.x, gen, m.batch.y));
+      const first = await firstNonFiniteModule(subject.module, [m.batch.x], () => subject.loss(m.batch, gen, false));
       if (first !== null) return `${what}; first non-finite output: ${first}`;
     }
   } finally {
     gen.setState(after.gen);
     dropoutGen.setState(after.dropoutGen);
   }
-  const badGrad = await nonFiniteGradient(diffusion.unet);
+  const badGrad = await nonFiniteGradient(subject.module);
   if (badGrad !== null) return `${what}; every module output is finite, the gradient of '${badGrad}' is not`;
   return `${what}; every module output is finite (the loss itself overflows)`;
 }
@@ -451,22 +520,4 @@ function pruneCheckpoints(runDir: string, keepN: number): void {
   const dir = path.join(runDir, 'checkpoints');
   const files = fs.readdirSync(dir).filter((f) => CKPT_RE.test(f)).sort();
   for (const f of files.slice(0, Math.max(0, files.length - keepN))) fs.rmSync(path.join(dir, f), { force: true });
-}
-
-/** A grid of samples from the EMA weights (DDIM, 50 steps), written to `file`. */
-export async function sampleGrid(diffusion: PixelDiffusion, ema: Ema | null, cfg: Config, file: string, n: number, seed: number): Promise<void> {
-  const unet = diffusion.unet;
-  if (ema) ema.swapInto(unet);
-  unet.eval();
-  try {
-    const [c, h, w] = diffusion.imageShape;
-    const x = await drawSamples(diffusion.epsModel(), { shape: [n, c, h, w], sampler: 'ddim', steps: 50, seed, schedule: diffusion.schedule });
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    await saveGrid(file, x);
-    x.dispose();
-  } finally {
-    unet.train();
-    if (ema) ema.swapInto(unet);
-  }
-  void cfg;
 }

@@ -31,7 +31,7 @@ describe('shipped models by name', () => {
 });
 
 describe('first_stage_config ckpt_path', () => {
-  it('relative: the working directory first, then the package root; baseDir and absolute paths as given', () => {
+  it('relative: the working directory (or baseDir) first, then the package root; absolute paths as given', () => {
     const cwd = process.cwd();
     try {
       process.chdir(tmp);
@@ -43,8 +43,10 @@ describe('first_stage_config ckpt_path', () => {
       assert.equal(resolveFirstStagePath('models/fmnist-kl-f4.safetensors'), path.join(fs.realpathSync(tmp), 'models', 'fmnist-kl-f4.safetensors'));
       // Nowhere: the working-directory path (the loader's error names it).
       assert.equal(resolveFirstStagePath('models/none.safetensors'), path.join(fs.realpathSync(tmp), 'models', 'none.safetensors'));
-      // baseDir: no fallback.
-      assert.equal(resolveFirstStagePath('configs/fmnist-ldm.yaml', '/nowhere'), '/nowhere/configs/fmnist-ldm.yaml');
+      // baseDir instead of the working directory, with the same fallback.
+      assert.equal(resolveFirstStagePath('configs/fmnist-ldm.yaml', '/nowhere'), path.join(root, 'configs', 'fmnist-ldm.yaml'));
+      assert.equal(resolveFirstStagePath('models/fmnist-kl-f4.safetensors', tmp), path.join(tmp, 'models', 'fmnist-kl-f4.safetensors'));
+      assert.equal(resolveFirstStagePath('none.safetensors', '/nowhere'), '/nowhere/none.safetensors');
       assert.equal(resolveFirstStagePath('/abs/x.safetensors'), '/abs/x.safetensors');
     } finally {
       process.chdir(cwd);

@@ -7,7 +7,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 
-import { scheduleFromConfig } from '../../models/diffusion';
+import { ConfigError } from '../../config/load';
+import { writeSafetensors } from '../../io/safetensors';
+import { ClassEmbedder } from '../../models/conditioning';
+import { type Denoiser, scheduleFromConfig } from '../../models/diffusion';
+import type { LatentDenoiser } from '../../models/latent';
+import { type LoadedLatentModel, isLatentDiffusionConfigFile, loadLatentModel } from '../../models/load_latent';
+import type { Tensor } from '../../tensor/tensor';
+import { LDM_CHECKPOINT_FORMAT } from '../../train/subject';
 import { ModelLoadError, loadModel } from '../../models/load';
 import { calibrateWithReport } from '../../quant/calibrate';
 import { type QuantConfig, QuantConfigError, describeConfig, resolveQuantConfig } from '../../quant/config';
@@ -56,7 +63,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
   builder: (y) =>
     y
       .option('ckpt', { type: 'string', demandOption: true, describe: 'full-precision checkpoint (.safetensors)' })
-      .option('config', { type: 'string', describe: 'model YAML, for weight files without a config in their metadata' })
+      .option('config', { alias: 'base', type: 'string', describe: 'model YAML, for weight files without a config in their metadata; an upstream LatentDiffusion config (--base) calibrates its UNet in latent space' })
       .option('out', { alias: 'o', type: 'string', describe: 'quantized checkpoint to write (default: <ckpt>-w<W>a<A>-<tdq|lsq>.safetensors)' })
       .option('n-bit-w', { alias: 'n_bit_w', type: 'number', default: 8, describe: 'weight bits (2..8), per output channel' })
       .option('n-bit-a', { alias: 'n_bit_a', type: 'number', default: 8, describe: 'activation bits (2..8), per tensor' })
@@ -75,7 +82,8 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('fit-iters', { alias: 'fit_iters', type: 'number', default: 800, describe: 'Adam iterations fitting the TDQ modules' })
       .option('ema', { type: 'boolean', default: true, describe: 'quantize the EMA weights of a training checkpoint' })
       .example('$0 calibrate --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 8 --use-dynamic', 'PTQ with TDQ, W4A8')
-      .example('$0 calibrate --ckpt fp.safetensors --n_bit_w 8 --n_bit_a 4 --method percentile', 'static PTQ, W8A4, percentile ranges') as unknown as Argv<CalibrateArgs>,
+      .example('$0 calibrate --ckpt fp.safetensors --n_bit_w 8 --n_bit_a 4 --method percentile', 'static PTQ, W8A4, percentile ranges')
+      .example('$0 calibrate --base configs/fmnist-ldm.yaml --ckpt ldm.safetensors --n-bit-w 8 --n-bit-a 4 --use-dynamic', 'PTQ of a latent diffusion model\'s UNet (trajectories in latent space, class-conditioned)') as unknown as Argv<CalibrateArgs>,
   handler: async (a) => {
     if (!fs.existsSync(a.ckpt)) throw new CliError(`checkpoint not found: ${a.ckpt}`);
     checkCount('n-samples', a.nSamples);
@@ -87,6 +95,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       if (!(a.percentile > 0 && a.percentile <= 100)) throw new CliError(`--percentile must lie in (0, 100], got ${a.percentile}`);
       if (a.method === 'mse' || a.method === 'minmax') throw new CliError(`--percentile applies to --method percentile (or auto below 8-bit activations), not --method ${a.method}`);
     }
+    if (a.config && isLatentDiffusionConfigFile(a.config)) return calibrateLatent(a, quantConfigFromArgs(a));
     const peeked = await peekModelConfig(a.ckpt, a.config);
     let steps = a.steps ?? 50;
     if (peeked) {
@@ -139,3 +148,49 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
     }
   },
 };
+
+/**
+ * PTQ of a LatentDiffusion's UNet: the calibration trajectories run in latent
+ * space through the model's own schedule, each with a class drawn from the
+ * cond stage's classes (its context is the UNet's cross-attention input);
+ * the first and cond stages stay full precision. Writes the whole LDM with
+ * upstream's keys and the quantization metadata, which `sample --base --ckpt`
+ * (loadLatentModel) reads back as a quantized LDM.
+ */
+async function calibrateLatent(a: CalibrateArgs, qcfg: QuantConfig): Promise<void> {
+  let loaded: LoadedLatentModel;
+  try {
+    loaded = await loadLatentModel(a.ckpt, { config: a.config!, noEma: !a.ema });
+  } catch (e) {
+    if (e instanceof ModelLoadError || e instanceof ConfigError) throw new CliError(e.message);
+    throw e;
+  }
+  const ldm = loaded.model;
+  try {
+    if (loaded.report.quantized) throw new CliError(`${a.ckpt} is already quantized: calibrate a full-precision checkpoint`);
+    const steps = a.sampler === 'ddpm' ? undefined : a.steps ?? 50;
+    if (a.sampler === 'ddpm' && a.steps !== undefined) throw new CliError('--steps does not apply to --sampler ddpm (it runs every timestep)');
+    const cs = ldm.condStageModel;
+    if (ldm.conditioningKey !== null && !(cs instanceof ClassEmbedder)) throw new CliError(`calibrate: the cond stage ${cs?.constructor.name} is not a class embedder; only class-conditional and unconditional LDMs calibrate`);
+    const conditioning = cs instanceof ClassEmbedder ? { numClasses: cs.nClasses, context: (y: Tensor) => ldm.getLearnedConditioning({ class_label: y }) } : undefined;
+    console.log(`tdq-native: calibrating the UNet of a latent diffusion model ${describeConfig(qcfg)} on ${a.nSamples} ${a.sampler} trajectories of ${steps ?? ldm.numTimesteps} steps in latent space (${a.method}${conditioning ? `, classes drawn from 0..${conditioning.numClasses - 1}` : ''})`);
+    const t0 = Date.now();
+    const { model: qm, report } = await calibrateWithReport(ldm.model.diffusionModel as unknown as Denoiser, qcfg, {
+      schedule: ldm.schedule, sampler: a.sampler, steps, nSamples: a.nSamples, batchSize: a.batchSize, seed: a.seed,
+      method: a.method, percentile: a.percentile ?? 99.99, sampleShape: [ldm.channels, ldm.imageSize, ldm.imageSize], fitIters: a.fitIters, conditioning,
+    });
+    ldm.model.replaceDiffusionModel(qm as unknown as LatentDenoiser);
+    if (qcfg.useDynamic) qm.buildTable();
+    const out = a.out ?? a.ckpt.replace(/\.(safetensors|ckpt|pt|pth)$/, '') + `-w${qcfg.nBitW}a${qcfg.nBitA}-${qcfg.useDynamic ? 'tdq' : qcfg.staticMethod}.safetensors`;
+    fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
+    await writeSafetensors(out, new Map(ldm.stateDict()), {
+      format: LDM_CHECKPOINT_FORMAT,
+      ...qm.checkpointMetadata(),
+      quant_calibration: JSON.stringify({ method: a.method, sampler: a.sampler, steps: steps ?? ldm.numTimesteps, nSamples: a.nSamples, seed: a.seed, source: path.basename(a.ckpt), latent: true }),
+    });
+    console.log(`tdq-native: ${qm.layers.size} UNet layers quantized, ${qm.fpLayers.length} kept in full precision; ${report.quantizers.length} activation quantizers; first and cond stages in full precision`);
+    console.log(`tdq-native: wrote ${out} in ${((Date.now() - t0) / 1000).toFixed(1)} s (sample it with: tdq-native sample --base ${a.config} --ckpt ${out})`);
+  } finally {
+    loaded.dispose();
+  }
+}

@@ -11,7 +11,9 @@ import type { Argv, CommandModule } from 'yargs';
 
 import fs from 'node:fs';
 
-import { loadConfig } from '../../config';
+import { type Config, loadConfig } from '../../config';
+import { LATENT_DIFFUSION_TARGETS, loadLatentTrainConfig } from '../../models/latent_config';
+import { isLatentDiffusionConfigFile } from '../../models/load_latent';
 import { initCommunicator } from '../../dist/communicator';
 import { inspectSafetensors } from '../../io/safetensors';
 import { scheduleFromConfig } from '../../models/diffusion';
@@ -48,6 +50,8 @@ export interface TrainArgs extends GlobalArgs, LaunchArgs {
   onBadData: BadDataPolicy;
   onNan: NanPolicy;
   maxNanSkips: number;
+  firstStage?: string;
+  scaleLr?: string;
 }
 
 export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
@@ -77,12 +81,15 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('on-bad-data', { choices: BAD_DATA_POLICIES, default: 'stop' as BadDataPolicy, describe: 'a sample whose file cannot be read: stop (checkpoint, then exit naming the file) or skip it (counted, listed in <run>/skipped.jsonl)' })
       .option('on-nan', { choices: NAN_POLICIES, default: 'stop' as NanPolicy, describe: 'a NaN/Inf loss or gradient: stop (checkpoint of the last good state, then exit naming the step and layer) or skip the batch (no optimizer step; counted and listed)' })
       .option('max-nan-skips', { type: 'number', default: 10, describe: 'with --on-nan skip: stop (with a checkpoint) once this many steps in a row were non-finite' })
+      .option('first-stage', { alias: 'first_stage', type: 'string', describe: 'latent models: the first stage\'s weights (.safetensors / .ckpt), instead of first_stage_config.params.ckpt_path' })
+      .option('scale-lr', { alias: 'scale_lr', type: 'string', describe: 'True / False: the learning rate is base_learning_rate x batch_size x accumulate_grad_batches (upstream main.py; the default for LDM configs) or base_learning_rate as is' })
       .option('nproc', { type: 'number', describe: 'data-parallel ranks: runs this command under mpirun -np N (training.batch_size is the global batch, split between the ranks)' })
       .option('gpus', { type: 'string', describe: "the seed's device list (e.g. 0,1,2,3): as many ranks as devices" })
       .option('accelerator', { type: 'string', describe: "the seed's ddp: data-parallel ranks (the only mode)" })
       .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model in runs/<timestamp>_fmnist-small')
       .example('$0 train --base configs/fmnist-small.yaml --resume runs/2026-01-31T09-00-00_fmnist-small', 'continue an interrupted run exactly')
       .example('$0 train --base configs/fmnist-small.yaml --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 4 --use-dynamic --max-steps 500 --name w4a4-tdq', 'quantization-aware training with TDQ')
+      .example('$0 train --base configs/fmnist-ldm.yaml --first-stage models/first_stage_models/fmnist-kl-f4/model.safetensors --scale_lr False --max-steps 20000 --batch-size 64', 'train a latent diffusion model (upstream LDM config) on a trained first stage')
       .example('$0 train --base configs/fmnist-small.yaml --nproc 2', 'data-parallel on 2 ranks (mpirun -np 2 ... works too)')
       .example('$0 train --base configs/fmnist-small.yaml --set training.batch_size=32 --set model.params.unet_config.params.dropout=0', 'override config keys') as unknown as Argv<TrainArgs>,
   handler: async (a) => {
@@ -98,6 +105,9 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     if (a.batchSize !== undefined) overrides.push(`training.batch_size=${a.batchSize}`);
     if (a.lr !== undefined) overrides.push(`model.base_learning_rate=${a.lr}`);
     if (a.seed !== undefined) overrides.push(`training.seed=${a.seed}`);
+    if (a.scaleLr !== undefined) overrides.push(`training.scale_lr=${parseBoolFlag('--scale_lr', a.scaleLr)}`);
+    const latent = isLatentDiffusionConfigFile(a.base);
+    if (a.firstStage !== undefined && !latent) throw new CliError(`--first-stage: ${a.base} is not a latent diffusion config (model.target ${LATENT_DIFFUSION_TARGETS.join(' or ')})`);
     const qat = await qatPlan(a);
     if (qat) {
       // QAT fine-tunes a trained model: the FP training rate would undo it
@@ -106,7 +116,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       if (a.lr === undefined) overrides.unshift(`model.base_learning_rate=${QAT_DEFAULTS.lr}`);
       if (!a.set.some((s) => s.startsWith('training.warmup_steps='))) overrides.unshift(`training.warmup_steps=${QAT_DEFAULTS.warmupSteps}`);
     }
-    const { config, warnings } = loadConfig(a.base, { overrides });
+    const { config, warnings } = latent ? ((c) => ({ config: c, warnings: c.warnings }))(loadLatentTrainConfig(a.base, { overrides })) : loadConfig(a.base, { overrides });
     for (const w of warnings) console.warn(`tdq-native: ${w}`);
     if (a.resume && a.ckpt) throw new CliError('--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts one from weights');
     // Rank 0 names the run folder (a timestamp differs between processes).
@@ -116,7 +126,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     const signals = stopOnSignals(abort);
     try {
       console.log(`tdq-native: training ${path.basename(outDir)} -> ${outDir}`);
-      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips, comm });
+      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, firstStage: a.firstStage, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips, comm });
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) {
         console.log(`tdq-native: continue with --resume ${outDir}`);
@@ -237,14 +247,19 @@ async function qatPlan(a: TrainArgs): Promise<QatPlan | null> {
 }
 
 /** The trainer's prepare hook for a QAT run. */
-function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: ReturnType<typeof loadConfig>['config'], outDir: string): TrainOptions['prepare'] {
-  const lr = config.model.base_learning_rate;
+function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: TrainOptions['config'], outDir: string): TrainOptions['prepare'] {
+  const latent = 'kind' in config && config.kind === 'latent';
+  const lr = latent ? config.baseLearningRate : (config as Config).model.base_learning_rate;
+  // A latent model's schedule (the trainer also passes it, with the latent shape and conditioning).
+  const schedule = latent
+    ? scheduleFromConfig({ beta_schedule: config.spec.betaSchedule, timesteps: config.spec.timesteps, linear_start: config.spec.linearStart, linear_end: config.spec.linearEnd, cosine_s: config.spec.cosineS })
+    : scheduleFromConfig((config as Config).model.params);
   const quantLr = a.quantLr ?? QAT_DEFAULTS.quantLrFactor * lr;
   console.log(`tdq-native: quantization-aware training W${cfg.nBitW}A${cfg.nBitA} ${cfg.useDynamic ? 'TDQ' : `static ${cfg.staticMethod.toUpperCase()}`} -> ${outDir}`);
   console.log(`tdq-native: QAT learning rates: weights ${lr.toExponential(1)}, quantizers ${quantLr.toExponential(1)}; warm-up ${config.training.warmup_steps} steps (--lr, --quant-lr, --set training.warmup_steps=N)`);
   if (calibrate) console.log(`tdq-native: QAT initial step sizes: ${a.calibMethod} on ${a.calibSamples} calibration trajectories of ${a.calibSteps} DDIM steps (--calib-method, --calib-samples, --calib-steps)`);
   return qatPrepare(cfg, {
-    schedule: scheduleFromConfig(config.model.params),
+    schedule,
     nSamples: a.calibSamples,
     steps: a.calibSteps,
     method: a.calibMethod,
@@ -253,4 +268,12 @@ function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: ReturnType<t
     quantLr: a.quantLr ?? ((base) => QAT_DEFAULTS.quantLrFactor * base),
     calibrate,
   }) as TrainOptions['prepare'];
+}
+
+/** A True / False flag as upstream's argparse str2bool reads it (yes/no, true/false, t/f, y/n, 1/0, any case). */
+export function parseBoolFlag(flag: string, v: string): boolean {
+  const s = String(v).toLowerCase();
+  if (['yes', 'true', 't', 'y', '1'].includes(s)) return true;
+  if (['no', 'false', 'f', 'n', '0'].includes(s)) return false;
+  throw new CliError(`${flag}: expected a boolean (True / False), got ${JSON.stringify(v)}`);
 }

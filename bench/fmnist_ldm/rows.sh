@@ -4,7 +4,7 @@
 # each model with DDIM (classes 0-9 cycled, so drawn uniformly), FID-FMNIST
 # against the 60,000 training images, and the shipped classifier's per-class
 # accuracy. Run from the package root after `npx tsc -p .`.
-#   N=1000 STEPS=25 OUT=runs/fmnist-ldm-rows bash bench/fmnist_ldm/rows.sh   (CAL_N=16 CAL_STEPS=50: calibration)
+#   N=1000 STEPS=25 OUT=runs/fmnist-ldm-rows bash bench/fmnist_ldm/rows.sh   (calibration: CAL_N=16 trajectories of CAL_STEPS=STEPS steps)
 set -euo pipefail
 N=${N:-1000}
 STEPS=${STEPS:-25}
@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 for q in w8a4-lsq w8a4-tdq; do
   [ -f "$OUT/$q.safetensors" ] && continue
   dyn=$([ "$q" = w8a4-tdq ] && echo --use-dynamic || echo --no-use-dynamic)
-  /usr/bin/time -f "$q calibrate: %e s" $T calibrate --base $BASE --ckpt "$CKPT" --n-bit-w 8 --n-bit-a 4 $dyn --n-samples "${CAL_N:-16}" --steps "${CAL_STEPS:-50}" --seed 1000 --out "$OUT/$q.safetensors"
+  /usr/bin/time -f "$q calibrate: %e s" $T calibrate --base $BASE --ckpt "$CKPT" --n-bit-w 8 --n-bit-a 4 $dyn --n-samples "${CAL_N:-16}" --steps "${CAL_STEPS:-$STEPS}" --seed 1000 --out "$OUT/$q.safetensors"
 done
 for row in fp w8a4-lsq w8a4-tdq; do
   ck=$([ $row = fp ] && echo "$CKPT" || echo "$OUT/$row.safetensors")

@@ -22,6 +22,7 @@ import { noGrad } from '../tensor/autograd';
 import { full } from '../tensor/ops/creation';
 import { abs, add, addScalar, chunk, div, mean, mul, scale, sqrt, square, sub, sum } from '../tensor/ops';
 import { cat } from '../tensor/ops/shape';
+import { packageRoot } from '../tensor/native';
 import { Generator } from '../tensor/random';
 import { type Tensor, fromArray, runOp, shapeToString } from '../tensor/tensor';
 import { type Autoencoder, AutoencoderKL, DiagonalGaussianDistribution, VQModel, VQModelInterface, buildAutoencoder, loadFirstStageStateDict } from './autoencoder';
@@ -497,6 +498,19 @@ export async function loadFirstStageCheckpoint(model: Autoencoder, file: string)
 }
 
 /**
+ * Where first_stage_config.params.ckpt_path points: against `baseDir`
+ * (default the working directory, as upstream); a relative path that is not
+ * there but is under the package root resolves there, so that the shipped
+ * configs (ckpt_path: models/...) work from any directory.
+ */
+export function resolveFirstStagePath(ckptPath: string, baseDir?: string): string {
+  const given = path.resolve(baseDir ?? process.cwd(), ckptPath);
+  if (path.isAbsolute(ckptPath) || fs.existsSync(given)) return given;
+  const inPackage = path.join(packageRoot, ckptPath);
+  return fs.existsSync(inPackage) ? inPackage : given;
+}
+
+/**
  * What a loader calls: the model of a spec with fresh UNet (and cond stage)
  * weights, and the first stage's weights from first_stage_config.params.ckpt_path
  * (resolved against `baseDir`, default the working directory, as upstream
@@ -510,7 +524,7 @@ export async function createLatentDiffusion(
   const model = buildLatentDiffusion(spec, opts.gen ?? new Generator(0));
   let ignoredKeys: string[] = [];
   if (spec.firstStageCkptPath && opts.loadFirstStage !== false) {
-    const file = path.resolve(opts.baseDir ?? process.cwd(), spec.firstStageCkptPath);
+    const file = resolveFirstStagePath(spec.firstStageCkptPath, opts.baseDir);
     try {
       ignoredKeys = await loadFirstStageCheckpoint(model.firstStageModel, file);
     } catch (e) {

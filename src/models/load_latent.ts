@@ -21,7 +21,7 @@ import { ClassEmbedder } from './conditioning';
 import { isQuantKey, isQuantizedCheckpoint, quantizeModel, type QuantizedModel } from '../quant/quantize_model';
 import { quantConfigFromJSON } from '../quant/config';
 import type { Denoiser } from './diffusion';
-import { type LatentDenoiser, type LatentDiffusion, createLatentDiffusion } from './latent';
+import { type LatentDenoiser, type LatentDiffusion, createLatentDiffusion, resolveFirstStagePath } from './latent';
 import { ModelLoadError } from './load';
 import { type LatentDiffusionSpec, LATENT_DIFFUSION_TARGETS, parseLatentDiffusionConfig } from './latent_config';
 
@@ -261,7 +261,7 @@ export async function loadLatentModelFromSpec(file: string, spec: LatentDiffusio
     }
     const report: LatentLoadReport = {
       ema, missingKeys, unexpectedKeys, ignoredKeys, problems, configWarning: spec.warning, quantized: qm !== null,
-      firstStageFrom: hasFirstStage ? 'checkpoint' : path.resolve(opts.baseDir ?? process.cwd(), spec.firstStageCkptPath!),
+      firstStageFrom: hasFirstStage ? 'checkpoint' : resolveFirstStagePath(spec.firstStageCkptPath!, opts.baseDir),
     };
     const loaded = { model, report };
     model = undefined;

@@ -15,6 +15,7 @@ import { describeProblem, refused } from '../../models/checks';
 import { type LatentPlan, LatentSampleOptionError, latentTraitsOfSpec, planLatentSampling } from '../../latent_pipeline';
 import { ConfigError } from '../../config/load';
 import { loadLatentDiffusionConfig } from '../../models/latent_config';
+import { SHIPPED_MODELS, resolveShippedModel } from '../../models/registry';
 import { DEFAULT_MODEL, isLatentDiffusionConfigFile, loadLatentPipeline, loadPipeline } from '../../pipeline';
 import { Generator } from '../../tensor/random';
 import { fromArray } from '../../tensor/tensor';
@@ -27,6 +28,7 @@ export const MAX_GRID_IMAGES = 256;
 
 interface SampleArgs extends GlobalArgs, LaunchArgs {
   ckpt: string;
+  model?: string;
   config?: string;
   nSamples: number;
   batchSize: number;
@@ -56,6 +58,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
   builder: (y) =>
     y
       .option('ckpt', { type: 'string', default: DEFAULT_MODEL, defaultDescription: 'models/fmnist-small.safetensors', describe: 'checkpoint (.safetensors) to sample from' })
+      .option('model', { type: 'string', describe: `a shipped model by name, instead of --ckpt and --base (${Object.keys(SHIPPED_MODELS).join(', ')})` })
       .option('config', { alias: 'base', type: 'string', describe: 'model YAML, for weight files without a config in their metadata; an LDM config (upstream\'s --base) samples a latent diffusion checkpoint' })
       .option('n-samples', { alias: ['n_samples', 'n'], type: 'number', default: 16, describe: 'number of images (written batch by batch)' })
       .option('batch-size', { alias: 'batch_size', type: 'number', default: 16, describe: 'images per batch' })
@@ -78,6 +81,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('exec', { choices: ['int', 'fake'] as const, defaultDescription: 'int where every quantized layer has an integer kernel, else fake', describe: 'quantized checkpoints: integer kernels (int) or fake quantization in float (fake); an error for a full-precision checkpoint' })
       .options(launchOptions('ranks (processes under mpirun -np N) that split the batches: the same images as one process, written to one folder'))
       .option('allow-non-finite', { type: 'boolean', default: false, describe: 'sample even from weights with NaN/Inf or bad quantizer steps (rejected by default)' })
+      .example('$0 sample --model fmnist-ldm --classes 0,7,9 --n-samples 12', 't-shirts, sneakers and ankle boots from the shipped latent diffusion model')
       .example('$0 sample --n-samples 64 --outdir out', '64 garments from the shipped model with DDIM, 50 steps')
       .example('$0 sample --sampler dpmpp --custom-steps 20 --seed 7', 'DPM-Solver++(2M), 20 steps')
       .example('$0 sample --custom-steps 37 --ddim-discretize trailing', 'DDIM with exactly 37 steps')
@@ -86,6 +90,16 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .example('$0 sample --ckpt runs/fmnist/model.safetensors --sampler ddim --eta 1', 'a model you trained, stochastic DDIM')
       .example('$0 sample --base cin-ldm.yaml --ckpt model.ckpt --classes 0,3,9 --scale 3 --n_samples 12', 'a class-conditional latent diffusion model, guided') as unknown as Argv<SampleArgs>,
   handler: async (a) => {
+    if (a.model !== undefined) {
+      if (a.ckpt !== DEFAULT_MODEL || a.config !== undefined) throw new CliError(`--model ${a.model} names the weights and the config: drop --ckpt / --base`);
+      try {
+        const m = resolveShippedModel(a.model);
+        a.ckpt = m.ckpt;
+        a.config = m.config;
+      } catch (e) {
+        throw new CliError(`--model: ${(e as Error).message}`);
+      }
+    }
     if (a.vanillaSample) {
       if (a.sampler !== undefined && a.sampler !== 'ddpm')
         throw new CliError(`--vanilla_sample is the ddpm sampler; it contradicts --sampler ${a.sampler}`);

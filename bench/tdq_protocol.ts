@@ -77,6 +77,8 @@ interface ProtocolArgs {
   table: string;
   tableOnly: boolean;
   maxCells: number;
+  /** Other ledgers (of the same setup) whose cells are copied into this one: workers that ran in parallel. */
+  merge: string[];
 }
 
 export interface Cell {
@@ -106,7 +108,7 @@ export const cellKey = (c: { method: string; bits: string; steps: number; seed: 
 function parse(argv: string[]): ProtocolArgs {
   const a: ProtocolArgs = {
     ledger: '', ckpt: 'models/fmnist-small.safetensors', methods: ['fp', 'ptq-tdq', 'ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm'],
-    bits: ['W8A8', 'W8A5', 'W8A4'], steps: [25], seeds: [0, 1, 2], n: 2000, batch: 250, calibSamples: 16, calibSteps: 50, exec: 'auto', qat: new Map(), table: '', tableOnly: false, maxCells: Infinity,
+    bits: ['W8A8', 'W8A5', 'W8A4'], steps: [25], seeds: [0, 1, 2], n: 2000, batch: 250, calibSamples: 16, calibSteps: 50, exec: 'auto', qat: new Map(), table: '', tableOnly: false, maxCells: Infinity, merge: [],
   };
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i], v = () => {
@@ -134,6 +136,7 @@ function parse(argv: string[]): ProtocolArgs {
       case '--table': a.table = v(); break;
       case '--table-only': a.tableOnly = true; break;
       case '--max-cells': a.maxCells = int(v()); break;
+      case '--merge': a.merge = v().split(','); break;
       case '--qat-file': {
         const [name, file] = v().split('=');
         if (!name || !file) throw new Error(`--qat-file expects <name>=<file>, got '${name}=${file}'`);
@@ -141,7 +144,7 @@ function parse(argv: string[]): ProtocolArgs {
         break;
       }
       default:
-        throw new Error(`unknown argument ${k} (protocol mode: --ledger FILE [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--table OUT.md] [--table-only] [--max-cells K])`);
+        throw new Error(`unknown argument ${k} (protocol mode: --ledger FILE [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--table OUT.md] [--table-only] [--max-cells K] [--merge OTHER.json,...])`);
     }
   }
   if (!a.ledger) throw new Error('--ledger FILE is required');
@@ -168,6 +171,12 @@ export function writeLedger(file: string, l: Ledger): void {
   const tmp = `${file}.tmp-${process.pid}`;
   fs.writeFileSync(tmp, JSON.stringify(l, null, 1));
   fs.renameSync(tmp, file);
+}
+
+/** Throws unless a ledger's cells were made with this run's setup (the same checkpoint bytes, calibration and batching). */
+export function checkSetup(have: Ledger['setup'], want: Ledger['setup'], file: string): void {
+  for (const k of ['sha256', 'calibSamples', 'calibSteps', 'calibSeed', 'heldOutSeed', 'batch'] as const)
+    if (have[k] !== want[k]) throw new Error(`ledger ${file}: its cells were made with ${k} = ${have[k]}, this run has ${want[k]} (use another ledger)`);
 }
 
 const log = (s: string) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${s}`);
@@ -247,8 +256,14 @@ export async function protocolMain(argv: string[]): Promise<void> {
   const sha256 = crypto.createHash('sha256').update(fs.readFileSync(a.ckpt)).digest('hex');
   const setup: Ledger['setup'] = { ckpt: a.ckpt, sha256, calibSamples: a.calibSamples, calibSteps: a.calibSteps, calibSeed: 1000, heldOutSeed: 2000, batch: a.batch, reference: 'fashion-mnist train (60,000)' };
   const ledger: Ledger = readLedger(a.ledger) ?? { setup, cells: {} };
-  for (const k of ['sha256', 'calibSamples', 'calibSteps', 'calibSeed', 'heldOutSeed', 'batch'] as const)
-    if (ledger.setup[k] !== setup[k]) throw new Error(`--ledger ${a.ledger}: its cells were made with ${k} = ${ledger.setup[k]}, this run has ${setup[k]} (use another ledger)`);
+  checkSetup(ledger.setup, setup, a.ledger);
+  for (const file of a.merge) {
+    const other = readLedger(file);
+    if (!other) throw new Error(`--merge ${file}: no such ledger`);
+    checkSetup(other.setup, setup, file);
+    for (const [k, c] of Object.entries(other.cells)) ledger.cells[k] ??= c;
+  }
+  if (a.merge.length) writeLedger(a.ledger, ledger);
   if (!a.tableOnly) {
     const fp = await loadFp(a.ckpt);
     const net = await loadFeatureNet('fmnist');

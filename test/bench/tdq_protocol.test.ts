@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 
-import { type Cell, type Ledger, cellKey, readLedger, tableMarkdown, writeLedger } from '../../bench/tdq_protocol';
+import { type Cell, type Ledger, cellKey, checkSetup, readLedger, tableMarkdown, writeLedger } from '../../bench/tdq_protocol';
 
 function ledger(): Ledger {
   const cells: Record<string, Cell> = {};
@@ -43,5 +43,14 @@ describe('bench/tdq_protocol: ledger and table', () => {
     fs.writeFileSync(f, '{"cells": 3');
     assert.throws(() => readLedger(f), /not a readable ledger/);
     fs.rmSync(dir, { recursive: true });
+  });
+});
+
+describe('bench/tdq_protocol: setup check', () => {
+  it('refuses cells of another checkpoint or calibration', () => {
+    const s = ledger().setup;
+    checkSetup(s, { ...s, ckpt: 'elsewhere/m.safetensors' }, 'x.json'); // same bytes, other path: fine
+    assert.throws(() => checkSetup(s, { ...s, sha256: 'cd'.repeat(32) }, 'x.json'), /sha256/);
+    assert.throws(() => checkSetup(s, { ...s, calibSamples: 32 }, 'x.json'), /calibSamples = 16, this run has 32/);
   });
 });

@@ -33,8 +33,8 @@
 //   ptq-percentile  static steps, 99.99th percentile;
 //   ptq-mse         static steps, MSE-optimal step search;
 //   ptq-ptq4dm      static MSE steps calibrated on PTQ4DM's timestep mix
-//                   (src/quant/ptq_select.ts: ndtcCounts; 1,024 draws,
-//                   mean 0.4, std 0.4 of the loop as the authors' script;
+//                   (src/quant/ptq_select.ts: ndtcCounts; 1,024 draws of
+//                   t ~ N(0.4 T, 0.4 T) clamped, as the authors' script;
 //                   their BRECQ/AdaRound reconstruction is not reproduced);
 //   ptq-tdq         TDQ: per-timestep steps ('auto': min-max at 8-bit
 //                   activations, percentile below), smoothed over t with the
@@ -215,14 +215,14 @@ async function makeQuantized(method: string, bits: string, a: ProtocolArgs, fp: 
 }
 
 /**
- * PTQ4DM's calibration on our statistics: 1,024 draws of the reverse-loop
- * index (ndtcCounts), each worth the same number of activation values taken
+ * PTQ4DM's calibration on our statistics: 1,024 draws of the timestep
+ * (ndtcCounts, over the calibration timesteps), each worth the same number of activation values taken
  * from that step's subsample; the static step is the MSE-optimal one of that
  * mix (their activation init, --init_amode mse).
  */
 function applyNdtc(qm: QuantizedModel, stats: Map<string, TimestepStats[]>, draws = 1024, perDraw = 16): void {
   qm.actQuantizers().forEach((q, qi) => {
-    const list = [...stats.get(q.name)!].sort((x, y) => y.t - x.t); // loop order: noisiest first
+    const list = [...stats.get(q.name)!].sort((x, y) => x.t - y.t); // ascending t, as ndtcCounts indexes
     const counts = ndtcCounts(draws, list.length, mulberry32(4242));
     const rand = mulberry32(977 + qi);
     const pool: number[] = [];

@@ -11,16 +11,19 @@
 //    is the best bias/variance trade-off (cross-validation).
 //
 // 2. PTQ4DM's calibration timesteps ("normally distributed time-step
-//    calibration", Shang et al., CVPR 2023). In the authors' code
+//    calibration", Shang et al., CVPR 2023, arXiv 2211.15736). The paper draws
+//    each calibration sample's timestep t from a normal distribution N(mu, sigma)
+//    skewed toward the end of sampling (mu <= T/2) and takes x_t from the
+//    full-precision denoising process started at x_T. The authors' code
 //    (github.com/42Shawn/PTQ4DM, improved-diffusion/scripts/quant_image_sample.py,
-//    generate_t with t_mode 'normal' and backward_t_calib_data_generator),
-//    each calibration sample takes the sampler's state at reverse-loop index
-//    int(N(mean, std) * S), clamped to [0, S - 1], where index 0 is the first
-//    (noisiest) step of an S-step sampling loop; their script
-//    quant_sample_ddim_in_backward_DNTC.sh uses mean 0.4, std 0.4 (argument
-//    defaults 0.5 and 0.35) and 1,024 samples. The clamp piles the mass that
-//    falls outside onto the two ends: a skewed, truncated normal over the
-//    loop. Activations are then calibrated once (static steps) on that mix.
+//    generate_t with t_mode 'normal') draws t = int(N(mean, std) * T), clamped
+//    to [0, T - 1]; their script quant_sample_ddim_in_backward_DNTC.sh uses
+//    mean 0.4, std 0.4 (argument defaults 0.5, 0.35) and 1,024 samples. The
+//    clamp piles the mass outside [0, T) onto the two ends: a skewed,
+//    truncated normal. (Their backward_t_calib_data_generator picks the image
+//    at sampling-loop index t but passes t to the model as the timestep; we
+//    follow the paper: the activations of the model at timestep t, on x_t.)
+//    Activations are then calibrated once (static steps) on that mix.
 import type { TdqTarget } from './step_search';
 
 /**
@@ -102,10 +105,11 @@ function normal(rand: () => number): number {
 }
 
 /**
- * PTQ4DM's calibration draw: `n` reverse-loop indices of an `steps`-step
- * sampling loop, int(N(mean, std) * steps) truncated toward zero and clamped
- * to [0, steps - 1] as in the authors' generate_t; returns how many samples
- * fall on each index (index 0: the first, noisiest step).
+ * PTQ4DM's calibration draw over `steps` calibration timesteps in ascending
+ * order (index 0: the smallest t, the end of sampling): `n` draws of
+ * int(N(mean, std) * steps), truncated toward zero and clamped to
+ * [0, steps - 1] as the authors' generate_t does over t = 0..T-1; returns how
+ * many draws fall on each index.
  */
 export function ndtcCounts(n: number, steps: number, rand: () => number, mean = 0.4, std = 0.4): number[] {
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`ndtcCounts: n must be a positive integer, got ${n}`);

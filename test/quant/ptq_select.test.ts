@@ -63,7 +63,7 @@ describe('quant/ptq_select: PTQ4DM timesteps', () => {
     assert.ok(Math.abs(c[0] / 1e5 - p0) < 0.005, `index 0: ${c[0] / 1e5} vs ${p0}`);
     const pLast = 1 - phi((49 / 50 - 0.4) / 0.4);
     assert.ok(Math.abs(c[49] / 1e5 - pLast) < 0.005, `last: ${c[49] / 1e5} vs ${pLast}`);
-    // the mode sits at 0.4 of the loop
+    // the mode sits at 0.4 of the range
     const peak = c.slice(1, 49).indexOf(Math.max(...c.slice(1, 49))) + 1;
     assert.ok(Math.abs(peak - 20) <= 3, `peak at ${peak}`);
     assert.throws(() => ndtcCounts(0, 50, mulberry32(1)), RangeError);

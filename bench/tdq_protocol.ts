@@ -340,7 +340,7 @@ const PAPER: Record<string, string> = {
   W8A5: 'paper, PTQ W8A5: TDQ 5.71 vs PTQ4DM 22.43 (DDIM CIFAR-10); 4.85 vs 7.06 (LDM-8 churches)',
 };
 
-const fmt = (c: MeanCI) => (c.n < 2 ? `${c.mean.toFixed(2)} (1 seed)` : `${c.mean.toFixed(2)} ± ${c.half.toFixed(2)}`);
+const fmt = (c: MeanCI) => (c.n < 2 ? c.mean.toFixed(2) : `${c.mean.toFixed(2)} ± ${c.half.toFixed(2)}`);
 
 /** The markdown of every (steps, N) group of the ledger: FID mean ± 95% CI over seeds, paired differences TDQ - baseline, seconds per cell. */
 export function tableMarkdown(l: Ledger): string {

@@ -31,7 +31,7 @@ describe('bench/tdq_protocol: ledger and table', () => {
     // diffs -10, -11, -9: mean -10, sd 1 -> half 2.48
     assert.match(md, /\| ptq-minmax \| -10\.00 ± 2\.48 \[-10\.00, -11\.00, -9\.00\] \|/);
     // one shared seed: no interval
-    assert.match(md, /\| ptq-ptq4dm \| -7\.00 \(1 seed\) \[-7\.00\] \|/);
+    assert.match(md, /\| ptq-ptq4dm \| -7\.00 \[-7\.00\] \|/);
     assert.match(md, /22\.43/); // the paper's W8A5 numbers beside
   });
   it('ledgers round-trip; a broken one is a clear error', () => {

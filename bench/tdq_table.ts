@@ -31,6 +31,15 @@
 // here (calibration seed 1000, disjoint from the evaluation seeds); QAT rows
 // need checkpoints trained with `tdq-native train --ckpt FP --n-bit-w ...`,
 // passed as --qat <setting>-<lsq|tdq>=<file>.
+//
+// With --ledger FILE it runs the protocol of issue 13 instead (bench/tdq_protocol.ts):
+// the table as resumable cells (method x bits x DDIM steps x seed) at N
+// samples, FID-FMNIST with mean and 95% interval over seeds, paired
+// differences TDQ minus each baseline, and the seconds of every cell:
+//
+//   node dist/bench/tdq_table.js --ledger bench/results/tdq-ledger.json \
+//     --table bench/results/tdq-table.md [--n 2000] [--seeds 0,1,2] [--bits W8A8,W8A5,W8A4] \
+//     [--methods fp,ptq-tdq,ptq-minmax,ptq-percentile,ptq-mse,ptq-ptq4dm] [--eval-steps 25]
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -40,6 +49,7 @@ import { type CalibrationReport, calibrateWithReport } from '../src/quant/calibr
 import { type QuantConfig, resolveQuantConfig } from '../src/quant/config';
 import type { QuantizedModel } from '../src/quant/quantize_model';
 import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
+import { protocolMain } from './tdq_protocol';
 import { type FpModel, type Reference, epsMsePerStep, freshUNet, loadFp, mean, mse, reference, tableFromCalibration } from './tdq_common';
 
 interface Args {
@@ -304,7 +314,7 @@ async function main(): Promise<void> {
   console.log(`\nwrote ${a.out}`);
 }
 
-main().catch((e) => {
+(process.argv.includes('--ledger') ? protocolMain(process.argv.slice(2)) : main()).catch((e) => {
   console.error(e instanceof Error ? e.stack ?? e.message : e);
   process.exit(1);
 });

@@ -223,7 +223,7 @@ async function runCase(ort: OrtModule, spec: CaseSpec, rounds: number, threads: 
 
 // ---------------------------------------------------------------- --quant
 
-const ORT_OPS = ['QLinearConv', 'ConvInteger', 'MatMulInteger', 'QLinearMatMul', 'MatMulIntegerToFloat', 'DynamicQuantizeLinear', 'QuantizeLinear', 'DequantizeLinear', 'Conv', 'FusedConv', 'NhwcFusedConv', 'MatMul', 'FusedMatMul', 'Gemm'];
+const ORT_OPS = ['QLinearConv', 'QGemm', 'QLinearAdd', 'QLinearSigmoid', 'QLinearMul', 'ConvInteger', 'MatMulInteger', 'QLinearMatMul', 'MatMulIntegerToFloat', 'DynamicQuantizeLinear', 'QuantizeLinear', 'DequantizeLinear', 'Conv', 'FusedConv', 'NhwcFusedConv', 'MatMul', 'FusedMatMul', 'Gemm'];
 
 /** Counts nodes by op_type in a serialized ONNX model: NodeProto.op_type is field 4 (tag 0x22), length-prefixed. */
 function countOps(file: string): Record<string, number> {
@@ -256,6 +256,7 @@ interface QuantRow {
   cpu: Map<string, number[]>;
   checks: [string, number][];
   ops: Record<string, number>;
+  opsOut: Record<string, number>;
   layers: number;
   calib: string;
 }
@@ -292,13 +293,13 @@ async function runQuantCase(ort: OrtModule, spec: CaseSpec, o: { rounds: number;
   }
   for (const t of tensors.values()) t.dispose();
   // QDQ exports: static with ORT's integer zero points (timed), static exact (check), TDQ at one t (check)
-  const exportQdq = async (qm: QuantizedModel, tag: string, zp: 'int' | 'exact', t: number | null): Promise<string> => {
+  const exportQdq = async (qm: QuantizedModel, tag: string, zp: 'int' | 'exact', t: number | null, outQdq = false): Promise<string> => {
     const ckpt = path.join(dir, `quant-${tag}.safetensors`);
     const sd = (qm.model as unknown as { stateDict(): Map<string, import('../src/tensor/tensor').Tensor> }).stateDict();
     if (![...sd.keys()].some((k) => k.endsWith('.weight_quant.step'))) throw new Error(`${spec.name}: the quantized UNet's state dict has no weight_quant keys`);
     await writeSafetensors(ckpt, sd);
-    const out = path.join(dir, `model-qdq-${tag}-${zp}.onnx`);
-    const js = JSON.stringify({ model: u.model, unet: u.params, seed: 0, shape: u.shape, qdq: { ckpt, out, t, zp } });
+    const out = path.join(dir, `model-qdq-${tag}-${zp}${outQdq ? '-out' : ''}.onnx`);
+    const js = JSON.stringify({ model: u.model, unet: u.params, seed: 0, shape: u.shape, timesteps: u.timesteps, qdq: { ckpt, out, t, zp, out_qdq: outQdq } });
     const r = execFileSync('/usr/bin/python3', [path.join(packageRoot, 'bench', 'ort_export.py'), js, dir], { encoding: 'utf8' });
     console.error(`${spec.name}: exported ${path.basename(out)} ${r.trim()}`);
     return out;
@@ -313,6 +314,10 @@ async function runQuantCase(ort: OrtModule, spec: CaseSpec, o: { rounds: number;
   const sFp = await ort.InferenceSession.create(path.join(dir, 'model.onnx'), sessionOpts());
   const sQdq = await ort.InferenceSession.create(qdqFile, sessionOpts(optFile));
   const ops = countOps(optFile);
+  const qdqOutFile = await exportQdq(q.static, 'static', 'int', null, true);
+  const optOutFile = qdqOutFile.replace(/\.onnx$/, '.optimized.onnx');
+  const sQdqOut = await ort.InferenceSession.create(qdqOutFile, sessionOpts(optOutFile));
+  const opsOut = countOps(optOutFile);
 
   const gen = new Generator(123);
   const xt = gen.randn([spec.batch, c, h, w]);
@@ -347,6 +352,7 @@ async function runQuantCase(ort: OrtModule, spec: CaseSpec, o: { rounds: number;
   checks.push(['ours int vs ours fake (static)', relErr(yInt, yFake)]);
   checks.push(['ORT fp32 vs ours fp32', relErr(yOrtFp, yFp)]);
   checks.push(['ORT QDQ (integer zero points) vs ours fake (static)', relErr(yQdq, yFake)]);
+  checks.push(['ORT QDQ+out (outputs quantized too: not our model) vs ours fake (static)', relErr(await runOrt(sQdqOut)(), yFake)]);
   {
     const f = await exportQdq(q.static, 'static', 'exact', null);
     const s = await ort.InferenceSession.create(f, sessionOpts());
@@ -375,6 +381,7 @@ async function runQuantCase(ort: OrtModule, spec: CaseSpec, o: { rounds: number;
     ['ours TDQ int', ours(q.tdq)],
     ['ORT fp32', runOrt(sFp)],
     ['ORT QDQ (static)', runOrt(sQdq)],
+    ['ORT QDQ+out (static)', runOrt(sQdqOut)],
   ];
   for (const [, f] of ways) await f(); // warm-up (packs our int weights)
   const ms = new Map<string, number[]>(ways.map(([n]) => [n, []]));
@@ -393,22 +400,22 @@ async function runQuantCase(ort: OrtModule, spec: CaseSpec, o: { rounds: number;
   fp.dispose();
   q.static.dispose();
   q.tdq.dispose();
-  return { name: spec.name, params, ways: ways.map(([n]) => n), ms, cpu, checks, ops, layers: q.static.layers.size, calib: `${o.calibSamples} DDIM trajectories x ${o.calibSteps} steps, method auto` };
+  return { name: spec.name, params, ways: ways.map(([n]) => n), ms, cpu, checks, ops, opsOut, layers: q.static.layers.size, calib: `${o.calibSamples} DDIM trajectories x ${o.calibSteps} steps, method auto` };
 }
 
 function quantReport(rows: QuantRow[], o: { rounds: number; threads: number; ortSpin: boolean; tdqT: number }, head: string[]): string[] {
   const lines = [...head];
-  lines.push(`${o.rounds} rounds; in each round every way runs one forward (batch as in the case name, output read back to JS), the order rotated by one per round. Wall ms and process CPU ms (user + system, all threads) per forward; ratios are ORT QDQ / ours (above 1: ours faster).`);
+  lines.push(`${o.rounds} rounds; in each round every way runs one forward (batch as in the case name, output read back to JS), the order rotated by one per round. Wall ms and process CPU ms (user + system, all threads) per forward; ratios are ORT / this (above 1: this faster). ORT QDQ: our quantized model as QDQ (Q/DQ on each quantized layer's input and weight), which ORT does not fuse (see the node counts); ORT QDQ+out: the same plus a Q/DQ on each quantized layer's output (ORT's static-quantization form, which ORT fuses into QLinearConv / QGemm; an extra 8-bit quantization of the outputs that our model does not have).`);
   lines.push('');
   for (const r of rows) {
     const med = (n: string) => median(r.ms.get(n)!), lo = (n: string) => Math.min(...r.ms.get(n)!), cpu = (n: string) => median(r.cpu.get(n)!);
     lines.push(`### ${r.name} (${(r.params / 1e6).toFixed(1)}M parameters, ${r.layers} quantized layers; calibrated on ${r.calib})`);
     lines.push('');
-    lines.push('| way | median ms | fastest ms | median CPU ms | ORT QDQ / this (median) | ORT QDQ / this (fastest) | ORT QDQ / this (CPU) | ours fp32 / this (fastest) |');
-    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|');
-    const ref = 'ORT QDQ (static)';
+    lines.push('| way | median ms | fastest ms | median CPU ms | ORT QDQ+out / this (median) | ORT QDQ+out / this (fastest) | ORT QDQ+out / this (CPU) | ORT QDQ / this (fastest) | ours fp32 / this (fastest) |');
+    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+    const ref = 'ORT QDQ+out (static)', ref2 = 'ORT QDQ (static)';
     for (const n of r.ways)
-      lines.push(`| ${n} | ${med(n).toFixed(1)} | ${lo(n).toFixed(1)} | ${cpu(n).toFixed(1)} | ${(med(ref) / med(n)).toFixed(2)} | ${(lo(ref) / lo(n)).toFixed(2)} | ${(cpu(ref) / cpu(n)).toFixed(2)} | ${(lo('ours fp32') / lo(n)).toFixed(2)} |`);
+      lines.push(`| ${n} | ${med(n).toFixed(1)} | ${lo(n).toFixed(1)} | ${cpu(n).toFixed(1)} | ${(med(ref) / med(n)).toFixed(2)} | ${(lo(ref) / lo(n)).toFixed(2)} | ${(cpu(ref) / cpu(n)).toFixed(2)} | ${(lo(ref2) / lo(n)).toFixed(2)} | ${(lo('ours fp32') / lo(n)).toFixed(2)} |`);
     lines.push('');
     lines.push(`TDQ int / static int: ${(med('ours TDQ int') / med('ours static int')).toFixed(3)} (median), ${(lo('ours TDQ int') / lo('ours static int')).toFixed(3)} (fastest), ${(cpu('ours TDQ int') / cpu('ours static int')).toFixed(3)} (CPU).`);
     lines.push('');
@@ -416,7 +423,8 @@ function quantReport(rows: QuantRow[], o: { rounds: number; threads: number; ort
     lines.push('');
     for (const [k, e] of r.checks) lines.push(`- ${k}: ${e.toExponential(2)}`);
     lines.push('');
-    lines.push(`ORT's optimized QDQ model (graph optimization level all, saved with optimizedModelFilePath), nodes by op type: ${Object.entries(r.ops).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ') || 'none counted'}.`);
+    const fmt = (ops: Record<string, number>) => Object.entries(ops).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ') || 'none counted';
+    lines.push(`ORT's optimized models (graph optimization level all, saved with optimizedModelFilePath), nodes by op type: QDQ: ${fmt(r.ops)}; QDQ+out: ${fmt(r.opsOut)}.`);
     lines.push('');
   }
   return lines;

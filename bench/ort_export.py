@@ -16,7 +16,7 @@ Optional SPEC_JSON keys:
              init (extra quantizer keys are ignored here); model.safetensors
              is then not written.
   "qdq": {"ckpt": QUANTIZED_SAFETENSORS, "out": FILE.onnx, "t": T | null,
-          "zp": "int" | "exact", "check": OUT.npy | null}
+          "zp": "int" | "exact", "out_qdq": false}
     exports the fake-quantized reference of a quantized UNet of ours (W8A8
     checkpoint: '<layer>.weight_quant.step' per output channel,
     '<layer>.act_quant.{step|step_table,signed,zero_point}') as QDQ in opset
@@ -28,8 +28,11 @@ Optional SPEC_JSON keys:
     zero point z (levels of x - z); QDQ needs an integer one: "zp": "int"
     uses round(-z / step) (what ORT's own static quantizer would do; ORT can
     fuse it), "exact" keeps ours (Add(-z) -> Q -> DQ -> Add(z): equal to our
-    fake quantization, not fusable). With "check", the fake-quantized torch
-    model's output on the fixed input below is saved there (.npy) as well.
+    fake quantization, not fusable). ORT fuses a conv into QLinearConv only
+    with a QuantizeLinear on its output too: "out_qdq": true adds one after
+    every quantized conv / linear (uint8 asymmetric, min / max of one forward
+    of 8 random inputs), i.e. ORT's own static-quantization form. That is an
+    extra 8-bit quantization our model does not have (its outputs stay float).
 """
 import json
 import os
@@ -51,7 +54,7 @@ DDPM_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "d
 SILU_MIN = -0.2784645427610738
 
 
-def install_fake_quant(model, qsd, t, zp_mode, bits=8):
+def install_fake_quant(model, qsd, t, zp_mode, bits=8, out_state=None):
     """Replaces the forward of every quantized conv / linear of the reference
     model by op(Q_a(x), Q_w(W), b) with torch's fake quantizers (which export
     as QuantizeLinear / DequantizeLinear)."""
@@ -94,10 +97,24 @@ def install_fake_quant(model, qsd, t, zp_mode, bits=8):
         def wq(w, ws=ws, wz=wz):
             return torch.fake_quantize_per_channel_affine(w, ws, wz, 0, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
+        def oq(y, name=name):
+            # out_state: None (outputs in float, as in our model), or ORT's static
+            # form: {"record": True} collects each output's min / max, then
+            # {"record": False} quantizes outputs uint8 asymmetric over that range
+            if out_state is None:
+                return y
+            if out_state["record"]:
+                lo, hi = out_state["ranges"].get(name, (0.0, 0.0))
+                out_state["ranges"][name] = (min(lo, float(y.min())), max(hi, float(y.max())))
+                return y
+            lo, hi = out_state["ranges"][name]
+            s = max((hi - lo) / 255.0, 1e-8)
+            return torch.fake_quantize_per_tensor_affine(y, s, int(min(max(round(-lo / s), 0), 255)), 0, 255)
+
         if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)):
-            m.forward = (lambda x, m=m, aq=aq, wq=wq: m._conv_forward(aq(x), wq(m.weight), m.bias))
+            m.forward = (lambda x, m=m, aq=aq, wq=wq, oq=oq: oq(m._conv_forward(aq(x), wq(m.weight), m.bias)))
         elif isinstance(m, torch.nn.Linear):
-            m.forward = (lambda x, m=m, aq=aq, wq=wq: F.linear(aq(x), wq(m.weight), m.bias))
+            m.forward = (lambda x, m=m, aq=aq, wq=wq, oq=oq: oq(F.linear(aq(x), wq(m.weight), m.bias)))
         else:
             raise SystemExit(f"qdq: '{name}' is a {type(m).__name__}, not a Conv1d / Conv2d / Linear")
         info.append({"layer": name, "signed": signed, "zero_point": zpf, "zint": zint, "step": astep})
@@ -141,15 +158,17 @@ def main():
         st.save(os.path.join(out, "model.safetensors"), sd)
     if spec.get("qdq"):
         q = spec["qdq"]
-        info = install_fake_quant(model, qsd, q.get("t"), q.get("zp", "int"))
+        out_state = {"record": True, "ranges": {}} if q.get("out_qdq") else None
+        info = install_fake_quant(model, qsd, q.get("t"), q.get("zp", "int"), out_state=out_state)
         with torch.no_grad():
+            if out_state is not None:
+                # output ranges from one forward of 8 random inputs at timesteps spread over [0, T)
+                g = torch.Generator().manual_seed(7)
+                T = int(spec.get("timesteps", 1000))
+                model(torch.randn(8, c, h, w, generator=g), torch.tensor([(i * T) // 8 + 3 for i in range(8)], dtype=torch.int64))
+                out_state["record"] = False
             torch.onnx.export(model, (x, t), q["out"], input_names=["x", "t"], output_names=["eps"],
                               dynamic_axes=axes, opset_version=13, do_constant_folding=True)
-            if q.get("check"):
-                ci = q["check_input"]
-                xc = torch.from_numpy(np.fromfile(ci["x"], dtype=np.float32).reshape(ci["shape"]))
-                tc = torch.tensor(ci["t"], dtype=torch.int64)
-                np.save(q["check"], model(xc, tc).numpy())
         print(json.dumps({"params": params, "torch": torch.__version__, "quantized_layers": len(info),
                           "unsigned": sum(1 for i in info if not i["signed"]),
                           "real_zero_point": sum(1 for i in info if i["zero_point"] != 0)}))

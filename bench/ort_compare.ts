@@ -16,18 +16,23 @@
 // neighbouring runs is the number to trust. A profiled extra run of ours
 // gives per-op times (native setProfiling).
 //
-// --quant: the quantized comparison instead (issue 12's integer goal). Each
-// case's UNet is quantized W8A8 twice by calibrate (static LSQ and TDQ,
-// --calib-samples DDIM trajectories of --calib-steps steps from random noise,
-// method auto), and five ways run in interleaved rounds: ours fp32, ours
-// static int, ours TDQ int (step table), ORT fp32, and ORT on the static model
-// exported as QDQ (bench/ort_export.py "qdq": the fake-quantized torch
-// reference, QuantizeLinear/DequantizeLinear on every quantized conv/linear
-// input and weight, opset 13). Checks first: ORT QDQ against our fake-quantized
-// output (and the exact-zero-point export, which must match ours closely),
-// ours int against ours fake, and a TDQ export at one timestep against our TDQ
-// model at that timestep; ORT's optimized QDQ model is saved and its integer
-// nodes counted. Case fmnist-b8 is the shipped model (models/fmnist-small).
+// --quant [--calib-samples 2] [--calib-steps 5] [--tdq-t 500]: the quantized
+// comparison instead (issue 12's integer goal). Each case's UNet is quantized
+// W8A8 twice by calibrate (static LSQ and TDQ, --calib-samples DDIM
+// trajectories of --calib-steps steps from random noise, method auto), and six
+// ways run in interleaved rounds (order rotated per round): ours fp32, ours
+// static int, ours TDQ int (step table), ORT fp32, ORT QDQ and ORT QDQ+out.
+// ORT QDQ is the static model exported by bench/ort_export.py "qdq": the
+// fake-quantized torch reference, QuantizeLinear/DequantizeLinear on every
+// quantized conv/linear input (integer zero points) and weight, opset 13; ORT
+// leaves it unfused (float Conv on dequantized tensors). ORT QDQ+out adds a
+// Q/DQ on each quantized layer's output (ORT's static-quantization form), which
+// ORT fuses into QLinearConv: faster, but an extra quantization our model has
+// not. Checks first: each ORT output against our fake-quantized one, with the
+// exact-zero-point exports (static, and TDQ at --tdq-t) held to
+// max(5e-2, 2 x our own int-vs-fake difference); ORT's optimized models are
+// saved and their nodes counted by op type. Case fmnist-b8 is the shipped
+// model (models/fmnist-small) with its own weights.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';

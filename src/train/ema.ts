@@ -68,3 +68,16 @@ export class Ema {
     this.shadow.clear();
   }
 }
+
+/**
+ * Runs `fn` with the EMA weights in `model` (none: the model's own) and swaps
+ * the training weights back afterwards, also when `fn` throws.
+ */
+export async function withEmaWeights<T>(ema: Ema | null, model: Module, fn: () => Promise<T> | T): Promise<T> {
+  ema?.swapInto(model);
+  try {
+    return await fn();
+  } finally {
+    ema?.swapInto(model);
+  }
+}

@@ -33,7 +33,7 @@ import { scale } from '../tensor/ops/elementwise';
 import type { Generator } from '../tensor/random';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import { saveCheckpoint, type TrainingState } from './checkpoint';
-import type { Ema } from './ema';
+import { type Ema, withEmaWeights } from './ema';
 
 export interface SaveParts {
   state: TrainingState;
@@ -130,28 +130,25 @@ export class PixelSubject implements TrainSubject {
   }
 
   async exportModel(file: string, ema: Ema | null, extraMetadata: Record<string, string>): Promise<void> {
-    if (ema) ema.swapInto(this.unet);
-    try {
-      await (this.saveExport ? this.saveExport(file, { config: this.config, extraMetadata }) : saveCheckpoint(file, { config: this.config, model: this.unet, extraMetadata }));
-    } finally {
-      if (ema) ema.swapInto(this.unet);
-    }
+    await withEmaWeights(ema, this.unet, () =>
+      this.saveExport ? this.saveExport(file, { config: this.config, extraMetadata }) : saveCheckpoint(file, { config: this.config, model: this.unet, extraMetadata }),
+    );
   }
 
   async sampleGrid(ema: Ema | null, file: string, n: number, seed: number): Promise<void> {
     const unet = this.unet;
-    if (ema) ema.swapInto(unet);
-    unet.eval();
-    try {
-      const [c, h, w] = this.diffusion.imageShape;
-      const x = await drawSamples(this.diffusion.epsModel(), { shape: [n, c, h, w], sampler: 'ddim', steps: 50, seed, schedule: this.diffusion.schedule });
-      fs.mkdirSync(path.dirname(file), { recursive: true });
-      await saveGrid(file, x);
-      x.dispose();
-    } finally {
-      unet.train();
-      if (ema) ema.swapInto(unet);
-    }
+    await withEmaWeights(ema, unet, async () => {
+      unet.eval();
+      try {
+        const [c, h, w] = this.diffusion.imageShape;
+        const x = await drawSamples(this.diffusion.epsModel(), { shape: [n, c, h, w], sampler: 'ddim', steps: 50, seed, schedule: this.diffusion.schedule });
+        fs.mkdirSync(path.dirname(file), { recursive: true });
+        await saveGrid(file, x);
+        x.dispose();
+      } finally {
+        unet.train();
+      }
+    });
   }
 }
 
@@ -273,35 +270,30 @@ export class LatentSubject implements TrainSubject {
   }
 
   async exportModel(file: string, ema: Ema | null, extraMetadata: Record<string, string>): Promise<void> {
-    if (ema) ema.swapInto(this.ldm.model);
-    try {
-      await writeSafetensors(file, new Map(this.ldm.stateDict()), this.metadata(extraMetadata));
-    } finally {
-      if (ema) ema.swapInto(this.ldm.model);
-    }
+    await withEmaWeights(ema, this.ldm.model, () => writeSafetensors(file, new Map(this.ldm.stateDict()), this.metadata(extraMetadata)));
   }
 
   async sampleGrid(ema: Ema | null, file: string, n: number, seed: number): Promise<void> {
     const ldm = this.ldm;
-    if (ema) ema.swapInto(ldm.model);
-    ldm.eval();
-    let cond: Tensor | null = null;
-    try {
-      if (ldm.conditioningKey !== null) {
-        const y = fromArray(Int32Array.from({ length: n }, (_, i) => i % Math.max(1, this.previewClasses)), [n], 'int32');
-        cond = noGrad(() => ldm.getLearnedConditioning({ class_label: y }));
-        y.dispose();
+    await withEmaWeights(ema, ldm.model, async () => {
+      ldm.eval();
+      let cond: Tensor | null = null;
+      try {
+        if (ldm.conditioningKey !== null) {
+          const y = fromArray(Int32Array.from({ length: n }, (_, i) => i % Math.max(1, this.previewClasses)), [n], 'int32');
+          cond = noGrad(() => ldm.getLearnedConditioning({ class_label: y }));
+          y.dispose();
+        }
+        const z = await drawSamples(ldm.epsModel(cond), { shape: [n, ldm.channels, ldm.imageSize, ldm.imageSize], sampler: 'ddim', steps: 50, seed, schedule: ldm.schedule });
+        const x = ldm.decode(z);
+        z.dispose();
+        fs.mkdirSync(path.dirname(file), { recursive: true });
+        await saveGrid(file, x);
+        x.dispose();
+      } finally {
+        cond?.dispose();
+        ldm.train();
       }
-      const z = await drawSamples(ldm.epsModel(cond), { shape: [n, ldm.channels, ldm.imageSize, ldm.imageSize], sampler: 'ddim', steps: 50, seed, schedule: ldm.schedule });
-      const x = ldm.decode(z);
-      z.dispose();
-      fs.mkdirSync(path.dirname(file), { recursive: true });
-      await saveGrid(file, x);
-      x.dispose();
-    } finally {
-      cond?.dispose();
-      ldm.train();
-      if (ema) ema.swapInto(ldm.model);
-    }
+    });
   }
 }

@@ -22,7 +22,7 @@ import { keep } from '../tensor/scope';
 import type { Generator } from '../tensor/random';
 import { type Tensor, runOp1 } from '../tensor/tensor';
 import type { TrainingState } from './checkpoint';
-import type { Ema } from './ema';
+import { type Ema, withEmaWeights } from './ema';
 import type { SaveParts, TrainSubject } from './subject';
 
 export const AE_TARGETS = ['ldm.models.autoencoder.AutoencoderKL', 'tdq_native.models.autoencoder.AutoencoderKL'] as const;
@@ -162,33 +162,28 @@ export class AutoencoderSubject implements TrainSubject {
   }
 
   async exportModel(file: string, ema: Ema | null, extraMetadata: Record<string, string>): Promise<void> {
-    if (ema) ema.swapInto(this.module);
-    try {
-      await writeSafetensors(file, new Map(this.module.stateDict()), this.metadata(extraMetadata));
-    } finally {
-      if (ema) ema.swapInto(this.module);
-    }
+    await withEmaWeights(ema, this.module, () => writeSafetensors(file, new Map(this.module.stateDict()), this.metadata(extraMetadata)));
   }
 
   /** Inputs (top rows) and their reconstructions from the posterior mode (bottom rows) of the last batch. */
   async sampleGrid(ema: Ema | null, file: string, n: number, _seed: number): Promise<void> {
     if (!this.preview) return;
-    if (ema) ema.swapInto(this.module);
-    this.module.eval();
-    try {
-      const k = Math.min(n, this.preview.shape[0]);
-      const x = k === this.preview.shape[0] ? this.preview : narrow(this.preview, 0, 0, k);
-      const rec = noGrad(() => this.module.ae.forward(x, { samplePosterior: false }).dec);
-      const grid = cat([x, rec], 0);
-      fs.mkdirSync(path.dirname(file), { recursive: true });
-      await saveGrid(file, grid, { nrow: k });
-      rec.dispose();
-      grid.dispose();
-      if (x !== this.preview) x.dispose();
-    } finally {
-      this.module.train();
-      if (ema) ema.swapInto(this.module);
-    }
+    await withEmaWeights(ema, this.module, async () => {
+      this.module.eval();
+      try {
+        const k = Math.min(n, this.preview!.shape[0]);
+        const x = k === this.preview!.shape[0] ? this.preview! : narrow(this.preview!, 0, 0, k);
+        const rec = noGrad(() => this.module.ae.forward(x, { samplePosterior: false }).dec);
+        const grid = cat([x, rec], 0);
+        fs.mkdirSync(path.dirname(file), { recursive: true });
+        await saveGrid(file, grid, { nrow: k });
+        rec.dispose();
+        grid.dispose();
+        if (x !== this.preview) x.dispose();
+      } finally {
+        this.module.train();
+      }
+    });
   }
 }
 

@@ -100,8 +100,8 @@ async function stepPlot(a: PlotArgs): Promise<string> {
     const gmin = Math.min(...list.map((s) => s.min)), gmax = Math.max(...list.map((s) => s.max));
     const start = statsStep(list.map((s) => statsOf(s.sample)), x, q.range, minmaxStep(gmin, gmax, x, q.range));
     const series: PlotSeries[] = [
-      { name: 'calibrated (PTQ targets)', points: pts(r.t, r.steps) },
       { name: 'TDQ fit (PTQ)', points: pts(tAll, q.table!.values) },
+      { name: 'calibrated (PTQ targets)', points: pts(r.t, r.steps) },
       { name: 'QAT start (stats)', points: [{ x: 0, y: start }, { x: T - 1, y: start }] },
     ];
     const lq = qatByName.get(name);

@@ -157,12 +157,15 @@ export interface FromStatsOptions extends StepSearchOptions {
    * steps (the PTQ method); 'constant' starts every MLP at the quantizer's
    * static step for every t (the authors' QAT initialisation: the last bias
    * set to softplus^-1 of the static step; here the last weights are also
-   * zeroed, so that TDQ and static LSQ start from the very same model).
+   * zeroed, so that TDQ and static LSQ start from the very same model);
+   * 'bias' is the authors' exactly: only the last bias set, the random last
+   * weights kept (the start is near the static step and varies with t).
    */
   tdqInit?: TdqInit;
 }
 
-export type TdqInit = 'fit' | 'constant';
+export const TDQ_INITS = ['constant', 'bias', 'fit'] as const;
+export type TdqInit = (typeof TDQ_INITS)[number];
 
 export interface CalibrationReport {
   /** Per activation quantizer: range rule, static step, per-timestep steps, TDQ fit error (RMS of log step). */
@@ -208,6 +211,8 @@ export function calibrateFromStats(qm: QuantizedModel, stats: Map<string, Timest
     const ts = list.map((s) => s.t);
     if (q.kind === 'tdq' && opts.tdqInit === 'constant') {
       q.tdq!.startAt(staticStep);
+    } else if (q.kind === 'tdq' && opts.tdqInit === 'bias') {
+      q.tdq!.initConstant(staticStep);
     } else if (q.kind === 'tdq') {
       tdqMods.push(q.tdq!);
       tdqTargets.push({ t: ts, step: steps });
@@ -221,7 +226,7 @@ export function calibrateFromStats(qm: QuantizedModel, stats: Map<string, Timest
     setOptionalBuffer(q, 'calib_step', steps);
     report.quantizers.push({ name: q.name, range, staticStep, t: ts, steps });
   });
-  if (opts.tdqInit !== undefined && opts.tdqInit !== 'fit' && opts.tdqInit !== 'constant') throw new RangeError(`tdqInit must be 'fit' or 'constant', got ${JSON.stringify(opts.tdqInit)}`);
+  if (opts.tdqInit !== undefined && !(TDQ_INITS as readonly string[]).includes(opts.tdqInit)) throw new RangeError(`tdqInit must be one of ${TDQ_INITS.join(', ')}, got ${JSON.stringify(opts.tdqInit)}`);
   if (tdqMods.length) {
     const rms = fitTdqModules(tdqMods, tdqTargets, { timesteps: qm.timesteps, iters: opts.fitIters, lr: opts.fitLr });
     rms.forEach((r, i) => (report.quantizers[tdqIdx[i]].fitRmsLog = r));
@@ -254,7 +259,7 @@ export interface CalibrateOptions extends StepSearchOptions {
   fitLr?: number;
   /** Initialises the TDQ MLPs before fitting (default Generator(seed)). */
   gen?: Generator;
-  /** TDQ modules: fitted to the per-timestep steps ('fit', default) or started at the static step ('constant'); see FromStatsOptions. */
+  /** TDQ modules: fitted to the per-timestep steps ('fit', default) or started at the static step ('constant', 'bias'); see FromStatsOptions. */
   tdqInit?: TdqInit;
   onProgress?: (phase: 'sampling' | 'fitting', done: number, total: number) => void;
   /** Return the per-timestep statistics in the report (for analyses such as bench/tdq_ptq_lab). */

@@ -15,6 +15,7 @@ import { calibrateWithReport } from '../../src/quant/calibrate';
 import { levels, resolveQuantConfig } from '../../src/quant/config';
 import { qatPrepare } from '../../src/quant/qat';
 import { SILU_MIN } from '../../src/quant/quantizer';
+import { inverseSoftplus } from '../../src/quant/tdq';
 import { searchStep, statsOf, statsStep, weightSteps } from '../../src/quant/step_search';
 import { readSafetensors } from '../../src/io/safetensors';
 import { train } from '../../src/train/trainer';
@@ -56,7 +57,14 @@ describe("QAT init: the authors' step from activation statistics", () => {
       if (Math.abs(f[0] - f[f.length - 1]) > 1e-3 * want) differs++;
     }
     assert.ok(differs > 0, 'the fitted init follows t (so the constant one is a real change)');
-    for (const m of [st.model, td.model, fit.model]) m.dispose();
+    // 'bias': the authors' own: only the last bias, random last weights kept.
+    const bias = await calibrateWithReport(tinyUNet(), resolveQuantConfig({ nBitW: 4, nBitA: 4, useDynamic: true }), { ...calib, tdqInit: 'bias' });
+    for (const q of bias.model.actQuantizers()) {
+      const want = stSteps.get(q.name)!;
+      assert.ok(Math.abs((q.tdq!.lastLayer.bias.dataSync() as Float32Array)[0] - inverseSoftplus(want)) <= 1e-6 * Math.abs(inverseSoftplus(want)) + 1e-7);
+      assert.ok((q.tdq!.lastLayer.weight.dataSync() as Float32Array).some((v) => v !== 0), 'random last weights kept');
+    }
+    for (const m of [st.model, td.model, fit.model, bias.model]) m.dispose();
   });
 });
 

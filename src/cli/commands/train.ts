@@ -31,7 +31,7 @@ import { inspectSafetensors } from '../../io/safetensors';
 import { scheduleFromConfig } from '../../models/diffusion';
 import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantConfig, type QuantConfig } from '../../quant';
 import type { StepMethod } from '../../quant/step_search';
-import type { TdqInit } from '../../quant/calibrate';
+import { TDQ_INITS, type TdqInit } from '../../quant/calibrate';
 import { loadModel } from '../../models/load';
 import { checkDistillWeight } from '../../train/distill';
 import { BAD_DATA_POLICIES, type BadDataPolicy } from '../../train/bad_data';
@@ -96,7 +96,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('static-method', { choices: ['lsq', 'pact'] as const, default: 'lsq' as const, describe: 'QAT: the static activation quantizer' })
       .option('quant-lr', { type: 'number', describe: 'QAT: learning rate of the quantizer steps (weight steps, static activation steps, PACT bounds; default: the base rate / 10, as the authors)' })
       .option('tdq-lr', { type: 'number', describe: 'QAT: learning rate of the TDQ MLPs (default: the base rate, as the authors)' })
-      .option('tdq-init', { choices: ['constant', 'fit'] as const, default: 'constant' as const, describe: "QAT: TDQ MLPs start at the static step for every t ('constant', the authors') or fitted to the calibrated per-timestep steps ('fit')" })
+      .option('tdq-init', { choices: TDQ_INITS, default: 'constant' as TdqInit, describe: "QAT: TDQ MLPs start exactly at the static step for every t ('constant': last bias softplus^-1(step), last weights zeroed), the authors' way ('bias': last bias only, random last weights), or fitted to the calibrated per-timestep steps ('fit')" })
       .option('distill', { type: 'boolean', default: false, describe: "QAT: learn the --ckpt model's noise prediction on the same noisy input (MSE), instead of (or mixed with, --distill-weight) the diffusion loss" })
       .option('distill-weight', { type: 'number', describe: 'QAT with --distill: the distillation share w of the loss, w x distill + (1 - w) x diffusion (default 1)' })
       .option('calib-samples', { type: 'number', default: 16, describe: 'QAT: calibration trajectories that initialise the quantizers' })
@@ -313,7 +313,7 @@ function qatHook(a: TrainArgs, { cfg, calibrate, distill }: QatPlan, config: Tra
   const tdqLr = a.tdqLr ?? QAT_DEFAULTS.tdqLrFactor * lr;
   console.log(`tdq-native: quantization-aware training W${cfg.nBitW}A${cfg.nBitA} ${cfg.useDynamic ? 'TDQ' : `static ${cfg.staticMethod.toUpperCase()}`} -> ${outDir}`);
   console.log(`tdq-native: QAT learning rates: weights ${lr.toExponential(1)}, quantizer steps ${quantLr.toExponential(1)}${cfg.useDynamic ? `, TDQ MLPs ${tdqLr.toExponential(1)}` : ''}; warm-up ${config.training.warmup_steps} steps (--lr, --quant-lr, --tdq-lr, --set training.warmup_steps=N)`);
-  if (calibrate) console.log(`tdq-native: QAT initial step sizes: ${a.calibMethod} on ${a.calibSamples} calibration trajectories of ${a.calibSteps} DDIM steps${cfg.useDynamic ? `; TDQ MLPs ${a.tdqInit === 'constant' ? 'start at the static step' : 'fitted to the per-timestep steps'}` : ''} (--calib-method, --calib-samples, --calib-steps, --tdq-init)`);
+  if (calibrate) console.log(`tdq-native: QAT initial step sizes: ${a.calibMethod} on ${a.calibSamples} calibration trajectories of ${a.calibSteps} DDIM steps${cfg.useDynamic ? `; TDQ MLPs ${{ constant: 'start at the static step', bias: 'start near the static step (last bias only)', fit: 'fitted to the per-timestep steps' }[a.tdqInit]}` : ''} (--calib-method, --calib-samples, --calib-steps, --tdq-init)`);
   if (distill !== null && latent) throw new CliError('--distill: implemented for pixel models only');
   const prepare = qatPrepare(cfg, {
     schedule,

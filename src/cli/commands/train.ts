@@ -85,7 +85,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('name', { alias: 'n', type: 'string', describe: 'run name (folder under --logdir, which must not hold a run yet); default: <timestamp>_<config file name>' })
       .option('max-steps', { alias: 'max_steps', type: 'number', describe: 'overrides training.max_steps' })
       .option('batch-size', { alias: 'batch_size', type: 'number', describe: 'overrides training.batch_size' })
-      .option('lr', { type: 'number', describe: 'overrides model.base_learning_rate (QAT default: 2e-5)' })
+      .option('lr', { type: 'number', describe: 'overrides model.base_learning_rate (QAT default: 2e-4)' })
       .option('seed', { type: 'number', describe: 'overrides training.seed' })
       .option('logdir', { alias: 'l', type: 'string', default: 'runs', describe: 'parent folder of run folders' })
       .option('data-dir', { alias: 'data_dir', type: 'string', describe: 'dataset folder (Fashion-MNIST idx files or PNG root)' })

@@ -69,7 +69,7 @@ import { TDQ_INITS, type TdqInit, calibrateWithReport, fitTdqModules } from '../
 import { resolveQuantConfig } from '../src/quant/config';
 import { ndtcCounts, selectSmoothing, smoothTarget } from '../src/quant/ptq_select';
 import { type ExecRequest, type QuantizedModel, applyExec } from '../src/quant/quantize_model';
-import { type TdqTarget, type TimestepStats, mulberry32, searchStep } from '../src/quant/step_search';
+import { type StepMethod, type TdqTarget, type TimestepStats, mulberry32, searchStep } from '../src/quant/step_search';
 import type { TdqModule } from '../src/quant/tdq';
 import type { Config } from '../src/config';
 import { QAT_DEFAULTS } from '../src/cli/commands/train';
@@ -95,7 +95,7 @@ export interface QatSetup {
   warmup: number;
   lr: number;
   distillWeight: number;
-  calibMethod: 'stats';
+  calibMethod: StepMethod;
   tdqInit: TdqInit;
 }
 
@@ -148,7 +148,7 @@ export interface Ledger {
 
 export const cellKey = (c: { method: string; bits: string; steps: number; seed: number; n: number }): string => `${c.method}|${c.bits}|ddim${c.steps}|seed${c.seed}|n${c.n}`;
 
-const USAGE = 'protocol mode: --ledger FILE [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--qat-steps 1000] [--qat-batch 32] [--qat-warmup 50] [--qat-lr 2e-4] [--qat-distill-weight 1] [--qat-tdq-init constant|bias|fit] [--qat-dir DIR] [--table OUT.md] [--table-only] [--max-cells K] [--merge OTHER.json,...]';
+const USAGE = 'protocol mode: --ledger FILE [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--qat-steps 1000] [--qat-batch 32] [--qat-warmup 50] [--qat-lr 2e-4] [--qat-distill-weight 1] [--qat-tdq-init constant|bias|fit] [--qat-calib-method stats|auto|...] [--qat-dir DIR] [--table OUT.md] [--table-only] [--max-cells K] [--merge OTHER.json,...]';
 
 export function parseProtocolArgs(argv: string[]): ProtocolArgs {
   let values: Record<string, string | boolean | string[] | undefined>;
@@ -163,7 +163,7 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
         'calib-samples': { type: 'string' }, 'calib-steps': { type: 'string' }, exec: { type: 'string' }, table: { type: 'string' },
         'table-only': { type: 'boolean' }, 'max-cells': { type: 'string' }, merge: { type: 'string' }, 'qat-file': { type: 'string', multiple: true },
         'qat-steps': { type: 'string' }, 'qat-batch': { type: 'string' }, 'qat-warmup': { type: 'string' }, 'qat-lr': { type: 'string' },
-        'qat-distill-weight': { type: 'string' }, 'qat-dir': { type: 'string' }, 'qat-tdq-init': { type: 'string' },
+        'qat-distill-weight': { type: 'string' }, 'qat-dir': { type: 'string' }, 'qat-tdq-init': { type: 'string' }, 'qat-calib-method': { type: 'string' },
       },
     }));
   } catch (e) {
@@ -212,7 +212,7 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
       warmup: opt('qat-warmup', int, 50),
       lr: opt('qat-lr', num, QAT_DEFAULTS.lr),
       distillWeight: opt('qat-distill-weight', num, 1),
-      calibMethod: 'stats',
+      calibMethod: (str('qat-calib-method') ?? 'stats') as StepMethod,
       tdqInit: (str('qat-tdq-init') ?? 'constant') as TdqInit,
     },
     qatDir: str('qat-dir') ?? '',
@@ -229,6 +229,7 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
   if (q.steps < 1 || q.batch < 1) throw new Error('--qat-steps and --qat-batch must be positive');
   if (!(q.lr > 0)) throw new Error(`--qat-lr must be positive, got ${q.lr}`);
   if (!(q.distillWeight >= 0 && q.distillWeight <= 1)) throw new Error(`--qat-distill-weight must be in [0, 1], got ${q.distillWeight}`);
+  if (!['stats', 'auto', 'mse', 'minmax', 'percentile'].includes(q.calibMethod)) throw new Error(`--qat-calib-method: stats, auto, mse, minmax or percentile, got '${q.calibMethod}'`);
   if (!(TDQ_INITS as readonly string[]).includes(q.tdqInit)) throw new Error(`--qat-tdq-init: one of ${TDQ_INITS.join(', ')}, got '${q.tdqInit}'`);
   return a;
 }
@@ -597,7 +598,7 @@ export function tableMarkdown(l: Ledger): string {
     const qatCells = gc.filter((c) => c.qat);
     if (qatCells.length && l.setup.qat) {
       const q = l.setup.qat;
-      out.push('', `QAT cells: ${q.steps} steps of batch ${q.batch} from the FP checkpoint (warm-up ${q.warmup}; weights and TDQ MLPs at ${q.lr}, quantizer steps at ${q.lr * QAT_DEFAULTS.quantLrFactor}; steps initialised from activation statistics, TDQ MLPs initialised '${q.tdqInit}'; -kd: distillation weight ${q.distillWeight}); final training loss: ${[...new Map(qatCells.map((c) => [`${c.method} ${c.bits}`, c.qat!.lastLoss])).entries()].map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}.`);
+      out.push('', `QAT cells: ${q.steps} steps of batch ${q.batch} from the FP checkpoint (warm-up ${q.warmup}; weights and TDQ MLPs at ${q.lr}, quantizer steps at ${q.lr * QAT_DEFAULTS.quantLrFactor}; initial steps '${q.calibMethod}', TDQ MLPs initialised '${q.tdqInit}'; -kd: distillation weight ${q.distillWeight}); final training loss: ${[...new Map(qatCells.map((c) => [`${c.method} ${c.bits}`, c.qat!.lastLoss])).entries()].map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}.`);
     }
     out.push('', `Seconds per cell (sampling + FID; calibration once per method and bits; QAT training once per method and bits, all sittings): ${gc.map((c) => `${c.method} ${c.bits} s${c.seed}: ${c.seconds.toFixed(0)}${c.calibSeconds !== undefined ? ` (+${c.calibSeconds.toFixed(0)} ${c.qat ? 'load' : 'calib'})` : ''}${c.qat?.trainSeconds !== undefined ? ` (+${c.qat.trainSeconds.toFixed(0)} QAT)` : ''}, ${c.exec}`).join('; ')}.`);
   }

@@ -78,6 +78,8 @@ describe('bench/tdq_protocol: QAT cells', () => {
     assert.throws(() => parseProtocolArgs(['--ledger', 'x.json', '--n', 'ten']), /--n: expected a non-negative integer, got 'ten'/);
     assert.throws(() => parseProtocolArgs(['--ledger', 'x.json', '--qat-file', 'tdq=f.safetensors']), /qat-tdq is a method trained here/);
     assert.throws(() => parseProtocolArgs(['--ledger', 'x.json', '--qat-distill-weight', '3']), /\[0, 1\]/);
+    assert.throws(() => parseProtocolArgs(['--ledger', 'x.json', '--qat-calib-method', 'best']), /--qat-calib-method: stats, auto/);
+    assert.equal(parseProtocolArgs(['--ledger', 'x.json', '--qat-calib-method', 'auto', '--qat-tdq-init', 'fit']).qatSetup.tdqInit, 'fit');
     assert.throws(() => parseProtocolArgs([]), /--ledger FILE is required/);
     const t = parseTableArgs(['--settings', 'W4A4', '--qat', 'w4a4-tdq=a.safetensors', '--qat', 'w4a4-lsq=b.safetensors', '--no-fid']);
     assert.deepEqual(t.settings, [[4, 4]]);

@@ -114,6 +114,27 @@ describe('train run folders (CLI)', () => {
   });
 });
 
+describe('train --resume keeps the run settings (CLI)', () => {
+  it("the run's --set / --max-steps values win over the YAML; this command line's win over both", () => {
+    const first = cli(['--name', 'keep', '--max-steps', '4', '--set', 'training.checkpoint_every=2', '--set', 'training.keep_checkpoints=10']);
+    assert.equal(first.status, 0, first.stderr);
+    const run = path.join(dir, 'keep');
+    // Without flags: the run had max_steps 4 and is done at step 4, whatever the YAML (30) says.
+    const same = spawnSync(process.execPath, [BIN, 'train', '--base', cfg, '--resume', run], { encoding: 'utf8' });
+    assert.equal(same.status, 0, same.stderr);
+    assert.match(same.stdout, /training\.max_steps = 4 \(the config now says 30\)/);
+    assert.match(same.stdout, /training\.checkpoint_every = 2 \(the config now says 100\)/);
+    assert.match(same.stdout, /finished at step 4\b/);
+    // --max-steps on this command line extends it; the run's checkpoint interval (2, not the YAML's 100) stays.
+    const more = spawnSync(process.execPath, [BIN, 'train', '--base', cfg, '--resume', run, '--max-steps', '8'], { encoding: 'utf8' });
+    assert.equal(more.status, 0, more.stderr);
+    assert.doesNotMatch(more.stdout, /training\.max_steps =/);
+    assert.match(more.stdout, /finished at step 8\b/);
+    const ckpts = fs.readdirSync(path.join(run, 'checkpoints'));
+    assert.ok(ckpts.some((f) => /step-0*6\.safetensors$/.test(f)), `${ckpts}`);
+  });
+});
+
 describe('train stopped by a signal (CLI)', () => {
   let straight = '';
   it('an uninterrupted reference run', () => {

@@ -11,6 +11,7 @@ import { buildLatentDiffusion, LatentDiffusion, registerCondStage } from '../../
 import { loadLatentDiffusionConfig, parseLatentDiffusionConfig } from '../../src/models/latent_config';
 import { Module } from '../../src/nn/module';
 import type { Tensor } from '../../src/tensor/tensor';
+import { tinyDdconfig } from '../helpers/configs';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const cfgFile = (n: string) => path.join(ROOT, 'configs', n);
@@ -30,7 +31,7 @@ function tiny(over: Record<string, unknown> = {}, unetOver: Record<string, unkno
         target: 'ldm.models.autoencoder.AutoencoderKL',
         params: {
           embed_dim: 3, ckpt_path: 'ae.safetensors', lossconfig: { target: 'torch.nn.Identity' },
-          ddconfig: { double_z: true, z_channels: 3, resolution: 8, in_channels: 1, out_ch: 1, ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], norm_num_groups: 4 },
+          ddconfig: tinyDdconfig({ resolution: 8, dropout: undefined }),
         },
       },
       cond_stage_config: '__is_unconditional__',

@@ -17,6 +17,13 @@ export function tinyDdconfig(over: Partial<DDConfig> = {}): DDConfig {
   return dd;
 }
 
+/** YAML flow style as the configs write it by hand: {ch: 8, ch_mult: [1, 2]} (tests edit the text, e.g. 'ch: 8,' -> 'ch: 16,'). */
+export function flow(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(flow).join(', ')}]`;
+  if (v !== null && typeof v === 'object') return `{${Object.entries(v).map(([k, x]) => `${k}: ${flow(x)}`).join(', ')}}`;
+  return String(v);
+}
+
 /**
  * A CompVis-shaped AutoencoderKL config file (models/first_stage_models/kl-*
  * layout: monitor, an LPIPSWithDiscriminator lossconfig), the tiny ddconfig
@@ -33,7 +40,7 @@ model:
     lossconfig:
       target: ldm.modules.losses.LPIPSWithDiscriminator
       params: ${o.lossParams ?? '{disc_start: 50001, kl_weight: 1.0e-6, disc_weight: 0.5}'}
-    ddconfig: ${JSON.stringify(o.ddconfig ?? tinyDdconfig())}
+    ddconfig: ${flow(o.ddconfig ?? tinyDdconfig())}
 ${o.sections ?? ''}`;
 }
 
@@ -103,7 +110,7 @@ ${o.extraParams ?? ''}
       params:
         embed_dim: 3
         ${o.ckptPath === undefined ? `ckpt_path: ${path.join(FIX, 'tiny_ldm_cond.ckpt')}` : o.ckptPath}
-        ddconfig: ${JSON.stringify(tinyDdconfig())}
+        ddconfig: ${flow(tinyDdconfig())}
         lossconfig: {target: torch.nn.Identity}
 ${syntheticData('shapes')}
 training:

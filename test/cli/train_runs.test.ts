@@ -11,33 +11,11 @@ import { after, describe, it } from 'node:test';
 
 import { runFolder } from '../../src/cli/commands/train';
 import { readSafetensors } from '../../src/io/safetensors';
+import { tinyDdpmYaml } from '../helpers/configs';
 
 const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 
-const YAML = `
-model:
-  base_learning_rate: 1.0e-3
-  target: tdq_native.models.diffusion.DDPM
-  params:
-    beta_schedule: sqrt_linear
-    timesteps: 100
-    image_size: 8
-    channels: 1
-    unet_config:
-      target: tdq_native.models.unet.UNetModel
-      params: {image_size: 8, in_channels: 1, out_channels: 1, model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], num_heads: 2, dropout: 0.1}
-data:
-  target: tdq_native.data.Synthetic
-  params: {count: 40, kind: blobs, seed: 3}
-training:
-  batch_size: 4
-  max_steps: 30
-  warmup_steps: 2
-  ema: {decay: 0.9}
-  seed: 11
-  log_every: 1
-  checkpoint_every: 100
-`;
+const YAML = tinyDdpmYaml({ maxSteps: 30 });
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-cli-runs-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -14,50 +14,38 @@
 //     [--sizes 500,1000,2500] [--steps 25] [--cache /tmp/fid-spread-pool.f32] [--out bench/results/fid-spread.md]
 import fs from 'node:fs';
 import os from 'node:os';
-import { parseArgs } from 'node:util';
 
 import { sample } from '../src/diffusion/samplers/index';
 import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
 import { meanCI } from '../src/eval/protocol';
 import { scheduleFromConfig } from '../src/models/diffusion';
 import { loadModel } from '../src/models/load';
+import { benchArgs } from './args';
 
 const BATCH = 250;
 
-function positiveInts(flag: string, s: string): number[] {
-  const v = s.split(',').map((x) => Number(x.trim()));
-  for (const x of v) if (!Number.isInteger(x) || x < 1) throw new Error(`${flag}: expected positive integers separated by commas, got '${s}'`);
-  return v;
-}
+const USAGE = 'node dist/bench/fid_spread.js [options]';
 
 async function main(): Promise<void> {
-  const { values: o } = parseArgs({
-    options: {
-      ckpt: { type: 'string', default: 'models/fmnist-small.safetensors' },
-      pool: { type: 'string', default: '5000' },
-      sizes: { type: 'string', default: '500,1000,2500' },
-      steps: { type: 'string', default: '25' },
-      seed: { type: 'string', default: '0' },
-      cache: { type: 'string' },
-      out: { type: 'string' },
-      help: { type: 'boolean', default: false },
+  const o = benchArgs(
+    USAGE,
+    {
+      ckpt: { type: 'string', value: 'FILE', default: 'models/fmnist-small.safetensors', help: 'full-precision checkpoint' },
+      pool: { type: 'string', value: 'N', default: '5000', help: 'samples in the pool' },
+      sizes: { type: 'string', value: 'A,B,..', default: '500,1000,2500', help: 'subset sizes N (each at most half the pool)' },
+      steps: { type: 'string', value: 'S', default: '25', help: 'DDIM steps' },
+      seed: { type: 'string', value: 'K', default: '0', help: "the pool's seed (batch noise seed K * 100003 + batch)" },
+      cache: { type: 'string', value: 'FILE', help: 'the pool file, extended batch by batch (default: a file in the temp folder)' },
+      out: { type: 'string', value: 'FILE.md', help: 'write the result table here' },
     },
-    strict: true,
-  });
-  if (o.help) {
-    console.log('node dist/bench/fid_spread.js [--ckpt FILE] [--pool N] [--sizes A,B,..] [--steps S] [--seed K] [--cache FILE] [--out FILE.md]');
-    return;
-  }
-  const [pool] = positiveInts('--pool', o.pool!);
-  const sizes = positiveInts('--sizes', o.sizes!);
-  const [steps] = positiveInts('--steps', o.steps!);
-  const seed = Number(o.seed);
-  if (!Number.isInteger(seed) || seed < 0) throw new Error(`--seed: expected a non-negative integer, got '${o.seed}'`);
+    (a) => ({ ckpt: a.str('ckpt'), pool: a.int('pool', 2), sizes: a.numList('sizes', { integer: true, min: 1 }), steps: a.int('steps', 1), seed: a.int('seed', 0), cache: a.get('cache'), out: a.get('out') }),
+  );
+  const { pool, sizes, steps, seed } = o;
   for (const s of sizes) if (2 * s > pool) throw new Error(`--sizes ${s}: the pool of ${pool} holds fewer than two disjoint subsets of that size`);
   const cache = o.cache ?? `${os.tmpdir()}/fid-spread-${seed}-${steps}.f32`;
 
   const t0 = Date.now();
-  const m = await loadModel(o.ckpt!, { expect: 'float' });
+  const m = await loadModel(o.ckpt, { expect: 'float' });
   const p = m.config.model.params;
   const shape = [p.channels, p.image_size, p.image_size] as const;
   const per = shape[0] * shape[1] * shape[2];

@@ -46,8 +46,8 @@ describe('quantization workflow through the CLI', () => {
     assert.match(out, /W8A4 TDQ/);
     // QAT's own defaults replace the config's FP rate (1e-3) and warm-up
     assert.match(out, /QAT learning rates: weights 2\.0e-4, quantizer steps 2\.0e-5, TDQ MLPs 2\.0e-4; warm-up 0 steps/);
-    // continue the QAT run to step 4: the checkpoint carries the quantizers
-    const resumed = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat', '--resume', path.join(dir, 'qat')]);
+    // continue the QAT run to step 4 (the run's own max_steps is 2): the checkpoint carries the quantizers
+    const resumed = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat', '--resume', path.join(dir, 'qat'), '--max-steps', '4']);
     assert.match(resumed, /resumed from .*step-00000002/);
     assert.match(resumed, /QAT learning rates: weights 2\.0e-4/, 'a resumed QAT run keeps the QAT rate');
     const lrs = fs.readFileSync(path.join(dir, 'qat', 'log.csv'), 'utf8').trim().split('\n').slice(1).map((l) => Number(l.split(',')[2]));

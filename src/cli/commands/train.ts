@@ -39,6 +39,7 @@ import { NAN_POLICIES, type NanPolicy } from '../../train/nonfinite';
 import { RunFolderBusyError, RunFolderExistsError, assertFreshRunFolder, runFolderOfCheckpoint, timestampedRunDir } from '../../train/run_dir';
 import { broadcastString } from '../../train/distributed';
 import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
+import { describeDrift, runSettingOverrides, storedPart, storedRunConfig } from './train_resume';
 import { type LaunchArgs, launchRanks } from '../launch';
 import { type GlobalArgs, CliError, CliExit } from '../index';
 
@@ -132,6 +133,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     if (a.lr !== undefined) overrides.push(`model.base_learning_rate=${a.lr}`);
     if (a.seed !== undefined) overrides.push(`training.seed=${a.seed}`);
     if (a.scaleLr !== undefined) overrides.push(`training.scale_lr=${parseBoolFlag('--scale_lr', a.scaleLr)}`);
+    const explicit = [...overrides]; // what this command line sets; QAT defaults go in front of them
     const latent = isLatentDiffusionConfigFile(a.base);
     if (a.firstStage !== undefined && !latent) throw new CliError(`--first-stage: ${a.base} is not a latent diffusion config (model.target ${LATENT_DIFFUSION_TARGETS.join(' or ')})`);
     const qat = await qatPlan(a);
@@ -144,13 +146,16 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     }
     const ae = !latent && isAutoencoderConfigFile(a.base);
     if (ae && qat) throw new CliError('QAT applies to diffusion models; an autoencoder trains in full precision');
-    const { config, warnings } = latent
-      ? ((c) => ({ config: c, warnings: c.warnings }))(loadLatentTrainConfig(a.base, { overrides }))
-      : ae
-        ? ((c) => ({ config: c, warnings: c.warnings }))(loadAutoencoderTrainConfig(a.base, { overrides }))
-        : loadConfig(a.base, { overrides });
-    for (const w of warnings) console.warn(`tdq-native: ${w}`);
+    const load = (ov: readonly string[]) =>
+      latent
+        ? ((c) => ({ config: c, warnings: c.warnings }))(loadLatentTrainConfig(a.base, { overrides: ov }))
+        : ae
+          ? ((c) => ({ config: c, warnings: c.warnings }))(loadAutoencoderTrainConfig(a.base, { overrides: ov }))
+          : loadConfig(a.base, { overrides: ov });
+    let { config, warnings } = load(overrides);
     if (a.resume && a.ckpt) throw new CliError('--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts one from weights');
+    if (a.resume) ({ config, warnings } = await keepRunSettings(a.resume, { config, warnings }, overrides, explicit, load));
+    for (const w of warnings) console.warn(`tdq-native: ${w}`);
     // Rank 0 names the run folder (a timestamp differs between processes).
     const outDir = await broadcastString(comm, comm.rank === 0 ? runFolder(a, config.training.out_dir) : '');
     const prepare = qat ? qatHook(a, qat, config, outDir, comm.rank === 0) : undefined;
@@ -172,6 +177,36 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     }
   },
 };
+
+/**
+ * --resume: the settings stored in the run's checkpoint win over the YAML for
+ * every key this command line does not set (train_resume.ts); each key taken
+ * from the run is printed. `overrides` are this command's (defaults, then
+ * `explicit`); the config is read again with the run's settings between them.
+ */
+async function keepRunSettings<C extends { model: unknown; data: unknown; training: unknown }>(
+  resume: string, loaded: { config: C; warnings: string[] }, overrides: readonly string[], explicit: readonly string[],
+  load: (ov: readonly string[]) => { config: C; warnings: string[] },
+): Promise<{ config: C; warnings: string[] }> {
+  const isDir = fs.existsSync(resume) && fs.statSync(resume).isDirectory();
+  const file = isDir ? latestCheckpoint(resume) : resume;
+  if (file === null || !fs.existsSync(file)) return loaded; // the trainer names what is missing
+  const run = await storedRunConfig(file);
+  if (run === null) return loaded;
+  const { overrides: restore, restored, added } = runSettingOverrides(run, storedPart(loaded.config), explicit);
+  for (const d of added) console.warn(`tdq-native: --resume: ${d.path} is not in the run's checkpoint; using the config's ${JSON.stringify(d.now)}`);
+  if (restore.length === 0) return loaded;
+  const defaults = overrides.slice(0, overrides.length - explicit.length);
+  let again: { config: C; warnings: string[] };
+  try {
+    again = load([...defaults, ...restore, ...explicit]);
+  } catch (e) {
+    throw new CliError(`--resume ${resume}: the run's stored settings (${restored.map(describeDrift).join('; ')}) do not apply to the config: ${(e as Error).message.split('\n')[0]}`);
+  }
+  console.log(`tdq-native: --resume keeps the run's settings where ${path.basename(file)} differs from the config (set them on the command line to change them):`);
+  for (const d of restored) console.log(`  ${describeDrift(d)}`);
+  return again;
+}
 
 /**
  * The run folder. --resume with a run folder, or with a checkpoint inside one

@@ -20,3 +20,23 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
     return grads.map((gi, i) => ([q, k, v][i].requiresGrad ? gi : (gi.dispose(), null)));
   });
 }
+
+/**
+ * The same attention, channels-major: q (B,H,D,Lq), k (B,H,D,Lk),
+ * v (B,H,Dv,Lk) -> (B,H,Dv,Lq). This is the layout of a UNet's (B, C, L)
+ * features split into heads (channel = head * D + d), so the attention
+ * blocks need no permutes around it. scale defaults to 1/sqrt(D).
+ */
+export function scaledDotProductAttentionChannelsMajor(q: Tensor, k: Tensor, v: Tensor, opts: { scale?: number } = {}): Tensor {
+  const attrs = opts.scale === undefined ? {} : { scale: opts.scale };
+  const [out, lse] = runOp('attention_cm_forward', [q, k, v], attrs);
+  if (!needsGrad(q, k, v)) {
+    lse.dispose();
+    return out;
+  }
+  return record(out, 'attention', [q, k, v], (g) => {
+    const grads = runOp('attention_cm_backward', [g, q, k, v, out, lse], attrs);
+    lse.dispose();
+    return grads.map((gi, i) => ([q, k, v][i].requiresGrad ? gi : (gi.dispose(), null)));
+  });
+}

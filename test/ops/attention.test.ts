@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
-import { scaledDotProductAttention } from '../../src/tensor/ops/attention';
+import { scaledDotProductAttention, scaledDotProductAttentionChannelsMajor } from '../../src/tensor/ops/attention';
 import { native } from '../../src/tensor/native';
-import { fromArray, runOp, sync } from '../../src/tensor/tensor';
+import { fromArray, runOp, sync, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, assertShape, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable, type OracleResult } from '../helpers/oracle';
 import { cpuLevels, atLevel } from '../helpers/cpu_levels';
@@ -30,6 +30,8 @@ describe('scaledDotProductAttention against PyTorch', { skip: skip ?? false }, (
     [1, 2, 300, 300, 32, 32, undefined], // several query and key blocks
     [1, 2, 64, 300, 64, 64, 1.5], // sharp softmax
     [1, 1, 1024, 1024, 64, 64, undefined],
+    [1, 2, 70, 70, 24, 24, undefined], // the LDM head dim 24: a half vector at AVX-512
+    [1, 3, 33, 2, 5, 3, undefined], // two keys; Lq one past a vector, head dims below one vector
   ];
   for (const [B, H, Lq, Lk, D, Dv, scale] of cases) {
     const name = `B=${B} H=${H} Lq=${Lq} Lk=${Lk} D=${D} Dv=${Dv} scale=${scale ?? '1/sqrt(D)'}`;
@@ -75,6 +77,77 @@ describe('scaledDotProductAttention against PyTorch', { skip: skip ?? false }, (
     assert.equal(q.grad, null);
     assert.equal(k.grad, null);
     assertShape(v.grad!, [1, 1, 9, 8]);
+  });
+});
+
+// (B, H, L, D) <-> (B, H, D, L): the last two dims swapped.
+function swapLast2(a: Float32Array, bh: number, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let m = 0; m < bh; ++m)
+    for (let r = 0; r < rows; ++r)
+      for (let c = 0; c < cols; ++c) out[m * rows * cols + c * rows + r] = a[m * rows * cols + r * cols + c];
+  return out;
+}
+
+describe('channels-major attention (attention_cm_forward / backward)', () => {
+  // B, H, Lq, Lk, D, Dv, scale: odd lengths, head dims off the vector width,
+  // L below one query tile, one key, several key tiles.
+  const cases: [number, number, number, number, number, number, number | undefined][] = [
+    [1, 8, 64, 64, 24, 24, undefined],
+    [2, 3, 17, 33, 16, 24, undefined],
+    [2, 1, 100, 37, 33, 17, 0.3],
+    [1, 1, 65, 129, 40, 40, undefined],
+    [1, 2, 4, 4, 96, 96, undefined],
+    [1, 1, 3, 1, 7, 5, undefined],
+    [1, 2, 200, 150, 9, 11, 1.5],
+  ];
+  for (const [B, H, Lq, Lk, D, Dv, scale] of cases) {
+    const name = `B=${B} H=${H} Lq=${Lq} Lk=${Lk} D=${D} Dv=${Dv} scale=${scale ?? '1/sqrt(D)'}`;
+    it(`${name}: the tokens-major op's results, transposed, bitwise at every CPU level`, async () => {
+      const q = randomTensor([B, H, Lq, D], 161), k = randomTensor([B, H, Lk, D], 162), v = randomTensor([B, H, Lk, Dv], 163);
+      const gy = randomTensor([B, H, Lq, Dv], 164);
+      const bh = B * H;
+      const cm = (a: Float32Array, rows: number, cols: number, shape: number[]) => fromArray(swapLast2(a, bh, rows, cols), shape);
+      const qc = cm(q.arr.data, Lq, D, [B, H, D, Lq]), kc = cm(k.arr.data, Lk, D, [B, H, D, Lk]);
+      const vc = cm(v.arr.data, Lk, Dv, [B, H, Dv, Lk]), gc = cm(gy.arr.data, Lq, Dv, [B, H, Dv, Lq]);
+      const opts = scale === undefined ? undefined : { scale };
+      for (const level of cpuLevels()) {
+        await atLevel(level, async () => {
+          for (const t of [q.t, k.t, v.t, qc, kc, vc]) {
+            t.grad?.dispose();
+            t.grad = null;
+            t.requiresGrad = true;
+          }
+          const y = scaledDotProductAttention(q.t, k.t, v.t, opts);
+          backward(y, gy.t);
+          const yc = scaledDotProductAttentionChannelsMajor(qc, kc, vc, opts);
+          assertShape(yc, [B, H, Dv, Lq]);
+          backward(yc, gc);
+          const same = async (a: Tensor, b: Tensor, rows: number, cols: number, what: string) =>
+            assert.deepEqual(swapLast2(await b.float32(), bh, cols, rows), await a.float32(), `${level} ${what}`);
+          await same(y, yc, Lq, Dv, 'forward');
+          await same(q.t.grad!, qc.grad!, Lq, D, 'grad q');
+          await same(k.t.grad!, kc.grad!, Lk, D, 'grad k');
+          await same(v.t.grad!, vc.grad!, Lk, Dv, 'grad v');
+          const attrs = scale === undefined ? {} : { scale };
+          const [o1, l1] = runOp('attention_forward', [q.t, k.t, v.t], attrs);
+          const [o2, l2] = runOp('attention_cm_forward', [qc, kc, vc], attrs);
+          assert.deepEqual(await l2.float32(), await l1.float32(), `${level} logsumexp`);
+          for (const t of [o1, l1, o2, l2]) t.dispose();
+        });
+      }
+    });
+  }
+
+  it('argument checks name the argument and the (B, H, D, L) layout', () => {
+    const t = (shape: number[]) => randomTensor(shape, 1).t;
+    const naming = (arg: string) => (e: unknown) => e instanceof RangeError && e.message.includes(`'${arg}'`);
+    assert.throws(() => scaledDotProductAttentionChannelsMajor(t([1, 2, 8, 5]), t([1, 2, 16, 6]), t([1, 2, 8, 6])), naming('k'));
+    assert.throws(() => scaledDotProductAttentionChannelsMajor(t([1, 2, 8, 5]), t([1, 2, 8, 6]), t([1, 2, 8, 7])), naming('v'));
+    assert.throws(() => scaledDotProductAttentionChannelsMajor(t([2, 8, 5]), t([1, 2, 8, 6]), t([1, 2, 8, 6])),
+      (e: unknown) => e instanceof RangeError && e.message.includes('(B, H, D, L)'));
+    const q = t([1, 1, 8, 5]);
+    assert.throws(() => runOp('attention_cm_backward', [t([1, 1, 5, 8]), q, q, q, q, t([1, 1, 5])], {}), naming('gO'));
   });
 });
 

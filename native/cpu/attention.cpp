@@ -82,10 +82,23 @@ TDQ_AINLINE void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
   } else {
     // Register blocks: 4 rows x 4 vectors (16 of 32 zmm) for AVX-512,
     // 2 rows x 4 vectors (8 of 16 ymm) for AVX2.
+    // The last 1..3 vectors of columns in one pass (each row of A read once),
+    // then a half vector (head dims 24, 40, ...), then scalar columns.
     constexpr int R = W >= 16 ? 4 : 2;
     int64_t j = 0;
     for (; j + 4 * W <= N; j += 4 * W) gemm_cols<W, R, 4>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc);
-    for (; j + W <= N; j += W) gemm_cols<W, R, 1>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc);
+    switch ((N - j) / W) {
+      case 3: gemm_cols<W, R, 3>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc); j += 3 * W; break;
+      case 2: gemm_cols<W, R, 2>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc); j += 2 * W; break;
+      case 1: gemm_cols<W, R, 1>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc); j += W; break;
+      default: break;
+    }
+    if constexpr (W >= 16) {
+      if (j + W / 2 <= N) {
+        gemm_cols<W / 2, R, 1>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc);
+        j += W / 2;
+      }
+    }
     if (j < N) gemm<1>(M, N - j, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc);
   }
 }

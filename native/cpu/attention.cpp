@@ -236,20 +236,32 @@ TDQ_AINLINE void fwd_block(const AttnShape& s, const float* q, const float* kt, 
 // Register blocks: R rows (keys, or output channels) x NCV vectors of
 // queries, R = 6 for AVX-512 (24 of 32 zmm accumulate), 2 for AVX2.
 
-// Element strides (in floats) of the four tensors: element (bh, i, d) of q
-// is q[bh * q_bh + i * q_i + d * q_d], and so on.
+// Element strides (in floats) of the four tensors: element (bh, i, d) of q,
+// with bh = b * H + h, is q[b * q_b + h * q_h + i * q_i + d * q_d], and so on.
 struct AttnLayout {
-  int64_t q_bh, q_i, q_d;
-  int64_t k_bh, k_j, k_d;
-  int64_t v_bh, v_j, v_e;
-  int64_t o_bh, o_i, o_e;
+  int64_t H;
+  int64_t q_b, q_h, q_i, q_d;
+  int64_t k_b, k_h, k_j, k_d;
+  int64_t v_b, v_h, v_j, v_e;
+  int64_t o_b, o_h, o_i, o_e;
+  int64_t at(int64_t bh, int64_t sb, int64_t sh) const { return (bh / H) * sb + (bh % H) * sh; }
 };
 
+// (B, H, L, D): H = 1 in the layout, bh runs over both.
 AttnLayout tokens_major(const AttnShape& s) {
-  return {s.Lq * s.D, s.D, 1, s.Lk * s.D, s.D, 1, s.Lk * s.Dv, s.Dv, 1, s.Lq * s.Dv, s.Dv, 1};
+  return {1, s.Lq * s.D, 0, s.D, 1, s.Lk * s.D, 0, s.D, 1, s.Lk * s.Dv, 0, s.Dv, 1, s.Lq * s.Dv, 0, s.Dv, 1};
 }
+// (B, H, D, L)
 AttnLayout channels_major(const AttnShape& s) {
-  return {s.Lq * s.D, 1, s.Lq, s.Lk * s.D, 1, s.Lk, s.Lk * s.Dv, 1, s.Lk, s.Lq * s.Dv, 1, s.Lq};
+  return {1, s.Lq * s.D, 0, 1, s.Lq, s.Lk * s.D, 0, 1, s.Lk, s.Lk * s.Dv, 0, 1, s.Lk, s.Lq * s.Dv, 0, 1, s.Lq};
+}
+// (B, L, H, D): a linear layer's (B, L, H * D) output split into heads.
+AttnLayout sequence_major(const AttnShape& s, int64_t H) {
+  return {H,
+          s.Lq * H * s.D, s.D, H * s.D, 1,
+          s.Lk * H * s.D, s.D, H * s.D, 1,
+          s.Lk * H * s.Dv, s.Dv, H * s.Dv, 1,
+          s.Lq * H * s.Dv, s.Dv, H * s.Dv, 1};
 }
 
 constexpr int64_t kFastBK = 64;  // keys per tile of the fast forward
@@ -317,14 +329,14 @@ TDQ_AINLINE void fast_fwd_item(const AttnShape& s, const AttnLayout& ly, const f
   float* mrow = acc + s.Dv * QW;        // running column max
   float* lrow = mrow + QW;              // running column sum of exp(S - max)
   float* alpha = lrow + QW;             // exp(old max - new max)
-  const float* Q = q + bh * ly.q_bh + i0 * ly.q_i;
+  const float* Q = q + ly.at(bh, ly.q_b, ly.q_h) + i0 * ly.q_i;
   for (int64_t d = 0; d < s.D; ++d) {
     float* row = qp + d * QW;
     for (int64_t c = 0; c < n; ++c) row[c] = s.scale * Q[c * ly.q_i + d * ly.q_d];
     std::fill(row + n, row + NCV * W, 0.f);
   }
-  const float* Kh = k + bh * ly.k_bh;
-  const float* Vh = v + bh * ly.v_bh;
+  const float* Kh = k + ly.at(bh, ly.k_b, ly.k_h);
+  const float* Vh = v + ly.at(bh, ly.v_b, ly.v_h);
   const int64_t nkb = (s.Lk + kFastBK - 1) / kFastBK;
   for (int64_t kb = 0; kb < nkb; ++kb) {
     const int64_t j0 = kb * kFastBK, bk = std::min(kFastBK, s.Lk - j0);
@@ -358,7 +370,7 @@ TDQ_AINLINE void fast_fwd_item(const AttnShape& s, const AttnLayout& ly, const f
   // lse = max + log l, O = acc / l.
   for (int64_t c = 0; c < n; ++c) lse[bh * s.Lq + i0 + c] = mrow[c] + std::log(lrow[c]);
   for (int c = 0; c < NCV; ++c) vstore<W>(lrow + c * W, 1.f / vload<W>(lrow + c * W));
-  float* O = o + bh * ly.o_bh + i0 * ly.o_i;
+  float* O = o + ly.at(bh, ly.o_b, ly.o_h) + i0 * ly.o_i;
   if (ly.o_i == 1 && n == NCV * W) {
     for (int64_t e = 0; e < s.Dv; ++e)
       for (int c = 0; c < NCV; ++c)
@@ -471,34 +483,55 @@ constexpr BwdFn bwd_kv_avx2 = bwd_kv_ref, bwd_kv_avx512 = bwd_kv_ref, bwd_q_avx2
 #endif
 
 // ---- argument checks ---------------------------------------------------------
-// Tokens-major q (B,H,Lq,D), k (B,H,Lk,D), v (B,H,Lk,Dv), or channels-major
-// (cm) q (B,H,D,Lq), k (B,H,D,Lk), v (B,H,Dv,Lk).
-void check_qkv(const std::vector<Tensor>& in, const Attrs& a, size_t iq, bool cm) {
+// The three layouts of q, k, v and O: tokens-major (B,H,L,D), channels-major
+// (B,H,D,L) and sequence-major (B,L,H,D).
+enum class Lay { tokens, channels, sequence };
+struct LayDims {
+  int h, l, d;  // the dims of H, L and D
+  const char* name;
+};
+LayDims lay_dims(Lay y) {
+  if (y == Lay::channels) return {1, 3, 2, "(B, H, D, L)"};
+  if (y == Lay::sequence) return {2, 1, 3, "(B, L, H, D)"};
+  return {1, 2, 3, "(B, H, L, D)"};
+}
+
+// A shape of the layout from its sizes.
+Shape lay_shape(Lay y, int64_t b, int64_t h, int64_t l, int64_t d) {
+  const LayDims ld = lay_dims(y);
+  Shape s(4);
+  s[0] = b, s[ld.h] = h, s[ld.l] = l, s[ld.d] = d;
+  return s;
+}
+
+void check_qkv(const std::vector<Tensor>& in, const Attrs& a, size_t iq, Lay y) {
   const Tensor &q = in[iq], &k = in[iq + 1], &v = in[iq + 2];
-  const int ld = cm ? 3 : 2, dd = cm ? 2 : 3;  // the dims of L and D
+  const LayDims ld = lay_dims(y);
   const char* names[3] = {"q", "k", "v"};
   for (int i = 0; i < 3; ++i) {
     check_dtype(a, in[iq + i], names[i], DType::f32);
-    TDQ_CHECK_RANGE(in[iq + i].dim() == 4, a.op, ": argument '", names[i], "' must have 4 dimensions ",
-                    cm ? "(B, H, D, L)" : "(B, H, L, D)", ", got shape ", shape_str(in[iq + i].shape));
+    TDQ_CHECK_RANGE(in[iq + i].dim() == 4, a.op, ": argument '", names[i], "' must have 4 dimensions ", ld.name,
+                    ", got shape ", shape_str(in[iq + i].shape));
   }
-  TDQ_CHECK_RANGE(k.shape[0] == q.shape[0] && k.shape[1] == q.shape[1], a.op, ": argument 'k' must have the batch and head sizes of 'q' (",
-                  q.shape[0], ", ", q.shape[1], "), got shape ", shape_str(k.shape));
-  TDQ_CHECK_RANGE(k.shape[dd] == q.shape[dd], a.op, ": argument 'k' must have the head dimension of 'q' (D = ", q.shape[dd],
+  TDQ_CHECK_RANGE(k.shape[0] == q.shape[0] && k.shape[ld.h] == q.shape[ld.h], a.op,
+                  ": argument 'k' must have the batch and head sizes of 'q' (", q.shape[0], ", ", q.shape[ld.h],
                   "), got shape ", shape_str(k.shape));
-  TDQ_CHECK_RANGE(v.shape[0] == q.shape[0] && v.shape[1] == q.shape[1] && v.shape[ld] == k.shape[ld], a.op,
-                  ": argument 'v' must have shape (", q.shape[0], ", ", q.shape[1], ", ", cm ? "Dv, " : "", k.shape[ld],
-                  cm ? "" : ", Dv", ") to match 'q' and 'k', got ", shape_str(v.shape));
-  TDQ_CHECK_RANGE(q.shape[dd] >= 1, a.op, ": argument 'q' must have a head dimension >= 1, got shape ", shape_str(q.shape));
-  TDQ_CHECK_RANGE(k.shape[ld] >= 1, a.op, ": argument 'k' must hold at least one key (Lk >= 1), got shape ", shape_str(k.shape));
+  TDQ_CHECK_RANGE(k.shape[ld.d] == q.shape[ld.d], a.op, ": argument 'k' must have the head dimension of 'q' (D = ",
+                  q.shape[ld.d], "), got shape ", shape_str(k.shape));
+  TDQ_CHECK_RANGE(v.shape[0] == q.shape[0] && v.shape[ld.h] == q.shape[ld.h] && v.shape[ld.l] == k.shape[ld.l], a.op,
+                  ": argument 'v' must have the batch, head and key sizes (", q.shape[0], ", ", q.shape[ld.h], ", ",
+                  k.shape[ld.l], ") of 'q' and 'k' in ", ld.name, ", got ", shape_str(v.shape));
+  TDQ_CHECK_RANGE(q.shape[ld.d] >= 1, a.op, ": argument 'q' must have a head dimension >= 1, got shape ", shape_str(q.shape));
+  TDQ_CHECK_RANGE(k.shape[ld.l] >= 1, a.op, ": argument 'k' must hold at least one key (Lk >= 1), got shape ", shape_str(k.shape));
   if (a.has("scale")) {
     const double sc = a.get_float("scale");
     TDQ_CHECK_RANGE(std::isfinite(sc), a.op, ": attribute 'scale' must be finite, got ", sc);
   }
 }
 
-AttnShape attn_shape_cm(const Tensor& q, const Tensor& v, const Attrs& a) {
-  AttnShape s{q.shape[0] * q.shape[1], q.shape[3], v.shape[3], q.shape[2], v.shape[2], 0.f};
+AttnShape attn_shape_of(Lay y, const Tensor& q, const Tensor& v, const Attrs& a) {
+  const LayDims ld = lay_dims(y);
+  AttnShape s{q.shape[0] * q.shape[ld.h], q.shape[ld.l], v.shape[ld.l], q.shape[ld.d], v.shape[ld.d], 0.f};
   s.scale = static_cast<float>(a.get_float("scale", 1.0 / std::sqrt(static_cast<double>(s.D))));
   return s;
 }
@@ -519,6 +552,29 @@ void transpose_batch(const float* src, int64_t n, int64_t rows, int64_t cols, fl
       }
     }
   });
+}
+
+// dst[b][j][i][:] = src[b][i][j][:], i < n1, j < n2, vectors of d floats.
+void swap_mid(const float* src, int64_t B, int64_t n1, int64_t n2, int64_t d, float* dst, const ExecContext& ctx) {
+  ctx.parallel_for(B * n1, std::max<int64_t>(1, 8192 / std::max<int64_t>(n2 * d, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t m = t / n1, i = t % n1;
+      for (int64_t j = 0; j < n2; ++j)
+        std::memcpy(dst + ((m * n2 + j) * n1 + i) * d, src + ((m * n1 + i) * n2 + j) * d, static_cast<size_t>(d) * sizeof(float));
+    }
+  });
+}
+
+// A tensor of layout y (sizes B, H, L, D) to tokens-major (B, H, L, D), and back.
+void to_tokens(Lay y, const float* src, int64_t B, int64_t H, int64_t L, int64_t D, float* dst, const ExecContext& ctx) {
+  if (y == Lay::channels) transpose_batch(src, B * H, D, L, dst, ctx);
+  else if (y == Lay::sequence) swap_mid(src, B, L, H, D, dst, ctx);
+  else std::memcpy(dst, src, static_cast<size_t>(B * H * L * D) * sizeof(float));
+}
+void from_tokens(Lay y, const float* src, int64_t B, int64_t H, int64_t L, int64_t D, float* dst, const ExecContext& ctx) {
+  if (y == Lay::channels) transpose_batch(src, B * H, L, D, dst, ctx);
+  else if (y == Lay::sequence) swap_mid(src, B, H, L, D, dst, ctx);
+  else std::memcpy(dst, src, static_cast<size_t>(B * H * L * D) * sizeof(float));
 }
 
 // The reference forward, tokens-major: K^T by key blocks (the size of k,
@@ -550,65 +606,61 @@ bool forward_fast(const AttnShape& s, const AttnLayout& ly, const float* q, cons
   return true;
 }
 
-// attention_forward(q, k, v; scale?) -> O (B,H,Lq,Dv), L (B,H,Lq)
-std::vector<TensorMeta> infer_attention_forward(const std::vector<Tensor>& in, const Attrs& a) {
-  check_qkv(in, a, 0, false);
+// attention_forward(q, k, v; scale?): tokens-major q (B,H,Lq,D),
+// k (B,H,Lk,D), v (B,H,Lk,Dv) -> O (B,H,Lq,Dv), L (B,H,Lq).
+// attention_cm_forward: channels-major, q (B,H,D,Lq), k (B,H,D,Lk),
+// v (B,H,Dv,Lk) -> O (B,H,Dv,Lq): the layout of a UNet's (B, C, L) features
+// split into heads, no permutes around the op.
+// attention_blhd_forward: sequence-major, q (B,Lq,H,D), k (B,Lk,H,D),
+// v (B,Lk,H,Dv) -> O (B,Lq,H,Dv): a linear layer's (B, L, H * D) output
+// split into heads. L is (B,H,Lq) in every layout.
+template <Lay Y>
+std::vector<TensorMeta> infer_fwd(const std::vector<Tensor>& in, const Attrs& a) {
+  check_qkv(in, a, 0, Y);
+  const LayDims ld = lay_dims(Y);
   const Tensor &q = in[0], &v = in[2];
-  return {{{q.shape[0], q.shape[1], q.shape[2], v.shape[3]}, DType::f32}, {{q.shape[0], q.shape[1], q.shape[2]}, DType::f32}};
+  const int64_t B = q.shape[0], H = q.shape[ld.h], Lq = q.shape[ld.l];
+  return {{lay_shape(Y, B, H, Lq, v.shape[ld.d]), DType::f32}, {{B, H, Lq}, DType::f32}};
 }
 
-void attention_forward_cpu(OpCall& c, const ExecContext& ctx) {
-  const AttnShape s = attn_shape(c.inputs[0], c.inputs[2], c.attrs);
+template <Lay Y>
+void fwd_cpu(OpCall& c, const ExecContext& ctx) {
+  const AttnShape s = attn_shape_of(Y, c.inputs[0], c.inputs[2], c.attrs);
+  const int64_t B = c.inputs[0].shape[0], H = B == 0 ? 0 : s.BH / B;
   const float *q = c.inputs[0].f32(), *k = c.inputs[1].f32(), *v = c.inputs[2].f32();
   float *o = c.outputs[0].f32(), *lse = c.outputs[1].f32();
   if (s.BH * s.Lq == 0) return;
-  if (!forward_fast(s, tokens_major(s), q, k, v, o, lse, ctx)) forward_reference(s, q, k, v, o, lse, ctx);
-}
-
-// attention_cm_forward(q, k, v; scale?): channels-major, q (B,H,D,Lq),
-// k (B,H,D,Lk), v (B,H,Dv,Lk) -> O (B,H,Dv,Lq), L (B,H,Lq). The layout of a
-// UNet's (B, C, L) features split into heads: no permutes around the op.
-std::vector<TensorMeta> infer_attention_cm_forward(const std::vector<Tensor>& in, const Attrs& a) {
-  check_qkv(in, a, 0, true);
-  const Tensor &q = in[0], &v = in[2];
-  return {{{q.shape[0], q.shape[1], v.shape[2], q.shape[3]}, DType::f32}, {{q.shape[0], q.shape[1], q.shape[3]}, DType::f32}};
-}
-
-void attention_cm_forward_cpu(OpCall& c, const ExecContext& ctx) {
-  const AttnShape s = attn_shape_cm(c.inputs[0], c.inputs[2], c.attrs);
-  const float *q = c.inputs[0].f32(), *k = c.inputs[1].f32(), *v = c.inputs[2].f32();
-  float *o = c.outputs[0].f32(), *lse = c.outputs[1].f32();
-  if (s.BH * s.Lq == 0) return;
-  if (forward_fast(s, channels_major(s), q, k, v, o, lse, ctx)) return;
+  const AttnLayout ly = Y == Lay::channels ? channels_major(s) : Y == Lay::sequence ? sequence_major(s, H) : tokens_major(s);
+  if (forward_fast(s, ly, q, k, v, o, lse, ctx)) return;
+  if (Y == Lay::tokens) {
+    forward_reference(s, q, k, v, o, lse, ctx);
+    return;
+  }
   // Scalar level: the reference on tokens-major copies.
   Tensor qt = ctx.scratch({s.BH * s.Lq * s.D}), kt = ctx.scratch({s.BH * s.Lk * s.D});
   Tensor vt = ctx.scratch({s.BH * s.Lk * s.Dv}), ot = ctx.scratch({s.BH * s.Lq * s.Dv});
-  transpose_batch(q, s.BH, s.D, s.Lq, qt.f32(), ctx);
-  transpose_batch(k, s.BH, s.D, s.Lk, kt.f32(), ctx);
-  transpose_batch(v, s.BH, s.Dv, s.Lk, vt.f32(), ctx);
+  to_tokens(Y, q, B, H, s.Lq, s.D, qt.f32(), ctx);
+  to_tokens(Y, k, B, H, s.Lk, s.D, kt.f32(), ctx);
+  to_tokens(Y, v, B, H, s.Lk, s.Dv, vt.f32(), ctx);
   forward_reference(s, qt.f32(), kt.f32(), vt.f32(), ot.f32(), lse, ctx);
-  transpose_batch(ot.f32(), s.BH, s.Lq, s.Dv, o, ctx);
+  from_tokens(Y, ot.f32(), B, H, s.Lq, s.Dv, o, ctx);
 }
 
-// attention_backward(gO, q, k, v, O, L; scale?) -> dq, dk, dv
-std::vector<TensorMeta> infer_attention_backward_impl(const std::vector<Tensor>& in, const Attrs& a, bool cm) {
-  check_qkv(in, a, 1, cm);
+// attention_*backward(gO, q, k, v, O, L; scale?) -> dq, dk, dv, in the layout of the forward.
+template <Lay Y>
+std::vector<TensorMeta> infer_bwd(const std::vector<Tensor>& in, const Attrs& a) {
+  check_qkv(in, a, 1, Y);
+  const LayDims ld = lay_dims(Y);
   const Tensor &q = in[1], &k = in[2], &v = in[3];
-  const int64_t lq = cm ? q.shape[3] : q.shape[2], dv = cm ? v.shape[2] : v.shape[3];
-  const Shape oshape = cm ? Shape{q.shape[0], q.shape[1], dv, lq} : Shape{q.shape[0], q.shape[1], lq, dv};
+  const int64_t B = q.shape[0], H = q.shape[ld.h], Lq = q.shape[ld.l];
+  const Shape oshape = lay_shape(Y, B, H, Lq, v.shape[ld.d]);
   check_dtype(a, in[0], "gO", DType::f32);
   check_shape(a, in[0], "gO", oshape);
   check_dtype(a, in[4], "O", DType::f32);
   check_shape(a, in[4], "O", oshape);
   check_dtype(a, in[5], "L", DType::f32);
-  check_shape(a, in[5], "L", {q.shape[0], q.shape[1], lq});
+  check_shape(a, in[5], "L", {B, H, Lq});
   return {{q.shape, DType::f32}, {k.shape, DType::f32}, {v.shape, DType::f32}};
-}
-std::vector<TensorMeta> infer_attention_backward(const std::vector<Tensor>& in, const Attrs& a) {
-  return infer_attention_backward_impl(in, a, false);
-}
-std::vector<TensorMeta> infer_attention_cm_backward(const std::vector<Tensor>& in, const Attrs& a) {
-  return infer_attention_backward_impl(in, a, true);
 }
 
 // The backward, tokens-major.
@@ -652,16 +704,18 @@ void backward_tokens_major(const AttnShape& s, const float* go, const float* q, 
   });
 }
 
-void attention_backward_cpu(OpCall& c, const ExecContext& ctx) {
-  const AttnShape s = attn_shape(c.inputs[1], c.inputs[3], c.attrs);
-  backward_tokens_major(s, c.inputs[0].f32(), c.inputs[1].f32(), c.inputs[2].f32(), c.inputs[3].f32(), c.inputs[4].f32(),
-                        c.inputs[5].f32(), c.outputs[0].f32(), c.outputs[1].f32(), c.outputs[2].f32(), ctx);
-}
-
-// attention_cm_backward(gO, q, k, v, O, L; scale?), channels-major: the
-// tokens-major backward on transposed copies, its gradients transposed back.
-void attention_cm_backward_cpu(OpCall& c, const ExecContext& ctx) {
-  const AttnShape s = attn_shape_cm(c.inputs[1], c.inputs[3], c.attrs);
+// The tokens-major backward; other layouts on transposed copies, their
+// gradients transposed back.
+template <Lay Y>
+void bwd_cpu(OpCall& c, const ExecContext& ctx) {
+  const AttnShape s = attn_shape_of(Y, c.inputs[1], c.inputs[3], c.attrs);
+  if (Y == Lay::tokens) {
+    backward_tokens_major(s, c.inputs[0].f32(), c.inputs[1].f32(), c.inputs[2].f32(), c.inputs[3].f32(),
+                          c.inputs[4].f32(), c.inputs[5].f32(), c.outputs[0].f32(), c.outputs[1].f32(),
+                          c.outputs[2].f32(), ctx);
+    return;
+  }
+  const int64_t B = c.inputs[1].shape[0], H = B == 0 ? 0 : s.BH / B;
   const int64_t nq = s.BH * s.Lq * s.D, nk = s.BH * s.Lk * s.D, nv = s.BH * s.Lk * s.Dv, no = s.BH * s.Lq * s.Dv;
   Tensor buf = ctx.scratch({2 * no + 2 * nq + 2 * nk + 2 * nv});
   float* go = buf.f32();
@@ -672,22 +726,24 @@ void attention_cm_backward_cpu(OpCall& c, const ExecContext& ctx) {
   float* dq = v + nv;
   float* dk = dq + nq;
   float* dv = dk + nk;
-  transpose_batch(c.inputs[0].f32(), s.BH, s.Dv, s.Lq, go, ctx);
-  transpose_batch(c.inputs[1].f32(), s.BH, s.D, s.Lq, q, ctx);
-  transpose_batch(c.inputs[2].f32(), s.BH, s.D, s.Lk, k, ctx);
-  transpose_batch(c.inputs[3].f32(), s.BH, s.Dv, s.Lk, v, ctx);
-  transpose_batch(c.inputs[4].f32(), s.BH, s.Dv, s.Lq, O, ctx);
+  to_tokens(Y, c.inputs[0].f32(), B, H, s.Lq, s.Dv, go, ctx);
+  to_tokens(Y, c.inputs[1].f32(), B, H, s.Lq, s.D, q, ctx);
+  to_tokens(Y, c.inputs[2].f32(), B, H, s.Lk, s.D, k, ctx);
+  to_tokens(Y, c.inputs[3].f32(), B, H, s.Lk, s.Dv, v, ctx);
+  to_tokens(Y, c.inputs[4].f32(), B, H, s.Lq, s.Dv, O, ctx);
   backward_tokens_major(s, go, q, k, v, O, c.inputs[5].f32(), dq, dk, dv, ctx);
-  transpose_batch(dq, s.BH, s.Lq, s.D, c.outputs[0].f32(), ctx);
-  transpose_batch(dk, s.BH, s.Lk, s.D, c.outputs[1].f32(), ctx);
-  transpose_batch(dv, s.BH, s.Lk, s.Dv, c.outputs[2].f32(), ctx);
+  from_tokens(Y, dq, B, H, s.Lq, s.D, c.outputs[0].f32(), ctx);
+  from_tokens(Y, dk, B, H, s.Lk, s.D, c.outputs[1].f32(), ctx);
+  from_tokens(Y, dv, B, H, s.Lk, s.Dv, c.outputs[2].f32(), ctx);
 }
 
 }  // namespace
 
-TDQ_REGISTER_OP({"attention_forward", 3, 3, infer_attention_forward, attention_forward_cpu, {}});
-TDQ_REGISTER_OP({"attention_backward", 6, 6, infer_attention_backward, attention_backward_cpu, {}});
-TDQ_REGISTER_OP({"attention_cm_forward", 3, 3, infer_attention_cm_forward, attention_cm_forward_cpu, {}});
-TDQ_REGISTER_OP({"attention_cm_backward", 6, 6, infer_attention_cm_backward, attention_cm_backward_cpu, {}});
+TDQ_REGISTER_OP({"attention_forward", 3, 3, infer_fwd<Lay::tokens>, fwd_cpu<Lay::tokens>, {}});
+TDQ_REGISTER_OP({"attention_backward", 6, 6, infer_bwd<Lay::tokens>, bwd_cpu<Lay::tokens>, {}});
+TDQ_REGISTER_OP({"attention_cm_forward", 3, 3, infer_fwd<Lay::channels>, fwd_cpu<Lay::channels>, {}});
+TDQ_REGISTER_OP({"attention_cm_backward", 6, 6, infer_bwd<Lay::channels>, bwd_cpu<Lay::channels>, {}});
+TDQ_REGISTER_OP({"attention_blhd_forward", 3, 3, infer_fwd<Lay::sequence>, fwd_cpu<Lay::sequence>, {}});
+TDQ_REGISTER_OP({"attention_blhd_backward", 6, 6, infer_bwd<Lay::sequence>, bwd_cpu<Lay::sequence>, {}});
 
 }  // namespace tdq

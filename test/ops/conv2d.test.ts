@@ -62,6 +62,15 @@ const cases: Case[] = [
   { name: 'implicit GEMM: 3x3 same, two K blocks, 9x11 map', x: [2, 20, 9, 11], w: [10, 20, 3, 3], stride: 1, padding: 1, bias: true },
   { name: 'implicit GEMM: 5x5 same, 12x13 map', x: [1, 6, 12, 13], w: [7, 6, 5, 5], stride: 1, padding: 2, bias: false },
   { name: 'implicit GEMM: 3x3 same, 40x40 map', x: [1, 3, 40, 40], w: [9, 3, 3, 3], stride: 1, padding: 1, bias: true },
+  // the input gradient of a 'same' convolution as a 'same' convolution of gy
+  // with the flipped, transposed weights (AVX-512, from 16 input channels),
+  // and the direct weight gradient (AVX-512, O*C <= 64*64): maps under one
+  // 16-pixel block, samples summed per chunk, O and C*kH*kW not multiples of 4
+  { name: 'same conv input gradient: 24 -> 13 channels, 3 samples, 7x5 map', x: [3, 24, 7, 5], w: [13, 24, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'same conv input gradient: 17 -> 40 channels, 1 sample, 16x16', x: [1, 17, 16, 16], w: [40, 17, 3, 3], stride: 1, padding: 1, bias: false },
+  { name: 'direct weight gradient: 3x3 maps, 6 samples', x: [6, 9, 3, 3], w: [7, 9, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'direct weight gradient: 5x5 kernel, 17x16 map', x: [2, 5, 17, 16], w: [6, 5, 5, 5], stride: 1, padding: 2, bias: false },
+  { name: 'direct weight gradient: 1x1 map', x: [3, 4, 1, 1], w: [5, 4, 3, 3], stride: 1, padding: 1, bias: true },
 ];
 
 describe('conv2d against PyTorch', { skip: skip ?? false }, () => {

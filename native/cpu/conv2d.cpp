@@ -694,9 +694,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void wgrad_tile(const Wgrad
                                                                      float* sums) {
   const ConvGeom& g = *s.g;
   const int64_t P = g.P(), KK = g.kh * g.kw, CHW = g.C * g.H * g.W, OP = g.O * P;
-  __m512 acc[16];
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  __m512 acc[32];
+#pragma GCC unroll 32
+  for (int i = 0; i < 32; ++i) acc[i] = _mm512_setzero_ps();
   int64_t tap[TR], off[TR];
   for (int j = 0; j < TR; ++j) tap[j] = (r0 + j) % KK, off[j] = s.off[r0 + j];
   const int64_t full = P / 16;
@@ -713,7 +713,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void wgrad_tile(const Wgrad
       __m512 gv[TO];
 #pragma GCC unroll 4
       for (int i = 0; i < TO; ++i) gv[i] = _mm512_maskz_loadu_ps(pm, gyn + i * P + p);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
       for (int j = 0; j < TR; ++j) {
         const __m512 xv = _mm512_maskz_loadu_ps(static_cast<__mmask16>(mk[tap[j]]), xn + off[j] + p);
 #pragma GCC unroll 4
@@ -727,25 +727,29 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void wgrad_tile(const Wgrad
   _mm512_store_ps(out, hsum16(acc));
   for (int l = 0; l < 16; ++l)
     if (perm[l] < TO * TR) sums[perm[l]] = out[l];
+  if constexpr (TO * TR > 16) {
+    _mm512_store_ps(out, hsum16(acc + 16));
+    for (int l = 0; l < 16; ++l)
+      if (16 + perm[l] < TO * TR) sums[16 + perm[l]] = out[l];
+  }
 }
-
-#pragma GCC diagnostic pop
 
 using WgradTileFn = void (*)(const WgradSame&, int64_t, int64_t, float*);
+constexpr int kWgradTR = 4;  // tile: 4 rows of gW (o) x 4 columns (r): 16 accumulators (4 x 6 measured no faster)
 template <int TO>
-constexpr std::array<WgradTileFn, 4> wgrad_row() {
+constexpr std::array<WgradTileFn, kWgradTR> wgrad_row() {
   return {wgrad_tile<TO, 1>, wgrad_tile<TO, 2>, wgrad_tile<TO, 3>, wgrad_tile<TO, 4>};
 }
-const std::array<std::array<WgradTileFn, 4>, 4> kWgradTiles{wgrad_row<1>(), wgrad_row<2>(), wgrad_row<3>(), wgrad_row<4>()};
+const std::array<std::array<WgradTileFn, kWgradTR>, 4> kWgradTiles{wgrad_row<1>(), wgrad_row<2>(), wgrad_row<3>(), wgrad_row<4>()};
 
 // Rows [o_begin, o_end) of acc (O, CKK) = (or +=) the chunk's weight gradient.
 void wgrad_rows(const WgradSame& s, int64_t o_begin, int64_t o_end, float* acc, bool accumulate) {
   const int64_t CKK = s.g->CKK();
-  alignas(64) float sums[16];
+  alignas(64) float sums[32];
   for (int64_t o0 = o_begin; o0 < o_end; o0 += 4) {
     const int64_t to = std::min<int64_t>(4, o_end - o0);
-    for (int64_t r0 = 0; r0 < CKK; r0 += 4) {
-      const int64_t tr = std::min<int64_t>(4, CKK - r0);
+    for (int64_t r0 = 0; r0 < CKK; r0 += kWgradTR) {
+      const int64_t tr = std::min<int64_t>(kWgradTR, CKK - r0);
       kWgradTiles[to - 1][tr - 1](s, o0, r0, sums);
       for (int64_t i = 0; i < to; ++i) {
         float* dst = acc + (o0 + i) * CKK + r0;

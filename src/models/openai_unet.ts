@@ -118,7 +118,7 @@ export class ResBlock extends Module implements EmbedBlock {
   }
 
   forward(x: Tensor, emb: Tensor): Tensor {
-    let h = silu(this.inNorm.forward(x));
+    let h = this.inNorm.forwardSiLU(x);
     if (this.hUpd && this.xUpd) {
       h = this.hUpd.forward(h);
       x = this.xUpd.forward(x);
@@ -128,11 +128,11 @@ export class ResBlock extends Module implements EmbedBlock {
     const e4 = reshape(e, [e.shape[0], e.shape[1], 1, 1]); // (B, C, 1, 1)
     if (this.useScaleShiftNorm) {
       const [scale, shift] = chunk(e4, 2, 1);
-      h = add(mul(this.outNorm.forward(h), addScalar(scale, 1)), shift);
+      h = silu(add(mul(this.outNorm.forward(h), addScalar(scale, 1)), shift));
     } else {
-      h = this.outNorm.forward(add(h, e4));
+      h = this.outNorm.forwardSiLU(add(h, e4));
     }
-    h = this.outConv.forward(this.outDropout.forward(silu(h)));
+    h = this.outConv.forward(this.outDropout.forward(h));
     return add(this.skip ? this.skip.forward(x) : x, h);
   }
 }
@@ -303,6 +303,6 @@ export class UNetModel extends Module {
     for (const m of this.inputBlocks) hs.push((h = m.forward(h, emb, context)));
     h = this.middleBlock.forward(h, emb, context);
     for (const m of this.outputBlocks) h = m.forward(cat([h, hs.pop()!], 1), emb, context);
-    return this.outConv.forward(silu(this.outNorm.forward(h)));
+    return this.outConv.forward(this.outNorm.forwardSiLU(h));
   }
 }

@@ -83,6 +83,10 @@ export class GroupNorm extends Module {
   forward(x: Tensor): Tensor {
     return norm.groupNorm(x, this.numGroups, this.weight, this.bias, this.eps);
   }
+  /** silu(forward(x)), fused (norm.groupNormSiLU). */
+  forwardSiLU(x: Tensor): Tensor {
+    return norm.groupNormSiLU(x, this.numGroups, this.weight, this.bias, this.eps);
+  }
 }
 
 export class LayerNorm extends Module {

@@ -1,6 +1,7 @@
 // 2-D convolution (dilation 1, groups 1) as im2col + GEMM, with both backward
 // passes:
-//   conv2d_forward(x, weight, bias?)       y  = W · col(x) + b
+//   conv2d_forward(x, weight, bias?, add_channel?, residual?)
+//                                          y  = W · col(x) + b [+ add_channel[n, o]] [+ residual]
 //   conv2d_backward_input(gy, weight)      gx = col2im(W^T · gy)
 //   conv2d_backward_weight(gy, x)          gW = sum_n gy_n · col(x_n)^T,  gb = sum gy
 // with x (N, C, H, W), weight (O, C, kH, kW), y (N, O, Ho, Wo).
@@ -441,12 +442,52 @@ std::vector<TensorMeta> infer_conv2d_forward(const std::vector<Tensor>& in, cons
     check_dtype(at, in[2], "bias", DType::f32);
     check_shape(at, in[2], "bias", {g.O});
   }
+  if (in.size() > 3 && in[3].defined()) {
+    check_dtype(at, in[3], "add_channel", DType::f32);
+    check_shape(at, in[3], "add_channel", {g.N, g.O});
+  }
+  if (in.size() > 4 && in[4].defined()) {
+    check_dtype(at, in[4], "residual", DType::f32);
+    check_shape(at, in[4], "residual", {g.N, g.O, g.Ho, g.Wo});
+  }
   return {{{g.N, g.O, g.Ho, g.Wo}, DType::f32}};
 }
 
+// What the forward adds to W · col(x): the bias (O), and optionally a
+// per-sample, per-channel term (N, O) (a UNet block's time embedding) and a
+// residual (N, O, Ho, Wo) (the block's skip connection). They are written
+// into y before the GEMM, which then accumulates onto them (beta = 1), or
+// added where a chunk's result is copied into y: no pass of their own.
+struct ConvAdds {
+  const float* bias = nullptr;
+  const float* chan = nullptr;  // (N, O)
+  const float* res = nullptr;   // (N, O, P)
+  bool any() const { return bias || chan || res; }
+  // Row o of sample n (P values): its constant part.
+  float base(int64_t n, int64_t O, int64_t o) const {
+    return (bias ? bias[o] : 0.f) + (chan ? chan[n * O + o] : 0.f);
+  }
+  // yn (O, P) of sample n = the adds alone.
+  void init(int64_t n, int64_t O, int64_t P, float* yn) const {
+    for (int64_t o = 0; o < O; ++o) {
+      const float b = base(n, O, o);
+      float* row = yn + o * P;
+      if (res) {
+        const float* r = res + (n * O + o) * P;
+        for (int64_t p = 0; p < P; ++p) row[p] = r[p] + b;
+      } else {
+        std::fill(row, row + P, b);
+      }
+    }
+  }
+};
+
 void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const Tensor &x = c.inputs[0], &w = c.inputs[1];
-  const float* bias = c.inputs.size() > 2 && c.inputs[2].defined() ? c.inputs[2].f32() : nullptr;
+  ConvAdds adds;
+  adds.bias = c.inputs.size() > 2 && c.inputs[2].defined() ? c.inputs[2].f32() : nullptr;
+  adds.chan = c.inputs.size() > 3 && c.inputs[3].defined() ? c.inputs[3].f32() : nullptr;
+  adds.res = c.inputs.size() > 4 && c.inputs[4].defined() ? c.inputs[4].f32() : nullptr;
   const ConvGeom g = conv_geometry(c.attrs, x.shape, w.shape, "x");
   const int64_t P = g.P(), CKK = g.CKK();
   // Scratch per sample of a chunk: its col columns and, when chunks hold
@@ -478,9 +519,9 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
       const float* colp = xs;
       if (implicit) {
         float* yn = y + n0 * g.O * P;
-        if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
+        if (adds.any()) adds.init(n0, g.O, P, yn);
         const SameConvPacker packer{xs, same_tables.get(), g.kh * g.kw};
-        sgemm_prepacked_implicit_b(gctx, g.O, P, CKK, wp, BPacker{pack_same_avx512, &packer}, bias ? 1.f : 0.f,
+        sgemm_prepacked_implicit_b(gctx, g.O, P, CKK, wp, BPacker{pack_same_avx512, &packer}, adds.any() ? 1.f : 0.f,
                                    yn, P);
         continue;
       }
@@ -491,8 +532,8 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
       if (nbmax == 1) {
         // One sample: the GEMM writes y_n in place, on top of the bias.
         float* yn = y + n0 * g.O * P;
-        if (bias) for (int64_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bias[o]);
-        sgemm_prepacked(gctx, g.O, P, CKK, wp, false, colp, cols, bias ? 1.f : 0.f, yn, P);
+        if (adds.any()) adds.init(n0, g.O, P, yn);
+        sgemm_prepacked(gctx, g.O, P, CKK, wp, false, colp, cols, adds.any() ? 1.f : 0.f, yn, P);
       } else {
         // (O, nb*P) -> (nb, O, P), adding the bias on the way.
         sgemm_prepacked(gctx, g.O, cols, CKK, wp, false, colp, cols, 0.f, tmp, cols);
@@ -501,8 +542,13 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
             const int64_t s = idx / g.O, o = idx % g.O;
             const float* src = tmp + o * cols + s * P;
             float* dst = y + (n0 + s) * g.O * P + o * P;
-            const float bo = bias ? bias[o] : 0.f;
-            for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + bo;
+            const float bo = adds.base(n0 + s, g.O, o);
+            if (adds.res) {
+              const float* r = adds.res + (n0 + s) * g.O * P + o * P;
+              for (int64_t p = 0; p < P; ++p) dst[p] = (src[p] + bo) + r[p];
+            } else {
+              for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + bo;
+            }
           }
         });
       }
@@ -916,7 +962,7 @@ void conv2d_backward_weight(OpCall& c, const ExecContext& ctx) {
 
 }  // namespace
 
-TDQ_REGISTER_OP({"conv2d_forward", 2, 3, infer_conv2d_forward, conv2d_forward, {}});
+TDQ_REGISTER_OP({"conv2d_forward", 2, 5, infer_conv2d_forward, conv2d_forward, {}});
 TDQ_REGISTER_OP({"conv2d_backward_input", 2, 2, infer_conv2d_backward_input, conv2d_backward_input, {}});
 TDQ_REGISTER_OP({"conv2d_backward_weight", 2, 2, infer_conv2d_backward_weight, conv2d_backward_weight, {}});
 

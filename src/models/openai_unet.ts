@@ -123,17 +123,18 @@ export class ResBlock extends Module implements EmbedBlock {
       h = this.hUpd.forward(h);
       x = this.xUpd.forward(x);
     }
-    h = this.inConv.forward(h);
     const e = this.embLinear.forward(silu(emb));
-    const e4 = reshape(e, [e.shape[0], e.shape[1], 1, 1]); // (B, C, 1, 1)
     if (this.useScaleShiftNorm) {
+      h = this.inConv.forward(h);
+      const e4 = reshape(e, [e.shape[0], e.shape[1], 1, 1]); // (B, 2C, 1, 1)
       const [scale, shift] = chunk(e4, 2, 1);
       h = silu(add(mul(this.outNorm.forward(h), addScalar(scale, 1)), shift));
     } else {
-      h = this.outNorm.forwardSiLU(add(h, e4));
+      // the embedding added inside the convolution
+      h = this.outNorm.forwardSiLU(this.inConv.forwardAdd(h, e, null));
     }
-    h = this.outConv.forward(this.outDropout.forward(h));
-    return add(this.skip ? this.skip.forward(x) : x, h);
+    // the skip connection added inside the convolution
+    return this.outConv.forwardAdd(this.outDropout.forward(h), null, this.skip ? this.skip.forward(x) : x);
   }
 }
 

@@ -21,6 +21,11 @@
 // micro-kernels live in gemm_avx2.cpp / gemm_avx512.cpp, compiled for those
 // instruction sets through target attributes; the portable one is below.
 //
+// Tried and dropped: products of at most 8 rows (a Linear layer at batch 1)
+// reading B in place, as dot products, instead of packing it: faster, but
+// a row of C then depends on how many rows the product has (another order of
+// the sums), and the step table of a TDQ model (its MLP run on all timesteps
+// at once) no longer matched the MLP run per batch bit for bit.
 // Tried and dropped (AMD Zen 4, measured): reading a row-major B in place
 // instead of packing it (slower as soon as ldb is a multiple of 4 KiB: the
 // rows of a micro-panel then collide in L1), and a 12 x 32 AVX-512 tile (its
@@ -32,8 +37,6 @@
 #include <cstring>
 
 #include <immintrin.h>  // SSE only (baseline x86-64) outside the kernel files
-
-#include "nn_simd.h"
 
 namespace tdq {
 
@@ -279,104 +282,6 @@ void sgemm_blocked(const GemmKernel& ks, const ExecContext& ctx, bool transA, bo
   });
 }
 
-// ---- few rows: no packing ------------------------------------------------------
-// A product with M <= 8 rows of a row-major A (a Linear layer at batch 1..8:
-// the time embedding projections of a UNet) spends more on packing B, the
-// whole weight, than on the arithmetic, which reuses each B element at most
-// M times. These loops read B in place once instead: with transB each C
-// element is a dot product of two contiguous rows (W lanes of partial sums);
-// without, each row of B is scaled into up to 8 rows of C. Columns
-// [j0, j1) only (the parallel split). Written over the vector width W
-// (nn_simd.h): 1 for the portable level, 8 and 16 for AVX2 / AVX-512.
-using namespace nnsimd;
-
-template <int W>
-TDQ_AINLINE void small_m_tb(int64_t M, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
-                            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  for (int64_t j = j0; j < j1; ++j) {
-    const float* b = B + j * ldb;
-    for (int64_t i0 = 0; i0 < M; i0 += 4) {
-      const int64_t mi = std::min<int64_t>(4, M - i0);
-      Vf<W> acc[4] = {};
-      int64_t k = 0;
-      if constexpr (W > 1)
-        for (; k + W <= K; k += W) {
-          const Vf<W> bv = vload<W>(b + k);
-          for (int64_t i = 0; i < mi; ++i) acc[i] += vload<W>(A + (i0 + i) * lda + k) * bv;
-        }
-      for (int64_t i = 0; i < mi; ++i) {
-        float sum = hsum<W>(acc[i]);
-        const float* a = A + (i0 + i) * lda;
-        for (int64_t kk = k; kk < K; ++kk) sum += a[kk] * b[kk];
-        float& c = C[(i0 + i) * ldc + j];
-        c = beta == 0.f ? alpha * sum : alpha * sum + beta * c;
-      }
-    }
-  }
-}
-
-template <int W>
-TDQ_AINLINE void small_m_nb(int64_t M, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
-                            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  int64_t j = j0;
-  if constexpr (W > 1)
-    for (; j + W <= j1; j += W)
-      for (int64_t i0 = 0; i0 < M; i0 += 4) {
-        const int64_t mi = std::min<int64_t>(4, M - i0);
-        Vf<W> acc[4] = {};
-        for (int64_t k = 0; k < K; ++k) {
-          const Vf<W> bv = vload<W>(B + k * ldb + j);
-          for (int64_t i = 0; i < mi; ++i) acc[i] += A[(i0 + i) * lda + k] * bv;
-        }
-        for (int64_t i = 0; i < mi; ++i) {
-          float* c = C + (i0 + i) * ldc + j;
-          vstore<W>(c, beta == 0.f ? alpha * acc[i] : alpha * acc[i] + beta * vload<W>(c));
-        }
-      }
-  for (; j < j1; ++j)
-    for (int64_t i = 0; i < M; ++i) {
-      float sum = 0.f;
-      for (int64_t k = 0; k < K; ++k) sum += A[i * lda + k] * B[k * ldb + j];
-      float& c = C[i * ldc + j];
-      c = beta == 0.f ? alpha * sum : alpha * sum + beta * c;
-    }
-}
-
-using SmallMFn = void (*)(int64_t, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
-                          float, float*, int64_t);
-template <int W, bool TB>
-void small_m_generic(int64_t M, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
-                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if constexpr (TB) small_m_tb<W>(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  else small_m_nb<W>(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-#if TDQ_NN_X86
-template <bool TB>
-TDQ_AVX512 void small_m_avx512(int64_t M, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
-                               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if constexpr (TB) small_m_tb<16>(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  else small_m_nb<16>(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-template <bool TB>
-TDQ_AVX2 void small_m_avx2(int64_t M, int64_t j0, int64_t j1, int64_t K, float alpha, const float* A, int64_t lda,
-                           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if constexpr (TB) small_m_tb<8>(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  else small_m_nb<8>(M, j0, j1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-#endif
-
-void sgemm_small_m(const ExecContext& ctx, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  SmallMFn fn = transB ? small_m_generic<1, true> : small_m_generic<1, false>;
-#if TDQ_NN_X86
-  if (ctx.cpu_level == CpuLevel::avx512) fn = transB ? small_m_avx512<true> : small_m_avx512<false>;
-  else if (ctx.cpu_level == CpuLevel::avx2) fn = transB ? small_m_avx2<true> : small_m_avx2<false>;
-#endif
-  // Column ranges of about 64K multiply-adds each (multiples of 16 columns).
-  const int64_t grain = std::max<int64_t>(16, (int64_t{1} << 16) / std::max<int64_t>(M * K, 1) / 16 * 16);
-  ctx.parallel_for(N, grain, [&](int64_t b, int64_t e) { fn(M, b, e, K, alpha, A, lda, B, ldb, beta, C, ldc); });
-}
-
 }  // namespace
 
 void sgemm(const ExecContext& ctx, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
@@ -388,7 +293,6 @@ void sgemm(const ExecContext& ctx, bool transA, bool transB, int64_t M, int64_t 
     if (beta != 1.f) scale_c(ctx, M, N, beta, C, ldc);
     return;
   }
-  if (!transA && M <= 8) return sgemm_small_m(ctx, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   sgemm_blocked(kernel_for(ctx.cpu_level), ctx, transA, transB, M, N, K, alpha, A, lda, nullptr, B,
                 ldb, beta, C, ldc);
 }

@@ -21,6 +21,11 @@
 // micro-kernels live in gemm_avx2.cpp / gemm_avx512.cpp, compiled for those
 // instruction sets through target attributes; the portable one is below.
 //
+// Tried and dropped: products of at most 8 rows (a Linear layer at batch 1)
+// reading B in place, as dot products, instead of packing it: faster, but
+// a row of C then depends on how many rows the product has (another order of
+// the sums), and the step table of a TDQ model (its MLP run on all timesteps
+// at once) no longer matched the MLP run per batch bit for bit.
 // Tried and dropped (AMD Zen 4, measured): reading a row-major B in place
 // instead of packing it (slower as soon as ldb is a multiple of 4 KiB: the
 // rows of a micro-panel then collide in L1), and a 12 x 32 AVX-512 tile (its

@@ -2,12 +2,20 @@
 // C/G channels; each (n, g) group is normalised with its biased variance,
 // y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c].
 // The forward also returns mean and rstd (N, G) so that the backward does not
-// recompute the statistics.
+// recompute the statistics. With the attribute silu, the forward returns
+// silu(y) instead (the GroupNorm + SiLU pair of every UNet block in one pass,
+// without y in memory), and the backward takes the bias as well to recompute
+// y from x and the statistics.
+//
+// The loops over a group's elements are written once over a vector width W
+// (nn_simd.h): W = 1 is the reference (the "scalar" CPU level), 8 and 16 the
+// AVX2 / AVX-512 levels. Sums run in double in every width.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "../core/registry.h"
+#include "nn_simd.h"
 
 namespace tdq {
 namespace {
@@ -60,6 +68,163 @@ void check_affine(const Attrs& a, const Tensor& t, const char* arg, int64_t C) {
                   "] (one value per channel of x), got ", shape_str(t.shape));
 }
 
+using namespace nnsimd;
+
+// sum p[i], and sum (p[i] - c)^2, in double W lanes
+template <int W> TDQ_AINLINE double gn_sum(const float* p, int64_t n) {
+  Vd<W> acc{};
+  int64_t i = 0;
+  if constexpr (W > 1)
+    for (; i + W <= n; i += W) acc += to_double<W>(vload<W>(p + i));
+  double s = hsum_d<W>(acc);
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+template <int W> TDQ_AINLINE double gn_sum_sq_dev(const float* p, int64_t n, double c) {
+  Vd<W> acc{};
+  int64_t i = 0;
+  if constexpr (W > 1)
+    for (; i + W <= n; i += W) {
+      const Vd<W> d = to_double<W>(vload<W>(p + i)) - c;
+      acc += d * d;
+    }
+  double s = hsum_d<W>(acc);
+  for (; i < n; ++i) s += (p[i] - c) * (p[i] - c);
+  return s;
+}
+
+template <int W> TDQ_AINLINE Vf<W> gn_silu(const Vf<W>& z) { return z / (1.0f + vexp<W>(-z)); }
+template <int W> TDQ_AINLINE Vf<W> gn_silu_grad(const Vf<W>& z) {
+  const Vf<W> sg = 1.0f / (1.0f + vexp<W>(-z));
+  return sg * (1.0f + z * (1.0f - sg));
+}
+
+// y[i] = ((x[i] - mhi) - mlo) * scale + shift, then silu when Silu
+template <int W, bool Silu>
+TDQ_AINLINE void gn_apply(const float* x, float* y, int64_t n, float mhi, float mlo, float scale, float shift) {
+  int64_t i = 0;
+  if constexpr (W > 1)
+    for (; i + W <= n; i += W) {
+      Vf<W> z = ((vload<W>(x + i) - mhi) - mlo) * scale + shift;
+      if constexpr (Silu) z = gn_silu<W>(z);
+      vstore<W>(y + i, z);
+    }
+  for (; i < n; ++i) {
+    float z = ((x[i] - mhi) - mlo) * scale + shift;
+    if constexpr (Silu) z = gn_silu<1>(z);
+    y[i] = z;
+  }
+}
+
+// One channel of the backward's first pass: s0 = sum g, s1 = sum g (x - mf),
+// s2 = sum (x - mf), with g = gy, or with Silu g = gy silu'(z) (z recomputed
+// from x), which is also written to g_out for the second pass.
+template <int W, bool Silu>
+TDQ_AINLINE void gn_bwd_sums(const float* gy, const float* x, float* g_out, int64_t n, float mf, float mhi, float mlo,
+                             float scale, float shift, double& s0, double& s1, double& s2) {
+  Vd<W> a0{}, a1{}, a2{};
+  int64_t i = 0;
+  if constexpr (W > 1)
+    for (; i + W <= n; i += W) {
+      const Vf<W> xv = vload<W>(x + i);
+      Vf<W> g = vload<W>(gy + i);
+      if constexpr (Silu) {
+        g = g * gn_silu_grad<W>(((xv - mhi) - mlo) * scale + shift);
+        vstore<W>(g_out + i, g);
+      }
+      const Vd<W> gd = to_double<W>(g), xc = to_double<W>(xv - mf);
+      a0 += gd;
+      a1 += gd * xc;
+      a2 += xc;
+    }
+  s0 = hsum_d<W>(a0), s1 = hsum_d<W>(a1), s2 = hsum_d<W>(a2);
+  for (; i < n; ++i) {
+    float g = gy[i];
+    if constexpr (Silu) {
+      g = g * gn_silu_grad<1>(((x[i] - mhi) - mlo) * scale + shift);
+      g_out[i] = g;
+    }
+    const double gi = g, xc = x[i] - mf;
+    s0 += gi, s1 += gi * xc, s2 += xc;
+  }
+}
+
+// dx[i] = k1 g[i] - k2 ((x[i] - mf) - df) - k0
+template <int W>
+TDQ_AINLINE void gn_bwd_dx(const float* g, const float* x, float* dx, int64_t n, float k1, float k2, float k0, float mf,
+                           float df) {
+  int64_t i = 0;
+  if constexpr (W > 1)
+    for (; i + W <= n; i += W)
+      vstore<W>(dx + i, k1 * vload<W>(g + i) - k2 * ((vload<W>(x + i) - mf) - df) - k0);
+  for (; i < n; ++i) dx[i] = k1 * g[i] - k2 * ((x[i] - mf) - df) - k0;
+}
+
+struct GnKernels {
+  double (*sum)(const float*, int64_t);
+  double (*sum_sq_dev)(const float*, int64_t, double);
+  void (*apply)(const float*, float*, int64_t, float, float, float, float);
+  void (*bwd_sums)(const float*, const float*, float*, int64_t, float, float, float, float, float, double&, double&,
+                   double&);
+  void (*bwd_dx)(const float*, const float*, float*, int64_t, float, float, float, float, float);
+};
+
+template <int W, bool Silu> struct GnFns {
+  static double sum(const float* p, int64_t n) { return gn_sum<W>(p, n); }
+  static double ssd(const float* p, int64_t n, double c) { return gn_sum_sq_dev<W>(p, n, c); }
+  static void apply(const float* x, float* y, int64_t n, float a, float b, float c, float d) {
+    gn_apply<W, Silu>(x, y, n, a, b, c, d);
+  }
+  static void sums(const float* gy, const float* x, float* go, int64_t n, float mf, float mhi, float mlo, float sc,
+                   float sh, double& s0, double& s1, double& s2) {
+    gn_bwd_sums<W, Silu>(gy, x, go, n, mf, mhi, mlo, sc, sh, s0, s1, s2);
+  }
+  static void dx(const float* g, const float* x, float* d, int64_t n, float k1, float k2, float k0, float mf, float df) {
+    gn_bwd_dx<W>(g, x, d, n, k1, k2, k0, mf, df);
+  }
+};
+#if TDQ_NN_X86
+template <bool Silu> struct GnAvx512 {
+  static TDQ_AVX512 double sum(const float* p, int64_t n) { return gn_sum<16>(p, n); }
+  static TDQ_AVX512 double ssd(const float* p, int64_t n, double c) { return gn_sum_sq_dev<16>(p, n, c); }
+  static TDQ_AVX512 void apply(const float* x, float* y, int64_t n, float a, float b, float c, float d) {
+    gn_apply<16, Silu>(x, y, n, a, b, c, d);
+  }
+  static TDQ_AVX512 void sums(const float* gy, const float* x, float* go, int64_t n, float mf, float mhi, float mlo,
+                              float sc, float sh, double& s0, double& s1, double& s2) {
+    gn_bwd_sums<16, Silu>(gy, x, go, n, mf, mhi, mlo, sc, sh, s0, s1, s2);
+  }
+  static TDQ_AVX512 void dx(const float* g, const float* x, float* d, int64_t n, float k1, float k2, float k0, float mf,
+                            float df) {
+    gn_bwd_dx<16>(g, x, d, n, k1, k2, k0, mf, df);
+  }
+};
+template <bool Silu> struct GnAvx2 {
+  static TDQ_AVX2 double sum(const float* p, int64_t n) { return gn_sum<8>(p, n); }
+  static TDQ_AVX2 double ssd(const float* p, int64_t n, double c) { return gn_sum_sq_dev<8>(p, n, c); }
+  static TDQ_AVX2 void apply(const float* x, float* y, int64_t n, float a, float b, float c, float d) {
+    gn_apply<8, Silu>(x, y, n, a, b, c, d);
+  }
+  static TDQ_AVX2 void sums(const float* gy, const float* x, float* go, int64_t n, float mf, float mhi, float mlo,
+                            float sc, float sh, double& s0, double& s1, double& s2) {
+    gn_bwd_sums<8, Silu>(gy, x, go, n, mf, mhi, mlo, sc, sh, s0, s1, s2);
+  }
+  static TDQ_AVX2 void dx(const float* g, const float* x, float* d, int64_t n, float k1, float k2, float k0, float mf,
+                          float df) {
+    gn_bwd_dx<8>(g, x, d, n, k1, k2, k0, mf, df);
+  }
+};
+#endif
+template <class F> GnKernels gn_table() { return {F::sum, F::ssd, F::apply, F::sums, F::dx}; }
+
+GnKernels gn_kernels(CpuLevel level, bool silu) {
+#if TDQ_NN_X86
+  if (level == CpuLevel::avx512) return silu ? gn_table<GnAvx512<true>>() : gn_table<GnAvx512<false>>();
+  if (level == CpuLevel::avx2) return silu ? gn_table<GnAvx2<true>>() : gn_table<GnAvx2<false>>();
+#endif
+  return silu ? gn_table<GnFns<1, true>>() : gn_table<GnFns<1, false>>();
+}
+
 // group_norm_forward(x (N,C,*), weight? (C), bias? (C); num_groups, eps)
 //   -> y (N,C,*), mean (N,G), rstd (N,G)
 std::vector<TensorMeta> infer_group_norm_forward(const std::vector<Tensor>& in, const Attrs& a) {
@@ -91,12 +256,13 @@ void group_norm_forward_cpu(OpCall& c, const ExecContext& ctx) {
     for (int64_t i = 0; i < d.N * d.G; ++i) pm[i] = 0.f, pr[i] = static_cast<float>(1.0 / std::sqrt(eps));
     return;
   }
+  const GnKernels k = gn_kernels(ctx.cpu_level, c.attrs.get_bool("silu", false));
   // One (n, g) group per item: its elements are one contiguous block.
   ctx.parallel_for(d.N * d.G, std::max<int64_t>(1, (1 << 14) / m), [&](int64_t begin, int64_t end) {
     for (int64_t ng = begin; ng < end; ++ng) {
       const float* xg = px + ng * m;
-      const double mean = sum_d(xg, m) / m;
-      const double var = sum_sq_dev(xg, m, mean) / m;
+      const double mean = k.sum(xg, m) / m;
+      const double var = k.sum_sq_dev(xg, m, mean) / m;
       const double rstd = 1.0 / std::sqrt(var + eps);
       pm[ng] = static_cast<float>(mean);
       pr[ng] = static_cast<float>(rstd);
@@ -104,18 +270,17 @@ void group_norm_forward_cpu(OpCall& c, const ExecContext& ctx) {
       // The mean as a float plus its rounding error: x - mhi is exact for x
       // near the mean, so a large common offset costs no accuracy.
       const float mhi = static_cast<float>(mean), mlo = static_cast<float>(mean - mhi);
-      for (int64_t k = 0; k < cpg; ++k) {
-        const int64_t ch = g * cpg + k;
+      for (int64_t kk = 0; kk < cpg; ++kk) {
+        const int64_t ch = g * cpg + kk;
         const float scale = static_cast<float>(rstd * (w ? w[ch] : 1.0f)), shift = b ? b[ch] : 0.f;
-        const float* xc = xg + k * d.HW;
-        float* yc = py + ng * m + k * d.HW;
-        for (int64_t i = 0; i < d.HW; ++i) yc[i] = ((xc[i] - mhi) - mlo) * scale + shift;
+        k.apply(xg + kk * d.HW, py + ng * m + kk * d.HW, d.HW, mhi, mlo, scale, shift);
       }
     }
   });
 }
 
-// group_norm_backward(gy (N,C,*), x, mean (N,G), rstd (N,G), weight? (C); num_groups)
+// group_norm_backward(gy (N,C,*), x, mean (N,G), rstd (N,G), weight? (C), bias? (C); num_groups, silu)
+// (the bias is read only with silu, to recompute the forward's GroupNorm output)
 //   -> dx (N,C,*), dweight (C), dbias (C)
 std::vector<TensorMeta> infer_group_norm_backward(const std::vector<Tensor>& in, const Attrs& a) {
   const Tensor &gy = in[0], &x = in[1], &mean = in[2], &rstd = in[3];
@@ -132,6 +297,7 @@ std::vector<TensorMeta> infer_group_norm_backward(const std::vector<Tensor>& in,
   check_dtype(a, rstd, "rstd", DType::f32);
   check_shape(a, rstd, "rstd", {N, G});
   check_affine(a, in.size() > 4 ? in[4] : Tensor{}, "weight", C);
+  check_affine(a, in.size() > 5 ? in[5] : Tensor{}, "bias", C);
   return {{gy.shape, DType::f32}, {{C}, DType::f32}, {{C}, DType::f32}};
 }
 
@@ -144,12 +310,21 @@ void group_norm_backward_cpu(OpCall& c, const ExecContext& ctx) {
   // Per (n, c): sum gy and sum gy * (x - mean); the weight gradients reduce
   // these over n afterwards in a fixed order, so results do not depend on
   // the thread count.
+  const bool silu = c.attrs.get_bool("silu", false);
+  const float* bias = c.inputs.size() > 5 && c.inputs[5].defined() ? c.inputs[5].f32() : nullptr;
+  const GnKernels kn = gn_kernels(ctx.cpu_level, silu);
   std::vector<double> sg(static_cast<size_t>(d.N * d.C)), sgx(static_cast<size_t>(d.N * d.C));
   ctx.parallel_for(d.N * d.G, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(m, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t n = ng / d.G, g = ng % d.G;
       const float mf = pm[ng];
       const double rstd = pr[ng];
+      // With silu, the GroupNorm output z is recomputed as the forward did,
+      // the mean as the saved float plus its rounding error (one more pass
+      // over x: without it, a large common offset in x costs z accuracy),
+      // and the gradient reaching z, gy silu'(z), is kept in dx for the
+      // second pass.
+      const float mlo = silu && m ? static_cast<float>(kn.sum(x + ng * m, m) / m - mf) : 0.f;
       // The saved mean is rounded to float; sum (x - mf) recovers the
       // rounding error delta in the same pass, and sum gy (x - mean) is then
       // sum gy (x - mf) - delta sum gy. A large common offset in x thus
@@ -157,13 +332,9 @@ void group_norm_backward_cpu(OpCall& c, const ExecContext& ctx) {
       double sdev = 0;
       for (int64_t k = 0; k < cpg; ++k) {
         const int64_t ch = g * cpg + k, off = ng * m + k * d.HW;
-        double s0 = 0, s1 = 0, s2 = 0;
-        for (int64_t i = 0; i < d.HW; ++i) {
-          const double gi = gy[off + i], xc = x[off + i] - mf;
-          s0 += gi;
-          s1 += gi * xc;
-          s2 += xc;
-        }
+        const float scale = static_cast<float>(rstd * (w ? w[ch] : 1.0f)), shift = bias ? bias[ch] : 0.f;
+        double s0, s1, s2;
+        kn.bwd_sums(gy + off, x + off, dx + off, d.HW, mf, mf, mlo, scale, shift, s0, s1, s2);
         sg[n * d.C + ch] = s0;
         sgx[n * d.C + ch] = s1;
         sdev += s2;
@@ -184,7 +355,7 @@ void group_norm_backward_cpu(OpCall& c, const ExecContext& ctx) {
       for (int64_t k = 0; k < cpg; ++k) {
         const int64_t ch = g * cpg + k, off = ng * m + k * d.HW;
         const float k1 = static_cast<float>(rstd * (w ? w[ch] : 1.0f));
-        for (int64_t i = 0; i < d.HW; ++i) dx[off + i] = k1 * gy[off + i] - k2 * ((x[off + i] - mf) - df) - k0;
+        kn.bwd_dx(silu ? dx + off : gy + off, x + off, dx + off, d.HW, k1, k2, k0, mf, df);
       }
     }
   });
@@ -202,6 +373,6 @@ void group_norm_backward_cpu(OpCall& c, const ExecContext& ctx) {
 }  // namespace
 
 TDQ_REGISTER_OP({"group_norm_forward", 1, 3, infer_group_norm_forward, group_norm_forward_cpu, {}});
-TDQ_REGISTER_OP({"group_norm_backward", 4, 5, infer_group_norm_backward, group_norm_backward_cpu, {}});
+TDQ_REGISTER_OP({"group_norm_backward", 4, 6, infer_group_norm_backward, group_norm_backward_cpu, {}});
 
 }  // namespace tdq

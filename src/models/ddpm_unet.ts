@@ -48,11 +48,10 @@ class ResnetBlock extends Module {
     this.ninShortcut = inCh !== outCh ? this.registerModule('nin_shortcut', new Conv2d(inCh, outCh, 1, { gen })) : null;
   }
   forward(x: Tensor, temb: Tensor): Tensor {
-    let h = this.conv1.forward(silu(this.norm1.forward(x)));
+    // The time embedding and the shortcut are added inside the convolutions.
     const t = this.tembProj.forward(silu(temb));
-    h = add(h, reshape(t, [t.shape[0], t.shape[1], 1, 1]));
-    h = this.conv2.forward(this.dropout.forward(silu(this.norm2.forward(h))));
-    return add(this.ninShortcut ? this.ninShortcut.forward(x) : x, h);
+    const h = this.conv1.forwardAdd(this.norm1.forwardSiLU(x), t, null);
+    return this.conv2.forwardAdd(this.dropout.forward(this.norm2.forwardSiLU(h)), null, this.ninShortcut ? this.ninShortcut.forward(x) : x);
   }
 }
 
@@ -218,6 +217,6 @@ export class DDPMUNet extends Module {
       });
       if (lvl.resample) h = lvl.resample.forward(h);
     }
-    return this.convOut.forward(silu(this.normOut.forward(h)));
+    return this.convOut.forward(this.normOut.forwardSiLU(h));
   }
 }

@@ -118,22 +118,23 @@ export class ResBlock extends Module implements EmbedBlock {
   }
 
   forward(x: Tensor, emb: Tensor): Tensor {
-    let h = silu(this.inNorm.forward(x));
+    let h = this.inNorm.forwardSiLU(x);
     if (this.hUpd && this.xUpd) {
       h = this.hUpd.forward(h);
       x = this.xUpd.forward(x);
     }
-    h = this.inConv.forward(h);
     const e = this.embLinear.forward(silu(emb));
-    const e4 = reshape(e, [e.shape[0], e.shape[1], 1, 1]); // (B, C, 1, 1)
     if (this.useScaleShiftNorm) {
+      h = this.inConv.forward(h);
+      const e4 = reshape(e, [e.shape[0], e.shape[1], 1, 1]); // (B, 2C, 1, 1)
       const [scale, shift] = chunk(e4, 2, 1);
-      h = add(mul(this.outNorm.forward(h), addScalar(scale, 1)), shift);
+      h = silu(add(mul(this.outNorm.forward(h), addScalar(scale, 1)), shift));
     } else {
-      h = this.outNorm.forward(add(h, e4));
+      // the embedding added inside the convolution
+      h = this.outNorm.forwardSiLU(this.inConv.forwardAdd(h, e, null));
     }
-    h = this.outConv.forward(this.outDropout.forward(silu(h)));
-    return add(this.skip ? this.skip.forward(x) : x, h);
+    // the skip connection added inside the convolution
+    return this.outConv.forwardAdd(this.outDropout.forward(h), null, this.skip ? this.skip.forward(x) : x);
   }
 }
 
@@ -302,6 +303,6 @@ export class UNetModel extends Module {
     for (const m of this.inputBlocks) hs.push((h = m.forward(h, emb, context)));
     h = this.middleBlock.forward(h, emb, context);
     for (const m of this.outputBlocks) h = m.forward(cat([h, hs.pop()!], 1), emb, context);
-    return this.outConv.forward(silu(this.outNorm.forward(h)));
+    return this.outConv.forward(this.outNorm.forwardSiLU(h));
   }
 }

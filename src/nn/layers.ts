@@ -4,7 +4,7 @@ import { activation, attention, conv, linalg, norm, shape } from './ops';
 import { Module } from './module';
 import { defaultBias, kaimingUniform } from './init';
 import { dropout } from '../tensor/ops/dropout';
-import { reshape } from '../tensor/ops/elementwise';
+import { add, reshape } from '../tensor/ops/elementwise';
 import { zeros, ones } from '../tensor/ops/creation';
 import { Generator } from '../tensor/random';
 import type { Tensor } from '../tensor/tensor';
@@ -50,6 +50,20 @@ export class Conv2d extends Module {
   forward(x: Tensor): Tensor {
     return conv.conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding });
   }
+  /**
+   * forward(x) + addChannel (N, O) broadcast over the pixels + residual, the
+   * adds fused into the convolution (either may be null). A layer whose
+   * forward was replaced on the instance (a quantized layer) runs that
+   * forward and separate adds instead.
+   */
+  forwardAdd(x: Tensor, addChannel: Tensor | null, residual: Tensor | null): Tensor {
+    if (Object.prototype.hasOwnProperty.call(this, 'forward')) {
+      let y = this.forward(x);
+      if (addChannel) y = add(y, reshape(addChannel, [addChannel.shape[0], addChannel.shape[1], 1, 1]));
+      return residual ? add(residual, y) : y;
+    }
+    return conv.conv2d(x, this.weight, this.bias, { stride: this.stride, padding: this.padding, addChannel, residual });
+  }
 }
 
 /** nn.Conv1d with kernel 1 on (B, C, L): weight (out, in, 1), as upstream attention. */
@@ -82,6 +96,10 @@ export class GroupNorm extends Module {
   }
   forward(x: Tensor): Tensor {
     return norm.groupNorm(x, this.numGroups, this.weight, this.bias, this.eps);
+  }
+  /** silu(forward(x)), fused (norm.groupNormSiLU). */
+  forwardSiLU(x: Tensor): Tensor {
+    return norm.groupNormSiLU(x, this.numGroups, this.weight, this.bias, this.eps);
   }
 }
 

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { backward } from '../../src/tensor/autograd';
 import { native } from '../../src/tensor/native';
 import { conv2d } from '../../src/tensor/ops/conv';
+import { add, reshape } from '../../src/tensor/ops/elementwise';
 import { fromArray, runOp, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
@@ -62,6 +63,15 @@ const cases: Case[] = [
   { name: 'implicit GEMM: 3x3 same, two K blocks, 9x11 map', x: [2, 20, 9, 11], w: [10, 20, 3, 3], stride: 1, padding: 1, bias: true },
   { name: 'implicit GEMM: 5x5 same, 12x13 map', x: [1, 6, 12, 13], w: [7, 6, 5, 5], stride: 1, padding: 2, bias: false },
   { name: 'implicit GEMM: 3x3 same, 40x40 map', x: [1, 3, 40, 40], w: [9, 3, 3, 3], stride: 1, padding: 1, bias: true },
+  // the input gradient of a 'same' convolution as a 'same' convolution of gy
+  // with the flipped, transposed weights (AVX-512, from 16 input channels),
+  // and the direct weight gradient (AVX-512, O*C <= 64*64): maps under one
+  // 16-pixel block, samples summed per chunk, O and C*kH*kW not multiples of 4
+  { name: 'same conv input gradient: 24 -> 13 channels, 3 samples, 7x5 map', x: [3, 24, 7, 5], w: [13, 24, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'same conv input gradient: 17 -> 40 channels, 1 sample, 16x16', x: [1, 17, 16, 16], w: [40, 17, 3, 3], stride: 1, padding: 1, bias: false },
+  { name: 'direct weight gradient: 3x3 maps, 6 samples', x: [6, 9, 3, 3], w: [7, 9, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'direct weight gradient: 5x5 kernel, 17x16 map', x: [2, 5, 17, 16], w: [6, 5, 5, 5], stride: 1, padding: 2, bias: false },
+  { name: 'direct weight gradient: 1x1 map', x: [3, 4, 1, 1], w: [5, 4, 3, 3], stride: 1, padding: 1, bias: true },
 ];
 
 describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
@@ -130,6 +140,51 @@ describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
     assertClose(await data(x2.t.grad!), ref2.grads.x.data as Float32Array, RTOL, 'grad x');
     assert.equal(w.t.grad, null);
   });
+});
+
+// The fused adds of conv2d_forward (a UNet block's time embedding and skip
+// connection) against the plain convolution followed by the adds, at every
+// CPU level and on every path: implicit GEMM, im2col, 1x1 direct, chunks of
+// small maps (nb > 1), stride 2; gradients of all five inputs.
+describe('conv2d with addChannel and residual', () => {
+  const shapes: [string, number[], number[], number, number][] = [
+    ['3x3 same (implicit at AVX-512)', [2, 6, 9, 11], [5, 6, 3, 3], 1, 1],
+    ['3x3 no padding (im2col)', [2, 3, 7, 6], [4, 3, 3, 3], 1, 0],
+    ['1x1 (direct)', [2, 4, 12, 12], [3, 4, 1, 1], 1, 0],
+    ['4x4 maps in chunks', [9, 5, 4, 4], [6, 5, 3, 3], 1, 1],
+    ['stride 2', [3, 4, 9, 9], [5, 4, 3, 3], 2, 1],
+  ];
+  for (const level of cpuLevels())
+    for (const [name, xs, ws, stride, padding] of shapes)
+      for (const which of ['both', 'channel', 'residual'] as const)
+        it(`${level}: ${name}, ${which}`, async () => {
+          await atLevel(level, async () => {
+            const x = randomTensor(xs, 41), w = randomTensor(ws, 42), b = randomTensor([ws[0]], 43);
+            const y0 = conv2d(x.t, w.t, b.t, { stride, padding });
+            const ac = which !== 'residual' ? randomTensor([xs[0], ws[0]], 44) : null;
+            const rs = which !== 'channel' ? randomTensor([...y0.shape], 45) : null;
+            y0.dispose();
+            const run = (fused: boolean) => {
+              for (const t of [x.t, w.t, b.t, ac?.t, rs?.t]) if (t) { t.requiresGrad = true; t.grad?.dispose(); t.grad = null; }
+              let y: Tensor;
+              if (fused) {
+                y = conv2d(x.t, w.t, b.t, { stride, padding, addChannel: ac?.t ?? null, residual: rs?.t ?? null });
+              } else {
+                y = conv2d(x.t, w.t, b.t, { stride, padding });
+                if (ac) y = add(y, reshape(ac.t, [xs[0], ws[0], 1, 1]));
+                if (rs) y = add(rs.t, y);
+              }
+              const gy = randomTensor([...y.shape], 46);
+              backward(y, gy.t);
+              return [y, x.t.grad!, w.t.grad!, b.t.grad!, ac?.t.grad ?? null, rs?.t.grad ?? null];
+            };
+            const want = await Promise.all(run(false).map((t) => (t ? data(t) : null)));
+            const got = await Promise.all(run(true).map((t) => (t ? data(t) : null)));
+            ['y', 'grad x', 'grad weight', 'grad bias', 'grad addChannel', 'grad residual'].forEach((what, i) => {
+              if (want[i]) assertClose(got[i]!, want[i]!, 1e-6, what);
+            });
+          });
+        });
 });
 
 describe('conv2d weight gradient across threads', () => {
@@ -243,6 +298,11 @@ describe('conv2d bad inputs', () => {
     assert.throws(() => conv2d(fromArray(new Int32Array(150), [2, 3, 5, 5], 'int32'), w, null), isType(/argument 'x' must be float32/));
   });
 
+  it('addChannel and residual of the wrong shape are named', () => {
+    const x = randomTensor([2, 3, 5, 5], 1).t, w = randomTensor([4, 3, 3, 3], 2).t;
+    assert.throws(() => conv2d(x, w, null, { padding: 1, addChannel: randomTensor([2, 3], 3).t }), isRange(/add_channel/));
+    assert.throws(() => conv2d(x, w, null, { padding: 1, residual: randomTensor([2, 4, 3, 3], 4).t }), isRange(/residual/));
+  });
   it('the backward ops check their gradient against the geometry', () => {
     const gy = fromArray(new Float32Array(2 * 4 * 2 * 2), [2, 4, 2, 2]);
     assert.throws(

@@ -47,6 +47,10 @@ describe('matmul, linear and gemm against PyTorch', { skip: skip ?? false }, () 
     [129, 7, 33],
     [13, 70, 300],
     [150, 97, 129],
+    // at most 8 rows: the unpacked path (dot products / row updates), with
+    // K and N tails past the 16-lane vectors and N split over threads
+    [8, 300, 520],
+    [3, 257, 1030],
   ];
   // [name, batch of a (0: 2-D), batch of b (0: 2-D), M, N, K]
   const batched: [string, number, number, number, number, number][] = [
@@ -96,7 +100,7 @@ describe('matmul, linear and gemm against PyTorch', { skip: skip ?? false }, () 
       });
 
       it('gemm: alpha, beta, C, fast kernel and reference kernel', async () => {
-        for (const [M, N, K] of [[7, 33, 129], [129, 70, 33], [1, 5, 1]] as const) {
+        for (const [M, N, K] of [[7, 33, 129], [129, 70, 33], [1, 5, 1], [5, 300, 40]] as const) {
           for (const [tA, tB] of transposes) {
             const a = randomTensor(tA ? [K, M] : [M, K], seed++);
             const b = randomTensor(tB ? [N, K] : [K, N], seed++);

@@ -2,9 +2,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
-import { groupNorm, layerNorm } from '../../src/tensor/ops/norm';
+import { groupNorm, groupNormSiLU, layerNorm } from '../../src/tensor/ops/norm';
 import { fromArray, runOp } from '../../src/tensor/tensor';
 import { assertClose, assertShape, randomTensor } from '../helpers/assert';
+import { atLevel, cpuLevels } from '../helpers/cpu_levels';
 import { Oracle, torchUnavailable, type Arr } from '../helpers/oracle';
 
 const skip = torchUnavailable();
@@ -13,6 +14,55 @@ const RTOL_FWD = 1e-6; // measured <= 7e-8
 const RTOL_GRAD = 1e-6; // measured <= 1e-7
 
 type Affine = 'both' | 'weight' | 'none';
+
+// The vectorised GroupNorm (AVX2 / AVX-512) and the fused GroupNorm + SiLU,
+// at every CPU level, against PyTorch: sizes that leave a tail after the last
+// full vector, groups of 4 elements, a large common offset.
+describe('groupNorm and groupNormSiLU at every CPU level, against PyTorch', { skip: skip ?? false }, () => {
+  let oracle: Oracle;
+  before(async () => (oracle = await Oracle.start()));
+  after(() => oracle.close());
+  const cases: [number[], number, Affine, number, number][] = [
+    [[2, 6, 5, 7], 3, 'both', 1, 0],
+    [[2, 64, 8, 8], 32, 'both', 2, 0.5],
+    [[3, 32, 2, 2], 32, 'both', 1, 0],
+    [[1, 8, 13], 2, 'none', 1, 0],
+    [[2, 12, 9, 11], 4, 'weight', 3, 0],
+    [[2, 4, 6, 6], 2, 'both', 1, 1000],
+  ];
+  for (const level of cpuLevels())
+    for (const fused of [false, true])
+      for (const [shape, groups, affine, scale, offset] of cases) {
+        it(`${level}: ${fused ? 'groupNormSiLU' : 'groupNorm'} x ${JSON.stringify(shape)}, ${groups} groups, affine=${affine}, offset ${offset}`, async () => {
+          await atLevel(level, async () => {
+            const C = shape[1];
+            const x = randomTensor(shape, 31, scale);
+            if (offset) {
+              x.arr.data.forEach((v, i) => (x.arr.data[i] = v + offset));
+              x.t.dispose();
+              x.t = fromArray(x.arr.data, shape);
+            }
+            const w = affine !== 'none' ? randomTensor([C], 32) : null;
+            const b = affine === 'both' ? randomTensor([C], 33) : null;
+            for (const t of [x.t, w?.t, b?.t]) if (t) t.requiresGrad = true;
+            const fn = fused ? groupNormSiLU : groupNorm;
+            const y = fn(x.t, groups, w?.t ?? null, b?.t ?? null, 1e-5);
+            assertShape(y, shape);
+            const gy = randomTensor(shape, 34);
+            backward(y, gy.t);
+            const wrt = ['x', ...(w ? ['weight'] : []), ...(b ? ['bias'] : [])];
+            const ref = await oracle.call(fused ? 'group_norm_silu' : 'group_norm', { x: x.arr, weight: w?.arr ?? null, bias: b?.arr ?? null },
+              { num_groups: groups, eps: 1e-5 }, { wrt, gradOutputs: [gy.arr] });
+            // silu's exp: about one float ulp, then a sum over the group in the backward
+            const tol = fused ? 1e-5 : RTOL_GRAD;
+            assertClose(await y.float32(), ref.outputs[0].data as Float32Array, fused ? 1e-6 : RTOL_FWD, 'forward');
+            assertClose(await x.t.grad!.float32(), ref.grads.x.data as Float32Array, tol, 'grad x');
+            if (w) assertClose(await w.t.grad!.float32(), ref.grads.weight.data as Float32Array, tol, 'grad weight');
+            if (b) assertClose(await b.t.grad!.float32(), ref.grads.bias.data as Float32Array, tol, 'grad bias');
+          });
+        });
+      }
+});
 
 describe('groupNorm against PyTorch', { skip: skip ?? false }, () => {
   let oracle: Oracle;

@@ -9,6 +9,11 @@ def group_norm(i, a):
     return F.group_norm(i["x"], int(a["num_groups"]), i.get("weight"), i.get("bias"), a.get("eps", 1e-5))
 
 
+@op("group_norm_silu")
+def group_norm_silu(i, a):
+    return F.silu(F.group_norm(i["x"], int(a["num_groups"]), i.get("weight"), i.get("bias"), a.get("eps", 1e-5)))
+
+
 @op("layer_norm")
 def layer_norm(i, a):
     x = i["x"]

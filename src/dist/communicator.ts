@@ -5,6 +5,10 @@
 import { reshape } from '../tensor/ops/elementwise';
 import { type Tensor, fromArray, runOp, runOp1 } from '../tensor/tensor';
 
+export interface PendingAllreduce {
+  wait(): void;
+}
+
 export interface Communicator {
   readonly rank: number;
   readonly size: number;
@@ -12,6 +16,12 @@ export interface Communicator {
   readonly backend: 'mpi' | 'local';
   /** In place: the mean over ranks of each tensor (one message for all of them). */
   allreduceMean(tensors: readonly Tensor[]): void;
+  /**
+   * The same mean as allreduceMean, started now on the communication thread
+   * (the stream goes on with the ops queued after it); wait() queues the
+   * write-back into the tensors, which must not change in between.
+   */
+  startAllreduceMean(tensors: readonly Tensor[]): PendingAllreduce;
   /** In place: rank `root`'s values on every rank. */
   broadcast(tensors: readonly Tensor[], root?: number): void;
   /** (size, n): every rank's (n) float32 tensor, in rank order. */
@@ -25,6 +35,9 @@ export class LocalCommunicator implements Communicator {
   readonly size = 1;
   readonly backend = 'local' as const;
   allreduceMean(): void {}
+  startAllreduceMean(): PendingAllreduce {
+    return { wait() {} };
+  }
   broadcast(): void {}
   allgather(x: Tensor): Tensor {
     return reshape(x, [1, x.shape[0]]);
@@ -37,6 +50,20 @@ class MpiCommunicator implements Communicator {
   constructor(readonly rank: number, readonly size: number) {}
   allreduceMean(tensors: readonly Tensor[]): void {
     if (tensors.length) runOp('dist_allreduce_', [...tensors], { mean: 1 });
+  }
+  private nextBucket = 0;
+  startAllreduceMean(tensors: readonly Tensor[]): PendingAllreduce {
+    if (!tensors.length) return { wait() {} };
+    const bucket = this.nextBucket++ % 2 ** 30, held = [...tensors];
+    runOp('dist_allreduce_start_', held, { bucket });
+    let waited = false;
+    return {
+      wait() {
+        if (waited) throw new Error(`allreduce bucket ${bucket}: wait() called twice`);
+        waited = true;
+        runOp('dist_allreduce_wait_', held, { bucket, mean: 1 });
+      },
+    };
   }
   broadcast(tensors: readonly Tensor[], root = 0): void {
     if (tensors.length) runOp('dist_broadcast_', [...tensors], { root });

@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { Config } from '../config/schema';
 import { dataNumClasses } from '../config/schema';
 import { datasetFromConfig, loaderFromConfig } from '../data';
+import { DEFAULT_BUCKET_MB, GradBuckets } from '../dist/buckets';
 import { type Communicator, LocalCommunicator } from '../dist/communicator';
 import { checkRanksAgree, checkWeightsAgree } from './distributed';
 import type { Dataset } from '../data/dataset';
@@ -77,6 +78,12 @@ export interface TrainOptions {
    * gradients are averaged over the ranks, rank 0 alone writes the run folder.
    */
   comm?: Communicator;
+  /**
+   * Data-parallel: gradient buckets of about this many MiB (default 25, as
+   * PyTorch DDP), each allreduced while the backward pass goes on; 0: one
+   * allreduce of all gradients after the backward pass.
+   */
+  bucketMb?: number;
   /** Data-parallel: compare the ranks' weights every this many steps (default 100, and at the end). */
   checksumEvery?: number;
   /** Start from these weights (a full-precision model for QAT, or fine-tuning). */
@@ -316,6 +323,9 @@ async function trainLocked(
   const checksumEvery = opts.checksumEvery ?? 100;
   if (!Number.isInteger(checksumEvery) || checksumEvery < 1) throw new RangeError(`checksumEvery must be a positive integer, got ${checksumEvery}`);
   const params = subject.trainableParameters();
+  const bucketMb = opts.bucketMb ?? DEFAULT_BUCKET_MB;
+  if (!(bucketMb >= 0)) throw new RangeError(`bucketMb must be >= 0, got ${bucketMb}`);
+  const buckets = comm.size > 1 && bucketMb > 0 ? new GradBuckets(comm, params, bucketMb * 2 ** 20) : null;
   const endStep = Math.min(t.max_steps, opts.stopAtStep ?? Infinity);
   let lastCkpt = resumeFrom ?? '';
   let lastLoss = NaN;
@@ -394,7 +404,8 @@ async function trainLocked(
           }
           const loss = tidy(() => {
             const loss = subject.loss(batch, gen);
-            backward(k > 1 ? scale(loss, 1 / k) : loss);
+            // The last micro-batch makes the gradients final: their buckets' allreduces start during it.
+            backward(k > 1 ? scale(loss, 1 / k) : loss, undefined, buckets && i === k - 1 ? buckets.hooks() : undefined);
             return loss;
           });
           micro.push({ batch, gen: g0, dropoutGen: d0, loss });
@@ -414,7 +425,10 @@ async function trainLocked(
         // The global batch's mean gradient and loss: the mean over ranks of equal
         // slices; and whether any rank was asked to stop (SIGTERM reaches each).
         const flag = fromArray([opts.signal?.aborted ? 1 : 0], [1]);
-        comm.allreduceMean([...params.flatMap((p) => (p.grad ? [p.grad] : [])), ...micro.map((m) => m.loss), flag]);
+        if (buckets) {
+          buckets.finish();
+          comm.allreduceMean([...micro.map((m) => m.loss), flag]);
+        } else comm.allreduceMean([...params.flatMap((p) => (p.grad ? [p.grad] : [])), ...micro.map((m) => m.loss), flag]);
         stopAgreed = (await flag.item()) > 0;
         flag.dispose();
       }

@@ -96,7 +96,7 @@ export interface TrainLaunchArgs extends LaunchArgs {
 export function trainLaunchOptions(nprocDescribe: string) {
   return {
     ...launchOptions(nprocDescribe),
-    'bucket-mb': { type: 'number', describe: 'data-parallel: gradient buckets of about this many MiB, each allreduced while the backward pass goes on (default 25, as PyTorch DDP); 0: one allreduce after the backward pass' },
+    'bucket-mb': { type: 'number', describe: 'data-parallel: gradient buckets of about this many MiB, each allreduced while the backward pass goes on (default 25, the first at most 1, as PyTorch DDP); 0: one allreduce after the backward pass' },
   } as const;
 }
 

@@ -23,6 +23,8 @@ import type { Communicator, PendingAllreduce } from './communicator';
 
 /** PyTorch DDP's default bucket_cap_mb. */
 export const DEFAULT_BUCKET_MB = 25;
+/** PyTorch DDP's first bucket (dist._DEFAULT_FIRST_BUCKET_BYTES). */
+export const FIRST_BUCKET_BYTES = 2 ** 20;
 
 export class GradBuckets {
   /** The parameters of each bucket, bucket 0 first (the last registered parameters). */
@@ -36,14 +38,14 @@ export class GradBuckets {
   /** The order in which buckets started in the last pass, with the gradients still unfinished then (for tests). */
   readonly trace: { bucket: number; unfinishedParams: number }[] = [];
 
-  constructor(private readonly comm: Communicator, params: readonly Tensor[], capBytes: number) {
+  constructor(private readonly comm: Communicator, params: readonly Tensor[], capBytes: number, firstCapBytes = Math.min(capBytes, FIRST_BUCKET_BYTES)) {
     if (!(capBytes > 0)) throw new RangeError(`GradBuckets: the bucket size must be > 0 bytes, got ${capBytes}`);
     const buckets: Tensor[][] = [];
     let cur: Tensor[] = [], bytes = 0;
     for (let i = params.length - 1; i >= 0; --i) {
       const p = params[i];
       if (this.bucketOf.has(p)) continue;
-      if (cur.length && bytes + 4 * p.size > capBytes) {
+      if (cur.length && bytes + 4 * p.size > (buckets.length ? capBytes : firstCapBytes)) {
         buckets.push(cur);
         cur = [];
         bytes = 0;

@@ -79,8 +79,8 @@ export interface TrainOptions {
    */
   comm?: Communicator;
   /**
-   * Data-parallel: gradient buckets of about this many MiB (default 25, as
-   * PyTorch DDP), each allreduced while the backward pass goes on; 0: one
+   * Data-parallel: gradient buckets of about this many MiB (default 25, the
+   * first at most 1 MiB, as PyTorch DDP), each allreduced while the backward pass goes on; 0: one
    * allreduce of all gradients after the backward pass.
    */
   bucketMb?: number;

@@ -104,6 +104,19 @@ describe('gradient buckets', () => {
     zeroGrads(ps);
   });
 
+  it('the first bucket holds at most 1 MiB (as DDP), the others the cap', () => {
+    const big = (n: number) => {
+      const t = fromArray(new Float32Array(n), [n]);
+      t.requiresGrad = true;
+      return t;
+    };
+    const ps = [big(300_000), big(300_000), big(150_000), big(100_000)]; // 1.2, 1.2, 0.6, 0.4 MB
+    const b = new GradBuckets(new RecordingComm(), ps, 25 * 2 ** 20);
+    assert.deepEqual(b.buckets.map((ts) => ts.map((p) => ps.indexOf(p))), [[3, 2], [1, 0]]);
+    assert.deepEqual(new GradBuckets(new RecordingComm(), ps, 2 ** 20 / 2).buckets.map((ts) => ts.length), [1, 1, 1, 1]);
+    for (const p of ps) p.dispose();
+  });
+
   it('rejects a bucket size <= 0 and finish() without hooks()', () => {
     assert.throws(() => new GradBuckets(new RecordingComm(), makeParams(), 0), /bucket size must be > 0 bytes, got 0/);
     assert.throws(() => new GradBuckets(new RecordingComm(), makeParams(), 1).finish(), /no backward pass was armed/);

@@ -11,12 +11,10 @@
 // before those of an earlier bucket waits for it, so every rank issues the
 // same collectives in the same order whatever order its graph finishes them
 // in. Each bucket is one MPI_Allreduce of its gradients, the call the blocking
-// path makes over all of them at once: each element is the sum of the same
-// ranks' values. On 2 ranks that sum is one addition, so the result is bit for
-// bit the blocking one (test/dist/ddp.test.ts checks it); on more ranks MPI
-// may pick a different reduction algorithm for a different message size,
-// which can change the association of the sum (a difference in the last bits,
-// the same on every rank).
+// path makes over all of them at once, with a reduction order that does not
+// depend on the message (deterministicAllreduce in communicator.ts): each
+// element is summed over the ranks in the same order, so the gradients are bit
+// for bit the blocking path's (test/dist/buckets.test.ts: 2 and 3 ranks).
 import type { BackwardHooks } from '../tensor/autograd';
 import type { Tensor } from '../tensor/tensor';
 import type { Communicator, PendingAllreduce } from './communicator';

@@ -98,6 +98,7 @@ export function initCommunicator(opts: { mpi?: boolean } = {}): Promise<Communic
   const wanted = opts.mpi ?? launchedWorldSize() > 0;
   world = (async () => {
     if (!wanted) return new LocalCommunicator();
+    deterministicAllreduce();
     const info = runOp1('dist_init', []);
     const [built, rank, size] = Array.from((await info.data()) as Int32Array);
     info.dispose();
@@ -108,6 +109,22 @@ export function initCommunicator(opts: { mpi?: boolean } = {}): Promise<Communic
     return size > 1 ? new MpiCommunicator(rank, size) : new LocalCommunicator();
   })();
   return world;
+}
+
+/**
+ * Open MPI picks an allreduce algorithm by message size; its ring algorithms
+ * sum an element in an order that depends on where the element falls in the
+ * message, so gradient buckets (other messages) could differ in the last bits
+ * from one allreduce of all gradients on 3 or more ranks. Rabenseifner's
+ * algorithm (reduce-scatter by recursive halving, then allgather; recursive
+ * doubling for short messages) sums every element in the same tree of ranks,
+ * whatever the message, and moves as few bytes as the ring. Set here, before
+ * MPI_Init reads it, unless the user chose an algorithm.
+ */
+export function deterministicAllreduce(env: NodeJS.ProcessEnv = process.env): void {
+  if (env.OMPI_MCA_coll_tuned_allreduce_algorithm !== undefined) return;
+  env.OMPI_MCA_coll_tuned_use_dynamic_rules = '1';
+  env.OMPI_MCA_coll_tuned_allreduce_algorithm = '6';
 }
 
 /** A float32 (n) tensor of JS numbers (what ranks compare with allgather). */

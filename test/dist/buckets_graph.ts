@@ -6,11 +6,11 @@
 import { add, matmul, mean, mul, tanh } from '../../src/tensor/ops';
 import { fromArray, type Tensor } from '../../src/tensor/tensor';
 
-/** w1 (4, 6), w2 (6, 6), w3 (6): registration order. */
-export function makeParams(seed = 1): Tensor[] {
+/** w1 (4, h), w2 (h, h), w3 (h): registration order. */
+export function makeParams(seed = 1, h = 6): Tensor[] {
   let s = seed;
   const rnd = (n: number) => Float32Array.from({ length: n }, () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648 - 0.5));
-  const ps = [fromArray(rnd(24), [4, 6]), fromArray(rnd(36), [6, 6]), fromArray(rnd(6), [6])];
+  const ps = [fromArray(rnd(4 * h), [4, h]), fromArray(rnd(h * h), [h, h]), fromArray(rnd(h), [h])];
   for (const p of ps) p.requiresGrad = true;
   return ps;
 }

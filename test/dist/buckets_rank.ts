@@ -24,7 +24,7 @@ async function grads(comm: Communicator, ps: Tensor[], buckets: GradBuckets | nu
 
 async function main() {
   const comm = await initCommunicator({ mpi: true });
-  const ps = makeParams(7);
+  const ps = makeParams(7, Number(process.argv[2] ?? 6));
   const blocking = await grads(comm, ps, null);
   const bucketed = await grads(comm, ps, new GradBuckets(comm, ps, 1));
   const differs = ps.map((_, i) => i).filter((i) => !blocking[i].every((v, j) => Object.is(v, bucketed[i][j]))).map((i) => `w${i + 1}`);

@@ -47,4 +47,8 @@ class Pending {
 };
 std::unique_ptr<Pending> allreduce_sum_start(std::vector<float> data);
 
+// Nanoseconds the communication thread has spent in allreduces, and how many
+// it ran, since the last call (which resets both).
+void take_allreduce_time(int64_t* ns, int64_t* count);
+
 }  // namespace tdq::dist

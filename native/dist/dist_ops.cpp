@@ -8,8 +8,13 @@
 //   dist_allreduce_wait_(t0, ...)   waits for bucket `bucket` and writes its sum (mean)
 //                                   into the same tensors: equal to dist_allreduce_
 //   dist_broadcast_(t0, t1, ...)    in place: rank `root`'s values everywhere
+//   dist_stats()                    -> f32 (3): since the last call, ms the communication
+//                                   thread spent in allreduces, ms the stream waited for
+//                                   allreduces (dist_allreduce_ and _wait_), their count
 //   dist_allgather(x (n))           -> (size, n): every rank's x in rank order
 //   dist_barrier()                  -> int32 (1): 0 once every rank has reached it
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -63,9 +68,20 @@ void unpack(std::vector<float>& buf, std::vector<Tensor>& out, bool mean) {
   }
 }
 
+// Nanoseconds the stream has waited for allreduces, since the last dist_stats.
+std::atomic<int64_t> g_wait_ns{0};
+
+struct WaitTimer {
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  ~WaitTimer() { g_wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(); }
+};
+
 void allreduce_cpu(OpCall& c, const ExecContext&) {
   std::vector<float> buf = pack(c.inputs);
-  dist::allreduce_sum(buf.data(), buf.size());
+  {
+    WaitTimer w;
+    dist::allreduce_sum(buf.data(), buf.size());
+  }
   unpack(buf, c.inputs, c.attrs.get_int("mean", 0) != 0);
 }
 
@@ -106,11 +122,27 @@ void wait_cpu(OpCall& c, const ExecContext&) {
     p = std::move(it->second);
     g_pending.erase(it);
   }
-  std::vector<float>& buf = p->wait();
+  std::vector<float>* got;
+  {
+    WaitTimer w;
+    got = &p->wait();
+  }
+  std::vector<float>& buf = *got;
   size_t total = 0;
   for (const Tensor& t : c.inputs) total += static_cast<size_t>(t.numel());
   if (total != buf.size()) fail(ErrorKind::Range, "dist_allreduce_wait_: bucket ", bucket, " started with ", buf.size(), " floats, waited for with ", total);
   unpack(buf, c.inputs, c.attrs.get_int("mean", 0) != 0);
+}
+
+std::vector<TensorMeta> infer_stats(const std::vector<Tensor>&, const Attrs&) { return {{{3}, DType::f32}}; }
+
+void stats_cpu(OpCall& c, const ExecContext&) {
+  int64_t ns = 0, count = 0;
+  dist::take_allreduce_time(&ns, &count);
+  float* o = c.outputs[0].f32();
+  o[0] = static_cast<float>(static_cast<double>(ns) / 1e6);
+  o[1] = static_cast<float>(static_cast<double>(g_wait_ns.exchange(0)) / 1e6);
+  o[2] = static_cast<float>(count);
 }
 
 std::vector<TensorMeta> infer_broadcast(const std::vector<Tensor>& in, const Attrs& a) {
@@ -151,6 +183,7 @@ TDQ_REGISTER_OP({"dist_init", 0, 0, infer_init, init_cpu, {}});
 TDQ_REGISTER_OP({"dist_allreduce_", 1, 1 << 20, infer_allreduce, allreduce_cpu, {}});
 TDQ_REGISTER_OP({"dist_allreduce_start_", 1, 1 << 20, infer_start, start_cpu, {}});
 TDQ_REGISTER_OP({"dist_allreduce_wait_", 1, 1 << 20, infer_wait, wait_cpu, {}});
+TDQ_REGISTER_OP({"dist_stats", 0, 0, infer_stats, stats_cpu, {}});
 TDQ_REGISTER_OP({"dist_broadcast_", 1, 1 << 20, infer_broadcast, broadcast_cpu, {}});
 TDQ_REGISTER_OP({"dist_allgather", 1, 1, infer_allgather, allgather_cpu, {}});
 TDQ_REGISTER_OP({"dist_barrier", 0, 0, infer_barrier, barrier_cpu, {}});

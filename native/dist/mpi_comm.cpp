@@ -11,6 +11,7 @@
 #include "comm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -30,7 +31,13 @@ namespace tdq::dist {
 namespace {
 Info g_info;
 std::once_flag g_once;
+std::atomic<int64_t> g_allreduce_ns{0}, g_allreduce_count{0};
 }  // namespace
+
+void take_allreduce_time(int64_t* ns, int64_t* count) {
+  *ns = g_allreduce_ns.exchange(0);
+  *count = g_allreduce_count.exchange(0);
+}
 
 #ifdef TDQ_WITH_MPI
 
@@ -134,10 +141,13 @@ void require_init(const char* what) {
 constexpr size_t kChunk = size_t(1) << 30;
 
 void allreduce_now(float* data, size_t n) {
+  const auto t0 = std::chrono::steady_clock::now();
   for (size_t off = 0; off < n; off += kChunk) {
     const int cnt = static_cast<int>(std::min(kChunk, n - off));
     check(MPI_Allreduce(MPI_IN_PLACE, data + off, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
   }
+  g_allreduce_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+  g_allreduce_count += 1;
 }
 
 class MpiPending final : public Pending {

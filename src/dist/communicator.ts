@@ -112,16 +112,21 @@ export function initCommunicator(opts: { mpi?: boolean } = {}): Promise<Communic
 }
 
 /**
+ * Open MPI settings of the ranks, set here before MPI_Init reads them.
  * Open MPI picks an allreduce algorithm by message size; its ring algorithms
  * sum an element in an order that depends on where the element falls in the
  * message, so gradient buckets (other messages) could differ in the last bits
  * from one allreduce of all gradients on 3 or more ranks. Rabenseifner's
  * algorithm (reduce-scatter by recursive halving, then allgather; recursive
  * doubling for short messages) sums every element in the same tree of ranks,
- * whatever the message, and moves as few bytes as the ring. Set here, before
- * MPI_Init reads it, unless the user chose an algorithm.
+ * whatever the message, and moves as few bytes as the ring: chosen unless the
+ * user chose an algorithm.
  */
 export function deterministicAllreduce(env: NodeJS.ProcessEnv = process.env): void {
+  // The communication thread waits in MPI for the other ranks while this
+  // rank's backward pass computes: polling that yields the core costs the
+  // compute far less than spinning (bench/results/ddp-cpu.md).
+  env.OMPI_MCA_mpi_yield_when_idle ??= '1';
   if (env.OMPI_MCA_coll_tuned_allreduce_algorithm !== undefined) return;
   env.OMPI_MCA_coll_tuned_use_dynamic_rules = '1';
   env.OMPI_MCA_coll_tuned_allreduce_algorithm = '6';

@@ -11,7 +11,7 @@ import { dataNumClasses } from '../config/schema';
 import { datasetFromConfig, loaderFromConfig } from '../data';
 import { DEFAULT_BUCKET_MB, GradBuckets } from '../dist/buckets';
 import { type Communicator, LocalCommunicator } from '../dist/communicator';
-import { checkRanksAgree, checkWeightsAgree } from './distributed';
+import { allreduceTimes, checkRanksAgree, checkWeightsAgree } from './distributed';
 import type { Dataset } from '../data/dataset';
 import type { Batch, DataLoader, LoaderState } from '../data/loader';
 import type { NoiseSchedule } from '../diffusion/schedule';
@@ -366,6 +366,8 @@ async function trainLocked(
 
   let interrupted = false;
   let stopAgreed = false;
+  await allreduceTimes(comm); // counts from here
+  const firstStep = step;
   model.train();
   // scale_by_std and the like: once, on the first batch of a fresh run.
   let firstBatchPending = !resumeFrom && !opts.initCheckpoint && !!subject.onFirstBatch;
@@ -472,6 +474,11 @@ async function trainLocked(
       if (lead && t.sample_every > 0 && step % t.sample_every === 0) await subject.sampleGrid(ema, path.join(opts.outDir, 'samples', `step-${String(step).padStart(8, '0')}.png`), t.sample_count, t.seed);
     }
     if (interrupted && step > 0 && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
+    const ar = await allreduceTimes(comm);
+    if (ar && step > firstStep) {
+      const per = (v: number) => (v / (step - firstStep)).toFixed(1);
+      print?.(`tdq-native: allreduce per step: ${per(ar.count)} calls, ${per(ar.allreduceMs)} ms on the communication thread, ${per(ar.waitedMs)} ms waited for (${buckets ? `${buckets.buckets.length} gradient buckets during the backward pass` : 'one after the backward pass'})`);
+    }
   } finally {
     logger.close({ step });
   }

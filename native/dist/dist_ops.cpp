@@ -3,10 +3,22 @@
 //   dist_init()                     -> int32 (3): built-with-MPI, rank, size
 //   dist_allreduce_(t0, t1, ...)    in place: the sum (mean: 1 -> the mean) over ranks,
 //                                   all tensors packed into one message (one bucket)
+//   dist_allreduce_start_(t0, ...)  starts that allreduce of the tensors' values now
+//                                   (bucket: an id) and returns: the stream goes on
+//   dist_allreduce_wait_(t0, ...)   waits for bucket `bucket` and writes its sum (mean)
+//                                   into the same tensors: equal to dist_allreduce_
 //   dist_broadcast_(t0, t1, ...)    in place: rank `root`'s values everywhere
+//   dist_stats()                    -> f32 (3): since the last call, ms the communication
+//                                   thread spent in allreduces, ms the stream waited for
+//                                   allreduces (dist_allreduce_ and _wait_), their count
 //   dist_allgather(x (n))           -> (size, n): every rank's x in rank order
 //   dist_barrier()                  -> int32 (1): 0 once every rank has reached it
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "../core/registry.h"
@@ -32,25 +44,105 @@ std::vector<TensorMeta> infer_allreduce(const std::vector<Tensor>& in, const Att
   return {};
 }
 
-void allreduce_cpu(OpCall& c, const ExecContext&) {
+std::vector<float> pack(const std::vector<Tensor>& in) {
   size_t total = 0;
-  for (const Tensor& t : c.inputs) total += static_cast<size_t>(t.numel());
+  for (const Tensor& t : in) total += static_cast<size_t>(t.numel());
   std::vector<float> buf(total);
   size_t off = 0;
-  for (const Tensor& t : c.inputs) {
+  for (const Tensor& t : in) {
     std::memcpy(buf.data() + off, t.f32(), static_cast<size_t>(t.numel()) * sizeof(float));
     off += static_cast<size_t>(t.numel());
   }
-  dist::allreduce_sum(buf.data(), total);
-  if (c.attrs.get_int("mean", 0)) {
+  return buf;
+}
+
+void unpack(std::vector<float>& buf, std::vector<Tensor>& out, bool mean) {
+  if (mean) {
     const float inv = 1.0f / static_cast<float>(dist::info().size);
     for (float& v : buf) v *= inv;
   }
-  off = 0;
-  for (Tensor& t : c.inputs) {
+  size_t off = 0;
+  for (Tensor& t : out) {
     std::memcpy(t.f32(), buf.data() + off, static_cast<size_t>(t.numel()) * sizeof(float));
     off += static_cast<size_t>(t.numel());
   }
+}
+
+// Nanoseconds the stream has waited for allreduces, since the last dist_stats.
+std::atomic<int64_t> g_wait_ns{0};
+
+struct WaitTimer {
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  ~WaitTimer() { g_wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(); }
+};
+
+void allreduce_cpu(OpCall& c, const ExecContext&) {
+  std::vector<float> buf = pack(c.inputs);
+  {
+    WaitTimer w;
+    dist::allreduce_sum(buf.data(), buf.size());
+  }
+  unpack(buf, c.inputs, c.attrs.get_int("mean", 0) != 0);
+}
+
+// The buckets started and not yet waited for, by id.
+std::mutex g_pending_mutex;
+std::map<int64_t, std::unique_ptr<dist::Pending>> g_pending;
+
+std::vector<TensorMeta> infer_start(const std::vector<Tensor>& in, const Attrs& a) {
+  for (size_t k = 0; k < in.size(); ++k) check_dtype(a, in[k], "tensors", DType::f32);
+  const int64_t bucket = a.get_int("bucket", -1);
+  TDQ_CHECK_RANGE(bucket >= 0, a.op, ": attribute 'bucket' must be an id >= 0, got ", bucket);
+  return {};
+}
+
+void start_cpu(OpCall& c, const ExecContext&) {
+  const int64_t bucket = c.attrs.get_int("bucket", -1);
+  {
+    std::lock_guard<std::mutex> lk(g_pending_mutex);
+    if (g_pending.count(bucket)) fail(ErrorKind::Runtime, "dist_allreduce_start_: bucket ", bucket, " was started and not waited for (dist_allreduce_wait_)");
+  }
+  std::unique_ptr<dist::Pending> p = dist::allreduce_sum_start(pack(c.inputs));
+  std::lock_guard<std::mutex> lk(g_pending_mutex);
+  g_pending[bucket] = std::move(p);
+}
+
+std::vector<TensorMeta> infer_wait(const std::vector<Tensor>& in, const Attrs& a) {
+  infer_start(in, a);
+  return infer_allreduce(in, a);
+}
+
+void wait_cpu(OpCall& c, const ExecContext&) {
+  const int64_t bucket = c.attrs.get_int("bucket", -1);
+  std::unique_ptr<dist::Pending> p;
+  {
+    std::lock_guard<std::mutex> lk(g_pending_mutex);
+    auto it = g_pending.find(bucket);
+    if (it == g_pending.end()) fail(ErrorKind::Runtime, "dist_allreduce_wait_: bucket ", bucket, " was not started (dist_allreduce_start_)");
+    p = std::move(it->second);
+    g_pending.erase(it);
+  }
+  std::vector<float>* got;
+  {
+    WaitTimer w;
+    got = &p->wait();
+  }
+  std::vector<float>& buf = *got;
+  size_t total = 0;
+  for (const Tensor& t : c.inputs) total += static_cast<size_t>(t.numel());
+  if (total != buf.size()) fail(ErrorKind::Range, "dist_allreduce_wait_: bucket ", bucket, " started with ", buf.size(), " floats, waited for with ", total);
+  unpack(buf, c.inputs, c.attrs.get_int("mean", 0) != 0);
+}
+
+std::vector<TensorMeta> infer_stats(const std::vector<Tensor>&, const Attrs&) { return {{{3}, DType::f32}}; }
+
+void stats_cpu(OpCall& c, const ExecContext&) {
+  int64_t ns = 0, count = 0;
+  dist::take_allreduce_time(&ns, &count);
+  float* o = c.outputs[0].f32();
+  o[0] = static_cast<float>(static_cast<double>(ns) / 1e6);
+  o[1] = static_cast<float>(static_cast<double>(g_wait_ns.exchange(0)) / 1e6);
+  o[2] = static_cast<float>(count);
 }
 
 std::vector<TensorMeta> infer_broadcast(const std::vector<Tensor>& in, const Attrs& a) {
@@ -89,6 +181,9 @@ void barrier_cpu(OpCall& c, const ExecContext&) {
 
 TDQ_REGISTER_OP({"dist_init", 0, 0, infer_init, init_cpu, {}});
 TDQ_REGISTER_OP({"dist_allreduce_", 1, 1 << 20, infer_allreduce, allreduce_cpu, {}});
+TDQ_REGISTER_OP({"dist_allreduce_start_", 1, 1 << 20, infer_start, start_cpu, {}});
+TDQ_REGISTER_OP({"dist_allreduce_wait_", 1, 1 << 20, infer_wait, wait_cpu, {}});
+TDQ_REGISTER_OP({"dist_stats", 0, 0, infer_stats, stats_cpu, {}});
 TDQ_REGISTER_OP({"dist_broadcast_", 1, 1 << 20, infer_broadcast, broadcast_cpu, {}});
 TDQ_REGISTER_OP({"dist_allgather", 1, 1, infer_allgather, allgather_cpu, {}});
 TDQ_REGISTER_OP({"dist_barrier", 0, 0, infer_barrier, barrier_cpu, {}});

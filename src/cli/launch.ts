@@ -87,6 +87,26 @@ export function launchOptions(nprocDescribe: string) {
   } as const;
 }
 
+/** train's launch arguments: the launch flags and the gradient bucket size. */
+export interface TrainLaunchArgs extends LaunchArgs {
+  bucketMb?: number;
+}
+
+/** train's yargs options: the launch flags and --bucket-mb. */
+export function trainLaunchOptions(nprocDescribe: string) {
+  return {
+    ...launchOptions(nprocDescribe),
+    'bucket-mb': { type: 'number', describe: 'data-parallel: gradient buckets of about this many MiB, each allreduced while the backward pass goes on (default 25, the first at most 1, as PyTorch DDP); 0: one allreduce after the backward pass' },
+  } as const;
+}
+
+/** --bucket-mb checked: undefined (the default) or a number >= 0. */
+export function bucketMbArg(a: TrainLaunchArgs): number | undefined {
+  if (a.bucketMb === undefined) return undefined;
+  if (!Number.isFinite(a.bucketMb) || a.bucketMb < 0) throw new CliError(`--bucket-mb must be a number of MiB >= 0 (0: no overlap), got ${a.bucketMb}`);
+  return a.bucketMb;
+}
+
 /**
  * A command's start under --nproc: in the process the user started, runs the
  * ranks under mpirun and returns null when they are done (a CliExit with

@@ -5,6 +5,10 @@
 import { reshape } from '../tensor/ops/elementwise';
 import { type Tensor, fromArray, runOp, runOp1 } from '../tensor/tensor';
 
+export interface PendingAllreduce {
+  wait(): void;
+}
+
 export interface Communicator {
   readonly rank: number;
   readonly size: number;
@@ -12,6 +16,12 @@ export interface Communicator {
   readonly backend: 'mpi' | 'local';
   /** In place: the mean over ranks of each tensor (one message for all of them). */
   allreduceMean(tensors: readonly Tensor[]): void;
+  /**
+   * The same mean as allreduceMean, started now on the communication thread
+   * (the stream goes on with the ops queued after it); wait() queues the
+   * write-back into the tensors, which must not change in between.
+   */
+  startAllreduceMean(tensors: readonly Tensor[]): PendingAllreduce;
   /** In place: rank `root`'s values on every rank. */
   broadcast(tensors: readonly Tensor[], root?: number): void;
   /** (size, n): every rank's (n) float32 tensor, in rank order. */
@@ -25,6 +35,9 @@ export class LocalCommunicator implements Communicator {
   readonly size = 1;
   readonly backend = 'local' as const;
   allreduceMean(): void {}
+  startAllreduceMean(): PendingAllreduce {
+    return { wait() {} };
+  }
   broadcast(): void {}
   allgather(x: Tensor): Tensor {
     return reshape(x, [1, x.shape[0]]);
@@ -37,6 +50,20 @@ class MpiCommunicator implements Communicator {
   constructor(readonly rank: number, readonly size: number) {}
   allreduceMean(tensors: readonly Tensor[]): void {
     if (tensors.length) runOp('dist_allreduce_', [...tensors], { mean: 1 });
+  }
+  private nextBucket = 0;
+  startAllreduceMean(tensors: readonly Tensor[]): PendingAllreduce {
+    if (!tensors.length) return { wait() {} };
+    const bucket = this.nextBucket++ % 2 ** 30, held = [...tensors];
+    runOp('dist_allreduce_start_', held, { bucket });
+    let waited = false;
+    return {
+      wait() {
+        if (waited) throw new Error(`allreduce bucket ${bucket}: wait() called twice`);
+        waited = true;
+        runOp('dist_allreduce_wait_', held, { bucket, mean: 1 });
+      },
+    };
   }
   broadcast(tensors: readonly Tensor[], root = 0): void {
     if (tensors.length) runOp('dist_broadcast_', [...tensors], { root });
@@ -71,6 +98,7 @@ export function initCommunicator(opts: { mpi?: boolean } = {}): Promise<Communic
   const wanted = opts.mpi ?? launchedWorldSize() > 0;
   world = (async () => {
     if (!wanted) return new LocalCommunicator();
+    deterministicAllreduce();
     const info = runOp1('dist_init', []);
     const [built, rank, size] = Array.from((await info.data()) as Int32Array);
     info.dispose();
@@ -81,6 +109,27 @@ export function initCommunicator(opts: { mpi?: boolean } = {}): Promise<Communic
     return size > 1 ? new MpiCommunicator(rank, size) : new LocalCommunicator();
   })();
   return world;
+}
+
+/**
+ * Open MPI settings of the ranks, set here before MPI_Init reads them.
+ * Open MPI picks an allreduce algorithm by message size; its ring algorithms
+ * sum an element in an order that depends on where the element falls in the
+ * message, so gradient buckets (other messages) could differ in the last bits
+ * from one allreduce of all gradients on 3 or more ranks. Rabenseifner's
+ * algorithm (reduce-scatter by recursive halving, then allgather; recursive
+ * doubling for short messages) sums every element in the same tree of ranks,
+ * whatever the message, and moves as few bytes as the ring: chosen unless the
+ * user chose an algorithm.
+ */
+export function deterministicAllreduce(env: NodeJS.ProcessEnv = process.env): void {
+  // The communication thread waits in MPI for the other ranks while this
+  // rank's backward pass computes: polling that yields the core costs the
+  // compute far less than spinning (bench/results/ddp-cpu.md).
+  env.OMPI_MCA_mpi_yield_when_idle ??= '1';
+  if (env.OMPI_MCA_coll_tuned_allreduce_algorithm !== undefined) return;
+  env.OMPI_MCA_coll_tuned_use_dynamic_rules = '1';
+  env.OMPI_MCA_coll_tuned_allreduce_algorithm = '6';
 }
 
 /** A float32 (n) tensor of JS numbers (what ranks compare with allgather). */

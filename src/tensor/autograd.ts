@@ -66,12 +66,24 @@ function clone(t: Tensor): Tensor {
   return runOp1('cast', [t], { dtype: t.dtype });
 }
 
+export interface BackwardHooks {
+  /**
+   * Called once per leaf, as soon as its gradient is final in this pass: the
+   * last of its uses in the graph has added its part to leaf.grad (a leaf used
+   * twice is final after the second). The ops queued before the call made it;
+   * what the hook queues runs after them (data-parallel training starts the
+   * leaf's bucket allreduce here). Every leaf the graph uses is reported once,
+   * also when no gradient reached it (leaf.grad then stays as it was).
+   */
+  onGradReady?(leaf: Tensor): void;
+}
+
 /**
  * Accumulates d(root)/d(leaf) into leaf.grad for every leaf that requires a
  * gradient. gradOut defaults to ones (root must then have one element). The
  * graph is freed afterwards; leaf gradients are kept out of open tidy() scopes.
  */
-export function backward(root: Tensor, gradOut?: Tensor): void {
+export function backward(root: Tensor, gradOut?: Tensor, hooks: BackwardHooks = {}): void {
   if (!root.requiresGrad) throw new Error('backward(): the tensor does not require a gradient (no parameter reached it)');
   let seed = gradOut;
   if (!seed) {
@@ -103,11 +115,28 @@ export function backward(root: Tensor, gradOut?: Tensor): void {
   };
 
   const order = topoOrder(root);
+  // Uses of each leaf still to come (edges from graph nodes), for onGradReady.
+  const uses = new Map<Tensor, number>();
+  const ready = hooks.onGradReady;
+  if (ready) {
+    for (const t of order)
+      for (const i of t.gradFn?.inputs ?? []) if (i && i.requiresGrad && !i.gradFn) uses.set(i, (uses.get(i) ?? 0) + 1);
+  }
+  const used = (leaf: Tensor) => {
+    const n = uses.get(leaf)! - 1;
+    uses.set(leaf, n);
+    if (n === 0) ready!(leaf);
+  };
   for (let k = order.length - 1; k >= 0; --k) {
     const t = order[k];
     const g = grads.get(t);
     const node = t.gradFn;
-    if (!g || !node) continue;
+    if (!node) continue;
+    if (!g) {
+      // No gradient reached this node: its uses of leaves add nothing.
+      if (ready) for (const i of node.inputs) if (i && i.requiresGrad && !i.gradFn) used(i);
+      continue;
+    }
     grads.delete(t);
     const inGrads = node.backward(g);
     if (inGrads.length !== node.inputs.length)
@@ -117,6 +146,7 @@ export function backward(root: Tensor, gradOut?: Tensor): void {
       let gi = inGrads[i];
       if (!input || !input.requiresGrad || !gi) {
         if (gi && !seen.has(gi)) gi.dispose();
+        if (ready && input && input.requiresGrad && !input.gradFn) used(input);
         return;
       }
       if (seen.has(gi)) gi = clone(gi); // each gradient must own its storage
@@ -124,6 +154,7 @@ export function backward(root: Tensor, gradOut?: Tensor): void {
       if (gi.shape.join() !== input.shape.join())
         throw new Error(`autograd: ${node.op} gave a gradient of shape ${shapeToString(gi.shape)} for an input of shape ${shapeToString(input.shape)}`);
       accumulate(input, gi);
+      if (ready && !input.gradFn) used(input);
     });
     if (g !== gradOut) g.dispose();
   }

@@ -79,3 +79,16 @@ export async function broadcastString(comm: Communicator, s: string): Promise<st
   buf.dispose();
   return out;
 }
+
+/**
+ * The allreduces since the last call (which resets the counts): ms the
+ * communication thread spent in them, ms the stream waited for them (what the
+ * backward pass did not hide), and how many; null for one process.
+ */
+export async function allreduceTimes(comm: Communicator): Promise<{ allreduceMs: number; waitedMs: number; count: number } | null> {
+  if (comm.backend !== 'mpi') return null;
+  const t = runOp1('dist_stats', []);
+  const [allreduceMs, waitedMs, count] = Array.from((await t.data()) as Float32Array);
+  t.dispose();
+  return { allreduceMs, waitedMs, count };
+}

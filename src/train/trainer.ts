@@ -9,8 +9,9 @@ import path from 'node:path';
 import type { Config } from '../config/schema';
 import { dataNumClasses } from '../config/schema';
 import { datasetFromConfig, loaderFromConfig } from '../data';
+import { DEFAULT_BUCKET_MB, GradBuckets } from '../dist/buckets';
 import { type Communicator, LocalCommunicator } from '../dist/communicator';
-import { checkRanksAgree, checkWeightsAgree } from './distributed';
+import { allreduceTimes, checkRanksAgree, checkWeightsAgree } from './distributed';
 import type { Dataset } from '../data/dataset';
 import type { Batch, DataLoader, LoaderState } from '../data/loader';
 import type { NoiseSchedule } from '../diffusion/schedule';
@@ -78,6 +79,12 @@ export interface TrainOptions {
    * gradients are averaged over the ranks, rank 0 alone writes the run folder.
    */
   comm?: Communicator;
+  /**
+   * Data-parallel: gradient buckets of about this many MiB (default 25, the
+   * first at most 1 MiB, as PyTorch DDP), each allreduced while the backward pass goes on; 0: one
+   * allreduce of all gradients after the backward pass.
+   */
+  bucketMb?: number;
   /** Data-parallel: compare the ranks' weights every this many steps (default 100, and at the end). */
   checksumEvery?: number;
   /** Start from these weights (a full-precision model for QAT, or fine-tuning). */
@@ -326,6 +333,9 @@ async function trainLocked(
   const checksumEvery = opts.checksumEvery ?? 100;
   if (!Number.isInteger(checksumEvery) || checksumEvery < 1) throw new RangeError(`checksumEvery must be a positive integer, got ${checksumEvery}`);
   const params = subject.trainableParameters();
+  const bucketMb = opts.bucketMb ?? DEFAULT_BUCKET_MB;
+  if (!(bucketMb >= 0)) throw new RangeError(`bucketMb must be >= 0, got ${bucketMb}`);
+  const buckets = comm.size > 1 && bucketMb > 0 ? new GradBuckets(comm, params, bucketMb * 2 ** 20) : null;
   const endStep = Math.min(t.max_steps, opts.stopAtStep ?? Infinity);
   let lastCkpt = resumeFrom ?? '';
   let lastLoss = NaN;
@@ -366,6 +376,8 @@ async function trainLocked(
 
   let interrupted = false;
   let stopAgreed = false;
+  await allreduceTimes(comm); // counts from here
+  const firstStep = step;
   model.train();
   // scale_by_std and the like: once, on the first batch of a fresh run.
   let firstBatchPending = !resumeFrom && !opts.initCheckpoint && !!subject.onFirstBatch;
@@ -404,7 +416,8 @@ async function trainLocked(
           }
           const loss = tidy(() => {
             const loss = subject.loss(batch, gen);
-            backward(k > 1 ? scale(loss, 1 / k) : loss);
+            // The last micro-batch makes the gradients final: their buckets' allreduces start during it.
+            backward(k > 1 ? scale(loss, 1 / k) : loss, undefined, buckets && i === k - 1 ? buckets.hooks() : undefined);
             return loss;
           });
           micro.push({ batch, gen: g0, dropoutGen: d0, loss });
@@ -424,7 +437,10 @@ async function trainLocked(
         // The global batch's mean gradient and loss: the mean over ranks of equal
         // slices; and whether any rank was asked to stop (SIGTERM reaches each).
         const flag = fromArray([opts.signal?.aborted ? 1 : 0], [1]);
-        comm.allreduceMean([...params.flatMap((p) => (p.grad ? [p.grad] : [])), ...micro.map((m) => m.loss), flag]);
+        if (buckets) {
+          buckets.finish();
+          comm.allreduceMean([...micro.map((m) => m.loss), flag]);
+        } else comm.allreduceMean([...params.flatMap((p) => (p.grad ? [p.grad] : [])), ...micro.map((m) => m.loss), flag]);
         stopAgreed = (await flag.item()) > 0;
         flag.dispose();
       }
@@ -468,6 +484,11 @@ async function trainLocked(
       if (lead && t.sample_every > 0 && step % t.sample_every === 0) await subject.sampleGrid(ema, path.join(opts.outDir, 'samples', `step-${String(step).padStart(8, '0')}.png`), t.sample_count, t.seed);
     }
     if (interrupted && step > 0 && !samePath(lastCkpt, ckptFile(step))) lastCkpt = await checkpoint();
+    const ar = await allreduceTimes(comm);
+    if (ar && step > firstStep) {
+      const per = (v: number) => (v / (step - firstStep)).toFixed(1);
+      print?.(`tdq-native: allreduce per step: ${per(ar.count)} calls, ${per(ar.allreduceMs)} ms on the communication thread, ${per(ar.waitedMs)} ms waited for (${buckets ? `${buckets.buckets.length} gradient buckets during the backward pass` : 'one after the backward pass'})`);
+    }
   } finally {
     logger.close({ step });
   }

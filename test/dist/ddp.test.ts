@@ -17,7 +17,7 @@ const bin = path.join(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-ddp-'));
 after(() => process.env.KEEP_TMP ? undefined : fs.rmSync(root, { recursive: true, force: true }));
 
-const yaml = (o: { seed?: number; maxSteps?: number; every?: number } = {}) => `
+const yaml = (o: { seed?: number; maxSteps?: number; every?: number; accumulate?: number } = {}) => `
 model:
   base_learning_rate: 1.0e-3
   target: tdq_native.models.diffusion.DDPM
@@ -39,6 +39,7 @@ training:
   seed: ${o.seed ?? 11}
   log_every: 1
   checkpoint_every: ${o.every ?? 3}
+  accumulate_grad_batches: ${o.accumulate ?? 1}
 `;
 
 function config(name: string, o?: Parameters<typeof yaml>[0]): string {
@@ -107,6 +108,21 @@ describe('data-parallel training (MPI)', { skip: mpiSkip() }, () => {
     const seed = cli(['train', '--base', cfg, '--name', 'gpus', '--gpus', '0,1', '--accelerator', 'ddp']);
     assert.equal(seed.status, 0, seed.out);
     assert.ok((await maxRelDiff(path.join(root, 'two-ranks.safetensors'), path.join(root, 'runs/gpus/model.safetensors'))) === 0, 'the same 2-rank run twice is bit for bit the same');
+  });
+
+  it('gradient buckets allreduced during the backward pass (10 KiB buckets, 2 micro-batches) end bit for bit where one allreduce after it ends', async () => {
+    // A bucket started before its last gradient was added (a parameter used
+    // twice, or a micro-batch before the last) would leave that part unreduced.
+    const acc = config('accumulate', { accumulate: 2, maxSteps: 3 });
+    const one = cli(['train', '--base', acc, '--name', 'nooverlap', '--nproc', '2', '--bucket-mb', '0']);
+    assert.equal(one.status, 0, one.out);
+    const many = cli(['train', '--base', acc, '--name', 'buckets', '--nproc', '2', '--bucket-mb', '0.01']);
+    assert.equal(many.status, 0, many.out);
+    const d = await maxRelDiff(path.join(root, 'runs/nooverlap/model.safetensors'), path.join(root, 'runs/buckets/model.safetensors'));
+    assert.equal(d, 0, `relative difference ${d}`);
+    const bad = cli(['train', '--base', acc, '--name', 'badbucket', '--bucket-mb', '-1']);
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.out, /--bucket-mb must be a number of MiB >= 0 \(0: no overlap\), got -1/);
   });
 
   it('TDQ QAT (W8A8) on 2 ranks ends where it ends on 1 rank', async () => {

@@ -14,6 +14,7 @@ import { noiseDrawsPerValue, sample, type SampleOptions } from '../../src/diffus
 import { makeSchedule } from '../../src/diffusion/schedule';
 import { LocalCommunicator } from '../../src/dist/communicator';
 import { batchesOfRank, drawBatch, generateBatches } from '../../src/dist/shard';
+import { probeWritableDir } from '../../src/cli/commands/preflight';
 import { scale } from '../../src/tensor/ops/elementwise';
 import { Generator } from '../../src/tensor/random';
 import { mpiSkip } from '../helpers/mpi';
@@ -34,6 +35,22 @@ function sameFolders(a: string, b: string): void {
   assert.deepEqual(pngs(a), pngs(b));
   for (const f of pngs(a)) assert.ok(fs.readFileSync(path.join(a, f)).equals(fs.readFileSync(path.join(b, f))), `${f} differs between 1 and 2 ranks`);
 }
+
+describe('data-parallel sampling: the output folder', () => {
+  it('a rank that finds --outdir made by another rank between its check and its mkdir goes on', () => {
+    const dir = path.join(tmp, 'made-by-another-rank');
+    fs.mkdirSync(dir);
+    const exists = fs.existsSync;
+    // The other rank's mkdir lands after this rank's existsSync: mkdir fails with EEXIST.
+    (fs as { existsSync: typeof fs.existsSync }).existsSync = (p) => (path.resolve(String(p)) === dir ? false : exists(p));
+    try {
+      probeWritableDir(dir, 'outdir');
+    } finally {
+      (fs as { existsSync: typeof fs.existsSync }).existsSync = exists;
+    }
+    assert.throws(() => probeWritableDir(path.join(tmp, 'made-by-another-rank', 'x\0'), 'outdir'), /--outdir .* is not writable/);
+  });
+});
 
 describe('data-parallel sampling: the batch plan', () => {
   it('every batch once, in order per rank, the last one short', () => {

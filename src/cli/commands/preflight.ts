@@ -113,7 +113,12 @@ function mkdirs(dir: string): void {
   if (fs.existsSync(dir)) return;
   const parent = path.dirname(dir);
   if (parent !== dir) mkdirs(parent);
-  fs.mkdirSync(dir);
+  try {
+    fs.mkdirSync(dir);
+  } catch (e) {
+    // Another process (a rank of the same `sample --nproc`) made it first.
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(dir).isDirectory()) throw e;
+  }
 }
 
 /** Creates `dir` and writes and removes a probe file in it, so an unwritable --outdir fails before sampling. */

@@ -26,7 +26,6 @@ function isAutoencoderConfigFile(file: string): boolean {
     return false;
   }
 }
-import { initCommunicator } from '../../dist/communicator';
 import { inspectSafetensors } from '../../io/safetensors';
 import { scheduleFromConfig } from '../../models/diffusion';
 import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantConfig, type QuantConfig } from '../../quant';
@@ -40,10 +39,10 @@ import { RunFolderBusyError, RunFolderExistsError, assertFreshRunFolder, runFold
 import { broadcastString } from '../../train/distributed';
 import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
 import { describeDrift, runSettingOverrides, storedPart, storedRunConfig } from './train_resume';
-import { type LaunchArgs, launchRanks } from '../launch';
+import { type TrainLaunchArgs, bucketMbArg, rankOrLaunch, trainLaunchOptions } from '../launch';
 import { type GlobalArgs, CliError, CliExit } from '../index';
 
-export interface TrainArgs extends GlobalArgs, LaunchArgs {
+export interface TrainArgs extends GlobalArgs, TrainLaunchArgs {
   base: string;
   ckpt?: string;
   resume?: string;
@@ -109,9 +108,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('max-nan-skips', { type: 'number', default: 10, describe: 'with --on-nan skip: stop (with a checkpoint) once this many steps in a row were non-finite' })
       .option('first-stage', { alias: 'first_stage', type: 'string', describe: 'latent models: the first stage\'s weights (.safetensors / .ckpt), instead of first_stage_config.params.ckpt_path' })
       .option('scale-lr', { alias: 'scale_lr', type: 'string', describe: 'True / False: the learning rate is base_learning_rate x batch_size x accumulate_grad_batches (upstream main.py; the default for LDM configs) or base_learning_rate as is' })
-      .option('nproc', { type: 'number', describe: 'data-parallel ranks: runs this command under mpirun -np N (training.batch_size is the global batch, split between the ranks)' })
-      .option('gpus', { type: 'string', describe: "the seed's device list (e.g. 0,1,2,3): as many ranks as devices" })
-      .option('accelerator', { type: 'string', describe: "the seed's ddp: data-parallel ranks (the only mode)" })
+      .options(trainLaunchOptions('data-parallel ranks: runs this command under mpirun -np N (training.batch_size is the global batch, split between the ranks)'))
       .example('$0 train --base configs/fmnist-small.yaml --max-steps 2000', 'train the small Fashion-MNIST model in runs/<timestamp>_fmnist-small')
       .example('$0 train --base configs/fmnist-small.yaml --resume runs/2026-01-31T09-00-00_fmnist-small', 'continue an interrupted run exactly')
       .example('$0 train --base configs/fmnist-small.yaml --ckpt models/fmnist-small.safetensors --n-bit-w 4 --n-bit-a 4 --use-dynamic --max-steps 500 --name w4a4-tdq', 'quantization-aware training with TDQ')
@@ -120,12 +117,9 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .example('$0 train --base configs/fmnist-small.yaml --nproc 2', 'data-parallel on 2 ranks (mpirun -np 2 ... works too)')
       .example('$0 train --base configs/fmnist-small.yaml --set training.batch_size=32 --set model.params.unet_config.params.dropout=0', 'override config keys') as unknown as Argv<TrainArgs>,
   handler: async (a) => {
-    const launched = await launchRanks(a);
-    if (launched !== null) {
-      if (launched !== 0) throw new CliExit(launched);
-      return;
-    }
-    const comm = await initCommunicator();
+    const bucketMb = bucketMbArg(a);
+    const comm = await rankOrLaunch(a);
+    if (!comm) return; // the ranks ran under mpirun
     if (comm.rank > 0) console.log = () => {}; // rank 0 speaks for the run
     const overrides = [...a.set];
     if (a.maxSteps !== undefined) overrides.push(`training.max_steps=${a.maxSteps}`);
@@ -163,7 +157,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     const signals = stopOnSignals(abort);
     try {
       console.log(`tdq-native: training ${path.basename(outDir)} -> ${outDir}`);
-      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, firstStage: a.firstStage, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips, comm });
+      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, firstStage: a.firstStage, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips, comm, bucketMb });
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) {
         console.log(`tdq-native: continue with --resume ${outDir}`);

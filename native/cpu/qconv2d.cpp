@@ -5,6 +5,9 @@
 //   y[n, o] = sum_{c,i,j} (x - zp)[n, c, ...] * q[o, c, i, j] * (act_step[n] * wstep[o]) + bias[o]
 //   x (N, C, H, W): uint8 levels with zero point 'zero_point', or int8 levels
 //   (symmetric), from quantize_act; the padding is the zero point (real 0).
+//   Levels of x - z (a real zero point z, from qgroup_norm_act) take 'offset'
+//   z (and 'column' / 'step_floor' as the levels were made): z * weights is
+//   added back in the epilogue, the padding being real 0, as for float32 x.
 //   act_step: [] / [1], or [N] (one step per sample). packed, row_sums: from
 //   qweight_pack of the (O, C, kH, kW) weights; wstep: their steps [O].
 //   The result equals conv2d_forward(fake_quant(x), fake_quant(w), bias) up to
@@ -259,7 +262,8 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   std::vector<int32_t> zc(static_cast<size_t>(O));
   for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * int64_t{prs[o]});
   // A real zero point z: bias' = bias + z * wstep * rowsum, and the border fix-up.
-  const bool zfix = q.quantize && q.offset != 0.f;
+  // (float32 x quantized here, or uint8 levels of x - z from qgroup_norm_act)
+  const bool zfix = q.offset != 0.f;
   std::vector<float> bias2;
   BorderCorr bc;
   if (zfix) {

@@ -267,12 +267,16 @@ int64_t activation_zero_point(const Attrs& a, const Tensor& x) {
 
 QActSpec qact_spec(const Attrs& a, const Tensor& x) {
   QActSpec q;
-  if (x.dtype != DType::f32) {
-    TDQ_CHECK_RANGE(!a.has("column") || a.get_int("column") == -1, a.op,
-                    ": attribute 'column' needs float32 'x' (quantized inside the op)");
-    q.column = -1;
-    return q;
-  }
+  // The real zero point, step floor and table column: for float32 x how the op
+  // quantizes it; for uint8 / int8 levels (qgroup_norm_act) how they were made,
+  // which the epilogue needs (the step, and z added back).
+  const double off = a.get_float("offset", 0.0), fl = a.get_float("step_floor", 0.0);
+  TDQ_CHECK_RANGE(std::isfinite(off), a.op, ": attribute 'offset' must be finite, got ", off);
+  TDQ_CHECK_RANGE(std::isfinite(fl) && fl >= 0, a.op, ": attribute 'step_floor' must be finite and >= 0, got ", fl);
+  q.offset = static_cast<float>(off), q.floor = static_cast<float>(fl);
+  q.column = a.get_int("column", -1);
+  TDQ_CHECK_RANGE(q.column >= -1, a.op, ": attribute 'column' must be -1 or a column index, got ", q.column);
+  if (x.dtype != DType::f32) return q;
   q.quantize = true;
   TDQ_CHECK_TYPE(a.has("bits") && a.has("signed"), a.op,
                  ": float32 'x' is quantized inside the op and needs attributes 'bits' and 'signed'");
@@ -282,12 +286,6 @@ QActSpec qact_spec(const Attrs& a, const Tensor& x) {
   TDQ_CHECK_RANGE(a.get_int("zero_point", 0) == 0, a.op,
                   ": attribute 'zero_point' is for uint8 'x'; float32 'x' takes a real zero point as 'offset'");
   q.shifted = a.get_bool("input_shifted", false);
-  const double off = a.get_float("offset", 0.0), fl = a.get_float("step_floor", 0.0);
-  TDQ_CHECK_RANGE(std::isfinite(off), a.op, ": attribute 'offset' must be finite, got ", off);
-  TDQ_CHECK_RANGE(std::isfinite(fl) && fl >= 0, a.op, ": attribute 'step_floor' must be finite and >= 0, got ", fl);
-  q.offset = static_cast<float>(off), q.floor = static_cast<float>(fl);
-  q.column = a.get_int("column", -1);
-  TDQ_CHECK_RANGE(q.column >= -1, a.op, ": attribute 'column' must be -1 or a column index, got ", q.column);
   const int64_t half = int64_t{1} << (q.bits - 1);
   if (q.is_signed) q.lo = static_cast<float>(-half), q.hi = static_cast<float>(half - 1), q.add = 128;
   else q.lo = 0.f, q.hi = static_cast<float>(2 * half - 1), q.add = 0;
@@ -639,7 +637,7 @@ void qlinear(OpCall& c, const ExecContext& ctx) {
   for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * prs[o]);
   // A real zero point z (QActSpec): bias' = bias + z * wstep * rowsum.
   std::vector<float> bias2;
-  if (q.quantize && q.offset != 0.f) {
+  if (q.offset != 0.f) {
     bias2.resize(static_cast<size_t>(O));
     for (int64_t o = 0; o < O; ++o) {
       const float zw = q.offset * ws.f32()[o];

@@ -151,6 +151,9 @@ int64_t activation_zero_point(const Attrs& a, const Tensor& x);
 //   the GEMM epilogue; at conv borders, where zero padding means real 0 and not
 //   z, the taps outside the input are taken out again: + fl(fl(z * wstep) *
 //   (valid sum - rowsum))).
+// uint8 / int8 x (levels made outside, e.g. by qgroup_norm_act) takes the
+// same 'offset', 'step_floor' and 'column' attributes, which then say how the
+// levels were made: the epilogue adds z back and reads the sample's step.
 struct QActSpec {
   bool quantize = false;  // x is float32
   bool is_signed = false, shifted = false;

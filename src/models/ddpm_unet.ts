@@ -5,6 +5,7 @@
 // mid.block_1, mid.attn_1, up.{i}..., norm_out, conv_out.
 import { Module } from '../nn/module';
 import { Conv2d, Dropout, GroupNorm, Linear } from '../nn/layers';
+import { normSiluInto } from '../nn/fused';
 import { Generator } from '../tensor/random';
 import { scaledDotProductAttention } from '../tensor/ops/attention';
 import { silu } from '../tensor/ops/activation';
@@ -48,10 +49,11 @@ class ResnetBlock extends Module {
     this.ninShortcut = inCh !== outCh ? this.registerModule('nin_shortcut', new Conv2d(inCh, outCh, 1, { gen })) : null;
   }
   forward(x: Tensor, temb: Tensor): Tensor {
-    let h = this.conv1.forward(silu(this.norm1.forward(x)));
+    // conv(silu(norm(.))), fused where the conv can (nn/fused.ts)
+    let h = normSiluInto(this.norm1, this.conv1, x);
     const t = this.tembProj.forward(silu(temb));
     h = add(h, reshape(t, [t.shape[0], t.shape[1], 1, 1]));
-    h = this.conv2.forward(this.dropout.forward(silu(this.norm2.forward(h))));
+    h = normSiluInto(this.norm2, this.conv2, h, null, this.dropout);
     return add(this.ninShortcut ? this.ninShortcut.forward(x) : x, h);
   }
 }

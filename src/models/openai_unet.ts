@@ -12,6 +12,7 @@ import { avgPool2d, upsampleNearest2x } from '../tensor/ops/pool';
 import { cat, chunk, permute } from '../tensor/ops/shape';
 import { add, addScalar, mul, reshape } from '../tensor/ops/elementwise';
 import type { Tensor } from '../tensor/tensor';
+import { normSiluInto } from '../nn/fused';
 import { timestepEmbedding, zeroModule } from './common';
 import { SpatialTransformer } from './transformer';
 
@@ -118,21 +119,24 @@ export class ResBlock extends Module implements EmbedBlock {
   }
 
   forward(x: Tensor, emb: Tensor): Tensor {
-    let h = silu(this.inNorm.forward(x));
+    let h: Tensor;
     if (this.hUpd && this.xUpd) {
-      h = this.hUpd.forward(h);
+      h = this.hUpd.forward(silu(this.inNorm.forward(x)));
       x = this.xUpd.forward(x);
+      h = this.inConv.forward(h);
+    } else {
+      // inConv(silu(inNorm(x))), fused where the conv can (nn/fused.ts)
+      h = normSiluInto(this.inNorm, this.inConv, x);
     }
-    h = this.inConv.forward(h);
     const e = this.embLinear.forward(silu(emb));
     const e4 = reshape(e, [e.shape[0], e.shape[1], 1, 1]); // (B, C, 1, 1)
     if (this.useScaleShiftNorm) {
       const [scale, shift] = chunk(e4, 2, 1);
-      h = add(mul(this.outNorm.forward(h), addScalar(scale, 1)), shift);
+      // outConv(dropout(silu(outNorm(h) * (scale + 1) + shift)))
+      h = normSiluInto(this.outNorm, this.outConv, h, { scale, shift }, this.outDropout);
     } else {
-      h = this.outNorm.forward(add(h, e4));
+      h = normSiluInto(this.outNorm, this.outConv, add(h, e4), null, this.outDropout);
     }
-    h = this.outConv.forward(this.outDropout.forward(silu(h)));
     return add(this.skip ? this.skip.forward(x) : x, h);
   }
 }

@@ -30,7 +30,10 @@ import type { QuantizedModel } from '../../src/quant/quantize_model';
 import { noGrad } from '../../src/tensor/autograd';
 import { tidy } from '../../src/tensor/scope';
 import { type Tensor, fromArray, runOp } from '../../src/tensor/tensor';
-import { scale } from '../../src/tensor/ops/elementwise';
+import { add, addScalar, mul, scale } from '../../src/tensor/ops/elementwise';
+import { silu } from '../../src/tensor/ops/activation';
+import type { NormSiluHook } from '../../src/nn/fused';
+import type { GroupNorm } from '../../src/nn/layers';
 import { randomData, relError } from '../helpers/assert';
 import { SCHEDULE, tinyUNet } from './helpers';
 
@@ -45,23 +48,42 @@ function run(qm: QuantizedModel, i: number, ts: number[]): Float32Array {
   return Float32Array.from(out);
 }
 
-/** Runs the model once, recording every quantized layer's first input and output. */
-function recordLayers(qm: QuantizedModel, i: number, ts: number[]): Map<string, { x: Float32Array; shape: number[]; y: Float32Array }> {
-  const rec = new Map<string, { x: Float32Array; shape: number[]; y: Float32Array }>();
-  const orig = new Map<string, (x: Tensor) => Tensor>();
+interface LayerRecord {
+  x: Float32Array;
+  shape: number[];
+  y: Float32Array;
+  /** The layer ran fused with the norm and SiLU before it (nn/fused.ts): x is the norm's input. */
+  fused?: { norm: GroupNorm; ss: { scale: Float32Array; shift: Float32Array; shape: number[] } | null };
+}
+
+const data = (t: Tensor) => Float32Array.from(t.dataSync() as Float32Array);
+
+/** Runs the model once, recording every quantized layer's first input and output (fused: the norm's input). */
+function recordLayers(qm: QuantizedModel, i: number, ts: number[]): Map<string, LayerRecord> {
+  const rec = new Map<string, LayerRecord>();
+  type Hooks = { forward(x: Tensor): Tensor; forwardNormSilu?: NormSiluHook };
+  const orig = new Map<string, Hooks>();
   for (const [n, l] of qm.layers) {
-    const f = (l.layer as unknown as { forward(x: Tensor): Tensor }).forward;
-    orig.set(n, f);
-    (l.layer as unknown as { forward(x: Tensor): Tensor }).forward = (x: Tensor) => {
+    const layer = l.layer as unknown as Hooks;
+    const f = layer.forward, fn = layer.forwardNormSilu;
+    orig.set(n, { forward: f, forwardNormSilu: fn });
+    layer.forward = (x: Tensor) => {
       const y = f(x);
-      if (!rec.has(n)) rec.set(n, { x: Float32Array.from(x.dataSync() as Float32Array), shape: [...x.shape], y: Float32Array.from(y.dataSync() as Float32Array) });
+      if (!rec.has(n)) rec.set(n, { x: data(x), shape: [...x.shape], y: data(y) });
       return y;
     };
+    if (fn)
+      layer.forwardNormSilu = (norm, x, ss) => {
+        const y = fn(norm, x, ss);
+        if (y && !rec.has(n))
+          rec.set(n, { x: data(x), shape: [...x.shape], y: data(y), fused: { norm, ss: ss ? { scale: data(ss.scale), shift: data(ss.shift), shape: [...ss.scale.shape] } : null } });
+        return y;
+      };
   }
   try {
     run(qm, i, ts);
   } finally {
-    for (const [n, l] of qm.layers) (l.layer as unknown as { forward(x: Tensor): Tensor }).forward = orig.get(n)!;
+    for (const [n, l] of qm.layers) Object.assign(l.layer, orig.get(n)!);
   }
   return rec;
 }
@@ -77,11 +99,13 @@ async function check(cfg: Parameters<typeof resolveQuantConfig>[0], useTable: bo
     assert.deepEqual(qm.intUnsupportedLayers(), {});
     const tss = [[999, 999, 999, 999], [10, 500, 250, 0]];
     const stats: string[] = [];
+    let fusedLayers = 0;
     for (const [i, ts] of tss.entries()) {
       // every layer of an integer forward vs the fake-quantized layer on the same input
       qm.setExec('int');
       const rec = recordLayers(qm, i, ts);
       assert.equal(rec.size, qm.layers.size);
+      fusedLayers = [...rec.values()].filter((r) => r.fused).length;
       qm.setExec('fake');
       let worst = 0, worstName = '';
       const t = fromArray(ts, [B]);
@@ -89,7 +113,15 @@ async function check(cfg: Parameters<typeof resolveQuantConfig>[0], useTable: bo
         const r = rec.get(n)!;
         const x = fromArray(r.x, r.shape);
         qm.ctx.begin(t);
-        const y = Float32Array.from(noGrad(() => tidy(() => l.layer.forward(x))).dataSync() as Float32Array);
+        // a fused record: the norm (and scale/shift) and SiLU as float ops, then the fake-quantized layer
+        const fu = r.fused;
+        const input = (): Tensor => {
+          if (!fu) return x;
+          let h = fu.norm.forward(x);
+          if (fu.ss) h = add(mul(h, addScalar(fromArray(fu.ss.scale, fu.ss.shape), 1)), fromArray(fu.ss.shift, fu.ss.shape));
+          return silu(h);
+        };
+        const y = Float32Array.from(noGrad(() => tidy(() => l.layer.forward(input()))).dataSync() as Float32Array);
         qm.ctx.end();
         x.dispose();
         if (l.outQuant) {
@@ -114,6 +146,9 @@ async function check(cfg: Parameters<typeof resolveQuantConfig>[0], useTable: bo
       stats.push(`t=${ts}: worst layer ${worst.toExponential(2)} (${worstName}), output ${rel.toExponential(2)}`);
       assert.ok(rel <= 0.1, `whole model int vs fake: ${stats.at(-1)}`);
     }
+    // the residual blocks' convs after norm + SiLU ran fused (qgroup_norm_act), except PACT and output-quantized layers
+    if (!(cfg?.staticMethod === 'pact' && !cfg.useDynamic)) assert.ok(fusedLayers > 0, 'no layer ran fused with its norm');
+    stats.push(`${fusedLayers} layers fused with their norm`);
     return stats;
   } finally {
     qm.dispose();

@@ -64,6 +64,48 @@ double sum_sq_dev(const float* p, int64_t n, double c) {
   return (s0 + s1) + (s2 + s3);
 }
 
+#if TDQ_NN_X86
+// The same sums four lanes at a time: lane k holds group_norm.cpp's
+// accumulator s_k (elements i = k mod 4, in order), and d * d rounds before
+// the add as there (no FMA): the same doubles, bit for bit.
+typedef double D4 __attribute__((vector_size(32)));
+typedef float F4 __attribute__((vector_size(16)));
+
+TDQ_AVX2 double sum_d_avx2(const float* p, int64_t n) {
+  D4 s{};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    F4 f;
+    std::memcpy(&f, p + i, sizeof f);
+    s += __builtin_convertvector(f, D4);
+  }
+  double s0 = s[0];
+  for (; i < n; ++i) s0 += p[i];
+  return (s0 + s[1]) + (s[2] + s[3]);
+}
+
+TDQ_AVX2 double sum_sq_dev_avx2(const float* p, int64_t n, double c) {
+  D4 s{};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    F4 f;
+    std::memcpy(&f, p + i, sizeof f);
+    const D4 d = __builtin_convertvector(f, D4) - c;
+    D4 sq = d * d;
+    asm("" : "+x"(sq));
+    s += sq;
+  }
+  double s0 = s[0];
+  for (; i < n; ++i) {
+    double d = p[i] - c;
+    double sq = d * d;
+    asm("" : "+x"(sq));
+    s0 += sq;
+  }
+  return (s0 + s[1]) + (s[2] + s[3]);
+}
+#endif
+
 // One channel row's constants.
 struct RowParams {
   float mhi, mlo, scale, shift;  // group norm: ((x - mhi) - mlo) * scale + shift
@@ -120,22 +162,31 @@ template <int W> TDQ_AINLINE Vi<W> row_levels(Vf<W> x, const RowParams& r) {
 
 // bytes of one channel row of n elements. The tail (n % W) goes through the
 // vector formula too, from a padded copy.
+// The low bytes of W int32 lanes (in 0..255: exact).
+template <int W> TDQ_AINLINE void store_bytes(const Vi<W>& b, uint8_t* out) {
+  typedef uint8_t Vb __attribute__((vector_size(W)));
+  if constexpr (W == 8) {
+    // a shuffle: GCC 12 narrows an 8 x int32 conversion lane by lane on AVX2
+    typedef uint8_t Vb32 __attribute__((vector_size(32)));
+    const Vb32 bytes = reinterpret_cast<const Vb32&>(b);
+    const Vb qb = __builtin_shufflevector(bytes, bytes, 0, 4, 8, 12, 16, 20, 24, 28);
+    std::memcpy(out, &qb, W);
+  } else {
+    const Vb qb = __builtin_convertvector(b, Vb);
+    std::memcpy(out, &qb, W);
+  }
+}
+
 template <int W> TDQ_AINLINE void row_w(const float* x, uint8_t* out, int64_t n, const RowParams& r) {
   int64_t i = 0;
   if constexpr (W > 1) {
-    for (; i + W <= n; i += W) {
-      const Vi<W> b = row_levels<W>(vload<W>(x + i), r);
-      int32_t tmp[W];
-      std::memcpy(tmp, &b, sizeof tmp);
-      for (int j = 0; j < W; ++j) out[i + j] = static_cast<uint8_t>(tmp[j]);
-    }
+    for (; i + W <= n; i += W) store_bytes<W>(row_levels<W>(vload<W>(x + i), r), out + i);
     if (i < n) {
       float pad[W] = {};
+      uint8_t ob[W];
       std::memcpy(pad, x + i, static_cast<size_t>(n - i) * sizeof(float));
-      const Vi<W> b = row_levels<W>(vload<W>(pad), r);
-      int32_t tmp[W];
-      std::memcpy(tmp, &b, sizeof tmp);
-      for (int64_t j = 0; j < n - i; ++j) out[i + j] = static_cast<uint8_t>(tmp[j]);
+      store_bytes<W>(row_levels<W>(vload<W>(pad), r), ob);
+      std::memcpy(out + i, ob, static_cast<size_t>(n - i));
     }
   } else {
     for (; i < n; ++i) out[i] = static_cast<uint8_t>(row_levels<1>(x[i], r));
@@ -217,12 +268,17 @@ void qgroup_norm_act(OpCall& c, const ExecContext& ctx) {
   const int64_t cpg = d.C / d.G, m = cpg * d.HW;
   if (d.N == 0 || m == 0) return;
   const RowFn row = row_for(ctx.cpu_level);
+  auto sum = sum_d;
+  auto sum_sq = sum_sq_dev;
+#if TDQ_NN_X86
+  if (ctx.cpu_level != CpuLevel::scalar) sum = sum_d_avx2, sum_sq = sum_sq_dev_avx2;
+#endif
   ctx.parallel_for(d.N * d.G, std::max<int64_t>(1, (1 << 14) / m), [&](int64_t begin, int64_t end) {
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t n = ng / d.G, g = ng % d.G;
       const float* xg = px + ng * m;
-      const double mean = sum_d(xg, m) / m;
-      const double var = sum_sq_dev(xg, m, mean) / m;
+      const double mean = sum(xg, m) / m;
+      const double var = sum_sq(xg, m, mean) / m;
       const double rstd = 1.0 / std::sqrt(var + eps);
       RowParams r{};
       r.mhi = static_cast<float>(mean), r.mlo = static_cast<float>(mean - r.mhi);

@@ -20,6 +20,10 @@
 // levels are taken of x - z and the op adds z * op(1, Q_w(W)) back in its
 // epilogue (native/cpu/qgemm.h, QActSpec). The result equals the
 // fake-quantized layer up to float rounding (about sqrt(K) * 2^-24 relative).
+// A conv that the model calls as conv(silu(groupNorm(x))) (nn/fused.ts,
+// the residual blocks) runs as two ops instead: qgroup_norm_act writes the
+// uint8 levels of the norm + SiLU straight from x (no float tensor in
+// between), qconv2d reads them (native/cpu/qnorm.cpp states the exactness).
 import { conv2d } from '../tensor/ops/conv';
 import { linear } from '../tensor/ops/linalg';
 import { addScalar, clamp, mul, reshape, scale } from '../tensor/ops/elementwise';

@@ -158,7 +158,7 @@ async function configModel(name: string, configFile: string): Promise<BenchModel
       m.loadStateDict(tensors, { strict: true });
       const t0 = Date.now();
       const qm = await calibrate(m, resolveQuantConfig({ nBitW: 8, nBitA: 8, useDynamic }), {
-        schedule: { kind: 'linear', timesteps }, steps: 4, nSamples: 1, seed: 1, method: 'auto', fitIters: 100, sampleShape: shape,
+        schedule: { kind: 'linear', timesteps }, steps: 4, nSamples: 1, seed: 1, method: 'minmax', fitIters: 100, sampleShape: shape,
       });
       if (useDynamic) qm.buildTable();
       await writeSafetensors(qFile, qm.stateDict(), qm.checkpointMetadata());
@@ -173,7 +173,7 @@ async function configModel(name: string, configFile: string): Promise<BenchModel
   }
   for (const t of tensors.values()) t.dispose();
   return {
-    label: `${configFile} UNet, random weights (seed 0), ${(fp.numParameters() / 1e6).toFixed(1)}M parameters; quantized W8A8 by calibrate (auto: min-max at 8 bits, 1 sample x 4 DDIM steps), cached in ${dir}`,
+    label: `${configFile} UNet, random weights (seed 0), ${(fp.numParameters() / 1e6).toFixed(1)}M parameters; quantized W8A8 by calibrate (min-max steps, 1 sample x 4 DDIM steps), cached in ${dir}`,
     shape,
     timesteps,
     fp,

@@ -178,33 +178,30 @@ void qgemm_pack(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, con
   if (M == 0 || cols == 0) return;
   const QKernel& k = qkernel_for(ctx.cpu_level);
   const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR;
+  // Few panels (a batch of one, small feature maps) would leave threads idle:
+  // then every panel is packed once into a shared buffer (at most 4 per
+  // thread, so bounded), and qgemm runs the tiles of all (panel, row block)
+  // pairs in parallel.
+  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
+  if (threads > 1 && npanels < 4 * threads) {
+    QScratch all(2, static_cast<size_t>(npanels * kq * kNR * 4));
+    uint8_t* panels = all.get();
+    ctx.parallel_for(npanels, 1, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p) pack(p, panels + p * kq * kNR * 4);
+    });
+    qgemm(ctx, M, cols, kq, w, panels, zc, wstep, bias, col_step, col_off, y, row_stride);
+    return;
+  }
   int64_t ldw;
   std::unique_ptr<QScratch> wide_buf;
   w = kernel_weights(k, M, kq, w, wide_buf, ldw);
-  // Tasks: (panel, block of row blocks). Few panels (a batch of one, small
-  // feature maps) would leave threads idle, so the rows of a panel are split
-  // as well, each task packing its panel itself (a worker that runs
-  // consecutive blocks of one panel packs it once): at least ~4 tasks per
-  // thread where the rows allow, each of ~128k multiply-adds or more.
-  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
-  const int64_t tile_macs = int64_t{k.mr} * kq * 4 * kNR;
-  int64_t msplit = 1;
-  if (threads > 1 && npanels < 4 * threads) {
-    msplit = (4 * threads + npanels - 1) / npanels;
-    msplit = std::min(msplit, std::max<int64_t>(1, mblocks * tile_macs / (int64_t{1} << 17)));
-    msplit = std::clamp<int64_t>(msplit, 1, mblocks);
-  }
-  const int64_t mper = (mblocks + msplit - 1) / msplit;
-  msplit = (mblocks + mper - 1) / mper;
   // About 256k multiply-adds per task at least.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, mper * tile_macs));
-  ctx.parallel_for(npanels * msplit, grain, [&](int64_t b, int64_t e) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, M * kq * 4 * kNR));
+  ctx.parallel_for(npanels, grain, [&](int64_t b, int64_t e) {
     QScratch buf(2, static_cast<size_t>(kq * kNR * 4));  // this worker's panel
-    int64_t packed = -1;
-    for (int64_t task = b; task < e; ++task) {
-      const int64_t p = task / msplit, mb0 = (task % msplit) * mper, mb1 = std::min(mblocks, mb0 + mper);
-      if (p != packed) pack(p, buf.get()), packed = p;
-      for (int64_t mb = mb0; mb < mb1; ++mb)
+    for (int64_t p = b; p < e; ++p) {
+      pack(p, buf.get());
+      for (int64_t mb = 0; mb < mblocks; ++mb)
         run_tile(k, M, cols, kq, w, ldw, buf.get(), p, mb * k.mr, zc, wstep, bias, col_step, col_off, y, row_stride);
     }
   });

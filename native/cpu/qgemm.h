@@ -106,9 +106,10 @@ void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const in
 // As qgemm, but the panels are made on the fly: pack(p, dst) writes panel p
 // (kq * 128 bytes, qgemm.h layout) into a buffer of the calling worker, which
 // then runs every row block of that panel while it is in L1 (no buffer of all
-// panels). Parallel over panels, and over blocks of rows as well where there
-// are too few panels for the threads (a batch of one; each such task packs its
-// panel itself); the results are those of qgemm, bit for bit.
+// panels). Parallel over panels; where there are too few panels for the
+// threads (a batch of one, small maps) the panels are packed once into one
+// buffer and qgemm spreads their row blocks over the threads. The results are
+// those of qgemm, bit for bit.
 using QPackFn = std::function<void(int64_t p, uint8_t* dst)>;
 void qgemm_pack(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const QPackFn& pack,
                 const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,

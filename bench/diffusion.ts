@@ -46,14 +46,24 @@ import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { tidy } from '../src/tensor/scope';
 import { runOp1 } from '../src/tensor/tensor';
+import { benchArgs } from './args';
 
 const DDIM_STEPS = 50;
 
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
-const flag = (name: string) => process.argv.includes(`--${name}`);
+const USAGE =
+  'node dist/bench/diffusion.js [--quick] [--threads <all CPUs>] [--torch-threads <threads>] [--torch-wait-policy passive|default] [--rounds 2] [--out bench/results/diffusion-cpu.md] [--no-torch] [--no-profile]';
+const WAIT_POLICIES = ['passive', 'default'] as const;
+const OPTIONS = {
+  quick: { type: 'boolean', help: '1 round of fewer runs, sampling of a few DDIM steps scaled to 50; writes only to --out' },
+  threads: { type: 'string', value: 'N', default: String(os.cpus().length), help: 'our threads (default: every CPU)' },
+  'torch-threads': { type: 'string', value: 'N', help: "PyTorch's threads (default: --threads)" },
+  'torch-wait-policy': { type: 'string', value: WAIT_POLICIES.join('|'), default: 'passive', help: "PyTorch's OMP_WAIT_POLICY: PASSIVE, or libgomp's default" },
+  rounds: { type: 'string', value: 'N', help: 'rounds of alternating blocks (default: 2, 1 with --quick)' },
+  out: { type: 'string', value: 'FILE', help: 'report file (default: bench/results/diffusion-cpu.md; with --quick none, the report is printed)' },
+  'no-torch': { type: 'boolean', help: 'time ours only' },
+  'no-profile': { type: 'boolean', help: 'skip the per-op profiles' },
+  case: { type: 'string', value: 'I', help: '(internal) run case I in this process and print its result' },
+} as const;
 
 interface CaseSpec {
   model: 'fmnist-small' | 'ddpm-cifar10';
@@ -515,23 +525,26 @@ function runCaseInChild(index: number): Promise<CaseResult> {
 }
 
 async function main(): Promise<void> {
-  const quick = flag('quick');
-  const rounds = Number(arg('rounds', quick ? '1' : '2'));
-  const threads = Number(arg('threads', String(os.cpus().length)));
-  const waitPolicy = arg('torch-wait-policy', 'passive');
-  if (waitPolicy !== 'passive' && waitPolicy !== 'default') throw new RangeError(`--torch-wait-policy must be passive or default, got ${waitPolicy}`);
-  const torchOpts: TorchOptions | null = flag('no-torch') ? null : { threads: Number(arg('torch-threads', String(threads))), waitPolicy };
+  const a = benchArgs(USAGE, OPTIONS, (a) => {
+    const quick = a.flag('quick'), threads = a.int('threads', 1);
+    return {
+      quick, threads, rounds: a.optInt('rounds', 1) ?? (quick ? 1 : 2),
+      torchThreads: a.optInt('torch-threads', 1) ?? threads, waitPolicy: a.choice('torch-wait-policy', WAIT_POLICIES),
+      noTorch: a.flag('no-torch'), profile: !a.flag('no-profile'), caseIndex: a.optInt('case'), outArg: a.get('out'),
+    };
+  });
+  const { quick, rounds, threads, waitPolicy, outArg } = a;
+  const torchOpts: TorchOptions | null = a.noTorch ? null : { threads: a.torchThreads, waitPolicy };
   native().setThreads(threads);
   const all = cases(quick);
 
-  const caseArg = arg('case', '');
-  if (caseArg) {
-    const r = await runCase(all[Number(caseArg)], rounds, torchOpts, !flag('no-profile'));
+  if (a.caseIndex !== undefined) {
+    if (a.caseIndex >= all.length) throw new RangeError(`--case ${a.caseIndex}: there are ${all.length} cases`);
+    const r = await runCase(all[a.caseIndex], rounds, torchOpts, a.profile);
     console.log(RESULT_PREFIX + JSON.stringify(r));
     return;
   }
 
-  const outArg = arg('out', '');
   const outFile = outArg ? path.resolve(outArg) : quick ? null : path.join(packageRoot, 'bench', 'results', 'diffusion-cpu.md');
   const loadBefore = os.loadavg();
   const date = new Date().toISOString();

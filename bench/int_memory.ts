@@ -22,11 +22,18 @@ import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { releaseMemory } from '../src/tensor/tensor';
 import { saveCheckpoint } from '../src/train/checkpoint';
+import { benchArgs } from './args';
 
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-}
+const USAGE = 'node dist/bench/int_memory.js [--models fmnist-small,ddpm-cifar10] [--batch 4] [--steps 5] [--out bench/results/int-memory.md]';
+const EXECS = ['int', 'fake', 'none'] as const;
+const OPTIONS = {
+  models: { type: 'string', value: 'NAME,...', default: 'fmnist-small,ddpm-cifar10', help: 'configs/NAME.yaml models to measure' },
+  batch: { type: 'string', value: 'N', default: '4', help: 'sampling batch' },
+  steps: { type: 'string', value: 'N', default: '5', help: 'DDIM steps' },
+  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'int-memory.md'), help: 'report file' },
+  child: { type: 'string', value: 'CKPT', help: '(internal) measure this checkpoint in this process' },
+  exec: { type: 'string', value: EXECS.join('|'), default: 'int', help: '(internal, with --child) execution of the quantized layers' },
+} as const;
 
 const MiB = 2 ** 20;
 
@@ -113,12 +120,14 @@ async function makeCheckpoints(name: string, dir: string): Promise<Record<string
 }
 
 async function main(): Promise<void> {
-  if (process.argv.includes('--child')) {
-    await child(arg('child', ''), arg('exec', 'int') as 'int' | 'fake' | 'none', Number(arg('batch', '4')), Number(arg('steps', '5')));
+  const a = benchArgs(USAGE, OPTIONS, (a) => ({
+    child: a.get('child'), exec: a.choice('exec', EXECS), models: a.list('models'), batch: a.int('batch', 1), steps: a.int('steps', 1), out: path.resolve(a.str('out')),
+  }));
+  const { models, batch, steps } = a;
+  if (a.child !== undefined) {
+    await child(a.child, a.exec, batch, steps);
     return;
   }
-  const models = arg('models', 'fmnist-small,ddpm-cifar10').split(',');
-  const batch = Number(arg('batch', '4')), steps = Number(arg('steps', '5'));
   const sizeRows: string[] = [], memRows: string[] = [];
   const mib = (b: number) => (b / MiB).toFixed(1);
   for (const name of models) {
@@ -178,9 +187,8 @@ async function main(): Promise<void> {
     ...memRows,
     '',
   ].join('\n');
-  const file = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'int-memory.md')));
-  fs.writeFileSync(file, out);
-  console.log(`wrote ${file}`);
+  fs.writeFileSync(a.out, out);
+  console.log(`wrote ${a.out}`);
 }
 
 void main().catch((e) => {

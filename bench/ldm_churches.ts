@@ -37,15 +37,20 @@ import { noGrad } from '../src/tensor/autograd';
 import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { fromArray } from '../src/tensor/tensor';
+import { benchArgs } from './args';
 
 const CONFIG = 'configs/ldm-churches.yaml';
 const FULL_STEPS = 50;
 
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
-const flag = (name: string) => process.argv.includes(`--${name}`);
+const USAGE = 'node dist/bench/ldm_churches.js [--ckpt /work/bench-cache/ldm-churches-random.ckpt] [--steps 3] [--rounds 2] [--threads 2] [--no-cli] [--out bench/results/ldm-churches.md]';
+const OPTIONS = {
+  ckpt: { type: 'string', value: 'FILE', default: '/work/bench-cache/ldm-churches-random.ckpt', help: 'the .ckpt of bench/make_ldm_churches_ckpt.py' },
+  steps: { type: 'string', value: 'N', default: '3', help: 'DDIM steps timed per round (of the DDIM-50 schedule)' },
+  rounds: { type: 'string', value: 'N', default: '2', help: 'rounds, ours and PyTorch alternating' },
+  threads: { type: 'string', value: 'N', default: String(os.cpus().length), help: 'threads of both engines (default: every CPU)' },
+  'no-cli': { type: 'boolean', help: 'skip the peak memory of the convert and sample commands' },
+  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'ldm-churches.md'), help: 'report file' },
+} as const;
 const median = (a: number[]) => {
   const s = [...a].sort((x, y) => x - y);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -109,10 +114,9 @@ function timedCli(args: string[]): { peak: number; seconds: number; ok: boolean;
 }
 
 async function main(): Promise<void> {
-  const ckpt = path.resolve(arg('ckpt', '/work/bench-cache/ldm-churches-random.ckpt'));
-  const steps = Number(arg('steps', '3')), rounds = Number(arg('rounds', '2'));
-  const threads = Number(arg('threads', String(os.cpus().length)));
-  const out = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'ldm-churches.md')));
+  const { ckpt, steps, rounds, threads, noCli, out } = benchArgs(USAGE, OPTIONS, (a) => ({
+    ckpt: path.resolve(a.str('ckpt')), steps: a.int('steps', 1), rounds: a.int('rounds', 1), threads: a.int('threads', 1), noCli: a.flag('no-cli'), out: path.resolve(a.str('out')),
+  }));
   if (!fs.existsSync(ckpt)) throw new Error(`${ckpt} not found: make it with /usr/bin/python3 bench/make_ldm_churches_ckpt.py ${ckpt}`);
   const loadavg: number[] = [os.loadavg()[0]];
   const lines: string[] = [];
@@ -123,7 +127,7 @@ async function main(): Promise<void> {
 
   // ---- the commands' peak memory (fresh processes, nothing else loaded) ----
   const cli: string[] = [];
-  if (!flag('no-cli')) {
+  if (!noCli) {
     const st = path.join(path.dirname(ckpt), `${path.basename(ckpt, path.extname(ckpt))}.safetensors`);
     const tmpOut = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-churches-'));
     const runs: [string, string[]][] = [
@@ -247,7 +251,7 @@ async function main(): Promise<void> {
   const perImage = (s: { step: number[]; decode: number[] }) => (FULL_STEPS * median(s.step) + median(s.decode)) / 1000;
   const oi = perImage(ours), ti = perImage(theirs);
   const cpu = os.cpus()[0]?.model?.trim();
-  const cmd = `node dist/bench/ldm_churches.js --ckpt ${ckpt} --steps ${steps} --rounds ${rounds} --threads ${threads}${flag('no-cli') ? ' --no-cli' : ''}`;
+  const cmd = `node dist/bench/ldm_churches.js --ckpt ${ckpt} --steps ${steps} --rounds ${rounds} --threads ${threads}${noCli ? ' --no-cli' : ''}`;
   lines.length = 0;
   log('# LSUN-Churches LDM: DDIM-50 at batch 1, 256 x 256, ours vs PyTorch');
   log('');

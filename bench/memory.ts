@@ -14,11 +14,14 @@ import { backward } from '../src/tensor/autograd';
 import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { tidy } from '../src/tensor/scope';
+import { benchArgs } from './args';
 
-function arg(name: string, dflt: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-}
+const USAGE = 'node dist/bench/memory.js [--batch 64] [--steps 4] [--out bench/results/memory-cpu.md]';
+const OPTIONS = {
+  batch: { type: 'string', value: 'N', default: '64', help: 'training batch size' },
+  steps: { type: 'string', value: 'N', default: '4', help: 'training steps per cache setting' },
+  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'memory-cpu.md'), help: 'report file' },
+} as const;
 
 interface Row { peak: number; cached: number; msPerStep: number }
 
@@ -51,7 +54,7 @@ async function run(cacheMiB: number, batch: number, steps: number): Promise<Row>
 }
 
 async function main(): Promise<void> {
-  const batch = arg('batch', 64), steps = arg('steps', 4);
+  const { batch, steps, out: file } = benchArgs(USAGE, OPTIONS, (a) => ({ batch: a.int('batch', 1), steps: a.int('steps', 1), out: path.resolve(a.str('out')) }));
   const rows: string[] = [];
   for (const cache of [0, 2048]) {
     const r = await run(cache, batch, steps);
@@ -71,8 +74,6 @@ async function main(): Promise<void> {
     ...rows,
     '',
   ].join('\n');
-  const o = process.argv.indexOf('--out');
-  const file = o > 0 ? path.resolve(process.argv[o + 1]) : path.join(packageRoot, 'bench', 'results', 'memory-cpu.md');
   fs.writeFileSync(file, out);
   console.log(`wrote ${file}`);
 }

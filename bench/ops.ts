@@ -18,6 +18,7 @@ import readline from 'node:readline';
 
 import { native, packageRoot } from '../src/tensor/native';
 import { type Tensor, runOp, runOp1 } from '../src/tensor/tensor';
+import { benchArgs } from './args';
 
 interface ConvCase {
   name: string;
@@ -36,10 +37,16 @@ interface MatmulCase {
 }
 type Case = ConvCase | MatmulCase;
 
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
+const USAGE = 'node dist/bench/ops.js [--batch 16] [--threads <all CPUs>] [--reps 5] [--warmup 2] [--rounds 2] [--out bench/results/ops-cpu.md] [--no-torch]';
+const OPTIONS = {
+  batch: { type: 'string', value: 'N', default: '16', help: 'batch of the UNet shapes' },
+  threads: { type: 'string', value: 'N', default: String(os.cpus().length), help: 'threads of both engines (default: every CPU)' },
+  reps: { type: 'string', value: 'N', default: '5', help: 'timed calls per block' },
+  warmup: { type: 'string', value: 'N', default: '2', help: 'untimed calls before timing' },
+  rounds: { type: 'string', value: 'N', default: '2', help: 'alternating blocks of ours and PyTorch' },
+  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'ops-cpu.md'), help: 'report file' },
+  'no-torch': { type: 'boolean', help: 'time ours only' },
+} as const;
 
 function cases(batch: number): Case[] {
   const convs: [string, number[], number[], number, number][] = [
@@ -170,14 +177,14 @@ function lscpu(field: string): string {
 }
 
 async function main(): Promise<void> {
-  const batch = Number(arg('batch', '16')), reps = Number(arg('reps', '5')), warmup = Number(arg('warmup', '2'));
-  const rounds = Number(arg('rounds', '2'));
-  const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'ops-cpu.md')));
-  const threads = Number(arg('threads', String(os.cpus().length)));
+  const { batch, reps, warmup, rounds, outFile, threads, noTorch } = benchArgs(USAGE, OPTIONS, (a) => ({
+    batch: a.int('batch', 1), reps: a.int('reps', 1), warmup: a.int('warmup'), rounds: a.int('rounds', 1),
+    outFile: path.resolve(a.str('out')), threads: a.int('threads', 1), noTorch: a.flag('no-torch'),
+  }));
   // The engine sizes its thread pool from TDQ_NUM_THREADS when it loads (below).
   process.env.TDQ_NUM_THREADS = String(threads);
   const info = native().info();
-  const torch = process.argv.includes('--no-torch') ? null : new TorchServer(threads);
+  const torch = noTorch ? null : new TorchServer(threads);
   const all = cases(batch);
   const torchInfo = torch ? await torch.call<{ torch: string; threads: number }>({ info: true }) : null;
 

@@ -20,11 +20,17 @@ import path from 'node:path';
 
 import { native, packageRoot } from '../src/tensor/native';
 import { type Tensor, runOp, runOp1 } from '../src/tensor/tensor';
+import { benchArgs } from './args';
 
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
+const USAGE = 'node dist/bench/qgemm.js [--batch 8] [--reps 5] [--warmup 2] [--rounds 3] [--levels avx512,avx2] [--out bench/results/qgemm-cpu.md]';
+const OPTIONS = {
+  batch: { type: 'string', value: 'N', default: '8', help: 'batch of the UNet conv shapes' },
+  reps: { type: 'string', value: 'N', default: '5', help: 'timed calls per block' },
+  warmup: { type: 'string', value: 'N', default: '2', help: 'untimed calls before timing' },
+  rounds: { type: 'string', value: 'N', default: '3', help: 'alternating blocks of the four ways' },
+  levels: { type: 'string', value: 'L1,L2', help: "CPU levels to time (default: avx512,avx2 where avx512 runs, else the best level)" },
+  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'qgemm-cpu.md'), help: 'report file' },
+} as const;
 
 interface Case {
   name: string;
@@ -90,11 +96,12 @@ function lscpu(field: string): string {
 }
 
 function main(): void {
-  const batch = Number(arg('batch', '8')), reps = Number(arg('reps', '5')), warmup = Number(arg('warmup', '2'));
-  const rounds = Number(arg('rounds', '3'));
+  const { batch, reps, warmup, rounds, levelsArg, outFile } = benchArgs(USAGE, OPTIONS, (a) => ({
+    batch: a.int('batch', 1), reps: a.int('reps', 1), warmup: a.int('warmup'), rounds: a.int('rounds', 1),
+    levelsArg: a.get('levels'), outFile: path.resolve(a.str('out')),
+  }));
   const info = native().info();
-  const levels = arg('levels', info.bestCpuLevel === 'avx512' ? 'avx512,avx2' : info.bestCpuLevel).split(',');
-  const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'qgemm-cpu.md')));
+  const levels = (levelsArg ?? (info.bestCpuLevel === 'avx512' ? 'avx512,avx2' : info.bestCpuLevel)).split(',');
   const load0 = os.loadavg()[0];
   const t0 = Date.now();
   const rows: string[] = [], cpuRows: string[] = [];

@@ -41,25 +41,63 @@
 //                   bandwidth chosen on held-out trajectories
 //                   (selectSmoothing), the MLPs fitted to them;
 //   ptq-tdq-raw     TDQ fitted to the raw per-timestep steps (no smoothing);
+//   qat-lsq, qat-tdq, qat-pact
+//                   QAT trained here from the FP checkpoint (the train
+//                   command's recipe: steps from activation statistics, TDQ
+//                   MLPs starting at the static step, weights and MLPs at
+//                   2e-4, steps at 2e-5; --qat-steps steps of batch
+//                   --qat-batch, --qat-warmup warm-up steps), in a run folder
+//                   under --qat-dir per (method, bits). A cell whose run was
+//                   interrupted resumes it (exactly, from its last
+//                   checkpoint); a finished run is reused. Its training
+//                   seconds (all sittings) go into the first cell;
+//   qat-lsq-kd, qat-tdq-kd, qat-pact-kd
+//                   the same with distillation: the loss is the MSE between
+//                   the quantized and the FP model's noise predictions
+//                   (weight --qat-distill-weight, the rest the diffusion loss);
 //   qat-<name>      a QAT checkpoint given as --qat-file <name>=<file>.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 
 import { type EpsModel, sample } from '../src/diffusion/samplers/index';
 import { loadModel } from '../src/models/load';
 import { type MeanCI, meanCI, pairedDifferences } from '../src/eval/protocol';
 import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
-import { calibrateWithReport, fitTdqModules } from '../src/quant/calibrate';
+import { TDQ_INITS, type TdqInit, calibrateWithReport, fitTdqModules } from '../src/quant/calibrate';
 import { resolveQuantConfig } from '../src/quant/config';
 import { ndtcCounts, selectSmoothing, smoothTarget } from '../src/quant/ptq_select';
 import { type ExecRequest, type QuantizedModel, applyExec } from '../src/quant/quantize_model';
-import { type TdqTarget, type TimestepStats, mulberry32, searchStep } from '../src/quant/step_search';
+import { type StepMethod, type TdqTarget, type TimestepStats, mulberry32, searchStep } from '../src/quant/step_search';
 import type { TdqModule } from '../src/quant/tdq';
+import type { Config } from '../src/config';
+import { QAT_DEFAULTS } from '../src/cli/commands/train';
+import { qatPrepare } from '../src/quant/qat';
+import type { Denoiser } from '../src/models/diffusion';
+import { latestCheckpoint, train } from '../src/train/trainer';
 import { type FpModel, freshUNet, loadFp } from './tdq_common';
 
 export const PTQ_METHODS = ['ptq-tdq', 'ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm', 'ptq-tdq-raw'] as const;
-const BASELINE_ORDER = ['ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm', 'ptq-tdq-raw'];
+export const QAT_METHODS = ['qat-tdq', 'qat-lsq', 'qat-pact', 'qat-tdq-kd', 'qat-lsq-kd', 'qat-pact-kd'] as const;
+const ORDER = ['fp', 'ptq-tdq', 'ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm', 'ptq-tdq-raw', ...QAT_METHODS];
+/** Each TDQ method and the baselines it is paired with. */
+const PAIRS: [string, string[]][] = [
+  ['ptq-tdq', ['ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm', 'ptq-tdq-raw']],
+  ['qat-tdq', ['qat-lsq', 'qat-pact']],
+  ['qat-tdq-kd', ['qat-lsq-kd', 'qat-pact-kd', 'qat-tdq']],
+];
+
+/** How the QAT cells train (one setup per ledger). */
+export interface QatSetup {
+  steps: number;
+  batch: number;
+  warmup: number;
+  lr: number;
+  distillWeight: number;
+  calibMethod: StepMethod;
+  tdqInit: TdqInit;
+}
 
 interface ProtocolArgs {
   ledger: string;
@@ -79,6 +117,9 @@ interface ProtocolArgs {
   maxCells: number;
   /** Other ledgers (of the same setup) whose cells are copied into this one: workers that ran in parallel. */
   merge: string[];
+  /** The QAT cells' training, and the parent folder of their runs. */
+  qatSetup: QatSetup;
+  qatDir: string;
 }
 
 export interface Cell {
@@ -95,63 +136,101 @@ export interface Cell {
   note?: string;
   /** ptq-tdq: the chosen bandwidth (timesteps) and the held-out errors. */
   smoothing?: { h: number; errors: { h: number; error: number }[] };
+  /** QAT cells trained here: the run folder, the training seconds over all sittings (first cell of a unit only), the last loss. */
+  qat?: { run: string; trainSeconds?: number; lastLoss: number; steps: number };
   finished: string;
 }
 
 export interface Ledger {
-  setup: { ckpt: string; sha256: string; calibSamples: number; calibSteps: number; calibSeed: number; heldOutSeed: number; batch: number; reference: string };
+  setup: { ckpt: string; sha256: string; calibSamples: number; calibSteps: number; calibSeed: number; heldOutSeed: number; batch: number; reference: string; qat?: QatSetup };
   cells: Record<string, Cell>;
 }
 
 export const cellKey = (c: { method: string; bits: string; steps: number; seed: number; n: number }): string => `${c.method}|${c.bits}|ddim${c.steps}|seed${c.seed}|n${c.n}`;
 
-function parse(argv: string[]): ProtocolArgs {
-  const a: ProtocolArgs = {
-    ledger: '', ckpt: 'models/fmnist-small.safetensors', methods: ['fp', 'ptq-tdq', 'ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm'],
-    bits: ['W8A8', 'W8A5', 'W8A4'], steps: [25], seeds: [0, 1, 2], n: 2000, batch: 250, calibSamples: 16, calibSteps: 50, exec: 'auto', qat: new Map(), table: '', tableOnly: false, maxCells: Infinity, merge: [],
-  };
-  for (let i = 0; i < argv.length; ++i) {
-    const k = argv[i], v = () => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k} needs a value`);
-      return x;
-    };
-    const int = (s: string) => {
-      const x = Number(s);
-      if (!Number.isInteger(x) || x < 0) throw new Error(`${k}: expected a non-negative integer, got '${s}'`);
-      return x;
-    };
-    switch (k) {
-      case '--ledger': a.ledger = v(); break;
-      case '--ckpt': a.ckpt = v(); break;
-      case '--methods': a.methods = v().split(','); break;
-      case '--bits': a.bits = v().split(',').map((s) => s.trim().toUpperCase()); break;
-      case '--eval-steps': a.steps = v().split(',').map(int); break;
-      case '--seeds': a.seeds = v().split(',').map(int); break;
-      case '--n': a.n = int(v()); break;
-      case '--batch': a.batch = int(v()); break;
-      case '--calib-samples': a.calibSamples = int(v()); break;
-      case '--calib-steps': a.calibSteps = int(v()); break;
-      case '--exec': a.exec = v() as ExecRequest; break;
-      case '--table': a.table = v(); break;
-      case '--table-only': a.tableOnly = true; break;
-      case '--max-cells': a.maxCells = int(v()); break;
-      case '--merge': a.merge = v().split(','); break;
-      case '--qat-file': {
-        const [name, file] = v().split('=');
-        if (!name || !file) throw new Error(`--qat-file expects <name>=<file>, got '${name}=${file}'`);
-        a.qat.set(`qat-${name}`, file);
-        break;
-      }
-      default:
-        throw new Error(`unknown argument ${k} (protocol mode: --ledger FILE [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--table OUT.md] [--table-only] [--max-cells K] [--merge OTHER.json,...])`);
-    }
+const USAGE = 'protocol mode: --ledger FILE [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--qat-steps 1000] [--qat-batch 32] [--qat-warmup 50] [--qat-lr 2e-4] [--qat-distill-weight 1] [--qat-tdq-init constant|bias|fit] [--qat-calib-method stats|auto|...] [--qat-dir DIR] [--table OUT.md] [--table-only] [--max-cells K] [--merge OTHER.json,...]';
+
+export function parseProtocolArgs(argv: string[]): ProtocolArgs {
+  let values: Record<string, string | boolean | string[] | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        ledger: { type: 'string' }, ckpt: { type: 'string' }, methods: { type: 'string' }, bits: { type: 'string' },
+        'eval-steps': { type: 'string' }, seeds: { type: 'string' }, n: { type: 'string' }, batch: { type: 'string' },
+        'calib-samples': { type: 'string' }, 'calib-steps': { type: 'string' }, exec: { type: 'string' }, table: { type: 'string' },
+        'table-only': { type: 'boolean' }, 'max-cells': { type: 'string' }, merge: { type: 'string' }, 'qat-file': { type: 'string', multiple: true },
+        'qat-steps': { type: 'string' }, 'qat-batch': { type: 'string' }, 'qat-warmup': { type: 'string' }, 'qat-lr': { type: 'string' },
+        'qat-distill-weight': { type: 'string' }, 'qat-dir': { type: 'string' }, 'qat-tdq-init': { type: 'string' }, 'qat-calib-method': { type: 'string' },
+      },
+    }));
+  } catch (e) {
+    throw new Error(`${(e as Error).message} (${USAGE})`);
   }
-  if (!a.ledger) throw new Error('--ledger FILE is required');
-  for (const m of a.methods) if (m !== 'fp' && !(PTQ_METHODS as readonly string[]).includes(m) && !a.qat.has(m)) throw new Error(`unknown method '${m}' (fp, ${PTQ_METHODS.join(', ')}, or qat-<name> with --qat-file <name>=<file>)`);
+  const str = (k: string) => values[k] as string | undefined;
+  const int = (k: string, s: string) => {
+    const x = Number(s);
+    if (s.trim() === '' || !Number.isInteger(x) || x < 0) throw new Error(`--${k}: expected a non-negative integer, got '${s}'`);
+    return x;
+  };
+  const num = (k: string, s: string) => {
+    const x = Number(s);
+    if (s.trim() === '' || !Number.isFinite(x)) throw new Error(`--${k}: expected a number, got '${s}'`);
+    return x;
+  };
+  const opt = <T>(k: string, f: (k: string, s: string) => T, dflt: T): T => (str(k) === undefined ? dflt : f(k, str(k)!));
+  const list = <T>(k: string, f: (k: string, s: string) => T, dflt: T[]): T[] => (str(k) === undefined ? dflt : str(k)!.split(',').map((s) => f(k, s.trim())));
+  const qat = new Map<string, string>();
+  for (const spec of (values['qat-file'] as string[] | undefined) ?? []) {
+    const [name, file] = spec.split('=');
+    if (!name || !file) throw new Error(`--qat-file expects <name>=<file>, got '${spec}'`);
+    if ((QAT_METHODS as readonly string[]).includes(`qat-${name}`)) throw new Error(`--qat-file ${name}: qat-${name} is a method trained here; pick another name`);
+    qat.set(`qat-${name}`, file);
+  }
+  const a: ProtocolArgs = {
+    ledger: str('ledger') ?? '',
+    ckpt: str('ckpt') ?? 'models/fmnist-small.safetensors',
+    methods: list('methods', (_k, s) => s, ['fp', 'ptq-tdq', 'ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm']),
+    bits: list('bits', (_k, s) => s.toUpperCase(), ['W8A8', 'W8A5', 'W8A4']),
+    steps: list('eval-steps', int, [25]),
+    seeds: list('seeds', int, [0, 1, 2]),
+    n: opt('n', int, 2000),
+    batch: opt('batch', int, 250),
+    calibSamples: opt('calib-samples', int, 16),
+    calibSteps: opt('calib-steps', int, 50),
+    exec: (str('exec') ?? 'auto') as ExecRequest,
+    qat,
+    table: str('table') ?? '',
+    tableOnly: values['table-only'] === true,
+    maxCells: opt('max-cells', int, Infinity),
+    merge: list('merge', (_k, s) => s, []),
+    qatSetup: {
+      steps: opt('qat-steps', int, 1000),
+      batch: opt('qat-batch', int, 32),
+      warmup: opt('qat-warmup', int, 50),
+      lr: opt('qat-lr', num, QAT_DEFAULTS.lr),
+      distillWeight: opt('qat-distill-weight', num, 1),
+      calibMethod: (str('qat-calib-method') ?? 'stats') as StepMethod,
+      tdqInit: (str('qat-tdq-init') ?? 'constant') as TdqInit,
+    },
+    qatDir: str('qat-dir') ?? '',
+  };
+  if (!a.ledger) throw new Error(`--ledger FILE is required (${USAGE})`);
+  if (!a.qatDir) a.qatDir = path.join(path.dirname(a.ledger), `${path.basename(a.ledger, '.json')}-qat`);
+  for (const m of a.methods)
+    if (m !== 'fp' && !(PTQ_METHODS as readonly string[]).includes(m) && !(QAT_METHODS as readonly string[]).includes(m) && !a.qat.has(m))
+      throw new Error(`unknown method '${m}' (fp, ${PTQ_METHODS.join(', ')}, ${QAT_METHODS.join(', ')}, or qat-<name> with --qat-file <name>=<file>)`);
   for (const b of a.bits) if (!/^W\dA\d$/.test(b)) throw new Error(`--bits: '${b}' is not of the form W8A4`);
   if (!['auto', 'int', 'fake'].includes(a.exec)) throw new Error(`--exec: auto, int or fake, got '${a.exec}'`);
   if (a.n < 2 || a.batch < 1 || !a.seeds.length || !a.steps.length) throw new Error('--n (>= 2), --batch, --seeds and --eval-steps must be positive / non-empty');
+  const q = a.qatSetup;
+  if (q.steps < 1 || q.batch < 1) throw new Error('--qat-steps and --qat-batch must be positive');
+  if (!(q.lr > 0)) throw new Error(`--qat-lr must be positive, got ${q.lr}`);
+  if (!(q.distillWeight >= 0 && q.distillWeight <= 1)) throw new Error(`--qat-distill-weight must be in [0, 1], got ${q.distillWeight}`);
+  if (!['stats', 'auto', 'mse', 'minmax', 'percentile'].includes(q.calibMethod)) throw new Error(`--qat-calib-method: stats, auto, mse, minmax or percentile, got '${q.calibMethod}'`);
+  if (!(TDQ_INITS as readonly string[]).includes(q.tdqInit)) throw new Error(`--qat-tdq-init: one of ${TDQ_INITS.join(', ')}, got '${q.tdqInit}'`);
   return a;
 }
 
@@ -177,6 +256,88 @@ export function writeLedger(file: string, l: Ledger): void {
 export function checkSetup(have: Ledger['setup'], want: Ledger['setup'], file: string): void {
   for (const k of ['sha256', 'calibSamples', 'calibSteps', 'calibSeed', 'heldOutSeed', 'batch'] as const)
     if (have[k] !== want[k]) throw new Error(`ledger ${file}: its cells were made with ${k} = ${have[k]}, this run has ${want[k]} (use another ledger)`);
+  // QAT training: checked when both have QAT cells' setup (a run without QAT methods leaves it out).
+  if (have.qat && want.qat)
+    for (const k of Object.keys(want.qat) as (keyof QatSetup)[])
+      if (have.qat[k] !== want.qat[k]) throw new Error(`ledger ${file}: its QAT cells were trained with ${k} = ${have.qat[k]}, this run has ${want.qat[k]} (use another ledger)`);
+}
+
+/** The train config of a QAT cell: the FP model's own, with the QAT setup's length, batch, rates and no previews. */
+export function qatTrainConfig(fpConfig: Config, q: QatSetup): Config {
+  const c = structuredClone(fpConfig);
+  c.model.base_learning_rate = q.lr;
+  c.training = { ...c.training, max_steps: q.steps, batch_size: q.batch, warmup_steps: q.warmup, lr_schedule: 'constant', scale_lr: false, sample_every: 0, checkpoint_every: Math.min(100, q.steps), log_every: Math.min(50, q.steps) };
+  return c;
+}
+
+/** The quantization of a QAT method at some bits. */
+function qatQuantConfig(method: string, bits: string) {
+  const [, w, x] = /^W(\d)A(\d)$/.exec(bits)!.map(Number);
+  const kind = method.replace(/^qat-/, '').replace(/-kd$/, '');
+  return resolveQuantConfig({ nBitW: w, nBitA: x, useDynamic: kind === 'tdq', staticMethod: kind === 'pact' ? 'pact' : 'lsq' });
+}
+
+export interface QatUnitResult {
+  /** The exported model, or null when training stopped before the end (rerun to continue). */
+  model: string | null;
+  run: string;
+  trainSeconds: number;
+  lastLoss: number;
+  resumedFrom: number | null;
+}
+
+/**
+ * Trains (or resumes, or reuses) the QAT run of one (method, bits): its
+ * folder is <qatDir>/<method>-<bits>. A folder with model.safetensors is
+ * finished; one with a checkpoint resumes from it exactly; anything else
+ * starts over. Seconds over all sittings are kept in <run>/seconds.json.
+ */
+export async function trainQatUnit(
+  method: string, bits: string, fp: FpModel, a: Pick<ProtocolArgs, 'qatSetup' | 'qatDir' | 'calibSamples' | 'calibSteps'>,
+  o: { signal?: AbortSignal; stopAtStep?: number; print?: ((s: string) => void) | null } = {},
+): Promise<QatUnitResult> {
+  const run = path.join(a.qatDir, `${method}-${bits.toLowerCase()}`);
+  const secondsFile = path.join(run, 'seconds.json');
+  const readSeconds = () => (fs.existsSync(secondsFile) ? (JSON.parse(fs.readFileSync(secondsFile, 'utf8')) as { seconds: number; lastLoss: number }) : { seconds: 0, lastLoss: NaN });
+  const exported = path.join(run, 'model.safetensors');
+  if (fs.existsSync(exported)) {
+    const s = readSeconds();
+    return { model: exported, run, trainSeconds: s.seconds, lastLoss: s.lastLoss, resumedFrom: null };
+  }
+  const config = qatTrainConfig(fp.config, a.qatSetup);
+  const resumeFrom = fs.existsSync(run) ? latestCheckpoint(run) : null;
+  if (!resumeFrom && fs.existsSync(run)) fs.rmSync(run, { recursive: true, force: true }); // died before its first checkpoint
+  const cfg = qatQuantConfig(method, bits);
+  const distill = method.endsWith('-kd');
+  const prepare = async (unet: Denoiser) => {
+    const p = await qatPrepare(cfg, {
+      schedule: fp.schedule, sampleShape: fp.shape, nSamples: a.calibSamples, steps: a.calibSteps, seed: 1000,
+      method: a.qatSetup.calibMethod, tdqInit: a.qatSetup.tdqInit, calibrate: !resumeFrom,
+      quantLr: (lr) => QAT_DEFAULTS.quantLrFactor * lr, tdqLr: (lr) => QAT_DEFAULTS.tdqLrFactor * lr,
+    })(unet);
+    if (!distill) return p;
+    const teacher = await freshUNet(fp); // the ledger's FP checkpoint (its SHA-256 is checked)
+    teacher.eval();
+    return { ...p, metadata: { ...p.metadata, distill_weight: String(a.qatSetup.distillWeight) }, distill: { teacher, weight: a.qatSetup.distillWeight } };
+  };
+  const before = readSeconds().seconds;
+  const t0 = Date.now();
+  const save = (lastLoss: number) => {
+    fs.mkdirSync(run, { recursive: true });
+    const tmp = `${secondsFile}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, JSON.stringify({ seconds: before + (Date.now() - t0) / 1000, lastLoss }));
+    fs.renameSync(tmp, secondsFile);
+  };
+  const r = await train({
+    config, outDir: run, ...(resumeFrom ? { resume: run } : { initCheckpoint: fp.file }), prepare: prepare as never,
+    signal: o.signal, stopAtStep: o.stopAtStep, print: o.print === undefined ? null : o.print,
+    onStep: (step, loss) => {
+      if (step % 10 === 0) save(loss);
+    },
+  });
+  save(r.lastLoss);
+  const resumedStep = resumeFrom ? Number(/step-(\d+)/.exec(path.basename(resumeFrom))![1]) : null;
+  return { model: r.exported, run, trainSeconds: readSeconds().seconds, lastLoss: r.lastLoss, resumedFrom: resumedStep };
 }
 
 const log = (s: string) => console.log(`[${new Date().toISOString().slice(11, 19)}] ${s}`);
@@ -251,12 +412,29 @@ async function sampleN(forward: EpsModel, a: ProtocolArgs, fp: FpModel, steps: n
   return out;
 }
 
-export async function protocolMain(argv: string[]): Promise<void> {
-  const a = parse(argv);
+/** FID of N samples (N, C, H, W) in [-1, 1]. */
+export type FidFn = (name: string, x0: Float32Array) => Promise<number>;
+
+export interface ProtocolHooks {
+  /** Replaces FID-FMNIST (tests: a model without the classifier's image size). */
+  fid?: FidFn;
+  /** QAT training stops after this step (tests: an interrupted cell). */
+  stopTrainingAt?: number;
+  /** Stops QAT training cleanly (a checkpoint is written); default: SIGINT / SIGTERM. */
+  signal?: AbortSignal;
+}
+
+export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): Promise<void> {
+  const a = parseProtocolArgs(argv);
   const sha256 = crypto.createHash('sha256').update(fs.readFileSync(a.ckpt)).digest('hex');
-  const setup: Ledger['setup'] = { ckpt: a.ckpt, sha256, calibSamples: a.calibSamples, calibSteps: a.calibSteps, calibSeed: 1000, heldOutSeed: 2000, batch: a.batch, reference: 'fashion-mnist train (60,000)' };
+  const wantsQat = a.methods.some((m) => (QAT_METHODS as readonly string[]).includes(m));
+  const setup: Ledger['setup'] = {
+    ckpt: a.ckpt, sha256, calibSamples: a.calibSamples, calibSteps: a.calibSteps, calibSeed: 1000, heldOutSeed: 2000, batch: a.batch, reference: 'fashion-mnist train (60,000)',
+    ...(wantsQat ? { qat: a.qatSetup } : {}),
+  };
   const ledger: Ledger = readLedger(a.ledger) ?? { setup, cells: {} };
   checkSetup(ledger.setup, setup, a.ledger);
+  if (wantsQat && !ledger.setup.qat) ledger.setup.qat = a.qatSetup;
   for (const file of a.merge) {
     const other = readLedger(file);
     if (!other) throw new Error(`--merge ${file}: no such ledger`);
@@ -266,65 +444,98 @@ export async function protocolMain(argv: string[]): Promise<void> {
   if (a.merge.length) writeLedger(a.ledger, ledger);
   if (!a.tableOnly) {
     const fp = await loadFp(a.ckpt);
-    const net = await loadFeatureNet('fmnist');
-    const reference = fashionMnistSource({ split: 'train' });
-    const fid = async (name: string, x0: Float32Array) => {
-      const r = await runEval({ samples: arraySource(name, x0, [a.n, fp.shape[0], fp.shape[1], fp.shape[2]], { quantize8: true }), reference, metrics: ['fid'], net });
-      return r.metrics.fid!.value;
+    let fid: FidFn;
+    if (hooks.fid) fid = hooks.fid;
+    else {
+      const net = await loadFeatureNet('fmnist');
+      const reference = fashionMnistSource({ split: 'train' });
+      fid = async (name: string, x0: Float32Array) => {
+        const r = await runEval({ samples: arraySource(name, x0, [a.n, fp.shape[0], fp.shape[1], fp.shape[2]], { quantize8: true }), reference, metrics: ['fid'], net });
+        return r.metrics.fid!.value;
+      };
+    }
+    // Ctrl-C / SIGTERM during QAT training: the run writes a checkpoint and the next sitting resumes it.
+    const abort = new AbortController();
+    const onSignal = (sig: NodeJS.Signals) => {
+      log(`${sig}: stopping after this training step (checkpoint written; rerun to continue)`);
+      abort.abort();
     };
-    let ran = 0;
-    // Bits outer, methods inner: each setting's row is complete before the next starts.
-    const units: [string, string][] = [
-      ...a.methods.filter((m) => m === 'fp').map((m): [string, string] => [m, 'FP']),
-      ...a.bits.flatMap((b) => a.methods.filter((m) => m !== 'fp').map((m): [string, string] => [m, b])),
-    ];
-    outer: for (const [method, bits] of units) {
-      {
-        const todo = a.steps.flatMap((steps) => a.seeds.map((seed) => ({ method, bits, steps, seed, n: a.n }))).filter((c) => !ledger.cells[cellKey(c)]);
-        if (!todo.length) continue;
-        if (ran >= a.maxCells) break outer;
-        const c0 = Date.now();
-        let forward: EpsModel;
-        let dispose: () => void;
-        let exec = 'fp32', note: string | undefined, smoothing: Cell['smoothing'];
-        if (method === 'fp') {
-          const unet = await freshUNet(fp);
-          forward = (x, t) => unet.forward(x, t);
-          dispose = () => unet.dispose();
-        } else {
-          let qm: QuantizedModel;
-          if (method.startsWith('qat-')) {
-            const q = await loadModel(a.qat.get(method)!, { config: fp.config });
-            if (!q.quantized) throw new Error(`${a.qat.get(method)}: not a quantized checkpoint`);
-            qm = q.quantized;
-          } else ({ qm, smoothing } = await makeQuantized(method, bits, a, fp));
-          qm.eval();
-          const r = applyExec(qm, a.exec);
-          exec = r.exec;
-          note = r.note ?? undefined;
-          forward = (x, t) => qm.forward(x, t);
-          dispose = () => qm.dispose();
-        }
-        let calibSeconds: number | undefined = (Date.now() - c0) / 1000;
-        log(`${method} ${bits}: ready in ${calibSeconds.toFixed(0)} s (${exec}${note ? `; ${note}` : ''})`);
-        try {
-          for (const c of todo) {
-            if (ran >= a.maxCells) break;
-            const s0 = Date.now();
-            const x0 = await sampleN(forward, a, fp, c.steps, c.seed);
-            const value = await fid(`${method} ${bits} seed ${c.seed}`, x0);
-            const cell: Cell = { ...c, fid: value, seconds: (Date.now() - s0) / 1000, ...(calibSeconds !== undefined ? { calibSeconds } : {}), exec, ...(note ? { note } : {}), ...(smoothing ? { smoothing } : {}), finished: new Date().toISOString() };
-            calibSeconds = undefined;
-            ledger.cells[cellKey(c)] = cell;
-            writeLedger(a.ledger, ledger);
-            if (a.table) fs.writeFileSync(a.table, tableMarkdown(ledger));
-            ran++;
-            log(`${cellKey(c)}: FID-FMNIST ${value.toFixed(3)} (${cell.seconds.toFixed(0)} s)`);
+    if (!hooks.signal) for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, onSignal);
+    const signal = hooks.signal ?? abort.signal;
+    try {
+      let ran = 0;
+      // Bits outer, methods inner: each setting's row is complete before the next starts.
+      const units: [string, string][] = [
+        ...a.methods.filter((m) => m === 'fp').map((m): [string, string] => [m, 'FP']),
+        ...a.bits.flatMap((b) => a.methods.filter((m) => m !== 'fp').map((m): [string, string] => [m, b])),
+      ];
+      outer: for (const [method, bits] of units) {
+        {
+          const todo = a.steps.flatMap((steps) => a.seeds.map((seed) => ({ method, bits, steps, seed, n: a.n }))).filter((c) => !ledger.cells[cellKey(c)]);
+          if (!todo.length) continue;
+          if (ran >= a.maxCells) break outer;
+          let c0 = Date.now();
+          let forward: EpsModel;
+          let dispose: () => void;
+          let exec = 'fp32', note: string | undefined, smoothing: Cell['smoothing'], qatInfo: Cell['qat'], trainSeconds: number | undefined;
+          if (method === 'fp') {
+            const unet = await freshUNet(fp);
+            forward = (x, t) => unet.forward(x, t);
+            dispose = () => unet.dispose();
+          } else {
+            let qm: QuantizedModel;
+            if (method.startsWith('qat-')) {
+              let file = a.qat.get(method);
+              if ((QAT_METHODS as readonly string[]).includes(method)) {
+                const r = await trainQatUnit(method, bits, fp, a, { signal, stopAtStep: hooks.stopTrainingAt, print: (l) => log(`${method} ${bits}: ${l.replace(/^tdq-native: /, '')}`) });
+                if (r.resumedFrom !== null) log(`${method} ${bits}: resumed its QAT run ${r.run} from step ${r.resumedFrom}`);
+                if (!r.model) {
+                  log(`${method} ${bits}: QAT training stopped (${r.run}); rerun the same command to continue it`);
+                  break outer;
+                }
+                file = r.model;
+                trainSeconds = r.trainSeconds;
+                c0 = Date.now(); // the cell's own 'ready' time is loading the trained model
+                qatInfo = { run: r.run, lastLoss: r.lastLoss, steps: a.qatSetup.steps };
+              }
+              const q = await loadModel(file!, { config: fp.config });
+              if (!q.quantized) throw new Error(`${file}: not a quantized checkpoint`);
+              qm = q.quantized;
+            } else ({ qm, smoothing } = await makeQuantized(method, bits, a, fp));
+            qm.eval();
+            const r = applyExec(qm, a.exec);
+            exec = r.exec;
+            note = r.note ?? undefined;
+            forward = (x, t) => qm.forward(x, t);
+            dispose = () => qm.dispose();
           }
-        } finally {
-          dispose();
+          let calibSeconds: number | undefined = (Date.now() - c0) / 1000;
+          log(`${method} ${bits}: ready in ${calibSeconds.toFixed(0)} s (${exec}${note ? `; ${note}` : ''})`);
+          try {
+            for (const c of todo) {
+              if (ran >= a.maxCells) break;
+              const s0 = Date.now();
+              const x0 = await sampleN(forward, a, fp, c.steps, c.seed);
+              const value = await fid(`${method} ${bits} seed ${c.seed}`, x0);
+              const cell: Cell = {
+                ...c, fid: value, seconds: (Date.now() - s0) / 1000, ...(calibSeconds !== undefined ? { calibSeconds } : {}), exec, ...(note ? { note } : {}), ...(smoothing ? { smoothing } : {}),
+                ...(qatInfo ? { qat: { ...qatInfo, ...(trainSeconds !== undefined ? { trainSeconds } : {}) } } : {}), finished: new Date().toISOString(),
+              };
+              calibSeconds = undefined;
+              trainSeconds = undefined;
+              ledger.cells[cellKey(c)] = cell;
+              writeLedger(a.ledger, ledger);
+              if (a.table) fs.writeFileSync(a.table, tableMarkdown(ledger));
+              ran++;
+              log(`${cellKey(c)}: FID-FMNIST ${value.toFixed(3)} (${cell.seconds.toFixed(0)} s)`);
+            }
+          } finally {
+            dispose();
+          }
         }
       }
+    } finally {
+      if (!hooks.signal) for (const sig of ['SIGINT', 'SIGTERM'] as const) process.off(sig, onSignal);
     }
   }
   if (a.table) {
@@ -338,6 +549,8 @@ export async function protocolMain(argv: string[]): Promise<void> {
 
 const PAPER: Record<string, string> = {
   W8A5: 'paper, PTQ W8A5: TDQ 5.71 vs PTQ4DM 22.43 (DDIM CIFAR-10); 4.85 vs 7.06 (LDM-8 churches)',
+  W4A4: 'paper, QAT W4A4: TDQ 4.48 vs LSQ 7.30 (DDIM CIFAR-10); 4.64 vs 5.06 (LDM-8 churches)',
+  W3A3: 'paper, QAT W3A3: TDQ 6.48 (DDIM CIFAR-10), 6.57 (LDM-8 churches); LSQ not reported',
 };
 
 const fmt = (c: MeanCI) => (c.n < 2 ? c.mean.toFixed(2) : `${c.mean.toFixed(2)} ± ${c.half.toFixed(2)}`);
@@ -366,11 +579,12 @@ export function tableMarkdown(l: Ledger): string {
         return s.size ? `${fmt(meanCI([...s.values()]))} (seeds ${[...s.keys()].sort().join(',')})` : '—';
       }).join(' | ')} |`);
     }
-    const tdq = methods.find((m) => m === 'ptq-tdq');
-    if (tdq) {
-      out.push('', 'Paired differences, TDQ − baseline on the same seeds (negative: TDQ better); per-seed values in brackets:', '');
-      out.push(`| ptq-tdq − | ${bits.join(' | ')} |`, `|---|${bits.map(() => '---').join('|')}|`);
-      for (const base of methods.filter((m) => m !== 'fp' && m !== tdq && m.startsWith('ptq-'))) {
+    for (const [tdq, bases] of PAIRS) {
+      const present = bases.filter((m) => methods.includes(m));
+      if (!methods.includes(tdq) || !present.length) continue;
+      out.push('', `Paired differences, ${tdq} − baseline on the same seeds (negative: ${tdq} better); per-seed values in brackets:`, '');
+      out.push(`| ${tdq} − | ${bits.join(' | ')} |`, `|---|${bits.map(() => '---').join('|')}|`);
+      for (const base of present) {
         out.push(`| ${base} | ${bits.map((b) => {
           const p = pairedDifferences(seedsOf(tdq, b), seedsOf(base, b));
           return p ? `${fmt(p.ci)} [${p.diffs.map((d) => d.toFixed(2)).join(', ')}]` : '—';
@@ -381,14 +595,17 @@ export function tableMarkdown(l: Ledger): string {
     if (paper.length) out.push('', ...paper.map((p) => `- ${p} (published numbers, shared/reference/published-numbers.md; compare orderings and relative gaps, not absolute FIDs).`));
     const smooth = gc.filter((c) => c.smoothing);
     if (smooth.length) out.push('', `TDQ smoothing bandwidth chosen on held-out trajectories: ${[...new Map(smooth.map((c) => [c.bits, c.smoothing!.h])).entries()].map(([b, h]) => `${b}: ${h} timesteps`).join('; ')}.`);
-    out.push('', `Seconds per cell (sampling + FID; calibration once per method and bits): ${gc.map((c) => `${c.method} ${c.bits} s${c.seed}: ${c.seconds.toFixed(0)}${c.calibSeconds !== undefined ? ` (+${c.calibSeconds.toFixed(0)} calib)` : ''}, ${c.exec}`).join('; ')}.`);
+    const qatCells = gc.filter((c) => c.qat);
+    if (qatCells.length && l.setup.qat) {
+      const q = l.setup.qat;
+      out.push('', `QAT cells: ${q.steps} steps of batch ${q.batch} from the FP checkpoint (warm-up ${q.warmup}; weights and TDQ MLPs at ${q.lr}, quantizer steps at ${q.lr * QAT_DEFAULTS.quantLrFactor}; initial steps '${q.calibMethod}', TDQ MLPs initialised '${q.tdqInit}'; -kd: distillation weight ${q.distillWeight}); final training loss: ${[...new Map(qatCells.map((c) => [`${c.method} ${c.bits}`, c.qat!.lastLoss])).entries()].map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ')}.`);
+    }
+    out.push('', `Seconds per cell (sampling + FID; calibration once per method and bits; QAT training once per method and bits, all sittings): ${gc.map((c) => `${c.method} ${c.bits} s${c.seed}: ${c.seconds.toFixed(0)}${c.calibSeconds !== undefined ? ` (+${c.calibSeconds.toFixed(0)} ${c.qat ? 'load' : 'calib'})` : ''}${c.qat?.trainSeconds !== undefined ? ` (+${c.qat.trainSeconds.toFixed(0)} QAT)` : ''}, ${c.exec}`).join('; ')}.`);
   }
   return `${out.join('\n')}\n`;
 }
 
 function order(m: string): number {
-  if (m === 'fp') return 0;
-  if (m === 'ptq-tdq') return 1;
-  const i = BASELINE_ORDER.indexOf(m);
-  return i >= 0 ? 2 + i : 100;
+  const i = ORDER.indexOf(m);
+  return i >= 0 ? i : 100;
 }

@@ -23,44 +23,34 @@ import { resolveQuantConfig } from '../src/quant/config';
 import { type StepMethod, denseLogSteps, smoothSteps } from '../src/quant/step_search';
 import { StepTable } from '../src/quant/table';
 import { native } from '../src/tensor/native';
+import { benchArgs } from './args';
 import { type Reference, epsMsePerStep, freshUNet, loadFp, mean, mse, reference } from './tdq_common';
 
+const USAGE =
+  'node dist/bench/tdq_ptq_lab.js [--ckpt models/fmnist-small.safetensors] [--w 8 --a 4] [--n-samples 8] [--steps 50] [--seeds 0] [--calib-samples 8] ' +
+  '[--method mse|minmax|percentile] [--lambdas 1,4,16] [--schedules static,per-t,fit] [--per-layer] [--out REPORT.md]';
+const METHODS = ['auto', 'mse', 'minmax', 'percentile'] as const satisfies readonly StepMethod[];
+const OPTIONS = {
+  ckpt: { type: 'string', value: 'FILE', default: 'models/fmnist-small.safetensors', help: 'FP checkpoint' },
+  w: { type: 'string', value: 'BITS', default: '8', help: 'weight bits' },
+  a: { type: 'string', value: 'BITS', default: '4', help: 'activation bits' },
+  'n-samples': { type: 'string', value: 'N', default: '8', help: 'samples per evaluation trajectory' },
+  steps: { type: 'string', value: 'N', default: '50', help: 'DDIM steps' },
+  seeds: { type: 'string', value: 'S,...', default: '0', help: 'seeds of the FP evaluation trajectories' },
+  'calib-samples': { type: 'string', value: 'N', default: '8', help: 'calibration DDIM trajectories' },
+  method: { type: 'string', value: METHODS.join('|'), default: 'mse', help: 'step search of the calibration' },
+  lambdas: { type: 'string', value: 'L,...', default: '1,4,16', help: 'smoothness penalties of the smooth-λ schedules' },
+  schedules: { type: 'string', value: 'NAME,...', help: 'evaluate only these schedules (default: all)' },
+  'per-layer': { type: 'boolean', help: 'also each quantizer alone, static against per-t' },
+  out: { type: 'string', value: 'FILE', help: 'also write the report here' },
+} as const;
+
 function parse(argv: string[]) {
-  const a = { ckpt: 'models/fmnist-small.safetensors', w: 8, act: 4, nSamples: 8, steps: 50, seeds: [0], calibSamples: 8, lambdas: [1, 4, 16], perLayer: false, out: '', only: [] as string[], method: 'mse' as StepMethod };
-  for (let i = 0; i < argv.length; ++i) {
-    const k = argv[i];
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k} needs a value`);
-      return x;
-    };
-    const num = (s: string): number => {
-      const n = Number(s);
-      if (!Number.isFinite(n) || n < 0) throw new Error(`${k}: expected a non-negative number, got '${s}'`);
-      return n;
-    };
-    switch (k) {
-      case '--ckpt': a.ckpt = v(); break;
-      case '--w': a.w = num(v()); break;
-      case '--a': a.act = num(v()); break;
-      case '--n-samples': a.nSamples = num(v()); break;
-      case '--steps': a.steps = num(v()); break;
-      case '--seeds': a.seeds = v().split(',').map(num); break;
-      case '--calib-samples': a.calibSamples = num(v()); break;
-      case '--lambdas': a.lambdas = v().split(',').map(num); break;
-      case '--per-layer': a.perLayer = true; break;
-      case '--schedules': a.only = v().split(','); break;
-      case '--method': {
-        const mth = v();
-        if (mth !== 'auto' && mth !== 'mse' && mth !== 'minmax' && mth !== 'percentile') throw new Error(`--method: expected auto, mse, minmax or percentile, got '${mth}'`);
-        a.method = mth;
-        break;
-      }
-      case '--out': a.out = v(); break;
-      default: throw new Error(`unknown argument ${k}`);
-    }
-  }
-  return a;
+  return benchArgs(USAGE, OPTIONS, (a) => ({
+    ckpt: a.str('ckpt'), w: a.int('w', 1), act: a.int('a', 1), nSamples: a.int('n-samples', 1), steps: a.int('steps', 1),
+    seeds: a.numList('seeds', { integer: true, min: 0 }), calibSamples: a.int('calib-samples', 1), lambdas: a.numList('lambdas', { min: 0 }),
+    perLayer: a.flag('per-layer'), out: a.get('out') ?? '', only: a.get('schedules') === undefined ? [] : a.list('schedules'), method: a.choice('method', METHODS),
+  }), argv);
 }
 
 const fmt = (x: number) => x.toPrecision(3);

@@ -42,6 +42,7 @@
 //     [--methods fp,ptq-tdq,ptq-minmax,ptq-percentile,ptq-mse,ptq-ptq4dm] [--eval-steps 25]
 import fs from 'node:fs';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 
 import { sample } from '../src/diffusion/samplers/index';
 import { loadModel } from '../src/models/load';
@@ -73,52 +74,57 @@ interface Args {
   epsSamples: number;
 }
 
-function parseArgs(argv: string[]): Args {
-  const a: Args = {
-    ckpt: 'models/fmnist-small.safetensors', nSamples: 16, steps: 50, seeds: [0, 1, 2],
-    settings: [[8, 8], [4, 8], [8, 4], [4, 4]], calibSamples: 16, calibSteps: 50, method: 'auto', qat: new Map(), out: 'bench/tdq_table.json', skipPtq: false, pert: false, reuse: '', fid: true, epsSamples: 16,
+export function parseTableArgs(argv: string[]): Args {
+  let values: Record<string, string | boolean | string[] | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        ckpt: { type: 'string' }, 'n-samples': { type: 'string' }, steps: { type: 'string' }, seeds: { type: 'string' },
+        'calib-samples': { type: 'string' }, 'calib-steps': { type: 'string' }, method: { type: 'string' }, out: { type: 'string' },
+        'skip-ptq': { type: 'boolean' }, pert: { type: 'boolean' }, reuse: { type: 'string' }, 'no-fid': { type: 'boolean' },
+        'eps-samples': { type: 'string' }, settings: { type: 'string' }, qat: { type: 'string', multiple: true },
+      },
+    }));
+  } catch (e) {
+    throw new Error((e as Error).message);
+  }
+  const str = (k: string) => values[k] as string | undefined;
+  const int = (k: string, s: string) => {
+    const n = Number(s);
+    if (s.trim() === '' || !Number.isInteger(n) || n < 0) throw new Error(`--${k}: expected a non-negative integer, got '${s}'`);
+    return n;
   };
-  for (let i = 0; i < argv.length; ++i) {
-    const k = argv[i], v = () => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k} needs a value`);
-      return x;
-    };
-    const int = (s: string) => {
-      const n = Number(s);
-      if (!Number.isInteger(n) || n < 0) throw new Error(`${k}: expected a non-negative integer, got '${s}'`);
-      return n;
-    };
-    switch (k) {
-      case '--ckpt': a.ckpt = v(); break;
-      case '--n-samples': a.nSamples = int(v()); break;
-      case '--steps': a.steps = int(v()); break;
-      case '--seeds': a.seeds = v().split(',').map(int); break;
-      case '--calib-samples': a.calibSamples = int(v()); break;
-      case '--calib-steps': a.calibSteps = int(v()); break;
-      case '--method': a.method = v() as Args['method']; break;
-      case '--out': a.out = v(); break;
-      case '--skip-ptq': a.skipPtq = true; break;
-      case '--pert': a.pert = true; break;
-      case '--reuse': a.reuse = v(); break;
-      case '--no-fid': a.fid = false; break;
-      case '--eps-samples': a.epsSamples = int(v()); break;
-      case '--settings':
-        a.settings = v().split(',').map((s) => {
-          const m = /^W(\d)A(\d)$/i.exec(s.trim());
-          if (!m) throw new Error(`--settings: '${s}' is not of the form W4A8`);
-          return [Number(m[1]), Number(m[2])];
-        });
-        break;
-      case '--qat': {
-        const [key, file] = v().split('=');
-        if (!/^w\da\d-(lsq|tdq)$/i.test(key ?? '') || !file) throw new Error(`--qat expects <w4a8-tdq|w4a8-lsq>=<file>, got '${key}=${file}'`);
-        a.qat.set(key.toLowerCase(), file);
-        break;
-      }
-      default:
-        throw new Error(`unknown argument ${k}`);
-    }
+  const opt = (k: string, dflt: number) => (str(k) === undefined ? dflt : int(k, str(k)!));
+  const method = str('method') ?? 'auto';
+  if (!['auto', 'mse', 'minmax', 'percentile'].includes(method)) throw new Error(`--method: auto, mse, minmax or percentile, got '${method}'`);
+  const a: Args = {
+    ckpt: str('ckpt') ?? 'models/fmnist-small.safetensors',
+    nSamples: opt('n-samples', 16),
+    steps: opt('steps', 50),
+    seeds: str('seeds') === undefined ? [0, 1, 2] : str('seeds')!.split(',').map((s) => int('seeds', s)),
+    settings: str('settings') === undefined ? [[8, 8], [4, 8], [8, 4], [4, 4]] : str('settings')!.split(',').map((s): [number, number] => {
+      const m = /^W(\d)A(\d)$/i.exec(s.trim());
+      if (!m) throw new Error(`--settings: '${s}' is not of the form W4A8`);
+      return [Number(m[1]), Number(m[2])];
+    }),
+    calibSamples: opt('calib-samples', 16),
+    calibSteps: opt('calib-steps', 50),
+    method: method as Args['method'],
+    qat: new Map(),
+    out: str('out') ?? 'bench/tdq_table.json',
+    skipPtq: values['skip-ptq'] === true,
+    pert: values.pert === true,
+    reuse: str('reuse') ?? '',
+    fid: values['no-fid'] !== true,
+    epsSamples: opt('eps-samples', 16),
+  };
+  for (const spec of (values.qat as string[] | undefined) ?? []) {
+    const [key, file] = spec.split('=');
+    if (!/^w\da\d-(lsq|tdq)$/i.test(key ?? '') || !file) throw new Error(`--qat expects <w4a8-tdq|w4a8-lsq>=<file>, got '${spec}'`);
+    a.qat.set(key.toLowerCase(), file);
   }
   if (a.nSamples < 1 || a.steps < 1 || !a.seeds.length) throw new Error('--n-samples, --steps and --seeds must be positive / non-empty');
   return a;
@@ -209,7 +215,7 @@ function reusable(a: Args): Record<string, Scores & { seconds: number }> {
 }
 
 async function main(): Promise<void> {
-  const a = parseArgs(process.argv.slice(2));
+  const a = parseTableArgs(process.argv.slice(2));
   const m = await loadFp(a.ckpt);
   const fid = await makeFid(a, m);
   const results: Record<string, Scores & { seconds: number }> = a.reuse ? reusable(a) : {};
@@ -314,7 +320,8 @@ async function main(): Promise<void> {
   console.log(`\nwrote ${a.out}`);
 }
 
-(process.argv.includes('--ledger') ? protocolMain(process.argv.slice(2)) : main()).catch((e) => {
-  console.error(e instanceof Error ? e.stack ?? e.message : e);
-  process.exit(1);
-});
+if (require.main === module)
+  (process.argv.includes('--ledger') ? protocolMain(process.argv.slice(2)) : main()).catch((e) => {
+    console.error(e instanceof Error ? e.stack ?? e.message : e);
+    process.exit(1);
+  });

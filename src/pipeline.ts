@@ -52,7 +52,7 @@ export interface GenerateOptions {
    */
   onProgress?: (p: { images: number; total: number; step: number; steps: number }) => unknown;
   signal?: AbortSignal;
-  /** Clamp predicted x_0 to [-1, 1], all samplers (default true: pixel-space data lives there). */
+  /** Clamp predicted x_0 to [-1, 1], all samplers (default: the config's model.params.clip_denoised, true: pixel-space data lives there). */
   clipDenoised?: boolean;
   /** ddim / plms timestep layout (default 'uniform'). */
   ddimDiscretize?: DdimDiscretize;
@@ -178,7 +178,7 @@ export class DiffusionPipeline {
       sampler: o.sampler ?? 'ddim',
       steps: o.sampler === 'ddpm' ? undefined : o.steps ?? 50,
       eta: o.eta,
-      clipDenoised: o.clipDenoised ?? true,
+      clipDenoised: o.clipDenoised ?? this.config.model.params.clip_denoised,
       ddimDiscretize: o.ddimDiscretize,
       schedule: this.diffusion.schedule,
     };

@@ -82,10 +82,23 @@ TDQ_AINLINE void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
   } else {
     // Register blocks: 4 rows x 4 vectors (16 of 32 zmm) for AVX-512,
     // 2 rows x 4 vectors (8 of 16 ymm) for AVX2.
+    // The last 1..3 vectors of columns in one pass (each row of A read once),
+    // then a half vector (head dims 24, 40, ...), then scalar columns.
     constexpr int R = W >= 16 ? 4 : 2;
     int64_t j = 0;
     for (; j + 4 * W <= N; j += 4 * W) gemm_cols<W, R, 4>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc);
-    for (; j + W <= N; j += W) gemm_cols<W, R, 1>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc);
+    switch ((N - j) / W) {
+      case 3: gemm_cols<W, R, 3>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc); j += 3 * W; break;
+      case 2: gemm_cols<W, R, 2>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc); j += 2 * W; break;
+      case 1: gemm_cols<W, R, 1>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc); j += W; break;
+      default: break;
+    }
+    if constexpr (W >= 16) {
+      if (j + W / 2 <= N) {
+        gemm_cols<W / 2, R, 1>(M, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc);
+        j += W / 2;
+      }
+    }
     if (j < N) gemm<1>(M, N - j, K, A, lda, B + j, ldb, C + j, ldc, alpha, acc);
   }
 }
@@ -209,6 +222,177 @@ TDQ_AINLINE void fwd_block(const AttnShape& s, const float* q, const float* kt, 
   }
 }
 
+// ---- the fast forward (AVX2 / AVX-512) ---------------------------------------
+// Every product is computed transposed, queries along the vector lanes:
+//   S^T (keys x queries) = K (keys x D) Qs^T,  Qs = scale Q
+//   O^T (Dv x queries)  += V^T (Dv x keys) P^T
+// so the online softmax runs down the columns of S^T with one max / sum
+// vector per W queries (no horizontal reductions), and the operands that are
+// not along the lanes (K, V) are only ever broadcast one float at a time:
+// they are read in place with any strides, so both layouts, tokens-major
+// (B, H, L, D) and channels-major (B, H, D, L, the UNet's (B, C, L)), need no
+// transposed copy. A work item is a block of up to 4 W queries of one head;
+// its queries are copied once (scaled, zero past Lq) into a (D x 4W) panel.
+// Register blocks: R rows (keys, or output channels) x NCV vectors of
+// queries, R = 6 for AVX-512 (24 of 32 zmm accumulate), 2 for AVX2.
+
+// Element strides (in floats) of the four tensors: element (bh, i, d) of q,
+// with bh = b * H + h, is q[b * q_b + h * q_h + i * q_i + d * q_d], and so on.
+struct AttnLayout {
+  int64_t H;
+  int64_t q_b, q_h, q_i, q_d;
+  int64_t k_b, k_h, k_j, k_d;
+  int64_t v_b, v_h, v_j, v_e;
+  int64_t o_b, o_h, o_i, o_e;
+  int64_t at(int64_t bh, int64_t sb, int64_t sh) const { return (bh / H) * sb + (bh % H) * sh; }
+};
+
+// (B, H, L, D): H = 1 in the layout, bh runs over both.
+AttnLayout tokens_major(const AttnShape& s) {
+  return {1, s.Lq * s.D, 0, s.D, 1, s.Lk * s.D, 0, s.D, 1, s.Lk * s.Dv, 0, s.Dv, 1, s.Lq * s.Dv, 0, s.Dv, 1};
+}
+// (B, H, D, L)
+AttnLayout channels_major(const AttnShape& s) {
+  return {1, s.Lq * s.D, 0, 1, s.Lq, s.Lk * s.D, 0, 1, s.Lk, s.Lk * s.Dv, 0, 1, s.Lk, s.Lq * s.Dv, 0, 1, s.Lq};
+}
+// (B, L, H, D): a linear layer's (B, L, H * D) output split into heads.
+AttnLayout sequence_major(const AttnShape& s, int64_t H) {
+  return {H,
+          s.Lq * H * s.D, s.D, H * s.D, 1,
+          s.Lk * H * s.D, s.D, H * s.D, 1,
+          s.Lk * H * s.Dv, s.Dv, H * s.Dv, 1,
+          s.Lq * H * s.Dv, s.Dv, H * s.Dv, 1};
+}
+
+constexpr int64_t kFastBK = 64;  // keys per tile of the fast forward
+
+template <int W> constexpr int fast_rows() { return W >= 16 ? 6 : 2; }
+template <int W> constexpr int64_t fast_bq() { return 4 * W; }  // queries per work item
+// Per-thread floats: the query panel, the score tile, the output
+// accumulator, and four vectors of row statistics (max, sum, rescale, new max).
+template <int W> int64_t fast_tile_floats(const AttnShape& s) {
+  return fast_bq<W>() * (s.D + kFastBK + s.Dv + 4);
+}
+
+// T (rows x NCV*W, row stride ldt) = A B, A (rows x K) read as
+// a[r * ar + k * ak], B (K x NCV*W) packed with row stride ldb. R rows at a
+// time. Scale (with acc) gives T = scale * T + A B, scale per query vector.
+template <int W, int NCV, int R, bool Acc>
+TDQ_AINLINE void fast_micro(int64_t K, const float* a, int64_t ar, int64_t ak, const float* B, int64_t ldb, float* T,
+                            int64_t ldt, const float* scale) {
+  Vf<W> c[R][NCV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NCV; ++j) c[r][j] = Vf<W>{};
+  for (int64_t k = 0; k < K; ++k) {
+    Vf<W> b[NCV];
+    for (int j = 0; j < NCV; ++j) b[j] = vload<W>(B + k * ldb + j * W);
+    for (int r = 0; r < R; ++r) {
+      const float x = a[r * ar + k * ak];
+      for (int j = 0; j < NCV; ++j) c[r][j] += x * b[j];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NCV; ++j) {
+      float* p = T + r * ldt + j * W;
+      if constexpr (Acc) vstore<W>(p, vload<W>(p) * vload<W>(scale + j * W) + c[r][j]);
+      else vstore<W>(p, c[r][j]);
+    }
+}
+
+template <int W, int NCV, int R, bool Acc>
+TDQ_AINLINE void fast_rows_product(int64_t rows, int64_t K, const float* a, int64_t ar, int64_t ak, const float* B,
+                                   int64_t ldb, float* T, int64_t ldt, const float* scale) {
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) fast_micro<W, NCV, R, Acc>(K, a + r * ar, ar, ak, B, ldb, T + r * ldt, ldt, scale);
+  // The last rows < R: one smaller block.
+  const float* ap = a + r * ar;
+  float* tp = T + r * ldt;
+  switch (rows - r) {
+    case 1: fast_micro<W, NCV, 1, Acc>(K, ap, ar, ak, B, ldb, tp, ldt, scale); break;
+    case 2: if constexpr (R > 2) fast_micro<W, NCV, 2, Acc>(K, ap, ar, ak, B, ldb, tp, ldt, scale); break;
+    case 3: if constexpr (R > 3) fast_micro<W, NCV, 3, Acc>(K, ap, ar, ak, B, ldb, tp, ldt, scale); break;
+    case 4: if constexpr (R > 4) fast_micro<W, NCV, 4, Acc>(K, ap, ar, ak, B, ldb, tp, ldt, scale); break;
+    case 5: if constexpr (R > 5) fast_micro<W, NCV, 5, Acc>(K, ap, ar, ak, B, ldb, tp, ldt, scale); break;
+    default: break;
+  }
+}
+
+// One work item: queries i0 .. i0 + n - 1 (n <= NCV W) of head bh.
+template <int W, int NCV>
+TDQ_AINLINE void fast_fwd_item(const AttnShape& s, const AttnLayout& ly, const float* q, const float* k, const float* v,
+                               float* o, float* lse, int64_t bh, int64_t i0, int64_t n, float* buf) {
+  constexpr int R = fast_rows<W>();
+  constexpr int64_t QW = fast_bq<W>();  // row stride of every tile
+  float* qp = buf;                      // D x QW: scale * Q^T, zero past n
+  float* st = qp + s.D * QW;            // kFastBK x QW: S^T, then P^T
+  float* acc = st + kFastBK * QW;       // Dv x QW: O^T, unnormalised
+  float* mrow = acc + s.Dv * QW;        // running column max
+  float* lrow = mrow + QW;              // running column sum of exp(S - max)
+  float* alpha = lrow + QW;             // exp(old max - new max)
+  const float* Q = q + ly.at(bh, ly.q_b, ly.q_h) + i0 * ly.q_i;
+  for (int64_t d = 0; d < s.D; ++d) {
+    float* row = qp + d * QW;
+    for (int64_t c = 0; c < n; ++c) row[c] = s.scale * Q[c * ly.q_i + d * ly.q_d];
+    std::fill(row + n, row + NCV * W, 0.f);
+  }
+  const float* Kh = k + ly.at(bh, ly.k_b, ly.k_h);
+  const float* Vh = v + ly.at(bh, ly.v_b, ly.v_h);
+  const int64_t nkb = (s.Lk + kFastBK - 1) / kFastBK;
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const int64_t j0 = kb * kFastBK, bk = std::min(kFastBK, s.Lk - j0);
+    fast_rows_product<W, NCV, R, false>(bk, s.D, Kh + j0 * ly.k_j, ly.k_j, ly.k_d, qp, QW, st, QW, nullptr);
+    // Column maxima, rescale factors, probabilities and their column sums.
+    Vf<W> mx[NCV], sm[NCV];
+    for (int c = 0; c < NCV; ++c) mx[c] = vload<W>(st + c * W);
+    for (int64_t j = 1; j < bk; ++j)
+      for (int c = 0; c < NCV; ++c) mx[c] = vmax<W>(mx[c], vload<W>(st + j * QW + c * W));
+    for (int c = 0; c < NCV; ++c) {
+      if (kb > 0) {
+        const Vf<W> mold = vload<W>(mrow + c * W);
+        mx[c] = vmax<W>(mx[c], mold);
+        vstore<W>(alpha + c * W, vexp<W>(mold - mx[c]));
+      }
+      vstore<W>(mrow + c * W, mx[c]);
+      sm[c] = Vf<W>{};
+    }
+    for (int64_t j = 0; j < bk; ++j)
+      for (int c = 0; c < NCV; ++c) {
+        float* p = st + j * QW + c * W;
+        const Vf<W> e = vexp<W>(vload<W>(p) - mx[c]);
+        vstore<W>(p, e);
+        sm[c] += e;
+      }
+    for (int c = 0; c < NCV; ++c)
+      vstore<W>(lrow + c * W, kb > 0 ? vload<W>(lrow + c * W) * vload<W>(alpha + c * W) + sm[c] : sm[c]);
+    if (kb == 0) fast_rows_product<W, NCV, R, false>(s.Dv, bk, Vh + j0 * ly.v_j, ly.v_e, ly.v_j, st, QW, acc, QW, nullptr);
+    else fast_rows_product<W, NCV, R, true>(s.Dv, bk, Vh + j0 * ly.v_j, ly.v_e, ly.v_j, st, QW, acc, QW, alpha);
+  }
+  // lse = max + log l, O = acc / l.
+  for (int64_t c = 0; c < n; ++c) lse[bh * s.Lq + i0 + c] = mrow[c] + std::log(lrow[c]);
+  for (int c = 0; c < NCV; ++c) vstore<W>(lrow + c * W, 1.f / vload<W>(lrow + c * W));
+  float* O = o + ly.at(bh, ly.o_b, ly.o_h) + i0 * ly.o_i;
+  if (ly.o_i == 1 && n == NCV * W) {
+    for (int64_t e = 0; e < s.Dv; ++e)
+      for (int c = 0; c < NCV; ++c)
+        vstore<W>(O + e * ly.o_e + c * W, vload<W>(acc + e * QW + c * W) * vload<W>(lrow + c * W));
+  } else {
+    for (int64_t e = 0; e < s.Dv; ++e)
+      for (int64_t c = 0; c < n; ++c) O[c * ly.o_i + e * ly.o_e] = acc[e * QW + c] * lrow[c];
+  }
+}
+
+template <int W>
+TDQ_AINLINE void fast_fwd(const AttnShape& s, const AttnLayout& ly, const float* q, const float* k, const float* v,
+                          float* o, float* lse, int64_t bh, int64_t qb, float* buf) {
+  const int64_t i0 = qb * fast_bq<W>(), n = std::min(fast_bq<W>(), s.Lq - i0);
+  switch ((n + W - 1) / W) {
+    case 1: fast_fwd_item<W, 1>(s, ly, q, k, v, o, lse, bh, i0, n, buf); break;
+    case 2: fast_fwd_item<W, 2>(s, ly, q, k, v, o, lse, bh, i0, n, buf); break;
+    case 3: fast_fwd_item<W, 3>(s, ly, q, k, v, o, lse, bh, i0, n, buf); break;
+    default: fast_fwd_item<W, 4>(s, ly, q, k, v, o, lse, bh, i0, n, buf); break;
+  }
+}
+
 struct BwdArgs {
   const float *go, *q, *k, *v, *lse, *delta;
   const float *qt, *got, *kt, *vt;  // packed by pack_blocks_transposed
@@ -275,91 +459,213 @@ void fwd_ref(const AttnShape& s, const float* q, const float* kt, const float* v
 void bwd_kv_ref(const AttnShape& s, const BwdArgs& a, int64_t bh, int64_t b, float* buf) { bwd_kv_block<1>(s, a, bh, b, buf); }
 void bwd_q_ref(const AttnShape& s, const BwdArgs& a, int64_t bh, int64_t b, float* buf) { bwd_q_block<1>(s, a, bh, b, buf); }
 
+using FastFwdFn = void (*)(const AttnShape&, const AttnLayout&, const float*, const float*, const float*, float*,
+                           float*, int64_t, int64_t, float*);
+
 #if TDQ_NN_X86
-TDQ_AVX2 void fwd_avx2(const AttnShape& s, const float* q, const float* kt, const float* v, float* o, float* l,
-                       int64_t bh, int64_t qb, float* buf) {
-  fwd_block<8>(s, q, kt, v, o, l, bh, qb, buf);
+TDQ_AVX2 void fast_fwd_avx2(const AttnShape& s, const AttnLayout& ly, const float* q, const float* k, const float* v,
+                            float* o, float* l, int64_t bh, int64_t qb, float* buf) {
+  fast_fwd<8>(s, ly, q, k, v, o, l, bh, qb, buf);
+}
+TDQ_AVX512 void fast_fwd_avx512(const AttnShape& s, const AttnLayout& ly, const float* q, const float* k,
+                                const float* v, float* o, float* l, int64_t bh, int64_t qb, float* buf) {
+  fast_fwd<16>(s, ly, q, k, v, o, l, bh, qb, buf);
 }
 TDQ_AVX2 void bwd_kv_avx2(const AttnShape& s, const BwdArgs& a, int64_t bh, int64_t b, float* buf) { bwd_kv_block<8>(s, a, bh, b, buf); }
 TDQ_AVX2 void bwd_q_avx2(const AttnShape& s, const BwdArgs& a, int64_t bh, int64_t b, float* buf) { bwd_q_block<8>(s, a, bh, b, buf); }
-TDQ_AVX512 void fwd_avx512(const AttnShape& s, const float* q, const float* kt, const float* v, float* o, float* l,
-                           int64_t bh, int64_t qb, float* buf) {
-  fwd_block<16>(s, q, kt, v, o, l, bh, qb, buf);
-}
 TDQ_AVX512 void bwd_kv_avx512(const AttnShape& s, const BwdArgs& a, int64_t bh, int64_t b, float* buf) { bwd_kv_block<16>(s, a, bh, b, buf); }
 TDQ_AVX512 void bwd_q_avx512(const AttnShape& s, const BwdArgs& a, int64_t bh, int64_t b, float* buf) { bwd_q_block<16>(s, a, bh, b, buf); }
 #else
 // Other architectures never report an AVX level (cpu_features.cpp); these
 // keep the dispatch tables whole.
-constexpr FwdFn fwd_avx2 = fwd_ref, fwd_avx512 = fwd_ref;
+constexpr FastFwdFn fast_fwd_avx2 = nullptr, fast_fwd_avx512 = nullptr;
 constexpr BwdFn bwd_kv_avx2 = bwd_kv_ref, bwd_kv_avx512 = bwd_kv_ref, bwd_q_avx2 = bwd_q_ref, bwd_q_avx512 = bwd_q_ref;
 #endif
 
 // ---- argument checks ---------------------------------------------------------
-void check_qkv(const std::vector<Tensor>& in, const Attrs& a, size_t iq) {
+// The three layouts of q, k, v and O: tokens-major (B,H,L,D), channels-major
+// (B,H,D,L) and sequence-major (B,L,H,D).
+enum class Lay { tokens, channels, sequence };
+struct LayDims {
+  int h, l, d;  // the dims of H, L and D
+  const char* name;
+};
+LayDims lay_dims(Lay y) {
+  if (y == Lay::channels) return {1, 3, 2, "(B, H, D, L)"};
+  if (y == Lay::sequence) return {2, 1, 3, "(B, L, H, D)"};
+  return {1, 2, 3, "(B, H, L, D)"};
+}
+
+// A shape of the layout from its sizes.
+Shape lay_shape(Lay y, int64_t b, int64_t h, int64_t l, int64_t d) {
+  const LayDims ld = lay_dims(y);
+  Shape s(4);
+  s[0] = b, s[ld.h] = h, s[ld.l] = l, s[ld.d] = d;
+  return s;
+}
+
+void check_qkv(const std::vector<Tensor>& in, const Attrs& a, size_t iq, Lay y) {
   const Tensor &q = in[iq], &k = in[iq + 1], &v = in[iq + 2];
+  const LayDims ld = lay_dims(y);
   const char* names[3] = {"q", "k", "v"};
   for (int i = 0; i < 3; ++i) {
     check_dtype(a, in[iq + i], names[i], DType::f32);
-    TDQ_CHECK_RANGE(in[iq + i].dim() == 4, a.op, ": argument '", names[i], "' must have 4 dimensions (B, H, L, D), got shape ",
-                    shape_str(in[iq + i].shape));
+    TDQ_CHECK_RANGE(in[iq + i].dim() == 4, a.op, ": argument '", names[i], "' must have 4 dimensions ", ld.name,
+                    ", got shape ", shape_str(in[iq + i].shape));
   }
-  TDQ_CHECK_RANGE(k.shape[0] == q.shape[0] && k.shape[1] == q.shape[1], a.op, ": argument 'k' must have the batch and head sizes of 'q' (",
-                  q.shape[0], ", ", q.shape[1], "), got shape ", shape_str(k.shape));
-  TDQ_CHECK_RANGE(k.shape[3] == q.shape[3], a.op, ": argument 'k' must have the head dimension of 'q' (D = ", q.shape[3],
+  TDQ_CHECK_RANGE(k.shape[0] == q.shape[0] && k.shape[ld.h] == q.shape[ld.h], a.op,
+                  ": argument 'k' must have the batch and head sizes of 'q' (", q.shape[0], ", ", q.shape[ld.h],
                   "), got shape ", shape_str(k.shape));
-  TDQ_CHECK_RANGE(v.shape[0] == q.shape[0] && v.shape[1] == q.shape[1] && v.shape[2] == k.shape[2], a.op,
-                  ": argument 'v' must have shape (", q.shape[0], ", ", q.shape[1], ", ", k.shape[2],
-                  ", Dv) to match 'q' and 'k', got ", shape_str(v.shape));
-  TDQ_CHECK_RANGE(q.shape[3] >= 1, a.op, ": argument 'q' must have a head dimension >= 1, got shape ", shape_str(q.shape));
-  TDQ_CHECK_RANGE(k.shape[2] >= 1, a.op, ": argument 'k' must hold at least one key (Lk >= 1), got shape ", shape_str(k.shape));
+  TDQ_CHECK_RANGE(k.shape[ld.d] == q.shape[ld.d], a.op, ": argument 'k' must have the head dimension of 'q' (D = ",
+                  q.shape[ld.d], "), got shape ", shape_str(k.shape));
+  TDQ_CHECK_RANGE(v.shape[0] == q.shape[0] && v.shape[ld.h] == q.shape[ld.h] && v.shape[ld.l] == k.shape[ld.l], a.op,
+                  ": argument 'v' must have the batch, head and key sizes (", q.shape[0], ", ", q.shape[ld.h], ", ",
+                  k.shape[ld.l], ") of 'q' and 'k' in ", ld.name, ", got ", shape_str(v.shape));
+  TDQ_CHECK_RANGE(q.shape[ld.d] >= 1, a.op, ": argument 'q' must have a head dimension >= 1, got shape ", shape_str(q.shape));
+  TDQ_CHECK_RANGE(k.shape[ld.l] >= 1, a.op, ": argument 'k' must hold at least one key (Lk >= 1), got shape ", shape_str(k.shape));
   if (a.has("scale")) {
     const double sc = a.get_float("scale");
     TDQ_CHECK_RANGE(std::isfinite(sc), a.op, ": attribute 'scale' must be finite, got ", sc);
   }
 }
 
-// attention_forward(q, k, v; scale?) -> O (B,H,Lq,Dv), L (B,H,Lq)
-std::vector<TensorMeta> infer_attention_forward(const std::vector<Tensor>& in, const Attrs& a) {
-  check_qkv(in, a, 0);
-  const Tensor &q = in[0], &v = in[2];
-  return {{{q.shape[0], q.shape[1], q.shape[2], v.shape[3]}, DType::f32}, {{q.shape[0], q.shape[1], q.shape[2]}, DType::f32}};
+AttnShape attn_shape_of(Lay y, const Tensor& q, const Tensor& v, const Attrs& a) {
+  const LayDims ld = lay_dims(y);
+  AttnShape s{q.shape[0] * q.shape[ld.h], q.shape[ld.l], v.shape[ld.l], q.shape[ld.d], v.shape[ld.d], 0.f};
+  s.scale = static_cast<float>(a.get_float("scale", 1.0 / std::sqrt(static_cast<double>(s.D))));
+  return s;
 }
 
-void attention_forward_cpu(OpCall& c, const ExecContext& ctx) {
-  const AttnShape s = attn_shape(c.inputs[0], c.inputs[2], c.attrs);
-  const float *q = c.inputs[0].f32(), *k = c.inputs[1].f32(), *v = c.inputs[2].f32();
-  float *o = c.outputs[0].f32(), *lse = c.outputs[1].f32();
-  if (s.BH * s.Lq == 0) return;
-  const FwdFn fn = ctx.cpu_level == CpuLevel::avx512 ? fwd_avx512 : ctx.cpu_level == CpuLevel::avx2 ? fwd_avx2 : fwd_ref;
-  // K^T by key blocks: the size of k, O(Lk D), never O(Lq Lk).
+// dst[m][c][r] = src[m][r][c] for n matrices of rows x cols.
+void transpose_batch(const float* src, int64_t n, int64_t rows, int64_t cols, float* dst, const ExecContext& ctx) {
+  constexpr int64_t T = 32;
+  const int64_t rb = (rows + T - 1) / T;
+  ctx.parallel_for(n * rb, std::max<int64_t>(1, 8192 / std::max<int64_t>(T * cols, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t m = t / rb, r0 = (t % rb) * T, r1 = std::min(rows, r0 + T);
+      const float* S = src + m * rows * cols;
+      float* D = dst + m * rows * cols;
+      for (int64_t c0 = 0; c0 < cols; c0 += T) {
+        const int64_t c1 = std::min(cols, c0 + T);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) D[c * rows + r] = S[r * cols + c];
+      }
+    }
+  });
+}
+
+// dst[b][j][i][:] = src[b][i][j][:], i < n1, j < n2, vectors of d floats.
+void swap_mid(const float* src, int64_t B, int64_t n1, int64_t n2, int64_t d, float* dst, const ExecContext& ctx) {
+  ctx.parallel_for(B * n1, std::max<int64_t>(1, 8192 / std::max<int64_t>(n2 * d, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t m = t / n1, i = t % n1;
+      for (int64_t j = 0; j < n2; ++j)
+        std::memcpy(dst + ((m * n2 + j) * n1 + i) * d, src + ((m * n1 + i) * n2 + j) * d, static_cast<size_t>(d) * sizeof(float));
+    }
+  });
+}
+
+// A tensor of layout y (sizes B, H, L, D) to tokens-major (B, H, L, D), and back.
+void to_tokens(Lay y, const float* src, int64_t B, int64_t H, int64_t L, int64_t D, float* dst, const ExecContext& ctx) {
+  if (y == Lay::channels) transpose_batch(src, B * H, D, L, dst, ctx);
+  else if (y == Lay::sequence) swap_mid(src, B, L, H, D, dst, ctx);
+  else std::memcpy(dst, src, static_cast<size_t>(B * H * L * D) * sizeof(float));
+}
+void from_tokens(Lay y, const float* src, int64_t B, int64_t H, int64_t L, int64_t D, float* dst, const ExecContext& ctx) {
+  if (y == Lay::channels) transpose_batch(src, B * H, L, D, dst, ctx);
+  else if (y == Lay::sequence) swap_mid(src, B, H, L, D, dst, ctx);
+  else std::memcpy(dst, src, static_cast<size_t>(B * H * L * D) * sizeof(float));
+}
+
+// The reference forward, tokens-major: K^T by key blocks (the size of k,
+// never O(Lq Lk)), then the tiles of fwd_ref per (head, query block).
+void forward_reference(const AttnShape& s, const float* q, const float* k, const float* v, float* o, float* lse,
+                       const ExecContext& ctx) {
   Tensor kt = ctx.scratch({s.BH * s.nkb() * s.D * kBK});
   pack_blocks_transposed(k, s.BH, s.Lk, s.D, kBK, kt.f32(), ctx);
   const int64_t nqb = s.nqb();
   ctx.parallel_for(s.BH * nqb, 1, [&](int64_t b, int64_t e) {
     std::vector<float> buf(static_cast<size_t>(tile_floats(s)));
-    for (int64_t t = b; t < e; ++t) fn(s, q, kt.f32(), v, o, lse, t / nqb, t % nqb, buf.data());
+    for (int64_t t = b; t < e; ++t) fwd_ref(s, q, kt.f32(), v, o, lse, t / nqb, t % nqb, buf.data());
   });
 }
 
-// attention_backward(gO, q, k, v, O, L; scale?) -> dq, dk, dv
-std::vector<TensorMeta> infer_attention_backward(const std::vector<Tensor>& in, const Attrs& a) {
-  check_qkv(in, a, 1);
+// The fast forward in either layout; false at the scalar level (no fast kernel).
+bool forward_fast(const AttnShape& s, const AttnLayout& ly, const float* q, const float* k, const float* v, float* o,
+                  float* lse, const ExecContext& ctx) {
+  FastFwdFn fn = nullptr;
+  int64_t bq = 0, tile = 0;
+  if (ctx.cpu_level == CpuLevel::avx512) fn = fast_fwd_avx512, bq = fast_bq<16>(), tile = fast_tile_floats<16>(s);
+  else if (ctx.cpu_level == CpuLevel::avx2) fn = fast_fwd_avx2, bq = fast_bq<8>(), tile = fast_tile_floats<8>(s);
+  if (fn == nullptr) return false;
+  const int64_t nqb = (s.Lq + bq - 1) / bq;
+  ctx.parallel_for(s.BH * nqb, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> buf(static_cast<size_t>(tile));
+    for (int64_t t = b; t < e; ++t) fn(s, ly, q, k, v, o, lse, t / nqb, t % nqb, buf.data());
+  });
+  return true;
+}
+
+// attention_forward(q, k, v; scale?): tokens-major q (B,H,Lq,D),
+// k (B,H,Lk,D), v (B,H,Lk,Dv) -> O (B,H,Lq,Dv), L (B,H,Lq).
+// attention_cm_forward: channels-major, q (B,H,D,Lq), k (B,H,D,Lk),
+// v (B,H,Dv,Lk) -> O (B,H,Dv,Lq): the layout of a UNet's (B, C, L) features
+// split into heads, no permutes around the op.
+// attention_blhd_forward: sequence-major, q (B,Lq,H,D), k (B,Lk,H,D),
+// v (B,Lk,H,Dv) -> O (B,Lq,H,Dv): a linear layer's (B, L, H * D) output
+// split into heads. L is (B,H,Lq) in every layout.
+template <Lay Y>
+std::vector<TensorMeta> infer_fwd(const std::vector<Tensor>& in, const Attrs& a) {
+  check_qkv(in, a, 0, Y);
+  const LayDims ld = lay_dims(Y);
+  const Tensor &q = in[0], &v = in[2];
+  const int64_t B = q.shape[0], H = q.shape[ld.h], Lq = q.shape[ld.l];
+  return {{lay_shape(Y, B, H, Lq, v.shape[ld.d]), DType::f32}, {{B, H, Lq}, DType::f32}};
+}
+
+template <Lay Y>
+void fwd_cpu(OpCall& c, const ExecContext& ctx) {
+  const AttnShape s = attn_shape_of(Y, c.inputs[0], c.inputs[2], c.attrs);
+  const int64_t B = c.inputs[0].shape[0], H = B == 0 ? 0 : s.BH / B;
+  const float *q = c.inputs[0].f32(), *k = c.inputs[1].f32(), *v = c.inputs[2].f32();
+  float *o = c.outputs[0].f32(), *lse = c.outputs[1].f32();
+  if (s.BH * s.Lq == 0) return;
+  const AttnLayout ly = Y == Lay::channels ? channels_major(s) : Y == Lay::sequence ? sequence_major(s, H) : tokens_major(s);
+  if (forward_fast(s, ly, q, k, v, o, lse, ctx)) return;
+  if (Y == Lay::tokens) {
+    forward_reference(s, q, k, v, o, lse, ctx);
+    return;
+  }
+  // Scalar level: the reference on tokens-major copies.
+  Tensor qt = ctx.scratch({s.BH * s.Lq * s.D}), kt = ctx.scratch({s.BH * s.Lk * s.D});
+  Tensor vt = ctx.scratch({s.BH * s.Lk * s.Dv}), ot = ctx.scratch({s.BH * s.Lq * s.Dv});
+  to_tokens(Y, q, B, H, s.Lq, s.D, qt.f32(), ctx);
+  to_tokens(Y, k, B, H, s.Lk, s.D, kt.f32(), ctx);
+  to_tokens(Y, v, B, H, s.Lk, s.Dv, vt.f32(), ctx);
+  forward_reference(s, qt.f32(), kt.f32(), vt.f32(), ot.f32(), lse, ctx);
+  from_tokens(Y, ot.f32(), B, H, s.Lq, s.Dv, o, ctx);
+}
+
+// attention_*backward(gO, q, k, v, O, L; scale?) -> dq, dk, dv, in the layout of the forward.
+template <Lay Y>
+std::vector<TensorMeta> infer_bwd(const std::vector<Tensor>& in, const Attrs& a) {
+  check_qkv(in, a, 1, Y);
+  const LayDims ld = lay_dims(Y);
   const Tensor &q = in[1], &k = in[2], &v = in[3];
-  const Shape oshape{q.shape[0], q.shape[1], q.shape[2], v.shape[3]};
+  const int64_t B = q.shape[0], H = q.shape[ld.h], Lq = q.shape[ld.l];
+  const Shape oshape = lay_shape(Y, B, H, Lq, v.shape[ld.d]);
   check_dtype(a, in[0], "gO", DType::f32);
   check_shape(a, in[0], "gO", oshape);
   check_dtype(a, in[4], "O", DType::f32);
   check_shape(a, in[4], "O", oshape);
   check_dtype(a, in[5], "L", DType::f32);
-  check_shape(a, in[5], "L", {q.shape[0], q.shape[1], q.shape[2]});
+  check_shape(a, in[5], "L", {B, H, Lq});
   return {{q.shape, DType::f32}, {k.shape, DType::f32}, {v.shape, DType::f32}};
 }
 
-void attention_backward_cpu(OpCall& c, const ExecContext& ctx) {
-  const AttnShape s = attn_shape(c.inputs[1], c.inputs[3], c.attrs);
-  const float* go = c.inputs[0].f32();
-  const float* O = c.inputs[4].f32();
+// The backward, tokens-major.
+void backward_tokens_major(const AttnShape& s, const float* go, const float* q, const float* k, const float* v,
+                           const float* O, const float* lse, float* dq, float* dk, float* dv, const ExecContext& ctx) {
   // delta_i = sum_e dO_ie O_ie = sum_j P_ij dP_ij: the softmax backward's
   // row term, one float per query row.
   std::vector<float> delta(static_cast<size_t>(s.BH * s.Lq));
@@ -372,15 +678,13 @@ void attention_backward_cpu(OpCall& c, const ExecContext& ctx) {
   });
   // Q, dO by query blocks and K, V by key blocks, transposed (see
   // pack_blocks_transposed): together the size of the inputs.
-  const float *q = c.inputs[1].f32(), *k = c.inputs[2].f32(), *v = c.inputs[3].f32();
   Tensor qt = ctx.scratch({s.BH * s.nqb() * s.D * kBQ}), got = ctx.scratch({s.BH * s.nqb() * s.Dv * kBQ});
   Tensor kt = ctx.scratch({s.BH * s.nkb() * s.D * kBK}), vt = ctx.scratch({s.BH * s.nkb() * s.Dv * kBK});
   pack_blocks_transposed(q, s.BH, s.Lq, s.D, kBQ, qt.f32(), ctx);
   pack_blocks_transposed(go, s.BH, s.Lq, s.Dv, kBQ, got.f32(), ctx);
   pack_blocks_transposed(k, s.BH, s.Lk, s.D, kBK, kt.f32(), ctx);
   pack_blocks_transposed(v, s.BH, s.Lk, s.Dv, kBK, vt.f32(), ctx);
-  const BwdArgs a{go, q, k, v, c.inputs[5].f32(), delta.data(), qt.f32(), got.f32(), kt.f32(), vt.f32(),
-                  c.outputs[0].f32(), c.outputs[1].f32(), c.outputs[2].f32()};
+  const BwdArgs a{go, q, k, v, lse, delta.data(), qt.f32(), got.f32(), kt.f32(), vt.f32(), dq, dk, dv};
   const bool v512 = ctx.cpu_level == CpuLevel::avx512, v2 = ctx.cpu_level == CpuLevel::avx2;
   const BwdFn kv = v512 ? bwd_kv_avx512 : v2 ? bwd_kv_avx2 : bwd_kv_ref;
   const BwdFn qf = v512 ? bwd_q_avx512 : v2 ? bwd_q_avx2 : bwd_q_ref;
@@ -400,9 +704,46 @@ void attention_backward_cpu(OpCall& c, const ExecContext& ctx) {
   });
 }
 
+// The tokens-major backward; other layouts on transposed copies, their
+// gradients transposed back.
+template <Lay Y>
+void bwd_cpu(OpCall& c, const ExecContext& ctx) {
+  const AttnShape s = attn_shape_of(Y, c.inputs[1], c.inputs[3], c.attrs);
+  if (Y == Lay::tokens) {
+    backward_tokens_major(s, c.inputs[0].f32(), c.inputs[1].f32(), c.inputs[2].f32(), c.inputs[3].f32(),
+                          c.inputs[4].f32(), c.inputs[5].f32(), c.outputs[0].f32(), c.outputs[1].f32(),
+                          c.outputs[2].f32(), ctx);
+    return;
+  }
+  const int64_t B = c.inputs[1].shape[0], H = B == 0 ? 0 : s.BH / B;
+  const int64_t nq = s.BH * s.Lq * s.D, nk = s.BH * s.Lk * s.D, nv = s.BH * s.Lk * s.Dv, no = s.BH * s.Lq * s.Dv;
+  Tensor buf = ctx.scratch({2 * no + 2 * nq + 2 * nk + 2 * nv});
+  float* go = buf.f32();
+  float* O = go + no;
+  float* q = O + no;
+  float* k = q + nq;
+  float* v = k + nk;
+  float* dq = v + nv;
+  float* dk = dq + nq;
+  float* dv = dk + nk;
+  to_tokens(Y, c.inputs[0].f32(), B, H, s.Lq, s.Dv, go, ctx);
+  to_tokens(Y, c.inputs[1].f32(), B, H, s.Lq, s.D, q, ctx);
+  to_tokens(Y, c.inputs[2].f32(), B, H, s.Lk, s.D, k, ctx);
+  to_tokens(Y, c.inputs[3].f32(), B, H, s.Lk, s.Dv, v, ctx);
+  to_tokens(Y, c.inputs[4].f32(), B, H, s.Lq, s.Dv, O, ctx);
+  backward_tokens_major(s, go, q, k, v, O, c.inputs[5].f32(), dq, dk, dv, ctx);
+  from_tokens(Y, dq, B, H, s.Lq, s.D, c.outputs[0].f32(), ctx);
+  from_tokens(Y, dk, B, H, s.Lk, s.D, c.outputs[1].f32(), ctx);
+  from_tokens(Y, dv, B, H, s.Lk, s.Dv, c.outputs[2].f32(), ctx);
+}
+
 }  // namespace
 
-TDQ_REGISTER_OP({"attention_forward", 3, 3, infer_attention_forward, attention_forward_cpu, {}});
-TDQ_REGISTER_OP({"attention_backward", 6, 6, infer_attention_backward, attention_backward_cpu, {}});
+TDQ_REGISTER_OP({"attention_forward", 3, 3, infer_fwd<Lay::tokens>, fwd_cpu<Lay::tokens>, {}});
+TDQ_REGISTER_OP({"attention_backward", 6, 6, infer_bwd<Lay::tokens>, bwd_cpu<Lay::tokens>, {}});
+TDQ_REGISTER_OP({"attention_cm_forward", 3, 3, infer_fwd<Lay::channels>, fwd_cpu<Lay::channels>, {}});
+TDQ_REGISTER_OP({"attention_cm_backward", 6, 6, infer_bwd<Lay::channels>, bwd_cpu<Lay::channels>, {}});
+TDQ_REGISTER_OP({"attention_blhd_forward", 3, 3, infer_fwd<Lay::sequence>, fwd_cpu<Lay::sequence>, {}});
+TDQ_REGISTER_OP({"attention_blhd_backward", 6, 6, infer_bwd<Lay::sequence>, bwd_cpu<Lay::sequence>, {}});
 
 }  // namespace tdq

@@ -62,23 +62,52 @@ void binary_cpu(OpCall& c, const ExecContext& ctx, F f) {
     });
     return;
   }
-  // General case: rows over all dims but the last, a strided inner loop.
+  // General case. Output dims of size 1 are dropped and neighbouring dims
+  // merged where both operands step through them as one (contiguously, or
+  // both broadcast): (B, C, H, W) + (1, C, 1, 1) becomes (B, C, H*W) with
+  // strides (C*H*W, H*W, 1) and (0, 1, 0). Rows over the outer dims, an inner
+  // loop whose strides are mostly 1 or 0, in forms the compiler vectorizes.
   const Shape& os = out.shape;
-  const int64_t nd = static_cast<int64_t>(os.size());
-  auto sx = broadcast_strides(x.shape, os), sy = broadcast_strides(y.shape, os);
-  const int64_t inner = os[nd - 1], rows = n / std::max<int64_t>(inner, 1);
-  const int64_t ix = sx[nd - 1], iy = sy[nd - 1];
-  ctx.parallel_for(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(inner, 1)), [&](int64_t b, int64_t e) {
+  const auto sx = broadcast_strides(x.shape, os), sy = broadcast_strides(y.shape, os);
+  std::vector<int64_t> ds, dx, dy;  // merged dims, outermost first
+  for (size_t d = 0; d < os.size(); ++d) {
+    if (os[d] == 1) continue;
+    if (!ds.empty() && dx.back() == sx[d] * os[d] && dy.back() == sy[d] * os[d]) {
+      ds.back() *= os[d];
+      dx.back() = sx[d];
+      dy.back() = sy[d];
+    } else {
+      ds.push_back(os[d]);
+      dx.push_back(sx[d]);
+      dy.push_back(sy[d]);
+    }
+  }
+  if (n == 0) return;
+  if (ds.empty()) ds = {1}, dx = {0}, dy = {0};
+  const int64_t nd = static_cast<int64_t>(ds.size());
+  const int64_t inner = ds[nd - 1], rows = n / inner, ix = dx[nd - 1], iy = dy[nd - 1];
+  ctx.parallel_for(rows, std::max<int64_t>(1, (1 << 15) / inner), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       int64_t rem = r, ox = 0, oy = 0;
       for (int64_t d = nd - 2; d >= 0; --d) {
-        int64_t idx = rem % os[d];
-        rem /= os[d];
-        ox += idx * sx[d];
-        oy += idx * sy[d];
+        const int64_t idx = rem % ds[d];
+        rem /= ds[d];
+        ox += idx * dx[d];
+        oy += idx * dy[d];
       }
       float* o = po + r * inner;
-      for (int64_t i = 0; i < inner; ++i) o[i] = f(px[ox + i * ix], py[oy + i * iy]);
+      const float *a = px + ox, *c = py + oy;
+      if (ix == 1 && iy == 1) {
+        for (int64_t i = 0; i < inner; ++i) o[i] = f(a[i], c[i]);
+      } else if (ix == 1 && iy == 0) {
+        const float s = c[0];
+        for (int64_t i = 0; i < inner; ++i) o[i] = f(a[i], s);
+      } else if (ix == 0 && iy == 1) {
+        const float s = a[0];
+        for (int64_t i = 0; i < inner; ++i) o[i] = f(s, c[i]);
+      } else {
+        for (int64_t i = 0; i < inner; ++i) o[i] = f(a[i * ix], c[i * iy]);
+      }
     }
   });
 }

@@ -48,6 +48,12 @@ export interface LoadOptions {
   purpose?: 'train' | 'model';
 }
 
+/** How parseWith reads a file besides its schema. */
+interface ReadOptions extends LoadOptions {
+  /** Map upstream's data / scheduler / Lightning places onto data and training first (default true). */
+  upstream?: boolean;
+}
+
 /** `a.b[1].c` */
 export function formatPath(p: ConfigPath): string {
   let s = '';
@@ -322,13 +328,16 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
 }
 
 /**
- * The data and training sections of a config whose model another reader
- * validates (an upstream LatentDiffusion, read by src/models/latent_config.ts):
- * the same YAML parsing, --set overrides, upstream mapping (lightning.trainer,
- * scheduler_config, DataModuleFromConfig) and messages as parseConfig. `raw`
- * is the whole file after overrides and the upstream mapping, for the model's reader.
+ * A training config whose model section has a schema of its own (an upstream
+ * LatentDiffusion: src/config/latent_schema.ts; an autoencoder, read by its
+ * own reader: unknown): the model validated by `modelSchema`, the data and
+ * training sections as parseConfig's, with the same YAML parsing, --set
+ * overrides, upstream mapping (lightning.trainer, scheduler_config,
+ * DataModuleFromConfig) and messages naming file:line and key path. `raw` is
+ * the whole file after overrides and the upstream mapping.
  */
-export interface TrainSections {
+export interface TrainSections<M = unknown> {
+  model: M;
   data: Config['data'];
   training: Config['training'];
   raw: Record<string, unknown>;
@@ -336,24 +345,41 @@ export interface TrainSections {
   warnings: string[];
 }
 
-const TrainSectionsSchema = z.strictObject({
-  model: z.unknown(),
-  data: DataConfigSchema,
-  training: TrainingConfigSchema,
-  lightning: z.record(z.string(), z.unknown()).optional(),
-});
+const trainSectionsSchema = <M extends z.ZodType>(model: M) =>
+  z.strictObject({
+    model,
+    data: DataConfigSchema,
+    training: TrainingConfigSchema,
+    lightning: z.record(z.string(), z.unknown()).optional(),
+  });
 
-export function parseTrainSections(text: string, file: string, opts: LoadOptions = {}): TrainSections {
-  const { data, raw, warnings } = parseWith(TrainSectionsSchema, text, file, { ...opts, purpose: 'train' });
-  return { data: data.data, training: data.training, raw: raw as Record<string, unknown>, file, warnings };
+export function parseTrainSections<M extends z.ZodType = z.ZodUnknown>(text: string, file: string, opts: LoadOptions = {}, modelSchema?: M): TrainSections<z.output<M>> {
+  const { data, raw, warnings } = parseWith(trainSectionsSchema(modelSchema ?? z.unknown()), text, file, { ...opts, purpose: 'train' });
+  return { model: (data as { model: z.output<M> }).model, data: data.data, training: data.training, raw: raw as Record<string, unknown>, file, warnings };
 }
 
 /** Reads a file for parseTrainSections. */
-export function loadTrainSections(file: string, opts: LoadOptions = {}): TrainSections {
-  return parseTrainSections(readConfigText(file), file, opts);
+export function loadTrainSections<M extends z.ZodType = z.ZodUnknown>(file: string, opts: LoadOptions = {}, modelSchema?: M): TrainSections<z.output<M>> {
+  return parseTrainSections(readConfigText(file), file, opts, modelSchema);
 }
 
-function parseWith<S extends z.ZodType>(schema: S, text: string, file: string, opts: LoadOptions): { data: z.output<S>; raw: unknown; warnings: string[] } {
+/**
+ * Reads a file whose whole content `schema` validates, as it stands (no
+ * upstream mapping, no overrides): the model of an LDM file for sampling,
+ * where its other sections are not read. Errors name file:line and key path.
+ */
+export function loadWithSchema<S extends z.ZodType>(schema: S, file: string): z.output<S> {
+  return parseWith(schema, readConfigText(file), file, { upstream: false }).data;
+}
+
+/** Validates an already parsed object with `schema` (no positions: there is no text); errors name `file` and the key path. */
+export function validateWithSchema<S extends z.ZodType>(schema: S, raw: unknown, file: string): z.output<S> {
+  const r = schema.safeParse(raw);
+  if (!r.success) throw new ConfigError(file, explainIssues(r.error.issues, raw));
+  return r.data;
+}
+
+function parseWith<S extends z.ZodType>(schema: S, text: string, file: string, opts: ReadOptions): { data: z.output<S>; raw: unknown; warnings: string[] } {
   checkNesting(text, file);
   const lc = new LineCounter();
   let doc: YAML.Document;
@@ -406,7 +432,7 @@ function parseWith<S extends z.ZodType>(schema: S, text: string, file: string, o
     overridden.push({ path: p, spec });
   }
 
-  const up = fromUpstream(raw as Record<string, unknown>, opts.purpose ?? 'train');
+  const up = opts.upstream === false ? { raw: raw as Record<string, unknown>, notes: [], issues: [] } : fromUpstream(raw as Record<string, unknown>, opts.purpose ?? 'train');
   if (up.issues.length) throw new ConfigError(file, up.issues.map((i) => ({ ...i, ...locate(doc, lc, i.path) })));
   const hadLightning = (raw as Record<string, unknown>).lightning !== undefined;
   raw = up.raw;

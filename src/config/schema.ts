@@ -113,8 +113,8 @@ export const UNetParamsSchema = z.strictObject({
   num_heads_upsample: headsOrMinus1.refine((v) => v !== 0, 'must be -1 or a positive integer').default(-1),
   use_scale_shift_norm: z.boolean().default(false),
   resblock_updown: z.boolean().default(false),
-  /** false: the legacy QKV layout of the CompVis checkpoints. */
-  use_new_attention_order: z.boolean().default(false),
+  /** false: the legacy QKV layout of the CompVis checkpoints, the only one implemented. */
+  use_new_attention_order: z.boolean().refine((v) => !v, 'true is not supported: only the legacy QKV attention layout (false, as the CompVis checkpoints) is implemented').default(false),
   /** SpatialTransformers (self- and cross-attention to a context) in place of the attention blocks. */
   use_spatial_transformer: z.boolean().default(false),
   /** BasicTransformerBlocks per SpatialTransformer. */
@@ -257,12 +257,13 @@ const diffusionParams = {
   parameterization: z.enum(['eps', 'x0', 'v']).default('eps'),
   image_size: imageSize,
   channels: channels,
+  /** Clamp the predicted x_0 to [-1, 1] when sampling (sample, eval); sample --clip-denoised overrides it. */
   clip_denoised: z.boolean().default(true),
   /** Steps between intermediates logged while sampling. */
   log_every_t: posInt.default(100),
-  /** Weights to load before training or sampling. */
-  ckpt_path: z.string().min(1).optional(),
-  ignore_keys: z.array(z.string()).default([]),
+  /** Not read: weights come from the command line (train --ckpt, sample --ckpt); an error says so. */
+  ckpt_path: z.string().min(1).refine(() => false, 'not supported: the config does not load weights; pass them with --ckpt (train starts from them, sample loads them)').optional(),
+  ignore_keys: z.array(z.string()).refine((k) => k.length === 0, 'not supported (it filters the weights of ckpt_path, which the config does not load); remove it or leave it []').default([]),
   /** Accepted for CompVis configs; unused. */
   monitor: z.string().optional(),
   first_stage_key: z.string().default('image'),

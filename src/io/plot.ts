@@ -79,7 +79,7 @@ function glyph(ch: string): string {
 }
 
 type RGB = readonly [number, number, number];
-const COLORS: readonly RGB[] = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189]];
+const COLORS: readonly RGB[] = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]];
 
 class Canvas {
   readonly data: Buffer;

@@ -7,11 +7,11 @@ import { Module } from '../nn/module';
 import { Conv2d, Dropout, GroupNorm, Linear } from '../nn/layers';
 import { normSiluInto } from '../nn/fused';
 import { Generator } from '../tensor/random';
-import { scaledDotProductAttention } from '../tensor/ops/attention';
+import { scaledDotProductAttentionChannelsMajor } from '../tensor/ops/attention';
 import { silu } from '../tensor/ops/activation';
 import { avgPool2d, upsampleNearest2x } from '../tensor/ops/pool';
 import { pad2d } from '../tensor/ops/pad';
-import { cat, permute } from '../tensor/ops/shape';
+import { cat } from '../tensor/ops/shape';
 import { add, reshape } from '../tensor/ops/elementwise';
 import type { Tensor } from '../tensor/tensor';
 import { timestepEmbedding } from './common';
@@ -75,10 +75,10 @@ class AttnBlock extends Module {
   forward(x: Tensor): Tensor {
     const [b, c, hh, ww] = x.shape;
     const h = this.norm.forward(x);
-    // (B, C, H, W) -> (B, 1, HW, C): one head over all channels, scale C^-1/2
-    const tokens = (t: Tensor) => reshape(permute(reshape(t, [b, c, hh * ww]), [0, 2, 1]), [b, 1, hh * ww, c]);
-    const a = scaledDotProductAttention(tokens(this.q.forward(h)), tokens(this.k.forward(h)), tokens(this.v.forward(h)));
-    const back = reshape(permute(reshape(a, [b, hh * ww, c]), [0, 2, 1]), [b, c, hh, ww]);
+    // (B, C, H, W) -> (B, 1, C, HW): one head over all channels, channels-major, scale C^-1/2
+    const heads = (t: Tensor) => reshape(t, [b, 1, c, hh * ww]);
+    const a = scaledDotProductAttentionChannelsMajor(heads(this.q.forward(h)), heads(this.k.forward(h)), heads(this.v.forward(h)));
+    const back = reshape(a, [b, c, hh, ww]);
     return add(x, this.projOut.forward(back));
   }
 }

@@ -6,10 +6,10 @@
 import { Module } from '../nn/module';
 import { Conv1x1, Conv2d, Dropout, Embedding, GroupNorm, Linear, SiLU } from '../nn/layers';
 import { Generator } from '../tensor/random';
-import { scaledDotProductAttention } from '../tensor/ops/attention';
+import { scaledDotProductAttentionChannelsMajor } from '../tensor/ops/attention';
 import { silu } from '../tensor/ops/activation';
 import { avgPool2d, upsampleNearest2x } from '../tensor/ops/pool';
-import { cat, chunk, permute } from '../tensor/ops/shape';
+import { cat, chunk } from '../tensor/ops/shape';
 import { add, addScalar, mul, reshape } from '../tensor/ops/elementwise';
 import type { Tensor } from '../tensor/tensor';
 import { normSiluInto } from '../nn/fused';
@@ -164,10 +164,9 @@ export class AttentionBlock extends Module {
     const heads = this.numHeads, ch = c / heads;
     const xf = reshape(x, [b, c, l]);
     const qkv = this.qkv.forward(this.norm.forward(xf)); // (B, 3C, L), per head [q; k; v]
-    const perHead = permute(reshape(qkv, [b, heads, 3 * ch, l]), [0, 1, 3, 2]); // (B, H, L, 3ch)
-    const [q, k, v] = chunk(perHead, 3, 3);
-    const a = scaledDotProductAttention(q, k, v); // (B, H, L, ch), scale 1/sqrt(ch) as upstream
-    const merged = reshape(permute(a, [0, 1, 3, 2]), [b, c, l]); // channel = head * ch + c
+    const [q, k, v] = chunk(reshape(qkv, [b, heads, 3 * ch, l]), 3, 2); // (B, H, ch, L) each
+    const a = scaledDotProductAttentionChannelsMajor(q, k, v); // (B, H, ch, L), scale 1/sqrt(ch) as upstream
+    const merged = reshape(a, [b, c, l]); // channel = head * ch + c
     return reshape(add(xf, this.projOut.forward(merged)), x.shape);
   }
 }

@@ -7,7 +7,7 @@
 import { Module } from '../nn/module';
 import { Conv2d, Dropout, GroupNorm, LayerNorm, Linear } from '../nn/layers';
 import { Generator } from '../tensor/random';
-import { scaledDotProductAttention } from '../tensor/ops/attention';
+import { scaledDotProductAttentionSequenceMajor } from '../tensor/ops/attention';
 import { gelu } from '../tensor/ops/activation';
 import { chunk, permute } from '../tensor/ops/shape';
 import { add, mul, reshape } from '../tensor/ops/elementwise';
@@ -58,13 +58,13 @@ export class CrossAttention extends Module {
     const [b, n] = x.shape;
     const m = ctx.shape[1];
     const h = this.heads, d = this.dimHead;
-    // 'b n (h d) -> b h n d'
-    const split = (t: Tensor, len: number) => permute(reshape(t, [b, len, h, d]), [0, 2, 1, 3]);
+    // 'b n (h d) -> b n h d': the attention reads the heads in place (no permutes)
+    const split = (t: Tensor, len: number) => reshape(t, [b, len, h, d]);
     const q = split(this.toQ.forward(x), n);
     const k = split(this.toK.forward(ctx), m);
     const v = split(this.toV.forward(ctx), m);
-    const a = scaledDotProductAttention(q, k, v, { scale: d ** -0.5 }); // (B, H, N, D)
-    const merged = reshape(permute(a, [0, 2, 1, 3]), [b, n, h * d]); // 'b h n d -> b n (h d)'
+    const a = scaledDotProductAttentionSequenceMajor(q, k, v, { scale: d ** -0.5 }); // (B, N, H, D)
+    const merged = reshape(a, [b, n, h * d]); // 'b n h d -> b n (h d)'
     return this.outDropout.forward(this.toOut.forward(merged));
   }
 }

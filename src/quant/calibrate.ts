@@ -20,7 +20,7 @@ import { type Tensor, fromArray, runOp } from '../tensor/tensor';
 import { type NoiseSchedule, type ScheduleConfig, makeSchedule } from '../diffusion/schedule';
 import { type SamplerName, sample } from '../diffusion/samplers/index';
 import { type QuantConfig, levels, resolveQuantConfig } from './config';
-import { type StepMethod, type StepSearchOptions, type TdqTarget, type TimestepStats, StatsCollector, denseLogSteps, mulberry32, searchStep, weightSteps } from './step_search';
+import { type StepMethod, type StepSearchOptions, type TdqTarget, type TimestepStats, StatsCollector, activationMethod, denseLogSteps, minmaxStep, mulberry32, searchStep, statsOf, statsStep, weightSteps } from './step_search';
 import { type ActRange, type ActQuantizer, rangeForMin } from './quantizer';
 import { QuantizedModel, quantizeModel, setOptionalBuffer } from './quantize_model';
 import { encodeTimesteps, softplus, type TdqModule } from './tdq';
@@ -152,7 +152,20 @@ export interface FromStatsOptions extends StepSearchOptions {
   /** Values pooled over all timesteps for the static step (default 16384). */
   pooledSample?: number;
   seed?: number;
+  /**
+   * How TDQ modules start: 'fit' (default) fits each MLP to the per-timestep
+   * steps (the PTQ method); 'constant' starts every MLP at the quantizer's
+   * static step for every t (the authors' QAT initialisation: the last bias
+   * set to softplus^-1 of the static step; here the last weights are also
+   * zeroed, so that TDQ and static LSQ start from the very same model);
+   * 'bias' is the authors' exactly: only the last bias set, the random last
+   * weights kept (the start is near the static step and varies with t).
+   */
+  tdqInit?: TdqInit;
 }
+
+export const TDQ_INITS = ['constant', 'bias', 'fit'] as const;
+export type TdqInit = (typeof TDQ_INITS)[number];
 
 export interface CalibrationReport {
   /** Per activation quantizer: range rule, static step, per-timestep steps, TDQ fit error (RMS of log step). */
@@ -191,10 +204,16 @@ export function calibrateFromStats(qm: QuantizedModel, stats: Map<string, Timest
     const range = rangeForMin(gmin);
     q.setRange(range);
     const steps = list.map((s) => searchStep(s.sample, s.min, s.max, q.bits, range, opts));
-    const pool = pooled(list, opts.pooledSample ?? 16384, (opts.seed ?? 0) + qi);
-    const staticStep = searchStep(pool, gmin, gmax, q.bits, range, opts);
+    // 'stats': the mean of the per-observation statistics (each timestep one), as the authors average per-sample ones.
+    const staticStep = activationMethod(method, q.bits) === 'stats'
+      ? statsStep(list.map((s) => statsOf(s.sample)), q.bits, range, minmaxStep(gmin, gmax, q.bits, range))
+      : searchStep(pooled(list, opts.pooledSample ?? 16384, (opts.seed ?? 0) + qi), gmin, gmax, q.bits, range, opts);
     const ts = list.map((s) => s.t);
-    if (q.kind === 'tdq') {
+    if (q.kind === 'tdq' && opts.tdqInit === 'constant') {
+      q.tdq!.startAt(staticStep);
+    } else if (q.kind === 'tdq' && opts.tdqInit === 'bias') {
+      q.tdq!.initConstant(staticStep);
+    } else if (q.kind === 'tdq') {
       tdqMods.push(q.tdq!);
       tdqTargets.push({ t: ts, step: steps });
       tdqIdx.push(report.quantizers.length);
@@ -207,6 +226,7 @@ export function calibrateFromStats(qm: QuantizedModel, stats: Map<string, Timest
     setOptionalBuffer(q, 'calib_step', steps);
     report.quantizers.push({ name: q.name, range, staticStep, t: ts, steps });
   });
+  if (opts.tdqInit !== undefined && !(TDQ_INITS as readonly string[]).includes(opts.tdqInit)) throw new RangeError(`tdqInit must be one of ${TDQ_INITS.join(', ')}, got ${JSON.stringify(opts.tdqInit)}`);
   if (tdqMods.length) {
     const rms = fitTdqModules(tdqMods, tdqTargets, { timesteps: qm.timesteps, iters: opts.fitIters, lr: opts.fitLr });
     rms.forEach((r, i) => (report.quantizers[tdqIdx[i]].fitRmsLog = r));
@@ -239,6 +259,8 @@ export interface CalibrateOptions extends StepSearchOptions {
   fitLr?: number;
   /** Initialises the TDQ MLPs before fitting (default Generator(seed)). */
   gen?: Generator;
+  /** TDQ modules: fitted to the per-timestep steps ('fit', default) or started at the static step ('constant', 'bias'); see FromStatsOptions. */
+  tdqInit?: TdqInit;
   onProgress?: (phase: 'sampling' | 'fitting', done: number, total: number) => void;
   /** Return the per-timestep statistics in the report (for analyses such as bench/tdq_ptq_lab). */
   keepStats?: boolean;
@@ -333,6 +355,7 @@ export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, o
     fitIters: opts.fitIters,
     fitLr: opts.fitLr,
     seed: opts.seed,
+    tdqInit: opts.tdqInit,
   });
   opts.onProgress?.('fitting', 1, 1);
   if (opts.keepStats) report.stats = stats;

@@ -1,9 +1,11 @@
 // Glue for quantization-aware training with the project's trainer
 // (src/train/trainer.ts, its `prepare` hook): the float UNet is quantized
-// and initialised by calibration (static steps from the statistics, TDQ
-// modules fitted to the per-timestep steps, as the paper initialises QAT),
-// and its parameters are split into the float weights and the quantizer
-// parameters, each group with its own learning rate.
+// and initialised by calibration (steps from the activation statistics; TDQ
+// modules either started at the static step, as the authors' code does, or
+// fitted to the per-timestep steps), and its parameters are split into
+// three groups with their own learning rates: the float weights, the
+// quantizer steps (weight steps, static activation steps, PACT bounds) and
+// the TDQ MLPs (the authors' AdamW groups: lr, lr / 10, lr).
 import type { Denoiser } from '../models/diffusion';
 import type { ParamGroupSpec } from '../optim/adam';
 import { Generator } from '../tensor/random';
@@ -16,11 +18,13 @@ import { type WeightsFormat, saveQuantizedCheckpoint } from './weights_format';
 
 export interface QatOptions extends CalibrateOptions {
   /**
-   * Learning rate of the quantizer group (steps, PACT bounds, TDQ MLPs), as
-   * a number or a function of the base learning rate. Default: the base
-   * rate (LSQ's gradient scaling keeps the steps' updates in proportion).
+   * Learning rate of the quantizer steps (weight steps, static activation
+   * steps, PACT bounds), as a number or a function of the base learning
+   * rate. Default: the base rate.
    */
   quantLr?: number | ((baseLr: number) => number);
+  /** Learning rate of the TDQ MLPs (group 'tdq'), as quantLr. Default: quantLr's. */
+  tdqLr?: number | ((baseLr: number) => number);
   /**
    * Calibrate before training (default true). Pass false when resuming: the
    * checkpoint then restores every quantizer, and only the structure is needed.
@@ -61,10 +65,15 @@ export function qatPrepare(cfgIn: QuantConfig, opts: QatOptions): (unet: Denoise
       : await calibrate(unet, cfg, o);
     model.train();
     const groups = (baseLr: number): ParamGroupSpec[] => {
-      const q = opts.quantLr === undefined ? baseLr : typeof opts.quantLr === 'number' ? opts.quantLr : opts.quantLr(baseLr);
+      const rate = (r: QatOptions['quantLr'], dflt: number) => (r === undefined ? dflt : typeof r === 'number' ? r : r(baseLr));
+      const q = rate(opts.quantLr, baseLr);
+      const quant = model.quantParameters();
+      const isMlp = ([n]: [string, unknown]) => /(^|\.)tdq\.mlp\./.test(n);
+      const mlps = quant.filter(isMlp);
       return [
         { name: 'float', params: model.floatParameters(), lr: baseLr },
-        { name: 'quant', params: model.quantParameters(), lr: q },
+        { name: 'quant', params: quant.filter((p) => !isMlp(p)), lr: q },
+        ...(mlps.length ? [{ name: 'tdq', params: mlps, lr: rate(opts.tdqLr, q) }] : []),
       ];
     };
     const saveExport = (file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) =>

@@ -4,7 +4,7 @@
 import { levels } from './config';
 import { type ActRange } from './quantizer';
 
-export type StepMethod = 'auto' | 'mse' | 'minmax' | 'percentile';
+export type StepMethod = 'auto' | 'mse' | 'minmax' | 'percentile' | 'stats';
 
 /**
  * The method 'auto' stands for, by activation bits: min-max at 8 bits and
@@ -161,6 +161,8 @@ function percentileOf(values: ArrayLike<number>, p: number): number {
  * The step for values `x` (a sample) whose exact extremes are min and max:
  *   minmax: covers [min, max];
  *   percentile: covers the p-th percentile of |x| (signed) / x - zeroPoint (unsigned);
+ *   stats: the authors' QAT initialisation from the mean and standard
+ *          deviation (statsStep);
  *   mse: minimises the quantization MSE over the sample: 25 clipping ratios
  *        r = 0.04 .. 1 of the min-max step, then a golden-section refinement
  *        between the best ratio's neighbours (to about 1e-4 of the step).
@@ -177,7 +179,8 @@ export function searchStep(x: ArrayLike<number>, min: number, max: number, bits:
     const c = percentileOf(mags, p);
     return c > 0 ? Math.min(c / qmax, sMax) : sMax;
   }
-  if (method !== 'mse') throw new RangeError(`unknown step method '${String(opts.method)}' (auto, mse, minmax, percentile)`);
+  if (method === 'stats') return statsStep([statsOf(x)], bits, range, sMax);
+  if (method !== 'mse') throw new RangeError(`unknown step method '${String(opts.method)}' (auto, mse, minmax, percentile, stats)`);
   const N = 25;
   let best = 1, bestErr = Infinity;
   for (let i = 1; i <= N; ++i) {
@@ -211,6 +214,41 @@ export function searchStep(x: ArrayLike<number>, min: number, max: number, bits:
   return (Math.min(fc, fd) < bestErr ? r : best) * sMax;
 }
 
+/** Mean and standard deviation (population) of a sample, in float64. */
+export function statsOf(x: ArrayLike<number>): { mean: number; std: number } {
+  let m = 0;
+  for (let i = 0; i < x.length; ++i) m += x[i];
+  m /= Math.max(1, x.length);
+  let v = 0;
+  for (let i = 0; i < x.length; ++i) v += (x[i] - m) ** 2;
+  return { mean: m, std: Math.sqrt(v / Math.max(1, x.length)) };
+}
+
+/**
+ * The activation step of the authors' QAT initialisation (TDQ code, lsq.py
+ * `_QuantAct.initialize`): from the mean over observations of each one's mean
+ * and standard deviation, step = (mean + 3 std) / qmax for signed inputs and
+ * (mean + 16 std) / qmax for unsigned ones (SiLU outputs, non-negative
+ * inputs): the grid reaches a few deviations above the mean and lets the
+ * rare larger values clip. The authors' observations are per sample of
+ * training batches at random t; here each is one calibration timestep (its
+ * subsample pools that step's samples, which share t). A non-positive
+ * result (a negative mean) falls back to `fallback` (the min-max step).
+ */
+export function statsStep(obs: { mean: number; std: number }[], bits: number, range: ActRange, fallback: number): number {
+  if (!obs.length) return fallback;
+  let m = 0, sd = 0;
+  for (const o of obs) {
+    m += o.mean;
+    sd += o.std;
+  }
+  m /= obs.length;
+  sd /= obs.length;
+  const { qmax } = levels(bits, range.signed);
+  const c = m + (range.signed ? 3 : 16) * sd;
+  return c > 0 && Number.isFinite(c) ? c / qmax : fallback;
+}
+
 /** Per-output-channel weight steps, w laid out (O, ...). */
 export function weightSteps(w: ArrayLike<number>, outChannels: number, bits: number, method: StepMethod): Float32Array {
   const per = w.length / outChannels;
@@ -223,7 +261,8 @@ export function weightSteps(w: ArrayLike<number>, outChannels: number, bits: num
       if (v < lo) lo = v;
       if (v > hi) hi = v;
     }
-    out[o] = searchStep(row, lo, hi, bits, range, { method: method === 'minmax' ? 'minmax' : 'mse' });
+    // 'stats': the authors' weight init is the max over the step count (per layer there; per channel here).
+    out[o] = searchStep(row, lo, hi, bits, range, { method: method === 'minmax' || method === 'stats' ? 'minmax' : 'mse' });
   }
   return out;
 }

@@ -142,4 +142,17 @@ export class TdqModule extends Module {
     runOp('copy_', [this.lastLayer.bias, b]);
     b.dispose();
   }
+
+  /**
+   * Exactly `step` at every t: initConstant with the last layer's weights
+   * zeroed (QAT's start, so that a TDQ quantizer begins where its static
+   * counterpart does). The hidden layers keep their random init: the first
+   * update of the last weights opens the time dependence.
+   */
+  startAt(step: number): void {
+    this.initConstant(step);
+    const z = fromArray(new Float32Array(this.lastLayer.weight.size), this.lastLayer.weight.shape);
+    runOp('copy_', [this.lastLayer.weight, z]);
+    z.dispose();
+  }
 }

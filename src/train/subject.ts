@@ -34,6 +34,7 @@ import type { Generator } from '../tensor/random';
 import { type Tensor, fromArray } from '../tensor/tensor';
 import { saveCheckpoint, type TrainingState } from './checkpoint';
 import { type Ema, withEmaWeights } from './ema';
+import { type DistillOptions, distillLoss } from './distill';
 
 export interface SaveParts {
   state: TrainingState;
@@ -89,6 +90,8 @@ export class PixelSubject implements TrainSubject {
     readonly config: Config, readonly unet: Denoiser, private readonly groups?: (baseLr: number) => ParamGroupSpec[],
     /** The prepare hook's writer of the final model (QAT: integer weights); default saveCheckpoint. */
     readonly saveExport?: (file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) => Promise<void>,
+    /** QAT distillation: the loss learns the frozen teacher's noise prediction (src/train/distill.ts). */
+    readonly distill?: DistillOptions,
   ) {
     this.diffusion = new PixelDiffusion(config.model, unet);
     this.module = this.emaModule = unet;
@@ -105,6 +108,7 @@ export class PixelSubject implements TrainSubject {
 
   loss(batch: Batch, gen: Generator, shard = true): Tensor {
     const s = shard && batch.start !== undefined && batch.total !== undefined ? { start: batch.start, total: batch.total } : undefined;
+    if (this.distill) return distillLoss(this.diffusion, this.distill, batch.x, gen, batch.y, s).loss;
     return this.diffusion.trainingLoss(batch.x, gen, batch.y, s).loss;
   }
 

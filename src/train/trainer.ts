@@ -37,6 +37,7 @@ import type { TrainingState } from './checkpoint';
 import { LatentSubject, PixelSubject, type TrainSubject } from './subject';
 import { type AutoencoderTrainConfig, AutoencoderSubject } from './subject_ae';
 import { Ema } from './ema';
+import type { DistillOptions } from './distill';
 import { BAD_DATA_POLICIES, BadDataError, type BadDataPolicy, SkippingDataset, dataFileOf, dropBadRows } from './bad_data';
 import { NAN_POLICIES, type NanPolicy, NonFiniteError, firstNonFiniteModule, nonFiniteGradient, nonFiniteParameter } from './nonfinite';
 import { assertFreshRunFolder, cleanRunFolder, lockRunFolder, runFolderOfCheckpoint } from './run_dir';
@@ -101,6 +102,8 @@ export interface TrainOptions {
     model: Denoiser; groups?: (baseLr: number) => ParamGroupSpec[]; metadata?: Record<string, string>;
     /** Writes the final model (model.safetensors) instead of saveCheckpoint (QAT: integer weights). Pixel models only: a latent model exports its whole state with upstream's keys. */
     saveExport?: (file: string, parts: { config: unknown; extraMetadata: Record<string, string> }) => Promise<void>;
+    /** QAT distillation against a frozen full-precision teacher (pixel models; the trainer disposes the teacher at the end). */
+    distill?: DistillOptions;
   }>;
 }
 
@@ -178,14 +181,17 @@ async function buildSubject(opts: TrainOptions, resumeFrom: string | null, print
   let groups: ((lr: number) => ParamGroupSpec[]) | undefined;
   let extraMetadata: Record<string, string> = {};
   let saveExport: PixelSubject['saveExport'];
+  let distill: DistillOptions | undefined;
   if (opts.prepare) {
     const p = await opts.prepare(unet);
     unet = p.model;
     saveExport = p.saveExport;
     groups = p.groups;
     extraMetadata = p.metadata ?? {};
+    distill = p.distill;
+    if (distill) print?.(`tdq-native: distillation: loss = ${distill.weight} x MSE(eps, teacher eps) + ${1 - distill.weight} x diffusion loss`);
   }
-  const subject = new PixelSubject(pcfg, unet, groups, saveExport);
+  const subject = new PixelSubject(pcfg, unet, groups, saveExport, distill);
   const dataset = opts.dataset ?? datasetFromConfig(pcfg, { dataDir: opts.dataDir });
   return { subject, extraMetadata, dataset };
 }
@@ -228,6 +234,10 @@ async function buildLatentSubject(
       context: (y) => ldm.getLearnedConditioning({ class_label: y }),
     };
     const p = await opts.prepare(ldm.model.diffusionModel as unknown as Denoiser, { schedule: ldm.schedule, sampleShape: [ldm.channels, ldm.imageSize, ldm.imageSize], conditioning });
+    if (p.distill) {
+      p.distill.teacher.dispose();
+      throw new Error(`${cfg.file}: distillation is implemented for pixel models only`);
+    }
     ldm.model.replaceDiffusionModel(p.model as unknown as LatentDenoiser);
     groups = p.groups;
     extraMetadata = p.metadata ?? {};
@@ -471,6 +481,7 @@ async function trainLocked(
   optimizer.dispose();
   ema?.dispose();
   model.dispose();
+  if (subject instanceof PixelSubject) subject.distill?.teacher.dispose();
   return { step, checkpoint: lastCkpt, exported, lastLoss, interrupted, skippedSamples: skipped.samples, skippedSteps: skipped.steps };
 }
 

@@ -45,18 +45,18 @@ describe('quantization workflow through the CLI', () => {
     const out = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat', '--ckpt', fp, '--n_bit_w', '8', '--n_bit_a', '4', '--use-dynamic', '--max-steps', '2', ...q]);
     assert.match(out, /W8A4 TDQ/);
     // QAT's own defaults replace the config's FP rate (1e-3) and warm-up
-    assert.match(out, /QAT learning rates: weights 2\.0e-5, quantizers 2\.0e-4; warm-up 0 steps/);
-    // continue the QAT run to step 4: the checkpoint carries the quantizers
-    const resumed = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat', '--resume', path.join(dir, 'qat')]);
+    assert.match(out, /QAT learning rates: weights 2\.0e-4, quantizer steps 2\.0e-5, TDQ MLPs 2\.0e-4; warm-up 0 steps/);
+    // continue the QAT run to step 4 (the run's own max_steps is 2): the checkpoint carries the quantizers
+    const resumed = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat', '--resume', path.join(dir, 'qat'), '--max-steps', '4']);
     assert.match(resumed, /resumed from .*step-00000002/);
-    assert.match(resumed, /QAT learning rates: weights 2\.0e-5/, 'a resumed QAT run keeps the QAT rate');
+    assert.match(resumed, /QAT learning rates: weights 2\.0e-4/, 'a resumed QAT run keeps the QAT rate');
     const lrs = fs.readFileSync(path.join(dir, 'qat', 'log.csv'), 'utf8').trim().split('\n').slice(1).map((l) => Number(l.split(',')[2]));
-    assert.deepEqual(lrs, [2e-5, 2e-5, 2e-5, 2e-5]);
+    assert.deepEqual(lrs, [2e-4, 2e-4, 2e-4, 2e-4]);
     // flags and --set win over the QAT defaults
     const custom = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat-lr', '--ckpt', fp, '--n-bit-w', '8', '--n-bit-a', '8', '--max-steps', '1', '--lr', '1e-4', '--quant-lr', '3e-3', '--set', 'training.warmup_steps=1', '--calib-method', 'mse', ...q]);
-    assert.match(custom, /QAT learning rates: weights 1\.0e-4, quantizers 3\.0e-3; warm-up 1 steps/);
+    assert.match(custom, /QAT learning rates: weights 1\.0e-4, quantizer steps 3\.0e-3; warm-up 1 steps/);
     assert.match(custom, /QAT initial step sizes: mse on 2 calibration trajectories of 5 DDIM steps/);
-    assert.match(out, /QAT initial step sizes: auto on 2/);
+    assert.match(out, /QAT initial step sizes: stats on 2/);
     assert.doesNotMatch(resumed, /QAT initial step sizes/, 'a resumed run keeps its steps');
     const qat = path.join(dir, 'qat', 'model.safetensors');
     assert.ok(fs.existsSync(qat));

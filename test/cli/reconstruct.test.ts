@@ -17,6 +17,7 @@ import { full } from '../../src/tensor/ops/creation';
 import { clamp } from '../../src/tensor/ops/elementwise';
 import { Generator } from '../../src/tensor/random';
 import { fromArray } from '../../src/tensor/tensor';
+import { tinyDdconfig, tinyKlYaml } from '../helpers/configs';
 
 const root = path.resolve(__dirname, '..', '..', '..');
 const bin = path.join(root, 'bin', 'tdq-native.js');
@@ -28,18 +29,8 @@ function run(args: string[]) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-const DD = { double_z: true, z_channels: 2, resolution: 8, in_channels: 1, out_ch: 1, ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0, norm_num_groups: 4 };
-const YAML_TEXT = `model:
-  base_learning_rate: 4.5e-6
-  target: ldm.models.autoencoder.AutoencoderKL
-  params:
-    monitor: val/rec_loss
-    embed_dim: 2
-    lossconfig:
-      target: ldm.modules.losses.LPIPSWithDiscriminator
-      params: { disc_start: 1, kl_weight: 1.0e-6 }
-    ddconfig: ${JSON.stringify(DD)}
-`;
+const DD = tinyDdconfig({ z_channels: 2, resolution: 8 });
+const YAML_TEXT = tinyKlYaml({ embedDim: 2, baseLr: '4.5e-6', lossParams: '{ disc_start: 1, kl_weight: 1.0e-6 }', ddconfig: DD });
 
 /** 8x8 gray test images: smooth ramps, values on the byte grid. */
 function image(k: number): Float32Array {

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { readSafetensors } from '../../src/io/safetensors';
 import { loadLatentModel } from '../../src/models/load';
-import { FIX, tinyLdmYaml, writeYamlIn } from '../train/latent_helpers';
+import { FIX, tinyLdmYaml, writeYamlIn } from '../helpers/configs';
 
 const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-train-latent-'));

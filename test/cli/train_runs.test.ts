@@ -11,33 +11,11 @@ import { after, describe, it } from 'node:test';
 
 import { runFolder } from '../../src/cli/commands/train';
 import { readSafetensors } from '../../src/io/safetensors';
+import { tinyDdpmYaml } from '../helpers/configs';
 
 const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 
-const YAML = `
-model:
-  base_learning_rate: 1.0e-3
-  target: tdq_native.models.diffusion.DDPM
-  params:
-    beta_schedule: sqrt_linear
-    timesteps: 100
-    image_size: 8
-    channels: 1
-    unet_config:
-      target: tdq_native.models.unet.UNetModel
-      params: {image_size: 8, in_channels: 1, out_channels: 1, model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], num_heads: 2, dropout: 0.1}
-data:
-  target: tdq_native.data.Synthetic
-  params: {count: 40, kind: blobs, seed: 3}
-training:
-  batch_size: 4
-  max_steps: 30
-  warmup_steps: 2
-  ema: {decay: 0.9}
-  seed: 11
-  log_every: 1
-  checkpoint_every: 100
-`;
+const YAML = tinyDdpmYaml({ maxSteps: 30 });
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-cli-runs-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -111,6 +89,27 @@ describe('train run folders (CLI)', () => {
     const mixed = cli(['--name', 'other', '--resume', run]);
     assert.equal(mixed.status, 1);
     assert.match(mixed.stderr, /leave --name out/);
+  });
+});
+
+describe('train --resume keeps the run settings (CLI)', () => {
+  it("the run's --set / --max-steps values win over the YAML; this command line's win over both", () => {
+    const first = cli(['--name', 'keep', '--max-steps', '4', '--set', 'training.checkpoint_every=2', '--set', 'training.keep_checkpoints=10']);
+    assert.equal(first.status, 0, first.stderr);
+    const run = path.join(dir, 'keep');
+    // Without flags: the run had max_steps 4 and is done at step 4, whatever the YAML (30) says.
+    const same = spawnSync(process.execPath, [BIN, 'train', '--base', cfg, '--resume', run], { encoding: 'utf8' });
+    assert.equal(same.status, 0, same.stderr);
+    assert.match(same.stdout, /training\.max_steps = 4 \(the config now says 30\)/);
+    assert.match(same.stdout, /training\.checkpoint_every = 2 \(the config now says 100\)/);
+    assert.match(same.stdout, /finished at step 4\b/);
+    // --max-steps on this command line extends it; the run's checkpoint interval (2, not the YAML's 100) stays.
+    const more = spawnSync(process.execPath, [BIN, 'train', '--base', cfg, '--resume', run, '--max-steps', '8'], { encoding: 'utf8' });
+    assert.equal(more.status, 0, more.stderr);
+    assert.doesNotMatch(more.stdout, /training\.max_steps =/);
+    assert.match(more.stdout, /finished at step 8\b/);
+    const ckpts = fs.readdirSync(path.join(run, 'checkpoints'));
+    assert.ok(ckpts.some((f) => /step-0*6\.safetensors$/.test(f)), `${ckpts}`);
   });
 });
 

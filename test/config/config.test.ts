@@ -319,3 +319,42 @@ lightning:
     assert.throws(() => parseConfig(v, 'x.yaml', { overrides: ['training.max_steps=1'] }), /model\.params\.scheduler_config: only ldm\.lr_scheduler\.LambdaLinearScheduler/);
   });
 });
+
+describe('keys the schema accepts are read, warned about, or refused', () => {
+  const withParams = (lines: string) => fmnistText.replace('    timesteps: 1000\n', `    timesteps: 1000\n${lines}\n`);
+
+  it('refuses keys it does not read, naming file:line, the key and that it is not supported', () => {
+    const cases: [string, string, RegExp][] = [
+      ['    ckpt_path: models/x.safetensors', 'ckpt_path', /model\.params\.ckpt_path: not supported: the config does not load weights; pass them with --ckpt/],
+      ['    ignore_keys: [model_ema.]', 'ignore_keys', /model\.params\.ignore_keys: not supported/],
+    ];
+    for (const [line, key, re] of cases) {
+      const text = withParams(line);
+      const e = configError(text);
+      assert.match(e.message, new RegExp(`^test\\.yaml:${lineOf(text, key)}:\\d+: ${re.source}`));
+    }
+    const t = fmnistText.replace('resblock_updown: false', 'resblock_updown: false\n        use_new_attention_order: true');
+    assert.match(configError(t).message, new RegExp(`^test\\.yaml:${lineOf(t, 'use_new_attention_order')}:\\d+: model\\.params\\.unet_config\\.params\\.use_new_attention_order: true is not supported`));
+    // Their harmless values, as saved checkpoints' configs carry them, still load.
+    assert.doesNotThrow(() => parseConfig(withParams('    ignore_keys: []').replace('resblock_updown: false', 'resblock_updown: false\n        use_new_attention_order: false'), 'ok.yaml'));
+  });
+
+  it('warns, naming them, about upstream keys that change nothing here (logging, Lightning trainer settings)', () => {
+    const text = `${withParams('    log_every_t: 200')}\nlightning:\n  trainer: {benchmark: true, precision: 32}\n`;
+    const r = parseConfig(text, 'w.yaml');
+    assert.deepEqual(r.warnings, ['w.yaml: upstream sections: ignored: lightning.trainer.benchmark, lightning.trainer.precision', 'w.yaml: accepted for CompVis configs but ignored: model.params.log_every_t']);
+  });
+
+  it('model.params.clip_denoised is the sampling default of the pipeline; an explicit option wins', async () => {
+    const { DiffusionPipeline } = await import('../../src/pipeline');
+    const { PixelDiffusion, buildUNet } = await import('../../src/models/diffusion');
+    const { Generator } = await import('../../src/tensor/random');
+    for (const [line, want] of [['', true], ['    clip_denoised: false', false]] as const) {
+      const { config } = parseConfig(withParams(line), 'c.yaml');
+      const pipe = new DiffusionPipeline(config, new PixelDiffusion(config.model, buildUNet(config.model.params.unet_config, new Generator(1))), 'c.yaml');
+      assert.equal(pipe.samplerOptions({}).clipDenoised, want);
+      assert.equal(pipe.samplerOptions({ clipDenoised: !want }).clipDenoised, !want);
+      pipe.dispose();
+    }
+  });
+});

@@ -15,35 +15,20 @@ import {
 import { StateDictError } from '../../src/nn/module';
 import { full } from '../../src/tensor/ops/creation';
 import { fromArray } from '../../src/tensor/tensor';
+import { tinyDdconfig, tinyKlYaml } from '../helpers/configs';
 
 // A whole file in the shape of models/first_stage_models/kl-f8/config.yaml (small widths).
-const KL_FILE = `
-model:
-  base_learning_rate: 4.5e-06
-  target: ldm.models.autoencoder.AutoencoderKL
-  params:
-    monitor: val/rec_loss
-    embed_dim: 4
-    lossconfig:
-      target: ldm.modules.losses.LPIPSWithDiscriminator
-      params: {disc_start: 50001, kl_weight: 1.0e-06, disc_weight: 0.5}
-    ddconfig:
-      double_z: true
-      z_channels: 4
-      resolution: 32
-      in_channels: 3
-      out_ch: 3
-      ch: 32
-      ch_mult: [1, 2, 4, 4]
-      num_res_blocks: 2
-      attn_resolutions: []
-      dropout: 0.0
-data:
+const KL_FILE = tinyKlYaml({
+  embedDim: 4,
+  baseLr: '4.5e-06',
+  ddconfig: tinyDdconfig({ z_channels: 4, resolution: 32, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1, 2, 4, 4], num_res_blocks: 2, norm_num_groups: undefined }),
+  sections: `data:
   target: main.DataModuleFromConfig
   params: {batch_size: 4}
 lightning:
   trainer: {benchmark: true}
-`;
+`,
+});
 
 // The {target, params} node of a VQ first stage (vq-f4-noattn's shape).
 const VQ_NODE = {
@@ -51,7 +36,7 @@ const VQ_NODE = {
   params: {
     embed_dim: 3,
     n_embed: 64,
-    ddconfig: { attn_type: 'none', double_z: false, z_channels: 3, resolution: 16, in_channels: 3, out_ch: 3, ch: 8, ch_mult: [1, 2, 4], num_res_blocks: 1, attn_resolutions: [], dropout: 0, norm_num_groups: 4 },
+    ddconfig: tinyDdconfig({ attn_type: 'none', double_z: false, in_channels: 3, out_ch: 3, ch_mult: [1, 2, 4] }),
     lossconfig: { target: 'taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator', params: { disc_start: 0 } },
   },
 };

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { AutoencoderKL, AutoencoderKLLoss, VQModel, argminRows, type DDConfig } from '../../src/models/autoencoder';
+import { AutoencoderKL, AutoencoderKLLoss, VQModel, argminRows } from '../../src/models/autoencoder';
 import { Adam } from '../../src/optim/adam';
 import { backward, noGrad } from '../../src/tensor/autograd';
 import { abs, add, mean, sub } from '../../src/tensor/ops/elementwise';
@@ -13,12 +13,10 @@ import { Generator } from '../../src/tensor/random';
 import { tidy } from '../../src/tensor/scope';
 import { type Tensor, fromArray } from '../../src/tensor/tensor';
 import { randomData } from '../helpers/assert';
+import { tinyDdconfig } from '../helpers/configs';
 
 // Attention in the first level and in the middle, a channel change (nin_shortcut), both resamplers.
-const DD: DDConfig = {
-  double_z: true, z_channels: 2, resolution: 8, in_channels: 3, out_ch: 3, ch: 8, ch_mult: [1, 2],
-  num_res_blocks: 1, attn_resolutions: [8], dropout: 0, norm_num_groups: 4,
-};
+const DD = tinyDdconfig({ z_channels: 2, resolution: 8, in_channels: 3, out_ch: 3, attn_resolutions: [8] });
 
 async function gradNorms(params: [string, Tensor][]): Promise<[string, number][]> {
   const out: [string, number][] = [];

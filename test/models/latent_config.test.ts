@@ -2,15 +2,18 @@
 // the shipped configs, upstream's defaults for the conditioning key, one
 // warning for the keys not read, and errors naming the key for what cannot run.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 
 import { ConfigError } from '../../src/config/load';
 import { loadAutoencoderConfig } from '../../src/models/autoencoder';
 import { buildLatentDiffusion, LatentDiffusion, registerCondStage } from '../../src/models/latent';
-import { loadLatentDiffusionConfig, parseLatentDiffusionConfig } from '../../src/models/latent_config';
+import { loadLatentDiffusionConfig, loadLatentTrainConfig, parseLatentDiffusionConfig } from '../../src/models/latent_config';
 import { Module } from '../../src/nn/module';
 import type { Tensor } from '../../src/tensor/tensor';
+import { tinyDdconfig, tinyLdmYaml, writeYamlIn } from '../helpers/configs';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const cfgFile = (n: string) => path.join(ROOT, 'configs', n);
@@ -30,7 +33,7 @@ function tiny(over: Record<string, unknown> = {}, unetOver: Record<string, unkno
         target: 'ldm.models.autoencoder.AutoencoderKL',
         params: {
           embed_dim: 3, ckpt_path: 'ae.safetensors', lossconfig: { target: 'torch.nn.Identity' },
-          ddconfig: { double_z: true, z_channels: 3, resolution: 8, in_channels: 1, out_ch: 1, ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], norm_num_groups: 4 },
+          ddconfig: tinyDdconfig({ resolution: 8, dropout: undefined }),
         },
       },
       cond_stage_config: '__is_unconditional__',
@@ -159,6 +162,28 @@ describe('latent-diffusion config reader', () => {
     if (built) {
       assert.equal((built.model.diffusionModel.config as { use_spatial_transformer?: boolean }).use_spatial_transformer, true);
       built.dispose();
+    }
+  });
+});
+
+describe('latent-diffusion configs through the config reader (src/config/load.ts)', () => {
+  it('a model key error names file:line:col and the key path, for training and for sampling; data keys still do', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-ldm-reader-'));
+    try {
+      const text = tinyLdmYaml({ maxSteps: 1 }).replace('timesteps: 1000', 'timesteps: 1');
+      const file = writeYamlIn(dir, text);
+      const line = text.split('\n').findIndex((l) => l.includes('timesteps: 1')) + 1;
+      const where = new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:${line}:5: model\\.params\\.timesteps: `, 'm');
+      for (const read of [() => loadLatentTrainConfig(file), () => loadLatentDiffusionConfig(file)])
+        assert.throws(read, (e: unknown) => e instanceof ConfigError && where.test(e.message) && e.issues[0].line === line, 'the issue names the file, the line of timesteps and the key path');
+      // --set overrides reach the model section and are named instead of a line.
+      const ok = writeYamlIn(dir, tinyLdmYaml({ maxSteps: 1 }));
+      assert.throws(() => loadLatentTrainConfig(ok, { overrides: ['model.params.unet_config.params.num_heads=-1'] }),
+        /model\.params\.unet_config\.params\.num_heads: either num_heads or num_head_channels must be set \(from --set model\.params\.unet_config\.params\.num_heads=-1\)/);
+      const badData = writeYamlIn(dir, tinyLdmYaml({ maxSteps: 1 }).replace('kind: shapes', 'kind: squares'));
+      assert.throws(() => loadLatentTrainConfig(badData), /cfg-\d+\.yaml:\d+:\d+: data\.params\.kind: expected one of "shapes", "blobs"/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });

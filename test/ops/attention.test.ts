@@ -2,9 +2,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
-import { scaledDotProductAttention } from '../../src/tensor/ops/attention';
+import {
+  scaledDotProductAttention,
+  scaledDotProductAttentionChannelsMajor,
+  scaledDotProductAttentionSequenceMajor,
+} from '../../src/tensor/ops/attention';
 import { native } from '../../src/tensor/native';
-import { fromArray, runOp, sync } from '../../src/tensor/tensor';
+import { fromArray, runOp, sync, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, assertShape, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable, type OracleResult } from '../helpers/oracle';
 import { cpuLevels, atLevel } from '../helpers/cpu_levels';
@@ -30,6 +34,8 @@ describe('scaledDotProductAttention against PyTorch', { skip: skip ?? false }, (
     [1, 2, 300, 300, 32, 32, undefined], // several query and key blocks
     [1, 2, 64, 300, 64, 64, 1.5], // sharp softmax
     [1, 1, 1024, 1024, 64, 64, undefined],
+    [1, 2, 70, 70, 24, 24, undefined], // the LDM head dim 24: a half vector at AVX-512
+    [1, 3, 33, 2, 5, 3, undefined], // two keys; Lq one past a vector, head dims below one vector
   ];
   for (const [B, H, Lq, Lk, D, Dv, scale] of cases) {
     const name = `B=${B} H=${H} Lq=${Lq} Lk=${Lk} D=${D} Dv=${Dv} scale=${scale ?? '1/sqrt(D)'}`;
@@ -77,6 +83,118 @@ describe('scaledDotProductAttention against PyTorch', { skip: skip ?? false }, (
     assertShape(v.grad!, [1, 1, 9, 8]);
   });
 });
+
+// (B, H, L, D) <-> (B, H, D, L): the last two dims swapped.
+function swapLast2(a: Float32Array, bh: number, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let m = 0; m < bh; ++m)
+    for (let r = 0; r < rows; ++r)
+      for (let c = 0; c < cols; ++c) out[m * rows * cols + c * rows + r] = a[m * rows * cols + r * cols + c];
+  return out;
+}
+// (B, n1, n2, d) -> (B, n2, n1, d): the middle dims swapped.
+function swapMid(a: Float32Array, B: number, n1: number, n2: number, d: number): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let m = 0; m < B; ++m)
+    for (let i = 0; i < n1; ++i)
+      for (let j = 0; j < n2; ++j) out.set(a.subarray(((m * n1 + i) * n2 + j) * d, ((m * n1 + i) * n2 + j + 1) * d), ((m * n2 + j) * n1 + i) * d);
+  return out;
+}
+
+interface Layout {
+  name: string;
+  op: string;
+  fn: (q: Tensor, k: Tensor, v: Tensor, opts?: { scale?: number }) => Tensor;
+  shape: (B: number, H: number, L: number, D: number) => number[];
+  /** from tokens-major (B, H, L, D) */
+  to: (a: Float32Array, B: number, H: number, L: number, D: number) => Float32Array;
+  /** to tokens-major */
+  from: (a: Float32Array, B: number, H: number, L: number, D: number) => Float32Array;
+}
+const LAYOUTS: Layout[] = [
+  {
+    name: 'channels-major (B, H, D, L)',
+    op: 'attention_cm',
+    fn: scaledDotProductAttentionChannelsMajor,
+    shape: (B, H, L, D) => [B, H, D, L],
+    to: (a, B, H, L, D) => swapLast2(a, B * H, L, D),
+    from: (a, B, H, L, D) => swapLast2(a, B * H, D, L),
+  },
+  {
+    name: 'sequence-major (B, L, H, D)',
+    op: 'attention_blhd',
+    fn: scaledDotProductAttentionSequenceMajor,
+    shape: (B, H, L, D) => [B, L, H, D],
+    to: (a, B, H, L, D) => swapMid(a, B, H, L, D),
+    from: (a, B, H, L, D) => swapMid(a, B, L, H, D),
+  },
+];
+
+for (const lay of LAYOUTS) {
+  describe(`${lay.name} attention (${lay.op}_forward / backward)`, () => {
+    // B, H, Lq, Lk, D, Dv, scale: odd lengths, head dims off the vector width,
+    // L below one query tile, one key, several key tiles.
+    const cases: [number, number, number, number, number, number, number | undefined][] = [
+      [1, 8, 64, 64, 24, 24, undefined],
+      [2, 3, 17, 33, 16, 24, undefined],
+      [2, 1, 100, 37, 33, 17, 0.3],
+      [1, 1, 65, 129, 40, 40, undefined],
+      [1, 2, 4, 4, 96, 96, undefined],
+      [1, 1, 3, 1, 7, 5, undefined],
+      [2, 5, 200, 150, 9, 11, 1.5],
+    ];
+    for (const [B, H, Lq, Lk, D, Dv, scale] of cases) {
+      const name = `B=${B} H=${H} Lq=${Lq} Lk=${Lk} D=${D} Dv=${Dv} scale=${scale ?? '1/sqrt(D)'}`;
+      it(`${name}: the tokens-major op's results, rearranged, bitwise at every CPU level`, async () => {
+        const q = randomTensor([B, H, Lq, D], 161), k = randomTensor([B, H, Lk, D], 162), v = randomTensor([B, H, Lk, Dv], 163);
+        const gy = randomTensor([B, H, Lq, Dv], 164);
+        const mk = (a: Float32Array, L: number, d: number) => fromArray(lay.to(a, B, H, L, d), lay.shape(B, H, L, d));
+        const qc = mk(q.arr.data, Lq, D), kc = mk(k.arr.data, Lk, D), vc = mk(v.arr.data, Lk, Dv), gc = mk(gy.arr.data, Lq, Dv);
+        const opts = scale === undefined ? undefined : { scale };
+        for (const level of cpuLevels()) {
+          await atLevel(level, async () => {
+            for (const t of [q.t, k.t, v.t, qc, kc, vc]) {
+              t.grad?.dispose();
+              t.grad = null;
+              t.requiresGrad = true;
+            }
+            const y = scaledDotProductAttention(q.t, k.t, v.t, opts);
+            backward(y, gy.t);
+            const yc = lay.fn(qc, kc, vc, opts);
+            assertShape(yc, lay.shape(B, H, Lq, Dv));
+            backward(yc, gc);
+            const same = async (a: Tensor, b: Tensor, L: number, d: number, what: string) =>
+              assert.deepEqual(lay.from(await b.float32(), B, H, L, d), await a.float32(), `${level} ${what}`);
+            await same(y, yc, Lq, Dv, 'forward');
+            await same(q.t.grad!, qc.grad!, Lq, D, 'grad q');
+            await same(k.t.grad!, kc.grad!, Lk, D, 'grad k');
+            await same(v.t.grad!, vc.grad!, Lk, Dv, 'grad v');
+            const attrs = scale === undefined ? {} : { scale };
+            const [o1, l1] = runOp('attention_forward', [q.t, k.t, v.t], attrs);
+            const [o2, l2] = runOp(`${lay.op}_forward`, [qc, kc, vc], attrs);
+            assertShape(l2, [B, H, Lq]);
+            assert.deepEqual(await l2.float32(), await l1.float32(), `${level} logsumexp`);
+            for (const t of [o1, l1, o2, l2]) t.dispose();
+          });
+        }
+      });
+    }
+
+    it('argument checks name the argument and the layout', () => {
+      const t = (B: number, H: number, L: number, D: number) => randomTensor(lay.shape(B, H, L, D), 1).t;
+      const naming = (arg: string) => (e: unknown) => e instanceof RangeError && e.message.includes(`'${arg}'`);
+      assert.throws(() => lay.fn(t(1, 2, 5, 8), t(1, 2, 6, 16), t(1, 2, 6, 8)), naming('k'));
+      assert.throws(() => lay.fn(t(1, 2, 5, 8), t(1, 3, 6, 8), t(1, 3, 6, 8)), naming('k'));
+      assert.throws(() => lay.fn(t(1, 2, 5, 8), t(1, 2, 6, 8), t(1, 2, 7, 8)), naming('v'));
+      const layoutName = lay.name.slice(lay.name.indexOf('('));
+      assert.throws(() => lay.fn(randomTensor([2, 8, 5], 1).t, t(1, 2, 6, 8), t(1, 2, 6, 8)),
+        (e: unknown) => e instanceof RangeError && e.message.includes(layoutName));
+      const q = t(1, 1, 5, 8);
+      assert.throws(() => runOp(`${lay.op}_backward`, [t(1, 1, 6, 8), q, q, q, q, randomTensor([1, 1, 5], 1).t], {}), naming('gO'));
+      assert.throws(() => runOp(`${lay.op}_backward`, [q, q, q, q, q, randomTensor([1, 1, 4], 1).t], {}), naming('L'));
+    });
+  });
+}
 
 describe('attention determinism', () => {
   it('forward and gradients are bitwise the same with 1 and 2 threads', async () => {

@@ -59,6 +59,66 @@ describe('reductions, unary ops and autograd plumbing', () => {
     assertClose(g, Array.from(x.arr.data, (v) => (2 * v) / 24), 1e-6, 'grad of mean(x^2)');
   });
 
+  it('broadcasting binary ops and broadcastTo are exact against a JS reference (merged dims, size-1 dims, strided inners)', async () => {
+    // Pairs whose dims merge in several ways: channel / per-sample / row
+    // broadcasts, both sides broadcast, broadcasts in the middle, size-1
+    // output dims between others, and a broadcast innermost dim.
+    const pairs: [number[], number[]][] = [
+      [[2, 3, 4, 5], [1, 3, 1, 1]],
+      [[1, 3, 1, 1], [2, 3, 4, 5]],
+      [[2, 3, 4, 5], [2, 3, 1, 1]],
+      [[2, 1, 4, 1], [1, 3, 1, 5]],
+      [[2, 3, 1, 5], [2, 1, 4, 5]],
+      [[3, 1], [1, 4]],
+      [[1, 3, 1, 4], [3, 1, 4]],
+      [[2, 3, 4], [2, 3, 1]],
+      [[5], [2, 3, 5]],
+      [[1, 1, 7], [1, 1, 1]],
+      [[2, 1, 3, 1, 2], [1, 4, 3, 5, 1]],
+    ];
+    const ops: [string, (a: Tensor, b: Tensor) => Tensor, (x: number, y: number) => number][] = [
+      ['add', E.add, (x, y) => x + y],
+      ['sub', E.sub, (x, y) => x - y],
+      ['mul', E.mul, (x, y) => x * y],
+      ['div', E.div, (x, y) => x / y],
+    ];
+    // Element of `shape` (right-aligned against out) at output index idx.
+    const at = (data: Float32Array, shape: number[], out: number[], idx: number[]) => {
+      let off = 0;
+      shape.forEach((d, i) => (off = off * d + (d === 1 ? 0 : idx[i + out.length - shape.length])));
+      return data[off];
+    };
+    const reference = (xa: Float32Array, xs: number[], ya: Float32Array, ys: number[], f: (x: number, y: number) => number) => {
+      const nd = Math.max(xs.length, ys.length);
+      const pad = (s: number[]) => [...new Array<number>(nd - s.length).fill(1), ...s];
+      const out = pad(xs).map((d, i) => Math.max(d, pad(ys)[i]));
+      const n = out.reduce((a, d) => a * d, 1);
+      const r = new Float32Array(n);
+      for (let e = 0; e < n; ++e) {
+        const idx: number[] = [];
+        let rem = e;
+        for (let i = nd - 1; i >= 0; --i) {
+          idx[i] = rem % out[i];
+          rem = Math.floor(rem / out[i]);
+        }
+        r[e] = f(at(xa, xs, out, idx), at(ya, ys, out, idx));
+      }
+      return { r, out };
+    };
+    let seed = 300;
+    for (const [xs, ys] of pairs) {
+      const x = randomTensor(xs, ++seed), y = randomTensor(ys, ++seed);
+      for (const [name, op, f] of ops) {
+        const { r, out } = reference(x.arr.data, xs, y.arr.data, ys, f);
+        const z = op(x.t, y.t);
+        assert.deepEqual(z.shape, out, `${name} ${xs} ${ys} shape`);
+        assert.deepEqual(await z.float32(), r, `${name} [${xs}] [${ys}]`);
+      }
+      const bs = reference(x.arr.data, xs, y.arr.data, ys, (a) => a);
+      assert.deepEqual(await E.broadcastTo(x.t, bs.out).float32(), bs.r, `broadcastTo [${xs}] -> [${bs.out}]`);
+    }
+  });
+
   it('tidy() frees intermediates and keeps the result', () => {
     const x = randomTensor([4], 1).t;
     let inner: Tensor | undefined;

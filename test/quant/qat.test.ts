@@ -52,8 +52,9 @@ describe('QAT with the trainer', { skip: fmnistSkip() }, () => {
     assert.equal(ck.metadata.quant_weights, undefined);
     assert.ok(ck.ema?.has('input_blocks.1.0.in_layers.2.act_quant.tdq.mlp.0.weight'), 'the EMA follows the quantizer parameters too');
     const groups = ck.optimizer!.groups.map((g) => [g.name, g.lr]);
-    assert.deepEqual(groups.map(([n]) => n), ['float', 'quant']);
+    assert.deepEqual(groups.map(([n]) => n), ['float', 'quant', 'tdq']);
     assert.ok(Math.abs((groups[1][1] as number) / (groups[0][1] as number) - 0.1) < 1e-9, `quant lr ${groups}`);
+    assert.equal(groups[2][1], groups[1][1], 'the TDQ MLPs default to the quantizer rate');
     for (const m of [ck.model, ck.ema]) if (m) for (const t of m.values()) t.dispose();
 
     // Resume: the structure only; the checkpoint restores steps, MLPs and statistics.

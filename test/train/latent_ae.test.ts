@@ -16,27 +16,15 @@ import { loadFirstStageCheckpoint } from '../../src/models/latent';
 import { loadLatentTrainConfig } from '../../src/models/latent_config';
 import { loadAutoencoderTrainConfig } from '../../src/train/subject_ae';
 import { train } from '../../src/train/trainer';
-import { tinyLdmYaml, writeYamlIn } from './latent_helpers';
+import { syntheticData, tinyKlYaml, tinyLdmYaml, writeYamlIn } from '../helpers/configs';
 
 const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-latent-ae-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 // The first stage of the tiny LDM (test/fixtures/latent): 16 x 16 x 1 -> 8 x 8 x 3.
-const AE_YAML = `
-model:
-  base_learning_rate: 1.0e-3
-  target: ldm.models.autoencoder.AutoencoderKL
-  params:
-    monitor: val/rec_loss
-    embed_dim: 3
-    lossconfig:
-      target: ldm.modules.losses.LPIPSWithDiscriminator
-      params: {disc_start: 50001, kl_weight: 1.0e-6, disc_weight: 0.5}
-    ddconfig: {double_z: true, z_channels: 3, resolution: 16, in_channels: 1, out_ch: 1, ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0, norm_num_groups: 4}
-data:
-  target: tdq_native.data.Synthetic
-  params: {count: 40, kind: shapes, seed: 3}
+const AE_YAML = tinyKlYaml({
+  sections: `${syntheticData('shapes')}
 training:
   batch_size: 4
   max_steps: 6
@@ -46,7 +34,8 @@ training:
   checkpoint_every: 3
   sample_every: 3
   sample_count: 4
-`;
+`,
+});
 
 async function tensorsOf(file: string): Promise<Map<string, Float32Array>> {
   const { tensors } = await readSafetensors(file);

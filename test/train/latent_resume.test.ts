@@ -17,7 +17,7 @@ import { loadLatentTrainConfig } from '../../src/models/latent_config';
 import { Generator } from '../../src/tensor/random';
 import { loadLatentModel } from '../../src/models/load';
 import { train } from '../../src/train/trainer';
-import { FIX, tinyLdmYaml, writeYamlIn } from './latent_helpers';
+import { FIX, tinyLdmYaml, writeYamlIn } from '../helpers/configs';
 
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-latent-train-'));
 after(() => fs.rmSync(tmpRoot, { recursive: true, force: true }));

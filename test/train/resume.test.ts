@@ -11,32 +11,9 @@ import { describe, it } from 'node:test';
 import { parseConfig } from '../../src/config';
 import { readSafetensors } from '../../src/io/safetensors';
 import { train } from '../../src/train/trainer';
+import { tinyDdpmYaml } from '../helpers/configs';
 
-const YAML = (maxSteps: number) => `
-model:
-  base_learning_rate: 1.0e-3
-  target: tdq_native.models.diffusion.DDPM
-  params:
-    beta_schedule: sqrt_linear
-    timesteps: 100
-    image_size: 8
-    channels: 1
-    unet_config:
-      target: tdq_native.models.unet.UNetModel
-      params: {image_size: 8, in_channels: 1, out_channels: 1, model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], num_heads: 2, dropout: 0.2}
-data:
-  target: tdq_native.data.Synthetic
-  params: {count: 40, kind: blobs, seed: 3}
-training:
-  batch_size: 4
-  max_steps: ${maxSteps}
-  warmup_steps: 2
-  grad_clip: 0.5
-  ema: {decay: 0.9}
-  seed: 11
-  log_every: 1
-  checkpoint_every: 2
-`;
+const YAML = (maxSteps: number) => tinyDdpmYaml({ maxSteps, dropout: 0.2, checkpointEvery: 2, training: '  grad_clip: 0.5' });
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-resume-'));
 

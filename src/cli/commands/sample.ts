@@ -75,7 +75,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('uncond-class', { alias: 'uncond_class', type: 'number', describe: 'latent models: the unconditional class label for --scale (default: 1000 of 1001 classes, 10 of 11)' })
       .option('vanilla-sample', { alias: 'vanilla_sample', type: 'boolean', default: false, describe: 'the ddpm sampler (upstream sample_diffusion\'s --vanilla_sample)' })
       .option('ema', { type: 'boolean', default: true, describe: 'the EMA weights when the checkpoint has them (latent models: model_ema.*, as upstream\'s use_ema); --no-ema for the raw ones' })
-      .option('clip-denoised', { type: 'boolean', describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (default: true for pixel models, as LDM; for latent models only with ddpm, as upstream)' })
+      .option('clip-denoised', { type: 'boolean', describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (default: pixel models model.params.clip_denoised of the config, true as LDM; latent models only with ddpm, as upstream)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('progress', { type: 'boolean', default: true, describe: 'show progress on stderr (a bar on a terminal, else a line per batch)' })
       .option('exec', { choices: ['int', 'fake'] as const, defaultDescription: 'int where every quantized layer has an integer kernel, else fake', describe: 'quantized checkpoints: integer kernels (int) or fake quantization in float (fake); an error for a full-precision checkpoint' })

@@ -31,11 +31,15 @@ import { inspectSafetensors } from '../../io/safetensors';
 import { scheduleFromConfig } from '../../models/diffusion';
 import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantConfig, type QuantConfig } from '../../quant';
 import type { StepMethod } from '../../quant/step_search';
+import { TDQ_INITS, type TdqInit } from '../../quant/calibrate';
+import { loadModel } from '../../models/load';
+import { checkDistillWeight } from '../../train/distill';
 import { BAD_DATA_POLICIES, type BadDataPolicy } from '../../train/bad_data';
 import { NAN_POLICIES, type NanPolicy } from '../../train/nonfinite';
 import { RunFolderBusyError, RunFolderExistsError, assertFreshRunFolder, runFolderOfCheckpoint, timestampedRunDir } from '../../train/run_dir';
 import { broadcastString } from '../../train/distributed';
 import { latestCheckpoint, train, type TrainOptions } from '../../train/trainer';
+import { describeDrift, runSettingOverrides, storedPart, storedRunConfig } from './train_resume';
 import { type LaunchArgs, launchRanks } from '../launch';
 import { type GlobalArgs, CliError, CliExit } from '../index';
 
@@ -56,6 +60,10 @@ export interface TrainArgs extends GlobalArgs, LaunchArgs {
   useDynamic: boolean;
   staticMethod: 'lsq' | 'pact';
   quantLr?: number;
+  tdqLr?: number;
+  tdqInit: TdqInit;
+  distill: boolean;
+  distillWeight?: number;
   calibSamples: number;
   calibSteps: number;
   calibMethod: StepMethod;
@@ -78,7 +86,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('name', { alias: 'n', type: 'string', describe: 'run name (folder under --logdir, which must not hold a run yet); default: <timestamp>_<config file name>' })
       .option('max-steps', { alias: 'max_steps', type: 'number', describe: 'overrides training.max_steps' })
       .option('batch-size', { alias: 'batch_size', type: 'number', describe: 'overrides training.batch_size' })
-      .option('lr', { type: 'number', describe: 'overrides model.base_learning_rate (QAT default: 2e-5)' })
+      .option('lr', { type: 'number', describe: 'overrides model.base_learning_rate (QAT default: 2e-4)' })
       .option('seed', { type: 'number', describe: 'overrides training.seed' })
       .option('logdir', { alias: 'l', type: 'string', default: 'runs', describe: 'parent folder of run folders' })
       .option('data-dir', { alias: 'data_dir', type: 'string', describe: 'dataset folder (Fashion-MNIST idx files or PNG root)' })
@@ -87,11 +95,15 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('n-bit-a', { alias: 'n_bit_a', type: 'number', describe: 'QAT: activation bits (2-8)' })
       .option('use-dynamic', { alias: 'use_dynamic', type: 'boolean', default: false, describe: 'QAT: TDQ (step sizes from the timestep) instead of static steps' })
       .option('static-method', { choices: ['lsq', 'pact'] as const, default: 'lsq' as const, describe: 'QAT: the static activation quantizer' })
-      .option('quant-lr', { type: 'number', describe: 'QAT: learning rate of the quantizer parameters (default: 10x the base rate)' })
+      .option('quant-lr', { type: 'number', describe: 'QAT: learning rate of the quantizer steps (weight steps, static activation steps, PACT bounds; default: the base rate / 10, as the authors)' })
+      .option('tdq-lr', { type: 'number', describe: 'QAT: learning rate of the TDQ MLPs (default: the base rate, as the authors)' })
+      .option('tdq-init', { choices: TDQ_INITS, default: 'constant' as TdqInit, describe: "QAT: TDQ MLPs start exactly at the static step for every t ('constant': last bias softplus^-1(step), last weights zeroed), the authors' way ('bias': last bias only, random last weights), or fitted to the calibrated per-timestep steps ('fit')" })
+      .option('distill', { type: 'boolean', default: false, describe: "QAT: learn the --ckpt model's noise prediction on the same noisy input (MSE), instead of (or mixed with, --distill-weight) the diffusion loss" })
+      .option('distill-weight', { type: 'number', describe: 'QAT with --distill: the distillation share w of the loss, w x distill + (1 - w) x diffusion (default 1)' })
       .option('calib-samples', { type: 'number', default: 16, describe: 'QAT: calibration trajectories that initialise the quantizers' })
       .option('calib-steps', { type: 'number', default: 50, describe: 'QAT: DDIM steps of each calibration trajectory' })
       .option('weights-format', { alias: 'weights_format', choices: ['int', 'float'] as const, default: 'int' as const, describe: 'QAT: the final model.safetensors stores int8/int4 weight levels or float32 weights (training checkpoints keep float)' })
-      .option('calib-method', { choices: ['auto', 'mse', 'minmax', 'percentile'] as const, default: 'auto' as const, describe: 'QAT: how the initial step sizes come from the calibration statistics (as calibrate --method)' })
+      .option('calib-method', { choices: ['stats', 'auto', 'mse', 'minmax', 'percentile'] as const, default: 'stats' as const, describe: "QAT: how the initial step sizes come from the calibration statistics: 'stats' (the authors': (mean + 3 std) / qmax signed, (mean + 16 std) / qmax unsigned) or as calibrate --method" })
       .option('on-bad-data', { choices: BAD_DATA_POLICIES, default: 'stop' as BadDataPolicy, describe: 'a sample whose file cannot be read: stop (checkpoint, then exit naming the file) or skip it (counted, listed in <run>/skipped.jsonl)' })
       .option('on-nan', { choices: NAN_POLICIES, default: 'stop' as NanPolicy, describe: 'a NaN/Inf loss or gradient: stop (checkpoint of the last good state, then exit naming the step and layer) or skip the batch (no optimizer step; counted and listed)' })
       .option('max-nan-skips', { type: 'number', default: 10, describe: 'with --on-nan skip: stop (with a checkpoint) once this many steps in a row were non-finite' })
@@ -121,6 +133,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     if (a.lr !== undefined) overrides.push(`model.base_learning_rate=${a.lr}`);
     if (a.seed !== undefined) overrides.push(`training.seed=${a.seed}`);
     if (a.scaleLr !== undefined) overrides.push(`training.scale_lr=${parseBoolFlag('--scale_lr', a.scaleLr)}`);
+    const explicit = [...overrides]; // what this command line sets; QAT defaults go in front of them
     const latent = isLatentDiffusionConfigFile(a.base);
     if (a.firstStage !== undefined && !latent) throw new CliError(`--first-stage: ${a.base} is not a latent diffusion config (model.target ${LATENT_DIFFUSION_TARGETS.join(' or ')})`);
     const qat = await qatPlan(a);
@@ -133,16 +146,19 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     }
     const ae = !latent && isAutoencoderConfigFile(a.base);
     if (ae && qat) throw new CliError('QAT applies to diffusion models; an autoencoder trains in full precision');
-    const { config, warnings } = latent
-      ? ((c) => ({ config: c, warnings: c.warnings }))(loadLatentTrainConfig(a.base, { overrides }))
-      : ae
-        ? ((c) => ({ config: c, warnings: c.warnings }))(loadAutoencoderTrainConfig(a.base, { overrides }))
-        : loadConfig(a.base, { overrides });
-    for (const w of warnings) console.warn(`tdq-native: ${w}`);
+    const load = (ov: readonly string[]) =>
+      latent
+        ? ((c) => ({ config: c, warnings: c.warnings }))(loadLatentTrainConfig(a.base, { overrides: ov }))
+        : ae
+          ? ((c) => ({ config: c, warnings: c.warnings }))(loadAutoencoderTrainConfig(a.base, { overrides: ov }))
+          : loadConfig(a.base, { overrides: ov });
+    let { config, warnings } = load(overrides);
     if (a.resume && a.ckpt) throw new CliError('--resume and --ckpt exclude each other: --resume continues a run, --ckpt starts one from weights');
+    if (a.resume) ({ config, warnings } = await keepRunSettings(a.resume, { config, warnings }, overrides, explicit, load));
+    for (const w of warnings) console.warn(`tdq-native: ${w}`);
     // Rank 0 names the run folder (a timestamp differs between processes).
     const outDir = await broadcastString(comm, comm.rank === 0 ? runFolder(a, config.training.out_dir) : '');
-    const prepare = qat ? qatHook(a, qat, config, outDir) : undefined;
+    const prepare = qat ? qatHook(a, qat, config, outDir, comm.rank === 0) : undefined;
     const abort = new AbortController();
     const signals = stopOnSignals(abort);
     try {
@@ -161,6 +177,36 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     }
   },
 };
+
+/**
+ * --resume: the settings stored in the run's checkpoint win over the YAML for
+ * every key this command line does not set (train_resume.ts); each key taken
+ * from the run is printed. `overrides` are this command's (defaults, then
+ * `explicit`); the config is read again with the run's settings between them.
+ */
+async function keepRunSettings<C extends { model: unknown; data: unknown; training: unknown }>(
+  resume: string, loaded: { config: C; warnings: string[] }, overrides: readonly string[], explicit: readonly string[],
+  load: (ov: readonly string[]) => { config: C; warnings: string[] },
+): Promise<{ config: C; warnings: string[] }> {
+  const isDir = fs.existsSync(resume) && fs.statSync(resume).isDirectory();
+  const file = isDir ? latestCheckpoint(resume) : resume;
+  if (file === null || !fs.existsSync(file)) return loaded; // the trainer names what is missing
+  const run = await storedRunConfig(file);
+  if (run === null) return loaded;
+  const { overrides: restore, restored, added } = runSettingOverrides(run, storedPart(loaded.config), explicit);
+  for (const d of added) console.warn(`tdq-native: --resume: ${d.path} is not in the run's checkpoint; using the config's ${JSON.stringify(d.now)}`);
+  if (restore.length === 0) return loaded;
+  const defaults = overrides.slice(0, overrides.length - explicit.length);
+  let again: { config: C; warnings: string[] };
+  try {
+    again = load([...defaults, ...restore, ...explicit]);
+  } catch (e) {
+    throw new CliError(`--resume ${resume}: the run's stored settings (${restored.map(describeDrift).join('; ')}) do not apply to the config: ${(e as Error).message.split('\n')[0]}`);
+  }
+  console.log(`tdq-native: --resume keeps the run's settings where ${path.basename(file)} differs from the config (set them on the command line to change them):`);
+  for (const d of restored) console.log(`  ${describeDrift(d)}`);
+  return again;
+}
 
 /**
  * The run folder. --resume with a run folder, or with a checkpoint inside one
@@ -228,18 +274,23 @@ function stopOnSignals(abort: AbortController): { readonly exitCode: number | nu
 }
 
 /**
- * QAT's defaults where the config and the flags are silent: a learning rate far
- * below full-precision training's, the quantizer parameters (steps, TDQ MLPs)
- * at ten times it, and no warm-up. Chosen on the shipped Fashion-MNIST model:
- * the FP rate (5e-4) made W8A4 worse than PTQ within 200 steps, 2e-5 / 2e-4
- * made it better (bench/results/tdq-table.md).
+ * QAT's defaults where the config and the flags are silent: the authors'
+ * recipe (their code, ldm/models/diffusion/ddpm.py configure_optimizers, and
+ * cifar10-ddpm.yaml): weights and TDQ MLPs at 2e-4, the quantizer steps at a
+ * tenth of it, no warm-up. (The earlier defaults, weights 2e-5 and
+ * quantizers 2e-4, were chosen on 200-step runs: bench/results/tdq-table.md.)
  */
-export const QAT_DEFAULTS = { lr: 2e-5, quantLrFactor: 10, warmupSteps: 0 };
+export const QAT_DEFAULTS = { lr: 2e-4, quantLrFactor: 0.1, tdqLrFactor: 1, warmupSteps: 0 };
+
+/** The run folder's copy of the distillation teacher (the --ckpt weights), so that a resumed run needs nothing outside it. */
+export const TEACHER_FILE = 'teacher.safetensors';
 
 interface QatPlan {
   cfg: QuantConfig;
   /** false when resuming: the checkpoint restores every quantizer. */
   calibrate: boolean;
+  /** Distillation's weight w, or null without distillation (resuming: the run's own, from its checkpoint). */
+  distill: number | null;
 }
 
 /**
@@ -253,22 +304,39 @@ async function qatPlan(a: TrainArgs): Promise<QatPlan | null> {
     const file = fs.existsSync(a.resume) && fs.statSync(a.resume).isDirectory() ? latestCheckpoint(a.resume) : a.resume;
     if (!file) return null;
     const meta = (await inspectSafetensors(file)).metadata ?? {};
-    if (isQuantizedCheckpoint(meta)) return { cfg: quantConfigFromJSON(meta.quant), calibrate: false };
+    if (isQuantizedCheckpoint(meta)) {
+      const distill = meta.distill_weight !== undefined ? Number(meta.distill_weight) : null;
+      if ((a.distill || a.distillWeight !== undefined) && (distill === null || (a.distillWeight !== undefined && a.distillWeight !== distill)))
+        throw new CliError(`--resume ${a.resume}: that run ${distill === null ? 'trains without distillation' : `distills with weight ${distill}`}; a resumed run keeps its loss (leave --distill / --distill-weight out)`);
+      return { cfg: quantConfigFromJSON(meta.quant), calibrate: false, distill };
+    }
     if (wantsQuant) throw new CliError(`--resume ${a.resume}: that run is not quantized; start QAT with --ckpt and the --n-bit flags`);
     return null;
   }
-  if (!wantsQuant) return null;
+  if (!wantsQuant) {
+    if (a.distill || a.distillWeight !== undefined) throw new CliError('--distill applies to QAT (--n-bit-w, --n-bit-a)');
+    return null;
+  }
   if (a.nBitW === undefined || a.nBitA === undefined) throw new CliError('QAT needs both --n-bit-w and --n-bit-a');
+  if (a.distillWeight !== undefined && !a.distill) throw new CliError('--distill-weight needs --distill');
+  let distill: number | null = null;
+  if (a.distill) {
+    try {
+      distill = checkDistillWeight(a.distillWeight ?? 1);
+    } catch (e) {
+      throw new CliError(`--distill-weight: ${(e as Error).message}`);
+    }
+  }
   if (!a.ckpt) throw new CliError('QAT starts from full-precision weights: pass them with --ckpt');
   try {
-    return { cfg: resolveQuantConfig({ nBitW: a.nBitW, nBitA: a.nBitA, useDynamic: a.useDynamic, staticMethod: a.staticMethod }), calibrate: true };
+    return { cfg: resolveQuantConfig({ nBitW: a.nBitW, nBitA: a.nBitA, useDynamic: a.useDynamic, staticMethod: a.staticMethod }), calibrate: true, distill };
   } catch (e) {
     throw new CliError((e as Error).message);
   }
 }
 
 /** The trainer's prepare hook for a QAT run. */
-function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: TrainOptions['config'], outDir: string): TrainOptions['prepare'] {
+function qatHook(a: TrainArgs, { cfg, calibrate, distill }: QatPlan, config: TrainOptions['config'], outDir: string, lead: boolean): TrainOptions['prepare'] {
   if ('kind' in config && config.kind === 'autoencoder') throw new CliError('QAT applies to diffusion models');
   const latent = 'kind' in config && config.kind === 'latent';
   const lr = latent ? config.baseLearningRate : (config as Config).model.base_learning_rate;
@@ -277,19 +345,36 @@ function qatHook(a: TrainArgs, { cfg, calibrate }: QatPlan, config: TrainOptions
     ? scheduleFromConfig({ beta_schedule: config.spec.betaSchedule, timesteps: config.spec.timesteps, linear_start: config.spec.linearStart, linear_end: config.spec.linearEnd, cosine_s: config.spec.cosineS })
     : scheduleFromConfig((config as Config).model.params);
   const quantLr = a.quantLr ?? QAT_DEFAULTS.quantLrFactor * lr;
+  const tdqLr = a.tdqLr ?? QAT_DEFAULTS.tdqLrFactor * lr;
   console.log(`tdq-native: quantization-aware training W${cfg.nBitW}A${cfg.nBitA} ${cfg.useDynamic ? 'TDQ' : `static ${cfg.staticMethod.toUpperCase()}`} -> ${outDir}`);
-  console.log(`tdq-native: QAT learning rates: weights ${lr.toExponential(1)}, quantizers ${quantLr.toExponential(1)}; warm-up ${config.training.warmup_steps} steps (--lr, --quant-lr, --set training.warmup_steps=N)`);
-  if (calibrate) console.log(`tdq-native: QAT initial step sizes: ${a.calibMethod} on ${a.calibSamples} calibration trajectories of ${a.calibSteps} DDIM steps (--calib-method, --calib-samples, --calib-steps)`);
-  return qatPrepare(cfg, {
+  console.log(`tdq-native: QAT learning rates: weights ${lr.toExponential(1)}, quantizer steps ${quantLr.toExponential(1)}${cfg.useDynamic ? `, TDQ MLPs ${tdqLr.toExponential(1)}` : ''}; warm-up ${config.training.warmup_steps} steps (--lr, --quant-lr, --tdq-lr, --set training.warmup_steps=N)`);
+  if (calibrate) console.log(`tdq-native: QAT initial step sizes: ${a.calibMethod} on ${a.calibSamples} calibration trajectories of ${a.calibSteps} DDIM steps${cfg.useDynamic ? `; TDQ MLPs ${{ constant: 'start at the static step', bias: 'start near the static step (last bias only)', fit: 'fitted to the per-timestep steps' }[a.tdqInit]}` : ''} (--calib-method, --calib-samples, --calib-steps, --tdq-init)`);
+  if (distill !== null && latent) throw new CliError('--distill: implemented for pixel models only');
+  const prepare = qatPrepare(cfg, {
     schedule,
     nSamples: a.calibSamples,
     steps: a.calibSteps,
     method: a.calibMethod,
     seed: config.training.seed,
-    // A function of the trainer's base rate, which scale_lr may multiply.
+    // Functions of the trainer's base rate, which scale_lr may multiply.
     quantLr: a.quantLr ?? ((base) => QAT_DEFAULTS.quantLrFactor * base),
+    tdqLr: a.tdqLr ?? ((base) => QAT_DEFAULTS.tdqLrFactor * base),
+    tdqInit: a.tdqInit,
     calibrate,
     weightsFormat: a.weightsFormat,
+  });
+  if (distill === null) return prepare as TrainOptions['prepare'];
+  // Distillation: the teacher is the --ckpt weights; a fresh run keeps a copy in its folder for resuming.
+  const teacherCopy = path.join(outDir, TEACHER_FILE);
+  return (async (unet: Parameters<typeof prepare>[0]) => {
+    const source = calibrate ? a.ckpt! : teacherCopy;
+    if (!fs.existsSync(source)) throw new CliError(`--resume: the run distills, and its teacher ${teacherCopy} is missing`);
+    const teacher = (await loadModel(source, { config: config as Config, expect: 'float' })).model;
+    teacher.eval();
+    const p = await prepare(unet);
+    if (calibrate && lead) fs.copyFileSync(a.ckpt!, teacherCopy);
+    console.log(`tdq-native: QAT distillation teacher: ${source}`);
+    return { ...p, metadata: { ...p.metadata, distill_weight: String(distill) }, distill: { teacher, weight: distill } };
   }) as TrainOptions['prepare'];
 }
 

@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+
+import { BenchArgs, BenchArgsError, type BenchOptions, helpText, parseBenchArgs, parseNumber } from '../../bench/args';
+
+const OPTIONS: BenchOptions = {
+  steps: { type: 'string', value: 'N', default: '5', help: 'sampling steps' },
+  seeds: { type: 'string', default: '0,1', help: 'seeds' },
+  out: { type: 'string', value: 'FILE', help: 'report' },
+  mode: { type: 'string', default: 'int', help: 'exec' },
+  quick: { type: 'boolean', help: 'fewer runs' },
+};
+
+function parse(argv: string[]): BenchArgs {
+  const a = parseBenchArgs(OPTIONS, argv);
+  assert.ok(a instanceof BenchArgs);
+  return a;
+}
+
+describe('bench/args: command lines of the bench scripts', () => {
+  it('applies defaults, reads values and flags', () => {
+    const a = parse([]);
+    assert.equal(a.int('steps'), 5);
+    assert.deepEqual(a.numList('seeds', { integer: true }), [0, 1]);
+    assert.equal(a.get('out'), undefined);
+    assert.equal(a.optInt('out'), undefined);
+    assert.equal(a.flag('quick'), false);
+    const b = parse(['--steps', '12', '--seeds=3,4,5', '--quick', '--out', 'r.md', '--mode', 'fake']);
+    assert.equal(b.int('steps', 1), 12);
+    assert.deepEqual(b.numList('seeds'), [3, 4, 5]);
+    assert.equal(b.str('out'), 'r.md');
+    assert.equal(b.flag('quick'), true);
+    assert.equal(b.choice('mode', ['int', 'fake']), 'fake');
+  });
+
+  it('rejects an unknown flag, a missing value and a stray argument, naming them', () => {
+    assert.throws(() => parseBenchArgs(OPTIONS, ['--stepz', '3']), (e: Error) => e instanceof BenchArgsError && /'--stepz'/.test(e.message));
+    assert.throws(() => parseBenchArgs(OPTIONS, ['--steps']), (e: Error) => e instanceof BenchArgsError && /--steps/.test(e.message));
+    assert.throws(() => parseBenchArgs(OPTIONS, ['--quick=yes']), (e: Error) => e instanceof BenchArgsError && /--quick/.test(e.message));
+    assert.throws(() => parseBenchArgs(OPTIONS, ['3']), (e: Error) => e instanceof BenchArgsError && /'3'/.test(e.message));
+  });
+
+  it('validates numbers and choices with a message naming the flag and the value', () => {
+    assert.throws(() => parse(['--steps', 'ten']).int('steps'), { name: 'BenchArgsError', message: "--steps: expected an integer >= 0, got 'ten'" });
+    assert.throws(() => parse(['--steps', '2.5']).int('steps', 1), { message: "--steps: expected an integer >= 1, got '2.5'" });
+    assert.throws(() => parse(['--steps', '0']).int('steps', 1), { message: "--steps: expected an integer >= 1, got '0'" });
+    assert.throws(() => parse(['--steps', '']).num('steps'), { message: "--steps: expected a number, got ''" });
+    assert.throws(() => parse(['--seeds', '1,x']).numList('seeds', { min: 0 }), { message: "--seeds: expected a number >= 0, got 'x'" });
+    assert.throws(() => parse(['--mode', 'gpu']).choice('mode', ['int', 'fake']), { message: "--mode: expected one of int, fake, got 'gpu'" });
+    assert.throws(() => parse([]).str('out'), { message: '--out is required' });
+    assert.equal(parseNumber('lambda', '0.25', { min: 0 }), 0.25);
+  });
+
+  it('--help and -h ask for the help, which lists every option with its default', () => {
+    assert.equal(parseBenchArgs(OPTIONS, ['--help']), 'help');
+    assert.equal(parseBenchArgs(OPTIONS, ['--steps', '3', '-h']), 'help');
+    const h = helpText('node x.js [options]', OPTIONS);
+    assert.match(h, /^usage: node x\.js \[options\]/);
+    assert.match(h, /--steps <N> +sampling steps \(default: 5\)/);
+    assert.match(h, /--out <FILE> +report$/m);
+    assert.match(h, /--quick +fewer runs$/m);
+    assert.match(h, /--help, -h/);
+  });
+});
+
+// Each script parses its command line before any work: --help lists its
+// options, and an unknown flag fails (exit 2) naming it.
+const SCRIPTS: Record<string, string[]> = {
+  fid_spread: ['--ckpt', '--pool', '--sizes', '--steps', '--seed', '--cache', '--out'],
+  diffusion: ['--quick', '--threads', '--torch-threads', '--torch-wait-policy', '--rounds', '--out', '--no-torch', '--no-profile'],
+  int_memory: ['--models', '--batch', '--steps', '--out'],
+  ldm_churches: ['--ckpt', '--steps', '--rounds', '--threads', '--no-cli', '--out'],
+  memory: ['--batch', '--steps', '--out'],
+  ops: ['--batch', '--threads', '--reps', '--warmup', '--rounds', '--out', '--no-torch'],
+  qgemm: ['--batch', '--reps', '--warmup', '--rounds', '--levels', '--out'],
+  tdq_ptq_lab: ['--ckpt', '--w', '--a', '--n-samples', '--steps', '--seeds', '--calib-samples', '--method', '--lambdas', '--schedules', '--per-layer', '--out'],
+};
+
+function runScript(name: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const file = path.resolve(__dirname, '..', '..', 'bench', `${name}.js`);
+  return new Promise((resolve) => {
+    execFile(process.execPath, [file, ...args], { encoding: 'utf8' }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr }));
+  });
+}
+
+describe('bench scripts: strict command lines', () => {
+  for (const [name, flags] of Object.entries(SCRIPTS)) {
+    it(`${name}: --help lists its options; an unknown flag or a bad number exits 2 naming it`, async () => {
+      const numeric = ['--steps', '--batch', '--rounds'].find((f) => flags.includes(f))!;
+      const [help, unknown, bad] = await Promise.all([runScript(name, ['--help']), runScript(name, ['--bogus-flag']), runScript(name, [numeric, 'many'])]);
+      assert.equal(help.code, 0, help.stderr);
+      for (const f of flags) assert.ok(help.stdout.includes(`${f} `) || help.stdout.includes(`${f}\n`), `${name} --help lacks ${f}:\n${help.stdout}`);
+      assert.equal(unknown.code, 2);
+      assert.match(unknown.stderr, /--bogus-flag/);
+      assert.equal(bad.code, 2, bad.stderr);
+      assert.match(bad.stderr, new RegExp(`^${numeric}: expected an integer >= 1, got 'many'`));
+    });
+  }
+});

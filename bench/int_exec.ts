@@ -4,9 +4,20 @@
 // 'int': quantize_act + qconv2d / qlinear, weights packed once), for static
 // LSQ W8A8 and TDQ W8A8 reading its step table. Writes a markdown report.
 //
-//   node dist/bench/int_exec.js [--batch 8] [--reps 5] [--warmup 2] [--rounds 3]
-//                               [--calib-samples 4] [--out bench/results/int-exec.md]
+//   node dist/bench/int_exec.js [--case fmnist-b8|ddpm-b8|churches-b1] [--batch 8] [--reps 5] [--warmup 2]
+//                               [--rounds 3] [--calib-samples 4] [--ways static,tdq int]
+//                               [--out bench/results/int-exec.md]
 //                               [--profile bench/results/int-exec-profile.md]
+//
+// --case: fmnist-b8 (default) is the shipped model; ddpm-b8 and churches-b1 are
+// the DDPM CIFAR-10 UNet (configs/ddpm-cifar10.yaml) and the LDM churches UNet
+// (configs/ldm-churches.yaml) with random weights (seed 0; the zero-initialized
+// output convs drawn too), calibrated W8A8 on one short DDIM trajectory. Their
+// float weights and calibrated quantized models are written once under
+// $TDQ_BENCH_CACHE (default /tmp/tdq-int-bench) and read back by later runs, so
+// two builds (TDQ_ADDON_PATH) time the same models. --batch overrides the case's.
+// --ways: fp32 and the executions whose names start with one of these
+// (case-insensitive, 'W8A8' left out: 'static int,tdq int').
 //
 // Every way runs model.forward(x, t) on the same x (batch, C, H, W) and random
 // integer timesteps, the native stream drained after each call; the ways
@@ -24,7 +35,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import { loadConfig } from '../src/config';
+import { readSafetensors, writeSafetensors } from '../src/io/safetensors';
+import { type Denoiser, buildUNet } from '../src/models/diffusion';
 import { loadModel } from '../src/models/load';
+import { loadQuantized } from '../src/quant/quantize_model';
+import { scale } from '../src/tensor/ops/elementwise';
+import { Generator } from '../src/tensor/random';
 import { DEFAULT_MODEL } from '../src/pipeline';
 import { calibrate } from '../src/quant/calibrate';
 import { resolveQuantConfig } from '../src/quant/config';
@@ -53,14 +70,23 @@ function lscpu(field: string): string {
   }
 }
 
-async function main(): Promise<void> {
-  const batch = Number(arg('batch', '8')), reps = Number(arg('reps', '5')), warmup = Number(arg('warmup', '2'));
-  const rounds = Number(arg('rounds', '3')), calibSamples = Number(arg('calib-samples', '4'));
-  const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'int-exec.md')));
-  const info = native().info();
-  const load0 = os.loadavg()[0];
-  const t0 = Date.now();
+interface BenchModel {
+  label: string;
+  shape: [number, number, number];
+  timesteps: number;
+  fp: { forward(x: Tensor, t: Tensor): Tensor };
+  quantized: Record<string, QuantizedModel>;
+  dispose(): void;
+}
 
+const CASES: Record<string, { config: string; batch: number }> = {
+  'fmnist-b8': { config: '', batch: 8 },
+  'ddpm-b8': { config: 'configs/ddpm-cifar10.yaml', batch: 8 },
+  'churches-b1': { config: 'configs/ldm-churches.yaml', batch: 1 },
+};
+
+/** The shipped model, calibrated here (mse, a few samples). */
+async function shippedModel(calibSamples: number): Promise<BenchModel> {
   const fp = await loadModel(DEFAULT_MODEL);
   const cfgModel = fp.config.model.params as { timesteps: number; channels: number; image_size: number };
   const schedule = { kind: 'linear' as const, timesteps: cfgModel.timesteps };
@@ -78,22 +104,118 @@ async function main(): Promise<void> {
     quantized[name] = qm;
   }
   fp.model.eval();
+  return {
+    label: `${path.basename(DEFAULT_MODEL)}; quantized W8A8 by calibrate (mse, ${calibSamples} samples), paper's full-precision layers kept`,
+    shape: [cfgModel.channels, cfgModel.image_size, cfgModel.image_size],
+    timesteps: cfgModel.timesteps,
+    fp: fp.model,
+    quantized,
+    dispose: () => owners.forEach((o) => o.dispose()),
+  };
+}
 
-  const shape = [batch, cfgModel.channels, cfgModel.image_size, cfgModel.image_size];
+/** A config's UNet with random weights and its W8A8 models, cached under $TDQ_BENCH_CACHE. */
+async function configModel(name: string, configFile: string): Promise<BenchModel> {
+  const { config } = loadConfig(path.join(packageRoot, configFile), { purpose: 'model' });
+  const mp = config.model.params as unknown as Record<string, unknown>;
+  const u = mp.unet_config as { target: string; params: Record<string, unknown> };
+  const p = u.params;
+  const ddpm = u.target.endsWith('DDPMUNet');
+  const shape: [number, number, number] = ddpm
+    ? [p.in_channels as number, p.resolution as number, p.resolution as number]
+    : [p.in_channels as number, p.image_size as number, p.image_size as number];
+  const timesteps = (mp.timesteps as number | undefined) ?? 1000;
+  const dir = process.env.TDQ_BENCH_CACHE ?? '/tmp/tdq-int-bench';
+  fs.mkdirSync(dir, { recursive: true });
+  const build = () => buildUNet({ target: u.target, params: p }, new Generator(0));
+  const fpFile = path.join(dir, `${name}-fp32.safetensors`);
+  if (!fs.existsSync(fpFile)) {
+    // the zero-initialized layers (output convs) drawn as well: a timing model, not a trained one
+    const m = build();
+    const gen = new Generator(7);
+    const fresh = new Map<string, Tensor>();
+    for (const [k, v] of m.stateDict()) {
+      if (v.ndim < 2 || v.dtype !== 'float32') continue;
+      const d = (await v.data()) as Float32Array;
+      if (d.some((e) => e !== 0)) continue;
+      const fanIn = v.size / v.shape[0];
+      fresh.set(k, tidy(() => scale(gen.randn(v.shape), 1 / Math.sqrt(fanIn))));
+    }
+    m.loadStateDict(fresh, { strict: false });
+    for (const t of fresh.values()) t.dispose();
+    await writeSafetensors(fpFile, m.stateDict());
+    m.dispose();
+  }
+  const { tensors } = await readSafetensors(fpFile);
+  const fp = build();
+  fp.loadStateDict(tensors, { strict: true });
+  fp.eval();
+  const quantized: Record<string, QuantizedModel> = {};
+  for (const [qname, useDynamic] of [['static W8A8', false], ['TDQ W8A8', true]] as const) {
+    const qFile = path.join(dir, `${name}-${useDynamic ? 'tdq' : 'static'}-w8a8.safetensors`);
+    if (!fs.existsSync(qFile)) {
+      const m = build();
+      m.loadStateDict(tensors, { strict: true });
+      const t0 = Date.now();
+      const qm = await calibrate(m, resolveQuantConfig({ nBitW: 8, nBitA: 8, useDynamic }), {
+        schedule: { kind: 'linear', timesteps }, steps: 4, nSamples: 1, seed: 1, method: 'minmax', fitIters: 100, sampleShape: shape,
+      });
+      if (useDynamic) qm.buildTable();
+      await writeSafetensors(qFile, qm.stateDict(), qm.checkpointMetadata());
+      console.error(`${name}: calibrated ${qname} in ${((Date.now() - t0) / 1e3).toFixed(0)} s -> ${qFile}`);
+      qm.dispose();
+    }
+    const q = await readSafetensors(qFile);
+    const qm = loadQuantized(build(), q.metadata, q.tensors);
+    for (const t of q.tensors.values()) t.dispose();
+    qm.eval();
+    quantized[qname] = qm;
+  }
+  for (const t of tensors.values()) t.dispose();
+  return {
+    label: `${configFile} UNet, random weights (seed 0), ${(fp.numParameters() / 1e6).toFixed(1)}M parameters; quantized W8A8 by calibrate (min-max steps, 1 sample x 4 DDIM steps), cached in ${dir}`,
+    shape,
+    timesteps,
+    fp,
+    quantized,
+    dispose: () => {
+      fp.dispose();
+      Object.values(quantized).forEach((q) => q.dispose());
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const caseName = arg('case', 'fmnist-b8');
+  const spec = CASES[caseName];
+  if (!spec) throw new RangeError(`--case must be one of ${Object.keys(CASES).join(', ')}, got ${caseName}`);
+  const batch = Number(arg('batch', String(spec.batch))), reps = Number(arg('reps', '5')), warmup = Number(arg('warmup', '2'));
+  const rounds = Number(arg('rounds', '3')), calibSamples = Number(arg('calib-samples', '4'));
+  const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'int-exec.md')));
+  const info = native().info();
+  const load0 = os.loadavg()[0];
+  const t0 = Date.now();
+
+  const bm = spec.config ? await configModel(caseName, spec.config) : await shippedModel(calibSamples);
+  const quantized = bm.quantized;
+  const wayFilter = arg('ways', '').split(',').map((w) => w.trim().toLowerCase()).filter((w) => w);
+  const shape = [batch, ...bm.shape];
   const x = runOp1('randn', [], { shape, seed: 1 });
-  const t = fromArray(Array.from({ length: batch }, (_, i) => (i * 131 + 7) % cfgModel.timesteps), [batch]);
+  const t = fromArray(Array.from({ length: batch }, (_, i) => (i * 131 + 7) % bm.timesteps), [batch]);
   type Way = { name: string; run: () => Tensor; before?: () => void };
-  const ways: Way[] = [{ name: 'fp32', run: () => fp.model.forward(x, t) }];
+  let ways: Way[] = [{ name: 'fp32', run: () => bm.fp.forward(x, t) }];
   for (const [name, qm] of Object.entries(quantized)) {
     ways.push({ name: `${name} fake`, before: () => qm.setExec('fake'), run: () => qm.forward(x, t) });
     ways.push({ name: `${name} int`, before: () => qm.setExec('int'), run: () => qm.forward(x, t) });
   }
+  const picked = (n: string) => wayFilter.some((f) => n.toLowerCase().replace(' w8a8', '').startsWith(f));
+  if (wayFilter.length) ways = ways.filter((w) => w.name === 'fp32' || picked(w.name));
   const profileFile = arg('profile', '');
   if (profileFile) {
     writeProfile(path.resolve(profileFile), ways, { warmup, reps, batch, load0, t0 });
     x.dispose();
     t.dispose();
-    for (const o of owners) o.dispose();
+    bm.dispose();
     return;
   }
   const times = new Map<string, number[]>(ways.map((w) => [w.name, []]));
@@ -131,14 +253,14 @@ async function main(): Promise<void> {
   const load1 = os.loadavg()[0];
   const f = info.cpuFeatures as Record<string, boolean>;
   const report = [
-    '# Whole-model forward: fp32 vs fake-quantized vs integer execution (shipped model, CPU)',
+    `# Whole-model forward: fp32 vs fake-quantized vs integer execution (${caseName}, CPU)`,
     '',
     `- command: \`node dist/bench/int_exec.js ${process.argv.slice(2).join(' ')}\``.replace(/ `$/, '`'),
     `- date: ${new Date(t0).toISOString()}, ${((Date.now() - t0) / 1000).toFixed(0)} s`,
     `- machine: ${lscpu('Model name')}, ${os.cpus().length} logical CPUs; avx512vnni ${f.avx512vnni}, amxInt8 ${f.amxInt8}`,
     `- load average (1 min) before / after: ${load0.toFixed(2)} / ${load1.toFixed(2)} (the benchmark itself accounts for about 1)`,
     `- tdq-native: ${info.threads} threads, cpu level ${info.cpuLevel}, int8 kernel ${info.int8Kernel}`,
-    `- model: ${path.basename(DEFAULT_MODEL)} (${shape.slice(1).join('x')}), batch ${batch}; quantized W8A8 by calibrate (mse, ${calibSamples} samples), paper's full-precision layers kept`,
+    `- case ${caseName}: ${bm.label}; input ${shape.slice(1).join('x')}, batch ${batch}`,
     `- median of ${rounds} rounds x ${reps} forwards per way (after ${warmup} warm-up forwards per block), the ways interleaved in blocks`,
     '',
     '| execution | median (ms) | fastest (ms) | median CPU (ms, all threads) | fp32 / this (median) | fp32 / this (fastest) | fp32 / this (CPU) |',
@@ -150,7 +272,7 @@ async function main(): Promise<void> {
   ].join('\n');
   x.dispose();
   t.dispose();
-  for (const o of owners) o.dispose();
+  bm.dispose();
   fs.mkdirSync(path.dirname(outFile), { recursive: true });
   fs.writeFileSync(outFile, report);
   console.log(`wrote ${outFile}`);

@@ -15,36 +15,11 @@
 #include <vector>
 
 #include "../core/registry.h"
+#include "group_norm.h"
 #include "nn_simd.h"
 
 namespace tdq {
 namespace {
-
-// Sums in double over four accumulators: exact enough for millions of
-// elements and the independent chains keep the adds pipelined.
-double sum_d(const float* p, int64_t n) {
-  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) s0 += p[i], s1 += p[i + 1], s2 += p[i + 2], s3 += p[i + 3];
-  for (; i < n; ++i) s0 += p[i];
-  return (s0 + s1) + (s2 + s3);
-}
-
-// sum (p[i] - c)^2: the second pass of the two-pass variance, which does not
-// lose precision when |mean| >> std as sum(x^2) - n*mean^2 would.
-double sum_sq_dev(const float* p, int64_t n, double c) {
-  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    double d0 = p[i] - c, d1 = p[i + 1] - c, d2 = p[i + 2] - c, d3 = p[i + 3] - c;
-    s0 += d0 * d0, s1 += d1 * d1, s2 += d2 * d2, s3 += d3 * d3;
-  }
-  for (; i < n; ++i) {
-    double d = p[i] - c;
-    s0 += d * d;
-  }
-  return (s0 + s1) + (s2 + s3);
-}
 
 struct GnDims {
   int64_t N, C, G, HW;
@@ -374,5 +349,10 @@ void group_norm_backward_cpu(OpCall& c, const ExecContext& ctx) {
 
 TDQ_REGISTER_OP({"group_norm_forward", 1, 3, infer_group_norm_forward, group_norm_forward_cpu, {}});
 TDQ_REGISTER_OP({"group_norm_backward", 4, 6, infer_group_norm_backward, group_norm_backward_cpu, {}});
+
+GnForwardKernels group_norm_forward_kernels(CpuLevel level, bool silu) {
+  const GnKernels k = gn_kernels(level, silu);
+  return {k.sum, k.sum_sq_dev, k.apply};
+}
 
 }  // namespace tdq

@@ -5,6 +5,9 @@
 //   y[n, o] = sum_{c,i,j} (x - zp)[n, c, ...] * q[o, c, i, j] * (act_step[n] * wstep[o]) + bias[o]
 //   x (N, C, H, W): uint8 levels with zero point 'zero_point', or int8 levels
 //   (symmetric), from quantize_act; the padding is the zero point (real 0).
+//   Levels of x - z (a real zero point z, from qgroup_norm_act) take 'offset'
+//   z (and 'column' / 'step_floor' as the levels were made): z * weights is
+//   added back in the epilogue, the padding being real 0, as for float32 x.
 //   act_step: [] / [1], or [N] (one step per sample). packed, row_sums: from
 //   qweight_pack of the (O, C, kH, kW) weights; wstep: their steps [O].
 //   The result equals conv2d_forward(fake_quant(x), fake_quant(w), bias) up to
@@ -19,6 +22,9 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "gemm.h"
 #include "qgemm.h"
@@ -131,7 +137,30 @@ struct BorderCorr {
   std::vector<int64_t> pix;
   std::vector<float> d;
 };
-BorderCorr border_correction(const QConvGeom& g, const int8_t* w, const float* wstep, const int32_t* rsum, float z) {
+// Sum of n int8 values (exact).
+int32_t sum_i8_scalar(const int8_t* p, int64_t n) {
+  int32_t a = 0;
+  for (int64_t i = 0; i < n; ++i) a += p[i];
+  return a;
+}
+#if defined(__x86_64__)
+// 32 bytes at a time: vpsadbw of the bytes + 128 (as unsigned) against 0, less 128 per byte.
+__attribute__((target("avx2"))) int32_t sum_i8_avx2(const int8_t* p, int64_t n) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), zero = _mm256_setzero_si256();
+  __m256i acc = zero;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), flip);
+    acc = _mm256_add_epi64(acc, _mm256_sad_epu8(v, zero));
+  }
+  alignas(32) int64_t l[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(l), acc);
+  return static_cast<int32_t>(l[0] + l[1] + l[2] + l[3] - 128 * i) + sum_i8_scalar(p + i, n - i);
+}
+#endif
+
+BorderCorr border_correction(const QConvGeom& g, const int8_t* w, const float* wstep, const int32_t* rsum, float z,
+                             CpuLevel level) {
   BorderCorr bc;
   const int64_t taps = g.kh * g.kw, Cp = round_up4(g.C), Kp = taps * Cp, O = g.O;
   std::vector<uint8_t> vh(static_cast<size_t>(g.Ho * g.kh)), vw(static_cast<size_t>(g.Wo * g.kw));
@@ -152,13 +181,14 @@ BorderCorr border_correction(const QConvGeom& g, const int8_t* w, const float* w
     for (int64_t ow = 0; ow < g.Wo; ++ow)
       if (bad_h[oh] || bad_w[ow]) bc.pix.push_back(oh * g.Wo + ow);
   if (bc.pix.empty()) return bc;
+  // per (o, tap) weight sums; the padded channels C..Cp hold 0
   std::vector<int32_t> tsum(static_cast<size_t>(O * taps));
+  auto sum8 = sum_i8_scalar;
+#if defined(__x86_64__)
+  if (level != CpuLevel::scalar) sum8 = sum_i8_avx2;
+#endif
   for (int64_t o = 0; o < O; ++o)
-    for (int64_t t = 0; t < taps; ++t) {
-      int32_t a = 0;
-      for (int64_t c = 0; c < g.C; ++c) a += w[o * Kp + t * Cp + c];
-      tsum[o * taps + t] = a;
-    }
+    for (int64_t t = 0; t < taps; ++t) tsum[o * taps + t] = sum8(w + o * Kp + t * Cp, Cp);
   // Border pixels fall into a few classes (which kernel rows and columns are
   // inside): one sum per class and output channel.
   auto class_of = [](const std::vector<uint8_t>& v, int64_t n, int64_t k, std::vector<int64_t>& cls) {
@@ -259,7 +289,8 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   std::vector<int32_t> zc(static_cast<size_t>(O));
   for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * int64_t{prs[o]});
   // A real zero point z: bias' = bias + z * wstep * rowsum, and the border fix-up.
-  const bool zfix = q.quantize && q.offset != 0.f;
+  // (float32 x quantized here, or uint8 levels of x - z from qgroup_norm_act)
+  const bool zfix = q.offset != 0.f;
   std::vector<float> bias2;
   BorderCorr bc;
   if (zfix) {
@@ -269,7 +300,7 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
       const float corr = zw * static_cast<float>(prs[o]);
       bias2[o] = bias ? bias->f32()[o] + corr : corr;
     }
-    bc = border_correction(g, wp.data<int8_t>(), ws.f32(), prs, q.offset);
+    bc = border_correction(g, wp.data<int8_t>(), ws.f32(), prs, q.offset, ctx.cpu_level);
   }
   const Quant4Fn q4 = quant4_for(ctx.cpu_level);
   // 1x1, stride 1, no padding, float32 x: quantize straight into the panels.

@@ -30,6 +30,7 @@
 //   y = (x - zp) · q^T * (act_step * wstep) + bias over the last axis of x (K),
 //   x uint8 (zero point 'zero_point', default 0) or int8 (symmetric). act_step
 //   as for quantize_act ([x.shape[0]]: one step per index of axis 0).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -177,6 +178,20 @@ void qgemm_pack(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, con
   if (M == 0 || cols == 0) return;
   const QKernel& k = qkernel_for(ctx.cpu_level);
   const int64_t mblocks = (M + k.mr - 1) / k.mr, npanels = (cols + kNR - 1) / kNR;
+  // Few panels (a batch of one, small feature maps) would leave threads idle:
+  // then every panel is packed once into a shared buffer (at most 4 per
+  // thread, so bounded), and qgemm runs the tiles of all (panel, row block)
+  // pairs in parallel.
+  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
+  if (threads > 1 && npanels < 4 * threads) {
+    QScratch all(2, static_cast<size_t>(npanels * kq * kNR * 4));
+    uint8_t* panels = all.get();
+    ctx.parallel_for(npanels, 1, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p) pack(p, panels + p * kq * kNR * 4);
+    });
+    qgemm(ctx, M, cols, kq, w, panels, zc, wstep, bias, col_step, col_off, y, row_stride);
+    return;
+  }
   int64_t ldw;
   std::unique_ptr<QScratch> wide_buf;
   w = kernel_weights(k, M, kq, w, wide_buf, ldw);
@@ -249,12 +264,16 @@ int64_t activation_zero_point(const Attrs& a, const Tensor& x) {
 
 QActSpec qact_spec(const Attrs& a, const Tensor& x) {
   QActSpec q;
-  if (x.dtype != DType::f32) {
-    TDQ_CHECK_RANGE(!a.has("column") || a.get_int("column") == -1, a.op,
-                    ": attribute 'column' needs float32 'x' (quantized inside the op)");
-    q.column = -1;
-    return q;
-  }
+  // The real zero point, step floor and table column: for float32 x how the op
+  // quantizes it; for uint8 / int8 levels (qgroup_norm_act) how they were made,
+  // which the epilogue needs (the step, and z added back).
+  const double off = a.get_float("offset", 0.0), fl = a.get_float("step_floor", 0.0);
+  TDQ_CHECK_RANGE(std::isfinite(off), a.op, ": attribute 'offset' must be finite, got ", off);
+  TDQ_CHECK_RANGE(std::isfinite(fl) && fl >= 0, a.op, ": attribute 'step_floor' must be finite and >= 0, got ", fl);
+  q.offset = static_cast<float>(off), q.floor = static_cast<float>(fl);
+  q.column = a.get_int("column", -1);
+  TDQ_CHECK_RANGE(q.column >= -1, a.op, ": attribute 'column' must be -1 or a column index, got ", q.column);
+  if (x.dtype != DType::f32) return q;
   q.quantize = true;
   TDQ_CHECK_TYPE(a.has("bits") && a.has("signed"), a.op,
                  ": float32 'x' is quantized inside the op and needs attributes 'bits' and 'signed'");
@@ -264,12 +283,6 @@ QActSpec qact_spec(const Attrs& a, const Tensor& x) {
   TDQ_CHECK_RANGE(a.get_int("zero_point", 0) == 0, a.op,
                   ": attribute 'zero_point' is for uint8 'x'; float32 'x' takes a real zero point as 'offset'");
   q.shifted = a.get_bool("input_shifted", false);
-  const double off = a.get_float("offset", 0.0), fl = a.get_float("step_floor", 0.0);
-  TDQ_CHECK_RANGE(std::isfinite(off), a.op, ": attribute 'offset' must be finite, got ", off);
-  TDQ_CHECK_RANGE(std::isfinite(fl) && fl >= 0, a.op, ": attribute 'step_floor' must be finite and >= 0, got ", fl);
-  q.offset = static_cast<float>(off), q.floor = static_cast<float>(fl);
-  q.column = a.get_int("column", -1);
-  TDQ_CHECK_RANGE(q.column >= -1, a.op, ": attribute 'column' must be -1 or a column index, got ", q.column);
   const int64_t half = int64_t{1} << (q.bits - 1);
   if (q.is_signed) q.lo = static_cast<float>(-half), q.hi = static_cast<float>(half - 1), q.add = 128;
   else q.lo = 0.f, q.hi = static_cast<float>(2 * half - 1), q.add = 0;
@@ -621,7 +634,7 @@ void qlinear(OpCall& c, const ExecContext& ctx) {
   for (int64_t o = 0; o < O; ++o) zc[o] = static_cast<int32_t>(zp * prs[o]);
   // A real zero point z (QActSpec): bias' = bias + z * wstep * rowsum.
   std::vector<float> bias2;
-  if (q.quantize && q.offset != 0.f) {
+  if (q.offset != 0.f) {
     bias2.resize(static_cast<size_t>(O));
     for (int64_t o = 0; o < O; ++o) {
       const float zw = q.offset * ws.f32()[o];

@@ -106,7 +106,10 @@ void qgemm(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const in
 // As qgemm, but the panels are made on the fly: pack(p, dst) writes panel p
 // (kq * 128 bytes, qgemm.h layout) into a buffer of the calling worker, which
 // then runs every row block of that panel while it is in L1 (no buffer of all
-// panels). Parallel over panels; the results are those of qgemm.
+// panels). Parallel over panels; where there are too few panels for the
+// threads (a batch of one, small maps) the panels are packed once into one
+// buffer and qgemm spreads their row blocks over the threads. The results are
+// those of qgemm, bit for bit.
 using QPackFn = std::function<void(int64_t p, uint8_t* dst)>;
 void qgemm_pack(const ExecContext& ctx, int64_t M, int64_t cols, int64_t kq, const int8_t* w, const QPackFn& pack,
                 const int32_t* zc, const float* wstep, const float* bias, const float* col_step, const int64_t* col_off,
@@ -149,6 +152,9 @@ int64_t activation_zero_point(const Attrs& a, const Tensor& x);
 //   the GEMM epilogue; at conv borders, where zero padding means real 0 and not
 //   z, the taps outside the input are taken out again: + fl(fl(z * wstep) *
 //   (valid sum - rowsum))).
+// uint8 / int8 x (levels made outside, e.g. by qgroup_norm_act) takes the
+// same 'offset', 'step_floor' and 'column' attributes, which then say how the
+// levels were made: the epilogue adds z back and reads the sample's step.
 struct QActSpec {
   bool quantize = false;  // x is float32
   bool is_signed = false, shifted = false;

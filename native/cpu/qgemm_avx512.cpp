@@ -1,4 +1,4 @@
-// AVX-512 VNNI int8 micro-kernel (qgemm.h): an 8 x 32 tile, 16 zmm int32
+// AVX-512 VNNI int8 micro-kernel (qgemm.h): an 8 x 32 tile (8 x 16 where a tile has at most 16 columns), 16 zmm int32
 // accumulators. Per group of 4 k: two 64-byte loads of the activation panel
 // (32 columns x 4 u8) and, per row, one 4-byte broadcast of the weights, then
 // vpdpbusd: each int32 lane adds 4 exact u8 x s8 products (no saturation; the
@@ -21,8 +21,14 @@ namespace {
 constexpr int kMR = 8;
 
 #define TDQ_VNNI __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni,fma")))
+#define TDQ_AINLINE_VNNI inline __attribute__((always_inline))
 
-TDQ_VNNI void ukr_vnni_8x32(int64_t kq, const int8_t* w, int64_t ldw, const uint8_t* panel, const QTile& t) {
+// NH halves of 16 columns: 2 for a full tile, 1 where the tile has at most 16
+// valid columns (small feature maps: a 4x4 map of one sample is a panel of 16
+// columns), which halves the work there. The results are the same.
+template <int NH>
+TDQ_VNNI TDQ_AINLINE_VNNI void ukr_vnni_body(int64_t kq, const int8_t* w, int64_t ldw, const uint8_t* panel,
+                                             const QTile& t) {
   // Named accumulators (an array made GCC 12 copy registers around every
   // vpdpbusd and spill): 8 rows x 2 halves of the 32 columns.
   const int8_t* r0 = w;
@@ -41,10 +47,11 @@ TDQ_VNNI void ukr_vnni_8x32(int64_t kq, const int8_t* w, int64_t ldw, const uint
     std::memcpy(&wq, ri + 4 * q, 4);                          \
     const __m512i b = _mm512_set1_epi32(wq);                  \
     ca = _mm512_dpbusd_epi32(ca, a0, b);                      \
-    cb = _mm512_dpbusd_epi32(cb, a1, b);                      \
+    if constexpr (NH == 2) cb = _mm512_dpbusd_epi32(cb, a1, b); \
   }
   for (int64_t q = 0; q < kq; ++q) {
-    const __m512i a0 = _mm512_loadu_si512(panel), a1 = _mm512_loadu_si512(panel + 64);
+    const __m512i a0 = _mm512_loadu_si512(panel);
+    const __m512i a1 = NH == 2 ? _mm512_loadu_si512(panel + 64) : a0;
     TDQ_ROW(r0, c00, c01) TDQ_ROW(r1, c10, c11) TDQ_ROW(r2, c20, c21) TDQ_ROW(r3, c30, c31)
     TDQ_ROW(r4, c40, c41) TDQ_ROW(r5, c50, c51) TDQ_ROW(r6, c60, c61) TDQ_ROW(r7, c70, c71)
     panel += kNR * 4;
@@ -67,7 +74,7 @@ TDQ_VNNI void ukr_vnni_8x32(int64_t kq, const int8_t* w, int64_t ldw, const uint
     float* yi = t.y + i * t.row_stride;
     if (t.contig) {
       _mm512_mask_storeu_ps(yi + t.col_off[0], m0, v0);
-      if (n1) _mm512_mask_storeu_ps(yi + t.col_off[0] + 16, m1, v1);
+      if (NH == 2 && n1) _mm512_mask_storeu_ps(yi + t.col_off[0] + 16, m1, v1);
     } else {
       alignas(64) float tmp[32];
       _mm512_store_ps(tmp, v0);
@@ -75,6 +82,11 @@ TDQ_VNNI void ukr_vnni_8x32(int64_t kq, const int8_t* w, int64_t ldw, const uint
       for (int j = 0; j < t.nr; ++j) yi[t.col_off[j]] = tmp[j];
     }
   }
+}
+
+TDQ_VNNI void ukr_vnni_8x32(int64_t kq, const int8_t* w, int64_t ldw, const uint8_t* panel, const QTile& t) {
+  if (t.nr <= 16) ukr_vnni_body<1>(kq, w, ldw, panel, t);
+  else ukr_vnni_body<2>(kq, w, ldw, panel, t);
 }
 
 }  // namespace

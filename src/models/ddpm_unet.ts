@@ -5,6 +5,7 @@
 // mid.block_1, mid.attn_1, up.{i}..., norm_out, conv_out.
 import { Module } from '../nn/module';
 import { Conv2d, Dropout, GroupNorm, Linear } from '../nn/layers';
+import { normSiluInto } from '../nn/fused';
 import { Generator } from '../tensor/random';
 import { scaledDotProductAttentionChannelsMajor } from '../tensor/ops/attention';
 import { silu } from '../tensor/ops/activation';
@@ -48,10 +49,11 @@ class ResnetBlock extends Module {
     this.ninShortcut = inCh !== outCh ? this.registerModule('nin_shortcut', new Conv2d(inCh, outCh, 1, { gen })) : null;
   }
   forward(x: Tensor, temb: Tensor): Tensor {
-    // The time embedding and the shortcut are added inside the convolutions.
+    // conv(silu(norm(.))) fused where the conv can (nn/fused.ts); the time
+    // embedding and the shortcut are added inside the convolutions.
     const t = this.tembProj.forward(silu(temb));
-    const h = this.conv1.forwardAdd(this.norm1.forwardSiLU(x), t, null);
-    return this.conv2.forwardAdd(this.dropout.forward(this.norm2.forwardSiLU(h)), null, this.ninShortcut ? this.ninShortcut.forward(x) : x);
+    const h = normSiluInto(this.norm1, this.conv1, x, null, null, { addChannel: t });
+    return normSiluInto(this.norm2, this.conv2, h, null, this.dropout, { residual: this.ninShortcut ? this.ninShortcut.forward(x) : x });
   }
 }
 

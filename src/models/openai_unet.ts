@@ -12,6 +12,7 @@ import { avgPool2d, upsampleNearest2x } from '../tensor/ops/pool';
 import { cat, chunk } from '../tensor/ops/shape';
 import { add, addScalar, mul, reshape } from '../tensor/ops/elementwise';
 import type { Tensor } from '../tensor/tensor';
+import { normSiluInto } from '../nn/fused';
 import { timestepEmbedding, zeroModule } from './common';
 import { SpatialTransformer } from './transformer';
 
@@ -118,23 +119,25 @@ export class ResBlock extends Module implements EmbedBlock {
   }
 
   forward(x: Tensor, emb: Tensor): Tensor {
-    let h = this.inNorm.forwardSiLU(x);
+    const e = this.embLinear.forward(silu(emb)); // (B, C) or (B, 2C) with scale-shift
+    // Without scale-shift the embedding is added inside inConv; the skip inside outConv.
+    const addE = this.useScaleShiftNorm ? null : e;
+    let h: Tensor;
     if (this.hUpd && this.xUpd) {
-      h = this.hUpd.forward(h);
+      h = this.hUpd.forward(this.inNorm.forwardSiLU(x));
       x = this.xUpd.forward(x);
-    }
-    const e = this.embLinear.forward(silu(emb));
-    if (this.useScaleShiftNorm) {
-      h = this.inConv.forward(h);
-      const e4 = reshape(e, [e.shape[0], e.shape[1], 1, 1]); // (B, 2C, 1, 1)
-      const [scale, shift] = chunk(e4, 2, 1);
-      h = silu(add(mul(this.outNorm.forward(h), addScalar(scale, 1)), shift));
+      h = this.inConv.forwardAdd(h, addE, null);
     } else {
-      // the embedding added inside the convolution
-      h = this.outNorm.forwardSiLU(this.inConv.forwardAdd(h, e, null));
+      // inConv(silu(inNorm(x))), fused where the conv can (nn/fused.ts)
+      h = normSiluInto(this.inNorm, this.inConv, x, null, null, { addChannel: addE });
     }
-    // the skip connection added inside the convolution
-    return this.outConv.forwardAdd(this.outDropout.forward(h), null, this.skip ? this.skip.forward(x) : x);
+    const skip = this.skip ? this.skip.forward(x) : x;
+    if (this.useScaleShiftNorm) {
+      const [scale, shift] = chunk(reshape(e, [e.shape[0], e.shape[1], 1, 1]), 2, 1); // (B, C, 1, 1) each
+      // outConv(dropout(silu(outNorm(h) * (scale + 1) + shift))) + skip
+      return normSiluInto(this.outNorm, this.outConv, h, { scale, shift }, this.outDropout, { residual: skip });
+    }
+    return normSiluInto(this.outNorm, this.outConv, h, null, this.outDropout, { residual: skip });
   }
 }
 

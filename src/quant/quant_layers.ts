@@ -20,14 +20,19 @@
 // levels are taken of x - z and the op adds z * op(1, Q_w(W)) back in its
 // epilogue (native/cpu/qgemm.h, QActSpec). The result equals the
 // fake-quantized layer up to float rounding (about sqrt(K) * 2^-24 relative).
+// A conv that the model calls as conv(silu(groupNorm(x))) (nn/fused.ts,
+// the residual blocks) runs as two ops instead: qgroup_norm_act writes the
+// uint8 levels of the norm + SiLU straight from x (no float tensor in
+// between), qconv2d reads them (native/cpu/qnorm.cpp states the exactness).
 import { conv2d } from '../tensor/ops/conv';
 import { linear } from '../tensor/ops/linalg';
-import { addScalar, clamp, mul, reshape, scale } from '../tensor/ops/elementwise';
+import { add, addScalar, clamp, mul, reshape, scale } from '../tensor/ops/elementwise';
 import { cast } from '../tensor/ops/creation';
-import { type FusedActQuant, type QWeight, packQWeight, qconv2d, qlinear, unpackInt4 } from '../tensor/ops/qlinear';
+import { type FusedActQuant, type LevelsOf, type QWeight, packQWeight, qconv2d, qgroupNormAct, qlinear, unpackInt4 } from '../tensor/ops/qlinear';
 import { noGrad } from '../tensor/autograd';
 import { keep, tidy } from '../tensor/scope';
-import { Conv1x1, Conv2d, Linear } from '../nn/layers';
+import { Conv1x1, Conv2d, type GroupNorm, Linear } from '../nn/layers';
+import type { NormSiluHook, ScaleShift } from '../nn/fused';
 import type { Tensor } from '../tensor/tensor';
 import { type ActQuantizer, STEP_FLOOR, type WeightQuantizer } from './quantizer';
 import { levels } from './config';
@@ -68,6 +73,8 @@ export abstract class QuantLayer {
     INSTALLED.set(layer, this);
     // The instance property shadows the class's forward for this layer only.
     (layer as { forward(x: Tensor): Tensor }).forward = (x: Tensor) => this.forward(x);
+    // conv(silu(groupNorm(x))) in one pass to the levels where it can (nn/fused.ts)
+    (layer as { forwardNormSilu?: NormSiluHook }).forwardNormSilu = (norm, x, ss) => this.forwardNormSilu(norm, x, ss);
   }
 
   get weight(): Tensor {
@@ -83,6 +90,14 @@ export abstract class QuantLayer {
 
   /** The integer op on float x, quantized inside the op as `act` says with actStep (FusedActQuant). */
   protected abstract intOp(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant): Tensor;
+
+  /** Whether levelsOp exists (else norm + SiLU run as float ops before intOp). */
+  protected readonly takesLevels: boolean = false;
+
+  /** The integer op on uint8 levels of x - levels.offset made by qgroupNormAct (zeroPoint 128 for signed levels, else 0). */
+  protected levelsOp(_x: Tensor, _actStep: Tensor, _w: QWeight, _bias: Tensor | null, _levels: LevelsOf, _zeroPoint: number): Tensor {
+    throw new Error(`${this.name}: this layer has no integer op on precomputed levels`);
+  }
 
   /** Packed weights, built on first integer use. */
   private intCache: { w: QWeight } | null = null;
@@ -206,6 +221,15 @@ export abstract class QuantLayer {
     return this.outQuant ? this.outQuant.forward(y) : y;
   }
 
+  /** The activation step of this forward for a batch of n: (1) static, (n) TDQ MLP, or the table rows and this quantizer's column. */
+  private actStep(n: number): { s: Tensor; column?: number } {
+    const aq = this.actQuant;
+    const rows = aq.kind === 'tdq' ? aq.ctx.tableStepRows(aq) : null;
+    const r = rows ? { s: rows.rows, column: rows.column } : { s: aq.stepTensor() };
+    if (aq.kind === 'tdq' && r.s.shape[0] !== n) throw new RangeError(`${aq.name}: ${r.s.shape[0]} timesteps for a batch of ${n}`);
+    return r;
+  }
+
   private forwardInt(x: Tensor): Tensor {
     if (this.layer.training) throw new Error(`${this.name}: integer execution is inference only; call eval() or setExec('fake') before training`);
     const aq = this.actQuant;
@@ -222,19 +246,34 @@ export abstract class QuantLayer {
         act.inputShifted = true;
         act.stepFloor = 0;
       } else {
-        const rows = aq.kind === 'tdq' ? aq.ctx.tableStepRows(aq) : null;
-        if (rows) {
-          s = rows.rows;
-          act.column = rows.column;
-        } else {
-          s = aq.stepTensor();
-        }
-        if (aq.kind === 'tdq' && s.shape[0] !== x.shape[0])
-          throw new RangeError(`${aq.name}: ${s.shape[0]} timesteps for a batch of ${x.shape[0]}`);
+        const r = this.actStep(x.shape[0]);
+        s = r.s;
+        if (r.column !== undefined) act.column = r.column;
       }
       return this.intOp(xin, s, this.packed().w, this.layer.bias, act);
     });
     return this.outQuant ? this.outQuant.forward(y) : y;
+  }
+
+  /**
+   * layer(silu(norm(x) [* (scale + 1) + shift])) in integer execution as two
+   * ops: qgroupNormAct writes the levels this layer's quantizer would make of
+   * the float result (native/cpu/qnorm.cpp says how exactly), and the integer
+   * op reads them. null (the float ops then run) outside integer execution,
+   * for PACT quantizers (clipping at a learned alpha), layers with an output
+   * quantizer, and layers without a levels op.
+   */
+  private forwardNormSilu(norm: GroupNorm, x: Tensor, ss: ScaleShift | null): Tensor | null {
+    const aq = this.actQuant, ctx = aq.ctx;
+    if (!(ctx.mode === 'quant' && ctx.exec === 'int' && this.intUnsupported() === null)) return null;
+    if (!this.takesLevels || this.layer.training || this.outQuant || aq.kind === 'pact') return null;
+    const { signed, zeroPoint } = aq.range;
+    return noGrad(() => {
+      const { s, column } = this.actStep(x.shape[0]);
+      const act: FusedActQuant = { bits: aq.bits, signed, offset: zeroPoint, stepFloor: STEP_FLOOR, column };
+      const lv = qgroupNormAct(x, norm.weight, norm.bias, s, { numGroups: norm.numGroups, eps: norm.eps, scaleShift: ss ?? undefined, act });
+      return this.levelsOp(lv, s, this.packed().w, this.layer.bias, { offset: zeroPoint, stepFloor: STEP_FLOOR, column }, signed ? 128 : 0);
+    });
   }
 }
 
@@ -242,12 +281,32 @@ export class QuantConv2d extends QuantLayer {
   declare readonly layer: Conv2d;
   constructor(name: string, layer: Conv2d, parts: QuantLayerParts) {
     super(name, layer, parts);
+    // Conv2d.forwardAdd (a time embedding and a residual added in the conv's
+    // output pass) for this layer: fused while quantization is off, as in the
+    // float model, so that the model is then bit for bit the float one; with
+    // quantization on, separate adds after the layer in fake and integer
+    // execution alike, so that the two differ only by the layers' own
+    // rounding (test/quant/int_exec).
+    layer.forwardAdd = (x, addChannel, residual) => this.forwardAdd(x, addChannel, residual);
+  }
+  private forwardAdd(x: Tensor, addChannel: Tensor | null, residual: Tensor | null): Tensor {
+    if (this.outQuant || this.actQuant.ctx.mode === 'quant') {
+      let y = this.layer.forward(x);
+      if (addChannel) y = add(y, reshape(addChannel, [addChannel.shape[0], addChannel.shape[1], 1, 1]));
+      return residual ? add(residual, y) : y;
+    }
+    this.materializeFloatWeight();
+    return conv2d(this.actQuant.forward(x), this.weightQuant.forward(this.layer.weight), this.layer.bias, { stride: this.layer.stride, padding: this.layer.padding, addChannel, residual });
   }
   protected op(x: Tensor, w: Tensor, bias: Tensor | null = this.layer.bias): Tensor {
     return conv2d(x, w, bias, { stride: this.layer.stride, padding: this.layer.padding });
   }
   protected intOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant): Tensor {
     return qconv2d(x, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding, act });
+  }
+  protected override readonly takesLevels = true;
+  protected override levelsOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, levels: LevelsOf, zeroPoint: number): Tensor {
+    return qconv2d(x, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding, zeroPoint, levels });
   }
 }
 

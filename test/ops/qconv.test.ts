@@ -325,6 +325,47 @@ describe('qconv2d', () => {
     }
   });
 
+  it('batch 1 with fewer panels than threads (rows split over the threads): bit for bit vs the integer reference, every level and thread count', async () => {
+    // 4x4 and 2x2 maps of one sample are one panel of 16 or 4 columns: the
+    // GEMM splits the 200 output rows into blocks, each task packing its panel.
+    const cases: ConvCase[] = [
+      { name: 'b1 4x4', x: [1, 40, 4, 4], O: 200, k: 3, stride: 1, padding: 1, signed: false, bits: 8, zeroPoint: 3, bias: true },
+      { name: 'b1 2x2', x: [1, 36, 2, 2], O: 130, k: 3, stride: 1, padding: 1, signed: true, bits: 8 },
+      { name: 'b1 8x8 stride 2', x: [1, 24, 8, 8], O: 72, k: 3, stride: 2, padding: 1, signed: true, bits: 8, bias: true },
+    ];
+    const prev = native().info().threads as number;
+    try {
+      for (const c of cases) {
+        const [N, C] = c.x;
+        const wshape = [c.O, C, c.k, c.k];
+        const levels = c.signed ? 2 ** (c.bits - 1) : 2 ** c.bits;
+        const astep = Float32Array.of(0.03);
+        const x = activationData(c.x.reduce((a, b) => a * b, 1), 0.03, c.O, levels);
+        const w = randomData(wshape, c.O + 1, 0.5);
+        const wstep = weightSteps(c.O, 8, c.O + 2);
+        const bias = c.bias ? randomData([c.O], c.O + 3) : null;
+        const wl = weightLevelsRef(w, wstep, 8);
+        let expected: Float32Array | null = null;
+        for (const threads of [1, 2, 3]) {
+          native().setThreads(threads);
+          for (const level of cpuLevels()) {
+            await atLevel(level, async () => {
+              const xq = quantizeActivation(fromArray(x, c.x), fromArray(astep, []), { bits: c.bits, signed: c.signed, zeroPoint: c.zeroPoint });
+              const pk = packQWeight(fromArray(w, wshape), fromArray(wstep, [c.O]), 8);
+              const y = await f32(qconv2d(xq, fromArray(astep, []), pk, bias ? fromArray(bias, [c.O]) : null, { stride: c.stride, padding: c.padding, zeroPoint: c.zeroPoint }));
+              expected ??= qconvRef(c, await xq.data(), wl, astep, wstep, bias);
+              assert.equal(y.length, expected.length);
+              for (let i = 0; i < y.length; ++i) if (y[i] !== expected[i]) assert.fail(`${c.name} ${threads} threads ${level}: element ${i} ${y[i]} != ${expected[i]}`);
+            });
+          }
+        }
+        void N;
+      }
+    } finally {
+      native().setThreads(prev);
+    }
+  });
+
   it('rejects bad arguments with typed errors naming them', () => {
     const pk = packQWeight(fromArray(randomData([4, 2, 3, 3], 1), [4, 2, 3, 3]), fromArray([1, 1, 1, 1], [4]), 8);
     const xq = fromArray(new Uint8Array(2 * 2 * 5 * 5), [2, 2, 5, 5], 'uint8');

@@ -111,6 +111,18 @@ export interface QConv2dOptions {
   zeroPoint?: number;
   /** float32 x only: how the op quantizes it. */
   act?: FusedActQuant;
+  /**
+   * uint8 x only: the levels are of x - offset (qgroupNormAct), made with the
+   * step max(actStep[column], stepFloor): the op adds offset * weights back.
+   */
+  levels?: LevelsOf;
+}
+
+/** How uint8 levels from qgroupNormAct were made (its opts.act less bits and signed). */
+export interface LevelsOf {
+  offset?: number;
+  stepFloor?: number;
+  column?: number;
 }
 
 /**
@@ -126,6 +138,45 @@ export function qconv2d(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | n
     padding: opts.padding ?? 0,
     zero_point: opts.zeroPoint ?? 0,
     ...fusedAttrs(x, opts.act, 'qconv2d'),
+    ...levelsAttrs(x, opts.levels, 'qconv2d'),
+  });
+}
+
+function levelsAttrs(x: Tensor, l: LevelsOf | undefined, op: string): Record<string, number> {
+  if (!l) return {};
+  if (x.dtype === 'float32') throw new TypeError(`${op}: opts.levels is for uint8 / int8 x (levels made outside); float32 x takes opts.act`);
+  return { offset: l.offset ?? 0, step_floor: l.stepFloor ?? 0, column: l.column ?? -1 };
+}
+
+export interface QGroupNormActOptions {
+  numGroups: number;
+  eps?: number;
+  /** SiLU after the norm (default true). */
+  silu?: boolean;
+  /** Per-sample (N, C) or (N, C, 1, 1) scale and shift after the norm: v * (scale + 1) + shift. */
+  scaleShift?: { scale: Tensor; shift: Tensor };
+  /** How the result is quantized (inputShifted does not apply). */
+  act: FusedActQuant;
+}
+
+/**
+ * The uint8 levels of [silu](groupNorm(x) [* (scale + 1) + shift]) quantized
+ * as opts.act says (byte = level + 128 for signed), in one pass
+ * (native/cpu/qnorm.cpp): feed them to qconv2d with zeroPoint 128 (signed) or
+ * 0, and opts.levels = { offset, stepFloor, column } of the same act.
+ */
+export function qgroupNormAct(x: Tensor, weight: Tensor | null, bias: Tensor | null, actStep: Tensor, opts: QGroupNormActOptions): Tensor {
+  const q = opts.act;
+  if (q.inputShifted) throw new RangeError('qgroupNormAct: act.inputShifted does not apply (the op quantizes its own result)');
+  return runOp1('qgroup_norm_act', [x, weight, bias, actStep, opts.scaleShift?.scale ?? null, opts.scaleShift?.shift ?? null], {
+    num_groups: opts.numGroups,
+    eps: opts.eps ?? 1e-5,
+    silu: opts.silu ?? true,
+    bits: q.bits,
+    signed: q.signed,
+    offset: q.offset ?? 0,
+    step_floor: q.stepFloor ?? 0,
+    column: q.column ?? -1,
   });
 }
 

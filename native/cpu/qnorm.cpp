@@ -1,0 +1,242 @@
+// GroupNorm (+ per-sample scale/shift) (+ SiLU) + activation quantization in
+// one pass, writing the uint8 levels the next integer convolution reads
+// (qconv2d on uint8 x with 'offset', qgemm.h): the UNet's
+// conv(silu(group_norm(x))) without the two float tensors in between.
+//
+// qgroup_norm_act(x (N, C, *) f32, weight? (C), bias? (C), act_step,
+//                 scale? (N, C), shift? (N, C);
+//                 num_groups, eps = 1e-5, silu = true, bits, signed, offset = 0,
+//                 step_floor = 0, column = -1) -> uint8 (N, C, *)
+//   v = group_norm(x, weight, bias)           as group_norm_forward
+//   v = fl(fl(v * fl(scale + 1)) + shift)     with scale/shift (use_scale_shift_norm:
+//                                             mul(h, addScalar(scale, 1)) then add(shift))
+//   v = v / (1 + exp(-v))                     with silu, as the silu op
+//   byte = clamp(rne(fl(fl(v - offset) / s)), qmin, qmax) + (signed ? 128 : 0)
+//   s = max(act_step of the sample, step_floor); act_step [] / [1] / [N], or a
+//   (1 or N, Q) table read at `column` (QActSpec, qgemm.h).
+//
+// Exactness: the float rows are group_norm_forward's own, from its kernels at
+// the same CPU level (group_norm.h): without scale/shift the fused GroupNorm +
+// SiLU (what the model runs in float, nn/fused.ts), so those levels are
+// quantize_act(group_norm_silu(x)) bit for bit; with scale/shift the plain
+// GroupNorm, then the two elementwise roundings and SiLU by the silu op's
+// vector formula (the nn_simd.h exp). The silu op computes the last few
+// elements of each of its thread chunks with the scalar std::exp: there a
+// value can differ by an ulp before quantization, which changes a level only
+// if it lies within that ulp of a rounding boundary (tests: equal up to one
+// level at no more than 0.1 % of the elements). The quantization is fake_quant's.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "group_norm.h"
+#include "nn_simd.h"
+#include "qgemm.h"
+
+namespace tdq {
+namespace {
+
+using namespace nnsimd;
+
+// One channel row's constants.
+struct RowParams {
+  float mhi, mlo, scale, shift;  // group norm: ((x - mhi) - mlo) * scale + shift
+  bool ss;                       // scale/shift of the sample
+  float mult, add_after;         // fl(scale + 1), shift
+  bool silu;
+  float off, s, lo, hi;  // quantization
+  int32_t add;
+};
+
+// Keeps a vector out of the compiler's reach (no contraction of a * b + c
+// across this point): each operation rounds as the separate ops do.
+template <int W> TDQ_AINLINE void barrier(Vf<W>& v) {
+#if TDQ_NN_X86
+  if constexpr (W == 16) asm("" : "+v"(v));
+  else asm("" : "+x"(v));
+#else
+  asm volatile("" : "+r"(v));
+#endif
+}
+
+template <int W> TDQ_AINLINE Vi<W> row_levels(Vf<W> x, const RowParams& r) {
+  Vf<W> v = (x - r.mhi) - r.mlo;
+  v = v * r.scale;
+  barrier<W>(v);
+  v = v + r.shift;
+  if (r.ss) {
+    v = v * r.mult;
+    barrier<W>(v);
+    v = v + r.add_after;
+  }
+  barrier<W>(v);
+  if (r.silu) {
+    v = v / (1.0f + vexp<W>(-v));  // activation.cpp's act_f<W, silu>
+    barrier<W>(v);
+  }
+  Vf<W> q = (v - r.off) / r.s;
+  barrier<W>(q);
+  if constexpr (W == 1) {
+    // quantize_row_w's scalar form
+    if (q != q) q = 0.f;
+    const float rr = std::min(std::max(std::nearbyint(q), r.lo), r.hi);
+    return static_cast<int32_t>(rr) + r.add;
+  } else {
+    const Vf<W> zero{};
+    q = q == q ? q : zero;
+    const Vf<W> vlo = vsplat<W>(r.lo), vhi = vsplat<W>(r.hi);
+    q = vlo > q ? vlo : q;
+    q = vhi < q ? vhi : q;
+    const Vf<W> rr = (q + 12582912.0f) - 12582912.0f;
+    return __builtin_convertvector(rr, Vi<W>) + r.add;
+  }
+}
+
+// bytes of one channel row of n elements. The tail (n % W) goes through the
+// vector formula too, from a padded copy.
+// The low bytes of W int32 lanes (in 0..255: exact).
+template <int W> TDQ_AINLINE void store_bytes(const Vi<W>& b, uint8_t* out) {
+  typedef uint8_t Vb __attribute__((vector_size(W)));
+  if constexpr (W == 8) {
+    // a shuffle: GCC 12 narrows an 8 x int32 conversion lane by lane on AVX2
+    typedef uint8_t Vb32 __attribute__((vector_size(32)));
+    const Vb32 bytes = reinterpret_cast<const Vb32&>(b);
+    const Vb qb = __builtin_shufflevector(bytes, bytes, 0, 4, 8, 12, 16, 20, 24, 28);
+    std::memcpy(out, &qb, W);
+  } else {
+    const Vb qb = __builtin_convertvector(b, Vb);
+    std::memcpy(out, &qb, W);
+  }
+}
+
+template <int W> TDQ_AINLINE void row_w(const float* x, uint8_t* out, int64_t n, const RowParams& r) {
+  int64_t i = 0;
+  if constexpr (W > 1) {
+    for (; i + W <= n; i += W) store_bytes<W>(row_levels<W>(vload<W>(x + i), r), out + i);
+    if (i < n) {
+      float pad[W] = {};
+      uint8_t ob[W];
+      std::memcpy(pad, x + i, static_cast<size_t>(n - i) * sizeof(float));
+      store_bytes<W>(row_levels<W>(vload<W>(pad), r), ob);
+      std::memcpy(out + i, ob, static_cast<size_t>(n - i));
+    }
+  } else {
+    for (; i < n; ++i) out[i] = static_cast<uint8_t>(row_levels<1>(x[i], r));
+  }
+}
+
+using RowFn = void (*)(const float*, uint8_t*, int64_t, const RowParams&);
+void row_scalar(const float* x, uint8_t* o, int64_t n, const RowParams& r) { row_w<1>(x, o, n, r); }
+#if TDQ_NN_X86
+TDQ_AVX2 void row_avx2(const float* x, uint8_t* o, int64_t n, const RowParams& r) { row_w<8>(x, o, n, r); }
+TDQ_AVX512 void row_avx512(const float* x, uint8_t* o, int64_t n, const RowParams& r) { row_w<16>(x, o, n, r); }
+#endif
+
+RowFn row_for(CpuLevel level) {
+#if TDQ_NN_X86
+  if (level == CpuLevel::avx512) return row_avx512;
+  if (level == CpuLevel::avx2) return row_avx2;
+#endif
+  (void)level;
+  return row_scalar;
+}
+
+struct Dims {
+  int64_t N, C, G, HW;
+};
+
+Dims dims_of(const std::vector<Tensor>& in, const Attrs& a) {
+  const Tensor& x = in[0];
+  check_dtype(a, x, "x", DType::f32);
+  TDQ_CHECK_RANGE(x.dim() >= 2, a.op, ": argument 'x' must have shape (N, C, *), got ", shape_str(x.shape));
+  Dims d{x.shape[0], x.shape[1], a.get_int("num_groups"), 1};
+  for (int64_t i = 2; i < x.dim(); ++i) d.HW *= x.shape[i];
+  TDQ_CHECK_RANGE(d.G >= 1 && d.C % d.G == 0, a.op, ": attribute 'num_groups' (", d.G,
+                  ") must be >= 1 and divide the channel count of 'x' (C = ", d.C, ", shape ", shape_str(x.shape), ")");
+  const double eps = a.get_float("eps", 1e-5);
+  TDQ_CHECK_RANGE(std::isfinite(eps) && eps >= 0, a.op, ": attribute 'eps' must be a finite number >= 0, got ", eps);
+  for (size_t i : {size_t{1}, size_t{2}}) {
+    if (in.size() <= i || !in[i].defined()) continue;
+    const char* arg = i == 1 ? "weight" : "bias";
+    check_dtype(a, in[i], arg, DType::f32);
+    TDQ_CHECK_RANGE(in[i].shape == Shape{d.C}, a.op, ": argument '", arg, "' must have shape [", d.C,
+                    "] (one value per channel of x), got ", shape_str(in[i].shape));
+  }
+  const bool has_scale = in.size() > 4 && in[4].defined(), has_shift = in.size() > 5 && in[5].defined();
+  TDQ_CHECK_RANGE(has_scale == has_shift, a.op, ": arguments 'scale' and 'shift' go together");
+  for (size_t i : {size_t{4}, size_t{5}}) {
+    if (in.size() <= i || !in[i].defined()) continue;
+    const char* arg = i == 4 ? "scale" : "shift";
+    check_dtype(a, in[i], arg, DType::f32);
+    TDQ_CHECK_RANGE(in[i].numel() == d.N * d.C && in[i].dim() >= 2 && in[i].shape[0] == d.N && in[i].shape[1] == d.C,
+                    a.op, ": argument '", arg, "' must have shape (N, C) or (N, C, 1, 1) = (", d.N, ", ", d.C,
+                    ") for 'x' ", shape_str(x.shape), ", got ", shape_str(in[i].shape));
+  }
+  return d;
+}
+
+std::vector<TensorMeta> infer_qgroup_norm_act(const std::vector<Tensor>& in, const Attrs& a) {
+  dims_of(in, a);
+  const QActSpec q = qact_spec(a, in[0]);
+  TDQ_CHECK_RANGE(!q.shifted, a.op, ": attribute 'input_shifted' does not apply here");
+  check_act_steps_shape(a, q, in[3], in[0].shape[0], in[0].shape);
+  return {{in[0].shape, DType::u8}};
+}
+
+void qgroup_norm_act(OpCall& c, const ExecContext& ctx) {
+  const Dims d = dims_of(c.inputs, c.attrs);
+  const Tensor& x = c.inputs[0];
+  const QActSpec q = qact_spec(c.attrs, x);
+  std::vector<float> steps(static_cast<size_t>(d.N));
+  act_steps(c.attrs, q, c.inputs[3], d.N, x.shape, steps.data());
+  const double eps = c.attrs.get_float("eps", 1e-5);
+  const bool silu = c.attrs.get_bool("silu", true);
+  const float* w = c.inputs[1].defined() ? c.inputs[1].f32() : nullptr;
+  const float* b = c.inputs[2].defined() ? c.inputs[2].f32() : nullptr;
+  const float* sc = c.inputs.size() > 4 && c.inputs[4].defined() ? c.inputs[4].f32() : nullptr;
+  const float* sh = sc ? c.inputs[5].f32() : nullptr;
+  const float* px = x.f32();
+  uint8_t* py = c.outputs[0].data<uint8_t>();
+  const int64_t cpg = d.C / d.G, m = cpg * d.HW;
+  if (d.N == 0 || m == 0) return;
+  const RowFn row = row_for(ctx.cpu_level);
+  // The float rows are group_norm_forward's own (its kernels at this level):
+  // with SiLU and no scale/shift the fused GroupNorm + SiLU the model runs in
+  // float; with scale/shift the plain GroupNorm, then the two elementwise
+  // roundings and the silu op's formula in row_levels.
+  const GnForwardKernels k = group_norm_forward_kernels(ctx.cpu_level, silu && sc == nullptr);
+  ctx.parallel_for(d.N * d.G, std::max<int64_t>(1, (1 << 14) / m), [&](int64_t begin, int64_t end) {
+    std::vector<float> v(static_cast<size_t>(d.HW));
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const int64_t n = ng / d.G, g = ng % d.G;
+      const float* xg = px + ng * m;
+      const double mean = k.sum(xg, m) / m;
+      const double var = k.sum_sq_dev(xg, m, mean) / m;
+      const double rstd = 1.0 / std::sqrt(var + eps);
+      const float mhi = static_cast<float>(mean), mlo = static_cast<float>(mean - mhi);
+      // row_levels' group-norm step is the identity here: ((v - 0) - 0) * 1 + 0.
+      RowParams r{};
+      r.mhi = 0.f, r.mlo = 0.f, r.scale = 1.f, r.shift = 0.f;
+      r.silu = silu && sc != nullptr, r.ss = sc != nullptr;
+      r.off = q.offset, r.s = steps[n], r.lo = q.lo, r.hi = q.hi, r.add = q.add;
+      for (int64_t kk = 0; kk < cpg; ++kk) {
+        const int64_t ch = g * cpg + kk;
+        const float scale = static_cast<float>(rstd * (w ? w[ch] : 1.0f)), shift = b ? b[ch] : 0.f;
+        k.apply(xg + kk * d.HW, v.data(), d.HW, mhi, mlo, scale, shift);
+        if (sc) {
+          float m1 = sc[n * d.C + ch];
+          m1 = m1 + 1.0f;
+          r.mult = m1, r.add_after = sh[n * d.C + ch];
+        }
+        row(v.data(), py + ng * m + kk * d.HW, d.HW, r);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TDQ_REGISTER_OP({"qgroup_norm_act", 4, 6, infer_qgroup_norm_act, qgroup_norm_act, {}});
+
+}  // namespace tdq

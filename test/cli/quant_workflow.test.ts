@@ -55,6 +55,9 @@ describe('quantization workflow through the CLI', () => {
     // flags and --set win over the QAT defaults
     const custom = cli(['train', '--base', cfg, '--logdir', dir, '--name', 'qat-lr', '--ckpt', fp, '--n-bit-w', '8', '--n-bit-a', '8', '--max-steps', '1', '--lr', '1e-4', '--quant-lr', '3e-3', '--set', 'training.warmup_steps=1', '--calib-method', 'mse', ...q]);
     assert.match(custom, /QAT learning rates: weights 1\.0e-4, quantizer steps 3\.0e-3; warm-up 1 steps/);
+    // a resumed run keeps the rates its command line gave (the run's --lr from its stored config, --quant-lr from its checkpoint)
+    const customMore = cli(['train', '--base', cfg, '--logdir', dir, '--resume', path.join(dir, 'qat-lr'), '--max-steps', '2']);
+    assert.match(customMore, /QAT learning rates: weights 1\.0e-4, quantizer steps 3\.0e-3/);
     assert.match(custom, /QAT initial step sizes: mse on 2 calibration trajectories of 5 DDIM steps/);
     assert.match(out, /QAT initial step sizes: stats on 2/);
     assert.doesNotMatch(resumed, /QAT initial step sizes/, 'a resumed run keeps its steps');

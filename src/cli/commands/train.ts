@@ -285,6 +285,8 @@ interface QatPlan {
   calibrate: boolean;
   /** Distillation's weight w, or null without distillation (resuming: the run's own, from its checkpoint). */
   distill: number | null;
+  /** Resuming: the quantizer / TDQ MLP rates the run was started with explicitly (--quant-lr, --tdq-lr), from its checkpoint. */
+  lrs: { quant?: number; tdq?: number };
 }
 
 /**
@@ -302,7 +304,8 @@ async function qatPlan(a: TrainArgs): Promise<QatPlan | null> {
       const distill = meta.distill_weight !== undefined ? Number(meta.distill_weight) : null;
       if ((a.distill || a.distillWeight !== undefined) && (distill === null || (a.distillWeight !== undefined && a.distillWeight !== distill)))
         throw new CliError(`--resume ${a.resume}: that run ${distill === null ? 'trains without distillation' : `distills with weight ${distill}`}; a resumed run keeps its loss (leave --distill / --distill-weight out)`);
-      return { cfg: quantConfigFromJSON(meta.quant), calibrate: false, distill };
+      const rate = (k: string) => (meta[k] !== undefined && Number.isFinite(Number(meta[k])) ? Number(meta[k]) : undefined);
+      return { cfg: quantConfigFromJSON(meta.quant), calibrate: false, distill, lrs: { quant: rate(QAT_LR_KEYS.quant), tdq: rate(QAT_LR_KEYS.tdq) } };
     }
     if (wantsQuant) throw new CliError(`--resume ${a.resume}: that run is not quantized; start QAT with --ckpt and the --n-bit flags`);
     return null;
@@ -323,14 +326,17 @@ async function qatPlan(a: TrainArgs): Promise<QatPlan | null> {
   }
   if (!a.ckpt) throw new CliError('QAT starts from full-precision weights: pass them with --ckpt');
   try {
-    return { cfg: resolveQuantConfig({ nBitW: a.nBitW, nBitA: a.nBitA, useDynamic: a.useDynamic, staticMethod: a.staticMethod }), calibrate: true, distill };
+    return { cfg: resolveQuantConfig({ nBitW: a.nBitW, nBitA: a.nBitA, useDynamic: a.useDynamic, staticMethod: a.staticMethod }), calibrate: true, distill, lrs: {} };
   } catch (e) {
     throw new CliError((e as Error).message);
   }
 }
 
 /** The trainer's prepare hook for a QAT run. */
-function qatHook(a: TrainArgs, { cfg, calibrate, distill }: QatPlan, config: TrainOptions['config'], outDir: string, lead: boolean): TrainOptions['prepare'] {
+/** Checkpoint metadata keys of the QAT rates given explicitly, so that --resume keeps them. */
+const QAT_LR_KEYS = { quant: 'qat_quant_lr', tdq: 'qat_tdq_lr' } as const;
+
+function qatHook(a: TrainArgs, { cfg, calibrate, distill, lrs }: QatPlan, config: TrainOptions['config'], outDir: string, lead: boolean): TrainOptions['prepare'] {
   if ('kind' in config && config.kind === 'autoencoder') throw new CliError('QAT applies to diffusion models');
   const latent = 'kind' in config && config.kind === 'latent';
   const lr = latent ? config.baseLearningRate : (config as Config).model.base_learning_rate;
@@ -338,8 +344,10 @@ function qatHook(a: TrainArgs, { cfg, calibrate, distill }: QatPlan, config: Tra
   const schedule = latent
     ? scheduleFromConfig({ beta_schedule: config.spec.betaSchedule, timesteps: config.spec.timesteps, linear_start: config.spec.linearStart, linear_end: config.spec.linearEnd, cosine_s: config.spec.cosineS })
     : scheduleFromConfig((config as Config).model.params);
-  const quantLr = a.quantLr ?? QAT_DEFAULTS.quantLrFactor * lr;
-  const tdqLr = a.tdqLr ?? QAT_DEFAULTS.tdqLrFactor * lr;
+  // Explicit rates: this command line's, else those the resumed run was started with.
+  const quantGiven = a.quantLr ?? lrs.quant, tdqGiven = a.tdqLr ?? lrs.tdq;
+  const quantLr = quantGiven ?? QAT_DEFAULTS.quantLrFactor * lr;
+  const tdqLr = tdqGiven ?? QAT_DEFAULTS.tdqLrFactor * lr;
   console.log(`tdq-native: quantization-aware training W${cfg.nBitW}A${cfg.nBitA} ${cfg.useDynamic ? 'TDQ' : `static ${cfg.staticMethod.toUpperCase()}`} -> ${outDir}`);
   console.log(`tdq-native: QAT learning rates: weights ${lr.toExponential(1)}, quantizer steps ${quantLr.toExponential(1)}${cfg.useDynamic ? `, TDQ MLPs ${tdqLr.toExponential(1)}` : ''}; warm-up ${config.training.warmup_steps} steps (--lr, --quant-lr, --tdq-lr, --set training.warmup_steps=N)`);
   if (calibrate) console.log(`tdq-native: QAT initial step sizes: ${a.calibMethod} on ${a.calibSamples} calibration trajectories of ${a.calibSteps} DDIM steps${cfg.useDynamic ? `; TDQ MLPs ${{ constant: 'start at the static step', bias: 'start near the static step (last bias only)', fit: 'fitted to the per-timestep steps' }[a.tdqInit]}` : ''} (--calib-method, --calib-samples, --calib-steps, --tdq-init)`);
@@ -351,13 +359,20 @@ function qatHook(a: TrainArgs, { cfg, calibrate, distill }: QatPlan, config: Tra
     method: a.calibMethod,
     seed: config.training.seed,
     // Functions of the trainer's base rate, which scale_lr may multiply.
-    quantLr: a.quantLr ?? ((base) => QAT_DEFAULTS.quantLrFactor * base),
-    tdqLr: a.tdqLr ?? ((base) => QAT_DEFAULTS.tdqLrFactor * base),
+    quantLr: quantGiven ?? ((base) => QAT_DEFAULTS.quantLrFactor * base),
+    tdqLr: tdqGiven ?? ((base) => QAT_DEFAULTS.tdqLrFactor * base),
     tdqInit: a.tdqInit,
     calibrate,
     weightsFormat: a.weightsFormat,
   });
-  if (distill === null) return prepare as TrainOptions['prepare'];
+  const rateMeta: Record<string, string> = {};
+  if (quantGiven !== undefined) rateMeta[QAT_LR_KEYS.quant] = String(quantGiven);
+  if (tdqGiven !== undefined) rateMeta[QAT_LR_KEYS.tdq] = String(tdqGiven);
+  const prepareWithRates = (async (...args: Parameters<typeof prepare>) => {
+    const p = await prepare(...args);
+    return { ...p, metadata: { ...p.metadata, ...rateMeta } };
+  }) as typeof prepare;
+  if (distill === null) return prepareWithRates as TrainOptions['prepare'];
   // Distillation: the teacher is the --ckpt weights; a fresh run keeps a copy in its folder for resuming.
   const teacherCopy = path.join(outDir, TEACHER_FILE);
   return (async (unet: Parameters<typeof prepare>[0]) => {
@@ -365,7 +380,7 @@ function qatHook(a: TrainArgs, { cfg, calibrate, distill }: QatPlan, config: Tra
     if (!fs.existsSync(source)) throw new CliError(`--resume: the run distills, and its teacher ${teacherCopy} is missing`);
     const teacher = (await loadModel(source, { config: config as Config, expect: 'float' })).model;
     teacher.eval();
-    const p = await prepare(unet);
+    const p = await prepareWithRates(unet);
     if (calibrate && lead) fs.copyFileSync(a.ckpt!, teacherCopy);
     console.log(`tdq-native: QAT distillation teacher: ${source}`);
     return { ...p, metadata: { ...p.metadata, distill_weight: String(distill) }, distill: { teacher, weight: distill } };

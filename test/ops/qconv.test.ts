@@ -17,6 +17,7 @@ import { Generator } from '../../src/tensor/random';
 import { fromArray, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, randomData } from '../helpers/assert';
 import { atLevel, cpuLevels } from '../helpers/cpu_levels';
+import { rne } from '../helpers/quant_ref';
 
 // conv2d(fake_quant(x), fake_quant(w)) rounds each of its K products and sums;
 // the integer path rounds 3 times at the end. Relative 2-norm bound:
@@ -26,13 +27,6 @@ const f32 = async (t: Tensor) => (await t.data()) as Float32Array;
 const fr = Math.fround;
 
 /** round half to even of a float32 value (torch.round, nearbyint). */
-function rne(v: number): number {
-  const f = Math.floor(v), d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
-
 function quantRef(x: number, s: number, lo: number, hi: number, zp: number): number {
   const v = fr(x / s);
   if (Number.isNaN(v)) return zp;

@@ -20,18 +20,11 @@ import { Generator } from '../../src/tensor/random';
 import { fromArray, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, randomData } from '../helpers/assert';
 import { atLevel, cpuLevels } from '../helpers/cpu_levels';
+import { rne, SILU_MIN } from '../helpers/quant_ref';
 
 const fr = Math.fround;
 const f32 = async (t: Tensor) => (await t.data()) as Float32Array;
 const RTOL = 1e-6;
-const SILU_MIN = fr(-0.2784645427610738);
-
-function rne(v: number): number {
-  const f = Math.floor(v), d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
 
 function levelRef(x: number, z: number, shifted: boolean, s: number, lo: number, hi: number): number {
   const v = fr(fr(shifted ? x : x - z) / s);

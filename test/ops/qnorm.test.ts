@@ -19,16 +19,9 @@ import { type FusedActQuant, packQWeight, qconv2d, qgroupNormAct } from '../../s
 import { fromArray, type Tensor } from '../../src/tensor/tensor';
 import { randomData } from '../helpers/assert';
 import { atLevel, cpuLevels } from '../helpers/cpu_levels';
+import { rne, SILU_MIN } from '../helpers/quant_ref';
 
 const fr = Math.fround;
-const SILU_MIN = fr(-0.2784645427610738);
-
-function rne(v: number): number {
-  const f = Math.floor(v), d = v - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
 
 interface Case {
   name: string;

@@ -2,6 +2,7 @@
 // everywhere (upstream zero-initialises the output convs, which would make
 // every comparison trivially exact).
 import { UNetModel } from '../../src/models/openai_unet';
+import type { Module } from '../../src/nn/module';
 import { noGrad } from '../../src/tensor/autograd';
 import { Generator } from '../../src/tensor/random';
 import { runOp } from '../../src/tensor/tensor';
@@ -23,6 +24,12 @@ export const TINY_UNET = {
 export function tinyUNet(seed = 0): UNetModel {
   const gen = new Generator(seed);
   const m = new UNetModel(TINY_UNET, gen);
+  randomizeZeroParams(m, gen);
+  return m;
+}
+
+/** Gives a model's zero-initialised parameters (zero_module layers) small random values N(0, 0.05^2), so every layer matters. */
+export function randomizeZeroParams(m: Module, gen: Generator): void {
   noGrad(() => {
     for (const [, p] of m.namedParameters()) {
       const v = p.dataSync() as Float32Array;
@@ -34,7 +41,6 @@ export function tinyUNet(seed = 0): UNetModel {
       s.dispose();
     }
   });
-  return m;
 }
 
 /** The noise schedule of the tests: LDM's linear schedule, T = 1000. */

@@ -6,10 +6,9 @@ import path from 'node:path';
 
 import { type Config, parseConfig } from '../../src/config';
 import { buildUNet, scheduleFromConfig } from '../../src/models/diffusion';
-import { noGrad } from '../../src/tensor/autograd';
 import { Generator } from '../../src/tensor/random';
-import { runOp } from '../../src/tensor/tensor';
 import { saveCheckpoint } from '../../src/train/checkpoint';
+import { randomizeZeroParams } from './helpers';
 
 export const qatYaml = (maxSteps: number, checkpointEvery = 2): string => `
 model:
@@ -45,17 +44,7 @@ export function qatConfig(maxSteps: number, checkpointEvery = 2): Config {
 export async function writeFpCheckpoint(dir: string, config: Config, seed = 0): Promise<string> {
   const gen = new Generator(seed);
   const unet = buildUNet(config.model.params.unet_config, gen);
-  noGrad(() => {
-    for (const [, p] of unet.namedParameters()) {
-      const v = p.dataSync() as Float32Array;
-      if (v.some((x) => x !== 0)) continue;
-      const r = gen.randn(p.shape);
-      const s = runOp('affine', [r], { scale: 0.05 })[0];
-      runOp('copy_', [p, s]);
-      r.dispose();
-      s.dispose();
-    }
-  });
+  randomizeZeroParams(unet, gen);
   const file = path.join(dir, 'fp.safetensors');
   await saveCheckpoint(file, { config, model: unet });
   unet.dispose();

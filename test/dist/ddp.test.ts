@@ -11,7 +11,7 @@ import { after, describe, it } from 'node:test';
 
 import { readSafetensors } from '../../src/io/safetensors';
 import { mpiSkip } from '../helpers/mpi';
-import { tinyLdmYaml } from '../train/latent_helpers';
+import { tinyLdmYaml } from '../helpers/configs';
 
 const bin = path.join(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-ddp-'));

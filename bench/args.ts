@@ -17,6 +17,8 @@ export interface BenchOption {
   value?: string;
   /** A string option's value when the flag is not given. */
   default?: string;
+  /** The flag may be given more than once (read with all()). */
+  multiple?: boolean;
 }
 export type BenchOptions = Record<string, BenchOption>;
 
@@ -27,7 +29,7 @@ export class BenchArgsError extends Error {
 
 /** The --help text: usage, then one line an option with its default. */
 export function helpText(usage: string, options: BenchOptions): string {
-  const rows = Object.entries(options).map(([name, o]) => [`--${name}${o.type === 'string' ? ` <${o.value ?? 'VALUE'}>` : ''}`, o.help + (o.default !== undefined ? ` (default: ${o.default})` : '')]);
+  const rows = Object.entries(options).map(([name, o]) => [`--${name}${o.type === 'string' ? ` <${o.value ?? 'VALUE'}>` : ''}`, o.help + (o.multiple ? ' (repeatable)' : '') + (o.default !== undefined ? ` (default: ${o.default})` : '')]);
   rows.push(['--help, -h', 'print this help and exit']);
   const w = Math.max(...rows.map((r) => r[0].length));
   return [`usage: ${usage}`, '', 'options:', ...rows.map(([f, h]) => `  ${f.padEnd(w)}  ${h}`)].join('\n');
@@ -44,7 +46,7 @@ export function parseNumber(flag: string, text: string, opts: { integer?: boolea
 /** Parsed options, read by name with their defaults applied. */
 export class BenchArgs {
   constructor(
-    private readonly values: Record<string, string | boolean | undefined>,
+    private readonly values: Record<string, string | boolean | string[] | undefined>,
     private readonly options: BenchOptions,
   ) {}
   /** Whether a boolean option was given. */
@@ -55,6 +57,11 @@ export class BenchArgs {
   get(name: string): string | undefined {
     const v = this.values[name];
     return typeof v === 'string' ? v : this.options[name]?.default;
+  }
+  /** Every value of a repeatable option, in order (none: []). */
+  all(name: string): string[] {
+    const v = this.values[name];
+    return Array.isArray(v) ? v : typeof v === 'string' ? [v] : [];
   }
   /** A string option's value or its default; an error if it has neither. */
   str(name: string): string {
@@ -92,11 +99,11 @@ export class BenchArgs {
 
 /** Parses argv against options: 'help' when --help/-h is given; a BenchArgsError for anything not accepted. */
 export function parseBenchArgs(options: BenchOptions, argv: string[]): BenchArgs | 'help' {
-  const spec: Record<string, { type: 'string' | 'boolean'; short?: string }> = { help: { type: 'boolean', short: 'h' } };
-  for (const [name, o] of Object.entries(options)) spec[name] = { type: o.type };
-  let values: Record<string, string | boolean | undefined>;
+  const spec: Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }> = { help: { type: 'boolean', short: 'h' } };
+  for (const [name, o] of Object.entries(options)) spec[name] = { type: o.type, multiple: o.multiple ?? false };
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
-    ({ values } = parseArgs({ args: argv, options: spec, strict: true, allowPositionals: false }) as { values: Record<string, string | boolean | undefined> });
+    ({ values } = parseArgs({ args: argv, options: spec, strict: true, allowPositionals: false }) as { values: Record<string, string | boolean | string[] | undefined> });
   } catch (e) {
     throw new BenchArgsError(e instanceof Error ? e.message : String(e));
   }

@@ -59,7 +59,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 
 import { type EpsModel, sample } from '../src/diffusion/samplers/index';
 import { loadModel } from '../src/models/load';
@@ -76,6 +75,7 @@ import { QAT_DEFAULTS } from '../src/cli/commands/train';
 import { qatPrepare } from '../src/quant/qat';
 import type { Denoiser } from '../src/models/diffusion';
 import { latestCheckpoint, train } from '../src/train/trainer';
+import { BenchArgsError, type BenchOptions, helpText, parseBenchArgs } from './args';
 import { type FpModel, freshUNet, loadFp } from './tdq_common';
 
 export const PTQ_METHODS = ['ptq-tdq', 'ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm', 'ptq-tdq-raw'] as const;
@@ -150,43 +150,61 @@ export const cellKey = (c: { method: string; bits: string; steps: number; seed: 
 
 const USAGE = 'protocol mode: --ledger FILE [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--qat-steps 1000] [--qat-batch 32] [--qat-warmup 50] [--qat-lr 2e-4] [--qat-distill-weight 1] [--qat-tdq-init constant|bias|fit] [--qat-calib-method stats|auto|...] [--qat-dir DIR] [--table OUT.md] [--table-only] [--max-cells K] [--merge OTHER.json,...]';
 
+/** The protocol mode's options (--help lists them; defaults are applied in parseProtocolArgs). */
+export const PROTOCOL_OPTIONS: BenchOptions = {
+  ledger: { type: 'string', value: 'FILE.json', help: 'the ledger: finished cells, kept and extended (required)' },
+  ckpt: { type: 'string', value: 'FILE', help: 'the full-precision checkpoint (default: models/fmnist-small.safetensors)' },
+  methods: { type: 'string', value: 'a,b', help: 'fp, ptq-* and qat-* methods (default: fp and the PTQ methods)' },
+  bits: { type: 'string', value: 'W8A8,..', help: 'bit settings (default: W8A8,W8A5,W8A4)' },
+  'eval-steps': { type: 'string', value: '25,100', help: 'DDIM steps of the evaluation (default: 25)' },
+  seeds: { type: 'string', value: '0,1,2', help: 'evaluation seeds (default: 0,1,2)' },
+  n: { type: 'string', value: 'N', help: 'samples per cell (default: 2000)' },
+  batch: { type: 'string', value: 'B', help: 'sampling batch (default: 250)' },
+  'calib-samples': { type: 'string', value: 'K', help: 'PTQ calibration trajectories (default: 16)' },
+  'calib-steps': { type: 'string', value: 'S', help: 'DDIM steps of each calibration trajectory (default: 50)' },
+  exec: { type: 'string', value: 'auto|int|fake', help: 'execution of quantized models (default: auto)' },
+  'qat-file': { type: 'string', value: 'name=file', help: 'a QAT checkpoint made elsewhere, as method qat-<name>', multiple: true },
+  'qat-steps': { type: 'string', value: 'N', help: 'QAT cells: training steps (default: 1000)' },
+  'qat-batch': { type: 'string', value: 'B', help: 'QAT cells: batch (default: 32)' },
+  'qat-warmup': { type: 'string', value: 'N', help: 'QAT cells: warm-up steps (default: 50)' },
+  'qat-lr': { type: 'string', value: 'LR', help: 'QAT cells: weight learning rate (default: the train command\'s)' },
+  'qat-distill-weight': { type: 'string', value: 'W', help: 'the -kd cells\' distillation weight in [0, 1] (default: 1)' },
+  'qat-tdq-init': { type: 'string', value: 'constant|bias|fit', help: 'QAT cells: how the TDQ MLPs start (default: constant)' },
+  'qat-calib-method': { type: 'string', value: 'stats|auto|..', help: 'QAT cells: initial step sizes (default: stats)' },
+  'qat-dir': { type: 'string', value: 'DIR', help: 'QAT cells\' training runs (default: beside the ledger)' },
+  table: { type: 'string', value: 'OUT.md', help: 'write the table here' },
+  'table-only': { type: 'boolean', help: 'only write the table from the ledger' },
+  'max-cells': { type: 'string', value: 'K', help: 'stop after K new cells' },
+  merge: { type: 'string', value: 'OTHER.json,..', help: 'merge the cells of other ledgers of the same setup' },
+};
+
 export function parseProtocolArgs(argv: string[]): ProtocolArgs {
-  let values: Record<string, string | boolean | string[] | undefined>;
+  let parsed: ReturnType<typeof parseBenchArgs>;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        ledger: { type: 'string' }, ckpt: { type: 'string' }, methods: { type: 'string' }, bits: { type: 'string' },
-        'eval-steps': { type: 'string' }, seeds: { type: 'string' }, n: { type: 'string' }, batch: { type: 'string' },
-        'calib-samples': { type: 'string' }, 'calib-steps': { type: 'string' }, exec: { type: 'string' }, table: { type: 'string' },
-        'table-only': { type: 'boolean' }, 'max-cells': { type: 'string' }, merge: { type: 'string' }, 'qat-file': { type: 'string', multiple: true },
-        'qat-steps': { type: 'string' }, 'qat-batch': { type: 'string' }, 'qat-warmup': { type: 'string' }, 'qat-lr': { type: 'string' },
-        'qat-distill-weight': { type: 'string' }, 'qat-dir': { type: 'string' }, 'qat-tdq-init': { type: 'string' }, 'qat-calib-method': { type: 'string' },
-      },
-    }));
+    parsed = parseBenchArgs(PROTOCOL_OPTIONS, argv);
   } catch (e) {
-    throw new Error(`${(e as Error).message} (${USAGE})`);
+    throw new BenchArgsError((e as Error).message);
   }
-  const str = (k: string) => values[k] as string | undefined;
+  if (parsed === 'help') throw new BenchArgsError(`--help is handled by protocolMain (${USAGE})`);
+  const args = parsed;
+  const str = (k: string) => args.get(k);
   const int = (k: string, s: string) => {
     const x = Number(s);
-    if (s.trim() === '' || !Number.isInteger(x) || x < 0) throw new Error(`--${k}: expected a non-negative integer, got '${s}'`);
+    if (s.trim() === '' || !Number.isInteger(x) || x < 0) throw new BenchArgsError(`--${k}: expected a non-negative integer, got '${s}'`);
     return x;
   };
   const num = (k: string, s: string) => {
     const x = Number(s);
-    if (s.trim() === '' || !Number.isFinite(x)) throw new Error(`--${k}: expected a number, got '${s}'`);
+    if (s.trim() === '' || !Number.isFinite(x)) throw new BenchArgsError(`--${k}: expected a number, got '${s}'`);
     return x;
   };
   const opt = <T>(k: string, f: (k: string, s: string) => T, dflt: T): T => (str(k) === undefined ? dflt : f(k, str(k)!));
   const list = <T>(k: string, f: (k: string, s: string) => T, dflt: T[]): T[] => (str(k) === undefined ? dflt : str(k)!.split(',').map((s) => f(k, s.trim())));
   const qat = new Map<string, string>();
-  for (const spec of (values['qat-file'] as string[] | undefined) ?? []) {
+  for (const spec of args.all('qat-file')) {
     const [name, file] = spec.split('=');
-    if (!name || !file) throw new Error(`--qat-file expects <name>=<file>, got '${spec}'`);
-    if ((QAT_METHODS as readonly string[]).includes(`qat-${name}`)) throw new Error(`--qat-file ${name}: qat-${name} is a method trained here; pick another name`);
+    if (!name || !file) throw new BenchArgsError(`--qat-file expects <name>=<file>, got '${spec}'`);
+    if ((QAT_METHODS as readonly string[]).includes(`qat-${name}`)) throw new BenchArgsError(`--qat-file ${name}: qat-${name} is a method trained here; pick another name`);
     qat.set(`qat-${name}`, file);
   }
   const a: ProtocolArgs = {
@@ -203,7 +221,7 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
     exec: (str('exec') ?? 'auto') as ExecRequest,
     qat,
     table: str('table') ?? '',
-    tableOnly: values['table-only'] === true,
+    tableOnly: args.flag('table-only'),
     maxCells: opt('max-cells', int, Infinity),
     merge: list('merge', (_k, s) => s, []),
     qatSetup: {
@@ -217,20 +235,20 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
     },
     qatDir: str('qat-dir') ?? '',
   };
-  if (!a.ledger) throw new Error(`--ledger FILE is required (${USAGE})`);
+  if (!a.ledger) throw new BenchArgsError(`--ledger FILE is required (${USAGE})`);
   if (!a.qatDir) a.qatDir = path.join(path.dirname(a.ledger), `${path.basename(a.ledger, '.json')}-qat`);
   for (const m of a.methods)
     if (m !== 'fp' && !(PTQ_METHODS as readonly string[]).includes(m) && !(QAT_METHODS as readonly string[]).includes(m) && !a.qat.has(m))
-      throw new Error(`unknown method '${m}' (fp, ${PTQ_METHODS.join(', ')}, ${QAT_METHODS.join(', ')}, or qat-<name> with --qat-file <name>=<file>)`);
-  for (const b of a.bits) if (!/^W\dA\d$/.test(b)) throw new Error(`--bits: '${b}' is not of the form W8A4`);
-  if (!['auto', 'int', 'fake'].includes(a.exec)) throw new Error(`--exec: auto, int or fake, got '${a.exec}'`);
-  if (a.n < 2 || a.batch < 1 || !a.seeds.length || !a.steps.length) throw new Error('--n (>= 2), --batch, --seeds and --eval-steps must be positive / non-empty');
+      throw new BenchArgsError(`unknown method '${m}' (fp, ${PTQ_METHODS.join(', ')}, ${QAT_METHODS.join(', ')}, or qat-<name> with --qat-file <name>=<file>)`);
+  for (const b of a.bits) if (!/^W\dA\d$/.test(b)) throw new BenchArgsError(`--bits: '${b}' is not of the form W8A4`);
+  if (!['auto', 'int', 'fake'].includes(a.exec)) throw new BenchArgsError(`--exec: auto, int or fake, got '${a.exec}'`);
+  if (a.n < 2 || a.batch < 1 || !a.seeds.length || !a.steps.length) throw new BenchArgsError('--n (>= 2), --batch, --seeds and --eval-steps must be positive / non-empty');
   const q = a.qatSetup;
-  if (q.steps < 1 || q.batch < 1) throw new Error('--qat-steps and --qat-batch must be positive');
-  if (!(q.lr > 0)) throw new Error(`--qat-lr must be positive, got ${q.lr}`);
-  if (!(q.distillWeight >= 0 && q.distillWeight <= 1)) throw new Error(`--qat-distill-weight must be in [0, 1], got ${q.distillWeight}`);
-  if (!['stats', 'auto', 'mse', 'minmax', 'percentile'].includes(q.calibMethod)) throw new Error(`--qat-calib-method: stats, auto, mse, minmax or percentile, got '${q.calibMethod}'`);
-  if (!(TDQ_INITS as readonly string[]).includes(q.tdqInit)) throw new Error(`--qat-tdq-init: one of ${TDQ_INITS.join(', ')}, got '${q.tdqInit}'`);
+  if (q.steps < 1 || q.batch < 1) throw new BenchArgsError('--qat-steps and --qat-batch must be positive');
+  if (!(q.lr > 0)) throw new BenchArgsError(`--qat-lr must be positive, got ${q.lr}`);
+  if (!(q.distillWeight >= 0 && q.distillWeight <= 1)) throw new BenchArgsError(`--qat-distill-weight must be in [0, 1], got ${q.distillWeight}`);
+  if (!['stats', 'auto', 'mse', 'minmax', 'percentile'].includes(q.calibMethod)) throw new BenchArgsError(`--qat-calib-method: stats, auto, mse, minmax or percentile, got '${q.calibMethod}'`);
+  if (!(TDQ_INITS as readonly string[]).includes(q.tdqInit)) throw new BenchArgsError(`--qat-tdq-init: one of ${TDQ_INITS.join(', ')}, got '${q.tdqInit}'`);
   return a;
 }
 
@@ -425,6 +443,10 @@ export interface ProtocolHooks {
 }
 
 export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(helpText('node dist/bench/tdq_table.js --ledger FILE [options]', PROTOCOL_OPTIONS));
+    return;
+  }
   const a = parseProtocolArgs(argv);
   const sha256 = crypto.createHash('sha256').update(fs.readFileSync(a.ckpt)).digest('hex');
   const wantsQat = a.methods.some((m) => (QAT_METHODS as readonly string[]).includes(m));

@@ -42,7 +42,6 @@
 //     [--methods fp,ptq-tdq,ptq-minmax,ptq-percentile,ptq-mse,ptq-ptq4dm] [--eval-steps 25]
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 
 import { sample } from '../src/diffusion/samplers/index';
 import { loadModel } from '../src/models/load';
@@ -50,6 +49,7 @@ import { type CalibrationReport, calibrateWithReport } from '../src/quant/calibr
 import { type QuantConfig, resolveQuantConfig } from '../src/quant/config';
 import type { QuantizedModel } from '../src/quant/quantize_model';
 import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
+import { BenchArgsError, type BenchOptions, helpText, parseBenchArgs } from './args';
 import { protocolMain } from './tdq_protocol';
 import { type FpModel, type Reference, epsMsePerStep, freshUNet, loadFp, mean, mse, reference, tableFromCalibration } from './tdq_common';
 
@@ -74,32 +74,38 @@ interface Args {
   epsSamples: number;
 }
 
+/** The table mode's options (--help lists them; defaults are applied in parseTableArgs). */
+export const TABLE_OPTIONS: BenchOptions = {
+  ckpt: { type: 'string', value: 'FILE', help: 'the full-precision checkpoint (default: models/fmnist-small.safetensors)' },
+  'n-samples': { type: 'string', value: 'N', help: 'samples per seed (default: 16)' },
+  steps: { type: 'string', value: 'S', help: 'DDIM steps (default: 50)' },
+  seeds: { type: 'string', value: '0,1,2', help: 'seeds (default: 0,1,2)' },
+  settings: { type: 'string', value: 'W8A8,..', help: 'bit settings (default: W8A8,W4A8,W8A4,W4A4)' },
+  'calib-samples': { type: 'string', value: 'K', help: 'calibration trajectories (default: 16)' },
+  'calib-steps': { type: 'string', value: 'S', help: 'DDIM steps of each calibration trajectory (default: 50)' },
+  method: { type: 'string', value: 'auto|mse|minmax|percentile', help: 'PTQ step method (default: auto)' },
+  qat: { type: 'string', value: 'w4a8-tdq=FILE', help: 'a QAT checkpoint for a row', multiple: true },
+  'eps-samples': { type: 'string', value: 'N', help: 'samples per seed for eps-MSE (default: 16)' },
+  'skip-ptq': { type: 'boolean', help: 'no PTQ rows' },
+  pert: { type: 'boolean', help: 'also the perturbation rows' },
+  reuse: { type: 'string', value: 'A.json,..', help: 'keep the rows of earlier runs of the same setup' },
+  'no-fid': { type: 'boolean', help: 'skip FID' },
+  out: { type: 'string', value: 'FILE.json', help: 'output (default: bench/tdq_table.json)' },
+};
+
 export function parseTableArgs(argv: string[]): Args {
-  let values: Record<string, string | boolean | string[] | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        ckpt: { type: 'string' }, 'n-samples': { type: 'string' }, steps: { type: 'string' }, seeds: { type: 'string' },
-        'calib-samples': { type: 'string' }, 'calib-steps': { type: 'string' }, method: { type: 'string' }, out: { type: 'string' },
-        'skip-ptq': { type: 'boolean' }, pert: { type: 'boolean' }, reuse: { type: 'string' }, 'no-fid': { type: 'boolean' },
-        'eps-samples': { type: 'string' }, settings: { type: 'string' }, qat: { type: 'string', multiple: true },
-      },
-    }));
-  } catch (e) {
-    throw new Error((e as Error).message);
-  }
-  const str = (k: string) => values[k] as string | undefined;
+  const parsed = parseBenchArgs(TABLE_OPTIONS, argv);
+  if (parsed === 'help') throw new BenchArgsError('--help is handled by main');
+  const args = parsed;
+  const str = (k: string) => args.get(k);
   const int = (k: string, s: string) => {
     const n = Number(s);
-    if (s.trim() === '' || !Number.isInteger(n) || n < 0) throw new Error(`--${k}: expected a non-negative integer, got '${s}'`);
+    if (s.trim() === '' || !Number.isInteger(n) || n < 0) throw new BenchArgsError(`--${k}: expected a non-negative integer, got '${s}'`);
     return n;
   };
   const opt = (k: string, dflt: number) => (str(k) === undefined ? dflt : int(k, str(k)!));
   const method = str('method') ?? 'auto';
-  if (!['auto', 'mse', 'minmax', 'percentile'].includes(method)) throw new Error(`--method: auto, mse, minmax or percentile, got '${method}'`);
+  if (!['auto', 'mse', 'minmax', 'percentile'].includes(method)) throw new BenchArgsError(`--method: auto, mse, minmax or percentile, got '${method}'`);
   const a: Args = {
     ckpt: str('ckpt') ?? 'models/fmnist-small.safetensors',
     nSamples: opt('n-samples', 16),
@@ -107,7 +113,7 @@ export function parseTableArgs(argv: string[]): Args {
     seeds: str('seeds') === undefined ? [0, 1, 2] : str('seeds')!.split(',').map((s) => int('seeds', s)),
     settings: str('settings') === undefined ? [[8, 8], [4, 8], [8, 4], [4, 4]] : str('settings')!.split(',').map((s): [number, number] => {
       const m = /^W(\d)A(\d)$/i.exec(s.trim());
-      if (!m) throw new Error(`--settings: '${s}' is not of the form W4A8`);
+      if (!m) throw new BenchArgsError(`--settings: '${s}' is not of the form W4A8`);
       return [Number(m[1]), Number(m[2])];
     }),
     calibSamples: opt('calib-samples', 16),
@@ -115,18 +121,18 @@ export function parseTableArgs(argv: string[]): Args {
     method: method as Args['method'],
     qat: new Map(),
     out: str('out') ?? 'bench/tdq_table.json',
-    skipPtq: values['skip-ptq'] === true,
-    pert: values.pert === true,
+    skipPtq: args.flag('skip-ptq'),
+    pert: args.flag('pert'),
     reuse: str('reuse') ?? '',
-    fid: values['no-fid'] !== true,
+    fid: !args.flag('no-fid'),
     epsSamples: opt('eps-samples', 16),
   };
-  for (const spec of (values.qat as string[] | undefined) ?? []) {
+  for (const spec of args.all('qat')) {
     const [key, file] = spec.split('=');
-    if (!/^w\da\d-(lsq|tdq)$/i.test(key ?? '') || !file) throw new Error(`--qat expects <w4a8-tdq|w4a8-lsq>=<file>, got '${spec}'`);
+    if (!/^w\da\d-(lsq|tdq)$/i.test(key ?? '') || !file) throw new BenchArgsError(`--qat expects <w4a8-tdq|w4a8-lsq>=<file>, got '${spec}'`);
     a.qat.set(key.toLowerCase(), file);
   }
-  if (a.nSamples < 1 || a.steps < 1 || !a.seeds.length) throw new Error('--n-samples, --steps and --seeds must be positive / non-empty');
+  if (a.nSamples < 1 || a.steps < 1 || !a.seeds.length) throw new BenchArgsError('--n-samples, --steps and --seeds must be positive / non-empty');
   return a;
 }
 
@@ -215,6 +221,10 @@ function reusable(a: Args): Record<string, Scores & { seconds: number }> {
 }
 
 async function main(): Promise<void> {
+  if (process.argv.includes('--help') || process.argv.includes('-h')) {
+    console.log(helpText('node dist/bench/tdq_table.js [options]   (with --ledger: the protocol; --ledger F --help lists its options)', TABLE_OPTIONS));
+    return;
+  }
   const a = parseTableArgs(process.argv.slice(2));
   const m = await loadFp(a.ckpt);
   const fid = await makeFid(a, m);
@@ -322,6 +332,11 @@ async function main(): Promise<void> {
 
 if (require.main === module)
   (process.argv.includes('--ledger') ? protocolMain(process.argv.slice(2)) : main()).catch((e) => {
+    // a bad command line: its message and exit 2 (as the other bench scripts); anything else: the stack
+    if (e instanceof BenchArgsError) {
+      console.error(`${e.message}\n(--help lists the options)`);
+      process.exit(2);
+    }
     console.error(e instanceof Error ? e.stack ?? e.message : e);
     process.exit(1);
   });

@@ -99,3 +99,23 @@ describe('bench scripts: strict command lines', () => {
     });
   }
 });
+
+describe('bench/tdq_table: table and protocol modes', () => {
+  it('--help lists each mode\'s options (repeatable flags marked); bad values exit 2 naming the flag', async () => {
+    const [help, protoHelp, bad, protoBad] = await Promise.all([
+      runScript('tdq_table', ['--help']),
+      runScript('tdq_table', ['--ledger', 'x.json', '--help']),
+      runScript('tdq_table', ['--steps', 'many']),
+      runScript('tdq_table', ['--ledger', 'x.json', '--n', 'ten']),
+    ]);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /--qat <w4a8-tdq=FILE> +a QAT checkpoint for a row \(repeatable\)/);
+    assert.equal(protoHelp.code, 0, protoHelp.stderr);
+    assert.match(protoHelp.stdout, /--qat-file <name=file> .*\(repeatable\)/);
+    assert.match(protoHelp.stdout, /--ledger <FILE\.json>/);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /^--steps: expected a non-negative integer, got 'many'/);
+    assert.equal(protoBad.code, 2, protoBad.stderr);
+    assert.match(protoBad.stderr, /^--n: expected a non-negative integer, got 'ten'/);
+  });
+});

@@ -51,6 +51,7 @@ import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { tidy } from '../src/tensor/scope';
 import { fromArray } from '../src/tensor/tensor';
+import { BenchArgsError, benchArgs } from './args';
 
 interface OrtModule {
   InferenceSession: {
@@ -75,10 +76,6 @@ const CASES: CaseSpec[] = [
 ];
 const TOL = 1e-5;
 
-function arg(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
-}
 const median = (a: number[]) => {
   const s = [...a].sort((x, y) => x - y);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -452,19 +449,37 @@ function quantReport(rows: QuantRow[], o: { rounds: number; threads: number; ort
 }
 
 async function main(): Promise<void> {
-  const want = arg('cases', CASES.map((c) => c.name).join(',')).split(',');
-  const rounds = Number(arg('rounds', '9'));
-  const threads = Number(arg('threads', '2'));
-  const out = arg('out', '');
-  const withProfile = !process.argv.includes('--no-profile');
-  const ortSpin = process.argv.includes('--ort-spin');
+  const o = benchArgs(
+    'node dist/bench/ort_compare.js [options]',
+    {
+      cases: { type: 'string', value: 'a,b', default: CASES.map((c) => c.name).join(','), help: `cases among ${CASES.map((c) => c.name).join(', ')}` },
+      rounds: { type: 'string', value: 'N', default: '9', help: 'interleaved rounds' },
+      threads: { type: 'string', value: 'N', default: '2', help: 'threads on both sides' },
+      out: { type: 'string', value: 'FILE.md', help: 'write the results here' },
+      'no-profile': { type: 'boolean', help: 'skip the per-op profile of ours' },
+      'ort-spin': { type: 'boolean', help: "let ORT's threads spin (default: off)" },
+      quant: { type: 'boolean', help: 'the quantized comparison (QDQ ONNX against our integer execution)' },
+      'calib-samples': { type: 'string', value: 'K', default: '2', help: '--quant: calibration trajectories' },
+      'calib-steps': { type: 'string', value: 'S', default: '5', help: '--quant: DDIM steps per trajectory' },
+      'tdq-t': { type: 'string', value: 'T', default: '500', help: '--quant: the timestep of the TDQ forward' },
+    },
+    (a) => {
+      const cases = a.list('cases');
+      for (const c of cases) if (!CASES.some((k) => k.name === c)) throw new BenchArgsError(`--cases: unknown case '${c}' (${CASES.map((k) => k.name).join(', ')})`);
+      return {
+        cases, rounds: a.int('rounds', 1), threads: a.int('threads', 1), out: a.get('out') ?? '', withProfile: !a.flag('no-profile'), ortSpin: a.flag('ort-spin'), quant: a.flag('quant'),
+        calibSamples: a.int('calib-samples', 1), calibSteps: a.int('calib-steps', 1), tdqT: a.int('tdq-t', 0),
+      };
+    },
+  );
+  const { rounds, threads, out, withProfile, ortSpin, quant } = o;
+  const want = o.cases;
   native().setThreads(threads);
   const ort = loadOrt();
   const rows: Row[] = [];
   const load0 = os.loadavg();
-  const quant = process.argv.includes('--quant');
   const qrows: QuantRow[] = [];
-  const qo = { rounds, threads, ortSpin, calibSamples: Number(arg('calib-samples', '2')), calibSteps: Number(arg('calib-steps', '5')), tdqT: Number(arg('tdq-t', '500')) };
+  const qo = { rounds, threads, ortSpin, calibSamples: o.calibSamples, calibSteps: o.calibSteps, tdqT: o.tdqT };
   for (const spec of CASES.filter((c) => want.includes(c.name))) {
     if (quant) {
       const q = await runQuantCase(ort, spec, qo);
@@ -498,7 +513,7 @@ async function main(): Promise<void> {
     lines.push(`Date ${new Date().toISOString()}. tdq-native int8 kernel ${info.int8Kernel}.`);
     const text = quantReport(qrows, qo, lines).join('\n') + '\n';
     console.log(text);
-    if (out) fs.writeFileSync(path.join(packageRoot, out), text);
+    if (out) fs.writeFileSync(path.resolve(packageRoot, out), text);
     return;
   }
   lines.push(`${rounds} interleaved rounds (order alternating), one forward each, output read back; outputs checked equal to ${TOL} (relative 2-norm) first.`);
@@ -521,7 +536,7 @@ async function main(): Promise<void> {
   }
   const text = lines.join('\n') + '\n';
   console.log(text);
-  if (out) fs.writeFileSync(path.join(packageRoot, out), text);
+  if (out) fs.writeFileSync(path.resolve(packageRoot, out), text);
 }
 
 main().catch((e) => {

@@ -68,6 +68,7 @@ describe('bench/args: command lines of the bench scripts', () => {
 // Each script parses its command line before any work: --help lists its
 // options, and an unknown flag fails (exit 2) naming it.
 const SCRIPTS: Record<string, string[]> = {
+  ort_compare: ['--cases', '--rounds', '--threads', '--out', '--no-profile', '--ort-spin', '--quant', '--calib-samples', '--calib-steps', '--tdq-t'],
   fid_spread: ['--ckpt', '--pool', '--sizes', '--steps', '--seed', '--cache', '--out'],
   diffusion: ['--quick', '--threads', '--torch-threads', '--torch-wait-policy', '--rounds', '--out', '--no-torch', '--no-profile'],
   int_memory: ['--models', '--batch', '--steps', '--out'],

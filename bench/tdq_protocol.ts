@@ -77,6 +77,7 @@ import type { Denoiser } from '../src/models/diffusion';
 import { latestCheckpoint, train } from '../src/train/trainer';
 import { BenchArgsError, type BenchOptions, helpText, parseBenchArgs } from './args';
 import { type FpModel, freshUNet, loadFp } from './tdq_common';
+import { PLAN_NAMES, type PlanJob, type PlanName, crossJobs, estimateRates, filterPlan, listPlan, planJobs } from './tdq_plan';
 
 export const PTQ_METHODS = ['ptq-tdq', 'ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm', 'ptq-tdq-raw'] as const;
 export const QAT_METHODS = ['qat-tdq', 'qat-lsq', 'qat-pact', 'qat-tdq-kd', 'qat-lsq-kd', 'qat-pact-kd'] as const;
@@ -120,6 +121,16 @@ interface ProtocolArgs {
   /** The QAT cells' training, and the parent folder of their runs. */
   qatSetup: QatSetup;
   qatDir: string;
+  /** A named plan of cells (bench/tdq_plan.ts) instead of methods x bits x steps; --methods, --bits and --eval-steps then filter it. */
+  plan: PlanName | '';
+  /** The methods, bits and step counts given on the command line (the plan's filters). */
+  given: { methods?: string[]; bits?: string[]; steps?: number[] };
+  /** List the cells with time estimates; run nothing. */
+  dryRun: boolean;
+  /** Ledgers whose recorded seconds give the estimates (besides this one). */
+  estimateFrom: string[];
+  /** A README-like file whose marked section gets the headline table (ours beside the paper). */
+  readme: string;
 }
 
 export interface Cell {
@@ -148,7 +159,7 @@ export interface Ledger {
 
 export const cellKey = (c: { method: string; bits: string; steps: number; seed: number; n: number }): string => `${c.method}|${c.bits}|ddim${c.steps}|seed${c.seed}|n${c.n}`;
 
-const USAGE = 'protocol mode: --ledger FILE [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--qat-steps 1000] [--qat-batch 32] [--qat-warmup 50] [--qat-lr 2e-4] [--qat-distill-weight 1] [--qat-tdq-init constant|bias|fit] [--qat-calib-method stats|auto|...] [--qat-dir DIR] [--table OUT.md] [--table-only] [--max-cells K] [--merge OTHER.json,...]';
+const USAGE = 'protocol mode: --ledger FILE [--plan issue13] [--dry-run] [--readme README.md] [--estimate-from A.json,..] [--ckpt F] [--methods a,b] [--bits W8A8,..] [--eval-steps 25,100] [--seeds 0,1,2] [--n 2000] [--batch 250] [--exec auto|int|fake] [--qat-file name=file] [--qat-steps 1000] [--qat-batch 32] [--qat-warmup 50] [--qat-lr 2e-4] [--qat-distill-weight 1] [--qat-tdq-init constant|bias|fit] [--qat-calib-method stats|auto|...] [--qat-dir DIR] [--table OUT.md] [--table-only] [--max-cells K] [--merge OTHER.json,...]';
 
 /** The protocol mode's options (--help lists them; defaults are applied in parseProtocolArgs). */
 export const PROTOCOL_OPTIONS: BenchOptions = {
@@ -176,6 +187,10 @@ export const PROTOCOL_OPTIONS: BenchOptions = {
   'table-only': { type: 'boolean', help: 'only write the table from the ledger' },
   'max-cells': { type: 'string', value: 'K', help: 'stop after K new cells' },
   merge: { type: 'string', value: 'OTHER.json,..', help: 'merge the cells of other ledgers of the same setup' },
+  plan: { type: 'string', value: 'issue13', help: 'run a named plan of cells (issue13: the whole table, PTQ, QAT, 100- and 10-step rows); --methods, --bits and --eval-steps filter it' },
+  'dry-run': { type: 'boolean', help: 'list every cell (done / to do) with estimated seconds from the ledgers\' recorded times; run nothing' },
+  'estimate-from': { type: 'string', value: 'A.json,..', help: 'ledgers whose seconds give the --dry-run estimates (default: this ledger, --merge ones and bench/results/tdq-ledger*.json)' },
+  readme: { type: 'string', value: 'README.md', help: 'write the headline table (ours beside the paper) between the file\'s <!-- tdq-protocol-table:begin/end --> markers' },
 };
 
 export function parseProtocolArgs(argv: string[]): ProtocolArgs {
@@ -234,15 +249,26 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
       tdqInit: (str('qat-tdq-init') ?? 'constant') as TdqInit,
     },
     qatDir: str('qat-dir') ?? '',
+    plan: (str('plan') ?? '') as PlanName | '',
+    given: {
+      ...(str('methods') !== undefined ? { methods: list('methods', (_k, s) => s, []) } : {}),
+      ...(str('bits') !== undefined ? { bits: list('bits', (_k, s) => s.toUpperCase(), []) } : {}),
+      ...(str('eval-steps') !== undefined ? { steps: list('eval-steps', int, []) } : {}),
+    },
+    dryRun: args.flag('dry-run'),
+    estimateFrom: list('estimate-from', (_k, s) => s, []),
+    readme: str('readme') ?? '',
   };
+  if (a.plan && !(PLAN_NAMES as readonly string[]).includes(a.plan)) throw new BenchArgsError(`--plan: one of ${PLAN_NAMES.join(', ')}, got '${a.plan}'`);
+  if (a.plan && a.qat.size) throw new BenchArgsError('--qat-file adds methods to the plain mode (methods x bits); it does not combine with --plan');
   if (!a.ledger) throw new BenchArgsError(`--ledger FILE is required (${USAGE})`);
   if (!a.qatDir) a.qatDir = path.join(path.dirname(a.ledger), `${path.basename(a.ledger, '.json')}-qat`);
-  for (const m of a.methods)
+  for (const m of a.plan ? a.given.methods ?? [] : a.methods)
     if (m !== 'fp' && !(PTQ_METHODS as readonly string[]).includes(m) && !(QAT_METHODS as readonly string[]).includes(m) && !a.qat.has(m))
       throw new BenchArgsError(`unknown method '${m}' (fp, ${PTQ_METHODS.join(', ')}, ${QAT_METHODS.join(', ')}, or qat-<name> with --qat-file <name>=<file>)`);
   for (const b of a.bits) if (!/^W\dA\d$/.test(b)) throw new BenchArgsError(`--bits: '${b}' is not of the form W8A4`);
   if (!['auto', 'int', 'fake'].includes(a.exec)) throw new BenchArgsError(`--exec: auto, int or fake, got '${a.exec}'`);
-  if (a.n < 2 || a.batch < 1 || !a.seeds.length || !a.steps.length) throw new BenchArgsError('--n (>= 2), --batch, --seeds and --eval-steps must be positive / non-empty');
+  if (a.n < 2 || a.batch < 1 || !a.seeds.length || !a.steps.length || a.steps.some((x) => x < 1)) throw new BenchArgsError('--n (>= 2), --batch, --seeds and --eval-steps must be positive / non-empty');
   const q = a.qatSetup;
   if (q.steps < 1 || q.batch < 1) throw new BenchArgsError('--qat-steps and --qat-batch must be positive');
   if (!(q.lr > 0)) throw new BenchArgsError(`--qat-lr must be positive, got ${q.lr}`);
@@ -250,6 +276,26 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
   if (!['stats', 'auto', 'mse', 'minmax', 'percentile'].includes(q.calibMethod)) throw new BenchArgsError(`--qat-calib-method: stats, auto, mse, minmax or percentile, got '${q.calibMethod}'`);
   if (!(TDQ_INITS as readonly string[]).includes(q.tdqInit)) throw new BenchArgsError(`--qat-tdq-init: one of ${TDQ_INITS.join(', ')}, got '${q.tdqInit}'`);
   return a;
+}
+
+/** The jobs a run covers: the plan filtered by what was given, or methods x bits x steps. */
+export function jobsOf(a: Pick<ProtocolArgs, 'plan' | 'given' | 'methods' | 'bits' | 'steps'>): PlanJob[] {
+  return a.plan ? filterPlan(planJobs(a.plan), a.given) : crossJobs(a.methods, a.bits, a.steps);
+}
+
+/** The --dry-run listing: every cell of the run's jobs, done or to do, with estimated seconds. */
+export function dryRunText(a: ProtocolArgs, ledger: Ledger | null): string {
+  const jobs = jobsOf(a);
+  const here = path.join(__dirname, '..', '..', 'bench', 'results');
+  const dflt = fs.existsSync(here) ? fs.readdirSync(here).filter((f) => /^tdq-ledger.*\.json$/.test(f)).map((f) => path.join(here, f)) : [];
+  const files = [...new Set([...(a.estimateFrom.length ? a.estimateFrom : dflt), ...a.merge].map((f) => path.resolve(f)))].filter((f) => path.resolve(a.ledger) !== f);
+  const sources = [...(ledger ? [ledger] : []), ...files.map((f) => readLedger(f)).filter((l): l is Ledger => l !== null)];
+  const cells = { ...Object.fromEntries(a.merge.flatMap((f) => Object.entries(readLedger(f)?.cells ?? {}))), ...(ledger?.cells ?? {}) };
+  const l = listPlan(jobs, {
+    seeds: a.seeds, n: a.n, exec: a.exec, qatSteps: a.qatSetup.steps, qatBatch: a.qatSetup.batch, has: (k) => k in cells, key: cellKey,
+    trained: (m, b) => fs.existsSync(path.join(a.qatDir, `${m}-${b.toLowerCase()}`, 'model.safetensors')),
+  }, estimateRates(sources));
+  return `${a.plan ? `plan ${a.plan}` : 'methods x bits x steps'}: ${jobs.length} jobs; ledger ${a.ledger}${ledger ? '' : ' (new)'}; estimates from ${sources.length} ledger(s)${files.length ? `: ${files.map((f) => path.relative(process.cwd(), f)).join(', ')}` : ''}\n${l.text}`;
 }
 
 export function readLedger(file: string): Ledger | null {
@@ -448,8 +494,13 @@ export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): P
     return;
   }
   const a = parseProtocolArgs(argv);
+  if (a.dryRun) {
+    console.log(dryRunText(a, readLedger(a.ledger)));
+    return;
+  }
+  const jobs = jobsOf(a);
   const sha256 = crypto.createHash('sha256').update(fs.readFileSync(a.ckpt)).digest('hex');
-  const wantsQat = a.methods.some((m) => (QAT_METHODS as readonly string[]).includes(m));
+  const wantsQat = jobs.some((j) => (QAT_METHODS as readonly string[]).includes(j.method));
   const setup: Ledger['setup'] = {
     ckpt: a.ckpt, sha256, calibSamples: a.calibSamples, calibSteps: a.calibSteps, calibSeed: 1000, heldOutSeed: 2000, batch: a.batch, reference: 'fashion-mnist train (60,000)',
     ...(wantsQat ? { qat: a.qatSetup } : {}),
@@ -486,14 +537,10 @@ export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): P
     const signal = hooks.signal ?? abort.signal;
     try {
       let ran = 0;
-      // Bits outer, methods inner: each setting's row is complete before the next starts.
-      const units: [string, string][] = [
-        ...a.methods.filter((m) => m === 'fp').map((m): [string, string] => [m, 'FP']),
-        ...a.bits.flatMap((b) => a.methods.filter((m) => m !== 'fp').map((m): [string, string] => [m, b])),
-      ];
-      outer: for (const [method, bits] of units) {
+      // The plan's order; without a plan bits outer, methods inner: each setting's row is complete before the next starts.
+      outer: for (const { method, bits, steps: jobSteps } of jobs) {
         {
-          const todo = a.steps.flatMap((steps) => a.seeds.map((seed) => ({ method, bits, steps, seed, n: a.n }))).filter((c) => !ledger.cells[cellKey(c)]);
+          const todo = jobSteps.flatMap((steps) => a.seeds.map((seed) => ({ method, bits, steps, seed, n: a.n }))).filter((c) => !ledger.cells[cellKey(c)]);
           if (!todo.length) continue;
           if (ran >= a.maxCells) break outer;
           let c0 = Date.now();
@@ -548,6 +595,7 @@ export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): P
               ledger.cells[cellKey(c)] = cell;
               writeLedger(a.ledger, ledger);
               if (a.table) fs.writeFileSync(a.table, tableMarkdown(ledger));
+              if (a.readme) writeReadmeSection(a.readme, ledger, a.table);
               ran++;
               log(`${cellKey(c)}: FID-FMNIST ${value.toFixed(3)} (${cell.seconds.toFixed(0)} s)`);
             }
@@ -563,6 +611,10 @@ export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): P
   if (a.table) {
     fs.writeFileSync(a.table, tableMarkdown(ledger));
     log(`wrote ${a.table}`);
+  }
+  if (a.readme) {
+    writeReadmeSection(a.readme, ledger, a.table);
+    log(`wrote the headline table into ${a.readme}`);
   }
 }
 
@@ -624,7 +676,140 @@ export function tableMarkdown(l: Ledger): string {
     }
     out.push('', `Seconds per cell (sampling + FID; calibration once per method and bits; QAT training once per method and bits, all sittings): ${gc.map((c) => `${c.method} ${c.bits} s${c.seed}: ${c.seconds.toFixed(0)}${c.calibSeconds !== undefined ? ` (+${c.calibSeconds.toFixed(0)} ${c.qat ? 'load' : 'calib'})` : ''}${c.qat?.trainSeconds !== undefined ? ` (+${c.qat.trainSeconds.toFixed(0)} QAT)` : ''}, ${c.exec}`).join('; ')}.`);
   }
+  const few = fewStepMarkdown(l);
+  if (few) out.push('', '### Few-step experiment: the same models at each DDIM step count', '', few.trimEnd());
+  if (cells.length) out.push('', '### Headline: TDQ against each baseline, ours beside the paper', '', headlineMarkdown(l).trimEnd());
   return `${out.join('\n')}\n`;
+}
+
+/** The paper's numbers (shared/reference/published-numbers.md): TDQ and the baseline it was compared with, per dataset; null: not reported. */
+export const PAPER_ROWS: { bits: string; tdq: string; base: string; results: { data: string; tdq: number; base: number | null }[] }[] = [
+  { bits: 'W4A4', tdq: 'qat-tdq', base: 'qat-lsq', results: [{ data: 'DDIM CIFAR-10', tdq: 4.48, base: 7.30 }, { data: 'LDM-8 churches', tdq: 4.64, base: 5.06 }] },
+  { bits: 'W3A3', tdq: 'qat-tdq', base: 'qat-lsq', results: [{ data: 'DDIM CIFAR-10', tdq: 6.48, base: null }, { data: 'LDM-8 churches', tdq: 6.57, base: null }] },
+  { bits: 'W8A5', tdq: 'ptq-tdq', base: 'ptq-ptq4dm', results: [{ data: 'DDIM CIFAR-10', tdq: 5.71, base: 22.43 }, { data: 'LDM-8 churches', tdq: 4.85, base: 7.06 }] },
+];
+
+/**
+ * Whether TDQ wins a paired comparison: the 95% interval of TDQ − baseline
+ * below zero (wins), above zero (loses), across zero (not resolved); one
+ * seed gives no interval.
+ */
+export function verdict(ci: MeanCI): string {
+  if (ci.n < 2) return 'one seed: no verdict';
+  if (ci.hi < 0) return 'TDQ better';
+  if (ci.lo > 0) return '**TDQ worse**';
+  return 'not resolved (interval spans 0)';
+}
+
+/** The (steps, N) group the headline reads: DDIM 25 (else the most common step count) at the largest N with cells. */
+export function headlineGroup(l: Ledger): { steps: number; n: number } | null {
+  const cells = Object.values(l.cells);
+  if (!cells.length) return null;
+  const count = (k: (c: Cell) => number) => {
+    const m = new Map<number, number>();
+    for (const c of cells) m.set(k(c), (m.get(k(c)) ?? 0) + 1);
+    return m;
+  };
+  const stepsCount = count((c) => c.steps);
+  const steps = stepsCount.has(25) ? 25 : [...stepsCount].sort((x, y) => y[1] - x[1] || x[0] - y[0])[0][0];
+  const n = Math.max(...cells.filter((c) => c.steps === steps).map((c) => c.n));
+  return { steps, n };
+}
+
+/**
+ * The headline: every TDQ − baseline pair of the ledger at every setting
+ * (one group: DDIM 25, the largest N), ours beside the paper's numbers where
+ * the paper has that comparison, with the verdict of the paired interval, so
+ * the settings where TDQ does not win read off the table.
+ */
+export function headlineMarkdown(l: Ledger): string {
+  const g = headlineGroup(l);
+  if (!g) return 'No cells yet: run the protocol (docs/protocol.md).\n';
+  const gc = Object.values(l.cells).filter((c) => c.steps === g.steps && c.n === g.n);
+  const seedsOf = (m: string, b: string) => new Map(gc.filter((c) => c.method === m && c.bits === b).map((c) => [c.seed, c.fid]));
+  const fp = seedsOf('fp', 'FP');
+  const bitsAll = [...new Set(gc.filter((c) => c.method !== 'fp').map((c) => c.bits))].sort((x, y) => y.localeCompare(x));
+  const pct = (d: number, base: number) => `${d >= 0 ? '+' : ''}${((100 * d) / base).toFixed(0)}%`;
+  const out = [
+    `FID-FMNIST, DDIM ${g.steps} steps, N = ${g.n} per seed${fp.size ? `; FP ${fmt(meanCI([...fp.values()]))} (seeds ${[...fp.keys()].join(',')})` : ''}. Ours: mean ± 95% interval over seeds; TDQ − baseline: paired on the same seeds (negative: TDQ better). The paper's FIDs are on CIFAR-10 / LSUN churches: compare orderings and relative gaps, not absolute values.`,
+    '',
+    '| setting | TDQ vs baseline | ours: TDQ | ours: baseline | ours: TDQ − baseline (rel.) | verdict | paper: TDQ vs baseline (rel.) |',
+    '|---|---|---|---|---|---|---|',
+  ];
+  for (const bits of bitsAll)
+    for (const [tdq, bases] of PAIRS)
+      for (const base of bases) {
+        const t = seedsOf(tdq, bits), b = seedsOf(base, bits);
+        const paper = PAPER_ROWS.find((r) => r.bits === bits && r.tdq === tdq && r.base === base);
+        if (!t.size || !b.size) {
+          if (paper && (t.size || b.size)) out.push(`| ${bits} | ${tdq} vs ${base} | ${t.size ? fmt(meanCI([...t.values()])) : 'not run'} | ${b.size ? fmt(meanCI([...b.values()])) : 'not run'} | — | — | ${paperText(paper)} |`);
+          continue;
+        }
+        const p = pairedDifferences(t, b);
+        const bm = meanCI([...b.values()]).mean;
+        out.push(`| ${bits} | ${tdq} vs ${base} | ${fmt(meanCI([...t.values()]))} | ${fmt(meanCI([...b.values()]))} | ${p ? `${fmt(p.ci)} (${pct(p.ci.mean, bm)})` : 'no shared seed'} | ${p ? verdict(p.ci) : '—'} | ${paper ? paperText(paper) : '—'} |`);
+      }
+  const missing = PAPER_ROWS.filter((r) => !gc.some((c) => c.bits === r.bits && (c.method === r.tdq || c.method === r.base)));
+  if (missing.length) out.push('', `Not measured yet (the paper's comparisons): ${missing.map((r) => `${r.bits} ${r.tdq} vs ${r.base} (${paperText(r)})`).join('; ')}.`);
+  return `${out.join('\n')}\n`;
+}
+
+function paperText(r: (typeof PAPER_ROWS)[number]): string {
+  return r.results.map((x) => (x.base === null ? `${x.data}: TDQ ${x.tdq.toFixed(2)}, baseline not reported` : `${x.data}: ${x.tdq.toFixed(2)} vs ${x.base.toFixed(2)} (${x.tdq - x.base >= 0 ? '+' : ''}${((100 * (x.tdq - x.base)) / x.base).toFixed(0)}%)`)).join('; ');
+}
+
+/** The few-step experiment: every model of the ledger measured at more than one DDIM step count (same N), one column per step count. */
+export function fewStepMarkdown(l: Ledger): string {
+  const cells = Object.values(l.cells);
+  const units = new Map<string, Cell[]>();
+  for (const c of cells) units.set(`${c.method}|${c.bits}|${c.n}`, [...(units.get(`${c.method}|${c.bits}|${c.n}`) ?? []), c]);
+  const multi = [...units.values()].filter((u) => new Set(u.map((c) => c.steps)).size > 1);
+  if (!multi.length) return '';
+  const steps = [...new Set(multi.flatMap((u) => u.map((c) => c.steps)))].sort((x, y) => y - x);
+  const cellText = (u: Cell[], s: number) => {
+    const v = u.filter((c) => c.steps === s);
+    return v.length ? `${fmt(meanCI(v.map((c) => c.fid)))} (${v.length} seed${v.length > 1 ? 's' : ''})` : '—';
+  };
+  const out = ['| model | N | ' + steps.map((s) => `DDIM ${s}`).join(' | ') + ' |', `|---|---|${steps.map(() => '---').join('|')}|`];
+  multi.sort((x, y) => x[0].bits.localeCompare(y[0].bits) || order(x[0].method) - order(y[0].method));
+  for (const u of multi) out.push(`| ${u[0].method} ${u[0].bits === 'FP' ? '' : u[0].bits} | ${u[0].n} | ${steps.map((s) => cellText(u, s)).join(' | ')} |`);
+  // TDQ − baseline at each step count: does TDQ's advantage hold with fewer steps?
+  const diffs: string[] = [];
+  for (const [tdq, bases] of PAIRS)
+    for (const base of bases)
+      for (const bits of [...new Set(multi.map((u) => u[0].bits))]) {
+        const seeds = (m: string, s: number) => new Map(cells.filter((c) => c.method === m && c.bits === bits && c.steps === s).map((c) => [c.seed, c.fid]));
+        const per = steps.map((s) => pairedDifferences(seeds(tdq, s), seeds(base, s)));
+        if (per.every((p) => !p)) continue;
+        diffs.push(`| ${tdq} − ${base} ${bits} | ${per.map((p) => (p ? `${fmt(p.ci)} ${verdict(p.ci)}` : '—')).join(' | ')} |`);
+      }
+  if (diffs.length) out.push('', `| paired | ${steps.map((s) => `DDIM ${s}`).join(' | ')} |`, `|---|${steps.map(() => '---').join('|')}|`, ...diffs);
+  return `${out.join('\n')}\n`;
+}
+
+export const README_BEGIN = '<!-- tdq-protocol-table:begin -->';
+export const README_END = '<!-- tdq-protocol-table:end -->';
+
+/** The text of a README with its marked section replaced by the headline (and few-step) tables of a ledger. */
+export function spliceReadme(text: string, l: Ledger, file: string, tableFile = ''): string {
+  const i = text.indexOf(README_BEGIN), j = text.indexOf(README_END);
+  if (i < 0 || j < 0 || j < i) throw new Error(`--readme ${file}: no '${README_BEGIN}' ... '${README_END}' section to write the table into`);
+  const few = fewStepMarkdown(l);
+  const body = [
+    '<!-- generated from the protocol ledger by node dist/bench/tdq_table.js --ledger ... --readme ...; do not edit: rerun -->',
+    headlineMarkdown(l).trimEnd(),
+    ...(few ? ['', 'Few-step experiment (the same models at each DDIM step count):', '', few.trimEnd()] : []),
+    ...(tableFile ? ['', `Every cell, its seconds and execution path: [${path.basename(tableFile)}](${tableFile}).`] : []),
+  ].join('\n');
+  return `${text.slice(0, i + README_BEGIN.length)}\n${body}\n${text.slice(j)}`;
+}
+
+export function writeReadmeSection(file: string, l: Ledger, tableFile = ''): void {
+  const text = fs.readFileSync(file, 'utf8');
+  const out = spliceReadme(text, l, file, tableFile);
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, out);
+  fs.renameSync(tmp, file);
 }
 
 function order(m: string): number {

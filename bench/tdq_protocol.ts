@@ -772,7 +772,7 @@ export function fewStepMarkdown(l: Ledger): string {
   };
   const out = ['| model | N | ' + steps.map((s) => `DDIM ${s}`).join(' | ') + ' |', `|---|---|${steps.map(() => '---').join('|')}|`];
   multi.sort((x, y) => x[0].bits.localeCompare(y[0].bits) || order(x[0].method) - order(y[0].method));
-  for (const u of multi) out.push(`| ${u[0].method} ${u[0].bits === 'FP' ? '' : u[0].bits} | ${u[0].n} | ${steps.map((s) => cellText(u, s)).join(' | ')} |`);
+  for (const u of multi) out.push(`| ${u[0].method}${u[0].bits === 'FP' ? '' : ` ${u[0].bits}`} | ${u[0].n} | ${steps.map((s) => cellText(u, s)).join(' | ')} |`);
   // TDQ − baseline at each step count: does TDQ's advantage hold with fewer steps?
   const diffs: string[] = [];
   for (const [tdq, bases] of PAIRS)
@@ -806,7 +806,7 @@ export function spliceReadme(text: string, l: Ledger, file: string, tableFile = 
 
 export function writeReadmeSection(file: string, l: Ledger, tableFile = ''): void {
   const text = fs.readFileSync(file, 'utf8');
-  const out = spliceReadme(text, l, file, tableFile);
+  const out = spliceReadme(text, l, file, tableFile && path.relative(path.dirname(path.resolve(file)), path.resolve(tableFile)));
   const tmp = `${file}.tmp-${process.pid}`;
   fs.writeFileSync(tmp, out);
   fs.renameSync(tmp, file);

@@ -25,7 +25,7 @@ import { calibrateWithReport } from '../src/quant/calibrate';
 import { resolveQuantConfig } from '../src/quant/config';
 import { tilePngs } from '../src/quant/plot';
 import { minmaxStep, statsOf, statsStep } from '../src/quant/step_search';
-import { type Ledger, readLedger } from './tdq_protocol';
+import { type Ledger, headlineGroup, readLedger } from './tdq_protocol';
 import { freshUNet, loadFp } from './tdq_common';
 
 const DEFAULT_LAYERS = ['input_blocks.1.0.in_layers.2', 'middle_block.0.out_layers.3', 'output_blocks.1.1.proj_out', 'output_blocks.5.0.skip_connection'];
@@ -52,7 +52,7 @@ export function parsePlotArgs(argv: string[]): PlotArgs {
   if (!Number.isInteger(n) || n < 1) throw new Error(`--calib-samples: a positive integer, got '${values['calib-samples']}'`);
   const bits = (values.bits ?? '').toUpperCase();
   if (bits && !/^W\dA\d$/.test(bits)) throw new Error(`--bits: '${bits}' is not of the form W4A4`);
-  const dflt = ['bench/results/tdq-ledger.json', 'bench/results/tdq-ledger-w8a4.json'].filter((f) => fs.existsSync(f));
+  const dflt = fs.existsSync('bench/results') ? fs.readdirSync('bench/results').filter((f) => /^tdq-ledger.*\.json$/.test(f)).map((f) => `bench/results/${f}`) : [];
   return {
     ckpt: values.ckpt ?? 'models/fmnist-small.safetensors',
     qat: values.qat ?? '',
@@ -117,9 +117,16 @@ async function stepPlot(a: PlotArgs): Promise<string> {
   return out;
 }
 
-/** FID against activation bits, per (PTQ / QAT, weight bits) panel, from ledgers (cells of all their groups pooled by method and bits; mean over seeds). */
-export function fidSeries(ledgers: Ledger[]): { panel: string; series: PlotSeries[] }[] {
-  const cells = ledgers.flatMap((l) => Object.values(l.cells));
+/**
+ * FID against activation bits, per (PTQ / QAT, weight bits) panel, from
+ * ledgers: the cells of one (DDIM steps, N) group only, as FID is biased by N
+ * and moves with the step count (default: the headline's group, DDIM 25 at
+ * the largest N); mean over seeds.
+ */
+export function fidSeries(ledgers: Ledger[], group?: { steps: number; n: number }): { panel: string; series: PlotSeries[] }[] {
+  const pooled = ledgers.flatMap((l) => Object.values(l.cells));
+  const g0 = group ?? headlineGroup({ setup: ledgers[0]?.setup, cells: Object.fromEntries(pooled.map((c, i) => [String(i), c])) } as Ledger);
+  const cells = g0 ? pooled.filter((c) => c.steps === g0.steps && c.n === g0.n) : [];
   const fpFids = cells.filter((c) => c.method === 'fp').map((c) => c.fid);
   const groups = new Map<string, Map<string, Map<number, number[]>>>();
   for (const c of cells) {
@@ -150,7 +157,8 @@ function fidPlot(a: PlotArgs): string | null {
   });
   const groups = fidSeries(ledgers);
   if (!groups.length) return null;
-  const panels = groups.map(({ panel, series }) => plotLines(series, { width: 640, height: 360, title: `FID-FMNIST vs activation bits, ${panel}`, xLabel: 'activation bits', logY: true }));
+  const g = headlineGroup({ setup: ledgers[0].setup, cells: Object.fromEntries(ledgers.flatMap((l) => Object.values(l.cells)).map((c, i) => [String(i), c])) });
+  const panels = groups.map(({ panel, series }) => plotLines(series, { width: 640, height: 360, title: `FID-FMNIST vs activation bits, ${panel} (DDIM ${g!.steps}, N = ${g!.n})`, xLabel: 'activation bits', logY: true }));
   fs.mkdirSync(a.outDir, { recursive: true });
   const out = path.join(a.outDir, 'tdq-fid-vs-bits.png');
   fs.writeFileSync(out, tilePngs(panels, Math.min(2, panels.length)));

@@ -27,6 +27,14 @@ describe('bench/tdq_plots', () => {
     assert.deepEqual(ptq[0].points, [{ x: 4, y: 230 }, { x: 5, y: 155 }]);
     assert.deepEqual(ptq[2].points, [{ x: 4, y: 105 }, { x: 5, y: 105 }]);
     assert.deepEqual(g[2].series.map((s) => s.name), ['qat-tdq', 'qat-lsq', 'FP']);
+    // other step counts and sample counts stay out (FID moves with both): the DDIM 25 group at the largest N
+    const extra = ledger([['ptq-tdq', 'W8A4', 0, 1]]);
+    const c100 = { ...Object.values(extra.cells)[0], steps: 100 }, n50 = { ...Object.values(extra.cells)[0], n: 50 }, fp100 = { ...c100, method: 'fp', bits: 'FP', fid: 1 };
+    extra.cells = { [cellKey(c100)]: c100, [cellKey(n50)]: n50, [cellKey(fp100)]: fp100 };
+    const g2 = fidSeries([ledger([['fp', 'FP', 0, 100], ['fp', 'FP', 1, 110], ['ptq-tdq', 'W8A5', 0, 150], ['ptq-tdq', 'W8A4', 0, 230]]), extra]);
+    assert.deepEqual(g2[0].series[0].points, [{ x: 4, y: 230 }, { x: 5, y: 150 }]);
+    assert.deepEqual(g2[0].series[1].points, [{ x: 4, y: 105 }, { x: 5, y: 105 }]);
+    assert.deepEqual(fidSeries([extra], { steps: 100, n: 100 })[0].series.map((s) => s.points), [[{ x: 4, y: 1 }], [{ x: 4, y: 1 }, { x: 4, y: 1 }]]);
   });
   it('arguments', () => {
     const a = parsePlotArgs(['--bits', 'w3a3', '--layers', 'a, b', '--ledgers', 'x.json']);

@@ -668,7 +668,7 @@ export function tableMarkdown(l: Ledger): string {
     const paper = bits.map((b) => PAPER[b]).filter(Boolean);
     if (paper.length) out.push('', ...paper.map((p) => `- ${p} (published numbers, shared/reference/published-numbers.md; compare orderings and relative gaps, not absolute FIDs).`));
     const smooth = gc.filter((c) => c.smoothing);
-    if (smooth.length) out.push('', `TDQ smoothing bandwidth chosen on held-out trajectories: ${[...new Map(smooth.map((c) => [c.bits, c.smoothing!.h])).entries()].map(([b, h]) => `${b}: ${h} timesteps`).join('; ')}.`);
+    if (smooth.length) out.push('', `TDQ smoothing bandwidth chosen on held-out trajectories (mean squared log-step error against the held-out steps per candidate bandwidth; 0 = the raw per-timestep steps, as ptq-tdq-raw): ${[...new Map(smooth.map((c) => [c.bits, c.smoothing!])).entries()].map(([b, sm]) => `${b}: ${sm.h} timesteps (${sm.errors.map((e) => `${e.h}: ${e.error.toExponential(2)}`).join(', ')})`).join('; ')}.`);
     const qatCells = gc.filter((c) => c.qat);
     if (qatCells.length && l.setup.qat) {
       const q = l.setup.qat;
@@ -729,9 +729,12 @@ export function headlineMarkdown(l: Ledger): string {
   const seedsOf = (m: string, b: string) => new Map(gc.filter((c) => c.method === m && c.bits === b).map((c) => [c.seed, c.fid]));
   const fp = seedsOf('fp', 'FP');
   const bitsAll = [...new Set(gc.filter((c) => c.method !== 'fp').map((c) => c.bits))].sort((x, y) => y.localeCompare(x));
-  const pct = (d: number, base: number) => `${d >= 0 ? '+' : ''}${((100 * d) / base).toFixed(0)}%`;
+  const pct = (d: number, base: number) => {
+    const r = (100 * d) / base;
+    return `${d >= 0 ? '+' : ''}${r.toFixed(Math.abs(r) < 10 ? 1 : 0)}%`;
+  };
   const out = [
-    `FID-FMNIST, DDIM ${g.steps} steps, N = ${g.n} per seed${fp.size ? `; FP ${fmt(meanCI([...fp.values()]))} (seeds ${[...fp.keys()].join(',')})` : ''}. Ours: mean ± 95% interval over seeds; TDQ − baseline: paired on the same seeds (negative: TDQ better). The paper's FIDs are on CIFAR-10 / LSUN churches: compare orderings and relative gaps, not absolute values.`,
+    `Checkpoint ${l.setup.ckpt} (sha256 ${l.setup.sha256.slice(0, 12)}). FID-FMNIST, DDIM ${g.steps} steps, N = ${g.n} per seed${fp.size ? `; FP ${fmt(meanCI([...fp.values()]))} (seeds ${[...fp.keys()].join(',')})` : ''}. Ours: mean ± 95% interval over seeds; TDQ − baseline: paired on the same seeds (negative: TDQ better). The paper's FIDs are on CIFAR-10 / LSUN churches: compare orderings and relative gaps, not absolute values.`,
     '',
     '| setting | TDQ vs baseline | ours: TDQ | ours: baseline | ours: TDQ − baseline (rel.) | verdict | paper: TDQ vs baseline (rel.) |',
     '|---|---|---|---|---|---|---|',

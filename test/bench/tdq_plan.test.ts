@@ -127,6 +127,11 @@ describe('bench/tdq_protocol: headline, few-step table, README section', () => {
     ['fp', 'FP', 100, [19, 20, 21]], ['qat-tdq', 'W4A4', 100, [29, 30, 31]], ['qat-lsq', 'W4A4', 100, [31, 31, 34]],
     ['fp', 'FP', 10, [40, 41, 42]], ['qat-tdq', 'W4A4', 10, [50, 51, 52]],
   ]);
+  it('the table prints the TDQ smoothing choice with every candidate\'s held-out error', () => {
+    const m = ledgerOf([['ptq-tdq', 'W8A5', 25, [40]]]);
+    Object.values(m.cells)[0].smoothing = { h: 80, errors: [{ h: 0, error: 0.0342 }, { h: 80, error: 0.0246 }] };
+    assert.match(tableMarkdown(m), /W8A5: 80 timesteps \(0: 3\.42e-2, 80: 2\.46e-2\)/);
+  });
   it('verdicts from the paired interval', () => {
     assert.equal(verdict(meanCI([-3, -2, -4])), 'TDQ better');
     assert.equal(verdict(meanCI([2, 3, 2.5])), '**TDQ worse**');
@@ -135,9 +140,9 @@ describe('bench/tdq_protocol: headline, few-step table, README section', () => {
   });
   it('the headline puts the paper beside ours and says where TDQ does not win', () => {
     const md = headlineMarkdown(l);
-    assert.match(md, /DDIM 25 steps, N = 2000 per seed; FP 21\.00 ± 2\.48/);
+    assert.match(md, /^Checkpoint m\.safetensors \(sha256 abababababab\)\. FID-FMNIST, DDIM 25 steps, N = 2000 per seed; FP 21\.00 ± 2\.48/);
     // diffs -3, -2, -4: mean -3, sd 1 -> half 2.48; relative to the baseline mean 34: -9%
-    assert.match(md, /\| W4A4 \| qat-tdq vs qat-lsq \| 31\.00 ± 2\.48 \| 34\.00 ± 4\.30 \| -3\.00 ± 2\.48 \(-9%\) \| TDQ better \| DDIM CIFAR-10: 4\.48 vs 7\.30 \(-39%\); LDM-8 churches: 4\.64 vs 5\.06 \(-8%\) \|/);
+    assert.match(md, /\| W4A4 \| qat-tdq vs qat-lsq \| 31\.00 ± 2\.48 \| 34\.00 ± 4\.30 \| -3\.00 ± 2\.48 \(-8\.8%\) \| TDQ better \| DDIM CIFAR-10: 4\.48 vs 7\.30 \(-39%\); LDM-8 churches: 4\.64 vs 5\.06 \(-8%\) \|/);
     assert.match(md, /\| W8A8 \| qat-tdq vs qat-lsq \|[^\n]*\| \*\*TDQ worse\*\* \| — \|/);
     assert.match(md, /\| W4A8 \| qat-tdq vs qat-lsq \|[^\n]*\| not resolved \(interval spans 0\) \| — \|/);
     assert.match(md, /Not measured yet \(the paper's comparisons\): W3A3 qat-tdq vs qat-lsq \(DDIM CIFAR-10: TDQ 6\.48, baseline not reported; LDM-8 churches: TDQ 6\.57, baseline not reported\); W8A5 ptq-tdq vs ptq-ptq4dm \(DDIM CIFAR-10: 5\.71 vs 22\.43 \(-75%\)/);

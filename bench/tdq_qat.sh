@@ -17,6 +17,10 @@
 #   [LEDGER=bench/results/tdq-ledger-qat.json] [CKPT=models/fmnist-small.safetensors] \
 #   [STEPS=1000] [BATCH=32] [N=2000] [SEEDS=0,1,2] [EVAL_STEPS=25] [DISTILL=0] \
 #   [CALIB_METHOD=stats] [TDQ_INIT=constant] bash bench/tdq_qat.sh
+#
+# The whole table (PTQ rows, these QAT rows with their distillation variants,
+# and the 100- and 10-step rows) is one command instead: see docs/protocol.md
+# (`node dist/bench/tdq_table.js --ledger ... --plan issue13`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEDGER=${LEDGER:-bench/results/tdq-ledger-qat.json} CKPT=${CKPT:-models/fmnist-small.safetensors}

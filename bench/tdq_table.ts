@@ -40,6 +40,13 @@
 //   node dist/bench/tdq_table.js --ledger bench/results/tdq-ledger.json \
 //     --table bench/results/tdq-table.md [--n 2000] [--seeds 0,1,2] [--bits W8A8,W8A5,W8A4] \
 //     [--methods fp,ptq-tdq,ptq-minmax,ptq-percentile,ptq-mse,ptq-ptq4dm] [--eval-steps 25]
+//
+// The whole table of issue 13 (PTQ, QAT, distillation, the 100- and 10-step
+// rows) is one plan (bench/tdq_plan.ts; docs/protocol.md):
+//
+//   node dist/bench/tdq_table.js --ledger bench/results/tdq-ledger-issue13.json --plan issue13 --dry-run
+//   node dist/bench/tdq_table.js --ledger bench/results/tdq-ledger-issue13.json --plan issue13 \
+//     --table bench/results/tdq-table-protocol.md --readme README.md
 import fs from 'node:fs';
 import path from 'node:path';
 

@@ -97,7 +97,7 @@ export const QAT_SECONDS_PER_IMAGE_FALLBACK = 0.15;
 export const KD_FACTOR = 1.3;
 
 export interface Rates {
-  /** Seconds per sample and DDIM step (sampling and FID together), by execution ('fp32', 'int', 'fake'). */
+  /** Seconds per sample and DDIM step (sampling and FID together), by execution ('fp32', 'int', 'fake'): all cells' seconds over all their samples x steps. */
   perSampleStep: Record<string, number>;
   /** Seconds of calibration of a PTQ job, by method ('*': any). */
   calib: Record<string, number>;
@@ -113,23 +113,38 @@ const median = (v: number[]): number => {
   return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
 };
 
-/** The rates of the finished cells of some ledgers (medians, so one slow sitting does not decide). */
+/** The rates of the finished cells of some ledgers: sampling and QAT training as total seconds over total work, calibration the median per method. */
 export function estimateRates(ledgers: Ledger[]): Rates {
   const cells = ledgers.flatMap((l) => Object.values(l.cells).map((c) => ({ c, batch: l.setup.qat?.batch })));
   const by = <K extends string>(key: (c: Cell) => K | null, val: (c: Cell, batch?: number) => number | null) => {
     const m = new Map<K, number[]>();
     for (const { c, batch } of cells) {
-      const k = key(c), v = val(c, batch);
-      if (k === null || v === null || !Number.isFinite(v)) continue;
+      const k = key(c);
+      if (k === null) continue;
+      const v = val(c, batch);
+      if (v === null || !Number.isFinite(v)) continue;
       m.set(k, [...(m.get(k) ?? []), v]);
     }
     return Object.fromEntries([...m].map(([k, v]) => [k, median(v)])) as Record<K, number>;
   };
-  const perSampleStep = by((c) => c.exec, (c) => c.seconds / (c.n * c.steps));
+  // Seconds over work summed per execution (not a median of ratios): a few tiny test cells, all overhead, then weigh what they are worth.
+  const ratio = <K extends string>(key: (c: Cell) => K | null, sec: (c: Cell) => number | null, work: (c: Cell, batch?: number) => number | null) => {
+    const m = new Map<K, [number, number]>();
+    for (const { c, batch } of cells) {
+      const k = key(c);
+      if (k === null) continue;
+      const s = sec(c), w = work(c, batch);
+      if (s === null || w === null || !Number.isFinite(s) || !(w > 0)) continue;
+      const [s0, w0] = m.get(k) ?? [0, 0];
+      m.set(k, [s0 + s, w0 + w]);
+    }
+    return Object.fromEntries([...m].map(([k, [s, w]]) => [k, s / w])) as Record<K, number>;
+  };
+  const perSampleStep = ratio((c) => c.exec, (c) => c.seconds, (c) => c.n * c.steps);
   const calib = by((c) => (c.method.startsWith('ptq-') ? c.method : null), (c) => c.calibSeconds ?? null);
   const all = Object.values(calib);
   if (all.length) calib['*'] = median(all);
-  const qat = by((c) => (c.qat?.trainSeconds !== undefined ? 'qat' : null), (c, batch) => (batch ? c.qat!.trainSeconds! / ((c.method.endsWith('-kd') ? KD_FACTOR : 1) * batch * c.qat!.steps) : null));
+  const qat = ratio((c) => (c.qat?.trainSeconds !== undefined ? 'qat' : null), (c) => c.qat!.trainSeconds!, (c, batch) => (batch ? (c.method.endsWith('-kd') ? KD_FACTOR : 1) * batch * c.qat!.steps : null));
   return { perSampleStep, calib, qatPerImage: qat.qat ?? QAT_SECONDS_PER_IMAGE_FALLBACK, qatMeasured: qat.qat !== undefined, cells: cells.length };
 }
 

@@ -68,13 +68,16 @@ describe('bench/tdq_plan: the issue-13 plan', () => {
 });
 
 describe('bench/tdq_plan: estimates', () => {
-  it('rates are medians by execution, calibration by method, QAT per training image; cells done cost nothing', () => {
+  it('rates are seconds over work by execution, calibration the median by method, QAT per training image; cells done cost nothing', () => {
     const l = ledgerOf([['fp', 'FP', 25, [30, 31]], ['ptq-tdq', 'W8A5', 25, [40]], ['ptq-mse', 'W8A5', 25, [50]]], 1000);
     l.cells[cellKey({ method: 'fp', bits: 'FP', steps: 25, seed: 1, n: 1000 })].seconds = 300; // fp32: 100 and 300 -> median 200
     l.cells[cellKey({ method: 'ptq-tdq', bits: 'W8A5', steps: 25, seed: 0, n: 1000 })].calibSeconds = 120;
     l.cells[cellKey({ method: 'ptq-mse', bits: 'W8A5', steps: 25, seed: 0, n: 1000 })].calibSeconds = 60;
     const r = estimateRates([l]);
     assert.equal(r.perSampleStep.fp32, 200 / (1000 * 25));
+    // a tiny cell (all overhead) weighs what its samples x steps are worth
+    const tiny: Cell = { method: 'fp', bits: 'FP', steps: 2, seed: 9, n: 4, fid: 1, seconds: 50, exec: 'fp32', finished: 'x' };
+    assert.equal(estimateRates([{ setup, cells: { ...l.cells, [cellKey(tiny)]: tiny } }]).perSampleStep.fp32, (400 + 50) / (2 * 1000 * 25 + 8));
     assert.equal(r.perSampleStep.int, 100 / (1000 * 25));
     assert.deepEqual(r.calib, { 'ptq-tdq': 120, 'ptq-mse': 60, '*': 90 });
     assert.equal(r.qatPerImage, QAT_SECONDS_PER_IMAGE_FALLBACK);
@@ -98,7 +101,7 @@ describe('bench/tdq_plan: estimates', () => {
     assert.match(p.text, /not measured on this model/);
   });
   it('a measured QAT run gives the training rate; the dry run reads the ledger and lists without a checkpoint', () => {
-    const l = ledgerOf([['qat-tdq', 'W4A4', 25, [10]]]);
+    const l = ledgerOf([['qat-tdq', 'W4A4', 25, [10]], ['fp', 'FP', 25, [5]], ['qat-lsq', 'W4A4', 25, [12]]]); // only the first cell of a QAT run carries its training seconds
     l.setup.qat = { steps: 1000, batch: 32, warmup: 50, lr: 2e-4, distillWeight: 1, calibMethod: 'stats', tdqInit: 'constant' };
     l.cells[cellKey({ method: 'qat-tdq', bits: 'W4A4', steps: 25, seed: 0, n: 2000 })].qat = { run: 'r', trainSeconds: 3200, lastLoss: 0.1, steps: 1000 };
     const r = estimateRates([l]);

@@ -159,7 +159,7 @@ describe('bench/tdq_protocol: headline, few-step table, README section', () => {
     assert.doesNotMatch(md, /W8A8/, 'models at one step count stay out');
     assert.match(md, /\| qat-tdq − qat-lsq W4A4 \| -2\.00 ± 2\.48 not resolved \(interval spans 0\) \| -3\.00 ± 2\.48 TDQ better \| — \|/);
     assert.equal(fewStepMarkdown(ledgerOf([['fp', 'FP', 25, [1, 2]]])), '');
-    assert.match(tableMarkdown(l), /### Few-step experiment[^]*### Headline/);
+    assert.match(tableMarkdown(l), /### DDIM 25 steps[^]*### DDIM 100 steps[^]*### DDIM 10 steps[^]*### Few-step experiment[^]*### Headline/);
   });
   it('the README section is replaced between its markers, and again on a rerun; no markers is an error', () => {
     const readme = `# x\n\nbefore\n${README_BEGIN}\nold text\n${README_END}\nafter\n`;

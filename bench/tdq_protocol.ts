@@ -512,6 +512,9 @@ export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): P
     const other = readLedger(file);
     if (!other) throw new Error(`--merge ${file}: no such ledger`);
     checkSetup(other.setup, setup, file);
+    checkSetup(other.setup, ledger.setup, file); // its QAT cells against this ledger's
+    // a worker that trained the QAT cells brings their setup (the table reports it)
+    if (other.setup.qat && !ledger.setup.qat) ledger.setup.qat = other.setup.qat;
     for (const [k, c] of Object.entries(other.cells)) ledger.cells[k] ??= c;
   }
   if (a.merge.length) writeLedger(a.ledger, ledger);

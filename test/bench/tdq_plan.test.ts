@@ -210,3 +210,33 @@ describe('bench/tdq_protocol: a filtered plan end to end (tiny model)', () => {
     }
   });
 });
+
+describe('bench/tdq_protocol: joining workers\' ledgers', () => {
+  it('--merge brings the QAT worker\'s cells and its QAT setup; a worker with another QAT setup is refused', async () => {
+    const { protocolMain, readLedger, writeLedger } = await import('../../bench/tdq_protocol');
+    const crypto = await import('node:crypto');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-merge-'));
+    try {
+      const ckpt = path.join(dir, 'm.safetensors');
+      fs.writeFileSync(ckpt, 'not a model: only its bytes are hashed');
+      const sha256 = crypto.createHash('sha256').update(fs.readFileSync(ckpt)).digest('hex');
+      const qat = { steps: 1000, batch: 32, warmup: 50, lr: 2e-4, distillWeight: 1, calibMethod: 'stats' as const, tdqInit: 'constant' as const };
+      const a = ledgerOf([['fp', 'FP', 25, [20, 21, 22]]]), b = ledgerOf([['qat-tdq', 'W4A4', 25, [30, 31, 32]], ['qat-lsq', 'W4A4', 25, [33, 33, 36]]]);
+      a.setup = { ...setup, ckpt, sha256 };
+      b.setup = { ...setup, ckpt, sha256, qat };
+      for (const c of Object.values(b.cells)) c.qat = { run: 'r', lastLoss: 0.05, steps: 1000 };
+      const A = path.join(dir, 'a.json'), B = path.join(dir, 'b.json'), C = path.join(dir, 'c.json'), T = path.join(dir, 't.md');
+      writeLedger(A, a);
+      writeLedger(B, b);
+      writeLedger(C, { ...b, setup: { ...b.setup, qat: { ...qat, steps: 500 } } });
+      await protocolMain(['--ledger', A, '--ckpt', ckpt, '--merge', B, '--table-only', '--table', T]);
+      const l = readLedger(A)!;
+      assert.equal(Object.keys(l.cells).length, 9);
+      assert.deepEqual(l.setup.qat, qat);
+      assert.match(fs.readFileSync(T, 'utf8'), /QAT cells: 1000 steps of batch 32/);
+      await assert.rejects(protocolMain(['--ledger', A, '--ckpt', ckpt, '--merge', C, '--table-only']), /QAT cells were trained with steps = 500, this run has 1000|steps = 1000, this run has 500/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

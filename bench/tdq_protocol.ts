@@ -566,7 +566,9 @@ export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): P
                   break outer;
                 }
                 file = r.model;
-                trainSeconds = r.trainSeconds;
+                // The training seconds go into one cell only: not again when a later job (other step counts) reuses the run.
+                const counted = Object.values(ledger.cells).some((c) => c.qat?.run === r.run && c.qat.trainSeconds !== undefined);
+                trainSeconds = counted ? undefined : r.trainSeconds;
                 c0 = Date.now(); // the cell's own 'ready' time is loading the trained model
                 qatInfo = { run: r.run, lastLoss: r.lastLoss, steps: a.qatSetup.steps };
               }

@@ -211,6 +211,26 @@ describe('bench/tdq_protocol: a filtered plan end to end (tiny model)', () => {
   });
 });
 
+describe('bench/tdq_protocol: a QAT run reused by the few-step job (tiny model)', () => {
+  it('trains once, and its training seconds are counted in one cell only', async () => {
+    const { qatConfig, writeFpCheckpoint } = await import('../quant/qat_helpers');
+    const { protocolMain, readLedger } = await import('../../bench/tdq_protocol');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-plan-qat-'));
+    try {
+      const fp = await writeFpCheckpoint(dir, qatConfig(4));
+      const L = path.join(dir, 'ledger.json');
+      await protocolMain(['--ledger', L, '--ckpt', fp, '--plan', 'issue13', '--methods', 'qat-lsq', '--bits', 'W3A3', '--eval-steps', '25,10', '--seeds', '0', '--n', '4', '--batch', '4',
+        '--calib-samples', '2', '--calib-steps', '4', '--qat-steps', '2', '--qat-batch', '4', '--qat-warmup', '1'], { fid: async (_n, x0) => x0[0] });
+      const cells = Object.values(readLedger(L)!.cells);
+      assert.deepEqual(cells.map((c) => c.steps), [25, 10], 'the main table first, then the few-step job');
+      assert.equal(new Set(cells.map((c) => c.qat?.run)).size, 1, 'one training run');
+      assert.deepEqual(cells.map((c) => c.qat?.trainSeconds !== undefined), [true, false]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('bench/tdq_protocol: joining workers\' ledgers', () => {
   it('--merge brings the QAT worker\'s cells and its QAT setup; a worker with another QAT setup is refused', async () => {
     const { protocolMain, readLedger, writeLedger } = await import('../../bench/tdq_protocol');

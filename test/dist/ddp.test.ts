@@ -11,40 +11,15 @@ import { after, describe, it } from 'node:test';
 
 import { readSafetensors } from '../../src/io/safetensors';
 import { mpiSkip } from '../helpers/mpi';
-import { tinyLdmYaml } from '../helpers/configs';
+import { tinyDdpYaml, tinyLdmYaml } from '../helpers/configs';
 
 const bin = path.join(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-ddp-'));
 after(() => process.env.KEEP_TMP ? undefined : fs.rmSync(root, { recursive: true, force: true }));
 
-const yaml = (o: { seed?: number; maxSteps?: number; every?: number; accumulate?: number } = {}) => `
-model:
-  base_learning_rate: 1.0e-3
-  target: tdq_native.models.diffusion.DDPM
-  params:
-    beta_schedule: sqrt_linear
-    timesteps: 100
-    image_size: 8
-    channels: 1
-    unet_config:
-      target: tdq_native.models.unet.UNetModel
-      params: {image_size: 8, in_channels: 1, out_channels: 1, model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], num_heads: 2}
-data:
-  target: tdq_native.data.Synthetic
-  params: {count: 40, kind: blobs, seed: 3}
-training:
-  batch_size: 8
-  max_steps: ${o.maxSteps ?? 6}
-  ema: {decay: 0.9}
-  seed: ${o.seed ?? 11}
-  log_every: 1
-  checkpoint_every: ${o.every ?? 3}
-  accumulate_grad_batches: ${o.accumulate ?? 1}
-`;
-
-function config(name: string, o?: Parameters<typeof yaml>[0]): string {
+function config(name: string, o: { seed?: number; maxSteps?: number; every?: number; accumulate?: number } = {}): string {
   const f = path.join(root, `${name}.yaml`);
-  fs.writeFileSync(f, yaml(o));
+  fs.writeFileSync(f, tinyDdpYaml({ maxSteps: o.maxSteps, seed: o.seed, checkpointEvery: o.every, accumulate: o.accumulate }));
   return f;
 }
 

@@ -94,7 +94,8 @@ function getAt(root: unknown, p: ConfigPath): unknown {
   return v;
 }
 
-function editDistance(a: string, b: string): number {
+/** Levenshtein distance, for "did you mean" hints (config keys here, CLI commands in src/cli). */
+export function editDistance(a: string, b: string): number {
   const d = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; ++i) {
     let prev = d[0];

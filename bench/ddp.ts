@@ -7,7 +7,7 @@
 // time of one step's gradients against the step time; whether a nonblocking
 // allreduce progresses while a rank computes (bench/ddp_progress.cpp); and a
 // projection to 8 and 64 ranks on stated interconnects.
-//   node dist/bench/ddp.js [--steps 12] [--batch 32] [--samples 32] [--rounds 2] [--out bench/results/ddp-cpu.md]
+//   node dist/bench/ddp.js [--steps 12] [--batch 32] [--samples 32] [--rounds 2] [--out bench/results/ddp-cpu.md]   (--help)
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,14 +17,22 @@ import { loadConfig } from '../src/config';
 import { buildUNet } from '../src/models/diffusion';
 import { packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
+import { BenchArgsError, benchArgs } from './args';
 
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-}
+const USAGE = 'node dist/bench/ddp.js [--steps 12] [--batch 32] [--samples 32] [--rounds 2] [--out bench/results/ddp-cpu.md]';
+const OPTIONS = {
+  steps: { type: 'string', value: 'N', default: '12', help: 'training steps per run (images/s: median over steps 3.., all steps when fewer)' },
+  batch: { type: 'string', value: 'N', default: '32', help: 'global training batch (even: 2 ranks split it)' },
+  samples: { type: 'string', value: 'N', default: '32', help: 'images per sampling run' },
+  rounds: { type: 'string', value: 'N', default: '2', help: 'interleaved rounds of every layout' },
+  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'ddp-cpu.md'), help: 'report file' },
+} as const;
 
-const steps = Number(arg('steps', '12')), batch = Number(arg('batch', '32')), sampleN = Number(arg('samples', '32'));
-const out = arg('out', path.join(packageRoot, 'bench', 'results', 'ddp-cpu.md'));
+const { steps, batch, samples: sampleN, rounds, out } = benchArgs(USAGE, OPTIONS, (a) => {
+  const b = a.int('batch', 2);
+  if (b % 2 !== 0) throw new BenchArgsError(`--batch: expected an even integer (2 ranks split it), got '${a.str('batch')}'`);
+  return { steps: a.int('steps', 1), batch: b, samples: a.int('samples', 1), rounds: a.int('rounds', 1), out: path.resolve(a.str('out')) };
+});
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-ddp-bench-'));
 const bin = path.join(packageRoot, 'bin', 'tdq-native.js');
 const root = process.getuid?.() === 0 ? ['--allow-run-as-root'] : [];
@@ -53,7 +61,8 @@ function trainRun(l: Layout, name: string): number {
   const nb = /\((\d+) gradient buckets/.exec(r.stdout);
   if (nb) bucketCount[label(l)] = Number(nb[1]);
   const recs = fs.readFileSync(path.join(work, name, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; images_per_s: number });
-  const ips = recs.filter((x) => x.step > 2).map((x) => x.images_per_s).sort((a, b) => a - b);
+  const timed = recs.filter((x) => x.step > 2); // the first two steps warm up
+  const ips = (timed.length ? timed : recs).map((x) => x.images_per_s).sort((a, b) => a - b);
   return ips[ips.length >> 1];
 }
 
@@ -78,13 +87,12 @@ function progressRun(floats: number): Record<string, unknown> | null {
 }
 
 function allreduceMs(floats: number): number {
-  const r = spawnSync('mpirun', [...root, '--oversubscribe', '-np', '2', '-x', 'TDQ_NUM_THREADS=1', process.execPath, path.join(packageRoot, 'dist', 'bench', 'ddp_allreduce.js'), String(floats), '30'], { encoding: 'utf8' });
+  const r = spawnSync('mpirun', [...root, '--oversubscribe', '-np', '2', '-x', 'TDQ_NUM_THREADS=1', process.execPath, path.join(packageRoot, 'dist', 'bench', 'ddp_allreduce.js'), '--floats', String(floats), '--rounds', '30'], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`allreduce timing failed:\n${r.stderr}`);
   return (JSON.parse(r.stdout.trim().split('\n').pop()!) as { medianMs: number }).medianMs;
 }
 
 const params = buildUNet(loadConfig(cfgFile).config.model.params.unet_config, new Generator(0)).parameters().reduce((a, p) => a + p.size, 0);
-const rounds = Number(arg('rounds', '2'));
 const trainLayouts: Layout[] = [
   { ranks: 1, threads: 1 },
   { ranks: 1, threads: 2 },

@@ -6,48 +6,28 @@ with the weights of a LatentDiffusion checkpoint (torch.load of the .ckpt,
 model.diffusion_model.* and first_stage_model.*), DDIM steps at batch 1 and
 the decode, timed in alternation with the engine.
 
-Usage: python3 bench/ldm_churches_torch.py [THREADS]   (default: os.cpu_count())
+Usage: python3 bench/ldm_churches_torch.py [THREADS] [--wait-policy P]   (bench/torch_server.py)
 A server on stdin/stdout, one JSON object per line:
   {"load": CKPT, "unet": params, "ddconfig": params, "embed_dim"}
-                         -> {"params_unet", "params_first_stage", "scale_factor", "seconds", "peak_rss_bytes", "rss_bytes"}
+                         -> {"params_unet", "params_first_stage", "scale_factor", "seconds", "torch", "threads",
+                             "omp_wait_policy", "peak_rss_bytes", "rss_bytes"}
   {"ddim": {"x": [...], "shape": [C, H, W], "steps": [[t, a, a_prev], ...]}}
                          -> {"step_ms": [...], "eps0": [...], "z": [...]}
      x_{prev} = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps, x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)
      (DDIM, eta 0), in float64 on the host as the node side does; the model in float32
   {"decode": {"z": [...], "shape": [C, H, W]}} -> {"ms", "image": [...]}   decode_first_stage(z)
-  {"reset_peak": true}   -> {"ok"}      VmHWM := VmRSS (/proc/self/clear_refs)
-  {"memory": true}       -> {"peak_rss_bytes", "rss_bytes"}   VmHWM, VmRSS
+  {"reset_peak": true}, {"memory": true}: bench/torch_server.py
 """
-import json
-import os
-import sys
 import time
 
 import numpy as np
-import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "reference"))
+import torch_server
+
+ARGS = torch_server.start(__doc__)
+torch = torch_server.load_torch(ARGS)
 from autoencoder_ref import AutoencoderKL  # noqa: E402
 from openaimodel_ref import UNetModel  # noqa: E402
-
-torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else (os.cpu_count() or 1))
-
-
-def status_bytes(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return -1
-
-
-def reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class Model:
@@ -89,29 +69,15 @@ class Model:
 
 def main():
     m = None
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            if "load" in req:
-                m = Model(req)
-                resp = {"params_unet": sum(p.numel() for p in m.unet.parameters()),
-                        "params_first_stage": sum(p.numel() for p in m.ae.parameters()),
-                        "scale_factor": m.scale_factor, "seconds": m.seconds, "torch": torch.__version__,
-                        "threads": torch.get_num_threads(),
-                        "peak_rss_bytes": status_bytes("VmHWM"), "rss_bytes": status_bytes("VmRSS")}
-            elif "ddim" in req:
-                resp = m.ddim(req["ddim"])
-            elif "decode" in req:
-                resp = m.decode(req["decode"])
-            elif "reset_peak" in req:
-                resp = {"ok": reset_peak()}
-            elif "memory" in req:
-                resp = {"peak_rss_bytes": status_bytes("VmHWM"), "rss_bytes": status_bytes("VmRSS")}
-            else:
-                resp = {"error": f"unknown request {line.strip()}"}
-        except Exception as e:  # reported to the node side, which fails the bench
-            resp = {"error": f"{type(e).__name__}: {e}"}
-        print(json.dumps(resp), flush=True)
+
+    def load(req):
+        nonlocal m
+        m = Model(req)
+        return {"params_unet": sum(p.numel() for p in m.unet.parameters()),
+                "params_first_stage": sum(p.numel() for p in m.ae.parameters()),
+                "scale_factor": m.scale_factor, "seconds": m.seconds, **torch_server.info(torch), **torch_server.memory()}
+
+    torch_server.serve({"load": load, "ddim": lambda req: m.ddim(req["ddim"]), "decode": lambda req: m.decode(req["decode"])})
 
 
 if __name__ == "__main__":

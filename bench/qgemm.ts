@@ -13,7 +13,6 @@
 //   int8 conv   qconv2d alone, on an already-quantized x
 // The ways alternate in blocks of `reps` calls, `rounds` times, so that a
 // shared machine's load falls on all alike; medians are reported.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,6 +20,7 @@ import path from 'node:path';
 import { native, packageRoot } from '../src/tensor/native';
 import { type Tensor, runOp, runOp1 } from '../src/tensor/tensor';
 import { benchArgs } from './args';
+import { lscpu } from './machine';
 
 const USAGE = 'node dist/bench/qgemm.js [--batch 8] [--reps 5] [--warmup 2] [--rounds 3] [--levels avx512,avx2] [--out bench/results/qgemm-cpu.md]';
 const OPTIONS = {
@@ -84,15 +84,6 @@ function prepare(c: Case): { runs: Record<Way, () => Tensor[]>; inputs: Tensor[]
     'int8 conv': () => [runOp1('qconv2d', [xq, astep, packed, wstep, sums, b], qattrs)],
   };
   return { runs, inputs: [x, w, b, astep, wstep, packed, sums, xq] };
-}
-
-function lscpu(field: string): string {
-  try {
-    const line = execFileSync('lscpu', { encoding: 'utf8' }).split('\n').find((l) => l.startsWith(`${field}:`));
-    return line ? line.slice(field.length + 1).trim() : '?';
-  } catch {
-    return '?';
-  }
 }
 
 function main(): void {

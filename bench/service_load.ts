@@ -11,6 +11,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
+import { lscpu } from './machine';
+
 const root = path.resolve(__dirname, '..', '..');
 export const SERVER = path.join(root, 'dist', 'examples', 'service', 'server.js');
 
@@ -257,15 +259,6 @@ export async function runLoad(port: number, opts: LoadOptions): Promise<LoadResu
 }
 
 // ---- the report --------------------------------------------------------------------
-
-function lscpu(field: string): string {
-  try {
-    const line = execFileSync('lscpu', { encoding: 'utf8' }).split('\n').find((l) => l.startsWith(`${field}:`));
-    return line ? line.slice(field.length + 1).trim() : '?';
-  } catch {
-    return '?';
-  }
-}
 
 function uptime(): string {
   try {

@@ -2,10 +2,10 @@
 reference UNets (test/reference/*.py, same architecture and parameter names
 as ours) on the same shapes, timed in alternation with the engine.
 
-Usage: python3 bench/torch_diffusion.py [THREADS]   (default: os.cpu_count())
+Usage: python3 bench/torch_diffusion.py [THREADS] [--wait-policy P]   (bench/torch_server.py)
 Run by bench/diffusion.ts as a server on stdin/stdout, one JSON object per
 line. One process serves one case, so its peak RSS belongs to that case.
-  {"info": true}        -> {"torch", "threads", "rss_bytes"}
+  {"info": true}        -> {"torch", "threads", "omp_wait_policy", "rss_bytes"}
   {"setup": CASE}       -> {"params", "rss_bytes"}   build the model (random init)
   {"run": N, "steps": S} -> {"ms": [...], "cpu_ms": [...]}  N timed runs (wall and
                             process CPU time, user + system); a run is one
@@ -21,52 +21,21 @@ CASE: {"model": "openai"|"ddpm", "unet": params, "mode": "sample"|"train",
   sample: "ddim": [[t, cx, ce], ...] (noisiest first: x <- cx x + ce eps(x, t)),
   train: "sqrt_ac", "sqrt_1m_ac" (per timestep), "lr", "betas", "eps",
   "grad_clip" (0: none), "loss": "l2"|"l1"}.
-Peak memory is the process's peak resident set (getrusage ru_maxrss after
-resetting the high-water mark through /proc/self/clear_refs); PyTorch 1.13's
-CPU allocator keeps no statistics, and tracemalloc does not see tensor storage.
+"reset_peak" and "memory" (peak resident set, VmHWM) come from bench/torch_server.py.
 """
-import json
-import os
-import resource
-import sys
 import time
 
-import torch
-import torch.nn.functional as F
+import torch_server
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "reference"))
+ARGS = torch_server.start(__doc__)
+torch = torch_server.load_torch(ARGS)
+import torch.nn.functional as F  # noqa: E402
+
 from ddpm_unet_ref import Model as DDPMModel  # noqa: E402
 from openaimodel_ref import UNetModel  # noqa: E402
 
-torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else (os.cpu_count() or 1))
-
 DDPM_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "in_channels", "resolution",
              "resamp_with_conv")
-
-
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def cpu_seconds():
-    # user + system time of every thread of this process
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def reset_peak():
-    # Writing 5 resets the kernel's RSS high-water mark (Linux >= 4.0).
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class Case:
@@ -123,42 +92,33 @@ class Case:
 
 def main():
     case = None
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            if "info" in req:
-                resp = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rss_bytes": rss_bytes()}
-            elif "setup" in req:
-                case = Case(req["setup"])
-                resp = {"params": sum(p.numel() for p in case.model.parameters()), "rss_bytes": rss_bytes()}
-            elif "run" in req:
-                times, cpu = [], []
-                for _ in range(req["run"]):
-                    t0, c0 = time.perf_counter(), cpu_seconds()
-                    case.run_once(req.get("steps"))
-                    times.append((time.perf_counter() - t0) * 1e3)
-                    cpu.append((cpu_seconds() - c0) * 1e3)
-                resp = {"ms": times, "cpu_ms": cpu}
-            elif "reset_peak" in req:
-                resp = {"ok": reset_peak()}
-            elif "memory" in req:
-                resp = {"peak_rss_bytes": peak_rss_bytes(), "rss_bytes": rss_bytes()}
-            elif "profile" in req:
-                t0 = time.perf_counter()
-                with torch.autograd.profiler.profile() as prof:
-                    case.run_once(req["profile"])
-                wall = time.perf_counter() - t0
-                ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-                resp = {
-                    "seconds": wall,
-                    "ops": [[e.key, e.count, e.self_cpu_time_total / 1e6] for e in ops[: req.get("top", 12)]],
-                    "total_self_seconds": sum(e.self_cpu_time_total for e in ops) / 1e6,
-                }
-            else:
-                resp = {"error": f"unknown request {line.strip()}"}
-        except Exception as e:  # reported to the node side, which fails the bench
-            resp = {"error": f"{type(e).__name__}: {e}"}
-        print(json.dumps(resp), flush=True)
+
+    def setup(req):
+        nonlocal case
+        case = Case(req["setup"])
+        return {"params": sum(p.numel() for p in case.model.parameters()), "rss_bytes": torch_server.rss_bytes()}
+
+    def run(req):
+        times, cpu = [], []
+        for _ in range(req["run"]):
+            _, ms, cpu_ms = torch_server.timed(case.run_once, req.get("steps"))
+            times.append(ms)
+            cpu.append(cpu_ms)
+        return {"ms": times, "cpu_ms": cpu}
+
+    def profile(req):
+        t0 = time.perf_counter()
+        with torch.autograd.profiler.profile() as prof:
+            case.run_once(req["profile"])
+        wall = time.perf_counter() - t0
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        return {
+            "seconds": wall,
+            "ops": [[e.key, e.count, e.self_cpu_time_total / 1e6] for e in ops[: req.get("top", 12)]],
+            "total_self_seconds": sum(e.self_cpu_time_total for e in ops) / 1e6,
+        }
+
+    torch_server.serve({"info": lambda req: torch_server.info(torch), "setup": setup, "run": run, "profile": profile})
 
 
 if __name__ == "__main__":

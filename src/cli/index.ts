@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import yargs, { type Argv, type CommandModule } from 'yargs';
 
+import { editDistance } from '../config/load';
 import { native, packageRoot } from '../tensor/native';
 import { calibrateCommand } from './commands/calibrate';
 import { convertCommand } from './commands/convert';
@@ -64,20 +65,7 @@ class CommandFailure extends Error {
 }
 
 function nearest(word: string, choices: readonly string[]): string | undefined {
-  const dist = (a: string, b: string): number => {
-    const d = Array.from({ length: b.length + 1 }, (_, j) => j);
-    for (let i = 1; i <= a.length; ++i) {
-      let prev = d[0];
-      d[0] = i;
-      for (let j = 1; j <= b.length; ++j) {
-        const t = d[j];
-        d[j] = Math.min(d[j] + 1, d[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-        prev = t;
-      }
-    }
-    return d[b.length];
-  };
-  const best = choices.map((c) => [c, dist(word, c)] as const).sort((a, b) => a[1] - b[1])[0];
+  const best = choices.map((c) => [c, editDistance(word, c)] as const).sort((a, b) => a[1] - b[1])[0];
   return best && best[1] <= Math.max(1, Math.floor(word.length / 3)) ? best[0] : undefined;
 }
 

@@ -94,7 +94,8 @@ function getAt(root: unknown, p: ConfigPath): unknown {
   return v;
 }
 
-function editDistance(a: string, b: string): number {
+/** Levenshtein distance, for "did you mean" hints (config keys here, CLI commands in src/cli). */
+export function editDistance(a: string, b: string): number {
   const d = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; ++i) {
     let prev = d[0];
@@ -455,17 +456,13 @@ function parseWith<S extends z.ZodType>(schema: S, text: string, file: string, o
  * Keys that CompVis configs carry and the schema accepts, but that change
  * nothing here (logging, Lightning, gradient checkpointing, options whose only
  * accepted value is upstream's default). Listed in one warning when present.
+ * (A LatentDiffusion's are refused by the schema: see LatentDiffusionParamsSchema.)
  */
 const IGNORED_KEYS: readonly string[] = [
   'model.params.monitor',
   'model.params.log_every_t',
   'model.params.first_stage_key',
-  'model.params.cond_stage_key',
-  'model.params.num_timesteps_cond',
-  'model.params.concat_mode',
   'model.params.unet_config.params.use_checkpoint',
-  'model.params.first_stage_config.params.monitor',
-  'model.params.first_stage_config.params.lossconfig',
 ];
 
 function ignoredKeys(raw: unknown): string[] {

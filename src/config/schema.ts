@@ -88,6 +88,14 @@ const multList = z.array(bounded(CONFIG_LIMITS.channel_mult)).max(CONFIG_LIMITS.
 const headsOrMinus1 = z.int().min(-1).max(CONFIG_LIMITS.num_heads);
 const headChannelsOrMinus1 = z.int().min(-1).max(CONFIG_LIMITS.model_channels);
 
+/**
+ * A key accepted by upstream's configs but not read by tdq-native for this
+ * model: refused, the message naming why (the reader adds the file and key).
+ */
+const notRead = (why: string) => z.unknown().refine(() => false, `not read for a LatentDiffusion (${why}); remove it`).optional();
+/** notRead with the value the shared code sees in its place (the type of the shared key). */
+const notReadAs = <T>(why: string, value: T) => notRead(why).transform((): T => value);
+
 // ---- UNets ------------------------------------------------------------------
 
 export const UNetParamsSchema = z.strictObject({
@@ -217,8 +225,7 @@ export const AutoencoderKLConfigSchema = z.strictObject({
   params: z.strictObject({
     embed_dim: channels,
     ckpt_path: z.string().min(1).optional(),
-    /** Accepted for CompVis configs; unused. */
-    monitor: z.string().optional(),
+    monitor: notRead('an upstream logging key'),
     ddconfig: z.strictObject({
       double_z: z.boolean().default(true),
       z_channels: channels,
@@ -230,9 +237,15 @@ export const AutoencoderKLConfigSchema = z.strictObject({
       num_res_blocks: numResBlocks,
       attn_resolutions: z.array(posInt).default([]),
       dropout: z.number().min(0).lt(1).default(0),
+    }).superRefine((d, ctx) => {
+      // The first-stage reader's rule (src/models/autoencoder/config.ts, GroupNorm(32) as upstream).
+      for (const m of [1, ...d.ch_mult])
+        if ((d.ch * m) % GROUPS !== 0) {
+          ctx.addIssue({ code: 'custom', path: ['ch'], message: `${d.ch * m} channels (ch ${d.ch} x ${m}) are not divisible into ${GROUPS} GroupNorm groups` });
+          break;
+        }
     }),
-    /** The autoencoder's own training loss: accepted for CompVis configs, unused (the first stage is not trained here). */
-    lossconfig: z.strictObject({ target: z.string(), params: z.record(z.string(), z.unknown()).optional() }).optional(),
+    lossconfig: notRead('the autoencoder\'s own training loss; the first stage is not trained with the diffusion model'),
   }),
 });
 
@@ -272,19 +285,38 @@ const diffusionParams = {
 
 export const DDPMParamsSchema = z.strictObject(diffusionParams);
 
+/**
+ * The LatentDiffusion branch: no wider than the one LDM reader
+ * (src/config/latent_schema.ts, which train, sample and calibrate use for
+ * these files) accepts and reads. Keys that reader accepts only to warn that
+ * they are not read are refused here, naming the key.
+ */
 export const LatentDiffusionParamsSchema = z.strictObject({
   ...diffusionParams,
+  // What the reader implements (sqrt and v-prediction are refused there).
+  beta_schedule: z.enum(['linear', 'sqrt_linear', 'cosine']).default('linear'),
+  parameterization: z.enum(['eps', 'x0']).default('eps'),
+  timesteps: z.int().min(2).max(CONFIG_LIMITS.timesteps).default(1000),
+  clip_denoised: notReadAs('latent sampling clips x_0 as upstream (ddpm only); sample --clip-denoised sets it', true),
+  log_every_t: notRead('an upstream logging key'),
+  monitor: notRead('an upstream logging key'),
+  ignore_keys: notRead('it filters the weights of ckpt_path, which the config does not load'),
+  first_stage_key: notRead('the data section gives the images'),
+  unet_config: z.strictObject({ target: target(UNET_TARGET), params: UNetParamsSchema.extend({ use_checkpoint: notReadAs('gradient checkpointing has no effect here', false) }).superRefine(checkUNet) }),
   first_stage_config: AutoencoderKLConfigSchema,
-  /** Only unconditional LDMs (class conditioning goes through unet num_classes). */
-  cond_stage_config: z.literal('__is_unconditional__').default('__is_unconditional__'),
-  cond_stage_key: z.string().optional(),
-  cond_stage_trainable: z.literal(false).default(false),
-  num_timesteps_cond: z.literal(1).default(1),
-  concat_mode: z.literal(false).default(false),
-  conditioning_key: z.null().optional(),
+  /** Only unconditional LDMs; the reader's conditional ones are not described here. Required, as by the reader. */
+  cond_stage_config: z.literal('__is_unconditional__'),
+  cond_stage_key: notRead('an unconditional model has no conditioning input'),
+  cond_stage_trainable: notRead('an unconditional model has no cond stage'),
+  num_timesteps_cond: notRead('an unconditional model has no conditioning schedule'),
+  concat_mode: notRead('an unconditional model has no conditioning'),
+  conditioning_key: notRead('an unconditional model has no conditioning'),
   /** Latents are multiplied by scale_factor; with scale_by_std it is set to 1/std of the first batch's latents. */
   scale_factor: z.number().gt(0).default(1),
   scale_by_std: z.boolean().default(false),
+}).superRefine((p, ctx) => {
+  if (p.scale_by_std && p.scale_factor !== 1)
+    ctx.addIssue({ code: 'custom', path: ['scale_factor'], message: `scale_by_std sets the scale factor from the data; scale_factor must stay 1 (upstream asserts this), got ${p.scale_factor}` });
 });
 
 const modelCommon = {

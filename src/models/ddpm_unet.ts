@@ -9,11 +9,11 @@ import { normSiluInto } from '../nn/fused';
 import { Generator } from '../tensor/random';
 import { scaledDotProductAttentionChannelsMajor } from '../tensor/ops/attention';
 import { silu } from '../tensor/ops/activation';
-import { avgPool2d, upsampleNearest2x } from '../tensor/ops/pool';
-import { pad2d } from '../tensor/ops/pad';
 import { cat } from '../tensor/ops/shape';
 import { add, reshape } from '../tensor/ops/elementwise';
 import type { Tensor } from '../tensor/tensor';
+// Upstream's Model and the first stage's Encoder/Decoder share these (ldm/modules/diffusionmodules/model.py).
+import { Downsample, Upsample } from './autoencoder/model';
 import { timestepEmbedding } from './common';
 
 export interface DDPMUNetConfig {
@@ -82,30 +82,6 @@ class AttnBlock extends Module {
   }
 }
 
-class Down extends Module {
-  readonly conv: Conv2d | null;
-  constructor(c: number, withConv: boolean, gen: Generator) {
-    super();
-    this.conv = withConv ? this.registerModule('conv', new Conv2d(c, c, 3, { stride: 2, padding: 0, gen })) : null;
-  }
-  forward(x: Tensor): Tensor {
-    // Pad right and bottom only, as the TF original did with 'SAME' stride 2.
-    return this.conv ? this.conv.forward(pad2d(x, [0, 1, 0, 1])) : avgPool2d(x, 2, 2);
-  }
-}
-
-class Up extends Module {
-  readonly conv: Conv2d | null;
-  constructor(c: number, withConv: boolean, gen: Generator) {
-    super();
-    this.conv = withConv ? this.registerModule('conv', new Conv2d(c, c, 3, { padding: 1, gen })) : null;
-  }
-  forward(x: Tensor): Tensor {
-    const u = upsampleNearest2x(x);
-    return this.conv ? this.conv.forward(u) : u;
-  }
-}
-
 /** A named container without a forward of its own (upstream's bare nn.Module()). */
 class Group extends Module {
   forward(x: Tensor): Tensor {
@@ -116,7 +92,7 @@ class Group extends Module {
 interface Level {
   blocks: ResnetBlock[];
   attns: AttnBlock[];
-  resample: Down | Up | null;
+  resample: Downsample | Upsample | null;
 }
 
 export class DDPMUNet extends Module {
@@ -153,7 +129,7 @@ export class DDPMUNet extends Module {
         if (c.attn_resolutions.includes(res)) lvl.attns.push(new AttnBlock(blockIn, gen));
       }
       if (i !== n - 1) {
-        lvl.resample = new Down(blockIn, c.resamp_with_conv, gen);
+        lvl.resample = new Downsample(blockIn, c.resamp_with_conv, gen);
         res /= 2;
       }
       this.registerLevel(downGroup, String(i), lvl, 'downsample');
@@ -177,7 +153,7 @@ export class DDPMUNet extends Module {
         if (c.attn_resolutions.includes(res)) lvl.attns.push(new AttnBlock(blockIn, gen));
       }
       if (i !== 0) {
-        lvl.resample = new Up(blockIn, c.resamp_with_conv, gen);
+        lvl.resample = new Upsample(blockIn, c.resamp_with_conv, gen);
         res *= 2;
       }
       upLevels[i] = lvl;

@@ -70,6 +70,8 @@ describe('bench/args: command lines of the bench scripts', () => {
 const SCRIPTS: Record<string, string[]> = {
   ort_compare: ['--cases', '--rounds', '--threads', '--out', '--no-profile', '--ort-spin', '--quant', '--calib-samples', '--calib-steps', '--tdq-t'],
   fid_spread: ['--ckpt', '--pool', '--sizes', '--steps', '--seed', '--cache', '--out'],
+  ddp: ['--steps', '--batch', '--samples', '--rounds', '--out'],
+  ddp_allreduce: ['--floats', '--rounds'],
   diffusion: ['--quick', '--threads', '--torch-threads', '--torch-wait-policy', '--rounds', '--out', '--no-torch', '--no-profile'],
   int_memory: ['--models', '--batch', '--steps', '--out'],
   ldm_churches: ['--ckpt', '--steps', '--rounds', '--threads', '--no-cli', '--out'],
@@ -118,5 +120,15 @@ describe('bench/tdq_table: table and protocol modes', () => {
     assert.match(bad.stderr, /^--steps: expected a non-negative integer, got 'many'/);
     assert.equal(protoBad.code, 2, protoBad.stderr);
     assert.match(protoBad.stderr, /^--n: expected a non-negative integer, got 'ten'/);
+  });
+});
+
+describe('bench/ddp and bench/ddp_allreduce', () => {
+  it('an odd --batch (2 ranks split it) and a missing --floats exit 2 naming the flag, before any run', async () => {
+    const [odd, noFloats] = await Promise.all([runScript('ddp', ['--batch', '33']), runScript('ddp_allreduce', ['--rounds', '3'])]);
+    assert.equal(odd.code, 2, odd.stderr);
+    assert.match(odd.stderr, /^--batch: expected an even integer \(2 ranks split it\), got '33'/);
+    assert.equal(noFloats.code, 2, noFloats.stderr);
+    assert.match(noFloats.stderr, /^--floats is required/);
   });
 });

@@ -10,8 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { readSafetensors } from '../../src/io/safetensors';
 import { loadLatentModel } from '../../src/models/load';
+import { readCheckpoint as tensorsOf, sameBits as same } from '../helpers/checkpoints';
 import { FIX, tinyLdmYaml, writeYamlIn } from '../helpers/configs';
 
 const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
@@ -24,16 +24,6 @@ function cli(args: string[]) {
 }
 const pngs = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => /^\d+\.png$/.test(f)) : []);
 
-async function tensorsOf(file: string) {
-  const { tensors, metadata } = await readSafetensors(file);
-  const out = new Map<string, Float32Array>();
-  for (const [k, t] of tensors) {
-    out.set(k, Float32Array.from((await t.data()) as Float32Array));
-    t.dispose();
-  }
-  return { tensors: out, metadata: metadata ?? {} };
-}
-const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer).equals(Buffer.from(b.buffer));
 
 // The config without a ckpt_path: the first stage comes from --first-stage.
 const cfg = writeYamlIn(tmp, tinyLdmYaml({ maxSteps: 3, ckptPath: '' }).replace('scale_lr: false', ''));

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
 import { runFolder } from '../../src/cli/commands/train';
-import { readSafetensors } from '../../src/io/safetensors';
+import { assertBitIdentical, readTensors } from '../helpers/checkpoints';
 import { tinyDdpmYaml } from '../helpers/configs';
 
 const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
@@ -26,21 +26,8 @@ function cli(args: string[]) {
   return spawnSync(process.execPath, [BIN, 'train', '--base', cfg, '--logdir', dir, ...args], { encoding: 'utf8' });
 }
 
-async function weights(file: string): Promise<Map<string, Buffer>> {
-  const { tensors } = await readSafetensors(file);
-  const out = new Map<string, Buffer>();
-  for (const [k, t] of tensors) {
-    const d = (await t.data()) as Float32Array;
-    out.set(k, Buffer.from(d.buffer, d.byteOffset, d.byteLength));
-    t.dispose();
-  }
-  return out;
-}
-
 async function assertSameModel(a: string, b: string): Promise<void> {
-  const x = await weights(a), y = await weights(b);
-  assert.deepEqual([...x.keys()].sort(), [...y.keys()].sort());
-  for (const [k, v] of x) assert.ok(v.equals(y.get(k)!), `${k} differs`);
+  assertBitIdentical(await readTensors(a), await readTensors(b));
 }
 
 /** Runs train; sends `signals` once the log shows step 3; resolves to the exit code and output. */

@@ -8,6 +8,8 @@ import {
   ConfigError, DDPM_TARGET, DDPM_UNET_TARGET, LDM_TARGET, LSUN_TARGET, SYNTHETIC_TARGET, UNET_TARGET, canonicalTarget, loadConfig,
   modelImageShape, parseConfig, parsePath,
 } from '../../src/config';
+import { LatentDiffusionSchema } from '../../src/config/latent_schema';
+import { parseTrainSections } from '../../src/config/load';
 import { datasetFromConfig, loaderFromConfig } from '../../src/data';
 
 const root = path.resolve(__dirname, '..', '..', '..');
@@ -291,24 +293,40 @@ lightning:
   trainer:
     benchmark: True
 `;
+  /** The same without the keys no LDM code reads: what the schema accepts. */
+  const ours = upstream.split('\n').filter((l) => !/^\s+(log_every_t|monitor|first_stage_key|cond_stage_key|num_timesteps_cond|cond_stage_trainable|concat_mode):/.test(l))
+    .join('\n').replace(/\n {8}lossconfig:\n {10}target: torch\.nn\.Identity/, '');
 
-  it('for training: the DataModule, the LambdaLinear schedule and Lightning fields land in data and training; the rest is listed', () => {
-    assert.throws(() => parseConfig(upstream, 'churches.yaml'), /training\.max_steps: required: upstream leaves the length of a run to Lightning; pass --set training\.max_steps=N/);
-    const r = parseConfig(upstream, 'churches.yaml', { overrides: ['training.max_steps=500'] });
-    const c = r.config;
-    assert.equal(c.data.target, LSUN_TARGET);
-    assert.deepEqual(c.data.params, { txt_file: 'data/lsun/church_outdoor_train.txt', data_root: 'data/lsun/churches', size: 16, flip_p: 0.5, interpolation: 'bicubic' });
-    assert.deepEqual([c.training.batch_size, c.training.max_steps, c.training.lr_schedule], [96, 500, 'lambda_linear']);
-    assert.deepEqual(c.training.lambda_linear, { warm_up_steps: [10000], cycle_lengths: [10000000000000], f_start: [1e-6], f_max: [1], f_min: [1] });
-    assert.equal(r.warnings.length, 2, r.warnings.join('\n'));
+  it('for training (the LDM reader): the DataModule, the LambdaLinear schedule and Lightning fields land in data and training; the rest is listed', () => {
+    assert.throws(() => parseTrainSections(upstream, 'churches.yaml', {}, LatentDiffusionSchema), /training\.max_steps: required: upstream leaves the length of a run to Lightning; pass --set training\.max_steps=N/);
+    const r = parseTrainSections(upstream, 'churches.yaml', { overrides: ['training.max_steps=500'] }, LatentDiffusionSchema);
+    assert.equal(r.data.target, LSUN_TARGET);
+    assert.deepEqual(r.data.params, { txt_file: 'data/lsun/church_outdoor_train.txt', data_root: 'data/lsun/churches', size: 16, flip_p: 0.5, interpolation: 'bicubic' });
+    assert.deepEqual([r.training.batch_size, r.training.max_steps, r.training.lr_schedule], [96, 500, 'lambda_linear']);
+    assert.deepEqual(r.training.lambda_linear, { warm_up_steps: [10000], cycle_lengths: [10000000000000], f_start: [1e-6], f_max: [1], f_min: [1] });
+    assert.equal(r.warnings.length, 1, r.warnings.join('\n'));
     assert.match(r.warnings[0], /training\.batch_size = 96 from data\.params\.batch_size; training\.lr_schedule = "lambda_linear" from model\.params\.scheduler_config; ignored: data\.params\.num_workers, data\.params\.wrap, data\.params\.validation, lightning\.trainer\.benchmark, lightning\.callbacks/);
-    assert.match(r.warnings[1], /accepted for CompVis configs but ignored: model\.params\.monitor, model\.params\.log_every_t, model\.params\.first_stage_key, model\.params\.cond_stage_key, model\.params\.num_timesteps_cond, model\.params\.concat_mode, model\.params\.first_stage_config\.params\.monitor, model\.params\.first_stage_config\.params\.lossconfig/);
+    assert.deepEqual(r.model.ignored.filter((k) => k.startsWith('params.')), ['params.monitor', 'params.log_every_t']);
+  });
+
+  it('the schema refuses, naming file:line and key, the upstream keys no LDM code reads', () => {
+    const e = configError(upstream, ['training.max_steps=500']);
+    const unread = [
+      'model.params.log_every_t', 'model.params.monitor', 'model.params.first_stage_key', 'model.params.cond_stage_key', 'model.params.num_timesteps_cond',
+      'model.params.cond_stage_trainable', 'model.params.concat_mode', 'model.params.first_stage_config.params.monitor', 'model.params.first_stage_config.params.lossconfig',
+    ];
+    assert.deepEqual(e.issues.map((i) => i.path.join('.')).sort(), [...unread].sort(), e.message);
+    for (const k of unread) {
+      const key = k.split('.').pop()!;
+      const line = k.includes('first_stage_config') ? lineOf(upstream.slice(upstream.indexOf('first_stage_config:')), key) + lineOf(upstream, 'first_stage_config:') - 1 : lineOf(upstream, `    ${key}:`);
+      assert.match(e.message, new RegExp(`^test\\.yaml:${line}:\\d+: ${k.replace(/\./g, '\\.')}: not read for a LatentDiffusion \\(.+\\); remove it$`, 'm'));
+    }
   });
 
   it('for sampling: only the model section is needed', () => {
-    const c = parseConfig(upstream, 'churches.yaml', { purpose: 'model' }).config;
+    const c = parseConfig(ours, 'churches.yaml', { purpose: 'model' }).config;
     assert.equal(c.model.params.image_size, 8);
-    const noData = upstream.slice(0, upstream.indexOf('data:'));
+    const noData = ours.slice(0, ours.indexOf('data:'));
     assert.equal(parseConfig(noData, 'config.yaml', { purpose: 'model' }).config.model.params.channels, 4);
   });
 
@@ -356,5 +374,51 @@ describe('keys the schema accepts are read, warned about, or refused', () => {
       assert.equal(pipe.samplerOptions({ clipDenoised: !want }).clipDenoised, !want);
       pipe.dispose();
     }
+  });
+});
+
+describe('the LatentDiffusion branch is no wider than the LDM reader', () => {
+  const ldmFile = path.join(configs, 'ldm-churches.yaml');
+  const ldmText = fs.readFileSync(ldmFile, 'utf8');
+  const reader = (text: string) => parseTrainSections(text, 'ldm.yaml', {}, LatentDiffusionSchema);
+
+  it('the shipped LDM config: both accept it and read the same values', () => {
+    const c = parseConfig(ldmText, 'ldm.yaml').config;
+    const r = reader(ldmText).model;
+    if (c.model.target !== LDM_TARGET) return assert.fail('expected a LatentDiffusion');
+    const p = c.model.params;
+    assert.deepEqual(
+      [p.timesteps, p.beta_schedule, p.linear_start, p.linear_end, p.loss_type, p.parameterization, p.image_size, p.channels, p.scale_factor, p.scale_by_std],
+      [r.params.timesteps, r.params.beta_schedule, r.params.linear_start, r.params.linear_end, r.params.loss_type, r.params.parameterization, r.params.image_size, r.params.channels, r.params.scale_factor, r.params.scale_by_std],
+    );
+    assert.equal(r.conditioningKey, null);
+    assert.deepEqual(r.ignored, []);
+  });
+
+  it('values the reader refuses, the schema refuses too', () => {
+    const cases: [string, string, RegExp][] = [
+      ['beta_schedule: linear', 'beta_schedule: sqrt', /model\.params\.beta_schedule: expected one of "linear", "sqrt_linear", "cosine", got string "sqrt"/],
+      ['parameterization: eps', 'parameterization: v', /model\.params\.parameterization: expected one of "eps", "x0", got string "v"/],
+      ['timesteps: 1000', 'timesteps: 1', /model\.params\.timesteps: must be >= 2, got integer 1/],
+      ['    cond_stage_config: __is_unconditional__\n', '', /model\.params\.cond_stage_config: required/],
+      ['          ch: 128', '          ch: 48', /model\.params\.first_stage_config\.params\.ddconfig\.ch: 48 channels \(ch 48 x 1\) are not divisible into 32 GroupNorm groups/],
+      ['    scale_by_std: true', '    scale_by_std: true\n    scale_factor: 0.18215', /model\.params\.scale_factor: scale_by_std sets the scale factor from the data; scale_factor must stay 1/],
+    ];
+    for (const [from, to, re] of cases) {
+      assert.ok(ldmText.includes(from), from);
+      const text = ldmText.replace(from, to);
+      assert.throws(() => reader(text), ConfigError, `the reader accepts ${JSON.stringify(to)}`);
+      assert.match(configError(text).message, new RegExp(`^test\\.yaml(:\\d+:\\d+)?: ${re.source}`, 'm'));
+    }
+  });
+
+  it('a key accepted and not read is refused, naming the file, line and key', () => {
+    const text = ldmText.replace('    scale_by_std: true\n', '    scale_by_std: true\n    monitor: val/loss_simple_ema\n');
+    const e = configError(text);
+    assert.equal(e.message, `test.yaml:${lineOf(text, 'monitor:')}:5: model.params.monitor: not read for a LatentDiffusion (an upstream logging key); remove it`);
+    const u = ldmText.replace('        resblock_updown: true\n', '        resblock_updown: true\n        use_checkpoint: true\n');
+    assert.match(configError(u).message, new RegExp(`^test\\.yaml:${lineOf(u, 'use_checkpoint')}:\\d+: model\\.params\\.unet_config\\.params\\.use_checkpoint: not read for a LatentDiffusion`));
+    // The pixel branch still takes it (a warning says it changes nothing).
+    assert.doesNotThrow(() => parseConfig(fmnistText.replace('resblock_updown: false', 'resblock_updown: false\n        use_checkpoint: true'), 'ok.yaml'));
   });
 });

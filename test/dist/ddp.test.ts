@@ -9,42 +9,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { readSafetensors } from '../../src/io/safetensors';
+import { readTensors } from '../helpers/checkpoints';
 import { mpiSkip } from '../helpers/mpi';
-import { tinyLdmYaml } from '../helpers/configs';
+import { tinyDdpYaml, tinyLdmYaml } from '../helpers/configs';
 
 const bin = path.join(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-ddp-'));
 after(() => process.env.KEEP_TMP ? undefined : fs.rmSync(root, { recursive: true, force: true }));
 
-const yaml = (o: { seed?: number; maxSteps?: number; every?: number; accumulate?: number } = {}) => `
-model:
-  base_learning_rate: 1.0e-3
-  target: tdq_native.models.diffusion.DDPM
-  params:
-    beta_schedule: sqrt_linear
-    timesteps: 100
-    image_size: 8
-    channels: 1
-    unet_config:
-      target: tdq_native.models.unet.UNetModel
-      params: {image_size: 8, in_channels: 1, out_channels: 1, model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], num_heads: 2}
-data:
-  target: tdq_native.data.Synthetic
-  params: {count: 40, kind: blobs, seed: 3}
-training:
-  batch_size: 8
-  max_steps: ${o.maxSteps ?? 6}
-  ema: {decay: 0.9}
-  seed: ${o.seed ?? 11}
-  log_every: 1
-  checkpoint_every: ${o.every ?? 3}
-  accumulate_grad_batches: ${o.accumulate ?? 1}
-`;
-
-function config(name: string, o?: Parameters<typeof yaml>[0]): string {
+function config(name: string, o: { seed?: number; maxSteps?: number; every?: number; accumulate?: number } = {}): string {
   const f = path.join(root, `${name}.yaml`);
-  fs.writeFileSync(f, yaml(o));
+  fs.writeFileSync(f, tinyDdpYaml({ maxSteps: o.maxSteps, seed: o.seed, checkpointEvery: o.every, accumulate: o.accumulate }));
   return f;
 }
 
@@ -53,27 +28,17 @@ function cli(args: string[], timeoutMs = 240_000) {
   return { status: r.status, out: `${r.stdout}\n${r.stderr}` };
 }
 
-async function weights(file: string): Promise<Map<string, Float32Array>> {
-  const { tensors } = await readSafetensors(file);
-  const out = new Map<string, Float32Array>();
-  for (const [k, t] of tensors) {
-    if (t.dtype === 'float32') out.set(k, Float32Array.from((await t.data()) as Float32Array));
-    t.dispose();
-  }
-  return out;
-}
-
 /**
  * The largest difference between two weight sets, relative to the largest
  * weight: trained float tensors only (calibration statistics and step tables
  * are not weights, and their magnitudes would hide a difference).
  */
 async function maxRelDiff(a: string, b: string): Promise<number> {
-  const wa = await weights(a), wb = await weights(b);
+  const wa = await readTensors(a), wb = await readTensors(b);
   assert.deepEqual([...wa.keys()].sort(), [...wb.keys()].sort());
   let diff = 0, scale = 0;
   for (const [k, x] of wa) {
-    if (/calib|table/.test(k)) continue;
+    if (!(x instanceof Float32Array) || /calib|table/.test(k)) continue;
     const y = wb.get(k)!;
     for (let i = 0; i < x.length; ++i) {
       diff = Math.max(diff, Math.abs(x[i] - y[i]));

@@ -1,5 +1,5 @@
 // The tiny configs the tests share: a DDPM on 8 x 8 x 1 synthetic blobs
-// (training, resume, run-folder tests), a KL autoencoder first stage, and the
+// (training, resume, run-folder and data-parallel tests), a KL autoencoder first stage, and the
 // tiny class-conditional LDM of test/fixtures/latent (16 x 16 x 1 images,
 // 8 x 8 x 3 latents), with a writer for config files.
 import fs from 'node:fs';
@@ -53,10 +53,10 @@ export function syntheticData(kind: 'blobs' | 'shapes'): string {
 
 /**
  * A tiny pixel DDPM (8 x 8 x 1, UNet of 32 channels, attention at 4 px) on
- * synthetic blobs, EMA 0.9, seed 11, logging every step; `training` adds lines
- * to the training section.
+ * synthetic blobs, EMA 0.9, logging every step; by default batch 4, 2 warmup
+ * steps, dropout 0.1, seed 11; `training` adds lines to the training section.
  */
-export function tinyDdpmYaml(o: { maxSteps: number; dropout?: number; checkpointEvery?: number; training?: string }): string {
+export function tinyDdpmYaml(o: { maxSteps: number; dropout?: number; checkpointEvery?: number; batchSize?: number; warmupSteps?: number; seed?: number; training?: string }): string {
   return `
 model:
   base_learning_rate: 1.0e-3
@@ -71,14 +71,26 @@ model:
       params: {image_size: 8, in_channels: 1, out_channels: 1, model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], num_heads: 2, dropout: ${o.dropout ?? 0.1}}
 ${syntheticData('blobs')}
 training:
-  batch_size: 4
+  batch_size: ${o.batchSize ?? 4}
   max_steps: ${o.maxSteps}
-  warmup_steps: 2
+  warmup_steps: ${o.warmupSteps ?? 2}
   ema: {decay: 0.9}
-  seed: 11
+  seed: ${o.seed ?? 11}
   log_every: 1
   checkpoint_every: ${o.checkpointEvery ?? 100}
 ${o.training ?? ''}`;
+}
+
+/**
+ * The tiny DDPM for data-parallel tests: batch 8 (4 per rank on 2 ranks), no
+ * dropout (the ranks' masks would differ from one process's) and no warmup,
+ * gradients accumulated over `accumulate` batches (default 1).
+ */
+export function tinyDdpYaml(o: { maxSteps?: number; seed?: number; checkpointEvery?: number; accumulate?: number } = {}): string {
+  return tinyDdpmYaml({
+    maxSteps: o.maxSteps ?? 6, dropout: 0, batchSize: 8, warmupSteps: 0, seed: o.seed, checkpointEvery: o.checkpointEvery ?? 3,
+    training: `  accumulate_grad_batches: ${o.accumulate ?? 1}\n`,
+  });
 }
 
 /** The tiny class-conditional LDM of test/fixtures/latent (16 x 16 x 1 images, 8 x 8 x 3 latents, 4 classes), on synthetic shapes. */

@@ -83,7 +83,7 @@ describe('latent-diffusion config reader', () => {
     assert.equal(s.scaleByStd, true);
     assert.equal(s.firstStage.embedDim, 4);
     assert.match(s.warning!, /training/);
-    assert.match(s.warning!, /log_every_t/);
+    assert.doesNotMatch(s.warning!, /params\./); // the shipped config carries no model key that is not read
   });
 
   it('configs/fmnist-kl-f4.yaml: 32x32x1 -> 8x8x4', () => {

@@ -10,12 +10,12 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
 import { encodePng } from '../../src/io/png';
-import { readSafetensors } from '../../src/io/safetensors';
 import { buildAutoencoder, loadAutoencoderConfig } from '../../src/models/autoencoder';
 import { loadFirstStageCheckpoint } from '../../src/models/latent';
 import { loadLatentTrainConfig } from '../../src/models/latent_config';
 import { loadAutoencoderTrainConfig } from '../../src/train/subject_ae';
 import { train } from '../../src/train/trainer';
+import { assertBitIdentical, losses, readTensors } from '../helpers/checkpoints';
 import { syntheticData, tinyKlYaml, tinyLdmYaml, writeYamlIn } from '../helpers/configs';
 
 const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
@@ -37,17 +37,6 @@ training:
 `,
 });
 
-async function tensorsOf(file: string): Promise<Map<string, Float32Array>> {
-  const { tensors } = await readSafetensors(file);
-  const out = new Map<string, Float32Array>();
-  for (const [k, t] of tensors) {
-    out.set(k, Float32Array.from((await t.data()) as Float32Array));
-    t.dispose();
-  }
-  return out;
-}
-const bytes = (a: Float32Array) => Buffer.from(a.buffer);
-const losses = (dir: string) => fs.readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss as number);
 
 describe('autoencoder training (the first stage of an LDM)', () => {
   it('3 + resume 3 == 6 straight; loss.logvar learned and saved; preview grid; the export loads as a first stage and through reconstruct', async () => {
@@ -60,9 +49,8 @@ describe('autoencoder training (the first stage of an LDM)', () => {
     await train({ config, outDir: b, stopAtStep: 3, print: null });
     const resumed = await train({ config, outDir: b, resume: b, print: null });
     assert.equal(resumed.step, 6);
-    const ca = await tensorsOf(straight.checkpoint), cb = await tensorsOf(resumed.checkpoint);
-    assert.deepEqual([...ca.keys()].sort(), [...cb.keys()].sort());
-    for (const [k, v] of ca) assert.ok(bytes(v).equals(bytes(cb.get(k)!)), `${k} differs after resume`);
+    const ca = await readTensors(straight.checkpoint), cb = await readTensors(resumed.checkpoint);
+    assertBitIdentical(ca, cb, 'differs after resume');
     assert.deepEqual(losses(b), losses(a));
     assert.ok(ca.has('encoder.conv_in.weight') && ca.has('post_quant_conv.weight'));
     assert.notEqual(ca.get('loss.logvar')![0], 0, 'the logvar is learned');

@@ -10,13 +10,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { readSafetensors } from '../../src/io/safetensors';
 import { loadTorchCheckpoint } from '../../src/io/torch_ckpt';
 import { buildLatentDiffusion } from '../../src/models/latent';
 import { loadLatentTrainConfig } from '../../src/models/latent_config';
 import { Generator } from '../../src/tensor/random';
 import { loadLatentModel } from '../../src/models/load';
 import { train } from '../../src/train/trainer';
+import { assertBitIdentical, losses, readTensors as tensorsOf, sameBits as same } from '../helpers/checkpoints';
 import { FIX, tinyLdmYaml, writeYamlIn } from '../helpers/configs';
 
 const tmpRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-latent-train-'));
@@ -25,26 +25,6 @@ let n = 0;
 const tmp = () => fs.mkdtempSync(path.join(tmpRoot, `r${n++}-`));
 const writeYaml = (text: string) => writeYamlIn(tmpRoot, text);
 
-async function tensorsOf(file: string): Promise<Map<string, Float32Array | Int32Array>> {
-  const { tensors } = await readSafetensors(file);
-  const out = new Map<string, Float32Array | Int32Array>();
-  for (const [k, t] of tensors) {
-    out.set(k, (await t.data()) as Float32Array);
-    t.dispose();
-  }
-  return out;
-}
-
-function assertBitIdentical(a: Map<string, ArrayLike<number>>, b: Map<string, ArrayLike<number>>): void {
-  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
-  for (const [k, x] of a) {
-    const y = b.get(k)! as Float32Array, xx = x as Float32Array;
-    assert.ok(Buffer.from(xx.buffer, xx.byteOffset, xx.byteLength).equals(Buffer.from(y.buffer, y.byteOffset, y.byteLength)), `${k} differs`);
-  }
-}
-
-const losses = (dir: string) => fs.readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss as number);
-const same = (a: ArrayLike<number>, b: ArrayLike<number>) => Buffer.from(Float32Array.from(a).buffer).equals(Buffer.from(Float32Array.from(b).buffer));
 
 describe('latent diffusion training', () => {
   it('3 steps + resume 3 == 6 steps straight (weights, EMA, optimizer, scale_factor, losses); upstream keys; loadLatentModel reads the result', async () => {

@@ -9,35 +9,14 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 
 import { parseConfig } from '../../src/config';
-import { readSafetensors } from '../../src/io/safetensors';
 import { train } from '../../src/train/trainer';
+import { assertBitIdentical, losses, readTensors } from '../helpers/checkpoints';
 import { tinyDdpmYaml } from '../helpers/configs';
 
 const YAML = (maxSteps: number) => tinyDdpmYaml({ maxSteps, dropout: 0.2, checkpointEvery: 2, training: '  grad_clip: 0.5' });
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-resume-'));
 
-async function weights(file: string): Promise<Map<string, Float32Array>> {
-  const { tensors } = await readSafetensors(file);
-  const out = new Map<string, Float32Array>();
-  for (const [k, t] of tensors) {
-    out.set(k, (await t.data()) as Float32Array);
-    t.dispose();
-  }
-  return out;
-}
-
-function assertBitIdentical(a: Map<string, Float32Array>, b: Map<string, Float32Array>): void {
-  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
-  for (const [k, x] of a) {
-    const y = b.get(k)!;
-    assert.ok(Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(Buffer.from(y.buffer, y.byteOffset, y.byteLength)), `${k} differs after resume`);
-  }
-}
-
-function losses(dir: string): number[] {
-  return fs.readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss as number);
-}
 
 describe('training resume', () => {
   it('stop at step 4 + resume to 6 == 6 steps uninterrupted (weights, EMA, optimizer, losses)', async () => {
@@ -50,8 +29,8 @@ describe('training resume', () => {
     assert.equal(first.exported, null);
     const resumed = await train({ config, outDir: b, resume: b, print: null });
     assert.equal(resumed.step, 6);
-    assertBitIdentical(await weights(path.join(a, 'model.safetensors')), await weights(path.join(b, 'model.safetensors')));
-    assertBitIdentical(await weights(straight.checkpoint), await weights(resumed.checkpoint));
+    assertBitIdentical(await readTensors(path.join(a, 'model.safetensors')), await readTensors(path.join(b, 'model.safetensors')), 'differs after resume');
+    assertBitIdentical(await readTensors(straight.checkpoint), await readTensors(resumed.checkpoint), 'differs after resume');
     assert.deepEqual(losses(b), losses(a));
     // The loss must actually move: a run whose updates did nothing would also "resume" exactly.
     assert.notEqual(losses(a)[0], losses(a)[5]);
@@ -80,6 +59,6 @@ describe('training resume', () => {
     assert.ok(ckpts.every((f) => f.endsWith('.safetensors')), `no partial files may remain: ${ckpts}`);
     assert.ok(!fs.existsSync(path.join(dir, 'killed', 'model.safetensors')), 'the killed run must not have finished');
     await run(['--name', 'killed', '--resume', path.join(dir, 'killed')]);
-    assertBitIdentical(await weights(path.join(dir, 'straight', 'model.safetensors')), await weights(path.join(dir, 'killed', 'model.safetensors')));
+    assertBitIdentical(await readTensors(path.join(dir, 'straight', 'model.safetensors')), await readTensors(path.join(dir, 'killed', 'model.safetensors')));
   });
 });

@@ -14,14 +14,15 @@ import { SyntheticDataset, epochPermutation } from '../../src/data';
 import { ImageFolderDataset } from '../../src/data/image_folder';
 import { removeStaleTempFiles } from '../../src/io/atomic';
 import { encodePng } from '../../src/io/png';
-import { readSafetensors } from '../../src/io/safetensors';
 import type { Module } from '../../src/nn/module';
 import { isGradEnabled } from '../../src/tensor/autograd';
 import { scale } from '../../src/tensor/ops/elementwise';
 import type { Tensor } from '../../src/tensor/tensor';
 import { RunFolderBusyError, RunFolderExistsError } from '../../src/train/run_dir';
 import { BadDataError, NonFiniteError, latestCheckpoint, train } from '../../src/train/trainer';
+import { assertBitIdentical, readTensors } from '../helpers/checkpoints';
 import { tinyDdpmYaml } from '../helpers/configs';
+import type { TypedArray } from '../../src/tensor/native';
 
 const YAML = (maxSteps: number) => tinyDdpmYaml({ maxSteps });
 const config = (maxSteps: number) => parseConfig(YAML(maxSteps), 'test.yaml').config;
@@ -31,24 +32,9 @@ after(() => fs.rmSync(root, { recursive: true, force: true }));
 let n = 0;
 const tmp = () => path.join(root, `run-${++n}`);
 
-async function weights(file: string): Promise<Map<string, Buffer>> {
-  const { tensors } = await readSafetensors(file);
-  const out = new Map<string, Buffer>();
-  for (const [k, t] of tensors) {
-    const d = (await t.data()) as Float32Array;
-    out.set(k, Buffer.from(d.buffer, d.byteOffset, d.byteLength));
-    t.dispose();
-  }
-  return out;
-}
 
-function assertBitIdentical(a: Map<string, Buffer>, b: Map<string, Buffer>): void {
-  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
-  for (const [k, x] of a) assert.ok(x.equals(b.get(k)!), `${k} differs`);
-}
-
-function allFinite(w: Map<string, Buffer>): boolean {
-  for (const b of w.values()) for (const v of new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength))) if (!Number.isFinite(v)) return false;
+function allFinite(w: Map<string, TypedArray>): boolean {
+  for (const a of w.values()) for (const v of a) if (!Number.isFinite(v)) return false;
   return true;
 }
 
@@ -195,7 +181,7 @@ describe('bad data files', () => {
     assert.deepEqual(b.map((x) => x.step), [1, 2, 3, 4, 5]);
     assert.deepEqual(b.slice(0, 2), a.slice(0, 2).map((x, i) => ({ ...x, images_per_s: b[i].images_per_s, elapsed_s: b[i].elapsed_s })));
     assert.notEqual(b[2].loss, a[2].loss);
-    assert.ok(allFinite(await weights(r.exported!)));
+    assert.ok(allFinite(await readTensors(r.exported!)));
     assert.equal(c.skippedSamples, 0);
   });
 });
@@ -234,11 +220,11 @@ describe('non-finite loss', () => {
     });
     const ck = latestCheckpoint(dir)!;
     assert.equal(path.basename(ck), 'step-00000002.safetensors');
-    const w = await weights(ck);
+    const w = await readTensors(ck);
     assert.ok(allFinite(w), 'the checkpoint holds finite weights');
     const r = await train({ config: config(5), outDir: dir, resume: dir, print: null });
     assert.equal(r.step, 5);
-    assertBitIdentical(await weights(path.join(clean, 'model.safetensors')), await weights(r.exported!));
+    assertBitIdentical(await readTensors(path.join(clean, 'model.safetensors')), await readTensors(r.exported!));
   });
 
   it('skip: the batch is left out (no optimizer step), counted and logged with its layer; training goes on', async () => {
@@ -254,7 +240,7 @@ describe('non-finite loss', () => {
     assert.match(String(sk[0].where), new RegExp(layer.replace('.', '\\.')));
     assert.deepEqual(logSteps(dir).map((x) => x.step), [1, 2, 4, 5]);
     assert.ok(logSteps(dir).every((x) => Number.isFinite(x.loss)));
-    assert.ok(allFinite(await weights(r.exported!)), 'no NaN reached the weights');
+    assert.ok(allFinite(await readTensors(r.exported!)), 'no NaN reached the weights');
   });
 
   it('skip has a limit: more than --max-nan-skips non-finite steps in a row stop the run', async () => {

@@ -134,7 +134,10 @@ function makeAttn(c: number, cfg: ResolvedDDConfig, gen: Generator): AttnLike {
   return cfg.attn_type === 'vanilla' ? new AttnBlock(c, cfg.norm_num_groups, gen) : new Identity();
 }
 
-/** Zero-pads right and bottom by one, then a stride-2 3x3 conv (or 2x2 average pooling without conv). */
+/**
+ * Zero-pads right and bottom by one (as the TF DDPM's 'SAME' stride 2), then a
+ * stride-2 3x3 conv (or 2x2 average pooling without conv). Also the DDPM UNet's (ddpm_unet.ts).
+ */
 export class Downsample extends Module {
   readonly conv: Conv2d | null;
   constructor(c: number, withConv: boolean, gen: Generator) {

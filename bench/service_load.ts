@@ -9,9 +9,18 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-
+import { BenchArgsError, benchArgs, parseNumber } from './args';
 import { lscpu } from './machine';
+
+const USAGE = 'node dist/bench/service_load.js [--duration 180] [--warmup 60] [--connections 4] [--rate 20] [--drop-every-ms 2000] [--out bench/results/service-load.md]';
+const OPTIONS = {
+  duration: { type: 'string', value: 'S', default: '180', help: 'seconds of load (1..600)' },
+  connections: { type: 'string', value: 'N', default: '4', help: 'concurrent autocannon connections (1..64)' },
+  rate: { type: 'string', value: 'R', default: '20', help: 'requests per second over all connections (1..10000)' },
+  'drop-every-ms': { type: 'string', value: 'MS', default: '2000', help: 'open a request and drop it mid-generation every MS ms (0: never; ..60000)' },
+  warmup: { type: 'string', value: 'S', default: '60', help: 'seconds of memory samples left out of the growth slope (0..600)' },
+  out: { type: 'string', value: 'FILE', default: path.join('bench', 'results', 'service-load.md'), help: 'report file' },
+} as const;
 
 const root = path.resolve(__dirname, '..', '..');
 export const SERVER = path.join(root, 'dist', 'examples', 'service', 'server.js');
@@ -308,22 +317,14 @@ function report(r: LoadResult, meta: { command: string; serverArgs: string[]; up
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      duration: { type: 'string', default: '180' },
-      connections: { type: 'string', default: '4' },
-      rate: { type: 'string', default: '20' },
-      'drop-every-ms': { type: 'string', default: '2000' },
-      warmup: { type: 'string', default: '60' },
-      out: { type: 'string', default: path.join('bench', 'results', 'service-load.md') },
-    },
+  const { outFile, ...opts }: LoadOptions & { outFile: string } = benchArgs(USAGE, OPTIONS, (a) => {
+    const within = (name: string, lo: number, hi: number, integer = false) => {
+      const v = parseNumber(name, a.str(name), { integer, min: lo });
+      if (v > hi) throw new BenchArgsError(`--${name}: expected at most ${hi}, got '${a.str(name)}'`);
+      return v;
+    };
+    return { durationS: within('duration', 1, 600), connections: within('connections', 1, 64, true), rate: within('rate', 1, 10_000), dropEveryMs: within('drop-every-ms', 0, 60_000), warmupS: within('warmup', 0, 600), outFile: path.resolve(a.str('out')) };
   });
-  const num = (name: keyof typeof values, lo: number, hi: number) => {
-    const v = Number(values[name]);
-    if (!Number.isFinite(v) || v < lo || v > hi) throw new Error(`--${name} must be a number in ${lo}..${hi}, got ${values[name]}`);
-    return v;
-  };
-  const opts: LoadOptions = { durationS: num('duration', 1, 600), connections: num('connections', 1, 64), rate: num('rate', 1, 10_000), dropEveryMs: num('drop-every-ms', 0, 60_000), warmupS: num('warmup', 0, 600) };
   const serverArgs = ['--max-n', '4', '--max-steps', '10', '--concurrency', '1', '--max-queue', '3'];
   const uptimeBefore = uptime();
   const server = await startServer(serverArgs);
@@ -343,8 +344,8 @@ async function main(): Promise<void> {
     command: `node dist/bench/service_load.js ${process.argv.slice(2).join(' ')}`.trim(),
     serverArgs, uptimeBefore, uptimeAfter: uptime(), exit, date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC',
   });
-  fs.mkdirSync(path.dirname(values.out!), { recursive: true });
-  fs.writeFileSync(values.out!, text);
+  fs.mkdirSync(path.dirname(outFile), { recursive: true });
+  fs.writeFileSync(outFile, text);
   process.stdout.write(text);
 }
 

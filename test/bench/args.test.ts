@@ -103,6 +103,25 @@ describe('bench scripts: strict command lines', () => {
   }
 });
 
+describe('bench/service_load: strict command line', () => {
+  it('--help lists its options; an unknown flag, a bad number or one out of range exits 2 naming it, before any server starts', async () => {
+    const [help, unknown, bad, high] = await Promise.all([
+      runScript('service_load', ['--help']),
+      runScript('service_load', ['--bogus-flag']),
+      runScript('service_load', ['--connections', 'many']),
+      runScript('service_load', ['--duration', '601']),
+    ]);
+    assert.equal(help.code, 0, help.stderr);
+    for (const f of ['--duration', '--connections', '--rate', '--drop-every-ms', '--warmup', '--out']) assert.ok(help.stdout.includes(`${f} `), `--help lacks ${f}:\n${help.stdout}`);
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /--bogus-flag/);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /^--connections: expected an integer >= 1, got 'many'/);
+    assert.equal(high.code, 2, high.stderr);
+    assert.match(high.stderr, /^--duration: expected at most 600, got '601'/);
+  });
+});
+
 describe('bench/tdq_table: table and protocol modes', () => {
   it('--help lists each mode\'s options (repeatable flags marked); bad values exit 2 naming the flag', async () => {
     const [help, protoHelp, bad, protoBad] = await Promise.all([

@@ -175,6 +175,9 @@ function checkNode(raw: unknown): LatentModelNode {
   const pp: ConfigPath = [...prefix, 'params'];
   const p = parse(ParamsSchema, node.params ?? {}, pp);
   for (const k of IGNORED) if (p[k] !== undefined && p[k] !== null) ignored.push(`params.${k}`);
+  // The data section gives the images: upstream's batch key is never looked up.
+  const given = isObj(node.params) ? node.params : {};
+  if (given.first_stage_key !== undefined) ignored.push('params.first_stage_key');
   if (p.beta_schedule === 'sqrt') fail([...pp, 'beta_schedule'], "beta_schedule 'sqrt' is not implemented (use linear, sqrt_linear or cosine)");
 
   // unet_config
@@ -230,6 +233,9 @@ function checkNode(raw: unknown): LatentModelNode {
     fail([...pp, 'unet_config', 'params', 'out_channels'], `must equal first_stage_config.params.embed_dim (${firstStage.embedDim}); got ${u.out_channels}`);
   if (p.scale_by_std && p.scale_factor !== 1)
     fail([...pp, 'scale_factor'], `scale_by_std sets the scale factor from the data; scale_factor must stay 1 (upstream asserts this), got ${p.scale_factor}`);
+
+  // Read only for conditional training (the data's class labels); an unconditional model has no conditioning input.
+  if (conditioningKey === null && given.cond_stage_key !== undefined) ignored.push('params.cond_stage_key');
 
   return {
     target: node.target as string, base_learning_rate: lr as number | undefined, params: p, unet, firstStage, firstStageCkptPath, condStage,

@@ -306,7 +306,7 @@ lightning:
     assert.deepEqual(r.training.lambda_linear, { warm_up_steps: [10000], cycle_lengths: [10000000000000], f_start: [1e-6], f_max: [1], f_min: [1] });
     assert.equal(r.warnings.length, 1, r.warnings.join('\n'));
     assert.match(r.warnings[0], /training\.batch_size = 96 from data\.params\.batch_size; training\.lr_schedule = "lambda_linear" from model\.params\.scheduler_config; ignored: data\.params\.num_workers, data\.params\.wrap, data\.params\.validation, lightning\.trainer\.benchmark, lightning\.callbacks/);
-    assert.deepEqual(r.model.ignored.filter((k) => k.startsWith('params.')), ['params.monitor', 'params.log_every_t']);
+    assert.deepEqual(r.model.ignored.filter((k) => k.startsWith('params.')), ['params.monitor', 'params.log_every_t', 'params.first_stage_key', 'params.cond_stage_key']);
   });
 
   it('the schema refuses, naming file:line and key, the upstream keys no LDM code reads', () => {

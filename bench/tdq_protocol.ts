@@ -16,6 +16,8 @@
 //   every method of a seed starts from the very same noise (paired
 //   comparisons); quantized models run the integer path where every
 //   quantized layer has an integer kernel (--exec auto; int / fake force it);
+//   a cell's sampling and FID are src/eval/protocol_cell.ts, which
+//   `tdq-native eval --protocol` runs too (the same cells, bit for bit);
 // - FID-FMNIST: the shipped classifier's features (src/eval) of the N
 //   samples, rounded to 8 bits as saved PNGs, against the 60,000
 //   Fashion-MNIST training images;

@@ -16,7 +16,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 
 import { sample } from '../src/diffusion/samplers/index';
-import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
+import { loadFeatureNet } from '../src/eval/run';
+import { protocolBatchSeed, protocolFid, protocolReference } from '../src/eval/protocol_cell';
 import { meanCI } from '../src/eval/protocol';
 import { scheduleFromConfig } from '../src/models/diffusion';
 import { loadModel } from '../src/models/load';
@@ -57,7 +58,7 @@ async function main(): Promise<void> {
   const sampleStart = Date.now();
   for (let b = have / BATCH; b * BATCH < pool; ++b) {
     const n = Math.min(BATCH, pool - b * BATCH);
-    const x = await sample((xt, t) => m.model.forward(xt, t), { sampler: 'ddim', steps, schedule, shape: [n, ...shape], seed: seed * 100003 + b, clipDenoised: true });
+    const x = await sample((xt, t) => m.model.forward(xt, t), { sampler: 'ddim', steps, schedule, shape: [n, ...shape], seed: protocolBatchSeed(seed, b), clipDenoised: true });
     const d = x.dataSync() as Float32Array;
     x.dispose();
     x0.set(d, b * BATCH * per);
@@ -67,11 +68,9 @@ async function main(): Promise<void> {
   m.dispose();
 
   const net = await loadFeatureNet('fmnist');
-  const reference = fashionMnistSource({ split: 'train' });
-  const fid = async (from: number, n: number) => {
-    const r = await runEval({ samples: arraySource(`pool[${from}:${from + n}]`, x0.subarray(from * per, (from + n) * per), [n, ...shape], { quantize8: true }), reference, metrics: ['fid'], net });
-    return r.metrics.fid!.value;
-  };
+  const reference = protocolReference();
+  // The protocol's scoring (src/eval/protocol_cell.ts); for N a multiple of 250, the pool's first N samples of seed K are that seed's protocol cell at N.
+  const fid = (from: number, n: number) => protocolFid(x0.subarray(from * per, (from + n) * per), { name: `pool[${from}:${from + n}]`, shape, net, reference });
   const rows: string[] = [];
   for (const n of sizes) {
     const k = Math.floor(pool / n);

@@ -16,6 +16,8 @@
 //   every method of a seed starts from the very same noise (paired
 //   comparisons); quantized models run the integer path where every
 //   quantized layer has an integer kernel (--exec auto; int / fake force it);
+//   a cell's sampling and FID are src/eval/protocol_cell.ts, which
+//   `tdq-native eval --protocol` runs too (the same cells, bit for bit);
 // - FID-FMNIST: the shipped classifier's features (src/eval) of the N
 //   samples, rounded to 8 bits as saved PNGs, against the 60,000
 //   Fashion-MNIST training images;
@@ -60,10 +62,11 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type EpsModel, sample } from '../src/diffusion/samplers/index';
+import type { EpsModel } from '../src/diffusion/samplers/index';
 import { loadModel } from '../src/models/load';
 import { type MeanCI, meanCI, pairedDifferences } from '../src/eval/protocol';
-import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
+import { protocolFid, protocolReference, sampleProtocolSeed } from '../src/eval/protocol_cell';
+import { loadFeatureNet } from '../src/eval/run';
 import { TDQ_INITS, type TdqInit, calibrateWithReport, fitTdqModules } from '../src/quant/calibrate';
 import { resolveQuantConfig } from '../src/quant/config';
 import { ndtcCounts, selectSmoothing, smoothTarget } from '../src/quant/ptq_select';
@@ -463,19 +466,6 @@ function applyNdtc(qm: QuantizedModel, stats: Map<string, TimestepStats[]>, draw
   });
 }
 
-async function sampleN(forward: EpsModel, a: ProtocolArgs, fp: FpModel, steps: number, seed: number): Promise<Float32Array> {
-  const per = fp.shape.reduce((p, d) => p * d, 1);
-  const out = new Float32Array(a.n * per);
-  for (let b = 0, done = 0; done < a.n; ++b) {
-    const n = Math.min(a.batch, a.n - done);
-    const x = await sample(forward, { sampler: 'ddim', steps, schedule: fp.schedule, shape: [n, ...fp.shape], seed: seed * 100003 + b, clipDenoised: true });
-    out.set(x.dataSync() as Float32Array, done * per);
-    x.dispose();
-    done += n;
-  }
-  return out;
-}
-
 /** FID of N samples (N, C, H, W) in [-1, 1]. */
 export type FidFn = (name: string, x0: Float32Array) => Promise<number>;
 
@@ -524,11 +514,8 @@ export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): P
     if (hooks.fid) fid = hooks.fid;
     else {
       const net = await loadFeatureNet('fmnist');
-      const reference = fashionMnistSource({ split: 'train' });
-      fid = async (name: string, x0: Float32Array) => {
-        const r = await runEval({ samples: arraySource(name, x0, [a.n, fp.shape[0], fp.shape[1], fp.shape[2]], { quantize8: true }), reference, metrics: ['fid'], net });
-        return r.metrics.fid!.value;
-      };
+      const reference = protocolReference();
+      fid = (name: string, x0: Float32Array) => protocolFid(x0, { name, shape: fp.shape, net, reference });
     }
     // Ctrl-C / SIGTERM during QAT training: the run writes a checkpoint and the next sitting resumes it.
     const abort = new AbortController();
@@ -589,7 +576,7 @@ export async function protocolMain(argv: string[], hooks: ProtocolHooks = {}): P
             for (const c of todo) {
               if (ran >= a.maxCells) break;
               const s0 = Date.now();
-              const x0 = await sampleN(forward, a, fp, c.steps, c.seed);
+              const x0 = await sampleProtocolSeed(forward, { n: a.n, batch: a.batch, steps: c.steps, seed: c.seed, schedule: fp.schedule, shape: fp.shape });
               const value = await fid(`${method} ${bits} seed ${c.seed}`, x0);
               const cell: Cell = {
                 ...c, fid: value, seconds: (Date.now() - s0) / 1000, ...(calibSeconds !== undefined ? { calibSeconds } : {}), exec, ...(note ? { note } : {}), ...(smoothing ? { smoothing } : {}),

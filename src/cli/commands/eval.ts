@@ -29,6 +29,7 @@ import { loadPipeline } from '../../pipeline';
 import type { Communicator } from '../../dist/communicator';
 import { CliError, type GlobalArgs, packageVersion } from '../index';
 import { type LaunchArgs, launchOptions, rankOrLaunch, requestedProcs } from '../launch';
+import { protocolEval, protocolProblem } from './eval_protocol';
 import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, peekModelConfig } from './preflight';
 
 interface EvalArgs extends GlobalArgs, LaunchArgs {
@@ -64,6 +65,9 @@ interface EvalArgs extends GlobalArgs, LaunchArgs {
   'allow-size-mismatch': boolean;
   progress: boolean;
   exec?: 'int' | 'fake';
+  protocol: boolean;
+  seeds?: string;
+  'sample-batch'?: number;
 }
 
 function parseMetrics(s: string): MetricName[] {
@@ -122,7 +126,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('ckpt', { type: 'string', describe: 'Or: a diffusion checkpoint to generate --n images from (held in memory, rounded to 8 bits as PNGs would be)' })
       .option('config', { type: 'string', describe: 'Model YAML for a --ckpt without a config in its metadata' })
       .option('sampler', { choices: ['ddpm', 'ddim', 'plms', 'dpmpp'] as const, default: 'ddim' as const, describe: 'Sampler for --ckpt' })
-      .option('steps', { type: 'number', defaultDescription: '50', describe: 'Sampling steps for --ckpt (ddim / plms / dpmpp; an error with ddpm)' })
+      .option('steps', { type: 'number', defaultDescription: '50 (--protocol: 25)', describe: 'Sampling steps for --ckpt (ddim / plms / dpmpp; an error with ddpm)' })
       .option('eta', { type: 'number', defaultDescription: '0', describe: 'DDIM eta for --ckpt (ddim only)' })
       .option('ddim-discretize', { choices: DDIM_DISCRETIZE, defaultDescription: 'uniform', describe: 'ddim / plms timestep layout for --ckpt: uniform, linspace or trailing (exactly --steps for any count), quad' })
       .option('max-memory', maxMemoryOption)
@@ -139,7 +143,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('inception-weights', { type: 'string', describe: 'FID Inception weights (.safetensors from scripts/convert-inception.py)' })
       .option('classifier-weights', { type: 'string', describe: 'Fashion-MNIST classifier weights (default: the shipped models/fmnist-classifier.safetensors)' })
       .option('resize', { choices: ['torch', 'tf1'] as const, default: 'torch' as const, describe: "Inception's resize to 299: torch bilinear (pytorch-fid) or TF1's" })
-      .option('n', { type: 'number', describe: 'Generated images to use (default: all; with --ckpt: 1000)' })
+      .option('n', { type: 'number', describe: 'Generated images to use (default: all; with --ckpt: 1000; per seed with --protocol: 2000)' })
       .option('ref-n', { type: 'number', describe: 'Reference images to use (default: all)' })
       .option('batch-size', { type: 'number', default: 50, describe: 'Images per feature-network batch' })
       .option('is-splits', { type: 'number', default: 10 })
@@ -154,7 +158,14 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('allow-size-mismatch', { type: 'boolean', default: false, describe: 'Compare sets of different image sizes' })
       .option('progress', { type: 'boolean', default: true, describe: 'Show progress on stderr' })
       .options(launchOptions('ranks (processes under mpirun -np N) that split the sampling of --ckpt; rank 0 scores the images and writes the one report'))
+      .option('protocol', { type: 'boolean', default: false, describe: 'With --ckpt: the evaluation protocol (docs/protocol.md): per seed N samples (--n, default 2000) by DDIM (--steps, default 25; eta 0) drawn as a bench protocol cell, FID-FMNIST against the Fashion-MNIST training split, then mean and 95% interval' })
+      .option('seeds', { type: 'string', defaultDescription: '0,1,2', describe: '--protocol: evaluation seeds (one cell each)' })
+      .option('sample-batch', { type: 'number', defaultDescription: '250', describe: "--protocol: sampling batch (part of the protocol's noise layout: batch b of seed s is seeded s * 100003 + b)" })
       .check((a) => {
+        if (a.protocol) {
+          const p = protocolProblem(a as unknown as Parameters<typeof protocolProblem>[0]);
+          if (p) return p;
+        } else for (const k of ['seeds', 'sample-batch'] as const) if (a[k] !== undefined) return `--${k} applies to --protocol only`;
         if (a.samples && requestedProcs(a) > 1) return '--nproc splits the sampling of --ckpt across ranks; images in --samples are scored in one process';
         if (!a.samples && !a.ckpt) return 'eval needs --samples DIR (a folder of generated PNG images) or --ckpt FILE (a model to sample from)';
         if (a.samples && a.ckpt) return 'pass either --samples or --ckpt, not both';
@@ -166,6 +177,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
         return true;
       }),
   handler: async (a) => {
+    if (a.protocol) return protocolEval(a);
     const metrics = parseMetrics(a.metrics);
     const comm = await rankOrLaunch(a);
     if (!comm) return; // the ranks ran under mpirun

@@ -72,6 +72,13 @@ const cases: Case[] = [
   { name: 'direct weight gradient: 3x3 maps, 6 samples', x: [6, 9, 3, 3], w: [7, 9, 3, 3], stride: 1, padding: 1, bias: true },
   { name: 'direct weight gradient: 5x5 kernel, 17x16 map', x: [2, 5, 17, 16], w: [6, 5, 5, 5], stride: 1, padding: 2, bias: false },
   { name: 'direct weight gradient: 1x1 map', x: [3, 4, 1, 1], w: [5, 4, 3, 3], stride: 1, padding: 1, bias: true },
+  // the implicit-GEMM weight gradient (AVX-512, 'same', from 128 output
+  // channels, maps of whole 16-pixel blocks): K blocks that span samples, a
+  // partial last 32-column panel (C*kH*kW not a multiple of 32), O not a
+  // multiple of the 8-row tile, two chunks (the second accumulating)
+  { name: 'implicit weight gradient: 3 samples of 4x8, 128 <- 5 channels', x: [3, 5, 4, 8], w: [128, 5, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'implicit weight gradient: 2 chunks, 5x5 kernel, 130 <- 3 channels', x: [20, 3, 4, 8], w: [130, 3, 5, 5], stride: 1, padding: 2, bias: false },
+  { name: 'implicit weight gradient: 16x16 maps, 128 <- 40 channels', x: [2, 40, 16, 16], w: [128, 40, 3, 3], stride: 1, padding: 1, bias: true },
 ];
 
 describe('conv2d against PyTorch', { skip: skip ?? false }, () => {

@@ -7,8 +7,26 @@ import { dropout } from '../../src/tensor/ops/dropout';
 import { Generator } from '../../src/tensor/random';
 import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { randomTensor } from '../helpers/assert';
+import { atEveryLevel } from '../helpers/cpu_levels';
 
 const f32 = async (t: Tensor) => (await t.data()) as Float32Array;
+
+/**
+ * Word 0 of Philox4x32-10 (Salmon et al.) of the 64-bit counter (words 2, 3
+ * zero) under a 64-bit key: a plain JS reference, independent of the C++ one.
+ */
+function philoxWord0(counter: bigint, seed: bigint): number {
+  const M32 = 0xffffffffn;
+  let c0 = counter & M32, c1 = (counter >> 32n) & M32, c2 = 0n, c3 = 0n;
+  let k0 = seed & M32, k1 = (seed >> 32n) & M32;
+  for (let r = 0; r < 10; ++r) {
+    const p0 = 0xd2511f53n * c0, p1 = 0xcd9e8d57n * c2;
+    [c0, c1, c2, c3] = [(p1 >> 32n) ^ c1 ^ k0, p1 & M32, (p0 >> 32n) ^ c3 ^ k1, p0 & M32];
+    k0 = (k0 + 0x9e3779b9n) & M32;
+    k1 = (k1 + 0xbb67ae85n) & M32;
+  }
+  return Number(c0);
+}
 
 /** 1 where y kept x (x has no zeros), 0 where dropped. */
 const maskOf = (y: Float32Array) => Uint8Array.from(y, (v) => (v !== 0 ? 1 : 0));
@@ -88,6 +106,33 @@ describe('dropout', () => {
       b.setThreads(threads);
     }
     assert.deepEqual(out[0], out[1]);
+  });
+
+  it('the mask is Philox word 0 of (seed, offset + i) >= p at every CPU level, across a 2^32 counter carry', async () => {
+    // Random123's known answer for counter 0, key 0 checks the JS reference itself.
+    assert.equal(philoxWord0(0n, 0n), 0x6627e8d5);
+    const n = 16 * 40 + 13; // full 16-lane blocks and a tail
+    const x = randomTensor([n], 6);
+    const p = 0.3, scale = Math.fround(1 / (1 - p));
+    const cases: [number, number][] = [
+      [0, 0],
+      [123456789, 2 ** 32 - 100], // the low counter word wraps inside a block
+      [2 ** 40 + 3, 3 * 2 ** 32 + 5],
+    ];
+    const gy = randomTensor([n], 7);
+    await atEveryLevel(async (level) => {
+      for (const [seed, offset] of cases) {
+        const want = Float32Array.from(x.arr.data, (v, i) => {
+          const u = Math.fround((philoxWord0(BigInt(offset) + BigInt(i), BigInt(seed)) >>> 8) / 16777216);
+          return u >= Math.fround(p) ? Math.fround(v * scale) : 0;
+        });
+        const attrs = { p, seed, offset };
+        assert.deepEqual(await f32(runOp1('dropout', [x.t], attrs)), want, `${level}: seed ${seed}, offset ${offset}`);
+        const back = await f32(runOp1('dropout_backward', [gy.t], attrs));
+        const wantBack = Float32Array.from(gy.arr.data, (g, i) => (want[i] !== 0 ? Math.fround(g * scale) : 0));
+        assert.deepEqual(back, wantBack, `${level} backward: seed ${seed}, offset ${offset}`);
+      }
+    });
   });
 
   it('bad inputs throw the right error class naming the argument', () => {

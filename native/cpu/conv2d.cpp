@@ -26,6 +26,7 @@
 #include <immintrin.h>  // SSE (baseline x86-64); AVX-512 only in functions with a target attribute
 
 #include "../core/registry.h"
+#include "conv2d_winograd.h"
 #include "gemm.h"
 
 namespace tdq {
@@ -152,15 +153,22 @@ class WeightPackCache {
   }
   // W (O, CKK) packed for ctx's micro-kernel.
   std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int64_t O, int64_t CKK) {
-    const int64_t n = std::max<int64_t>(1, sgemm_packed_a_size(ctx, O, CKK));
+    return get(ctx, w, 0, O, CKK, std::max<int64_t>(1, sgemm_packed_a_size(ctx, O, CKK)),
+               [&](float* dst) { sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, dst); });
+  }
+  // The weight in the layout `kind` (0: the GEMM's packed A above; 1: the
+  // Winograd transform, conv2d_winograd.h), n floats written by pack.
+  template <typename Pack>
+  std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int kind, int64_t O, int64_t CKK,
+                                   int64_t n, Pack pack) {
     const uint64_t version = w.storage->version.load();
-    auto pack = [&](float* dst) { sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, dst); };
+    const uint64_t key = w.storage->id * 2 + static_cast<uint64_t>(kind);
     std::unique_lock<std::mutex> lk(mu_);
-    auto it = map_.find(w.storage->id);
+    auto it = map_.find(key);
     bool keep = false;
     if (it == map_.end()) {
       sweep();
-      map_.emplace(w.storage->id, Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr});
+      map_.emplace(key, Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr});
     } else {
       Entry& e = it->second;
       const bool same = e.level == ctx.cpu_level && e.O == O && e.CKK == CKK;
@@ -490,6 +498,24 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   adds.res = c.inputs.size() > 4 && c.inputs[4].defined() ? c.inputs[4].f32() : nullptr;
   const ConvGeom g = conv_geometry(c.attrs, x.shape, w.shape, "x");
   const int64_t P = g.P(), CKK = g.CKK();
+  if (winograd_f2_applies(ctx, g.N, g.C, g.H, g.W, g.O, g.kh, g.kw, g.stride, g.pad)) {
+    float* y = c.outputs[0].f32();
+    if (winograd_mode() == WinogradMode::ref) {
+      winograd_f2_forward_ref(x.f32(), g.N, g.C, g.H, g.W, w.f32(), g.O, adds.bias, y);
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t o = 0; o < g.O; ++o) {
+          float* row = y + (n * g.O + o) * P;
+          const float a = adds.chan ? adds.chan[n * g.O + o] : 0.f;
+          for (int64_t p = 0; p < P; ++p) row[p] = (row[p] + a) + (adds.res ? adds.res[(n * g.O + o) * P + p] : 0.f);
+        }
+      return;
+    }
+    const std::shared_ptr<const float> up = WeightPackCache::instance().get(
+        ctx, w, 1, g.O, CKK, winograd_f2_packed_size(ctx, g.O, g.C),
+        [&](float* dst) { winograd_f2_pack_weights(ctx, w.f32(), g.O, g.C, dst); });
+    winograd_f2_forward(ctx, x.f32(), g.N, g.C, g.H, g.W, up.get(), g.O, adds.bias, adds.chan, adds.res, y);
+    return;
+  }
   // Scratch per sample of a chunk: its col columns and, when chunks hold
   // several samples, its (O, P) block of the GEMM result.
   const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);

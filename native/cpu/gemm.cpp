@@ -342,6 +342,49 @@ void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, in
                 beta, C, ldc, &b);
 }
 
+void sgemm_batched_prepacked_panels(const ExecContext& ctx, int64_t batch, int64_t M, int64_t N, int64_t K,
+                                    const float* packedA, int64_t strideA, const float* Bp, int64_t strideB,
+                                    float* C, int64_t ldc, int64_t strideC) {
+  if (batch <= 0 || M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < batch; ++i) scale_c(ctx, M, N, 0.f, C + i * strideC, ldc);
+    return;
+  }
+  const GemmKernel& ks = kernel_for(ctx.cpu_level);
+  const int64_t MR = ks.mr, NR = ks.nr, Mpad = ceil_div(M, MR) * MR, npanels = ceil_div(N, NR);
+  // Tasks: (product, M block, N block). An M block (at most mc rows) of A
+  // stays in L2 while the task's B panels stream past it; each B panel
+  // (kc x nr) stays in L1 across the M block's row panels.
+  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
+  const int64_t mblocks = ceil_div(M, ks.mc);
+  const int64_t mb = ceil_div(ceil_div(M, mblocks), MR) * MR;
+  int64_t nblocks = ceil_div(npanels * NR, ks.nc);
+  const int64_t want = threads > 1 ? 4 * threads : 1;
+  if (batch * ceil_div(M, mb) * nblocks < want) nblocks = std::min(npanels, ceil_div(want, batch * ceil_div(M, mb)));
+  const int64_t mtasks = ceil_div(M, mb), ntasks = batch * mtasks * nblocks;
+  ctx.parallel_for(ntasks, 1, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t bi = t / (mtasks * nblocks), r = t % (mtasks * nblocks);
+      const int64_t m0 = (r / nblocks) * mb, m1 = std::min(M, m0 + mb), nbk = r % nblocks;
+      const int64_t q0 = nbk * npanels / nblocks, q1 = (nbk + 1) * npanels / nblocks;
+      const float* A = packedA + bi * strideA;
+      const float* B = Bp + bi * strideB;
+      float* Cb = C + bi * strideC;
+      for (int64_t pc = 0; pc < K; pc += ks.kc) {
+        const int64_t kc = std::min(ks.kc, K - pc);
+        const float beta = pc == 0 ? 0.f : 1.f;
+        for (int64_t q = q0; q < q1; ++q) {
+          const float* bp = B + (q * K + pc) * NR;
+          const int64_t j = q * NR, n = std::min(NR, N - j);
+          for (int64_t i = m0; i < m1; i += MR)
+            run_tile(ks, kc, packed_a_block(A, Mpad, pc, i, kc), bp, Cb + i * ldc + j, ldc, beta,
+                     std::min(MR, m1 - i), n);
+        }
+      }
+    }
+  });
+}
+
 ExecContext serial_context(const ExecContext& ctx) {
   static ThreadPool one(1);  // a pool of one thread has no workers: parallel_for runs fn(0, n) inline
   ExecContext c = ctx;

@@ -56,6 +56,17 @@ int gemm_nr(const ExecContext& ctx);
 void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
                                 const BPacker& b, float beta, float* C, int64_t ldc);
 
+// `batch` products C_i (M, N) = A_i . B_i with both operands already packed,
+// so nothing is packed per call: A_i by sgemm_pack_a (same ctx) at
+// packedA + i*strideA, and B_i as its nr-wide column panels each whole over
+// K, (ceil(N/nr), K, nr) floats at Bp + i*strideB, 64-byte aligned, zero past
+// N: panel q, row k at Bp + i*strideB + (q*K + k)*nr. C_i (row stride ldc) at
+// C + i*strideC is overwritten (beta = 0). Parallel over the batch and blocks
+// of C (the Winograd convolution's 16 products).
+void sgemm_batched_prepacked_panels(const ExecContext& ctx, int64_t batch, int64_t M, int64_t N, int64_t K,
+                                    const float* packedA, int64_t strideA, const float* Bp, int64_t strideB,
+                                    float* C, int64_t ldc, int64_t strideC);
+
 // A copy of ctx whose parallel_for runs inline on the calling thread: for work
 // that already has a thread to itself (one sample of a batch, one GEMM of a
 // batch), so that sgemm runs it as a single task instead of cutting it up for

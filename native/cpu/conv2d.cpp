@@ -157,12 +157,13 @@ class WeightPackCache {
                [&](float* dst) { sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, dst); });
   }
   // The weight in the layout `kind` (0: the GEMM's packed A above; 1: the
-  // Winograd transform, conv2d_winograd.h), n floats written by pack.
+  // Winograd transform, conv2d_winograd.h; 2: W^T as the B panels of
+  // sgemm_batched_prepacked_panels), n floats written by pack.
   template <typename Pack>
   std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int kind, int64_t O, int64_t CKK,
                                    int64_t n, Pack pack) {
     const uint64_t version = w.storage->version.load();
-    const uint64_t key = w.storage->id * 2 + static_cast<uint64_t>(kind);
+    const uint64_t key = w.storage->id * 4 + static_cast<uint64_t>(kind);
     std::unique_lock<std::mutex> lk(mu_);
     auto it = map_.find(key);
     bool keep = false;
@@ -490,6 +491,47 @@ struct ConvAdds {
   }
 };
 
+// Small maps at the AVX-512 level: chunks of at most 16 output pixels (4x4
+// maps and smaller at batch 1, where the weights are the largest: 768
+// channels in the LDM UNet). W . col(x) as above would fill at most half of
+// the 32-wide register tile (a 2x2 map: 4 of 32 columns); transposed,
+// y^T (cols, O) = col^T . W^T, the pixels are the tile's 8-row side and the
+// output channels its 32 columns, so at most the last 8-row panel is partly
+// empty. W^T is kept packed as B panels (the cache's kind 2); col^T, small,
+// is packed per chunk; the (cols, O) result is transposed into y with the adds.
+void forward_small_maps(const ExecContext& ctx, const ConvGeom& g, const BatchPlan& plan, const float* x,
+                        const Tensor& w, const ConvAdds& adds, float* y) {
+  const int64_t P = g.P(), CKK = g.CKK(), nbmax = plan.nb, colsmax = nbmax * P;
+  const std::shared_ptr<const float> wpanels = WeightPackCache::instance().get(
+      ctx, w, 2, g.O, CKK, std::max<int64_t>(1, sgemm_b_panels_size(ctx, CKK, g.O)),
+      [&](float* dst) { sgemm_pack_b_panels(ctx, true, CKK, g.O, w.f32(), CKK, dst); });
+  const int64_t col_n = CKK * colsmax, ap_n = sgemm_packed_a_size(ctx, colsmax, CKK), tmp_n = colsmax * g.O;
+  const int64_t per_group = (col_n + ap_n + tmp_n + 15) / 16 * 16;  // 64-byte aligned parts
+  Tensor scratch = ctx.scratch({plan.groups, per_group});
+  ChunkQueue queue(g.N, nbmax);
+  for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
+    float* col = scratch.f32() + gi * per_group;
+    float* ap = col + (col_n + 15) / 16 * 16;
+    float* tmp = ap + (ap_n + 15) / 16 * 16;
+    int64_t n0, nb;
+    while (queue.pop(n0, nb)) {
+      const int64_t cols = nb * P;
+      im2col(gctx, g, x + n0 * g.C * g.H * g.W, nb, col, cols);
+      sgemm_pack_a(gctx, true, cols, CKK, 1.f, col, cols, ap);
+      sgemm_batched_prepacked_panels(gctx, 1, cols, g.O, CKK, ap, 0, wpanels.get(), 0, tmp, g.O, 0);
+      for (int64_t s = 0; s < nb; ++s)
+        for (int64_t o = 0; o < g.O; ++o) {
+          const int64_t n = n0 + s;
+          float* dst = y + (n * g.O + o) * P;
+          const float* src = tmp + s * P * g.O + o;
+          const float bo = adds.base(n, g.O, o);
+          const float* r = adds.res ? adds.res + (n * g.O + o) * P : nullptr;
+          for (int64_t p = 0; p < P; ++p) dst[p] = r ? (src[p * g.O] + bo) + r[p] : src[p * g.O] + bo;
+        }
+    }
+  });
+}
+
 void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const Tensor &x = c.inputs[0], &w = c.inputs[1];
   ConvAdds adds;
@@ -520,6 +562,10 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   // several samples, its (O, P) block of the GEMM result.
   const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);
   const int64_t nbmax = plan.nb;
+  if (ctx.cpu_level == CpuLevel::avx512 && gemm_nr(ctx) == 32 && nbmax * P <= 16) {
+    forward_small_maps(ctx, g, plan, x.f32(), w, adds, c.outputs[0].f32());
+    return;
+  }
   const bool direct = g.pointwise() && nbmax == 1;  // x_n is its own col matrix
   // B packed straight from x_n (see pack_same_avx512): no col matrix either.
   const bool implicit = !direct && nbmax == 1 && ctx.cpu_level == CpuLevel::avx512 && g.stride == 1 &&

@@ -370,18 +370,37 @@ void sgemm_batched_prepacked_panels(const ExecContext& ctx, int64_t batch, int64
       const float* A = packedA + bi * strideA;
       const float* B = Bp + bi * strideB;
       float* Cb = C + bi * strideC;
-      for (int64_t pc = 0; pc < K; pc += ks.kc) {
-        const int64_t kc = std::min(ks.kc, K - pc);
-        const float beta = pc == 0 ? 0.f : 1.f;
-        for (int64_t q = q0; q < q1; ++q) {
+      // Each B panel is read front to back (one sequential stream: where B is
+      // large and used by few rows, the weights of a small map, this runs at
+      // the memory's speed), the task's A rows over all of K staying in L2.
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t j = q * NR, n = std::min(NR, N - j);
+        for (int64_t pc = 0; pc < K; pc += ks.kc) {
+          const int64_t kc = std::min(ks.kc, K - pc);
+          const float beta = pc == 0 ? 0.f : 1.f;
           const float* bp = B + (q * K + pc) * NR;
-          const int64_t j = q * NR, n = std::min(NR, N - j);
           for (int64_t i = m0; i < m1; i += MR)
             run_tile(ks, kc, packed_a_block(A, Mpad, pc, i, kc), bp, Cb + i * ldc + j, ldc, beta,
                      std::min(MR, m1 - i), n);
         }
       }
     }
+  });
+}
+
+int64_t sgemm_b_panels_size(const ExecContext& ctx, int64_t K, int64_t N) {
+  const GemmKernel& ks = kernel_for(ctx.cpu_level);
+  return ceil_div(std::max<int64_t>(N, 0), ks.nr) * ks.nr * std::max<int64_t>(K, 0);
+}
+
+void sgemm_pack_b_panels(const ExecContext& ctx, bool transB, int64_t K, int64_t N, const float* B, int64_t ldb,
+                         float* out) {
+  const GemmKernel& ks = kernel_for(ctx.cpu_level);
+  const int64_t NR = ks.nr, panels = ceil_div(N, NR);
+  ctx.parallel_for(panels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t q = b; q < e; ++q)
+      pack_panels(static_cast<int>(NR), B, ldb, !transB, q * NR, std::min(NR, N - q * NR), 0, K, 1.f,
+                  out + q * K * NR);
   });
 }
 

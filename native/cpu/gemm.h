@@ -67,6 +67,14 @@ void sgemm_batched_prepacked_panels(const ExecContext& ctx, int64_t batch, int64
                                     const float* packedA, int64_t strideA, const float* Bp, int64_t strideB,
                                     float* C, int64_t ldc, int64_t strideC);
 
+// op(B) (K, N) packed into the B layout of sgemm_batched_prepacked_panels:
+// (ceil(N/nr), K, nr) floats, zero past N (B is (K, ldb), or (N, ldb) with
+// transB). For a matrix used as B against many A (a convolution's weights,
+// transposed, against small feature maps).
+int64_t sgemm_b_panels_size(const ExecContext& ctx, int64_t K, int64_t N);
+void sgemm_pack_b_panels(const ExecContext& ctx, bool transB, int64_t K, int64_t N, const float* B, int64_t ldb,
+                         float* out);
+
 // A copy of ctx whose parallel_for runs inline on the calling thread: for work
 // that already has a thread to itself (one sample of a batch, one GEMM of a
 // batch), so that sgemm runs it as a single task instead of cutting it up for

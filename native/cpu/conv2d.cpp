@@ -506,13 +506,14 @@ void forward_small_maps(const ExecContext& ctx, const ConvGeom& g, const BatchPl
       ctx, w, 2, g.O, CKK, std::max<int64_t>(1, sgemm_b_panels_size(ctx, CKK, g.O)),
       [&](float* dst) { sgemm_pack_b_panels(ctx, true, CKK, g.O, w.f32(), CKK, dst); });
   const int64_t col_n = CKK * colsmax, ap_n = sgemm_packed_a_size(ctx, colsmax, CKK), tmp_n = colsmax * g.O;
-  const int64_t per_group = (col_n + ap_n + tmp_n + 15) / 16 * 16;  // 64-byte aligned parts
+  auto round16 = [](int64_t n) { return (n + 15) / 16 * 16; };  // parts 64-byte aligned
+  const int64_t per_group = round16(col_n) + round16(ap_n) + round16(tmp_n);
   Tensor scratch = ctx.scratch({plan.groups, per_group});
   ChunkQueue queue(g.N, nbmax);
   for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
     float* col = scratch.f32() + gi * per_group;
-    float* ap = col + (col_n + 15) / 16 * 16;
-    float* tmp = ap + (ap_n + 15) / 16 * 16;
+    float* ap = col + round16(col_n);
+    float* tmp = ap + round16(ap_n);
     int64_t n0, nb;
     while (queue.pop(n0, nb)) {
       const int64_t cols = nb * P;

@@ -499,6 +499,10 @@ struct ConvAdds {
 // output channels its 32 columns, so at most the last 8-row panel is partly
 // empty. W^T is kept packed as B panels (the cache's kind 2); col^T, small,
 // is packed per chunk; the (cols, O) result is transposed into y with the adds.
+int64_t small_cols_max() {
+  const char* s = std::getenv("TDQ_CONV_SMALL");
+  return s && *s ? std::strtoll(s, nullptr, 10) : 16;
+}
 void forward_small_maps(const ExecContext& ctx, const ConvGeom& g, const BatchPlan& plan, const float* x,
                         const Tensor& w, const ConvAdds& adds, float* y) {
   const int64_t P = g.P(), CKK = g.CKK(), nbmax = plan.nb, colsmax = nbmax * P;
@@ -563,7 +567,7 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   // several samples, its (O, P) block of the GEMM result.
   const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);
   const int64_t nbmax = plan.nb;
-  if (ctx.cpu_level == CpuLevel::avx512 && gemm_nr(ctx) == 32 && nbmax * P <= 16) {
+  if (ctx.cpu_level == CpuLevel::avx512 && gemm_nr(ctx) == 32 && nbmax * P <= small_cols_max()) {
     forward_small_maps(ctx, g, plan, x.f32(), w, adds, c.outputs[0].f32());
     return;
   }

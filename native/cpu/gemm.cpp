@@ -362,6 +362,7 @@ void sgemm_batched_prepacked_panels(const ExecContext& ctx, int64_t batch, int64
   const int64_t want = threads > 1 ? 4 * threads : 1;
   if (batch * ceil_div(M, mb) * nblocks < want) nblocks = std::min(npanels, ceil_div(want, batch * ceil_div(M, mb)));
   const int64_t mtasks = ceil_div(M, mb), ntasks = batch * mtasks * nblocks;
+  const int64_t kspan = std::max(ks.kc, (int64_t{64} << 10) / mb / ks.kc * ks.kc);  // 64 Ki floats of A
   ctx.parallel_for(ntasks, 1, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
       const int64_t bi = t / (mtasks * nblocks), r = t % (mtasks * nblocks);
@@ -370,18 +371,22 @@ void sgemm_batched_prepacked_panels(const ExecContext& ctx, int64_t batch, int64
       const float* A = packedA + bi * strideA;
       const float* B = Bp + bi * strideB;
       float* Cb = C + bi * strideC;
-      // Each B panel is read front to back (one sequential stream: where B is
-      // large and used by few rows, the weights of a small map, this runs at
-      // the memory's speed), the task's A rows over all of K staying in L2.
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t j = q * NR, n = std::min(NR, N - j);
-        for (int64_t pc = 0; pc < K; pc += ks.kc) {
-          const int64_t kc = std::min(ks.kc, K - pc);
-          const float beta = pc == 0 ? 0.f : 1.f;
-          const float* bp = B + (q * K + pc) * NR;
-          for (int64_t i = m0; i < m1; i += MR)
-            run_tile(ks, kc, packed_a_block(A, Mpad, pc, i, kc), bp, Cb + i * ldc + j, ldc, beta,
-                     std::min(MR, m1 - i), n);
+      // K is taken in spans whose A rows (the task's M block) fit in about
+      // 256 KiB of L2; within a span, each B panel is read front to back:
+      // long sequential runs where B is large and used by few rows (the
+      // weights of a small map), which then stream at the memory's speed.
+      for (int64_t p0 = 0; p0 < K; p0 += kspan) {
+        const int64_t p1 = std::min(K, p0 + kspan);
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t j = q * NR, n = std::min(NR, N - j);
+          for (int64_t pc = p0; pc < p1; pc += ks.kc) {
+            const int64_t kc = std::min(ks.kc, K - pc);
+            const float beta = pc == 0 ? 0.f : 1.f;
+            const float* bp = B + (q * K + pc) * NR;
+            for (int64_t i = m0; i < m1; i += MR)
+              run_tile(ks, kc, packed_a_block(A, Mpad, pc, i, kc), bp, Cb + i * ldc + j, ldc, beta,
+                       std::min(MR, m1 - i), n);
+          }
         }
       }
     }

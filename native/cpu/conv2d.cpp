@@ -158,7 +158,8 @@ class WeightPackCache {
   }
   // The weight in the layout `kind` (0: the GEMM's packed A above; 1: the
   // Winograd transform, conv2d_winograd.h; 2: W^T as the B panels of
-  // sgemm_batched_prepacked_panels), n floats written by pack.
+  // sgemm_batched_prepacked_panels; 3: the Winograd transform as B panels),
+  // n floats written by pack.
   template <typename Pack>
   std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int kind, int64_t O, int64_t CKK,
                                    int64_t n, Pack pack) {
@@ -555,6 +556,13 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
           const float a = adds.chan ? adds.chan[n * g.O + o] : 0.f;
           for (int64_t p = 0; p < P; ++p) row[p] = (row[p] + a) + (adds.res ? adds.res[(n * g.O + o) * P + p] : 0.f);
         }
+      return;
+    }
+    if (winograd_f2_transposed(g.N, g.C, g.H, g.W, g.O)) {
+      const std::shared_ptr<const float> ut = WeightPackCache::instance().get(
+          ctx, w, 3, g.O, CKK, winograd_f2_packed_size_t(ctx, g.O, g.C),
+          [&](float* dst) { winograd_f2_pack_weights_t(ctx, w.f32(), g.O, g.C, dst); });
+      winograd_f2_forward_t(ctx, x.f32(), g.N, g.C, g.H, g.W, ut.get(), g.O, adds.bias, adds.chan, adds.res, y);
       return;
     }
     const std::shared_ptr<const float> up = WeightPackCache::instance().get(

@@ -190,7 +190,10 @@ bool winograd_f2_applies(const ExecContext& ctx, int64_t N, int64_t C, int64_t H
   if (C < 32 || O < 32) return false;
   const int64_t T = ((H + 1) / 2) * ((W + 1) / 2);
   const int64_t nb = chunk_samples(N, T, C, O);
-  if (nb * T < 64) return false;
+  // Under 64 tiles per chunk: the transposed products, from maps of 16 tiles
+  // (7x7, 8x8) on; smaller maps stay on the direct path, whose weights are
+  // 9/16 the bytes (they are read from memory once per call at batch 1).
+  if (nb * T < 64 && T < 16) return false;
   // int32 gather / scatter indices within a chunk
   return nb * std::max(C, O) * H * W < (int64_t{1} << 31);
 }
@@ -246,6 +249,158 @@ void winograd_f2_forward(const ExecContext& ctx, const float* x, int64_t N, int6
   }
   // Chunks go to groups by index (a fixed schedule: results do not depend on
   // which thread ran first; each chunk is computed the same way anyway).
+  ctx.parallel_for(groups, 1, [&](int64_t b, int64_t e) {
+    for (int64_t gi = b; gi < e; ++gi)
+      for (int64_t k = gi; k < chunks; k += groups) run_chunk(gi, k * nb);
+  });
+}
+
+bool winograd_f2_transposed(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O) {
+  const int64_t T = ((H + 1) / 2) * ((W + 1) / 2);
+  return chunk_samples(N, T, C, O) * T < 64;
+}
+
+int64_t winograd_f2_packed_size_t(const ExecContext& ctx, int64_t O, int64_t C) {
+  return 16 * sgemm_b_panels_size(ctx, C, O);
+}
+
+void winograd_f2_pack_weights_t(const ExecContext& ctx, const float* w, int64_t O, int64_t C, float* packed) {
+  std::vector<float> u(static_cast<size_t>(16 * O * C));
+  const int64_t OC = O * C;
+  ctx.parallel_for(OC, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      float t[16];
+      weight_transform<float>(w + i * 9, t);
+      for (int xi = 0; xi < 16; ++xi) u[xi * OC + i] = t[xi];
+    }
+  });
+  const int64_t sb = sgemm_b_panels_size(ctx, C, O);
+  for (int xi = 0; xi < 16; ++xi) sgemm_pack_b_panels(ctx, true, C, O, u.data() + xi * OC, C, packed + xi * sb);
+}
+
+namespace {
+
+// Step 1, transposed: V_xi^T (tiles, C) written straight in sgemm_pack_a's
+// layout (8-row panels of tiles, K blocks of kc channels), items (c, v).
+__attribute__((target("avx512f"))) void input_transform_t(const float* x, int64_t C, int64_t HW, int64_t W,
+                                                           const Tiles& tb, int64_t Mpad, int64_t kc, int64_t strideA,
+                                                           int64_t nv, float* A, int64_t b, int64_t e) {
+  for (int64_t item = b; item < e; ++item) {
+    const int64_t c = item / nv, v = item % nv;
+    const float* xc = x + c * HW;
+    const __m512i idx = _mm512_loadu_si512(tb.in_idx.data() + v * 16);
+    const uint16_t* mk = tb.in_mask.data() + v * 16;
+    __m512 d[4][4];
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j)
+        d[i][j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), static_cast<__mmask16>(mk[i * 4 + j]),
+                                           _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(i * W + j))),
+                                           xc, 4);
+    __m512 t[4][4];
+    for (int j = 0; j < 4; ++j) {
+      t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+      t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+      t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+      t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+    }
+    __m512 out[16];
+    for (int i = 0; i < 4; ++i) {
+      out[i * 4 + 0] = _mm512_sub_ps(t[i][0], t[i][2]);
+      out[i * 4 + 1] = _mm512_add_ps(t[i][1], t[i][2]);
+      out[i * 4 + 2] = _mm512_sub_ps(t[i][2], t[i][1]);
+      out[i * 4 + 3] = _mm512_sub_ps(t[i][1], t[i][3]);
+    }
+    const int64_t pc = c / kc * kc, kcb = std::min(kc, C - pc), t0 = v * 16;
+    float* lo = A + pc * Mpad + t0 * kcb + (c - pc) * 8;  // rows t0 .. t0+7: panel t0/8
+    float* hi = lo + 8 * kcb;                               // rows t0+8 .. t0+15
+    const bool upper = t0 + 8 < Mpad;
+    for (int xi = 0; xi < 16; ++xi) {
+      // lanes 0-7 to the first panel, lanes 8-15 to the second (masked stores)
+      _mm512_mask_storeu_ps(lo + xi * strideA, 0x00ff, out[xi]);
+      if (upper) _mm512_mask_storeu_ps(hi - 8 + xi * strideA, 0xff00, out[xi]);
+    }
+  }
+}
+
+// Step 3, transposed: M (16, tiles, O); items (tile t, 16 output channels).
+__attribute__((target("avx512f"))) void output_transform_t(const float* Mb, int64_t O, int64_t H, int64_t W,
+                                                            int64_t Tt, int64_t T, int64_t tW, const float* bias,
+                                                            const float* chan, const float* res, float* y,
+                                                            int64_t b, int64_t e) {
+  const int64_t HW = H * W, ov = (O + 15) / 16, strideM = Tt * O;
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t item = b; item < e; ++item) {
+    const int64_t t = item / ov, o0 = item % ov * 16;
+    const __mmask16 om = static_cast<__mmask16>(O - o0 >= 16 ? 0xffff : (1u << (O - o0)) - 1);
+    const float* src = Mb + t * O + o0;
+    __m512 m[16];
+    for (int xi = 0; xi < 16; ++xi) m[xi] = _mm512_maskz_loadu_ps(om, src + xi * strideM);
+    __m512 s[2][4];
+    for (int j = 0; j < 4; ++j) {
+      s[0][j] = _mm512_add_ps(_mm512_add_ps(m[j], m[4 + j]), m[8 + j]);
+      s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
+    }
+    __m512 out[4];
+    for (int i = 0; i < 2; ++i) {
+      out[i * 2 + 0] = _mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]);
+      out[i * 2 + 1] = _mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]);
+    }
+    const int64_t sn = t / T, ty = t % T / tW, tx = t % tW;
+    __m512 base = bias ? _mm512_maskz_loadu_ps(om, bias + o0) : _mm512_setzero_ps();
+    if (chan) base = _mm512_add_ps(base, _mm512_maskz_loadu_ps(om, chan + sn * O + o0));
+    // element offsets of output channel o0 + lane, pixel (0, 0) of the tile
+    const __m512i at0 = _mm512_add_epi32(
+        _mm512_mullo_epi32(_mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(o0))),
+                           _mm512_set1_epi32(static_cast<int>(HW))),
+        _mm512_set1_epi32(static_cast<int>(sn * O * HW + 2 * ty * W + 2 * tx)));
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j) {
+        if (2 * ty + i >= H || 2 * tx + j >= W) continue;
+        const __m512i at = _mm512_add_epi32(at0, _mm512_set1_epi32(static_cast<int>(i * W + j)));
+        __m512 val = _mm512_add_ps(out[i * 2 + j], base);
+        if (res) val = _mm512_add_ps(val, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), om, at, res, 4));
+        _mm512_mask_i32scatter_ps(y, om, at, val, 4);
+      }
+  }
+}
+
+}  // namespace
+
+void winograd_f2_forward_t(const ExecContext& ctx, const float* x, int64_t N, int64_t C, int64_t H, int64_t W,
+                           const float* packed, int64_t O, const float* bias, const float* chan, const float* res,
+                           float* y) {
+  const int64_t HW = H * W, tW = (W + 1) / 2, T = ((H + 1) / 2) * tW;
+  const int64_t nb = chunk_samples(N, T, C, O), chunks = ceil_div(N, nb);
+  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
+  const int64_t groups = threads > 1 && chunks >= threads ? threads : 1;
+  const int64_t mr = gemm_mr(ctx), kc = gemm_kc(ctx);
+  const int64_t Ttmax = nb * T, sa = sgemm_packed_a_size(ctx, Ttmax, C), sb = sgemm_b_panels_size(ctx, C, O);
+  const int64_t per_group = (16 * sa + 15) / 16 * 16 + 16 * Ttmax * O;
+  Tensor scratch = ctx.scratch({groups, per_group});
+  const ExecContext serial = serial_context(ctx);
+  const ExecContext& gctx = groups > 1 ? serial : ctx;
+  const Tiles full(nb, C, H, W, O);
+  auto run_chunk = [&](int64_t gi, int64_t n0) {
+    const int64_t cnt = std::min(nb, N - n0);
+    Tiles part_storage = cnt == nb ? Tiles(0, 0, 0, 0, 0) : Tiles(cnt, C, H, W, O);
+    const Tiles& tb = cnt == nb ? full : part_storage;
+    const int64_t Tt = tb.Tt, Mpad = ceil_div(Tt, mr) * mr, sac = sgemm_packed_a_size(ctx, Tt, C);
+    float* A = scratch.f32() + gi * per_group;
+    float* Mb = A + (16 * sa + 15) / 16 * 16;
+    const int64_t nv = ceil_div(Tt, 16);
+    const float* xs = x + n0 * C * HW;
+    gctx.parallel_for(C * nv, 8, [&](int64_t b, int64_t e) { input_transform_t(xs, C, HW, W, tb, Mpad, kc, sac, nv, A, b, e); });
+    sgemm_batched_prepacked_panels(gctx, 16, Tt, O, C, A, sac, packed, sb, Mb, O, Tt * O);
+    const int64_t ov = ceil_div(O, 16);
+    gctx.parallel_for(Tt * ov, 4, [&](int64_t b, int64_t e) {
+      output_transform_t(Mb, O, H, W, Tt, T, tW, bias, chan ? chan + n0 * O : nullptr,
+                         res ? res + n0 * O * HW : nullptr, y + n0 * O * HW, b, e);
+    });
+  };
+  if (groups == 1) {
+    for (int64_t k = 0; k < chunks; ++k) run_chunk(0, k * nb);
+    return;
+  }
   ctx.parallel_for(groups, 1, [&](int64_t b, int64_t e) {
     for (int64_t gi = b; gi < e; ++gi)
       for (int64_t k = gi; k < chunks; k += groups) run_chunk(gi, k * nb);

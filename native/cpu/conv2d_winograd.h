@@ -24,6 +24,18 @@ WinogradMode winograd_mode();
 bool winograd_f2_applies(const ExecContext& ctx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
                          int64_t kh, int64_t kw, int64_t stride, int64_t pad);
 
+// Whether the chunks of this (applying) convolution have fewer than 64 tiles
+// (an 8x8 map at batch 1): then the 16 products are run transposed,
+// M_xi^T (tiles, O) = V_xi^T . U_xi^T, the tiles on the register tile's 8-row
+// side and the output channels on its 32 columns, with U^T kept as B panels
+// (winograd_f2_pack_weights_t / winograd_f2_forward_t).
+bool winograd_f2_transposed(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O);
+int64_t winograd_f2_packed_size_t(const ExecContext& ctx, int64_t O, int64_t C);
+void winograd_f2_pack_weights_t(const ExecContext& ctx, const float* w, int64_t O, int64_t C, float* packed);
+void winograd_f2_forward_t(const ExecContext& ctx, const float* x, int64_t N, int64_t C, int64_t H, int64_t W,
+                           const float* packed, int64_t O, const float* bias, const float* chan, const float* res,
+                           float* y);
+
 // Floats of the transformed, packed weights (16 GEMM A operands).
 int64_t winograd_f2_packed_size(const ExecContext& ctx, int64_t O, int64_t C);
 // U_xi = (G w_oc G^T)[xi] for w (O, C, 3, 3), packed as 16 sgemm_pack_a blocks.

@@ -330,6 +330,8 @@ void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, co
 }
 
 int gemm_nr(const ExecContext& ctx) { return kernel_for(ctx.cpu_level).nr; }
+int gemm_mr(const ExecContext& ctx) { return kernel_for(ctx.cpu_level).mr; }
+int64_t gemm_kc(const ExecContext& ctx) { return kernel_for(ctx.cpu_level).kc; }
 
 void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
                                 const BPacker& b, float beta, float* C, int64_t ldc) {

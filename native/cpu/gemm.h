@@ -52,6 +52,12 @@ struct BPacker {
   const void* self;
 };
 int gemm_nr(const ExecContext& ctx);
+// The rest of the micro-kernel's blocking, for code that writes sgemm_pack_a's
+// layout itself: K blocks of gemm_kc rows one after the other, each
+// ceil(M/mr)*mr x kc; in a block of kc rows starting at pc, row i, depth k sits
+// at pc*Mpad + (i/mr)*mr*kc + (k-pc)*mr + i%mr.
+int gemm_mr(const ExecContext& ctx);
+int64_t gemm_kc(const ExecContext& ctx);
 // sgemm_prepacked with B given by a packer.
 void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
                                 const BPacker& b, float beta, float* C, int64_t ldc);

@@ -82,6 +82,9 @@ const cases: Case[] = [
   { name: 'Winograd: 8x8 maps, 5 samples in one chunk, 33 -> 34 channels', x: [5, 33, 8, 8], w: [34, 33, 3, 3], stride: 1, padding: 1, bias: false },
   { name: 'Winograd: 130 -> 40 channels (two K blocks), 18x16', x: [1, 130, 18, 16], w: [40, 130, 3, 3], stride: 1, padding: 1, bias: true },
   { name: 'Winograd: 9 samples, chunks of 4', x: [9, 32, 16, 16], w: [32, 32, 3, 3], stride: 1, padding: 1, bias: true },
+  // under 64 tiles per chunk (8x8 maps at batch 1): the 16 products transposed
+  { name: 'Winograd transposed: 8x8, 1 sample, 40 -> 41 channels', x: [1, 40, 8, 8], w: [41, 40, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'Winograd transposed: 7x7, 2 samples, 140 -> 36 channels', x: [2, 140, 7, 7], w: [36, 140, 3, 3], stride: 1, padding: 1, bias: false },
   // small maps (at most 16 output pixels per chunk) at AVX-512: the GEMM
   // transposed, W^T as kept B panels; O past one 32-wide panel and not a
   // multiple of it, 1x1, stride 2
@@ -172,6 +175,7 @@ describe('conv2d with addChannel and residual', () => {
     ['stride 2', [3, 4, 9, 9], [5, 4, 3, 3], 2, 1],
     ['3x3 same (Winograd at AVX-512)', [2, 32, 11, 12], [40, 32, 3, 3], 1, 1],
     ['small map (transposed GEMM at AVX-512)', [2, 20, 2, 3], [33, 20, 3, 3], 1, 1],
+    ['8x8 map (transposed Winograd at AVX-512)', [1, 32, 8, 8], [36, 32, 3, 3], 1, 1],
   ];
   for (const level of cpuLevels())
     for (const [name, xs, ws, stride, padding] of shapes)
@@ -244,6 +248,7 @@ describe('conv2d packed-weight cache', () => {
     ['im2col / implicit GEMM', [2, 5, 7, 7], [12, 5, 3, 3]],
     ['Winograd', [1, 32, 16, 16], [32, 32, 3, 3]],
     ['small map', [1, 20, 4, 4], [33, 20, 3, 3]],
+    ['Winograd transposed', [1, 32, 8, 8], [32, 32, 3, 3]],
   ];
   for (const level of cpuLevels())
     for (const [name, xs, ws] of shapes)
@@ -277,7 +282,7 @@ describe('conv2d packed-weight cache', () => {
     });
 });
 
-// The Winograd F(2x2, 3x3) forward against its plain reference
+// The Winograd F(2x2, 3x3) forward (both forms) against its plain reference
 // (TDQ_CONV_WINOGRAD=ref: scalar loops in double, conv2d_winograd.cpp) and
 // against the implicit GEMM (TDQ_CONV_WINOGRAD=0), with and without the
 // fused adds. Below AVX-512 the default is the GEMM path, which must agree
@@ -288,6 +293,8 @@ describe('conv2d Winograd against its plain reference', () => {
     ['odd 13x9 maps, 3 samples, 36 -> 41 channels', [3, 36, 13, 9], [41, 36, 3, 3]],
     ['200 -> 48 channels (two K blocks), 18x16', [1, 200, 18, 16], [48, 200, 3, 3]],
     ['6 samples of 8x8', [6, 64, 8, 8], [32, 64, 3, 3]],
+    ['transposed: 1 sample of 8x8, 41 outputs', [1, 48, 8, 8], [41, 48, 3, 3]],
+    ['transposed: 3 samples of 7x8, 200 inputs', [3, 200, 7, 8], [40, 200, 3, 3]],
   ];
   const withMode = async (mode: string | undefined, f: () => Promise<Float32Array>) => {
     const before = process.env.TDQ_CONV_WINOGRAD;

@@ -13,6 +13,11 @@
 // large the batch is. A 1x1 convolution with stride 1 and no padding needs no
 // col matrix at all: x_n already is (C, H*W). Threads take whole samples when
 // the batch has enough of them (see BatchPlan).
+//
+// At the AVX-512 level the forward has two more paths: 3x3 'same'
+// convolutions with enough channels go through Winograd F(2x2, 3x3)
+// (conv2d_winograd.cpp), and maps of at most 16 output pixels per chunk
+// through the transposed product y^T = col^T W^T (forward_small_maps).
 #include <algorithm>
 #include <array>
 #include <atomic>

@@ -13,6 +13,11 @@
 // large the batch is. A 1x1 convolution with stride 1 and no padding needs no
 // col matrix at all: x_n already is (C, H*W). Threads take whole samples when
 // the batch has enough of them (see BatchPlan).
+//
+// At the AVX-512 level the forward has two more paths: 3x3 'same'
+// convolutions with enough channels go through Winograd F(2x2, 3x3)
+// (conv2d_winograd.cpp), and maps of at most 16 output pixels per chunk
+// through the transposed product y^T = col^T W^T (forward_small_maps).
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -26,6 +31,7 @@
 #include <immintrin.h>  // SSE (baseline x86-64); AVX-512 only in functions with a target attribute
 
 #include "../core/registry.h"
+#include "conv2d_winograd.h"
 #include "gemm.h"
 
 namespace tdq {
@@ -152,15 +158,24 @@ class WeightPackCache {
   }
   // W (O, CKK) packed for ctx's micro-kernel.
   std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int64_t O, int64_t CKK) {
-    const int64_t n = std::max<int64_t>(1, sgemm_packed_a_size(ctx, O, CKK));
+    return get(ctx, w, 0, O, CKK, std::max<int64_t>(1, sgemm_packed_a_size(ctx, O, CKK)),
+               [&](float* dst) { sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, dst); });
+  }
+  // The weight in the layout `kind` (0: the GEMM's packed A above; 1: the
+  // Winograd transform, conv2d_winograd.h; 2: W^T as the B panels of
+  // sgemm_batched_prepacked_panels; 3: the Winograd transform as B panels),
+  // n floats written by pack.
+  template <typename Pack>
+  std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int kind, int64_t O, int64_t CKK,
+                                   int64_t n, Pack pack) {
     const uint64_t version = w.storage->version.load();
-    auto pack = [&](float* dst) { sgemm_pack_a(ctx, false, O, CKK, 1.f, w.f32(), CKK, dst); };
+    const uint64_t key = w.storage->id * 4 + static_cast<uint64_t>(kind);
     std::unique_lock<std::mutex> lk(mu_);
-    auto it = map_.find(w.storage->id);
+    auto it = map_.find(key);
     bool keep = false;
     if (it == map_.end()) {
       sweep();
-      map_.emplace(w.storage->id, Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr});
+      map_.emplace(key, Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr});
     } else {
       Entry& e = it->second;
       const bool same = e.level == ctx.cpu_level && e.O == O && e.CKK == CKK;
@@ -482,6 +497,52 @@ struct ConvAdds {
   }
 };
 
+// Small maps at the AVX-512 level: chunks of at most 16 output pixels (4x4
+// maps and smaller at batch 1, where the weights are the largest: 768
+// channels in the LDM UNet). W . col(x) as above would fill at most half of
+// the 32-wide register tile (a 2x2 map: 4 of 32 columns); transposed,
+// y^T (cols, O) = col^T . W^T, the pixels are the tile's 8-row side and the
+// output channels its 32 columns, so at most the last 8-row panel is partly
+// empty. W^T is kept packed as B panels (the cache's kind 2); col^T, small,
+// is packed per chunk; the (cols, O) result is transposed into y with the adds.
+int64_t small_cols_max() {
+  const char* s = std::getenv("TDQ_CONV_SMALL");
+  return s && *s ? std::strtoll(s, nullptr, 10) : 16;
+}
+void forward_small_maps(const ExecContext& ctx, const ConvGeom& g, const BatchPlan& plan, const float* x,
+                        const Tensor& w, const ConvAdds& adds, float* y) {
+  const int64_t P = g.P(), CKK = g.CKK(), nbmax = plan.nb, colsmax = nbmax * P;
+  const std::shared_ptr<const float> wpanels = WeightPackCache::instance().get(
+      ctx, w, 2, g.O, CKK, std::max<int64_t>(1, sgemm_b_panels_size(ctx, CKK, g.O)),
+      [&](float* dst) { sgemm_pack_b_panels(ctx, true, CKK, g.O, w.f32(), CKK, dst); });
+  const int64_t col_n = CKK * colsmax, ap_n = sgemm_packed_a_size(ctx, colsmax, CKK), tmp_n = colsmax * g.O;
+  auto round16 = [](int64_t n) { return (n + 15) / 16 * 16; };  // parts 64-byte aligned
+  const int64_t per_group = round16(col_n) + round16(ap_n) + round16(tmp_n);
+  Tensor scratch = ctx.scratch({plan.groups, per_group});
+  ChunkQueue queue(g.N, nbmax);
+  for_each_group(ctx, plan, [&](int64_t gi, const ExecContext& gctx) {
+    float* col = scratch.f32() + gi * per_group;
+    float* ap = col + round16(col_n);
+    float* tmp = ap + round16(ap_n);
+    int64_t n0, nb;
+    while (queue.pop(n0, nb)) {
+      const int64_t cols = nb * P;
+      im2col(gctx, g, x + n0 * g.C * g.H * g.W, nb, col, cols);
+      sgemm_pack_a(gctx, true, cols, CKK, 1.f, col, cols, ap);
+      sgemm_batched_prepacked_panels(gctx, 1, cols, g.O, CKK, ap, 0, wpanels.get(), 0, tmp, g.O, 0);
+      for (int64_t s = 0; s < nb; ++s)
+        for (int64_t o = 0; o < g.O; ++o) {
+          const int64_t n = n0 + s;
+          float* dst = y + (n * g.O + o) * P;
+          const float* src = tmp + s * P * g.O + o;
+          const float bo = adds.base(n, g.O, o);
+          const float* r = adds.res ? adds.res + (n * g.O + o) * P : nullptr;
+          for (int64_t p = 0; p < P; ++p) dst[p] = r ? (src[p * g.O] + bo) + r[p] : src[p * g.O] + bo;
+        }
+    }
+  });
+}
+
 void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   const Tensor &x = c.inputs[0], &w = c.inputs[1];
   ConvAdds adds;
@@ -490,10 +551,39 @@ void conv2d_forward(OpCall& c, const ExecContext& ctx) {
   adds.res = c.inputs.size() > 4 && c.inputs[4].defined() ? c.inputs[4].f32() : nullptr;
   const ConvGeom g = conv_geometry(c.attrs, x.shape, w.shape, "x");
   const int64_t P = g.P(), CKK = g.CKK();
+  if (winograd_f2_applies(ctx, g.N, g.C, g.H, g.W, g.O, g.kh, g.kw, g.stride, g.pad)) {
+    float* y = c.outputs[0].f32();
+    if (winograd_mode() == WinogradMode::ref) {
+      winograd_f2_forward_ref(x.f32(), g.N, g.C, g.H, g.W, w.f32(), g.O, adds.bias, y);
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t o = 0; o < g.O; ++o) {
+          float* row = y + (n * g.O + o) * P;
+          const float a = adds.chan ? adds.chan[n * g.O + o] : 0.f;
+          for (int64_t p = 0; p < P; ++p) row[p] = (row[p] + a) + (adds.res ? adds.res[(n * g.O + o) * P + p] : 0.f);
+        }
+      return;
+    }
+    if (winograd_f2_transposed(g.N, g.C, g.H, g.W, g.O)) {
+      const std::shared_ptr<const float> ut = WeightPackCache::instance().get(
+          ctx, w, 3, g.O, CKK, winograd_f2_packed_size_t(ctx, g.O, g.C),
+          [&](float* dst) { winograd_f2_pack_weights_t(ctx, w.f32(), g.O, g.C, dst); });
+      winograd_f2_forward_t(ctx, x.f32(), g.N, g.C, g.H, g.W, ut.get(), g.O, adds.bias, adds.chan, adds.res, y);
+      return;
+    }
+    const std::shared_ptr<const float> up = WeightPackCache::instance().get(
+        ctx, w, 1, g.O, CKK, winograd_f2_packed_size(ctx, g.O, g.C),
+        [&](float* dst) { winograd_f2_pack_weights(ctx, w.f32(), g.O, g.C, dst); });
+    winograd_f2_forward(ctx, x.f32(), g.N, g.C, g.H, g.W, up.get(), g.O, adds.bias, adds.chan, adds.res, y);
+    return;
+  }
   // Scratch per sample of a chunk: its col columns and, when chunks hold
   // several samples, its (O, P) block of the GEMM result.
   const BatchPlan plan = batch_plan(ctx, g, 64, (CKK + g.O) * P, 0);
   const int64_t nbmax = plan.nb;
+  if (ctx.cpu_level == CpuLevel::avx512 && gemm_nr(ctx) == 32 && nbmax * P <= small_cols_max()) {
+    forward_small_maps(ctx, g, plan, x.f32(), w, adds, c.outputs[0].f32());
+    return;
+  }
   const bool direct = g.pointwise() && nbmax == 1;  // x_n is its own col matrix
   // B packed straight from x_n (see pack_same_avx512): no col matrix either.
   const bool implicit = !direct && nbmax == 1 && ctx.cpu_level == CpuLevel::avx512 && g.stride == 1 &&

@@ -330,6 +330,8 @@ void sgemm_prepacked(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, co
 }
 
 int gemm_nr(const ExecContext& ctx) { return kernel_for(ctx.cpu_level).nr; }
+int gemm_mr(const ExecContext& ctx) { return kernel_for(ctx.cpu_level).mr; }
+int64_t gemm_kc(const ExecContext& ctx) { return kernel_for(ctx.cpu_level).kc; }
 
 void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
                                 const BPacker& b, float beta, float* C, int64_t ldc) {
@@ -340,6 +342,73 @@ void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, in
   }
   sgemm_blocked(kernel_for(ctx.cpu_level), ctx, false, false, M, N, K, 1.f, nullptr, 0, packedA, nullptr, 0,
                 beta, C, ldc, &b);
+}
+
+void sgemm_batched_prepacked_panels(const ExecContext& ctx, int64_t batch, int64_t M, int64_t N, int64_t K,
+                                    const float* packedA, int64_t strideA, const float* Bp, int64_t strideB,
+                                    float* C, int64_t ldc, int64_t strideC) {
+  if (batch <= 0 || M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < batch; ++i) scale_c(ctx, M, N, 0.f, C + i * strideC, ldc);
+    return;
+  }
+  const GemmKernel& ks = kernel_for(ctx.cpu_level);
+  const int64_t MR = ks.mr, NR = ks.nr, Mpad = ceil_div(M, MR) * MR, npanels = ceil_div(N, NR);
+  // Tasks: (product, M block, N block). An M block (at most mc rows) of A
+  // stays in L2 while the task's B panels stream past it; each B panel
+  // (kc x nr) stays in L1 across the M block's row panels.
+  const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
+  const int64_t mblocks = ceil_div(M, ks.mc);
+  const int64_t mb = ceil_div(ceil_div(M, mblocks), MR) * MR;
+  int64_t nblocks = ceil_div(npanels * NR, ks.nc);
+  const int64_t want = threads > 1 ? 4 * threads : 1;
+  if (batch * ceil_div(M, mb) * nblocks < want) nblocks = std::min(npanels, ceil_div(want, batch * ceil_div(M, mb)));
+  const int64_t mtasks = ceil_div(M, mb), ntasks = batch * mtasks * nblocks;
+  const int64_t kspan = std::max(ks.kc, (int64_t{64} << 10) / mb / ks.kc * ks.kc);  // 64 Ki floats of A
+  ctx.parallel_for(ntasks, 1, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t bi = t / (mtasks * nblocks), r = t % (mtasks * nblocks);
+      const int64_t m0 = (r / nblocks) * mb, m1 = std::min(M, m0 + mb), nbk = r % nblocks;
+      const int64_t q0 = nbk * npanels / nblocks, q1 = (nbk + 1) * npanels / nblocks;
+      const float* A = packedA + bi * strideA;
+      const float* B = Bp + bi * strideB;
+      float* Cb = C + bi * strideC;
+      // K is taken in spans whose A rows (the task's M block) fit in about
+      // 256 KiB of L2; within a span, each B panel is read front to back:
+      // long sequential runs where B is large and used by few rows (the
+      // weights of a small map), which then stream at the memory's speed.
+      for (int64_t p0 = 0; p0 < K; p0 += kspan) {
+        const int64_t p1 = std::min(K, p0 + kspan);
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t j = q * NR, n = std::min(NR, N - j);
+          for (int64_t pc = p0; pc < p1; pc += ks.kc) {
+            const int64_t kc = std::min(ks.kc, K - pc);
+            const float beta = pc == 0 ? 0.f : 1.f;
+            const float* bp = B + (q * K + pc) * NR;
+            for (int64_t i = m0; i < m1; i += MR)
+              run_tile(ks, kc, packed_a_block(A, Mpad, pc, i, kc), bp, Cb + i * ldc + j, ldc, beta,
+                       std::min(MR, m1 - i), n);
+          }
+        }
+      }
+    }
+  });
+}
+
+int64_t sgemm_b_panels_size(const ExecContext& ctx, int64_t K, int64_t N) {
+  const GemmKernel& ks = kernel_for(ctx.cpu_level);
+  return ceil_div(std::max<int64_t>(N, 0), ks.nr) * ks.nr * std::max<int64_t>(K, 0);
+}
+
+void sgemm_pack_b_panels(const ExecContext& ctx, bool transB, int64_t K, int64_t N, const float* B, int64_t ldb,
+                         float* out) {
+  const GemmKernel& ks = kernel_for(ctx.cpu_level);
+  const int64_t NR = ks.nr, panels = ceil_div(N, NR);
+  ctx.parallel_for(panels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t q = b; q < e; ++q)
+      pack_panels(static_cast<int>(NR), B, ldb, !transB, q * NR, std::min(NR, N - q * NR), 0, K, 1.f,
+                  out + q * K * NR);
+  });
 }
 
 ExecContext serial_context(const ExecContext& ctx) {

@@ -52,9 +52,34 @@ struct BPacker {
   const void* self;
 };
 int gemm_nr(const ExecContext& ctx);
+// The rest of the micro-kernel's blocking, for code that writes sgemm_pack_a's
+// layout itself: K blocks of gemm_kc rows one after the other, each
+// ceil(M/mr)*mr x kc; in a block of kc rows starting at pc, row i, depth k sits
+// at pc*Mpad + (i/mr)*mr*kc + (k-pc)*mr + i%mr.
+int gemm_mr(const ExecContext& ctx);
+int64_t gemm_kc(const ExecContext& ctx);
 // sgemm_prepacked with B given by a packer.
 void sgemm_prepacked_implicit_b(const ExecContext& ctx, int64_t M, int64_t N, int64_t K, const float* packedA,
                                 const BPacker& b, float beta, float* C, int64_t ldc);
+
+// `batch` products C_i (M, N) = A_i . B_i with both operands already packed,
+// so nothing is packed per call: A_i by sgemm_pack_a (same ctx) at
+// packedA + i*strideA, and B_i as its nr-wide column panels each whole over
+// K, (ceil(N/nr), K, nr) floats at Bp + i*strideB, 64-byte aligned, zero past
+// N: panel q, row k at Bp + i*strideB + (q*K + k)*nr. C_i (row stride ldc) at
+// C + i*strideC is overwritten (beta = 0). Parallel over the batch and blocks
+// of C (the Winograd convolution's 16 products).
+void sgemm_batched_prepacked_panels(const ExecContext& ctx, int64_t batch, int64_t M, int64_t N, int64_t K,
+                                    const float* packedA, int64_t strideA, const float* Bp, int64_t strideB,
+                                    float* C, int64_t ldc, int64_t strideC);
+
+// op(B) (K, N) packed into the B layout of sgemm_batched_prepacked_panels:
+// (ceil(N/nr), K, nr) floats, zero past N (B is (K, ldb), or (N, ldb) with
+// transB). For a matrix used as B against many A (a convolution's weights,
+// transposed, against small feature maps).
+int64_t sgemm_b_panels_size(const ExecContext& ctx, int64_t K, int64_t N);
+void sgemm_pack_b_panels(const ExecContext& ctx, bool transB, int64_t K, int64_t N, const float* B, int64_t ldb,
+                         float* out);
 
 // A copy of ctx whose parallel_for runs inline on the calling thread: for work
 // that already has a thread to itself (one sample of a batch, one GEMM of a

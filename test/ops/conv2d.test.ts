@@ -79,6 +79,26 @@ const cases: Case[] = [
   { name: 'implicit weight gradient: 3 samples of 4x8, 128 <- 5 channels', x: [3, 5, 4, 8], w: [128, 5, 3, 3], stride: 1, padding: 1, bias: true },
   { name: 'implicit weight gradient: 2 chunks, 5x5 kernel, 130 <- 3 channels', x: [20, 3, 4, 8], w: [130, 3, 5, 5], stride: 1, padding: 2, bias: false },
   { name: 'implicit weight gradient: 16x16 maps, 128 <- 40 channels', x: [2, 40, 16, 16], w: [128, 40, 3, 3], stride: 1, padding: 1, bias: true },
+  // Winograd F(2x2, 3x3) forward (AVX-512; 3x3 'same', >= 32 channels each
+  // way, >= 64 tiles per chunk): one sample, odd maps (tiles cut by the
+  // edge), channels not multiples of 8, C past one 128-deep K block, tiles of
+  // several samples in one chunk, and chunks spread over threads with a
+  // partial last one (9 samples of 64 tiles: chunks of 4)
+  { name: 'Winograd: 32 -> 32 channels, 16x16, 1 sample', x: [1, 32, 16, 16], w: [32, 32, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'Winograd: odd 17x15 map, 40 -> 36 channels, 2 samples', x: [2, 40, 17, 15], w: [36, 40, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'Winograd: 8x8 maps, 5 samples in one chunk, 33 -> 34 channels', x: [5, 33, 8, 8], w: [34, 33, 3, 3], stride: 1, padding: 1, bias: false },
+  { name: 'Winograd: 130 -> 40 channels (two K blocks), 18x16', x: [1, 130, 18, 16], w: [40, 130, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'Winograd: 9 samples, chunks of 4', x: [9, 32, 16, 16], w: [32, 32, 3, 3], stride: 1, padding: 1, bias: true },
+  // under 64 tiles per chunk (8x8 maps at batch 1): the 16 products transposed
+  { name: 'Winograd transposed: 8x8, 1 sample, 40 -> 41 channels', x: [1, 40, 8, 8], w: [41, 40, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'Winograd transposed: 7x7, 2 samples, 140 -> 36 channels', x: [2, 140, 7, 7], w: [36, 140, 3, 3], stride: 1, padding: 1, bias: false },
+  // small maps (at most 16 output pixels per chunk) at AVX-512: the GEMM
+  // transposed, W^T as kept B panels; O past one 32-wide panel and not a
+  // multiple of it, 1x1, stride 2
+  { name: 'small map transposed: 4x4, 40 -> 70 channels', x: [1, 40, 4, 4], w: [70, 40, 3, 3], stride: 1, padding: 1, bias: true },
+  { name: 'small map transposed: 2x2, 3 samples', x: [3, 24, 2, 2], w: [36, 24, 3, 3], stride: 1, padding: 1, bias: false },
+  { name: 'small map transposed: 1x1 conv on a 3x3 map', x: [1, 48, 3, 3], w: [40, 48, 1, 1], stride: 1, padding: 0, bias: true },
+  { name: 'small map transposed: stride 2 to 4x4', x: [1, 16, 7, 7], w: [20, 16, 3, 3], stride: 2, padding: 1, bias: true },
 ];
 
 describe('conv2d against PyTorch', { skip: skip ?? false }, () => {
@@ -160,6 +180,9 @@ describe('conv2d with addChannel and residual', () => {
     ['1x1 (direct)', [2, 4, 12, 12], [3, 4, 1, 1], 1, 0],
     ['4x4 maps in chunks', [9, 5, 4, 4], [6, 5, 3, 3], 1, 1],
     ['stride 2', [3, 4, 9, 9], [5, 4, 3, 3], 2, 1],
+    ['3x3 same (Winograd at AVX-512)', [2, 32, 11, 12], [40, 32, 3, 3], 1, 1],
+    ['small map (transposed GEMM at AVX-512)', [2, 20, 2, 3], [33, 20, 3, 3], 1, 1],
+    ['8x8 map (transposed Winograd at AVX-512)', [1, 32, 8, 8], [36, 32, 3, 3], 1, 1],
   ];
   for (const level of cpuLevels())
     for (const [name, xs, ws, stride, padding] of shapes)
@@ -226,36 +249,89 @@ describe('conv2d weight gradient across threads', () => {
 // repacked, not served stale. Each result is compared with the same
 // convolution of a fresh tensor holding the new values.
 describe('conv2d packed-weight cache', () => {
-  for (const level of cpuLevels()) {
-    it(`sees in-place weight updates (${level})`, async () => {
+  // one shape per kept layout: the GEMM's packed weights, the Winograd
+  // transform (AVX-512), W^T as B panels for small maps (AVX-512)
+  const shapes: [string, number[], number[]][] = [
+    ['im2col / implicit GEMM', [2, 5, 7, 7], [12, 5, 3, 3]],
+    ['Winograd', [1, 32, 16, 16], [32, 32, 3, 3]],
+    ['small map', [1, 20, 4, 4], [33, 20, 3, 3]],
+    ['Winograd transposed', [1, 32, 8, 8], [32, 32, 3, 3]],
+  ];
+  for (const level of cpuLevels())
+    for (const [name, xs, ws] of shapes)
+    it(`sees in-place weight updates (${level}, ${name})`, async () => {
       await atLevel(level, async () => {
-        const x = randomTensor([2, 5, 7, 7], 11).t;
-        const w = randomTensor([12, 5, 3, 3], 12).t;
-        const b = randomTensor([12], 13).t;
+        const x = randomTensor(xs, 11).t;
+        const w = randomTensor(ws, 12).t;
+        const b = randomTensor([ws[0]], 13).t;
         const y1 = await data(conv2d(x, w, b, { padding: 1 }));
         // met once (packed into scratch), met again (kept), served from the cache
         for (let i = 0; i < 2; ++i) assert.deepEqual(await data(conv2d(x, w, b, { padding: 1 })), y1);
         // copy_ new values into the same storage
-        const w2 = randomTensor([12, 5, 3, 3], 14);
-        runOp('copy_', [w, fromArray(w2.arr.data, [12, 5, 3, 3])]);
+        const w2 = randomTensor(ws, 14);
+        runOp('copy_', [w, fromArray(w2.arr.data, ws)]);
         const y2 = await data(conv2d(x, w, b, { padding: 1 }));
-        const want2 = await data(conv2d(x, fromArray(w2.arr.data, [12, 5, 3, 3]), b, { padding: 1 }));
+        const want2 = await data(conv2d(x, fromArray(w2.arr.data, ws), b, { padding: 1 }));
         assert.deepEqual(y2, want2);
         assert.notDeepEqual(y2, y1);
         // an optimizer step updates the weight in place too
         w.requiresGrad = true;
         const opt = new Adam([['w', w]], { lr: 0.1 });
-        w.grad = randomTensor([12, 5, 3, 3], 15).t;
+        w.grad = randomTensor(ws, 15).t;
         opt.step();
         const w3 = await data(w);
         const y3 = await data(conv2d(x, w, b, { padding: 1 }));
-        const want3 = await data(conv2d(x, fromArray(w3, [12, 5, 3, 3]), b, { padding: 1 }));
+        const want3 = await data(conv2d(x, fromArray(w3, ws), b, { padding: 1 }));
         assert.deepEqual(y3, want3);
         assert.notDeepEqual(y3, y2);
         opt.dispose();
       });
     });
-  }
+});
+
+// The Winograd F(2x2, 3x3) forward (both forms) against its plain reference
+// (TDQ_CONV_WINOGRAD=ref: scalar loops in double, conv2d_winograd.cpp) and
+// against the implicit GEMM (TDQ_CONV_WINOGRAD=0), with and without the
+// fused adds. Below AVX-512 the default is the GEMM path, which must agree
+// with the reference as well.
+describe('conv2d Winograd against its plain reference', () => {
+  const shapes: [string, number[], number[]][] = [
+    ['1 sample, 16x16', [1, 32, 16, 16], [32, 32, 3, 3]],
+    ['odd 13x9 maps, 3 samples, 36 -> 41 channels', [3, 36, 13, 9], [41, 36, 3, 3]],
+    ['200 -> 48 channels (two K blocks), 18x16', [1, 200, 18, 16], [48, 200, 3, 3]],
+    ['6 samples of 8x8', [6, 64, 8, 8], [32, 64, 3, 3]],
+    ['transposed: 1 sample of 8x8, 41 outputs', [1, 48, 8, 8], [41, 48, 3, 3]],
+    ['transposed: 3 samples of 7x8, 200 inputs', [3, 200, 7, 8], [40, 200, 3, 3]],
+  ];
+  const withMode = async (mode: string | undefined, f: () => Promise<Float32Array>) => {
+    const before = process.env.TDQ_CONV_WINOGRAD;
+    if (mode === undefined) delete process.env.TDQ_CONV_WINOGRAD;
+    else process.env.TDQ_CONV_WINOGRAD = mode;
+    try {
+      return await f();
+    } finally {
+      if (before === undefined) delete process.env.TDQ_CONV_WINOGRAD;
+      else process.env.TDQ_CONV_WINOGRAD = before;
+    }
+  };
+  for (const level of cpuLevels())
+    for (const [name, xs, ws] of shapes)
+      for (const adds of [false, true])
+        it(`${level}: ${name}${adds ? ', addChannel and residual' : ''}`, async () => {
+          await atLevel(level, async () => {
+            const x = randomTensor(xs, 61).t, w = randomTensor(ws, 62, 0.5).t, b = randomTensor([ws[0]], 63).t;
+            const ac = adds ? randomTensor([xs[0], ws[0]], 64).t : null;
+            const rs = adds ? randomTensor([xs[0], ws[0], xs[2], xs[3]], 65).t : null;
+            const run = () => data(conv2d(x, w, b, { padding: 1, addChannel: ac, residual: rs }));
+            const fast = await withMode(undefined, run);
+            const ref = await withMode('ref', run);
+            const gemm = await withMode('0', run);
+            assertClose(fast, ref, 2e-6, 'default vs reference');
+            assertClose(gemm, ref, 2e-6, 'implicit GEMM vs reference');
+            // the reference is no copy of the GEMM path: it differs in rounding
+            assert.notDeepEqual(ref, gemm);
+          });
+        });
 });
 
 describe('conv2d on an empty batch', () => {

@@ -71,23 +71,25 @@ if command -v cmake >/dev/null; then
   TEST="$BUILD/tdq_cuda_test"
 else
   # No cmake: the same two targets by hand from native/sources.json.
-  mkdir -p "$BUILD/obj"
+  rm -rf "$BUILD/obj" && mkdir -p "$BUILD/obj"
   SRC=$("$PY" -c "import json,sys; s=json.load(open('$ROOT/native/sources.json')); print(' '.join(s['core']+s['cpu']))" | tr ' ' '\n' | grep -v native/napi/)
   CU=$("$PY" -c "import json; print(' '.join(json.load(open('$ROOT/native/sources.json'))['cuda']))")
-  {
+  (
     set -e
     GENCODE=""
     for a in $(echo "$ARCHS" | tr ';,' '  '); do a=${a%-real}; GENCODE="$GENCODE -gencode arch=compute_$a,code=[sm_$a,compute_$a]"; done
-    (cd "$ROOT" && "$NVCC" -std=c++17 -O3 --expt-relaxed-constexpr -Xcompiler -fPIC,-fvisibility=hidden $GENCODE \
-      -cudart static -shared -DTDQ_CUDA_ARCHS="\"$ARCHS\"" -o "$BUILD/libtdq_cuda.so" $CU -ldl)
+    cd "$ROOT"
+    "$NVCC" -std=c++17 -O3 --expt-relaxed-constexpr -Xcompiler -fPIC,-fvisibility=hidden $GENCODE \
+      -cudart static -shared -DTDQ_CUDA_ARCHS="\"$ARCHS\"" -o "$BUILD/libtdq_cuda.so" $CU -ldl
     for f in $SRC; do
       echo "c++ $f"
-      (cd "$ROOT" && c++ -std=c++17 -O2 -fno-math-errno -Inative -c "$f" -o "$BUILD/obj/$(echo "$f" | tr / _).o") &
+      c++ -std=c++17 -O2 -fno-math-errno -Inative -c "$f" -o "$BUILD/obj/$(echo "$f" | tr / _).o" &
       while [ "$(jobs -r | wc -l)" -ge "$JOBS" ]; do sleep 0.2; done
     done
     wait
-    (cd "$ROOT" && c++ -std=c++17 -O2 -Inative test/cuda/cuda_vs_cpu.cpp "$BUILD"/obj/*.o -o "$BUILD/tdq_cuda_test" -ldl -lpthread)
-  } > "$OUT/build.log" 2>&1
+    for f in $SRC; do [ -f "$BUILD/obj/$(echo "$f" | tr / _).o" ] || { echo "failed: $f"; exit 1; }; done
+    c++ -std=c++17 -O2 -Inative test/cuda/cuda_vs_cpu.cpp "$BUILD"/obj/*.o -o "$BUILD/tdq_cuda_test" -ldl -lpthread
+  ) > "$OUT/build.log" 2>&1
   BRC=$?
   TEST="$BUILD/tdq_cuda_test"
 fi

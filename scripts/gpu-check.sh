@@ -48,7 +48,7 @@ for d in ${CUDA_PATH:-} ${CUDA_HOME:-} /usr/local/cuda $NV_DIRS; do
 done
 if [ -z "$NVCC" ]; then log "FAIL: nvcc not found"; exit 3; fi
 log "nvcc: $NVCC ($("$NVCC" --version | tail -1))"
-export CUDACXX="$NVCC"
+export CUDACXX="$NVCC"  # read by CMake on the first configure of $BUILD
 for d in $NV_DIRS; do
   case "$d" in
     *cudnn*) export CUDNN_ROOT="$d" ;;
@@ -65,7 +65,7 @@ if command -v cmake >/dev/null; then
   GEN=""
   command -v ninja >/dev/null && GEN="-G Ninja"
   cmake -S "$ROOT" -B "$BUILD" $GEN -DCMAKE_BUILD_TYPE=Release -DTDQ_ADDON=OFF -DTDQ_CUDA=ON -DTDQ_CUDA_TESTS=ON \
-    -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" > "$OUT/configure.log" 2>&1 &&
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" > "$OUT/configure.log" 2>&1 &&
     timeout 480 cmake --build "$BUILD" -j "$JOBS" --target tdq_cuda tdq_cuda_test > "$OUT/build.log" 2>&1
   BRC=$?
   TEST="$BUILD/tdq_cuda_test"

@@ -95,7 +95,7 @@ Backend load() {
   if (!h) {
     const char* e = dlerror();
     b.reason = "this build has no CUDA backend (" + path + " could not be loaded: " + (e ? e : "?") +
-               "; it is built where nvcc is found at install time)";
+               "; the CMake build makes it where nvcc is found)";
     if (drv) dlclose(drv);
     return b;
   }

@@ -105,7 +105,7 @@ timeout 240 "$TEST" "$BUILD/libtdq_cuda.so" > "$OUT/test.txt" 2>&1
 TRC=$?
 cat "$OUT/test.txt"
 grep -E "^(FAIL|SKIP)" "$OUT/test.txt" >> "$OUT/summary.txt"
-tail -1 "$OUT/test.txt" >> "$OUT/summary.txt"
+grep -E "^[0-9]+ passed, [0-9]+ failed" "$OUT/test.txt" >> "$OUT/summary.txt"
 log "test: status $TRC (0 passed, 1 a kernel disagrees, 2 no usable device, 124 timed out)"
 # A second run under compute-sanitizer (memcheck), where it exists and time allows.
 CS=$(command -v compute-sanitizer || ls "$(dirname "$NVCC")"/compute-sanitizer 2>/dev/null || true)

@@ -146,6 +146,14 @@ const char* api_build_info() {
 }
 
 int api_probe(char* why, size_t n) {
+  // The static runtime loads the driver itself; without one it would only say
+  // "driver version is insufficient".
+  if (void* drv = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL)) {
+    dlclose(drv);
+  } else {
+    put(why, n, "no NVIDIA driver (libcuda.so.1 could not be loaded)");
+    return 1;
+  }
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {

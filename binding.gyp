@@ -9,6 +9,7 @@
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "native"
       ],
+      "libraries": ["-ldl"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++14", "-std=gnu++17"],

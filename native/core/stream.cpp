@@ -1,4 +1,5 @@
 #include "stream.h"
+#include "../cuda/cuda_memory.h"
 
 #include <cstdlib>
 #include <new>
@@ -43,6 +44,7 @@ std::vector<Tensor> Stream::dispatch(const std::string& name, std::vector<Tensor
     TDQ_CHECK_TYPE(inputs[i].device == device, name, ": input ", i, " is on ",
                    device_name(inputs[i].device), " but input 0 is on ", device_name(device));
   }
+  if (device == Device::cuda) cuda_require();  // loads the CUDA backend; the reason when it is unavailable
   const KernelFn& kernel = device == Device::cpu ? def.cpu : def.cuda;
   TDQ_CHECK_TYPE(static_cast<bool>(kernel), name, ": no kernel for device ", device_name(device));
 

@@ -1,24 +1,22 @@
-// Device memory entry points. Without the CUDA backend they throw a clear
-// error, so asking for a cuda tensor on a CPU-only build is a JS exception.
+// Device memory and the CUDA backend, as the CPU code sees them. The backend
+// is a separate library (libtdq_cuda.so, next to the addon) loaded on first
+// use by cuda_loader.cpp: a copy built without nvcc, or a machine without a
+// driver or device, gets a clear error naming the reason, never a crash.
 #pragma once
 #include <cstddef>
 #include <string>
 
 namespace tdq {
-#ifdef TDQ_WITH_CUDA
-void* cuda_malloc(size_t bytes);
-void cuda_free(void* p);
+void* cuda_malloc(size_t bytes);  // RangeError "out of memory: ..." when the device is full
+void cuda_free(void* p);          // back to the backend's cache at once
 void cuda_memcpy_h2d(void* dst, const void* src, size_t bytes);
 void cuda_memcpy_d2h(void* dst, const void* src, size_t bytes);
 void cuda_synchronize();
-// Empty string when a device works; otherwise why not (no driver, no device...).
+// Empty string when a device works; otherwise why not (no library, no driver,
+// no device...). Loads and probes the backend once; later calls are cheap.
 std::string cuda_probe();
-#else
-void* cuda_malloc(size_t bytes);
-inline void cuda_free(void*) {}
-void cuda_memcpy_h2d(void* dst, const void* src, size_t bytes);
-void cuda_memcpy_d2h(void* dst, const void* src, size_t bytes);
-inline void cuda_synchronize() {}
-inline std::string cuda_probe() { return "this build has no CUDA backend (nvcc, cuBLAS or cuDNN were not found at build time)"; }
-#endif
+// Throws TypeError with cuda_probe()'s reason unless a device works.
+void cuda_require();
+bool cuda_library_found();       // libtdq_cuda.so was found and loaded
+std::string cuda_build_info();  // the library's one-line description, or ""
 }  // namespace tdq

@@ -433,12 +433,9 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     }
     o.Set("ops", ops);
     Napi::Object cuda = Napi::Object::New(env);
-#ifdef TDQ_WITH_CUDA
-    cuda.Set("built", true);
-#else
-    cuda.Set("built", false);
-#endif
-    std::string why = tdq::cuda_probe();
+    std::string why = tdq::cuda_probe();  // loads and probes libtdq_cuda.so once
+    cuda.Set("built", tdq::cuda_library_found());
+    cuda.Set("buildInfo", tdq::cuda_build_info());
     cuda.Set("available", why.empty());
     cuda.Set("reason", why);
     o.Set("cuda", cuda);

@@ -36,7 +36,7 @@ export interface EngineInfo {
   threads: number;
   maxQueuedBytes: number;
   ops: OpInfo[];
-  cuda: { built: boolean; available: boolean; reason: string };
+  cuda: { built: boolean; available: boolean; reason: string; /** the CUDA library's build (CUDA version, architectures, cuBLAS/cuDNN); '' when not built */ buildInfo?: string };
   /** Built with MPI (data-parallel ranks). */
   mpi: boolean;
 }

@@ -42,6 +42,7 @@ export function formatInfo(info: EngineInfo, version: string): string {
     `int8 kernel: ${info.int8Kernel}`,
     `threads: ${info.threads}`,
     `cuda: ${cudaLine(info.cuda)}`,
+    ...(info.cuda.buildInfo ? [`cuda build: ${info.cuda.buildInfo}`] : []),
     `mpi: ${info.mpi ? 'built in: data-parallel with --nproc N or mpirun -np N' : 'not built (apt-get install libopenmpi-dev openmpi-bin, then npm run build:native)'}`,
     `ops: ${ops.length} (${ops.filter((o) => o.cpu).length} on cpu, ${cudaOps} on cuda${cudaOps ? ', marked *' : ''})`,
     wrap(ops.map((o) => (o.cuda ? `${o.name}*` : o.name)), '  '),

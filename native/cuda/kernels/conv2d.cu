@@ -1,0 +1,95 @@
+// conv2d_forward (fp32) as an implicit GEMM, as native/cpu/conv2d.cpp:
+// y (N, O, Ho, Wo) = W (O, C*kh*kw) x col(x) (C*kh*kw, N*Ho*Wo) + bias (O)
+// + add_channel (N, O) + residual (N, O, Ho, Wo); square stride / padding,
+// no dilation or groups. The columns of col(x) are gathered from x while
+// loading each tile into shared memory: no im2col buffer.
+#include "common.cuh"
+
+namespace tdqcu {
+namespace {
+
+struct Geom {
+  int64_t N, C, H, W, O, kh, kw, stride, pad, Ho, Wo;
+};
+
+constexpr int BM = 64, BN = 64, BK = 16;  // tile of O x columns, and K step
+// 256 threads, each computing a 4 x 4 block of the 64 x 64 output tile.
+__global__ void __launch_bounds__(256) conv_igemm(const float* __restrict__ x, const float* __restrict__ w,
+                                                  const float* __restrict__ bias, const float* __restrict__ chan,
+                                                  const float* __restrict__ res, float* __restrict__ y, Geom g) {
+  __shared__ float As[BK][BM + 4];  // weights, k-major
+  __shared__ float Bs[BK][BN + 4];  // gathered columns
+  const int64_t K = g.C * g.kh * g.kw, P = g.Ho * g.Wo, Ncols = g.N * P;
+  const int64_t o0 = int64_t(blockIdx.y) * BM, j0 = int64_t(blockIdx.x) * BN;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += BK) {
+    // 64 x 16 weights and 16 x 64 columns: 4 values each per thread.
+    for (int r = 0; r < 4; ++r) {
+      const int idx = tid + r * 256;
+      {
+        const int mi = idx / BK, ki = idx % BK;
+        const int64_t o = o0 + mi, k = k0 + ki;
+        As[ki][mi] = (o < g.O && k < K) ? w[o * K + k] : 0.f;
+      }
+      {
+        const int ki = idx / BN, ni = idx % BN;
+        const int64_t k = k0 + ki, j = j0 + ni;
+        float v = 0.f;
+        if (k < K && j < Ncols) {
+          const int64_t n = j / P, p = j % P, oh = p / g.Wo, ow = p % g.Wo;
+          const int64_t c = k / (g.kh * g.kw), rr = k % (g.kh * g.kw), ki2 = rr / g.kw, kj = rr % g.kw;
+          const int64_t ih = oh * g.stride - g.pad + ki2, iw = ow * g.stride - g.pad + kj;
+          if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) v = x[((n * g.C + c) * g.H + ih) * g.W + iw];
+        }
+        Bs[ki][ni] = v;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i], b[i] = Bs[kk][tx * 4 + i];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) acc[i][jj] = fmaf(a[i], b[jj], acc[i][jj]);
+    }
+    __syncthreads();
+  }
+  for (int i = 0; i < 4; ++i) {
+    const int64_t o = o0 + ty * 4 + i;
+    if (o >= g.O) continue;
+    for (int jj = 0; jj < 4; ++jj) {
+      const int64_t j = j0 + tx * 4 + jj;
+      if (j >= Ncols) continue;
+      const int64_t n = j / P, p = j % P, yi = (n * g.O + o) * P + p;
+      float v = acc[i][jj];
+      if (bias) v += bias[o];
+      if (chan) v += chan[n * g.O + o];
+      if (res) v += res[yi];
+      y[yi] = v;
+    }
+  }
+}
+
+void conv2d_forward_op(const Launch& l) {
+  const tdq_cu_tensor &x = l.in[0], &w = l.in[1];
+  Geom g{x.shape[0], x.shape[1], x.shape[2], x.shape[3], w.shape[0], w.shape[2], w.shape[3],
+         l.integer("stride", 1), l.integer("padding", 0), 0, 0};
+  g.Ho = (g.H + 2 * g.pad - g.kh) / g.stride + 1;
+  g.Wo = (g.W + 2 * g.pad - g.kw) / g.stride + 1;
+  const int64_t cols = g.N * g.Ho * g.Wo;
+  if (cols == 0 || g.O == 0) return;
+  const dim3 grid(static_cast<unsigned>((cols + BN - 1) / BN), static_cast<unsigned>((g.O + BM - 1) / BM));
+  if (grid.y > 65535) throw CuError("conv2d_forward: too many output channels for one launch");
+  conv_igemm<<<grid, 256, 0, l.stream>>>(l.fin(0), l.fin(1), l.fin(2), l.fin(3), l.fin(4), l.fout(0), g);
+  check_launch(l.op);
+}
+
+}  // namespace
+
+TDQ_CU_OP("conv2d_forward", conv2d_forward_op);
+
+}  // namespace tdqcu

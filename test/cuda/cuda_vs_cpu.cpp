@@ -1,0 +1,294 @@
+// tdq_cuda_test: every kernel of the CUDA backend (libtdq_cuda.so) against
+// the CPU op of the same name (the registry's reference kernels, scalar level)
+// on random inputs, plus the allocator (reuse, out of memory). One line per
+// case, "ok" or "FAIL", and the worst error relative to the tolerance
+// (atol + rtol * |cpu|; 1.0 is the limit). Exit status: 0 all passed, 1 a
+// case failed, 2 no usable device / library.
+//
+//   tdq_cuda_test [path/to/libtdq_cuda.so]   (default: next to this program, or $TDQ_CUDA_LIB)
+// Built by CMake with -DTDQ_CUDA_TESTS=ON; run by scripts/gpu-check.sh.
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/registry.h"
+#include "cuda/tdq_cuda_api.h"
+
+using namespace tdq;
+
+namespace {
+
+const tdq_cuda_api* api = nullptr;
+auto counter = std::make_shared<MemoryCounter>();
+
+struct Rng {
+  std::mt19937 gen{1234};
+  Tensor normal(const Shape& s, float sd = 1.f, float mean = 0.f) {
+    Tensor t = alloc_tensor(s, DType::f32, Device::cpu, counter);
+    std::normal_distribution<float> d(mean, sd);
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(gen);
+    return t;
+  }
+  Tensor uniform(const Shape& s, float lo, float hi) {
+    Tensor t = alloc_tensor(s, DType::f32, Device::cpu, counter);
+    std::uniform_real_distribution<float> d(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(gen);
+    return t;
+  }
+};
+
+using AttrList = std::vector<std::pair<std::string, AttrValue>>;
+
+Attrs make_attrs(const std::string& op, const AttrList& l) {
+  Attrs a;
+  a.op = op;
+  for (auto& kv : l) a.values[kv.first] = kv.second;
+  return a;
+}
+
+std::vector<Tensor> run_cpu(const std::string& op, const std::vector<Tensor>& in, const Attrs& a, ThreadPool& pool) {
+  const OpDef& def = find_op(op);
+  std::vector<TensorMeta> metas = def.infer(in, a);
+  OpCall call{in, a, {}};
+  for (auto& m : metas) call.outputs.push_back(alloc_tensor(m.shape, m.dtype, Device::cpu, counter));
+  ExecContext ctx;
+  ctx.pool = &pool;
+  ctx.cpu_level = CpuLevel::scalar;  // the reference paths
+  ctx.counter = counter;
+  def.cpu(call, ctx);
+  return call.outputs;
+}
+
+void check(int rc, const char* what, const char* err) {
+  if (rc) throw std::runtime_error(std::string(what) + ": " + err);
+}
+
+struct DevBuf {
+  void* p = nullptr;
+  explicit DevBuf(size_t bytes) {
+    char err[1024] = {0};
+    check(api->alloc(bytes, &p, err, sizeof err), "alloc", err);
+  }
+  ~DevBuf() { api->release(p); }
+};
+
+tdq_cu_tensor desc(const Tensor& t, void* data) {
+  tdq_cu_tensor d{};
+  d.data = data;
+  d.dtype = static_cast<int>(t.dtype);
+  d.ndim = static_cast<int>(t.shape.size());
+  for (int i = 0; i < d.ndim; ++i) d.shape[i] = t.shape[i];
+  return d;
+}
+
+// Runs op on the device with copies of `in`; the outputs come back as CPU tensors shaped like `like`.
+std::vector<Tensor> run_cuda(const std::string& op, const std::vector<Tensor>& in, const Attrs& a,
+                             const std::vector<Tensor>& like) {
+  char err[1024] = {0};
+  std::vector<std::unique_ptr<DevBuf>> bufs;
+  std::vector<tdq_cu_tensor> din, dout;
+  for (const auto& t : in) {
+    if (!t.defined()) {
+      din.push_back(tdq_cu_tensor{});
+      continue;
+    }
+    bufs.emplace_back(new DevBuf(std::max<size_t>(t.nbytes(), 4)));
+    check(api->memcpy(bufs.back()->p, t.storage->data, t.nbytes(), TDQ_CU_H2D, err, sizeof err), "h2d", err);
+    din.push_back(desc(t, bufs.back()->p));
+  }
+  for (const auto& t : like) {
+    bufs.emplace_back(new DevBuf(std::max<size_t>(t.nbytes(), 4)));
+    dout.push_back(desc(t, bufs.back()->p));
+  }
+  std::vector<tdq_cu_attr> attrs;
+  for (const auto& kv : a.values) {
+    tdq_cu_attr c{};
+    c.key = kv.first.c_str();
+    if (auto d = std::get_if<double>(&kv.second)) c.kind = TDQ_CU_ATTR_NUM, c.num = *d;
+    else if (auto b = std::get_if<bool>(&kv.second)) c.kind = TDQ_CU_ATTR_BOOL, c.num = *b;
+    else if (auto s = std::get_if<std::string>(&kv.second)) c.kind = TDQ_CU_ATTR_STR, c.str = s->c_str();
+    else if (auto v = std::get_if<std::vector<double>>(&kv.second))
+      c.kind = TDQ_CU_ATTR_NUMS, c.nums = v->data(), c.n_nums = static_cast<int>(v->size());
+    attrs.push_back(c);
+  }
+  check(api->launch(op.c_str(), din.data(), static_cast<int>(din.size()), dout.data(), static_cast<int>(dout.size()),
+                    attrs.data(), static_cast<int>(attrs.size()), err, sizeof err),
+        "launch", err);
+  check(api->synchronize(err, sizeof err), "synchronize", err);
+  std::vector<Tensor> outs;
+  for (size_t k = 0; k < like.size(); ++k) {
+    Tensor t = alloc_tensor(like[k].shape, like[k].dtype, Device::cpu, counter);
+    check(api->memcpy(t.storage->data, dout[k].data, t.nbytes(), TDQ_CU_D2H, err, sizeof err), "d2h", err);
+    outs.push_back(t);
+  }
+  return outs;
+}
+
+struct Case {
+  std::string name, op;
+  std::function<std::vector<Tensor>(Rng&)> inputs;
+  AttrList attrs;
+  double atol, rtol;
+};
+
+std::string shapes_of(const std::vector<Tensor>& in) {
+  std::string s;
+  for (const auto& t : in) s += (s.empty() ? "" : " ") + (t.defined() ? shape_str(t.shape) : std::string("-"));
+  return s;
+}
+
+// The forward's statistics, for group_norm_backward's inputs.
+std::vector<Tensor> gn_stats(const Tensor& x, const Tensor& w, const Tensor& b, int64_t G, bool silu, ThreadPool& pool) {
+  return run_cpu("group_norm_forward", {x, w, b},
+                 make_attrs("group_norm_forward", {{"num_groups", double(G)}, {"eps", 1e-5}, {"silu", silu}}), pool);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string lib;
+  if (argc > 1) lib = argv[1];
+  else if (const char* e = std::getenv("TDQ_CUDA_LIB")) lib = e;
+  else {
+    char exe[4096] = {0};
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    std::string p = n > 0 ? std::string(exe, static_cast<size_t>(n)) : std::string("./x");
+    lib = p.substr(0, p.rfind('/')) + "/libtdq_cuda.so";
+  }
+  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    std::printf("SKIP: cannot load %s: %s\n", lib.c_str(), dlerror());
+    return 2;
+  }
+  auto get = reinterpret_cast<tdq_cuda_get_api_fn>(dlsym(h, "tdq_cuda_get_api"));
+  api = get ? get(TDQ_CUDA_ABI_VERSION) : nullptr;
+  if (!api) {
+    std::printf("SKIP: %s has no matching tdq_cuda_get_api\n", lib.c_str());
+    return 2;
+  }
+  std::printf("library: %s\nbuild: %s\nops: %s\n", lib.c_str(), api->build_info(), api->op_names());
+  char why[512] = {0};
+  if (api->probe(why, sizeof why)) {
+    std::printf("SKIP: no usable device: %s\n", why);
+    return 2;
+  }
+  ThreadPool pool(1);
+  int failed = 0, passed = 0;
+
+  // ---- the allocator ----
+  {
+    char err[1024] = {0};
+    void *p = nullptr, *q = nullptr;
+    check(api->alloc(3000, &p, err, sizeof err), "alloc", err);
+    api->release(p);
+    check(api->alloc(2900, &q, err, sizeof err), "alloc", err);
+    const bool reused = p == q;
+    api->release(q);
+    std::printf("%s allocator: a freed block is reused at once\n", reused ? "ok  " : "FAIL");
+    (reused ? passed : failed)++;
+    void* big = nullptr;
+    const int rc = api->alloc(size_t{1} << 50, &big, err, sizeof err);
+    const bool clear = rc != 0 && std::strstr(err, "out of memory") != nullptr;
+    std::printf("%s allocator: 1 PiB gives a clear error: %s\n", clear ? "ok  " : "FAIL", rc ? err : "(allocated!)");
+    (clear ? passed : failed)++;
+    if (!rc) api->release(big);
+    // The device still works after the failed allocation.
+    void* r = nullptr;
+    const bool after = api->alloc(1 << 20, &r, err, sizeof err) == 0;
+    if (after) api->release(r);
+    std::printf("%s allocator: allocations work after an out-of-memory error\n", after ? "ok  " : "FAIL");
+    (after ? passed : failed)++;
+  }
+
+  auto N = [](Rng& r, Shape s) { return r.normal(s); };
+  std::vector<Case> cases;
+  // elementwise, with broadcasting
+  for (const char* op : {"add", "sub", "mul", "div"}) {
+    cases.push_back({"same shape", op, [=](Rng& r) { return std::vector<Tensor>{N(r, {4, 33, 17}), N(r, {4, 33, 17})}; }, {}, 0, 1e-6});
+    cases.push_back({"(B,C,H,W) . (1,C,1,1)", op, [=](Rng& r) { return std::vector<Tensor>{N(r, {3, 8, 9, 7}), r.uniform({1, 8, 1, 1}, 0.5f, 2.f)}; }, {}, 0, 1e-6});
+    cases.push_back({"(5,1) . (4)", op, [=](Rng& r) { return std::vector<Tensor>{N(r, {5, 1}), r.uniform({4}, 0.5f, 2.f)}; }, {}, 0, 1e-6});
+    cases.push_back({"scalar . (2,3,4)", op, [=](Rng& r) { return std::vector<Tensor>{r.uniform({}, 0.5f, 2.f), N(r, {2, 3, 4})}; }, {}, 0, 1e-6});
+  }
+  for (const char* op : {"silu", "gelu"})
+    cases.push_back({"(7,1001)", op, [=](Rng& r) { return std::vector<Tensor>{r.normal({7, 1001}, 4.f)}; }, {}, 1e-6, 1e-5});
+  cases.push_back({"tanh (7,1001)", "gelu", [=](Rng& r) { return std::vector<Tensor>{r.normal({7, 1001}, 4.f)}; }, {{"approximate", std::string("tanh")}}, 1e-6, 1e-5});
+  for (const char* op : {"silu_backward", "gelu_backward"})
+    cases.push_back({"(7,1001)", op, [=](Rng& r) { return std::vector<Tensor>{N(r, {7, 1001}), r.normal({7, 1001}, 4.f)}; }, {}, 1e-6, 1e-5});
+  // reductions and softmax
+  cases.push_back({"all", "sum", [=](Rng& r) { return std::vector<Tensor>{N(r, {6, 50, 70})}; }, {}, 1e-4, 1e-5});
+  cases.push_back({"dims [0,2] keepdim", "sum", [=](Rng& r) { return std::vector<Tensor>{N(r, {6, 5, 70})}; }, {{"dims", std::vector<double>{0, 2}}, {"keepdim", true}}, 1e-5, 1e-5});
+  cases.push_back({"dims [-1]", "mean", [=](Rng& r) { return std::vector<Tensor>{N(r, {6, 5, 70})}; }, {{"dims", std::vector<double>{-1}}}, 1e-6, 1e-5});
+  cases.push_back({"last dim", "softmax", [=](Rng& r) { return std::vector<Tensor>{r.normal({16, 77}, 3.f)}; }, {{"dim", -1.0}}, 1e-7, 1e-5});
+  cases.push_back({"dim 1 of (4,300,9)", "softmax", [=](Rng& r) { return std::vector<Tensor>{r.normal({4, 300, 9}, 3.f)}; }, {{"dim", 1.0}}, 1e-7, 1e-5});
+  cases.push_back({"last dim", "softmax_backward", [&](Rng& r) {
+                     Tensor x = r.normal({16, 77}, 3.f);
+                     Tensor y = run_cpu("softmax", {x}, make_attrs("softmax", {{"dim", -1.0}}), pool)[0];
+                     return std::vector<Tensor>{N(r, {16, 77}), y};
+                   }, {{"dim", -1.0}}, 1e-6, 1e-5});
+  // group norm
+  for (bool silu : {false, true}) {
+    const AttrList ga = {{"num_groups", 4.0}, {"eps", 1e-5}, {"silu", silu}};
+    cases.push_back({silu ? "(2,16,9,11) G4 +silu" : "(2,16,9,11) G4", "group_norm_forward", [=](Rng& r) {
+                       return std::vector<Tensor>{r.normal({2, 16, 9, 11}, 2.f, 3.f), N(r, {16}), N(r, {16})};
+                     }, ga, 1e-5, 1e-4});
+    cases.push_back({silu ? "(2,16,9,11) G4 +silu" : "(2,16,9,11) G4", "group_norm_backward", [=, &pool](Rng& r) {
+                       Tensor x = r.normal({2, 16, 9, 11}, 2.f, 3.f), w = N(r, {16}), b = N(r, {16});
+                       auto st = gn_stats(x, w, b, 4, silu, pool);
+                       return std::vector<Tensor>{N(r, {2, 16, 9, 11}), x, st[1], st[2], w, b};
+                     }, ga, 1e-4, 1e-4});
+  }
+  cases.push_back({"(3,6,5) G3 no affine", "group_norm_forward", [=](Rng& r) { return std::vector<Tensor>{N(r, {3, 6, 5})}; }, {{"num_groups", 3.0}}, 1e-5, 1e-4});
+  // fake quantizer and LSQ backward
+  const AttrList qt = {{"bits", 4.0}, {"signed", true}, {"granularity", std::string("tensor")}};
+  const AttrList qc = {{"bits", 8.0}, {"signed", true}, {"granularity", std::string("channel")}, {"axis", 0.0}};
+  const AttrList qu = {{"bits", 4.0}, {"signed", false}, {"granularity", std::string("sample")}, {"axis", 0.0}};
+  cases.push_back({"per tensor 4 bit", "fake_quant_forward", [=](Rng& r) { return std::vector<Tensor>{r.normal({8, 3, 7, 7}, 2.f), r.uniform({1}, 0.1f, 0.3f)}; }, qt, 0, 1e-6});
+  cases.push_back({"per channel 8 bit", "fake_quant_forward", [=](Rng& r) { return std::vector<Tensor>{r.normal({16, 3, 3, 3}), r.uniform({16}, 0.005f, 0.02f)}; }, qc, 0, 1e-6});
+  cases.push_back({"per sample unsigned", "fake_quant_forward", [=](Rng& r) { return std::vector<Tensor>{r.normal({4, 5, 6}), r.uniform({4}, 0.05f, 0.2f)}; }, qu, 0, 1e-6});
+  cases.push_back({"per tensor 4 bit", "fake_quant_backward", [=](Rng& r) { return std::vector<Tensor>{N(r, {8, 3, 7, 7}), r.normal({8, 3, 7, 7}, 2.f), r.uniform({1}, 0.1f, 0.3f)}; }, qt, 1e-5, 1e-4});
+  cases.push_back({"per channel 8 bit", "fake_quant_backward", [=](Rng& r) { return std::vector<Tensor>{N(r, {16, 3, 3, 3}), r.normal({16, 3, 3, 3}), r.uniform({16}, 0.005f, 0.02f)}; }, qc, 1e-5, 1e-4});
+  // conv2d (fp32 implicit GEMM)
+  cases.push_back({"3x3 pad 1 +bias", "conv2d_forward", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 5, 13, 11}), r.normal({7, 5, 3, 3}, 0.2f), N(r, {7})}; }, {{"stride", 1.0}, {"padding", 1.0}}, 1e-5, 1e-4});
+  cases.push_back({"3x3 stride 2 +chan +res", "conv2d_forward", [=](Rng& r) {
+                     return std::vector<Tensor>{N(r, {3, 16, 17, 17}), r.normal({70, 16, 3, 3}, 0.1f), N(r, {70}), N(r, {3, 70}), N(r, {3, 70, 9, 9})};
+                   }, {{"stride", 2.0}, {"padding", 1.0}}, 1e-5, 1e-4});
+  cases.push_back({"1x1 no bias", "conv2d_forward", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 130, 8, 8}), r.normal({66, 130, 1, 1}, 0.1f)}; }, {}, 1e-5, 1e-4});
+
+  Rng rng;
+  for (const Case& c : cases) {
+    try {
+      std::vector<Tensor> in = c.inputs(rng);
+      const Attrs a = make_attrs(c.op, c.attrs);
+      std::vector<Tensor> ref = run_cpu(c.op, in, a, pool);
+      std::vector<Tensor> got = run_cuda(c.op, in, a, ref);
+      double worst = 0, max_abs = 0;
+      for (size_t k = 0; k < ref.size(); ++k)
+        for (int64_t i = 0; i < ref[k].numel(); ++i) {
+          const double e = ref[k].f32()[i], g = got[k].f32()[i];
+          if (std::isnan(e) != std::isnan(g)) worst = INFINITY;
+          if (std::isnan(e)) continue;
+          const double d = std::fabs(g - e);
+          max_abs = std::max(max_abs, d);
+          const double tol = c.atol + c.rtol * std::fabs(e);
+          worst = std::max(worst, tol > 0 ? d / tol : (d > 0 ? INFINITY : 0.0));
+        }
+      const bool ok = worst <= 1.0;
+      std::printf("%s %-20s %-28s f32 max_abs=%.3g worst/tol=%.3g  [%s]\n", ok ? "ok  " : "FAIL", c.op.c_str(),
+                  c.name.c_str(), max_abs, worst, shapes_of(in).c_str());
+      (ok ? passed : failed)++;
+    } catch (const std::exception& e) {
+      std::printf("FAIL %-20s %-28s error: %s\n", c.op.c_str(), c.name.c_str(), e.what());
+      ++failed;
+    }
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}

@@ -19,7 +19,9 @@
 // --quant [--calib-samples 2] [--calib-steps 5] [--tdq-t 500]: the quantized
 // comparison instead (issue 12's integer goal). Each case's UNet is quantized
 // W8A8 twice by calibrate (static LSQ and TDQ, --calib-samples DDIM
-// trajectories of --calib-steps steps from random noise, method auto), and six
+// trajectories of --calib-steps steps from random noise, method auto; kept
+// under $TDQ_ORT_CALIB_CACHE when that is set, and then read back, with their
+// QDQ exports, by later runs), and six
 // ways run in interleaved rounds (order rotated per round): ours fp32, ours
 // static int, ours TDQ int (step table), ORT fp32, ORT QDQ and ORT QDQ+out.
 // ORT QDQ is the static model exported by bench/ort_export.py "qdq": the
@@ -45,7 +47,7 @@ import { loadModel } from '../src/models/load';
 import { DEFAULT_MODEL } from '../src/pipeline';
 import { calibrate } from '../src/quant/calibrate';
 import { resolveQuantConfig } from '../src/quant/config';
-import type { QuantizedModel } from '../src/quant/quantize_model';
+import { type QuantizedModel, loadQuantized } from '../src/quant/quantize_model';
 import { noGrad } from '../src/tensor/autograd';
 import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
@@ -289,15 +291,30 @@ async function runQuantCase(ort: OrtModule, spec: CaseSpec, o: { rounds: number;
   const [c, h, w] = u.shape;
   const schedule = { kind: 'linear' as const, timesteps: u.timesteps };
   const q: Record<'static' | 'tdq', QuantizedModel> = {} as Record<'static' | 'tdq', QuantizedModel>;
+  const cachedCalib: Record<string, number> = {};  // kind -> mtime of the cached calibration read back
   for (const kind of ['static', 'tdq'] as const) {
     const t0 = now();
-    const qm = await calibrate(build(), resolveQuantConfig({ nBitW: 8, nBitA: 8, useDynamic: kind === 'tdq' }), {
-      schedule, steps: o.calibSteps, nSamples: o.calibSamples, seed: 1, method: 'auto', fitIters: 200, sampleShape: [c, h, w],
-    });
-    if (kind === 'tdq') {
-      qm.buildTable();
-      qm.useTable(true);
+    // $TDQ_ORT_CALIB_CACHE: a folder keeping the calibrated models (keyed by case,
+    // kind and calibration size), so that a timing run need not calibrate again
+    const cacheDir = process.env.TDQ_ORT_CALIB_CACHE;
+    const cached = cacheDir ? path.join(cacheDir, `${spec.name}-${kind}-${o.calibSamples}x${o.calibSteps}.safetensors`) : null;
+    let qm: QuantizedModel;
+    if (cached && fs.existsSync(cached)) {
+      const f = await readSafetensors(cached);
+      qm = loadQuantized(build(), f.metadata, f.tensors);
+      for (const t of f.tensors.values()) t.dispose();
+      cachedCalib[kind] = fs.statSync(cached).mtimeMs;
+    } else {
+      qm = await calibrate(build(), resolveQuantConfig({ nBitW: 8, nBitA: 8, useDynamic: kind === 'tdq' }), {
+        schedule, steps: o.calibSteps, nSamples: o.calibSamples, seed: 1, method: 'auto', fitIters: 200, sampleShape: [c, h, w],
+      });
+      if (kind === 'tdq') qm.buildTable();
+      if (cached) {
+        fs.mkdirSync(cacheDir!, { recursive: true });
+        await writeSafetensors(cached, qm.stateDict(), qm.checkpointMetadata());
+      }
     }
+    if (kind === 'tdq') qm.useTable(true);
     qm.eval();
     q[kind] = qm;
     console.error(`${spec.name}: calibrated ${kind} in ${((now() - t0) / 1e3).toFixed(0)} s (${qm.layers.size} quantized layers)`);
@@ -305,6 +322,13 @@ async function runQuantCase(ort: OrtModule, spec: CaseSpec, o: { rounds: number;
   for (const t of tensors.values()) t.dispose();
   // QDQ exports: static with ORT's integer zero points (timed), static exact (check), TDQ at one t (check)
   const exportQdq = async (qm: QuantizedModel, tag: string, zp: 'int' | 'exact', t: number | null, outQdq = false): Promise<string> => {
+    const out0 = path.join(dir, `model-qdq-${tag}-${zp}${outQdq ? '-out' : ''}.onnx`);
+    // a calibration read back from the cache: its export from an earlier run stands (newer than the calibration)
+    const kind = qm === q.static ? 'static' : 'tdq';
+    if (cachedCalib[kind] !== undefined && fs.existsSync(out0) && fs.statSync(out0).mtimeMs > cachedCalib[kind]) {
+      console.error(`${spec.name}: reusing ${path.basename(out0)}`);
+      return out0;
+    }
     const ckpt = path.join(dir, `quant-${tag}.safetensors`);
     const sd = (qm.model as unknown as { stateDict(): Map<string, import('../src/tensor/tensor').Tensor> }).stateDict();
     if (![...sd.keys()].some((k) => k.endsWith('.weight_quant.step'))) throw new Error(`${spec.name}: the quantized UNet's state dict has no weight_quant keys`);

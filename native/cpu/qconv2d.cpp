@@ -13,6 +13,13 @@
 //   The result equals conv2d_forward(fake_quant(x), fake_quant(w), bias) up to
 //   float rounding: the integer sum is exact, and the epilogue (qgemm.h) rounds
 //   three times; conv2d_forward's float sum rounds once per term.
+//   Optional inputs 6 add_channel (N, O) and 7 residual (N, O, Ho, Wo), float32:
+//   y = residual + (y + add_channel[n, o]), each add rounded as the separate
+//   add ops round it (y + c first, then residual + that), so the result is bit
+//   for bit qconv2d followed by add(y, c[:, :, None, None]) and add(residual, y);
+//   done per chunk of samples right after its GEMM, while y is in cache (a
+//   UNet residual block's time embedding and skip connection: no pass and no
+//   tensor of their own).
 //
 // The input channels interleaved in groups of 4 (quantized on the way for
 // float32 x), then im2col one activation panel (qgemm.h) at a time, by the
@@ -77,7 +84,16 @@ std::vector<TensorMeta> infer_qconv2d(const std::vector<Tensor>& in, const Attrs
   const QConvGeom g = qconv_geometry(in, a);
   check_qweights(a, in, 2, g.K(), g.kh * g.kw * round_up4(g.C));
   check_act_steps_shape(a, q, in[1], g.N, in[0].shape);
-  return {{{g.N, in[2].shape[0], g.Ho, g.Wo}, DType::f32}};
+  const int64_t O = in[2].shape[0];
+  if (in.size() > 6 && in[6].defined()) {
+    check_dtype(a, in[6], "add_channel", DType::f32);
+    check_shape(a, in[6], "add_channel", {g.N, O});
+  }
+  if (in.size() > 7 && in[7].defined()) {
+    check_dtype(a, in[7], "residual", DType::f32);
+    check_shape(a, in[7], "residual", {g.N, O, g.Ho, g.Wo});
+  }
+  return {{{g.N, O, g.Ho, g.Wo}, DType::f32}};
 }
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -272,9 +288,19 @@ void im2col_panel(const QConvGeom& g, const uint32_t* x4, int64_t cols, uint32_t
   }
 }
 
+// y[p] = fl(y[p] + c), and y[p] = fl(r[p] + y[p]): the separate add ops' roundings.
+void add_row(float* y, float c, int64_t n) {
+  for (int64_t p = 0; p < n; ++p) y[p] = y[p] + c;
+}
+void add_residual_row(float* y, const float* r, int64_t n) {
+  for (int64_t p = 0; p < n; ++p) y[p] = r[p] + y[p];
+}
+
 void qconv2d(OpCall& c, const ExecContext& ctx) {
   const Tensor &x = c.inputs[0], &as = c.inputs[1], &wp = c.inputs[2], &ws = c.inputs[3], &rs = c.inputs[4];
   const Tensor* bias = c.inputs.size() > 5 && c.inputs[5].defined() ? &c.inputs[5] : nullptr;
+  const float* addc = c.inputs.size() > 6 && c.inputs[6].defined() ? c.inputs[6].f32() : nullptr;
+  const float* resid = c.inputs.size() > 7 && c.inputs[7].defined() ? c.inputs[7].f32() : nullptr;
   const int64_t zp = activation_zero_point(c.attrs, x);
   const QActSpec q = qact_spec(c.attrs, x);
   const uint8_t flip = x.dtype == DType::i8 ? 0x80 : 0;
@@ -351,12 +377,20 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
     else
       qgemm_pack(cx, O, cols, kq, w, [&](int64_t p, uint8_t* dst) { im2col_panel(g, x4, cols, pad4, kq, p, dst); },
                zc.data(), ws.f32(), pb, sc.cstep.data(), sc.coff.data(), y + n0 * O * P, P);
-    if (zfix && !bc.pix.empty())
-      for (int64_t s = 0; s < cnt; ++s)
-        for (int64_t o = 0; o < O; ++o) {
-          float* yo = y + ((n0 + s) * O + o) * P;
+    // After the GEMM, per output row (sample, channel) while the chunk's
+    // output is in cache: the border fix-up, then the epilogue's adds.
+    const bool border = zfix && !bc.pix.empty();
+    if (!border && !addc && !resid) return;
+    cx.parallel_for(cnt * O, std::max<int64_t>(1, 2048 / P), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t o = r % O;
+        float* yo = y + (n0 * O + r) * P;
+        if (border)
           for (size_t k = 0; k < bc.pix.size(); ++k) yo[bc.pix[k]] += bc.d[k * O + o];
-        }
+        if (addc) add_row(yo, addc[n0 * O + r], P);
+        if (resid) add_residual_row(yo, resid + (n0 * O + r) * P, P);
+      }
+    });
   };
 
   if (threads > 1 && chunks >= threads) {
@@ -376,6 +410,6 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
 
 }  // namespace
 
-TDQ_REGISTER_OP({"qconv2d", 5, 6, infer_qconv2d, qconv2d, {}});
+TDQ_REGISTER_OP({"qconv2d", 5, 8, infer_qconv2d, qconv2d, {}});
 
 }  // namespace tdq

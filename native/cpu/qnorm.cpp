@@ -39,9 +39,8 @@ namespace {
 
 using namespace nnsimd;
 
-// One channel row's constants.
+// One channel row's constants (the row is group_norm_forward's float output).
 struct RowParams {
-  float mhi, mlo, scale, shift;  // group norm: ((x - mhi) - mlo) * scale + shift
   bool ss;                       // scale/shift of the sample
   float mult, add_after;         // fl(scale + 1), shift
   bool silu;
@@ -60,11 +59,11 @@ template <int W> TDQ_AINLINE void barrier(Vf<W>& v) {
 #endif
 }
 
+// The row's levels from the norm's float output x (an earlier form also ran
+// the norm here, ((x - 0) - 0) * 1 + 0 on these rows: that identity only
+// turned -0 into +0, which gives the same level whatever follows).
 template <int W> TDQ_AINLINE Vi<W> row_levels(Vf<W> x, const RowParams& r) {
-  Vf<W> v = (x - r.mhi) - r.mlo;
-  v = v * r.scale;
-  barrier<W>(v);
-  v = v + r.shift;
+  Vf<W> v = x;
   if (r.ss) {
     v = v * r.mult;
     barrier<W>(v);
@@ -215,9 +214,7 @@ void qgroup_norm_act(OpCall& c, const ExecContext& ctx) {
       const double var = k.sum_sq_dev(xg, m, mean) / m;
       const double rstd = 1.0 / std::sqrt(var + eps);
       const float mhi = static_cast<float>(mean), mlo = static_cast<float>(mean - mhi);
-      // row_levels' group-norm step is the identity here: ((v - 0) - 0) * 1 + 0.
       RowParams r{};
-      r.mhi = 0.f, r.mlo = 0.f, r.scale = 1.f, r.shift = 0.f;
       r.silu = silu && sc != nullptr, r.ss = sc != nullptr;
       r.off = q.offset, r.s = steps[n], r.lo = q.lo, r.hi = q.hi, r.add = q.add;
       for (int64_t kk = 0; kk < cpg; ++kk) {

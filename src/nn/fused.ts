@@ -17,8 +17,8 @@ export interface ScaleShift {
   shift: Tensor;
 }
 
-/** The hook a layer may carry: the fused forward, or null to decline. */
-export type NormSiluHook = (norm: GroupNorm, x: Tensor, ss: ScaleShift | null) => Tensor | null;
+/** The hook a layer may carry: the fused forward with the epilogue's adds done (as addAfter rounds them), or null to decline. */
+export type NormSiluHook = (norm: GroupNorm, x: Tensor, ss: ScaleShift | null, epi: Epilogue) => Tensor | null;
 
 /** Adds after the layer: a per-channel (N, C) term (a time embedding) and a residual (N, C, H, W). */
 export interface Epilogue {
@@ -34,7 +34,7 @@ interface Layer {
 }
 
 /** y + addChannel, then residual + that, as separate ops. */
-function addAfter(y: Tensor, epi: Epilogue): Tensor {
+export function addAfter(y: Tensor, epi: Epilogue): Tensor {
   const c = epi.addChannel;
   if (c) y = add(y, reshape(c, [c.shape[0], c.shape[1], 1, 1]));
   return epi.residual ? add(epi.residual, y) : y;
@@ -49,8 +49,8 @@ function addAfter(y: Tensor, epi: Epilogue): Tensor {
  */
 export function normSiluInto(norm: GroupNorm, layer: Layer, x: Tensor, ss: ScaleShift | null = null, dropout: Dropout | null = null, epi: Epilogue = {}): Tensor {
   if (layer.forwardNormSilu && (!dropout || dropout.p === 0 || !dropout.training)) {
-    const y = layer.forwardNormSilu(norm, x, ss);
-    if (y) return addAfter(y, epi);
+    const y = layer.forwardNormSilu(norm, x, ss, epi);
+    if (y) return y;
   }
   let h = ss ? silu(add(mul(norm.forward(x), addScalar(ss.scale, 1)), ss.shift)) : norm.forwardSiLU(x);
   if (dropout) h = dropout.forward(h);

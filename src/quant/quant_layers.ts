@@ -32,7 +32,7 @@ import { type FusedActQuant, type LevelsOf, type QWeight, packQWeight, qconv2d, 
 import { noGrad } from '../tensor/autograd';
 import { keep, tidy } from '../tensor/scope';
 import { Conv1x1, Conv2d, type GroupNorm, Linear } from '../nn/layers';
-import type { NormSiluHook, ScaleShift } from '../nn/fused';
+import { type Epilogue, type NormSiluHook, type ScaleShift, addAfter } from '../nn/fused';
 import type { Tensor } from '../tensor/tensor';
 import { type ActQuantizer, STEP_FLOOR, type WeightQuantizer } from './quantizer';
 import { levels } from './config';
@@ -74,7 +74,7 @@ export abstract class QuantLayer {
     // The instance property shadows the class's forward for this layer only.
     (layer as { forward(x: Tensor): Tensor }).forward = (x: Tensor) => this.forward(x);
     // conv(silu(groupNorm(x))) in one pass to the levels where it can (nn/fused.ts)
-    (layer as { forwardNormSilu?: NormSiluHook }).forwardNormSilu = (norm, x, ss) => this.forwardNormSilu(norm, x, ss);
+    (layer as { forwardNormSilu?: NormSiluHook }).forwardNormSilu = (norm, x, ss, epi) => this.forwardNormSilu(norm, x, ss, epi);
   }
 
   get weight(): Tensor {
@@ -89,13 +89,22 @@ export abstract class QuantLayer {
   protected abstract op(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
 
   /** The integer op on float x, quantized inside the op as `act` says with actStep (FusedActQuant). */
-  protected abstract intOp(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant): Tensor;
+  protected abstract intOp(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant, epi: Epilogue | null): Tensor;
+
+  /**
+   * The epilogue's adds inside the integer op (rounded as addAfter rounds
+   * them), where the op has them and the shapes need no broadcasting: then
+   * intOp / levelsOp get it; otherwise null (the adds run as separate ops).
+   */
+  protected fusedEpilogue(_x: Tensor, _epi: Epilogue): Epilogue | null {
+    return null;
+  }
 
   /** Whether levelsOp exists (else norm + SiLU run as float ops before intOp). */
   protected readonly takesLevels: boolean = false;
 
   /** The integer op on uint8 levels of x - levels.offset made by qgroupNormAct (zeroPoint 128 for signed levels, else 0). */
-  protected levelsOp(_x: Tensor, _actStep: Tensor, _w: QWeight, _bias: Tensor | null, _levels: LevelsOf, _zeroPoint: number): Tensor {
+  protected levelsOp(_x: Tensor, _actStep: Tensor, _w: QWeight, _bias: Tensor | null, _levels: LevelsOf, _zeroPoint: number, _epi: Epilogue | null): Tensor {
     throw new Error(`${this.name}: this layer has no integer op on precomputed levels`);
   }
 
@@ -230,7 +239,21 @@ export abstract class QuantLayer {
     return r;
   }
 
-  private forwardInt(x: Tensor): Tensor {
+  /**
+   * The layer, then the epilogue's adds (addAfter), for Conv2d.forwardAdd in
+   * quantized execution: in integer execution the adds run inside the integer
+   * op where fusedEpilogue allows (same roundings), otherwise as separate ops.
+   */
+  protected forwardThenAdd(x: Tensor, epi: Epilogue): Tensor {
+    const ctx = this.actQuant.ctx;
+    if (!this.outQuant && ctx.mode === 'quant' && ctx.exec === 'int' && this.intUnsupported() === null) {
+      const fe = this.fusedEpilogue(x, epi);
+      return fe ? this.forwardInt(x, fe) : addAfter(this.forwardInt(x), epi);
+    }
+    return addAfter(this.layer.forward(x), epi);
+  }
+
+  private forwardInt(x: Tensor, epi: Epilogue | null = null): Tensor {
     if (this.layer.training) throw new Error(`${this.name}: integer execution is inference only; call eval() or setExec('fake') before training`);
     const aq = this.actQuant;
     const { signed, zeroPoint } = aq.range;
@@ -250,7 +273,7 @@ export abstract class QuantLayer {
         s = r.s;
         if (r.column !== undefined) act.column = r.column;
       }
-      return this.intOp(xin, s, this.packed().w, this.layer.bias, act);
+      return this.intOp(xin, s, this.packed().w, this.layer.bias, act, epi);
     });
     return this.outQuant ? this.outQuant.forward(y) : y;
   }
@@ -263,7 +286,7 @@ export abstract class QuantLayer {
    * for PACT quantizers (clipping at a learned alpha), layers with an output
    * quantizer, and layers without a levels op.
    */
-  private forwardNormSilu(norm: GroupNorm, x: Tensor, ss: ScaleShift | null): Tensor | null {
+  private forwardNormSilu(norm: GroupNorm, x: Tensor, ss: ScaleShift | null, epi: Epilogue): Tensor | null {
     const aq = this.actQuant, ctx = aq.ctx;
     if (!(ctx.mode === 'quant' && ctx.exec === 'int' && this.intUnsupported() === null)) return null;
     if (!this.takesLevels || this.layer.training || this.outQuant || aq.kind === 'pact') return null;
@@ -272,7 +295,9 @@ export abstract class QuantLayer {
       const { s, column } = this.actStep(x.shape[0]);
       const act: FusedActQuant = { bits: aq.bits, signed, offset: zeroPoint, stepFloor: STEP_FLOOR, column };
       const lv = qgroupNormAct(x, norm.weight, norm.bias, s, { numGroups: norm.numGroups, eps: norm.eps, scaleShift: ss ?? undefined, act });
-      return this.levelsOp(lv, s, this.packed().w, this.layer.bias, { offset: zeroPoint, stepFloor: STEP_FLOOR, column }, signed ? 128 : 0);
+      const fe = this.fusedEpilogue(x, epi);
+      const y = this.levelsOp(lv, s, this.packed().w, this.layer.bias, { offset: zeroPoint, stepFloor: STEP_FLOOR, column }, signed ? 128 : 0, fe);
+      return fe ? y : addAfter(y, epi);
     });
   }
 }
@@ -290,23 +315,30 @@ export class QuantConv2d extends QuantLayer {
     layer.forwardAdd = (x, addChannel, residual) => this.forwardAdd(x, addChannel, residual);
   }
   private forwardAdd(x: Tensor, addChannel: Tensor | null, residual: Tensor | null): Tensor {
-    if (this.outQuant || this.actQuant.ctx.mode === 'quant') {
-      let y = this.layer.forward(x);
-      if (addChannel) y = add(y, reshape(addChannel, [addChannel.shape[0], addChannel.shape[1], 1, 1]));
-      return residual ? add(residual, y) : y;
-    }
+    if (this.outQuant || this.actQuant.ctx.mode === 'quant') return this.forwardThenAdd(x, { addChannel, residual });
     this.materializeFloatWeight();
     return conv2d(this.actQuant.forward(x), this.weightQuant.forward(this.layer.weight), this.layer.bias, { stride: this.layer.stride, padding: this.layer.padding, addChannel, residual });
   }
   protected op(x: Tensor, w: Tensor, bias: Tensor | null = this.layer.bias): Tensor {
     return conv2d(x, w, bias, { stride: this.layer.stride, padding: this.layer.padding });
   }
-  protected intOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant): Tensor {
-    return qconv2d(x, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding, act });
+  protected intOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, act: FusedActQuant, epi: Epilogue | null): Tensor {
+    return qconv2d(x, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding, act, ...epiOpts(epi) });
   }
   protected override readonly takesLevels = true;
-  protected override levelsOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, levels: LevelsOf, zeroPoint: number): Tensor {
-    return qconv2d(x, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding, zeroPoint, levels });
+  protected override levelsOp(x: Tensor, s: Tensor, w: QWeight, bias: Tensor | null, levels: LevelsOf, zeroPoint: number, epi: Epilogue | null): Tensor {
+    return qconv2d(x, s, w, bias, { stride: this.layer.stride, padding: this.layer.padding, zeroPoint, levels, ...epiOpts(epi) });
+  }
+  /** qconv2d takes addChannel (N, O) and residual (N, O, Ho, Wo) of float32, shapes exact (no broadcasting). */
+  protected override fusedEpilogue(x: Tensor, epi: Epilogue): Epilogue | null {
+    const c = epi.addChannel ?? null, r = epi.residual ?? null;
+    if (!c && !r) return null;
+    const { stride, padding } = this.layer;
+    const [n, , h, w] = x.shape, [o, , kh, kw] = this.layer.weight.shape;
+    const ho = Math.floor((h + 2 * padding - kh) / stride) + 1, wo = Math.floor((w + 2 * padding - kw) / stride) + 1;
+    if (c && !(c.dtype === 'float32' && (c.ndim === 2 || (c.ndim === 4 && c.shape[2] === 1 && c.shape[3] === 1)) && c.shape[0] === n && c.shape[1] === o)) return null;
+    if (r && !(r.dtype === 'float32' && r.shape.join() === [n, o, ho, wo].join())) return null;
+    return { addChannel: c && c.ndim === 4 ? reshape(c, [n, o]) : c, residual: r };
   }
 }
 
@@ -341,6 +373,10 @@ export class QuantConv1x1 extends QuantLayer {
     const w4: QWeight = { ...w, shape: [outChannels, inChannels, 1, 1] };
     return reshape(qconv2d(reshape(x, [b, c, l, 1]), s, w4, bias, { act }), [b, outChannels, l]);
   }
+}
+
+function epiOpts(epi: Epilogue | null): { addChannel?: Tensor | null; residual?: Tensor | null } {
+  return epi ? { addChannel: epi.addChannel ?? null, residual: epi.residual ?? null } : {};
 }
 
 /** The quantized layer class for a float layer. */

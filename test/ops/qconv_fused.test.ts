@@ -12,7 +12,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { conv2d } from '../../src/tensor/ops/conv';
-import { addScalar } from '../../src/tensor/ops/elementwise';
+import { add, addScalar, reshape } from '../../src/tensor/ops/elementwise';
+import { native } from '../../src/tensor/native';
 import { linear } from '../../src/tensor/ops/linalg';
 import { fakeQuantize } from '../../src/tensor/ops/quant';
 import { type FusedActQuant, packQWeight, qconv2d, qlinear } from '../../src/tensor/ops/qlinear';
@@ -168,6 +169,64 @@ describe('qconv2d on float32 x (quantization, zero point, step floor and table c
     await assert.rejects(qconv2d(x, fromArray([0.1, 0, 0.2, 0.3], [2, 2]), pk, null, { act: { bits: 8, signed: false, column: 1 } }).data(), /sample 0 = 0 must be positive/);
     // with a floor the same table is fine
     assert.equal((await qconv2d(x, fromArray([0.1, 0, 0.2, 0.3], [2, 2]), pk, null, { act: { bits: 8, signed: false, column: 1, stepFloor: 1e-8 } }).data()).length, 2 * 4 * 3 * 3);
+  });
+});
+
+describe('qconv2d with addChannel and residual in its output pass', () => {
+  it('equals qconv2d followed by add(y, c[:, :, None, None]) and add(residual, y) bit for bit (float32 x with border fix-up, uint8 levels; batch 1 split over threads and batch 8 in chunks; every CPU level)', async () => {
+    const prev = native().info().threads as number;
+    const cases: { x: [number, number, number, number]; O: number; k: number; padding: number; stride: number; z: number; levels: boolean; c: boolean; r: boolean }[] = [
+      { x: [1, 24, 4, 4], O: 72, k: 3, padding: 1, stride: 1, z: SILU_MIN, levels: false, c: true, r: true },
+      { x: [8, 12, 6, 6], O: 20, k: 3, padding: 1, stride: 1, z: SILU_MIN, levels: false, c: true, r: false },
+      { x: [3, 8, 5, 7], O: 16, k: 1, padding: 0, stride: 1, z: 0, levels: false, c: false, r: true },
+      { x: [2, 16, 9, 9], O: 24, k: 3, padding: 1, stride: 2, z: SILU_MIN, levels: true, c: true, r: true },
+    ];
+    try {
+      for (const [i, c] of cases.entries()) {
+        const [N, C, H, W] = c.x;
+        const Ho = Math.floor((H + 2 * c.padding - c.k) / c.stride) + 1, Wo = Math.floor((W + 2 * c.padding - c.k) / c.stride) + 1;
+        const wshape = [c.O, C, c.k, c.k];
+        const w = randomData(wshape, 500 + i, 0.5);
+        const wstep = Float32Array.from({ length: c.O }, (_, o) => fr(0.004 + 0.0003 * ((o * 37) % 11)));
+        const bias = randomData([c.O], 600 + i);
+        const steps = Float32Array.from({ length: N }, (_, n) => fr(0.02 + n / 1000));
+        const x = randomData(c.x, 700 + i, 2).map((v) => fr(Math.max(v, c.z)));
+        const addc = randomData([N, c.O], 800 + i, 3), res = randomData([N, c.O, Ho, Wo], 900 + i, 3);
+        const act: FusedActQuant = { bits: 8, signed: false, offset: c.z, stepFloor: 1e-8 };
+        // levels made outside (as qgroup_norm_act makes them): bytes of round((x - z) / s)
+        const lv = Uint8Array.from(x, (v, j) => levelRef(v, c.z, false, steps[Math.floor(j / (C * H * W))], 0, 255));
+        for (const threads of [1, 2, 3]) {
+          native().setThreads(threads);
+          for (const level of cpuLevels()) {
+            await atLevel(level, async () => {
+              const pk = packQWeight(fromArray(w, wshape), fromArray(wstep, [c.O]), 8);
+              const xin = () => (c.levels ? fromArray(lv, c.x, 'uint8') : fromArray(x, c.x));
+              const opts = { stride: c.stride, padding: c.padding, ...(c.levels ? { levels: { offset: c.z, stepFloor: 1e-8 } } : { act }) };
+              const ac = c.c ? fromArray(addc, [N, c.O]) : null, rr = c.r ? fromArray(res, [N, c.O, Ho, Wo]) : null;
+              let ref = qconv2d(xin(), fromArray(steps, [N]), pk, fromArray(bias, [c.O]), opts);
+              if (ac) ref = add(ref, reshape(ac, [N, c.O, 1, 1]));
+              if (rr) ref = add(rr, ref);
+              const expected = await f32(ref);
+              const y = await f32(qconv2d(xin(), fromArray(steps, [N]), pk, fromArray(bias, [c.O]), { ...opts, addChannel: ac, residual: rr }));
+              assert.equal(y.length, N * c.O * Ho * Wo);
+              for (let j = 0; j < y.length; ++j) if (y[j] !== expected[j]) assert.fail(`case ${i} ${threads} threads ${level}: element ${j} ${y[j]} != ${expected[j]}`);
+            });
+          }
+        }
+      }
+    } finally {
+      native().setThreads(prev);
+    }
+  });
+
+  it('rejects adds of the wrong shape or dtype with typed errors naming them', () => {
+    const pk = packQWeight(fromArray(randomData([4, 2, 3, 3], 1), [4, 2, 3, 3]), fromArray([1, 1, 1, 1], [4]), 8);
+    const x = fromArray(randomData([2, 2, 5, 5], 2), [2, 2, 5, 5]);
+    const act = { bits: 8, signed: false };
+    const q = (o: { addChannel?: Tensor; residual?: Tensor }) => qconv2d(x, fromArray([0.1], [1]), pk, null, { act, ...o });
+    assert.throws(() => q({ addChannel: fromArray(new Float32Array(4), [1, 4]) }), (e: Error) => e instanceof RangeError && /add_channel/.test(e.message));
+    assert.throws(() => q({ residual: fromArray(new Float32Array(2 * 4 * 5 * 5), [2, 4, 5, 5]) }), (e: Error) => e instanceof RangeError && /residual/.test(e.message));
+    assert.throws(() => q({ residual: fromArray(new Int32Array(2 * 4 * 3 * 3), [2, 4, 3, 3], 'int32') }), (e: Error) => e instanceof TypeError && /residual/.test(e.message));
   });
 });
 

@@ -32,7 +32,7 @@ import { tidy } from '../../src/tensor/scope';
 import { type Tensor, fromArray, runOp } from '../../src/tensor/tensor';
 import { add, addScalar, mul, scale } from '../../src/tensor/ops/elementwise';
 import { silu } from '../../src/tensor/ops/activation';
-import type { NormSiluHook } from '../../src/nn/fused';
+import { type NormSiluHook, addAfter } from '../../src/nn/fused';
 import type { GroupNorm } from '../../src/nn/layers';
 import { randomData, relError } from '../helpers/assert';
 import { SCHEDULE, tinyUNet } from './helpers';
@@ -54,6 +54,8 @@ interface LayerRecord {
   y: Float32Array;
   /** The layer ran fused with the norm and SiLU before it (nn/fused.ts): x is the norm's input. */
   fused?: { norm: GroupNorm; ss: { scale: Float32Array; shift: Float32Array; shape: number[] } | null };
+  /** The adds after the layer (nn/fused.ts Epilogue) that y includes: the reference adds them too. */
+  epi?: { addChannel: { d: Float32Array; shape: number[] } | null; residual: { d: Float32Array; shape: number[] } | null };
 }
 
 const data = (t: Tensor) => Float32Array.from(t.dataSync() as Float32Array);
@@ -61,22 +63,34 @@ const data = (t: Tensor) => Float32Array.from(t.dataSync() as Float32Array);
 /** Runs the model once, recording every quantized layer's first input and output (fused: the norm's input). */
 function recordLayers(qm: QuantizedModel, i: number, ts: number[]): Map<string, LayerRecord> {
   const rec = new Map<string, LayerRecord>();
-  type Hooks = { forward(x: Tensor): Tensor; forwardNormSilu?: NormSiluHook };
+  type Hooks = { forward(x: Tensor): Tensor; forwardNormSilu?: NormSiluHook; forwardAdd?(x: Tensor, c: Tensor | null, r: Tensor | null): Tensor };
   const orig = new Map<string, Hooks>();
+  const rd = (t: Tensor | null | undefined) => (t ? { d: data(t), shape: [...t.shape] } : null);
   for (const [n, l] of qm.layers) {
     const layer = l.layer as unknown as Hooks;
-    const f = layer.forward, fn = layer.forwardNormSilu;
-    orig.set(n, { forward: f, forwardNormSilu: fn });
+    const f = layer.forward, fn = layer.forwardNormSilu, fa = layer.forwardAdd;
+    orig.set(n, { forward: f, forwardNormSilu: fn, forwardAdd: fa });
+    // the layer with its epilogue's adds (integer execution fuses them into the op)
+    if (fa)
+      layer.forwardAdd = (x: Tensor, c: Tensor | null, r: Tensor | null) => {
+        const y = fa(x, c, r);
+        if (!rec.has(n)) rec.set(n, { x: data(x), shape: [...x.shape], y: data(y), epi: { addChannel: rd(c), residual: rd(r) } });
+        return y;
+      };
     layer.forward = (x: Tensor) => {
       const y = f(x);
       if (!rec.has(n)) rec.set(n, { x: data(x), shape: [...x.shape], y: data(y) });
       return y;
     };
     if (fn)
-      layer.forwardNormSilu = (norm, x, ss) => {
-        const y = fn(norm, x, ss);
+      layer.forwardNormSilu = (norm, x, ss, epi) => {
+        const y = fn(norm, x, ss, epi);
         if (y && !rec.has(n))
-          rec.set(n, { x: data(x), shape: [...x.shape], y: data(y), fused: { norm, ss: ss ? { scale: data(ss.scale), shift: data(ss.shift), shape: [...ss.scale.shape] } : null } });
+          rec.set(n, {
+            x: data(x), shape: [...x.shape], y: data(y),
+            fused: { norm, ss: ss ? { scale: data(ss.scale), shift: data(ss.shift), shape: [...ss.scale.shape] } : null },
+            epi: { addChannel: rd(epi.addChannel), residual: rd(epi.residual) },
+          });
         return y;
       };
   }
@@ -121,7 +135,11 @@ async function check(cfg: Parameters<typeof resolveQuantConfig>[0], useTable: bo
           if (!fu.ss) return fu.norm.forwardSiLU(x);
           return silu(add(mul(fu.norm.forward(x), addScalar(fromArray(fu.ss.scale, fu.ss.shape), 1)), fromArray(fu.ss.shift, fu.ss.shape)));
         };
-        const y = Float32Array.from(noGrad(() => tidy(() => l.layer.forward(input()))).dataSync() as Float32Array);
+        // the adds after the layer as separate ops (nn/fused.ts addAfter), where the integer run did them in its epilogue
+        const ep = r.epi;
+        const withAdds = (y: Tensor): Tensor =>
+          ep ? addAfter(y, { addChannel: ep.addChannel && fromArray(ep.addChannel.d, ep.addChannel.shape), residual: ep.residual && fromArray(ep.residual.d, ep.residual.shape) }) : y;
+        const y = Float32Array.from(noGrad(() => tidy(() => withAdds(l.layer.forward(input())))).dataSync() as Float32Array);
         qm.ctx.end();
         x.dispose();
         if (l.outQuant) {

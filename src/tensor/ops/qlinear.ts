@@ -116,6 +116,13 @@ export interface QConv2dOptions {
    * step max(actStep[column], stepFloor): the op adds offset * weights back.
    */
   levels?: LevelsOf;
+  /**
+   * Added after the conv in its own output pass, rounded as the separate adds
+   * round: y = residual + (y + addChannel[n, o]). addChannel (N, O) (a time
+   * embedding), residual (N, O, Ho, Wo) (a skip connection).
+   */
+  addChannel?: Tensor | null;
+  residual?: Tensor | null;
 }
 
 /** How uint8 levels from qgroupNormAct were made (its opts.act less bits and signed). */
@@ -132,7 +139,8 @@ export interface LevelsOf {
  */
 export function qconv2d(x: Tensor, actStep: Tensor, w: QWeight, bias: Tensor | null, opts: QConv2dOptions = {}): Tensor {
   if (w.shape.length !== 4) throw new RangeError(`qconv2d: weights of shape [${w.shape.join(', ')}] are not (O, C, kH, kW)`);
-  return runOp1('qconv2d', [x, actStep, w.packed, w.step, w.rowSums, bias], {
+  const adds = opts.addChannel || opts.residual ? [opts.addChannel ?? null, opts.residual ?? null] : [];
+  return runOp1('qconv2d', [x, actStep, w.packed, w.step, w.rowSums, bias, ...adds], {
     weight_shape: [...w.shape],
     stride: opts.stride ?? 1,
     padding: opts.padding ?? 0,

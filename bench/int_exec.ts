@@ -30,7 +30,6 @@
 // engine's op profiler on (Stream::set_profiling: each kernel's own time,
 // measured on the stream thread) and writes per-op milliseconds and calls per
 // forward; the rest of the wall time is dispatch (JS, N-API, allocation).
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -50,24 +49,12 @@ import { noGrad } from '../src/tensor/autograd';
 import { native, packageRoot } from '../src/tensor/native';
 import { tidy } from '../src/tensor/scope';
 import { type Tensor, fromArray, runOp1 } from '../src/tensor/tensor';
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
+import { BenchArgsError, benchArgs } from './args';
+import { lscpu } from './machine';
 
 function median(v: number[]): number {
   const s = [...v].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
-
-function lscpu(field: string): string {
-  try {
-    const line = execFileSync('lscpu', { encoding: 'utf8' }).split('\n').find((l) => l.startsWith(`${field}:`));
-    return line ? line.slice(field.length + 1).trim() : '?';
-  } catch {
-    return '?';
-  }
 }
 
 interface BenchModel {
@@ -185,20 +172,38 @@ async function configModel(name: string, configFile: string): Promise<BenchModel
   };
 }
 
+const USAGE = 'node dist/bench/int_exec.js [--case fmnist-b8|ddpm-b8|churches-b1] [--ways "static int,tdq int"] [--rounds 3] [--reps 5] [--out FILE | --profile FILE]';
+const OPTIONS = {
+  case: { type: 'string', value: 'NAME', default: 'fmnist-b8', help: 'fmnist-b8 (the shipped model), ddpm-b8 or churches-b1 (random weights, cached under $TDQ_BENCH_CACHE)' },
+  batch: { type: 'string', value: 'N', help: "batch size (default: the case's)" },
+  reps: { type: 'string', value: 'N', default: '5', help: 'timed forwards per block' },
+  warmup: { type: 'string', value: 'N', default: '2', help: 'untimed forwards per block' },
+  rounds: { type: 'string', value: 'N', default: '3', help: 'alternating blocks of all ways' },
+  'calib-samples': { type: 'string', value: 'N', default: '4', help: 'calibration samples (shipped model)' },
+  ways: { type: 'string', value: 'LIST', help: "fp32 and the executions whose names start with these, e.g. 'static int,tdq int' (default: all)" },
+  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'int-exec.md'), help: 'report file' },
+  profile: { type: 'string', value: 'FILE', help: 'write a per-op profile to FILE instead of timing' },
+} as const;
+
 async function main(): Promise<void> {
-  const caseName = arg('case', 'fmnist-b8');
-  const spec = CASES[caseName];
-  if (!spec) throw new RangeError(`--case must be one of ${Object.keys(CASES).join(', ')}, got ${caseName}`);
-  const batch = Number(arg('batch', String(spec.batch))), reps = Number(arg('reps', '5')), warmup = Number(arg('warmup', '2'));
-  const rounds = Number(arg('rounds', '3')), calibSamples = Number(arg('calib-samples', '4'));
-  const outFile = path.resolve(arg('out', path.join(packageRoot, 'bench', 'results', 'int-exec.md')));
+  const { caseName, spec, batch, reps, warmup, rounds, calibSamples, outFile, wayFilter, profileFile } = benchArgs(USAGE, OPTIONS, (a) => {
+    const caseName = a.choice('case', Object.keys(CASES));
+    const spec = CASES[caseName];
+    const batch = a.optInt('batch', 1) ?? spec.batch;
+    const wayFilter = (a.get('ways') ?? '').split(',').map((w) => w.trim().toLowerCase()).filter((w) => w);
+    const known = ['static', 'tdq', 'static int', 'static fake', 'tdq int', 'tdq fake'];
+    for (const w of wayFilter) if (!known.some((k) => k.startsWith(w))) throw new BenchArgsError(`--ways: '${w}' names no way (static, tdq, 'static int', 'tdq fake', ...)`);
+    return {
+      caseName, spec, batch, reps: a.int('reps', 1), warmup: a.int('warmup'), rounds: a.int('rounds', 1), calibSamples: a.int('calib-samples', 1),
+      outFile: path.resolve(a.str('out')), wayFilter, profileFile: a.get('profile') ?? '',
+    };
+  });
   const info = native().info();
   const load0 = os.loadavg()[0];
   const t0 = Date.now();
 
   const bm = spec.config ? await configModel(caseName, spec.config) : await shippedModel(calibSamples);
   const quantized = bm.quantized;
-  const wayFilter = arg('ways', '').split(',').map((w) => w.trim().toLowerCase()).filter((w) => w);
   const shape = [batch, ...bm.shape];
   const x = runOp1('randn', [], { shape, seed: 1 });
   const t = fromArray(Array.from({ length: batch }, (_, i) => (i * 131 + 7) % bm.timesteps), [batch]);
@@ -210,7 +215,6 @@ async function main(): Promise<void> {
   }
   const picked = (n: string) => wayFilter.some((f) => n.toLowerCase().replace(' w8a8', '').startsWith(f));
   if (wayFilter.length) ways = ways.filter((w) => w.name === 'fp32' || picked(w.name));
-  const profileFile = arg('profile', '');
   if (profileFile) {
     writeProfile(path.resolve(profileFile), ways, { warmup, reps, batch, load0, t0 });
     x.dispose();

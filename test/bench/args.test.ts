@@ -73,6 +73,7 @@ const SCRIPTS: Record<string, string[]> = {
   ddp: ['--steps', '--batch', '--samples', '--rounds', '--out'],
   ddp_allreduce: ['--floats', '--rounds'],
   diffusion: ['--quick', '--threads', '--torch-threads', '--torch-wait-policy', '--rounds', '--out', '--no-torch', '--no-profile'],
+  int_exec: ['--case', '--batch', '--reps', '--warmup', '--rounds', '--calib-samples', '--ways', '--out', '--profile'],
   int_memory: ['--models', '--batch', '--steps', '--out'],
   ldm_churches: ['--ckpt', '--steps', '--rounds', '--threads', '--no-cli', '--out'],
   memory: ['--batch', '--steps', '--out'],

@@ -262,6 +262,19 @@ int main(int argc, char** argv) {
                    }, {{"stride", 2.0}, {"padding", 1.0}}, 1e-5, 1e-4});
   cases.push_back({"1x1 no bias", "conv2d_forward", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 130, 8, 8}), r.normal({66, 130, 1, 1}, 0.1f)}; }, {}, 1e-5, 1e-4});
 
+  // gemm / matmul / linear (fp32 tiled GEMM)
+  cases.push_back({"(37,53)x(53,29)", "gemm", [=](Rng& r) { return std::vector<Tensor>{N(r, {37, 53}), N(r, {53, 29})}; }, {}, 1e-5, 1e-4});
+  cases.push_back({"transA transB alpha beta +c", "gemm", [=](Rng& r) { return std::vector<Tensor>{N(r, {53, 70}), N(r, {29, 53}), N(r, {70, 29})}; },
+                   {{"transA", true}, {"transB", true}, {"alpha", 0.5}, {"beta", -2.0}}, 1e-5, 1e-4});
+  cases.push_back({"+c beta 0 (c unread)", "gemm", [=](Rng& r) { return std::vector<Tensor>{N(r, {65, 17}), N(r, {17, 66}), N(r, {65, 66})}; },
+                   {{"alpha", 2.0}}, 1e-5, 1e-4});
+  cases.push_back({"batched (3,33,70)x(3,70,65)", "matmul", [=](Rng& r) { return std::vector<Tensor>{N(r, {3, 33, 70}), N(r, {3, 70, 65})}; }, {}, 1e-5, 1e-4});
+  cases.push_back({"(2,17,40)x(50,40)^T", "matmul", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 17, 40}), N(r, {50, 40})}; }, {{"transB", true}}, 1e-5, 1e-4});
+  cases.push_back({"(40,17)^T x (3,40,20)", "matmul", [=](Rng& r) { return std::vector<Tensor>{N(r, {40, 17}), N(r, {3, 40, 20})}; }, {{"transA", true}}, 1e-5, 1e-4});
+  cases.push_back({"2-D (130,1)x(1,70)", "matmul", [=](Rng& r) { return std::vector<Tensor>{N(r, {130, 1}), N(r, {1, 70})}; }, {}, 1e-6, 1e-5});
+  cases.push_back({"(2,5,70) +bias", "linear", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 5, 70}), r.normal({33, 70}, 0.2f), N(r, {33})}; }, {}, 1e-5, 1e-4});
+  cases.push_back({"(9,16) no bias", "linear", [=](Rng& r) { return std::vector<Tensor>{N(r, {9, 16}), N(r, {80, 16})}; }, {}, 1e-5, 1e-4});
+
   Rng rng;
   for (const Case& c : cases) {
     try {

@@ -275,6 +275,22 @@ int main(int argc, char** argv) {
   cases.push_back({"(2,5,70) +bias", "linear", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 5, 70}), r.normal({33, 70}, 0.2f), N(r, {33})}; }, {}, 1e-5, 1e-4});
   cases.push_back({"(9,16) no bias", "linear", [=](Rng& r) { return std::vector<Tensor>{N(r, {9, 16}), N(r, {80, 16})}; }, {}, 1e-5, 1e-4});
 
+  // conv2d backward (implicit GEMM gathers)
+  cases.push_back({"3x3 pad 1", "conv2d_backward_input", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 7, 13, 11}), r.normal({7, 5, 3, 3}, 0.2f)}; },
+                   {{"stride", 1.0}, {"padding", 1.0}, {"input_shape", std::vector<double>{2, 5, 13, 11}}}, 1e-5, 1e-4});
+  cases.push_back({"3x3 stride 2 (odd + even H)", "conv2d_backward_input", [=](Rng& r) { return std::vector<Tensor>{N(r, {3, 70, 9, 8}), r.normal({70, 16, 3, 3}, 0.1f)}; },
+                   {{"stride", 2.0}, {"padding", 1.0}, {"input_shape", std::vector<double>{3, 16, 17, 16}}}, 1e-5, 1e-4});
+  cases.push_back({"1x1", "conv2d_backward_input", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 66, 8, 8}), r.normal({66, 130, 1, 1}, 0.1f)}; },
+                   {{"input_shape", std::vector<double>{2, 130, 8, 8}}}, 1e-5, 1e-4});
+  cases.push_back({"4x4 stride 2 pad 0", "conv2d_backward_input", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 6, 4, 5}), r.normal({6, 3, 4, 4}, 0.2f)}; },
+                   {{"stride", 2.0}, {"padding", 0.0}, {"input_shape", std::vector<double>{2, 3, 11, 12}}}, 1e-5, 1e-4});
+  cases.push_back({"3x3 pad 1 +bias", "conv2d_backward_weight", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 7, 13, 11}), N(r, {2, 5, 13, 11})}; },
+                   {{"stride", 1.0}, {"padding", 1.0}, {"kernel_size", std::vector<double>{3, 3}}, {"bias", true}}, 1e-4, 1e-4});
+  cases.push_back({"3x3 stride 2 +bias", "conv2d_backward_weight", [=](Rng& r) { return std::vector<Tensor>{N(r, {3, 70, 9, 9}), N(r, {3, 16, 17, 17})}; },
+                   {{"stride", 2.0}, {"padding", 1.0}, {"kernel_size", std::vector<double>{3, 3}}, {"bias", true}}, 1e-4, 1e-4});
+  cases.push_back({"1x1 no bias", "conv2d_backward_weight", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 66, 8, 8}), N(r, {2, 130, 8, 8})}; },
+                   {{"kernel_size", std::vector<double>{1, 1}}}, 1e-4, 1e-4});
+
   Rng rng;
   for (const Case& c : cases) {
     try {

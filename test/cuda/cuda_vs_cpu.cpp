@@ -291,6 +291,30 @@ int main(int argc, char** argv) {
   cases.push_back({"1x1 no bias", "conv2d_backward_weight", [=](Rng& r) { return std::vector<Tensor>{N(r, {2, 66, 8, 8}), N(r, {2, 130, 8, 8})}; },
                    {{"kernel_size", std::vector<double>{1, 1}}}, 1e-4, 1e-4});
 
+  // attention (flash-style forward, recomputing backward), the three layouts
+  struct AttnCase {
+    const char *name, *op;
+    Shape q, k, v;
+    AttrList attrs;
+  };
+  const std::vector<AttnCase> attn = {
+      {"(2,3,37,16) Lk 45 Dv 24", "attention", {2, 3, 37, 16}, {2, 3, 45, 16}, {2, 3, 45, 24}, {}},
+      {"(1,2,70,40) scale 0.3", "attention", {1, 2, 70, 40}, {1, 2, 33, 40}, {1, 2, 33, 40}, {{"scale", 0.3}}},
+      {"cm (2,2,8,33) Lk 70", "attention_cm", {2, 2, 8, 33}, {2, 2, 8, 70}, {2, 2, 12, 70}, {}},
+      {"blhd (2,19,3,8) Lk 40", "attention_blhd", {2, 19, 3, 8}, {2, 40, 3, 8}, {2, 40, 3, 8}, {}},
+      {"Lk 1", "attention", {1, 1, 5, 4}, {1, 1, 1, 4}, {1, 1, 1, 3}, {}},
+  };
+  for (const AttnCase& ac : attn) {
+    const std::string fwd = std::string(ac.op) + "_forward", bwd = std::string(ac.op) + "_backward";
+    cases.push_back({ac.name, fwd, [=](Rng& r) { return std::vector<Tensor>{r.normal(ac.q, 1.5f), r.normal(ac.k, 1.5f), N(r, ac.v)}; },
+                     ac.attrs, 1e-5, 1e-4});
+    cases.push_back({ac.name, bwd, [=, &pool](Rng& r) {
+                       Tensor q = r.normal(ac.q, 1.5f), k = r.normal(ac.k, 1.5f), v = N(r, ac.v);
+                       auto fo = run_cpu(fwd, {q, k, v}, make_attrs(fwd, ac.attrs), pool);
+                       return std::vector<Tensor>{r.normal(fo[0].shape), q, k, v, fo[0], fo[1]};
+                     }, ac.attrs, 1e-4, 1e-4});
+  }
+
   Rng rng;
   for (const Case& c : cases) {
     try {

@@ -315,6 +315,24 @@ int main(int argc, char** argv) {
                      }, ac.attrs, 1e-4, 1e-4});
   }
 
+  // layer norm
+  cases.push_back({"(4,7,130) +w +b", "layer_norm_forward", [=](Rng& r) { return std::vector<Tensor>{r.normal({4, 7, 130}, 2.f, 3.f), N(r, {130}), N(r, {130})}; },
+                   {{"eps", 1e-5}}, 1e-5, 1e-4});
+  cases.push_back({"(3,1000) offset 100, no affine", "layer_norm_forward", [=](Rng& r) { return std::vector<Tensor>{r.normal({3, 1000}, 1.f, 100.f)}; },
+                   {{"eps", 1e-6}}, 1e-5, 1e-4});
+  cases.push_back({"(5,1) D 1", "layer_norm_forward", [=](Rng& r) { return std::vector<Tensor>{N(r, {5, 1}), N(r, {1}), N(r, {1})}; }, {}, 1e-5, 1e-4});
+  for (bool affine : {true, false})
+    cases.push_back({affine ? "(4,7,130) +w" : "(6,300) no weight", "layer_norm_backward", [=, &pool](Rng& r) {
+                       const Shape xs = affine ? Shape{4, 7, 130} : Shape{6, 300};
+                       Tensor x = r.normal(xs, 2.f, 3.f), w = N(r, {xs.back()});
+                       std::vector<Tensor> fin{x};
+                       if (affine) fin.push_back(w);
+                       auto st = run_cpu("layer_norm_forward", fin, make_attrs("layer_norm_forward", {}), pool);
+                       std::vector<Tensor> in{N(r, xs), x, st[1], st[2]};
+                       if (affine) in.push_back(w);
+                       return in;
+                     }, {}, 1e-4, 1e-4});
+
   Rng rng;
   for (const Case& c : cases) {
     try {

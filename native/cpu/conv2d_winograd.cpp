@@ -93,36 +93,43 @@ struct Tiles {
   }
 };
 
+// B^T d B of the 16 tiles of vector v (one tile a lane) of the channel plane xc,
+// each tile's 4x4 input gathered under its border mask: out[4 i + j] = (B^T d B)[i][j].
+__attribute__((target("avx512f"))) inline void input_tile_transform(const float* xc, int64_t W, const Tiles& tb,
+                                                                    int64_t v, __m512 out[16]) {
+  const __m512i idx = _mm512_loadu_si512(tb.in_idx.data() + v * 16);
+  const uint16_t* mk = tb.in_mask.data() + v * 16;
+  __m512 d[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j)
+      d[i][j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), static_cast<__mmask16>(mk[i * 4 + j]),
+                                         _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(i * W + j))),
+                                         xc, 4);
+  __m512 t[4][4];
+  for (int j = 0; j < 4; ++j) {
+    t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+    t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+    t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+    t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    out[i * 4 + 0] = _mm512_sub_ps(t[i][0], t[i][2]);
+    out[i * 4 + 1] = _mm512_add_ps(t[i][1], t[i][2]);
+    out[i * 4 + 2] = _mm512_sub_ps(t[i][2], t[i][1]);
+    out[i * 4 + 3] = _mm512_sub_ps(t[i][1], t[i][3]);
+  }
+}
+
 // Step 1 for items [b, e) of (channel c, vector v): V[xi][v/2][c][(v%2)*16 ..].
 __attribute__((target("avx512f"))) void input_transform(const float* x, int64_t C, int64_t HW, int64_t W,
                                                          const Tiles& tb, float* V, int64_t b, int64_t e) {
   const int64_t strideV = tb.Tpad * C;
   for (int64_t item = b; item < e; ++item) {
     const int64_t c = item / tb.nvec, v = item % tb.nvec;
-    const float* xc = x + c * HW;
-    const __m512i idx = _mm512_loadu_si512(tb.in_idx.data() + v * 16);
-    const uint16_t* mk = tb.in_mask.data() + v * 16;
-    __m512 d[4][4];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j)
-        d[i][j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), static_cast<__mmask16>(mk[i * 4 + j]),
-                                           _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(i * W + j))),
-                                           xc, 4);
-    __m512 t[4][4];
-    for (int j = 0; j < 4; ++j) {
-      t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
-      t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
-      t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
-      t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
-    }
+    __m512 out[16];
+    input_tile_transform(x + c * HW, W, tb, v, out);
     float* dst = V + (v / 2) * C * 32 + c * 32 + (v % 2) * 16;
-    for (int i = 0; i < 4; ++i) {
-      float* row = dst + i * 4 * strideV;
-      _mm512_store_ps(row, _mm512_sub_ps(t[i][0], t[i][2]));
-      _mm512_store_ps(row + strideV, _mm512_add_ps(t[i][1], t[i][2]));
-      _mm512_store_ps(row + 2 * strideV, _mm512_sub_ps(t[i][2], t[i][1]));
-      _mm512_store_ps(row + 3 * strideV, _mm512_sub_ps(t[i][1], t[i][3]));
-    }
+    for (int xi = 0; xi < 16; ++xi) _mm512_store_ps(dst + xi * strideV, out[xi]);
   }
 }
 
@@ -287,29 +294,8 @@ __attribute__((target("avx512f"))) void input_transform_t(const float* x, int64_
                                                            int64_t nv, float* A, int64_t b, int64_t e) {
   for (int64_t item = b; item < e; ++item) {
     const int64_t c = item / nv, v = item % nv;
-    const float* xc = x + c * HW;
-    const __m512i idx = _mm512_loadu_si512(tb.in_idx.data() + v * 16);
-    const uint16_t* mk = tb.in_mask.data() + v * 16;
-    __m512 d[4][4];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j)
-        d[i][j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), static_cast<__mmask16>(mk[i * 4 + j]),
-                                           _mm512_add_epi32(idx, _mm512_set1_epi32(static_cast<int>(i * W + j))),
-                                           xc, 4);
-    __m512 t[4][4];
-    for (int j = 0; j < 4; ++j) {
-      t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
-      t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
-      t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
-      t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
-    }
     __m512 out[16];
-    for (int i = 0; i < 4; ++i) {
-      out[i * 4 + 0] = _mm512_sub_ps(t[i][0], t[i][2]);
-      out[i * 4 + 1] = _mm512_add_ps(t[i][1], t[i][2]);
-      out[i * 4 + 2] = _mm512_sub_ps(t[i][2], t[i][1]);
-      out[i * 4 + 3] = _mm512_sub_ps(t[i][1], t[i][3]);
-    }
+    input_tile_transform(x + c * HW, W, tb, v, out);
     const int64_t pc = c / kc * kc, kcb = std::min(kc, C - pc), t0 = v * 16;
     float* lo = A + pc * Mpad + t0 * kcb + (c - pc) * 8;  // rows t0 .. t0+7: panel t0/8
     float* hi = lo + 8 * kcb;                               // rows t0+8 .. t0+15

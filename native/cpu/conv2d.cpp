@@ -895,12 +895,10 @@ void wgrad_rows(const WgradSame& s, int64_t o_begin, int64_t o_end, float* acc, 
   }
 }
 
-// The direct weight gradient (see WgradSame) for a whole batch. Threads take
-// samples when there are enough (each group its own accumulator, chunk k to
-// group k mod groups: a fixed summation order), else rows of gW.
-void backward_weight_same(const ExecContext& ctx, const ConvGeom& g, const float* x, const float* gy, float* gw) {
-  const int64_t P = g.P(), KK = g.kh * g.kw, CKK = g.CKK(), HW = g.H * g.W, WN = g.O * CKK;
-  const int64_t nblk = (P + 15) / 16;
+// For each block of 16 output pixels (stride-1 'same') and each tap (ki, kj):
+// the lanes whose input pixel lies inside the map, masks[blk * kh * kw + ki * kw + kj].
+std::vector<uint16_t> tap_masks16(const ConvGeom& g, int64_t nblk) {
+  const int64_t P = g.P(), KK = g.kh * g.kw;
   std::vector<uint16_t> masks(static_cast<size_t>(nblk * KK));
   for (int64_t blk = 0; blk < nblk; ++blk)
     for (int64_t ki = 0; ki < g.kh; ++ki)
@@ -912,6 +910,16 @@ void backward_weight_same(const ExecContext& ctx, const ConvGeom& g, const float
         }
         masks[blk * KK + ki * g.kw + kj] = static_cast<uint16_t>(m);
       }
+  return masks;
+}
+
+// The direct weight gradient (see WgradSame) for a whole batch. Threads take
+// samples when there are enough (each group its own accumulator, chunk k to
+// group k mod groups: a fixed summation order), else rows of gW.
+void backward_weight_same(const ExecContext& ctx, const ConvGeom& g, const float* x, const float* gy, float* gw) {
+  const int64_t P = g.P(), KK = g.kh * g.kw, CKK = g.CKK(), HW = g.H * g.W, WN = g.O * CKK;
+  const int64_t nblk = (P + 15) / 16;
+  const std::vector<uint16_t> masks = tap_masks16(g, nblk);
   std::vector<int64_t> off(static_cast<size_t>(CKK));
   for (int64_t r = 0; r < CKK; ++r) {
     const int64_t c = r / KK, ki = r % KK / g.kw, kj = r % g.kw;
@@ -1048,17 +1056,7 @@ void backward_weight_implicit(const ExecContext& ctx, const ConvGeom& g, const f
     return;
   }
   const int64_t nblk = P / 16;
-  std::vector<uint16_t> masks(static_cast<size_t>(nblk * KK));
-  for (int64_t blk = 0; blk < nblk; ++blk)
-    for (int64_t ki = 0; ki < g.kh; ++ki)
-      for (int64_t kj = 0; kj < g.kw; ++kj) {
-        uint32_t m = 0;
-        for (int64_t l = 0; l < 16; ++l) {
-          const int64_t p = blk * 16 + l, ih = p / g.W + ki - g.pad, iw = p % g.W + kj - g.pad;
-          if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) m |= 1u << l;
-        }
-        masks[blk * KK + ki * g.kw + kj] = static_cast<uint16_t>(m);
-      }
+  const std::vector<uint16_t> masks = tap_masks16(g, nblk);
   std::vector<int64_t> off(static_cast<size_t>(CKK));
   for (int64_t r = 0; r < CKK; ++r) {
     const int64_t c = r / KK, ki = r % KK / g.kw, kj = r % g.kw;

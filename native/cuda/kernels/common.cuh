@@ -131,4 +131,22 @@ __device__ inline float block_max(float v) {
   return t;
 }
 
+// The shared tile GEMM step of gemm.cu, conv2d.cu and conv2d_backward.cu:
+// acc (4 x 4 per thread) += As[:, ty*4 ..] x Bs[:, tx*4 ..] over the BK rows
+// of one K step (As and Bs k-major in shared memory, padded rows).
+template <int BK, int LDA, int LDB>
+__device__ __forceinline__ void tile_fma_4x4(const float (&As)[BK][LDA], const float (&Bs)[BK][LDB], int ty, int tx,
+                                             float (&acc)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < BK; ++kk) {
+    float a[4], b[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i], b[i] = Bs[kk][tx * 4 + i];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
+
 }  // namespace tdqcu

@@ -46,16 +46,7 @@ __global__ void __launch_bounds__(256) conv_igemm(const float* __restrict__ x, c
       }
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i], b[i] = Bs[kk][tx * 4 + i];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) acc[i][jj] = fmaf(a[i], b[jj], acc[i][jj]);
-    }
+    tile_fma_4x4(As, Bs, ty, tx, acc);
     __syncthreads();
   }
   for (int i = 0; i < 4; ++i) {

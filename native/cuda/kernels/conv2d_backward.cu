@@ -79,16 +79,7 @@ __global__ void __launch_bounds__(256) conv_bwd_igemm(const float* __restrict__ 
       }
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      float av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i], bv[i] = Bs[kk][tx * 4 + i];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) acc[i][jj] = fmaf(av[i], bv[jj], acc[i][jj]);
-    }
+    tile_fma_4x4(As, Bs, ty, tx, acc);
     __syncthreads();
   }
   for (int i = 0; i < 4; ++i) {

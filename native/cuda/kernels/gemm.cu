@@ -44,16 +44,7 @@ __global__ void __launch_bounds__(256) sgemm_tiled(const float* __restrict__ A, 
       }
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i], b[i] = Bs[kk][tx * 4 + i];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
+    tile_fma_4x4(As, Bs, ty, tx, acc);
     __syncthreads();
   }
   for (int i = 0; i < 4; ++i) {

@@ -7,16 +7,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { loadConfig } from '../../src/config';
-import { scheduleFromConfig } from '../../src/models/diffusion';
-import { buildUNet } from '../../src/models/diffusion';
 import { checkpointSource } from '../../src/eval/run';
 import { fmnistClassifierExists } from '../../src/eval/fmnist_classifier';
-import { calibrate } from '../../src/quant/calibrate';
-import { resolveQuantConfig } from '../../src/quant/config';
-import { saveQuantizedCheckpoint } from '../../src/quant/weights_format';
-import { Generator } from '../../src/tensor/random';
-import { saveCheckpoint } from '../../src/train/checkpoint';
+import { writeTinyFpAndTdqCheckpoints } from '../helpers/tiny_ckpts';
 
 const BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'tdq-native.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-eval-exec-'));
@@ -29,18 +22,7 @@ function cli(args: string[]): { status: number | null; out: string; err: string 
 
 describe('eval --exec', { skip: fmnistClassifierExists() ? false : 'models/fmnist-classifier.safetensors is missing' }, () => {
   const q = path.join(tmp, 'q.safetensors'), fp = path.join(tmp, 'fp.safetensors');
-  before(async () => {
-    const overrides = ['model_channels=32', 'channel_mult=[1]', 'attention_resolutions=[]'].map((o) => `model.params.unet_config.params.${o}`);
-    const { config } = loadConfig(path.resolve(__dirname, '..', '..', '..', 'configs', 'fmnist-small.yaml'), { overrides });
-    const unet = buildUNet(config.model.params.unet_config, new Generator(0));
-    await saveCheckpoint(fp, { config, model: unet });
-    const qm = await calibrate(unet, resolveQuantConfig({ nBitW: 8, nBitA: 8, useDynamic: true }), {
-      schedule: scheduleFromConfig(config.model.params), steps: 4, nSamples: 1, seed: 0, method: 'minmax', sampleShape: [1, 32, 32], fitIters: 20,
-    });
-    qm.buildTable();
-    await saveQuantizedCheckpoint(q, { config, model: qm, weightsFormat: 'int' });
-    qm.dispose();
-  });
+  before(() => writeTinyFpAndTdqCheckpoints(fp, q));
 
   it('the CLI runs int by default, fake on request, says so and records it; --exec is an error for a float checkpoint and with --samples', () => {
     const common = ['--n', '4', '--steps', '2', '--batch-size', '4', '--metrics', 'is', '--feature-net', 'fmnist', '--is-splits', '1', '--no-progress'];

@@ -10,16 +10,10 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { cellKey, protocolMain, readLedger } from '../../bench/tdq_protocol';
-import { loadConfig } from '../../src/config';
 import { fmnistClassifierExists } from '../../src/eval/fmnist_classifier';
 import { meanCI } from '../../src/eval/protocol';
 import { parseSeeds } from '../../src/cli/commands/eval_protocol';
-import { buildUNet, scheduleFromConfig } from '../../src/models/diffusion';
-import { calibrate } from '../../src/quant/calibrate';
-import { resolveQuantConfig } from '../../src/quant/config';
-import { saveQuantizedCheckpoint } from '../../src/quant/weights_format';
-import { Generator } from '../../src/tensor/random';
-import { saveCheckpoint } from '../../src/train/checkpoint';
+import { writeTinyFpAndTdqCheckpoints } from '../helpers/tiny_ckpts';
 import { fmnistSkip } from '../helpers/datasets';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -78,18 +72,7 @@ describe('eval --protocol reproduces bench protocol cells', { skip }, () => {
 
   describe('a quantized checkpoint', () => {
     const q = path.join(tmp, 'q.safetensors'), fp = path.join(tmp, 'fp.safetensors');
-    before(async () => {
-      const overrides = ['model_channels=32', 'channel_mult=[1]', 'attention_resolutions=[]'].map((o) => `model.params.unet_config.params.${o}`);
-      const { config } = loadConfig(path.join(ROOT, 'configs', 'fmnist-small.yaml'), { overrides });
-      const unet = buildUNet(config.model.params.unet_config, new Generator(0));
-      await saveCheckpoint(fp, { config, model: unet });
-      const qm = await calibrate(unet, resolveQuantConfig({ nBitW: 8, nBitA: 8, useDynamic: true }), {
-        schedule: scheduleFromConfig(config.model.params), steps: 4, nSamples: 1, seed: 0, method: 'minmax', sampleShape: [1, 32, 32], fitIters: 20,
-      });
-      qm.buildTable();
-      await saveQuantizedCheckpoint(q, { config, model: qm, weightsFormat: 'int' });
-      qm.dispose();
-    });
+    before(() => writeTinyFpAndTdqCheckpoints(fp, q));
 
     it('runs the integer path by default, as the bench cell of the same file does, bit for bit; --exec fake on request', async () => {
       const L = path.join(tmp, 'ledger-q.json');

@@ -9,7 +9,8 @@
 //
 // The loops over a group's elements are written once over a vector width W
 // (nn_simd.h): W = 1 is the reference (the "scalar" CPU level), 8 and 16 the
-// AVX2 / AVX-512 levels. Sums run in double in every width.
+// AVX2 / AVX-512 levels. The statistics are one pass over the group, in
+// double in every width (gn_moments, group_norm.h).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -45,30 +46,10 @@ void check_affine(const Attrs& a, const Tensor& t, const char* arg, int64_t C) {
 
 using namespace nnsimd;
 
-// sum p[i], and sum (p[i] - c)^2, in double W lanes
-template <int W> TDQ_AINLINE double gn_sum(const float* p, int64_t n) {
-  Vd<W> acc{};
-  int64_t i = 0;
-  if constexpr (W > 1)
-    for (; i + W <= n; i += W) acc += to_double<W>(vload<W>(p + i));
-  double s = hsum_d<W>(acc);
-  for (; i < n; ++i) s += p[i];
-  return s;
-}
-template <int W> TDQ_AINLINE double gn_sum_sq_dev(const float* p, int64_t n, double c) {
-  Vd<W> acc{};
-  int64_t i = 0;
-  if constexpr (W > 1)
-    for (; i + W <= n; i += W) {
-      const Vd<W> d = to_double<W>(vload<W>(p + i)) - c;
-      acc += d * d;
-    }
-  double s = hsum_d<W>(acc);
-  for (; i < n; ++i) s += (p[i] - c) * (p[i] - c);
-  return s;
-}
+using gn::gn_moments;
+using gn::gn_norm;
+using gn::gn_silu;
 
-template <int W> TDQ_AINLINE Vf<W> gn_silu(const Vf<W>& z) { return z / (1.0f + vexp<W>(-z)); }
 template <int W> TDQ_AINLINE Vf<W> gn_silu_grad(const Vf<W>& z) {
   const Vf<W> sg = 1.0f / (1.0f + vexp<W>(-z));
   return sg * (1.0f + z * (1.0f - sg));
@@ -79,16 +60,8 @@ template <int W, bool Silu>
 TDQ_AINLINE void gn_apply(const float* x, float* y, int64_t n, float mhi, float mlo, float scale, float shift) {
   int64_t i = 0;
   if constexpr (W > 1)
-    for (; i + W <= n; i += W) {
-      Vf<W> z = ((vload<W>(x + i) - mhi) - mlo) * scale + shift;
-      if constexpr (Silu) z = gn_silu<W>(z);
-      vstore<W>(y + i, z);
-    }
-  for (; i < n; ++i) {
-    float z = ((x[i] - mhi) - mlo) * scale + shift;
-    if constexpr (Silu) z = gn_silu<1>(z);
-    y[i] = z;
-  }
+    for (; i + W <= n; i += W) vstore<W>(y + i, gn_norm<W, Silu>(vload<W>(x + i), mhi, mlo, scale, shift));
+  for (; i < n; ++i) y[i] = gn_norm<1, Silu>(x[i], mhi, mlo, scale, shift);
 }
 
 // One channel of the backward's first pass: s0 = sum g, s1 = sum g (x - mf),
@@ -104,7 +77,7 @@ TDQ_AINLINE void gn_bwd_sums(const float* gy, const float* x, float* g_out, int6
       const Vf<W> xv = vload<W>(x + i);
       Vf<W> g = vload<W>(gy + i);
       if constexpr (Silu) {
-        g = g * gn_silu_grad<W>(((xv - mhi) - mlo) * scale + shift);
+        g = g * gn_silu_grad<W>(gn_norm<W, false>(xv, mhi, mlo, scale, shift));
         vstore<W>(g_out + i, g);
       }
       const Vd<W> gd = to_double<W>(g), xc = to_double<W>(xv - mf);
@@ -116,7 +89,7 @@ TDQ_AINLINE void gn_bwd_sums(const float* gy, const float* x, float* g_out, int6
   for (; i < n; ++i) {
     float g = gy[i];
     if constexpr (Silu) {
-      g = g * gn_silu_grad<1>(((x[i] - mhi) - mlo) * scale + shift);
+      g = g * gn_silu_grad<1>(gn_norm<1, false>(x[i], mhi, mlo, scale, shift));
       g_out[i] = g;
     }
     const double gi = g, xc = x[i] - mf;
@@ -136,8 +109,7 @@ TDQ_AINLINE void gn_bwd_dx(const float* g, const float* x, float* dx, int64_t n,
 }
 
 struct GnKernels {
-  double (*sum)(const float*, int64_t);
-  double (*sum_sq_dev)(const float*, int64_t, double);
+  void (*moments)(const float*, int64_t, double&, double&);
   void (*apply)(const float*, float*, int64_t, float, float, float, float);
   void (*bwd_sums)(const float*, const float*, float*, int64_t, float, float, float, float, float, double&, double&,
                    double&);
@@ -145,8 +117,7 @@ struct GnKernels {
 };
 
 template <int W, bool Silu> struct GnFns {
-  static double sum(const float* p, int64_t n) { return gn_sum<W>(p, n); }
-  static double ssd(const float* p, int64_t n, double c) { return gn_sum_sq_dev<W>(p, n, c); }
+  static void moments(const float* p, int64_t n, double& mean, double& var) { gn_moments<W>(p, n, mean, var); }
   static void apply(const float* x, float* y, int64_t n, float a, float b, float c, float d) {
     gn_apply<W, Silu>(x, y, n, a, b, c, d);
   }
@@ -160,8 +131,9 @@ template <int W, bool Silu> struct GnFns {
 };
 #if TDQ_NN_X86
 template <bool Silu> struct GnAvx512 {
-  static TDQ_AVX512 double sum(const float* p, int64_t n) { return gn_sum<16>(p, n); }
-  static TDQ_AVX512 double ssd(const float* p, int64_t n, double c) { return gn_sum_sq_dev<16>(p, n, c); }
+  static TDQ_AVX512 void moments(const float* p, int64_t n, double& mean, double& var) {
+    gn_moments<16>(p, n, mean, var);
+  }
   static TDQ_AVX512 void apply(const float* x, float* y, int64_t n, float a, float b, float c, float d) {
     gn_apply<16, Silu>(x, y, n, a, b, c, d);
   }
@@ -175,8 +147,7 @@ template <bool Silu> struct GnAvx512 {
   }
 };
 template <bool Silu> struct GnAvx2 {
-  static TDQ_AVX2 double sum(const float* p, int64_t n) { return gn_sum<8>(p, n); }
-  static TDQ_AVX2 double ssd(const float* p, int64_t n, double c) { return gn_sum_sq_dev<8>(p, n, c); }
+  static TDQ_AVX2 void moments(const float* p, int64_t n, double& mean, double& var) { gn_moments<8>(p, n, mean, var); }
   static TDQ_AVX2 void apply(const float* x, float* y, int64_t n, float a, float b, float c, float d) {
     gn_apply<8, Silu>(x, y, n, a, b, c, d);
   }
@@ -190,7 +161,7 @@ template <bool Silu> struct GnAvx2 {
   }
 };
 #endif
-template <class F> GnKernels gn_table() { return {F::sum, F::ssd, F::apply, F::sums, F::dx}; }
+template <class F> GnKernels gn_table() { return {F::moments, F::apply, F::sums, F::dx}; }
 
 GnKernels gn_kernels(CpuLevel level, bool silu) {
 #if TDQ_NN_X86
@@ -236,8 +207,8 @@ void group_norm_forward_cpu(OpCall& c, const ExecContext& ctx) {
   ctx.parallel_for(d.N * d.G, std::max<int64_t>(1, (1 << 14) / m), [&](int64_t begin, int64_t end) {
     for (int64_t ng = begin; ng < end; ++ng) {
       const float* xg = px + ng * m;
-      const double mean = k.sum(xg, m) / m;
-      const double var = k.sum_sq_dev(xg, m, mean) / m;
+      double mean, var;
+      k.moments(xg, m, mean, var);
       const double rstd = 1.0 / std::sqrt(var + eps);
       pm[ng] = static_cast<float>(mean);
       pr[ng] = static_cast<float>(rstd);
@@ -299,7 +270,9 @@ void group_norm_backward_cpu(OpCall& c, const ExecContext& ctx) {
       // over x: without it, a large common offset in x costs z accuracy),
       // and the gradient reaching z, gy silu'(z), is kept in dx for the
       // second pass.
-      const float mlo = silu && m ? static_cast<float>(kn.sum(x + ng * m, m) / m - mf) : 0.f;
+      double mean = mf, var;
+      if (silu && m) kn.moments(x + ng * m, m, mean, var);
+      const float mlo = static_cast<float>(mean - mf);
       // The saved mean is rounded to float; sum (x - mf) recovers the
       // rounding error delta in the same pass, and sum gy (x - mean) is then
       // sum gy (x - mf) - delta sum gy. A large common offset in x thus
@@ -349,10 +322,5 @@ void group_norm_backward_cpu(OpCall& c, const ExecContext& ctx) {
 
 TDQ_REGISTER_OP({"group_norm_forward", 1, 3, infer_group_norm_forward, group_norm_forward_cpu, {}});
 TDQ_REGISTER_OP({"group_norm_backward", 4, 6, infer_group_norm_backward, group_norm_backward_cpu, {}});
-
-GnForwardKernels group_norm_forward_kernels(CpuLevel level, bool silu) {
-  const GnKernels k = gn_kernels(level, silu);
-  return {k.sum, k.sum_sq_dev, k.apply};
-}
 
 }  // namespace tdq

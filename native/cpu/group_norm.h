@@ -1,24 +1,66 @@
-// group_norm.cpp's forward kernels for one CPU level, shared with qnorm.cpp so
-// that the fused GroupNorm (+ SiLU) + quantization op quantizes the very floats
-// group_norm_forward writes (same sums, same rounding, same contraction).
+// group_norm.cpp's per-group forward arithmetic, written once over a vector
+// width W (nn_simd.h) and shared with qnorm.cpp, so that the fused GroupNorm
+// (+ SiLU) + quantization op quantizes the very floats group_norm_forward
+// writes (same sums, same rounding, same contraction: both inline these
+// helpers into kernels built for the same CPU level).
+//
+// Per (n, g) group of m elements:
+//   (mean, var) = gn_moments<W>(x, m)           one pass, in double
+//   rstd = 1 / sqrt(var + eps)
+//   mhi = float(mean), mlo = float(mean - mhi)  the mean as a float plus its rounding error
+//   per channel: scale = float(rstd * weight[c]), shift = bias[c],
+//   y = gn_norm<W, Silu>(x, mhi, mlo, scale, shift)
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
-#include "../core/registry.h"
+#include "nn_simd.h"
 
 namespace tdq {
+namespace gn {
 
-struct GnForwardKernels {
-  // sum p[i] and sum (p[i] - c)^2 over a group, in double
-  double (*sum)(const float*, int64_t);
-  double (*sum_sq_dev)(const float*, int64_t, double);
-  // y[i] = ((x[i] - mhi) - mlo) * scale + shift (then silu(y) for the silu kernels)
-  void (*apply)(const float* x, float* y, int64_t n, float mhi, float mlo, float scale, float shift);
-};
+using namespace nnsimd;
 
-// The kernels group_norm_forward runs at this level (silu: the fused GroupNorm + SiLU).
-// Per group: mean = sum / m, var = sum_sq_dev(mean) / m, rstd = 1 / sqrt(var + eps),
-// mhi = float(mean), mlo = float(mean - mhi), scale = float(rstd * weight[c]), shift = bias[c].
-GnForwardKernels group_norm_forward_kernels(CpuLevel level, bool silu);
+// Mean and biased variance of p[0..n) in one pass: the sums of d = p[i] - c
+// and d^2 in double W lanes, shifted by the group's first element c. d is
+// exact in double (two floats), d^2 rounds at 2^-53, so var = S2/n - (S1/n)^2
+// loses nothing a float result could see unless the first element lies
+// thousands of standard deviations from the mean (relative error about
+// ((mean - c)^2 / var) n 2^-53).
+template <int W> TDQ_AINLINE void gn_moments(const float* p, int64_t n, double& mean, double& var) {
+  if (n <= 0) {
+    mean = 0, var = 0;
+    return;
+  }
+  const double c = p[0];
+  Vd<W> a1{}, a2{};
+  int64_t i = 0;
+  if constexpr (W > 1)
+    for (; i + W <= n; i += W) {
+      const Vd<W> d = to_double<W>(vload<W>(p + i)) - c;
+      a1 += d;
+      a2 += d * d;
+    }
+  double s1 = hsum_d<W>(a1), s2 = hsum_d<W>(a2);
+  for (; i < n; ++i) {
+    const double d = p[i] - c;
+    s1 += d, s2 += d * d;
+  }
+  const double mo = s1 / n;
+  mean = c + mo;
+  var = std::max(s2 / n - mo * mo, 0.0);
+}
 
+template <int W> TDQ_AINLINE Vf<W> gn_silu(const Vf<W>& z) { return z / (1.0f + vexp<W>(-z)); }
+
+// ((x - mhi) - mlo) * scale + shift, then silu when Silu: one vector (W > 1)
+// or one element (W = 1: the scalar formula, std::exp, which group_norm_forward
+// also uses for the n % W tail of each channel row at the vector levels)
+template <int W, bool Silu> TDQ_AINLINE Vf<W> gn_norm(Vf<W> x, float mhi, float mlo, float scale, float shift) {
+  Vf<W> z = ((x - mhi) - mlo) * scale + shift;
+  if constexpr (Silu) z = gn_silu<W>(z);
+  return z;
+}
+
+}  // namespace gn
 }  // namespace tdq

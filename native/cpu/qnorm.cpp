@@ -15,8 +15,14 @@
 //   s = max(act_step of the sample, step_floor); act_step [] / [1] / [N], or a
 //   (1 or N, Q) table read at `column` (QActSpec, qgemm.h).
 //
-// Exactness: the float rows are group_norm_forward's own, from its kernels at
-// the same CPU level (group_norm.h): without scale/shift the fused GroupNorm +
+// Two passes over each (n, g) group: its mean and variance in one pass
+// (gn_moments, group_norm.h), then per channel row one pass that normalises,
+// applies scale/shift and SiLU and writes the levels, the floats never stored.
+// Both are written once over a vector width W (nn_simd.h): W = 1 is the plain
+// reference (the "scalar" CPU level), 8 / 16 the AVX2 / AVX-512 levels.
+//
+// Exactness: the float rows are group_norm_forward's own, from the same inline
+// helpers at the same CPU level (group_norm.h): without scale/shift the fused GroupNorm +
 // SiLU (what the model runs in float, nn/fused.ts), so those levels are
 // quantize_act(group_norm_silu(x)) bit for bit; with scale/shift the plain
 // GroupNorm, then the two elementwise roundings and SiLU by the silu op's
@@ -39,12 +45,12 @@ namespace {
 
 using namespace nnsimd;
 
-// One channel row's constants (the row is group_norm_forward's float output).
+// A channel row's constants: the norm's (group_norm.h), scale/shift, and the
+// quantization of the sample.
 struct RowParams {
-  bool ss;                       // scale/shift of the sample
-  float mult, add_after;         // fl(scale + 1), shift
-  bool silu;
-  float off, s, lo, hi;  // quantization
+  float mhi, mlo, scale, shift;  // gn_norm
+  float mult, add_after;         // fl(scale + 1), shift (with scale/shift)
+  float off, s, lo, hi;          // quantization
   int32_t add;
 };
 
@@ -59,86 +65,131 @@ template <int W> TDQ_AINLINE void barrier(Vf<W>& v) {
 #endif
 }
 
-// The row's levels from the norm's float output x (an earlier form also ran
-// the norm here, ((x - 0) - 0) * 1 + 0 on these rows: that identity only
-// turned -0 into +0, which gives the same level whatever follows).
-template <int W> TDQ_AINLINE Vi<W> row_levels(Vf<W> x, const RowParams& r) {
-  Vf<W> v = x;
-  if (r.ss) {
-    v = v * r.mult;
-    barrier<W>(v);
-    v = v + r.add_after;
-  }
+// The row's constants as vectors, made once per row.
+template <int W> struct RowConst {
+  Vf<W> mult, add_after, off, s, lo, hi;
+  Vi<W> add;
+  explicit TDQ_AINLINE RowConst(const RowParams& r)
+      : mult(vsplat<W>(r.mult)), add_after(vsplat<W>(r.add_after)), off(vsplat<W>(r.off)), s(vsplat<W>(r.s)),
+        lo(vsplat<W>(r.lo)), hi(vsplat<W>(r.hi)), add(r.add - Vi<W>{}) {}
+};
+
+// Levels of the norm's float output z: [fl(fl(z * mult) + add_after)],
+// [silu as the silu op], then fake_quant's clamp(rne(fl(fl(v - off) / s))).
+template <int W, bool SS, bool PostSilu> TDQ_AINLINE Vi<W> levels(Vf<W> v, const RowConst<W>& k) {
   barrier<W>(v);
-  if (r.silu) {
+  if constexpr (SS) {
+    v = v * k.mult;
+    barrier<W>(v);
+    v = v + k.add_after;
+    barrier<W>(v);
+  }
+  if constexpr (PostSilu) {
     v = v / (1.0f + vexp<W>(-v));  // activation.cpp's act_f<W, silu>
     barrier<W>(v);
   }
-  Vf<W> q = (v - r.off) / r.s;
+  Vf<W> q = (v - k.off) / k.s;
   barrier<W>(q);
   if constexpr (W == 1) {
     // quantize_row_w's scalar form
     if (q != q) q = 0.f;
-    const float rr = std::min(std::max(std::nearbyint(q), r.lo), r.hi);
-    return static_cast<int32_t>(rr) + r.add;
+    const float rr = std::min(std::max(std::nearbyint(q), k.lo), k.hi);
+    return static_cast<int32_t>(rr) + k.add;
   } else {
     const Vf<W> zero{};
     q = q == q ? q : zero;
-    const Vf<W> vlo = vsplat<W>(r.lo), vhi = vsplat<W>(r.hi);
-    q = vlo > q ? vlo : q;
-    q = vhi < q ? vhi : q;
+    q = k.lo > q ? k.lo : q;
+    q = k.hi < q ? k.hi : q;
     const Vf<W> rr = (q + 12582912.0f) - 12582912.0f;
-    return __builtin_convertvector(rr, Vi<W>) + r.add;
+    return __builtin_convertvector(rr, Vi<W>) + k.add;
   }
 }
 
-// bytes of one channel row of n elements. The tail (n % W) goes through the
-// vector formula too, from a padded copy.
 // The low bytes of W int32 lanes (in 0..255: exact).
 template <int W> TDQ_AINLINE void store_bytes(const Vi<W>& b, uint8_t* out) {
-  typedef uint8_t Vb __attribute__((vector_size(W)));
-  if constexpr (W == 8) {
+  if constexpr (W == 1) {
+    *out = static_cast<uint8_t>(b);
+  } else if constexpr (W == 8) {
     // a shuffle: GCC 12 narrows an 8 x int32 conversion lane by lane on AVX2
+    typedef uint8_t Vb __attribute__((vector_size(W)));
     typedef uint8_t Vb32 __attribute__((vector_size(32)));
     const Vb32 bytes = reinterpret_cast<const Vb32&>(b);
     const Vb qb = __builtin_shufflevector(bytes, bytes, 0, 4, 8, 12, 16, 20, 24, 28);
     std::memcpy(out, &qb, W);
   } else {
+    typedef uint8_t Vb __attribute__((vector_size(W)));
     const Vb qb = __builtin_convertvector(b, Vb);
     std::memcpy(out, &qb, W);
   }
 }
 
-template <int W> TDQ_AINLINE void row_w(const float* x, uint8_t* out, int64_t n, const RowParams& r) {
+// One channel row of n elements: x (n) f32 -> out (n) levels. The row's
+// floats are group_norm_forward's: W lanes by the vector formula, the n % W
+// tail by the scalar one (gn_norm<1>, as group_norm_forward's tail); the tail's
+// scale/shift, SiLU and quantization then run through the vector formula from
+// a padded copy, as they did on the stored row.
+template <int W, bool NormSilu, bool SS, bool PostSilu>
+TDQ_AINLINE void row_w(const float* x, uint8_t* out, int64_t n, const RowParams& r) {
+  const RowConst<W> k(r);
   int64_t i = 0;
-  if constexpr (W > 1) {
-    for (; i + W <= n; i += W) store_bytes<W>(row_levels<W>(vload<W>(x + i), r), out + i);
+  for (; i + W <= n; i += W)
+    store_bytes<W>(levels<W, SS, PostSilu>(gn::gn_norm<W, NormSilu>(vload<W>(x + i), r.mhi, r.mlo, r.scale, r.shift), k),
+                   out + i);
+  if constexpr (W > 1)
     if (i < n) {
       float pad[W] = {};
       uint8_t ob[W];
-      std::memcpy(pad, x + i, static_cast<size_t>(n - i) * sizeof(float));
-      store_bytes<W>(row_levels<W>(vload<W>(pad), r), ob);
+      for (int64_t j = 0; j < n - i; ++j) pad[j] = gn::gn_norm<1, NormSilu>(x[i + j], r.mhi, r.mlo, r.scale, r.shift);
+      store_bytes<W>(levels<W, SS, PostSilu>(vload<W>(pad), k), ob);
       std::memcpy(out + i, ob, static_cast<size_t>(n - i));
     }
-  } else {
-    for (; i < n; ++i) out[i] = static_cast<uint8_t>(row_levels<1>(x[i], r));
+}
+
+// What follows the norm: with scale/shift the plain GroupNorm, then the two
+// elementwise roundings and (silu) the silu op's formula; without, the fused
+// GroupNorm + SiLU the model runs in float (nn/fused.ts), or the plain norm.
+enum class Mode { norm, norm_silu, ss, ss_silu };
+
+template <int W> TDQ_AINLINE void row_mode(Mode m, const float* x, uint8_t* o, int64_t n, const RowParams& r) {
+  switch (m) {
+    case Mode::norm: return row_w<W, false, false, false>(x, o, n, r);
+    case Mode::norm_silu: return row_w<W, true, false, false>(x, o, n, r);
+    case Mode::ss: return row_w<W, false, true, false>(x, o, n, r);
+    case Mode::ss_silu: return row_w<W, false, true, true>(x, o, n, r);
   }
 }
 
-using RowFn = void (*)(const float*, uint8_t*, int64_t, const RowParams&);
-void row_scalar(const float* x, uint8_t* o, int64_t n, const RowParams& r) { row_w<1>(x, o, n, r); }
+struct Kernels {
+  void (*moments)(const float*, int64_t, double&, double&);
+  void (*row)(Mode, const float*, uint8_t*, int64_t, const RowParams&);
+};
+
+template <int W> struct Plain {
+  static void moments(const float* p, int64_t n, double& mean, double& var) { gn::gn_moments<W>(p, n, mean, var); }
+  static void row(Mode m, const float* x, uint8_t* o, int64_t n, const RowParams& r) { row_mode<W>(m, x, o, n, r); }
+};
 #if TDQ_NN_X86
-TDQ_AVX2 void row_avx2(const float* x, uint8_t* o, int64_t n, const RowParams& r) { row_w<8>(x, o, n, r); }
-TDQ_AVX512 void row_avx512(const float* x, uint8_t* o, int64_t n, const RowParams& r) { row_w<16>(x, o, n, r); }
+struct Avx2 {
+  static TDQ_AVX2 void moments(const float* p, int64_t n, double& mean, double& var) { gn::gn_moments<8>(p, n, mean, var); }
+  static TDQ_AVX2 void row(Mode m, const float* x, uint8_t* o, int64_t n, const RowParams& r) { row_mode<8>(m, x, o, n, r); }
+};
+struct Avx512 {
+  static TDQ_AVX512 void moments(const float* p, int64_t n, double& mean, double& var) {
+    gn::gn_moments<16>(p, n, mean, var);
+  }
+  static TDQ_AVX512 void row(Mode m, const float* x, uint8_t* o, int64_t n, const RowParams& r) {
+    row_mode<16>(m, x, o, n, r);
+  }
+};
 #endif
 
-RowFn row_for(CpuLevel level) {
+Kernels kernels_for(CpuLevel level) {
 #if TDQ_NN_X86
-  if (level == CpuLevel::avx512) return row_avx512;
-  if (level == CpuLevel::avx2) return row_avx2;
+  if (level == CpuLevel::avx512) return {Avx512::moments, Avx512::row};
+  if (level == CpuLevel::avx2) return {Avx2::moments, Avx2::row};
 #endif
   (void)level;
-  return row_scalar;
+  return {Plain<1>::moments, Plain<1>::row};
 }
 
 struct Dims {
@@ -199,34 +250,27 @@ void qgroup_norm_act(OpCall& c, const ExecContext& ctx) {
   uint8_t* py = c.outputs[0].data<uint8_t>();
   const int64_t cpg = d.C / d.G, m = cpg * d.HW;
   if (d.N == 0 || m == 0) return;
-  const RowFn row = row_for(ctx.cpu_level);
-  // The float rows are group_norm_forward's own (its kernels at this level):
-  // with SiLU and no scale/shift the fused GroupNorm + SiLU the model runs in
-  // float; with scale/shift the plain GroupNorm, then the two elementwise
-  // roundings and the silu op's formula in row_levels.
-  const GnForwardKernels k = group_norm_forward_kernels(ctx.cpu_level, silu && sc == nullptr);
+  const Kernels k = kernels_for(ctx.cpu_level);
+  const Mode mode = sc ? (silu ? Mode::ss_silu : Mode::ss) : (silu ? Mode::norm_silu : Mode::norm);
   ctx.parallel_for(d.N * d.G, std::max<int64_t>(1, (1 << 14) / m), [&](int64_t begin, int64_t end) {
-    std::vector<float> v(static_cast<size_t>(d.HW));
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t n = ng / d.G, g = ng % d.G;
       const float* xg = px + ng * m;
-      const double mean = k.sum(xg, m) / m;
-      const double var = k.sum_sq_dev(xg, m, mean) / m;
+      double mean, var;
+      k.moments(xg, m, mean, var);
       const double rstd = 1.0 / std::sqrt(var + eps);
-      const float mhi = static_cast<float>(mean), mlo = static_cast<float>(mean - mhi);
       RowParams r{};
-      r.silu = silu && sc != nullptr, r.ss = sc != nullptr;
+      r.mhi = static_cast<float>(mean), r.mlo = static_cast<float>(mean - r.mhi);
       r.off = q.offset, r.s = steps[n], r.lo = q.lo, r.hi = q.hi, r.add = q.add;
       for (int64_t kk = 0; kk < cpg; ++kk) {
         const int64_t ch = g * cpg + kk;
-        const float scale = static_cast<float>(rstd * (w ? w[ch] : 1.0f)), shift = b ? b[ch] : 0.f;
-        k.apply(xg + kk * d.HW, v.data(), d.HW, mhi, mlo, scale, shift);
+        r.scale = static_cast<float>(rstd * (w ? w[ch] : 1.0f)), r.shift = b ? b[ch] : 0.f;
         if (sc) {
           float m1 = sc[n * d.C + ch];
           m1 = m1 + 1.0f;
           r.mult = m1, r.add_after = sh[n * d.C + ch];
         }
-        row(v.data(), py + ng * m + kk * d.HW, d.HW, r);
+        k.row(mode, xg + kk * d.HW, py + ng * m + kk * d.HW, d.HW, r);
       }
     }
   });

@@ -1,7 +1,8 @@
 // Checkpoint sizes and resident memory of quantized models: fp32, and W8A8 /
 // W4A8 TDQ checkpoints with float32 weights or integer levels
 // (src/quant/weights_format.ts), each loaded and sampled in its own process
-// so that its peak RSS is its own.
+// so that its peak RSS is its own; with --steps 50, images / s is DDIM-50
+// sampling throughput of each execution (fp32, fake-quantized, integer).
 //   node dist/bench/int_memory.js [--models fmnist-small,ddpm-cifar10] [--batch 4] [--steps 5] [--out bench/results/int-memory.md]
 // fmnist-small uses the shipped weights; other configs random weights. The
 // quantizers get synthetic steps (per-channel max|w| / qmax, TDQ MLPs at their
@@ -153,7 +154,7 @@ async function main(): Promise<void> {
         const cols = 'fp32' in w
           ? [mib(w.fp32), '-', '-', '-']
           : [mib(w.quantFloat), mib(w.quantInt), mib(w.quantPacked), mib(w.other)];
-        memRows.push(`| ${name} | ${label} | ${cols.join(' | ')} | ${mib(r.engineLive)} | ${mib(r.enginePeak)} | ${mib(r.rssAfterLoad)} | ${mib(r.peakRss)} | ${r.msPerStep.toFixed(0)} |`);
+        memRows.push(`| ${name} | ${label} | ${cols.join(' | ')} | ${mib(r.engineLive)} | ${mib(r.enginePeak)} | ${mib(r.rssAfterLoad)} | ${mib(r.peakRss)} | ${r.msPerStep.toFixed(0)} | ${((batch * 1000) / (r.msPerStep * steps)).toFixed(2)} |`);
         console.log(memRows[memRows.length - 1]);
       }
     } finally {
@@ -181,9 +182,10 @@ async function main(): Promise<void> {
     `Weights of the quantized layers held as float32, as integer levels (int8 / packed int4), and as the integer kernels' packed int8 copy`,
     `(built on first integer use); other: the remaining parameters and buffers (full-precision layers, biases, norms, quantizers, tables).`,
     `Engine live / peak: native().memory() after sampling ${steps} steps at batch ${batch}; RSS after load (after releaseMemory), and the process peak RSS (getrusage maxrss).`,
+    `ms / step and images / s: the whole DDIM-${steps} run of ${batch} images (including the first step's one-time packing of the integer weights), wall clock.`,
     '',
-    '| model | run | quant fp32 MiB | quant int MiB | packed int8 MiB | other MiB | engine live MiB | engine peak MiB | RSS after load MiB | peak RSS MiB | ms / step |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| model | run | quant fp32 MiB | quant int MiB | packed int8 MiB | other MiB | engine live MiB | engine peak MiB | RSS after load MiB | peak RSS MiB | ms / step | images / s |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...memRows,
     '',
   ].join('\n');

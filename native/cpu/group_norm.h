@@ -21,12 +21,28 @@ namespace gn {
 
 using namespace nnsimd;
 
+// sum (p[i] - c)^2 in double W lanes
+template <int W> TDQ_AINLINE double gn_sum_sq_dev(const float* p, int64_t n, double c) {
+  Vd<W> acc{};
+  int64_t i = 0;
+  if constexpr (W > 1)
+    for (; i + W <= n; i += W) {
+      const Vd<W> d = to_double<W>(vload<W>(p + i)) - c;
+      acc += d * d;
+    }
+  double s = hsum_d<W>(acc);
+  for (; i < n; ++i) s += (p[i] - c) * (p[i] - c);
+  return s;
+}
+
 // Mean and biased variance of p[0..n) in one pass: the sums of d = p[i] - c
 // and d^2 in double W lanes, shifted by the group's first element c. d is
-// exact in double (two floats), d^2 rounds at 2^-53, so var = S2/n - (S1/n)^2
-// loses nothing a float result could see unless the first element lies
-// thousands of standard deviations from the mean (relative error about
-// ((mean - c)^2 / var) n 2^-53).
+// exact in double (two floats), d^2 and the sums round at about n 2^-53
+// (worst case), so var = S2/n - (S1/n)^2 has a relative error of about
+// (1 + (mean - c)^2 / var) n 2^-53. Where (mean - c)^2 / var * n > 2^20 (the
+// first element far out: the ratio is at most n), the variance is summed
+// again around the mean (a second pass), so the error stays under
+// (2^20 + n) 2^-53 either way: far below a float's 2^-24.
 template <int W> TDQ_AINLINE void gn_moments(const float* p, int64_t n, double& mean, double& var) {
   if (n <= 0) {
     mean = 0, var = 0;
@@ -49,6 +65,7 @@ template <int W> TDQ_AINLINE void gn_moments(const float* p, int64_t n, double& 
   const double mo = s1 / n;
   mean = c + mo;
   var = std::max(s2 / n - mo * mo, 0.0);
+  if (mo * mo * static_cast<double>(n) > 1048576.0 * var) var = gn_sum_sq_dev<W>(p, n, mean) / n;
 }
 
 template <int W> TDQ_AINLINE Vf<W> gn_silu(const Vf<W>& z) { return z / (1.0f + vexp<W>(-z)); }

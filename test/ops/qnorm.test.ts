@@ -16,6 +16,7 @@ import { silu } from '../../src/tensor/ops/activation';
 import { add, addScalar, mul } from '../../src/tensor/ops/elementwise';
 import { groupNorm, groupNormSiLU } from '../../src/tensor/ops/norm';
 import { type FusedActQuant, packQWeight, qconv2d, qgroupNormAct } from '../../src/tensor/ops/qlinear';
+import { native } from '../../src/tensor/native';
 import { fromArray, type Tensor } from '../../src/tensor/tensor';
 import { randomData } from '../helpers/assert';
 import { atLevel, cpuLevels } from '../helpers/cpu_levels';
@@ -42,6 +43,7 @@ const CASES: Case[] = [
   { name: 'in_layers: SiLU zero point, per-sample steps', x: [2, 16, 4, 4], groups: 4, signed: false, bits: 8, z: SILU_MIN, ss: false, affine: true, steps: 'sample', exact: true },
   { name: 'signed 8 bit, one step, no affine', x: [2, 12, 4, 8], groups: 3, signed: true, bits: 8, z: 0, ss: false, affine: false, steps: 'one', exact: true },
   { name: 'odd maps (3x5), no scale/shift: the fused GroupNorm + SiLU floats', x: [2, 8, 3, 5], groups: 4, signed: false, bits: 8, z: SILU_MIN, ss: false, affine: true, steps: 'sample', exact: true },
+  { name: 'odd group size (3 channels of 5x5, 75 elements), no scale/shift', x: [2, 9, 5, 5], groups: 3, signed: false, bits: 8, z: SILU_MIN, ss: false, affine: true, steps: 'sample', exact: true },
   { name: 'odd maps (5x7), 4-bit, scale/shift', x: [2, 8, 5, 7], groups: 2, signed: false, bits: 4, z: SILU_MIN, ss: true, affine: true, steps: 'table', exact: false },
 ];
 
@@ -106,6 +108,30 @@ describe('qgroup_norm_act', () => {
       }
     });
   }
+
+  it('the same levels on 1 and 2 engine threads, every CPU level (odd group size, scale/shift and without)', async () => {
+    const shape: [number, number, number, number] = [3, 30, 7, 9];
+    const x = fromArray(randomData(shape, 21, 2).map((v, i) => fr(v + (i % 5) * 0.1)), shape);
+    const ss = { scale: fromArray(randomData([3, 30, 1, 1], 22, 0.3), [3, 30, 1, 1]), shift: fromArray(randomData([3, 30, 1, 1], 23, 0.2), [3, 30, 1, 1]) };
+    const act: FusedActQuant = { bits: 8, signed: false, offset: SILU_MIN, stepFloor: 1e-6 };
+    const steps = fromArray([0.011, 0.013, 0.017], [3]);
+    const threads = native().info().threads;
+    try {
+      for (const level of cpuLevels())
+        await atLevel(level, async () => {
+          for (const scaleShift of [undefined, ss]) {
+            const run = async (n: number) => {
+              native().setThreads(n);
+              return (await qgroupNormAct(x, null, null, steps, { numGroups: 10, scaleShift, act }).data()) as Uint8Array;
+            };
+            const a = await run(1), b = await run(2);
+            assert.deepEqual(b, a, `${level}, scale/shift ${!!scaleShift}`);
+          }
+        });
+    } finally {
+      native().setThreads(threads);
+    }
+  });
 
   it('rejects bad arguments with typed errors naming them', () => {
     const x = fromArray(randomData([2, 6, 3, 3], 1), [2, 6, 3, 3]);

@@ -45,9 +45,18 @@ template <int W> TDQ_AINLINE Vf<W> vload(const float* p) {
   return v;
 }
 template <int W> TDQ_AINLINE void vstore(float* p, const Vf<W>& v) { std::memcpy(p, &v, sizeof v); }
-// s - 0 rather than 0 + s: the compiler may fold x - 0 (but not 0 + x, which
-// differs for x = -0) and emits a single broadcast.
-template <int W> TDQ_AINLINE Vf<W> vsplat(float s) { return s - Vf<W>{}; }
+// s in every lane, exactly (-0 and NaN included), as one broadcast. Written
+// lane by lane: GCC 12 compiled the earlier s - 0 (a vector) in some kernels
+// into one masked broadcast per lane (16 kmovw + vbroadcastss for AVX-512).
+template <int W> TDQ_AINLINE Vf<W> vsplat(float s) {
+  if constexpr (W == 1) {
+    return s;
+  } else {
+    Vf<W> v;
+    for (int i = 0; i < W; ++i) v[i] = s;
+    return v;
+  }
+}
 template <int W> TDQ_AINLINE Vf<W> vmax(const Vf<W>& a, const Vf<W>& b) { return a > b ? a : b; }
 // sqrt lane by lane: correctly rounded in every width, and one vector sqrt
 // instruction where the build has -fno-math-errno (CMakeLists.txt, binding.gyp).

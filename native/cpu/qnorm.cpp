@@ -65,25 +65,13 @@ template <int W> TDQ_AINLINE void barrier(Vf<W>& v) {
 #endif
 }
 
-// s in every lane. (vsplat's s - 0 became 16 masked broadcasts, one per
-// lane, in the row kernels' prologue: GCC 12, 1 vector per row on 4x4 maps.)
-template <int W> TDQ_AINLINE Vf<W> bcast(float s) {
-  if constexpr (W == 1) {
-    return s;
-  } else {
-    Vf<W> v;
-    for (int i = 0; i < W; ++i) v[i] = s;
-    return v;
-  }
-}
-
 // The row's constants as vectors, made once per row.
 template <int W> struct RowConst {
   Vf<W> mult, add_after, off, s, lo, hi;
   Vi<W> add;
   explicit TDQ_AINLINE RowConst(const RowParams& r)
-      : mult(bcast<W>(r.mult)), add_after(bcast<W>(r.add_after)), off(bcast<W>(r.off)), s(bcast<W>(r.s)),
-        lo(bcast<W>(r.lo)), hi(bcast<W>(r.hi)), add(r.add - Vi<W>{}) {}
+      : mult(vsplat<W>(r.mult)), add_after(vsplat<W>(r.add_after)), off(vsplat<W>(r.off)), s(vsplat<W>(r.s)),
+        lo(vsplat<W>(r.lo)), hi(vsplat<W>(r.hi)), add(r.add - Vi<W>{}) {}
 };
 
 // Levels of the norm's float output z: [fl(fl(z * mult) + add_after)],

@@ -81,7 +81,7 @@ describe('groupNorm against PyTorch', { skip: skip ?? false }, () => {
     [[1, 8, 13], 2, 'none', 1, 0],
     [[4, 12], 3, 'both', 1, 0],
     [[2, 12, 9, 11], 4, 'both', 0.01, 0],
-    [[2, 4, 6, 6], 2, 'both', 1, 1000], // |mean| >> std: the two-pass statistics
+    [[2, 4, 6, 6], 2, 'both', 1, 1000], // |mean| >> std: the shifted one-pass statistics
   ];
   for (const [shape, groups, affine, scale, offset] of cases) {
     it(`x ${JSON.stringify(shape)}, ${groups} groups, affine=${affine}, scale ${scale}, offset ${offset}`, async () => {

@@ -31,7 +31,8 @@ import readline from 'node:readline';
 
 import { type Config, loadConfig } from '../src/config';
 import { ddimSamplingParameters, ddimStepCoefficients, makeDdimTimesteps } from '../src/diffusion/samplers';
-import { buildUNet, PixelDiffusion } from '../src/models/diffusion';
+import { buildUNet, PixelDiffusion, scheduleFromConfig } from '../src/models/diffusion';
+import type { NoiseSchedule } from '../src/diffusion/schedule';
 import { Adam } from '../src/optim/adam';
 import { clipGradNorm } from '../src/optim/clip';
 import { backward, noGrad } from '../src/tensor/autograd';
@@ -52,7 +53,7 @@ const args = benchArgs(
     steps: { type: 'string', value: 'N', default: '50', help: 'DDIM steps per timed sampling run (of the DDIM-50 layout)' },
     reps: { type: 'string', value: 'N', default: '3', help: 'timed runs per side per round' },
     rounds: { type: 'string', value: 'N', default: '2', help: 'rounds (the side going first alternates)' },
-    tiny: { type: 'boolean', help: 'the dry run: model_channels 32 and batches 1 / 2 / 4 (with --device cpu, minutes on 2 cores)' },
+    tiny: { type: 'boolean', help: 'the dry run: UNets 32 channels wide and batches 1 / 2 / 4 (with --device cpu, minutes on 2 cores)' },
     out: { type: 'string', value: 'FILE', default: 'bench/results/cuda-vs-torch.md', help: 'the markdown report' },
     json: { type: 'string', value: 'FILE', help: 'also the results as JSON' },
     'no-torch': { type: 'boolean', help: 'ours only' },
@@ -92,7 +93,7 @@ class TorchServer {
   constructor() {
     const threads = String(os.cpus().length);
     const env = { ...process.env, OMP_NUM_THREADS: threads, OMP_WAIT_POLICY: 'PASSIVE' };
-    this.proc = spawn(process.env.TDQ_PYTHON ?? 'python3', [path.join(packageRoot, 'bench', 'torch_diffusion.py'), threads], { env });
+    this.proc = spawn(process.env.TDQ_PYTHON ?? '/usr/bin/python3', [path.join(packageRoot, 'bench', 'torch_diffusion.py'), threads], { env });
     let stderr = '';
     this.proc.stderr.on('data', (d) => (stderr += d));
     this.proc.on('exit', (code) => {
@@ -109,6 +110,7 @@ class TorchServer {
     return resp;
   }
   async close(): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return; // died already (its error was reported)
     const exited = new Promise((r) => this.proc.once('exit', r));
     this.proc.stdin.end();
     await exited;
@@ -117,9 +119,9 @@ class TorchServer {
 
 // ---- our side ----------------------------------------------------------------------
 
-function ddimPlan(diffusion: PixelDiffusion): [number, number, number][] {
-  const ts = makeDdimTimesteps('uniform', DDIM_STEPS, diffusion.schedule.numTimesteps);
-  const p = ddimSamplingParameters(diffusion.schedule.alphasCumprod, ts, 0);
+function ddimPlan(schedule: NoiseSchedule): [number, number, number][] {
+  const ts = makeDdimTimesteps('uniform', DDIM_STEPS, schedule.numTimesteps);
+  const p = ddimSamplingParameters(schedule.alphasCumprod, ts, 0);
   const plan: [number, number, number][] = [];
   for (let k = ts.length - 1; k >= 0; --k) {
     const { cx, ce } = ddimStepCoefficients(p.alphas[k], p.alphasPrev[k], p.sigmas[k]);
@@ -129,7 +131,8 @@ function ddimPlan(diffusion: PixelDiffusion): [number, number, number][] {
 }
 
 function caseConfig(spec: CaseSpec): Config {
-  const overrides = args.tiny ? ['model.params.unet_config.params.model_channels=32'] : [];
+  const width = spec.config.startsWith('ddpm') ? 'ch' : 'model_channels';
+  const overrides = args.tiny ? [`model.params.unet_config.params.${width}=32`] : [];
   return loadConfig(path.join(packageRoot, 'configs', spec.config), { overrides }).config;
 }
 
@@ -147,15 +150,21 @@ function randomArray(n: number, seed: number): Float32Array {
   return a;
 }
 
+/** (C, H, W) the UNet denoises: pixels, or an LDM's latents (model.params.channels / image_size). */
+function sampleShape(cfg: Config): [number, number, number] {
+  const p = cfg.model.params as unknown as { channels: number; image_size: number };
+  return [p.channels, p.image_size, p.image_size];
+}
+
 function makeRunner(cfg: Config, spec: CaseSpec, batch: number, device: Device): Runner {
   const unet = buildUNet(cfg.model.params.unet_config, new Generator(cfg.training.seed)).to(device);
-  const diffusion = new PixelDiffusion(cfg.model, unet);
-  const shape = [batch, ...diffusion.imageShape];
+  const shape = [batch, ...sampleShape(cfg)];
   const size = shape.reduce((x, y) => x * y, 1);
   const params = unet.numParameters();
   if (spec.mode === 'sample') {
+    // The UNet alone (an LDM's first stage is not part of the timed loop).
     unet.eval();
-    const plan = ddimPlan(diffusion);
+    const plan = ddimPlan(scheduleFromConfig(cfg.model.params));
     const xT = randomArray(size, 1);
     return {
       params,
@@ -173,6 +182,7 @@ function makeRunner(cfg: Config, spec: CaseSpec, batch: number, device: Device):
     };
   }
   unet.train();
+  const diffusion = new PixelDiffusion(cfg.model, unet);
   const t = cfg.training;
   const opt = new Adam(unet.parameters(), { lr: cfg.model.base_learning_rate, betas: t.optimizer.betas as [number, number], eps: t.optimizer.eps });
   const x0 = keep(fromArray(randomArray(size, 2).map((v) => Math.tanh(v)), shape, 'float32', device));
@@ -263,15 +273,13 @@ async function benchCase(spec: CaseSpec, dtype: BenchDType, device: Device): Pro
     torch = new TorchServer();
     try {
       const unet = cfg.model.params.unet_config;
-      const diffusion = new PixelDiffusion(cfg.model, buildUNet(unet, new Generator(0)));
-      const p = diffusion.schedule;
+      const p = scheduleFromConfig(cfg.model.params);
       const setup = {
-        model: unet.target.endsWith('DDPMUNet') ? 'ddpm' : 'openai', unet: unet.params, mode: spec.mode, batch, shape: diffusion.imageShape,
-        seed: cfg.training.seed, ddim: ddimPlan(diffusion), sqrt_ac: [...p.sqrtAlphasCumprod], sqrt_1m_ac: [...p.sqrtOneMinusAlphasCumprod],
+        model: unet.target.endsWith('DDPMUNet') ? 'ddpm' : 'openai', unet: unet.params, mode: spec.mode, batch, shape: sampleShape(cfg),
+        seed: cfg.training.seed, ddim: ddimPlan(p), sqrt_ac: [...p.sqrtAlphasCumprod], sqrt_1m_ac: [...p.sqrtOneMinusAlphasCumprod],
         lr: cfg.model.base_learning_rate, betas: cfg.training.optimizer.betas, eps: cfg.training.optimizer.eps, grad_clip: cfg.training.grad_clip ?? 0,
         loss: cfg.model.params.loss_type, device, dtype,
       };
-      diffusion.unet.dispose();
       const params = (await torch.call<{ params: number }>({ setup })).params;
       if (row.params !== undefined && params !== row.params) throw new Error(`parameter counts differ (ours ${row.params}, torch ${params})`);
       row.params ??= params;

@@ -27,6 +27,7 @@ CASE: {"model": "openai"|"ddpm", "unet": params, "mode": "sample"|"train",
   torch.cuda.synchronize(), and "memory" adds the device's peak allocation.
 "reset_peak" and "memory" (peak resident set, VmHWM) come from bench/torch_server.py.
 """
+import contextlib
 import time
 
 import torch_server
@@ -69,9 +70,13 @@ class Case:
             self.scaler = torch.cuda.amp.GradScaler() if self.half else None
             self.x0 = (torch.rand(self.shape, generator=self.gen) * 2 - 1).to(self.device)
 
+    def autocast(self):
+        # (torch 1.13 refuses float16 autocast on the CPU even when disabled)
+        return torch.autocast(device_type="cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
+
     def sample(self, steps=None):
         plan = self.ddim if steps is None else self.ddim[:steps]
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.half):
+        with torch.no_grad(), self.autocast():
             x = torch.randn(self.shape, generator=self.gen).to(self.device)
             for t, cx, ce in plan:
                 eps = self.model(x, torch.full((self.batch,), float(t), device=self.device))
@@ -83,7 +88,7 @@ class Case:
         t = torch.randint(0, len(self.sqrt_ac), (self.batch,), generator=self.gen).to(self.device)
         noise = torch.randn(self.shape, generator=self.gen).to(self.device)
         xt = self.sqrt_ac[t].view(-1, 1, 1, 1) * self.x0 + self.sqrt_1m_ac[t].view(-1, 1, 1, 1) * noise
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.half):
+        with self.autocast():
             eps = self.model(xt, t.float())
             loss = F.mse_loss(eps.float(), noise) if c["loss"] == "l2" else F.l1_loss(eps.float(), noise)
         if self.scaler:

@@ -32,7 +32,8 @@ log "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 # Node: on the PATH, else unpacked from .gpu-carry (xz, or Python's lzma where xz is missing).
 BIN="$ROOT/.gpu-carry/bin"
 PY=$(command -v python3 || command -v python || true)
-if ! command -v node >/dev/null; then
+# TDQ_UNPACK_NODE=1: use the packed node even where one is on the PATH (to check the packing).
+if [ "${TDQ_UNPACK_NODE:-0}" = 1 ] || ! command -v node >/dev/null; then
   mkdir -p "$BIN"
   if [ ! -x "$BIN/node" ]; then
     [ -f .gpu-carry/node.xz ] || { log "FAIL: no node on the PATH and no .gpu-carry/node.xz (run scripts/pack-gpu-carry.sh and carry .gpu-carry)"; exit 3; }

@@ -66,7 +66,6 @@ PYEOF
 for d in $NV_DIRS; do
   [ -d "$d/lib" ] && export LD_LIBRARY_PATH="$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
-export TDQ_CUDA_PROBE_CACHE=0
 
 timeout 60 node bin/tdq-native.js info > "$OUT/info.txt" 2>&1
 log "info: $(grep -E '^(cuda|cuda build|device auto):' "$OUT/info.txt" | tr '\n' ';')"

@@ -35,6 +35,8 @@ export interface CudaProbe {
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
+/** Part of the cache key: bump when the probe or the verdict's wording changes. */
+const CACHE_FORMAT = 'probe-2';
 
 /** Where libtdq_cuda.so is looked for (the loader's rule: TDQ_CUDA_LIB, else next to the addon). */
 export function cudaLibraryPath(): string {
@@ -64,7 +66,7 @@ function statKey(file: string): string {
 function cacheKey(): string {
   const lib = cudaLibraryPath();
   const parts = [
-    process.execPath, process.version, packageRoot, lib, statKey(lib),
+    CACHE_FORMAT, process.execPath, process.version, packageRoot, lib, statKey(lib),
     process.env.TDQ_ADDON_PATH ?? '', statKey(process.env.TDQ_ADDON_PATH ?? path.join(packageRoot, 'build', 'Release', 'tdq_native.node')),
     process.env.TDQ_CUDA_DISABLE ?? '', process.env.CUDA_VISIBLE_DEVICES ?? '<unset>',
     readOr('/proc/sys/kernel/random/boot_id'), readOr('/proc/driver/nvidia/version', 'no-driver-file'),
@@ -105,20 +107,19 @@ export function probeCuda(opts: { refresh?: boolean } = {}): CudaProbe {
   const useFile = process.env.TDQ_CUDA_PROBE_CACHE !== '0';
   const key = cacheKey();
   const file = cacheFile();
+  const timeoutMs = Number(process.env.TDQ_CUDA_PROBE_TIMEOUT_MS ?? DEFAULT_TIMEOUT_MS);
+  const tried = `a child process (timeout ${timeoutMs} ms) tried to load ${cudaLibraryPath()} and the NVIDIA driver (libcuda.so.1), create a context and run one kernel`;
   if (useFile && !opts.refresh) {
     try {
-      const c = JSON.parse(fs.readFileSync(file, 'utf8')) as { key: string; available: boolean; reason: string; tried: string };
-      if (c.key === key && typeof c.available === 'boolean') {
-        memo = { available: c.available, reason: c.reason, tried: c.tried, cached: true };
+      const c = JSON.parse(fs.readFileSync(file, 'utf8')) as { key: string; available: boolean; reason: string };
+      if (c.key === key && typeof c.available === 'boolean' && typeof c.reason === 'string') {
+        memo = { available: c.available, reason: c.reason, tried, cached: true };
         return memo;
       }
     } catch {
       // no cache yet, or unreadable: probe
     }
   }
-  const timeoutMs = Number(process.env.TDQ_CUDA_PROBE_TIMEOUT_MS ?? DEFAULT_TIMEOUT_MS);
-  const lib = cudaLibraryPath();
-  const tried = `a child process (timeout ${timeoutMs} ms) loaded ${lib} and the NVIDIA driver (libcuda.so.1), created a context and ran one kernel`;
   const r = spawnSync(process.execPath, ['-e', CHILD, path.join(__dirname, 'native.js')], { encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL' });
   let verdict: { available: boolean; reason: string };
   let keep = true;
@@ -142,7 +143,7 @@ export function probeCuda(opts: { refresh?: boolean } = {}): CudaProbe {
     try {
       fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
       const tmp = `${file}.${process.pid}`;
-      fs.writeFileSync(tmp, JSON.stringify({ key, ...verdict, tried }));
+      fs.writeFileSync(tmp, JSON.stringify({ key, ...verdict }));
       fs.renameSync(tmp, file);
     } catch {
       // a read-only tmpdir: the in-process memo still holds

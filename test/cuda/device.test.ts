@@ -66,7 +66,7 @@ describe('device selection', () => {
       assert.ok(e instanceof DeviceUnavailableError && e instanceof TypeError, `${e.name}: ${e.message}`);
       assert.equal(e.name, 'DeviceUnavailableError');
       assert.ok(e.message.startsWith(`device 'cuda' is not available: ${probe.reason}`), e.message);
-      assert.match(e.message, /tried: a child process \(timeout \d+ ms\) loaded .*libtdq_cuda\.so and the NVIDIA driver/);
+      assert.match(e.message, /tried: a child process \(timeout \d+ ms\) tried to load .*libtdq_cuda\.so and the NVIDIA driver \(libcuda\.so\.1\), create a context and run one kernel/);
       assert.match(e.message, /fix: .+; or use --device cpu/);
       return true;
     });
@@ -80,22 +80,24 @@ describe('device selection', () => {
     assert.match(noLib.reason, /no CUDA backend/);
     assert.match(noLib.fix, /install the CUDA toolkit \(nvcc\) and run 'npm run build:native'/);
     // A probe that does not answer in time: killed, the process goes on, the verdict is not cached.
-    const hung = inChild(ask, { TDQ_CUDA_PROBE_TIMEOUT_MS: '1', TMPDIR: tmpCache() }).out as Record<string, string>;
+    const hungDir = tmpCache();
+    const hung = inChild(ask, { TDQ_CUDA_PROBE_TIMEOUT_MS: '1', TDQ_CUDA_PROBE_CACHE: '1', TMPDIR: hungDir }).out as Record<string, string>;
     assert.equal(hung.reason, 'the probe did not finish in 1 ms (a hung driver or device?)');
     assert.match(hung.fix, /nvidia-smi/);
+    assert.deepEqual(fs.readdirSync(hungDir), []); // nothing written for a timeout
   });
 
   it('keeps the verdict: in the process, and in a cache file for the next process', () => {
     assert.equal(probeCuda().cached, true); // the describe's probe came first
     const dir = tmpCache();
     const code = "const p=d.probeCuda();process.stdout.write(JSON.stringify(p))";
-    const first = inChild(code, { TMPDIR: dir }).out as { cached: boolean; reason: string };
-    const second = inChild(code, { TMPDIR: dir }).out as { cached: boolean; reason: string };
+    const first = inChild(code, { TMPDIR: dir, TDQ_CUDA_PROBE_CACHE: '1' }).out as { cached: boolean; reason: string };
+    const second = inChild(code, { TMPDIR: dir, TDQ_CUDA_PROBE_CACHE: '1' }).out as { cached: boolean; reason: string };
     assert.equal(first.cached, false);
     assert.equal(second.cached, true);
     assert.equal(second.reason, first.reason);
     // Another environment (a disabled backend) is another key: probed afresh.
-    const other = inChild(code, { TMPDIR: dir, TDQ_CUDA_DISABLE: '1' }).out as { cached: boolean; reason: string };
+    const other = inChild(code, { TMPDIR: dir, TDQ_CUDA_PROBE_CACHE: '1', TDQ_CUDA_DISABLE: '1' }).out as { cached: boolean; reason: string };
     assert.deepEqual([other.cached, other.reason], [false, 'disabled by TDQ_CUDA_DISABLE=1']);
   });
 

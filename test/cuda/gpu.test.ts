@@ -81,7 +81,33 @@ function tinyConfig() {
   return loadConfig(path.resolve(__dirname, '..', '..', '..', 'configs', 'fmnist-small.yaml'), { overrides }).config;
 }
 
+/** The ops (by name) that fn runs, from the engine's profile. */
+async function opsUsed(fn: () => Promise<void>): Promise<string[]> {
+  native().setProfiling(true);
+  try {
+    await fn();
+    return Object.keys(native().profile()).sort();
+  } finally {
+    native().setProfiling(false);
+  }
+}
+
 describe('CUDA backend from JS (vs the CPU backend)', { skip }, () => {
+  it('every op of a tiny UNet training step and DDIM sample has a CUDA kernel', async () => {
+    const config = tinyConfig();
+    const used = await opsUsed(async () => {
+      const m = buildUNet(config.model.params.unet_config, new Generator(0));
+      const x = fromArray(randomArray(2 * 32 * 32, 1), [2, 1, 32, 32]);
+      backward(ops.mean(ops.square(m.forward(x, fromArray([3, 700], [2])))));
+      const s = await sample((x, t) => m.forward(x, t), { sampler: 'ddim', steps: 2, schedule: scheduleFromConfig(config.model.params), shape: [1, 1, 32, 32], seed: 0 });
+      await s.data();
+      m.dispose();
+    });
+    const onCuda = new Set(native().info().ops.filter((o) => o.cuda).map((o) => o.name));
+    const missing = used.filter((op) => !onCuda.has(op));
+    assert.deepEqual(missing, [], `ops used without a CUDA kernel: ${missing.join(', ')}`);
+  });
+
   it('tensors go up and come back unchanged, every dtype', () => {
     const cases: [Parameters<typeof fromArray>[2], ArrayLike<number>][] = [
       ['float32', randomArray(1000, 1)], ['float16', Uint16Array.from({ length: 1000 }, (_, i) => (i * 37) & 0x7bff)],

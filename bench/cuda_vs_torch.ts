@@ -23,11 +23,9 @@
 // for DDIM-50 (batch / (50 x the median step time)). Weights are random
 // (timing does not depend on them). A side that fails (a missing CUDA
 // kernel, out of memory) is reported with its error and the bench goes on.
-import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 
 import { type Config, loadConfig } from '../src/config';
 import { ddimSamplingParameters, ddimStepCoefficients, makeDdimTimesteps } from '../src/diffusion/samplers';
@@ -43,6 +41,7 @@ import { Generator } from '../src/tensor/random';
 import { keep, tidy } from '../src/tensor/scope';
 import { type Tensor, fromArray } from '../src/tensor/tensor';
 import { benchArgs } from './args';
+import { TorchProcess } from './torch_client';
 
 const DDIM_STEPS = 50;
 const USAGE = 'node dist/bench/cuda_vs_torch.js [--device cuda|cpu] [--steps 50] [--reps 3] [--rounds 2] [--tiny] [--out FILE] [--json FILE] [--no-torch]';
@@ -87,33 +86,10 @@ type BenchDType = (typeof DTYPES)[number];
 
 // ---- PyTorch's side (bench/torch_diffusion.py) -------------------------------------
 
-class TorchServer {
-  private pending: ((v: unknown) => void)[] = [];
-  private proc: ChildProcessWithoutNullStreams;
+class TorchServer extends TorchProcess {
   constructor() {
     const threads = String(os.cpus().length);
-    const env = { ...process.env, OMP_NUM_THREADS: threads, OMP_WAIT_POLICY: 'PASSIVE' };
-    this.proc = spawn(process.env.TDQ_PYTHON ?? '/usr/bin/python3', [path.join(packageRoot, 'bench', 'torch_diffusion.py'), threads], { env });
-    let stderr = '';
-    this.proc.stderr.on('data', (d) => (stderr += d));
-    this.proc.on('exit', (code) => {
-      for (const p of this.pending.splice(0)) p({ error: `torch_diffusion.py exited with ${code}: ${stderr.slice(-2000)}` });
-    });
-    readline.createInterface({ input: this.proc.stdout }).on('line', (l) => this.pending.shift()?.(JSON.parse(l)));
-  }
-  async call<T>(req: object): Promise<T> {
-    const resp = (await new Promise<unknown>((resolve) => {
-      this.pending.push(resolve);
-      this.proc.stdin.write(JSON.stringify(req) + '\n');
-    })) as T & { error?: string };
-    if (resp.error) throw new Error(`torch_diffusion.py: ${resp.error}`);
-    return resp;
-  }
-  async close(): Promise<void> {
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return; // died already (its error was reported)
-    const exited = new Promise((r) => this.proc.once('exit', r));
-    this.proc.stdin.end();
-    await exited;
+    super('torch_diffusion.py', [threads], { ...process.env, OMP_NUM_THREADS: threads, OMP_WAIT_POLICY: 'PASSIVE' });
   }
 }
 

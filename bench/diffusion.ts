@@ -29,7 +29,7 @@
 // falls on both alike; medians are reported, with process CPU time beside
 // wall time. Our per-op profile is summed over the timed runs; PyTorch's comes
 // from one extra run under torch.autograd.profiler (--no-profile skips both).
-import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -47,6 +47,7 @@ import { Generator } from '../src/tensor/random';
 import { tidy } from '../src/tensor/scope';
 import { runOp1 } from '../src/tensor/tensor';
 import { benchArgs } from './args';
+import { TorchProcess } from './torch_client';
 
 const DDIM_STEPS = 50;
 
@@ -121,35 +122,17 @@ interface TorchOptions {
 }
 
 /** bench/torch_diffusion.py as a line-based JSON server (one process per case). */
-class TorchServer {
-  private pending: ((v: unknown) => void)[] = [];
-  private proc: ChildProcessWithoutNullStreams;
+class TorchServer extends TorchProcess {
   constructor(opts: TorchOptions) {
+    super('torch_diffusion.py', [String(opts.threads)], TorchServer.env(opts));
+  }
+  private static env(opts: TorchOptions): NodeJS.ProcessEnv {
     const threads = opts.threads;
     // OpenBLAS (PyTorch's matmul on Debian) takes its thread count from the environment only.
     const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) };
     if (opts.waitPolicy === 'passive') env.OMP_WAIT_POLICY = 'PASSIVE';
     else delete env.OMP_WAIT_POLICY;
-    this.proc = spawn(process.env.TDQ_PYTHON ?? '/usr/bin/python3', [path.join(packageRoot, 'bench', 'torch_diffusion.py'), String(threads)], { env });
-    let stderr = '';
-    this.proc.stderr.on('data', (d) => (stderr += d));
-    this.proc.on('exit', (code) => {
-      for (const p of this.pending.splice(0)) p({ error: `torch_diffusion.py exited with ${code}: ${stderr}` });
-    });
-    readline.createInterface({ input: this.proc.stdout }).on('line', (l) => this.pending.shift()?.(JSON.parse(l)));
-  }
-  async call<T>(req: object): Promise<T> {
-    const resp = (await new Promise<unknown>((resolve) => {
-      this.pending.push(resolve);
-      this.proc.stdin.write(JSON.stringify(req) + '\n');
-    })) as T & { error?: string };
-    if (resp.error) throw new Error(`torch_diffusion.py: ${resp.error}`);
-    return resp;
-  }
-  async close(): Promise<void> {
-    const exited = new Promise((r) => this.proc.once('exit', r));
-    this.proc.stdin.end();
-    await exited;
+    return env;
   }
 }
 

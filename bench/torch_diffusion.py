@@ -20,9 +20,14 @@ CASE: {"model": "openai"|"ddpm", "unet": params, "mode": "sample"|"train",
   "batch", "shape": [C, H, W], "seed",
   sample: "ddim": [[t, cx, ce], ...] (noisiest first: x <- cx x + ce eps(x, t)),
   train: "sqrt_ac", "sqrt_1m_ac" (per timestep), "lr", "betas", "eps",
-  "grad_clip" (0: none), "loss": "l2"|"l1"}.
+  "grad_clip" (0: none), "loss": "l2"|"l1"},
+  optional "device": "cpu" (default) | "cuda", "dtype": "float32" (default) | "float16"
+  (bench/cuda_vs_torch.ts): float16 is PyTorch's mixed precision, the model
+  under torch.autocast(float16) (float32 weights; training adds GradScaler). On cuda each run ends with
+  torch.cuda.synchronize(), and "memory" adds the device's peak allocation.
 "reset_peak" and "memory" (peak resident set, VmHWM) come from bench/torch_server.py.
 """
+import contextlib
 import time
 
 import torch_server
@@ -41,11 +46,16 @@ DDPM_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "d
 class Case:
     def __init__(self, c):
         self.c = c
+        self.device = torch.device(c.get("device", "cpu"))
+        self.half = c.get("dtype", "float32") == "float16"
+        if self.half and self.device.type != "cuda":
+            raise ValueError("dtype float16 is benchmarked on cuda only")
         torch.manual_seed(c.get("seed", 0))
         if c["model"] == "openai":
             self.model = UNetModel(**c["unet"])
         else:
             self.model = DDPMModel(**{k: c["unet"][k] for k in DDPM_KEYS if k in c["unet"]})
+        self.model.to(self.device)
         self.batch = c["batch"]
         self.shape = [self.batch] + list(c["shape"])
         self.gen = torch.Generator().manual_seed(c.get("seed", 0) + 1)
@@ -54,31 +64,45 @@ class Case:
             self.ddim = c["ddim"]
         else:
             self.model.train()
-            self.sqrt_ac = torch.tensor(c["sqrt_ac"], dtype=torch.float32)
-            self.sqrt_1m_ac = torch.tensor(c["sqrt_1m_ac"], dtype=torch.float32)
+            self.sqrt_ac = torch.tensor(c["sqrt_ac"], dtype=torch.float32, device=self.device)
+            self.sqrt_1m_ac = torch.tensor(c["sqrt_1m_ac"], dtype=torch.float32, device=self.device)
             self.opt = torch.optim.Adam(self.model.parameters(), lr=c["lr"], betas=tuple(c["betas"]), eps=c["eps"])
-            self.x0 = torch.rand(self.shape, generator=self.gen) * 2 - 1
+            self.scaler = torch.cuda.amp.GradScaler() if self.half else None
+            self.x0 = (torch.rand(self.shape, generator=self.gen) * 2 - 1).to(self.device)
+
+    def autocast(self):
+        # (torch 1.13 refuses float16 autocast on the CPU even when disabled)
+        return torch.autocast(device_type="cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
 
     def sample(self, steps=None):
         plan = self.ddim if steps is None else self.ddim[:steps]
-        with torch.no_grad():
-            x = torch.randn(self.shape, generator=self.gen)
+        with torch.no_grad(), self.autocast():
+            x = torch.randn(self.shape, generator=self.gen).to(self.device)
             for t, cx, ce in plan:
-                eps = self.model(x, torch.full((self.batch,), float(t)))
-                x = cx * x + ce * eps
+                eps = self.model(x, torch.full((self.batch,), float(t), device=self.device))
+                x = cx * x + ce * eps.float()
         return x
 
     def train_step(self):
         c = self.c
-        t = torch.randint(0, len(self.sqrt_ac), (self.batch,), generator=self.gen)
-        noise = torch.randn(self.shape, generator=self.gen)
+        t = torch.randint(0, len(self.sqrt_ac), (self.batch,), generator=self.gen).to(self.device)
+        noise = torch.randn(self.shape, generator=self.gen).to(self.device)
         xt = self.sqrt_ac[t].view(-1, 1, 1, 1) * self.x0 + self.sqrt_1m_ac[t].view(-1, 1, 1, 1) * noise
-        eps = self.model(xt, t.float())
-        loss = F.mse_loss(eps, noise) if c["loss"] == "l2" else F.l1_loss(eps, noise)
-        loss.backward()
+        with self.autocast():
+            eps = self.model(xt, t.float())
+            loss = F.mse_loss(eps.float(), noise) if c["loss"] == "l2" else F.l1_loss(eps.float(), noise)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
         if c["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c["grad_clip"])
-        self.opt.step()
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss.item()
 
@@ -88,6 +112,8 @@ class Case:
         else:
             for _ in range(steps or 1):
                 self.train_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
 
 def main():
@@ -118,7 +144,24 @@ def main():
             "total_self_seconds": sum(e.self_cpu_time_total for e in ops) / 1e6,
         }
 
-    torch_server.serve({"info": lambda req: torch_server.info(torch), "setup": setup, "run": run, "profile": profile})
+    def info(req):
+        r = torch_server.info(torch)
+        r["cuda"] = torch.cuda.is_available()
+        if r["cuda"]:
+            r["gpu"] = torch.cuda.get_device_name(0)
+            r["cuda_version"] = torch.version.cuda
+            r["cudnn"] = torch.backends.cudnn.version()
+        return r
+
+    def device_memory(req):
+        if not torch.cuda.is_available():
+            return {"peak_allocated_bytes": None}
+        r = {"peak_allocated_bytes": torch.cuda.max_memory_allocated()}
+        if req.get("reset"):
+            torch.cuda.reset_peak_memory_stats()
+        return r
+
+    torch_server.serve({"info": info, "setup": setup, "run": run, "profile": profile, "device_memory": device_memory})
 
 
 if __name__ == "__main__":

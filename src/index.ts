@@ -18,6 +18,7 @@ export { tidy, keep, dispose } from './tensor/scope';
 export { backward, noGrad } from './tensor/autograd';
 export { Generator } from './tensor/random';
 export { native } from './tensor/native';
+export { resolveDevice, probeCuda, DeviceUnavailableError, type DeviceSpec, type CudaProbe } from './tensor/device';
 export * as ops from './tensor/ops';
 export * as nn from './nn';
 export * as optim from './optim';

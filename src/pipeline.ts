@@ -13,7 +13,8 @@ import { PixelDiffusion } from './models/diffusion';
 import { LatentDiffusionPipeline } from './latent_pipeline';
 import { type LoadedModel, isLatentDiffusionConfigFile, loadLatentModel, loadModel } from './models/load';
 import { type ExecRequest, applyExec } from './quant/quantize_model';
-import { packageRoot } from './tensor/native';
+import { type DeviceSpec, resolveDevice } from './tensor/device';
+import { type Device, packageRoot } from './tensor/native';
 import { fromArray, type Tensor } from './tensor/tensor';
 
 /** The Fashion-MNIST model that ships with the package. */
@@ -33,6 +34,12 @@ export interface LoadOptions {
    * ('int' / 'fake') for a full-precision checkpoint.
    */
   exec?: ExecRequest;
+  /**
+   * Where to sample: 'cpu' (default), 'cuda' (DeviceUnavailableError when no
+   * GPU works) or 'auto' (cuda when a probe in a child process passes, else
+   * cpu; the reason in pipeline.deviceNote).
+   */
+  device?: DeviceSpec;
 }
 
 export interface GenerateOptions {
@@ -118,6 +125,9 @@ export class DiffusionPipeline {
   /** A quantized model's execution ('int' or 'fake'; null for full precision), and a note when not plain 'int'. */
   exec: 'int' | 'fake' | null = null;
   execNote: string | null = null;
+  /** Where the model lives and sampling runs; with device 'auto', why it is where it is. */
+  device: Device = 'cpu';
+  deviceNote = '';
 
   constructor(readonly config: Config, readonly diffusion: PixelDiffusion, readonly source: string, readonly loaded: LoadedModel | null = null) {}
 
@@ -149,7 +159,7 @@ export class DiffusionPipeline {
             if (!Number.isInteger(l) || l < 0 || l >= classes) throw new RangeError(`generate: label ${l} is not a class of this model (0..${classes - 1})`);
             return l;
           });
-          y = fromArray(labels, [slot.count], 'int32');
+          y = fromArray(labels, [slot.count], 'int32', this.device);
         }
         try {
           const x = await sample(this.diffusion.epsModel(y), {
@@ -181,6 +191,7 @@ export class DiffusionPipeline {
       clipDenoised: o.clipDenoised ?? this.config.model.params.clip_denoised,
       ddimDiscretize: o.ddimDiscretize,
       schedule: this.diffusion.schedule,
+      device: this.device,
     };
   }
 
@@ -197,6 +208,8 @@ export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptio
     throw new TypeError(`${opts.config} describes a latent diffusion model: use loadLatentPipeline(${JSON.stringify(ckpt)}, { config: ${JSON.stringify(opts.config)} })`);
   const exec = opts.exec ?? 'auto';
   if (exec !== 'auto' && exec !== 'int' && exec !== 'fake') throw new RangeError(`loadPipeline: exec must be 'auto', 'int' or 'fake', got ${JSON.stringify(exec)}`);
+  let deviceNote = '';
+  const device = resolveDevice(opts.device ?? 'cpu', (line) => (deviceNote = line));
   const m = await loadModel(ckpt, opts);
   try {
     if (!m.quantized && exec !== 'auto') throw new RangeError(`exec '${exec}': ${ckpt} is a full-precision checkpoint (not quantized)`);
@@ -206,6 +219,9 @@ export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptio
       p.exec = r.exec;
       p.execNote = r.note;
     }
+    if (device !== 'cpu') m.model.to(device);
+    p.device = device;
+    p.deviceNote = deviceNote;
     return p;
   } catch (e) {
     m.dispose();

@@ -159,6 +159,13 @@ static void copy(void* dst, const void* src, size_t bytes, int kind) {
 void cuda_memcpy_h2d(void* dst, const void* src, size_t bytes) { copy(dst, src, bytes, TDQ_CU_H2D); }
 void cuda_memcpy_d2h(void* dst, const void* src, size_t bytes) { copy(dst, src, bytes, TDQ_CU_D2H); }
 
+bool cuda_memory_stats(size_t* allocated, size_t* cached, size_t* device_free, size_t* device_total) {
+  const tdq_cuda_api* api = backend().api;
+  if (!api) return false;
+  api->memory_stats(allocated, cached, device_free, device_total);
+  return true;
+}
+
 void cuda_synchronize() {
   if (!backend().api) return;
   char err[1024] = {0};

@@ -19,4 +19,7 @@ std::string cuda_probe();
 void cuda_require();
 bool cuda_library_found();       // libtdq_cuda.so was found and loaded
 std::string cuda_build_info();  // the library's one-line description, or ""
+// Bytes held by live tensors and by the allocator's cache, and the device's
+// free / total; false (nothing written) unless the backend is loaded and works.
+bool cuda_memory_stats(size_t* allocated, size_t* cached, size_t* device_free, size_t* device_total);
 }  // namespace tdq

@@ -456,6 +456,20 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
   });
 }
 
+// The CUDA backend's memory: null unless a device works (loads the backend on first use, as info() does).
+Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    size_t allocated = 0, cached = 0, free = 0, total = 0;
+    if (!tdq::cuda_memory_stats(&allocated, &cached, &free, &total)) return info.Env().Null();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("allocated", static_cast<double>(allocated));
+    o.Set("cached", static_cast<double>(cached));
+    o.Set("deviceFree", static_cast<double>(free));
+    o.Set("deviceTotal", static_cast<double>(total));
+    return o;
+  });
+}
+
 Napi::Value ResetPeakMemory(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     EnvData& d = env_data(info.Env());
@@ -563,6 +577,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("memory", Napi::Function::New(env, Memory));
   exports.Set("resetPeakMemory", Napi::Function::New(env, ResetPeakMemory));
+  exports.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setCpuLevel", Napi::Function::New(env, SetCpuLevel));
   exports.Set("setSynchronous", Napi::Function::New(env, SetSynchronous));

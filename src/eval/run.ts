@@ -157,9 +157,9 @@ export interface CheckpointSource extends ImageSource {
  * scores. exec as for loadPipeline: quantized checkpoints run in integer
  * arithmetic by default ('auto'), 'fake' fake-quantizes in float.
  */
-export async function checkpointSource(ckpt: string, opts: GenerateOptions & Pick<LoadOptions, 'config' | 'exec' | 'noEma'>): Promise<CheckpointSource> {
-  const { config, exec, noEma, ...gen } = opts;
-  const pipe = await loadPipeline(ckpt, { config, exec, noEma });
+export async function checkpointSource(ckpt: string, opts: GenerateOptions & Pick<LoadOptions, 'config' | 'exec' | 'noEma' | 'device'>): Promise<CheckpointSource> {
+  const { config, exec, noEma, device, ...gen } = opts;
+  const pipe = await loadPipeline(ckpt, { config, exec, noEma, device });
   try {
     const res = await pipe.generate(gen);
     return { ...arraySource(`samples of ${path.resolve(ckpt)}`, res.data, res.shape, { quantize8: true }), exec: pipe.exec, execNote: pipe.execNote };

@@ -16,7 +16,7 @@ export function timestepEmbedding(t: Tensor, dim: number, order: 'cos-sin' | 'si
   const denom = order === 'cos-sin' ? half : half - 1;
   const freqs = new Float32Array(half);
   for (let i = 0; i < half; ++i) freqs[i] = Math.exp((-Math.log(maxPeriod) * i) / denom);
-  const args = mul(reshape(t, [t.shape[0], 1]), fromArray(freqs, [1, half]));
+  const args = mul(reshape(t, [t.shape[0], 1]), fromArray(freqs, [1, half], 'float32', t.device));
   const parts = order === 'cos-sin' ? [cos(args), sin(args)] : [sin(args), cos(args)];
   if (dim % 2) parts.push(zerosLike(reshape(t, [t.shape[0], 1])));
   return cat(parts, 1);

@@ -72,9 +72,9 @@ export class PixelDiffusion {
       a[i] = this.schedule.sqrtAlphasCumprod[t];
       s[i] = this.schedule.sqrtOneMinusAlphasCumprod[t];
     });
-    const noise = shard ? gen.randnSlice(x0.shape, start, total) : gen.randn(x0.shape);
-    const xt = add(mul(x0, fromArray(a, [b, 1, 1, 1])), mul(noise, fromArray(s, [b, 1, 1, 1])));
-    const eps = this.unet.forward(xt, fromArray(timesteps, [b]), y ?? undefined);
+    const noise = shard ? gen.randnSlice(x0.shape, start, total, x0.device) : gen.randn(x0.shape, x0.device);
+    const xt = add(mul(x0, fromArray(a, [b, 1, 1, 1], 'float32', x0.device)), mul(noise, fromArray(s, [b, 1, 1, 1], 'float32', x0.device)));
+    const eps = this.unet.forward(xt, fromArray(timesteps, [b], 'float32', x0.device), y ?? undefined);
     const diff = sub(eps, noise);
     return { loss: mean(this.lossType === 'l2' ? square(diff) : abs(diff)), timesteps };
   }

@@ -24,7 +24,7 @@ import { abs, add, addScalar, chunk, div, mean, mul, scale, sqrt, square, sub, s
 import { cat } from '../tensor/ops/shape';
 import { packageRoot } from '../tensor/native';
 import { Generator } from '../tensor/random';
-import { type Tensor, fromArray, runOp, shapeToString } from '../tensor/tensor';
+import { type Device, type Tensor, fromArray, runOp, shapeToString } from '../tensor/tensor';
 import { type Autoencoder, AutoencoderKL, DiagonalGaussianDistribution, VQModel, VQModelInterface, buildAutoencoder, loadFirstStageStateDict } from './autoencoder';
 import { ClassEmbedder, type ClassEmbedderConfig } from './conditioning';
 import type { LatentDiffusionSpec } from './latent_config';
@@ -340,9 +340,9 @@ export class LatentDiffusion extends Module {
     return this.model.forward(xNoisy, t, cond);
   }
 
-  private coef(table: Float64Array, t: readonly number[]): Tensor {
+  private coef(table: Float64Array, t: readonly number[], device: Device): Tensor {
     const b = t.length;
-    return fromArray(Float32Array.from(t, (i) => table[i]), [b, 1, 1, 1]);
+    return fromArray(Float32Array.from(t, (i) => table[i]), [b, 1, 1, 1], 'float32', device);
   }
 
   private checkT(t: readonly number[], b: number): void {
@@ -353,7 +353,7 @@ export class LatentDiffusion extends Module {
   /** q_sample: sqrt(abar_t) x0 + sqrt(1 - abar_t) noise. */
   qSample(x0: Tensor, t: readonly number[], noise: Tensor): Tensor {
     this.checkT(t, x0.shape[0]);
-    return add(mul(x0, this.coef(this.schedule.sqrtAlphasCumprod, t)), mul(noise, this.coef(this.schedule.sqrtOneMinusAlphasCumprod, t)));
+    return add(mul(x0, this.coef(this.schedule.sqrtAlphasCumprod, t, x0.device)), mul(noise, this.coef(this.schedule.sqrtOneMinusAlphasCumprod, t, x0.device)));
   }
 
   /** p_losses for latents x0 (already scaled), conditioning, integer timesteps and noise. */
@@ -361,7 +361,7 @@ export class LatentDiffusion extends Module {
     if (noise.shape.join() !== x0.shape.join()) throw new RangeError(`LatentDiffusion.pLosses: noise ${shapeToString(noise.shape)} and latents ${shapeToString(x0.shape)} differ in shape`);
     if (x0.ndim !== 4) throw new RangeError(`LatentDiffusion.pLosses: latents must be (B, C, H, W), got ${shapeToString(x0.shape)}`);
     const xNoisy = this.qSample(x0, t, noise);
-    const out = this.applyModel(xNoisy, fromArray(Float32Array.from(t), [t.length]), cond);
+    const out = this.applyModel(xNoisy, fromArray(Float32Array.from(t), [t.length], 'float32', x0.device), cond);
     const target = this.parameterization === 'eps' ? noise : x0;
     const d = sub(out, target);
     const lossSimple = mean(this.lossType === 'l2' ? square(d) : abs(d), [1, 2, 3]);
@@ -434,7 +434,7 @@ export class LatentDiffusion extends Module {
         return v;
       });
       const x0 = raw(x, t);
-      return div(sub(mul(x, this.coef(this.schedule.sqrtRecipAlphasCumprod, idx)), x0), this.coef(this.schedule.sqrtRecipm1AlphasCumprod, idx));
+      return div(sub(mul(x, this.coef(this.schedule.sqrtRecipAlphasCumprod, idx, x.device)), x0), this.coef(this.schedule.sqrtRecipm1AlphasCumprod, idx, x.device));
     };
   }
 }

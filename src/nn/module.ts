@@ -3,7 +3,7 @@
 // so checkpoints convert to and from PyTorch by name alone.
 import { noGrad } from '../tensor/autograd';
 import { keep } from '../tensor/scope';
-import { type Tensor, runOp, runOp1, shapeToString } from '../tensor/tensor';
+import { type Device, type Tensor, runOp, runOp1, shapeToString } from '../tensor/tensor';
 
 export interface LoadStateDictOptions {
   /** Every key of the module must be in the dict and nothing else (default true). */
@@ -200,14 +200,16 @@ export abstract class Module {
       throw new StateDictError(this.constructor.name, strict ? missingKeys : [], strict ? unexpectedKeys : [], mismatches);
     noGrad(() => {
       for (const [k, dst] of own) {
-        const src = dict.get(k);
-        if (!src) continue;
+        const given = dict.get(k);
+        if (!given) continue;
+        const src = given.to(dst.device); // a file's tensors (cpu) into a model on cuda
         if (src.dtype === dst.dtype) runOp('copy_', [dst, src]);
         else {
           const converted = runOp1('cast', [src], { dtype: dst.dtype });
           runOp('copy_', [dst, converted]);
           converted.dispose(); // the queued copy keeps its storage alive until it has run
         }
+        if (src !== given) src.dispose();
       }
     });
     return { missingKeys, unexpectedKeys };
@@ -241,6 +243,35 @@ export abstract class Module {
       }
       for (const b of m.buffers_.values()) b.tensor.dispose();
     }
+  }
+
+  /**
+   * Moves every parameter (and its gradient) and buffer, here and below, to
+   * `device` in place: the tensors keep their identity, so layers' fields and
+   * an optimizer's list still hold them. Returns this.
+   */
+  to(device: Device): this {
+    const move = (t: Tensor) => {
+      if (t.disposed || t.device === device) return;
+      t.adoptStorage(t.to(device));
+    };
+    for (const [, m] of this.namedModules()) {
+      for (const t of m.params_.values()) {
+        move(t);
+        if (t.grad) move(t.grad);
+      }
+      for (const b of m.buffers_.values()) move(b.tensor);
+    }
+    return this;
+  }
+
+  /** The device of the first parameter or buffer ('cpu' for a module without tensors). */
+  device(): Device {
+    for (const [, m] of this.namedModules()) {
+      for (const t of m.params_.values()) if (!t.disposed) return t.device;
+      for (const b of m.buffers_.values()) if (!b.tensor.disposed) return b.tensor.device;
+    }
+    return 'cpu';
   }
 
   /** Number of scalars in the parameters. */

@@ -321,11 +321,13 @@ export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, o
     }
   };
   const steps = opts.steps ?? 50;
+  // The trajectories run where the model is (the caller moves it: model.to('cuda')).
+  const device = qm.device();
   try {
     for (let b = 0; b < nBatches; ++b) {
       const n = Math.min(batchSize, opts.nSamples - b * batchSize);
       const labelGen = new Generator(opts.seed + 7919 * (b + 1));
-      const y = numClasses ? fromArray(Int32Array.from({ length: n }, () => labelGen.randint(numClasses)), [n], 'int32') : undefined;
+      const y = numClasses ? fromArray(Int32Array.from({ length: n }, () => labelGen.randint(numClasses)), [n], 'int32', device) : undefined;
       const context = opts.conditioning && y ? keep(noGrad(() => opts.conditioning!.context(y))) : undefined;
       const out = await sample((x, t) => (context ? qm.forward(x, t, undefined, context) : qm.forward(x, t, y)), {
         sampler: opts.sampler ?? 'ddim',
@@ -333,6 +335,7 @@ export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, o
         schedule,
         shape: [n, ...shape],
         seed: opts.seed + b,
+        device,
         onProgress: (i, total) => {
           flush();
           opts.onProgress?.('sampling', b * total + i, nBatches * total);
@@ -349,6 +352,8 @@ export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, o
   }
   opts.onProgress?.('fitting', 0, 1);
   const stats = collector.result();
+  // The fit (small MLPs on per-timestep statistics) runs on the CPU; the model goes back after.
+  if (device !== 'cpu') qm.to('cpu');
   const report = calibrateFromStats(qm, stats, {
     method: opts.method,
     percentile: opts.percentile,
@@ -357,6 +362,7 @@ export async function calibrateWithReport(model: Denoiser, cfgIn: QuantConfig, o
     seed: opts.seed,
     tdqInit: opts.tdqInit,
   });
+  if (device !== 'cpu') qm.to(device);
   opts.onProgress?.('fitting', 1, 1);
   if (opts.keepStats) report.stats = stats;
   return { model: qm, report };

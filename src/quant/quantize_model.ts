@@ -7,7 +7,7 @@ import { noGrad } from '../tensor/autograd';
 import { Module, type LoadStateDictOptions, type LoadStateDictResult } from '../nn/module';
 import { Generator } from '../tensor/random';
 import { keep, tidy } from '../tensor/scope';
-import { type Tensor, fromArray, runOp } from '../tensor/tensor';
+import { type Device, type Tensor, fromArray, runOp } from '../tensor/tensor';
 import { type QuantConfig, quantConfigFromJSON, quantConfigToJSON, resolveQuantConfig } from './config';
 import { ActQuantizer, QuantContext, WeightQuantizer } from './quantizer';
 import { type FloatLayer, type QuantLayer, isQuantizableLayer, quantLayerFor, quantLayerOf } from './quant_layers';
@@ -289,7 +289,15 @@ export class QuantizedModel extends Module implements Denoiser {
       const v = q.table!.values;
       for (let k = 0; k < T; ++k) data[k * Q + c] = v[k];
     });
-    this.ctx.setTable(fromArray(data, [T, Q]), new Map(tdq.map((q, c) => [q, c])));
+    this.ctx.setTable(fromArray(data, [T, Q], 'float32', this.device()), new Map(tdq.map((q, c) => [q, c])));
+  }
+
+  /** Moves parameters, buffers and the TDQ step table; integer weights are rebuilt on the new device when next used. */
+  override to(device: Device): this {
+    this.invalidateIntCache();
+    super.to(device);
+    this.ctx.tableTo(device);
+    return this;
   }
 
   override dispose(): void {

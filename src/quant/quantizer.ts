@@ -8,7 +8,7 @@ import { narrow } from '../tensor/ops/shape';
 import { fakeQuantize, stepTableLookup } from '../tensor/ops/quant';
 import { Module } from '../nn/module';
 import { Generator } from '../tensor/random';
-import { type Tensor, fromArray, runOp } from '../tensor/tensor';
+import { type Device, type Tensor, fromArray, runOp } from '../tensor/tensor';
 import { type QuantConfig, levels } from './config';
 import { TdqModule, encodeTimesteps } from './tdq';
 import { timestepValues } from '../diffusion/samplers/common';
@@ -48,7 +48,7 @@ export function rangeForMin(min: number): ActRange {
 }
 
 function setScalarBuffer(t: Tensor, values: number[]): void {
-  const src = fromArray(values, t.shape);
+  const src = fromArray(values, t.shape, 'float32', t.device);
   runOp('copy_', [t, src]);
   src.dispose();
 }
@@ -108,6 +108,11 @@ export class QuantContext {
     this.table = table;
     this.columns.clear();
     for (const [q, c] of columns) this.columns.set(q, c);
+  }
+
+  /** Moves the step table to `device` (QuantizedModel.to). */
+  tableTo(device: Device): void {
+    if (this.table && this.table.device !== device) this.table.adoptStorage(this.table.to(device));
   }
 
   get hasTable(): boolean {

@@ -48,7 +48,7 @@ function frequencies(dim: number, maxPeriod: number): Float32Array {
 export function encodeTimesteps(t: Tensor, dim: number, maxPeriod = 10000): Tensor {
   if (t.ndim !== 1 || t.dtype !== 'float32') throw new TypeError(`encodeTimesteps: t must be a (B) float32 tensor, got ${t.dtype} [${t.shape.join(', ')}]`);
   const f = frequencies(dim, maxPeriod);
-  const args = mul(reshape(t, [t.shape[0], 1]), fromArray(f, [1, f.length]));
+  const args = mul(reshape(t, [t.shape[0], 1]), fromArray(f, [1, f.length], 'float32', t.device));
   return cat([cos(args), sin(args)], 1);
 }
 
@@ -115,7 +115,7 @@ export class TdqModule extends Module {
 
   /** Encodes B timestep values into the (B, encDim) input of forward (as float32 t, like the model's t). */
   encode(tValues: ArrayLike<number>): Tensor {
-    return encodeTimesteps(fromArray(Float32Array.from(tValues), [tValues.length]), this.cfg.encDim, this.cfg.maxPeriod);
+    return encodeTimesteps(fromArray(Float32Array.from(tValues), [tValues.length], 'float32', this.device()), this.cfg.encDim, this.cfg.maxPeriod);
   }
 
   /** enc (B, encDim) -> step sizes (B), all positive. */
@@ -138,7 +138,7 @@ export class TdqModule extends Module {
    * goes further and fits the whole MLP to per-timestep steps.
    */
   initConstant(step: number): void {
-    const b = fromArray([inverseSoftplus(step)], [1]);
+    const b = fromArray([inverseSoftplus(step)], [1], 'float32', this.lastLayer.bias.device);
     runOp('copy_', [this.lastLayer.bias, b]);
     b.dispose();
   }
@@ -151,7 +151,7 @@ export class TdqModule extends Module {
    */
   startAt(step: number): void {
     this.initConstant(step);
-    const z = fromArray(new Float32Array(this.lastLayer.weight.size), this.lastLayer.weight.shape);
+    const z = fromArray(new Float32Array(this.lastLayer.weight.size), this.lastLayer.weight.shape, 'float32', this.lastLayer.weight.device);
     runOp('copy_', [this.lastLayer.weight, z]);
     z.dispose();
   }

@@ -52,6 +52,12 @@ export interface NativeBinding {
   /** liveBytes, peakBytes: this environment's tensors; cachedBytes: freed large host buffers kept for reuse (process-wide). */
   memory(): { liveBytes: number; peakBytes: number; cachedBytes: number };
   resetPeakMemory(): void;
+  /**
+   * The CUDA backend's memory: bytes of live tensors, of the allocator's
+   * cache, and the device's free / total; null unless a device works (it
+   * loads the backend when not yet loaded: call it after choosing 'cuda').
+   */
+  cudaMemory(): { allocated: number; cached: number; deviceFree: number; deviceTotal: number } | null;
   setThreads(n: number): void;
   setCpuLevel(level: 'scalar' | 'avx2' | 'avx512'): void;
   setSynchronous(on: boolean): void;

@@ -29,7 +29,6 @@ export class Tensor {
   readonly isTensor = true;
   readonly shape: Shape;
   readonly dtype: DType;
-  readonly device: Device;
   /** Set on leaves (parameters) that collect .grad, and on results of ops on them. */
   requiresGrad = false;
   /** Accumulated gradient of a leaf after backward(). */
@@ -37,13 +36,19 @@ export class Tensor {
   /** The op that produced this tensor, when it needs a gradient. */
   gradFn: GradNode | null = null;
   private handle_: NativeTensor | null;
+  private device_: Device;
 
   constructor(handle: NativeTensor) {
     this.handle_ = handle;
     this.shape = Object.freeze(handle.shape.slice());
     this.dtype = handle.dtype;
-    this.device = handle.device;
+    this.device_ = handle.device;
     track(this);
+  }
+
+  /** Where the storage lives; changes only through adoptStorage (Module.to moves parameters in place). */
+  get device(): Device {
+    return this.device_;
   }
 
   get handle(): NativeTensor {
@@ -89,7 +94,18 @@ export class Tensor {
     const h = src.handle;
     this.handle_?.dispose();
     this.handle_ = h;
+    this.device_ = h.device;
     src.handle_ = null;
+  }
+
+  /**
+   * A copy on `device` (this tensor itself when it is there already), made
+   * once every queued op that writes this one has run. Not recorded for
+   * autograd: the copy is a leaf.
+   */
+  to(device: Device): Tensor {
+    if (device === this.device) return this;
+    return new Tensor(native().fromData(this.handle.readSync(), this.shape, this.dtype, device));
   }
 
   [Symbol.dispose](): void {

@@ -32,7 +32,8 @@ import { backward } from '../tensor/autograd';
 import { tidy } from '../tensor/scope';
 import { scale } from '../tensor/ops/elementwise';
 import { Generator, type GeneratorState } from '../tensor/random';
-import { type Tensor, fromArray } from '../tensor/tensor';
+import { type DeviceSpec, resolveDevice } from '../tensor/device';
+import { type Device, type Tensor, fromArray } from '../tensor/tensor';
 import { TrainLogger } from './log';
 import type { TrainingState } from './checkpoint';
 import { LatentSubject, PixelSubject, type TrainSubject } from './subject';
@@ -55,6 +56,12 @@ export interface PrepareContext {
 }
 
 export interface TrainOptions {
+  /**
+   * Where to train: 'cpu' (default), 'cuda' (DeviceUnavailableError when no
+   * GPU works) or 'auto' (cuda when a probe in a child process passes, else
+   * cpu, quietly: probeCuda() says why).
+   */
+  device?: DeviceSpec;
   /** A pixel config (src/config), or an upstream LatentDiffusion config (loadLatentTrainConfig). */
   config: Config | LatentTrainConfig | AutoencoderTrainConfig;
   /**
@@ -264,6 +271,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const onNan: NanPolicy = opts.onNan ?? 'stop';
   if (!BAD_DATA_POLICIES.includes(onBadData)) throw new RangeError(`onBadData must be one of ${BAD_DATA_POLICIES.join(', ')}, got ${JSON.stringify(onBadData)}`);
   if (!NAN_POLICIES.includes(onNan)) throw new RangeError(`onNan must be one of ${NAN_POLICIES.join(', ')}, got ${JSON.stringify(onNan)}`);
+  // Before anything is written: an unavailable 'cuda' fails here.
+  const device = resolveDevice(opts.device ?? 'cpu');
 
   // The checkpoint to continue from, and whether it continues this folder's run.
   const resumeIsDir = !!opts.resume && fs.existsSync(opts.resume) && fs.statSync(opts.resume).isDirectory();
@@ -284,20 +293,25 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   }
   await comm.barrier();
   try {
-    return await trainLocked(opts, resumeFrom, print, onBadData, onNan, comm);
+    return await trainLocked(opts, resumeFrom, print, onBadData, onNan, comm, device);
   } finally {
     unlock();
   }
 }
 
 async function trainLocked(
-  opts: TrainOptions, resumeFrom: string | null, print: ((line: string) => void) | null, onBadData: BadDataPolicy, onNan: NanPolicy, comm: Communicator,
+  opts: TrainOptions, resumeFrom: string | null, print: ((line: string) => void) | null, onBadData: BadDataPolicy, onNan: NanPolicy, comm: Communicator, device: Device,
 ): Promise<TrainResult> {
   const lead = comm.rank === 0;
   const cfg = opts.config;
   const t = cfg.training;
   const { subject, extraMetadata, dataset } = await buildSubject(opts, resumeFrom, print);
   const model = subject.module;
+  // Before the optimizer and the EMA copy are made: their state follows the parameters.
+  if (device !== 'cpu') {
+    model.to(device);
+    subject.emaModule.to(device);
+  }
   for (const n of dataset.notes ?? []) print?.(`tdq-native: data: ${n}`);
   const guarded = new SkippingDataset(dataset, onBadData);
   const loader: DataLoader = loaderFromConfig(cfg, guarded.dataset, comm.size > 1 ? { rank: comm.rank, size: comm.size } : undefined);
@@ -367,8 +381,8 @@ async function trainLocked(
       }
       const a = dropBadRows(raw, bad);
       if (a) {
-        const y = guarded.dataset.numClasses > 0 ? fromArray(a.labels, [a.labels.length], 'int32') : null;
-        return { x: fromArray(a.data, a.shape), y, labels: a.labels, indices: a.indices, epoch: a.epoch, start: a.start, total: a.total };
+        const y = guarded.dataset.numClasses > 0 ? fromArray(a.labels, [a.labels.length], 'int32', device) : null;
+        return { x: fromArray(a.data, a.shape, 'float32', device), y, labels: a.labels, indices: a.indices, epoch: a.epoch, start: a.start, total: a.total };
       }
       if (tries > dataset.length) throw new Error(`${dataset.name}: no readable sample left (every sample of the last ${tries} batches failed)`);
     }

@@ -20,7 +20,8 @@ import { calibrateWithReport } from '../../quant/calibrate';
 import { type QuantConfig, QuantConfigError, describeConfig, resolveQuantConfig } from '../../quant/config';
 import { type WeightsFormat, saveQuantizedCheckpoint } from '../../quant/weights_format';
 import { type GlobalArgs, CliError } from '../index';
-import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, peekModelConfig } from './preflight';
+import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, cliDevice, deviceOption, peekModelConfig } from './preflight';
+import type { DeviceSpec } from '../../tensor/device';
 
 interface CalibrateArgs extends GlobalArgs {
   ckpt: string;
@@ -43,6 +44,7 @@ interface CalibrateArgs extends GlobalArgs {
   fitIters: number;
   ema: boolean;
   weightsFormat: WeightsFormat;
+  device: DeviceSpec;
 }
 
 /** The quantization config of the command-line flags. */
@@ -77,6 +79,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('sampler', { choices: ['ddim', 'plms', 'dpmpp', 'ddpm'] as const, default: 'ddim' as const, describe: 'sampler of the trajectories' })
       .option('steps', { alias: ['custom-steps', 'custom_steps'], type: 'number', defaultDescription: '50', describe: 'sampler steps (each a calibration timestep; an error with ddpm)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
+      .option('device', deviceOption)
       .option('seed', { type: 'number', default: 0, describe: 'noise seed of the trajectories' })
       .option('keep-fp', { alias: 'keep_fp', type: 'string', array: true, describe: "layers kept in full precision (names or '*' patterns; default: the paper's)" })
       .option('quantize-attention', { alias: 'quantize_attention', type: 'boolean', default: false, describe: 'also quantize the q/k/v inputs of the attention matmuls' })
@@ -97,7 +100,10 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       if (!(a.percentile > 0 && a.percentile <= 100)) throw new CliError(`--percentile must lie in (0, 100], got ${a.percentile}`);
       if (a.method === 'mse' || a.method === 'minmax') throw new CliError(`--percentile applies to --method percentile (or auto below 8-bit activations), not --method ${a.method}`);
     }
-    if (a.config && isLatentDiffusionConfigFile(a.config)) return calibrateLatent(a, quantConfigFromArgs(a));
+    if (a.config && isLatentDiffusionConfigFile(a.config)) {
+      if (cliDevice(a) !== 'cpu') throw new CliError('--device cuda: latent diffusion models calibrate on the CPU only so far (the first stage is not moved to the GPU yet); use --device cpu');
+      return calibrateLatent(a, quantConfigFromArgs(a));
+    }
     const peeked = await peekModelConfig(a.ckpt, a.config);
     let steps = a.steps ?? 50;
     if (peeked) {
@@ -105,6 +111,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       checkMemory(`calibrating with batches of ${Math.min(a.batchSize, a.nSamples)}`, peeked, Math.min(a.batchSize, a.nSamples), 0, a.maxMemory);
     }
     const qcfg = quantConfigFromArgs(a);
+    const device = cliDevice(a);
     let loaded;
     try {
       loaded = await loadModel(a.ckpt, { config: a.config, noEma: !a.ema, expect: 'float' });
@@ -113,6 +120,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       throw e;
     }
     const { config, model: unet } = loaded;
+    unet.to(device); // the trajectories run there; the fit and the saved file are the same either way
     const p = config.model.params;
     const schedule = scheduleFromConfig(p);
     console.log(`tdq-native: calibrating ${describeConfig(qcfg)} on ${a.nSamples} ${a.sampler} trajectories of ${steps} steps (${a.method})`);

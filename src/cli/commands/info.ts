@@ -2,6 +2,7 @@
 import os from 'node:os';
 import type { CommandModule } from 'yargs';
 
+import { type CudaProbe, probeCuda } from '../../tensor/device';
 import { type EngineInfo, native } from '../../tensor/native';
 // A cycle with index.ts, harmless: packageVersion is only read when the handler runs.
 import { type GlobalArgs, packageVersion } from '../index';
@@ -29,7 +30,12 @@ function wrap(words: readonly string[], indent: string, width = 80): string {
   return lines.join('\n');
 }
 
-export function formatInfo(info: EngineInfo, version: string): string {
+/** What --device auto picks, from the child-process probe. */
+function autoLine(p: CudaProbe): string {
+  return `device auto: ${p.available ? 'cuda' : `cpu (${p.reason})`}${p.cached ? ' [cached probe]' : ''}`;
+}
+
+export function formatInfo(info: EngineInfo, version: string, probe?: CudaProbe): string {
   const features = Object.entries(info.cpuFeatures).filter(([, on]) => on).map(([f]) => f);
   const ops = [...info.ops].sort((a, b) => (a.name < b.name ? -1 : 1));
   const cudaOps = ops.filter((o) => o.cuda).length;
@@ -43,6 +49,7 @@ export function formatInfo(info: EngineInfo, version: string): string {
     `threads: ${info.threads}`,
     `cuda: ${cudaLine(info.cuda)}`,
     ...(info.cuda.buildInfo ? [`cuda build: ${info.cuda.buildInfo}`] : []),
+    ...(probe ? [autoLine(probe)] : []),
     `mpi: ${info.mpi ? 'built in: data-parallel with --nproc N or mpirun -np N' : 'not built (apt-get install libopenmpi-dev openmpi-bin, then npm run build:native)'}`,
     `ops: ${ops.length} (${ops.filter((o) => o.cpu).length} on cpu, ${cudaOps} on cuda${cudaOps ? ', marked *' : ''})`,
     wrap(ops.map((o) => (o.cuda ? `${o.name}*` : o.name)), '  '),
@@ -54,11 +61,14 @@ export const infoCommand: CommandModule<GlobalArgs, InfoArgs> = {
   describe: 'Show the native engine: CPU features and level, threads, ops, CUDA status, version',
   builder: (y) => y.option('json', { type: 'boolean', default: false, describe: 'Print the engine info as JSON' }),
   handler: async (args) => {
+    // The child-process probe first: should CUDA hang or crash, it does so there.
+    const probe = probeCuda();
     const info = native().info();
+    const auto = { device: probe.available ? 'cuda' : 'cpu', reason: probe.reason, cached: probe.cached };
     if (args.json) {
-      process.stdout.write(JSON.stringify({ version: packageVersion(), node: process.version, ...info }, null, 2) + '\n');
+      process.stdout.write(JSON.stringify({ version: packageVersion(), node: process.version, ...info, autoDevice: auto }, null, 2) + '\n');
     } else {
-      process.stdout.write(formatInfo(info, packageVersion()) + '\n');
+      process.stdout.write(formatInfo(info, packageVersion(), probe) + '\n');
     }
   },
 };

@@ -10,7 +10,21 @@ import { type Config, ConfigError, loadConfig, parseConfig } from '../../config'
 import { uniformLayout, uniformLayoutMessage, type DdimDiscretize, type SamplerName } from '../../diffusion/samplers';
 import { inspectSafetensors } from '../../io/safetensors';
 import { MemoryLimitError, checkRunMemory, estimateRunMemory, memoryLimit } from '../../models/memory';
+import { type DeviceSpec, DEVICE_SPECS, resolveDevice } from '../../tensor/device';
+import type { Device } from '../../tensor/native';
 import { CliError } from '../index';
+
+/** The --device option of train, sample, calibrate and eval. */
+export const deviceOption = {
+  choices: DEVICE_SPECS,
+  default: 'cpu' as DeviceSpec,
+  describe: "where the model runs: cpu, cuda (an error naming the reason when no GPU works) or auto (cuda when a probe in a child process passes, else cpu; the reason under --verbose and in 'tdq-native info')",
+} as const;
+
+/** --device resolved; under --verbose the choice and its reason go to stderr. */
+export function cliDevice(a: { device?: DeviceSpec; verbose: boolean }): Device {
+  return resolveDevice(a.device ?? 'cpu', a.verbose ? (line) => console.warn(`tdq-native: ${line}`) : undefined);
+}
 
 /** The --max-memory option, shared by the commands that sample. */
 export const maxMemoryOption = {

@@ -21,7 +21,8 @@ import { Generator } from '../../tensor/random';
 import { fromArray } from '../../tensor/tensor';
 import { type GlobalArgs, CliError } from '../index';
 import { type LaunchArgs, launchOptions, rankOrLaunch } from '../launch';
-import { checkCount, checkMemory, checkSamplerFlags, lineProgress, maxMemoryOption, peekModelConfig, probeWritableDir } from './preflight';
+import { checkCount, checkMemory, checkSamplerFlags, lineProgress, maxMemoryOption, cliDevice, deviceOption, peekModelConfig, probeWritableDir } from './preflight';
+import type { DeviceSpec } from '../../tensor/device';
 
 /** grid.png shows at most this many images (the first ones). */
 export const MAX_GRID_IMAGES = 256;
@@ -50,6 +51,7 @@ interface SampleArgs extends GlobalArgs, LaunchArgs {
   vanillaSample: boolean;
   ema: boolean;
   exec?: 'int' | 'fake';
+  device: DeviceSpec;
 }
 
 export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
@@ -77,6 +79,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('ema', { type: 'boolean', default: true, describe: 'the EMA weights when the checkpoint has them (latent models: model_ema.*, as upstream\'s use_ema); --no-ema for the raw ones' })
       .option('clip-denoised', { type: 'boolean', describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (default: pixel models model.params.clip_denoised of the config, true as LDM; latent models only with ddpm, as upstream)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
+      .option('device', deviceOption)
       .option('progress', { type: 'boolean', default: true, describe: 'show progress on stderr (a bar on a terminal, else a line per batch)' })
       .option('exec', { choices: ['int', 'fake'] as const, defaultDescription: 'int where every quantized layer has an integer kernel, else fake', describe: 'quantized checkpoints: integer kernels (int) or fake quantization in float (fake); an error for a full-precision checkpoint' })
       .options(launchOptions('ranks (processes under mpirun -np N) that split the batches: the same images as one process, written to one folder'))
@@ -125,9 +128,10 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       checkMemory(`sampling ${n} images in batches of ${batchSize}`, config, batchSize, gridCount, a.maxMemory);
     }
     probeWritableDir(a.outdir, 'outdir');
+    const device = cliDevice(a);
     let pipe;
     try {
-      pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite, exec: a.exec ?? 'auto', noEma: !a.ema });
+      pipe = await loadPipeline(a.ckpt, { config: a.config, allowNonFinite: a.allowNonFinite, exec: a.exec ?? 'auto', noEma: !a.ema, device });
     } catch (e) {
       if (a.exec !== undefined && e instanceof RangeError && /is a full-precision checkpoint/.test(e.message)) throw new CliError(`--exec ${a.exec}: ${a.ckpt} is a full-precision checkpoint (not quantized); drop --exec`);
       throw e;
@@ -153,7 +157,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       const drawsPerImage = (await noiseDrawsPerValue(samplerOptions)) * pipe.imageShape.reduce((x, y) => x * y, 1);
       const { written, secs } = await writeSamples(a, { n, batchSize, imageShape: pipe.imageShape, gridCount, steps, drawsPerImage, comm }, async (done, bs, gen, run) => {
         const [c, h, w] = pipe.imageShape;
-        const y = classes ? fromArray(Array.from({ length: bs }, (_, i) => a.class ?? (done + i) % classes), [bs], 'int32') : undefined;
+        const y = classes ? fromArray(Array.from({ length: bs }, (_, i) => a.class ?? (done + i) % classes), [bs], 'int32', device) : undefined;
         try {
           const x = await sample(pipe.diffusion.epsModel(y), { ...samplerOptions, shape: [bs, c, h, w], generator: gen, ...run });
           const data = (await x.data()) as Float32Array;
@@ -194,6 +198,7 @@ async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['s
   if (a.class !== undefined) throw new CliError('--class is for pixel models; a latent model takes --classes (e.g. --classes 3)');
   if (a.exec !== undefined) throw new CliError(`--exec ${a.exec} applies to quantized pixel checkpoints; latent models sample in full precision`);
   if (a.ckpt === DEFAULT_MODEL) throw new CliError(`--base ${configFile} is a latent diffusion config: pass its checkpoint with --ckpt MODEL.ckpt`);
+  if (cliDevice(a) !== 'cpu') throw new CliError('--device cuda: latent diffusion models sample on the CPU only so far (the first stage is not moved to the GPU yet); use --device cpu');
   let spec;
   try {
     spec = loadLatentDiffusionConfig(configFile);

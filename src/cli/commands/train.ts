@@ -32,6 +32,8 @@ import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantCon
 import type { StepMethod } from '../../quant/step_search';
 import { TDQ_INITS, type TdqInit } from '../../quant/calibrate';
 import { loadModel } from '../../models/load';
+import type { DeviceSpec } from '../../tensor/device';
+import { cliDevice, deviceOption } from './preflight';
 import { checkDistillWeight } from '../../train/distill';
 import { BAD_DATA_POLICIES, type BadDataPolicy } from '../../train/bad_data';
 import { NAN_POLICIES, type NanPolicy } from '../../train/nonfinite';
@@ -43,6 +45,7 @@ import { type TrainLaunchArgs, bucketMbArg, rankOrLaunch, trainLaunchOptions } f
 import { type GlobalArgs, CliError, CliExit } from '../index';
 
 export interface TrainArgs extends GlobalArgs, TrainLaunchArgs {
+  device: DeviceSpec;
   base: string;
   ckpt?: string;
   resume?: string;
@@ -81,6 +84,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     y
       .option('base', { alias: 'b', type: 'string', demandOption: true, describe: 'YAML config (see configs/)' })
       .option('ckpt', { type: 'string', describe: 'start from these weights (e.g. a full-precision model for QAT)' })
+      .option('device', deviceOption)
       .option('resume', { alias: 'r', type: 'string', describe: 'continue a run: its folder or a checkpoint file' })
       .option('name', { alias: 'n', type: 'string', describe: 'run name (folder under --logdir, which must not hold a run yet); default: <timestamp>_<config file name>' })
       .option('max-steps', { alias: 'max_steps', type: 'number', describe: 'overrides training.max_steps' })
@@ -156,8 +160,9 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
     const abort = new AbortController();
     const signals = stopOnSignals(abort);
     try {
+      const device = cliDevice(a);
       console.log(`tdq-native: training ${path.basename(outDir)} -> ${outDir}`);
-      const r = await train({ config, outDir, resume: a.resume, initCheckpoint: a.ckpt, firstStage: a.firstStage, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips, comm, bucketMb });
+      const r = await train({ device, config, outDir, resume: a.resume, initCheckpoint: a.ckpt, firstStage: a.firstStage, dataDir: a.dataDir, signal: abort.signal, prepare, onBadData: a.onBadData, onNan: a.onNan, maxNanSkips: a.maxNanSkips, comm, bucketMb });
       console.log(`tdq-native: ${r.interrupted ? 'stopped' : 'finished'} at step ${r.step}${Number.isFinite(r.lastLoss) ? `, loss ${r.lastLoss.toFixed(5)}` : ''}; checkpoint ${r.checkpoint}${r.exported ? `; model ${r.exported}` : ''}`);
       if (r.interrupted) {
         console.log(`tdq-native: continue with --resume ${outDir}`);

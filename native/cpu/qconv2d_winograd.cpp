@@ -2,10 +2,11 @@
 // the arithmetic and why it is bit for bit the direct path).
 //
 // Data flow of one call (a chunk of qconv2d's samples):
-//   xc  (N, Hp, Wp, Cp) int16: centered levels, channels fastest, zero border
-//       (Hp = 2 th + 2, Wp = 2 tw + 2: every tile's 4x4 patch lies inside);
+//   xc  (N, Hp, Wp, Cw) int16: centered levels, channels fastest, zero border
+//       (Hp = 2 th + 2, Wp = 2 tw + 2: every tile's 4x4 patch lies inside;
+//       Cw = C rounded up to 8);
 //   per panel of 32 tiles (tile t = (s * th + a) * tw + b):
-//     V (16, 32, Cp) int16      input transform, vectors over the channels;
+//     V (16, 32, Cw) int16      input transform, vectors over the channels;
 //     per block of 32 output channels:
 //       M (16, 32 tiles, 32 o) int32   16 GEMMs: M[xi][t][o] = sum_c V[xi][t][c] U[xi][c][o]
 //                                      (micro-kernel: MR tiles x 32 o, one int32
@@ -137,20 +138,25 @@ WinoKernel wino_kernel_for(CpuLevel level) {
 
 // ---- transforms (plain loops over the channels / output channels) -------------
 
-// The centered, zero-bordered (N, Hp, Wp, Cp) int16 copy of x4, rows [r0, r1) of N * Hp.
+// Channels of the transformed tensors: a multiple of 8 (one SSE2 vector).
+inline int64_t wino_channels(int64_t C) { return (C + 7) / 8 * 8; }
+
+// The centered, zero-bordered (N, Hp, Wp, Cw) int16 copy of x4, rows [r0, r1)
+// of N * Hp (channels past C: 0).
 void center_rows(const QWinoGeom& g, const uint32_t* x4, int32_t zp, int64_t r0, int64_t r1, int16_t* xc) {
-  const int64_t Cp = round_up4(g.C), Cq = Cp / 4, HW = g.H * g.W, Hp = 2 * g.th() + 2, Wp = 2 * g.tw() + 2;
+  const int64_t Cq = round_up4(g.C) / 4, Cw = wino_channels(g.C), HW = g.H * g.W, Hp = 2 * g.th() + 2,
+                Wp = 2 * g.tw() + 2;
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t s = row / Hp, ih = row % Hp - g.pad;
-    int16_t* d = xc + row * Wp * Cp;
+    int16_t* d = xc + row * Wp * Cw;
     if (ih < 0 || ih >= g.H) {
-      std::memset(d, 0, static_cast<size_t>(Wp * Cp) * sizeof(int16_t));
+      std::memset(d, 0, static_cast<size_t>(Wp * Cw) * sizeof(int16_t));
       continue;
     }
-    for (int64_t c = 0; c < Wp; ++c, d += Cp) {
+    for (int64_t c = 0; c < Wp; ++c, d += Cw) {
       const int64_t iw = c - g.pad;
       if (iw < 0 || iw >= g.W) {
-        std::memset(d, 0, static_cast<size_t>(Cp) * sizeof(int16_t));
+        std::memset(d, 0, static_cast<size_t>(Cw) * sizeof(int16_t));
         continue;
       }
       const uint32_t* src = x4 + s * Cq * HW + ih * g.W + iw;
@@ -158,25 +164,35 @@ void center_rows(const QWinoGeom& g, const uint32_t* x4, int32_t zp, int64_t r0,
         const uint32_t word = src[cq * HW];
         for (int r = 0; r < 4; ++r) d[4 * cq + r] = static_cast<int16_t>(static_cast<int32_t>((word >> (8 * r)) & 255u) - zp);
       }
+      for (int64_t ch = 4 * Cq; ch < Cw; ++ch) d[ch] = 0;
     }
   }
 }
 
 // V[xi][c] (xi = 4i + j, stride vs between xi) = (B^T d B)[i][j] of the 4x4
-// patch at `base` (rows rs apart, columns Cp apart), every channel c < Cp.
-void input_tile(const int16_t* __restrict base, int64_t rs, int64_t Cp, int16_t* __restrict v, int64_t vs) {
-  for (int64_t c = 0; c < Cp; ++c) {
-    int e[4][4];
+// patch at `base` (rows rs apart, columns Cw apart), every channel c < Cw (a
+// multiple of 8): 8 channels per SSE2 vector (GCC vector extension).
+typedef int16_t v8i16 __attribute__((vector_size(16)));
+inline v8i16 ld8(const int16_t* p) {
+  v8i16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void st8(int16_t* p, v8i16 v) { std::memcpy(p, &v, sizeof v); }
+
+void input_tile(const int16_t* base, int64_t rs, int64_t Cw, int16_t* v, int64_t vs) {
+  for (int64_t c = 0; c < Cw; c += 8) {
+    v8i16 e[4][4];
     for (int r = 0; r < 4; ++r) {
       const int16_t* p = base + r * rs + c;
-      const int d0 = p[0], d1 = p[Cp], d2 = p[2 * Cp], d3 = p[3 * Cp];
+      const v8i16 d0 = ld8(p), d1 = ld8(p + Cw), d2 = ld8(p + 2 * Cw), d3 = ld8(p + 3 * Cw);
       e[r][0] = d0 - d2, e[r][1] = d1 + d2, e[r][2] = d2 - d1, e[r][3] = d1 - d3;
     }
     for (int j = 0; j < 4; ++j) {
-      v[j * vs + c] = static_cast<int16_t>(e[0][j] - e[2][j]);
-      v[(4 + j) * vs + c] = static_cast<int16_t>(e[1][j] + e[2][j]);
-      v[(8 + j) * vs + c] = static_cast<int16_t>(e[2][j] - e[1][j]);
-      v[(12 + j) * vs + c] = static_cast<int16_t>(e[1][j] - e[3][j]);
+      st8(v + j * vs + c, e[0][j] - e[2][j]);
+      st8(v + (4 + j) * vs + c, e[1][j] + e[2][j]);
+      st8(v + (8 + j) * vs + c, e[2][j] - e[1][j]);
+      st8(v + (12 + j) * vs + c, e[1][j] - e[3][j]);
     }
   }
 }
@@ -188,20 +204,34 @@ inline float epilogue(int32_t S, float step, float wstep, float bias) {
   return p + bias;
 }
 
-// Y = A^T M A of every output channel of one tile: m[xi * ms + oo] (mod 2^32),
-// y4[k][oo] = Y[k / 2][k % 2] / 4 = S.
-void output_tile(const int32_t* m, int64_t ms, int no, int32_t y4[4][kOB]) {
-  for (int oo = 0; oo < no; ++oo) {
-    uint32_t t[2][4];
+// Y = A^T M A of the 32 output channels of one tile, m[xi * ms + oo] (mod
+// 2^32), then the epilogue: out[k][oo] = y of pixel k (row k / 2, column k % 2)
+// from S = Y / 4, 4 channels per SSE2 vector. ws[oo] = fl(step * wstep[o]), b[oo] the bias.
+typedef uint32_t v4u32 __attribute__((vector_size(16)));
+typedef int32_t v4i32 __attribute__((vector_size(16)));
+typedef float v4f32 __attribute__((vector_size(16)));
+void output_tile(const int32_t* m, int64_t ms, const float* ws, const float* b, float out[4][kOB]) {
+  for (int oo = 0; oo < kOB; oo += 4) {
+    v4u32 t[2][4];
     for (int c = 0; c < 4; ++c) {
-      const uint32_t m0 = static_cast<uint32_t>(m[c * ms + oo]), m1 = static_cast<uint32_t>(m[(4 + c) * ms + oo]),
-                     m2 = static_cast<uint32_t>(m[(8 + c) * ms + oo]), m3 = static_cast<uint32_t>(m[(12 + c) * ms + oo]);
+      v4u32 m0, m1, m2, m3;
+      std::memcpy(&m0, m + c * ms + oo, 16);
+      std::memcpy(&m1, m + (4 + c) * ms + oo, 16);
+      std::memcpy(&m2, m + (8 + c) * ms + oo, 16);
+      std::memcpy(&m3, m + (12 + c) * ms + oo, 16);
       t[0][c] = m0 + m1 + m2, t[1][c] = m1 - m2 - m3;
     }
+    v4f32 wv, bv;
+    std::memcpy(&wv, ws + oo, 16);
+    std::memcpy(&bv, b + oo, 16);
     for (int i = 0; i < 2; ++i) {
-      // 4 S in int32 (exact by qwinograd_exact): divide back
-      y4[2 * i][oo] = static_cast<int32_t>(t[i][0] + t[i][1] + t[i][2]) / 4;
-      y4[2 * i + 1][oo] = static_cast<int32_t>(t[i][1] - t[i][2] - t[i][3]) / 4;
+      // 4 S in int32 (exact by qwinograd_exact): an exact arithmetic shift back
+      const v4i32 s0 = reinterpret_cast<v4i32>(t[i][0] + t[i][1] + t[i][2]) >> 2;
+      const v4i32 s1 = reinterpret_cast<v4i32>(t[i][1] - t[i][2] - t[i][3]) >> 2;
+      v4f32 p0 = __builtin_convertvector(s0, v4f32) * wv, p1 = __builtin_convertvector(s1, v4f32) * wv;
+      p0 = p0 + bv, p1 = p1 + bv;  // baseline SSE2: no fused multiply-add
+      std::memcpy(&out[2 * i][oo], &p0, 16);
+      std::memcpy(&out[2 * i + 1][oo], &p1, 16);
     }
   }
 }
@@ -228,11 +258,11 @@ bool qwinograd_applies(QWinogradMode mode, CpuLevel level, const QWinoGeom& g, i
 
 int64_t qwinograd_weights_words(int64_t O, int64_t C) {
   const int64_t Op = (O + kOB - 1) / kOB * kOB;
-  return Op * 16 * round_up4(C) / 2;
+  return Op * 16 * wino_channels(C) / 2;
 }
 
 void qwinograd_pack_weights(const int8_t* w, int64_t O, int64_t C, int16_t* u) {
-  const int64_t Cp = round_up4(C), Kp = 9 * Cp, nob = (O + kOB - 1) / kOB;
+  const int64_t Cp = round_up4(C), Kp = 9 * Cp, Cw = wino_channels(C);
   std::memset(u, 0, static_cast<size_t>(qwinograd_weights_words(O, C)) * 4);
   for (int64_t o = 0; o < O; ++o) {
     const int64_t ob = o / kOB, oo = o % kOB;
@@ -244,29 +274,28 @@ void qwinograd_pack_weights(const int8_t* w, int64_t O, int64_t C, int16_t* u) {
           int v = 0;
           for (int i = 0; i < 3; ++i)
             for (int j = 0; j < 3; ++j) v += kG2[a][i] * gt[i][j] * kG2[b][j];
-          u[((ob * 16 + 4 * a + b) * (Cp / 2) + c / 2) * 2 * kOB + 2 * oo + c % 2] = static_cast<int16_t>(v);
+          u[((ob * 16 + 4 * a + b) * (Cw / 2) + c / 2) * 2 * kOB + 2 * oo + c % 2] = static_cast<int16_t>(v);
         }
     }
   }
-  (void)nob;
 }
 
 void qwinograd_forward(const ExecContext& ctx, const QWinoGeom& g, const uint32_t* x4, int32_t zp, const int16_t* u,
                        const float* wstep, const float* bias, const float* steps, float* y) {
-  const int64_t Cp = round_up4(g.C), th = g.th(), tw = g.tw(), Hp = 2 * th + 2, Wp = 2 * tw + 2;
+  const int64_t Cw = wino_channels(g.C), th = g.th(), tw = g.tw(), Hp = 2 * th + 2, Wp = 2 * tw + 2;
   const int64_t T = g.N * th * tw, P = g.Ho * g.Wo, npanels = (T + kTP - 1) / kTP, nob = (g.O + kOB - 1) / kOB;
   const int64_t threads = ctx.pool ? ctx.pool->size() : 1;
   if (T == 0) return;
-  QScratch xcb(0, static_cast<size_t>(g.N * Hp * Wp * Cp) * sizeof(int16_t));
+  QScratch xcb(0, static_cast<size_t>(g.N * Hp * Wp * Cw) * sizeof(int16_t));
   int16_t* xc = reinterpret_cast<int16_t*>(xcb.get());
   ctx.parallel_for(g.N * Hp, 4, [&](int64_t b, int64_t e) { center_rows(g, x4, zp, b, e, xc); });
   const WinoKernel k = wino_kernel_for(ctx.cpu_level);
   // Block groups per panel: enough items for the threads.
   const int64_t ng = std::clamp<int64_t>((2 * threads + npanels - 1) / npanels, 1, nob);
   ctx.parallel_for(npanels * ng, 1, [&](int64_t b, int64_t e) {
-    QScratch vb(2, static_cast<size_t>(16 * kTP * Cp) * sizeof(int16_t));
+    QScratch vb(2, static_cast<size_t>(16 * kTP * Cw) * sizeof(int16_t));
     QScratch mb(3, static_cast<size_t>(16 * kTP * kOB) * sizeof(int32_t));
-    int16_t* V = reinterpret_cast<int16_t*>(vb.get());  // (16, kTP, Cp)
+    int16_t* V = reinterpret_cast<int16_t*>(vb.get());  // (16, kTP, Cw)
     int32_t* M = reinterpret_cast<int32_t*>(mb.get());  // (16, kTP, kOB)
     for (int64_t item = b; item < e; ++item) {
       const int64_t p = item / ng, gi = item % ng, ob0 = nob * gi / ng, ob1 = nob * (gi + 1) / ng;
@@ -274,27 +303,31 @@ void qwinograd_forward(const ExecContext& ctx, const QWinoGeom& g, const uint32_
       const int nt = static_cast<int>(std::min<int64_t>(kTP, T - t0));
       for (int tt = 0; tt < nt; ++tt) {
         const int64_t t = t0 + tt, s = t / (th * tw), a = t / tw % th, bc = t % tw;
-        input_tile(xc + ((s * Hp + 2 * a) * Wp + 2 * bc) * Cp, Wp * Cp, Cp, V + tt * Cp, kTP * Cp);
+        input_tile(xc + ((s * Hp + 2 * a) * Wp + 2 * bc) * Cw, Wp * Cw, Cw, V + tt * Cw, kTP * Cw);
       }
       for (int64_t ob = ob0; ob < ob1; ++ob) {
         const int no = static_cast<int>(std::min<int64_t>(kOB, g.O - ob * kOB));
         for (int xi = 0; xi < 16; ++xi)
           for (int tt = 0; tt < nt; tt += k.mr)
-            k.fn(Cp / 2, V + (xi * kTP + tt) * Cp, Cp, std::min(k.mr, nt - tt), u + (ob * 16 + xi) * Cp * kOB,
+            k.fn(Cw / 2, V + (xi * kTP + tt) * Cw, Cw, std::min(k.mr, nt - tt), u + (ob * 16 + xi) * Cw * kOB,
                  M + (xi * kTP + tt) * kOB);
+        // the epilogue's per-channel factors of this block (0 past O)
+        float wsb[kOB] = {}, bb[kOB] = {};
+        for (int oo = 0; oo < no; ++oo) bb[oo] = bias ? bias[ob * kOB + oo] : 0.f;
+        int64_t s_prev = -1;
         for (int tt = 0; tt < nt; ++tt) {
           const int64_t t = t0 + tt, s = t / (th * tw), oh0 = 2 * (t / tw % th), ow0 = 2 * (t % tw);
-          int32_t y4[4][kOB];
-          output_tile(M + tt * kOB, kTP * kOB, no, y4);
-          const float st = steps[s];
+          if (s != s_prev) {
+            for (int oo = 0; oo < no; ++oo) wsb[oo] = steps[s] * wstep[ob * kOB + oo];
+            s_prev = s;
+          }
+          float out[4][kOB];
+          output_tile(M + tt * kOB, kTP * kOB, wsb, bb, out);
           for (int q = 0; q < 4; ++q) {
             const int64_t oh = oh0 + q / 2, ow = ow0 + q % 2;
             if (oh >= g.Ho || ow >= g.Wo) continue;
             float* yp = y + (s * g.O + ob * kOB) * P + oh * g.Wo + ow;
-            for (int oo = 0; oo < no; ++oo) {
-              const int64_t o = ob * kOB + oo;
-              yp[oo * P] = epilogue(y4[q][oo], st, wstep[o], bias ? bias[o] : 0.f);
-            }
+            for (int oo = 0; oo < no; ++oo) yp[oo * P] = out[q][oo];
           }
         }
       }

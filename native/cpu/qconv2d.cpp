@@ -340,7 +340,7 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   // 3x3 stride 1: the exact integer Winograd path (qconv2d_winograd.h), its
   // transformed weights kept with the packed ones (WeightPackCache kind 4).
   const QWinogradMode wmode = qwinograd_mode();
-  const QWinoGeom wg{nb, g.C, g.H, g.W, O, g.pad, g.Ho, g.Wo};
+  const QWinoGeom wg{g.N, g.C, g.H, g.W, O, g.pad, g.Ho, g.Wo};
   const bool wino = !direct && qwinograd_applies(wmode, ctx.cpu_level, wg, g.kh, g.kw, g.stride, nb);
   std::shared_ptr<const float> wino_u;
   if (wino && wmode != QWinogradMode::ref)

@@ -252,8 +252,11 @@ bool qwinograd_applies(QWinogradMode mode, CpuLevel level, const QWinoGeom& g, i
                        int64_t stride, int64_t nb) {
   if (mode == QWinogradMode::off || kh != 3 || kw != 3 || stride != 1 || !qwinograd_exact(g.C)) return false;
   if (mode != QWinogradMode::automatic) return true;
-  (void)level, (void)nb;
-  return true;
+  // Measured on a 2-core AVX-512 VNNI EPYC (bench/results/int-exec.md): faster
+  // from 64 tiles per chunk at batch >= 2 (DDPM b8: 32x32 and 16x16 maps
+  // 1.5-2.2x); batch 1 (every map size tried) and chunks of 32 tiles (8x8
+  // maps, 2 samples) are slower than the direct path. Off at the scalar level.
+  return level != CpuLevel::scalar && g.N >= 2 && nb * g.th() * g.tw() >= 64;
 }
 
 int64_t qwinograd_weights_words(int64_t O, int64_t C) {

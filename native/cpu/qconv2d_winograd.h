@@ -44,7 +44,8 @@ struct QWinoGeom {
 
 // 4 * 9 * C * 255 * 128 < 2^31: the int32 result is exact.
 bool qwinograd_exact(int64_t C);
-// Whether a qconv2d call (kernel kh x kw, stride, chunk of nb samples) takes
+// Whether a qconv2d call (g.N: the call's samples; kernel kh x kw, stride,
+// chunks of nb samples) takes
 // the Winograd path in `mode` at `level`.
 bool qwinograd_applies(QWinogradMode mode, CpuLevel level, const QWinoGeom& g, int64_t kh, int64_t kw,
                        int64_t stride, int64_t nb);

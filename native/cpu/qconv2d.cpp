@@ -338,7 +338,8 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * Cq * HW)));
   const int64_t chunks = (g.N + nb - 1) / nb, threads = ctx.pool ? ctx.pool->size() : 1;
   // 3x3 stride 1: the exact integer Winograd path (qconv2d_winograd.h), its
-  // transformed weights kept with the packed ones (WeightPackCache kind 4).
+  // transformed weights kept with the packed ones from the first call
+  // (WeightPackCache kind 4: packed int8 rows are inference-only).
   const QWinogradMode wmode = qwinograd_mode();
   const QWinoGeom wg{g.N, g.C, g.H, g.W, O, g.pad, g.Ho, g.Wo};
   const bool wino = !direct && qwinograd_applies(wmode, ctx.cpu_level, wg, g.kh, g.kw, g.stride, nb);
@@ -346,7 +347,7 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   if (wino && wmode != QWinogradMode::ref)
     wino_u = WeightPackCache::instance().get(ctx, wp, 4, O, kq * 4, qwinograd_weights_words(O, g.C), [&](float* dst) {
       qwinograd_pack_weights(wp.data<int8_t>(), O, g.C, reinterpret_cast<int16_t*>(dst));
-    });
+    }, /*keep_first=*/true);
   const uint8_t* px = q.quantize ? nullptr : x.data<uint8_t>();
   const float* pxf = q.quantize ? x.f32() : nullptr;
   float* y = c.outputs[0].f32();

@@ -30,6 +30,10 @@ namespace {
 
 constexpr int kTP = 32;  // tiles per panel
 constexpr int kOB = 32;  // output channels per block
+// Strides between the 16 xi planes of V and M padded by one cache line: plain
+// power-of-two strides (4 or 8 KiB) put the 16 planes of one tile into the
+// same L1 set, which the transforms' 16 streams then keep evicting.
+constexpr int64_t kVPad = 32, kMPad = 16;  // int16, int32 elements
 // G2 = 2G of F(2, 3): U = G2 g G2^T.
 constexpr int kG2[4][3] = {{2, 0, 0}, {1, 1, 1}, {1, -1, 1}, {0, 0, 2}};
 
@@ -252,11 +256,14 @@ bool qwinograd_applies(QWinogradMode mode, CpuLevel level, const QWinoGeom& g, i
                        int64_t stride, int64_t nb) {
   if (mode == QWinogradMode::off || kh != 3 || kw != 3 || stride != 1 || !qwinograd_exact(g.C)) return false;
   if (mode != QWinogradMode::automatic) return true;
-  // Measured on a 2-core AVX-512 VNNI EPYC (bench/results/int-exec.md): faster
-  // from 64 tiles per chunk at batch >= 2 (DDPM b8: 32x32 and 16x16 maps
-  // 1.5-2.2x); batch 1 (every map size tried) and chunks of 32 tiles (8x8
-  // maps, 2 samples) are slower than the direct path. Off at the scalar level.
-  return level != CpuLevel::scalar && g.N >= 2 && nb * g.th() * g.tw() >= 64;
+  // Off by default: on the 2-core AVX-512 VNNI EPYC the whole DDPM b8 int
+  // forward took 15-20 % more CPU time with it (bench/results/int-exec.md),
+  // although single convs at batch 8 with 16x16 / 32x32 maps timed 1.5-2.2x
+  // faster alone. At VNNI the int16 pairs of vpdpwssd do half the
+  // multiply-adds of vpdpbusd's int8 quads, which leaves Winograd's 2.25x
+  // fewer products at ~1.1x fewer instructions before the transforms.
+  (void)level, (void)nb;
+  return false;
 }
 
 int64_t qwinograd_weights_words(int64_t O, int64_t C) {
@@ -295,44 +302,50 @@ void qwinograd_forward(const ExecContext& ctx, const QWinoGeom& g, const uint32_
   const WinoKernel k = wino_kernel_for(ctx.cpu_level);
   // Block groups per panel: enough items for the threads.
   const int64_t ng = std::clamp<int64_t>((2 * threads + npanels - 1) / npanels, 1, nob);
+  const int64_t vs = kTP * Cw + kVPad, ms = kTP * kOB + kMPad;  // xi plane strides of V and M
   ctx.parallel_for(npanels * ng, 1, [&](int64_t b, int64_t e) {
-    QScratch vb(2, static_cast<size_t>(16 * kTP * Cw) * sizeof(int16_t));
-    QScratch mb(3, static_cast<size_t>(16 * kTP * kOB) * sizeof(int32_t));
-    int16_t* V = reinterpret_cast<int16_t*>(vb.get());  // (16, kTP, Cw)
-    int32_t* M = reinterpret_cast<int32_t*>(mb.get());  // (16, kTP, kOB)
+    QScratch vb(2, static_cast<size_t>(16 * vs) * sizeof(int16_t));
+    QScratch mb(3, static_cast<size_t>(16 * ms) * sizeof(int32_t) + sizeof(float) * kTP * 4 * kOB);
+    int16_t* V = reinterpret_cast<int16_t*>(vb.get());  // (16, kTP, Cw), planes vs apart
+    int32_t* M = reinterpret_cast<int32_t*>(mb.get());  // (16, kTP, kOB), planes ms apart
+    float* out = reinterpret_cast<float*>(M + 16 * ms);  // (kTP, 4, kOB): the panel's outputs
     for (int64_t item = b; item < e; ++item) {
       const int64_t p = item / ng, gi = item % ng, ob0 = nob * gi / ng, ob1 = nob * (gi + 1) / ng;
       const int64_t t0 = p * kTP;
       const int nt = static_cast<int>(std::min<int64_t>(kTP, T - t0));
       for (int tt = 0; tt < nt; ++tt) {
         const int64_t t = t0 + tt, s = t / (th * tw), a = t / tw % th, bc = t % tw;
-        input_tile(xc + ((s * Hp + 2 * a) * Wp + 2 * bc) * Cw, Wp * Cw, Cw, V + tt * Cw, kTP * Cw);
+        input_tile(xc + ((s * Hp + 2 * a) * Wp + 2 * bc) * Cw, Wp * Cw, Cw, V + tt * Cw, vs);
       }
       for (int64_t ob = ob0; ob < ob1; ++ob) {
         const int no = static_cast<int>(std::min<int64_t>(kOB, g.O - ob * kOB));
         for (int xi = 0; xi < 16; ++xi)
           for (int tt = 0; tt < nt; tt += k.mr)
-            k.fn(Cw / 2, V + (xi * kTP + tt) * Cw, Cw, std::min(k.mr, nt - tt), u + (ob * 16 + xi) * Cw * kOB,
-                 M + (xi * kTP + tt) * kOB);
+            k.fn(Cw / 2, V + xi * vs + tt * Cw, Cw, std::min(k.mr, nt - tt), u + (ob * 16 + xi) * Cw * kOB,
+                 M + xi * ms + tt * kOB);
         // the epilogue's per-channel factors of this block (0 past O)
         float wsb[kOB] = {}, bb[kOB] = {};
         for (int oo = 0; oo < no; ++oo) bb[oo] = bias ? bias[ob * kOB + oo] : 0.f;
         int64_t s_prev = -1;
         for (int tt = 0; tt < nt; ++tt) {
-          const int64_t t = t0 + tt, s = t / (th * tw), oh0 = 2 * (t / tw % th), ow0 = 2 * (t % tw);
+          const int64_t s = (t0 + tt) / (th * tw);
           if (s != s_prev) {
             for (int oo = 0; oo < no; ++oo) wsb[oo] = steps[s] * wstep[ob * kOB + oo];
             s_prev = s;
           }
-          float out[4][kOB];
-          output_tile(M + tt * kOB, kTP * kOB, wsb, bb, out);
-          for (int q = 0; q < 4; ++q) {
-            const int64_t oh = oh0 + q / 2, ow = ow0 + q % 2;
-            if (oh >= g.Ho || ow >= g.Wo) continue;
-            float* yp = y + (s * g.O + ob * kOB) * P + oh * g.Wo + ow;
-            for (int oo = 0; oo < no; ++oo) yp[oo * P] = out[q][oo];
-          }
+          output_tile(M + tt * kOB, ms, wsb, bb, reinterpret_cast<float(*)[kOB]>(out + tt * 4 * kOB));
         }
+        // y row by row (one output channel at a time: sequential stores)
+        for (int oo = 0; oo < no; ++oo)
+          for (int tt = 0; tt < nt; ++tt) {
+            const int64_t t = t0 + tt, s = t / (th * tw), oh0 = 2 * (t / tw % th), ow0 = 2 * (t % tw);
+            float* yo = y + (s * g.O + ob * kOB + oo) * P;
+            const float* ot = out + tt * 4 * kOB + oo;
+            for (int q = 0; q < 4; ++q) {
+              const int64_t oh = oh0 + q / 2, ow = ow0 + q % 2;
+              if (oh < g.Ho && ow < g.Wo) yo[oh * g.Wo + ow] = ot[q * kOB];
+            }
+          }
       }
     }
   });

@@ -21,8 +21,8 @@
 // and acc - zc there is S too (mod 2^32, and S fits), so the outputs are the
 // direct path's bit for bit at every CPU level.
 //
-// TDQ_QCONV_WINOGRAD (read per call): unset = where it is faster (automatic;
-// qwinograd_applies), 1 = every eligible call, 0 = never (direct path), ref =
+// TDQ_QCONV_WINOGRAD (read per call): unset = automatic (qwinograd_applies:
+// currently never, see there), 1 = every eligible call, 0 = never (direct path), ref =
 // the plain reference below (int64 arithmetic, no wrap-around) for tests.
 #pragma once
 #include <cstdint>

@@ -35,7 +35,7 @@ class WeightPackCache {
   // qconv2d_winograd.h), n floats (4-byte words) written by pack.
   template <typename Pack>
   std::shared_ptr<const float> get(const ExecContext& ctx, const Tensor& w, int kind, int64_t O, int64_t CKK,
-                                   int64_t n, Pack pack) {
+                                   int64_t n, Pack pack, bool keep_first = false) {
     const uint64_t version = w.storage->version.load();
     const uint64_t key = w.storage->id * 8 + static_cast<uint64_t>(kind);
     std::unique_lock<std::mutex> lk(mu_);
@@ -43,7 +43,8 @@ class WeightPackCache {
     bool keep = false;
     if (it == map_.end()) {
       sweep();
-      map_.emplace(key, Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr});
+      it = map_.emplace(key, Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr}).first;
+      keep = keep_first;  // inference-only weights (qconv2d's packed rows): keep from the first call
     } else {
       Entry& e = it->second;
       const bool same = e.level == ctx.cpu_level && e.O == O && e.CKK == CKK;
@@ -61,15 +62,16 @@ class WeightPackCache {
         total_ -= e.n;
         e = Entry{w.storage, version, ctx.cpu_level, O, CKK, 0, nullptr};
       }
-      if (keep && cap_ > 0 && total_ + n <= cap_) {
-        std::shared_ptr<float> buf(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)),
-                                   [](float* p) { std::free(p); });
-        TDQ_CHECK(buf, "conv2d/qconv2d: out of memory for ", n * sizeof(float), " bytes of packed weights");
-        e.packed = buf, e.n = n, total_ += n;
-        lk.unlock();
-        pack(buf.get());
-        return buf;
-      }
+    }
+    if (keep && cap_ > 0 && total_ + n <= cap_) {
+      Entry& e = it->second;
+      std::shared_ptr<float> buf(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)),
+                                 [](float* p) { std::free(p); });
+      TDQ_CHECK(buf, "conv2d/qconv2d: out of memory for ", n * sizeof(float), " bytes of packed weights");
+      e.packed = buf, e.n = n, total_ += n;
+      lk.unlock();
+      pack(buf.get());
+      return buf;
     }
     lk.unlock();
     Tensor t = ctx.scratch({n});

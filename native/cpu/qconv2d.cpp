@@ -34,7 +34,9 @@
 #endif
 
 #include "gemm.h"
+#include "qconv2d_winograd.h"
 #include "qgemm.h"
+#include "weight_cache.h"
 
 namespace tdq {
 namespace {
@@ -335,6 +337,17 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
   int64_t nb = std::clamp<int64_t>((128 + P - 1) / P, 1, g.N);
   nb = std::max<int64_t>(1, std::min(nb, (int64_t{8} << 20) / std::max<int64_t>(1, 4 * Cq * HW)));
   const int64_t chunks = (g.N + nb - 1) / nb, threads = ctx.pool ? ctx.pool->size() : 1;
+  // 3x3 stride 1: the exact integer Winograd path (qconv2d_winograd.h), its
+  // transformed weights kept with the packed ones from the first call
+  // (WeightPackCache kind 4: packed int8 rows are inference-only).
+  const QWinogradMode wmode = qwinograd_mode();
+  const QWinoGeom wg{g.N, g.C, g.H, g.W, O, g.pad, g.Ho, g.Wo};
+  const bool wino = !direct && qwinograd_applies(wmode, ctx.cpu_level, wg, g.kh, g.kw, g.stride, nb);
+  std::shared_ptr<const float> wino_u;
+  if (wino && wmode != QWinogradMode::ref)
+    wino_u = WeightPackCache::instance().get(ctx, wp, 4, O, kq * 4, qwinograd_weights_words(O, g.C), [&](float* dst) {
+      qwinograd_pack_weights(wp.data<int8_t>(), O, g.C, reinterpret_cast<int16_t*>(dst));
+    }, /*keep_first=*/true);
   const uint8_t* px = q.quantize ? nullptr : x.data<uint8_t>();
   const float* pxf = q.quantize ? x.f32() : nullptr;
   float* y = c.outputs[0].f32();
@@ -371,7 +384,14 @@ void qconv2d(OpCall& c, const ExecContext& ctx) {
       for (int64_t p = 0; p < P; ++p) sc.cstep[s * P + p] = st, sc.coff[s * P + p] = s * O * P + p;
     }
     const uint32_t pad4 = static_cast<uint32_t>(zp) * 0x01010101u;
-    if (direct)
+    if (wino) {
+      const QWinoGeom cg{cnt, g.C, g.H, g.W, O, g.pad, g.Ho, g.Wo};
+      if (wmode == QWinogradMode::ref)
+        qwinograd_forward_ref(cg, x4, static_cast<int32_t>(zp), w, ws.f32(), pb, steps.data() + n0, y + n0 * O * P);
+      else
+        qwinograd_forward(cx, cg, x4, static_cast<int32_t>(zp), reinterpret_cast<const int16_t*>(wino_u.get()),
+                          ws.f32(), pb, steps.data() + n0, y + n0 * O * P);
+    } else if (direct)
       qgemm(cx, O, cols, kq, w, reinterpret_cast<const uint8_t*>(x4), zc.data(), ws.f32(), pb, sc.cstep.data(),
             sc.coff.data(), y + n0 * O * P, P);
     else

@@ -1,0 +1,360 @@
+// The integer path of quantized models on the GPU, bit for bit as the CPU ops
+// (native/cpu/qgemm.cpp, qconv2d.cpp, step_table.cpp; semantics in qgemm.h):
+//
+//   step_table_lookup(table (T, Q), t (B))              -> (B, Q) steps of the batch
+//   quantize_act(x f32, act_step; bits, signed, zero_point)  -> int8 / uint8 levels
+//   qlinear(x, act_step, packed, wstep, row_sums, bias?)     -> (..., O) f32
+//   qconv2d(x, act_step, packed, wstep, row_sums, bias?, add_channel?, residual?)
+//                                                            -> (N, O, Ho, Wo) f32
+//
+// x: uint8 levels (zero point 'zero_point'), int8 levels (read as x + 128), or
+// float32 quantized here first (QActSpec: bits, signed, offset, input_shifted,
+// step_floor, column). The activation step of sample n is read on the device
+// from act_step: [] / [1] / [N], or with 'column' >= 0 element 'column' of row
+// n (or row 0) of a (1 or N, Q) step table, e.g. step_table_lookup's output,
+// so the per-timestep steps never leave the GPU.
+//
+// The GEMM: acc[o, j] = sum_k byte[j, k] * w[o, k] exactly in int32 (dp4a:
+// 4 u8 x s8 products per instruction), implicit for the convolution (the
+// columns are gathered from x while loading each tile: no im2col buffer; a
+// tap over the padding reads the zero point). The epilogue rounds as the CPU's
+// (qgemm.h), every step an explicit _rn intrinsic so that nvcc never fuses
+// a product into an add:
+//   v = fl(acc - zp * rowsum[o]),  s = fl(step[n] * wstep[o]),  y = fl(fl(v * s) + b[o])
+//   b[o] = bias[o] (or 0), + fl(fl(z * wstep[o]) * rowsum[o]) for a real zero point z;
+//   conv border pixels (some tap over the padding) with z != 0:
+//     y = fl(y + fl(fl(z * wstep[o]) * (sum of row o over the valid taps - rowsum[o])))
+//   then y = fl(y + add_channel[n, o]), y = fl(residual + y).
+// Not checked here (the CPU op throws): steps that are not positive and finite
+// (they give inf / NaN outputs), and timesteps outside the table (clamped).
+#include "common.cuh"
+
+namespace tdqcu {
+namespace {
+
+enum : int { kF32 = 0, kF16 = 1, kI8 = 2, kU8 = 3, kI32 = 4 };
+
+// ---- step_table_lookup --------------------------------------------------------------
+// Integer t: row t exactly; fractional: linear in double between the two rows, one rounding.
+__global__ void step_table_lookup_kernel(const float* __restrict__ table, const float* __restrict__ t,
+                                         float* __restrict__ out, int64_t T, int64_t Q, int64_t B) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * Q; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / Q, q = i % Q;
+    double tb = t[b];
+    tb = tb != tb ? 0.0 : fmin(fmax(tb, 0.0), double(T - 1));
+    const int64_t k = static_cast<int64_t>(floor(tb));
+    const double frac = tb - double(k);
+    const float lo = table[k * Q + q];
+    if (frac == 0.0) {
+      out[i] = lo;
+    } else {
+      const double a = lo, d = table[(k + 1) * Q + q];
+      out[i] = static_cast<float>(__dadd_rn(a, __dmul_rn(__dsub_rn(d, a), frac)));
+    }
+  }
+}
+
+void step_table_lookup_op(const Launch& l) {
+  const int64_t T = l.in[0].shape[0], Q = l.in[0].shape[1], B = l.in[1].shape[0];
+  if (B * Q == 0) return;
+  step_table_lookup_kernel<<<grid_for(B * Q), kThreads, 0, l.stream>>>(l.fin(0), l.fin(1), l.fout(0), T, Q, B);
+  check_launch(l.op);
+}
+
+// ---- activation steps and quantization ------------------------------------------------
+
+// Where the step of sample n lives (qgemm.cpp act_steps): p[(rows == 1 ? 0 : n) * ld + col],
+// floored: raw < floor ? floor : raw (NaN stays NaN).
+struct ActStep {
+  const float* p;
+  int64_t rows, ld, col;
+  float floor;
+  __device__ float at(int64_t n) const {
+    const float raw = p[(rows == 1 ? 0 : n) * ld + col];
+    return raw < floor ? floor : raw;
+  }
+};
+
+ActStep act_step_of(const Launch& l, int i, int64_t column, float floor) {
+  const tdq_cu_tensor& s = l.in[i];
+  ActStep a{static_cast<const float*>(s.data), 1, 1, 0, floor};
+  if (column < 0) {
+    a.rows = numel(s);
+  } else {
+    a.rows = s.shape[0];
+    a.ld = s.shape[1];
+    a.col = column;
+  }
+  return a;
+}
+
+// clamp(round_half_even(fl(x - off) / s), lo, hi) + add as a byte; NaN is level 0.
+__device__ __forceinline__ uint32_t quant_byte(float x, float s, float lo, float hi, int32_t add, float off) {
+  float v = __fdiv_rn(__fsub_rn(x, off), s);
+  if (v != v) v = 0.f;
+  const float r = fminf(fmaxf(rintf(v), lo), hi);
+  return static_cast<uint32_t>(static_cast<int32_t>(r) + add) & 0xffu;
+}
+
+// bytes of x (per elements per sample) with the sample's step.
+__global__ void quantize_bytes_kernel(const float* __restrict__ x, uint8_t* __restrict__ out, int64_t n, int64_t per,
+                                      ActStep st, float lo, float hi, int32_t add, float off) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = static_cast<uint8_t>(quant_byte(x[i], st.at(i / per), lo, hi, add, off));
+}
+
+// quantize_act: levels clamp(round(x / s), qmin - zp, qmax - zp) + zp (uint8, or int8 when signed).
+void quantize_act_op(const Launch& l) {
+  const int64_t n = numel(l.in[0]);
+  if (n == 0) return;
+  const int64_t bits = l.integer("bits", 8), zp = l.integer("zero_point", 0);
+  const bool sgn = l.flag("signed", false);
+  const int64_t qmin = sgn ? -(int64_t{1} << (bits - 1)) : 0;
+  const int64_t qmax = sgn ? (int64_t{1} << (bits - 1)) - 1 : (int64_t{1} << bits) - 1;
+  const ActStep st = act_step_of(l, 1, -1, 0.f);
+  const int64_t samples = st.rows == 1 ? 1 : l.in[0].shape[0];
+  quantize_bytes_kernel<<<grid_for(n), kThreads, 0, l.stream>>>(
+      l.fin(0), static_cast<uint8_t*>(l.out[0].data), n, n / samples, st, float(qmin - zp), float(qmax - zp),
+      static_cast<int32_t>(zp), 0.f);
+  check_launch(l.op);
+}
+
+// ---- the integer GEMM ---------------------------------------------------------------------
+
+// acc += 4 u8 (a) x 4 s8 (b) products.
+__device__ __forceinline__ int32_t dp4a_us(uint32_t a, uint32_t b, int32_t c) {
+  int32_t d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+struct QArgs {
+  // GEMM: M = O rows of packed weights (kq words each), cols columns.
+  int64_t O, cols, kq;
+  // linear: column j = row j of x (K bytes), sample j / per_sample.
+  int64_t K, per_sample;
+  // conv: x (N, C, H, W) bytes, kernel kh x kw, output (N, O, Ho, Wo); quad q = tap * Cq + cq.
+  int64_t C, H, W, kh, kw, stride, pad, Ho, Wo, Cq;
+  uint32_t flip;  // 0x80808080 for int8 x (read as x + 128), else 0
+  int32_t zp;     // the zero point of the bytes
+  float z;        // the real zero point (offset); 0: none
+  ActStep step;
+};
+
+constexpr int QBM = 64, QBN = 64, QBK = 8;  // rows, columns, quads (32 k) per step
+
+template <bool kConv>
+__device__ __forceinline__ uint32_t gather_word(const uint8_t* __restrict__ x, const QArgs& g, int64_t j, int64_t q) {
+  if (!kConv) {
+    const uint8_t* r = x + j * g.K;
+    const int64_t k = 4 * q;
+    uint32_t w = 0;
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+      if (k + b < g.K) w |= uint32_t(r[k + b]) << (8 * b);
+    return w ^ g.flip;
+  }
+  const int64_t P = g.Ho * g.Wo, n = j / P, p = j % P, oh = p / g.Wo, ow = p % g.Wo;
+  const int64_t tap = q / g.Cq, cq = q % g.Cq, ki = tap / g.kw, kj = tap % g.kw;
+  const int64_t ih = oh * g.stride - g.pad + ki, iw = ow * g.stride - g.pad + kj;
+  if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return uint32_t(g.zp) * 0x01010101u;  // padding: real 0
+  const int64_t HW = g.H * g.W;
+  const uint8_t* src = x + (n * g.C + 4 * cq) * HW + ih * g.W + iw;
+  uint32_t w = 0;
+#pragma unroll
+  for (int b = 0; b < 4; ++b)
+    if (4 * cq + b < g.C) w |= uint32_t(src[b * HW]) << (8 * b);  // channels past C meet zero weights
+  return w ^ g.flip;
+}
+
+// 256 threads, a 64 x 64 tile of (o, column), each thread 4 x 4 of it.
+template <bool kConv>
+__global__ void __launch_bounds__(256)
+    qgemm_dp4a(const uint8_t* __restrict__ x, const int32_t* __restrict__ w, const float* __restrict__ wstep,
+               const int32_t* __restrict__ rsum, const float* __restrict__ bias, const int32_t* __restrict__ tsum,
+               const float* __restrict__ addc, const float* __restrict__ resid, float* __restrict__ y, QArgs g) {
+  __shared__ int32_t Ws[QBK][QBM + 4];
+  __shared__ uint32_t Xs[QBK][QBN + 4];
+  const int64_t o0 = int64_t(blockIdx.y) * QBM, j0 = int64_t(blockIdx.x) * QBN;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  int32_t acc[4][4] = {};
+  for (int64_t q0 = 0; q0 < g.kq; q0 += QBK) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int idx = tid + r * 256;
+      {
+        const int mi = idx / QBK, qi = idx % QBK;
+        const int64_t o = o0 + mi, q = q0 + qi;
+        Ws[qi][mi] = (o < g.O && q < g.kq) ? w[o * g.kq + q] : 0;
+      }
+      {
+        const int qi = idx / QBN, ni = idx % QBN;
+        const int64_t q = q0 + qi, j = j0 + ni;
+        Xs[qi][ni] = (q < g.kq && j < g.cols) ? gather_word<kConv>(x, g, j, q) : 0u;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int qq = 0; qq < QBK; ++qq) {
+      int32_t a[4];
+      uint32_t b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = Ws[qq][ty * 4 + i], b[i] = Xs[qq][tx * 4 + i];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) acc[i][jj] = dp4a_us(b[jj], uint32_t(a[i]), acc[i][jj]);
+    }
+    __syncthreads();
+  }
+  const int64_t P = kConv ? g.Ho * g.Wo : 1;
+  for (int i = 0; i < 4; ++i) {
+    const int64_t o = o0 + ty * 4 + i;
+    if (o >= g.O) continue;
+    const int32_t zc = static_cast<int32_t>(int64_t(g.zp) * rsum[o]);
+    const float ws = wstep[o];
+    const float zw = __fmul_rn(g.z, ws);
+    float b = bias ? bias[o] : 0.f;
+    if (g.z != 0.f) {
+      const float corr = __fmul_rn(zw, static_cast<float>(rsum[o]));
+      b = bias ? __fadd_rn(b, corr) : corr;
+    }
+    for (int jj = 0; jj < 4; ++jj) {
+      const int64_t j = j0 + tx * 4 + jj;
+      if (j >= g.cols) continue;
+      const int64_t n = kConv ? j / P : j / g.per_sample;
+      const float s = __fmul_rn(g.step.at(n), ws);
+      float v = __fadd_rn(__fmul_rn(static_cast<float>(acc[i][jj] - zc), s), b);
+      if (!kConv) {
+        y[j * g.O + o] = v;
+        continue;
+      }
+      const int64_t p = j % P, yi = (n * g.O + o) * P + p;
+      if (g.z != 0.f) {
+        const int64_t oh = p / g.Wo, ow = p % g.Wo, ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
+        if (ih0 < 0 || ih0 + g.kh > g.H || iw0 < 0 || iw0 + g.kw > g.W) {  // a border pixel
+          int32_t vs = 0;
+          for (int64_t a = 0; a < g.kh; ++a)
+            for (int64_t c = 0; c < g.kw; ++c)
+              if (ih0 + a >= 0 && ih0 + a < g.H && iw0 + c >= 0 && iw0 + c < g.W) vs += tsum[o * g.kh * g.kw + a * g.kw + c];
+          v = __fadd_rn(v, __fmul_rn(zw, static_cast<float>(vs - rsum[o])));
+        }
+      }
+      if (addc) v = __fadd_rn(v, addc[n * g.O + o]);
+      if (resid) v = __fadd_rn(resid[yi], v);
+      y[yi] = v;
+    }
+  }
+}
+
+// Per (o, tap) sums of a conv's packed weights (Cp channels per tap), for the border fix-up.
+__global__ void tap_sums_kernel(const int8_t* __restrict__ w, int32_t* __restrict__ tsum, int64_t O, int64_t taps,
+                                int64_t Cp) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < O * taps; i += int64_t(gridDim.x) * blockDim.x) {
+    const int8_t* r = w + (i / taps) * taps * Cp + (i % taps) * Cp;
+    int32_t s = 0;
+    for (int64_t c = 0; c < Cp; ++c) s += r[c];
+    tsum[i] = s;
+  }
+}
+
+// The activation arguments shared by qlinear and qconv2d (qgemm.cpp: activation_zero_point, qact_spec).
+struct QAct {
+  bool quantize;
+  float lo, hi, off;
+  int32_t add;
+};
+QAct qact_of(const Launch& l, QArgs& g) {
+  QAct q{};
+  const int dt = l.in[0].dtype;
+  g.z = static_cast<float>(l.num("offset", 0));
+  const int64_t column = l.integer("column", -1);
+  g.step = act_step_of(l, 1, column, static_cast<float>(l.num("step_floor", 0)));
+  g.flip = dt == kI8 ? 0x80808080u : 0u;
+  if (dt == kF32) {
+    q.quantize = true;
+    const int64_t bits = l.integer("bits", 8), half = int64_t{1} << (bits - 1);
+    const bool sgn = l.flag("signed", false);
+    q.lo = sgn ? float(-half) : 0.f;
+    q.hi = sgn ? float(half - 1) : float(2 * half - 1);
+    q.add = sgn ? 128 : 0;
+    q.off = l.flag("input_shifted", false) ? 0.f : g.z;
+    g.zp = q.add;
+  } else {
+    g.zp = dt == kI8 ? 128 : static_cast<int32_t>(l.integer("zero_point", 0));
+  }
+  return q;
+}
+
+// x as bytes: the input itself, or float32 x quantized into `buf` (per elements per sample).
+const uint8_t* act_bytes(const Launch& l, const QArgs& g, const QAct& q, int64_t per, Scratch& buf) {
+  if (!q.quantize) return static_cast<const uint8_t*>(l.in[0].data);
+  const int64_t n = numel(l.in[0]);
+  quantize_bytes_kernel<<<grid_for(n), kThreads, 0, l.stream>>>(l.fin(0), buf.as<uint8_t>(), n, per, g.step, q.lo,
+                                                                 q.hi, q.add, q.off);
+  check_launch(l.op);
+  return buf.as<uint8_t>();
+}
+
+dim3 qgrid(const Launch& l, const QArgs& g) {
+  const dim3 grid(static_cast<unsigned>((g.cols + QBN - 1) / QBN), static_cast<unsigned>((g.O + QBM - 1) / QBM));
+  if (grid.y > 65535 || grid.x >= (1u << 31)) throw CuError(std::string(l.op) + ": too large for one launch");
+  return grid;
+}
+
+void qlinear_op(const Launch& l) {
+  const tdq_cu_tensor& x = l.in[0];
+  QArgs g{};
+  const QAct q = qact_of(l, g);
+  g.K = x.shape[x.ndim - 1];
+  g.O = l.in[2].shape[0];
+  g.kq = l.in[2].shape[1] / 4;
+  g.cols = g.K ? numel(x) / g.K : 0;
+  if (g.cols == 0 || g.O == 0) return;
+  g.per_sample = g.cols / x.shape[0];
+  Scratch buf(q.quantize ? static_cast<size_t>(numel(x)) : 0);
+  const uint8_t* xb = act_bytes(l, g, q, g.per_sample * g.K, buf);
+  qgemm_dp4a<false><<<qgrid(l, g), 256, 0, l.stream>>>(
+      xb, static_cast<const int32_t*>(l.in[2].data), l.fin(3), static_cast<const int32_t*>(l.in[4].data), l.fin(5),
+      nullptr, nullptr, nullptr, l.fout(0), g);
+  check_launch(l.op);
+}
+
+void qconv2d_op(const Launch& l) {
+  const tdq_cu_tensor& x = l.in[0];
+  QArgs g{};
+  const QAct q = qact_of(l, g);
+  const std::vector<double> ws = l.nums("weight_shape");
+  if (ws.size() != 4) throw CuError("qconv2d: attribute 'weight_shape' must be [O, C, kH, kW]");
+  g.O = l.in[2].shape[0];
+  g.C = x.shape[1], g.H = x.shape[2], g.W = x.shape[3];
+  g.kh = static_cast<int64_t>(ws[2]), g.kw = static_cast<int64_t>(ws[3]);
+  g.stride = l.integer("stride", 1), g.pad = l.integer("padding", 0);
+  g.Ho = (g.H + 2 * g.pad - g.kh) / g.stride + 1;
+  g.Wo = (g.W + 2 * g.pad - g.kw) / g.stride + 1;
+  g.Cq = (g.C + 3) / 4;
+  g.kq = g.kh * g.kw * g.Cq;
+  g.cols = x.shape[0] * g.Ho * g.Wo;
+  if (g.cols == 0 || g.O == 0) return;
+  Scratch buf(q.quantize ? static_cast<size_t>(numel(x)) : 0);
+  const uint8_t* xb = act_bytes(l, g, q, g.C * g.H * g.W, buf);
+  Scratch tsum(g.z != 0.f ? static_cast<size_t>(g.O * g.kh * g.kw) * sizeof(int32_t) : 0);
+  if (g.z != 0.f) {
+    tap_sums_kernel<<<grid_for(g.O * g.kh * g.kw), kThreads, 0, l.stream>>>(
+        static_cast<const int8_t*>(l.in[2].data), tsum.as<int32_t>(), g.O, g.kh * g.kw, 4 * g.Cq);
+    check_launch(l.op);
+  }
+  qgemm_dp4a<true><<<qgrid(l, g), 256, 0, l.stream>>>(
+      xb, static_cast<const int32_t*>(l.in[2].data), l.fin(3), static_cast<const int32_t*>(l.in[4].data), l.fin(5),
+      tsum.as<int32_t>(), l.fin(6), l.fin(7), l.fout(0), g);
+  check_launch(l.op);
+}
+
+}  // namespace
+
+TDQ_CU_OP("step_table_lookup", step_table_lookup_op);
+TDQ_CU_OP("quantize_act", quantize_act_op);
+TDQ_CU_OP("qlinear", qlinear_op);
+TDQ_CU_OP("qconv2d", qconv2d_op);
+
+}  // namespace tdqcu

@@ -34,31 +34,98 @@ namespace {
 
 enum : int { kF32 = 0, kF16 = 1, kI8 = 2, kU8 = 3, kI32 = 4 };
 
+// Host and device: the per-element arithmetic below also compiles for the
+// host, where test/cuda/qint_emulation.cu runs it on machines without a GPU
+// (TDQ_QINT_HOST_EMULATION: every launch becomes a plain loop).
+#define TDQ_HD __host__ __device__ __forceinline__
+// One IEEE rounding each, never fused into an FMA.
+TDQ_HD float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  volatile float r = a * b;
+  return r;
+#endif
+}
+TDQ_HD float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  volatile float r = a + b;
+  return r;
+#endif
+}
+TDQ_HD float sub_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(a, b);
+#else
+  volatile float r = a - b;
+  return r;
+#endif
+}
+TDQ_HD float div_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(a, b);
+#else
+  volatile float r = a / b;
+  return r;
+#endif
+}
+TDQ_HD double dlerp_rn(double a, double d, double frac) {  // a + (d - a) * frac, three roundings
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(a, __dmul_rn(__dsub_rn(d, a), frac));
+#else
+  volatile double t = d - a;
+  volatile double u = t * frac;
+  return a + u;
+#endif
+}
+// acc + 4 u8 (a) x 4 s8 (b) products.
+TDQ_HD int32_t dp4a_us(uint32_t a, uint32_t b, int32_t c) {
+#ifdef __CUDA_ARCH__
+  int32_t d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+#else
+  for (int i = 0; i < 4; ++i) c += int32_t((a >> (8 * i)) & 0xffu) * int32_t(int8_t((b >> (8 * i)) & 0xffu));
+  return c;
+#endif
+}
+
+// f(i) for i < n: a grid-stride kernel, or a host loop under emulation.
+template <typename F> __global__ void each_index(int64_t n, F f) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) f(i);
+}
+template <typename F> void for_each_index(const Launch& l, int64_t n, F f) {
+  if (n <= 0) return;
+#ifdef TDQ_QINT_HOST_EMULATION
+  for (int64_t i = 0; i < n; ++i) f(i);
+#else
+  each_index<<<grid_for(n), kThreads, 0, l.stream>>>(n, f);
+  check_launch(l.op);
+#endif
+}
+
 // ---- step_table_lookup --------------------------------------------------------------
 // Integer t: row t exactly; fractional: linear in double between the two rows, one rounding.
-__global__ void step_table_lookup_kernel(const float* __restrict__ table, const float* __restrict__ t,
-                                         float* __restrict__ out, int64_t T, int64_t Q, int64_t B) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * Q; i += int64_t(gridDim.x) * blockDim.x) {
+struct StepTableLookup {
+  const float *table, *t;
+  float* out;
+  int64_t T, Q;
+  TDQ_HD void operator()(int64_t i) const {
     const int64_t b = i / Q, q = i % Q;
     double tb = t[b];
     tb = tb != tb ? 0.0 : fmin(fmax(tb, 0.0), double(T - 1));
     const int64_t k = static_cast<int64_t>(floor(tb));
     const double frac = tb - double(k);
     const float lo = table[k * Q + q];
-    if (frac == 0.0) {
-      out[i] = lo;
-    } else {
-      const double a = lo, d = table[(k + 1) * Q + q];
-      out[i] = static_cast<float>(__dadd_rn(a, __dmul_rn(__dsub_rn(d, a), frac)));
-    }
+    out[i] = frac == 0.0 ? lo : static_cast<float>(dlerp_rn(lo, table[(k + 1) * Q + q], frac));
   }
-}
+};
 
 void step_table_lookup_op(const Launch& l) {
   const int64_t T = l.in[0].shape[0], Q = l.in[0].shape[1], B = l.in[1].shape[0];
-  if (B * Q == 0) return;
-  step_table_lookup_kernel<<<grid_for(B * Q), kThreads, 0, l.stream>>>(l.fin(0), l.fin(1), l.fout(0), T, Q, B);
-  check_launch(l.op);
+  for_each_index(l, B * Q, StepTableLookup{l.fin(0), l.fin(1), l.fout(0), T, Q});
 }
 
 // ---- activation steps and quantization ------------------------------------------------
@@ -69,7 +136,7 @@ struct ActStep {
   const float* p;
   int64_t rows, ld, col;
   float floor;
-  __device__ float at(int64_t n) const {
+  TDQ_HD float at(int64_t n) const {
     const float raw = p[(rows == 1 ? 0 : n) * ld + col];
     return raw < floor ? floor : raw;
   }
@@ -89,19 +156,25 @@ ActStep act_step_of(const Launch& l, int i, int64_t column, float floor) {
 }
 
 // clamp(round_half_even(fl(x - off) / s), lo, hi) + add as a byte; NaN is level 0.
-__device__ __forceinline__ uint32_t quant_byte(float x, float s, float lo, float hi, int32_t add, float off) {
-  float v = __fdiv_rn(__fsub_rn(x, off), s);
+TDQ_HD uint32_t quant_byte(float x, float s, float lo, float hi, int32_t add, float off) {
+  float v = div_rn(sub_rn(x, off), s);
   if (v != v) v = 0.f;
   const float r = fminf(fmaxf(rintf(v), lo), hi);
   return static_cast<uint32_t>(static_cast<int32_t>(r) + add) & 0xffu;
 }
 
 // bytes of x (per elements per sample) with the sample's step.
-__global__ void quantize_bytes_kernel(const float* __restrict__ x, uint8_t* __restrict__ out, int64_t n, int64_t per,
-                                      ActStep st, float lo, float hi, int32_t add, float off) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+struct QuantizeBytes {
+  const float* x;
+  uint8_t* out;
+  int64_t per;
+  ActStep st;
+  float lo, hi, off;
+  int32_t add;
+  TDQ_HD void operator()(int64_t i) const {
     out[i] = static_cast<uint8_t>(quant_byte(x[i], st.at(i / per), lo, hi, add, off));
-}
+  }
+};
 
 // quantize_act: levels clamp(round(x / s), qmin - zp, qmax - zp) + zp (uint8, or int8 when signed).
 void quantize_act_op(const Launch& l) {
@@ -113,20 +186,11 @@ void quantize_act_op(const Launch& l) {
   const int64_t qmax = sgn ? (int64_t{1} << (bits - 1)) - 1 : (int64_t{1} << bits) - 1;
   const ActStep st = act_step_of(l, 1, -1, 0.f);
   const int64_t samples = st.rows == 1 ? 1 : l.in[0].shape[0];
-  quantize_bytes_kernel<<<grid_for(n), kThreads, 0, l.stream>>>(
-      l.fin(0), static_cast<uint8_t*>(l.out[0].data), n, n / samples, st, float(qmin - zp), float(qmax - zp),
-      static_cast<int32_t>(zp), 0.f);
-  check_launch(l.op);
+  for_each_index(l, n, QuantizeBytes{l.fin(0), static_cast<uint8_t*>(l.out[0].data), n / samples, st, float(qmin - zp),
+                                     float(qmax - zp), 0.f, static_cast<int32_t>(zp)});
 }
 
 // ---- the integer GEMM ---------------------------------------------------------------------
-
-// acc += 4 u8 (a) x 4 s8 (b) products.
-__device__ __forceinline__ int32_t dp4a_us(uint32_t a, uint32_t b, int32_t c) {
-  int32_t d;
-  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
 
 struct QArgs {
   // GEMM: M = O rows of packed weights (kq words each), cols columns.
@@ -144,7 +208,7 @@ struct QArgs {
 constexpr int QBM = 64, QBN = 64, QBK = 8;  // rows, columns, quads (32 k) per step
 
 template <bool kConv>
-__device__ __forceinline__ uint32_t gather_word(const uint8_t* __restrict__ x, const QArgs& g, int64_t j, int64_t q) {
+TDQ_HD uint32_t gather_word(const uint8_t* __restrict__ x, const QArgs& g, int64_t j, int64_t q) {
   if (!kConv) {
     const uint8_t* r = x + j * g.K;
     const int64_t k = 4 * q;
@@ -167,12 +231,56 @@ __device__ __forceinline__ uint32_t gather_word(const uint8_t* __restrict__ x, c
   return w ^ g.flip;
 }
 
-// 256 threads, a 64 x 64 tile of (o, column), each thread 4 x 4 of it.
-template <bool kConv>
-__global__ void __launch_bounds__(256)
-    qgemm_dp4a(const uint8_t* __restrict__ x, const int32_t* __restrict__ w, const float* __restrict__ wstep,
-               const int32_t* __restrict__ rsum, const float* __restrict__ bias, const int32_t* __restrict__ tsum,
-               const float* __restrict__ addc, const float* __restrict__ resid, float* __restrict__ y, QArgs g) {
+// The operands and outputs of one qlinear / qconv2d.
+struct QPtrs {
+  const uint8_t* x;      // activation bytes
+  const int32_t* w;      // packed weights, kq words per row
+  const float* wstep;    // [O]
+  const int32_t* rsum;   // [O]
+  const float* bias;     // [O] or null
+  const int32_t* tsum;   // conv with z != 0: (O, kh * kw) weight sums per tap
+  const float *addc, *resid;  // conv: (N, O), (N, O, Ho, Wo) or null
+  float* y;
+};
+
+// y[o, column j] from the exact integer sum acc (qgemm.h's epilogue, then the
+// conv's border fix-up and adds, each rounded as the CPU op rounds it).
+template <bool kConv> TDQ_HD void qepilogue(const QArgs& g, const QPtrs& p, int64_t o, int64_t j, int32_t acc) {
+  const int32_t zc = static_cast<int32_t>(int64_t(g.zp) * p.rsum[o]);
+  const float ws = p.wstep[o];
+  const float zw = mul_rn(g.z, ws);
+  float b = p.bias ? p.bias[o] : 0.f;
+  if (g.z != 0.f) {  // bias' = bias + z * wstep * rowsum
+    const float corr = mul_rn(zw, static_cast<float>(p.rsum[o]));
+    b = p.bias ? add_rn(b, corr) : corr;
+  }
+  const int64_t P = kConv ? g.Ho * g.Wo : 1;
+  const int64_t n = kConv ? j / P : j / g.per_sample;
+  const float s = mul_rn(g.step.at(n), ws);
+  float v = add_rn(mul_rn(static_cast<float>(acc - zc), s), b);
+  if (!kConv) {
+    p.y[j * g.O + o] = v;
+    return;
+  }
+  const int64_t px = j % P, yi = (n * g.O + o) * P + px;
+  if (g.z != 0.f) {
+    const int64_t oh = px / g.Wo, ow = px % g.Wo, ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
+    if (ih0 < 0 || ih0 + g.kh > g.H || iw0 < 0 || iw0 + g.kw > g.W) {  // a border pixel: take the padding's z out
+      int32_t vs = 0;
+      for (int64_t a = 0; a < g.kh; ++a)
+        for (int64_t c = 0; c < g.kw; ++c)
+          if (ih0 + a >= 0 && ih0 + a < g.H && iw0 + c >= 0 && iw0 + c < g.W) vs += p.tsum[o * g.kh * g.kw + a * g.kw + c];
+      v = add_rn(v, mul_rn(zw, static_cast<float>(vs - p.rsum[o])));
+    }
+  }
+  if (p.addc) v = add_rn(v, p.addc[n * g.O + o]);
+  if (p.resid) v = add_rn(p.resid[yi], v);
+  p.y[yi] = v;
+}
+
+// 256 threads, a 64 x 64 tile of (o, column), each thread 4 x 4 of it; the
+// exact sums by dp4a, then qepilogue.
+template <bool kConv> __global__ void __launch_bounds__(256) qgemm_dp4a(QArgs g, QPtrs p) {
   __shared__ int32_t Ws[QBK][QBM + 4];
   __shared__ uint32_t Xs[QBK][QBN + 4];
   const int64_t o0 = int64_t(blockIdx.y) * QBM, j0 = int64_t(blockIdx.x) * QBN;
@@ -185,12 +293,12 @@ __global__ void __launch_bounds__(256)
       {
         const int mi = idx / QBK, qi = idx % QBK;
         const int64_t o = o0 + mi, q = q0 + qi;
-        Ws[qi][mi] = (o < g.O && q < g.kq) ? w[o * g.kq + q] : 0;
+        Ws[qi][mi] = (o < g.O && q < g.kq) ? p.w[o * g.kq + q] : 0;
       }
       {
         const int qi = idx / QBN, ni = idx % QBN;
         const int64_t q = q0 + qi, j = j0 + ni;
-        Xs[qi][ni] = (q < g.kq && j < g.cols) ? gather_word<kConv>(x, g, j, q) : 0u;
+        Xs[qi][ni] = (q < g.kq && j < g.cols) ? gather_word<kConv>(p.x, g, j, q) : 0u;
       }
     }
     __syncthreads();
@@ -207,56 +315,45 @@ __global__ void __launch_bounds__(256)
     }
     __syncthreads();
   }
-  const int64_t P = kConv ? g.Ho * g.Wo : 1;
   for (int i = 0; i < 4; ++i) {
     const int64_t o = o0 + ty * 4 + i;
     if (o >= g.O) continue;
-    const int32_t zc = static_cast<int32_t>(int64_t(g.zp) * rsum[o]);
-    const float ws = wstep[o];
-    const float zw = __fmul_rn(g.z, ws);
-    float b = bias ? bias[o] : 0.f;
-    if (g.z != 0.f) {
-      const float corr = __fmul_rn(zw, static_cast<float>(rsum[o]));
-      b = bias ? __fadd_rn(b, corr) : corr;
-    }
     for (int jj = 0; jj < 4; ++jj) {
       const int64_t j = j0 + tx * 4 + jj;
-      if (j >= g.cols) continue;
-      const int64_t n = kConv ? j / P : j / g.per_sample;
-      const float s = __fmul_rn(g.step.at(n), ws);
-      float v = __fadd_rn(__fmul_rn(static_cast<float>(acc[i][jj] - zc), s), b);
-      if (!kConv) {
-        y[j * g.O + o] = v;
-        continue;
-      }
-      const int64_t p = j % P, yi = (n * g.O + o) * P + p;
-      if (g.z != 0.f) {
-        const int64_t oh = p / g.Wo, ow = p % g.Wo, ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
-        if (ih0 < 0 || ih0 + g.kh > g.H || iw0 < 0 || iw0 + g.kw > g.W) {  // a border pixel
-          int32_t vs = 0;
-          for (int64_t a = 0; a < g.kh; ++a)
-            for (int64_t c = 0; c < g.kw; ++c)
-              if (ih0 + a >= 0 && ih0 + a < g.H && iw0 + c >= 0 && iw0 + c < g.W) vs += tsum[o * g.kh * g.kw + a * g.kw + c];
-          v = __fadd_rn(v, __fmul_rn(zw, static_cast<float>(vs - rsum[o])));
-        }
-      }
-      if (addc) v = __fadd_rn(v, addc[n * g.O + o]);
-      if (resid) v = __fadd_rn(resid[yi], v);
-      y[yi] = v;
+      if (j < g.cols) qepilogue<kConv>(g, p, o, j, acc[i][jj]);
     }
   }
 }
 
+template <bool kConv> void run_qgemm(const Launch& l, const QArgs& g, const QPtrs& p) {
+#ifdef TDQ_QINT_HOST_EMULATION
+  for (int64_t o = 0; o < g.O; ++o)
+    for (int64_t j = 0; j < g.cols; ++j) {
+      int32_t acc = 0;
+      for (int64_t q = 0; q < g.kq; ++q) acc = dp4a_us(gather_word<kConv>(p.x, g, j, q), uint32_t(p.w[o * g.kq + q]), acc);
+      qepilogue<kConv>(g, p, o, j, acc);
+    }
+#else
+  const dim3 grid(static_cast<unsigned>((g.cols + QBN - 1) / QBN), static_cast<unsigned>((g.O + QBM - 1) / QBM));
+  if (grid.y > 65535 || (g.cols + QBN - 1) / QBN >= (int64_t{1} << 31))
+    throw CuError(std::string(l.op) + ": too large for one launch");
+  qgemm_dp4a<kConv><<<grid, 256, 0, l.stream>>>(g, p);
+  check_launch(l.op);
+#endif
+}
+
 // Per (o, tap) sums of a conv's packed weights (Cp channels per tap), for the border fix-up.
-__global__ void tap_sums_kernel(const int8_t* __restrict__ w, int32_t* __restrict__ tsum, int64_t O, int64_t taps,
-                                int64_t Cp) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < O * taps; i += int64_t(gridDim.x) * blockDim.x) {
+struct TapSums {
+  const int8_t* w;
+  int32_t* tsum;
+  int64_t taps, Cp;
+  TDQ_HD void operator()(int64_t i) const {
     const int8_t* r = w + (i / taps) * taps * Cp + (i % taps) * Cp;
     int32_t s = 0;
     for (int64_t c = 0; c < Cp; ++c) s += r[c];
     tsum[i] = s;
   }
-}
+};
 
 // The activation arguments shared by qlinear and qconv2d (qgemm.cpp: activation_zero_point, qact_spec).
 struct QAct {
@@ -290,16 +387,8 @@ QAct qact_of(const Launch& l, QArgs& g) {
 const uint8_t* act_bytes(const Launch& l, const QArgs& g, const QAct& q, int64_t per, Scratch& buf) {
   if (!q.quantize) return static_cast<const uint8_t*>(l.in[0].data);
   const int64_t n = numel(l.in[0]);
-  quantize_bytes_kernel<<<grid_for(n), kThreads, 0, l.stream>>>(l.fin(0), buf.as<uint8_t>(), n, per, g.step, q.lo,
-                                                                 q.hi, q.add, q.off);
-  check_launch(l.op);
+  for_each_index(l, n, QuantizeBytes{l.fin(0), buf.as<uint8_t>(), per, g.step, q.lo, q.hi, q.off, q.add});
   return buf.as<uint8_t>();
-}
-
-dim3 qgrid(const Launch& l, const QArgs& g) {
-  const dim3 grid(static_cast<unsigned>((g.cols + QBN - 1) / QBN), static_cast<unsigned>((g.O + QBM - 1) / QBM));
-  if (grid.y > 65535 || grid.x >= (1u << 31)) throw CuError(std::string(l.op) + ": too large for one launch");
-  return grid;
 }
 
 void qlinear_op(const Launch& l) {
@@ -314,10 +403,8 @@ void qlinear_op(const Launch& l) {
   g.per_sample = g.cols / x.shape[0];
   Scratch buf(q.quantize ? static_cast<size_t>(numel(x)) : 0);
   const uint8_t* xb = act_bytes(l, g, q, g.per_sample * g.K, buf);
-  qgemm_dp4a<false><<<qgrid(l, g), 256, 0, l.stream>>>(
-      xb, static_cast<const int32_t*>(l.in[2].data), l.fin(3), static_cast<const int32_t*>(l.in[4].data), l.fin(5),
-      nullptr, nullptr, nullptr, l.fout(0), g);
-  check_launch(l.op);
+  run_qgemm<false>(l, g, QPtrs{xb, static_cast<const int32_t*>(l.in[2].data), l.fin(3),
+                               static_cast<const int32_t*>(l.in[4].data), l.fin(5), nullptr, nullptr, nullptr, l.fout(0)});
 }
 
 void qconv2d_op(const Launch& l) {
@@ -339,15 +426,12 @@ void qconv2d_op(const Launch& l) {
   Scratch buf(q.quantize ? static_cast<size_t>(numel(x)) : 0);
   const uint8_t* xb = act_bytes(l, g, q, g.C * g.H * g.W, buf);
   Scratch tsum(g.z != 0.f ? static_cast<size_t>(g.O * g.kh * g.kw) * sizeof(int32_t) : 0);
-  if (g.z != 0.f) {
-    tap_sums_kernel<<<grid_for(g.O * g.kh * g.kw), kThreads, 0, l.stream>>>(
-        static_cast<const int8_t*>(l.in[2].data), tsum.as<int32_t>(), g.O, g.kh * g.kw, 4 * g.Cq);
-    check_launch(l.op);
-  }
-  qgemm_dp4a<true><<<qgrid(l, g), 256, 0, l.stream>>>(
-      xb, static_cast<const int32_t*>(l.in[2].data), l.fin(3), static_cast<const int32_t*>(l.in[4].data), l.fin(5),
-      tsum.as<int32_t>(), l.fin(6), l.fin(7), l.fout(0), g);
-  check_launch(l.op);
+  if (g.z != 0.f)
+    for_each_index(l, g.O * g.kh * g.kw,
+                   TapSums{static_cast<const int8_t*>(l.in[2].data), tsum.as<int32_t>(), g.kh * g.kw, 4 * g.Cq});
+  run_qgemm<true>(l, g, QPtrs{xb, static_cast<const int32_t*>(l.in[2].data), l.fin(3),
+                              static_cast<const int32_t*>(l.in[4].data), l.fin(5), tsum.as<int32_t>(), l.fin(6),
+                              l.fin(7), l.fout(0)});
 }
 
 }  // namespace

@@ -514,6 +514,7 @@ int main(int argc, char** argv) {
           run_case(c, (std::string(p) + "-lib").c_str(), tol);
     }
     set_opt("precision", "fp32");
+    if (get_option) std::printf("libraries after the runs: %s\n", get_option("libraries"));
   }
 
   // 4. The NCCL communicator, one rank: the id / init / allreduce / broadcast

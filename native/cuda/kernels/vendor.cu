@@ -54,7 +54,7 @@ constexpr int kOpN = 0, kOpT = 1;                                       // cubla
 constexpr int kR32F = 0, kR16F = 2, kR16BF = 14;                        // cudaDataType_t
 constexpr int kCompute32F = 68;                                         // cublasComputeType_t CUBLAS_COMPUTE_32F
 constexpr int kGemmDefault = -1;                                        // cublasGemmAlgo_t
-constexpr int kPedanticMath = 2;                                        // cublasMath_t: no TF32 for fp32
+constexpr int kDefaultMath = 0;  // cublasMath_t: with CUBLAS_COMPUTE_32F no TF32; tensor cores for fp16 / bf16
 struct Cublas {
   void* lib = nullptr;
   std::string where, why;
@@ -102,7 +102,7 @@ Cublas& cublas() {
       b->lib = nullptr;
       return b;
     }
-    b->set_math(b->h, kPedanticMath);
+    b->set_math(b->h, kDefaultMath);
     if (b->get_version) b->get_version(b->h, &b->version);
     return b;
   }();
@@ -153,6 +153,16 @@ Cudnn& cudnn() {
     auto* d = new Cudnn;
     d->lib = open_first({"libcudnn.so.9", "libcudnn.so"}, d->where, d->why);
     if (!d->lib) return d;
+    // libcudnn.so.9 exports the whole API (it loads the sub-libraries on
+    // demand); where a symbol is missing, the sub-libraries are asked too.
+    void* subs[3] = {dlopen("libcudnn_cnn.so.9", RTLD_NOW | RTLD_LOCAL), dlopen("libcudnn_ops.so.9", RTLD_NOW | RTLD_LOCAL),
+                     dlopen("libcudnn_graph.so.9", RTLD_NOW | RTLD_LOCAL)};
+    auto sym = [&](void* lib, const char* name, auto& f) {
+      if (::tdqcu::vendor::sym(lib, name, f)) return true;
+      for (void* h : subs)
+        if (h && ::tdqcu::vendor::sym(h, name, f)) return true;
+      return false;
+    };
     const bool ok =
         sym(d->lib, "cudnnGetVersion", d->get_version) && sym(d->lib, "cudnnCreate", d->create) &&
         sym(d->lib, "cudnnSetStream", d->set_stream) && sym(d->lib, "cudnnGetErrorString", d->error_string) &&
@@ -232,6 +242,17 @@ struct ConvDescs {
   }
 };
 
+// cuDNN refusing a configuration (the workspace query fails): our kernels
+// run instead; counted, with the last reason, for describe().
+int g_dnn_fallbacks = 0;
+std::string g_dnn_last;
+bool refused(int st, const char* what) {
+  if (st == 0) return false;
+  ++g_dnn_fallbacks;
+  g_dnn_last = std::string(what) + ": " + cudnn().error_string(st);
+  return true;
+}
+
 bool cudnn_ready(cudaStream_t s, const ConvGeom& g) {
   if (!enabled() || !cudnn().lib) return false;
   // cuDNN's descriptors take int sizes.
@@ -250,6 +271,8 @@ std::string describe() {
   r += "; cuDNN ";
   Cudnn& d = cudnn();
   r += d.lib ? "loaded (" + d.where + ", version " + std::to_string(d.version) + ")" : "absent (" + d.why + ")";
+  if (g_dnn_fallbacks)
+    r += "; cuDNN refused " + std::to_string(g_dnn_fallbacks) + " convolution(s), run on our kernels (last: " + g_dnn_last + ")";
   r += enabled() ? "; used" : "; not used (kernels = own)";
   r += std::string("; precision ") + precision_name(precision());
   return r;
@@ -290,7 +313,7 @@ bool conv_forward(cudaStream_t s, const ConvGeom& g, const float* x, const float
   const Precision p = precision();
   ConvDescs cd(g, p);
   size_t ws = 0;
-  cudnn_check(d.fwd_ws(d.h, cd.x, cd.w, cd.conv, cd.y, kFwdImplicitPrecompGemm, &ws), "forward workspace size");
+  if (refused(d.fwd_ws(d.h, cd.x, cd.w, cd.conv, cd.y, kFwdImplicitPrecompGemm, &ws), "forward")) return false;
   Scratch work(ws);
   const float one = 1.f, zero = 0.f;
   if (p == Precision::fp32) {
@@ -314,7 +337,7 @@ bool conv_backward_data(cudaStream_t s, const ConvGeom& g, const float* gy, cons
   const Precision p = precision();
   ConvDescs cd(g, p);
   size_t ws = 0;
-  cudnn_check(d.bwd_data_ws(d.h, cd.w, cd.y, cd.conv, cd.x, kBwdDataAlgo1, &ws), "backward data workspace size");
+  if (refused(d.bwd_data_ws(d.h, cd.w, cd.y, cd.conv, cd.x, kBwdDataAlgo1, &ws), "backward data")) return false;
   Scratch work(ws);
   const float one = 1.f, zero = 0.f;
   if (p == Precision::fp32) {
@@ -338,7 +361,7 @@ bool conv_backward_filter(cudaStream_t s, const ConvGeom& g, const float* gy, co
   // Weight gradients sum over the whole batch: kept in fp32 in every precision.
   ConvDescs cd(g, Precision::fp32);
   size_t ws = 0;
-  cudnn_check(d.bwd_filter_ws(d.h, cd.x, cd.y, cd.conv, cd.w, kBwdFilterAlgo1, &ws), "backward filter workspace size");
+  if (refused(d.bwd_filter_ws(d.h, cd.x, cd.y, cd.conv, cd.w, kBwdFilterAlgo1, &ws), "backward filter")) return false;
   Scratch work(ws);
   const float one = 1.f, zero = 0.f;
   cudnn_check(d.bwd_filter(d.h, &one, cd.x, x, cd.y, gy, cd.conv, kBwdFilterAlgo1, work.p, ws, &zero, cd.w, gw),

@@ -74,8 +74,10 @@ typedef const tdq_cuda_api* (*tdq_cuda_get_api_fn)(int);
  *   "precision": "fp32" (default), "fp16" or "bf16": matmuls and convolutions
  *                round their operands to that type and accumulate in fp32
  *                (tensors stay float32; env TDQ_CUDA_PRECISION)
+ *   "int8":      "wmma" (default: 8-bit tensor cores) or "dp4a": the integer
+ *                GEMM of qlinear / qconv2d (same results; env TDQ_CUDA_INT8)
  * tdq_cuda_set_option returns 0, or nonzero with the reason in err.
- * tdq_cuda_get_option returns the value of "kernels" / "precision", or for
+ * tdq_cuda_get_option returns the value of "kernels" / "precision" / "int8", or for
  * "libraries" one line saying what of cuBLAS / cuDNN was loaded from where (or
  * why not); NULL for an unknown key. */
 int tdq_cuda_set_option(const char* key, const char* value, char* err, size_t errlen);

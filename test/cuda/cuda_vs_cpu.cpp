@@ -476,9 +476,16 @@ int main(int argc, char** argv) {
     if (!set_option || set_option(k, v, err, sizeof err))
       throw std::runtime_error(std::string("tdq_cuda_set_option(") + k + ", " + v + "): " + (set_option ? err : "missing"));
   };
-  // 1. Every case on our own kernels, fp32.
-  if (set_option) set_opt("kernels", "own"), set_opt("precision", "fp32");
+  // 1. Every case on our own kernels, fp32 (the integer GEMM on the tensor cores).
+  if (set_option) set_opt("kernels", "own"), set_opt("precision", "fp32"), set_opt("int8", "wmma");
   for (const Case& c : cases) run_case(c, "own", 0);
+  // 1b. The integer ops again with the dp4a kernel.
+  if (set_option) {
+    set_opt("int8", "dp4a");
+    for (const Case& c : cases)
+      if (c.op == "qlinear" || c.op == "qconv2d") run_case(c, "dp4a", 0);
+    set_opt("int8", "wmma");
+  }
 
   // 2. The matmuls and convolutions again through cuBLAS / cuDNN where they load.
   const std::string libs = get_option ? get_option("libraries") : "";
@@ -503,7 +510,11 @@ int main(int argc, char** argv) {
   // cuBLAS / cuDNN (conv2d_backward_weight stays fp32 there: not repeated).
   if (set_option) {
     for (const char* p : {"fp16", "bf16"}) {
-      set_opt("precision", p);
+      char err[256] = {0};
+      if (set_option("precision", p, err, sizeof err)) {
+        std::printf("SKIP precision %s: %s\n", p, err);
+        continue;
+      }
       const double tol = std::string(p) == "fp16" ? 2e-3 : 1.6e-2;
       set_opt("kernels", "own");
       for (const Case& c : cases)

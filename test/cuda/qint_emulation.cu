@@ -5,8 +5,8 @@
 //
 //   tdq_cuda_test build/libtdq_qint_emu.so
 //
-// so that the arithmetic of the GPU's integer path (gathers, dp4a sums,
-// epilogue roundings, step lookups) is checked bit for bit against the CPU ops
+// so that the arithmetic of the GPU's integer path (gathers, the dp4a sums and
+// the tensor-core kernel's shifted s8 sums, epilogue roundings, step lookups) is checked bit for bit against the CPU ops
 // on a machine without a GPU. The tiling of the kernels is not exercised here;
 // tdq_cuda_test on a GPU checks that.
 #define TDQ_QINT_HOST_EMULATION 1
@@ -31,6 +31,9 @@ std::map<void*, size_t> live;
 }  // namespace
 
 void register_op(const char* name, OpFn fn) { ops()[name] = fn; }
+// Option "int8" (tdq_cuda_set_option below): which GPU kernel's arithmetic to emulate.
+Int8Kernel g_int8 = Int8Kernel::wmma;
+Int8Kernel int8_kernel() { return g_int8; }
 cudaStream_t backend_stream() { return nullptr; }
 void* cache_alloc(size_t bytes) {
   std::lock_guard<std::mutex> lk(mu);
@@ -110,6 +113,18 @@ const tdq_cuda_api kEmu = {TDQ_CUDA_ABI_VERSION, emu_build_info,  emu_probe,    
                            emu_synchronize,      emu_op_names,    emu_launch};
 }  // namespace
 }  // namespace tdqcu
+
+extern "C" __attribute__((visibility("default"))) int tdq_cuda_set_option(const char* key, const char* value,
+                                                                          char* err, size_t errlen) {
+  const std::string k = key ? key : "", v = value ? value : "";
+  if (k == "int8" && (v == "wmma" || v == "dp4a")) {
+    tdqcu::g_int8 = v == "dp4a" ? tdqcu::Int8Kernel::dp4a : tdqcu::Int8Kernel::wmma;
+    return 0;
+  }
+  if ((k == "kernels" && (v == "own" || v == "auto")) || (k == "precision" && v == "fp32")) return 0;  // no effect here
+  if (err && errlen) std::snprintf(err, errlen, "option %s = %s is not emulated", k.c_str(), v.c_str());
+  return 1;
+}
 
 extern "C" __attribute__((visibility("default"))) const tdq_cuda_api* tdq_cuda_get_api(int abi_version) {
   return abi_version == TDQ_CUDA_ABI_VERSION ? &tdqcu::kEmu : nullptr;

@@ -14,8 +14,9 @@
 // n (or row 0) of a (1 or N, Q) step table, e.g. step_table_lookup's output,
 // so the per-timestep steps never leave the GPU.
 //
-// The GEMM: acc[o, j] = sum_k byte[j, k] * w[o, k] exactly in int32 (dp4a:
-// 4 u8 x s8 products per instruction), implicit for the convolution (the
+// The GEMM: acc[o, j] = sum_k byte[j, k] * w[o, k] exactly in int32 (the
+// 8-bit tensor cores by WMMA, or option int8 = dp4a: 4 u8 x s8 products per
+// instruction), implicit for the convolution (the
 // columns are gathered from x while loading each tile: no im2col buffer; a
 // tap over the padding reads the zero point). The epilogue rounds as the CPU's
 // (qgemm.h), every step an explicit _rn intrinsic so that nvcc never fuses
@@ -27,7 +28,9 @@
 //   then y = fl(y + add_channel[n, o]), y = fl(residual + y).
 // Not checked here (the CPU op throws): steps that are not positive and finite
 // (they give inf / NaN outputs), and timesteps outside the table (clamped).
-#include "common.cuh"
+#include <mma.h>
+
+#include "vendor.cuh"
 
 namespace tdqcu {
 namespace {
@@ -325,19 +328,82 @@ template <bool kConv> __global__ void __launch_bounds__(256) qgemm_dp4a(QArgs g,
   }
 }
 
-template <bool kConv> void run_qgemm(const Launch& l, const QArgs& g, const QPtrs& p) {
+// The same GEMM on the tensor cores (WMMA, 8-bit, sm_72+): WMMA multiplies
+// s8 x s8 only, so the activation bytes go in as b - 128 (b ^ 0x80) and the
+// sum gets 128 * rowsum[o] back: sum b * w = sum (b - 128) * w + 128 * sum w,
+// exact in int32 (mod 2^32 like the CPU's sums), so qepilogue sees the same acc.
+// 128 threads (4 warps) per 64 x 64 tile of (o, column), each warp 32 x 32
+// (2 x 2 fragments of 16 x 16), k in steps of 32 bytes (two fragments deep).
 #ifdef TDQ_QINT_HOST_EMULATION
+inline int32_t dot4_s8(uint32_t a, uint32_t b, int32_t c) {  // the host emulation's s8 x s8 step
+  for (int i = 0; i < 4; ++i) c += int32_t(int8_t((a >> (8 * i)) & 0xffu)) * int32_t(int8_t((b >> (8 * i)) & 0xffu));
+  return c;
+}
+#endif
+constexpr int QMT = 128;
+template <bool kConv> __global__ void __launch_bounds__(QMT) qgemm_wmma(QArgs g, QPtrs p) {
+  using namespace nvcuda;
+  __shared__ __align__(32) int32_t Ws[2][QBM][4];  // [k half][o][4 words = 16 bytes of k]
+  __shared__ __align__(32) uint32_t Xs[2][QBN][4];  // [k half][column][16 bytes of k]
+  __shared__ __align__(32) int32_t Cs[QBM][QBN + 4];
+  const int64_t o0 = int64_t(blockIdx.y) * QBM, j0 = int64_t(blockIdx.x) * QBN;
+  const int tid = threadIdx.x, warp = tid / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, int> acc[2][2];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0);
+  for (int64_t q0 = 0; q0 < g.kq; q0 += 8) {  // 8 quads = 32 bytes of k
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int idx = tid + r * QMT, row = idx / 8, qi = idx % 8;  // 64 rows x 8 quads
+      const int64_t q = q0 + qi;
+      const int64_t o = o0 + row, j = j0 + row;
+      Ws[qi / 4][row][qi % 4] = (o < g.O && q < g.kq) ? p.w[o * g.kq + q] : 0;
+      Xs[qi / 4][row][qi % 4] = (j < g.cols && q < g.kq) ? gather_word<kConv>(p.x, g, j, q) ^ 0x80808080u : 0u;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> fb[2];
+      for (int i = 0; i < 2; ++i)
+        wmma::load_matrix_sync(fa[i], reinterpret_cast<const signed char*>(&Ws[h][wm + 16 * i][0]), 16);
+      for (int j = 0; j < 2; ++j)
+        wmma::load_matrix_sync(fb[j], reinterpret_cast<const signed char*>(&Xs[h][wn + 16 * j][0]), 16);
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(&Cs[wm + 16 * i][wn + 16 * j], acc[i][j], QBN + 4, wmma::mem_row_major);
+  __syncthreads();
+  for (int idx = tid; idx < QBM * QBN; idx += QMT) {
+    const int mi = idx / QBN, ni = idx % QBN;
+    const int64_t o = o0 + mi, j = j0 + ni;
+    if (o < g.O && j < g.cols) qepilogue<kConv>(g, p, o, j, Cs[mi][ni] + 128 * p.rsum[o]);
+  }
+}
+
+template <bool kConv> void run_qgemm(const Launch& l, const QArgs& g, const QPtrs& p) {
+  const bool mma = int8_kernel() == Int8Kernel::wmma;
+#ifdef TDQ_QINT_HOST_EMULATION
+  (void)l;
   for (int64_t o = 0; o < g.O; ++o)
     for (int64_t j = 0; j < g.cols; ++j) {
       int32_t acc = 0;
-      for (int64_t q = 0; q < g.kq; ++q) acc = dp4a_us(gather_word<kConv>(p.x, g, j, q), uint32_t(p.w[o * g.kq + q]), acc);
-      qepilogue<kConv>(g, p, o, j, acc);
+      for (int64_t q = 0; q < g.kq; ++q) {
+        const uint32_t a = gather_word<kConv>(p.x, g, j, q), w = uint32_t(p.w[o * g.kq + q]);
+        acc = mma ? dot4_s8(a ^ 0x80808080u, w, acc) : dp4a_us(a, w, acc);
+      }
+      qepilogue<kConv>(g, p, o, j, mma ? acc + 128 * p.rsum[o] : acc);
     }
 #else
   const dim3 grid(static_cast<unsigned>((g.cols + QBN - 1) / QBN), static_cast<unsigned>((g.O + QBM - 1) / QBM));
   if (grid.y > 65535 || (g.cols + QBN - 1) / QBN >= (int64_t{1} << 31))
     throw CuError(std::string(l.op) + ": too large for one launch");
-  qgemm_dp4a<kConv><<<grid, 256, 0, l.stream>>>(g, p);
+  if (mma) qgemm_wmma<kConv><<<grid, QMT, 0, l.stream>>>(g, p);
+  else qgemm_dp4a<kConv><<<grid, 256, 0, l.stream>>>(g, p);
   check_launch(l.op);
 #endif
 }

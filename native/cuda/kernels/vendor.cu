@@ -19,6 +19,7 @@ namespace {
 std::mutex opt_mu;
 int g_kernels = -1;  // -1 unset (env), 0 own, 1 auto
 int g_precision = -1;
+int g_int8 = -1;  // 0 wmma, 1 dp4a
 
 bool env_is(const char* name, const char* value) {
   const char* e = std::getenv(name);
@@ -33,6 +34,12 @@ Precision precision() {
     g_precision = env_is("TDQ_CUDA_PRECISION", "fp16") ? 1 : env_is("TDQ_CUDA_PRECISION", "bf16") ? 2 : 0;
   }
   return static_cast<Precision>(g_precision);
+}
+
+Int8Kernel int8_kernel() {
+  std::lock_guard<std::mutex> lk(opt_mu);
+  if (g_int8 < 0) g_int8 = env_is("TDQ_CUDA_INT8", "dp4a") ? 1 : 0;
+  return g_int8 == 1 ? Int8Kernel::dp4a : Int8Kernel::wmma;
 }
 
 const char* precision_name(Precision p) { return p == Precision::fp16 ? "fp16" : p == Precision::bf16 ? "bf16" : "fp32"; }
@@ -389,8 +396,12 @@ extern "C" __attribute__((visibility("default"))) int tdq_cuda_set_option(const 
       else if (v == "fp16") g_precision = 1;
       else if (v == "bf16") g_precision = 2;
       else bad = "option 'precision' must be 'fp32', 'fp16' or 'bf16', got '" + v + "'";
+    } else if (k == "int8") {
+      if (v == "wmma") g_int8 = 0;
+      else if (v == "dp4a") g_int8 = 1;
+      else bad = "option 'int8' must be 'wmma' or 'dp4a', got '" + v + "'";
     } else {
-      bad = "unknown option '" + k + "' (options: kernels, precision)";
+      bad = "unknown option '" + k + "' (options: kernels, precision, int8)";
     }
   }
   if (bad.empty()) return 0;
@@ -403,6 +414,7 @@ extern "C" __attribute__((visibility("default"))) const char* tdq_cuda_get_optio
   const std::string k = key ? key : "";
   if (k == "kernels") return vendor::enabled() ? "auto" : "own";
   if (k == "precision") return precision_name(precision());
+  if (k == "int8") return int8_kernel() == Int8Kernel::dp4a ? "dp4a" : "wmma";
   if (k == "libraries") {
     static thread_local std::string s;
     s = vendor::describe();

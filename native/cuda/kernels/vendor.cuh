@@ -17,6 +17,11 @@ enum class Precision { fp32, fp16, bf16 };
 Precision precision();
 const char* precision_name(Precision p);
 
+// The integer GEMM of qlinear / qconv2d (option "int8", env TDQ_CUDA_INT8):
+// WMMA on the 8-bit tensor cores (default) or dp4a; both exact, same results.
+enum class Int8Kernel { wmma, dp4a };
+Int8Kernel int8_kernel();
+
 namespace vendor {
 
 bool enabled();  // the "kernels" option allows cuBLAS / cuDNN

@@ -506,7 +506,8 @@ int main(int argc, char** argv) {
       if ((have_blas && is_blas(c.op)) || (have_dnn && is_dnn(c.op))) run_case(c, "vendor", 0);
   }
   // 3. fp16 / bf16 operands with fp32 accumulation, per-precision tolerances on
-  // the relative 2-norm error: our WMMA kernels (matmuls, conv2d_forward), then
+  // the relative 2-norm error: our WMMA kernels (matmuls, conv2d_forward,
+  // attention forward), then
   // cuBLAS / cuDNN (conv2d_backward_weight stays fp32 there: not repeated).
   if (set_option) {
     for (const char* p : {"fp16", "bf16"}) {
@@ -519,6 +520,10 @@ int main(int argc, char** argv) {
       set_opt("kernels", "own");
       for (const Case& c : cases)
         if (is_blas(c.op) || c.op == "conv2d_forward") run_case(c, (std::string(p) + "-own").c_str(), tol);
+      // attention forward (O and L; the scores go through exp: twice the matmuls' tolerance)
+      for (const Case& c : cases)
+        if (c.op.rfind("attention", 0) == 0 && c.op.size() > 8 && c.op.compare(c.op.size() - 8, 8, "_forward") == 0)
+          run_case(c, (std::string(p) + "-own").c_str(), 2 * tol);
       set_opt("kernels", "auto");
       for (const Case& c : cases)
         if ((have_blas && is_blas(c.op)) || (have_dnn && (c.op == "conv2d_forward" || c.op == "conv2d_backward_input")))

@@ -72,12 +72,12 @@ __global__ void __launch_bounds__(256) conv_igemm(const float* __restrict__ x, c
 struct LoadW {
   const float* w;
   int64_t K;
-  __device__ float operator()(int64_t o, int64_t k) const { return w[o * K + k]; }
+  __device__ float operator()(int64_t, int64_t o, int64_t k) const { return w[o * K + k]; }
 };
 struct LoadCol {  // col(x)[k, j], gathered as conv_igemm's
   const float* x;
   Geom g;
-  __device__ float operator()(int64_t k, int64_t j) const {
+  __device__ float operator()(int64_t, int64_t k, int64_t j) const {
     const int64_t P = g.Ho * g.Wo, n = j / P, p = j % P, oh = p / g.Wo, ow = p % g.Wo;
     const int64_t c = k / (g.kh * g.kw), rr = k % (g.kh * g.kw), ki = rr / g.kw, kj = rr % g.kw;
     const int64_t ih = oh * g.stride - g.pad + ki, iw = ow * g.stride - g.pad + kj;
@@ -88,7 +88,7 @@ struct StoreConv {
   float* y;
   const float *bias, *chan, *res;
   int64_t O, P;
-  __device__ void operator()(int64_t o, int64_t j, float acc) const {
+  __device__ void operator()(int64_t, int64_t o, int64_t j, float acc) const {
     const int64_t n = j / P, yi = (n * O + o) * P + j % P;
     float v = acc;
     if (bias) v += bias[o];

@@ -89,22 +89,25 @@ bool launch_vendor(const Launch& l, int64_t batch, const GemmArgs& g, const floa
 }
 
 // Element (r, c) of a row-major matrix with rows of ld, or of its transpose.
+// (batch z at stride sz: 0 for a shared operand)
 struct LoadMat {
   const float* p;
-  int64_t ld;
+  int64_t ld, sz;
   bool t;
-  __device__ float operator()(int64_t r, int64_t c) const { return t ? p[c * ld + r] : p[r * ld + c]; }
+  __device__ float operator()(int64_t z, int64_t r, int64_t c) const {
+    return t ? p[z * sz + c * ld + r] : p[z * sz + r * ld + c];
+  }
 };
 struct StoreGemm {
   float* y;
   const float *c, *bias;
   float alpha, beta;
-  int64_t N;
-  __device__ void operator()(int64_t m, int64_t n, float acc) const {
+  int64_t M, N;
+  __device__ void operator()(int64_t z, int64_t m, int64_t n, float acc) const {
     float v = alpha * acc;
     if (c) v += beta * c[m * N + n];
     if (bias) v += bias[n];
-    y[m * N + n] = v;
+    y[(z * M + m) * N + n] = v;
   }
 };
 
@@ -114,10 +117,8 @@ void launch(const Launch& l, int64_t batch, const GemmArgs& g, const float* a, c
   if (g.K > 0 && launch_vendor(l, batch, g, a, b, c, bias, y)) return;
   const Precision p = precision();
   if (p != Precision::fp32) {
-    for (int64_t i = 0; i < batch; ++i)
-      launch_mma_gemm(l.op, l.stream, p == Precision::bf16, g.M, g.N, g.K, LoadMat{a + i * g.sa, g.lda, g.tA},
-                      LoadMat{b + i * g.sb, g.ldb, g.tB},
-                      StoreGemm{y + i * g.M * g.N, c, bias, g.alpha, g.beta, g.N});
+    launch_mma_gemm(l.op, l.stream, p == Precision::bf16, g.M, g.N, g.K, LoadMat{a, g.lda, g.sa, g.tA},
+                    LoadMat{b, g.ldb, g.sb, g.tB}, StoreGemm{y, c, bias, g.alpha, g.beta, g.M, g.N}, batch);
     return;
   }
   const dim3 grid(static_cast<unsigned>((g.N + BN - 1) / BN), static_cast<unsigned>((g.M + BM - 1) / BM),

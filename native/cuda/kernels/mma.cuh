@@ -3,7 +3,7 @@
 // while loading each tile, fp32 accumulation, fp32 out. One template for the
 // matmuls (gemm.cu) and the implicit-GEMM convolution (conv2d.cu): the caller
 // gives the loaders of A (M x K) and B (K x N) elements as floats, and the
-// epilogue that stores C[m, n].
+// epilogue that stores C[m, n], each with the batch index z (blockIdx.z).
 //   128 threads (4 warps) per 64 x 64 tile of C, each warp 32 x 32 (2 x 2
 //   fragments of 16 x 16), K in steps of 16; the accumulators go through
 //   shared memory to the epilogue.
@@ -22,7 +22,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 to_h<__nv_bfloat16>(float v
 
 constexpr int kMmaBM = 64, kMmaBN = 64, kMmaBK = 16, kMmaThreads = 128;
 
-// LoadA(m, k) / LoadB(k, n): floats (0 outside); Store(m, n, acc): writes C.
+// LoadA(z, m, k) / LoadB(z, k, n): floats (0 outside); Store(z, m, n, acc): writes C.
 template <typename H, typename LoadA, typename LoadB, typename Store>
 __global__ void __launch_bounds__(kMmaThreads)
     mma_gemm(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Store st) {
@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   __shared__ __align__(32) H As[kMmaBM][kMmaBK + 8];
   __shared__ __align__(32) H Bs[kMmaBK][kMmaBN + 8];
   __shared__ __align__(32) float Cs[kMmaBM][kMmaBN + 4];
-  const int64_t m0 = int64_t(blockIdx.y) * kMmaBM, n0 = int64_t(blockIdx.x) * kMmaBN;
+  const int64_t m0 = int64_t(blockIdx.y) * kMmaBM, n0 = int64_t(blockIdx.x) * kMmaBN, z = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
   for (int i = 0; i < 2; ++i)
@@ -43,12 +43,12 @@ __global__ void __launch_bounds__(kMmaThreads)
       {
         const int mi = idx / kMmaBK, ki = idx % kMmaBK;
         const int64_t m = m0 + mi, k = k0 + ki;
-        As[mi][ki] = to_h<H>(m < M && k < K ? la(m, k) : 0.f);
+        As[mi][ki] = to_h<H>(m < M && k < K ? la(z, m, k) : 0.f);
       }
       {
         const int ki = idx / kMmaBN, ni = idx % kMmaBN;
         const int64_t k = k0 + ki, n = n0 + ni;
-        Bs[ki][ni] = to_h<H>(k < K && n < N ? lb(k, n) : 0.f);
+        Bs[ki][ni] = to_h<H>(k < K && n < N ? lb(z, k, n) : 0.f);
       }
     }
     __syncthreads();
@@ -67,16 +67,19 @@ __global__ void __launch_bounds__(kMmaThreads)
   for (int idx = tid; idx < kMmaBM * kMmaBN; idx += kMmaThreads) {
     const int mi = idx / kMmaBN, ni = idx % kMmaBN;
     const int64_t m = m0 + mi, n = n0 + ni;
-    if (m < M && n < N) st(m, n, Cs[mi][ni]);
+    if (m < M && n < N) st(z, m, n, Cs[mi][ni]);
   }
 }
 
-// Launches mma_gemm in fp16 or bf16 (never fp32) over a grid of 64 x 64 tiles.
+// Launches mma_gemm in fp16 or bf16 (never fp32) over a grid of 64 x 64 tiles, batch z < Z.
 template <typename LoadA, typename LoadB, typename Store>
 void launch_mma_gemm(const char* op, cudaStream_t s, bool bf16, int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb,
-                     Store st) {
-  const dim3 grid(static_cast<unsigned>((N + kMmaBN - 1) / kMmaBN), static_cast<unsigned>((M + kMmaBM - 1) / kMmaBM));
-  if (grid.y > 65535) throw CuError(std::string(op) + ": too many rows (" + std::to_string(M) + ") for one launch");
+                     Store st, int64_t Z = 1) {
+  const dim3 grid(static_cast<unsigned>((N + kMmaBN - 1) / kMmaBN), static_cast<unsigned>((M + kMmaBM - 1) / kMmaBM),
+                  static_cast<unsigned>(Z));
+  if (grid.y > 65535 || Z > 65535)
+    throw CuError(std::string(op) + ": too many rows (" + std::to_string(M) + ") or batches (" + std::to_string(Z) +
+                  ") for one launch");
   if (bf16) mma_gemm<__nv_bfloat16><<<grid, kMmaThreads, 0, s>>>(M, N, K, la, lb, st);
   else mma_gemm<__half><<<grid, kMmaThreads, 0, s>>>(M, N, K, la, lb, st);
   check_launch(op);

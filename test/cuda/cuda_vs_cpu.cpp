@@ -140,6 +140,10 @@ struct Case {
   AttrList attrs;
   double atol, rtol;
   bool exact = false;  // every output byte as the CPU's (the integer path)
+  // x (input 0) and y (output 0) in float16 on the device; the CPU op gets x
+  // widened back (exact), y is widened for the comparison (relative 2-norm
+  // error against atol: the fp16 tolerance).
+  bool half_io = false;
 };
 
 bool env_set(const char* name) {
@@ -255,6 +259,10 @@ int main(int argc, char** argv) {
                        return std::vector<Tensor>{N(r, {2, 16, 9, 11}), x, st[1], st[2], w, b};
                      }, ga, 1e-4, 1e-4});
   }
+  for (bool silu : {false, true})
+    cases.push_back({silu ? "f16 x, y (2,32,8,8) G8 +silu" : "f16 x, y (2,32,8,8) G8", "group_norm_forward", [=](Rng& r) {
+                       return std::vector<Tensor>{r.normal({2, 32, 8, 8}, 2.f, 1.f), N(r, {32}), N(r, {32})};
+                     }, {{"num_groups", 8.0}, {"eps", 1e-5}, {"silu", silu}}, 1e-3, 0, false, true});
   cases.push_back({"(3,6,5) G3 no affine", "group_norm_forward", [=](Rng& r) { return std::vector<Tensor>{N(r, {3, 6, 5})}; }, {{"num_groups", 3.0}}, 1e-5, 1e-4});
   // fake quantizer and LSQ backward
   const AttrList qt = {{"bits", 4.0}, {"signed", true}, {"granularity", std::string("tensor")}};
@@ -426,8 +434,24 @@ int main(int argc, char** argv) {
     try {
       std::vector<Tensor> in = c.inputs(rng);
       const Attrs a = make_attrs(c.op, c.attrs);
-      std::vector<Tensor> ref = run_cpu(c.op, in, a, pool);
-      std::vector<Tensor> got = run_cuda(c.op, in, a, ref);
+      std::vector<Tensor> ref, got;
+      if (c.half_io) {
+        auto cast_to = [&](const Tensor& t, const char* dt) {
+          return run_cpu("cast", {t}, make_attrs("cast", {{"dtype", std::string(dt)}}), pool)[0];
+        };
+        std::vector<Tensor> hin = in;
+        hin[0] = cast_to(in[0], "float16");
+        in[0] = cast_to(hin[0], "float32");
+        ref = run_cpu(c.op, in, a, pool);
+        std::vector<Tensor> like = ref;
+        like[0] = alloc_tensor(ref[0].shape, DType::f16, Device::cpu, counter);
+        got = run_cuda(c.op, hin, a, like);
+        got[0] = cast_to(got[0], "float32");
+        norm_tol = c.atol;
+      } else {
+        ref = run_cpu(c.op, in, a, pool);
+        got = run_cuda(c.op, in, a, ref);
+      }
       if (c.exact) {
         int64_t bad = 0, total = 0;
         for (size_t k = 0; k < ref.size(); ++k) {

@@ -78,7 +78,14 @@ for d in ${CUDA_PATH:-} ${CUDA_HOME:-} /usr/local/cuda $NV_DIRS; do
   [ -z "$NVCC" ] && [ -x "$d/bin/nvcc" ] && NVCC="$d/bin/nvcc"
 done
 if [ -z "$NVCC" ]; then log "FAIL: nvcc not found"; exit 3; fi
+NVCC=$(readlink -f "$NVCC")
 log "nvcc: $NVCC ($("$NVCC" --version | tail -1))"
+# A cache made with another nvcc would be dropped by CMake together with the
+# options below: start it afresh instead.
+if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "^CMAKE_CUDA_COMPILER:[A-Z]*=$NVCC\$" "$BUILD/CMakeCache.txt"; then
+  log "removing $BUILD/CMakeCache.txt (made with another CUDA compiler)"
+  rm -f "$BUILD/CMakeCache.txt"
+fi
 export CUDACXX="$NVCC"  # read by CMake on the first configure of $BUILD
 for d in $NV_DIRS; do
   case "$d" in
@@ -143,7 +150,7 @@ log "test: status $TRC in $(( $(date +%s) - T1 )) s (0 passed, 1 a kernel disagr
 CS=$(command -v compute-sanitizer || ls "$(dirname "$NVCC")"/compute-sanitizer 2>/dev/null || true)
 if [ -n "$CS" ] && [ "${TDQ_GPU_SANITIZE:-1}" = 1 ]; then
   # Our own kernels only (cuBLAS / cuDNN / NCCL are not ours to check, and slow under memcheck).
-  env -u TDQ_EXPECT_VENDOR -u TDQ_EXPECT_NCCL -u LD_LIBRARY_PATH TDQ_CUDA_KERNELS=own \
+  env -u TDQ_EXPECT_VENDOR -u TDQ_EXPECT_NCCL TDQ_CUDA_TEST_OWN_ONLY=1 TDQ_CUDA_KERNELS=own \
     timeout 180 "$CS" --tool memcheck --error-exitcode 9 "$TEST" "$BUILD/libtdq_cuda.so" > "$OUT/memcheck.txt" 2>&1
   log "memcheck: status $? (0 clean, 9 memory errors, 124 timed out; memcheck.txt)"
 fi

@@ -314,6 +314,20 @@ bool gemm(cudaStream_t s, bool tA, bool tB, int64_t M, int64_t N, int64_t K, flo
   return true;
 }
 
+namespace {
+// call(a, b, out) on the fp32 tensors, or (fp16 / bf16) on 2-byte copies of a
+// and b into a 2-byte out that is widened into `out` afterwards.
+template <typename Call>
+void in_precision(cudaStream_t s, Precision p, const float* a, int64_t na, const float* b, int64_t nb, float* out,
+                  int64_t nout, Call call) {
+  if (p == Precision::fp32) return call(static_cast<const void*>(a), static_cast<const void*>(b), static_cast<void*>(out));
+  HalfCopy ha(s, a, na, p), hb(s, b, nb, p);
+  Scratch ho(static_cast<size_t>(nout) * 2);
+  call(static_cast<const void*>(ha.buf.p), static_cast<const void*>(hb.buf.p), ho.p);
+  widen_half(s, ho.p, out, nout, p);
+}
+}  // namespace
+
 bool conv_forward(cudaStream_t s, const ConvGeom& g, const float* x, const float* w, float* y) {
   if (!cudnn_ready(s, g)) return false;
   Cudnn& d = cudnn();
@@ -323,18 +337,12 @@ bool conv_forward(cudaStream_t s, const ConvGeom& g, const float* x, const float
   if (refused(d.fwd_ws(d.h, cd.x, cd.w, cd.conv, cd.y, kFwdImplicitPrecompGemm, &ws), "forward")) return false;
   Scratch work(ws);
   const float one = 1.f, zero = 0.f;
-  if (p == Precision::fp32) {
-    cudnn_check(d.fwd(d.h, &one, cd.x, x, cd.w, w, cd.conv, kFwdImplicitPrecompGemm, work.p, ws, &zero, cd.y, y),
-                "ConvolutionForward");
-    return true;
-  }
-  const int64_t ny = g.N * g.O * g.Ho * g.Wo;
-  HalfCopy hx(s, x, g.N * g.C * g.H * g.W, p), hw(s, w, g.O * g.C * g.kh * g.kw, p);
-  Scratch hy(static_cast<size_t>(ny) * 2);
-  cudnn_check(d.fwd(d.h, &one, cd.x, hx.buf.p, cd.w, hw.buf.p, cd.conv, kFwdImplicitPrecompGemm, work.p, ws, &zero,
-                    cd.y, hy.p),
-              "ConvolutionForward");
-  widen_half(s, hy.p, y, ny, p);
+  in_precision(s, p, x, g.N * g.C * g.H * g.W, w, g.O * g.C * g.kh * g.kw, y, g.N * g.O * g.Ho * g.Wo,
+               [&](const void* px, const void* pw, void* py) {
+                 cudnn_check(d.fwd(d.h, &one, cd.x, px, cd.w, pw, cd.conv, kFwdImplicitPrecompGemm, work.p, ws, &zero,
+                                   cd.y, py),
+                             "ConvolutionForward");
+               });
   return true;
 }
 
@@ -347,18 +355,12 @@ bool conv_backward_data(cudaStream_t s, const ConvGeom& g, const float* gy, cons
   if (refused(d.bwd_data_ws(d.h, cd.w, cd.y, cd.conv, cd.x, kBwdDataAlgo1, &ws), "backward data")) return false;
   Scratch work(ws);
   const float one = 1.f, zero = 0.f;
-  if (p == Precision::fp32) {
-    cudnn_check(d.bwd_data(d.h, &one, cd.w, w, cd.y, gy, cd.conv, kBwdDataAlgo1, work.p, ws, &zero, cd.x, gx),
-                "ConvolutionBackwardData");
-    return true;
-  }
-  const int64_t nx = g.N * g.C * g.H * g.W;
-  HalfCopy hgy(s, gy, g.N * g.O * g.Ho * g.Wo, p), hw(s, w, g.O * g.C * g.kh * g.kw, p);
-  Scratch hgx(static_cast<size_t>(nx) * 2);
-  cudnn_check(d.bwd_data(d.h, &one, cd.w, hw.buf.p, cd.y, hgy.buf.p, cd.conv, kBwdDataAlgo1, work.p, ws, &zero, cd.x,
-                         hgx.p),
-              "ConvolutionBackwardData");
-  widen_half(s, hgx.p, gx, nx, p);
+  in_precision(s, p, gy, g.N * g.O * g.Ho * g.Wo, w, g.O * g.C * g.kh * g.kw, gx, g.N * g.C * g.H * g.W,
+               [&](const void* pgy, const void* pw, void* pgx) {
+                 cudnn_check(d.bwd_data(d.h, &one, cd.w, pw, cd.y, pgy, cd.conv, kBwdDataAlgo1, work.p, ws, &zero,
+                                        cd.x, pgx),
+                             "ConvolutionBackwardData");
+               });
   return true;
 }
 

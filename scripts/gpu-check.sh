@@ -3,15 +3,18 @@
 # (no Node.js needed): builds libtdq_cuda.so and tdq_cuda_test (CMake with
 # TDQ_ADDON=OFF, or nvcc + g++ directly where cmake is missing), then runs
 # the test: every CUDA kernel against the CPU op of the same name on random
-# inputs, and the allocator. Sized for about 10 minutes on a 16-core machine
+# inputs (the integer path bit for bit), again through cuBLAS / cuDNN and in
+# fp16 / bf16 where those load, the NCCL communicator (one rank), and the
+# allocator. Sized for about 10 minutes on a 16-core machine
 # (the build is most of it; only sm_90 is compiled here unless
 # TDQ_CUDA_ARCHS is set).
 #
 #   OUT=/some/dir scripts/gpu-check.sh      # results: $OUT/summary.txt, test.txt, build.log, ...
 #
-# nvcc, cuBLAS and cuDNN are looked for on the PATH, in CUDA_PATH /
+# nvcc, cuBLAS, cuDNN and NCCL are looked for on the PATH, in CUDA_PATH /
 # /usr/local/cuda, and in the nvidia-* Python packages (nvidia-cuda-nvcc,
-# nvidia-cublas, nvidia-cudnn-cu13) of python3. Exit status: the test's
+# nvidia-cublas, nvidia-cudnn-cu13, nvidia-nccl-cu13) of python3; the
+# library folders found go on LD_LIBRARY_PATH (the backend dlopens them). Exit status: the test's
 # (0 passed, 1 a kernel disagrees, 2 no usable device), 3 build failed.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,12 +28,14 @@ log() { echo "$*" | tee -a "$OUT/summary.txt"; }
 log "gpu-check: $(date -u) in $ROOT (commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 
 PY=$(command -v python3 || command -v python || true)
-# Directories of the nvidia-* Python packages (namespace package 'nvidia').
+# Directories of the nvidia-* Python packages (namespace package 'nvidia'),
+# and the lib/ folders in them that hold cuBLAS, cuDNN and NCCL.
 NV_DIRS=""
+NV_LIBDIRS=""
 if [ -n "$PY" ]; then
   NV_DIRS=$("$PY" - <<'PYEOF' 2>/dev/null
 import importlib.util as u
-for m in ("nvidia.cuda_nvcc", "nvidia.cu13", "nvidia.cublas", "nvidia.cudnn", "nvidia.cuda_runtime"):
+for m in ("nvidia.cuda_nvcc", "nvidia.cu13", "nvidia.cublas", "nvidia.cudnn", "nvidia.nccl", "nvidia.cuda_runtime"):
     try:
         s = u.find_spec(m)
     except Exception:
@@ -39,15 +44,48 @@ for m in ("nvidia.cuda_nvcc", "nvidia.cu13", "nvidia.cublas", "nvidia.cudnn", "n
         print(list(s.submodule_search_locations)[0])
 PYEOF
 )
+  NV_LIBDIRS=$("$PY" - <<'PYEOF' 2>/dev/null
+import os, re
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except Exception:
+    roots = []
+want = re.compile(r"^lib(cublas|cublasLt|cudnn|nccl)\.so(\.\d+)*$")
+seen = []
+for r in roots:
+    for d, dirs, files in os.walk(r):
+        if d[len(r):].count(os.sep) > 4:
+            dirs[:] = []
+            continue
+        if any(want.match(f) for f in files) and d not in seen:
+            seen.append(d)
+print(" ".join(seen))
+PYEOF
+)
 fi
 log "nvidia python package dirs: $(echo $NV_DIRS)"
+log "cuBLAS / cuDNN / NCCL library dirs: ${NV_LIBDIRS:-none}"
+for d in $NV_LIBDIRS; do export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; done
+# The test fails (instead of skipping) the vendor paths when the packages are here.
+has_lib() { for d in $NV_LIBDIRS; do ls "$d"/$1 >/dev/null 2>&1 && return 0; done; return 1; }
+if has_lib 'libcublas.so*' && has_lib 'libcudnn.so*'; then export TDQ_EXPECT_VENDOR=1; fi
+if has_lib 'libnccl.so*'; then export TDQ_EXPECT_NCCL=1; fi
+log "expect cuBLAS + cuDNN: ${TDQ_EXPECT_VENDOR:-no}; expect NCCL: ${TDQ_EXPECT_NCCL:-no}"
 
 NVCC=$(command -v nvcc || true)
 for d in ${CUDA_PATH:-} ${CUDA_HOME:-} /usr/local/cuda $NV_DIRS; do
   [ -z "$NVCC" ] && [ -x "$d/bin/nvcc" ] && NVCC="$d/bin/nvcc"
 done
 if [ -z "$NVCC" ]; then log "FAIL: nvcc not found"; exit 3; fi
+NVCC=$(readlink -f "$NVCC")
 log "nvcc: $NVCC ($("$NVCC" --version | tail -1))"
+# A cache made with another nvcc would be dropped by CMake together with the
+# options below: start it afresh instead.
+if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -q "^CMAKE_CUDA_COMPILER:[A-Z]*=$NVCC\$" "$BUILD/CMakeCache.txt"; then
+  log "removing $BUILD/CMakeCache.txt (made with another CUDA compiler)"
+  rm -f "$BUILD/CMakeCache.txt"
+fi
 export CUDACXX="$NVCC"  # read by CMake on the first configure of $BUILD
 for d in $NV_DIRS; do
   case "$d" in
@@ -101,16 +139,19 @@ if [ "$BRC" -ne 0 ] || [ ! -x "$TEST" ]; then
 fi
 cp "$BUILD/libtdq_cuda.so" "$OUT/" 2>/dev/null || true
 
+T1=$(date +%s)
 timeout 240 "$TEST" "$BUILD/libtdq_cuda.so" > "$OUT/test.txt" 2>&1
 TRC=$?
 cat "$OUT/test.txt"
 grep -E "^(FAIL|SKIP)" "$OUT/test.txt" >> "$OUT/summary.txt"
 grep -E "^[0-9]+ passed, [0-9]+ failed" "$OUT/test.txt" >> "$OUT/summary.txt"
-log "test: status $TRC (0 passed, 1 a kernel disagrees, 2 no usable device, 124 timed out)"
+log "test: status $TRC in $(( $(date +%s) - T1 )) s (0 passed, 1 a kernel disagrees, 2 no usable device, 124 timed out)"
 # A second run under compute-sanitizer (memcheck), where it exists and time allows.
 CS=$(command -v compute-sanitizer || ls "$(dirname "$NVCC")"/compute-sanitizer 2>/dev/null || true)
 if [ -n "$CS" ] && [ "${TDQ_GPU_SANITIZE:-1}" = 1 ]; then
-  timeout 180 "$CS" --tool memcheck --error-exitcode 9 "$TEST" "$BUILD/libtdq_cuda.so" > "$OUT/memcheck.txt" 2>&1
+  # Our own kernels only (cuBLAS / cuDNN / NCCL are not ours to check, and slow under memcheck).
+  env -u TDQ_EXPECT_VENDOR -u TDQ_EXPECT_NCCL TDQ_CUDA_TEST_OWN_ONLY=1 TDQ_CUDA_KERNELS=own \
+    timeout 180 "$CS" --tool memcheck --error-exitcode 9 "$TEST" "$BUILD/libtdq_cuda.so" > "$OUT/memcheck.txt" 2>&1
   log "memcheck: status $? (0 clean, 9 memory errors, 124 timed out; memcheck.txt)"
 fi
 exit $TRC

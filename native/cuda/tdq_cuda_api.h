@@ -66,6 +66,54 @@ typedef struct tdq_cuda_api {
 const tdq_cuda_api* tdq_cuda_get_api(int abi_version);
 typedef const tdq_cuda_api* (*tdq_cuda_get_api_fn)(int);
 
+/* Run-time options, exported beside tdq_cuda_get_api (look them up with dlsym;
+ * a library without them has only the defaults). Global to the process.
+ *   "kernels":   "auto" (default: cuBLAS / cuDNN where they load, our own
+ *                kernels otherwise) or "own" (always our own kernels; also
+ *                env TDQ_CUDA_KERNELS=own)
+ *   "precision": "fp32" (default), "fp16" or "bf16": matmuls and convolutions
+ *                round their operands to that type and accumulate in fp32
+ *                (tensors stay float32; env TDQ_CUDA_PRECISION)
+ *   "int8":      "wmma" (default: 8-bit tensor cores) or "dp4a": the integer
+ *                GEMM of qlinear / qconv2d (same results; env TDQ_CUDA_INT8)
+ * tdq_cuda_set_option returns 0, or nonzero with the reason in err.
+ * tdq_cuda_get_option returns the value of "kernels" / "precision" / "int8", or for
+ * "libraries" one line saying what of cuBLAS / cuDNN was loaded from where (or
+ * why not); NULL for an unknown key. */
+int tdq_cuda_set_option(const char* key, const char* value, char* err, size_t errlen);
+const char* tdq_cuda_get_option(const char* key);
+typedef int (*tdq_cuda_set_option_fn)(const char*, const char*, char*, size_t);
+typedef const char* (*tdq_cuda_get_option_fn)(const char*);
+
+/* The data-parallel communicator on the GPU (the device counterpart of
+ * native/dist/comm.h's MPI collectives): NCCL, loaded at run time
+ * (libnccl.so.2, e.g. from the nvidia-nccl-cu13 Python package), one rank per
+ * process and device. Exported beside tdq_cuda_get_api (dlsym).
+ *   tdq_cuda_nccl_unique_id: on rank 0, the 128-byte id that every rank then
+ *     passes to init (send it with the CPU communicator's broadcast).
+ *   tdq_cuda_nccl_init: joins the communicator (blocks until all `size` ranks
+ *     have joined); once per process.
+ *   tdq_cuda_nccl_allreduce_sum: in place, the sum over ranks of n floats of
+ *     device memory, queued on the backend's stream after the kernels already
+ *     queued (the gradients), asynchronous like them (synchronize to wait).
+ *   tdq_cuda_nccl_broadcast: in place, root's bytes everywhere (same ordering).
+ *   tdq_cuda_nccl_info: one line (version, rank / size, or why NCCL is absent).
+ *   tdq_cuda_nccl_finalize: leaves the communicator.
+ * Each returns 0, or nonzero with the reason in err. */
+#define TDQ_CUDA_NCCL_ID_BYTES 128
+int tdq_cuda_nccl_unique_id(unsigned char* id, char* err, size_t errlen);
+int tdq_cuda_nccl_init(const unsigned char* id, int rank, int size, char* err, size_t errlen);
+int tdq_cuda_nccl_allreduce_sum(float* data, size_t n, char* err, size_t errlen);
+int tdq_cuda_nccl_broadcast(void* data, size_t bytes, int root, char* err, size_t errlen);
+const char* tdq_cuda_nccl_info(void);
+int tdq_cuda_nccl_finalize(char* err, size_t errlen);
+typedef int (*tdq_cuda_nccl_unique_id_fn)(unsigned char*, char*, size_t);
+typedef int (*tdq_cuda_nccl_init_fn)(const unsigned char*, int, int, char*, size_t);
+typedef int (*tdq_cuda_nccl_allreduce_sum_fn)(float*, size_t, char*, size_t);
+typedef int (*tdq_cuda_nccl_broadcast_fn)(void*, size_t, int, char*, size_t);
+typedef const char* (*tdq_cuda_nccl_info_fn)(void);
+typedef int (*tdq_cuda_nccl_finalize_fn)(char*, size_t);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,9 +11,15 @@
 // sum_j P_ij (dO_i . v_j - delta_i) k_j (a warp per query row); dk_j = scale
 // sum_i dS_ij q_i and dv_j = sum_i P_ij dO_i (a warp per key row). No atomics:
 // every output row has one owner, so results are deterministic.
+// With precision fp16 / bf16 (vendor.cuh) the forward runs on the tensor cores
+// instead (mma.cuh): S = scale Q K^T and O = P V with operands rounded to
+// that type, fp32 accumulation, the scores of a chunk of (b, h) held in fp32
+// scratch and turned into P = exp(S - L) by one warp per row. The backward
+// stays fp32.
 #include <cmath>
 
-#include "common.cuh"
+#include "mma.cuh"
+#include "vendor.cuh"
 
 namespace tdqcu {
 namespace {
@@ -244,11 +250,86 @@ unsigned blocks_for(int64_t rows) {
   return static_cast<unsigned>(b);
 }
 
+// ---- the reduced-precision forward -------------------------------------------------------
+// z indexes (b, h) pairs from z0: b = (z0 + z) / H, h = (z0 + z) % H.
+struct LoadQ {
+  const float* q;
+  View v;
+  int64_t H, z0;
+  __device__ float operator()(int64_t z, int64_t i, int64_t d) const {
+    return q[v.at((z0 + z) / H, (z0 + z) % H, i, d)];
+  }
+};
+struct LoadKT {  // (d, j) of K^T, and (j, e) of V
+  const float* k;
+  View v;
+  int64_t H, z0;
+  bool transposed;
+  __device__ float operator()(int64_t z, int64_t r, int64_t c) const {
+    return transposed ? k[v.at((z0 + z) / H, (z0 + z) % H, c, r)] : k[v.at((z0 + z) / H, (z0 + z) % H, r, c)];
+  }
+};
+struct StoreS {  // scores, (z, i, j) of the chunk
+  float* S;
+  int64_t Lq, Lk;
+  float scale;
+  __device__ void operator()(int64_t z, int64_t i, int64_t j, float acc) const { S[(z * Lq + i) * Lk + j] = scale * acc; }
+};
+struct LoadP {
+  const float* P;
+  int64_t Lq, Lk;
+  __device__ float operator()(int64_t z, int64_t i, int64_t j) const { return P[(z * Lq + i) * Lk + j]; }
+};
+struct StoreO {
+  float* o;
+  View v;
+  int64_t H, z0;
+  __device__ void operator()(int64_t z, int64_t i, int64_t e, float acc) const {
+    o[v.at((z0 + z) / H, (z0 + z) % H, i, e)] = acc;
+  }
+};
+
+// One warp per score row (rows of Lk): L = max + log(sum exp(s - max)), then P = exp(s - L) in place.
+__global__ void rows_softmax_lse(float* __restrict__ S, float* __restrict__ lse, int64_t rows, int64_t Lk) {
+  const int64_t r = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  float* row = S + r * Lk;
+  float m = -INFINITY;
+  for (int64_t j = lane; j < Lk; j += 32) m = fmaxf(m, row[j]);
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  float sum = 0.f;
+  for (int64_t j = lane; j < Lk; j += 32) sum += expf(row[j] - m);
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  const float L = m + logf(sum);
+  for (int64_t j = lane; j < Lk; j += 32) row[j] = expf(row[j] - L);
+  if (lane == 0) lse[r] = L;
+}
+
+void forward_reduced(const Launch& l, const Dims& s, bool bf16) {
+  const int64_t BH = s.B * s.H, per = s.Lq * s.Lk;
+  // (b, h) pairs per chunk: at most 256 MiB of scores, and the grid's z limit.
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>({BH, (int64_t{64} << 20) / std::max<int64_t>(per, 1), 65535}));
+  Scratch S(static_cast<size_t>(chunk * per) * sizeof(float));
+  for (int64_t z0 = 0; z0 < BH; z0 += chunk) {
+    const int64_t nz = std::min(chunk, BH - z0);
+    launch_mma_gemm(l.op, l.stream, bf16, s.Lq, s.Lk, s.D, LoadQ{l.fin(0), s.q, s.H, z0},
+                    LoadKT{l.fin(1), s.k, s.H, z0, true}, StoreS{S.as<float>(), s.Lq, s.Lk, s.scale}, nz);
+    const int64_t rows = nz * s.Lq;
+    rows_softmax_lse<<<blocks_for(rows), kWarps * 32, 0, l.stream>>>(S.as<float>(), l.fout(1) + z0 * s.Lq, rows, s.Lk);
+    check_launch(l.op);
+    launch_mma_gemm(l.op, l.stream, bf16, s.Lq, s.Dv, s.Lk, LoadP{S.as<float>(), s.Lq, s.Lk},
+                    LoadKT{l.fin(2), s.v, s.H, z0, false}, StoreO{l.fout(0), s.o, s.H, z0}, nz);
+  }
+}
+
 template <int LAY>
 void forward_op(const Launch& l) {
   const Dims s = dims_of(l, LAY, l.in[0], l.in[1], l.in[2]);
   const int64_t rows = s.B * s.H * s.Lq;
   if (rows == 0) return;
+  const Precision p = precision();
+  if (p != Precision::fp32) return forward_reduced(l, s, p == Precision::bf16);
   // (Lk >= 1 is checked by the op's infer.)
   const size_t sh = shared_for(l, attn_fwd, s.D + s.Dv + 32);
   attn_fwd<<<blocks_for(rows), kWarps * 32, sh, l.stream>>>(l.fin(0), l.fin(1), l.fin(2), l.fout(0), l.fout(1), s);

@@ -75,6 +75,9 @@ struct Launch {
   float* fout(int i) const { return static_cast<float*>(out[i].data); }
 };
 
+// The backend's one stream (runtime.cu), for work outside an op launch.
+cudaStream_t backend_stream();
+
 using OpFn = void (*)(const Launch&);
 void register_op(const char* name, OpFn fn);
 struct OpReg {

@@ -6,9 +6,9 @@
 //       value of each (column, k) pair is gathered (0 where no output pixel maps).
 //   gW (O, C*kh*kw) = gy (O, N*Ho*Wo) x col(x)^T, col(x) gathered from x;
 //       gb[o] (with attribute bias) = sum of gy over samples and pixels.
-// Both are the tile loop of conv2d_forward (64 x 64 tiles, K in steps of 16),
+// cuDNN (vendor.cuh) where it loads; otherwise both are the tile loop of conv2d_forward (64 x 64 tiles, K in steps of 16),
 // with different gathers; no col buffers.
-#include "common.cuh"
+#include "vendor.cuh"
 
 namespace tdqcu {
 namespace {
@@ -128,6 +128,8 @@ void launch(const Launch& l, const Geom& g, const float* a, const float* b, floa
   check_launch(l.op);
 }
 
+vendor::ConvGeom vgeom(const Geom& g) { return {g.N, g.C, g.H, g.W, g.O, g.kh, g.kw, g.stride, g.pad, g.Ho, g.Wo}; }
+
 // conv2d_backward_input(gy, weight; stride, padding, input_shape) -> gx
 void conv2d_backward_input_op(const Launch& l) {
   const tdq_cu_tensor &gx = l.out[0], &w = l.in[1];
@@ -135,6 +137,7 @@ void conv2d_backward_input_op(const Launch& l) {
   const int64_t M = g.C, K = g.O * g.kh * g.kw, Ncols = g.N * g.H * g.W;
   if (M == 0 || Ncols == 0) return;
   // K == 0 cannot happen (O, kh, kw >= 1); the kernel writes every element of gx.
+  if (vendor::conv_backward_data(l.stream, vgeom(g), l.fin(0), l.fin(1), l.fout(0))) return;
   launch<kInput>(l, g, l.fin(1), l.fin(0), l.fout(0), M, K, Ncols);
 }
 
@@ -143,7 +146,8 @@ void conv2d_backward_weight_op(const Launch& l) {
   const tdq_cu_tensor &x = l.in[1], &gw = l.out[0];
   const Geom g = geometry(l, x, gw);
   const int64_t M = g.O, K = g.N * g.Ho * g.Wo, Ncols = g.C * g.kh * g.kw;
-  if (M > 0 && Ncols > 0) launch<kWeight>(l, g, l.fin(0), l.fin(1), l.fout(0), M, K, Ncols);
+  if (M > 0 && Ncols > 0 && !vendor::conv_backward_filter(l.stream, vgeom(g), l.fin(0), l.fin(1), l.fout(0)))
+    launch<kWeight>(l, g, l.fin(0), l.fin(1), l.fout(0), M, K, Ncols);
   if (l.nout > 1 && g.O > 0) {
     bias_grad<<<static_cast<unsigned>(g.O), kThreads, 0, l.stream>>>(l.fin(0), l.fout(1), g.N, g.O, g.Ho * g.Wo);
     check_launch(l.op);

@@ -2,9 +2,12 @@
 //   gemm(a, b, c?; transA, transB, alpha, beta)  alpha op(a) op(b) + beta c, 2-D
 //   matmul(a, b; transA, transB)                 2-D or batched (B, M, K); a 2-D operand is shared
 //   linear(x, weight, bias?)                     x (..., in) W^T (out, in) + bias (out)
-// One shared-memory tiled kernel: a 64 x 64 tile of C per block of 256 threads,
+// cuBLAS (vendor.cuh) where it loads, in the configured precision; otherwise
+// in fp16 / bf16 our WMMA tensor-core kernel (mma.cuh), and in fp32 one
+// shared-memory tiled kernel: a 64 x 64 tile of C per block of 256 threads,
 // each thread a 4 x 4 block of it, K in steps of 16; blockIdx.z is the batch.
-#include "common.cuh"
+#include "mma.cuh"
+#include "vendor.cuh"
 
 namespace tdqcu {
 namespace {
@@ -61,9 +64,63 @@ __global__ void __launch_bounds__(256) sgemm_tiled(const float* __restrict__ A, 
   }
 }
 
+// y (M, N) = bias broadcast over rows, or c (copied): the accumulator cuBLAS adds to.
+__global__ void fill_rows(float* __restrict__ y, const float* __restrict__ bias, int64_t M, int64_t N) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M * N; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = bias[i % N];
+}
+
+bool launch_vendor(const Launch& l, int64_t batch, const GemmArgs& g, const float* a, const float* b, const float* c,
+                   const float* bias, float* y) {
+  if (!vendor::enabled()) return false;
+  float beta = 0.f;
+  if (c || bias) {  // batch 1 here (gemm, linear)
+    if (c) {
+      TDQ_CU_CHECK(cudaMemcpyAsync(y, c, sizeof(float) * g.M * g.N, cudaMemcpyDeviceToDevice, l.stream));
+      beta = g.beta;
+    } else {
+      fill_rows<<<grid_for(g.M * g.N), kThreads, 0, l.stream>>>(y, bias, g.M, g.N);
+      check_launch(l.op);
+      beta = 1.f;
+    }
+  }
+  return vendor::gemm(l.stream, g.tA, g.tB, g.M, g.N, g.K, g.alpha, a, g.lda, g.sa, b, g.ldb, g.sb, beta, y, g.M * g.N,
+                      batch);
+}
+
+// Element (r, c) of a row-major matrix with rows of ld, or of its transpose.
+// (batch z at stride sz: 0 for a shared operand)
+struct LoadMat {
+  const float* p;
+  int64_t ld, sz;
+  bool t;
+  __device__ float operator()(int64_t z, int64_t r, int64_t c) const {
+    return t ? p[z * sz + c * ld + r] : p[z * sz + r * ld + c];
+  }
+};
+struct StoreGemm {
+  float* y;
+  const float *c, *bias;
+  float alpha, beta;
+  int64_t M, N;
+  __device__ void operator()(int64_t z, int64_t m, int64_t n, float acc) const {
+    float v = alpha * acc;
+    if (c) v += beta * c[m * N + n];
+    if (bias) v += bias[n];
+    y[(z * M + m) * N + n] = v;
+  }
+};
+
 void launch(const Launch& l, int64_t batch, const GemmArgs& g, const float* a, const float* b, const float* c,
             const float* bias, float* y) {
   if (batch == 0 || g.M == 0 || g.N == 0) return;
+  if (g.K > 0 && launch_vendor(l, batch, g, a, b, c, bias, y)) return;
+  const Precision p = precision();
+  if (p != Precision::fp32) {
+    launch_mma_gemm(l.op, l.stream, p == Precision::bf16, g.M, g.N, g.K, LoadMat{a, g.lda, g.sa, g.tA},
+                    LoadMat{b, g.ldb, g.sb, g.tB}, StoreGemm{y, c, bias, g.alpha, g.beta, g.M, g.N}, batch);
+    return;
+  }
   const dim3 grid(static_cast<unsigned>((g.N + BN - 1) / BN), static_cast<unsigned>((g.M + BM - 1) / BM),
                   static_cast<unsigned>(batch));
   if (grid.y > 65535 || grid.z > 65535)

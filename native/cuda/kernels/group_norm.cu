@@ -1,6 +1,10 @@
 // group_norm_forward / group_norm_backward (with the optional fused SiLU), as
 // native/cpu/group_norm.cpp: x (N, C, *) in G groups of C/G channels, biased
 // variance, statistics (mean, rstd) of shape (N, G) in float, sums in double.
+// The forward also takes x and / or y in float16 (dtype f16: half the memory
+// traffic; the arithmetic stays fp32 / fp64, y rounded once to fp16).
+#include <cuda_fp16.h>
+
 #include "common.cuh"
 
 namespace tdqcu {
@@ -12,17 +16,24 @@ __device__ inline float silu_df(float z) {
   return s * (1.0f + z * (1.0f - s));
 }
 
-// One block per (n, g) group: its m = cpg * HW elements are contiguous.
-__global__ void gn_forward(const float* x, const float* w, const float* b, float* y, float* mean_out, float* rstd_out,
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+
+// One block per (n, g) group: its m = cpg * HW elements are contiguous. TX / TY: float or __half.
+template <typename TX, typename TY>
+__global__ void gn_forward(const TX* x, const float* w, const float* b, TY* y, float* mean_out, float* rstd_out,
                            int64_t G, int64_t cpg, int64_t HW, double eps, bool silu) {
   const int64_t ng = blockIdx.x, g = ng % G, m = cpg * HW;
-  const float* xg = x + ng * m;
+  const TX* xg = x + ng * m;
   double s = 0;
-  for (int64_t i = threadIdx.x; i < m; i += blockDim.x) s += xg[i];
+  for (int64_t i = threadIdx.x; i < m; i += blockDim.x) s += to_f(xg[i]);
   const double mean = block_sum(s) / m;
   double v = 0;
   for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
-    const double d = xg[i] - mean;
+    const double d = to_f(xg[i]) - mean;
     v += d * d;
   }
   const double var = block_sum(v) / m;
@@ -32,8 +43,8 @@ __global__ void gn_forward(const float* x, const float* w, const float* b, float
   for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
     const int64_t ch = g * cpg + i / HW;
     const float scale = static_cast<float>(rstd * (w ? w[ch] : 1.0f)), shift = b ? b[ch] : 0.f;
-    const float z = ((xg[i] - mhi) - mlo) * scale + shift;
-    y[ng * m + i] = silu ? silu_f(z) : z;
+    const float z = ((to_f(xg[i]) - mhi) - mlo) * scale + shift;
+    y[ng * m + i] = from_f<TY>(silu ? silu_f(z) : z);
   }
 }
 
@@ -54,9 +65,19 @@ void gn_forward_op(const Launch& l) {
     gn_fill_stats<<<grid_for(N * G), kThreads, 0, l.stream>>>(l.fout(1), l.fout(2), N * G,
                                                               static_cast<float>(1.0 / std::sqrt(eps)));
   } else {
-    gn_forward<<<static_cast<unsigned>(N * G), kThreads, 0, l.stream>>>(l.fin(0), l.fin(1), l.fin(2), l.fout(0),
-                                                                        l.fout(1), l.fout(2), G, cpg, HW, eps,
-                                                                        l.flag("silu", false));
+    const unsigned blocks = static_cast<unsigned>(N * G);
+    const bool hx = x.dtype == 1, hy = l.out[0].dtype == 1;  // float16
+    const bool silu = l.flag("silu", false);
+    const void *px = x.data;
+    void* py = l.out[0].data;
+#define TDQ_GN_FWD(TX, TY)                                                                                         \
+  gn_forward<TX, TY><<<blocks, kThreads, 0, l.stream>>>(static_cast<const TX*>(px), l.fin(1), l.fin(2),            \
+                                                        static_cast<TY*>(py), l.fout(1), l.fout(2), G, cpg, HW, eps, silu)
+    if (hx && hy) TDQ_GN_FWD(__half, __half);
+    else if (hx) TDQ_GN_FWD(__half, float);
+    else if (hy) TDQ_GN_FWD(float, __half);
+    else TDQ_GN_FWD(float, float);
+#undef TDQ_GN_FWD
   }
   check_launch(l.op);
 }

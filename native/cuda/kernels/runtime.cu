@@ -137,9 +137,10 @@ const char* api_build_info() {
   static std::string s = [] {
     std::string r = "CUDA " + std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10) +
                     " (static runtime), architectures " TDQ_CUDA_ARCHS "; " TDQ_CUDA_BUILD_LIBS;
-    r += std::string("; at run time cuBLAS ") + (runtime_has("libcublas.so.13", "libcublas.so") ? "loadable" : "absent") +
+    r += std::string("; at run time cuBLAS ") + (runtime_has("libcublas.so.13", "libcublas.so.12") ? "loadable" : "absent") +
          ", cuDNN " + (runtime_has("libcudnn.so.9", "libcudnn.so") ? "loadable" : "absent") +
-         " (not used yet: all ops run on tdq-native's own kernels)";
+         " (used for matmuls and convolutions where loadable, unless option kernels = own; qlinear / qconv2d, "
+         "attention, norms and the rest always run on tdq-native's own kernels)";
     return r;
   }();
   return s.c_str();
@@ -273,6 +274,7 @@ const tdq_cuda_api kApi = {TDQ_CUDA_ABI_VERSION, api_build_info,  api_probe,    
 }  // namespace
 
 void register_op(const char* name, OpFn fn) { ops()[name] = fn; }
+cudaStream_t backend_stream() { return stream(); }
 
 void* cache_alloc(size_t bytes) {
   cudaError_t e = cudaSuccess;

@@ -7,7 +7,11 @@
 //     steps: { type: 'string', value: 'N', default: '5', help: 'sampling steps' },
 //     quick: { type: 'boolean', help: 'fewer runs' },
 //   }, (a) => ({ steps: a.int('steps', 1), quick: a.flag('quick') }));
+import os from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
+
+import { packageRoot } from '../src/tensor/native';
 
 export interface BenchOption {
   type: 'string' | 'boolean';
@@ -21,6 +25,20 @@ export interface BenchOption {
   multiple?: boolean;
 }
 export type BenchOptions = Record<string, BenchOption>;
+
+/** The option definitions several bench scripts share. */
+export const commonOptions = {
+  /** --out FILE: the report file, by default bench/results/`name` of the package. */
+  report: (name: string): BenchOption => ({ type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', name), help: 'report file' }),
+  /** --threads N: by default every CPU. */
+  threads: (help = 'threads of both engines'): BenchOption => ({ type: 'string', value: 'N', default: String(os.cpus().length), help: `${help} (default: every CPU)` }),
+  /** --reps N (5) timed calls per block, --warmup N (2) untimed calls before timing. */
+  repsWarmup: () =>
+    ({
+      reps: { type: 'string', value: 'N', default: '5', help: 'timed calls per block' },
+      warmup: { type: 'string', value: 'N', default: '2', help: 'untimed calls before timing' },
+    }) satisfies BenchOptions,
+};
 
 /** A command line a bench script does not accept; the message names the flag. */
 export class BenchArgsError extends Error {

@@ -61,6 +61,20 @@ export function parseNumber(flag: string, text: string, opts: { integer?: boolea
   return n;
 }
 
+/** `--flag text` as a whole number >= 0, or a BenchArgsError naming the flag (the TDQ scripts' wording). */
+export function nonNegativeInt(flag: string, text: string): number {
+  const x = Number(text);
+  if (text.trim() === '' || !Number.isInteger(x) || x < 0) throw new BenchArgsError(`--${flag}: expected a non-negative integer, got '${text}'`);
+  return x;
+}
+
+/** `--flag text` as a finite number, or a BenchArgsError naming the flag (the TDQ scripts' wording). */
+export function finiteNumber(flag: string, text: string): number {
+  const x = Number(text);
+  if (text.trim() === '' || !Number.isFinite(x)) throw new BenchArgsError(`--${flag}: expected a number, got '${text}'`);
+  return x;
+}
+
 /** Parsed options, read by name with their defaults applied. */
 export class BenchArgs {
   constructor(
@@ -104,6 +118,16 @@ export class BenchArgs {
   /** A finite number >= min (when given). */
   num(name: string, min?: number): number {
     return parseNumber(name, this.str(name), { min });
+  }
+  /** A string option (or its default) read by parse(name, value); dflt when it has neither. */
+  readOr<T>(name: string, parse: (flag: string, text: string) => T, dflt: T): T {
+    const v = this.get(name);
+    return v === undefined ? dflt : parse(name, v);
+  }
+  /** A comma-separated option (or its default), each item trimmed and read by parse(name, item) (empty items too); dflt when it has neither. */
+  readListOr<T>(name: string, parse: (flag: string, text: string) => T, dflt: T[]): T[] {
+    const v = this.get(name);
+    return v === undefined ? dflt : v.split(',').map((s) => parse(name, s.trim()));
   }
   /** A comma-separated list (empty items dropped). */
   list(name: string): string[] {

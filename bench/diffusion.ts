@@ -29,7 +29,7 @@
 // falls on both alike; medians are reported, with process CPU time beside
 // wall time. Our per-op profile is summed over the timed runs; PyTorch's comes
 // from one extra run under torch.autograd.profiler (--no-profile skips both).
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -47,6 +47,7 @@ import { Generator } from '../src/tensor/random';
 import { tidy } from '../src/tensor/scope';
 import { runOp1 } from '../src/tensor/tensor';
 import { benchArgs, commonOptions } from './args';
+import { lscpu } from './machine';
 import { TorchServer } from './torch_client';
 
 const DDIM_STEPS = 50;
@@ -340,17 +341,6 @@ async function runCase(spec: CaseSpec, rounds: number, torchOpts: TorchOptions |
 }
 
 // ---- report -----------------------------------------------------------------------
-
-function lscpu(field: string): string {
-  try {
-    const line = execFileSync('lscpu', { encoding: 'utf8' })
-      .split('\n')
-      .find((l) => l.startsWith(`${field}:`));
-    return line ? line.slice(field.length + 1).trim() : '?';
-  } catch {
-    return '?';
-  }
-}
 
 const fmt = (x: number) => (x >= 10 ? x.toFixed(1) : x >= 1 ? x.toFixed(2) : x.toFixed(3));
 

@@ -10,7 +10,6 @@
 // Each op is timed alone (inputs prepared beforehand, the native stream
 // drained after each call); blocks of calls of ours and PyTorch's alternate
 // so that a shared machine's load falls on both alike. Medians are reported.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,6 +17,7 @@ import path from 'node:path';
 import { native } from '../src/tensor/native';
 import { type Tensor, runOp, runOp1 } from '../src/tensor/tensor';
 import { benchArgs, commonOptions } from './args';
+import { lscpu } from './machine';
 import { TorchServer } from './torch_client';
 
 interface ConvCase {
@@ -134,17 +134,6 @@ async function timeCase(
   }
   for (const t of inputs) t.dispose();
   return { ours: median(ours), torch: torch ? median(theirs) : null };
-}
-
-function lscpu(field: string): string {
-  try {
-    const line = execFileSync('lscpu', { encoding: 'utf8' })
-      .split('\n')
-      .find((l) => l.startsWith(`${field}:`));
-    return line ? line.slice(field.length + 1).trim() : '?';
-  } catch {
-    return '?';
-  }
 }
 
 async function main(): Promise<void> {

@@ -7,7 +7,11 @@
 //     steps: { type: 'string', value: 'N', default: '5', help: 'sampling steps' },
 //     quick: { type: 'boolean', help: 'fewer runs' },
 //   }, (a) => ({ steps: a.int('steps', 1), quick: a.flag('quick') }));
+import os from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
+
+import { packageRoot } from '../src/tensor/native';
 
 export interface BenchOption {
   type: 'string' | 'boolean';
@@ -21,6 +25,20 @@ export interface BenchOption {
   multiple?: boolean;
 }
 export type BenchOptions = Record<string, BenchOption>;
+
+/** The option definitions several bench scripts share. */
+export const commonOptions = {
+  /** --out FILE: the report file, by default bench/results/`name` of the package. */
+  report: (name: string): BenchOption => ({ type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', name), help: 'report file' }),
+  /** --threads N: by default every CPU. */
+  threads: (help = 'threads of both engines'): BenchOption => ({ type: 'string', value: 'N', default: String(os.cpus().length), help: `${help} (default: every CPU)` }),
+  /** --reps N (5) timed calls per block, --warmup N (2) untimed calls before timing. */
+  repsWarmup: () =>
+    ({
+      reps: { type: 'string', value: 'N', default: '5', help: 'timed calls per block' },
+      warmup: { type: 'string', value: 'N', default: '2', help: 'untimed calls before timing' },
+    }) satisfies BenchOptions,
+};
 
 /** A command line a bench script does not accept; the message names the flag. */
 export class BenchArgsError extends Error {
@@ -41,6 +59,20 @@ export function parseNumber(flag: string, text: string, opts: { integer?: boolea
   const what = `${opts.integer ? 'an integer' : 'a number'}${opts.min !== undefined ? ` >= ${opts.min}` : ''}`;
   if (!Number.isFinite(n) || (opts.integer && !Number.isInteger(n)) || (opts.min !== undefined && n < opts.min)) throw new BenchArgsError(`--${flag}: expected ${what}, got '${text}'`);
   return n;
+}
+
+/** `--flag text` as a whole number >= 0, or a BenchArgsError naming the flag (the TDQ scripts' wording). */
+export function nonNegativeInt(flag: string, text: string): number {
+  const x = Number(text);
+  if (text.trim() === '' || !Number.isInteger(x) || x < 0) throw new BenchArgsError(`--${flag}: expected a non-negative integer, got '${text}'`);
+  return x;
+}
+
+/** `--flag text` as a finite number, or a BenchArgsError naming the flag (the TDQ scripts' wording). */
+export function finiteNumber(flag: string, text: string): number {
+  const x = Number(text);
+  if (text.trim() === '' || !Number.isFinite(x)) throw new BenchArgsError(`--${flag}: expected a number, got '${text}'`);
+  return x;
 }
 
 /** Parsed options, read by name with their defaults applied. */
@@ -86,6 +118,16 @@ export class BenchArgs {
   /** A finite number >= min (when given). */
   num(name: string, min?: number): number {
     return parseNumber(name, this.str(name), { min });
+  }
+  /** A string option (or its default) read by parse(name, value); dflt when it has neither. */
+  readOr<T>(name: string, parse: (flag: string, text: string) => T, dflt: T): T {
+    const v = this.get(name);
+    return v === undefined ? dflt : parse(name, v);
+  }
+  /** A comma-separated option (or its default), each item trimmed and read by parse(name, item) (empty items too); dflt when it has neither. */
+  readListOr<T>(name: string, parse: (flag: string, text: string) => T, dflt: T[]): T[] {
+    const v = this.get(name);
+    return v === undefined ? dflt : v.split(',').map((s) => parse(name, s.trim()));
   }
   /** A comma-separated list (empty items dropped). */
   list(name: string): string[] {

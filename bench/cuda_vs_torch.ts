@@ -41,7 +41,7 @@ import { Generator } from '../src/tensor/random';
 import { keep, tidy } from '../src/tensor/scope';
 import { type Tensor, fromArray } from '../src/tensor/tensor';
 import { benchArgs } from './args';
-import { TorchProcess } from './torch_client';
+import { TorchServer } from './torch_client';
 
 const DDIM_STEPS = 50;
 const USAGE = 'node dist/bench/cuda_vs_torch.js [--device cuda|cpu] [--steps 50] [--reps 3] [--rounds 2] [--tiny] [--out FILE] [--json FILE] [--no-torch]';
@@ -86,12 +86,8 @@ type BenchDType = (typeof DTYPES)[number];
 
 // ---- PyTorch's side (bench/torch_diffusion.py) -------------------------------------
 
-class TorchServer extends TorchProcess {
-  constructor() {
-    const threads = String(os.cpus().length);
-    super('torch_diffusion.py', [threads], { ...process.env, OMP_NUM_THREADS: threads, OMP_WAIT_POLICY: 'PASSIVE' });
-  }
-}
+/** bench/torch_diffusion.py on every core, OpenMP waiting passively. */
+const torchServer = () => new TorchServer('torch_diffusion.py', os.cpus().length, 'passive');
 
 // ---- our side ----------------------------------------------------------------------
 
@@ -246,7 +242,7 @@ async function benchCase(spec: CaseSpec, dtype: BenchDType, device: Device): Pro
   if (!args.torch) row.torch = { note: 'not run (--no-torch)' };
   else if (dtype === 'float16' && device !== 'cuda') row.torch = { note: 'float16 is benchmarked on cuda only' };
   else {
-    torch = new TorchServer();
+    torch = torchServer();
     try {
       const unet = cfg.model.params.unet_config;
       const p = scheduleFromConfig(cfg.model.params);
@@ -314,7 +310,7 @@ async function main(): Promise<void> {
   const info = native().info();
   let torchInfo: Record<string, unknown> | null = null;
   if (args.torch) {
-    const t = new TorchServer();
+    const t = torchServer();
     try {
       torchInfo = await t.call<Record<string, unknown>>({ info: true });
     } catch (e) {

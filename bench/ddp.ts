@@ -17,7 +17,7 @@ import { loadConfig } from '../src/config';
 import { buildUNet } from '../src/models/diffusion';
 import { packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
-import { BenchArgsError, benchArgs } from './args';
+import { BenchArgsError, benchArgs, commonOptions } from './args';
 
 const USAGE = 'node dist/bench/ddp.js [--steps 12] [--batch 32] [--samples 32] [--rounds 2] [--out bench/results/ddp-cpu.md]';
 const OPTIONS = {
@@ -25,7 +25,7 @@ const OPTIONS = {
   batch: { type: 'string', value: 'N', default: '32', help: 'global training batch (even: 2 ranks split it)' },
   samples: { type: 'string', value: 'N', default: '32', help: 'images per sampling run' },
   rounds: { type: 'string', value: 'N', default: '2', help: 'interleaved rounds of every layout' },
-  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'ddp-cpu.md'), help: 'report file' },
+  out: commonOptions.report('ddp-cpu.md'),
 } as const;
 
 const { steps, batch, samples: sampleN, rounds, out } = benchArgs(USAGE, OPTIONS, (a) => {

@@ -29,7 +29,7 @@
 // falls on both alike; medians are reported, with process CPU time beside
 // wall time. Our per-op profile is summed over the timed runs; PyTorch's comes
 // from one extra run under torch.autograd.profiler (--no-profile skips both).
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -46,8 +46,9 @@ import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { tidy } from '../src/tensor/scope';
 import { runOp1 } from '../src/tensor/tensor';
-import { benchArgs } from './args';
-import { TorchProcess } from './torch_client';
+import { benchArgs, commonOptions } from './args';
+import { lscpu } from './machine';
+import { TorchServer } from './torch_client';
 
 const DDIM_STEPS = 50;
 
@@ -56,7 +57,7 @@ const USAGE =
 const WAIT_POLICIES = ['passive', 'default'] as const;
 const OPTIONS = {
   quick: { type: 'boolean', help: '1 round of fewer runs, sampling of a few DDIM steps scaled to 50; writes only to --out' },
-  threads: { type: 'string', value: 'N', default: String(os.cpus().length), help: 'our threads (default: every CPU)' },
+  threads: commonOptions.threads('our threads'),
   'torch-threads': { type: 'string', value: 'N', help: "PyTorch's threads (default: --threads)" },
   'torch-wait-policy': { type: 'string', value: WAIT_POLICIES.join('|'), default: 'passive', help: "PyTorch's OMP_WAIT_POLICY: PASSIVE, or libgomp's default" },
   rounds: { type: 'string', value: 'N', help: 'rounds of alternating blocks (default: 2, 1 with --quick)' },
@@ -121,20 +122,8 @@ interface TorchOptions {
   waitPolicy: 'passive' | 'default';
 }
 
-/** bench/torch_diffusion.py as a line-based JSON server (one process per case). */
-class TorchServer extends TorchProcess {
-  constructor(opts: TorchOptions) {
-    super('torch_diffusion.py', [String(opts.threads)], TorchServer.env(opts));
-  }
-  private static env(opts: TorchOptions): NodeJS.ProcessEnv {
-    const threads = opts.threads;
-    // OpenBLAS (PyTorch's matmul on Debian) takes its thread count from the environment only.
-    const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) };
-    if (opts.waitPolicy === 'passive') env.OMP_WAIT_POLICY = 'PASSIVE';
-    else delete env.OMP_WAIT_POLICY;
-    return env;
-  }
-}
+/** bench/torch_diffusion.py (one process per case). */
+const torchServer = (opts: TorchOptions) => new TorchServer('torch_diffusion.py', opts.threads, opts.waitPolicy);
 
 // ---- our side ---------------------------------------------------------------------
 
@@ -257,7 +246,7 @@ function imagesPerSecond(spec: CaseSpec, ms: number): number {
 async function runCase(spec: CaseSpec, rounds: number, torchOpts: TorchOptions | null, withProfile: boolean): Promise<CaseResult> {
   const cfg = loadConfig(spec.configFile).config;
   const label = `${spec.model} ${spec.mode} b${spec.batch}`;
-  const torch = torchOpts ? new TorchServer(torchOpts) : null;
+  const torch = torchOpts ? torchServer(torchOpts) : null;
   const loadavg: number[] = [os.loadavg()[0]];
   try {
     const torchRssBefore = torch ? (await torch.call<{ rss_bytes: number }>({ info: true })).rss_bytes : null;
@@ -352,17 +341,6 @@ async function runCase(spec: CaseSpec, rounds: number, torchOpts: TorchOptions |
 }
 
 // ---- report -----------------------------------------------------------------------
-
-function lscpu(field: string): string {
-  try {
-    const line = execFileSync('lscpu', { encoding: 'utf8' })
-      .split('\n')
-      .find((l) => l.startsWith(`${field}:`));
-    return line ? line.slice(field.length + 1).trim() : '?';
-  } catch {
-    return '?';
-  }
-}
 
 const fmt = (x: number) => (x >= 10 ? x.toFixed(1) : x >= 1 ? x.toFixed(2) : x.toFixed(3));
 
@@ -533,7 +511,7 @@ async function main(): Promise<void> {
   const date = new Date().toISOString();
   let torchInfo: { torch: string; threads: number } | null = null;
   if (torchOpts) {
-    const t = new TorchServer(torchOpts);
+    const t = torchServer(torchOpts);
     torchInfo = await t.call<{ torch: string; threads: number }>({ info: true });
     await t.close();
   }

@@ -49,7 +49,7 @@ import { noGrad } from '../src/tensor/autograd';
 import { native, packageRoot } from '../src/tensor/native';
 import { tidy } from '../src/tensor/scope';
 import { type Tensor, fromArray, runOp1 } from '../src/tensor/tensor';
-import { BenchArgsError, benchArgs } from './args';
+import { BenchArgsError, benchArgs, commonOptions } from './args';
 import { lscpu } from './machine';
 
 function median(v: number[]): number {
@@ -181,7 +181,7 @@ const OPTIONS = {
   rounds: { type: 'string', value: 'N', default: '3', help: 'alternating blocks of all ways' },
   'calib-samples': { type: 'string', value: 'N', default: '4', help: 'calibration samples (shipped model)' },
   ways: { type: 'string', value: 'LIST', help: "fp32 and the executions whose names start with these, e.g. 'static int,tdq int' (default: all)" },
-  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'int-exec.md'), help: 'report file' },
+  out: commonOptions.report('int-exec.md'),
   profile: { type: 'string', value: 'FILE', help: 'write a per-op profile to FILE instead of timing' },
 } as const;
 

@@ -23,7 +23,7 @@ import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { releaseMemory } from '../src/tensor/tensor';
 import { saveCheckpoint } from '../src/train/checkpoint';
-import { benchArgs } from './args';
+import { benchArgs, commonOptions } from './args';
 
 const USAGE = 'node dist/bench/int_memory.js [--models fmnist-small,ddpm-cifar10] [--batch 4] [--steps 5] [--out bench/results/int-memory.md]';
 const EXECS = ['int', 'fake', 'none'] as const;
@@ -31,7 +31,7 @@ const OPTIONS = {
   models: { type: 'string', value: 'NAME,...', default: 'fmnist-small,ddpm-cifar10', help: 'configs/NAME.yaml models to measure' },
   batch: { type: 'string', value: 'N', default: '4', help: 'sampling batch' },
   steps: { type: 'string', value: 'N', default: '5', help: 'DDIM steps' },
-  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'int-memory.md'), help: 'report file' },
+  out: commonOptions.report('int-memory.md'),
   child: { type: 'string', value: 'CKPT', help: '(internal) measure this checkpoint in this process' },
   exec: { type: 'string', value: EXECS.join('|'), default: 'int', help: '(internal, with --child) execution of the quantized layers' },
 } as const;

@@ -25,11 +25,10 @@
 // of each process for the load and for sampling; with --cli (default) also
 // the peak of the `tdq-native convert` and `sample` commands on that file
 // (/usr/bin/time -v, each a fresh process).
-import { type ChildProcessWithoutNullStreams, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 
 import { makeDdimTimesteps, ddimSamplingParameters } from '../src/diffusion/samplers/ddim';
 import { loadLatentModel } from '../src/models/load_latent';
@@ -37,7 +36,8 @@ import { noGrad } from '../src/tensor/autograd';
 import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { fromArray } from '../src/tensor/tensor';
-import { benchArgs } from './args';
+import { benchArgs, commonOptions } from './args';
+import { TorchServer } from './torch_client';
 
 const CONFIG = 'configs/ldm-churches.yaml';
 const FULL_STEPS = 50;
@@ -47,9 +47,9 @@ const OPTIONS = {
   ckpt: { type: 'string', value: 'FILE', default: '/work/bench-cache/ldm-churches-random.ckpt', help: 'the .ckpt of bench/make_ldm_churches_ckpt.py' },
   steps: { type: 'string', value: 'N', default: '3', help: 'DDIM steps timed per round (of the DDIM-50 schedule)' },
   rounds: { type: 'string', value: 'N', default: '2', help: 'rounds, ours and PyTorch alternating' },
-  threads: { type: 'string', value: 'N', default: String(os.cpus().length), help: 'threads of both engines (default: every CPU)' },
+  threads: commonOptions.threads(),
   'no-cli': { type: 'boolean', help: 'skip the peak memory of the convert and sample commands' },
-  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'ldm-churches.md'), help: 'report file' },
+  out: commonOptions.report('ldm-churches.md'),
 } as const;
 const median = (a: number[]) => {
   const s = [...a].sort((x, y) => x - y);
@@ -73,35 +73,6 @@ function relDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
     n += b[i] ** 2;
   }
   return Math.sqrt(d / n);
-}
-
-class TorchServer {
-  private pending: ((v: unknown) => void)[] = [];
-  private proc: ChildProcessWithoutNullStreams;
-  constructor(threads: number) {
-    // OpenBLAS takes its thread count from the environment only; PASSIVE: no spin-waiting on a shared machine (bench/diffusion.ts)
-    const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), OMP_WAIT_POLICY: 'PASSIVE' };
-    this.proc = spawn(process.env.TDQ_PYTHON ?? '/usr/bin/python3', [path.join(packageRoot, 'bench', 'ldm_churches_torch.py'), String(threads)], { env });
-    let stderr = '';
-    this.proc.stderr.on('data', (d) => (stderr += d));
-    this.proc.on('exit', (code) => {
-      for (const p of this.pending.splice(0)) p({ error: `ldm_churches_torch.py exited with ${code}: ${stderr}` });
-    });
-    readline.createInterface({ input: this.proc.stdout, crlfDelay: Infinity }).on('line', (l) => this.pending.shift()?.(JSON.parse(l)));
-  }
-  async call<T>(req: object): Promise<T> {
-    const resp = (await new Promise<unknown>((resolve) => {
-      this.pending.push(resolve);
-      this.proc.stdin.write(JSON.stringify(req) + '\n');
-    })) as T & { error?: string };
-    if (resp.error) throw new Error(`ldm_churches_torch.py: ${resp.error}`);
-    return resp;
-  }
-  async close(): Promise<void> {
-    const exited = new Promise((r) => this.proc.once('exit', r));
-    this.proc.stdin.end();
-    await exited;
-  }
 }
 
 /** Peak RSS and wall time of a tdq-native command (a fresh process), from /usr/bin/time -v. */
@@ -147,7 +118,7 @@ async function main(): Promise<void> {
 
   // ---- load both ----
   native().setThreads(threads);
-  const torch = new TorchServer(threads);
+  const torch = new TorchServer('ldm_churches_torch.py', threads, 'passive');
   const fileBytes = fs.statSync(ckpt).size;
   resetPeak();
   const rss0 = statusBytes('VmRSS');

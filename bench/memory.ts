@@ -14,13 +14,13 @@ import { backward } from '../src/tensor/autograd';
 import { native, packageRoot } from '../src/tensor/native';
 import { Generator } from '../src/tensor/random';
 import { tidy } from '../src/tensor/scope';
-import { benchArgs } from './args';
+import { benchArgs, commonOptions } from './args';
 
 const USAGE = 'node dist/bench/memory.js [--batch 64] [--steps 4] [--out bench/results/memory-cpu.md]';
 const OPTIONS = {
   batch: { type: 'string', value: 'N', default: '64', help: 'training batch size' },
   steps: { type: 'string', value: 'N', default: '4', help: 'training steps per cache setting' },
-  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'memory-cpu.md'), help: 'report file' },
+  out: commonOptions.report('memory-cpu.md'),
 } as const;
 
 interface Row { peak: number; cached: number; msPerStep: number }

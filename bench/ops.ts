@@ -10,15 +10,15 @@
 // Each op is timed alone (inputs prepared beforehand, the native stream
 // drained after each call); blocks of calls of ours and PyTorch's alternate
 // so that a shared machine's load falls on both alike. Medians are reported.
-import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 
-import { native, packageRoot } from '../src/tensor/native';
+import { native } from '../src/tensor/native';
 import { type Tensor, runOp, runOp1 } from '../src/tensor/tensor';
-import { benchArgs } from './args';
+import { benchArgs, commonOptions } from './args';
+import { lscpu } from './machine';
+import { TorchServer } from './torch_client';
 
 interface ConvCase {
   name: string;
@@ -40,11 +40,10 @@ type Case = ConvCase | MatmulCase;
 const USAGE = 'node dist/bench/ops.js [--batch 16] [--threads <all CPUs>] [--reps 5] [--warmup 2] [--rounds 2] [--out bench/results/ops-cpu.md] [--no-torch]';
 const OPTIONS = {
   batch: { type: 'string', value: 'N', default: '16', help: 'batch of the UNet shapes' },
-  threads: { type: 'string', value: 'N', default: String(os.cpus().length), help: 'threads of both engines (default: every CPU)' },
-  reps: { type: 'string', value: 'N', default: '5', help: 'timed calls per block' },
-  warmup: { type: 'string', value: 'N', default: '2', help: 'untimed calls before timing' },
+  threads: commonOptions.threads(),
+  ...commonOptions.repsWarmup(),
   rounds: { type: 'string', value: 'N', default: '2', help: 'alternating blocks of ours and PyTorch' },
-  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'ops-cpu.md'), help: 'report file' },
+  out: commonOptions.report('ops-cpu.md'),
   'no-torch': { type: 'boolean', help: 'time ours only' },
 } as const;
 
@@ -104,34 +103,6 @@ function median(v: number[]): number {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-/** The PyTorch side (bench/torch_ops.py) as a line-based JSON server. */
-class TorchServer {
-  private pending: ((v: unknown) => void)[] = [];
-  private proc: ChildProcessWithoutNullStreams;
-  constructor(threads: number) {
-    // OpenBLAS (PyTorch's matmul on Debian) takes its thread count from the environment only.
-    const env = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) };
-    this.proc = spawn(process.env.TDQ_PYTHON ?? '/usr/bin/python3', [path.join(packageRoot, 'bench', 'torch_ops.py'), String(threads)], { env });
-    let stderr = '';
-    this.proc.stderr.on('data', (d) => (stderr += d));
-    this.proc.on('exit', (code) => {
-      for (const p of this.pending.splice(0)) p({ error: `torch_ops.py exited with ${code}: ${stderr}` });
-    });
-    readline.createInterface({ input: this.proc.stdout }).on('line', (l) => this.pending.shift()?.(JSON.parse(l)));
-  }
-  async call<T>(req: object): Promise<T> {
-    const resp = (await new Promise<unknown>((resolve) => {
-      this.pending.push(resolve);
-      this.proc.stdin.write(JSON.stringify(req) + '\n');
-    })) as T & { error?: string };
-    if (resp.error) throw new Error(resp.error);
-    return resp;
-  }
-  close(): void {
-    this.proc.stdin.end();
-  }
-}
-
 /**
  * Times one case in `rounds` rounds; each round makes `reps` timed calls of
  * ours, then `reps` of PyTorch's (after warm-up calls), so both are measured
@@ -165,17 +136,6 @@ async function timeCase(
   return { ours: median(ours), torch: torch ? median(theirs) : null };
 }
 
-function lscpu(field: string): string {
-  try {
-    const line = execFileSync('lscpu', { encoding: 'utf8' })
-      .split('\n')
-      .find((l) => l.startsWith(`${field}:`));
-    return line ? line.slice(field.length + 1).trim() : '?';
-  } catch {
-    return '?';
-  }
-}
-
 async function main(): Promise<void> {
   const { batch, reps, warmup, rounds, outFile, threads, noTorch } = benchArgs(USAGE, OPTIONS, (a) => ({
     batch: a.int('batch', 1), reps: a.int('reps', 1), warmup: a.int('warmup'), rounds: a.int('rounds', 1),
@@ -184,7 +144,7 @@ async function main(): Promise<void> {
   // The engine sizes its thread pool from TDQ_NUM_THREADS when it loads (below).
   process.env.TDQ_NUM_THREADS = String(threads);
   const info = native().info();
-  const torch = noTorch ? null : new TorchServer(threads);
+  const torch = noTorch ? null : new TorchServer('torch_ops.py', threads, 'inherit');
   const all = cases(batch);
   const torchInfo = torch ? await torch.call<{ torch: string; threads: number }>({ info: true }) : null;
 
@@ -197,7 +157,7 @@ async function main(): Promise<void> {
     const tt = r.torch === null ? '' : `   torch ${r.torch.toFixed(2).padStart(8)} ms   ratio ${(r.ours / r.torch).toFixed(2)}`;
     console.log(`${c.name.padEnd(42)} ${r.ours.toFixed(2).padStart(8)} ms ${(flops(c) / r.ours / 1e6).toFixed(1).padStart(7)} GFLOP/s${tt}`);
   }
-  torch?.close();
+  await torch?.close();
 
   const lines: string[] = [];
   lines.push('# CPU op benchmark: conv2d and matmul vs PyTorch', '');

@@ -17,19 +17,18 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { native, packageRoot } from '../src/tensor/native';
+import { native } from '../src/tensor/native';
 import { type Tensor, runOp, runOp1 } from '../src/tensor/tensor';
-import { benchArgs } from './args';
+import { benchArgs, commonOptions } from './args';
 import { lscpu } from './machine';
 
 const USAGE = 'node dist/bench/qgemm.js [--batch 8] [--reps 5] [--warmup 2] [--rounds 3] [--levels avx512,avx2] [--out bench/results/qgemm-cpu.md]';
 const OPTIONS = {
   batch: { type: 'string', value: 'N', default: '8', help: 'batch of the UNet conv shapes' },
-  reps: { type: 'string', value: 'N', default: '5', help: 'timed calls per block' },
-  warmup: { type: 'string', value: 'N', default: '2', help: 'untimed calls before timing' },
+  ...commonOptions.repsWarmup(),
   rounds: { type: 'string', value: 'N', default: '3', help: 'alternating blocks of the four ways' },
   levels: { type: 'string', value: 'L1,L2', help: "CPU levels to time (default: avx512,avx2 where avx512 runs, else the best level)" },
-  out: { type: 'string', value: 'FILE', default: path.join(packageRoot, 'bench', 'results', 'qgemm-cpu.md'), help: 'report file' },
+  out: commonOptions.report('qgemm-cpu.md'),
 } as const;
 
 interface Case {

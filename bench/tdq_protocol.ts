@@ -78,7 +78,7 @@ import { QAT_DEFAULTS } from '../src/cli/commands/train';
 import { qatPrepare } from '../src/quant/qat';
 import type { Denoiser } from '../src/models/diffusion';
 import { latestCheckpoint, train } from '../src/train/trainer';
-import { BenchArgsError, type BenchOptions, helpText, parseBenchArgs } from './args';
+import { BenchArgsError, type BenchOptions, finiteNumber, helpText, nonNegativeInt, parseBenchArgs } from './args';
 import { type FpModel, freshUNet, loadFp } from './tdq_common';
 import { PLAN_NAMES, type PlanJob, type PlanName, crossJobs, estimateRates, filterPlan, listPlan, planJobs } from './tdq_plan';
 
@@ -206,18 +206,8 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
   if (parsed === 'help') throw new BenchArgsError(`--help is handled by protocolMain (${USAGE})`);
   const args = parsed;
   const str = (k: string) => args.get(k);
-  const int = (k: string, s: string) => {
-    const x = Number(s);
-    if (s.trim() === '' || !Number.isInteger(x) || x < 0) throw new BenchArgsError(`--${k}: expected a non-negative integer, got '${s}'`);
-    return x;
-  };
-  const num = (k: string, s: string) => {
-    const x = Number(s);
-    if (s.trim() === '' || !Number.isFinite(x)) throw new BenchArgsError(`--${k}: expected a number, got '${s}'`);
-    return x;
-  };
-  const opt = <T>(k: string, f: (k: string, s: string) => T, dflt: T): T => (str(k) === undefined ? dflt : f(k, str(k)!));
-  const list = <T>(k: string, f: (k: string, s: string) => T, dflt: T[]): T[] => (str(k) === undefined ? dflt : str(k)!.split(',').map((s) => f(k, s.trim())));
+  const opt = <T>(k: string, f: (k: string, s: string) => T, dflt: T): T => args.readOr(k, f, dflt);
+  const list = <T>(k: string, f: (k: string, s: string) => T, dflt: T[]): T[] => args.readListOr(k, f, dflt);
   const qat = new Map<string, string>();
   for (const spec of args.all('qat-file')) {
     const [name, file] = spec.split('=');
@@ -230,24 +220,24 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
     ckpt: str('ckpt') ?? 'models/fmnist-small.safetensors',
     methods: list('methods', (_k, s) => s, ['fp', 'ptq-tdq', 'ptq-minmax', 'ptq-percentile', 'ptq-mse', 'ptq-ptq4dm']),
     bits: list('bits', (_k, s) => s.toUpperCase(), ['W8A8', 'W8A5', 'W8A4']),
-    steps: list('eval-steps', int, [25]),
-    seeds: list('seeds', int, [0, 1, 2]),
-    n: opt('n', int, 2000),
-    batch: opt('batch', int, 250),
-    calibSamples: opt('calib-samples', int, 16),
-    calibSteps: opt('calib-steps', int, 50),
+    steps: list('eval-steps', nonNegativeInt, [25]),
+    seeds: list('seeds', nonNegativeInt, [0, 1, 2]),
+    n: opt('n', nonNegativeInt, 2000),
+    batch: opt('batch', nonNegativeInt, 250),
+    calibSamples: opt('calib-samples', nonNegativeInt, 16),
+    calibSteps: opt('calib-steps', nonNegativeInt, 50),
     exec: (str('exec') ?? 'auto') as ExecRequest,
     qat,
     table: str('table') ?? '',
     tableOnly: args.flag('table-only'),
-    maxCells: opt('max-cells', int, Infinity),
+    maxCells: opt('max-cells', nonNegativeInt, Infinity),
     merge: list('merge', (_k, s) => s, []),
     qatSetup: {
-      steps: opt('qat-steps', int, 1000),
-      batch: opt('qat-batch', int, 32),
-      warmup: opt('qat-warmup', int, 50),
-      lr: opt('qat-lr', num, QAT_DEFAULTS.lr),
-      distillWeight: opt('qat-distill-weight', num, 1),
+      steps: opt('qat-steps', nonNegativeInt, 1000),
+      batch: opt('qat-batch', nonNegativeInt, 32),
+      warmup: opt('qat-warmup', nonNegativeInt, 50),
+      lr: opt('qat-lr', finiteNumber, QAT_DEFAULTS.lr),
+      distillWeight: opt('qat-distill-weight', finiteNumber, 1),
       calibMethod: (str('qat-calib-method') ?? 'stats') as StepMethod,
       tdqInit: (str('qat-tdq-init') ?? 'constant') as TdqInit,
     },
@@ -256,7 +246,7 @@ export function parseProtocolArgs(argv: string[]): ProtocolArgs {
     given: {
       ...(str('methods') !== undefined ? { methods: list('methods', (_k, s) => s, []) } : {}),
       ...(str('bits') !== undefined ? { bits: list('bits', (_k, s) => s.toUpperCase(), []) } : {}),
-      ...(str('eval-steps') !== undefined ? { steps: list('eval-steps', int, []) } : {}),
+      ...(str('eval-steps') !== undefined ? { steps: list('eval-steps', nonNegativeInt, []) } : {}),
     },
     dryRun: args.flag('dry-run'),
     estimateFrom: list('estimate-from', (_k, s) => s, []),

@@ -56,7 +56,7 @@ import { type CalibrationReport, calibrateWithReport } from '../src/quant/calibr
 import { type QuantConfig, resolveQuantConfig } from '../src/quant/config';
 import type { QuantizedModel } from '../src/quant/quantize_model';
 import { arraySource, fashionMnistSource, loadFeatureNet, runEval } from '../src/eval/run';
-import { BenchArgsError, type BenchOptions, helpText, parseBenchArgs } from './args';
+import { BenchArgsError, type BenchOptions, helpText, nonNegativeInt, parseBenchArgs } from './args';
 import { protocolMain } from './tdq_protocol';
 import { type FpModel, type Reference, epsMsePerStep, freshUNet, loadFp, mean, mse, reference, tableFromCalibration } from './tdq_common';
 
@@ -105,19 +105,14 @@ export function parseTableArgs(argv: string[]): Args {
   if (parsed === 'help') throw new BenchArgsError('--help is handled by main');
   const args = parsed;
   const str = (k: string) => args.get(k);
-  const int = (k: string, s: string) => {
-    const n = Number(s);
-    if (s.trim() === '' || !Number.isInteger(n) || n < 0) throw new BenchArgsError(`--${k}: expected a non-negative integer, got '${s}'`);
-    return n;
-  };
-  const opt = (k: string, dflt: number) => (str(k) === undefined ? dflt : int(k, str(k)!));
+  const opt = (k: string, dflt: number) => args.readOr(k, nonNegativeInt, dflt);
   const method = str('method') ?? 'auto';
   if (!['auto', 'mse', 'minmax', 'percentile'].includes(method)) throw new BenchArgsError(`--method: auto, mse, minmax or percentile, got '${method}'`);
   const a: Args = {
     ckpt: str('ckpt') ?? 'models/fmnist-small.safetensors',
     nSamples: opt('n-samples', 16),
     steps: opt('steps', 50),
-    seeds: str('seeds') === undefined ? [0, 1, 2] : str('seeds')!.split(',').map((s) => int('seeds', s)),
+    seeds: args.readListOr('seeds', nonNegativeInt, [0, 1, 2]),
     settings: str('settings') === undefined ? [[8, 8], [4, 8], [8, 4], [4, 4]] : str('settings')!.split(',').map((s): [number, number] => {
       const m = /^W(\d)A(\d)$/i.exec(s.trim());
       if (!m) throw new BenchArgsError(`--settings: '${s}' is not of the form W4A8`);

@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 
-import { BenchArgs, BenchArgsError, type BenchOptions, helpText, parseBenchArgs, parseNumber } from '../../bench/args';
+import { BenchArgs, BenchArgsError, type BenchOptions, finiteNumber, helpText, nonNegativeInt, parseBenchArgs, parseNumber } from '../../bench/args';
 
 const OPTIONS: BenchOptions = {
   steps: { type: 'string', value: 'N', default: '5', help: 'sampling steps' },
@@ -51,6 +51,19 @@ describe('bench/args: command lines of the bench scripts', () => {
     assert.throws(() => parse(['--mode', 'gpu']).choice('mode', ['int', 'fake']), { message: "--mode: expected one of int, fake, got 'gpu'" });
     assert.throws(() => parse([]).str('out'), { message: '--out is required' });
     assert.equal(parseNumber('lambda', '0.25', { min: 0 }), 0.25);
+  });
+
+  it("readOr / readListOr: the value, else the option's default, through the parser (each trimmed item), else the given default", () => {
+    assert.equal(parse([]).readOr('out', nonNegativeInt, 7), 7);
+    assert.equal(parse([]).readOr('steps', nonNegativeInt, 7), 5);
+    assert.equal(parse(['--steps', '3']).readOr('steps', nonNegativeInt, 7), 3);
+    assert.deepEqual(parse([]).readListOr('out', nonNegativeInt, [9]), [9]);
+    assert.deepEqual(parse([]).readListOr('seeds', nonNegativeInt, []), [0, 1]);
+    assert.deepEqual(parse(['--seeds', '4, 5']).readListOr('seeds', nonNegativeInt, []), [4, 5]);
+    assert.throws(() => parse(['--seeds', '0,,2']).readListOr('seeds', nonNegativeInt, []), { name: 'BenchArgsError', message: "--seeds: expected a non-negative integer, got ''" });
+    assert.throws(() => parse(['--steps=-1']).readOr('steps', nonNegativeInt, 0), { message: "--steps: expected a non-negative integer, got '-1'" });
+    assert.throws(() => finiteNumber('lr', 'x'), { message: "--lr: expected a number, got 'x'" });
+    assert.equal(finiteNumber('lr', '2e-4'), 2e-4);
   });
 
   it('--help and -h ask for the help, which lists every option with its default', () => {

@@ -44,6 +44,79 @@ model:
 ${o.sections ?? ''}`;
 }
 
+/**
+ * An upstream LDM config in the shape of CompVis'
+ * configs/latent-diffusion/lsun_churches-ldm-kl-8.yaml (smaller numbers):
+ * upstream's logging keys, an Identity lossconfig, main.DataModuleFromConfig
+ * over ldm.data.lsun.LSUNChurchesTrain (size 16, plus `trainParams`), a
+ * LambdaLinear scheduler_config and a lightning section (`trainer`, with the
+ * ImageLogger callback when `callbacks`), as the config and training tests
+ * read it unchanged.
+ */
+export function churchesYaml(o: {
+  unet: Record<string, unknown>;
+  batchSize: number;
+  warmUpSteps: number;
+  firstStageCkpt?: string;
+  trainParams?: Record<string, unknown>;
+  validation?: boolean;
+  callbacks?: boolean;
+  trainer: Record<string, unknown>;
+}): string {
+  return `
+model:
+  base_learning_rate: 5.0e-5
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    linear_start: 0.0015
+    linear_end: 0.0155
+    num_timesteps_cond: 1
+    log_every_t: 200
+    timesteps: 1000
+    loss_type: l1
+    first_stage_key: image
+    cond_stage_key: image
+    image_size: 8
+    channels: 4
+    cond_stage_trainable: false
+    concat_mode: false
+    scale_by_std: true
+    monitor: val/loss_simple_ema
+    scheduler_config:
+      target: ldm.lr_scheduler.LambdaLinearScheduler
+      params: {warm_up_steps: [${o.warmUpSteps}], cycle_lengths: [10000000000000], f_start: [1.0e-6], f_max: [1.0], f_min: [1.0]}
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params: ${flow(o.unet)}
+    first_stage_config:
+      target: ldm.models.autoencoder.AutoencoderKL
+      params:
+        embed_dim: 4
+        monitor: val/rec_loss${o.firstStageCkpt === undefined ? '' : `\n        ckpt_path: ${o.firstStageCkpt}`}
+        ddconfig: {double_z: true, z_channels: 4, resolution: 16, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}
+        lossconfig: {target: torch.nn.Identity}
+    cond_stage_config: __is_unconditional__
+data:
+  target: main.DataModuleFromConfig
+  params:
+    batch_size: ${o.batchSize}
+    num_workers: 5
+    wrap: false
+    train:
+      target: ldm.data.lsun.LSUNChurchesTrain
+      params: ${flow({ size: 16, ...o.trainParams })}${o.validation ? `
+    validation:
+      target: ldm.data.lsun.LSUNChurchesValidation
+      params: {size: 16}` : ''}
+lightning:${o.callbacks ? `
+  callbacks:
+    image_logger:
+      target: main.ImageLogger
+      params: {batch_frequency: 5000, max_images: 8, increase_log_steps: false}` : ''}
+  trainer: ${flow(o.trainer)}
+`;
+}
+
 /** The synthetic data section of the tiny configs. */
 export function syntheticData(kind: 'blobs' | 'shapes'): string {
   return `data:

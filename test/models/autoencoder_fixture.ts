@@ -30,13 +30,31 @@ export interface Fixture {
 }
 
 /** The generator's rule (hashed_value in autoencoder_ref.py), in float64 then rounded to float32. */
-function hashedValue(name: string, shape: number[], u: number): number {
+export function hashedValue(name: string, shape: number[], u: number): number {
   if (name.endsWith('weight') && shape.length > 1) {
     const fanIn = shape.slice(1).reduce((a, b) => a * b, 1);
     return (2.0 * u - 1.0) * Math.sqrt(3.0 / fanIn);
   }
   if (name.includes('norm') && name.endsWith('weight')) return 1.0 + (2.0 * u - 1.0) * 0.2;
   return (2.0 * u - 1.0) * 0.2;
+}
+
+/**
+ * The weights of a manifest ([key, shape], in state-dict order) rebuilt by
+ * autoencoder_ref.py's hashed_fill rule: element i of the whole run is
+ * hashedValue(key, shape, hash64(seed, i)).
+ */
+export function hashedWeights(manifest: [string, number[]][], seed: number): Map<string, Tensor> {
+  const weights = new Map<string, Tensor>();
+  let at = 0;
+  for (const [key, shape] of manifest) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    for (let i = 0; i < n; ++i) data[i] = hashedValue(key, shape, hash64(seed, at + i));
+    at += n;
+    weights.set(key, fromArray(data, shape));
+  }
+  return weights;
 }
 
 /** Just the tensors of a fixture file (the quantizer's has no model). */
@@ -48,14 +66,12 @@ export async function loadFixture(name: string): Promise<Fixture> {
   const { tensors: io, metadata } = await readSafetensors(path.join(FIXTURE_DIR, `${name}.io.safetensors`));
   const config = JSON.parse(metadata.config) as FixtureConfig;
   const manifest = JSON.parse(metadata.weights) as [string, number[]][];
-  const weights = new Map<string, Tensor>();
-  let at = 0;
-  for (const [key, shape] of manifest) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    for (let i = 0; i < n; ++i) data[i] = hashedValue(key, shape, hash64(config.seed, at + i));
-    at += n;
-    weights.set(key, key === 'quantize.embedding.weight' ? io.get('codebook')! : fromArray(data, shape));
+  const weights = hashedWeights(manifest, config.seed);
+  // The VQ codebook is fitted to the latents, so stored rather than hashed.
+  const hashedCodebook = weights.get('quantize.embedding.weight');
+  if (hashedCodebook) {
+    hashedCodebook.dispose();
+    weights.set('quantize.embedding.weight', io.get('codebook')!);
   }
   return { config, manifest, io, weights };
 }

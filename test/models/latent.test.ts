@@ -23,9 +23,10 @@ import { Embedding } from '../../src/nn/layers';
 import { backward, noGrad } from '../../src/tensor/autograd';
 import { full } from '../../src/tensor/ops/creation';
 import { add, mean, mul, reshape, sum } from '../../src/tensor/ops/elementwise';
-import { Generator, hash64 } from '../../src/tensor/random';
+import { Generator } from '../../src/tensor/random';
 import { type Tensor, fromArray } from '../../src/tensor/tensor';
 import { relError } from '../helpers/assert';
+import { hashedWeights } from './autoencoder_fixture';
 
 const RTOL = 1e-4;
 const DIR = path.resolve(__dirname, '..', '..', '..', 'test', 'fixtures', 'latent');
@@ -41,26 +42,11 @@ interface Cfg {
   seed: number;
 }
 
-/** autoencoder_ref.py's hashed_value (the rule autoencoder_fixture.ts repeats). */
-function hashedValue(name: string, shape: number[], u: number): number {
-  if (name.endsWith('weight') && shape.length > 1) return (2.0 * u - 1.0) * Math.sqrt(3.0 / shape.slice(1).reduce((a, b) => a * b, 1));
-  if (name.includes('norm') && name.endsWith('weight')) return 1.0 + (2.0 * u - 1.0) * 0.2;
-  return (2.0 * u - 1.0) * 0.2;
-}
-
 async function loadCase(name: string): Promise<{ cfg: Cfg; manifest: [string, number[]][]; io: (k: string) => Tensor; weights: Map<string, Tensor> }> {
   const { tensors, metadata } = await readSafetensors(path.join(DIR, `${name}.io.safetensors`));
   const cfg = JSON.parse(metadata.config) as Cfg;
   const manifest = JSON.parse(metadata.weights) as [string, number[]][];
-  const weights = new Map<string, Tensor>();
-  let at = 0;
-  for (const [key, shape] of manifest) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    for (let i = 0; i < n; ++i) data[i] = hashedValue(key, shape, hash64(cfg.seed, at + i));
-    at += n;
-    weights.set(key, fromArray(data, shape));
-  }
+  const weights = hashedWeights(manifest, cfg.seed);
   const io = (k: string) => {
     const t = tensors.get(k);
     if (!t) throw new Error(`fixture ${name}: no tensor ${k}`);

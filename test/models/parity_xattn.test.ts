@@ -14,38 +14,15 @@ import { ClassEmbedder } from '../../src/models/conditioning';
 import { AttentionBlock, UNetModel, type UNetConfig } from '../../src/models/openai_unet';
 import { SpatialTransformer } from '../../src/models/transformer';
 import { backward, noGrad } from '../../src/tensor/autograd';
-import { hash64 } from '../../src/tensor/random';
 import { type Tensor, fromArray } from '../../src/tensor/tensor';
 import { relError } from '../helpers/assert';
+import { hashedWeights } from './autoencoder_fixture';
 
 const DIR = path.resolve(__dirname, '..', '..', '..', 'test', 'fixtures', 'xattn');
 const RTOL = 1e-4;
 const GRAD_RTOL = 2e-4;
 
 type Manifest = [string, number[]][];
-
-/** hashed_value of autoencoder_ref.py. */
-function hashedValue(name: string, shape: number[], u: number): number {
-  if (name.endsWith('weight') && shape.length > 1) {
-    const fanIn = shape.slice(1).reduce((a, b) => a * b, 1);
-    return (2.0 * u - 1.0) * Math.sqrt(3.0 / fanIn);
-  }
-  if (name.includes('norm') && name.endsWith('weight')) return 1.0 + (2.0 * u - 1.0) * 0.2;
-  return (2.0 * u - 1.0) * 0.2;
-}
-
-function rebuild(manifest: Manifest, seed: number): Map<string, Tensor> {
-  const out = new Map<string, Tensor>();
-  let at = 0;
-  for (const [key, shape] of manifest) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    for (let i = 0; i < n; ++i) data[i] = hashedValue(key, shape, hash64(seed, at + i));
-    at += n;
-    out.set(key, fromArray(data, shape));
-  }
-  return out;
-}
 
 async function load(name: string) {
   const { tensors, metadata } = await readSafetensors(path.join(DIR, `${name}.io.safetensors`));
@@ -71,7 +48,7 @@ describe('SpatialTransformer parity with ldm.modules.attention', () => {
     const c = meta.config as { in_channels: number; n_heads: number; d_head: number; depth: number; context_dim: number; seed: number };
     const m = new SpatialTransformer(c.in_channels, c.n_heads, c.d_head, { depth: c.depth, contextDim: c.context_dim });
     assert.deepEqual([...m.stateDict().keys()], keysOf(meta.weights), 'state-dict keys in upstream order');
-    m.loadStateDict(rebuild(meta.weights, c.seed), { strict: true });
+    m.loadStateDict(hashedWeights(meta.weights, c.seed), { strict: true });
     const x = io('x'), context = io('context');
     x.requiresGrad = true;
     context.requiresGrad = true;
@@ -89,7 +66,7 @@ describe('SpatialTransformer parity with ldm.modules.attention', () => {
     const c = meta.config as { in_channels: number; n_heads: number; d_head: number; seed: number };
     const m = new SpatialTransformer(c.in_channels, c.n_heads, c.d_head);
     assert.deepEqual([...m.stateDict().keys()], keysOf(meta.weights_self));
-    m.loadStateDict(rebuild(meta.weights_self, c.seed + 1), { strict: true });
+    m.loadStateDict(hashedWeights(meta.weights_self, c.seed + 1), { strict: true });
     await close('out (self)', noGrad(() => m.forward(io('x'))), io('out_self'));
     m.dispose();
   });
@@ -121,8 +98,8 @@ async function unetCase(name: string, withGrads: boolean): Promise<void> {
   const cond = new ClassEmbedder({ embed_dim: cfg.context_dim!, n_classes: meta.n_classes });
   assert.deepEqual([...unet.stateDict().keys()], keysOf(meta.weights), 'UNet state-dict keys in upstream order');
   assert.deepEqual([...cond.stateDict().keys()], keysOf(meta.cond_weights), 'ClassEmbedder keys');
-  unet.loadStateDict(rebuild(meta.weights, meta.seed), { strict: true });
-  cond.loadStateDict(rebuild(meta.cond_weights, meta.seed + 1000), { strict: true });
+  unet.loadStateDict(hashedWeights(meta.weights, meta.seed), { strict: true });
+  cond.loadStateDict(hashedWeights(meta.cond_weights, meta.seed + 1000), { strict: true });
   unet.eval();
   const context = cond.encode({ class: io('labels') });
   await close(`${name} ClassEmbedder context`, context, io('context'));

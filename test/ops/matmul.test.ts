@@ -3,7 +3,6 @@
 // 1, 7, 33, 129... that are not multiples of any register tile), both
 // transposes, batches with and without broadcasting, and the parallel path.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import { backward } from '../../src/tensor/autograd';
@@ -12,11 +11,10 @@ import { linear, matmul } from '../../src/tensor/ops/linalg';
 import { fromArray, runOp1, type Tensor } from '../../src/tensor/tensor';
 import { assertClose, randomTensor } from '../helpers/assert';
 import { Oracle, torchUnavailable } from '../helpers/oracle';
+import { CHILD_THREADS, rerunWithThreadCounts } from '../helpers/threads';
 import { cpuLevels, type CpuLevel } from '../helpers/cpu_levels';
 
 const skip = torchUnavailable();
-// Set when this file runs again as a child process with another thread count.
-const CHILD_THREADS = process.env.TDQ_TEST_THREADS;
 // float32 engine vs float64 PyTorch, relative 2-norm error. With K up to ~300
 // the float32 rounding error is ~1e-7; 1e-5 leaves room without hiding a
 // wrong element (one wrong entry out of thousands is > 1e-3).
@@ -192,26 +190,4 @@ describe('matmul / linear edge cases and bad inputs', () => {
   });
 });
 
-// The thread count picks the kernels' paths (whole samples or whole GEMMs per
-// thread when there are enough of them, one operation split over threads
-// otherwise), so the tests above run again in child processes started with 1
-// and 3 threads. Child processes, because the pool is sized once per process
-// (TDQ_NUM_THREADS) rather than resized here.
-if (!CHILD_THREADS) {
-  describe('matmul with other thread counts', { skip: skip ?? false }, () => {
-    for (const threads of [1, 3]) {
-      it(`passes with ${threads} thread(s) (child process)`, () => {
-        // NODE_TEST_CONTEXT (set for this file by a parent test runner) would
-        // make the child report to that runner instead of printing its results.
-        const { NODE_TEST_CONTEXT: _ctx, ...env } = process.env;
-        const r = spawnSync(process.execPath, ['--test', __filename], {
-          env: { ...env, TDQ_NUM_THREADS: String(threads), TDQ_TEST_THREADS: String(threads) },
-          encoding: 'utf8',
-          timeout: 600_000,
-        });
-        assert.equal(r.status, 0, `child with ${threads} thread(s) failed:\n${r.stdout.slice(-4000)}\n${r.stderr.slice(-2000)}`);
-        assert.match(r.stdout, /# fail 0/);
-      });
-    }
-  });
-}
+rerunWithThreadCounts('matmul', __filename, skip ?? false);

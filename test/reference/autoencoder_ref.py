@@ -31,39 +31,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st  # noqa: E402
-
-
-def norm(c, groups):
-    return nn.GroupNorm(groups, c, eps=1e-6, affine=True)
+from model_blocks import AttnBlock, Downsample, Upsample, norm  # noqa: E402
 
 
 def swish(x):
     return x * torch.sigmoid(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, c, with_conv):
-        super().__init__()
-        self.with_conv = with_conv
-        if with_conv:
-            self.conv = nn.Conv2d(c, c, 3, 1, 1)
-
-    def forward(self, x):
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return self.conv(x) if self.with_conv else x
-
-
-class Downsample(nn.Module):
-    def __init__(self, c, with_conv):
-        super().__init__()
-        self.with_conv = with_conv
-        if with_conv:
-            self.conv = nn.Conv2d(c, c, 3, 2, 0)
-
-    def forward(self, x):
-        if self.with_conv:
-            return self.conv(F.pad(x, (0, 1, 0, 1)))
-        return F.avg_pool2d(x, 2, 2)
 
 
 class ResnetBlock(nn.Module):
@@ -82,26 +54,6 @@ class ResnetBlock(nn.Module):
         h = self.conv1(swish(self.norm1(x)))
         h = self.conv2(self.dropout(swish(self.norm2(h))))
         return (self.nin_shortcut(x) if self.cin != self.cout else x) + h
-
-
-class AttnBlock(nn.Module):
-    def __init__(self, c, groups):
-        super().__init__()
-        self.norm = norm(c, groups)
-        self.q = nn.Conv2d(c, c, 1)
-        self.k = nn.Conv2d(c, c, 1)
-        self.v = nn.Conv2d(c, c, 1)
-        self.proj_out = nn.Conv2d(c, c, 1)
-
-    def forward(self, x):
-        h = self.norm(x)
-        b, c, hh, ww = x.shape
-        q = self.q(h).reshape(b, c, hh * ww).transpose(1, 2)  # b, n, c
-        k = self.k(h).reshape(b, c, hh * ww)  # b, c, n
-        v = self.v(h).reshape(b, c, hh * ww)  # b, c, n
-        w = torch.softmax(torch.bmm(q, k) * (c ** -0.5), dim=2)  # b, nq, nk
-        out = torch.bmm(v, w.transpose(1, 2)).reshape(b, c, hh, ww)
-        return x + self.proj_out(out)
 
 
 def attn(c, kind, groups):
@@ -326,12 +278,15 @@ def hashed_value(name, shape, u):
     return v.astype(np.float32)
 
 
-def hashed_fill(m, seed):
-    """Sets every state-dict tensor from the hash, in state-dict order; returns
-    the manifest [[key, shape], ...] that the io file's metadata carries."""
+def hashed_fill(m, seed, skip=()):
+    """Sets every state-dict tensor but those named in `skip` from the hash, in
+    state-dict order; returns the manifest [[key, shape], ...] that the io
+    file's metadata carries."""
     manifest, at = [], 0
     with torch.no_grad():
         for name, t in m.state_dict().items():
+            if name in skip:
+                continue
             u = hash_uniform(seed, at, t.numel())
             at += t.numel()
             t.copy_(torch.from_numpy(hashed_value(name, list(t.shape), u).reshape(t.shape)))

@@ -3,10 +3,15 @@ layout of its PyTorch port (ldm/modules/diffusionmodules/model.py `Model`):
 temb.dense, conv_in, down.{i}.block/attn/downsample, mid, up, norm_out,
 conv_out. Written from the architecture for the parity test."""
 import math
+import os
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_blocks import AttnBlock, Downsample, Upsample, norm  # noqa: E402
 
 
 def get_timestep_embedding(t, dim):
@@ -20,43 +25,14 @@ def get_timestep_embedding(t, dim):
     return e
 
 
-def Normalize(c):
-    return nn.GroupNorm(32, c, eps=1e-6, affine=True)
-
-
-class Upsample(nn.Module):
-    def __init__(self, c, with_conv):
-        super().__init__()
-        self.with_conv = with_conv
-        if with_conv:
-            self.conv = nn.Conv2d(c, c, 3, 1, 1)
-
-    def forward(self, x):
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return self.conv(x) if self.with_conv else x
-
-
-class Downsample(nn.Module):
-    def __init__(self, c, with_conv):
-        super().__init__()
-        self.with_conv = with_conv
-        if with_conv:
-            self.conv = nn.Conv2d(c, c, 3, 2, 0)
-
-    def forward(self, x):
-        if self.with_conv:
-            return self.conv(F.pad(x, (0, 1, 0, 1)))  # pad right and bottom only
-        return F.avg_pool2d(x, 2, 2)
-
-
 class ResnetBlock(nn.Module):
     def __init__(self, in_channels, out_channels, temb_channels, dropout):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
         self.temb_proj = nn.Linear(temb_channels, out_channels)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         if in_channels != out_channels:
@@ -69,22 +45,6 @@ class ResnetBlock(nn.Module):
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
         return x + h
-
-
-class AttnBlock(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.norm = Normalize(c)
-        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
-
-    def forward(self, x):
-        h = self.norm(x)
-        q, k, v = self.q(h), self.k(h), self.v(h)
-        b, c, hh, ww = q.shape
-        q = q.reshape(b, c, hh * ww).permute(0, 2, 1)
-        w = torch.softmax(torch.bmm(q, k.reshape(b, c, hh * ww)) * (c ** -0.5), dim=2)
-        h = torch.bmm(v.reshape(b, c, hh * ww), w.permute(0, 2, 1)).reshape(b, c, hh, ww)
-        return x + self.proj_out(h)
 
 
 class Model(nn.Module):
@@ -133,7 +93,7 @@ class Model(nn.Module):
                 u.upsample = Upsample(bi, resamp_with_conv)
                 res *= 2
             self.up.insert(0, u)
-        self.norm_out = Normalize(bi)
+        self.norm_out = norm(bi)
         self.conv_out = nn.Conv2d(bi, out_ch, 3, 1, 1)
 
     def forward(self, x, t):

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st  # noqa: E402
-from autoencoder_ref import AutoencoderKL, VQModel, hash_uniform, hashed_value  # noqa: E402
+from autoencoder_ref import AutoencoderKL, VQModel, hashed_fill  # noqa: E402
 from openaimodel_ref import UNetModel  # noqa: E402
 
 
@@ -111,23 +111,6 @@ class LatentDiffusion(torch.nn.Module):
         return self.first_stage_model.decode(z)
 
 
-def hashed_fill(ldm, seed):
-    """Every state-dict tensor but scale_factor from autoencoder_ref's hash
-    rule (random everywhere, where upstream zero-initialises some convs, so
-    every path counts), in state-dict order; returns the manifest
-    [[key, shape], ...] that the test rebuilds the weights from."""
-    manifest, at = [], 0
-    with torch.no_grad():
-        for name, t in ldm.state_dict().items():
-            if name == "scale_factor":
-                continue
-            u = hash_uniform(seed, at, t.numel())
-            at += t.numel()
-            t.copy_(torch.from_numpy(hashed_value(name, list(t.shape), u).reshape(t.shape)))
-            manifest.append([name, list(t.shape)])
-    return manifest
-
-
 def np32(t):
     return t.detach().cpu().numpy().astype(np.float32)
 
@@ -148,7 +131,7 @@ def kl_case(outdir):
     ae = AutoencoderKL(DDCONFIG, embed_dim=3)
     unet = UNetModel(**UNET)
     ldm = LatentDiffusion(unet, ae, scale_by_std=True, **SCHED).eval()
-    manifest = hashed_fill(ldm, 1)
+    manifest = hashed_fill(ldm, 1, skip=("scale_factor",))
     # The first stage alone as a Lightning-style PyTorch checkpoint (with the loss's tensors, skipped on loading).
     sd = {k: v.clone() for k, v in ae.state_dict().items()}
     sd["loss.logvar"] = torch.zeros(())
@@ -184,7 +167,7 @@ def vq_case(outdir):
     ae = VQModelInterface(dd, n_embed=16, embed_dim=3)
     unet = UNetModel(**UNET)
     ldm = LatentDiffusion(unet, ae, scale_factor=0.7, **SCHED).eval()
-    manifest = hashed_fill(ldm, 4)
+    manifest = hashed_fill(ldm, 4, skip=("scale_factor",))
     g = torch.Generator().manual_seed(6)
     x = torch.rand(2, 1, 16, 16, generator=g) * 2 - 1
     io = {"x": x}

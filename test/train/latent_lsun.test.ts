@@ -15,58 +15,20 @@ import { loadLatentTrainConfig } from '../../src/models/latent_config';
 import { loadLatentModel } from '../../src/models/load';
 import { Generator } from '../../src/tensor/random';
 import { train } from '../../src/train/trainer';
+import { churchesYaml } from '../helpers/configs';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tdq-latent-lsun-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-const churchesYaml = (firstStage: string, txt: string, root: string) => `
-model:
-  base_learning_rate: 5.0e-5
-  target: ldm.models.diffusion.ddpm.LatentDiffusion
-  params:
-    linear_start: 0.0015
-    linear_end: 0.0155
-    num_timesteps_cond: 1
-    log_every_t: 200
-    timesteps: 1000
-    loss_type: l1
-    first_stage_key: image
-    cond_stage_key: image
-    image_size: 8
-    channels: 4
-    cond_stage_trainable: false
-    concat_mode: false
-    scale_by_std: true
-    monitor: val/loss_simple_ema
-    scheduler_config:
-      target: ldm.lr_scheduler.LambdaLinearScheduler
-      params: {warm_up_steps: [2], cycle_lengths: [10000000000000], f_start: [1.0e-6], f_max: [1.0], f_min: [1.0]}
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1], num_res_blocks: 1, channel_mult: [1], num_heads: 2}
-    first_stage_config:
-      target: ldm.models.autoencoder.AutoencoderKL
-      params:
-        embed_dim: 4
-        monitor: val/rec_loss
-        ckpt_path: ${firstStage}
-        ddconfig: {double_z: true, z_channels: 4, resolution: 16, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}
-        lossconfig: {target: torch.nn.Identity}
-    cond_stage_config: __is_unconditional__
-data:
-  target: main.DataModuleFromConfig
-  params:
-    batch_size: 2
-    num_workers: 5
-    wrap: false
-    train:
-      target: ldm.data.lsun.LSUNChurchesTrain
-      params: {size: 16, txt_file: ${txt}, data_root: ${root}}
-lightning:
-  trainer:
-    benchmark: true
-    accumulate_grad_batches: 2
-`;
+const churchesConfig = (firstStage: string, txt: string, root: string) =>
+  churchesYaml({
+    unet: { image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1], num_res_blocks: 1, channel_mult: [1], num_heads: 2 },
+    batchSize: 2,
+    warmUpSteps: 2,
+    firstStageCkpt: firstStage,
+    trainParams: { txt_file: txt, data_root: root },
+    trainer: { benchmark: true, accumulate_grad_batches: 2 },
+  });
 
 describe('latent diffusion training: an upstream lsun_churches-shaped config', () => {
   it('reads data / lightning / scheduler keys as upstream and trains on LSUN-style folders; the checkpoint loads', async () => {
@@ -86,7 +48,7 @@ describe('latent diffusion training: an upstream lsun_churches-shaped config', (
     await writeSafetensors(fsFile, new Map(ae.stateDict()));
     ae.dispose();
     const cfgFile = path.join(tmp, 'churches.yaml');
-    fs.writeFileSync(cfgFile, churchesYaml(fsFile, txt, root));
+    fs.writeFileSync(cfgFile, churchesConfig(fsFile, txt, root));
 
     assert.throws(() => loadLatentTrainConfig(cfgFile), /training\.max_steps: required: upstream leaves the length of a run to Lightning/);
     const config = loadLatentTrainConfig(cfgFile, { overrides: ['training.max_steps=2', 'training.log_every=1'] });

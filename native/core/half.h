@@ -1,11 +1,12 @@
 // IEEE-754 binary16 <-> binary32, round to nearest even (checkpoint storage).
 #pragma once
+#include "hd.h"
 #include <cstdint>
 #include <cstring>
 
 namespace tdq {
 
-inline float half_to_float(uint16_t h) {
+TDQ_HD inline float half_to_float(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
   if (exp == 0) {
@@ -22,7 +23,7 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
-inline uint16_t float_to_half(float f) {
+TDQ_HD inline uint16_t float_to_half(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
   uint32_t sign = (x >> 16) & 0x8000u;

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "../core/half.h"
+#include "../core/saturate.h"
 #include "../core/registry.h"
 
 namespace tdq {
@@ -26,13 +27,6 @@ float load(const Tensor& t, int64_t i) {
   return 0;
 }
 
-template <typename I>
-I saturate(float v) {
-  if (std::isnan(v)) return 0;
-  float lo = static_cast<float>(std::numeric_limits<I>::min()), hi = static_cast<float>(std::numeric_limits<I>::max());
-  return static_cast<I>(std::min(std::max(v, lo), hi));
-}
-
 void cast_cpu(OpCall& c, const ExecContext& ctx) {
   const Tensor& x = c.inputs[0];
   Tensor& y = c.outputs[0];
@@ -47,10 +41,10 @@ void cast_cpu(OpCall& c, const ExecContext& ctx) {
       switch (y.dtype) {
         case DType::f32: y.data<float>()[i] = v; break;
         case DType::f16: y.data<uint16_t>()[i] = float_to_half(v); break;
-        case DType::i8: y.data<int8_t>()[i] = saturate<int8_t>(v); break;
-        case DType::u8: y.data<uint8_t>()[i] = saturate<uint8_t>(v); break;
+        case DType::i8: y.data<int8_t>()[i] = saturate_cast<int8_t>(v); break;
+        case DType::u8: y.data<uint8_t>()[i] = saturate_cast<uint8_t>(v); break;
         case DType::i32:
-          y.data<int32_t>()[i] = x.dtype == DType::i32 ? x.data<int32_t>()[i] : saturate<int32_t>(v);
+          y.data<int32_t>()[i] = x.dtype == DType::i32 ? x.data<int32_t>()[i] : saturate_cast<int32_t>(v);
           break;
       }
     }

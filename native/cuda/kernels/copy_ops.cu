@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "../../core/half.h"
+#include "../../core/saturate.h"
 #include "common.cuh"
 
 namespace tdqcu {
@@ -26,20 +27,15 @@ __device__ inline float load_as_float(const void* p, int dtype, int64_t i) {
     default: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
   }
 }
-template <typename I> __device__ inline I saturate(float v) {
-  if (isnan(v)) return 0;
-  const float lo = static_cast<float>(std::numeric_limits<I>::min()), hi = static_cast<float>(std::numeric_limits<I>::max());
-  return static_cast<I>(fminf(fmaxf(v, lo), hi));
-}
 __global__ void cast_kernel(const void* x, int xt, void* y, int yt, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float v = load_as_float(x, xt, i);
     switch (yt) {
       case 0: static_cast<float*>(y)[i] = v; break;
       case 1: static_cast<uint16_t*>(y)[i] = tdq::float_to_half(v); break;
-      case 2: static_cast<int8_t*>(y)[i] = saturate<int8_t>(v); break;
-      case 3: static_cast<uint8_t*>(y)[i] = saturate<uint8_t>(v); break;
-      default: static_cast<int32_t*>(y)[i] = saturate<int32_t>(v); break;
+      case 2: static_cast<int8_t*>(y)[i] = tdq::saturate_cast<int8_t>(v); break;
+      case 3: static_cast<uint8_t*>(y)[i] = tdq::saturate_cast<uint8_t>(v); break;
+      default: static_cast<int32_t*>(y)[i] = tdq::saturate_cast<int32_t>(v); break;
     }
   }
 }

@@ -20,8 +20,8 @@ import { calibrateWithReport } from '../../quant/calibrate';
 import { type QuantConfig, QuantConfigError, describeConfig, resolveQuantConfig } from '../../quant/config';
 import { type WeightsFormat, saveQuantizedCheckpoint } from '../../quant/weights_format';
 import { type GlobalArgs, CliError } from '../index';
-import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, cliDevice, deviceOption, peekModelConfig } from './preflight';
-import type { DeviceSpec } from '../../tensor/device';
+import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, cliDevice, deviceOption, precisionOption, peekModelConfig } from './preflight';
+import type { DeviceSpec, Precision } from '../../tensor/device';
 
 interface CalibrateArgs extends GlobalArgs {
   ckpt: string;
@@ -45,6 +45,7 @@ interface CalibrateArgs extends GlobalArgs {
   ema: boolean;
   weightsFormat: WeightsFormat;
   device: DeviceSpec;
+  precision: Precision;
 }
 
 /** The quantization config of the command-line flags. */
@@ -80,6 +81,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('steps', { alias: ['custom-steps', 'custom_steps'], type: 'number', defaultDescription: '50', describe: 'sampler steps (each a calibration timestep; an error with ddpm)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('device', deviceOption)
+      .option('precision', precisionOption)
       .option('seed', { type: 'number', default: 0, describe: 'noise seed of the trajectories' })
       .option('keep-fp', { alias: 'keep_fp', type: 'string', array: true, describe: "layers kept in full precision (names or '*' patterns; default: the paper's)" })
       .option('quantize-attention', { alias: 'quantize_attention', type: 'boolean', default: false, describe: 'also quantize the q/k/v inputs of the attention matmuls' })

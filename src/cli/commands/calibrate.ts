@@ -22,6 +22,7 @@ import { type WeightsFormat, saveQuantizedCheckpoint } from '../../quant/weights
 import { type GlobalArgs, CliError } from '../index';
 import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, cliDevice, deviceOption, precisionOption, peekModelConfig } from './preflight';
 import type { DeviceSpec, Precision } from '../../tensor/device';
+import type { Device } from '../../tensor/native';
 
 interface CalibrateArgs extends GlobalArgs {
   ckpt: string;
@@ -103,8 +104,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       if (a.method === 'mse' || a.method === 'minmax') throw new CliError(`--percentile applies to --method percentile (or auto below 8-bit activations), not --method ${a.method}`);
     }
     if (a.config && isLatentDiffusionConfigFile(a.config)) {
-      if (cliDevice(a) !== 'cpu') throw new CliError('--device cuda: latent diffusion models calibrate on the CPU only so far (the first stage is not moved to the GPU yet); use --device cpu');
-      return calibrateLatent(a, quantConfigFromArgs(a));
+      return calibrateLatent(a, quantConfigFromArgs(a), cliDevice(a));
     }
     const peeked = await peekModelConfig(a.ckpt, a.config);
     let steps = a.steps ?? 50;
@@ -169,7 +169,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
  * upstream's keys and the quantization metadata, which `sample --base --ckpt`
  * (loadLatentModel) reads back as a quantized LDM.
  */
-async function calibrateLatent(a: CalibrateArgs, qcfg: QuantConfig): Promise<void> {
+async function calibrateLatent(a: CalibrateArgs, qcfg: QuantConfig, device: Device): Promise<void> {
   let loaded: LoadedLatentModel;
   try {
     loaded = await loadLatentModel(a.ckpt, { config: a.config!, noEma: !a.ema });
@@ -178,6 +178,7 @@ async function calibrateLatent(a: CalibrateArgs, qcfg: QuantConfig): Promise<voi
     throw e;
   }
   const ldm = loaded.model;
+  ldm.to(device); // the whole LDM: the trajectories and the cond stage's contexts run there
   try {
     if (loaded.report.quantized) throw new CliError(`${a.ckpt} is already quantized: calibrate a full-precision checkpoint`);
     const steps = a.sampler === 'ddpm' ? undefined : a.steps ?? 50;

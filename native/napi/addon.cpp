@@ -423,27 +423,33 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     o.Set("maxQueuedBytes", static_cast<double>(d.stream->max_queued_bytes()));
     Napi::Array ops = Napi::Array::New(env);
     uint32_t i = 0;
+    std::string why = tdq::cuda_probe();  // loads and probes libtdq_cuda.so once
     for (const auto& kv : tdq::op_registry()) {
       if (!kv.second.cpu && !kv.second.cuda) continue;
       Napi::Object op = Napi::Object::New(env);
       op.Set("name", kv.first);
       op.Set("cpu", static_cast<bool>(kv.second.cpu));
-      op.Set("cuda", static_cast<bool>(kv.second.cuda));
+      // A CUDA kernel usable here (the dist ops' NCCL kernels are compiled in; they count once a device works).
+      op.Set("cuda", static_cast<bool>(kv.second.cuda) && why.empty());
       ops.Set(i++, op);
     }
     o.Set("ops", ops);
     Napi::Object cuda = Napi::Object::New(env);
-    std::string why = tdq::cuda_probe();  // loads and probes libtdq_cuda.so once
     cuda.Set("built", tdq::cuda_library_found());
     cuda.Set("buildInfo", tdq::cuda_build_info());
     cuda.Set("available", why.empty());
     cuda.Set("reason", why);
     if (why.empty()) {
       // What the library loaded of cuBLAS / cuDNN (or why not), and its options.
-      Napi::Object opts = Napi::Object::New(env);
-      for (const char* k : {"kernels", "precision", "int8"}) opts.Set(k, tdq::cuda_get_option(k));
-      cuda.Set("libraries", tdq::cuda_get_option("libraries"));
-      cuda.Set("options", opts);
+      // info() never throws: a library without the options (an older build) says so instead.
+      try {
+        Napi::Object opts = Napi::Object::New(env);
+        for (const char* k : {"kernels", "precision", "int8"}) opts.Set(k, tdq::cuda_get_option(k));
+        cuda.Set("libraries", tdq::cuda_get_option("libraries"));
+        cuda.Set("options", opts);
+      } catch (const std::exception& e) {
+        cuda.Set("libraries", std::string("unknown (") + e.what() + ")");
+      }
     }
     o.Set("cuda", cuda);
     // MPI: whether this build has it (data-parallel ranks); initialised only by dist_init.

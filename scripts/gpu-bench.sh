@@ -3,7 +3,8 @@
 # without Node.js (issue 15): unpacks the node binary and runtime packages
 # that scripts/pack-gpu-carry.sh put in .gpu-carry/, then
 #   1. tdq-native info (the in-process view and what --device auto picks),
-#   2. the JS CUDA tests (test/cuda/*.test.js) with TDQ_REQUIRE_GPU=1, so that
+#   2. the JS CUDA tests (test/cuda/*.test.js, test/dist/nccl, test/models/
+#      latent_device) with TDQ_REQUIRE_GPU=1, so that
 #      a device that does not work fails instead of skipping,
 #   3. bench/cuda_vs_torch.ts: our CUDA backend against PyTorch eager on the
 #      same GPU (needs python3 with a CUDA build of torch),
@@ -71,7 +72,7 @@ timeout 60 node bin/tdq-native.js info > "$OUT/info.txt" 2>&1
 log "info: $(grep -E '^(cuda|cuda build|device auto):' "$OUT/info.txt" | tr '\n' ';')"
 
 T0=$(date +%s)
-TDQ_REQUIRE_GPU=1 timeout 300 node scripts/run-tests.js test/cuda/ > "$OUT/tests.txt" 2>&1
+TDQ_REQUIRE_GPU=1 timeout 300 node scripts/run-tests.js test/cuda/ test/dist/nccl test/models/latent_device > "$OUT/tests.txt" 2>&1
 TRC=$?
 grep -E '^# (tests|pass|fail|skipped)' "$OUT/tests.txt" | tr '\n' ' ' | sed 's/^/tests: /' | tee -a "$OUT/summary.txt"; echo | tee -a "$OUT/summary.txt"
 grep -E '^not ok|^\s+not ok' "$OUT/tests.txt" | head -20 | tee -a "$OUT/summary.txt"

@@ -11,6 +11,7 @@ import type { LoadedLatentModel } from './models/load_latent';
 import type { LatentDiffusionSpec } from './models/latent_config';
 import { type GeneratedImages, type GenerateOptions, type ProgressReport, runWithProgress } from './pipeline';
 import { full } from './tensor/ops/creation';
+import type { Device } from './tensor/native';
 import type { Generator } from './tensor/random';
 import { fromArray, type Tensor } from './tensor/tensor';
 
@@ -110,7 +111,10 @@ export function planLatentSampling(o: LatentGenerateOptions, m: LatentModelTrait
 
 export class LatentDiffusionPipeline {
   private disposed = false;
-  constructor(readonly loaded: LoadedLatentModel) {}
+  /** The whole LDM (first stage, cond stage, UNet) is moved to `device` here. */
+  constructor(readonly loaded: LoadedLatentModel, readonly device: Device = 'cpu') {
+    if (device !== 'cpu') loaded.model.to(device);
+  }
 
   get model() {
     return this.loaded.model;
@@ -153,8 +157,8 @@ export class LatentDiffusionPipeline {
     let cond: Tensor | undefined, uncond: Tensor | undefined;
     try {
       if (labels && cs) {
-        cond = this.model.getLearnedConditioning({ [cs.key]: fromArray(labels, [b], 'int32') });
-        if (plan.guidance) uncond = this.model.getLearnedConditioning({ [cs.key]: full([b], plan.guidance.uncondClass, 'int32') });
+        cond = this.model.getLearnedConditioning({ [cs.key]: fromArray(labels, [b], 'int32', this.device) });
+        if (plan.guidance) uncond = this.model.getLearnedConditioning({ [cs.key]: full([b], plan.guidance.uncondClass, 'int32', this.device) });
       }
       const [c, h, w] = this.latentShape;
       return await sample(this.model.epsModel(cond, uncond && plan.guidance ? { uncond, scale: plan.guidance.scale } : undefined), {
@@ -165,6 +169,7 @@ export class LatentDiffusionPipeline {
         clipDenoised: plan.clipDenoised,
         ddimDiscretize: plan.ddimDiscretize,
         generator: gen,
+        device: this.device,
         schedule: this.model.schedule,
         signal: extra.signal,
         onProgress: extra.onProgress,

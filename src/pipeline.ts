@@ -13,7 +13,7 @@ import { PixelDiffusion } from './models/diffusion';
 import { LatentDiffusionPipeline } from './latent_pipeline';
 import { type LoadedModel, isLatentDiffusionConfigFile, loadLatentModel, loadModel } from './models/load';
 import { type ExecRequest, applyExec } from './quant/quantize_model';
-import { type DeviceSpec, resolveDevice } from './tensor/device';
+import { type DeviceSpec, type Precision, applyPrecision, resolveDevice } from './tensor/device';
 import { type Device, packageRoot } from './tensor/native';
 import { fromArray, type Tensor } from './tensor/tensor';
 
@@ -40,6 +40,12 @@ export interface LoadOptions {
    * cpu; the reason in pipeline.deviceNote).
    */
   device?: DeviceSpec;
+  /**
+   * On 'cuda': what matmuls and convolutions round their operands to (fp32
+   * accumulation); process-wide, set when given. On 'cpu' only 'fp32'
+   * (anything else throws RangeError rather than being ignored).
+   */
+  precision?: Precision;
 }
 
 export interface GenerateOptions {
@@ -210,6 +216,7 @@ export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptio
   if (exec !== 'auto' && exec !== 'int' && exec !== 'fake') throw new RangeError(`loadPipeline: exec must be 'auto', 'int' or 'fake', got ${JSON.stringify(exec)}`);
   let deviceNote = '';
   const device = resolveDevice(opts.device ?? 'cpu', (line) => (deviceNote = line));
+  if (opts.precision !== undefined) applyPrecision(device, opts.precision);
   const m = await loadModel(ckpt, opts);
   try {
     if (!m.quantized && exec !== 'auto') throw new RangeError(`exec '${exec}': ${ckpt} is a full-precision checkpoint (not quantized)`);
@@ -235,8 +242,10 @@ export async function loadPipeline(ckpt: string = DEFAULT_MODEL, opts: LoadOptio
  * decodes them through the first stage.
  */
 export async function loadLatentPipeline(ckpt: string, opts: LoadOptions & { config: string }): Promise<LatentDiffusionPipeline> {
+  const device = resolveDevice(opts.device ?? 'cpu');
+  if (opts.precision !== undefined) applyPrecision(device, opts.precision);
   const m = await loadLatentModel(ckpt, opts);
-  return new LatentDiffusionPipeline(m);
+  return new LatentDiffusionPipeline(m, device);
 }
 
 /** Whether a config file describes a latent diffusion model (then loadLatentPipeline, not loadPipeline). */

@@ -22,6 +22,7 @@ namespace {
 
 struct Backend {
   const tdq_cuda_api* api = nullptr;  // set only when a device works
+  void* handle = nullptr;             // libtdq_cuda.so, for the symbols beside tdq_cuda_get_api
   bool found = false;
   std::string reason, info;
 };
@@ -100,6 +101,7 @@ Backend load() {
     return b;
   }
   b.found = true;
+  b.handle = h;
   auto get = reinterpret_cast<tdq_cuda_get_api_fn>(dlsym(h, "tdq_cuda_get_api"));
   const tdq_cuda_api* api = get ? get(TDQ_CUDA_ABI_VERSION) : nullptr;
   if (!api) {
@@ -132,7 +134,58 @@ const tdq_cuda_api* api_or_fail() {
   return b.api;
 }
 
+// A symbol exported beside tdq_cuda_get_api (options, NCCL), or a TypeError
+// naming it when the library (an older build) lacks it. Needs a working device.
+template <typename Fn>
+Fn optional_symbol(const char* name) {
+  api_or_fail();
+  auto f = reinterpret_cast<Fn>(dlsym(backend().handle, name));
+  if (!f) fail(ErrorKind::Type, "cuda: ", name, " is missing from libtdq_cuda.so (an older build?); rebuild tdq-native");
+  return f;
+}
+
+void check_call(int rc, const char* what, const char* err) {
+  if (rc) fail(ErrorKind::Range, "cuda ", what, ": ", err);
+}
+
 }  // namespace
+
+void cuda_set_option(const std::string& key, const std::string& value) {
+  char err[1024] = {0};
+  const int rc = optional_symbol<tdq_cuda_set_option_fn>("tdq_cuda_set_option")(key.c_str(), value.c_str(), err, sizeof err);
+  if (rc) fail(ErrorKind::Range, "cuda option '", key, "' = '", value, "': ", err);
+}
+
+std::string cuda_get_option(const std::string& key) {
+  const char* v = optional_symbol<tdq_cuda_get_option_fn>("tdq_cuda_get_option")(key.c_str());
+  if (!v) fail(ErrorKind::Range, "cuda option '", key, "': unknown key (expected kernels, precision, int8 or libraries)");
+  return v;
+}
+
+void cuda_nccl_unique_id(unsigned char* id) {
+  char err[1024] = {0};
+  check_call(optional_symbol<tdq_cuda_nccl_unique_id_fn>("tdq_cuda_nccl_unique_id")(id, err, sizeof err), "nccl unique id", err);
+}
+
+void cuda_nccl_init(const unsigned char* id, int rank, int size) {
+  char err[1024] = {0};
+  check_call(optional_symbol<tdq_cuda_nccl_init_fn>("tdq_cuda_nccl_init")(id, rank, size, err, sizeof err), "nccl init", err);
+}
+
+void cuda_nccl_allreduce_sum(float* data, size_t n) {
+  char err[1024] = {0};
+  check_call(optional_symbol<tdq_cuda_nccl_allreduce_sum_fn>("tdq_cuda_nccl_allreduce_sum")(data, n, err, sizeof err), "nccl allreduce", err);
+}
+
+void cuda_nccl_broadcast(void* data, size_t bytes, int root) {
+  char err[1024] = {0};
+  check_call(optional_symbol<tdq_cuda_nccl_broadcast_fn>("tdq_cuda_nccl_broadcast")(data, bytes, root, err, sizeof err), "nccl broadcast", err);
+}
+
+std::string cuda_nccl_info() {
+  const char* v = optional_symbol<tdq_cuda_nccl_info_fn>("tdq_cuda_nccl_info")();
+  return v ? v : "";
+}
 
 std::string cuda_probe() { return backend().reason; }
 void cuda_require() { api_or_fail(); }
@@ -158,6 +211,7 @@ static void copy(void* dst, const void* src, size_t bytes, int kind) {
 }
 void cuda_memcpy_h2d(void* dst, const void* src, size_t bytes) { copy(dst, src, bytes, TDQ_CU_H2D); }
 void cuda_memcpy_d2h(void* dst, const void* src, size_t bytes) { copy(dst, src, bytes, TDQ_CU_D2H); }
+void cuda_memcpy_d2d(void* dst, const void* src, size_t bytes) { copy(dst, src, bytes, TDQ_CU_D2D); }
 
 bool cuda_memory_stats(size_t* allocated, size_t* cached, size_t* device_free, size_t* device_total) {
   const tdq_cuda_api* api = backend().api;

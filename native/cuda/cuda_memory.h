@@ -11,7 +11,20 @@ void* cuda_malloc(size_t bytes);  // RangeError "out of memory: ..." when the de
 void cuda_free(void* p);          // back to the backend's cache at once
 void cuda_memcpy_h2d(void* dst, const void* src, size_t bytes);
 void cuda_memcpy_d2h(void* dst, const void* src, size_t bytes);
+void cuda_memcpy_d2d(void* dst, const void* src, size_t bytes);  // ordered on the backend's stream
 void cuda_synchronize();
+// The library's run-time options (tdq_cuda_set_option / _get_option in
+// tdq_cuda_api.h: kernels, precision, int8; get also "libraries"). Need a
+// working device; RangeError naming key, value and the library's reason.
+void cuda_set_option(const std::string& key, const std::string& value);
+std::string cuda_get_option(const std::string& key);
+// NCCL through the library (tdq_cuda_nccl_* in tdq_cuda_api.h): RangeError
+// with the library's reason when NCCL is absent or a call fails.
+void cuda_nccl_unique_id(unsigned char* id);  // TDQ_CUDA_NCCL_ID_BYTES bytes
+void cuda_nccl_init(const unsigned char* id, int rank, int size);
+void cuda_nccl_allreduce_sum(float* data, size_t n);  // in place, device memory, on the stream
+void cuda_nccl_broadcast(void* data, size_t bytes, int root);
+std::string cuda_nccl_info();
 // Empty string when a device works; otherwise why not (no library, no driver,
 // no device...). Loads and probes the backend once; later calls are cheap.
 std::string cuda_probe();

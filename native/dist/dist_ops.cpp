@@ -13,6 +13,13 @@
 //                                   allreduces (dist_allreduce_ and _wait_), their count
 //   dist_allgather(x (n))           -> (size, n): every rank's x in rank order
 //   dist_barrier()                  -> int32 (1): 0 once every rank has reached it
+//   dist_nccl_init()                -> int32 (1): 1 once this rank has joined the NCCL
+//                                   communicator (after dist_init: rank 0 makes the id,
+//                                   MPI broadcasts it, every rank joins on its device);
+//                                   the first collective of device tensors does it too
+// On tensors of device 'cuda', dist_allreduce_ / _start_ / _wait_ and dist_broadcast_
+// run over NCCL on the device buffers (queued on the backend's stream, in order with
+// the kernels that made the gradients); MPI only carried NCCL's id.
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -22,6 +29,8 @@
 #include <vector>
 
 #include "../core/registry.h"
+#include "../cuda/cuda_memory.h"
+#include "../cuda/tdq_cuda_api.h"
 #include "comm.h"
 
 namespace tdq {
@@ -177,14 +186,122 @@ void barrier_cpu(OpCall& c, const ExecContext&) {
   c.outputs[0].data<int32_t>()[0] = 0;
 }
 
+// --- NCCL, on device tensors -------------------------------------------------
+
+
+std::atomic<bool> g_nccl{false};
+
+std::vector<TensorMeta> infer_nccl_init(const std::vector<Tensor>&, const Attrs&) { return {{{1}, DType::i32}}; }
+
+// Joins NCCL once: rank 0 makes the id, MPI broadcasts it, every rank joins
+// on its device (the backend's first visible one). Every rank must get here
+// at the same collective.
+void join_nccl() {
+  if (!g_nccl) {
+    const dist::Info& i = dist::info();
+    if (!i.initialized) fail(ErrorKind::Runtime, "dist_nccl_init: the communicator is not initialised (dist_init first)");
+    unsigned char id[TDQ_CUDA_NCCL_ID_BYTES] = {0};
+    if (i.rank == 0) cuda_nccl_unique_id(id);
+    if (i.size > 1) dist::broadcast(id, sizeof id, 0);
+    cuda_nccl_init(id, i.rank, i.size);
+    g_nccl = true;
+  }
+}
+
+void nccl_init_cpu(OpCall& c, const ExecContext&) {
+  join_nccl();
+  c.outputs[0].data<int32_t>()[0] = 1;
+}
+
+// The collectives of device tensors join NCCL on first use (the same collective on every rank).
+void require_nccl(const Attrs&) { join_nccl(); }
+
+// All tensors in one device buffer (one NCCL call per bucket). (total)
+Tensor pack_cuda(const std::vector<Tensor>& in, const ExecContext& ctx) {
+  int64_t total = 0;
+  for (const Tensor& t : in) total += t.numel();
+  Tensor buf = alloc_tensor({total}, DType::f32, Device::cuda, ctx.counter);
+  int64_t off = 0;
+  for (const Tensor& t : in) {
+    cuda_memcpy_d2d(buf.f32() + off, t.f32(), t.nbytes());
+    off += t.numel();
+  }
+  return buf;
+}
+
+// buf (times 1/size for the mean, by the backend's mul kernel) back into the tensors.
+void unpack_cuda(Tensor& buf, std::vector<Tensor>& out, bool mean, const ExecContext& ctx) {
+  if (mean) {
+    Tensor scale = alloc_tensor({1}, DType::f32, Device::cuda, ctx.counter);
+    const float inv = 1.0f / static_cast<float>(dist::info().size);
+    cuda_memcpy_h2d(scale.f32(), &inv, sizeof inv);
+    const OpDef& mul = find_op("mul");
+    if (!mul.cuda) fail(ErrorKind::Runtime, "dist: the CUDA backend has no 'mul' kernel for the mean of an allreduce");
+    OpCall call;
+    call.inputs = {buf, scale};
+    call.attrs.op = "mul";
+    call.outputs = {buf};
+    mul.cuda(call, ctx);
+  }
+  int64_t off = 0;
+  for (Tensor& t : out) {
+    cuda_memcpy_d2d(t.f32(), buf.f32() + off, t.nbytes());
+    off += t.numel();
+  }
+}
+
+void allreduce_cuda(OpCall& c, const ExecContext& ctx) {
+  require_nccl(c.attrs);
+  Tensor buf = pack_cuda(c.inputs, ctx);
+  cuda_nccl_allreduce_sum(buf.f32(), static_cast<size_t>(buf.numel()));
+  unpack_cuda(buf, c.inputs, c.attrs.get_int("mean", 0) != 0, ctx);
+}
+
+// Started buckets on the device: their packed buffers, summed in stream order.
+std::map<int64_t, Tensor> g_pending_cuda;
+
+void start_cuda(OpCall& c, const ExecContext& ctx) {
+  require_nccl(c.attrs);
+  const int64_t bucket = c.attrs.get_int("bucket", -1);
+  std::lock_guard<std::mutex> lk(g_pending_mutex);
+  if (g_pending_cuda.count(bucket)) fail(ErrorKind::Runtime, "dist_allreduce_start_: bucket ", bucket, " was started and not waited for (dist_allreduce_wait_)");
+  Tensor buf = pack_cuda(c.inputs, ctx);
+  cuda_nccl_allreduce_sum(buf.f32(), static_cast<size_t>(buf.numel()));
+  g_pending_cuda[bucket] = buf;
+}
+
+void wait_cuda(OpCall& c, const ExecContext& ctx) {
+  const int64_t bucket = c.attrs.get_int("bucket", -1);
+  Tensor buf;
+  {
+    std::lock_guard<std::mutex> lk(g_pending_mutex);
+    auto it = g_pending_cuda.find(bucket);
+    if (it == g_pending_cuda.end()) fail(ErrorKind::Runtime, "dist_allreduce_wait_: bucket ", bucket, " was not started (dist_allreduce_start_)");
+    buf = it->second;
+    g_pending_cuda.erase(it);
+  }
+  int64_t total = 0;
+  for (const Tensor& t : c.inputs) total += t.numel();
+  if (total != buf.numel()) fail(ErrorKind::Range, "dist_allreduce_wait_: bucket ", bucket, " started with ", buf.numel(), " floats, waited for with ", total);
+  unpack_cuda(buf, c.inputs, c.attrs.get_int("mean", 0) != 0, ctx);
+}
+
+void broadcast_cuda(OpCall& c, const ExecContext&) {
+  require_nccl(c.attrs);
+  const int root = static_cast<int>(c.attrs.get_int("root", 0));
+  if (root >= dist::info().size) fail(ErrorKind::Range, "dist_broadcast_: root ", root, " is not a rank of ", dist::info().size);
+  for (Tensor& t : c.inputs) cuda_nccl_broadcast(t.storage->data, t.nbytes(), root);
+}
+
 }  // namespace
 
 TDQ_REGISTER_OP({"dist_init", 0, 0, infer_init, init_cpu, {}});
-TDQ_REGISTER_OP({"dist_allreduce_", 1, 1 << 20, infer_allreduce, allreduce_cpu, {}});
-TDQ_REGISTER_OP({"dist_allreduce_start_", 1, 1 << 20, infer_start, start_cpu, {}});
-TDQ_REGISTER_OP({"dist_allreduce_wait_", 1, 1 << 20, infer_wait, wait_cpu, {}});
+TDQ_REGISTER_OP({"dist_allreduce_", 1, 1 << 20, infer_allreduce, allreduce_cpu, allreduce_cuda});
+TDQ_REGISTER_OP({"dist_allreduce_start_", 1, 1 << 20, infer_start, start_cpu, start_cuda});
+TDQ_REGISTER_OP({"dist_allreduce_wait_", 1, 1 << 20, infer_wait, wait_cpu, wait_cuda});
 TDQ_REGISTER_OP({"dist_stats", 0, 0, infer_stats, stats_cpu, {}});
-TDQ_REGISTER_OP({"dist_broadcast_", 1, 1 << 20, infer_broadcast, broadcast_cpu, {}});
+TDQ_REGISTER_OP({"dist_broadcast_", 1, 1 << 20, infer_broadcast, broadcast_cpu, broadcast_cuda});
+TDQ_REGISTER_OP({"dist_nccl_init", 0, 0, infer_nccl_init, nccl_init_cpu, {}});
 TDQ_REGISTER_OP({"dist_allgather", 1, 1, infer_allgather, allgather_cpu, {}});
 TDQ_REGISTER_OP({"dist_barrier", 0, 0, infer_barrier, barrier_cpu, {}});
 

@@ -423,21 +423,34 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     o.Set("maxQueuedBytes", static_cast<double>(d.stream->max_queued_bytes()));
     Napi::Array ops = Napi::Array::New(env);
     uint32_t i = 0;
+    std::string why = tdq::cuda_probe();  // loads and probes libtdq_cuda.so once
     for (const auto& kv : tdq::op_registry()) {
       if (!kv.second.cpu && !kv.second.cuda) continue;
       Napi::Object op = Napi::Object::New(env);
       op.Set("name", kv.first);
       op.Set("cpu", static_cast<bool>(kv.second.cpu));
-      op.Set("cuda", static_cast<bool>(kv.second.cuda));
+      // A CUDA kernel usable here (the dist ops' NCCL kernels are compiled in; they count once a device works).
+      op.Set("cuda", static_cast<bool>(kv.second.cuda) && why.empty());
       ops.Set(i++, op);
     }
     o.Set("ops", ops);
     Napi::Object cuda = Napi::Object::New(env);
-    std::string why = tdq::cuda_probe();  // loads and probes libtdq_cuda.so once
     cuda.Set("built", tdq::cuda_library_found());
     cuda.Set("buildInfo", tdq::cuda_build_info());
     cuda.Set("available", why.empty());
     cuda.Set("reason", why);
+    if (why.empty()) {
+      // What the library loaded of cuBLAS / cuDNN (or why not), and its options.
+      // info() never throws: a library without the options (an older build) says so instead.
+      try {
+        Napi::Object opts = Napi::Object::New(env);
+        for (const char* k : {"kernels", "precision", "int8"}) opts.Set(k, tdq::cuda_get_option(k));
+        cuda.Set("libraries", tdq::cuda_get_option("libraries"));
+        cuda.Set("options", opts);
+      } catch (const std::exception& e) {
+        cuda.Set("libraries", std::string("unknown (") + e.what() + ")");
+      }
+    }
     o.Set("cuda", cuda);
     // MPI: whether this build has it (data-parallel ranks); initialised only by dist_init.
     o.Set("mpi", Napi::Boolean::New(env, tdq::dist::mpi_built()));
@@ -485,6 +498,23 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
       tdq::fail(tdq::ErrorKind::Range, "setThreads: threads must be an integer from 1 to 256");
     env_data(info.Env()).stream->set_threads(static_cast<int>(n));
     return info.Env().Undefined();
+  });
+}
+
+// The CUDA library's run-time options (tdq_cuda_set_option): TypeError when no device works.
+Napi::Value CudaSetOption(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString())
+      tdq::fail(tdq::ErrorKind::Type, "cudaSetOption: expected (key: string, value: string)");
+    tdq::cuda_set_option(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value());
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value CudaGetOption(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsString()) tdq::fail(tdq::ErrorKind::Type, "cudaGetOption: expected (key: string)");
+    return Napi::String::New(info.Env(), tdq::cuda_get_option(info[0].As<Napi::String>().Utf8Value()));
   });
 }
 
@@ -578,6 +608,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("memory", Napi::Function::New(env, Memory));
   exports.Set("resetPeakMemory", Napi::Function::New(env, ResetPeakMemory));
   exports.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
+  exports.Set("cudaSetOption", Napi::Function::New(env, CudaSetOption));
+  exports.Set("cudaGetOption", Napi::Function::New(env, CudaGetOption));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setCpuLevel", Napi::Function::New(env, SetCpuLevel));
   exports.Set("setSynchronous", Napi::Function::New(env, SetSynchronous));

@@ -1,7 +1,11 @@
 // The communicator of data-parallel runs: which rank this process is, and the
 // collectives training needs. Over MPI (the native dist_* ops, run on the
-// engine's stream in queue order), or a single process. The interface is what
-// a NCCL communicator for the CUDA backend would implement too.
+// engine's stream in queue order), or a single process. Collectives of tensors
+// on device 'cuda' go over NCCL on the device buffers (the native ops' CUDA
+// kernels): the first one joins the NCCL communicator (dist_nccl_init: rank 0
+// makes NCCL's id, MPI broadcasts it), so every rank must reach it, as every
+// collective. Each rank of a launched run sees one GPU (pinLocalDevice).
+import { pinLocalDevice } from '../tensor/device';
 import { reshape } from '../tensor/ops/elementwise';
 import { type Tensor, fromArray, runOp, runOp1 } from '../tensor/tensor';
 
@@ -12,8 +16,10 @@ export interface PendingAllreduce {
 export interface Communicator {
   readonly rank: number;
   readonly size: number;
-  /** What runs the collectives ('local' for one process). */
+  /** What runs the collectives ('local' for one process); tensors on 'cuda' go over NCCL, set up by MPI. */
   readonly backend: 'mpi' | 'local';
+  /** Whether this rank has joined the NCCL communicator (its first collective of 'cuda' tensors does). */
+  readonly nccl?: boolean;
   /** In place: the mean over ranks of each tensor (one message for all of them). */
   allreduceMean(tensors: readonly Tensor[]): void;
   /**
@@ -47,13 +53,20 @@ export class LocalCommunicator implements Communicator {
 
 class MpiCommunicator implements Communicator {
   readonly backend = 'mpi' as const;
+  nccl = false;
   constructor(readonly rank: number, readonly size: number) {}
+  /** Notes NCCL: the native collective of device tensors joins it first (an error there is the collective's). */
+  private onDevice(tensors: readonly Tensor[]): void {
+    if (!this.nccl && tensors.some((t) => t.device === 'cuda')) this.nccl = true;
+  }
   allreduceMean(tensors: readonly Tensor[]): void {
+    this.onDevice(tensors);
     if (tensors.length) runOp('dist_allreduce_', [...tensors], { mean: 1 });
   }
   private nextBucket = 0;
   startAllreduceMean(tensors: readonly Tensor[]): PendingAllreduce {
     if (!tensors.length) return { wait() {} };
+    this.onDevice(tensors);
     const bucket = this.nextBucket++ % 2 ** 30, held = [...tensors];
     runOp('dist_allreduce_start_', held, { bucket });
     let waited = false;
@@ -66,6 +79,7 @@ class MpiCommunicator implements Communicator {
     };
   }
   broadcast(tensors: readonly Tensor[], root = 0): void {
+    this.onDevice(tensors);
     if (tensors.length) runOp('dist_broadcast_', [...tensors], { root });
   }
   allgather(x: Tensor): Tensor {
@@ -99,6 +113,7 @@ export function initCommunicator(opts: { mpi?: boolean } = {}): Promise<Communic
   world = (async () => {
     if (!wanted) return new LocalCommunicator();
     deterministicAllreduce();
+    pinLocalDevice();
     const info = runOp1('dist_init', []);
     const [built, rank, size] = Array.from((await info.data()) as Int32Array);
     info.dispose();

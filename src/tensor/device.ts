@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { type Device, packageRoot } from './native';
+import { type Device, native, packageRoot } from './native';
 
 export type DeviceSpec = Device | 'auto';
 export const DEVICE_SPECS: readonly DeviceSpec[] = ['auto', 'cuda', 'cpu'];
@@ -185,4 +185,61 @@ export function resolveDevice(spec: DeviceSpec | undefined = 'cpu', log?: (line:
   if (spec === 'cuda') throw new DeviceUnavailableError(p.reason, p.tried, fixFor(p.reason));
   log?.(`device: cpu (auto: cuda unavailable: ${p.reason})`);
   return 'cpu';
+}
+
+/** What matmuls and convolutions round their operands to (fp32 accumulation, float32 tensors): the CUDA library's 'precision' option. */
+export type Precision = 'fp32' | 'fp16' | 'bf16';
+export const PRECISIONS: readonly Precision[] = ['fp32', 'fp16', 'bf16'];
+
+export function parsePrecision(s: string): Precision {
+  if ((PRECISIONS as readonly string[]).includes(s)) return s as Precision;
+  throw new RangeError(`precision '${s}': expected one of ${PRECISIONS.join(', ')}`);
+}
+
+/**
+ * Sets the precision of the CUDA backend (process-wide) for a run on `device`.
+ * On the CPU only 'fp32' is accepted: the CPU engine computes in float32 (its
+ * reduced precision is the integer path of quantized models), and a request
+ * it would ignore is an error rather than a silent no-op.
+ */
+export function applyPrecision(device: Device, precision: Precision = 'fp32'): void {
+  parsePrecision(precision);
+  if (device === 'cpu') {
+    if (precision !== 'fp32') throw new RangeError(`precision '${precision}' needs device 'cuda': the CPU engine computes in fp32 (use --precision fp32, or --device cuda)`);
+    return;
+  }
+  native().cudaSetOption('precision', precision);
+}
+
+/**
+ * For a rank of a multi-process run on one machine with several GPUs: the
+ * CUDA_VISIBLE_DEVICES value that gives it GPU (local rank mod GPU count), so
+ * every rank's backend (which uses its first visible device) and NCCL get
+ * their own. Undefined when nothing is to pin (not launched by MPI, one GPU
+ * or none). `visible`: the CUDA_VISIBLE_DEVICES the launcher set, if any;
+ * `count`: the GPUs the driver lists.
+ */
+export function localDevicePin(env: NodeJS.ProcessEnv, count: number): string | undefined {
+  const v = env.OMPI_COMM_WORLD_LOCAL_RANK ?? env.MPI_LOCALRANKID ?? env.PMIX_LOCAL_RANK ?? env.MV2_COMM_WORLD_LOCAL_RANK;
+  const local = v === undefined ? NaN : Number(v);
+  if (!Number.isInteger(local) || local < 0) return undefined;
+  const visible = env.CUDA_VISIBLE_DEVICES?.split(',').map((d) => d.trim()).filter((d) => d !== '');
+  const ids = visible ?? Array.from({ length: count }, (_, i) => String(i));
+  if (ids.length < 2) return undefined;
+  return ids[local % ids.length];
+}
+
+/** GPUs the NVIDIA driver lists (/proc/driver/nvidia/gpus), without loading CUDA. */
+export function driverGpuCount(): number {
+  try {
+    return fs.readdirSync('/proc/driver/nvidia/gpus').length;
+  } catch {
+    return 0;
+  }
+}
+
+/** Applies localDevicePin to this process before CUDA is first loaded (by the communicator of a launched run). */
+export function pinLocalDevice(env: NodeJS.ProcessEnv = process.env): void {
+  const pin = localDevicePin(env, driverGpuCount());
+  if (pin !== undefined) env.CUDA_VISIBLE_DEVICES = pin;
 }

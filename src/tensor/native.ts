@@ -36,7 +36,11 @@ export interface EngineInfo {
   threads: number;
   maxQueuedBytes: number;
   ops: OpInfo[];
-  cuda: { built: boolean; available: boolean; reason: string; /** the CUDA library's build (CUDA version, architectures, cuBLAS/cuDNN); '' when not built */ buildInfo?: string };
+  cuda: { built: boolean; available: boolean; reason: string; /** the CUDA library's build (CUDA version, architectures, cuBLAS/cuDNN); '' when not built */ buildInfo?: string;
+    /** Only when available: what was loaded of cuBLAS / cuDNN (or why not), one line. */
+    libraries?: string;
+    /** Only when available: the library's options (kernels, precision, int8). */
+    options?: { kernels: string; precision: string; int8: string } };
   /** Built with MPI (data-parallel ranks). */
   mpi: boolean;
 }
@@ -58,6 +62,9 @@ export interface NativeBinding {
    * loads the backend when not yet loaded: call it after choosing 'cuda').
    */
   cudaMemory(): { allocated: number; cached: number; deviceFree: number; deviceTotal: number } | null;
+  /** The CUDA library's run-time options (kernels, precision, int8); TypeError when no device works, RangeError for a bad key or value. */
+  cudaSetOption(key: 'kernels' | 'precision' | 'int8', value: string): void;
+  cudaGetOption(key: 'kernels' | 'precision' | 'int8' | 'libraries'): string;
   setThreads(n: number): void;
   setCpuLevel(level: 'scalar' | 'avx2' | 'avx512'): void;
   setSynchronous(on: boolean): void;

@@ -32,7 +32,7 @@ import { backward } from '../tensor/autograd';
 import { tidy } from '../tensor/scope';
 import { scale } from '../tensor/ops/elementwise';
 import { Generator, type GeneratorState } from '../tensor/random';
-import { type DeviceSpec, resolveDevice } from '../tensor/device';
+import { type DeviceSpec, type Precision, applyPrecision, resolveDevice } from '../tensor/device';
 import { type Device, type Tensor, fromArray } from '../tensor/tensor';
 import { TrainLogger } from './log';
 import type { TrainingState } from './checkpoint';
@@ -62,6 +62,8 @@ export interface TrainOptions {
    * cpu, quietly: probeCuda() says why).
    */
   device?: DeviceSpec;
+  /** On 'cuda': the operands' rounding of matmuls and convolutions (process-wide, set when given); on 'cpu' only 'fp32'. */
+  precision?: Precision;
   /** A pixel config (src/config), or an upstream LatentDiffusion config (loadLatentTrainConfig). */
   config: Config | LatentTrainConfig | AutoencoderTrainConfig;
   /**
@@ -273,6 +275,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   if (!NAN_POLICIES.includes(onNan)) throw new RangeError(`onNan must be one of ${NAN_POLICIES.join(', ')}, got ${JSON.stringify(onNan)}`);
   // Before anything is written: an unavailable 'cuda' fails here.
   const device = resolveDevice(opts.device ?? 'cpu');
+  if (opts.precision !== undefined) applyPrecision(device, opts.precision);
 
   // The checkpoint to continue from, and whether it continues this folder's run.
   const resumeIsDir = !!opts.resume && fs.existsSync(opts.resume) && fs.statSync(opts.resume).isDirectory();

@@ -20,8 +20,9 @@ import { calibrateWithReport } from '../../quant/calibrate';
 import { type QuantConfig, QuantConfigError, describeConfig, resolveQuantConfig } from '../../quant/config';
 import { type WeightsFormat, saveQuantizedCheckpoint } from '../../quant/weights_format';
 import { type GlobalArgs, CliError } from '../index';
-import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, cliDevice, deviceOption, peekModelConfig } from './preflight';
-import type { DeviceSpec } from '../../tensor/device';
+import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, cliDevice, deviceOption, precisionOption, peekModelConfig } from './preflight';
+import type { DeviceSpec, Precision } from '../../tensor/device';
+import type { Device } from '../../tensor/native';
 
 interface CalibrateArgs extends GlobalArgs {
   ckpt: string;
@@ -45,6 +46,7 @@ interface CalibrateArgs extends GlobalArgs {
   ema: boolean;
   weightsFormat: WeightsFormat;
   device: DeviceSpec;
+  precision: Precision;
 }
 
 /** The quantization config of the command-line flags. */
@@ -80,6 +82,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       .option('steps', { alias: ['custom-steps', 'custom_steps'], type: 'number', defaultDescription: '50', describe: 'sampler steps (each a calibration timestep; an error with ddpm)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('device', deviceOption)
+      .option('precision', precisionOption)
       .option('seed', { type: 'number', default: 0, describe: 'noise seed of the trajectories' })
       .option('keep-fp', { alias: 'keep_fp', type: 'string', array: true, describe: "layers kept in full precision (names or '*' patterns; default: the paper's)" })
       .option('quantize-attention', { alias: 'quantize_attention', type: 'boolean', default: false, describe: 'also quantize the q/k/v inputs of the attention matmuls' })
@@ -101,8 +104,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
       if (a.method === 'mse' || a.method === 'minmax') throw new CliError(`--percentile applies to --method percentile (or auto below 8-bit activations), not --method ${a.method}`);
     }
     if (a.config && isLatentDiffusionConfigFile(a.config)) {
-      if (cliDevice(a) !== 'cpu') throw new CliError('--device cuda: latent diffusion models calibrate on the CPU only so far (the first stage is not moved to the GPU yet); use --device cpu');
-      return calibrateLatent(a, quantConfigFromArgs(a));
+      return calibrateLatent(a, quantConfigFromArgs(a), cliDevice(a));
     }
     const peeked = await peekModelConfig(a.ckpt, a.config);
     let steps = a.steps ?? 50;
@@ -167,7 +169,7 @@ export const calibrateCommand: CommandModule<GlobalArgs, CalibrateArgs> = {
  * upstream's keys and the quantization metadata, which `sample --base --ckpt`
  * (loadLatentModel) reads back as a quantized LDM.
  */
-async function calibrateLatent(a: CalibrateArgs, qcfg: QuantConfig): Promise<void> {
+async function calibrateLatent(a: CalibrateArgs, qcfg: QuantConfig, device: Device): Promise<void> {
   let loaded: LoadedLatentModel;
   try {
     loaded = await loadLatentModel(a.ckpt, { config: a.config!, noEma: !a.ema });
@@ -176,6 +178,7 @@ async function calibrateLatent(a: CalibrateArgs, qcfg: QuantConfig): Promise<voi
     throw e;
   }
   const ldm = loaded.model;
+  ldm.to(device); // the whole LDM: the trajectories and the cond stage's contexts run there
   try {
     if (loaded.report.quantized) throw new CliError(`${a.ckpt} is already quantized: calibrate a full-precision checkpoint`);
     const steps = a.sampler === 'ddpm' ? undefined : a.steps ?? 50;

@@ -30,11 +30,12 @@ import type { Communicator } from '../../dist/communicator';
 import { CliError, type GlobalArgs, packageVersion } from '../index';
 import { type LaunchArgs, launchOptions, rankOrLaunch, requestedProcs } from '../launch';
 import { protocolEval, protocolProblem } from './eval_protocol';
-import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, cliDevice, deviceOption, peekModelConfig } from './preflight';
-import type { DeviceSpec } from '../../tensor/device';
+import { checkCount, checkMemory, checkSamplerFlags, maxMemoryOption, cliDevice, deviceOption, precisionOption, peekModelConfig } from './preflight';
+import type { DeviceSpec, Precision } from '../../tensor/device';
 
 interface EvalArgs extends GlobalArgs, LaunchArgs {
   device: DeviceSpec;
+  precision: Precision;
   samples?: string;
   ckpt?: string;
   config?: string;
@@ -133,6 +134,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('ddim-discretize', { choices: DDIM_DISCRETIZE, defaultDescription: 'uniform', describe: 'ddim / plms timestep layout for --ckpt: uniform, linspace or trailing (exactly --steps for any count), quad' })
       .option('max-memory', maxMemoryOption)
       .option('device', { ...deviceOption, describe: `${deviceOption.describe}; for sampling --ckpt (the feature network runs on the CPU)` })
+      .option('precision', precisionOption)
       .option('exec', { choices: ['int', 'fake'] as const, defaultDescription: 'int where every quantized layer has an integer kernel, else fake', describe: 'Quantized --ckpt: integer kernels (int) or fake quantization in float (fake), as sample --exec' })
       .option('sample-seed', { type: 'number', default: 0, describe: 'Noise seed for --ckpt' })
       .option('dataset', { type: 'string', describe: "Reference images: a folder of PNGs, or 'fashion-mnist'" })

@@ -49,6 +49,8 @@ export function formatInfo(info: EngineInfo, version: string, probe?: CudaProbe)
     `threads: ${info.threads}`,
     `cuda: ${cudaLine(info.cuda)}`,
     ...(info.cuda.buildInfo ? [`cuda build: ${info.cuda.buildInfo}`] : []),
+    ...(info.cuda.libraries ? [`cuda libraries: ${info.cuda.libraries}`] : []),
+    ...(info.cuda.options ? [`cuda options: ${Object.entries(info.cuda.options).map(([k, v]) => `${k}=${v}`).join(' ')}`] : []),
     ...(probe ? [autoLine(probe)] : []),
     `mpi: ${info.mpi ? 'built in: data-parallel with --nproc N or mpirun -np N' : 'not built (apt-get install libopenmpi-dev openmpi-bin, then npm run build:native)'}`,
     `ops: ${ops.length} (${ops.filter((o) => o.cpu).length} on cpu, ${cudaOps} on cuda${cudaOps ? ', marked *' : ''})`,

@@ -10,7 +10,7 @@ import { type Config, ConfigError, loadConfig, parseConfig } from '../../config'
 import { uniformLayout, uniformLayoutMessage, type DdimDiscretize, type SamplerName } from '../../diffusion/samplers';
 import { inspectSafetensors } from '../../io/safetensors';
 import { MemoryLimitError, checkRunMemory, estimateRunMemory, memoryLimit } from '../../models/memory';
-import { type DeviceSpec, DEVICE_SPECS, resolveDevice } from '../../tensor/device';
+import { type DeviceSpec, DEVICE_SPECS, type Precision, PRECISIONS, applyPrecision, resolveDevice } from '../../tensor/device';
 import type { Device } from '../../tensor/native';
 import { CliError } from '../index';
 
@@ -21,9 +21,23 @@ export const deviceOption = {
   describe: "where the model runs: cpu, cuda (an error naming the reason when no GPU works) or auto (cuda when a probe in a child process passes, else cpu; the reason under --verbose and in 'tdq-native info')",
 } as const;
 
-/** --device resolved; under --verbose the choice and its reason go to stderr. */
-export function cliDevice(a: { device?: DeviceSpec; verbose: boolean }): Device {
-  return resolveDevice(a.device ?? 'cpu', a.verbose ? (line) => console.warn(`tdq-native: ${line}`) : undefined);
+/** The --precision option of train, sample, calibrate and eval. */
+export const precisionOption = {
+  choices: PRECISIONS,
+  default: 'fp32' as Precision,
+  describe: 'what matmuls and convolutions round their operands to on the GPU (fp32 accumulation): fp32, fp16 or bf16; the CPU computes in fp32 only (anything else is an error there)',
+} as const;
+
+/** --device resolved and --precision applied to it (CliError for a precision the device cannot honour); under --verbose the choice and its reason go to stderr. */
+export function cliDevice(a: { device?: DeviceSpec; precision?: Precision; verbose: boolean }): Device {
+  const device = resolveDevice(a.device ?? 'cpu', a.verbose ? (line) => console.warn(`tdq-native: ${line}`) : undefined);
+  try {
+    applyPrecision(device, a.precision ?? 'fp32');
+  } catch (e) {
+    if (e instanceof RangeError) throw new CliError(`--precision ${a.precision}: ${e.message}`);
+    throw e;
+  }
+  return device;
 }
 
 /** The --max-memory option, shared by the commands that sample. */

@@ -21,8 +21,8 @@ import { Generator } from '../../tensor/random';
 import { fromArray } from '../../tensor/tensor';
 import { type GlobalArgs, CliError } from '../index';
 import { type LaunchArgs, launchOptions, rankOrLaunch } from '../launch';
-import { checkCount, checkMemory, checkSamplerFlags, lineProgress, maxMemoryOption, cliDevice, deviceOption, peekModelConfig, probeWritableDir } from './preflight';
-import type { DeviceSpec } from '../../tensor/device';
+import { checkCount, checkMemory, checkSamplerFlags, lineProgress, maxMemoryOption, cliDevice, deviceOption, precisionOption, peekModelConfig, probeWritableDir } from './preflight';
+import type { DeviceSpec, Precision } from '../../tensor/device';
 
 /** grid.png shows at most this many images (the first ones). */
 export const MAX_GRID_IMAGES = 256;
@@ -52,6 +52,7 @@ interface SampleArgs extends GlobalArgs, LaunchArgs {
   ema: boolean;
   exec?: 'int' | 'fake';
   device: DeviceSpec;
+  precision: Precision;
 }
 
 export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
@@ -80,6 +81,7 @@ export const sampleCommand: CommandModule<GlobalArgs, SampleArgs> = {
       .option('clip-denoised', { type: 'boolean', describe: 'clamp the predicted x_0 to [-1, 1] at every step, all samplers (default: pixel models model.params.clip_denoised of the config, true as LDM; latent models only with ddpm, as upstream)' })
       .option('max-memory', { alias: 'max_memory', ...maxMemoryOption })
       .option('device', deviceOption)
+      .option('precision', precisionOption)
       .option('progress', { type: 'boolean', default: true, describe: 'show progress on stderr (a bar on a terminal, else a line per batch)' })
       .option('exec', { choices: ['int', 'fake'] as const, defaultDescription: 'int where every quantized layer has an integer kernel, else fake', describe: 'quantized checkpoints: integer kernels (int) or fake quantization in float (fake); an error for a full-precision checkpoint' })
       .options(launchOptions('ranks (processes under mpirun -np N) that split the batches: the same images as one process, written to one folder'))
@@ -198,7 +200,6 @@ async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['s
   if (a.class !== undefined) throw new CliError('--class is for pixel models; a latent model takes --classes (e.g. --classes 3)');
   if (a.exec !== undefined) throw new CliError(`--exec ${a.exec} applies to quantized pixel checkpoints; latent models sample in full precision`);
   if (a.ckpt === DEFAULT_MODEL) throw new CliError(`--base ${configFile} is a latent diffusion config: pass its checkpoint with --ckpt MODEL.ckpt`);
-  if (cliDevice(a) !== 'cpu') throw new CliError('--device cuda: latent diffusion models sample on the CPU only so far (the first stage is not moved to the GPU yet); use --device cpu');
   let spec;
   try {
     spec = loadLatentDiffusionConfig(configFile);
@@ -220,7 +221,8 @@ async function sampleLatent(a: SampleArgs & { sampler: NonNullable<SampleArgs['s
     throw e;
   }
   probeWritableDir(a.outdir, 'outdir');
-  const pipe = await loadLatentPipeline(a.ckpt, { config: configFile, allowNonFinite: a.allowNonFinite, noEma: !a.ema });
+  const device = cliDevice(a);
+  const pipe = await loadLatentPipeline(a.ckpt, { config: configFile, allowNonFinite: a.allowNonFinite, noEma: !a.ema, device });
   try {
     for (const p of refused(pipe.loaded.report.problems)) console.warn(`tdq-native: warning: ${describeProblem(p)}`);
     const r = pipe.loaded.report;

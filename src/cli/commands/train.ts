@@ -32,8 +32,8 @@ import { isQuantizedCheckpoint, qatPrepare, quantConfigFromJSON, resolveQuantCon
 import type { StepMethod } from '../../quant/step_search';
 import { TDQ_INITS, type TdqInit } from '../../quant/calibrate';
 import { loadModel } from '../../models/load';
-import type { DeviceSpec } from '../../tensor/device';
-import { cliDevice, deviceOption } from './preflight';
+import type { DeviceSpec, Precision } from '../../tensor/device';
+import { cliDevice, deviceOption, precisionOption } from './preflight';
 import { checkDistillWeight } from '../../train/distill';
 import { BAD_DATA_POLICIES, type BadDataPolicy } from '../../train/bad_data';
 import { NAN_POLICIES, type NanPolicy } from '../../train/nonfinite';
@@ -46,6 +46,7 @@ import { type GlobalArgs, CliError, CliExit } from '../index';
 
 export interface TrainArgs extends GlobalArgs, TrainLaunchArgs {
   device: DeviceSpec;
+  precision: Precision;
   base: string;
   ckpt?: string;
   resume?: string;
@@ -85,6 +86,7 @@ export const trainCommand: CommandModule<GlobalArgs, TrainArgs> = {
       .option('base', { alias: 'b', type: 'string', demandOption: true, describe: 'YAML config (see configs/)' })
       .option('ckpt', { type: 'string', describe: 'start from these weights (e.g. a full-precision model for QAT)' })
       .option('device', deviceOption)
+      .option('precision', precisionOption)
       .option('resume', { alias: 'r', type: 'string', describe: 'continue a run: its folder or a checkpoint file' })
       .option('name', { alias: 'n', type: 'string', describe: 'run name (folder under --logdir, which must not hold a run yet); default: <timestamp>_<config file name>' })
       .option('max-steps', { alias: 'max_steps', type: 'number', describe: 'overrides training.max_steps' })

@@ -14,7 +14,7 @@ function reference(v: number, lo: number, hi: number): number {
   if (Number.isNaN(v)) return 0;
   if (v >= hi) return hi;
   if (v <= lo) return lo;
-  return Math.trunc(v);
+  return Math.trunc(v) + 0; // integers have no -0
 }
 
 describe('cast float32 -> integer types', () => {

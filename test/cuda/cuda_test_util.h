@@ -32,7 +32,7 @@ inline const std::shared_ptr<MemoryCounter>& counter() {
 
 // Loads libtdq_cuda.so (argv[1], $TDQ_CUDA_LIB, or next to this program) and
 // probes the device. 0 when usable; else 2, with a SKIP line printed.
-inline int load_api(int argc, char** argv, bool verbose) {
+inline int load_api(int argc, char** argv, bool verbose, void** handle = nullptr) {
   std::string lib;
   if (argc > 1) lib = argv[1];
   else if (const char* e = std::getenv("TDQ_CUDA_LIB")) lib = e;
@@ -53,6 +53,7 @@ inline int load_api(int argc, char** argv, bool verbose) {
     std::printf("SKIP: %s has no matching tdq_cuda_get_api\n", lib.c_str());
     return 2;
   }
+  if (handle) *handle = h;
   if (verbose) std::printf("library: %s\nbuild: %s\nops: %s\n", lib.c_str(), api()->build_info(), api()->op_names());
   char why[512] = {0};
   if (api()->probe(why, sizeof why)) {

@@ -23,73 +23,22 @@
 
 #include "core/registry.h"
 #include "cuda/tdq_cuda_api.h"
+#include "cuda_test_util.h"
 
 using namespace tdq;
 
 namespace {
 
-const tdq_cuda_api* api = nullptr;
-auto counter = std::make_shared<MemoryCounter>();
-
-struct Rng {
-  std::mt19937 gen{1234};
-  Tensor normal(const Shape& s, float sd = 1.f, float mean = 0.f) {
-    Tensor t = alloc_tensor(s, DType::f32, Device::cpu, counter);
-    std::normal_distribution<float> d(mean, sd);
-    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(gen);
-    return t;
-  }
-  Tensor uniform(const Shape& s, float lo, float hi) {
-    Tensor t = alloc_tensor(s, DType::f32, Device::cpu, counter);
-    std::uniform_real_distribution<float> d(lo, hi);
-    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = d(gen);
-    return t;
-  }
-};
-
-using AttrList = std::vector<std::pair<std::string, AttrValue>>;
-
-Attrs make_attrs(const std::string& op, const AttrList& l) {
-  Attrs a;
-  a.op = op;
-  for (auto& kv : l) a.values[kv.first] = kv.second;
-  return a;
-}
-
-std::vector<Tensor> run_cpu(const std::string& op, const std::vector<Tensor>& in, const Attrs& a, ThreadPool& pool) {
-  const OpDef& def = find_op(op);
-  std::vector<TensorMeta> metas = def.infer(in, a);
-  OpCall call{in, a, {}};
-  for (auto& m : metas) call.outputs.push_back(alloc_tensor(m.shape, m.dtype, Device::cpu, counter));
-  ExecContext ctx;
-  ctx.pool = &pool;
-  ctx.cpu_level = CpuLevel::scalar;  // the reference paths
-  ctx.counter = counter;
-  def.cpu(call, ctx);
-  return call.outputs;
-}
-
-void check(int rc, const char* what, const char* err) {
-  if (rc) throw std::runtime_error(std::string(what) + ": " + err);
-}
-
-struct DevBuf {
-  void* p = nullptr;
-  explicit DevBuf(size_t bytes) {
-    char err[1024] = {0};
-    check(api->alloc(bytes, &p, err, sizeof err), "alloc", err);
-  }
-  ~DevBuf() { api->release(p); }
-};
-
-tdq_cu_tensor desc(const Tensor& t, void* data) {
-  tdq_cu_tensor d{};
-  d.data = data;
-  d.dtype = static_cast<int>(t.dtype);
-  d.ndim = static_cast<int>(t.shape.size());
-  for (int i = 0; i < d.ndim; ++i) d.shape[i] = t.shape[i];
-  return d;
-}
+using cudatest::api;
+using cudatest::AttrList;
+using cudatest::check;
+using cudatest::counter;
+using cudatest::desc;
+using cudatest::DevBuf;
+using cudatest::make_attrs;
+using cudatest::Rng;
+using cudatest::run_cpu;
+using cudatest::shapes_of;
 
 // Runs op on the device with copies of `in`; the outputs come back as CPU tensors shaped like `like`.
 std::vector<Tensor> run_cuda(const std::string& op, const std::vector<Tensor>& in, const Attrs& a,
@@ -103,7 +52,7 @@ std::vector<Tensor> run_cuda(const std::string& op, const std::vector<Tensor>& i
       continue;
     }
     bufs.emplace_back(new DevBuf(std::max<size_t>(t.nbytes(), 4)));
-    check(api->memcpy(bufs.back()->p, t.storage->data, t.nbytes(), TDQ_CU_H2D, err, sizeof err), "h2d", err);
+    check(api()->memcpy(bufs.back()->p, t.storage->data, t.nbytes(), TDQ_CU_H2D, err, sizeof err), "h2d", err);
     din.push_back(desc(t, bufs.back()->p));
   }
   for (const auto& t : like) {
@@ -121,14 +70,14 @@ std::vector<Tensor> run_cuda(const std::string& op, const std::vector<Tensor>& i
       c.kind = TDQ_CU_ATTR_NUMS, c.nums = v->data(), c.n_nums = static_cast<int>(v->size());
     attrs.push_back(c);
   }
-  check(api->launch(op.c_str(), din.data(), static_cast<int>(din.size()), dout.data(), static_cast<int>(dout.size()),
+  check(api()->launch(op.c_str(), din.data(), static_cast<int>(din.size()), dout.data(), static_cast<int>(dout.size()),
                     attrs.data(), static_cast<int>(attrs.size()), err, sizeof err),
         "launch", err);
-  check(api->synchronize(err, sizeof err), "synchronize", err);
+  check(api()->synchronize(err, sizeof err), "synchronize", err);
   std::vector<Tensor> outs;
   for (size_t k = 0; k < like.size(); ++k) {
-    Tensor t = alloc_tensor(like[k].shape, like[k].dtype, Device::cpu, counter);
-    check(api->memcpy(t.storage->data, dout[k].data, t.nbytes(), TDQ_CU_D2H, err, sizeof err), "d2h", err);
+    Tensor t = alloc_tensor(like[k].shape, like[k].dtype, Device::cpu, counter());
+    check(api()->memcpy(t.storage->data, dout[k].data, t.nbytes(), TDQ_CU_D2H, err, sizeof err), "d2h", err);
     outs.push_back(t);
   }
   return outs;
@@ -151,12 +100,6 @@ bool env_set(const char* name) {
   return e && *e;
 }
 
-std::string shapes_of(const std::vector<Tensor>& in) {
-  std::string s;
-  for (const auto& t : in) s += (s.empty() ? "" : " ") + (t.defined() ? shape_str(t.shape) : std::string("-"));
-  return s;
-}
-
 // The forward's statistics, for group_norm_backward's inputs.
 std::vector<Tensor> gn_stats(const Tensor& x, const Tensor& w, const Tensor& b, int64_t G, bool silu, ThreadPool& pool) {
   return run_cpu("group_norm_forward", {x, w, b},
@@ -166,34 +109,10 @@ std::vector<Tensor> gn_stats(const Tensor& x, const Tensor& w, const Tensor& b, 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string lib;
-  if (argc > 1) lib = argv[1];
-  else if (const char* e = std::getenv("TDQ_CUDA_LIB")) lib = e;
-  else {
-    char exe[4096] = {0};
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    std::string p = n > 0 ? std::string(exe, static_cast<size_t>(n)) : std::string("./x");
-    lib = p.substr(0, p.rfind('/')) + "/libtdq_cuda.so";
-  }
-  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    std::printf("SKIP: cannot load %s: %s\n", lib.c_str(), dlerror());
-    return 2;
-  }
-  auto get = reinterpret_cast<tdq_cuda_get_api_fn>(dlsym(h, "tdq_cuda_get_api"));
-  api = get ? get(TDQ_CUDA_ABI_VERSION) : nullptr;
-  if (!api) {
-    std::printf("SKIP: %s has no matching tdq_cuda_get_api\n", lib.c_str());
-    return 2;
-  }
+  void* h = nullptr;
+  if (const int rc = cudatest::load_api(argc, argv, true, &h)) return rc;
   auto set_option = reinterpret_cast<tdq_cuda_set_option_fn>(dlsym(h, "tdq_cuda_set_option"));
   auto get_option = reinterpret_cast<tdq_cuda_get_option_fn>(dlsym(h, "tdq_cuda_get_option"));
-  std::printf("library: %s\nbuild: %s\nops: %s\n", lib.c_str(), api->build_info(), api->op_names());
-  char why[512] = {0};
-  if (api->probe(why, sizeof why)) {
-    std::printf("SKIP: no usable device: %s\n", why);
-    return 2;
-  }
   ThreadPool pool(1);
   int failed = 0, passed = 0;
 
@@ -201,23 +120,23 @@ int main(int argc, char** argv) {
   {
     char err[1024] = {0};
     void *p = nullptr, *q = nullptr;
-    check(api->alloc(3000, &p, err, sizeof err), "alloc", err);
-    api->release(p);
-    check(api->alloc(2900, &q, err, sizeof err), "alloc", err);
+    check(api()->alloc(3000, &p, err, sizeof err), "alloc", err);
+    api()->release(p);
+    check(api()->alloc(2900, &q, err, sizeof err), "alloc", err);
     const bool reused = p == q;
-    api->release(q);
+    api()->release(q);
     std::printf("%s allocator: a freed block is reused at once\n", reused ? "ok  " : "FAIL");
     (reused ? passed : failed)++;
     void* big = nullptr;
-    const int rc = api->alloc(size_t{1} << 50, &big, err, sizeof err);
+    const int rc = api()->alloc(size_t{1} << 50, &big, err, sizeof err);
     const bool clear = rc != 0 && std::strstr(err, "out of memory") != nullptr;
     std::printf("%s allocator: 1 PiB gives a clear error: %s\n", clear ? "ok  " : "FAIL", rc ? err : "(allocated!)");
     (clear ? passed : failed)++;
-    if (!rc) api->release(big);
+    if (!rc) api()->release(big);
     // The device still works after the failed allocation.
     void* r = nullptr;
-    const bool after = api->alloc(1 << 20, &r, err, sizeof err) == 0;
-    if (after) api->release(r);
+    const bool after = api()->alloc(1 << 20, &r, err, sizeof err) == 0;
+    if (after) api()->release(r);
     std::printf("%s allocator: allocations work after an out-of-memory error\n", after ? "ok  " : "FAIL");
     (after ? passed : failed)++;
   }
@@ -336,7 +255,7 @@ int main(int argc, char** argv) {
   // ---- the integer path (qint.cu): bit for bit as the CPU ops ----
   // The steps of a batch from a TDQ step table (integer and fractional t).
   cases.push_back({"(10,7) t int + frac", "step_table_lookup", [=](Rng& r) {
-                     Tensor t = alloc_tensor({5}, DType::f32, Device::cpu, counter);
+                     Tensor t = alloc_tensor({5}, DType::f32, Device::cpu, counter());
                      const float ts[5] = {0.f, 3.f, 2.5f, 9.f, 7.25f};
                      std::memcpy(t.f32(), ts, sizeof ts);
                      return std::vector<Tensor>{r.uniform({10, 7}, 0.01f, 0.1f), t};
@@ -425,7 +344,7 @@ int main(int argc, char** argv) {
   // "vendor": cuBLAS / cuDNN; "fp16" / "bf16": reduced precision, checked by
   // the relative 2-norm error against norm_tol instead of per element).
   Rng rng;
-  const std::string op_list = std::string(",") + api->op_names() + ",";
+  const std::string op_list = std::string(",") + api()->op_names() + ",";
   auto run_case = [&](const Case& c, const char* tag, double norm_tol) {
     if (op_list.find("," + c.op + ",") == std::string::npos) {
       std::printf("SKIP %-20s %-28s %-9s not in this library\n", c.op.c_str(), c.name.c_str(), tag);
@@ -444,7 +363,7 @@ int main(int argc, char** argv) {
         in[0] = cast_to(hin[0], "float32");
         ref = run_cpu(c.op, in, a, pool);
         std::vector<Tensor> like = ref;
-        like[0] = alloc_tensor(ref[0].shape, DType::f16, Device::cpu, counter);
+        like[0] = alloc_tensor(ref[0].shape, DType::f16, Device::cpu, counter());
         got = run_cuda(c.op, hin, a, like);
         got[0] = cast_to(got[0], "float32");
         norm_tol = c.atol;
@@ -587,11 +506,11 @@ int main(int argc, char** argv) {
         const int64_t n = 1000003;  // not a multiple of anything
         Tensor x = r.normal({n});
         DevBuf d(static_cast<size_t>(n) * 4);
-        check(api->memcpy(d.p, x.storage->data, x.nbytes(), TDQ_CU_H2D, err, sizeof err), "h2d", err);
+        check(api()->memcpy(d.p, x.storage->data, x.nbytes(), TDQ_CU_H2D, err, sizeof err), "h2d", err);
         check(allreduce(static_cast<float*>(d.p), static_cast<size_t>(n), err, sizeof err), "allreduce", err);
         check(bcast(d.p, x.nbytes(), 0, err, sizeof err), "broadcast", err);
-        Tensor y = alloc_tensor({n}, DType::f32, Device::cpu, counter);
-        check(api->memcpy(y.storage->data, d.p, y.nbytes(), TDQ_CU_D2H, err, sizeof err), "d2h", err);
+        Tensor y = alloc_tensor({n}, DType::f32, Device::cpu, counter());
+        check(api()->memcpy(y.storage->data, d.p, y.nbytes(), TDQ_CU_D2H, err, sizeof err), "d2h", err);
         const bool same = std::memcmp(x.storage->data, y.storage->data, x.nbytes()) == 0;
         const bool bad_root = bcast(d.p, 4, 1, err, sizeof err) != 0;  // rank 1 of 1 does not exist: an error
         check(fin(err, sizeof err), "nccl finalize", err);

@@ -53,17 +53,7 @@ fi
 [ -f dist/src/index.js ] && [ -f build/Release/tdq_native.node ] || { log "FAIL: dist/ or build/Release/ did not travel (carry them)"; exit 3; }
 # The torch side: python3 with torch; cuDNN / cuBLAS of the nvidia-* packages on the library path.
 export TDQ_PYTHON=${TDQ_PYTHON:-$PY}
-NV_DIRS=$("$PY" - <<'PYEOF' 2>/dev/null
-import importlib.util as u
-for m in ("nvidia.cublas", "nvidia.cudnn", "nvidia.cuda_runtime", "nvidia.cu13"):
-    try:
-        s = u.find_spec(m)
-    except Exception:
-        s = None
-    if s and s.submodule_search_locations:
-        print(list(s.submodule_search_locations)[0])
-PYEOF
-)
+NV_DIRS=$("$PY" "$ROOT/scripts/nvidia_dirs.py" nvidia.cublas nvidia.cudnn nvidia.cuda_runtime nvidia.cu13 2>/dev/null)
 for d in $NV_DIRS; do
   [ -d "$d/lib" ] && export LD_LIBRARY_PATH="$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done

@@ -33,17 +33,7 @@ PY=$(command -v python3 || command -v python || true)
 NV_DIRS=""
 NV_LIBDIRS=""
 if [ -n "$PY" ]; then
-  NV_DIRS=$("$PY" - <<'PYEOF' 2>/dev/null
-import importlib.util as u
-for m in ("nvidia.cuda_nvcc", "nvidia.cu13", "nvidia.cublas", "nvidia.cudnn", "nvidia.nccl", "nvidia.cuda_runtime"):
-    try:
-        s = u.find_spec(m)
-    except Exception:
-        s = None
-    if s and s.submodule_search_locations:
-        print(list(s.submodule_search_locations)[0])
-PYEOF
-)
+  NV_DIRS=$("$PY" "$ROOT/scripts/nvidia_dirs.py" nvidia.cuda_nvcc nvidia.cu13 nvidia.cublas nvidia.cudnn nvidia.nccl nvidia.cuda_runtime 2>/dev/null)
   NV_LIBDIRS=$("$PY" - <<'PYEOF' 2>/dev/null
 import os, re
 try:

@@ -40,46 +40,12 @@ using cudatest::Rng;
 using cudatest::run_cpu;
 using cudatest::shapes_of;
 
-// Runs op on the device with copies of `in`; the outputs come back as CPU tensors shaped like `like`.
+// Runs op on the device with copies of `in`; the outputs come back as CPU tensors shaped like `like`
+// (cudatest::run_cuda also returns the inputs as the op left them: dropped here).
 std::vector<Tensor> run_cuda(const std::string& op, const std::vector<Tensor>& in, const Attrs& a,
                              const std::vector<Tensor>& like) {
-  char err[1024] = {0};
-  std::vector<std::unique_ptr<DevBuf>> bufs;
-  std::vector<tdq_cu_tensor> din, dout;
-  for (const auto& t : in) {
-    if (!t.defined()) {
-      din.push_back(tdq_cu_tensor{});
-      continue;
-    }
-    bufs.emplace_back(new DevBuf(std::max<size_t>(t.nbytes(), 4)));
-    check(api()->memcpy(bufs.back()->p, t.storage->data, t.nbytes(), TDQ_CU_H2D, err, sizeof err), "h2d", err);
-    din.push_back(desc(t, bufs.back()->p));
-  }
-  for (const auto& t : like) {
-    bufs.emplace_back(new DevBuf(std::max<size_t>(t.nbytes(), 4)));
-    dout.push_back(desc(t, bufs.back()->p));
-  }
-  std::vector<tdq_cu_attr> attrs;
-  for (const auto& kv : a.values) {
-    tdq_cu_attr c{};
-    c.key = kv.first.c_str();
-    if (auto d = std::get_if<double>(&kv.second)) c.kind = TDQ_CU_ATTR_NUM, c.num = *d;
-    else if (auto b = std::get_if<bool>(&kv.second)) c.kind = TDQ_CU_ATTR_BOOL, c.num = *b;
-    else if (auto s = std::get_if<std::string>(&kv.second)) c.kind = TDQ_CU_ATTR_STR, c.str = s->c_str();
-    else if (auto v = std::get_if<std::vector<double>>(&kv.second))
-      c.kind = TDQ_CU_ATTR_NUMS, c.nums = v->data(), c.n_nums = static_cast<int>(v->size());
-    attrs.push_back(c);
-  }
-  check(api()->launch(op.c_str(), din.data(), static_cast<int>(din.size()), dout.data(), static_cast<int>(dout.size()),
-                    attrs.data(), static_cast<int>(attrs.size()), err, sizeof err),
-        "launch", err);
-  check(api()->synchronize(err, sizeof err), "synchronize", err);
-  std::vector<Tensor> outs;
-  for (size_t k = 0; k < like.size(); ++k) {
-    Tensor t = alloc_tensor(like[k].shape, like[k].dtype, Device::cpu, counter());
-    check(api()->memcpy(t.storage->data, dout[k].data, t.nbytes(), TDQ_CU_D2H, err, sizeof err), "d2h", err);
-    outs.push_back(t);
-  }
+  std::vector<Tensor> outs = cudatest::run_cuda(op, in, a, like);
+  outs.resize(like.size());
   return outs;
 }
 
